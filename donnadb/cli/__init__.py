@@ -1,0 +1,1 @@
+"""donnactl: the runbook CLI. Thin: parse, call the package, render."""

@@ -1,0 +1,70 @@
+"""Entry point of ``donnactl``: builds the command tree and maps errors to exit codes.
+
+Each command group lives in its own module under ``donnadb.cli`` and is added to
+:data:`GROUPS`; this module only wires them together.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import typer
+
+from donnadb.cli.output import err_console
+from donnadb.errors import DonnaError
+
+log = logging.getLogger("donnadb")
+
+#: (module under donnadb.cli, command name, help).
+GROUPS: list[tuple[str, str, str]] = [
+    ("migrate", "migrate", "Schema migrations: status, plan, apply."),
+    ("dbcheck", "db", "Database checks: connect as each role and report."),
+]
+
+app = typer.Typer(
+    name="donnactl",
+    help="Operate Donna's PostgreSQL: migrations, checks, data migration, backups.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _register() -> None:
+    for module, name, help_text in GROUPS:
+        sub = importlib.import_module(f"donnadb.cli.{module}").app
+        app.add_typer(sub, name=name, help=help_text)
+
+
+_register()
+
+
+def main() -> None:
+    """Run donnactl; a :class:`DonnaError` becomes one line on stderr and its exit code."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        # Non-standalone click returns the code of ctx.exit()/typer.Exit.
+        rc = app(standalone_mode=False)
+        sys.exit(rc if isinstance(rc, int) else 0)
+    except DonnaError as exc:
+        log.debug("command failed", exc_info=True)
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code if exc.exit_code else 2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+"""Rendering shared by every command: rich for people, JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def emit_json(payload: Any) -> None:
+    """Write ``payload`` as one JSON document on stdout (no rich markup)."""
+    sys.stdout.write(json.dumps(payload, indent=2, default=str, sort_keys=True) + "\n")

@@ -1,0 +1,120 @@
+"""Connections and pools for each role (psycopg 3, psycopg_pool).
+
+Every connection authenticates with scram-sha-256 over TCP using the deploy's
+passfile, so no password is ever passed in argv, the environment or a log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from donnadb.config import Settings, get_settings
+from donnadb.errors import CredentialsError, DatabaseError
+
+log = logging.getLogger(__name__)
+
+
+def _passfile_has_role(passfile: Path, role: str) -> bool:
+    """True when ``passfile`` holds a line whose user field matches ``role``."""
+    for line in passfile.read_text(encoding="utf-8").splitlines():
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split(":")
+        if len(fields) >= 5 and fields[3] in (role, "*"):
+            return True
+    return False
+
+
+def conninfo(
+    kind: str = "app",
+    *,
+    settings: Settings | None = None,
+    dbname: str | None = None,
+    via_pgbouncer: bool | None = None,
+    **extra: object,
+) -> str:
+    """libpq connection string for the role of ``kind`` (owner|migrator|app|readonly|backup).
+
+    The application role goes through PgBouncer when one is configured, unless
+    ``via_pgbouncer`` says otherwise; every other role connects directly.
+
+    :raises CredentialsError: no password is available for that role.
+    """
+    s = settings or get_settings()
+    role = s.role(kind)
+    if via_pgbouncer is None:
+        via_pgbouncer = kind == "app" and s.pgbouncer_port is not None
+    port = s.pgbouncer_port if via_pgbouncer and s.pgbouncer_port else s.db_port
+    params: dict[str, object] = {
+        "host": s.db_host,
+        "port": port,
+        "dbname": dbname or s.db_name,
+        "user": role,
+        "connect_timeout": s.db_connect_timeout,
+        "application_name": f"donnadb-{kind}",
+    }
+    if s.db_password is not None and role == s.db_user:
+        params["password"] = s.db_password.get_secret_value()
+    elif not s.db_host.startswith("/"):
+        passfile = s.db_passfile
+        if not os.access(passfile, os.R_OK):
+            raise CredentialsError(
+                f"cannot read the password file {passfile}; run `make deploy` or set DB_PASSFILE"
+            )
+        if not _passfile_has_role(passfile, role):
+            raise CredentialsError(
+                f"no password for role {role} in {passfile}; run `make deploy` to create it"
+            )
+        params["passfile"] = str(passfile)
+    params.update(extra)
+    return make_conninfo(**{k: v for k, v in params.items() if v is not None})
+
+
+def connect(kind: str = "app", *, settings: Settings | None = None, **kwargs) -> psycopg.Connection:
+    """Open one connection as the role of ``kind``.
+
+    :raises DatabaseError: the server is down or refused the login.
+    :raises CredentialsError: no password is available for that role.
+    """
+    dbname = kwargs.pop("dbname", None)
+    info = conninfo(kind, settings=settings, dbname=dbname)
+    try:
+        return psycopg.connect(info, **kwargs)
+    except psycopg.OperationalError as exc:
+        raise DatabaseError(describe_connect_error(exc, info)) from exc
+
+
+@contextmanager
+def connection(kind: str = "app", *, settings: Settings | None = None, **kwargs) -> Iterator[
+    psycopg.Connection
+]:
+    """``with connection("migrator") as conn:`` opens, yields and always closes."""
+    conn = connect(kind, settings=settings, **kwargs)
+    try:
+        with conn:
+            yield conn
+    finally:
+        conn.close()
+
+
+def describe_connect_error(exc: psycopg.OperationalError, info: str) -> str:
+    """One line naming the problem and the fix, without the password."""
+    params = psycopg.conninfo.conninfo_to_dict(info)
+    where = f"{params.get('user')}@{params.get('host')}:{params.get('port')}/{params.get('dbname')}"
+    text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    if "password authentication failed" in text:
+        hint = "the stored password is stale: run `make deploy` to re-sync role passwords"
+    elif "Connection refused" in text or "could not connect" in text or "timeout" in text:
+        hint = "is PostgreSQL running? try `pg_lsclusters` and `make deploy`"
+    elif "does not exist" in text:
+        hint = "run `make deploy` to create roles and the database"
+    else:
+        hint = "check DB_HOST/DB_PORT and pg_hba.conf"
+    return f"cannot connect as {where}: {text} ({hint})"

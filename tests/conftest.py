@@ -1,0 +1,47 @@
+"""Fixtures shared by every test. The database is the real deployed PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+
+from donnadb import db
+from donnadb.config import Settings, load_settings
+from tests.support import create_scratch_database, drop_database
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    """Settings as the deployed host sees them (/etc/donnadb/donnadb.env)."""
+    return load_settings()
+
+
+@pytest.fixture
+def connect_as(settings):
+    """``connect_as("app", dbname=...)`` opens a connection that is closed after the test."""
+    opened = []
+
+    def _connect(kind: str = "app", **kwargs):
+        conn = db.connect(kind, settings=settings, **kwargs)
+        opened.append(conn)
+        return conn
+
+    yield _connect
+    for conn in opened:
+        conn.close()
+
+
+@pytest.fixture
+def empty_db(settings):
+    """A bootstrapped database with no migrations applied; dropped afterwards."""
+    name = create_scratch_database(settings)
+    yield name
+    drop_database(name)
+
+
+@pytest.fixture
+def scratch_db(settings, empty_db):
+    """A bootstrapped database with every migration applied; dropped afterwards."""
+    from donnadb.migrate import apply_migrations
+
+    apply_migrations(settings=settings, dbname=empty_db)
+    return empty_db

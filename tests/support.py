@@ -1,0 +1,56 @@
+"""Helpers the tests share: superuser SQL through the local socket, scratch databases.
+
+Tests run as root on the deployed host. The postgres superuser is reached only by
+peer authentication over the Unix socket (`runuser -u postgres -- psql`), exactly as
+the deploy does, so the tests need no superuser password either.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from pathlib import Path
+
+import jinja2
+
+from donnadb.config import Settings
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "donnadb" / "provision" / "templates"
+
+
+def superuser_psql(sql: str, dbname: str = "postgres", *, port: int | None = None) -> str:
+    """Run ``sql`` as the postgres superuser; return psql's unaligned output.
+
+    :raises subprocess.CalledProcessError: psql failed (stderr is in the exception).
+    """
+    cmd = ["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-A", "-t",
+           "-v", "ON_ERROR_STOP=1", "-d", dbname]
+    if port:
+        cmd += ["-p", str(port)]
+    done = subprocess.run(cmd, input=sql, capture_output=True, text=True, check=True,
+                          cwd="/")
+    return done.stdout.strip()
+
+
+def render_database_sql(settings: Settings) -> str:
+    """The deploy's database bootstrap SQL, rendered for ``settings``' role names."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=False)  # noqa: S701 - SQL, not HTML
+    return env.get_template("database.sql.j2").render(
+        owner=settings.db_role_owner,
+        migrator=settings.db_role_migrator,
+        app=settings.db_role_app,
+        readonly=settings.db_role_readonly,
+        backup=settings.db_role_backup,
+    )
+
+
+def create_scratch_database(settings: Settings, prefix: str = "donna_test") -> str:
+    """Create an empty database bootstrapped like the deployed one (no migrations)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    superuser_psql(f'CREATE DATABASE "{name}" OWNER "{settings.db_role_owner}"')
+    superuser_psql(render_database_sql(settings), dbname=name)
+    return name
+
+
+def drop_database(name: str) -> None:
+    superuser_psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
