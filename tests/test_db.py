@@ -1,0 +1,60 @@
+"""Connections per role: passfile handling and one-line errors."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from donnadb import db
+from donnadb.config import load_settings
+from donnadb.errors import CredentialsError, DatabaseError
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_missing_passfile_is_a_credentials_error(tmp_path):
+    s = load_settings(db_passfile=tmp_path / "nope")
+    with pytest.raises(CredentialsError, match="make deploy"):
+        db.conninfo("app", settings=s)
+
+
+def test_passfile_without_the_role(tmp_path):
+    pf = tmp_path / "pgpass"
+    pf.write_text("*:*:*:someone_else:pw\n")
+    pf.chmod(0o600)
+    with pytest.raises(CredentialsError, match="no password for role donna_app"):
+        db.conninfo("app", settings=load_settings(db_passfile=pf))
+
+
+def test_conninfo_never_contains_a_password(settings):
+    info = db.conninfo("migrator", settings=settings)
+    assert "password" not in info
+    assert "passfile" in info
+
+
+def test_dead_database_is_one_line(settings):
+    s = settings.model_copy(update={"db_port": _closed_port()})
+    with pytest.raises(DatabaseError) as exc:
+        db.connect("app", settings=s)
+    msg = str(exc.value)
+    assert "\n" not in msg and "pg_lsclusters" in msg
+
+
+def test_wrong_password_is_reported(tmp_path, settings):
+    pf = tmp_path / "pgpass"
+    pf.write_text(f"*:*:*:{settings.db_role_app}:wrong-password\n")
+    pf.chmod(0o600)
+    s = settings.model_copy(update={"db_passfile": pf})
+    with pytest.raises(DatabaseError, match="password authentication failed"):
+        db.connect("app", settings=s)
+
+
+def test_each_login_role_connects(connect_as):
+    for kind in ("migrator", "app", "readonly", "backup"):
+        conn = connect_as(kind)
+        assert conn.execute("SELECT 1").fetchone() == (1,)
