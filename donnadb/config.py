@@ -72,9 +72,47 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
     migration_batch_size: int = Field(1000, ge=1)
     migration_enable_dual_write: bool = False
+    #: Dual-write: the store reads come from (writes always go to the files first).
+    migration_primary_store: Literal["file", "postgresql"] = "file"
+    #: Dual-write failures wait here for reconcile (default DATA_DIR/.dualwrite/pending.jsonl).
+    migration_reconcile_queue: Path | None = None
 
     # Where the migration files live (the repository's schema/ by default).
     schema_dir: Path = Path(__file__).resolve().parent.parent / "schema" / "migrations"
+
+    # Operations (donnactl status/health/metrics, partitions, retention); ops thresholds
+    # come from group_data. Each health pair is WARNING then CRITICAL.
+    health_connections_warn_pct: float = Field(75.0, ge=0)
+    health_connections_crit_pct: float = Field(90.0, ge=0)
+    health_cache_hit_warn_pct: float = Field(95.0, ge=0, le=100)
+    health_cache_hit_crit_pct: float = Field(85.0, ge=0, le=100)
+    health_long_query_warn_seconds: float = Field(60.0, ge=0)
+    health_long_query_crit_seconds: float = Field(300.0, ge=0)
+    health_long_xact_warn_seconds: float = Field(300.0, ge=0)
+    health_long_xact_crit_seconds: float = Field(1800.0, ge=0)
+    health_replication_lag_warn_seconds: float = Field(30.0, ge=0)
+    health_replication_lag_crit_seconds: float = Field(300.0, ge=0)
+    health_backup_max_age_hours: float = Field(26.0, ge=0)
+    health_backup_crit_age_hours: float = Field(50.0, ge=0)
+    #: When false, "no backup known" is OK instead of WARNING (hosts without backups yet).
+    health_backup_required: bool = True
+    health_partitions_ahead_warn: int = Field(2, ge=0)
+    health_partitions_ahead_crit: int = Field(1, ge=0)
+    health_bloat_warn_pct: float = Field(30.0, ge=0)
+    health_bloat_crit_pct: float = Field(60.0, ge=0)
+    health_wraparound_warn_pct: float = Field(50.0, ge=0)
+    health_wraparound_crit_pct: float = Field(80.0, ge=0)
+    #: system_logs partitions made ahead, and how long log rows are kept.
+    partition_premake: int = Field(4, ge=1)
+    log_retention_months: int = Field(6, ge=1)
+    #: Where detached log partitions are archived (gzip'd COPY) before they are dropped.
+    log_archive_dir: Path = Path("/var/backups/donna-logs")
+    #: donnactl writes one JSON line per event here (0600); data changes also go to system_logs.
+    ops_log_file: Path = Path("/var/log/donnadb/donnactl.jsonl")
+    #: Textfile for node_exporter's textfile collector (`donnactl metrics`).
+    metrics_textfile: Path = Path("/var/lib/prometheus/node-exporter/donnadb.prom")
+    #: PgBouncer's auth_file; `roles rotate` rewrites the role's line when the file exists.
+    pgbouncer_auth_file: Path = Path("/etc/pgbouncer/userlist.txt")
 
     def role(self, kind: str) -> str:
         """Role name for ``kind`` in owner|migrator|app|readonly|backup."""

@@ -108,10 +108,12 @@ def describe_connect_error(exc: psycopg.OperationalError, info: str) -> str:
     """One line naming the problem and the fix, without the password."""
     params = psycopg.conninfo.conninfo_to_dict(info)
     where = f"{params.get('user')}@{params.get('host')}:{params.get('port')}/{params.get('dbname')}"
-    text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    # libpq's messages span lines (one per address tried, hints): fold them into one.
+    text = " ".join(str(exc).split()) or type(exc).__name__
     if "password authentication failed" in text:
         hint = "the stored password is stale: run `make deploy` to re-sync role passwords"
-    elif "Connection refused" in text or "could not connect" in text or "timeout" in text:
+    elif any(w in text for w in ("Connection refused", "could not connect", "timeout",
+                                 "server running")):
         hint = "is PostgreSQL running? try `pg_lsclusters` and `make deploy`"
     elif "does not exist" in text:
         hint = "run `make deploy` to create roles and the database"

@@ -20,7 +20,18 @@ log = logging.getLogger("donnadb")
 #: (module under donnadb.cli, command name, help).
 GROUPS: list[tuple[str, str, str]] = [
     ("migrate", "migrate", "Schema migrations: status, plan, apply."),
+    ("migrate_data", "migrate-data", "Legacy JSON files: import, verify, export, reconcile."),
     ("dbcheck", "db", "Database checks: connect as each role and report."),
+    ("loadtest", "loadtest", "Load test: seed, run Locust, SLO gate, smoke test."),
+    ("monitor", "", "Top-level status, health, metrics and shell."),
+    ("partitions", "partitions", "system_logs partitions: status, maintain (pg_partman)."),
+    ("retention", "retention", "Retention: expired memory, old log partitions."),
+    ("queries", "queries", "Statements (pg_stat_statements); cancel or terminate a backend."),
+    ("vacuum", "vacuum", "Dead tuples, autovacuum, wraparound; run VACUUM."),
+    ("users", "users", "Support: inspect a user; GDPR erasure (forget)."),
+    ("chats", "chats", "Support: inspect a chat session."),
+    ("roles", "roles", "Role passwords: rotate."),
+    ("backup", "backup", "Backups: create, list, show, verify, restore, prune, check."),
 ]
 
 app = typer.Typer(

@@ -1,1 +1,44 @@
-"""dal"""
+"""The data-access layer: one interface, three stores (files, PostgreSQL, dual-write).
+
+See docs/dal.md. Applications call :func:`create_data_access`.
+"""
+
+from donnadb.dal.dualwrite import DualWriteDataAccess
+from donnadb.dal.errors import ConflictError, LockTimeout, NotFoundError, TransactionError
+from donnadb.dal.factory import STORAGE_TYPES, create_data_access, create_dual_write
+from donnadb.dal.files import FileDataAccess
+from donnadb.dal.postgres import PostgresDataAccess
+from donnadb.dal.protocol import (
+    MEMORY_TYPES,
+    ROLES,
+    ChatSession,
+    DataAccess,
+    MemoryEntry,
+    Message,
+    User,
+)
+from donnadb.dal.queue import ReconcileQueue
+from donnadb.dal.reconcile import ReconcileResult, reconcile
+
+__all__ = [
+    "MEMORY_TYPES",
+    "ROLES",
+    "STORAGE_TYPES",
+    "ChatSession",
+    "ConflictError",
+    "DataAccess",
+    "DualWriteDataAccess",
+    "FileDataAccess",
+    "LockTimeout",
+    "MemoryEntry",
+    "Message",
+    "NotFoundError",
+    "PostgresDataAccess",
+    "ReconcileQueue",
+    "ReconcileResult",
+    "TransactionError",
+    "User",
+    "create_data_access",
+    "create_dual_write",
+    "reconcile",
+]

@@ -1,0 +1,216 @@
+"""Latency of every DAL operation (PostgresDataAccess) at 1, 10 and 50 threads.
+
+    .venv/bin/python bench/dal.py                 # 200,000 messages (about 4,000 chats)
+    .venv/bin/python bench/dal.py --full          # the issue's 1,000,000 messages
+
+1. generates a legacy data directory (donnadb.legacy.fixtures, no deviations) and loads
+   it with the importer into a fresh migrated scratch database, then ANALYZE;
+2. opens the store the application would get: ``create_data_access()`` with
+   ``DATA_STORAGE_TYPE=postgresql`` (its psycopg_pool holds DB_MAX_CONNECTIONS
+   connections, so at 50 threads callers also wait for a connection — as they would);
+3. for each thread count, calls each operation ``--calls`` times spread over the threads
+   (random existing users/chats; writes go to the scratch database) and prints p50, p95
+   and p99 in milliseconds, then PASS/FAIL for the issue's rule: the history read
+   (``get_chat_history``, latest 20) stays under 5 ms p95 at every thread count;
+4. drops the scratch database. ``--json`` prints the table as one document.
+
+Run as root on the deployed host (the scratch database is created through the postgres
+superuser, as the tests do). Latencies on a shared 2-core machine depend on its load:
+the load average is printed before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from donnadb import db  # noqa: E402
+from donnadb.config import load_settings  # noqa: E402
+from donnadb.dal import create_data_access  # noqa: E402
+from donnadb.legacy.fixtures import generate  # noqa: E402
+from donnadb.legacy.importer import import_data_dir  # noqa: E402
+from donnadb.legacy.reader import LegacyReader  # noqa: E402
+from donnadb.migrate import apply_migrations  # noqa: E402
+from tests.support import create_scratch_database, drop_database  # noqa: E402
+
+HISTORY_P95_LIMIT_MS = 5.0
+THREADS = (1, 10, 50)
+SAMPLE_USERS = "SELECT id::text, clerk_id FROM users WHERE clerk_id IS NOT NULL"
+SAMPLE_CHATS = "SELECT chat_id FROM chat_sessions WHERE message_count > 0"
+ANALYZE = "ANALYZE users, chat_sessions, messages, user_memory"
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+class Workload:
+    """The calls, each taking a call number (unique per run) and drawing random rows."""
+
+    def __init__(self, dal, users: list[tuple[str, str]], chats: list[str], run: str) -> None:
+        self.dal, self.users, self.chats, self.run = dal, users, chats, run
+        self._local = threading.local()
+
+    def _rng(self) -> random.Random:
+        rng = getattr(self._local, "rng", None)
+        if rng is None:
+            # Which rows a call picks, not a secret.
+            rng = self._local.rng = random.Random(threading.get_ident())  # noqa: S311
+        return rng
+
+    def _user(self) -> str:
+        return self._rng().choice(self.users)[0]
+
+    def _chat(self) -> str:
+        return self._rng().choice(self.chats)
+
+    def operations(self) -> dict[str, Callable[[int], object]]:
+        d, run = self.dal, self.run
+        return {
+            "get_chat_history": lambda i: d.get_chat_history(self._chat(), limit=20),
+            "get_chat_history (offset 100)": lambda i: d.get_chat_history(
+                self._chat(), limit=20, offset=100),
+            "get_message_count": lambda i: d.get_message_count(self._chat()),
+            "get_chat_session": lambda i: d.get_chat_session(self._chat()),
+            "get_user_by_id": lambda i: d.get_user_by_id(self._user()),
+            "get_user_by_clerk_id": lambda i: d.get_user_by_clerk_id(
+                self._rng().choice(self.users)[1]),
+            "get_user_memory": lambda i: d.get_user_memory(self._user(), "context"),
+            "add_message": lambda i: d.add_message(self._chat(), "user", f"bench {run} {i}",
+                                                   {"bench": True}, token_count=12),
+            "update_chat_session": lambda i: d.update_chat_session(
+                self._chat(), {"title": f"bench {run} {i}"}),
+            "update_user": lambda i: d.update_user(self._user(), {"name": f"bench {i}"}),
+            "set_user_memory": lambda i: d.set_user_memory(
+                self.users[i % len(self.users)][0], "context", f"bench_{run}_{i}", {"n": i}),
+            "delete_user_memory": lambda i: d.delete_user_memory(
+                self.users[i % len(self.users)][0], "context", f"bench_{run}_{i}"),
+            "create_user": lambda i: d.create_user({"clerk_id": f"user_bench_{run}_{i}",
+                                                    "email": f"b{run}{i}@example.com"}),
+            "create_chat_session": lambda i: d.create_chat_session(
+                f"c_bench_{run}_{i}", self._user(), {"bench": True}, title="bench"),
+        }
+
+
+def measure(fn: Callable[[int], object], calls: int, threads: int) -> list[float]:
+    """Latency (ms) of ``calls`` calls of ``fn(i)`` run by ``threads`` threads at once."""
+    counter = itertools.count()
+    lock = threading.Lock()
+    per_thread = [calls // threads + (1 if t < calls % threads else 0) for t in range(threads)]
+    start = threading.Barrier(threads)
+
+    def worker(n: int) -> list[float]:
+        out = []
+        start.wait()
+        for _ in range(n):
+            with lock:
+                i = next(counter)
+            t = time.perf_counter_ns()
+            fn(i)
+            out.append((time.perf_counter_ns() - t) / 1e6)
+        return out
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return [x for part in pool.map(worker, per_thread) for x in part]
+
+
+def load_dataset(settings, dbname: str, messages: int, data_dir: Path | None) -> dict:
+    chats = max(1, messages // 50)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = data_dir or Path(tmp) / "data"
+        if not root.exists():
+            generate(root, users=max(100, chats // 4), chats=chats, messages_per_chat=50,
+                     logs=0, deviations=False)
+        with db.connect("migrator", settings=settings, dbname=dbname, autocommit=True) as conn:
+            t = time.perf_counter()
+            summary = import_data_dir(LegacyReader.open(root), conn,
+                                      batch_size=settings.migration_batch_size)
+            took = time.perf_counter() - t
+            conn.execute("SET ROLE " + settings.db_role_owner)
+            conn.execute(ANALYZE)
+    return {**summary.read, "import_seconds": round(took, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--messages", type=int, default=200_000)
+    ap.add_argument("--full", action="store_true", help="1,000,000 messages (issue 3)")
+    ap.add_argument("--calls", type=int, default=1000,
+                    help="calls per operation and thread count (default 1000)")
+    ap.add_argument("--threads", type=int, nargs="+", default=list(THREADS))
+    ap.add_argument("--data-dir", type=Path, default=None,
+                    help="generate here (reused when it already exists)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    messages = 1_000_000 if args.full else args.messages
+    os.environ["DATA_STORAGE_TYPE"] = "postgresql"
+    os.environ["MIGRATION_ENABLE_DUAL_WRITE"] = "false"
+    settings = load_settings()
+    load_before = os.getloadavg()
+    dbname = create_scratch_database(settings, prefix="donna_bench")
+    results: list[dict] = []
+    try:
+        apply_migrations(settings=settings, dbname=dbname)
+        dataset = load_dataset(settings, dbname, messages, args.data_dir)
+        if not args.json:
+            print(f"dataset: {dataset}", flush=True)
+        with db.connect("migrator", settings=settings, dbname=dbname) as conn:
+            users = [tuple(r) for r in conn.execute(SAMPLE_USERS)]
+            chats = [r[0] for r in conn.execute(SAMPLE_CHATS)]
+        dal = create_data_access(settings, dbname=dbname)
+        try:
+            for threads in args.threads:
+                work = Workload(dal, users, chats, run=f"t{threads}")
+                measure(lambda i: dal.get_message_count(chats[0]), threads * 4, threads)  # warm
+                for name, fn in work.operations().items():
+                    lat = measure(fn, args.calls, threads)
+                    row = {"operation": name, "threads": threads, "calls": len(lat),
+                           "p50_ms": round(statistics.median(lat), 2),
+                           "p95_ms": round(percentile(lat, 95), 2),
+                           "p99_ms": round(percentile(lat, 99), 2)}
+                    results.append(row)
+                    if not args.json:
+                        print(f"{threads:>3} threads  {name:<30} p50 {row['p50_ms']:7.2f}  "
+                              f"p95 {row['p95_ms']:7.2f}  p99 {row['p99_ms']:7.2f} ms",
+                              flush=True)
+        finally:
+            dal.close()
+    finally:
+        drop_database(dbname)
+    load_after = os.getloadavg()
+    history = [r for r in results if r["operation"] == "get_chat_history"]
+    ok = all(r["p95_ms"] < HISTORY_P95_LIMIT_MS for r in history)
+    verdict = {"history_p95_ms": {r["threads"]: r["p95_ms"] for r in history},
+               "limit_ms": HISTORY_P95_LIMIT_MS, "pass": ok}
+    if args.json:
+        print(json.dumps({"dataset": dataset, "pool_size": settings.db_max_connections,
+                          "load_average": [load_before[0], load_after[0]],
+                          "results": results, "history_read": verdict}, indent=2))
+    else:
+        print(f"pool size {settings.db_max_connections}; load average {load_before[0]:.2f} "
+              f"before, {load_after[0]:.2f} after (1 min)")
+        print(f"{'PASS' if ok else 'FAIL'}: get_chat_history (latest 20) p95 "
+              + ", ".join(f"{t} threads {v:.2f} ms" for t, v in
+                          verdict["history_p95_ms"].items())
+              + f" (limit {HISTORY_P95_LIMIT_MS:.0f} ms)")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""Our legacy import vs. the physical limit (a plain COPY of the same rows), same run.
+
+    .venv/bin/python bench/import.py                     # 1,000,000 messages (issue 3)
+    .venv/bin/python bench/import.py --messages 200000   # a quick run
+
+1. generates a data directory (donnadb.legacy.fixtures, no deviations): ``--messages``
+   messages in ``--messages / 50`` chats (20,000 for 1M), ``--users`` users (5,000);
+   ``--data-dir`` keeps it (and reuses it on the next run when it exists);
+2. times ``migrate-data import`` (read + normalise the JSON files, write) into an empty
+   migrated scratch database;
+3. times the baseline in a second scratch database: the same rows, already in memory,
+   COPYed straight into the same empty tables (a) with the non-constraint indexes
+   dropped and built afterwards (the physical limit) and (b) with every index in place;
+4. with ``--defer-indexes`` also times ``import --defer-indexes`` in a third database;
+5. prints messages/s, the ratios and the load average before/after (the figures are
+   only comparable on a quiet machine). Run as root on the deployed host (scratch
+   databases are created through the postgres superuser, as the tests do).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from donnadb import db  # noqa: E402
+from donnadb.config import load_settings  # noqa: E402
+from donnadb.legacy.fixtures import generate  # noqa: E402
+from donnadb.legacy.importer import import_data_dir  # noqa: E402
+from donnadb.legacy.reader import LegacyReader  # noqa: E402
+from donnadb.migrate import apply_migrations  # noqa: E402
+from tests.support import create_scratch_database, drop_database  # noqa: E402
+
+TABLES = ("users", "chat_sessions", "messages", "user_memory", "system_logs")
+INDEXES = """
+SELECT i.indexname, i.indexdef FROM pg_indexes AS i
+ WHERE i.schemaname = 'public' AND i.tablename = ANY(%s)
+   AND NOT EXISTS (SELECT 1 FROM pg_constraint AS c WHERE c.conname = i.indexname)
+"""
+
+
+def materialise(root: Path):
+    """Every row as the import would write it (outside the timed section)."""
+    reader = LegacyReader.open(root)
+    users, memory, chats, messages, logs = [], [], [], [], []
+    for u in reader.users():
+        users.append((u.id, u.clerk_id, u.email, u.name, u.profile, u.preferences,
+                      u.created_at, u.updated_at))
+        memory += [(m.id, u.id, m.memory_type, m.key, m.value, m.created_at, m.updated_at,
+                    m.expires_at) for m in u.memory]
+    known = {u[1] for u in users}
+    from donnadb.legacy.normalise import user_uuid
+
+    for c in reader.chats():
+        owner = None
+        if c.clerk_id:
+            owner = user_uuid(c.clerk_id)
+            if c.clerk_id not in known:
+                known.add(c.clerk_id)
+                users.append((owner, c.clerk_id, None, None, {}, {}, c.created_at,
+                              c.created_at))
+        chats.append((c.id, c.chat_id, owner, c.title, c.profile, c.metadata, c.created_at,
+                      c.updated_at))
+        messages += [(m.id, c.id, m.role, m.content, m.metadata, m.created_at,
+                      m.sequence_number, m.token_count, m.abuse_flagged) for m in c.messages]
+    for r in reader.logs():
+        logs.append((r.id, r.level, r.message, r.context, r.trace_id, r.ip_address,
+                     r.user_agent, r.request_uri, r.created_at))
+    return {"users": users, "user_memory": memory, "chat_sessions": chats,
+            "messages": messages, "system_logs": logs}
+
+
+COPY_SPECS = {
+    "users": ("id, clerk_id, email, name, profile, preferences, created_at, updated_at",
+              ["uuid", "text", "text", "text", "jsonb", "jsonb", "timestamptz", "timestamptz"]),
+    "user_memory": ("id, user_id, memory_type, key, value, created_at, updated_at, expires_at",
+                    ["uuid", "uuid", "text", "text", "jsonb", "timestamptz", "timestamptz",
+                     "timestamptz"]),
+    "chat_sessions": ("id, chat_id, user_id, title, profile, metadata, created_at, updated_at",
+                      ["uuid", "text", "uuid", "text", "text", "jsonb", "timestamptz",
+                       "timestamptz"]),
+    "messages": ("id, chat_session_id, role, content, metadata, created_at, sequence_number, "
+                 "token_count, abuse_flagged",
+                 ["uuid", "uuid", "text", "text", "jsonb", "timestamptz", "int4", "int4",
+                  "bool"]),
+    "system_logs": ("id, level, message, context, trace_id, ip_address, user_agent, "
+                    "request_uri, created_at",
+                    ["uuid", "text", "text", "jsonb", "text", "inet", "text", "text",
+                     "timestamptz"]),
+}
+
+
+def plain_copy(conn, rows) -> None:
+    with conn.transaction():
+        for table in ("users", "user_memory", "chat_sessions", "messages", "system_logs"):
+            cols, types = COPY_SPECS[table]
+            if table == "system_logs":
+                import ipaddress
+
+                data = [r[:5] + ((ipaddress.ip_address(r[5]) if r[5] else None),) + r[6:]
+                        for r in rows[table]]
+            else:
+                data = rows[table]
+            with conn.cursor() as cur, cur.copy(
+                    f"COPY {table} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(types)
+                for row in data:
+                    copy.write_row(row)
+
+
+def truncate(conn) -> None:
+    conn.execute("TRUNCATE users, chat_sessions, messages, user_memory, system_logs CASCADE")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--messages", type=int, default=1_000_000,
+                    help="messages to generate (default 1,000,000, as in issue 3)")
+    ap.add_argument("--chats", type=int, default=None, help="default: --messages / 50")
+    ap.add_argument("--users", type=int, default=5000)
+    ap.add_argument("--logs", type=int, default=20000)
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="default: MIGRATION_BATCH_SIZE")
+    ap.add_argument("--data-dir", type=Path, default=None,
+                    help="generate here (reused when it already exists) instead of a tmp dir")
+    ap.add_argument("--defer-indexes", action="store_true",
+                    help="also time `import --defer-indexes` (a third database)")
+    args = ap.parse_args()
+    chats = args.chats or max(1, args.messages // 50)
+    settings = load_settings()
+    batch = args.batch_size or settings.migration_batch_size
+    load_before = os.getloadavg()
+    names = [create_scratch_database(settings, prefix="donna_bench") for _ in range(
+        3 if args.defer_indexes else 2)]
+    ours_db, base_db = names[0], names[1]
+    ours_deferred = None
+    try:
+        for name in names:
+            apply_migrations(settings=settings, dbname=name)
+        with tempfile.TemporaryDirectory() as tmp:
+            root = args.data_dir or Path(tmp) / "data"
+            if not root.exists():
+                t = time.perf_counter()
+                generate(root, users=args.users, chats=chats,
+                         messages_per_chat=max(1, args.messages // chats), logs=args.logs,
+                         deviations=False)
+                print(f"generated {root} in {time.perf_counter() - t:.1f}s", flush=True)
+            with db.connect("migrator", settings=settings, dbname=ours_db,
+                            autocommit=True) as conn:
+                t = time.perf_counter()
+                summary = import_data_dir(LegacyReader.open(root), conn, batch_size=batch)
+                ours = time.perf_counter() - t
+            print(f"our import: {ours:.2f}s", flush=True)
+            if args.defer_indexes:
+                with db.connect("migrator", settings=settings, dbname=names[2],
+                                autocommit=True) as conn:
+                    t = time.perf_counter()
+                    import_data_dir(LegacyReader.open(root), conn, batch_size=batch,
+                                    defer_indexes=True, owner_role=settings.db_role_owner)
+                    ours_deferred = time.perf_counter() - t
+            rows = materialise(root)
+        n = summary.read["messages"]
+        with db.connect("migrator", settings=settings, dbname=base_db, autocommit=True) as conn:
+            conn.execute("SET ROLE " + settings.db_role_owner)
+            indexes = conn.execute(INDEXES, [list(TABLES)]).fetchall()
+            for name, _ in indexes:
+                conn.execute(f'DROP INDEX "{name}"')
+            t = time.perf_counter()
+            plain_copy(conn, rows)
+            copy_only = time.perf_counter() - t
+            for _, definition in indexes:
+                conn.execute(definition)
+            limit = time.perf_counter() - t
+            truncate(conn)
+            t = time.perf_counter()
+            plain_copy(conn, rows)
+            with_indexes = time.perf_counter() - t
+    finally:
+        for name in names:
+            drop_database(name)
+    load_after = os.getloadavg()
+    print(f"{n:,} messages, {summary.read.get('chat_sessions', 0):,} chats, "
+          f"{summary.read.get('users', 0):,} users, {summary.read.get('system_logs', 0):,} "
+          f"logs; batch size {batch}; load average {load_before[0]:.2f} before, "
+          f"{load_after[0]:.2f} after (1 min)")
+    print(f"our import (JSON files -> tables):     {ours:7.2f}s  {n / ours:10,.0f} msg/s")
+    if ours_deferred is not None:
+        print(f"our import --defer-indexes:            {ours_deferred:7.2f}s  "
+              f"{n / ours_deferred:10,.0f} msg/s")
+    print(f"physical limit: COPY {copy_only:.2f}s + index builds {limit - copy_only:.2f}s = "
+          f"{limit:.2f}s  {n / limit:10,.0f} msg/s")
+    print(f"plain COPY, indexes in place (ref.):   {with_indexes:7.2f}s  "
+          f"{n / with_indexes:10,.0f} msg/s")
+    print(f"ours / physical limit: {ours / limit:.2f}x (target 1.5x); "
+          f"ours / COPY with indexes: {ours / with_indexes:.2f}x"
+          + (f"; --defer-indexes / physical limit: {ours_deferred / limit:.2f}x"
+             if ours_deferred is not None else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Superuser steps of a restore: create the target database and apply the deploy's
+per-database bootstrap (extensions, grants, default privileges).
+
+The postgres superuser is reached only by peer authentication over the local
+socket (``runuser -u postgres -- psql``), exactly as the deploy does: no superuser
+password exists anywhere. SQL goes to psql on stdin, never in argv.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import jinja2
+from psycopg import sql
+
+from donnadb.config import Settings
+from donnadb.errors import DatabaseError
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "provision" / "templates"
+
+SQL_DATABASE_EXISTS = "SELECT 1 FROM pg_database WHERE datname = {name}"
+SQL_CREATE_DATABASE = "CREATE DATABASE {name} OWNER {owner}"
+SQL_DROP_DATABASE = "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+
+
+def superuser_psql(script: str, dbname: str = "postgres", *, port: int | None = None) -> str:
+    """Run ``script`` as the postgres superuser; return psql's unaligned output.
+
+    :raises DatabaseError: psql failed; the message carries psql's last error line.
+    """
+    cmd = ["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-A", "-t",
+           "-v", "ON_ERROR_STOP=1", "-d", dbname]
+    if port:
+        cmd += ["-p", str(port)]
+    done = subprocess.run(cmd, input=script, capture_output=True, text=True, cwd="/",
+                          check=False)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["psql failed"])[-1]
+        raise DatabaseError(f"superuser psql on {dbname}: {last}")
+    return done.stdout.strip()
+
+
+def render_database_sql(settings: Settings) -> str:
+    """The deploy's database bootstrap SQL, rendered for ``settings``' role names."""
+    loader = jinja2.FileSystemLoader(TEMPLATES)
+    env = jinja2.Environment(loader=loader, autoescape=False)  # noqa: S701 - SQL, not HTML
+    return env.get_template("database.sql.j2").render(
+        owner=settings.db_role_owner,
+        migrator=settings.db_role_migrator,
+        app=settings.db_role_app,
+        readonly=settings.db_role_readonly,
+        backup=settings.db_role_backup,
+    )
+
+
+def _literal(script: sql.Composable) -> str:
+    # psql receives plain text; psycopg's quoting makes identifiers/literals safe.
+    return script.as_string(None)
+
+
+def database_exists(name: str, *, port: int | None = None) -> bool:
+    """True when database ``name`` exists (asked as the superuser)."""
+    query = sql.SQL(SQL_DATABASE_EXISTS).format(name=sql.Literal(name))
+    return superuser_psql(_literal(query), port=port) == "1"
+
+
+def create_database(settings: Settings, name: str, *, port: int | None = None) -> None:
+    """Create ``name`` owned by the owner role and apply the deploy's bootstrap SQL.
+
+    :raises DatabaseError: the database exists already or psql failed.
+    """
+    query = sql.SQL(SQL_CREATE_DATABASE).format(
+        name=sql.Identifier(name), owner=sql.Identifier(settings.db_role_owner)
+    )
+    superuser_psql(_literal(query), port=port)
+    apply_bootstrap(settings, name, port=port)
+
+
+def apply_bootstrap(settings: Settings, name: str, *, port: int | None = None) -> None:
+    """(Re-)apply database.sql.j2 inside ``name``: idempotent, re-grants every object."""
+    superuser_psql(render_database_sql(settings), dbname=name, port=port)
+
+
+def drop_database(name: str, *, port: int | None = None) -> None:
+    """Drop ``name`` (disconnecting its sessions) if it exists."""
+    query = sql.SQL(SQL_DROP_DATABASE).format(name=sql.Identifier(name))
+    superuser_psql(_literal(query), port=port)

@@ -1,0 +1,72 @@
+"""``backup check``: is there a good backup recent enough, and is anything left over?
+
+Fails (exit 8) when the newest good backup, locally or (when configured) in S3,
+is older than BACKUP_MAX_AGE_HOURS or missing. Unfinished directories and
+multipart uploads are reported as warnings; ``backup prune`` clears them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+from donnadb.backup import catalog, storage_local
+from donnadb.backup.settings import BackupSettings
+from donnadb.backup.storage_s3 import S3Store
+
+
+@dataclass
+class CheckReport:
+    ok: bool
+    max_age_hours: float
+    newest_local: str | None = None
+    newest_local_age_hours: float | None = None
+    newest_s3: str | None = None
+    newest_s3_age_hours: float | None = None
+    partials: list[str] = field(default_factory=list)
+    unfinished_uploads: list[dict] = field(default_factory=list)
+    engine: dict | None = None  # pgBackRest's own check, when configured
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _newest_good(rows: list[catalog.Row]) -> catalog.Row | None:
+    good = [r for r in rows if r.good and r.age_hours is not None]
+    return min(good, key=lambda r: r.age_hours) if good else None
+
+
+def check_backups(bs: BackupSettings, *, now: datetime | None = None,
+                  engine: dict | None = None) -> CheckReport:
+    """Check freshness and leftovers; never raises for a stale backup (see ``ok``)."""
+    now = now or datetime.now(UTC)
+    limit = bs.backup_max_age_hours
+    report = CheckReport(ok=True, max_age_hours=limit, engine=engine)
+    places = [("local", catalog.local_rows(bs, now))]
+    store = S3Store(bs) if bs.s3_enabled else None
+    if store:
+        places.append(("s3", catalog.remote_rows(store, now)))
+        report.unfinished_uploads = store.unfinished_uploads()
+    for where, rows in places:
+        newest = _newest_good(rows)
+        setattr(report, f"newest_{where}", newest.backup_id if newest else None)
+        setattr(report, f"newest_{where}_age_hours", newest.age_hours if newest else None)
+        if newest is None:
+            report.problems.append(f"no good {where} backup; run `donnactl backup create`")
+        elif newest.age_hours > limit:
+            report.problems.append(
+                f"newest good {where} backup {newest.backup_id} is {newest.age_hours:.1f} h "
+                f"old (limit {limit:g} h); is the backup timer running?")
+    report.partials = [p.name for p in storage_local.partials(bs.backup_repo_dir)]
+    if report.partials:
+        report.warnings.append(f"{len(report.partials)} unfinished backup directories "
+                               "(killed backups?); `donnactl backup prune` removes them")
+    if report.unfinished_uploads:
+        report.warnings.append(f"{len(report.unfinished_uploads)} unfinished S3 multipart "
+                               "uploads; `donnactl backup prune` aborts those older than 24 h")
+    if engine is not None and not engine.get("ok"):
+        report.problems.append(f"pgBackRest check failed: {engine.get('error')}")
+    report.ok = not report.problems
+    return report

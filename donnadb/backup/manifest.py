@@ -1,0 +1,154 @@
+"""The manifest: what a backup contains and how to prove it is intact.
+
+One JSON document per backup (``manifest.json`` beside the ``dump/`` directory)
+with the backup id, start/end time, server and schema versions, database size,
+per-table row counts, the sha256 and size of every file, and the tool versions.
+A backup without a manifest is not a backup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from donnadb.backup.errors import BackupCorrupt
+
+MANIFEST_NAME = "manifest.json"
+#: Files beside the dump that are not part of the backup's content.
+META_NAMES = frozenset({MANIFEST_NAME, "verify.json"})
+FORMAT_VERSION = 1
+CHUNK = 1024 * 1024
+
+
+@dataclass
+class FileEntry:
+    path: str  # relative to the backup directory, "/" separated
+    size: int
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    backup_id: str
+    database: str
+    started_at: str
+    finished_at: str
+    server_version: str
+    schema_version: str | None
+    database_size: int
+    row_counts: dict[str, int]
+    files: list[FileEntry]
+    tools: dict[str, str]
+    compress_level: int
+    jobs: int
+    format_version: int = FORMAT_VERSION
+    encryption: dict[str, str] | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def total_size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def finished(self) -> datetime:
+        return datetime.fromisoformat(self.finished_at)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, *, where: str = "manifest") -> Manifest:
+        """Parse a manifest.
+
+        :raises BackupCorrupt: the text is not a manifest this version understands.
+        """
+        try:
+            data = json.loads(text)
+            files = [FileEntry(**f) for f in data.pop("files")]
+            manifest = cls(files=files, **data)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise BackupCorrupt(f"{where} is not a valid backup manifest ({exc})") from None
+        if manifest.format_version > FORMAT_VERSION:
+            raise BackupCorrupt(
+                f"{where} has format {manifest.format_version}; upgrade donnadb to read it"
+            )
+        return manifest
+
+
+def now_utc() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    """(hex sha256, size) of ``path``, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def hash_tree(root: Path) -> list[FileEntry]:
+    """A FileEntry for every regular file under ``root`` (except the manifest)."""
+    entries = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if rel in META_NAMES:
+            continue
+        digest, size = sha256_file(path)
+        entries.append(FileEntry(path=rel, size=size, sha256=digest))
+    return entries
+
+
+def check_files(root: Path, manifest: Manifest) -> list[str]:
+    """Re-hash every file listed in ``manifest``; return one problem line per bad file.
+
+    Extra files are problems too: something wrote into a finished backup.
+    """
+    problems = []
+    listed = {f.path for f in manifest.files}
+    for entry in manifest.files:
+        path = root / entry.path
+        if not path.is_file():
+            problems.append(f"{entry.path}: missing")
+            continue
+        digest, size = sha256_file(path)
+        if size != entry.size:
+            problems.append(f"{entry.path}: size {size} != {entry.size}")
+        elif digest != entry.sha256:
+            problems.append(f"{entry.path}: sha256 mismatch")
+    for path in root.rglob("*"):
+        rel = path.relative_to(root).as_posix()
+        if path.is_file() and rel not in listed and rel not in META_NAMES:
+            problems.append(f"{rel}: not in the manifest")
+    return problems
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` atomically (temp file, fsync, rename) with mode 0600."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def load(backup_dir: Path) -> Manifest:
+    """Read ``backup_dir/manifest.json``.
+
+    :raises BackupCorrupt: the manifest is missing or unreadable.
+    """
+    path = backup_dir / MANIFEST_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BackupCorrupt(f"{path} is missing: the backup is incomplete") from None
+    return Manifest.from_json(text, where=str(path))

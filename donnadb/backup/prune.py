@@ -1,0 +1,78 @@
+"""``backup prune``: apply the retention policy to the local repository and to S3.
+
+Each place is pruned on its own history (a backup kept in S3 may be gone locally),
+with the same policy, and never by bucket lifecycle rules: what goes is decided
+here, shown by ``--dry-run``, and never the only good backup.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from donnadb.backup import retention, storage_local
+from donnadb.backup.settings import BackupSettings
+from donnadb.backup.storage_s3 import S3Store
+
+
+@dataclass
+class PruneReport:
+    dry_run: bool
+    local: retention.Plan
+    s3: retention.Plan | None = None
+    partials_removed: list[str] = field(default_factory=list)
+    uploads_aborted: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "dry_run": self.dry_run,
+            "local": self.local.to_dict(),
+            "s3": self.s3.to_dict() if self.s3 else None,
+            "partials_removed": self.partials_removed,
+            "uploads_aborted": self.uploads_aborted,
+        }
+
+
+def policy_of(bs: BackupSettings) -> retention.Policy:
+    return retention.Policy(bs.backup_keep_last, bs.backup_keep_daily,
+                            bs.backup_keep_weekly, bs.backup_keep_monthly)
+
+
+def prune(bs: BackupSettings, *, dry_run: bool = False) -> PruneReport:
+    """Plan (and unless ``dry_run``, carry out) retention locally and in S3.
+
+    :raises BackupError: S3 cannot be listed or deleted from.
+    """
+    policy = policy_of(bs)
+    local = storage_local.list_backups(bs.backup_repo_dir)
+    local_plan = retention.plan_retention(
+        [retention.Candidate(b.backup_id, b.manifest.finished, b.good)
+         for b in local if b.manifest is not None], policy)
+    # A directory with an unreadable manifest is not a backup; keep it for a person to see.
+    report = PruneReport(dry_run, local_plan)
+    if not dry_run:
+        with storage_local.repo_lock(bs.backup_repo_dir):
+            by_id = {b.backup_id: b for b in local}
+            for backup_id in local_plan.delete:
+                storage_local.delete(by_id[backup_id])
+        report.partials_removed = storage_local.remove_stale_partials(bs.backup_repo_dir)
+    if bs.s3_enabled:
+        store = S3Store(bs)
+        remote = store.list_backups()
+        # An S3 backup without a manifest has no time of its own: time it by its id.
+        report.s3 = retention.plan_retention(
+            [retention.Candidate(b.backup_id, b.manifest.finished if b.manifest
+                                 else _id_time(b.backup_id), b.good) for b in remote],
+            policy)
+        if not dry_run:
+            for backup_id in report.s3.delete:
+                store.delete_backup(backup_id)
+            report.uploads_aborted = store.abort_unfinished(older_than_hours=24)
+    return report
+
+
+def _id_time(backup_id: str) -> datetime:
+    try:
+        return datetime.strptime(backup_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return datetime.now(UTC)  # unknown: treat as new, so it is kept

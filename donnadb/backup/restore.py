@@ -1,0 +1,213 @@
+"""``backup restore``: a verified backup into a fresh, bootstrapped database.
+
+Order matters for "no partial damage": the backup's files are re-hashed against
+the manifest BEFORE the target is touched. The target database is created by the
+superuser (peer auth) with the deploy's bootstrap SQL, so extensions, grants and
+default privileges are exactly a deployed database's; the data itself is loaded
+by ``pg_restore -j`` as the migrator role acting as the owner role (``--role``),
+so restored objects are owned as in production and no superuser runs pg_restore.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from donnadb import db
+from donnadb.backup import bootstrap, crypto, dbfacts, pgtools, storage_local
+from donnadb.backup import manifest as mf
+from donnadb.backup.errors import BackupCorrupt, BackupError, RestoreRefused
+from donnadb.backup.settings import BackupSettings
+from donnadb.backup.snapshot import DUMP_DIR
+from donnadb.config import Settings
+from donnadb.errors import ConfigError, UsageError
+
+log = logging.getLogger(__name__)
+
+#: TOC entries the bootstrap SQL already created (extensions need a superuser).
+_TOC_EXTENSION = re.compile(r"^\d+; \d+ \d+ (EXTENSION|COMMENT - EXTENSION) ")
+_TOC_SCHEMA = re.compile(r"^\d+; \d+ \d+ SCHEMA - (\S+) ")
+DBNAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+@dataclass
+class RestoreResult:
+    backup_id: str
+    target_db: str
+    seconds: float
+    schema_version: str | None
+    row_counts: dict[str, int]
+    problems: list[str] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_files(backup: storage_local.LocalBackup) -> mf.Manifest:
+    """Re-hash every file of ``backup`` against its manifest.
+
+    :raises BackupCorrupt: the manifest is missing or any file differs.
+    """
+    if backup.manifest is None:
+        raise BackupCorrupt(f"backup {backup.backup_id} has no readable manifest")
+    problems = mf.check_files(backup.path, backup.manifest)
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise BackupCorrupt(
+            f"backup {backup.backup_id} is damaged: {problems[0]}{more}; "
+            "restore an older backup or the S3 copy"
+        )
+    return backup.manifest
+
+
+def target_has_data(settings: Settings, target_db: str) -> bool:
+    """True when ``target_db`` exists and holds any table of its own."""
+    if not bootstrap.database_exists(target_db, port=settings.db_port):
+        return False
+    with db.connection("migrator", settings=settings, dbname=target_db) as conn:
+        return dbfacts.has_user_tables(conn)
+
+
+def restore_backup(
+    settings: Settings,
+    bs: BackupSettings,
+    backup: storage_local.LocalBackup,
+    target_db: str,
+    *,
+    force: bool = False,
+    jobs: int | None = None,
+) -> RestoreResult:
+    """Restore ``backup`` into ``target_db`` and check it against the manifest.
+
+    :raises BackupCorrupt: the backup's files do not match (target untouched).
+    :raises RestoreRefused: the target holds data and ``force`` is off (target untouched).
+    :raises BackupError: pg_restore failed, or the restored data differs from the manifest.
+    """
+    started = time.monotonic()
+    if not DBNAME_RE.match(target_db):
+        # libpq would read a name with "=" as a connection string: keep names plain.
+        raise UsageError(f"--target-db {target_db!r} is not a plain database name; "
+                         "use letters, digits and _ (max 63)")
+    phases: dict[str, float] = {}
+    mark = time.monotonic()
+
+    def lap(name: str) -> None:
+        nonlocal mark
+        now = time.monotonic()
+        phases[name] = round(now - mark, 3)
+        mark = now
+
+    manifest = verify_files(backup)
+    lap("verify_files")
+    keys = _keys_for(bs, manifest) if manifest.encryption else []
+    if target_db == settings.db_name and not force:
+        raise RestoreRefused(
+            f"{target_db} is the live database; pass --force to replace it"
+        )
+    exists = bootstrap.database_exists(target_db, port=settings.db_port)
+    if exists and not force and target_has_data(settings, target_db):
+        raise RestoreRefused(
+            f"database {target_db} exists and is not empty; pass --force to replace it "
+            "or choose another --target-db"
+        )
+    if exists:
+        bootstrap.drop_database(target_db, port=settings.db_port)
+    bootstrap.create_database(settings, target_db, port=settings.db_port)
+    lap("create_database")
+    if manifest.encryption:
+        # The plaintext lives only while pg_restore reads it, inside the 0700 repository.
+        with tempfile.TemporaryDirectory(dir=bs.backup_repo_dir,
+                                         prefix=storage_local.DECRYPTED_PREFIX) as tmp:
+            crypto.decrypt_tree(backup.path / DUMP_DIR, Path(tmp), keys)
+            _pg_restore(settings, bs, Path(tmp), target_db, jobs or bs.backup_jobs)
+    else:
+        _pg_restore(settings, bs, backup.path / DUMP_DIR, target_db, jobs or bs.backup_jobs)
+    lap("pg_restore")
+    # Objects restored as the owner already got the default privileges; re-applying
+    # the bootstrap also covers anything created another way, and it is idempotent.
+    bootstrap.apply_bootstrap(settings, target_db, port=settings.db_port)
+    lap("grants")
+    # Fresh tables have no statistics: the first queries would plan blind.
+    bootstrap.superuser_psql("ANALYZE", dbname=target_db, port=settings.db_port)
+    lap("analyze")
+    result = check_against_manifest(settings, manifest, target_db)
+    lap("compare")
+    result.seconds = round(time.monotonic() - started, 3)
+    result.phases = phases
+    if not result.ok:
+        raise BackupError(
+            f"restored {target_db} differs from backup {backup.backup_id}: "
+            + "; ".join(result.problems[:3])
+        )
+    log.info("restored %s into %s in %.1fs", backup.backup_id, target_db, result.seconds)
+    return result
+
+
+def _keys_for(bs: BackupSettings, manifest: mf.Manifest) -> list[crypto.Key]:
+    """The keys to decrypt ``manifest``'s backup; checked before the target is touched.
+
+    :raises ConfigError: no key file is configured or it cannot be read.
+    :raises BackupError: the key file lacks the backup's key id.
+    """
+    wanted = manifest.encryption["key_id"]
+    if not bs.backup_encryption_key_file:
+        raise ConfigError(f"backup {manifest.backup_id} is encrypted (key id {wanted}); "
+                          "set BACKUP_ENCRYPTION_KEY_FILE to the file holding that key")
+    keys = crypto.load_keys(bs.backup_encryption_key_file)
+    if wanted not in {k.key_id for k in keys}:
+        raise BackupError(
+            f"backup {manifest.backup_id} needs key id {wanted}, but "
+            f"{bs.backup_encryption_key_file} has {', '.join(k.key_id for k in keys)}; "
+            "add the old key to the file (see docs/backup.md, key rotation)")
+    return keys
+
+
+def _pg_restore(
+    settings: Settings, bs: BackupSettings, dump: Path, target_db: str, jobs: int
+) -> None:
+    pg_restore = pgtools.tool(bs, "pg_restore")
+    env = pgtools.libpq_env(settings, settings.role("migrator"), target_db)
+    toc = pgtools.run([pg_restore, "--list", str(dump)], env, "pg_restore --list")
+    existing = set(bootstrap.superuser_psql(
+        "SELECT nspname FROM pg_namespace", dbname=target_db, port=settings.db_port
+    ).splitlines())
+    keep = []
+    for line in toc.splitlines():
+        if _TOC_EXTENSION.match(line):
+            continue
+        schema = _TOC_SCHEMA.match(line)
+        if schema and schema.group(1) in existing:
+            continue
+        keep.append(line)
+    with tempfile.NamedTemporaryFile("w", suffix=".toc", delete=True) as listfile:
+        listfile.write("\n".join(keep) + "\n")
+        listfile.flush()
+        cmd = [pg_restore, f"--dbname={target_db}", f"--jobs={jobs}",
+               f"--role={settings.db_role_owner}", "--no-owner", "--no-privileges",
+               "--exit-on-error", "--no-password", f"--use-list={listfile.name}", str(dump)]
+        pgtools.run(cmd, env, f"pg_restore into {target_db}")
+
+
+def check_against_manifest(
+    settings: Settings, manifest: mf.Manifest, target_db: str
+) -> RestoreResult:
+    """Compare schema version and every table's row count with the manifest."""
+    with db.connection("backup", settings=settings, dbname=target_db) as conn:
+        version = dbfacts.schema_version(conn)
+        counts = dbfacts.row_counts(conn)
+    problems = []
+    if version != manifest.schema_version:
+        problems.append(f"schema version {version} != {manifest.schema_version}")
+    for table, expected in sorted(manifest.row_counts.items()):
+        got = counts.get(table)
+        if got != expected:
+            problems.append(f"{table}: {got} rows != {expected}")
+    for table in sorted(set(counts) - set(manifest.row_counts)):
+        problems.append(f"{table}: not in the backup")
+    return RestoreResult(manifest.backup_id, target_db, 0.0, version, counts, problems)

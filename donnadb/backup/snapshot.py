@@ -1,0 +1,123 @@
+"""``backup create``: a consistent logical snapshot with pg_dump -Fd -j.
+
+The manifest's row counts and the dump come from the SAME snapshot: we open a
+REPEATABLE READ transaction as the backup role, export its snapshot, count the
+rows in it, and hand the snapshot id to ``pg_dump --snapshot`` while we keep the
+transaction open. Everything is written into ``.partial-<id>`` and published by
+one rename, so an interrupted backup never looks complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import donnadb
+from donnadb import db
+from donnadb.backup import crypto, dbfacts, pgtools, storage_local
+from donnadb.backup import manifest as mf
+from donnadb.backup.errors import BackupError
+from donnadb.backup.settings import BackupSettings
+from donnadb.config import Settings
+
+log = logging.getLogger(__name__)
+
+DUMP_DIR = "dump"
+SQL_SNAPSHOT_TX = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+SQL_EXPORT_SNAPSHOT = "SELECT pg_export_snapshot()"
+#: Our snapshot connection + pg_dump's leader + one per job.
+SQL_CONN_LIMIT = "SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user"
+
+
+def create_backup(
+    settings: Settings,
+    bs: BackupSettings,
+    *,
+    dbname: str | None = None,
+    jobs: int | None = None,
+    compress_level: int | None = None,
+) -> storage_local.LocalBackup:
+    """Dump ``dbname`` (default DB_NAME) into the local repository and return it.
+
+    :raises BackupError: pg_dump failed or the repository is not writable.
+    :raises DatabaseError, CredentialsError: the backup role cannot connect.
+    """
+    dbname = dbname or settings.db_name
+    jobs = jobs or bs.backup_jobs
+    level = bs.backup_compress_level if compress_level is None else compress_level
+    repo = storage_local.ensure_repo(bs.backup_repo_dir)
+    pg_dump = pgtools.tool(bs, "pg_dump")
+    if bs.backup_encryption_key_file:
+        crypto.load_keys(bs.backup_encryption_key_file)  # a bad key file fails before pg_dump
+    with storage_local.repo_lock(repo):
+        backup_id = storage_local.new_backup_id()
+        partial = storage_local.start_partial(repo, backup_id)
+        try:
+            manifest = _dump(settings, bs, pg_dump, dbname, backup_id, partial, jobs, level)
+            mf.write_private(partial / mf.MANIFEST_NAME, manifest.to_json())
+            final = storage_local.commit_partial(partial, backup_id)
+        except BaseException:
+            # Also on KeyboardInterrupt: nothing half-written may survive.
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+    log.info("backup %s of %s finished: %d files", backup_id, dbname, len(manifest.files))
+    return storage_local.LocalBackup(backup_id, final, manifest, None)
+
+
+def _dump(
+    settings: Settings,
+    bs: BackupSettings,
+    pg_dump: str,
+    dbname: str,
+    backup_id: str,
+    partial: Path,
+    jobs: int,
+    level: int,
+) -> mf.Manifest:
+    started = mf.now_utc()
+    role = settings.role("backup")
+    with db.connection("backup", settings=settings, dbname=dbname) as conn:
+        limit = conn.execute(SQL_CONN_LIMIT).fetchone()[0]
+        if 0 <= limit < jobs + 2:
+            raise BackupError(
+                f"pg_dump -j{jobs} needs {jobs + 2} connections but role {role} is limited "
+                f"to {limit}; lower BACKUP_JOBS or raise its limit in group_data "
+                "(pg_role_connection_limits)")
+        conn.commit()  # the snapshot transaction must start fresh
+        conn.execute(SQL_SNAPSHOT_TX)
+        snapshot = conn.execute(SQL_EXPORT_SNAPSHOT).fetchone()[0]
+        server_version = dbfacts.server_version(conn)
+        schema_version = dbfacts.schema_version(conn)
+        size = dbfacts.database_size(conn)
+        counts = dbfacts.row_counts(conn)
+        cmd = [pg_dump, "--format=directory", f"--jobs={jobs}", f"--compress={level}",
+               f"--snapshot={snapshot}", f"--file={partial / DUMP_DIR}", "--no-password"]
+        pgtools.run(cmd, pgtools.libpq_env(settings, role, dbname), f"pg_dump of {dbname}")
+    encryption = None
+    if bs.backup_encryption_key_file:
+        key = crypto.load_keys(bs.backup_encryption_key_file)[0]
+        crypto.encrypt_tree(partial / DUMP_DIR, key)
+        encryption = {"algorithm": crypto.ALGORITHM, "key_id": key.key_id}
+    files = mf.hash_tree(partial)
+    return mf.Manifest(
+        backup_id=backup_id,
+        database=dbname,
+        started_at=started,
+        finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        server_version=server_version,
+        schema_version=schema_version,
+        database_size=size,
+        row_counts=counts,
+        files=files,
+        tools={
+            "pg_dump": pgtools.version(pg_dump),
+            "donnadb": getattr(donnadb, "__version__", "0.1.0"),
+            "python": platform.python_version(),
+        },
+        compress_level=level,
+        jobs=jobs,
+        encryption=encryption,
+    )

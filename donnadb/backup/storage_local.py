@@ -1,0 +1,184 @@
+"""The local backup repository: one directory per finished backup.
+
+Layout (everything 0700/0600, owned by root)::
+
+    <repo>/.lock                  held by whoever writes (create, prune)
+    <repo>/.partial-<id>/         a backup being written; never listed
+    <repo>/<id>/manifest.json     a finished backup (the rename is the commit)
+    <repo>/<id>/dump/...          pg_dump's directory-format output
+    <repo>/<id>/verify.json       the last verify's result, if any
+
+A backup only becomes visible by the atomic rename of its finished
+``.partial-<id>`` directory, so a killed backup never looks complete.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from donnadb.backup import manifest as mf
+from donnadb.backup.errors import BackupCorrupt, BackupError, BackupNotFound
+
+PARTIAL_PREFIX = ".partial-"
+#: Plaintext of an encrypted backup while pg_restore reads it (restore.py).
+DECRYPTED_PREFIX = ".decrypted-"
+LOCK_NAME = ".lock"
+VERIFY_NAME = "verify.json"
+
+
+@dataclass
+class LocalBackup:
+    backup_id: str
+    path: Path
+    manifest: mf.Manifest | None  # None when the manifest is unreadable
+    verified: dict | None
+
+    @property
+    def good(self) -> bool:
+        """Complete, and not failed by its last verify."""
+        if self.manifest is None:
+            return False
+        return self.verified is None or bool(self.verified.get("ok"))
+
+
+def new_backup_id(now: datetime | None = None) -> str:
+    """Sortable, unique id: UTC time plus a short random suffix."""
+    now = now or datetime.now(UTC)
+    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
+
+
+def ensure_repo(repo: Path) -> Path:
+    """Create the repository (0700) if needed and tighten its mode.
+
+    :raises BackupError: it cannot be created.
+    """
+    try:
+        repo.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(repo, 0o700)
+    except OSError as exc:
+        raise BackupError(
+            f"cannot create the backup repository {repo}: {exc.strerror} "
+            "(set BACKUP_REPO_DIR or run as root)"
+        ) from None
+    return repo
+
+
+@contextmanager
+def repo_lock(repo: Path, *, wait: bool = True) -> Iterator[bool]:
+    """Hold the repository's write lock; yields False if ``wait`` is off and it is taken."""
+    ensure_repo(repo)
+    fd = os.open(repo / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            got = True
+        except BlockingIOError:
+            got = False
+        yield got
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def start_partial(repo: Path, backup_id: str) -> Path:
+    path = repo / f"{PARTIAL_PREFIX}{backup_id}"
+    path.mkdir(mode=0o700)
+    return path
+
+
+def commit_partial(partial: Path, backup_id: str) -> Path:
+    """Atomically publish a finished backup: fsync the files, then rename the directory."""
+    for p in partial.rglob("*"):
+        if p.is_file():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    final = partial.parent / backup_id
+    os.rename(partial, final)
+    dir_fd = os.open(partial.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return final
+
+
+def partials(repo: Path) -> list[Path]:
+    """Unfinished backup directories (in progress, or left by a killed backup)."""
+    if not repo.is_dir():
+        return []
+    return sorted(p for p in repo.iterdir()
+                  if p.name.startswith((PARTIAL_PREFIX, DECRYPTED_PREFIX)))
+
+
+def remove_stale_partials(repo: Path) -> list[str]:
+    """Delete unfinished directories when no backup holds the lock; return their names."""
+    removed: list[str] = []
+    with repo_lock(repo, wait=False) as got:
+        if not got:
+            return removed
+        for p in partials(repo):
+            shutil.rmtree(p)
+            removed.append(p.name)
+    return removed
+
+
+def _read_verify(path: Path) -> dict | None:
+    try:
+        return json.loads((path / VERIFY_NAME).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def list_backups(repo: Path) -> list[LocalBackup]:
+    """Finished backups, oldest first (unreadable manifests are listed as not good)."""
+    if not repo.is_dir():
+        return []
+    found = []
+    for path in sorted(repo.iterdir()):
+        if path.name.startswith(".") or not path.is_dir():
+            continue
+        try:
+            manifest = mf.load(path)
+        except BackupCorrupt:
+            manifest = None
+        found.append(LocalBackup(path.name, path, manifest, _read_verify(path)))
+    return found
+
+
+def resolve(repo: Path, backup_id: str) -> LocalBackup:
+    """Find ``backup_id`` ("latest" means the newest good backup).
+
+    :raises BackupNotFound: there is no such backup.
+    """
+    backups = list_backups(repo)
+    if backup_id == "latest":
+        good = [b for b in backups if b.good]
+        if not good:
+            raise BackupNotFound(f"no good backup in {repo}; run `donnactl backup create`")
+        return good[-1]
+    for b in backups:
+        if b.backup_id == backup_id:
+            return b
+    raise BackupNotFound(f"no backup {backup_id!r} in {repo}; see `donnactl backup list`")
+
+
+def record_verify(backup: LocalBackup, result: dict) -> None:
+    mf.write_private(backup.path / VERIFY_NAME, json.dumps(result, indent=2, sort_keys=True))
+
+
+def delete(backup: LocalBackup) -> None:
+    # Rename first so a half-deleted backup can never be mistaken for a whole one.
+    doomed = backup.path.parent / f"{PARTIAL_PREFIX}deleting-{backup.backup_id}"
+    os.rename(backup.path, doomed)
+    shutil.rmtree(doomed)

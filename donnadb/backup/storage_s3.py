@@ -1,0 +1,314 @@
+"""The S3 copy of the repository (boto3): same layout under a prefix.
+
+``<prefix><id>/dump/...`` then ``<prefix><id>/manifest.json`` LAST, so a backup
+whose upload was interrupted has no manifest there and is never taken for whole.
+Large files go up in multipart uploads whose part size grows with the file (S3
+allows 5 MiB..5 GiB parts and at most 10,000 of them); every part carries its own
+SHA-256 which S3 checks, the whole file's sha256 is re-computed while reading and
+compared with the manifest before the upload is completed, and any failure aborts
+the multipart upload so no invisible, billed fragments stay behind. ``backup
+check`` lists any that did (a killed process cannot abort its own).
+
+Credentials come from boto3's usual chain (environment, profile, instance role).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import math
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from donnadb.backup import manifest as mf
+from donnadb.backup import storage_local
+from donnadb.backup.errors import BackupCorrupt, BackupError, BackupNotFound
+from donnadb.backup.settings import (
+    MIB,
+    S3_MAX_PART,
+    S3_MAX_PARTS,
+    S3_MIN_PART,
+    BackupSettings,
+)
+from donnadb.errors import ConfigError, DonnaError
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int], None]
+
+
+def part_size_for(size: int, min_part: int = S3_MIN_PART) -> int:
+    """Part size for a file of ``size`` bytes: at least ``min_part``, a whole number of
+    MiB, and big enough that the upload needs at most 10,000 parts.
+
+    :raises BackupError: the file is too large for S3 (over 10,000 x 5 GiB).
+    """
+    needed = math.ceil(size / S3_MAX_PARTS)
+    part = max(min_part, S3_MIN_PART, math.ceil(needed / MIB) * MIB)
+    if part > S3_MAX_PART:
+        raise BackupError(f"a {size}-byte file exceeds S3's multipart limit (10,000 x 5 GiB)")
+    return part
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
+
+
+@dataclass
+class RemoteBackup:
+    backup_id: str
+    manifest: mf.Manifest | None  # None: upload unfinished or manifest unreadable
+
+    @property
+    def good(self) -> bool:
+        return self.manifest is not None
+
+
+class S3Store:
+    """One bucket/prefix holding backups.
+
+    :raises ConfigError: S3 is not configured (no BACKUP_S3_BUCKET).
+    """
+
+    def __init__(self, bs: BackupSettings, *, client=None) -> None:
+        if not bs.backup_s3_bucket:
+            raise ConfigError("S3 is not configured; set BACKUP_S3_BUCKET")
+        self.bs = bs
+        self.bucket = bs.backup_s3_bucket
+        prefix = bs.backup_s3_prefix.strip("/")
+        self.prefix = f"{prefix}/" if prefix else ""
+        self.client = client or self._make_client()
+
+    def _make_client(self):
+        import boto3
+        from botocore.config import Config
+
+        session = boto3.session.Session(profile_name=self.bs.backup_s3_profile)
+        return session.client(
+            "s3",
+            region_name=self.bs.backup_s3_region,
+            endpoint_url=self.bs.backup_s3_endpoint_url,
+            config=Config(retries={"max_attempts": self.bs.backup_s3_max_attempts,
+                                   "mode": "standard"}),
+        )
+
+    # -- keys -----------------------------------------------------------------
+    def key(self, backup_id: str, rel: str) -> str:
+        return f"{self.prefix}{backup_id}/{rel}"
+
+    def _put_args(self) -> dict:
+        args: dict = {"StorageClass": self.bs.backup_s3_storage_class}
+        if self.bs.backup_s3_sse:
+            args["ServerSideEncryption"] = self.bs.backup_s3_sse
+            if self.bs.backup_s3_sse == "aws:kms" and self.bs.backup_s3_kms_key_id:
+                args["SSEKMSKeyId"] = self.bs.backup_s3_kms_key_id
+        return args
+
+    # -- upload ---------------------------------------------------------------
+    def upload_backup(self, backup: storage_local.LocalBackup,
+                      progress: Progress | None = None) -> int:
+        """Upload every file of ``backup``, then its manifest; return bytes sent.
+
+        :raises BackupCorrupt: a local file no longer matches the manifest.
+        :raises BackupError: S3 refused or failed (unfinished uploads are aborted).
+        """
+        if backup.manifest is None:
+            raise BackupCorrupt(f"backup {backup.backup_id} has no manifest; not uploading")
+        sent = 0
+        for entry in backup.manifest.files:
+            self.upload_file(backup.path / entry.path, self.key(backup.backup_id, entry.path),
+                             entry, progress)
+            sent += entry.size
+        manifest_path = backup.path / mf.MANIFEST_NAME
+        digest, size = mf.sha256_file(manifest_path)
+        self.upload_file(manifest_path, self.key(backup.backup_id, mf.MANIFEST_NAME),
+                         mf.FileEntry(mf.MANIFEST_NAME, size, digest), progress)
+        return sent + size
+
+    def upload_file(self, path: Path, key: str, entry: mf.FileEntry,
+                    progress: Progress | None = None) -> None:
+        """Upload one file, checking it against ``entry`` (size and sha256) on the way."""
+        size = path.stat().st_size
+        if size != entry.size:
+            raise BackupCorrupt(f"{path}: size {size} != {entry.size} in the manifest")
+        part = part_size_for(size, self.bs.backup_s3_min_part_size)
+        try:
+            if size > part:
+                self._put_multipart(path, key, entry, part, progress)
+                return
+            self._put_single(path, key, entry)
+        except DonnaError:
+            raise
+        except Exception as exc:  # botocore's ClientError, connection errors ...
+            raise BackupError(f"upload of s3://{self.bucket}/{key} failed: {exc}") from exc
+        if progress:
+            progress(size)
+
+    def _put_single(self, path: Path, key: str, entry: mf.FileEntry) -> None:
+        body = path.read_bytes()
+        digest = hashlib.sha256(body)
+        if digest.hexdigest() != entry.sha256:
+            raise BackupCorrupt(f"{path}: sha256 differs from the manifest; not uploading")
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=body,
+                               ChecksumSHA256=_b64(digest.digest()),
+                               Metadata={"sha256": entry.sha256}, **self._put_args())
+
+    def _put_multipart(self, path: Path, key: str, entry: mf.FileEntry, part_size: int,
+                       progress: Progress | None) -> None:
+        upload = self.client.create_multipart_upload(
+            Bucket=self.bucket, Key=key, ChecksumAlgorithm="SHA256",
+            Metadata={"sha256": entry.sha256}, **self._put_args())
+        upload_id = upload["UploadId"]
+        try:
+            whole = hashlib.sha256()
+            parts = []
+            with path.open("rb") as fh:
+                number = 1
+                while chunk := fh.read(part_size):
+                    whole.update(chunk)
+                    checksum = _b64(hashlib.sha256(chunk).digest())
+                    answer = self.client.upload_part(
+                        Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                        Body=chunk, ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum)
+                    parts.append({"PartNumber": number, "ETag": answer["ETag"],
+                                  "ChecksumSHA256": checksum})
+                    if progress:
+                        progress(len(chunk))
+                    number += 1
+            if whole.hexdigest() != entry.sha256:
+                raise BackupCorrupt(f"{path}: sha256 differs from the manifest; upload aborted")
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id,
+                MultipartUpload={"Parts": parts})
+        except BaseException as exc:
+            self._abort(key, upload_id)
+            if isinstance(exc, DonnaError | KeyboardInterrupt):
+                raise
+            raise BackupError(f"multipart upload of s3://{self.bucket}/{key} failed "
+                              f"(aborted): {exc}") from exc
+
+    def _abort(self, key: str, upload_id: str) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except Exception:
+            # `backup check` lists what could not be aborted; `backup prune` retries.
+            log.warning("could not abort multipart upload %s of %s", upload_id, key,
+                        exc_info=True)
+
+    # -- listing --------------------------------------------------------------
+    def list_backups(self) -> list[RemoteBackup]:
+        """Backups under the prefix, oldest first; unfinished ones have no manifest."""
+        found = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix,
+                                           Delimiter="/"):
+                for common in page.get("CommonPrefixes", []):
+                    backup_id = common["Prefix"][len(self.prefix):].rstrip("/")
+                    found.append(RemoteBackup(backup_id, self._read_manifest(backup_id)))
+        except Exception as exc:
+            raise BackupError(f"cannot list s3://{self.bucket}/{self.prefix}: {exc}") from exc
+        return sorted(found, key=lambda b: b.backup_id)
+
+    def _read_manifest(self, backup_id: str) -> mf.Manifest | None:
+        key = self.key(backup_id, mf.MANIFEST_NAME)
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            return None
+        try:
+            return mf.Manifest.from_json(body.decode("utf-8"), where=f"s3://{self.bucket}/{key}")
+        except BackupCorrupt:
+            return None
+
+    def unfinished_uploads(self) -> list[dict]:
+        """Multipart uploads under the prefix that were never completed or aborted."""
+        found = []
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for up in page.get("Uploads", []):
+                initiated = up.get("Initiated")
+                found.append({
+                    "key": up["Key"], "upload_id": up["UploadId"],
+                    "initiated": initiated.isoformat() if isinstance(initiated, datetime)
+                    else str(initiated),
+                })
+        return found
+
+    def abort_unfinished(self, *, older_than_hours: float = 0) -> list[dict]:
+        """Abort unfinished multipart uploads under the prefix started more than
+        ``older_than_hours`` ago (younger ones may belong to a running upload)."""
+        cutoff = datetime.now(UTC) - timedelta(hours=older_than_hours)
+        found = [u for u in self.unfinished_uploads()
+                 if older_than_hours <= 0 or datetime.fromisoformat(u["initiated"]) < cutoff]
+        for up in found:
+            self._abort(up["key"], up["upload_id"])
+        return found
+
+    # -- download / delete ----------------------------------------------------
+    def download_backup(self, backup_id: str, repo: Path,
+                        progress: Progress | None = None) -> storage_local.LocalBackup:
+        """Fetch a backup into the local repository, verifying every file's sha256
+        before it becomes visible there.
+
+        :raises BackupNotFound: S3 has no complete backup with that id.
+        :raises BackupCorrupt: a downloaded file differs from the manifest.
+        """
+        manifest = self._read_manifest(backup_id)
+        if manifest is None:
+            raise BackupNotFound(
+                f"no complete backup {backup_id!r} in s3://{self.bucket}/{self.prefix}")
+        storage_local.ensure_repo(repo)
+        with storage_local.repo_lock(repo):
+            if (repo / backup_id).exists():
+                return storage_local.resolve(repo, backup_id)
+            partial = storage_local.start_partial(repo, backup_id)
+            try:
+                for entry in manifest.files:
+                    self._download_file(self.key(backup_id, entry.path),
+                                        partial / entry.path, entry, progress)
+                mf.write_private(partial / mf.MANIFEST_NAME, manifest.to_json())
+                final = storage_local.commit_partial(partial, backup_id)
+            except BaseException:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise
+        return storage_local.LocalBackup(backup_id, final, manifest, None)
+
+    def _download_file(self, key: str, dest: Path, entry: mf.FileEntry,
+                       progress: Progress | None) -> None:
+        dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                for chunk in answer["Body"].iter_chunks(mf.CHUNK):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    out.write(chunk)
+                    if progress:
+                        progress(len(chunk))
+        except Exception as exc:
+            raise BackupError(f"download of s3://{self.bucket}/{key} failed: {exc}") from exc
+        if size != entry.size or digest.hexdigest() != entry.sha256:
+            raise BackupCorrupt(f"s3://{self.bucket}/{key} does not match its manifest "
+                                f"({size} bytes, sha256 {digest.hexdigest()[:12]}...)")
+
+    def delete_backup(self, backup_id: str) -> int:
+        """Delete every object of a backup, its manifest first; return objects deleted."""
+        manifest_key = self.key(backup_id, mf.MANIFEST_NAME)
+        self.client.delete_object(Bucket=self.bucket, Key=manifest_key)
+        keys = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.key(backup_id, "")):
+            keys.extend({"Key": o["Key"]} for o in page.get("Contents", []))
+        for start in range(0, len(keys), 1000):
+            self.client.delete_objects(Bucket=self.bucket,
+                                       Delete={"Objects": keys[start:start + 1000]})
+        return len(keys) + 1

@@ -1,0 +1,356 @@
+"""``donnactl backup ...``: parsing and printing around donnadb.backup."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.table import Table
+
+from donnadb.backup import catalog, crypto, pitr, restore, snapshot, storage_local, verify
+from donnadb.backup.check import check_backups
+from donnadb.backup.errors import BackupCorrupt, BackupNotFound, BackupStale
+from donnadb.backup.prune import prune as run_prune
+from donnadb.backup.settings import load_backup_settings
+from donnadb.backup.storage_s3 import S3Store
+from donnadb.cli.output import console, emit_json
+from donnadb.config import load_settings
+from donnadb.errors import UsageError
+
+app = typer.Typer(no_args_is_help=True)
+
+JsonOpt = typer.Option(False, "--json", help="Print one JSON document for scripts.")
+RepoOpt = typer.Option(None, "--repo", help="Local repository (default: BACKUP_REPO_DIR).")
+JobsOpt = typer.Option(None, "--jobs", "-j", min=1, help="Parallel jobs (BACKUP_JOBS).")
+
+
+def _human(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return str(n)
+
+
+def _transfer(total: int, what: str, quiet: bool) -> tuple[Progress | None, object]:
+    if quiet:
+        return None, None
+    progress = Progress("[progress.description]{task.description}", BarColumn(),
+                        DownloadColumn(), TransferSpeedColumn(), console=console)
+    task = progress.add_task(what, total=total)
+    return progress, lambda n: progress.advance(task, n)
+
+
+def _local_or_download(bs, backup_id: str, quiet: bool) -> storage_local.LocalBackup:
+    try:
+        return storage_local.resolve(bs.backup_repo_dir, backup_id)
+    except BackupNotFound:
+        if not bs.s3_enabled:
+            raise
+    store = S3Store(bs)
+    if backup_id == "latest":
+        good = [b for b in store.list_backups() if b.good]
+        if not good:
+            raise BackupNotFound("no good backup locally or in S3; run `donnactl backup create`")
+        backup_id = good[-1].backup_id
+    remote = next((b for b in store.list_backups() if b.backup_id == backup_id), None)
+    total = remote.manifest.total_size if remote and remote.manifest else 0
+    progress, advance = _transfer(total, f"download {backup_id}", quiet)
+    if progress:
+        with progress:
+            return store.download_backup(backup_id, bs.backup_repo_dir, advance)
+    return store.download_backup(backup_id, bs.backup_repo_dir)
+
+
+@app.command()
+def create(
+    dbname: str | None = typer.Option(None, "--dbname", help="Database (default: DB_NAME)."),
+    jobs: int | None = JobsOpt,
+    compress_level: int | None = typer.Option(None, "--compress-level", min=0, max=9,
+                                              help="gzip level (BACKUP_COMPRESS_LEVEL)."),
+    upload: bool | None = typer.Option(None, "--upload/--no-upload",
+                                       help="Copy to S3 (default: when BACKUP_S3_BUCKET is set)."),
+    repo: str | None = RepoOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Take a logical snapshot (pg_dump -Fd -j) with a manifest; upload it to S3 if set."""
+    settings = load_settings(db_name=dbname)
+    bs = load_backup_settings(backup_repo_dir=repo)
+    started = time.monotonic()
+    if json_out:
+        backup = snapshot.create_backup(settings, bs, jobs=jobs, compress_level=compress_level)
+    else:
+        with console.status(f"pg_dump of {settings.db_name} ..."):
+            backup = snapshot.create_backup(settings, bs, jobs=jobs,
+                                            compress_level=compress_level)
+    uploaded = False
+    if upload or (upload is None and bs.s3_enabled):
+        store = S3Store(bs)
+        progress, advance = _transfer(backup.manifest.total_size,
+                                      f"upload {backup.backup_id}", json_out)
+        if progress:
+            with progress:
+                store.upload_backup(backup, advance)
+        else:
+            store.upload_backup(backup)
+        uploaded = True
+    m = backup.manifest
+    seconds = round(time.monotonic() - started, 2)
+    if json_out:
+        emit_json({"backup_id": backup.backup_id, "path": str(backup.path), "size": m.total_size,
+                   "files": len(m.files), "row_counts": m.row_counts,
+                   "schema_version": m.schema_version, "uploaded": uploaded,
+                   "seconds": seconds})
+        return
+    console.print(f"backup [bold]{backup.backup_id}[/] of {m.database}: {len(m.files)} files, "
+                  f"{_human(m.total_size)} (database {_human(m.database_size)}), "
+                  f"{sum(m.row_counts.values())} rows, schema {m.schema_version or 'none'}, "
+                  f"{seconds} s{', uploaded to S3' if uploaded else ''}")
+
+
+@app.command("list")
+def list_(
+    local: bool = typer.Option(True, "--local/--no-local", help="Include the local repository."),
+    s3: bool = typer.Option(True, "--s3/--no-s3", help="Include S3 (when configured)."),
+    repo: str | None = RepoOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """List backups, local and in S3, with age and size."""
+    bs = load_backup_settings(backup_repo_dir=repo)
+    rows = catalog.all_rows(bs, local=local, remote=s3)
+    if json_out:
+        emit_json([r.to_dict() for r in rows])
+        return
+    table = Table(title=f"backups ({bs.backup_repo_dir}"
+                  + (f", s3://{bs.backup_s3_bucket}/{bs.backup_s3_prefix})" if bs.s3_enabled
+                     else ")"))
+    table.add_column("id", no_wrap=True)
+    for col in ("where", "state", "age (h)", "size", "database", "schema", "verified"):
+        table.add_column(col)
+    for r in rows:
+        state = "[green]good[/]" if r.good else "[red]incomplete/failed[/]"
+        verified = {None: "-", True: "ok", False: "[red]FAILED[/]"}[r.verified]
+        table.add_row(r.backup_id, r.where, state, f"{r.age_hours:.1f}" if r.age_hours is not None
+                      else "-", _human(r.size), r.database or "-", r.schema_version or "-",
+                      verified)
+    console.print(table)
+
+
+@app.command()
+def show(backup_id: str = typer.Argument(..., help="Backup id or 'latest'."),
+         repo: str | None = RepoOpt, json_out: bool = JsonOpt) -> None:
+    """Print a local backup's manifest."""
+    bs = load_backup_settings(backup_repo_dir=repo)
+    backup = storage_local.resolve(bs.backup_repo_dir, backup_id)
+    if backup.manifest is None:
+        raise BackupCorrupt(f"backup {backup.backup_id} has no readable manifest")
+    m = backup.manifest
+    if json_out:
+        data = {"manifest": json.loads(m.to_json()), "verified": backup.verified,
+                "path": str(backup.path)}
+        emit_json(data)
+        return
+    console.print(f"[bold]{m.backup_id}[/] of {m.database} at {backup.path}")
+    console.print(f"  {m.started_at} .. {m.finished_at}; PostgreSQL {m.server_version}; "
+                  f"schema {m.schema_version or 'none'}; database {_human(m.database_size)}")
+    console.print(f"  {len(m.files)} files, {_human(m.total_size)}; gzip level "
+                  f"{m.compress_level}; {m.jobs} jobs; tools {m.tools}")
+    table = Table("table", "rows")
+    for name, count in sorted(m.row_counts.items()):
+        table.add_row(name, str(count))
+    console.print(table)
+
+
+@app.command(name="verify")
+def verify_(
+    backup_id: str = typer.Argument(..., help="Backup id or 'latest'."),
+    with_restore: bool = typer.Option(False, "--restore",
+                                      help="Also restore into a throwaway database and compare."),
+    repo: str | None = RepoOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Re-hash every file against the manifest (and with --restore, prove it restores)."""
+    settings = load_settings()
+    bs = load_backup_settings(backup_repo_dir=repo)
+    backup = _local_or_download(bs, backup_id, json_out)
+    if json_out:
+        result = verify.verify_backup(settings, bs, backup, with_restore=with_restore)
+        emit_json(result.to_dict())
+    else:
+        with console.status(f"verifying {backup.backup_id} ..."):
+            result = verify.verify_backup(settings, bs, backup, with_restore=with_restore)
+        console.print(f"{backup.backup_id}: {result.files_checked} files, "
+                      f"{_human(result.bytes_checked)} checked"
+                      + (f"; restored in {result.restore_seconds} s" if result.restored else ""))
+    if not result.ok:
+        raise BackupCorrupt(f"backup {backup.backup_id} failed verification: "
+                            + "; ".join(result.problems[:3]))
+    if not json_out:
+        console.print("[green]ok[/]")
+
+
+@app.command(name="restore")
+def restore_(
+    backup_id: str = typer.Argument(..., help="Backup id or 'latest' (local, else S3)."),
+    target_db: str = typer.Option(..., "--target-db", help="Database to restore into."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty target database."),
+    jobs: int | None = JobsOpt,
+    repo: str | None = RepoOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Restore a backup into --target-db (verified first; refuses non-empty targets)."""
+    settings = load_settings()
+    bs = load_backup_settings(backup_repo_dir=repo)
+    backup = _local_or_download(bs, backup_id, json_out)
+    if json_out:
+        result = restore.restore_backup(settings, bs, backup, target_db, force=force, jobs=jobs)
+        emit_json({"backup_id": result.backup_id, "target_db": result.target_db,
+                   "seconds": result.seconds, "schema_version": result.schema_version,
+                   "row_counts": result.row_counts, "phases": result.phases})
+        return
+    with console.status(f"restoring {backup.backup_id} into {target_db} ..."):
+        result = restore.restore_backup(settings, bs, backup, target_db, force=force, jobs=jobs)
+    console.print(f"restored {result.backup_id} into [bold]{target_db}[/] in "
+                  f"{result.seconds} s: schema {result.schema_version or 'none'}, "
+                  f"{sum(result.row_counts.values())} rows in {len(result.row_counts)} "
+                  "tables, all matching the manifest")
+    console.print("  " + ", ".join(f"{k} {v:.1f} s" for k, v in result.phases.items()))
+
+
+@app.command()
+def upload(backup_id: str = typer.Argument(..., help="Backup id or 'latest'."),
+           repo: str | None = RepoOpt, json_out: bool = JsonOpt) -> None:
+    """Copy a local backup to S3 (manifest last)."""
+    bs = load_backup_settings(backup_repo_dir=repo)
+    backup = storage_local.resolve(bs.backup_repo_dir, backup_id)
+    store = S3Store(bs)
+    sent = store.upload_backup(backup)
+    if json_out:
+        emit_json({"backup_id": backup.backup_id, "bytes": sent})
+    else:
+        console.print(f"uploaded {backup.backup_id} ({_human(sent)}) to "
+                      f"s3://{store.bucket}/{store.prefix}")
+
+
+@app.command()
+def prune(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go; delete nothing."),
+    repo: str | None = RepoOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Apply the retention policy (BACKUP_KEEP_*) locally and in S3."""
+    bs = load_backup_settings(backup_repo_dir=repo)
+    report = run_prune(bs, dry_run=dry_run)
+    if json_out:
+        emit_json(report.to_dict())
+        return
+    verb = "would delete" if dry_run else "deleted"
+    for where, plan in (("local", report.local), ("s3", report.s3)):
+        if plan is None:
+            continue
+        for backup_id, reasons in sorted(plan.keep.items()):
+            console.print(f"{where}: keep {backup_id} ({', '.join(reasons)})")
+        for backup_id in plan.delete:
+            console.print(f"{where}: [yellow]{verb}[/] {backup_id}")
+    for name in report.partials_removed:
+        console.print(f"local: removed unfinished {name}")
+    for up in report.uploads_aborted:
+        console.print(f"s3: aborted unfinished upload of {up['key']}")
+
+
+@app.command()
+def check(repo: str | None = RepoOpt, json_out: bool = JsonOpt) -> None:
+    """Exit 8 when the newest good backup is older than BACKUP_MAX_AGE_HOURS or missing."""
+    bs = load_backup_settings(backup_repo_dir=repo)
+    engine = None
+    if bs.pgbackrest_enabled:
+        engine = pitr.check(pitr.engine_from_settings(bs, load_settings().db_port))
+    report = check_backups(bs, engine=engine)
+    if json_out:
+        emit_json(report.to_dict())
+    else:
+        for where in ("local", "s3"):
+            newest = getattr(report, f"newest_{where}")
+            if where == "s3" and not bs.s3_enabled:
+                continue
+            age = getattr(report, f"newest_{where}_age_hours")
+            console.print(f"{where}: newest good backup {newest or 'none'}"
+                          + (f", {age:.2f} h old" if age is not None else ""))
+        for up in report.unfinished_uploads:
+            console.print(f"s3: unfinished multipart upload {up['key']} since {up['initiated']}")
+        if report.engine and report.engine.get("ok"):
+            e = report.engine
+            console.print(f"pgBackRest: {e['backups']} backups, newest {e['newest_backup']} "
+                          f"({e['newest_backup_age_hours']} h); WAL archived up to "
+                          f"{e['wal_max']}")
+        for w in report.warnings:
+            console.print(f"[yellow]warning:[/] {w}")
+    if not report.ok:
+        raise BackupStale(report.problems[0])
+    if not json_out:
+        console.print(f"[green]ok[/]: within {report.max_age_hours:g} h")
+
+
+@app.command()
+def physical(
+    kind: str = typer.Option("full", "--type", help="full, diff or incr."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Take a pgBackRest physical backup (the base for point-in-time recovery)."""
+    bs = load_backup_settings()
+    engine = pitr.engine_from_settings(bs, load_settings().db_port)
+    if json_out:
+        emit_json(pitr.physical_backup(engine, kind))
+        return
+    with console.status(f"pgbackrest {kind} backup ..."):
+        info = pitr.physical_backup(engine, kind)
+    console.print(f"pgBackRest {info.get('type')} backup {info.get('label')} done")
+
+
+@app.command(name="pitr")
+def pitr_(
+    to: str = typer.Option(..., "--to", help="Target moment with zone: '2026-11-25 10:00:00+00'."),
+    data_dir: str | None = typer.Option(None, "--data-dir",
+                                        help="Empty directory for the restored copy."),
+    port: int | None = typer.Option(None, "--port", help="Port for the restored copy."),
+    in_place: bool = typer.Option(False, "--in-place",
+                                  help="Replace the cluster itself (needs --force)."),
+    force: bool = typer.Option(False, "--force", help="Allow --in-place."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Restore the cluster as it was at --to (a new copy by default) and check it."""
+    try:
+        target = datetime.fromisoformat(to)
+    except ValueError:
+        raise UsageError(f"--to {to!r} is not a time; use '2026-11-25 10:00:00+00'") from None
+    if in_place and not force:
+        raise UsageError("--in-place replaces the running cluster; add --force to confirm")
+    bs = load_backup_settings()
+    engine = pitr.engine_from_settings(bs, load_settings().db_port)
+    result = pitr.restore_to_time(engine, target, data_dir=Path(data_dir) if data_dir else None,
+                                  port=port, in_place=in_place)
+    if json_out:
+        emit_json(result.to_dict())
+        return
+    console.print(f"restored to {result.target_time} in {result.seconds} s: "
+                  f"{result.data_dir} on port {result.port} (server time {result.server_now})")
+
+
+@app.command()
+def keygen(path: str = typer.Argument(..., help="New key file (0600); keep a copy "
+                                       "outside the backups, e.g. in your password manager."),
+           json_out: bool = JsonOpt) -> None:
+    """Create a client-side encryption key file for BACKUP_ENCRYPTION_KEY_FILE."""
+    key = crypto.generate_key_file(Path(path))
+    if json_out:
+        emit_json({"path": str(path), "key_id": key.key_id})
+        return
+    console.print(f"wrote {path} (key id {key.key_id}); set BACKUP_ENCRYPTION_KEY_FILE={path} "
+                  "and store a copy of the file away from the backups")

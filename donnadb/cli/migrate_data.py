@@ -1,0 +1,177 @@
+"""``donnactl migrate-data import|verify|export|reconcile``: the legacy files <-> PostgreSQL.
+
+Exit codes: 0 ok; 1 verify found differences / reconcile left entries failing;
+3 bad arguments; 4 database unreachable; 6 the database rejected a batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import psycopg
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from donnadb import db
+from donnadb.cli.output import console, emit_json, err_console
+from donnadb.config import load_settings
+from donnadb.errors import DatabaseError
+from donnadb.legacy.export import export_data_dir
+from donnadb.legacy.importer import import_data_dir
+from donnadb.legacy.reader import LegacyReader
+from donnadb.legacy.report import Report
+from donnadb.legacy.verify import verify as verify_dir
+
+app = typer.Typer(no_args_is_help=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
+DbOpt = Annotated[str | None, typer.Option("--dbname", help="Database (default: DB_NAME).")]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir",
+                                                 help="Legacy data directory (default: DATA_DIR).")]
+ReportDirOpt = Annotated[Path, typer.Option(
+    "--report-dir", help="Where the import writes its summary/quarantine report (0700).")]
+DEFAULT_REPORT_DIR = Path("migrate-data-reports")
+
+
+def _quarantine_table(report: Report) -> Table | None:
+    if not report.quarantined:
+        return None
+    table = Table(title=f"quarantined ({len(report.quarantined)}): not imported, "
+                        "originals untouched", title_justify="left")
+    for col in ("path", "reason", "detail"):
+        table.add_column(col, overflow="fold")
+    for q in sorted(report.quarantined, key=lambda q: q["path"]):
+        table.add_row(q["path"], q["reason"], q["detail"][:120])
+    return table
+
+
+def _print_report(report: Report) -> None:
+    table = _quarantine_table(report)
+    if table is not None:
+        console.print(table)
+    if report.world_writable_count:
+        console.print(f"[yellow]{report.world_writable_count} world-writable (0777-style) "
+                      "files/folders in the data directory[/] (left as they are; e.g. "
+                      f"{', '.join(report.world_writable[:3])})", highlight=False)
+    kinds = {k[5:]: v for k, v in report.counts.items() if k.startswith("note:")}
+    if kinds:
+        console.print("normalised/resolved: " + ", ".join(f"{k} {v}" for k, v in kinds.items()),
+                      highlight=False)
+
+
+def _connect(kind: str, settings, dbname: str | None) -> psycopg.Connection:
+    return db.connect(kind, settings=settings, dbname=dbname, autocommit=True)
+
+
+@app.command("import")
+def import_cmd(data_dir: DataDirOpt = None, dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Read and normalise everything; write nothing.")] = False,
+        json: JsonOpt = False, dbname: DbOpt = None,
+        batch_size: Annotated[int | None, typer.Option(
+            "--batch-size", help="Rows per transaction (default: MIGRATION_BATCH_SIZE).")] = None,
+        report_dir: ReportDirOpt = DEFAULT_REPORT_DIR,
+        defer_indexes: Annotated[bool, typer.Option(
+            "--defer-indexes", help="Initial load into an EMPTY messages table only: drop the "
+            "secondary messages indexes and rebuild them at the end (kill-safe).")] = False,
+        ) -> None:
+    """Load DATA_DIR into PostgreSQL (idempotent; re-run after any interruption)."""
+    settings = load_settings(db_name=dbname, data_dir=data_dir,
+                             migration_batch_size=batch_size)
+    reader = LegacyReader.open(settings.data_dir)
+    conn = None if dry_run else _connect("migrator", settings, dbname)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=err_console, disable=json, transient=False) as bar:
+            tasks = {phase: bar.add_task(f"{phase} files", total=total)
+                     for phase, total in reader.totals.items()}
+            summary = import_data_dir(
+                reader, conn, batch_size=settings.migration_batch_size, dry_run=dry_run,
+                progress=lambda phase, n: bar.advance(tasks[phase], n),
+                defer_indexes=defer_indexes, owner_role=settings.db_role_owner)
+    finally:
+        if conn is not None:
+            conn.close()
+    report_file = None
+    if not dry_run:
+        report_file = reader.report.write(Path(report_dir), "import",
+                                          {"summary": summary.as_dict()})
+    if json:
+        emit_json({"summary": summary.as_dict(), "report": reader.report.as_dict(),
+                   "report_file": str(report_file) if report_file else None})
+        return
+    table = Table(title="dry run: nothing written" if dry_run else "import summary",
+                  title_justify="left")
+    for col in ("table", "rows read", "rows written (new or changed)"):
+        table.add_column(col)
+    for name, n in summary.read.items():
+        table.add_row(name, str(n), "-" if dry_run else str(summary.written.get(name, 0)))
+    console.print(table)
+    _print_report(reader.report)
+    console.print(f"{summary.batches} batches of up to {settings.migration_batch_size} rows"
+                  + (f"; report: {report_file}" if report_file else ""), highlight=False)
+
+
+@app.command("verify")
+def verify_cmd(data_dir: DataDirOpt = None, json: JsonOpt = False, dbname: DbOpt = None) -> None:
+    """Compare DATA_DIR with the database chat by chat, user by user; exit 1 on a difference."""
+    settings = load_settings(db_name=dbname, data_dir=data_dir)
+    reader = LegacyReader.open(settings.data_dir)
+    with _connect("readonly", settings, dbname) as conn:
+        try:
+            result = verify_dir(reader, conn)
+        except psycopg.OperationalError as exc:
+            raise DatabaseError(f"verify lost the database: {exc}") from exc
+    if json:
+        emit_json(result.as_dict())
+    else:
+        compared = ", ".join(f"{v} {k}" for k, v in result.compared.items())
+        if result.ok:
+            console.print(f"[green]verify ok[/]: {compared} match the files", highlight=False)
+        else:
+            table = Table(title=f"{len(result.differences)} differences", title_justify="left")
+            for col in ("kind", "key", "detail"):
+                table.add_column(col, overflow="fold")
+            for d in result.differences[:200]:
+                table.add_row(d["kind"], d["key"], d["detail"])
+            console.print(table)
+            console.print(f"[red]verify failed[/]: compared {compared}", highlight=False)
+        _print_report(reader.report)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@app.command("export")
+def export_cmd(out: Annotated[Path, typer.Option("--out", help="New, empty directory.")],
+               json: JsonOpt = False, dbname: DbOpt = None) -> None:
+    """Write the database back into the legacy layout (rollback path; files 0600, dirs 0700)."""
+    settings = load_settings(db_name=dbname)
+    with _connect("readonly", settings, dbname) as conn:
+        summary = export_data_dir(conn, out)
+    if json:
+        emit_json(summary.as_dict())
+        return
+    console.print(f"exported to {summary.out_dir}: "
+                  + ", ".join(f"{v} {k}" for k, v in summary.written.items()), highlight=False)
+
+
+@app.command("reconcile")
+def reconcile_cmd(data_dir: DataDirOpt = None, json: JsonOpt = False,
+                  dbname: DbOpt = None) -> None:
+    """Replay what dual-write failed to write to PostgreSQL (idempotent); exit 1 if some
+    entries still fail (they stay queued)."""
+    from donnadb.dal import reconcile
+
+    settings = load_settings(db_name=dbname, data_dir=data_dir)
+    result = reconcile(settings=settings)
+    if json:
+        emit_json(result.as_dict())
+    else:
+        console.print(f"reconcile: {result.entries} queued entries, {result.replayed} entities "
+                      f"replayed, {result.failed} still failing", highlight=False)
+        for err in result.errors[:20]:
+            console.print(f"  {err}", highlight=False)
+    if not result.ok:
+        raise typer.Exit(1)

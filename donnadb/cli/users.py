@@ -1,0 +1,68 @@
+"""`donnactl users inspect|forget`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from donnadb.cli.opsrun import DbOpt, JsonOpt, YesOpt, confirm, logged, settings
+from donnadb.cli.output import console, emit_json
+from donnadb.ops import users
+
+app = typer.Typer(no_args_is_help=True)
+
+IdentArg = Annotated[str, typer.Argument(help="The user's id (UUID) or clerk_id.")]
+
+
+def _when(value) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value else "-"
+
+
+@app.command("inspect")
+@logged("users inspect")
+def inspect_cmd(ident: IdentArg, json: JsonOpt = False, dbname: DbOpt = None) -> None:
+    """A user's sessions, message counts and memory keys (readonly; no contents)."""
+    r = users.inspect_user(settings(), ident, dbname=dbname)
+    if json:
+        emit_json(r)
+        return
+    u = r["user"]
+    console.print(f"[bold]{u['id']}[/] clerk_id={u['clerk_id']} email={u['email']} "
+                  f"status={u['status']} created {_when(u['created_at'])} "
+                  f"last active {_when(u['last_active_at'])}", highlight=False)
+    console.print(f"{r['sessions']} sessions, {r['messages']} messages, "
+                  f"{len(r['memory_keys'])} memory keys")
+    table = Table(title="recent sessions", title_justify="left")
+    for col in ("chat_id", "title", "profile", "messages", "last message", "status"):
+        table.add_column(col)
+    for s in r["recent_sessions"]:
+        table.add_row(s["chat_id"], s["title"] or "", s["profile"], str(s["message_count"]),
+                      _when(s["last_message_at"]), s["status"])
+    console.print(table)
+    if r["memory_keys"]:
+        console.print("memory: " + ", ".join(f"{m['memory_type']}/{m['key']}"
+                                             for m in r["memory_keys"]), highlight=False)
+
+
+@app.command("forget")
+@logged("users forget")
+def forget_cmd(ident: IdentArg, yes: YesOpt = False, json: JsonOpt = False,
+               dbname: DbOpt = None) -> None:
+    """GDPR erasure of a user and all their data, in one transaction, recorded.
+
+    Deletes sessions, messages, memory and logs naming the user; writes a system_logs
+    record. Asks first unless --yes.
+    """
+    s = settings()
+    r = users.inspect_user(s, ident, dbname=dbname)
+    confirm(f"Erase user {r['user']['id']} ({r['sessions']} sessions, {r['messages']} messages, "
+            f"{len(r['memory_keys'])} memory keys)? This cannot be undone", yes)
+    result = users.forget_user(s, ident, dbname=dbname)
+    if json:
+        emit_json(result)
+    else:
+        console.print(f"erased user {result['user_id']}: {result['sessions']} sessions, "
+                      f"{result['messages']} messages, {result['memory']} memory rows, "
+                      f"{result['logs']} log rows")

@@ -1,0 +1,148 @@
+"""Crash-safe file primitives for the file store: flock locks, atomic JSON writes.
+
+Locks are ``fcntl.flock`` on a per-data-file lock file (``DATA_DIR/.locks/<area>/<name>
+.lock``), opened anew for every acquisition: flock belongs to the open file
+description, so it excludes other threads of this process as well as other processes.
+The data file itself cannot carry the lock because an atomic write replaces its inode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from donnadb.dal.errors import LockTimeout
+from donnadb.errors import DataError
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+def ensure_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) as 0700; existing folders are left as they are.
+
+    The legacy app's folders may be 0777; tightening them is reported by health_check
+    rather than done here, because an old app running as another user may still need them.
+    """
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, DIR_MODE)
+        except FileExistsError:
+            continue
+        os.chmod(d, DIR_MODE)  # mkdir's mode is filtered by the umask
+
+
+def acquire(lock_path: Path, timeout: float | None = None) -> int:
+    """Take an exclusive flock on ``lock_path``; return the fd that holds it.
+
+    ``timeout=None`` blocks; otherwise polls and raises :class:`LockTimeout`.
+    """
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    try:
+        if timeout is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return fd
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(
+                        f"could not lock {lock_path} within {timeout:g}s: another "
+                        "transaction holds it; retry, or keep transactions short"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def release(fd: int) -> None:
+    os.close(fd)  # closing the only fd of the open file description drops the flock
+
+
+def read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def read_json(path: Path) -> Any | None:
+    """The JSON document in ``path``; ``None`` when the file does not exist.
+
+    :raises DataError: the file is empty or not valid JSON (a crash mid-write of the old
+        app); it is never overwritten by this store.
+    """
+    raw = read_bytes(path)
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw.decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(
+            f"{path} is not valid JSON ({exc}); repair it or move it away "
+            "(`donnactl migrate-data import` quarantines such files)"
+        ) from None
+
+
+def dump_json(document: Any) -> bytes:
+    """Serialise for the file store; ASCII so NUL and lone surrogates survive as escapes.
+
+    :raises DataError: ``document`` holds something JSON cannot represent.
+    """
+    try:
+        return json.dumps(document, ensure_ascii=True, allow_nan=False).encode("ascii")
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"value cannot be stored as JSON: {exc}") from None
+
+
+def write_atomic(path: Path, payload: bytes) -> None:
+    """Replace ``path`` with ``payload``: temp file in the same folder, fsync, rename,
+    fsync of the folder. Readers see the old or the new file, never a torn one; the new
+    file is 0600 whatever the old one was."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, FILE_MODE)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def remove(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

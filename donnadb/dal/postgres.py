@@ -1,0 +1,535 @@
+"""PostgresDataAccess: the plan's tables through psycopg 3 and a psycopg_pool pool.
+
+Connections run in autocommit; every operation of more than one statement runs inside
+``conn.transaction()`` (a savepoint when the caller has opened a transaction), so each
+call is all-or-nothing and a failed call does not poison the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from donnadb import db
+from donnadb.config import Settings, get_settings
+from donnadb.dal import postgres_sql as q
+from donnadb.dal.errors import ConflictError, NotFoundError, TransactionError
+from donnadb.dal.protocol import (
+    SESSION_FIELDS,
+    USER_FIELDS,
+    ChatSession,
+    MemoryEntry,
+    Message,
+    TransactionMixin,
+    User,
+)
+from donnadb.dal.values import (
+    ESCAPE_MARKER,
+    check_fields,
+    check_json_object,
+    check_memory_type,
+    check_role,
+    escape_text,
+    is_uuid,
+    needs_escape,
+    parse_timestamp,
+    unescape_text,
+)
+from donnadb.errors import DatabaseError, DataError, DonnaError
+
+log = logging.getLogger(__name__)
+
+#: Memory types mirrored in a users column (the legacy file has one object for both).
+SECTION_COLUMNS = {"profile": "profile", "preferences": "preferences"}
+
+
+class PostgresDataAccess(TransactionMixin):
+    """The PostgreSQL store; safe to share between threads (one pool, one connection
+    pinned per thread while a transaction is open)."""
+
+    store = "postgresql"
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        dbname: str | None = None,
+        pool_timeout: float = 30.0,
+        min_size: int = 1,
+    ) -> None:
+        """Open the pool (in the background: a down server is reported by the first call).
+
+        :raises CredentialsError: no password for the application role.
+        """
+        s = settings or get_settings()
+        self.settings = s
+        self.via_pgbouncer = s.pgbouncer_port is not None
+        info = db.conninfo("app", settings=s, dbname=dbname)
+        kwargs: dict[str, Any] = {"autocommit": True, "row_factory": dict_row}
+        if self.via_pgbouncer:
+            # PgBouncer in transaction mode hands each transaction to any server
+            # connection: server-side prepared statements would be lost between them.
+            kwargs["prepare_threshold"] = None
+        self.pool_timeout = pool_timeout
+        self._pool = ConnectionPool(
+            info,
+            min_size=min(min_size, s.db_max_connections),
+            max_size=s.db_max_connections,
+            max_idle=float(s.db_idle_timeout),
+            timeout=pool_timeout,
+            kwargs=kwargs,
+            # A connection that died (server restart, idle kill) is replaced on checkout
+            # instead of failing the caller's first query.
+            check=ConnectionPool.check_connection,
+            name="donnadb-dal",
+            open=True,
+        )
+        self._local = threading.local()
+
+    # ------------------------------------------------------------------ plumbing
+    @contextmanager
+    def _conn(self) -> Iterator[psycopg.Connection]:
+        """The thread's transaction connection, or one from the pool.
+
+        :raises DatabaseError: no connection (server down, pool exhausted) or it broke.
+        """
+        pinned = getattr(self._local, "conn", None)
+        try:
+            if pinned is not None:
+                yield pinned
+            else:
+                with self._pool.connection() as conn:
+                    yield conn
+        except DonnaError:
+            raise
+        except psycopg.Error as exc:
+            raise _translate(exc, self.pool_timeout) from exc
+
+    @contextmanager
+    def _atomic(self) -> Iterator[psycopg.Connection]:
+        """A connection inside a transaction (a savepoint within the caller's)."""
+        with self._conn() as conn, conn.transaction():
+            yield conn
+
+    def _one(self, query: str | sql.Composed, params: Any = None) -> dict[str, Any] | None:
+        with self._conn() as conn:
+            return conn.execute(query, params).fetchone()
+
+    # ------------------------------------------------------------------ users
+    def create_user(self, user_data: Mapping[str, Any]) -> str:
+        """:raises ConflictError: the clerk id is taken."""
+        check_fields(user_data, USER_FIELDS, "user")
+        profile = check_json_object(user_data.get("profile"), "profile")
+        preferences = check_json_object(user_data.get("preferences"), "preferences")
+        params = {
+            "clerk_id": user_data.get("clerk_id"),
+            "email": user_data.get("email"),
+            "name": user_data.get("name"),
+            "profile": Jsonb(profile),
+            "preferences": Jsonb(preferences),
+            "status": user_data.get("status"),
+            "last_active_at": parse_timestamp(user_data.get("last_active_at")),
+        }
+        try:
+            with self._atomic() as conn:
+                user_id = conn.execute(q.INSERT_USER, params).fetchone()["id"]
+                self._sync_section_rows(conn, user_id, "profile", profile)
+                self._sync_section_rows(conn, user_id, "preferences", preferences)
+        except ConflictError:
+            raise ConflictError(f"user {params['clerk_id']!r} already exists") from None
+        return user_id
+
+    def get_user_by_id(self, user_id: str) -> User | None:
+        if not is_uuid(user_id):
+            return None
+        return self._one(q.SELECT_USER_BY_ID, (user_id,))
+
+    def get_user_by_clerk_id(self, clerk_id: str) -> User | None:
+        return self._one(q.SELECT_USER_BY_CLERK_ID, (clerk_id,))
+
+    def update_user(self, user_id: str, updates: Mapping[str, Any]) -> bool:
+        check_fields(updates, USER_FIELDS, "user")
+        if not is_uuid(user_id):
+            return False
+        values: dict[str, Any] = {}
+        for field, value in updates.items():
+            if field in SECTION_COLUMNS:
+                values[field] = Jsonb(check_json_object(value, field))
+            elif field == "last_active_at":
+                values[field] = parse_timestamp(value)
+            elif field == "status":
+                values[field] = value or "active"
+            else:
+                values[field] = value
+        assignments = [sql.SQL("{} = {}").format(sql.Identifier(f), sql.Placeholder(f))
+                       for f in values]
+        assignments.append(sql.SQL("updated_at = now()"))
+        query = sql.SQL("UPDATE users SET {} WHERE id = {} RETURNING id").format(
+            sql.SQL(", ").join(assignments), sql.Placeholder("user_id"))
+        try:
+            with self._atomic() as conn:
+                if conn.execute(query, {**values, "user_id": user_id}).fetchone() is None:
+                    return False
+                for section in SECTION_COLUMNS:
+                    if section in updates:
+                        self._sync_section_rows(conn, user_id, section,
+                                                check_json_object(updates[section], section))
+        except ConflictError:
+            raise ConflictError(f"user {updates.get('clerk_id')!r} already exists") from None
+        return True
+
+    @staticmethod
+    def _sync_section_rows(conn, user_id: str, memory_type: str, section: dict) -> None:
+        params = {"user_id": user_id, "memory_type": memory_type, "section": Jsonb(section)}
+        conn.execute(q.DELETE_SECTION_ROWS_NOT_IN, params)
+        if section:
+            conn.execute(q.UPSERT_SECTION_ROWS, params)
+
+    # ------------------------------------------------------------------ chat sessions
+    def create_chat_session(
+        self,
+        chat_id: str,
+        user_id: str | None,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        title: str | None = None,
+        profile: str = "general",
+    ) -> str:
+        """:raises ConflictError: the chat id is taken. :raises NotFoundError: no such user."""
+        if user_id is not None and not is_uuid(user_id):
+            raise NotFoundError(f"no user {user_id!r}: create it first")
+        params = {"chat_id": chat_id, "user_id": user_id, "title": title, "profile": profile,
+                  "metadata": Jsonb(check_json_object(metadata, "metadata"))}
+        try:
+            with self._atomic() as conn:
+                return conn.execute(q.INSERT_SESSION, params).fetchone()["id"]
+        except ConflictError:
+            raise ConflictError(f"chat {chat_id!r} already exists") from None
+        except NotFoundError:
+            raise NotFoundError(f"no user {user_id!r}: create it first") from None
+
+    def get_chat_session(self, chat_id: str) -> ChatSession | None:
+        return self._one(q.SELECT_SESSION, (chat_id,))
+
+    def update_chat_session(self, chat_id: str, updates: Mapping[str, Any]) -> bool:
+        check_fields(updates, SESSION_FIELDS, "chat session")
+        user_id = updates.get("user_id")
+        if user_id is not None and not is_uuid(user_id):
+            raise NotFoundError(f"no user {user_id!r}: create it first")
+        values: dict[str, Any] = {}
+        for field, value in updates.items():
+            if field == "metadata":
+                values[field] = Jsonb(check_json_object(value, "metadata"))
+            elif field == "profile":
+                values[field] = value or "general"
+            else:
+                values[field] = value
+        assignments = [sql.SQL("{} = {}").format(sql.Identifier(f), sql.Placeholder(f))
+                       for f in values]
+        assignments.append(sql.SQL("updated_at = now()"))
+        query = sql.SQL("UPDATE chat_sessions SET {} WHERE chat_id = {} RETURNING id").format(
+            sql.SQL(", ").join(assignments), sql.Placeholder("chat_id"))
+        try:
+            with self._atomic() as conn:
+                return conn.execute(query, {**values, "chat_id": chat_id}).fetchone() is not None
+        except NotFoundError:
+            raise NotFoundError(f"no user {user_id!r}: create it first") from None
+
+    def upsert_chat_session(self, session: Mapping[str, Any], user_id: str | None) -> str:
+        """Create or overwrite a chat from another store's copy (``user_id`` is ours)."""
+        params = {
+            "chat_id": session["chat_id"], "user_id": user_id, "title": session.get("title"),
+            "profile": session.get("profile"), "status": session.get("status"),
+            "metadata": Jsonb(session.get("metadata") or {}),
+            "created_at": session.get("created_at"), "updated_at": session.get("updated_at"),
+        }
+        with self._atomic() as conn:
+            return conn.execute(q.UPSERT_SESSION, params).fetchone()["id"]
+
+    # ------------------------------------------------------------------ messages
+    def add_message(
+        self,
+        chat_id: str,
+        role: str,
+        content: str,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        token_count: int | None = None,
+        abuse_flagged: bool = False,
+    ) -> str:
+        """:raises NotFoundError: no such chat."""
+        check_role(role)
+        if not isinstance(content, str):
+            raise DataError(f"message content must be text, not {type(content).__name__}")
+        content, meta = _escape(content, check_json_object(metadata, "metadata"))
+        with self._atomic() as conn:
+            row = conn.execute(q.LOCK_SESSION, (chat_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no chat {chat_id!r}: create the session first")
+            return conn.execute(q.INSERT_MESSAGE, {
+                "session_id": row["id"], "role": role, "content": content,
+                "metadata": Jsonb(meta), "token_count": token_count,
+                "abuse_flagged": bool(abuse_flagged),
+            }).fetchone()["id"]
+
+    def insert_messages(self, chat_id: str, messages: list[Message]) -> int:
+        """Copy messages from another store keeping id, position and time; idempotent.
+
+        :returns: how many were new.
+        :raises NotFoundError: the chat is not in this database yet.
+        :raises DataError: a position is taken by a different message.
+        """
+        inserted = 0
+        with self._atomic() as conn:
+            for m in messages:
+                content, meta = _escape(m["content"], dict(m.get("metadata") or {}))
+                row = conn.execute(q.INSERT_MESSAGE_REPLICA, {
+                    "id": m["id"], "chat_id": chat_id, "role": m["role"], "content": content,
+                    "metadata": Jsonb(meta), "created_at": m.get("created_at"),
+                    "sequence_number": m["sequence_number"], "token_count": m.get("token_count"),
+                    "abuse_flagged": bool(m.get("abuse_flagged")),
+                }).fetchone()
+                if row is not None:
+                    inserted += 1
+                    continue
+                if conn.execute(q.SELECT_MESSAGE_EXISTS, (m["id"],)).fetchone():
+                    continue
+                if conn.execute(q.SELECT_MESSAGE_COUNT, (chat_id,)).fetchone() is None:
+                    raise NotFoundError(f"no chat {chat_id!r} in PostgreSQL yet")
+                raise DataError(
+                    f"chat {chat_id!r} position {m['sequence_number']} holds another message "
+                    f"than {m['id']}; compare with `donnactl migrate-data verify`"
+                )
+        return inserted
+
+    def get_chat_history(self, chat_id: str, limit: int = 20, offset: int = 0) -> list[Message]:
+        for name, value in (("limit", limit), ("offset", offset)):
+            if not isinstance(value, int) or value < 0:
+                raise DataError(f"{name} must be a non-negative integer, not {value!r}")
+        with self._conn() as conn:
+            rows = conn.execute(
+                q.SELECT_HISTORY, {"chat_id": chat_id, "limit": limit, "offset": offset}
+            ).fetchall()
+        for row in rows:
+            if row["metadata"].pop(ESCAPE_MARKER, False):
+                row["content"] = unescape_text(row["content"])
+        return rows
+
+    def get_message_count(self, chat_id: str) -> int:
+        row = self._one(q.SELECT_MESSAGE_COUNT, (chat_id,))
+        return 0 if row is None else row["message_count"]
+
+    # ------------------------------------------------------------------ user memory
+    def set_user_memory(
+        self,
+        user_id: str,
+        memory_type: str,
+        key: str,
+        value: Any,
+        expires_at: datetime | None = None,
+    ) -> bool:
+        """:raises NotFoundError: no such user."""
+        check_memory_type(memory_type)
+        if not isinstance(key, str) or not key or len(key) > 255:
+            raise DataError(f"invalid memory key {key!r}: use 1-255 characters")
+        if not is_uuid(user_id):
+            raise NotFoundError(f"no user {user_id!r}: create it first")
+        params = {"user_id": user_id, "memory_type": memory_type, "key": key,
+                  "value": Jsonb(value), "expires_at": parse_timestamp(expires_at)}
+        try:
+            with self._atomic() as conn:
+                conn.execute(q.UPSERT_MEMORY, params)
+                if memory_type in SECTION_COLUMNS:
+                    conn.execute(_section_sql(q.MERGE_SECTION_KEY, memory_type), params)
+        except NotFoundError:
+            raise NotFoundError(f"no user {user_id!r}: create it first") from None
+        return True
+
+    def get_user_memory(
+        self, user_id: str, memory_type: str, key: str | None = None
+    ) -> dict[str, Any]:
+        check_memory_type(memory_type)
+        if not is_uuid(user_id):
+            return {}
+        params = {"user_id": user_id, "memory_type": memory_type, "key": key}
+        with self._conn() as conn:
+            rows = conn.execute(
+                q.SELECT_MEMORY if key is None else q.SELECT_MEMORY_KEY, params
+            ).fetchall()
+        return {r["key"]: r["value"] for r in rows}
+
+    def memory_entries(self, user_id: str) -> list[MemoryEntry]:
+        """Every stored entry of the user, expired ones included."""
+        if not is_uuid(user_id):
+            return []
+        with self._conn() as conn:
+            return conn.execute(q.SELECT_ALL_MEMORY, {"user_id": user_id}).fetchall()
+
+    def delete_user_memory(self, user_id: str, memory_type: str, key: str | None = None) -> bool:
+        check_memory_type(memory_type)
+        if not is_uuid(user_id):
+            return False
+        params = {"user_id": user_id, "memory_type": memory_type, "key": key}
+        with self._atomic() as conn:
+            deleted = [r["key"] for r in conn.execute(
+                q.DELETE_MEMORY if key is None else q.DELETE_MEMORY_KEY, params).fetchall()]
+            if deleted and memory_type in SECTION_COLUMNS:
+                conn.execute(_section_sql(q.REMOVE_SECTION_KEYS, memory_type),
+                             {"user_id": user_id, "keys": deleted})
+        return bool(deleted)
+
+    def upsert_user(self, user: Mapping[str, Any], memory: list[MemoryEntry]) -> str:
+        """Make this database's copy of a user (matched by clerk id) equal to ``user`` and
+        its memory entries (expired ones included); return our user id. Idempotent."""
+        params = {
+            "clerk_id": user["clerk_id"], "email": user.get("email"), "name": user.get("name"),
+            "profile": Jsonb(user.get("profile") or {}),
+            "preferences": Jsonb(user.get("preferences") or {}),
+            "status": user.get("status"), "created_at": user.get("created_at"),
+            "updated_at": user.get("updated_at"), "last_active_at": user.get("last_active_at"),
+        }
+        with self._atomic() as conn:
+            user_id = conn.execute(q.UPSERT_USER, params).fetchone()["id"]
+            conn.execute(q.DELETE_MEMORY_NOT_LISTED, {
+                "user_id": user_id,
+                "types": [e["memory_type"] for e in memory],
+                "keys": [e["key"] for e in memory],
+            })
+            with conn.cursor() as cur:
+                cur.executemany(q.UPSERT_MEMORY, [
+                    {"user_id": user_id, "memory_type": e["memory_type"], "key": e["key"],
+                     "value": Jsonb(e["value"]), "expires_at": e["expires_at"]}
+                    for e in memory
+                ])
+        return user_id
+
+    def ensure_user(self, clerk_id: str) -> str:
+        """Our id for ``clerk_id``, creating a bare user when there is none."""
+        with self._atomic() as conn:
+            row = conn.execute(q.INSERT_BARE_USER, (clerk_id,)).fetchone()
+            # A separate statement: it sees a row a concurrent writer just committed.
+            return (row or conn.execute(q.SELECT_USER_BY_CLERK_ID, (clerk_id,)).fetchone())["id"]
+
+    # ------------------------------------------------------------------ transactions
+    def begin_transaction(self) -> bool:
+        """Pin a pool connection to this thread and open a transaction on it.
+
+        :raises TransactionError: one is already open on this thread.
+        :raises DatabaseError: no connection.
+        """
+        if getattr(self._local, "conn", None) is not None:
+            raise TransactionError("a transaction is already open on this thread")
+        try:
+            conn = self._pool.getconn()
+        except psycopg.Error as exc:
+            raise _translate(exc, self.pool_timeout) from exc
+        try:
+            tx = conn.transaction()
+            tx.__enter__()
+        except psycopg.Error as exc:
+            self._pool.putconn(conn)
+            raise _translate(exc, self.pool_timeout) from exc
+        self._local.conn, self._local.tx = conn, tx
+        return True
+
+    def commit(self) -> bool:
+        """:raises TransactionError: none open. :raises DatabaseError: the commit failed
+        (the transaction is then rolled back)."""
+        conn, tx = self._end()
+        try:
+            tx.__exit__(None, None, None)
+        except psycopg.Error as exc:
+            raise _translate(exc, self.pool_timeout) from exc
+        finally:
+            self._pool.putconn(conn)
+        return True
+
+    def rollback(self) -> bool:
+        """:raises TransactionError: no transaction is open on this thread."""
+        conn, tx = self._end()
+        try:
+            rollback = psycopg.Rollback(tx)
+            tx.__exit__(type(rollback), rollback, None)
+        except psycopg.Error as exc:
+            log.warning("rollback failed (the connection is discarded): %s", exc)
+        finally:
+            self._pool.putconn(conn)
+        return True
+
+    def _end(self):
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            raise TransactionError("no transaction is open on this thread")
+        tx = self._local.tx
+        self._local.conn = self._local.tx = None
+        return conn, tx
+
+    # ------------------------------------------------------------------ health
+    def health_check(self) -> dict[str, Any]:
+        result: dict[str, Any] = {"store": self.store, "via_pgbouncer": self.via_pgbouncer}
+        started = time.perf_counter()
+        try:
+            with self._pool.connection(timeout=min(self.pool_timeout, 5.0)) as conn:
+                result.update(conn.execute(q.HEALTH).fetchone())
+        except DonnaError as exc:
+            result.update(status="error", error=str(exc))
+            return result
+        except psycopg.Error as exc:
+            result.update(status="error", error=str(_translate(exc, self.pool_timeout)))
+            return result
+        stats = self._pool.get_stats()
+        result.update(
+            status="ok",
+            latency_ms=round((time.perf_counter() - started) * 1000, 2),
+            pool={"size": stats.get("pool_size", 0), "available": stats.get("pool_available", 0),
+                  "max": self._pool.max_size},
+        )
+        return result
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def __enter__(self) -> PostgresDataAccess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _section_sql(template: str, memory_type: str) -> sql.Composed:
+    return sql.SQL(template).format(column=sql.Identifier(SECTION_COLUMNS[memory_type]))
+
+
+def _escape(content: str, metadata: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Text PostgreSQL cannot store (NUL, lone surrogates) is kept reversibly escaped."""
+    if needs_escape(content):
+        return escape_text(content), {**metadata, ESCAPE_MARKER: True}
+    return content, metadata
+
+
+def _translate(exc: psycopg.Error, pool_timeout: float) -> DonnaError:
+    """One actionable line for a psycopg error."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, PoolTimeout):
+        return DatabaseError(
+            f"no database connection within {pool_timeout:g}s: is PostgreSQL running "
+            "(`pg_lsclusters`)? is DB_MAX_CONNECTIONS too small for the load?"
+        )
+    if isinstance(exc, psycopg.errors.UniqueViolation):
+        return ConflictError(f"already exists: {text}")
+    if isinstance(exc, psycopg.errors.ForeignKeyViolation):
+        return NotFoundError(f"refers to a missing row: {text}")
+    if isinstance(exc, psycopg.IntegrityError | psycopg.DataError):
+        return DataError(f"the database rejected the value: {text}")
+    return DatabaseError(f"database error: {text}")

@@ -1,0 +1,171 @@
+"""SQL of PostgresDataAccess, in named constants (all parameterised)."""
+
+USER_COLUMNS = """id::text AS id, clerk_id, email, name, profile, preferences,
+    created_at, updated_at, last_active_at, status"""
+
+INSERT_USER = """
+INSERT INTO users (clerk_id, email, name, profile, preferences, status, last_active_at)
+VALUES (%(clerk_id)s, %(email)s, %(name)s, %(profile)s, %(preferences)s,
+        COALESCE(%(status)s, 'active'), %(last_active_at)s)
+RETURNING id::text AS id
+"""
+
+SELECT_USER_BY_ID = f"SELECT {USER_COLUMNS} FROM users WHERE id = %s"
+SELECT_USER_BY_CLERK_ID = f"SELECT {USER_COLUMNS} FROM users WHERE clerk_id = %s"
+
+# A replicated user (dual-write, reconcile): the file is the truth for every field.
+UPSERT_USER = """
+INSERT INTO users (clerk_id, email, name, profile, preferences, status,
+                   created_at, updated_at, last_active_at)
+VALUES (%(clerk_id)s, %(email)s, %(name)s, %(profile)s, %(preferences)s,
+        COALESCE(%(status)s, 'active'), COALESCE(%(created_at)s, now()),
+        COALESCE(%(updated_at)s, now()), %(last_active_at)s)
+ON CONFLICT (clerk_id) DO UPDATE
+   SET email = EXCLUDED.email, name = EXCLUDED.name, profile = EXCLUDED.profile,
+       preferences = EXCLUDED.preferences, status = EXCLUDED.status,
+       updated_at = EXCLUDED.updated_at, last_active_at = EXCLUDED.last_active_at
+RETURNING id::text AS id
+"""
+
+# A user known only by its clerk id (a chat names it, no memory file exists).
+INSERT_BARE_USER = """
+INSERT INTO users (clerk_id) VALUES (%s) ON CONFLICT (clerk_id) DO NOTHING
+RETURNING id::text AS id
+"""
+
+# users.profile/preferences and the user_memory rows of those types hold the same
+# keys (the legacy memory file has one object for both); these keep them in step.
+UPSERT_SECTION_ROWS = """
+INSERT INTO user_memory (user_id, memory_type, key, value)
+SELECT %(user_id)s, %(memory_type)s, e.key, e.value FROM jsonb_each(%(section)s) AS e
+ON CONFLICT (user_id, memory_type, key) DO UPDATE
+   SET value = EXCLUDED.value
+ WHERE user_memory.value IS DISTINCT FROM EXCLUDED.value
+"""
+
+DELETE_SECTION_ROWS_NOT_IN = """
+DELETE FROM user_memory
+ WHERE user_id = %(user_id)s AND memory_type = %(memory_type)s
+   AND NOT (%(section)s::jsonb ? key)
+"""
+
+UPSERT_MEMORY = """
+INSERT INTO user_memory (user_id, memory_type, key, value, expires_at)
+VALUES (%(user_id)s, %(memory_type)s, %(key)s, %(value)s, %(expires_at)s)
+ON CONFLICT (user_id, memory_type, key) DO UPDATE
+   SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at
+ WHERE (user_memory.value, user_memory.expires_at)
+       IS DISTINCT FROM (EXCLUDED.value, EXCLUDED.expires_at)
+"""
+
+# {column} is users.profile or users.preferences (psycopg.sql.Identifier).
+MERGE_SECTION_KEY = """
+UPDATE users SET {column} = {column} || jsonb_build_object(%(key)s::text, %(value)s::jsonb)
+ WHERE id = %(user_id)s
+"""
+REMOVE_SECTION_KEYS = """
+UPDATE users SET {column} = {column} - %(keys)s::text[] WHERE id = %(user_id)s
+"""
+
+SELECT_MEMORY = """
+SELECT key, value FROM user_memory
+ WHERE user_id = %(user_id)s AND memory_type = %(memory_type)s
+   AND (expires_at IS NULL OR expires_at > now())
+ ORDER BY key
+"""
+SELECT_MEMORY_KEY = """
+SELECT key, value FROM user_memory
+ WHERE user_id = %(user_id)s AND memory_type = %(memory_type)s AND key = %(key)s
+   AND (expires_at IS NULL OR expires_at > now())
+"""
+SELECT_ALL_MEMORY = """
+SELECT memory_type, key, value, expires_at FROM user_memory
+ WHERE user_id = %(user_id)s ORDER BY memory_type, key
+"""
+DELETE_MEMORY = """
+DELETE FROM user_memory WHERE user_id = %(user_id)s AND memory_type = %(memory_type)s
+RETURNING key
+"""
+DELETE_MEMORY_KEY = """
+DELETE FROM user_memory
+ WHERE user_id = %(user_id)s AND memory_type = %(memory_type)s AND key = %(key)s
+RETURNING key
+"""
+DELETE_MEMORY_NOT_LISTED = """
+DELETE FROM user_memory AS m
+ WHERE m.user_id = %(user_id)s
+   AND NOT EXISTS (SELECT 1 FROM unnest(%(types)s::text[], %(keys)s::text[]) AS k(t, k)
+                    WHERE k.t = m.memory_type AND k.k = m.key)
+"""
+
+SESSION_COLUMNS = """s.id::text AS id, s.chat_id, s.user_id::text AS user_id, s.title,
+    s.profile, s.metadata, s.created_at, s.updated_at, s.last_message_at, s.message_count,
+    s.status"""
+
+INSERT_SESSION = """
+INSERT INTO chat_sessions (chat_id, user_id, title, profile, metadata)
+VALUES (%(chat_id)s, %(user_id)s, %(title)s, COALESCE(%(profile)s, 'general'), %(metadata)s)
+RETURNING id::text AS id
+"""
+
+UPSERT_SESSION = """
+INSERT INTO chat_sessions (chat_id, user_id, title, profile, metadata, status,
+                           created_at, updated_at)
+VALUES (%(chat_id)s, %(user_id)s, %(title)s, COALESCE(%(profile)s, 'general'), %(metadata)s,
+        COALESCE(%(status)s, 'active'), COALESCE(%(created_at)s, now()),
+        COALESCE(%(updated_at)s, now()))
+ON CONFLICT (chat_id) DO UPDATE
+   SET user_id = EXCLUDED.user_id, title = EXCLUDED.title, profile = EXCLUDED.profile,
+       metadata = EXCLUDED.metadata, status = EXCLUDED.status,
+       updated_at = EXCLUDED.updated_at
+RETURNING id::text AS id
+"""
+
+SELECT_SESSION = f"SELECT {SESSION_COLUMNS} FROM chat_sessions AS s WHERE s.chat_id = %s"
+
+# Serialises writers of one chat. The INSERT below is a separate statement on purpose:
+# under READ COMMITTED it takes a fresh snapshot after the lock is granted, so it sees
+# the message the previous lock holder committed (one statement would not).
+LOCK_SESSION = "SELECT id FROM chat_sessions WHERE chat_id = %s FOR UPDATE"
+
+# message_count and last_message_at are kept by the messages triggers, not here.
+INSERT_MESSAGE = """
+INSERT INTO messages (chat_session_id, role, content, metadata, sequence_number,
+                      token_count, abuse_flagged)
+SELECT %(session_id)s, %(role)s, %(content)s, %(metadata)s,
+       COALESCE((SELECT max(sequence_number) FROM messages
+                  WHERE chat_session_id = %(session_id)s), 0) + 1,
+       %(token_count)s, %(abuse_flagged)s
+RETURNING id::text AS id
+"""
+
+# A replicated message keeps its id and position; replaying it is a no-op.
+INSERT_MESSAGE_REPLICA = """
+INSERT INTO messages (id, chat_session_id, role, content, metadata, created_at,
+                      sequence_number, token_count, abuse_flagged)
+SELECT %(id)s, s.id, %(role)s, %(content)s, %(metadata)s, COALESCE(%(created_at)s, now()),
+       %(sequence_number)s, %(token_count)s, %(abuse_flagged)s
+  FROM chat_sessions AS s WHERE s.chat_id = %(chat_id)s
+ON CONFLICT DO NOTHING
+RETURNING id::text AS id
+"""
+SELECT_MESSAGE_EXISTS = "SELECT 1 FROM messages WHERE id = %s"
+
+SELECT_HISTORY = """
+SELECT * FROM (
+    SELECT m.id::text AS id, s.chat_id, m.role, m.content, m.metadata, m.created_at,
+           m.sequence_number, m.token_count, m.abuse_flagged
+      FROM chat_sessions AS s JOIN messages AS m ON m.chat_session_id = s.id
+     WHERE s.chat_id = %(chat_id)s
+     ORDER BY m.sequence_number DESC
+     LIMIT %(limit)s OFFSET %(offset)s
+) AS window_ ORDER BY sequence_number
+"""
+
+SELECT_MESSAGE_COUNT = "SELECT message_count FROM chat_sessions WHERE chat_id = %s"
+
+HEALTH = """
+SELECT current_database() AS database, current_user AS "user",
+       current_setting('server_version') AS server_version,
+       pg_is_in_recovery() AS in_recovery
+"""

@@ -1,0 +1,162 @@
+"""Small pure helpers every store shares: validation, timestamps, ids, text escaping."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from donnadb.dal.protocol import MEMORY_TYPES, ROLES
+from donnadb.errors import DataError
+
+#: Namespace of the deterministic ids given to legacy messages that have none.
+LEGACY_MESSAGE_NAMESPACE = uuid.UUID("6f1d3c1e-5b0a-4c9e-9a57-2f0d0c7b9e41")
+#: Metadata key recording that ``content`` was escaped (see :func:`escape_text`).
+ESCAPE_MARKER = "_donnadb_content_escaped"
+
+# Chat ids and user keys become file names: no separators, no leading dot, bounded.
+_NAME_RE = re.compile(r"^[A-Za-z0-9@_+=-][A-Za-z0-9@._+=-]{0,199}$")
+# Characters PostgreSQL text/jsonb cannot hold: NUL and lone surrogates.
+_UNSTORABLE_RE = re.compile("[\x00\ud800-\udfff]")
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def check_name(value: object, what: str) -> str:
+    """``value`` if it is usable as a chat id / clerk id (and file name).
+
+    :raises DataError: it is not a string of 1-200 letters, digits or ``@._+=-``.
+    """
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise DataError(
+            f"invalid {what} {value!r}: use 1-200 letters, digits or @._+=- "
+            "(no leading dot, no slash)"
+        )
+    return value
+
+
+def is_valid_name(value: object) -> bool:
+    return isinstance(value, str) and bool(_NAME_RE.match(value))
+
+
+def check_role(role: object) -> str:
+    """:raises DataError: ``role`` is not one of :data:`ROLES`."""
+    if role not in ROLES:
+        raise DataError(f"invalid message role {role!r}: use one of {', '.join(ROLES)}")
+    return role  # type: ignore[return-value]
+
+
+def check_memory_type(memory_type: object) -> str:
+    """:raises DataError: ``memory_type`` is not one of :data:`MEMORY_TYPES`."""
+    if memory_type not in MEMORY_TYPES:
+        raise DataError(
+            f"invalid memory type {memory_type!r}: use one of {', '.join(MEMORY_TYPES)}"
+        )
+    return memory_type  # type: ignore[return-value]
+
+
+def check_fields(updates: Mapping[str, Any], allowed: tuple[str, ...], what: str) -> None:
+    """:raises DataError: ``updates`` has a key outside ``allowed``."""
+    unknown = sorted(set(updates) - set(allowed))
+    if unknown:
+        raise DataError(
+            f"cannot set {what} field(s) {', '.join(unknown)}: allowed are {', '.join(allowed)}"
+        )
+
+
+def check_json_object(value: object, what: str) -> dict[str, Any]:
+    """:raises DataError: ``value`` is not a JSON object (dict)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise DataError(f"{what} must be a JSON object, not {type(value).__name__}")
+    return dict(value)
+
+
+def parse_timestamp(value: object) -> datetime | None:
+    """Any timestamp form the legacy files use, as an aware UTC datetime.
+
+    ISO 8601 with or without zone (no zone means UTC), ``YYYY-MM-DD HH:MM:SS``, epoch
+    seconds or milliseconds; ``None`` for a missing or unreadable value.
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, int | float):
+        seconds = value / 1000 if abs(value) >= 1e11 else value
+        try:
+            return datetime.fromtimestamp(seconds, UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        if re.fullmatch(r"-?\d+(\.\d+)?", text):
+            return parse_timestamp(float(text))
+        try:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return None
+
+
+def format_timestamp(value: datetime | None) -> str | None:
+    """``2025-03-01T10:00:00.123456Z`` (UTC, microseconds kept for exact round trips)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def legacy_message_id(chat_id: str, sequence_number: int) -> str:
+    """The id of a legacy message stored without one: stable for its chat and position.
+
+    The legacy import uses the same rule, so a message keeps its id in both stores.
+    """
+    return str(uuid.uuid5(LEGACY_MESSAGE_NAMESPACE, f"{chat_id}:{sequence_number}"))
+
+
+def is_uuid(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def needs_escape(text: str) -> bool:
+    return bool(_UNSTORABLE_RE.search(text))
+
+
+def escape_text(text: str) -> str:
+    """A reversible form of ``text`` PostgreSQL can store: the body of its JSON string.
+
+    Only applied to text containing NUL or lone surrogates; the caller records
+    :data:`ESCAPE_MARKER` in the row's metadata so :func:`unescape_text` is applied on read.
+    """
+    return json.dumps(text, ensure_ascii=True)[1:-1]
+
+
+def unescape_text(stored: str) -> str:
+    return json.loads(f'"{stored}"')
+
+
+_ROLE_ALIASES = {"bot": "assistant", "ai": "assistant", "human": "user"}
+
+
+def normalise_role(role: object) -> str:
+    """A legacy role spelling (``User``, ``bot``, ``ai``, ``SYSTEM``) in the schema's form;
+    anything unrecognised is returned lower-cased (and then rejected by the database)."""
+    text = str(role).strip().lower() if role is not None else ""
+    return _ROLE_ALIASES.get(text, text)

@@ -1,0 +1,395 @@
+"""Writing the database back into the legacy layout: the plan's rollback path.
+
+Every chat goes back where it came from (chat_sessions/, conversations/<user>/ or
+chat_history/), with the original spellings the import recorded under
+``_donnadb_legacy`` (roles, raw timestamps, extra fields) and escaped text restored, so
+import -> export -> import gives the same database. Logs go back to their file and
+line. Files are created 0600 and folders 0700, whatever the umask.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from donnadb.errors import UsageError
+from donnadb.legacy.chats import format_transcript
+from donnadb.legacy.normalise import (
+    ESCAPE_MARKER,
+    LEGACY_KEY,
+    iso,
+    message_uuid,
+    unescape_json,
+    unescape_str,
+    unwrap_memory_value,
+)
+from donnadb.legacy.users import LEGACY_TYPE, SECTIONS
+
+EXPORT_CHATS = """
+SELECT c.id, c.chat_id, u.clerk_id, c.title, c.profile, c.metadata, c.created_at, c.updated_at,
+       c.status
+  FROM chat_sessions AS c LEFT JOIN users AS u ON u.id = c.user_id
+ ORDER BY c.chat_id COLLATE "C"
+"""
+EXPORT_MESSAGES = """
+SELECT c.chat_id, m.id, m.sequence_number, m.role, m.content, m.metadata, m.created_at,
+       m.token_count, m.abuse_flagged
+  FROM messages AS m JOIN chat_sessions AS c ON c.id = m.chat_session_id
+ ORDER BY c.chat_id COLLATE "C", m.sequence_number
+"""
+EXPORT_USERS = """
+SELECT id, clerk_id, email, name, profile, preferences, created_at, updated_at, status,
+       last_active_at
+  FROM users ORDER BY id
+"""
+EXPORT_MEMORY = """
+SELECT user_id, memory_type, key, value, expires_at FROM user_memory
+ ORDER BY user_id, memory_type, key
+"""
+EXPORT_LOGS = """
+SELECT context -> '_donnadb_legacy' ->> 'source' AS source, level, message, context, trace_id,
+       host(ip_address), user_agent, request_uri, created_at
+  FROM system_logs
+ ORDER BY substring(context -> '_donnadb_legacy' ->> 'source' from '^(.*):[0-9]+$') NULLS LAST,
+          (substring(context -> '_donnadb_legacy' ->> 'source' from ':([0-9]+)$'))::int,
+          created_at, id
+"""
+SOURCE_RE = re.compile(r"^(?P<file>[^/]+\.jsonl):(?P<line>\d+)$")
+DATABASE_ONLY_LOGS = "database-only.jsonl"
+
+
+@dataclass
+class ExportSummary:
+    out_dir: str
+    written: dict[str, int] = field(default_factory=dict)
+
+    def add(self, what: str, n: int = 1) -> None:
+        self.written[what] = self.written.get(what, 0) + n
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"out_dir": self.out_dir, "written": self.written}
+
+
+def _private_dir(path: Path) -> None:
+    # mkdir(parents=True) would create the parents with the umask's mode: go level by level.
+    if path.is_dir():
+        return
+    _private_dir(path.parent)
+    path.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+def _private_file(path: Path, data: bytes) -> None:
+    _private_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.chmod(path, 0o600)
+
+
+def _dumps(doc: Any) -> bytes:
+    # ensure_ascii writes NUL and lone surrogates as \u escapes: valid JSON, exact text.
+    return json.dumps(doc, ensure_ascii=True, indent=1).encode()
+
+
+def _pop_legacy(meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    meta = dict(meta)
+    legacy = dict(meta.pop(LEGACY_KEY, {}) or {})
+    escaped = legacy.pop("escaped", [])
+    if "legacy" in escaped:
+        legacy = unescape_json(legacy)
+    return meta, legacy, escaped
+
+
+def _timestamp(legacy: dict[str, Any], name: str, value) -> tuple[bool, Any]:
+    """(write the key?, value) for a timestamp the import may have filled in."""
+    state = legacy.get(name)
+    if state == "missing":
+        return False, None
+    if state == "unparseable":
+        raw = legacy.get(f"{name}_raw")
+        return True, unescape_json(raw) if legacy.get(f"{name}_raw_escaped") else raw
+    return True, iso(value)
+
+
+def message_doc(chat_id, message_id, seq, role, content, meta, created, tokens,
+                flagged) -> Any:
+    """The legacy JSON form of one message row. Its id is written as ``"id"`` unless it
+    is the position rule's (the import gives it back either way)."""
+    meta, legacy, escaped = _pop_legacy(meta)
+    if meta.pop(ESCAPE_MARKER, False):
+        content = unescape_str(content)
+    kind = legacy.get("content")
+    value: Any = content
+    if kind == "json":
+        value = json.loads(content)
+    elif kind == "null":
+        value = None
+    if legacy.get("not_an_object"):
+        return value
+    doc: dict[str, Any] = {}
+    if message_id != message_uuid(chat_id, seq):
+        doc["id"] = str(message_id)
+    doc["role"] = legacy.get("role", role)
+    if kind != "missing":
+        doc["content"] = value
+    write, stamp = _timestamp(legacy, "timestamp", created)
+    if write:
+        doc["timestamp"] = stamp
+    if "metadata_raw" in legacy:
+        doc["metadata"] = legacy["metadata_raw"]
+    elif legacy.get("metadata") == "null":
+        doc["metadata"] = None
+    else:
+        doc["metadata"] = unescape_json(meta) if "metadata" in escaped else meta
+    if "tokens" in legacy:
+        doc["tokens"] = legacy["tokens"]
+    elif tokens is not None:
+        doc["tokens"] = tokens
+    if "flagged" in legacy:
+        doc["flagged"] = legacy["flagged"]
+    elif flagged:
+        doc["flagged"] = True
+    doc.update(legacy.get("extra", {}))
+    return doc
+
+
+def chat_doc(chat_id, clerk, title, profile, meta, created, updated,
+             messages: list[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(legacy JSON document, the import's legacy record) of one chat."""
+    meta, legacy, escaped = _pop_legacy(meta)
+    doc: dict[str, Any] = {}
+    if "chat_id" in legacy:
+        if legacy["chat_id"] != "missing":
+            doc["chat_id"] = legacy["chat_id"]
+    else:
+        doc["chat_id"] = chat_id
+    doc["user_id"] = legacy.get("user_id", clerk)
+    if "title_raw" in legacy:
+        doc["title"] = legacy["title_raw"]
+    else:
+        title = legacy.get("title_full", title)
+        doc["title"] = unescape_str(title) if title is not None and "title" in escaped else title
+    if "profile_raw" in legacy:
+        doc["profile"] = legacy["profile_raw"]
+    elif legacy.get("profile") == "null":
+        doc["profile"] = None
+    else:
+        profile = legacy.get("profile_full", profile)
+        doc["profile"] = unescape_str(profile) if "profile" in escaped else profile
+    for name, value in (("created_at", created), ("updated_at", updated)):
+        write, stamp = _timestamp(legacy, name, value)
+        if write:
+            doc[name] = stamp
+    if "metadata_raw" in legacy:
+        doc["metadata"] = legacy["metadata_raw"]
+    elif legacy.get("metadata") == "null":
+        doc["metadata"] = None
+    else:
+        doc["metadata"] = unescape_json(meta) if "metadata" in escaped else meta
+    if legacy.get("messages") != "missing":
+        doc["messages"] = messages
+    doc.update(legacy.get("extra", {}))
+    return doc, legacy
+
+
+def _transcript(doc: dict[str, Any], legacy: dict[str, Any]) -> bytes:
+    lines = []
+    for m in doc.get("messages", []):
+        stamp = m.get("timestamp")
+        if isinstance(stamp, str) and stamp.endswith("Z") and "T" in stamp:
+            stamp = stamp[:19].replace("T", " ")
+        lines.append({"timestamp": stamp, "role": m["role"], "content": m["content"]})
+    return format_transcript(lines, legacy.get("preamble", "")).encode()
+
+
+def _chat_path(out: Path, chat_id: str, legacy: dict[str, Any]) -> Path:
+    source = legacy.get("source")
+    if source == "chat_history":
+        return out / "chat_history" / f"{chat_id}.txt"
+    if isinstance(source, str) and source.startswith("conversations/"):
+        return out / source / f"{chat_id}.json"
+    return out / "chat_sessions" / f"{chat_id}.json"
+
+
+def _grouped_messages(conn: psycopg.Connection) -> Iterator[tuple[str, list[Any]]]:
+    with conn.cursor(name="export_messages") as cur:
+        cur.itersize = 5000
+        cur.execute(EXPORT_MESSAGES)
+        current, batch = None, []
+        for chat_id, *row in cur:
+            if chat_id != current:
+                if current is not None:
+                    yield current, batch
+                current, batch = chat_id, []
+            batch.append(message_doc(chat_id, *row))
+        if current is not None:
+            yield current, batch
+
+
+def _export_chats(conn: psycopg.Connection, out: Path, summary: ExportSummary) -> None:
+    messages = _grouped_messages(conn)
+    pending = next(messages, None)
+    with conn.cursor(name="export_chats") as cur:
+        cur.execute(EXPORT_CHATS)
+        for _id, chat_id, clerk, title, profile, meta, created, updated, status in cur:
+            msgs: list[Any] = []
+            if pending is not None and pending[0] == chat_id:
+                msgs = pending[1]
+                pending = next(messages, None)
+            doc, legacy = chat_doc(chat_id, clerk, title, profile, meta, created, updated, msgs)
+            if "status_raw" in legacy:
+                doc["status"] = legacy["status_raw"]
+            elif status != "active":
+                doc["status"] = status
+            path = _chat_path(out, chat_id, legacy)
+            if path.suffix == ".txt":
+                _private_file(path, _transcript(doc, legacy))
+            else:
+                _private_file(path, _dumps(doc))
+            if legacy.get("created_at_from") == "file_mtime":
+                # The import took created_at from the file's mtime: give it back.
+                stamp = created.astimezone(UTC).timestamp()
+                os.utime(path, (stamp, stamp))
+            summary.add("chats")
+            summary.add("messages", len(msgs))
+
+
+def _export_users(conn: psycopg.Connection, out: Path, summary: ExportSummary) -> None:
+    memory: dict[Any, list[tuple[str, str, Any, Any]]] = {}
+    for user_id, mtype, key, value, expires in conn.execute(EXPORT_MEMORY):
+        memory.setdefault(user_id, []).append((mtype, key, value, expires))
+    for uid, clerk, email, name, profile, prefs, created, updated, status, last_active in \
+            conn.execute(EXPORT_USERS):
+        rows = memory.get(uid, [])
+        if not (rows or email or name or profile or prefs):
+            continue  # known only from its chats: the import recreates it from them
+        doc: dict[str, Any] = {"user_id": clerk, "email": email, "name": name}
+        sections: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+        sections["profile"] = {k: unwrap_memory_value(v) for k, v in profile.items()}
+        sections["preferences"] = {k: unwrap_memory_value(v) for k, v in prefs.items()}
+        expires_doc: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for mtype, key, value, expires in rows:
+            value = unwrap_memory_value(value)
+            if mtype == LEGACY_TYPE:
+                extra[key] = value
+                continue
+            sections.setdefault(mtype, {})[key] = value
+            if expires is not None:
+                expires_doc[f"{mtype}.{key}"] = iso(expires)
+        for item in extra.pop("unstorable_keys", []):
+            sections.setdefault(item["type"], {})[item["key"]] = item["value"]
+        leftover = extra.pop("expires", None)
+        if isinstance(leftover, dict):
+            expires_doc.update(leftover)
+        elif leftover is not None:
+            expires_doc = leftover
+        doc.update(sections)
+        doc["expires"] = expires_doc
+        doc["updated_at"] = iso(updated)
+        doc["created_at"] = iso(created)
+        if status != "active":
+            doc["status"] = status
+        if last_active is not None:
+            doc["last_active_at"] = iso(last_active)
+        doc.update(extra)  # raw sections, unstorable e-mail/name, unknown top-level keys
+        stem = clerk or email or str(uid)
+        _private_file(out / "memory" / f"{stem}.json", _dumps(doc))
+        summary.add("users")
+        summary.add("memory_entries", len(rows))
+
+
+def _log_doc(level, message, context, trace, ip, ua, uri, created) -> dict[str, Any]:
+    context, legacy, escaped = _pop_legacy(context)
+    doc: dict[str, Any] = {}
+    write, stamp = _timestamp(legacy, "ts", created)
+    if write:
+        doc["ts"] = stamp
+    if "level_raw" in legacy:
+        doc["level"] = legacy["level_raw"]
+    elif legacy.get("level") != "missing":
+        doc["level"] = level
+    if "message_raw" in legacy:
+        doc["message"] = legacy["message_raw"]
+    elif legacy.get("message") != "missing":
+        doc["message"] = unescape_str(message) if "message" in escaped else message
+    if "context_raw" in legacy:
+        doc["context"] = legacy["context_raw"]
+    elif legacy.get("context") == "null":
+        doc["context"] = None
+    else:
+        doc["context"] = unescape_json(context) if "context" in escaped else context
+    for name, value in (("trace_id", trace), ("user_agent", ua), ("uri", uri)):
+        value = legacy.get(f"{name}_full", value)
+        if f"{name}_raw" in legacy:
+            doc[name] = legacy[f"{name}_raw"]
+        elif value is not None:
+            doc[name] = unescape_str(value) if name in escaped else value
+    if "ip_raw" in legacy:
+        doc["ip"] = legacy["ip_raw"]
+    elif ip is not None:
+        doc["ip"] = ip
+    doc.update(legacy.get("extra", {}))
+    return doc
+
+
+def _export_logs(conn: psycopg.Connection, out: Path, summary: ExportSummary) -> None:
+    handles: dict[str, Any] = {}
+    lines: dict[str, int] = {}
+    mtimes: dict[str, float] = {}
+    try:
+        with conn.cursor(name="export_logs") as cur:
+            cur.itersize = 5000
+            cur.execute(EXPORT_LOGS)
+            for source, *row in cur:
+                match = SOURCE_RE.match(source or "")
+                name = match.group("file") if match else DATABASE_ONLY_LOGS
+                if name not in handles:
+                    path = out / "logs" / name
+                    _private_dir(path.parent)
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                    handles[name] = os.fdopen(fd, "w", encoding="utf-8")
+                    lines[name] = 0
+                fh = handles[name]
+                target = int(match.group("line")) if match else lines[name] + 1
+                # Blank lines keep every line at its original number (ids derive from it).
+                fh.write("\n" * max(0, target - lines[name] - 1))
+                fh.write(json.dumps(_log_doc(*row), ensure_ascii=True) + "\n")
+                if (row[2] or {}).get(LEGACY_KEY, {}).get("ts_from") == "file_mtime":
+                    mtimes[name] = row[-1].astimezone(UTC).timestamp()
+                lines[name] = max(lines[name] + 1, target)
+                summary.add("logs")
+    finally:
+        for fh in handles.values():
+            fh.close()
+    for name, stamp in mtimes.items():  # the import took those timestamps from the mtime
+        os.utime(out / "logs" / name, (stamp, stamp))
+
+
+def export_data_dir(conn: psycopg.Connection, out_dir: Path) -> ExportSummary:
+    """Write the database into ``out_dir`` in the legacy layout.
+
+    :raises UsageError: ``out_dir`` exists and is not empty (an export never overwrites).
+    """
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"export directory {out} is not empty; choose a new --out path")
+    _private_dir(out)
+    os.chmod(out, 0o700)
+    summary = ExportSummary(out_dir=str(out.resolve()))
+    if conn.autocommit:  # one snapshot for the whole export
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    with conn.transaction():
+        _export_users(conn, out, summary)
+        _export_chats(conn, out, summary)
+        _export_logs(conn, out, summary)
+    return summary

@@ -1,0 +1,178 @@
+"""Finding and decoding the legacy files: one directory walk, nothing held but paths.
+
+A file that cannot be read as intended (empty, cut short, editor backup, not UTF-8,
+not a JSON object) is quarantined in the :class:`~donnadb.legacy.report.Report`; a
+UTF-8 byte-order mark is stripped and noted (the content is intact, so it is imported).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from donnadb.errors import UsageError
+from donnadb.legacy.report import Report
+
+BOM = b"\xef\xbb\xbf"
+#: The folders the import reads; generated_pages/ is app output and stays on disk.
+FOLDERS = ("chat_sessions", "memory", "chat_history", "conversations", "logs")
+
+
+@dataclass
+class ChatSources:
+    """Every file that holds one chat_id, in priority order of the duplicate rule."""
+
+    session: Path | None = None
+    conversations: list[tuple[str, Path]] = field(default_factory=list)
+    transcript: Path | None = None
+
+
+@dataclass
+class Inventory:
+    """Paths found by :func:`scan`: small (one entry per file), never file contents."""
+
+    root: Path
+    memory: list[Path] = field(default_factory=list)
+    chats: dict[str, ChatSources] = field(default_factory=dict)
+    logs: list[Path] = field(default_factory=list)
+
+    def chat_ids(self) -> list[str]:
+        # Code-point order: the same order PostgreSQL's "C" collation gives.
+        return sorted(self.chats)
+
+    def rel(self, path: Path) -> str:
+        return str(path.relative_to(self.root))
+
+
+def _is_editor_backup(name: str) -> bool:
+    return name.endswith("~") or name.startswith(".#") or (
+        name.startswith("#") and name.endswith("#")
+    ) or name.endswith((".swp", ".swo", ".bak", ".orig"))
+
+
+def _check_perms(path: Path, st: os.stat_result, inv: Inventory, report: Report) -> None:
+    if st.st_mode & stat.S_IWOTH:
+        report.permissions(inv.rel(path) if path != inv.root else ".")
+
+
+def _entries(folder: Path, inv: Inventory, report: Report, suffix: str) -> list[Path]:
+    """Regular files ending in ``suffix`` directly in ``folder``; others are quarantined."""
+    found = []
+    with os.scandir(folder) as it:
+        for entry in sorted(it, key=lambda e: e.name):
+            path = Path(entry.path)
+            st = entry.stat(follow_symlinks=False)
+            _check_perms(path, st, inv, report)
+            if entry.is_dir(follow_symlinks=False):
+                continue
+            try:
+                entry.name.encode("utf-8")
+            except UnicodeEncodeError:
+                shown = entry.path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                report.quarantine(shown, "file name not UTF-8", "rename it to import it")
+                continue
+            if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                report.quarantine(inv.rel(path), "temporary file",
+                                  "left by an interrupted atomic write; ignored")
+            elif _is_editor_backup(entry.name):
+                report.quarantine(inv.rel(path), "editor backup", "not the live file; ignored")
+            elif not entry.is_file(follow_symlinks=False):
+                report.quarantine(inv.rel(path), "not a regular file", "symlink or special file")
+            elif not entry.name.endswith(suffix) or entry.name == suffix:
+                report.quarantine(inv.rel(path), "unexpected file", f"expected *{suffix}")
+            else:
+                found.append(path)
+    return found
+
+
+def scan(data_dir: Path, report: Report) -> Inventory:
+    """Walk DATA_DIR once and classify every file.
+
+    :raises UsageError: DATA_DIR does not exist or is not a directory.
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise UsageError(f"data directory {root} does not exist; pass --data-dir or set DATA_DIR")
+    inv = Inventory(root=root.resolve())
+    report.data_dir = str(inv.root)
+    _check_perms(inv.root, inv.root.stat(), inv, report)
+    for folder in FOLDERS:
+        path = inv.root / folder
+        if path.is_dir():
+            _check_perms(path, path.stat(), inv, report)
+    if (inv.root / "memory").is_dir():
+        inv.memory = _entries(inv.root / "memory", inv, report, ".json")
+    if (inv.root / "chat_sessions").is_dir():
+        for path in _entries(inv.root / "chat_sessions", inv, report, ".json"):
+            inv.chats.setdefault(path.name[:-5], ChatSources()).session = path
+    conv = inv.root / "conversations"
+    if conv.is_dir():
+        for user_dir in sorted(p for p in conv.iterdir() if p.is_dir()):
+            _check_perms(user_dir, user_dir.stat(), inv, report)
+            for path in _entries(user_dir, inv, report, ".json"):
+                sources = inv.chats.setdefault(path.name[:-5], ChatSources())
+                sources.conversations.append((user_dir.name, path))
+        for stray in sorted(p for p in conv.iterdir() if not p.is_dir()):
+            report.quarantine(inv.rel(stray), "unexpected file", "expected <user>/<chat_id>.json")
+    if (inv.root / "chat_history").is_dir():
+        for path in _entries(inv.root / "chat_history", inv, report, ".txt"):
+            inv.chats.setdefault(path.name[:-4], ChatSources()).transcript = path
+    if (inv.root / "logs").is_dir():
+        inv.logs = _entries(inv.root / "logs", inv, report, ".jsonl")
+    return inv
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON (PostgreSQL jsonb cannot store it)")
+
+
+def read_text(path: Path, inv: Inventory, report: Report) -> str | None:
+    """The file as text (BOM stripped and noted), or None when quarantined."""
+    rel = inv.rel(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:  # e.g. permission denied when not run as the files' owner
+        report.quarantine(rel, "unreadable", exc.strerror or str(exc))
+        return None
+    if not raw.strip():
+        report.quarantine(rel, "empty file", f"{len(raw)} bytes")
+        return None
+    if raw.startswith(BOM):
+        raw = raw[len(BOM):]
+        report.note(rel, "bom_stripped", "UTF-8 byte-order mark removed before parsing")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        report.quarantine(rel, "not UTF-8", str(exc))
+        return None
+
+
+def loads(text: str) -> Any:
+    """json.loads that rejects NaN/Infinity (jsonb has no such numbers)."""
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+def read_json_object(path: Path, inv: Inventory, report: Report) -> dict[str, Any] | None:
+    """The file's JSON object, or None when quarantined (reason in ``report``)."""
+    text = read_text(path, inv, report)
+    if text is None:
+        return None
+    try:
+        doc = loads(text)
+    except ValueError as exc:
+        report.quarantine(inv.rel(path), "invalid JSON", f"truncated or corrupt: {exc}")
+        return None
+    if not isinstance(doc, dict):
+        report.quarantine(inv.rel(path), "not a JSON object", type(doc).__name__)
+        return None
+    return doc
+
+
+def mtime(path: Path):
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(path.stat().st_mtime, UTC)

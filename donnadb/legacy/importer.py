@@ -1,0 +1,444 @@
+"""Loading a legacy DATA_DIR into PostgreSQL: COPY into staging, then upsert, per batch.
+
+Why a kill -9 at any moment is harmless (the resumable, idempotent design):
+
+* every row has a deterministic identity: users by clerk_id (or a uuid5 of the e-mail),
+  chats by chat_id, messages by (chat, sequence_number), memory by (user, type, key),
+  logs by uuid5 of ``file:line``;
+* a batch is ONE transaction: COPY into ``ON COMMIT DELETE ROWS`` temp tables, then
+  ``INSERT ... SELECT ... ON CONFLICT DO UPDATE ... WHERE row IS DISTINCT FROM new``.
+  A killed batch rolls back completely; a committed batch, when replayed, matches
+  every row and changes nothing. The messages of a chat with no message stored yet
+  (checked inside the batch's transaction) skip the staging table and are COPYed straight
+  into ``messages`` — the fast path of a first load, equally safe to kill and replay;
+* ``chat_sessions.message_count``/``last_message_at`` are kept by the schema's
+  statement-level triggers, which only see rows actually inserted, so a replay never
+  counts a message twice;
+* the schema's ``set_updated_at`` trigger stamps now() on any UPDATE that leaves
+  ``updated_at`` as it was; each batch ends by writing the file's ``updated_at`` back,
+  so the final content never depends on when (or how often) the import ran.
+
+A re-run therefore resumes by replaying from the start, cheaply: replayed batches
+write nothing. Rows the files no longer hold are never deleted (verify reports them).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import psycopg
+
+from donnadb.errors import DataError, MigrationError
+from donnadb.legacy import indexes
+from donnadb.legacy.logs import iter_log_file
+from donnadb.legacy.model import ChatRow, LogRow, MessageRow, UserRow
+from donnadb.legacy.normalise import user_uuid
+from donnadb.legacy.reader import LegacyReader
+
+log = logging.getLogger(__name__)
+
+#: A batch is flushed early when its text reaches this size (multi-MB messages).
+BATCH_BYTES = 32 * 1024 * 1024
+
+STAGE_DDL = """
+CREATE TEMP TABLE IF NOT EXISTS stage_users (
+    id uuid, clerk_id text, email text, name text, profile jsonb, preferences jsonb,
+    created_at timestamptz, updated_at timestamptz, status text, last_active_at timestamptz)
+    ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_memory (
+    id uuid, user_uuid uuid, clerk_id text, memory_type text, key text, value jsonb,
+    created_at timestamptz, updated_at timestamptz, expires_at timestamptz)
+    ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_chats (
+    id uuid, chat_id text, clerk_id text, user_uuid uuid, title text, profile text,
+    metadata jsonb, created_at timestamptz, updated_at timestamptz, status text)
+    ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_messages (
+    id uuid, chat_id text, role text, content text, metadata jsonb, created_at timestamptz,
+    sequence_number int4, token_count int4, abuse_flagged bool) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_logs (
+    id uuid, level text, message text, context jsonb, trace_id text, ip text,
+    user_agent text, request_uri text, created_at timestamptz) ON COMMIT DELETE ROWS;
+"""
+
+COPY_USERS = ("COPY stage_users FROM STDIN (FORMAT BINARY)",
+              ["uuid", "text", "text", "text", "jsonb", "jsonb", "timestamptz", "timestamptz",
+               "text", "timestamptz"])
+COPY_MEMORY = ("COPY stage_memory FROM STDIN (FORMAT BINARY)",
+               ["uuid", "uuid", "text", "text", "text", "jsonb", "timestamptz", "timestamptz",
+                "timestamptz"])
+COPY_CHATS = ("COPY stage_chats FROM STDIN (FORMAT BINARY)",
+              ["uuid", "text", "text", "uuid", "text", "text", "jsonb", "timestamptz",
+               "timestamptz", "text"])
+COPY_MESSAGES = ("COPY stage_messages FROM STDIN (FORMAT BINARY)",
+                 ["uuid", "text", "text", "text", "jsonb", "timestamptz", "int4", "int4",
+                  "bool"])
+COPY_LOGS = ("COPY stage_logs FROM STDIN (FORMAT BINARY)",
+             ["uuid", "text", "text", "jsonb", "text", "text", "text", "text", "timestamptz"])
+
+_USER_SET = """
+    DO UPDATE SET email = EXCLUDED.email, name = EXCLUDED.name, profile = EXCLUDED.profile,
+                  preferences = EXCLUDED.preferences, created_at = EXCLUDED.created_at,
+                  updated_at = EXCLUDED.updated_at, status = EXCLUDED.status,
+                  last_active_at = EXCLUDED.last_active_at
+    WHERE (u.email, u.name, u.profile, u.preferences, u.created_at, u.updated_at, u.status,
+           u.last_active_at)
+          IS DISTINCT FROM (EXCLUDED.email, EXCLUDED.name, EXCLUDED.profile,
+                            EXCLUDED.preferences, EXCLUDED.created_at, EXCLUDED.updated_at,
+                            EXCLUDED.status, EXCLUDED.last_active_at)"""
+UPSERT_USERS_BY_CLERK = """
+INSERT INTO users AS u (id, clerk_id, email, name, profile, preferences, created_at, updated_at,
+                        status, last_active_at)
+SELECT id, clerk_id, email, name, profile, preferences, created_at, updated_at, status,
+       last_active_at
+  FROM stage_users WHERE clerk_id IS NOT NULL
+ON CONFLICT (clerk_id)""" + _USER_SET
+UPSERT_USERS_BY_ID = """
+INSERT INTO users AS u (id, clerk_id, email, name, profile, preferences, created_at, updated_at,
+                        status, last_active_at)
+SELECT id, clerk_id, email, name, profile, preferences, created_at, updated_at, status,
+       last_active_at
+  FROM stage_users WHERE clerk_id IS NULL
+ON CONFLICT (id)""" + _USER_SET
+FIX_USERS_UPDATED_AT = """
+UPDATE users AS u SET updated_at = s.updated_at
+  FROM stage_users AS s
+ WHERE u.clerk_id = s.clerk_id AND u.updated_at IS DISTINCT FROM s.updated_at
+"""
+FIX_USERS_BY_ID_UPDATED_AT = """
+UPDATE users AS u SET updated_at = s.updated_at
+  FROM stage_users AS s
+ WHERE s.clerk_id IS NULL AND u.id = s.id AND u.updated_at IS DISTINCT FROM s.updated_at
+"""
+# Users known only from a chat: created once, from their first chat in chat_id order
+# (independent of batch boundaries); a memory-file user is never overwritten here.
+INSERT_ORPHAN_USERS = """
+INSERT INTO users (id, clerk_id, created_at, updated_at)
+SELECT DISTINCT ON (clerk_id) user_uuid, clerk_id, created_at, created_at
+  FROM stage_chats WHERE clerk_id IS NOT NULL
+ ORDER BY clerk_id, chat_id COLLATE "C"
+ON CONFLICT (clerk_id) DO NOTHING
+"""
+UPSERT_CHATS = """
+INSERT INTO chat_sessions AS c (id, chat_id, user_id, title, profile, metadata, created_at,
+                                updated_at, status)
+SELECT s.id, s.chat_id, u.id, s.title, s.profile, s.metadata, s.created_at, s.updated_at,
+       s.status
+  FROM stage_chats AS s LEFT JOIN users AS u ON u.clerk_id = s.clerk_id
+ON CONFLICT (chat_id) DO UPDATE
+   SET user_id = EXCLUDED.user_id, title = EXCLUDED.title, profile = EXCLUDED.profile,
+       metadata = EXCLUDED.metadata, created_at = EXCLUDED.created_at,
+       updated_at = EXCLUDED.updated_at, status = EXCLUDED.status
+ WHERE (c.user_id, c.title, c.profile, c.metadata, c.created_at, c.updated_at, c.status)
+       IS DISTINCT FROM (EXCLUDED.user_id, EXCLUDED.title, EXCLUDED.profile,
+                         EXCLUDED.metadata, EXCLUDED.created_at, EXCLUDED.updated_at,
+                         EXCLUDED.status)
+"""
+UPSERT_MESSAGES = """
+INSERT INTO messages AS m (id, chat_session_id, role, content, metadata, created_at,
+                           sequence_number, token_count, abuse_flagged)
+SELECT s.id, c.id, s.role, s.content, s.metadata, s.created_at, s.sequence_number,
+       s.token_count, s.abuse_flagged
+  FROM stage_messages AS s JOIN chat_sessions AS c ON c.chat_id = s.chat_id
+ON CONFLICT (chat_session_id, sequence_number) DO UPDATE
+   SET id = EXCLUDED.id, role = EXCLUDED.role, content = EXCLUDED.content,
+       metadata = EXCLUDED.metadata, created_at = EXCLUDED.created_at,
+       token_count = EXCLUDED.token_count, abuse_flagged = EXCLUDED.abuse_flagged
+ WHERE (m.id, m.role, m.content, m.metadata, m.created_at, m.token_count, m.abuse_flagged)
+       IS DISTINCT FROM (EXCLUDED.id, EXCLUDED.role, EXCLUDED.content, EXCLUDED.metadata,
+                         EXCLUDED.created_at, EXCLUDED.token_count, EXCLUDED.abuse_flagged)
+"""
+# Chats of this batch that have no message yet (a first load, or a batch rolled back by a
+# kill): their messages are COPYed straight into ``messages``, skipping the staging table
+# and the upsert. Safe to replay: the check runs inside the batch's transaction, so a
+# chat whose first messages were committed takes the upsert path on the next run.
+FRESH_CHATS = """
+SELECT c.chat_id, c.id
+  FROM stage_chats AS s JOIN chat_sessions AS c ON c.chat_id = s.chat_id
+ WHERE NOT EXISTS (SELECT 1 FROM messages AS m WHERE m.chat_session_id = c.id)
+"""
+COPY_MESSAGES_DIRECT = (
+    "COPY messages (id, chat_session_id, role, content, metadata, created_at, sequence_number,"
+    " token_count, abuse_flagged) FROM STDIN (FORMAT BINARY)",
+    ["uuid", "uuid", "text", "text", "jsonb", "timestamptz", "int4", "int4", "bool"])
+# A failed batch is replayed whole on the next run, so losing the last commits in a crash
+# costs nothing: do not wait for the WAL flush of each batch.
+SESSION_SETTINGS = "SET synchronous_commit = off"
+FIX_CHATS_UPDATED_AT = """
+UPDATE chat_sessions AS c SET updated_at = s.updated_at
+  FROM stage_chats AS s
+ WHERE c.chat_id = s.chat_id AND c.updated_at IS DISTINCT FROM s.updated_at
+"""
+UPSERT_MEMORY = """
+INSERT INTO user_memory AS um (id, user_id, memory_type, key, value, created_at, updated_at,
+                               expires_at)
+SELECT s.id, COALESCE(u.id, s.user_uuid), s.memory_type, s.key, s.value, s.created_at,
+       s.updated_at, s.expires_at
+  FROM stage_memory AS s LEFT JOIN users AS u ON u.clerk_id = s.clerk_id
+ON CONFLICT (user_id, memory_type, key) DO UPDATE
+   SET value = EXCLUDED.value, created_at = EXCLUDED.created_at,
+       updated_at = EXCLUDED.updated_at, expires_at = EXCLUDED.expires_at
+ WHERE (um.value, um.created_at, um.updated_at, um.expires_at)
+       IS DISTINCT FROM (EXCLUDED.value, EXCLUDED.created_at, EXCLUDED.updated_at,
+                         EXCLUDED.expires_at)
+"""
+FIX_MEMORY_UPDATED_AT = """
+UPDATE user_memory AS um SET updated_at = s.updated_at
+  FROM stage_memory AS s LEFT JOIN users AS u ON u.clerk_id = s.clerk_id
+ WHERE um.user_id = COALESCE(u.id, s.user_uuid) AND um.memory_type = s.memory_type
+   AND um.key = s.key AND um.updated_at IS DISTINCT FROM s.updated_at
+"""
+INSERT_LOGS = """
+INSERT INTO system_logs (id, level, message, context, trace_id, ip_address, user_agent,
+                         request_uri, created_at)
+SELECT id, level, message, context, trace_id, ip::inet, user_agent, request_uri, created_at
+  FROM stage_logs
+ON CONFLICT (id, created_at) DO NOTHING
+"""
+
+SCHEMA_PRESENT = "SELECT to_regclass('messages')"
+
+ProgressFn = Callable[[str, int], None]
+
+
+@dataclass
+class ImportSummary:
+    """What one run read and wrote. ``written`` counts rows inserted or changed; a
+    replay of an already imported directory writes 0."""
+
+    dry_run: bool = False
+    read: dict[str, int] = field(default_factory=dict)
+    written: dict[str, int] = field(default_factory=dict)
+    batches: int = 0
+    indexes_rebuilt: int = 0
+
+    def as_dict(self) -> dict:
+        return {"dry_run": self.dry_run, "read": self.read, "written": self.written,
+                "batches": self.batches, "indexes_rebuilt": self.indexes_rebuilt}
+
+
+@dataclass
+class _Batch:
+    users: list[UserRow] = field(default_factory=list)
+    chats: dict[str, ChatRow] = field(default_factory=dict)
+    messages: list[tuple[str, MessageRow]] = field(default_factory=list)
+    logs: list[LogRow] = field(default_factory=list)
+    rows: int = 0
+    size: int = 0
+
+
+class Importer:
+    """Streams a :class:`LegacyReader` into the database in committed batches.
+
+    ``conn`` must be in autocommit mode (each batch opens its own transaction).
+    """
+
+    def __init__(self, conn: psycopg.Connection | None, *, batch_size: int,
+                 progress: ProgressFn | None = None, dry_run: bool = False,
+                 defer_indexes: bool = False, owner_role: str = "donna_owner") -> None:
+        self.conn = conn
+        self.defer_indexes = defer_indexes
+        self.owner_role = owner_role
+        self.batch_size = batch_size
+        self.progress = progress or (lambda phase, n: None)
+        self.summary = ImportSummary(dry_run=dry_run)
+        self._batch = _Batch()
+        self._queue: queue.Queue[_Batch | None] = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def run(self, reader: LegacyReader) -> ImportSummary:
+        """Import everything ``reader`` yields.
+
+        Parsing (this thread) overlaps with the database work of the previous batch (one
+        writer thread, batches committed strictly in order, at most two waiting).
+
+        :raises DataError: PostgreSQL rejected a batch (the batch is rolled back; what
+            was committed before stays and a re-run resumes).
+        :raises MigrationError: the schema's tables do not exist.
+        """
+        writing = self.conn is not None and not self.summary.dry_run
+        deferred = None
+        if writing:
+            if self.conn.execute(SCHEMA_PRESENT).fetchone()[0] is None:
+                raise MigrationError("the schema is not applied in this database: run "
+                                     "`donnactl migrate apply` first")
+            deferred = (indexes.defer(self.conn, self.owner_role) if self.defer_indexes
+                        else indexes.pending(self.conn))
+            self.conn.execute(STAGE_DDL)
+            self.conn.execute(SESSION_SETTINGS)
+            self._thread = threading.Thread(target=self._writer, name="legacy-import-writer",
+                                            daemon=True)
+            self._thread.start()
+        try:
+            self._read_all(reader)
+        finally:
+            if writing:
+                self._queue.put(None)
+                self._thread.join()
+        self._raise_writer_error()
+        if deferred is not None:
+            self.summary.indexes_rebuilt = indexes.rebuild(self.conn, deferred, self.owner_role)
+        return self.summary
+
+    def _read_all(self, reader: LegacyReader) -> None:
+        totals = reader.totals
+        done = 0
+        for user in reader.users():
+            self._count("users")
+            self._count("user_memory", len(user.memory))
+            self._batch.users.append(user)
+            self._grow(1 + len(user.memory), 0)
+            self.progress("users", len(user.source_paths))
+            done += len(user.source_paths)
+        self._flush()
+        self.progress("users", max(0, totals["users"] - done))  # quarantined files
+        done = 0
+        for chat in reader.chats():
+            self._count("chat_sessions")
+            self._batch.chats[chat.chat_id] = chat
+            self._grow(1, 0)
+            for message in chat.messages:
+                self._count("messages")
+                if chat.chat_id not in self._batch.chats:
+                    self._batch.chats[chat.chat_id] = chat  # a long chat spans batches
+                self._batch.messages.append((chat.chat_id, message))
+                self._grow(1, len(message.content))
+            self.progress("chats", 1)
+            done += 1
+        self._flush()
+        self.progress("chats", max(0, totals["chats"] - done))
+        for path in reader.inventory.logs:
+            for row in iter_log_file(path, reader.inventory, reader.report):
+                self._count("system_logs")
+                self._batch.logs.append(row)
+                self._grow(1, len(row.message))
+            self.progress("logs", 1)
+        self._flush()
+
+    def _count(self, table: str, n: int = 1) -> None:
+        self.summary.read[table] = self.summary.read.get(table, 0) + n
+
+    def _grow(self, rows: int, size: int) -> None:
+        self._batch.rows += rows
+        self._batch.size += size
+        if self._batch.rows >= self.batch_size or self._batch.size >= BATCH_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, _Batch()
+        if not batch.rows:
+            return
+        self.summary.batches += 1
+        if self.summary.dry_run or self.conn is None:
+            return
+        self._raise_writer_error()
+        self._queue.put(batch)
+
+    def _writer(self) -> None:
+        """The only user of the connection once the import runs."""
+        while True:
+            batch = self._queue.get()
+            if batch is None:
+                return
+            if self._error is not None:
+                continue  # drain: the reader thread stops at its next flush
+            try:
+                with self.conn.transaction():
+                    self._write(batch)
+            except BaseException as exc:  # re-raised in the reader thread
+                self._error = exc
+
+    def _raise_writer_error(self) -> None:
+        exc = self._error
+        if exc is None:
+            return
+        if isinstance(exc, psycopg.Error):
+            raise DataError(
+                f"a batch was rejected and rolled back: {str(exc).strip().splitlines()[0]} "
+                "(earlier batches are committed; fix the cause and re-run to resume)"
+            ) from exc
+        raise exc
+
+    def _copy(self, spec: tuple[str, list[str]], rows) -> None:
+        statement, types = spec
+        with self.conn.cursor() as cur, cur.copy(statement) as copy:
+            copy.set_types(types)
+            for row in rows:
+                copy.write_row(row)
+
+    def _exec(self, sql: str, table: str | None = None) -> None:
+        cur = self.conn.execute(sql)
+        if table is not None and cur.rowcount > 0:
+            self.summary.written[table] = self.summary.written.get(table, 0) + cur.rowcount
+
+    def _write(self, batch: _Batch) -> None:
+        if batch.users:
+            self._copy(COPY_USERS, (
+                (u.id, u.clerk_id, u.email, u.name, u.profile, u.preferences, u.created_at,
+                 u.updated_at, u.status, u.last_active_at) for u in batch.users))
+            self._copy(COPY_MEMORY, (
+                (m.id, u.id, u.clerk_id, m.memory_type, m.key, m.value, m.created_at,
+                 m.updated_at, m.expires_at) for u in batch.users for m in u.memory))
+            self._exec(UPSERT_USERS_BY_CLERK, "users")
+            self._exec(UPSERT_USERS_BY_ID, "users")
+            self._exec(FIX_USERS_UPDATED_AT)
+            self._exec(FIX_USERS_BY_ID_UPDATED_AT)
+            self._exec(UPSERT_MEMORY, "user_memory")
+            self._exec(FIX_MEMORY_UPDATED_AT)
+        if batch.chats:
+            self._copy(COPY_CHATS, (
+                (c.id, c.chat_id, c.clerk_id, _owner_uuid(c), c.title, c.profile, c.metadata,
+                 c.created_at, c.updated_at, c.status) for c in batch.chats.values()))
+            self._exec(INSERT_ORPHAN_USERS, "users")
+            self._exec(UPSERT_CHATS, "chat_sessions")
+        if batch.messages:
+            self._write_messages(batch)
+        if batch.chats:
+            # The message triggers touched the sessions: restore the files' updated_at.
+            self._exec(FIX_CHATS_UPDATED_AT)
+        if batch.logs:
+            self._copy(COPY_LOGS, (
+                (r.id, r.level, r.message, r.context, r.trace_id, r.ip_address, r.user_agent,
+                 r.request_uri, r.created_at) for r in batch.logs))
+            self._exec(INSERT_LOGS, "system_logs")
+
+    def _write_messages(self, batch: _Batch) -> None:
+        """Fresh chats (no message stored yet): COPY straight in; the others: upsert."""
+        fresh = dict(self.conn.execute(FRESH_CHATS).fetchall()) if batch.chats else {}
+        direct = [(chat_id, m) for chat_id, m in batch.messages if chat_id in fresh]
+        if direct:
+            self._copy(COPY_MESSAGES_DIRECT, (
+                (m.id, fresh[chat_id], m.role, m.content, m.metadata, m.created_at,
+                 m.sequence_number, m.token_count, m.abuse_flagged)
+                for chat_id, m in direct))
+            self.summary.written["messages"] = (
+                self.summary.written.get("messages", 0) + len(direct))
+        if len(direct) < len(batch.messages):
+            self._copy(COPY_MESSAGES, (
+                (m.id, chat_id, m.role, m.content, m.metadata, m.created_at,
+                 m.sequence_number, m.token_count, m.abuse_flagged)
+                for chat_id, m in batch.messages if chat_id not in fresh))
+            self._exec(UPSERT_MESSAGES, "messages")
+
+
+def _owner_uuid(chat: ChatRow) -> uuid.UUID | None:
+    return user_uuid(chat.clerk_id) if chat.clerk_id else None
+
+
+def import_data_dir(reader: LegacyReader, conn: psycopg.Connection | None, *, batch_size: int,
+                    dry_run: bool = False, progress: ProgressFn | None = None,
+                    defer_indexes: bool = False, owner_role: str = "donna_owner"
+                    ) -> ImportSummary:
+    """Run one import (or a dry run when ``dry_run``: ``conn`` is not written).
+
+    :raises DataError: the database rejected a batch.
+    :raises UsageError: ``defer_indexes`` on a non-empty messages table.
+    """
+    return Importer(conn, batch_size=batch_size, progress=progress, dry_run=dry_run,
+                    defer_indexes=defer_indexes, owner_role=owner_role).run(reader)

@@ -1,0 +1,140 @@
+"""logs/*.jsonl -> :class:`LogRow`, one per line, streamed.
+
+A line that is not a JSON object is quarantined as ``logs/FILE:LINE``; blank lines are
+not data. Each row keeps its origin in ``context["_donnadb_legacy"]["source"]``: the
+id is derived from it (stable across re-imports) and export writes the line back to
+the same file and line number.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from donnadb.legacy.files import BOM, Inventory, loads, mtime
+from donnadb.legacy.model import LogRow
+from donnadb.legacy.normalise import LEGACY_KEY, escape_json, escape_str, log_uuid, parse_timestamp
+from donnadb.legacy.report import Report
+
+FIELDS = ("ts", "level", "message", "context", "trace_id", "ip", "user_agent", "uri")
+LEVEL_MAX = 20
+TRACE_MAX = 255
+
+
+def _text(raw: dict[str, Any], name: str, legacy: dict[str, Any], escaped: list[str],
+          limit: int | None = None) -> str | None:
+    value = raw.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        legacy[f"{name}_raw"] = value
+        return None
+    value, changed = escape_str(value)
+    if changed:
+        escaped.append(name)
+    if limit is not None and len(value) > limit:
+        legacy[f"{name}_full"] = value
+        value = value[:limit]
+    return value
+
+
+def log_from_line(raw: dict[str, Any], source: str, previous_ts, fallback_ts) -> LogRow:
+    """Normalise one parsed log object (``source`` is ``FILE:LINE``)."""
+    legacy: dict[str, Any] = {"source": source}
+    escaped: list[str] = []
+    ts = parse_timestamp(raw.get("ts"))
+    if ts is None:
+        legacy["ts"] = "missing" if raw.get("ts") is None else "unparseable"
+        if raw.get("ts") is not None:
+            legacy["ts_raw"] = raw.get("ts")
+        ts = previous_ts or fallback_ts
+        if previous_ts is None:
+            legacy["ts_from"] = "file_mtime"
+    level = _text(raw, "level", legacy, escaped)
+    if level is None:
+        legacy.setdefault("level", "missing")
+        level = "info"
+    elif level != level.lower() or len(level) > LEVEL_MAX:
+        legacy["level_raw"] = level
+        level = level.lower()[:LEVEL_MAX]
+    message = _text(raw, "message", legacy, escaped)
+    if message is None:
+        legacy.setdefault("message", "missing")
+        message = ""
+    context = raw.get("context")
+    if context is None:
+        context = {}
+        if "context" in raw:
+            legacy["context"] = "null"
+    elif not isinstance(context, dict):
+        legacy["context_raw"], context = context, {}
+    context, changed = escape_json(context)
+    context = dict(context)
+    if changed:
+        escaped.append("context")
+    ip = raw.get("ip")
+    ip_address = None
+    if ip is not None:
+        try:
+            ip_address = str(ipaddress.ip_address(ip)) if isinstance(ip, str) else None
+        except ValueError:
+            ip_address = None
+        if ip_address is None or ip_address != ip:
+            legacy["ip_raw"] = ip
+    extra = {k: v for k, v in raw.items() if k not in FIELDS}
+    if extra:
+        legacy["extra"] = extra
+    trace_id = _text(raw, "trace_id", legacy, escaped, TRACE_MAX)
+    user_agent = _text(raw, "user_agent", legacy, escaped)
+    uri = _text(raw, "uri", legacy, escaped)
+    legacy_escaped, changed = escape_json(legacy)
+    if changed:
+        legacy = legacy_escaped
+        escaped.append("legacy")
+    if escaped:
+        legacy["escaped"] = escaped
+    context[LEGACY_KEY] = legacy
+    return LogRow(id=log_uuid(source), level=level, message=message, context=context,
+                  trace_id=trace_id, ip_address=ip_address, user_agent=user_agent,
+                  request_uri=uri, created_at=ts, source=source)
+
+
+def iter_log_file(path: Path, inv: Inventory, report: Report) -> Iterator[LogRow]:
+    """Stream one .jsonl file line by line (a multi-GB log never sits in memory)."""
+    rel = path.name
+    if not os.access(path, os.R_OK):
+        report.quarantine(f"logs/{rel}", "unreadable", "permission denied")
+        return
+    if path.stat().st_size == 0:
+        report.quarantine(f"logs/{rel}", "empty file", "0 bytes")
+        return
+    fallback = mtime(path)
+    previous = None
+    with path.open("rb") as fh:
+        for number, raw_line in enumerate(fh, start=1):
+            if number == 1 and raw_line.startswith(BOM):
+                raw_line = raw_line[len(BOM):]
+                report.note(f"logs/{rel}", "bom_stripped", "UTF-8 byte-order mark removed")
+            if not raw_line.strip():
+                continue
+            where = f"logs/{rel}:{number}"
+            try:
+                doc = loads(raw_line.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError) as exc:
+                report.quarantine(where, "invalid log line", str(exc))
+                continue
+            if not isinstance(doc, dict):
+                report.quarantine(where, "invalid log line", "not a JSON object")
+                continue
+            row = log_from_line(doc, f"{rel}:{number}", previous, fallback)
+            previous = row.created_at
+            report.add("logs")
+            yield row
+
+
+def iter_logs(inv: Inventory, report: Report) -> Iterator[LogRow]:
+    for path in inv.logs:
+        yield from iter_log_file(path, inv, report)

@@ -1,0 +1,208 @@
+"""Pure normalisation rules for legacy values: timestamps, roles, unstorable text, ids.
+
+Every rule here is deterministic (same input, same output), which is what makes the
+import idempotent and the import -> export -> import round trip exact.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from donnadb.dal.values import (
+    ESCAPE_MARKER,
+    LEGACY_MESSAGE_NAMESPACE,
+    escape_text,
+    legacy_message_id,
+    needs_escape,
+)
+from donnadb.dal.values import unescape_text as _unescape_text
+
+__all__ = [
+    "ESCAPE_MARKER",
+    "LEGACY_KEY",
+    "chat_uuid",
+    "escape_json",
+    "escape_str",
+    "legacy_message_id",
+    "log_uuid",
+    "memory_uuid",
+    "normalise_role",
+    "parse_timestamp",
+    "unescape_json",
+    "unescape_str",
+    "user_uuid",
+]
+
+#: Metadata/context key under which the import records what it changed (and how to undo it).
+LEGACY_KEY = "_donnadb_legacy"
+#: Wrapper of a memory value that had to be escaped (user_memory has no metadata column).
+ESCAPED_VALUE_KEY = "$donnadb_escaped"
+
+_NS = uuid.UUID("0d7c9a4e-3f61-5b1e-8c2a-9e4b7f13d6a0")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NUMBER_RE = re.compile(r"-?\d+(\.\d+)?")
+# Epoch values at or above this are milliseconds (1e11 s is the year 5138).
+_MS_THRESHOLD = 10**11
+
+ROLE_ALIASES = {
+    "user": "user", "human": "user", "customer": "user",
+    "assistant": "assistant", "bot": "assistant", "ai": "assistant", "donna": "assistant",
+    "system": "system",
+}
+
+
+def user_uuid(clerk_id: str | None, email: str | None = None) -> uuid.UUID:
+    """Deterministic users.id: from the Clerk id, else from the lower-cased e-mail."""
+    if clerk_id:
+        return uuid.uuid5(_NS, f"user:{clerk_id}")
+    return uuid.uuid5(_NS, f"email:{(email or '').lower()}")
+
+
+def chat_uuid(chat_id: str) -> uuid.UUID:
+    return uuid.uuid5(_NS, f"chat:{chat_id}")
+
+
+def memory_uuid(user_id: uuid.UUID, memory_type: str, key: str) -> uuid.UUID:
+    return uuid.uuid5(_NS, f"memory:{user_id}:{memory_type}:{key}")
+
+
+def log_uuid(source: str) -> uuid.UUID:
+    """``source`` is ``file.jsonl:LINE``: a log line keeps its id across re-imports."""
+    return uuid.uuid5(_NS, f"log:{source}")
+
+
+def message_uuid(chat_id: str, sequence_number: int) -> uuid.UUID:
+    """Same rule as the DAL's :func:`legacy_message_id` (one id in both stores), without
+    the round trip through text: this runs once per message."""
+    return uuid.uuid5(LEGACY_MESSAGE_NAMESPACE, f"{chat_id}:{sequence_number}")
+
+
+def parse_timestamp(value: object) -> datetime | None:
+    """A legacy timestamp as an aware UTC datetime (microsecond precision), or None.
+
+    Accepted: ISO 8601 with or without zone (no zone means UTC), ``YYYY-MM-DD HH:MM:SS``,
+    epoch seconds or milliseconds as numbers or numeric strings. ``None`` means missing
+    or unreadable; the caller decides the fallback and records it.
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        if _NUMBER_RE.fullmatch(text):
+            value = float(text) if "." in text else int(text)
+        else:
+            try:
+                parsed = datetime.fromisoformat(text.replace("z", "Z"))
+            except ValueError:
+                return None
+            return _in_range(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
+    if isinstance(value, int):
+        try:
+            if abs(value) >= _MS_THRESHOLD:
+                return _in_range(_EPOCH + timedelta(milliseconds=value))
+            return _in_range(_EPOCH + timedelta(seconds=value))
+        except OverflowError:
+            return None
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return None
+        try:
+            if abs(value) >= _MS_THRESHOLD:
+                return _in_range(_EPOCH + timedelta(milliseconds=value))
+            return _in_range(_EPOCH + timedelta(seconds=value))
+        except OverflowError:
+            return None
+    return None
+
+
+def _in_range(ts: datetime) -> datetime | None:
+    # PostgreSQL accepts 4713 BC .. 294276 AD; Python stops at year 9999 anyway.
+    try:
+        return ts.astimezone(UTC)
+    except (OverflowError, ValueError):
+        return None
+
+
+def normalise_role(raw: object) -> tuple[str, bool]:
+    """(stored role, known). Unknown roles become ``user``: the least trusted role, so a
+    stray spelling can never turn user text into a system prompt; the caller keeps the
+    original spelling in metadata so nothing is lost."""
+    if isinstance(raw, str):
+        role = ROLE_ALIASES.get(raw.strip().lower())
+        if role:
+            return role, True
+    return "user", False
+
+
+def escape_str(text: str) -> tuple[str, bool]:
+    """(storable text, changed). Only text with NUL or lone surrogates is escaped."""
+    if needs_escape(text):
+        return escape_text(text), True
+    return text, False
+
+
+def unescape_str(text: str) -> str:
+    return _unescape_text(text)
+
+
+def _has_unstorable(value: Any) -> bool:
+    if isinstance(value, str):
+        return needs_escape(value)
+    if isinstance(value, list):
+        return any(_has_unstorable(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_unstorable(k) or _has_unstorable(v) for k, v in value.items())
+    return False
+
+
+def _escape_all(value: Any) -> Any:
+    if isinstance(value, str):
+        return escape_text(value)
+    if isinstance(value, list):
+        return [_escape_all(v) for v in value]
+    if isinstance(value, dict):
+        return {escape_text(k): _escape_all(v) for k, v in value.items()}
+    return value
+
+
+def escape_json(value: Any) -> tuple[Any, bool]:
+    """(storable JSON value, changed). When any string or key holds NUL or a lone
+    surrogate, EVERY string and key is escaped, so :func:`unescape_json` is exact."""
+    if value and _has_unstorable(value):  # empty values are the common case
+        return _escape_all(value), True
+    return value, False
+
+
+def unescape_json(value: Any) -> Any:
+    """Inverse of :func:`escape_json` (only call it on values it escaped)."""
+    if isinstance(value, str):
+        return unescape_str(value)
+    if isinstance(value, list):
+        return [unescape_json(v) for v in value]
+    if isinstance(value, dict):
+        return {unescape_str(k): unescape_json(v) for k, v in value.items()}
+    return value
+
+
+def wrap_memory_value(value: Any) -> Any:
+    """A memory value PostgreSQL can store; escaped values are wrapped so export can undo."""
+    escaped, changed = escape_json(value)
+    return {ESCAPED_VALUE_KEY: escaped} if changed else value
+
+
+def unwrap_memory_value(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {ESCAPED_VALUE_KEY}:
+        return unescape_json(value[ESCAPED_VALUE_KEY])
+    return value
+
+
+def iso(ts: datetime | None) -> str | None:
+    """Canonical UTC text of a timestamp (microseconds kept): used in files and checksums."""
+    if ts is None:
+        return None
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -1,0 +1,282 @@
+"""Comparing a legacy DATA_DIR with the database, chat by chat and user by user.
+
+The files are read through the same normalisation as the import (so a quarantined file
+is expected to be missing) and every row is reduced to a canonical text on both sides:
+per chat a count and a SHA-256 of the chat row and its messages in order (plus the
+session's message_count/last_message_at against the messages), per user the user row,
+and per memory entry its own checksum; logs per file and line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from donnadb.legacy.model import ChatRow, MessageRow, UserRow
+from donnadb.legacy.normalise import LEGACY_KEY, iso
+from donnadb.legacy.reader import LegacyReader
+
+DB_CHATS = """
+SELECT c.chat_id, u.clerk_id, c.title, c.profile, c.metadata, c.created_at, c.updated_at,
+       c.status, c.message_count, c.last_message_at
+  FROM chat_sessions AS c LEFT JOIN users AS u ON u.id = c.user_id
+"""
+DB_MESSAGES = """
+SELECT c.chat_id, m.id, m.sequence_number, m.role, m.content, m.metadata, m.created_at,
+       m.token_count, m.abuse_flagged
+  FROM messages AS m JOIN chat_sessions AS c ON c.id = m.chat_session_id
+ ORDER BY c.chat_id COLLATE "C", m.sequence_number
+"""
+DB_USERS = """
+SELECT id, clerk_id, email, name, profile, preferences, created_at, updated_at, status,
+       last_active_at
+  FROM users
+"""
+DB_MEMORY = """
+SELECT u.id, u.clerk_id, um.memory_type, um.key, um.value, um.created_at, um.updated_at,
+       um.expires_at
+  FROM user_memory AS um JOIN users AS u ON u.id = um.user_id
+"""
+DB_LOGS = """
+SELECT context -> '_donnadb_legacy' ->> 'source', level, message, context, trace_id,
+       host(ip_address), user_agent, request_uri, created_at
+  FROM system_logs WHERE context ? '_donnadb_legacy'
+"""
+#: Per-table content checksum in primary-key order (tests compare two databases).
+TABLE_CHECKSUM = """
+SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY {order}), '')) FROM {table} AS t
+"""
+TABLE_ORDER = {"users": "id", "chat_sessions": "id", "messages": "id", "user_memory": "id",
+               "system_logs": "id, created_at"}
+
+
+def _norm(value: Any) -> Any:
+    # jsonb keeps 1e20 as an integer: compare integral floats as integers on both sides.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _norm(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_norm(v) for v in value]
+    return value
+
+
+def canon(value: Any) -> str:
+    return json.dumps(_norm(value), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def _h(*parts: Any) -> str:
+    return hashlib.sha256(canon([iso(p) if hasattr(p, "tzinfo") else p for p in parts])
+                          .encode()).hexdigest()
+
+
+def message_digest(m: MessageRow) -> str:
+    return _h(str(m.id), m.sequence_number, m.role, m.content, m.metadata, m.created_at,
+              m.token_count, m.abuse_flagged)
+
+
+def chat_digest(c: ChatRow) -> str:
+    return _h(c.chat_id, c.clerk_id, c.title, c.profile, c.metadata, c.created_at, c.updated_at,
+              c.status)
+
+
+def user_digest(u: UserRow) -> str:
+    return _h(u.clerk_id, u.email, u.name, u.profile, u.preferences, u.created_at, u.updated_at,
+              u.status, u.last_active_at)
+
+
+@dataclass
+class VerifyResult:
+    """``ok`` is False when any difference was found (donnactl exits 1)."""
+
+    compared: dict[str, int] = field(default_factory=dict)
+    differences: list[dict[str, str]] = field(default_factory=list)
+    quarantined: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+    def diff(self, kind: str, key: str, detail: str) -> None:
+        self.differences.append({"kind": kind, "key": key, "detail": detail})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "compared": self.compared, "differences": self.differences,
+                "quarantined": self.quarantined}
+
+
+def _db_chats(conn: psycopg.Connection) -> dict[str, dict[str, Any]]:
+    chats: dict[str, dict[str, Any]] = {}
+    for chat_id, clerk, title, profile, meta, created, updated, status, count, last in \
+            conn.execute(DB_CHATS):
+        chats[chat_id] = {"digest": _h(chat_id, clerk, title, profile, meta, created, updated,
+                                       status),
+                          "message_count": count, "last_message_at": last,
+                          "messages": 0, "newest": None, "hash": hashlib.sha256()}
+    with conn.cursor(name="verify_messages") as cur:
+        cur.itersize = 5000
+        cur.execute(DB_MESSAGES)
+        for chat_id, message_id, seq, role, content, meta, created, tokens, flagged in cur:
+            entry = chats[chat_id]
+            entry["messages"] += 1
+            entry["newest"] = created if entry["newest"] is None else max(entry["newest"], created)
+            entry["hash"].update(_h(str(message_id), seq, role, content, meta, created, tokens,
+                                    flagged).encode())
+    return chats
+
+
+def _compare_chats(reader: LegacyReader, conn: psycopg.Connection, result: VerifyResult,
+                   orphans: dict[str, Any]) -> None:
+    db = _db_chats(conn)
+    n = 0
+    for chat in reader.chats():
+        n += 1
+        if chat.clerk_id and chat.clerk_id not in orphans:
+            orphans[chat.clerk_id] = chat.created_at
+        entry = db.pop(chat.chat_id, None)
+        if entry is None:
+            result.diff("chat_missing", chat.chat_id, f"{chat.source_path} is not in the database")
+            continue
+        if entry["digest"] != chat_digest(chat):
+            result.diff("chat_differs", chat.chat_id, "session row differs from the file")
+        expected = hashlib.sha256()
+        for m in chat.messages:
+            expected.update(message_digest(m).encode())
+        if entry["messages"] != len(chat.messages):
+            result.diff("message_count", chat.chat_id,
+                        f"file has {len(chat.messages)} messages, database {entry['messages']}")
+        elif entry["hash"].hexdigest() != expected.hexdigest():
+            result.diff("messages_differ", chat.chat_id, "message content checksum differs")
+        if entry["message_count"] != entry["messages"] or \
+                entry["last_message_at"] != entry["newest"]:
+            result.diff("session_counters", chat.chat_id,
+                        f"message_count={entry['message_count']} but {entry['messages']} rows")
+    for chat_id in sorted(db):
+        result.diff("chat_extra", chat_id, "in the database but in no legacy file")
+    result.compared["chats"] = n
+
+
+def _compare_users(reader: LegacyReader, conn: psycopg.Connection, result: VerifyResult,
+                   orphans: dict[str, Any]) -> None:
+    db_users = {}
+    for uid, clerk, email, name, profile, prefs, created, updated, status, last_active in \
+            conn.execute(DB_USERS):
+        db_users[clerk or str(uid)] = _h(clerk, email, name, profile, prefs, created, updated,
+                                         status, last_active)
+    db_memory: dict[tuple[str, str, str], str] = {}
+    for uid, clerk, mtype, key, value, created, updated, expires in conn.execute(DB_MEMORY):
+        db_memory[(clerk or str(uid), mtype, key)] = _h(value, created, updated, expires)
+    users = memory = 0
+    for user in reader.users():
+        users += 1
+        ukey = user.clerk_id or str(user.id)
+        got = db_users.pop(ukey, None)
+        if got is None:
+            result.diff("user_missing", ukey, f"{', '.join(user.source_paths)} not imported")
+        elif got != user_digest(user):
+            result.diff("user_differs", ukey, "user row differs from the memory file(s)")
+        for m in user.memory:
+            memory += 1
+            got = db_memory.pop((ukey, m.memory_type, m.key), None)
+            want = _h(m.value, m.created_at, m.updated_at, m.expires_at)
+            if got is None:
+                result.diff("memory_missing", f"{ukey}/{m.memory_type}/{m.key}", "not imported")
+            elif got != want:
+                result.diff("memory_differs", f"{ukey}/{m.memory_type}/{m.key}",
+                            "value or timestamps differ")
+    for clerk, first_created in orphans.items():
+        if clerk in db_users:
+            got = db_users.pop(clerk)
+            want = _h(clerk, None, None, {}, {}, first_created, first_created, "active", None)
+            if got != want:
+                result.diff("user_differs", clerk, "user created from chats differs")
+        elif not any(d["key"] == clerk for d in result.differences):
+            result.diff("user_missing", clerk, "owner of chats, not in the database")
+    for ukey in sorted(db_users):
+        result.diff("user_extra", ukey, "in the database but in no legacy file")
+    for mkey in sorted(db_memory):
+        result.diff("memory_extra", "/".join(mkey), "in the database but in no memory file")
+    result.compared["users"] = users + len(orphans)
+    result.compared["memory_entries"] = memory
+
+
+def _compare_logs(reader: LegacyReader, conn: psycopg.Connection, result: VerifyResult) -> None:
+    db_logs = {}
+    for source, level, message, context, trace, ip, ua, uri, created in conn.execute(DB_LOGS):
+        db_logs[source] = _h(level, message, context, trace, _ip(ip), ua, uri, created)
+    n = 0
+    for row in reader.logs():
+        n += 1
+        got = db_logs.pop(row.source, None)
+        want = _h(row.level, row.message, row.context, row.trace_id, _ip(row.ip_address),
+                  row.user_agent, row.request_uri, row.created_at)
+        if got is None:
+            result.diff("log_missing", f"logs/{row.source}", "not imported")
+        elif got != want:
+            result.diff("log_differs", f"logs/{row.source}", "log row differs")
+    for source in sorted(db_logs):
+        result.diff("log_extra", f"logs/{source}", "imported from a line no longer in logs/")
+    result.compared["logs"] = n
+
+
+def _ip(value: str | None) -> str | None:
+    # PostgreSQL and Python spell some addresses differently (::ffff:10.0.0.1).
+    return str(ipaddress.ip_address(value)) if value else None
+
+
+def verify(reader: LegacyReader, conn: psycopg.Connection) -> VerifyResult:
+    """Compare everything ``reader`` yields with the database behind ``conn``.
+
+    :raises psycopg.Error: the database cannot be read (the CLI maps it to one line).
+    """
+    result = VerifyResult()
+    orphans: dict[str, Any] = {}
+    # One transaction: a consistent view, and the server-side cursor needs one.
+    with conn.transaction():
+        _compare_chats(reader, conn, result, orphans)
+        memory_users = _user_keys(reader)
+        for clerk in list(orphans):
+            if clerk in memory_users:
+                del orphans[clerk]
+        _compare_users(reader, conn, result, orphans)
+        _compare_logs(reader, conn, result)
+    result.quarantined = sorted(reader.report.quarantined, key=lambda q: q["path"])
+    result.differences = _unique(result.differences)
+    return result
+
+
+def _user_keys(reader: LegacyReader) -> set[str]:
+    from donnadb.legacy.report import Report
+    from donnadb.legacy.users import group_memory_files
+
+    return {k[1] for k in group_memory_files(reader.inventory, Report()) if k[0] == "clerk"}
+
+
+def _unique(items: list[dict[str, str]]) -> list[dict[str, str]]:
+    seen, out = set(), []
+    for item in items:
+        key = (item["kind"], item["key"])
+        if key not in seen:
+            seen.add(key)
+            out.append(item)
+    return out
+
+
+def table_checksums(conn: psycopg.Connection) -> dict[str, tuple[int, str]]:
+    """(row count, md5 of every row's text in primary-key order) per imported table."""
+    out = {}
+    for table, order in TABLE_ORDER.items():
+        query = sql.SQL(TABLE_CHECKSUM).format(table=sql.Identifier(table),
+                                               order=sql.SQL(order))
+        count, digest = conn.execute(query).fetchone()
+        out[table] = (count, digest)
+    return out
+
+
+__all__ = ["LEGACY_KEY", "VerifyResult", "table_checksums", "verify"]

@@ -1,0 +1,59 @@
+"""The age of the last successful backup, read from the local backup repository.
+
+`donnadb.backup` owns the repository and its manifests; this module only calls its
+public listing (``list_backups``) so monitoring keeps working, and says "unknown",
+on hosts where no backup was ever taken or the repository cannot be read.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _repository() -> Path | None:
+    try:
+        from donnadb.backup.settings import load_backup_settings
+    except ImportError:
+        return None
+    try:
+        return load_backup_settings().backup_repo_dir
+    except Exception as exc:  # a bad BACKUP_* setting must not hide the database status
+        log.warning("backup settings unreadable: %s", exc)
+        return None
+
+
+def latest(*, now: datetime | None = None, repo: Path | None = None) -> dict[str, Any]:
+    """``{"status": "ok"|"unknown", "finished_at", "age_hours", "backup_id", "repository"}``
+    of the newest good (complete, not failed by verify) backup in the local repository.
+    """
+    now = now or datetime.now(UTC)
+    repo = repo or _repository()
+    unknown = {"status": "unknown", "finished_at": None, "age_hours": None, "backup_id": None,
+               "repository": str(repo) if repo else None}
+    if repo is None:
+        return unknown
+    try:
+        from donnadb.backup.storage_local import list_backups
+
+        good = [b for b in list_backups(repo) if b.good]
+    except (ImportError, OSError) as exc:
+        log.warning("cannot list backups in %s: %s", repo, exc)
+        return unknown
+    if not good:
+        return unknown
+    newest = max(good, key=lambda b: b.manifest.finished)
+    finished = newest.manifest.finished
+    if finished.tzinfo is None:
+        finished = finished.replace(tzinfo=UTC)
+    return {
+        "status": "ok",
+        "finished_at": finished,
+        "age_hours": round((now - finished).total_seconds() / 3600, 2),
+        "backup_id": newest.backup_id,
+        "repository": str(repo),
+    }

@@ -1,0 +1,106 @@
+"""`donnactl health`: the status figures graded against the thresholds in settings.
+
+Each check's ``name`` is stable: `donnactl metrics` exports it as a label and
+``monitoring/alerts.yml`` has one rule per CRITICAL threshold named after it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from donnadb.config import Settings
+from donnadb.ops.checks import Check, Severity, grade_high, grade_low, worst
+
+#: check name -> (warning setting, critical setting); used by docs and the alert-rule test.
+THRESHOLDS: dict[str, tuple[str, str]] = {
+    "connections": ("health_connections_warn_pct", "health_connections_crit_pct"),
+    "cache_hit": ("health_cache_hit_warn_pct", "health_cache_hit_crit_pct"),
+    "longest_query": ("health_long_query_warn_seconds", "health_long_query_crit_seconds"),
+    "longest_transaction": ("health_long_xact_warn_seconds", "health_long_xact_crit_seconds"),
+    "replication_lag": ("health_replication_lag_warn_seconds",
+                        "health_replication_lag_crit_seconds"),
+    "backup_age": ("health_backup_max_age_hours", "health_backup_crit_age_hours"),
+    "partitions_ahead": ("health_partitions_ahead_warn", "health_partitions_ahead_crit"),
+    "bloat": ("health_bloat_warn_pct", "health_bloat_crit_pct"),
+    "wraparound": ("health_wraparound_warn_pct", "health_wraparound_crit_pct"),
+}
+
+
+def _limits(settings: Settings, name: str) -> tuple[float, float]:
+    warn, crit = THRESHOLDS[name]
+    return getattr(settings, warn), getattr(settings, crit)
+
+
+def _high(settings: Settings, name: str, value: float, unit: str, what: str) -> Check:
+    warn, crit = _limits(settings, name)
+    sev = grade_high(value, warn, crit)
+    return Check(name, sev, value, f"{what} {value:g}{unit} (warn {warn:g}, crit {crit:g})")
+
+
+def evaluate(report: dict[str, Any], settings: Settings) -> list[Check]:
+    """Grade a :func:`donnadb.ops.status.collect` report; one :class:`Check` per figure."""
+    checks = [
+        Check("database", Severity.OK, 1,
+              f"PostgreSQL {report['server']['version'].split()[0]} "
+              f"{report['server']['role']} reachable"),
+        _high(settings, "connections", report["connections"]["used_pct"], "%",
+              "connections in use"),
+    ]
+    hit = report["cache_hit_pct"]
+    if hit is None:
+        checks.append(Check("cache_hit", Severity.OK, None, "cache hit ratio: no reads yet"))
+    else:
+        warn, crit = _limits(settings, "cache_hit")
+        checks.append(Check("cache_hit", grade_low(hit, warn, crit), hit,
+                            f"cache hit {hit:g}% (warn below {warn:g}, crit below {crit:g})"))
+    for name, key, what in (("longest_query", "longest_query", "longest query"),
+                            ("longest_transaction", "longest_transaction",
+                             "longest transaction")):
+        row = report[key]
+        seconds = round(row["seconds"], 1) if row else 0.0
+        check = _high(settings, name, seconds, "s", what)
+        if row and check.severity:
+            check = Check(name, check.severity, seconds,
+                          f"{check.summary}: pid {row['pid']} ({row['usename']})")
+        checks.append(check)
+    lag = report["replication"]["lag_seconds"]
+    checks.append(_high(settings, "replication_lag", round(lag, 1), "s", "replication lag")
+                  if lag is not None
+                  else Check("replication_lag", Severity.OK, None, "no replication"))
+    checks.append(_backup(report["backup"], settings))
+    checks.append(_partitions(report["partitions"], settings))
+    stray = report["partitions"].get("default_rows") or 0
+    checks.append(Check("partition_default", Severity.WARNING if stray else Severity.OK, stray,
+                        f"{stray} rows in the default partition of {report['partitions']['table']}"
+                        + (" (see docs/runbook.md, Partitions)" if stray else "")))
+    checks.append(_high(settings, "bloat", report["bloat"]["dead_pct"], "%", "dead tuples"))
+    checks.append(_high(settings, "wraparound", report["wraparound"]["pct"], "%",
+                        "transaction id age at"))
+    return checks
+
+
+def _backup(backup: dict[str, Any], settings: Settings) -> Check:
+    if backup["age_hours"] is None:
+        sev = Severity.WARNING if settings.health_backup_required else Severity.OK
+        return Check("backup_age", sev, None,
+                     f"no successful backup found in {backup['repository']}")
+    return _high(settings, "backup_age", backup["age_hours"], "h", "last backup")
+
+
+def _partitions(parts: dict[str, Any], settings: Settings) -> Check:
+    if not parts["present"]:
+        return Check("partitions_ahead", Severity.WARNING, None,
+                     f"{parts['table']} missing: apply the schema migrations")
+    if not parts["current_covered"]:
+        return Check("partitions_ahead", Severity.CRITICAL, parts["ahead"],
+                     f"{parts['table']}: no partition for the current month "
+                     "(run `donnactl partitions maintain`)")
+    warn, crit = _limits(settings, "partitions_ahead")
+    ahead = parts["ahead"]
+    return Check("partitions_ahead", grade_low(ahead, warn, crit), ahead,
+                 f"{ahead} {parts['table']} partitions ahead (warn at {warn}, crit at {crit})")
+
+
+def overall(checks: list[Check]) -> Severity:
+    """The worst severity, which is `donnactl health`'s exit code."""
+    return worst(checks)

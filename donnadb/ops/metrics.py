@@ -1,0 +1,163 @@
+"""`donnactl metrics`: the status figures in Prometheus exposition format.
+
+A custom collector reads the database on every scrape (``--serve``) or once (the
+node_exporter textfile). When the database cannot be read, only ``donnadb_up 0`` is
+exported: the alert rules key on that rather than on missing series.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from donnadb.config import Settings
+from donnadb.errors import DonnaError
+from donnadb.ops import health, status
+
+log = logging.getLogger(__name__)
+
+PREFIX = "donnadb_"
+
+
+def _gauge(name: str, doc: str, value: float | None, labels: dict[str, str] | None = None
+           ) -> GaugeMetricFamily | None:
+    if value is None:
+        return None
+    family = GaugeMetricFamily(PREFIX + name, doc, labels=list(labels or {}))
+    family.add_metric(list((labels or {}).values()), float(value))
+    return family
+
+
+def families(report: dict[str, Any], settings: Settings) -> Iterator[GaugeMetricFamily]:
+    """Every gauge of a status report (figures that are unknown are left out)."""
+    s, c = report["server"], report["connections"]
+    simple = [
+        ("up", "1 when the database answered the last scrape.", 1),
+        ("uptime_seconds", "Seconds since the postmaster started.", s["uptime_seconds"]),
+        ("in_recovery", "1 on a replica, 0 on the primary.", int(s["role"] == "replica")),
+        ("database_size_bytes", "Size of the database.", s["size_bytes"]),
+        ("connections_max", "Connections available to non-superusers.", c["max"]),
+        ("connections_used_pct", "Client connections as a percentage of the maximum.",
+         c["used_pct"]),
+        ("cache_hit_pct", "Buffer cache hit ratio of the database, percent.",
+         report["cache_hit_pct"]),
+        ("longest_query_seconds", "Age of the longest running query.",
+         (report["longest_query"] or {}).get("seconds", 0.0)),
+        ("longest_transaction_seconds", "Age of the longest open transaction.",
+         (report["longest_transaction"] or {}).get("seconds", 0.0)),
+        ("replication_lag_seconds", "Worst replication replay lag.",
+         report["replication"]["lag_seconds"]),
+        ("backup_known", "1 when a successful backup is found in the local repository.",
+         int(report["backup"]["age_hours"] is not None)),
+        ("backup_age_hours", "Hours since the last successful backup finished.",
+         report["backup"]["age_hours"]),
+        ("partitions_ahead", "system_logs partitions starting after now.",
+         report["partitions"].get("ahead")),
+        ("partition_current_covered", "1 when a system_logs partition covers now.",
+         None if not report["partitions"]["present"]
+         else int(report["partitions"]["current_covered"])),
+        ("dead_tuples_pct", "Dead tuples as a percentage of all tuples (bloat estimate).",
+         report["bloat"]["dead_pct"]),
+        ("xid_wraparound_pct", "Age of the oldest unfrozen transaction id, percent of 2^31.",
+         report["wraparound"]["pct"]),
+        ("schema_migrations_applied", "Number of applied schema migrations.",
+         report["schema"]["applied"]),
+    ]
+    for name, doc, value in simple:
+        family = _gauge(name, doc, value)
+        if family is not None:
+            yield family
+    by_state = GaugeMetricFamily(PREFIX + "connections", "Client connections by state.",
+                                 labels=["state"])
+    for state, n in sorted(c["by_state"].items()):
+        by_state.add_metric([state], n)
+    yield by_state
+    yield from _pgbouncer(report["pgbouncer"])
+    checks = GaugeMetricFamily(PREFIX + "health_status",
+                               "Health check state: 0 OK, 1 WARNING, 2 CRITICAL.",
+                               labels=["check"])
+    for check in health.evaluate(report, settings):
+        checks.add_metric([check.name], int(check.severity))
+    yield checks
+
+
+#: SHOW POOLS column -> help text of its gauge (donnadb_pgbouncer_<column>).
+POOL_GAUGES = {"cl_active": "Clients paired with a server connection.",
+               "cl_waiting": "Clients waiting for a server connection.",
+               "sv_active": "Server connections in use.",
+               "sv_idle": "Server connections idle and ready.",
+               "maxwait": "Seconds the oldest waiting client has waited."}
+
+
+def _pgbouncer(bouncer: dict[str, Any]) -> Iterator[GaugeMetricFamily]:
+    """Pool gauges when PgBouncer is configured and answered."""
+    if not bouncer["configured"]:
+        return
+    yield _gauge("pgbouncer_up", "1 when PgBouncer's admin console answered.",
+                 int(bouncer["error"] is None))
+    for column, doc in POOL_GAUGES.items():
+        family = GaugeMetricFamily(PREFIX + "pgbouncer_" + column, doc,
+                                   labels=["database", "user"])
+        for pool in bouncer["pools"]:
+            family.add_metric([pool["database"], pool["user"]], float(pool[column] or 0))
+        yield family
+
+
+class StatusCollector(Collector):
+    """Reads the database at collection time; never raises into the HTTP server."""
+
+    def __init__(self, settings: Settings, *, dbname: str | None = None) -> None:
+        self.settings = settings
+        self.dbname = dbname
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        started = time.monotonic()
+        try:
+            report = status.collect(self.settings, dbname=self.dbname)
+        except DonnaError as exc:
+            log.warning("metrics scrape failed: %s", exc)
+            yield _gauge("up", "1 when the database answered the last scrape.", 0)
+        else:
+            yield from families(report, self.settings)
+        yield _gauge("scrape_duration_seconds", "Time spent reading the database.",
+                     round(time.monotonic() - started, 4))
+
+
+def registry(settings: Settings, *, dbname: str | None = None) -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(StatusCollector(settings, dbname=dbname))
+    return reg
+
+
+def exposition(settings: Settings, *, dbname: str | None = None) -> str:
+    """One scrape in the text exposition format."""
+    return generate_latest(registry(settings, dbname=dbname)).decode()
+
+
+def write_textfile(path: Path, settings: Settings, *, dbname: str | None = None) -> str:
+    """Write one scrape to ``path`` atomically (node_exporter may read at any moment).
+
+    :raises OSError: the directory is missing or not writable.
+    """
+    text = exposition(settings, dbname=dbname)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.chmod(0o644)  # node_exporter runs as its own user; metrics hold no secrets
+    tmp.replace(path)
+    return text
+
+
+def serve(port: int, settings: Settings, *, addr: str = "127.0.0.1",
+          dbname: str | None = None) -> None:
+    """Serve ``/metrics`` on ``addr:port`` until interrupted."""
+    start_http_server(port, addr=addr, registry=registry(settings, dbname=dbname))
+    log.info("serving metrics", extra={"port": port, "addr": addr})
+    while True:
+        time.sleep(3600)

@@ -1,0 +1,125 @@
+"""`donnactl queries top|cancel|terminate`: pg_stat_statements and backend signals.
+
+Reading uses the readonly role (``pg_read_all_stats`` shows every query text). A
+backend is signalled by connecting as *the role that owns it*: PostgreSQL lets a role
+cancel or terminate its own sessions, so no role needs ``pg_signal_backend`` or
+superuser, and a superuser's (or a foreign role's) sessions can never be touched.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import psycopg
+from psycopg import errors as pgerrors
+from psycopg.rows import dict_row
+
+from donnadb import db
+from donnadb.config import Settings
+from donnadb.errors import DatabaseError, DonnaError, UsageError
+
+log = logging.getLogger(__name__)
+
+TOP_SQL = """
+SELECT s.queryid::text AS queryid, r.rolname AS role, s.calls::bigint AS calls,
+       round(s.total_exec_time::numeric, 1)::float8 AS total_ms,
+       round(s.mean_exec_time::numeric, 2)::float8 AS mean_ms,
+       round(s.max_exec_time::numeric, 2)::float8 AS max_ms,
+       s.rows::bigint AS rows,
+       round((100.0 * s.shared_blks_hit
+              / nullif(s.shared_blks_hit + s.shared_blks_read, 0))::numeric, 1)::float8
+           AS hit_pct,
+       left(regexp_replace(s.query, '\\s+', ' ', 'g'), %(width)s) AS query
+FROM pg_stat_statements s
+JOIN pg_database d ON d.oid = s.dbid AND d.datname = current_database()
+LEFT JOIN pg_roles r ON r.oid = s.userid
+ORDER BY {order} DESC NULLS LAST
+LIMIT %(limit)s
+"""
+#: --by choices -> ORDER BY column (a fixed set, never user text in SQL).
+ORDER_BY = {"total": "s.total_exec_time", "mean": "s.mean_exec_time", "calls": "s.calls"}
+
+BACKEND_SQL = """
+SELECT pid, usename, datname, state, backend_type,
+       extract(epoch FROM now() - query_start)::float8 AS seconds, left(query, 200) AS query
+FROM pg_stat_activity WHERE pid = %s
+"""
+SIGNAL_SQL = {"cancel": "SELECT pg_cancel_backend(%s)",
+              "terminate": "SELECT pg_terminate_backend(%s)"}
+
+
+class QueryError(DonnaError):
+    """The backend cannot be signalled (not found, or not one of our roles)."""
+
+    exit_code = 6
+
+
+def top(settings: Settings, *, by: str = "total", limit: int = 10, width: int = 120,
+        dbname: str | None = None) -> list[dict[str, Any]]:
+    """The ``limit`` statements with the most total time (or mean time, or calls).
+
+    :raises UsageError: ``by`` is not total, mean or calls.
+    :raises DatabaseError: the database is down, or pg_stat_statements is missing
+        (extension not created, or not in shared_preload_libraries); the message says which.
+    """
+    if by not in ORDER_BY:
+        raise UsageError(f"--by must be one of {', '.join(ORDER_BY)}, not {by!r}")
+    query = TOP_SQL.format(order=ORDER_BY[by])
+    with db.connection("readonly", settings=settings, dbname=dbname, autocommit=True) as conn:
+        try:
+            return conn.cursor(row_factory=dict_row).execute(
+                query, {"limit": limit, "width": width}).fetchall()
+        except pgerrors.UndefinedTable:
+            raise DatabaseError(
+                f"pg_stat_statements is not installed in {dbname or settings.db_name}: "
+                "run `make deploy` (it creates the extension in every database)") from None
+        except pgerrors.ObjectNotInPrerequisiteState:
+            raise DatabaseError(
+                "pg_stat_statements is not loaded: add it to shared_preload_libraries and "
+                "restart PostgreSQL (`make deploy` does both)") from None
+
+
+def backend(settings: Settings, pid: int, *, dbname: str | None = None) -> dict[str, Any]:
+    """What backend ``pid`` is doing.
+
+    :raises QueryError: there is no such backend.
+    """
+    with db.connection("readonly", settings=settings, dbname=dbname, autocommit=True) as conn:
+        row = conn.cursor(row_factory=dict_row).execute(BACKEND_SQL, (pid,)).fetchone()
+    if row is None:
+        raise QueryError(f"no backend with pid {pid}: check `donnactl status` or pg_stat_activity")
+    return row
+
+
+def _kind_of(settings: Settings, role: str | None) -> str | None:
+    for kind in ("app", "readonly", "migrator", "backup"):
+        if settings.role(kind) == role:
+            return kind
+    return None
+
+
+def signal(settings: Settings, pid: int, action: str, *, dbname: str | None = None
+           ) -> dict[str, Any]:
+    """Cancel the backend's current query, or terminate the backend (``action``).
+
+    :raises QueryError: no such backend, or it belongs to a role donnadb does not manage.
+    :raises DatabaseError: the database cannot be reached.
+    """
+    if action not in SIGNAL_SQL:
+        raise UsageError(f"action must be cancel or terminate, not {action!r}")
+    target = backend(settings, pid, dbname=dbname)
+    kind = _kind_of(settings, target["usename"])
+    if kind is None:
+        raise QueryError(f"pid {pid} belongs to {target['usename'] or target['backend_type']}, "
+                         "not a donna role; use psql as postgres if you really mean it")
+    # Signals are cluster-wide: any database the role may enter will do.
+    with db.connection(kind, settings=settings, dbname=dbname, autocommit=True) as conn:
+        try:
+            done = conn.execute(SIGNAL_SQL[action], (pid,)).fetchone()[0]
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise QueryError(f"cannot {action} pid {pid}: {exc}") from None
+    log.warning("backend %s %s", pid, action, extra={"pid": pid, "action": action,
+                                                      "role": target["usename"]})
+    return {"pid": pid, "action": action, "signalled": bool(done), "role": target["usename"],
+            "query": target["query"], "seconds": target["seconds"]}

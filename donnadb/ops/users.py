@@ -1,0 +1,157 @@
+"""Support and GDPR commands: `users inspect|forget`, `chats inspect`.
+
+Inspection reads through the readonly role and shows what support needs (sessions,
+message counts, memory *keys*), never message contents or memory values. Erasure runs
+as the application role in ONE transaction and records itself in system_logs (the
+record holds the user's id and the counts, no personal data).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from donnadb import db
+from donnadb.config import Settings
+from donnadb.errors import DonnaError
+from donnadb.ops import logging as oplog
+
+
+class NotFound(DonnaError):
+    """No user or chat with that identifier."""
+
+    exit_code = 6
+
+
+USER_BY_ID_SQL = """
+SELECT id, clerk_id, email, name, status, created_at, updated_at, last_active_at
+FROM users WHERE id = %(id)s
+"""
+USER_BY_CLERK_SQL = """
+SELECT id, clerk_id, email, name, status, created_at, updated_at, last_active_at
+FROM users WHERE clerk_id = %(id)s
+"""
+SESSIONS_SQL = """
+SELECT chat_id, title, profile, status, message_count, created_at, last_message_at
+FROM chat_sessions WHERE user_id = %(id)s
+ORDER BY last_message_at DESC NULLS LAST, created_at DESC
+LIMIT %(limit)s
+"""
+SESSION_TOTALS_SQL = """
+SELECT count(*)::int AS sessions, coalesce(sum(message_count), 0)::bigint AS messages
+FROM chat_sessions WHERE user_id = %(id)s
+"""
+MEMORY_SQL = """
+SELECT memory_type, key, updated_at, expires_at
+FROM user_memory WHERE user_id = %(id)s ORDER BY memory_type, key
+"""
+CHAT_BY_CHAT_ID_SQL = """
+SELECT id, chat_id, user_id, title, profile, status, message_count,
+       created_at, updated_at, last_message_at
+FROM chat_sessions WHERE chat_id = %(id)s
+"""
+CHAT_BY_ID_SQL = CHAT_BY_CHAT_ID_SQL.replace("WHERE chat_id =", "WHERE id =")
+CHAT_MESSAGES_SQL = """
+SELECT role, count(*)::int AS messages, coalesce(sum(token_count), 0)::bigint AS tokens,
+       count(*) FILTER (WHERE abuse_flagged)::int AS flagged,
+       min(created_at) AS first_at, max(created_at) AS last_at
+FROM messages WHERE chat_session_id = %(id)s GROUP BY role ORDER BY role
+"""
+CHAT_RECENT_SQL = """
+SELECT sequence_number, role, created_at, length(content) AS chars, token_count, abuse_flagged
+FROM messages WHERE chat_session_id = %(id)s
+ORDER BY sequence_number DESC LIMIT %(limit)s
+"""
+
+LOCK_USER_SQL = "SELECT id FROM users WHERE id = %(id)s FOR UPDATE"
+COUNT_MEMORY_SQL = "SELECT count(*) FROM user_memory WHERE user_id = %(id)s"
+DELETE_SESSIONS_SQL = "DELETE FROM chat_sessions WHERE user_id = %(id)s"
+DELETE_MEMORY_SQL = "DELETE FROM user_memory WHERE user_id = %(id)s"
+# Application logs that name the user in their context go too (only the erasure record stays).
+DELETE_LOGS_SQL = "DELETE FROM system_logs WHERE context ->> 'user_id' = %(id)s::text"
+DELETE_USER_SQL = "DELETE FROM users WHERE id = %(id)s"
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _find_user(cur: psycopg.Cursor, ident: str) -> dict[str, Any]:
+    row = None
+    if _is_uuid(ident):
+        row = cur.execute(USER_BY_ID_SQL, {"id": ident}).fetchone()
+    if row is None:
+        row = cur.execute(USER_BY_CLERK_SQL, {"id": ident}).fetchone()
+    if row is None:
+        raise NotFound(f"no user with id or clerk_id {ident!r}")
+    return row
+
+
+def inspect_user(settings: Settings, ident: str, *, limit: int = 20,
+                 dbname: str | None = None) -> dict[str, Any]:
+    """A user (by id or clerk_id) with sessions, message counts and memory keys.
+
+    :raises NotFound: no such user.
+    :raises DatabaseError: the database cannot be reached.
+    """
+    with db.connection("readonly", settings=settings, dbname=dbname, autocommit=True) as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        user = _find_user(cur, ident)
+        args = {"id": user["id"], "limit": limit}
+        totals = cur.execute(SESSION_TOTALS_SQL, args).fetchone()
+        sessions = cur.execute(SESSIONS_SQL, args).fetchall()
+        memory = cur.execute(MEMORY_SQL, args).fetchall()
+    return {"user": user, **totals, "recent_sessions": sessions, "memory_keys": memory}
+
+
+def inspect_chat(settings: Settings, ident: str, *, limit: int = 10,
+                 dbname: str | None = None) -> dict[str, Any]:
+    """A chat session (by chat_id or id): owner, counts by role, recent message metadata.
+
+    :raises NotFound: no such chat.
+    :raises DatabaseError: the database cannot be reached.
+    """
+    with db.connection("readonly", settings=settings, dbname=dbname, autocommit=True) as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        chat = cur.execute(CHAT_BY_CHAT_ID_SQL, {"id": ident}).fetchone()
+        if chat is None and _is_uuid(ident):
+            chat = cur.execute(CHAT_BY_ID_SQL, {"id": ident}).fetchone()
+        if chat is None:
+            raise NotFound(f"no chat with chat_id or id {ident!r}")
+        args = {"id": chat["id"], "limit": limit}
+        by_role = cur.execute(CHAT_MESSAGES_SQL, args).fetchall()
+        recent = cur.execute(CHAT_RECENT_SQL, args).fetchall()
+    return {"chat": chat, "by_role": by_role, "recent_messages": recent}
+
+
+def forget_user(settings: Settings, ident: str, *, dbname: str | None = None) -> dict[str, Any]:
+    """Erase a user and everything that belongs to them, in one transaction, with a record.
+
+    Sessions are deleted explicitly (the schema would only null their user_id) and their
+    messages go by cascade; memory and logs naming the user go too.
+
+    :raises NotFound: no such user (nothing changed).
+    :raises DatabaseError: the database cannot be reached (nothing changed).
+    """
+    with db.connection("app", settings=settings, dbname=dbname) as conn, conn.transaction():
+        cur = conn.cursor(row_factory=dict_row)
+        user = _find_user(cur, ident)
+        args = {"id": user["id"]}
+        cur.execute(LOCK_USER_SQL, args)
+        totals = cur.execute(SESSION_TOTALS_SQL, args).fetchone()
+        memory = cur.execute(COUNT_MEMORY_SQL, args).fetchone()["count"]
+        sessions = cur.execute(DELETE_SESSIONS_SQL, args).rowcount
+        cur.execute(DELETE_MEMORY_SQL, args)
+        logs = cur.execute(DELETE_LOGS_SQL, args).rowcount
+        cur.execute(DELETE_USER_SQL, args)
+        result = {"user_id": str(user["id"]), "sessions": sessions,
+                  "messages": totals["messages"], "memory": memory, "logs": logs}
+        oplog.record_event(conn, "notice", "user erased (GDPR)", result)
+    return result

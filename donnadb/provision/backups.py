@@ -1,0 +1,253 @@
+"""Backups on the host: the repository, the settings file and the schedule.
+
+The schedule is systemd timers (daily snapshot, daily prune, weekly ``verify
+--restore`` drill, hourly freshness check). The unit files are always installed; they
+are enabled only where systemd is PID 1. Elsewhere (containers, CI) the same jobs go
+to /etc/cron.d/donna-backup. Every job runs ``backups/donna-backup JOB`` from the
+checkout, which calls ``donnactl backup ...``.
+
+pgBackRest is always installed (the restore drills and PITR tests need it); it is
+configured only with ``pgbackrest_enabled``: pgbackrest.conf, a repository, WAL
+archiving in the cluster's conf.d (a restart, done here only when that file changed),
+the stanza, and weekly full + daily differential backup jobs.
+
+Settings (group_data/all.py, all optional here): ``backup_repo_dir``, ``backup_jobs``,
+``backup_compress_level``, ``backup_keep_{last,daily,weekly,monthly}``,
+``backup_max_age_hours``, ``backup_s3`` (bucket, prefix, region, storage_class, sse,
+kms_key_id, endpoint_url), ``backup_schedule``, ``backup_env_file``,
+``pgbackrest_enabled``, ``pgbackrest_repo_path``, ``pgbackrest_config``,
+``pgbackrest_stanza``, ``pgbackrest_retention_full``, ``pgbackrest_retention_diff``.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import shlex
+from dataclasses import dataclass
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.deb import DebPackages
+from pyinfra.operations import apt, files, server, systemd
+
+from donnadb.backup import pitr
+from donnadb.errors import ConfigError
+from donnadb.provision.facts import SystemdRunning
+
+#: job -> (systemd OnCalendar, cron schedule, what it does)
+DEFAULT_SCHEDULE = {
+    "snapshot": ("*-*-* 02:15:00", "15 2 * * *", "Logical snapshot (pg_dump -Fd) of Donna's DB"),
+    "prune": ("*-*-* 03:30:00", "30 3 * * *", "Apply the backup retention policy"),
+    "verify": ("Sun *-*-* 04:00:00", "0 4 * * 0",
+               "Weekly restore drill of the latest backup"),
+    "check": ("*-*-* *:40:00", "40 * * * *", "Fail when the last good backup is too old"),
+}
+#: Added when pgBackRest is enabled.
+PHYSICAL_SCHEDULE = {
+    "physical-full": ("Sat *-*-* 01:00:00", "0 1 * * 6", "pgBackRest weekly full backup"),
+    "physical-diff": ("Sun..Fri *-*-* 01:00:00", "0 1 * * 0-5",
+                      "pgBackRest daily differential backup"),
+}
+UNIT_DIR = "/etc/systemd/system"
+CRON_FILE = "/etc/cron.d/donna-backup"
+
+#: group_data key -> environment variable read by donnadb.backup.settings.
+ENV_KEYS = {
+    "backup_repo_dir": "BACKUP_REPO_DIR",
+    "backup_jobs": "BACKUP_JOBS",
+    "backup_compress_level": "BACKUP_COMPRESS_LEVEL",
+    "backup_keep_last": "BACKUP_KEEP_LAST",
+    "backup_keep_daily": "BACKUP_KEEP_DAILY",
+    "backup_keep_weekly": "BACKUP_KEEP_WEEKLY",
+    "backup_keep_monthly": "BACKUP_KEEP_MONTHLY",
+    "backup_max_age_hours": "BACKUP_MAX_AGE_HOURS",
+    "backup_encryption_key_file": "BACKUP_ENCRYPTION_KEY_FILE",
+}
+S3_KEYS = ("bucket", "prefix", "region", "storage_class", "sse", "kms_key_id", "endpoint_url")
+
+
+@dataclass(frozen=True)
+class BackupDeploy:
+    repo_dir: str
+    env_file: str
+    env: dict[str, str]
+    schedule: dict[str, tuple[str, str, str]]
+    checkout: str
+    unit_dir: str = UNIT_DIR
+    cron_file: str = CRON_FILE
+    pgbackrest: bool = False
+    pgbackrest_config: str = "/etc/pgbackrest/pgbackrest.conf"
+    pgbackrest_repo: str = "/var/lib/pgbackrest"
+    pgbackrest_stanza: str = "donna"
+    pgbackrest_retention_full: int = 2
+    pgbackrest_retention_diff: int = 6
+
+
+def load_backup_deploy(data: Any, checkout: str) -> BackupDeploy:
+    """Backup settings from ``host.data``; unset ones keep the runtime defaults.
+
+    :raises ConfigError: a schedule or S3 entry is malformed (the message names it).
+    """
+    env: dict[str, str] = {}
+    for key, var in ENV_KEYS.items():
+        value = data.get(key)
+        if value is not None:
+            env[var] = str(value)
+    s3 = data.get("backup_s3") or {}
+    unknown = set(s3) - set(S3_KEYS)
+    if unknown:
+        raise ConfigError(f"group_data backup_s3 has unknown keys {sorted(unknown)}; "
+                          f"use {', '.join(S3_KEYS)}")
+    for key, value in s3.items():
+        if value is not None:
+            env[f"BACKUP_S3_{key.upper()}"] = str(value)
+    pgbackrest = bool(data.get("pgbackrest_enabled"))
+    known = {**DEFAULT_SCHEDULE, **PHYSICAL_SCHEDULE}
+    schedule = dict(DEFAULT_SCHEDULE, **(PHYSICAL_SCHEDULE if pgbackrest else {}))
+    for job, value in (data.get("backup_schedule") or {}).items():
+        if job not in known or not (isinstance(value, tuple | list) and len(value) == 2):
+            raise ConfigError(f"group_data backup_schedule[{job!r}] must be (OnCalendar, "
+                              f"cron) for one of {', '.join(known)}")
+        if job in schedule:
+            schedule[job] = (value[0], value[1], known[job][2])
+    extra = {}
+    for key in ("pgbackrest_config", "pgbackrest_repo_path", "pgbackrest_stanza",
+                "pgbackrest_retention_full", "pgbackrest_retention_diff"):
+        if data.get(key) is not None:
+            extra[key.replace("_path", "")] = data.get(key)
+    cfg = BackupDeploy(
+        repo_dir=data.get("backup_repo_dir") or "/var/backups/donna",
+        env_file=data.get("backup_env_file") or "/etc/donnadb/backup.env",
+        env=env, schedule=schedule, checkout=checkout, pgbackrest=pgbackrest,
+        unit_dir=data.get("backup_unit_dir") or UNIT_DIR,
+        cron_file=data.get("backup_cron_file") or CRON_FILE, **extra,
+    )
+    if pgbackrest:
+        env.update(PGBACKREST_ENABLED="true", PGBACKREST_CONFIG=cfg.pgbackrest_config,
+                   PGBACKREST_STANZA=cfg.pgbackrest_stanza)
+    return cfg
+
+
+def env_text(cfg: BackupDeploy) -> str:
+    lines = ["# Managed by the donnadb deploy (group_data/all.py): edits are overwritten.",
+             "# Read by `donnactl backup` (donnadb/backup/settings.py). No secrets here:",
+             "# S3 credentials come from the instance role / AWS profile."]
+    lines += [f"{k}={v}" for k, v in sorted(cfg.env.items())]
+    return "\n".join(lines) + "\n"
+
+
+def service_unit(cfg: BackupDeploy, job: str) -> str:
+    script = posixpath.join(cfg.checkout, "backups", "donna-backup")
+    return f"""# Managed by the donnadb deploy.
+[Unit]
+Description={cfg.schedule[job][2]}
+After=postgresql.service network-online.target
+Wants=network-online.target
+
+[Service]
+Type=oneshot
+UMask=0077
+Nice=10
+IOSchedulingClass=best-effort
+IOSchedulingPriority=7
+ExecStart={script} {job}
+"""
+
+
+def timer_unit(cfg: BackupDeploy, job: str) -> str:
+    return f"""# Managed by the donnadb deploy.
+[Unit]
+Description={cfg.schedule[job][2]} (schedule)
+
+[Timer]
+OnCalendar={cfg.schedule[job][0]}
+RandomizedDelaySec=300
+Persistent=true
+
+[Install]
+WantedBy=timers.target
+"""
+
+
+def cron_text(cfg: BackupDeploy) -> str:
+    script = posixpath.join(cfg.checkout, "backups", "donna-backup")
+    lines = ["# Managed by the donnadb deploy: used where systemd is not running.",
+             "SHELL=/bin/sh", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
+    for job, (_, cron, what) in cfg.schedule.items():
+        lines.append(f"# {what}")
+        lines.append(f"{cron} root {script} {job} >>/var/log/donna-backup.log 2>&1")
+    return "\n".join(lines) + "\n"
+
+
+@deploy("Install backups")
+def install_backups(settings) -> None:
+    """Repository (0700), settings file (0600), timers or cron jobs for every job."""
+    cfg = load_backup_deploy(host.data, settings.donnadb_checkout)
+    apt.packages(name="Install pgBackRest", packages=["pgbackrest"],
+                 update=host.get_fact(DebPackages).get("pgbackrest") is None)
+    if cfg.pgbackrest:
+        _install_pgbackrest(cfg, settings)
+    files.directory(name=f"Backup repository {cfg.repo_dir} (root only)", path=cfg.repo_dir,
+                    user="root", group="root", mode="700")
+    files.directory(name=f"Create {posixpath.dirname(cfg.env_file)} (root only)",
+                    path=posixpath.dirname(cfg.env_file), user="root", group="root", mode="700")
+    files.put(name=f"Write {cfg.env_file}", src=StringIO(env_text(cfg)), dest=cfg.env_file,
+              user="root", group="root", mode="600")
+    changed = []
+    for job in cfg.schedule:
+        for kind, text in (("service", service_unit(cfg, job)), ("timer", timer_unit(cfg, job))):
+            unit = f"donna-backup-{job}.{kind}"
+            op = files.put(name=f"Install {unit}", src=StringIO(text),
+                           dest=f"{cfg.unit_dir}/{unit}", user="root", group="root",
+                           mode="644")
+            changed.append(op)
+    if host.get_fact(SystemdRunning):
+        files.file(name=f"No cron duplicate of the timers ({cfg.cron_file})",
+                   path=cfg.cron_file, present=False)
+        systemd.daemon_reload(name="Reload systemd (backup units changed)",
+                              _if=lambda: any(op.did_change() for op in changed))
+        for job in cfg.schedule:
+            systemd.service(name=f"Enable donna-backup-{job}.timer",
+                            service=f"donna-backup-{job}.timer", running=True, enabled=True)
+        return
+    # cron reads /etc/cron.d files that are not group/world-writable; no secrets inside.
+    files.put(name=f"Schedule backups in {cfg.cron_file} (systemd is not running)",
+              src=StringIO(cron_text(cfg)), dest=cfg.cron_file, user="root", group="root",
+              mode="644")
+
+
+def _install_pgbackrest(cfg: BackupDeploy, settings) -> None:
+    """pgbackrest.conf, its repository, WAL archiving and the stanza."""
+    cluster = pitr.Cluster(settings.pg_version, settings.pg_cluster, settings.pg_port,
+                           pitr_data_dir(settings))
+    engine = pitr.Engine(Path(cfg.pgbackrest_config), cfg.pgbackrest_stanza, cluster)
+    files.directory(name=f"pgBackRest repository {cfg.pgbackrest_repo}",
+                    path=cfg.pgbackrest_repo, user="postgres", group="postgres", mode="750")
+    files.directory(name="pgBackRest log directory", path="/var/log/pgbackrest",
+                    user="postgres", group="postgres", mode="750")
+    files.directory(name=f"Create {posixpath.dirname(cfg.pgbackrest_config)}",
+                    path=posixpath.dirname(cfg.pgbackrest_config), user="root",
+                    group="postgres", mode="750")
+    text = pitr.config_text(stanza=cfg.pgbackrest_stanza, repo_path=Path(cfg.pgbackrest_repo),
+                            cluster=cluster, retention_full=cfg.pgbackrest_retention_full,
+                            retention_diff=cfg.pgbackrest_retention_diff)
+    files.put(name=f"Write {cfg.pgbackrest_config}", src=StringIO(text),
+              dest=cfg.pgbackrest_config, user="root", group="postgres", mode="640")
+    archive = files.put(
+        name="Archive WAL to pgBackRest (conf.d/donna-archive.conf)",
+        src=StringIO(pitr.archive_conf_text(engine)),
+        dest=f"{cluster.conf_dir}/conf.d/donna-archive.conf",
+        user="postgres", group="postgres", mode="644")
+    # archive_mode only changes at a restart.
+    server.shell(name=f"Restart cluster {cluster.version}/{cluster.name} (archiving changed)",
+                 commands=[f"pg_ctlcluster {int(cluster.version)} {cluster.name} restart"],
+                 _if=archive.did_change)
+    stanza = " ".join(shlex.quote(a) for a in engine.command("stanza-create"))
+    server.shell(name=f"pgBackRest stanza {cfg.pgbackrest_stanza}", commands=[stanza])
+
+
+def pitr_data_dir(settings) -> Path:
+    return Path(f"/var/lib/postgresql/{settings.pg_version}/{settings.pg_cluster}")

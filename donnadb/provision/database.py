@@ -1,0 +1,94 @@
+"""The application database and its bootstrap (extensions, grants, default privileges).
+
+The bootstrap SQL (templates/database.sql.j2) runs only when the live check
+(templates/database_check.sql.j2) finds a difference. The check includes a marker the
+bootstrap leaves as the database's comment, the SHA-256 of the rendered SQL, so a
+changed template or changed role names also re-apply it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from io import StringIO
+from pathlib import Path
+
+import jinja2
+from pyinfra import host
+from pyinfra.api import deploy, operation
+from pyinfra.operations import files
+
+from donnadb.provision.facts import PgDatabaseOwner, PgQueryRows
+from donnadb.provision.psql import psql, quote_ident, quote_literal, run_sql
+from donnadb.provision.settings import DeploySettings
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+MARKER_PREFIX = "donnadb bootstrap sha256:"
+
+
+def _render(template: str, **values: str) -> str:
+    env = jinja2.Environment(  # noqa: S701 - renders SQL, not HTML
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=False,  # noqa: S701
+        keep_trailing_newline=True,
+    )
+    return env.get_template(template).render(**values)
+
+
+def role_values(settings: DeploySettings) -> dict[str, str]:
+    return {kind: settings.role(kind) for kind in settings.roles}
+
+
+def bootstrap_sql(settings: DeploySettings) -> tuple[str, str]:
+    """(the SQL file the deploy uploads, the marker it leaves on the database)."""
+    body = _render("database.sql.j2", **role_values(settings))
+    marker = MARKER_PREFIX + hashlib.sha256(body.encode()).hexdigest()
+    comment = (
+        f"SELECT format('COMMENT ON DATABASE %I IS %L', current_database(), "
+        f"{quote_literal(marker)}) \\gexec\n"
+    )
+    return body + "\n-- Recorded last: the deploy's check compares it.\n" + comment, marker
+
+
+def check_sql(settings: DeploySettings, marker: str) -> str:
+    return _render("database_check.sql.j2", marker=marker, **role_values(settings))
+
+
+@operation()
+def database_present(dbname: str, owner: str, port: int):
+    """Create the database (UTF-8, from template0), or give it back to ``owner``."""
+    current = host.get_fact(PgDatabaseOwner, port=port, dbname=dbname)
+    if current == owner:
+        host.noop(f"database {dbname} exists, owned by {owner}")
+    elif current:
+        yield run_sql(f"ALTER DATABASE {quote_ident(dbname)} OWNER TO {quote_ident(owner)};", port)
+    else:
+        yield run_sql(
+            f"CREATE DATABASE {quote_ident(dbname)} OWNER {quote_ident(owner)} "
+            "TEMPLATE template0 ENCODING 'UTF8';",
+            port,
+        )
+
+
+@operation()
+def database_bootstrapped(sql_file: str, check: str, dbname: str, port: int):
+    """Run the bootstrap SQL file when the live check reports any difference."""
+    problems = host.get_fact(PgQueryRows, port=port, dbname=dbname, sql=check)
+    if problems == []:
+        host.noop(f"database {dbname} is bootstrapped")
+        return
+    # root opens the 0600 file; psql (as postgres) reads it on stdin.
+    yield f"cd / && {psql(port, dbname)} -f - < {sql_file}"
+
+
+@deploy("Database")
+def converge_database(settings: DeploySettings) -> None:
+    dbname, owner = settings.db_name, settings.role("owner")
+    database_present(name=f"Create database {dbname} owned by {owner}",
+                     dbname=dbname, owner=owner, port=settings.pg_port)
+    sql, marker = bootstrap_sql(settings)
+    sql_file = f"{settings.donnadb_lib_dir}/database-{dbname}.sql"
+    files.put(name=f"Upload the bootstrap SQL of {dbname}", src=StringIO(sql), dest=sql_file,
+              user="root", group="root", mode="600")
+    database_bootstrapped(name=f"Bootstrap {dbname} (extensions, grants, default privileges)",
+                          sql_file=sql_file, check=check_sql(settings, marker),
+                          dbname=dbname, port=settings.pg_port)

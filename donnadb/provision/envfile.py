@@ -1,0 +1,23 @@
+"""/etc/donnadb/donnadb.env: the settings donnactl and the application read on the host."""
+
+from __future__ import annotations
+
+import posixpath
+from pathlib import Path
+
+from pyinfra.api import deploy
+from pyinfra.operations import files
+
+from donnadb.provision.settings import DeploySettings
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+@deploy("Host settings file")
+def write_env_file(settings: DeploySettings) -> None:
+    files.directory(name=f"Create {posixpath.dirname(settings.donnadb_env_file)} (root only)",
+                    path=posixpath.dirname(settings.donnadb_env_file),
+                    user="root", group="root", mode="700")
+    files.template(name=f"Write {settings.donnadb_env_file}",
+                   src=str(TEMPLATES / "donnadb.env.j2"), dest=settings.donnadb_env_file,
+                   user="root", group="root", mode="600", cfg=settings)

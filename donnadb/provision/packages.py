@@ -1,0 +1,24 @@
+"""Debian packages: PostgreSQL, contrib (pg_stat_statements) and pg_partman."""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.deb import DebPackages
+from pyinfra.operations import apt
+
+from donnadb.provision.settings import DeploySettings
+
+
+@deploy("Install PostgreSQL")
+def install_postgresql(settings: DeploySettings) -> None:
+    """Install the packages; refresh the apt lists only when something is missing."""
+    installed = host.get_fact(DebPackages) or {}
+    missing = [p for p in settings.pg_packages if p not in installed]
+    apt.packages(
+        name="Install PostgreSQL, contrib and pg_partman",
+        packages=list(settings.pg_packages),
+        # An `apt-get update` with nothing to install would be reported as a change.
+        update=bool(missing),
+        cache_time=settings.pg_apt_cache_time,
+    )

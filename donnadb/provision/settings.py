@@ -1,0 +1,175 @@
+"""The deploy's settings for one host: group_data (and inventory overrides), validated.
+
+Every @deploy function takes a :class:`DeploySettings` instead of reading ``host.data``
+itself, so a missing or malformed setting is one clear error before anything runs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from donnadb import config
+from donnadb.errors import ConfigError
+
+#: Role and database names are pasted into SQL as identifiers; keep them boring.
+IDENT_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+#: The kinds of role the deploy manages, in creation order (the owner first).
+ROLE_KINDS = ("owner", "migrator", "app", "readonly", "backup")
+LOGIN_KINDS = ("migrator", "app", "readonly", "backup")
+#: Tuning formulas group_data must define: f(memory_mb, cpus, max_connections).
+FORMULAS = (
+    "pg_shared_buffers_mb",
+    "pg_effective_cache_size_mb",
+    "pg_work_mem_mb",
+    "pg_maintenance_work_mem_mb",
+    "pg_max_worker_processes",
+    "pg_max_parallel_workers_per_gather",
+    "pg_max_parallel_workers",
+)
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    """What one managed role must look like."""
+
+    kind: str
+    name: str
+    login: bool
+    connlimit: int = -1
+    member_of: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DeploySettings:
+    pg_version: int
+    pg_cluster: str
+    pg_port: int
+    pg_packages: tuple[str, ...]
+    pg_apt_cache_time: int
+    pg_listen_addresses: str
+    pg_hba_networks: tuple[str, ...]
+    pg_max_connections: int
+    pg_log_min_duration_statement_ms: int
+    pg_partman_bgw_interval_s: int
+    pg_partman_bgw_role: str
+    pg_wal: dict[str, Any]
+    pg_random_page_cost: float
+    pg_effective_io_concurrency: int
+    pg_extra_settings: dict[str, Any]
+    roles: dict[str, RoleSpec]
+    db_host: str
+    db_name: str
+    db_passfile: str
+    donnadb_env_file: str
+    donnadb_env_extra: dict[str, str]
+    donnadb_lib_dir: str
+    donnadb_checkout: str
+    formulas: dict[str, Any] = field(repr=False)
+
+    @property
+    def conf_dir(self) -> str:
+        return f"/etc/postgresql/{self.pg_version}/{self.pg_cluster}"
+
+    @property
+    def socket_dir(self) -> str:
+        return "/var/run/postgresql"
+
+    def role(self, kind: str) -> str:
+        return self.roles[kind].name
+
+    @property
+    def login_roles(self) -> list[str]:
+        return [self.roles[k].name for k in LOGIN_KINDS]
+
+    def tuning(self, memory_mb: int, cpus: int) -> dict[str, int]:
+        """Each formula of group_data evaluated for this host (name without ``pg_``)."""
+        return {
+            name.removeprefix("pg_"): int(fn(memory_mb, cpus, self.pg_max_connections))
+            for name, fn in self.formulas.items()
+        }
+
+
+def _ident(what: str, value: object) -> str:
+    if not isinstance(value, str) or not IDENT_RE.match(value):
+        raise ConfigError(
+            f"group_data {what}={value!r} is not a plain lower-case SQL name; "
+            "use letters, digits and _ (max 63)"
+        )
+    return value
+
+
+def load_deploy_settings(data: Any) -> DeploySettings:
+    """Build settings from pyinfra's ``host.data``.
+
+    :raises ConfigError: a setting is missing or invalid (the message names it).
+    """
+
+    def get(key: str) -> Any:
+        value = data.get(key, _MISSING)
+        if value is _MISSING:
+            raise ConfigError(
+                f"setting {key} is missing from group_data/all.py; "
+                "run pyinfra from the repository root so group_data/ is found"
+            )
+        return value
+
+    def role_name(kind: str) -> str:
+        default = getattr(config, f"ROLE_{kind.upper()}")
+        return _ident(f"db_role_{kind}", data.get(f"db_role_{kind}", default))
+
+    limits = data.get("pg_role_connection_limits", {}) or {}
+    names = {kind: role_name(kind) for kind in ROLE_KINDS}
+    roles = {
+        kind: RoleSpec(
+            kind=kind,
+            name=names[kind],
+            login=kind != "owner",
+            connlimit=int(limits.get(kind, -1)),
+            member_of=(names["owner"],) if kind == "migrator" else (),
+        )
+        for kind in ROLE_KINDS
+    }
+    formulas = {}
+    for name in FORMULAS:
+        fn = get(name)
+        if not callable(fn):
+            raise ConfigError(
+                f"group_data {name} must be a function (memory_mb, cpus, max_connections)"
+            )
+        formulas[name] = fn
+    checkout = data.get("donnadb_checkout") or str(CHECKOUT)
+    bgw_role = data.get("pg_partman_bgw_role") or names["migrator"]
+    env_extra = data.get("donnadb_env_extra") or {}
+    return DeploySettings(
+        pg_version=int(get("pg_version")),
+        pg_cluster=_ident("pg_cluster", get("pg_cluster")),
+        pg_port=int(get("pg_port")),
+        pg_packages=tuple(get("pg_packages")),
+        pg_apt_cache_time=int(get("pg_apt_cache_time")),
+        pg_listen_addresses=str(get("pg_listen_addresses")),
+        pg_hba_networks=tuple(get("pg_hba_networks")),
+        pg_max_connections=int(get("pg_max_connections")),
+        pg_log_min_duration_statement_ms=int(get("pg_log_min_duration_statement_ms")),
+        pg_partman_bgw_interval_s=int(get("pg_partman_bgw_interval_s")),
+        pg_partman_bgw_role=_ident("pg_partman_bgw_role", bgw_role),
+        pg_wal=dict(get("pg_wal")),
+        pg_random_page_cost=float(get("pg_random_page_cost")),
+        pg_effective_io_concurrency=int(get("pg_effective_io_concurrency")),
+        pg_extra_settings=dict(data.get("pg_extra_settings") or {}),
+        roles=roles,
+        db_host=str(get("db_host")),
+        db_name=_ident("db_name", get("db_name")),
+        db_passfile=str(get("db_passfile")),
+        donnadb_env_file=str(get("donnadb_env_file")),
+        donnadb_env_extra={str(k): str(v) for k, v in env_extra.items()},
+        donnadb_lib_dir=str(get("donnadb_lib_dir")),
+        donnadb_checkout=checkout,
+        formulas=formulas,
+    )
+
+
+_MISSING = object()

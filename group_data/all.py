@@ -1,0 +1,187 @@
+"""Every setting of the deploy, for all hosts (pyinfra group data).
+
+Override per host in the inventory: ``("db1", {"pg_listen_addresses": "10.0.0.5"})``.
+``pg_*`` settings shape the server; ``db_*`` ones also go to /etc/donnadb/donnadb.env
+(DB_HOST, DB_NAME ...) and default to donnadb/config.py's values, which the runtime
+falls back to. ``donnadb_*`` ones place the deploy's files on the host.
+
+The tuning formulas below take the host's facts (``memory_mb`` = total RAM in MB from
+pyinfra's ``hardware.Memory``, ``cpus`` = online CPUs from ``hardware.Cpus``) and
+return the value the deploy writes to conf.d/donna.conf. They follow PGTune's "web
+application" profile: many short transactions, data set larger than RAM over time.
+"""
+
+from donnadb import config as _config
+
+# --- PostgreSQL cluster -------------------------------------------------------------
+pg_version = 15
+pg_cluster = "main"
+pg_port = 5432
+# Debian packages: the server, contrib (pg_stat_statements) and pg_partman 4.x.
+pg_packages = ["postgresql-15", "postgresql-contrib", "postgresql-15-partman"]
+# apt-get update only when something must be installed and the lists are older than this.
+pg_apt_cache_time = 86400
+# Where the server listens for TCP. "localhost" keeps it off the network; a server the
+# application reaches from elsewhere lists its private address ("localhost,10.0.0.5").
+pg_listen_addresses = "localhost"
+# Client networks allowed over TCP (scram-sha-256 only). Add the app servers' subnet.
+pg_hba_networks = ["127.0.0.1/32", "::1/128"]
+# Direct connections: PgBouncer multiplexes the application's clients onto a few server
+# connections, so this only needs room for the pool, migrations, backups and operators.
+pg_max_connections = 200
+# Statements slower than this are logged with their duration (ms); -1 turns it off.
+pg_log_min_duration_statement_ms = 250
+# pg_partman's background worker premakes the system_logs partitions.
+# It connects as a LOGIN role (PostgreSQL 15 refuses NOLOGIN roles for workers too); the
+# migrator is a member of the owner, so the partitions it makes belong to donna_owner.
+pg_partman_bgw_interval_s = 3600
+pg_partman_bgw_role = None  # None: db_role_migrator
+
+
+def pg_shared_buffers_mb(memory_mb, cpus, max_connections):
+    # 25% of RAM is the documented starting point; above ~16 GB the OS cache does better.
+    return min(memory_mb // 4, 16384)
+
+
+def pg_effective_cache_size_mb(memory_mb, cpus, max_connections):
+    # Planner hint only (allocates nothing): shared_buffers plus the OS page cache, ~75%.
+    return memory_mb * 3 // 4
+
+
+def pg_work_mem_mb(memory_mb, cpus, max_connections):
+    # Per sort/hash node: RAM left after shared_buffers, shared by every connection
+    # running ~3 such nodes at once; clamped to 4..64 MB so a burst cannot swap.
+    spare = memory_mb - pg_shared_buffers_mb(memory_mb, cpus, max_connections)
+    return max(4, min(64, spare // (max_connections * 3)))
+
+
+def pg_maintenance_work_mem_mb(memory_mb, cpus, max_connections):
+    # VACUUM / CREATE INDEX: 1/16 of RAM, at most 2 GB (more does not speed them up).
+    return max(64, min(2048, memory_mb // 16))
+
+
+def pg_max_worker_processes(memory_mb, cpus, max_connections):
+    # Parallel query and pg_partman's worker share this pool: at least the default 8.
+    return max(8, cpus)
+
+
+def pg_max_parallel_workers_per_gather(memory_mb, cpus, max_connections):
+    # Half the cores per query, so two parallel queries do not starve the rest.
+    return max(1, cpus // 2)
+
+
+def pg_max_parallel_workers(memory_mb, cpus, max_connections):
+    # All cores may run parallel workers at once.
+    return max(2, cpus)
+
+
+# WAL and checkpoints: spread checkpoints over 15 minutes and 90% of the interval so
+# writes are smooth; max_wal_size large enough that checkpoints are timed, not forced.
+pg_wal = {
+    "wal_compression": "lz4",
+    "wal_buffers": "16MB",
+    "min_wal_size": "1GB",
+    "max_wal_size": "4GB",
+    "checkpoint_timeout": "15min",
+    "checkpoint_completion_target": 0.9,
+}
+# SSD storage: random reads cost about the same as sequential ones.
+pg_random_page_cost = 1.1
+pg_effective_io_concurrency = 200
+# Any other postgresql.conf setting, written verbatim to conf.d/donna.conf (a change
+# restarts the cluster), e.g. {"archive_mode": "on", "archive_command": "..."}.
+pg_extra_settings = {}
+
+# --- Roles (the runtime's defaults, donnadb/config.py) -------------------------------
+db_role_owner = _config.ROLE_OWNER  # NOLOGIN, owns every schema object
+db_role_migrator = _config.ROLE_MIGRATOR  # LOGIN, member of the owner, runs migrations
+db_role_app = _config.ROLE_APP  # LOGIN, reads and writes rows, no DDL, no TRUNCATE
+db_role_readonly = _config.ROLE_READONLY  # LOGIN, SELECT only
+db_role_backup = _config.ROLE_BACKUP  # LOGIN, what pg_dump needs
+# Most connections each LOGIN role may hold at once (-1: no limit).
+pg_role_connection_limits = {
+    "migrator": 5,
+    "app": -1,
+    "readonly": 20,
+    "backup": 5,
+}
+
+# --- The database and its host files ------------------------------------------------
+# Written to donnadb.env as DB_HOST, DB_NAME ... (DB_PORT is pg_port).
+db_host = "127.0.0.1"
+db_name = "donna"
+# Generated role passwords (libpq passfile, 0600 root, directory 0700).
+db_passfile = "/etc/donnadb/pgpass"
+# Written from this file; donnactl and the application read it (donnadb/config.py).
+donnadb_env_file = "/etc/donnadb/donnadb.env"
+# Extra NAME=value lines for donnadb.env (e.g. {"DATA_STORAGE_TYPE": "postgresql"}).
+donnadb_env_extra = {}
+# Where helper scripts and rendered SQL are kept on the host (root only).
+donnadb_lib_dir = "/usr/local/lib/donnadb"
+# The checkout (with its .venv) that runs `donnactl migrate` on the host. None: the
+# checkout running the deploy, which is right for @local; see docs/deploy.md for SSH.
+donnadb_checkout = None
+
+
+# --- Backups (donnadb/provision/backups.py -> /etc/donnadb/backup.env) ---------------
+# None keeps the runtime default of donnadb/backup/settings.py.
+backup_repo_dir = "/var/backups/donna"  # local repository, 0700 root
+backup_jobs = 2  # pg_dump/pg_restore parallel jobs: about the number of cores
+backup_compress_level = None  # gzip level; default 1, measured: bench/backup_compression.py
+# Retention: the last N, then the newest of each of the last D days, W weeks, M months.
+backup_keep_last = 7
+backup_keep_daily = 7
+backup_keep_weekly = 4
+backup_keep_monthly = 6
+# `donnactl backup check` (hourly) fails when the newest good backup is older than this.
+backup_max_age_hours = 26
+# S3 copy: {} is off. Keys: bucket, prefix, region, storage_class (STANDARD_IA), sse
+# (AES256 | aws:kms | ""), kms_key_id, endpoint_url. Credentials: instance role/profile.
+backup_s3 = {}
+# job -> (systemd OnCalendar, cron) overrides; jobs: snapshot, prune, verify, check,
+# physical-full, physical-diff.
+backup_schedule = {}
+# Client-side AES-256-GCM encryption: path of a key file made by `donnactl backup keygen`
+# (0600, kept outside the backups and escrowed). None: not encrypted.
+backup_encryption_key_file = None
+# pgBackRest physical backups + WAL archiving for point-in-time recovery. Enabling it
+# restarts the cluster once (archive_mode). Repository, retention (full backups kept,
+# differentials kept) and stanza:
+pgbackrest_enabled = False
+pgbackrest_repo_path = "/var/lib/pgbackrest"
+pgbackrest_retention_full = 2
+pgbackrest_retention_diff = 6
+pgbackrest_stanza = "donna"
+
+
+# --- PgBouncer (donnadb/provision/pgbouncer.py; docs/loadtest.md) --------------------
+# Transaction pooling on its own port; the app role connects through it when
+# PGBOUNCER_PORT is set in donnadb.env. Migrations and backups always go direct.
+pgbouncer_port = 6432
+# Keep it on loopback unless app servers elsewhere must reach it (then add a firewall).
+pgbouncer_listen_addr = "127.0.0.1"
+# The role PgBouncer logs in as to run its auth_query (pgbouncer.user_lookup); its
+# password is generated on the host, like every other role's.
+pgbouncer_auth_user = "donna_pgbouncer"
+pgbouncer_auth_user_connlimit = 10
+# Role kinds allowed to log in through PgBouncer (the lookup returns only these).
+pgbouncer_lookup_kinds = ("app", "readonly")
+# Role kinds allowed SHOW POOLS/STATS on the admin console (`donnactl status`, load test).
+pgbouncer_stats_kinds = ("readonly",)
+pgbouncer_admin_users = ()
+# Server connections per (database, user): about 2-4 x cores keeps the CPUs busy
+# without queueing inside PostgreSQL; clients beyond it wait in PgBouncer instead.
+pgbouncer_default_pool_size = 20
+pgbouncer_min_pool_size = 0
+# Extra server connections a pool may open when a client has waited this many seconds.
+pgbouncer_reserve_pool_size = 5
+pgbouncer_reserve_pool_timeout = 3
+# Client connections PgBouncer accepts (the daemon's open-file limit is raised to fit).
+pgbouncer_max_client_conn = 2000
+# Server connections per database, all users together: stays under pg_max_connections.
+pgbouncer_max_db_connections = 60
+pgbouncer_server_idle_timeout = 600
+# A client waiting longer than this for a server connection gets an error.
+pgbouncer_query_wait_timeout = 120
+# Serve every other database of the server too ("*" entry; each needs the lookup SQL).
+pgbouncer_fallback_database = True

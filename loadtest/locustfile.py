@@ -1,0 +1,161 @@
+"""Locust scenarios: a chat assistant's users, driving PostgreSQL through the DAL.
+
+Run it through ``donnactl loadtest run`` (which adds the SLO gate), or directly::
+
+    .venv/bin/locust -f loadtest/locustfile.py --headless -u 150 -r 25 -t 5m \
+        --donna-pgbouncer-port 6432
+
+Each query is timed with ``time.perf_counter`` around the DAL call (pool checkout
+included: that wait is part of what a user feels) and reported through
+``events.request.fire`` under its own name; an exception is a failure of that name.
+Locust's contrib PostgresUser is not used: it rounds to whole milliseconds and names
+every query alike.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+# locust first: it monkey-patches for gevent, and psycopg must be imported after that to
+# choose its gevent-cooperative wait function (psycopg >= 3.1.14).
+import locust  # noqa: I001
+from locust import User, between, events, task
+
+# Locust puts this file's directory on sys.path; the package needs the checkout's root.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from loadtest import workload as wl  # noqa: E402
+from loadtest.names import QUERY_NAMES  # noqa: E402
+
+REQUEST_TYPE = "sql"
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser) -> None:
+    # Custom options travel from a master to its workers.
+    parser.add_argument("--donna-dbname", type=str, env_var="DONNADB_LT_DBNAME", default="",
+                        help="database to load (default: DB_NAME)")
+    parser.add_argument("--donna-pgbouncer-port", type=int, env_var="DONNADB_LT_PGBOUNCER_PORT",
+                        default=0, help="PgBouncer port; 0 connects directly to PostgreSQL")
+    parser.add_argument("--donna-pool-size", type=int, env_var="DONNADB_LT_POOL_SIZE",
+                        default=50, help="client connections per Locust process")
+
+
+@events.quitting.add_listener
+def _close(environment, **_kw) -> None:
+    wl.close_shared()
+
+
+def _workload(environment) -> wl.Workload:
+    opts = environment.parsed_options
+    return wl.shared_workload(
+        dbname=(opts.donna_dbname or None) if opts else None,
+        pgbouncer_port=opts.donna_pgbouncer_port if opts else None,
+        pool_size=opts.donna_pool_size if opts else 50,
+    )
+
+
+class DonnaUser(User):
+    """One person chatting: opens chats, writes, reads memory, sometimes searches."""
+
+    abstract = True
+
+    def timed(self, name: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``call`` and report it under ``name``; exceptions become failures."""
+        exception: BaseException | None = None
+        result: Any = None
+        start = time.perf_counter()
+        try:
+            result = call(*args, **kwargs)
+        except Exception as exc:  # reported as a failure of this query, the user goes on
+            exception = exc
+        elapsed_ms = (time.perf_counter() - start) * 1000.0
+        size = len(result) if isinstance(result, list | dict | str) else 1
+        self.environment.events.request.fire(
+            request_type=REQUEST_TYPE, name=name, response_time=elapsed_ms,
+            response_length=size, exception=exception, context={},
+        )
+        return result
+
+
+class ChatUser(DonnaUser):
+    wait_time = between(1.0, 3.0)  # reading and typing between actions
+
+    def on_start(self) -> None:
+        self.rng = random.Random()  # noqa: S311 - picks users and words, not secrets
+        self.work = _workload(self.environment)
+        self.user_id = self.work.catalogue.pick_user()
+        self.chats = self.work.catalogue.chats[self.user_id]
+        self.chat_id = self.rng.choice(self.chats)
+
+    def _open_some_chat(self) -> None:
+        # Recent chats are opened far more often than old ones.
+        k = min(len(self.chats), 5)
+        self.chat_id = self.rng.choice(self.chats[-k:]) if self.rng.random() < 0.8 else (
+            self.rng.choice(self.chats))
+
+    @task(10)
+    def read_history(self) -> None:
+        self._open_some_chat()
+        self.timed("history.read_last_20", self.work.dal.get_chat_history, self.chat_id, 20)
+
+    @task(4)
+    def converse(self) -> None:
+        dal = self.work.dal
+        self.timed("message.add_user", dal.add_message, self.chat_id, "user",
+                   "Could you " + wl.search_words(self.rng) + " for me tomorrow?",
+                   token_count=12)
+        self.timed("message.add_assistant", dal.add_message, self.chat_id, "assistant",
+                   "Sure. " + " ".join(self.rng.choices(wl.WORDS, k=60)) + ".",
+                   token_count=90)
+
+    @task(3)
+    def list_sessions(self) -> None:
+        self.timed("sessions.list_recent", self.work.recent_sessions, self.user_id)
+
+    @task(3)
+    def get_memory(self) -> None:
+        self.timed("memory.get", self.work.dal.get_user_memory, self.user_id, "context")
+
+    @task(1)
+    def set_memory(self) -> None:
+        self.timed("memory.set", self.work.dal.set_user_memory, self.user_id, "context",
+                   f"fact_{self.rng.randint(0, 5)}", {"text": wl.search_words(self.rng)})
+
+    @task(1)
+    def new_session(self) -> None:
+        chat_id = wl.new_chat_id()
+        created = self.timed("session.create", self.work.dal.create_chat_session, chat_id,
+                             self.user_id, {"source": "loadtest"}, title="New chat")
+        if created:
+            self.chats.append(chat_id)
+            self.chat_id = chat_id
+
+    @task(1)
+    def search(self) -> None:
+        self.timed("search.fulltext", self.work.search, self.user_id,
+                   wl.search_words(self.rng))
+
+    @task(2)
+    def write_log(self) -> None:
+        self.timed("logs.write", self.work.write_log, "info", "chat request served",
+                   {"user_id": self.user_id, "chat_id": self.chat_id})
+
+
+class SleepUser(DonnaUser):
+    """The gevent smoke test: each user runs ``pg_sleep(1)`` once (``--class-picker``
+    or ``SleepUser`` on the command line); with cooperation N users take ~1 s, not N s."""
+
+    wait_time = between(3600, 3600)
+
+    @task
+    def sleep(self) -> None:
+        self.timed("smoke.pg_sleep_1", _workload(self.environment).sleep, 1.0)
+
+
+__all__ = ["ChatUser", "SleepUser", "QUERY_NAMES", "locust"]

@@ -1,0 +1,224 @@
+"""Run Locust headless around the scenarios and turn its output into a verdict.
+
+``run()`` resets pg_stat_statements, snapshots PgBouncer's counters, starts
+``locust --headless`` (optionally ``--processes N``, or as a master awaiting workers),
+samples PgBouncer's pools while it runs, then reads the CSV, draws the PNG and applies
+the SLO gate. Locust is a subprocess: importing it here would monkey-patch donnactl.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from donnadb.config import Settings
+from donnadb.errors import DonnaError, UsageError
+from loadtest import plot, serverstats, slo
+from loadtest.names import QUERY_NAMES
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
+CSV_PREFIX = "locust"
+DEFAULT_MASTER_PORT = 5557
+_SPAN = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+class LocustFailed(DonnaError):
+    """Locust itself failed (not the SLO): bad options, crash, no statistics written."""
+
+    exit_code = 8
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in ``"90"``, ``"45s"``, ``"5m"``, ``"1h30m"``.
+
+    :raises UsageError: anything else.
+    """
+    text = text.strip()
+    if text.isdigit():
+        seconds = int(text)
+    else:
+        m = _SPAN.match(text)
+        if not m or not any(m.groups()):
+            raise UsageError(f"bad duration {text!r}: use e.g. 90, 45s, 5m or 1h30m")
+        h, mi, s = (int(g) if g else 0 for g in m.groups())
+        seconds = 3600 * h + 60 * mi + s
+    if seconds < 1:
+        raise UsageError(f"bad duration {text!r}: must be at least 1 second")
+    return seconds
+
+
+@dataclass
+class RunOptions:
+    users: int = 150
+    spawn_rate: float = 25.0
+    duration: str = "5m"
+    out_dir: Path = Path("loadtest-results")
+    dbname: str | None = None
+    pgbouncer_port: int | None = 6432  # None/0: straight to PostgreSQL
+    pool_size: int = 50  # client connections per Locust process
+    processes: int | None = None  # locust --processes (fork N workers on this host)
+    expect_workers: int | None = None  # run as a master awaiting this many workers
+    master_bind_host: str = "127.0.0.1"
+    master_bind_port: int = DEFAULT_MASTER_PORT
+    p95_limit_ms: float = slo.P95_LIMIT_MS
+    user_class: str = "ChatUser"
+    extra_args: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        """:raises UsageError: options that cannot work together."""
+        if self.users < 1 or self.spawn_rate <= 0:
+            raise UsageError("--users must be >= 1 and --spawn-rate > 0")
+        if self.processes is not None and self.expect_workers is not None:
+            raise UsageError("use --processes (one host) or --master (several), not both")
+        if self.processes is not None and self.processes < 1 and self.processes != -1:
+            raise UsageError("--processes must be >= 1 (or -1: one per core)")
+        if self.pool_size < 1:
+            raise UsageError("--pool-size must be >= 1")
+        parse_duration(self.duration)
+
+    @property
+    def ramp_seconds(self) -> float:
+        return self.users / self.spawn_rate
+
+
+def donna_args(dbname: str | None, pgbouncer_port: int | None, pool_size: int) -> list[str]:
+    """The locustfile's own options (a master passes them on to its workers)."""
+    return ["--donna-pgbouncer-port", str(pgbouncer_port or 0),
+            "--donna-pool-size", str(pool_size),
+            *(["--donna-dbname", dbname] if dbname else [])]
+
+
+def locust_command(opts: RunOptions) -> list[str]:
+    prefix = opts.out_dir / CSV_PREFIX
+    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+           "-u", str(opts.users), "-r", f"{opts.spawn_rate:g}", "-t", opts.duration,
+           "--csv", str(prefix), "--csv-full-history", "--html", str(opts.out_dir /
+                                                                       "report.html"),
+           # The verdict must not count the ramp-up: stats restart once all users run.
+           "--reset-stats", "--only-summary", "--stop-timeout", "10",
+           *donna_args(opts.dbname, opts.pgbouncer_port, opts.pool_size)]
+    if opts.processes is not None:
+        cmd += ["--processes", str(opts.processes)]
+    if opts.expect_workers is not None:
+        cmd += ["--master", "--expect-workers", str(opts.expect_workers),
+                "--master-bind-host", opts.master_bind_host,
+                "--master-bind-port", str(opts.master_bind_port)]
+    return [*cmd, *opts.extra_args, opts.user_class]
+
+
+def worker_command(master_host: str, master_port: int, processes: int | None = None,
+                   user_class: str = "ChatUser") -> list[str]:
+    """A worker for a master on ``master_host`` (options come from the master)."""
+    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--worker",
+           "--master-host", master_host, "--master-port", str(master_port)]
+    if processes is not None:
+        cmd += ["--processes", str(processes)]
+    return [*cmd, user_class]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    return env
+
+
+@dataclass
+class RunResult:
+    verdict: slo.Verdict
+    out_dir: Path
+    files: dict[str, str]
+    pool: dict[str, Any] | None
+    statements: dict[str, Any]
+    locust_exit: int
+    options: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"verdict": self.verdict.to_dict(), "out_dir": str(self.out_dir),
+                "files": self.files, "pool": self.pool, "statements": self.statements,
+                "locust_exit": self.locust_exit, "options": self.options}
+
+
+def run(opts: RunOptions, settings: Settings,
+        tick: Callable[[float, float], None] | None = None) -> RunResult:
+    """Run the load test and judge it. ``tick(elapsed_s, expected_s)`` reports progress.
+
+    :raises UsageError: bad options. :raises LocustFailed: Locust wrote no statistics.
+    """
+    opts.validate()
+    opts.out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    dbname = opts.dbname or settings.db_name
+    reset_error = serverstats.reset_statements(settings, dbname)
+    port = opts.pgbouncer_port or None
+    before = _safe(lambda: serverstats.pgbouncer_stats(settings, port, dbname)) if port else None
+    expected = parse_duration(opts.duration) + 15
+    log_path = opts.out_dir / "locust.log"
+    cmd = locust_command(opts)
+    sampler = serverstats.PoolSampler(settings, port, dbname) if port else None
+    with log_path.open("w", encoding="utf-8") as logf:
+        started = time.monotonic()
+        if sampler:
+            sampler.__enter__()
+        try:
+            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=_env(),
+                                    cwd=str(ROOT))
+            while proc.poll() is None:
+                if tick:
+                    tick(time.monotonic() - started, expected)
+                time.sleep(0.5)
+        finally:
+            if sampler:
+                sampler.__exit__()
+    after = _safe(lambda: serverstats.pgbouncer_stats(settings, port, dbname)) if port else None
+    stats_csv = opts.out_dir / f"{CSV_PREFIX}_stats.csv"
+    if not stats_csv.exists():
+        tail = log_path.read_text(encoding="utf-8").strip().splitlines()[-1:]
+        raise LocustFailed(f"locust exited {proc.returncode} without statistics: {tail} "
+                           f"(see {log_path})")
+    pool = serverstats.pool_report(before, after, sampler.samples) if sampler else None
+    if pool is not None and sampler and sampler.error:
+        pool["sampling_error"] = sampler.error
+    statements = serverstats.statements(settings, dbname)
+    if reset_error:
+        statements["reset_error"] = reset_error
+    verdict = slo.evaluate(
+        slo.read_stats(stats_csv),
+        expected_names=QUERY_NAMES if opts.user_class == "ChatUser" else (),
+        p95_limit_ms=opts.p95_limit_ms,
+        pool_efficiency=pool.get("efficiency") if pool else None,
+    )
+    files = {"stats_csv": str(stats_csv), "html": str(opts.out_dir / "report.html"),
+             "log": str(log_path)}
+    history = opts.out_dir / f"{CSV_PREFIX}_stats_history.csv"
+    if history.exists():
+        png = plot.plot(history, opts.out_dir / "latency.png", target_users=opts.users,
+                        p95_limit_ms=opts.p95_limit_ms)
+        files["png"] = str(png)
+    result = RunResult(verdict=verdict, out_dir=opts.out_dir, files=files, pool=pool,
+                       statements=statements, locust_exit=proc.returncode,
+                       options={"users": opts.users, "spawn_rate": opts.spawn_rate,
+                                "duration": opts.duration, "processes": opts.processes,
+                                "workers": opts.expect_workers, "dbname": dbname,
+                                "pgbouncer_port": port, "pool_size": opts.pool_size})
+    (opts.out_dir / "verdict.json").write_text(json.dumps(result.to_dict(), indent=2,
+                                                          default=str), encoding="utf-8")
+    return result
+
+
+def _safe(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except Exception as exc:  # PgBouncer figures are informative: never fail the run
+        log.warning("PgBouncer statistics unavailable: %s", exc)
+        return None

@@ -1,0 +1,262 @@
+"""Seed a realistic data set for the load test, through COPY.
+
+The shape follows a chat assistant's traffic: a few heavy users own many chats and
+most users few (Zipf), most chats are short and a few very long (Pareto), user
+messages are short and assistant answers several times longer (log-normal lengths).
+Everything comes from one seeded random generator, so a given scale always produces the
+same rows, and re-seeding the same scale is a no-op (the seeded rows are recognised by
+their ``lt-`` ids). A different scale replaces the seeded rows. VACUUM ANALYZE runs at
+the end so the planner sees the new tables at once.
+
+Seeding is a bulk administrative load, not application traffic: it runs as the
+migrator role, directly (not through PgBouncer).
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+from psycopg import sql
+
+from donnadb import db
+from donnadb.config import Settings
+from donnadb.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+#: Prefixes of the ids the seed writes; the load test's own writes use ``lt-run-``.
+USER_PREFIX = "lt-u-"
+CHAT_PREFIX = "lt-s-"
+RUN_CHAT_PREFIX = "lt-run-"
+SEED = 20261125
+#: The longest chat: a long tail, but no chat the size of a whole table.
+MAX_PER_CHAT = 1000
+
+
+@dataclass(frozen=True)
+class Scale:
+    users: int
+    sessions: int
+    messages: int
+
+    def check(self) -> None:
+        """:raises UsageError: the numbers cannot make a data set."""
+        if self.users < 1 or self.sessions < self.users or self.messages < 2 * self.sessions:
+            raise UsageError(
+                f"bad scale {self.users}/{self.sessions}/{self.messages}: need users >= 1, "
+                "sessions >= users and messages >= 2 x sessions"
+            )
+
+
+#: Named scales: the issue's default, and the CI's tiny one.
+SCALES = {
+    "default": Scale(users=10_000, sessions=50_000, messages=2_000_000),
+    "small": Scale(users=1_000, sessions=5_000, messages=200_000),
+    "ci": Scale(users=200, sessions=1_000, messages=20_000),
+}
+
+COUNT_SEEDED = """
+SELECT (SELECT count(*) FROM users WHERE clerk_id LIKE 'lt-u-%%') AS users,
+       (SELECT count(*) FROM chat_sessions WHERE chat_id LIKE 'lt-s-%%') AS sessions,
+       (SELECT coalesce(sum(message_count), 0) FROM chat_sessions
+         WHERE chat_id LIKE 'lt-s-%%') AS messages,
+       (SELECT count(*) FROM users WHERE clerk_id = %(marker)s) AS marker
+"""
+# The load test's own chats go first: they belong to seeded users.
+DELETE_SEEDED = (
+    "DELETE FROM chat_sessions WHERE chat_id LIKE 'lt-%'",
+    "DELETE FROM users WHERE clerk_id LIKE 'lt-%'",
+)
+# Uses no parameters: COPY cannot take any.
+COPY_USERS = ("COPY users (id, clerk_id, email, name, preferences, created_at, "
+              "last_active_at) FROM STDIN")
+COPY_SESSIONS = ("COPY chat_sessions (id, chat_id, user_id, title, profile, created_at) "
+                 "FROM STDIN")
+COPY_MESSAGES = ("COPY messages (chat_session_id, role, content, created_at, "
+                 "sequence_number, token_count) FROM STDIN")
+COPY_MEMORY = "COPY user_memory (user_id, memory_type, key, value) FROM STDIN"
+TABLES = ("users", "chat_sessions", "messages", "user_memory")
+
+WORDS = (  # noqa: SIM905 - a word list reads better as text
+    "the be to of and a in that have it for not on with as you do at this but his by "
+    "from they we say her she or an will my one all would there their what so up out if "
+    "about who get which go me when make can like time no just him know take people into "
+    "year your good some could them see other than then now look only come its over think "
+    "also back after use two how our work first well way even new want because any these "
+    "give day most us recipe travel budget meeting schedule email draft summary project "
+    "deadline python database invoice flight hotel weather garden workout dinner report "
+    "letter birthday gift holiday translate explain compare plan review remind calendar "
+    "doctor appointment insurance mortgage contract lease interview resume salary tax "
+    "postgres query index backup restore migration latency pool connection transaction "
+    "vacation museum concert ticket train station airport coffee breakfast lunch groceries"
+).split()
+
+
+def marker_for(scale: Scale) -> str:
+    return f"{USER_PREFIX}scale-{scale.users}-{scale.sessions}-{scale.messages}"
+
+
+def _sentences(rng: random.Random, n: int = 4000) -> list[str]:
+    out = []
+    for _ in range(n):
+        words = rng.choices(WORDS, k=rng.randint(5, 18))
+        out.append(" ".join(words).capitalize() + rng.choice((".", ".", ".", "?", "!")))
+    return out
+
+
+def _text(rng: random.Random, sentences: list[str], mean_chars: float) -> str:
+    # Log-normal length: most messages near the mean, a long tail of long ones.
+    target = max(8, int(rng.lognormvariate(0, 0.8) * mean_chars))
+    parts, size = [], 0
+    while size < target:
+        s = rng.choice(sentences)
+        parts.append(s)
+        size += len(s) + 1
+    return " ".join(parts)[: max(target, 8)]
+
+
+def zipf_picker(rng: random.Random, n: int, s: float = 1.0, offset: int = 10
+                ) -> Callable[[], int]:
+    """A function returning 0..n-1 with P(k) ~ 1/(k+offset)^s (index 0 the most likely).
+
+    The offset flattens the head: the heaviest user of 10,000 owns ~1.4% of the chats,
+    not the 13% a pure Zipf law would give one account.
+    """
+    cum = list(itertools.accumulate(1.0 / (k + offset) ** s for k in range(n)))
+    total = cum[-1]
+    return lambda: bisect.bisect_left(cum, rng.random() * total)
+
+
+def _message_counts(rng: random.Random, sessions: int, messages: int) -> list[int]:
+    """Messages per chat: Pareto-distributed, 2 to MAX_PER_CHAT, summing to ``messages``."""
+    raw = [rng.paretovariate(1.5) for _ in range(sessions)]
+    spare = messages - 2 * sessions
+    total = sum(raw)
+    counts = [min(MAX_PER_CHAT, 2 + int(spare * r / total)) for r in raw]
+    # Rounding left a few messages over: give them to the first chats, two at a time
+    # keeps user/assistant pairs.
+    short = messages - sum(counts)
+    i = 0
+    while short > 0:
+        if counts[i % sessions] < MAX_PER_CHAT:
+            step = min(short, 2)
+            counts[i % sessions] += step
+            short -= step
+        i += 1
+    return counts
+
+
+def seeded_state(conn: psycopg.Connection, scale: Scale) -> tuple[int, int, int, int]:
+    """(seeded users incl. the marker, seeded chats, their messages, marker rows)."""
+    return tuple(conn.execute(COUNT_SEEDED, {"marker": marker_for(scale)}).fetchone())
+
+
+def is_seeded(state: tuple[int, int, int, int], scale: Scale) -> bool:
+    users, sessions, messages, marker = state
+    # The load test appends messages to seeded chats, hence >=.
+    return (marker == 1 and users == scale.users + 1 and sessions == scale.sessions
+            and messages >= scale.messages)
+
+
+def _uuid(rng: random.Random) -> uuid.UUID:
+    return uuid.UUID(int=rng.getrandbits(128), version=4)
+
+
+def _rows(scale: Scale, now: datetime) -> dict[str, Iterator[tuple]]:
+    """Generators of the COPY rows of each table, all from one seeded generator."""
+    rng = random.Random(SEED)  # noqa: S311 - a reproducible data set, not a secret
+    sentences = _sentences(rng)
+    user_ids = [_uuid(rng) for _ in range(scale.users)]
+    session_ids = [_uuid(rng) for _ in range(scale.sessions)]
+    pick_user = zipf_picker(rng, scale.users)
+    owners = [user_ids[pick_user()] for _ in range(scale.sessions)]
+    # Every user gets at least one chat (the load test logs any of them in).
+    for i, uid in enumerate(user_ids[: min(scale.users, scale.sessions)]):
+        owners[-(i + 1)] = uid
+    counts = _message_counts(rng, scale.sessions, scale.messages)
+    horizon = timedelta(days=90)
+
+    def users() -> Iterator[tuple]:
+        yield (uuid.uuid4(), marker_for(scale), None, "load-test scale marker", "{}", now, None)
+        for i, uid in enumerate(user_ids):
+            created = now - horizon * rng.random()
+            lang = rng.choice(("en", "en", "en", "fr", "de", "es"))
+            yield (uid, f"{USER_PREFIX}{i:07d}", f"user{i}@example.test", f"Load User {i}",
+                   f'{{"language": "{lang}"}}', created, now - timedelta(hours=rng.random() * 72))
+
+    def sessions() -> Iterator[tuple]:
+        for i, (sid, uid) in enumerate(zip(session_ids, owners, strict=True)):
+            yield (sid, f"{CHAT_PREFIX}{i:07d}", uid, _text(rng, sentences, 30)[:200],
+                   rng.choice(("general", "general", "coding", "travel")),
+                   now - horizon * rng.random())
+
+    def messages() -> Iterator[tuple]:
+        for sid, n in zip(session_ids, counts, strict=True):
+            start = now - horizon * rng.random()
+            for seq in range(1, n + 1):
+                role = "user" if seq % 2 else "assistant"
+                text = _text(rng, sentences, 90 if role == "user" else 450)
+                yield (sid, role, text, start + timedelta(seconds=30 * seq), seq,
+                       len(text) // 4)
+
+    def memory() -> Iterator[tuple]:
+        for uid in user_ids:
+            for k in range(rng.randint(1, 4)):
+                yield (uid, "context", f"fact_{k}", f'"{rng.choice(sentences)}"')
+
+    return {"users": users(), "chat_sessions": sessions(), "messages": messages(),
+            "user_memory": memory()}
+
+
+def seed(
+    settings: Settings,
+    scale: Scale,
+    *,
+    dbname: str | None = None,
+    force: bool = False,
+    progress: Callable[[str, int], None] | None = None,
+) -> dict[str, object]:
+    """Load ``scale`` into the database (``dbname`` or DB_NAME); no-op if already there.
+
+    ``progress(table, rows_so_far)`` is called every 10,000 rows.
+
+    :returns: ``{"seeded": bool, "seconds": float, "rows": {table: n}}``.
+    :raises UsageError: the scale is impossible.
+    :raises DatabaseError: the database cannot be reached.
+    """
+    scale.check()
+    started = time.perf_counter()
+    with db.connection("migrator", settings=settings, dbname=dbname, autocommit=True) as conn:
+        if not force and is_seeded(seeded_state(conn, scale), scale):
+            return {"seeded": False, "seconds": time.perf_counter() - started, "rows": {}}
+        rows: dict[str, int] = {}
+        now = datetime.now(UTC).replace(microsecond=0)
+        generators = _rows(scale, now)
+        with conn.transaction():
+            for statement in DELETE_SEEDED:
+                conn.execute(statement)
+            for table, copy_sql in (("users", COPY_USERS), ("chat_sessions", COPY_SESSIONS),
+                                    ("messages", COPY_MESSAGES), ("user_memory", COPY_MEMORY)):
+                n = 0
+                with conn.cursor().copy(copy_sql) as copy:
+                    for row in generators[table]:
+                        copy.write_row(row)
+                        n += 1
+                        if progress and n % 10_000 == 0:
+                            progress(table, n)
+                rows[table] = n
+                if progress:
+                    progress(table, n)
+        # Outside the load's transaction: VACUUM cannot run inside one.
+        for table in TABLES:
+            conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(table)))
+    return {"seeded": True, "seconds": time.perf_counter() - started, "rows": rows}

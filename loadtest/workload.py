@@ -1,0 +1,199 @@
+"""What one load-test process shares between its simulated users.
+
+* the DAL (:class:`donnadb.dal.PostgresDataAccess`), through PgBouncer unless told
+  otherwise: the load test measures the code the application runs;
+* the three queries the chat app needs that the DAL does not offer yet (recent
+  sessions, full-text search, the system_logs writer), in named constants, on a pool
+  built with exactly the DAL's connection settings;
+* the catalogue of seeded users and their chats, drawn with the seed's power law, so
+  the busiest users are also the most active ones.
+
+Import this module after gevent's monkey patching (``import locust`` does it): psycopg
+picks its gevent-friendly wait function at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from donnadb import db
+from donnadb.config import Settings, load_settings
+from donnadb.dal import PostgresDataAccess
+from donnadb.errors import DataError
+from loadtest.seed import CHAT_PREFIX, RUN_CHAT_PREFIX, USER_PREFIX, WORDS, zipf_picker
+
+log = logging.getLogger(__name__)
+
+CATALOGUE_SQL = """
+SELECT u.id::text AS user_id, array_agg(s.chat_id ORDER BY s.chat_id) AS chats
+  FROM users AS u JOIN chat_sessions AS s ON s.user_id = u.id
+ WHERE u.clerk_id LIKE %(users)s AND s.chat_id LIKE %(chats)s
+ GROUP BY u.id, u.clerk_id
+ ORDER BY u.clerk_id
+"""
+
+# Uses idx_chat_sessions_user_recent (user_id, last_message_at DESC).
+RECENT_SESSIONS_SQL = """
+SELECT chat_id, title, last_message_at, message_count
+  FROM chat_sessions
+ WHERE user_id = %(user_id)s
+ ORDER BY last_message_at DESC
+ LIMIT 20
+"""
+
+# Full-text search over the user's five most recent chats, newest hits first.
+SEARCH_SQL = """
+WITH recent AS (
+    SELECT id, chat_id FROM chat_sessions
+     WHERE user_id = %(user_id)s
+     ORDER BY last_message_at DESC
+     LIMIT 5
+)
+SELECT r.chat_id, m.sequence_number, left(m.content, 200) AS snippet
+  FROM recent AS r
+  JOIN messages AS m ON m.chat_session_id = r.id
+ WHERE to_tsvector('english', m.content) @@ websearch_to_tsquery('english', %(q)s)
+ ORDER BY m.created_at DESC
+ LIMIT 20
+"""
+
+INSERT_LOG_SQL = """
+INSERT INTO system_logs (level, message, context, trace_id, ip_address, user_agent,
+                         request_uri)
+VALUES (%(level)s, %(message)s, %(context)s, %(trace_id)s, %(ip)s, %(agent)s, %(uri)s)
+"""
+
+SLEEP_SQL = "SELECT pg_sleep(%(seconds)s)"
+
+
+@dataclass
+class Catalogue:
+    """Seeded users (heaviest first) and their chats."""
+
+    user_ids: list[str]
+    chats: dict[str, list[str]]
+    _pick: Any = field(repr=False, default=None)
+
+    def pick_user(self) -> str:
+        return self.user_ids[self._pick()]
+
+
+@dataclass
+class Workload:
+    """Everything one process's users share. Thread- (and greenlet-) safe."""
+
+    settings: Settings
+    dbname: str | None
+    dal: PostgresDataAccess
+    pool: ConnectionPool
+    catalogue: Catalogue
+
+    # --- the queries the DAL lacks ----------------------------------------------------
+    def recent_sessions(self, user_id: str) -> list[dict[str, Any]]:
+        with self.pool.connection() as conn:
+            return conn.execute(RECENT_SESSIONS_SQL, {"user_id": user_id}).fetchall()
+
+    def search(self, user_id: str, words: str) -> list[dict[str, Any]]:
+        with self.pool.connection() as conn:
+            return conn.execute(SEARCH_SQL, {"user_id": user_id, "q": words}).fetchall()
+
+    def write_log(self, level: str, message: str, context: dict[str, Any]) -> None:
+        with self.pool.connection() as conn:
+            conn.execute(INSERT_LOG_SQL, {
+                "level": level, "message": message, "context": Jsonb(context),
+                "trace_id": uuid.uuid4().hex, "ip": "127.0.0.1",
+                "agent": "donnadb-loadtest", "uri": "/api/chat",
+            })
+
+    def sleep(self, seconds: float) -> None:
+        with self.pool.connection() as conn:
+            conn.execute(SLEEP_SQL, {"seconds": seconds})
+
+    def close(self) -> None:
+        self.pool.close()
+        self.dal.close()
+
+
+def new_chat_id() -> str:
+    return f"{RUN_CHAT_PREFIX}{uuid.uuid4().hex}"
+
+
+def search_words(rng: random.Random) -> str:
+    return " ".join(rng.sample(WORDS[100:], 2))
+
+
+def load_catalogue(settings: Settings, dbname: str | None, rng: random.Random) -> Catalogue:
+    """:raises DataError: the database holds no seeded data (run the seed first)."""
+    with db.connection("readonly", settings=settings, dbname=dbname,
+                       row_factory=dict_row) as conn:
+        rows = conn.execute(CATALOGUE_SQL, {"users": USER_PREFIX + "0%",
+                                            "chats": CHAT_PREFIX + "%"}).fetchall()
+    if not rows:
+        raise DataError("no seeded users in the database: run `donnactl loadtest seed` first")
+    return Catalogue(
+        user_ids=[r["user_id"] for r in rows],
+        chats={r["user_id"]: list(r["chats"]) for r in rows},
+        _pick=zipf_picker(rng, len(rows)),
+    )
+
+
+def open_workload(
+    *,
+    dbname: str | None = None,
+    pgbouncer_port: int | None = None,
+    pool_size: int = 50,
+    rng: random.Random | None = None,
+) -> Workload:
+    """Open the DAL, the extra pool and the catalogue.
+
+    ``pgbouncer_port`` None or 0 connects directly to PostgreSQL.
+
+    :raises DataError: nothing seeded. :raises DatabaseError: cannot connect.
+    """
+    rng = rng or random.Random()  # noqa: S311 - picks users, not secrets
+    settings = load_settings(pgbouncer_port=pgbouncer_port or None,
+                             db_max_connections=pool_size, data_storage_type="postgresql")
+    if not pgbouncer_port:
+        # load_settings ignores None, so an env PGBOUNCER_PORT would survive: drop it.
+        settings = settings.model_copy(update={"pgbouncer_port": None})
+    catalogue = load_catalogue(settings, dbname, rng)
+    dal = PostgresDataAccess(settings, dbname=dbname, min_size=min(pool_size, 4))
+    kwargs: dict[str, Any] = {"autocommit": True, "row_factory": dict_row}
+    if settings.pgbouncer_port:
+        kwargs["prepare_threshold"] = None  # as the DAL does behind PgBouncer
+    pool = ConnectionPool(
+        db.conninfo("app", settings=settings, dbname=dbname),
+        min_size=1, max_size=max(2, pool_size // 2), kwargs=kwargs,
+        name="donnadb-loadtest-extra", open=True, timeout=30.0,
+    )
+    return Workload(settings=settings, dbname=dbname, dal=dal, pool=pool, catalogue=catalogue)
+
+
+_shared: Workload | None = None
+_lock = threading.Lock()
+
+
+def shared_workload(**kwargs: Any) -> Workload:
+    """The process's one :class:`Workload`, opened on first use."""
+    global _shared
+    with _lock:
+        if _shared is None:
+            _shared = open_workload(**kwargs)
+        return _shared
+
+
+def close_shared() -> None:
+    global _shared
+    with _lock:
+        if _shared is not None:
+            _shared.close()
+            _shared = None

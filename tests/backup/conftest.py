@@ -1,0 +1,66 @@
+"""Fixtures for the backup tests: a seeded source database and a private repository."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from donnadb.backup.settings import load_backup_settings
+from tests.support import drop_database, superuser_psql
+
+# Every table of the plan gets rows, including two partitions of system_logs and
+# values that only survive a faithful round trip (NULLs, JSON, unicode, inet).
+SEED_SQL = """
+INSERT INTO users (clerk_id, email, name, profile, last_active_at)
+SELECT 'clerk_' || g, 'u' || g || '@example.org', 'Zoë ' || g,
+       jsonb_build_object('n', g, 'tags', jsonb_build_array('a', g)),
+       CASE WHEN g % 3 = 0 THEN NULL ELSE now() - g * interval '1 hour' END
+FROM generate_series(1, 40) g;
+INSERT INTO chat_sessions (chat_id, user_id, title)
+SELECT 'chat_' || clerk_id, id, 'Title “' || name || '”' FROM users;
+INSERT INTO messages (chat_session_id, role, content, sequence_number, token_count)
+SELECT cs.id, (ARRAY['user', 'assistant', 'system'])[1 + g % 3],
+       repeat('hello ', g) || cs.chat_id, g, g * 7
+FROM chat_sessions cs, generate_series(0, 9) g;
+INSERT INTO user_memory (user_id, memory_type, key, value)
+SELECT id, 'preferences', 'k' || g, to_jsonb(g) FROM users, generate_series(1, 3) g;
+INSERT INTO system_logs (level, message, ip_address, created_at)
+SELECT 'info', 'log ' || g, '10.0.0.1'::inet, now() - (g % 40) * interval '1 day'
+FROM generate_series(1, 200) g;
+"""
+
+#: One md5 per table over every row (sorted text form) -- the "every row" comparison.
+CHECKSUM_SQL = """
+SELECT format('SELECT %L || '' '' || coalesce(md5(string_agg(t::text, ''|'' '
+              'ORDER BY t::text)), ''-'') FROM %I.%I t',
+              n.nspname || '.' || c.relname, n.nspname, c.relname)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r' AND n.nspname IN ('public', 'partman')
+ORDER BY 1 \\gexec
+"""
+
+
+def table_checksums(dbname: str) -> dict[str, str]:
+    out = superuser_psql(CHECKSUM_SQL, dbname=dbname)
+    return dict(line.split(" ", 1) for line in out.splitlines() if line)
+
+
+@pytest.fixture
+def bs(tmp_path):
+    return load_backup_settings(backup_repo_dir=tmp_path / "repo", backup_jobs=2)
+
+
+@pytest.fixture
+def source_db(settings, scratch_db):
+    """A migrated scratch database with rows in every table."""
+    superuser_psql(f"SET ROLE {settings.db_role_owner};\n{SEED_SQL}", dbname=scratch_db)
+    return scratch_db
+
+
+@pytest.fixture
+def target_name():
+    """A database name for a restore; dropped after the test whatever happened."""
+    name = f"donna_test_restore_{uuid.uuid4().hex[:8]}"
+    yield name
+    drop_database(name)

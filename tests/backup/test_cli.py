@@ -1,0 +1,64 @@
+"""donnactl backup ... end to end: the commands an operator and the timers run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+DONNACTL = str(Path(sys.executable).with_name("donnactl"))
+
+
+def run(env, *args, check=True):
+    done = subprocess.run([DONNACTL, "backup", *args], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_create_list_verify_restore_prune_check(bs, source_db, target_name, settings):
+    env = dict(os.environ, BACKUP_REPO_DIR=str(bs.backup_repo_dir), DB_NAME=source_db,
+               BACKUP_KEEP_LAST="1", BACKUP_KEEP_DAILY="0", BACKUP_KEEP_WEEKLY="0",
+               BACKUP_KEEP_MONTHLY="0", BACKUP_S3_BUCKET="")
+    # no backup yet: check fails with its own exit code and says what to do
+    none = run(env, "check", check=False)
+    assert none.returncode == 8 and "backup create" in none.stderr
+
+    first = json.loads(run(env, "create", "--json").stdout)
+    second = json.loads(run(env, "create", "--json", "--jobs", "1").stdout)
+    assert first["row_counts"]["public.messages"] == 400
+
+    listed = json.loads(run(env, "list", "--json").stdout)
+    assert [r["backup_id"] for r in listed] == [first["backup_id"], second["backup_id"]]
+    assert all(r["good"] and r["where"] == "local" for r in listed)
+
+    shown = json.loads(run(env, "show", first["backup_id"], "--json").stdout)
+    assert shown["manifest"]["row_counts"] == first["row_counts"]
+
+    verified = json.loads(run(env, "verify", "latest", "--restore", "--json").stdout)
+    assert verified["ok"] and verified["restored"] and verified["backup_id"] == second["backup_id"]
+
+    restored = json.loads(run(env, "restore", first["backup_id"], "--target-db", target_name,
+                              "--json").stdout)
+    assert restored["row_counts"] == first["row_counts"] and restored["seconds"] > 0
+    refused = run(env, "restore", first["backup_id"], "--target-db", target_name, check=False)
+    assert refused.returncode == 3 and "--force" in refused.stderr
+
+    dry = json.loads(run(env, "prune", "--dry-run", "--json").stdout)
+    assert dry["local"]["delete"] == [first["backup_id"]]
+    assert len(json.loads(run(env, "list", "--json").stdout)) == 2  # dry run deleted nothing
+    run(env, "prune")
+    assert [r["backup_id"] for r in json.loads(run(env, "list", "--json").stdout)] \
+        == [second["backup_id"]]
+
+    report = json.loads(run(env, "check", "--json").stdout)
+    assert report["ok"] and report["newest_local"] == second["backup_id"]
+    old = dict(env, BACKUP_MAX_AGE_HOURS="0.0003")
+    late = run(old, "check", check=False)
+    assert late.returncode == 8 and "old (limit" in late.stderr
+
+    missing = run(env, "show", "nope", check=False)
+    assert missing.returncode == 6 and "backup list" in missing.stderr

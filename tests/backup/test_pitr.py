@@ -1,0 +1,95 @@
+"""PITR drill with pgBackRest on a throwaway cluster: write rows, note the time, write
+more, restore to the noted time: exactly the first rows are there."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from donnadb.backup import pitr
+from donnadb.backup.errors import RestoreRefused
+from tests.support import superuser_psql
+
+PORT, COPY_PORT = 5447, 5448
+
+
+def sh(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+
+
+@pytest.fixture
+def engine():
+    name = f"pitr{uuid.uuid4().hex[:6]}"
+    # Not pytest's tmp_path: the postgres user must reach it (/tmp/pytest-of-root is 0700).
+    work = Path(tempfile.mkdtemp(prefix=f"donna-{name}-", dir="/var/tmp"))  # noqa: S108
+    shutil.chown(work, "postgres", "postgres")
+    sh("pg_createcluster", "15", name, "-p", str(PORT))
+    cluster = pitr.Cluster(15, name, PORT, Path(f"/var/lib/postgresql/15/{name}"))
+    config = work / "pgbackrest.conf"
+    eng = pitr.Engine(config, "drill", cluster)
+    config.write_text(pitr.config_text(stanza="drill", repo_path=work / "repo", cluster=cluster,
+                                       log_path=work, lock_path=work / "lock"))
+    shutil.chown(config, "postgres", "postgres")
+    (cluster.conf_dir / "conf.d" / "archive.conf").write_text(pitr.archive_conf_text(eng))
+    sh("pg_ctlcluster", "15", name, "start")
+    try:
+        yield eng, work
+    finally:
+        for d in work.glob("copy*"):
+            if (d / "postmaster.pid").exists():
+                subprocess.run(["runuser", "-u", "postgres", "--",
+                                str(cluster.bin_dir / "pg_ctl"), "-D", str(d), "-m",
+                                "immediate", "stop"], capture_output=True, check=False)
+        subprocess.run(["pg_dropcluster", "--stop", "15", name], capture_output=True,
+                       check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_restore_to_a_moment_has_exactly_the_rows_before_it(engine):
+    eng, work = engine
+    pitr.stanza_create(eng)
+    full = pitr.physical_backup(eng, "full")
+    assert full["type"] == "full"
+    superuser_psql("CREATE TABLE drill (id int PRIMARY KEY, note text);"
+                   "INSERT INTO drill SELECT g, 'before' FROM generate_series(1, 100) g;",
+                   port=PORT)
+    time.sleep(1.1)
+    noted = datetime.fromisoformat(superuser_psql("SELECT now()", port=PORT))
+    time.sleep(1.1)
+    superuser_psql("INSERT INTO drill SELECT g, 'after' FROM generate_series(101, 150) g;"
+                   "SELECT pg_switch_wal();", port=PORT)
+    report = pitr.check(eng)  # also waits until the switched segment is archived
+    assert report["ok"] and report["backups"] == 1
+
+    result = pitr.restore_to_time(eng, noted, data_dir=work / "copy", port=COPY_PORT)
+    assert superuser_psql("SELECT count(*), min(note), max(note) FROM drill",
+                          port=COPY_PORT) == "100|before|before"
+    assert superuser_psql("SELECT count(*) FROM drill", port=PORT) == "150"  # untouched
+    assert result.seconds > 0 and not result.in_place
+    # the copy does not archive into the cluster's repository
+    assert superuser_psql("SHOW archive_mode", port=COPY_PORT) == "off"
+    pitr.stop_copy(eng.cluster, work / "copy")
+
+    with pytest.raises(RestoreRefused, match="not empty"):
+        pitr.restore_to_time(eng, noted, data_dir=work / "copy", port=COPY_PORT)
+
+    # `backup check` reports pgBackRest's own check (exit 8: no logical backup here)
+    env = dict(os.environ, PGBACKREST_ENABLED="true", PGBACKREST_CONFIG=str(eng.config),
+               PGBACKREST_STANZA="drill", PG_CLUSTER=eng.cluster.name, DB_PORT=str(PORT),
+               BACKUP_REPO_DIR=str(work / "logical"), BACKUP_S3_BUCKET="")
+    done = subprocess.run([str(Path(sys.executable).with_name("donnactl")), "backup", "check",
+                           "--json"], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 8, done.stderr
+    report = json.loads(done.stdout)
+    assert report["engine"]["ok"] and report["engine"]["backups"] == 1
+    assert report["engine"]["wal_max"]

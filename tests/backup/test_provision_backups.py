@@ -1,0 +1,114 @@
+"""The backup part of the deploy: settings, unit/cron files, and pgBackRest on a
+throwaway cluster (real pyinfra run against @local)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from donnadb.backup import pitr
+from donnadb.errors import ConfigError
+from donnadb.provision.backups import (
+    cron_text,
+    env_text,
+    load_backup_deploy,
+    service_unit,
+    timer_unit,
+)
+from tests.support import superuser_psql
+
+PORT = 5449
+
+
+def test_defaults_and_overrides():
+    cfg = load_backup_deploy({"backup_keep_last": 3, "backup_s3": {"bucket": "b"}}, "/srv/x")
+    assert cfg.env == {"BACKUP_KEEP_LAST": "3", "BACKUP_S3_BUCKET": "b"}
+    assert set(cfg.schedule) == {"snapshot", "prune", "verify", "check"}
+    text = env_text(cfg)
+    assert "BACKUP_KEEP_LAST=3\n" in text and "AWS_SECRET" not in text
+    assert "ExecStart=/srv/x/backups/donna-backup verify\n" in service_unit(cfg, "verify")
+    assert "OnCalendar=Sun *-*-* 04:00:00\n" in timer_unit(cfg, "verify")
+    assert "0 4 * * 0 root /srv/x/backups/donna-backup verify" in cron_text(cfg)
+
+
+def test_pgbackrest_adds_physical_jobs():
+    cfg = load_backup_deploy({"pgbackrest_enabled": True, "pgbackrest_stanza": "s1"}, "/x")
+    assert {"physical-full", "physical-diff"} <= set(cfg.schedule)
+    assert cfg.env["PGBACKREST_ENABLED"] == "true" and cfg.env["PGBACKREST_STANZA"] == "s1"
+
+
+@pytest.mark.parametrize("data, match", [
+    ({"backup_schedule": {"hourly": ("a", "b")}}, "backup_schedule"),
+    ({"backup_schedule": {"snapshot": "daily"}}, "OnCalendar"),
+    ({"backup_s3": {"bukket": "x"}}, "unknown keys"),
+])
+def test_bad_settings_are_one_clear_error(data, match):
+    with pytest.raises(ConfigError, match=match):
+        load_backup_deploy(data, "/x")
+
+
+def test_the_entry_script_rejects_unknown_jobs():
+    script = Path(__file__).resolve().parents[2] / "backups" / "donna-backup"
+    done = subprocess.run([str(script), "bogus"], capture_output=True, text=True, check=False)
+    assert done.returncode == 3 and "usage" in done.stderr
+
+
+@pytest.fixture
+def throwaway_cluster():
+    name = f"bkdeploy{uuid.uuid4().hex[:6]}"
+    work = Path(tempfile.mkdtemp(prefix=f"donna-{name}-", dir="/var/tmp"))  # noqa: S108
+    work.chmod(0o711)  # postgres reaches its config and repository below
+    subprocess.run(["pg_createcluster", "15", name, "-p", str(PORT), "--start"], check=True,
+                   capture_output=True)
+    try:
+        yield name, work
+    finally:
+        subprocess.run(["pg_dropcluster", "--stop", "15", name], capture_output=True,
+                       check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_deploy_configures_archiving_and_the_stanza(throwaway_cluster):
+    name, work = throwaway_cluster
+    deploy = work / "deploy.py"
+    deploy.write_text(
+        "from types import SimpleNamespace\n"
+        "from donnadb.provision.backups import install_backups\n"
+        f"install_backups(SimpleNamespace(donnadb_checkout='/srv/donnadb', pg_version=15,\n"
+        f"                                pg_cluster='{name}', pg_port={PORT}))\n")
+    data = {
+        "backup_repo_dir": work / "repo", "backup_env_file": work / "etc" / "backup.env",
+        "backup_unit_dir": work / "units", "backup_cron_file": work / "cron",
+        "pgbackrest_enabled": "true", "pgbackrest_config": work / "pgbr" / "pgbackrest.conf",
+        "pgbackrest_repo_path": work / "pgbr-repo", "pgbackrest_stanza": "deploytest",
+    }
+    (work / "units").mkdir()
+    cmd = [str(Path(sys.executable).with_name("pyinfra")), "-y", "@local", str(deploy)]
+    for key, value in data.items():
+        cmd += ["--data", f"{key}={value}"]
+
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd=work, check=False)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
+    assert (work / "repo").stat().st_mode & 0o777 == 0o700
+    assert "PGBACKREST_ENABLED=true" in (work / "etc" / "backup.env").read_text()
+    assert "backups/donna-backup physical-full" in (work / "cron").read_text()
+    assert (work / "units" / "donna-backup-physical-diff.timer").exists()
+    assert superuser_psql("SHOW archive_mode", port=PORT) == "on"
+
+    cluster = pitr.Cluster(15, name, PORT, Path(f"/var/lib/postgresql/15/{name}"))
+    engine = pitr.Engine(work / "pgbr" / "pgbackrest.conf", "deploytest", cluster)
+    assert pitr.check(engine)["ok"]
+
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=work, check=False)
+    assert again.returncode == 0
+    # second run: nothing changed, so the cluster is not restarted again
+    [row] = [ln for ln in (again.stdout + again.stderr).splitlines()
+             if "Restart cluster" in ln and not ln.lstrip().startswith("-->")]
+    assert re.search(r"\s1\s+-\s+-\s+1\s*$", row), row

@@ -1,0 +1,73 @@
+"""Retention on generated histories: exactly what the policy says, never the last good."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from donnadb.backup.retention import Candidate, Policy, plan_retention
+
+START = datetime(2026, 1, 1, 2, 0, tzinfo=UTC)  # a Thursday
+
+
+def history(days: int, per_day: int = 1) -> list[Candidate]:
+    out = []
+    for d in range(days):
+        for i in range(per_day):
+            t = START + timedelta(days=d, hours=6 * i)
+            out.append(Candidate(f"{t:%Y%m%dT%H%M%SZ}", t, True))
+    return out
+
+
+def test_last_n_only():
+    backups = history(10)
+    plan = plan_retention(backups, Policy(last=3, daily=0, weekly=0, monthly=0))
+    assert sorted(plan.keep) == [b.backup_id for b in backups[-3:]]
+    assert plan.delete == [b.backup_id for b in backups[:-3]]  # oldest first
+
+
+def test_daily_keeps_newest_of_each_day():
+    backups = history(5, per_day=4)
+    plan = plan_retention(backups, Policy(last=1, daily=3, weekly=0, monthly=0))
+    expected = {b.backup_id for b in backups if b.finished.hour == 20 and
+                b.finished.date() >= (START + timedelta(days=2)).date()}
+    assert set(plan.keep) == expected
+    assert len(plan.delete) == 20 - 3
+
+
+def test_weekly_and_monthly_over_a_year():
+    backups = history(365)
+    plan = plan_retention(backups, Policy(last=2, daily=7, weekly=4, monthly=6))
+    kept = {b.backup_id: b.finished for b in backups if b.backup_id in plan.keep}
+    # last 7 days cover the 2 "last"; 4 weeks: newest backup of each of the last 4 ISO
+    # weeks; 6 months: newest of each of the last 6 months.
+    weeks = {tuple(t.isocalendar())[:2] for t in kept.values()}
+    months = {(t.year, t.month) for t in kept.values()}
+    assert len([t for t in kept.values() if t >= backups[-7].finished]) == 7
+    assert len(weeks) >= 4
+    assert months >= {(2026, m) for m in range(7, 13)}
+    for month in range(7, 12):  # each kept monthly backup is its month's last day
+        newest = max(b.finished for b in backups if b.finished.month == month)
+        assert newest in kept.values()
+    assert len(plan.keep) + len(plan.delete) == 365
+    assert len(plan.keep) <= 2 + 7 + 4 + 6
+    assert not set(plan.keep) & set(plan.delete)
+
+
+def test_never_deletes_the_only_good_backup():
+    t = START
+    backups = [Candidate("a", t, True), Candidate("b", t + timedelta(days=1), False),
+               Candidate("c", t + timedelta(days=2), False)]
+    plan = plan_retention(backups, Policy(last=1, daily=0, weekly=0, monthly=0))
+    assert "a" in plan.keep and plan.delete == []
+
+
+def test_nothing_good_deletes_nothing():
+    backups = [Candidate(str(i), START + timedelta(days=i), False) for i in range(5)]
+    plan = plan_retention(backups, Policy(last=1, daily=1, weekly=1, monthly=1))
+    assert plan.delete == []
+
+
+def test_failed_backups_older_than_a_good_one_go():
+    backups = [Candidate("old-bad", START, False), Candidate("good", START + timedelta(1), True)]
+    plan = plan_retention(backups, Policy(last=5, daily=0, weekly=0, monthly=0))
+    assert plan.delete == ["old-bad"] and list(plan.keep) == ["good"]

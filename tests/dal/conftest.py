@@ -1,0 +1,55 @@
+"""Fixtures of the DAL tests: one ``dal`` fixture per store, real PostgreSQL for two."""
+
+from __future__ import annotations
+
+import pytest
+
+from donnadb import db
+from donnadb.dal import DualWriteDataAccess, FileDataAccess, PostgresDataAccess
+from donnadb.migrate import apply_migrations
+from tests.support import create_scratch_database, drop_database
+
+STORES = ["file", "postgresql", "dual-file", "dual-postgresql"]
+
+
+def make_pg(settings, dbname, **kwargs) -> PostgresDataAccess:
+    return PostgresDataAccess(settings, dbname=dbname, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def dal_db(settings):
+    """One migrated scratch database for every DAL test (made like ``scratch_db``, but
+    once: creating ~60 databases would cost more than the whole DAL suite's budget)."""
+    name = create_scratch_database(settings, prefix="donna_dal")
+    apply_migrations(settings=settings, dbname=name)
+    yield name
+    drop_database(name)
+
+
+@pytest.fixture
+def pg_db(settings, dal_db):
+    """``dal_db`` emptied for this test."""
+    with db.connection("migrator", settings=settings, dbname=dal_db) as conn:
+        conn.execute("TRUNCATE users, chat_sessions, messages, user_memory")
+    return dal_db
+
+
+@pytest.fixture(params=STORES)
+def dal(request, tmp_path, settings):
+    """Each store, empty. PostgreSQL-backed ones get a fresh migrated database."""
+    kind = request.param
+    if kind == "file":
+        store = FileDataAccess(tmp_path / "data")
+    else:
+        dbname = request.getfixturevalue("pg_db")
+        pg = make_pg(settings, dbname)
+        if kind == "postgresql":
+            store = pg
+        else:
+            store = DualWriteDataAccess(FileDataAccess(tmp_path / "data"), pg,
+                                        primary=kind.removeprefix("dual-"))
+    yield store
+    if isinstance(store, DualWriteDataAccess):
+        # A contract test never expects dual-write to fall behind.
+        assert store.queue.count() == 0
+    store.close()

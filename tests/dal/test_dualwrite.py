@@ -1,0 +1,207 @@
+"""Dual-write when PostgreSQL fails, and reconcile. Real PostgreSQL; "down" is a closed port."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import stat
+
+import pytest
+
+from donnadb.dal import DualWriteDataAccess, FileDataAccess, PostgresDataAccess, reconcile
+from donnadb.errors import UsageError
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def down(settings, tmp_path):
+    """A dual-write DAL whose database is unreachable (nothing listens on its port)."""
+    dead = settings.model_copy(update={"db_port": closed_port(), "pgbouncer_port": None})
+    pg = PostgresDataAccess(dead, pool_timeout=0.3, min_size=0)
+    dal = DualWriteDataAccess(FileDataAccess(tmp_path / "data"), pg, retry_after=60)
+    yield dal
+    dal.close()
+
+
+@pytest.fixture
+def up(settings, tmp_path, pg_db):
+    """A dual-write DAL over the same data directory with a working database."""
+    dal = DualWriteDataAccess(FileDataAccess(tmp_path / "data"),
+                              PostgresDataAccess(settings, dbname=pg_db))
+    yield dal
+    dal.close()
+
+
+def write_some(dal) -> None:
+    dal.create_user({"clerk_id": "user_ana", "preferences": {"language": "pt"}})
+    dal.create_chat_session("c_1", "user_ana", {"client": "web"}, title="Trip")
+    for i in range(3):
+        dal.add_message("c_1", "user", f"m{i}", token_count=i)
+    dal.set_user_memory("user_ana", "context", "pet", "cat")
+    dal.update_chat_session("c_1", {"title": "Lisbon"})
+
+
+def test_database_down_keeps_file_writes_and_queues_them(down, caplog):
+    caplog.set_level(logging.WARNING, logger="donnadb.dal.dualwrite")
+    write_some(down)
+    files = down.files
+    assert [m["content"] for m in files.get_chat_history("c_1")] == ["m0", "m1", "m2"]
+    assert files.get_user_memory("user_ana", "context") == {"pet": "cat"}
+    assert down.get_chat_session("c_1")["title"] == "Lisbon"  # reads: primary = files
+    assert any("queued for reconcile" in r.getMessage() for r in caplog.records)
+    lines = [json.loads(x) for x in down.queue.path.read_text().splitlines()]
+    assert {e["kind"] for e in lines} == {"user", "chat", "message"}
+    assert len([e for e in lines if e["kind"] == "message"]) == 3
+    assert stat.S_IMODE(os.stat(down.queue.path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(down.queue.folder).st_mode) == 0o700
+    health = down.health_check()
+    assert health["status"] == "warning"
+    assert health["postgresql"]["status"] == "error"
+    assert health["reconcile_pending"] == len(lines)
+
+
+def test_reconcile_replays_everything_once(down, up):
+    write_some(down)
+    result = reconcile(up)
+    assert result.ok and result.replayed == 3  # user, chat, the chat's messages
+    assert up.queue.count() == 0
+    pg = up.pg
+    user = pg.get_user_by_clerk_id("user_ana")
+    assert user["preferences"] == {"language": "pt"}
+    assert pg.get_user_memory(user["id"], "context") == {"pet": "cat"}
+    assert pg.get_user_memory(user["id"], "preferences") == {"language": "pt"}
+    session = pg.get_chat_session("c_1")
+    assert (session["title"], session["user_id"], session["message_count"]) == (
+        "Lisbon", user["id"], 3)
+    expected = [(m["id"], m["sequence_number"], m["content"], m["token_count"])
+                for m in up.files.get_chat_history("c_1")]
+    got = [(m["id"], m["sequence_number"], m["content"], m["token_count"])
+           for m in pg.get_chat_history("c_1")]
+    assert got == expected
+
+    # Replaying the same entries again (a crash after replay, before the queue was
+    # cleared) changes nothing.
+    up.queue.append([{"kind": "message", "chat_id": "c_1", "message_id": expected[0][0]},
+                     {"kind": "user", "clerk_id": "user_ana"}, {"kind": "chat", "chat_id": "c_1"}],
+                    op="test", error="replay")
+    assert reconcile(up).ok
+    assert pg.get_message_count("c_1") == 3
+    assert [(m["id"], m["sequence_number"]) for m in pg.get_chat_history("c_1")] == [
+        e[:2] for e in expected]
+
+
+def test_an_outage_in_the_middle_keeps_the_conversation_order(down, up):
+    up.create_chat_session("c_1", None, {})
+    up.add_message("c_1", "user", "one")
+    down.add_message("c_1", "assistant", "two")  # the database missed this one
+    up.add_message("c_1", "user", "three")
+    assert [m["content"] for m in up.pg.get_chat_history("c_1")] == ["one", "three"]
+    assert reconcile(up).ok
+    history = up.pg.get_chat_history("c_1")
+    assert [(m["sequence_number"], m["content"]) for m in history] == [
+        (1, "one"), (2, "two"), (3, "three")]
+
+
+def test_reconcile_while_still_down_keeps_the_queue(down):
+    write_some(down)
+    before = down.queue.count()
+    result = reconcile(down)
+    assert not result.ok and result.replayed == 0
+    assert "cannot" in result.errors[0] or "connection" in result.errors[0]
+    assert down.queue.count() == before
+    assert not list(down.queue.folder.glob("*.processing"))
+
+
+def test_a_batch_left_by_a_crashed_reconcile_is_replayed(down, up):
+    write_some(down)
+    # A reconcile killed after claiming the queue leaves its batch file behind.
+    down.queue.path.rename(down.queue.folder / "pending.jsonl.dead.processing")
+    assert up.queue.count() > 0
+    assert reconcile(up).ok
+    assert up.pg.get_message_count("c_1") == 3
+    assert up.queue.count() == 0
+
+
+def test_one_reconcile_at_a_time(up):
+    from donnadb.dal import fileio
+
+    up.queue._ensure()
+    fd = fileio.acquire(up.queue._run_lock)
+    try:
+        with pytest.raises(UsageError, match="another reconcile"):
+            reconcile(up)
+    finally:
+        fileio.release(fd)
+
+
+def test_a_failed_transaction_is_queued_as_a_whole(down, up):
+    up.create_chat_session("c_1", None, {})
+    with down.transaction():
+        down.add_message("c_1", "user", "a")
+        down.add_message("c_1", "user", "b")
+    assert up.pg.get_message_count("c_1") == 0
+    assert reconcile(up).ok
+    assert [m["content"] for m in up.pg.get_chat_history("c_1")] == ["a", "b"]
+
+
+def test_postgresql_reads_fall_back_to_the_files_when_it_is_down(settings, tmp_path):
+    dead = settings.model_copy(update={"db_port": closed_port(), "pgbouncer_port": None})
+    dal = DualWriteDataAccess(FileDataAccess(tmp_path), PostgresDataAccess(
+        dead, pool_timeout=0.3, min_size=0), primary="postgresql", retry_after=60)
+    try:
+        dal.create_chat_session("c_1", None, {})
+        dal.add_message("c_1", "user", "hello")
+        assert [m["content"] for m in dal.get_chat_history("c_1")] == ["hello"]
+    finally:
+        dal.close()
+
+
+def test_concurrent_writers_leave_postgresql_equal_to_the_files(up):
+    """Many threads rewriting one chat and one user: every copy succeeds (no lock or
+    deadlock error is queued) and the database ends equal to the files."""
+    import threading
+
+    up.create_user({"clerk_id": "user_ana"})
+    up.create_chat_session("c_1", "user_ana", {})
+
+    def worker(n):
+        for i in range(15):
+            up.update_chat_session("c_1", {"title": f"t{n}-{i}", "metadata": {"n": n, "i": i}})
+            up.set_user_memory("user_ana", "context", "last", [n, i])
+            up.update_user("user_ana", {"name": f"name{n}-{i}"})
+
+    pool = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert up.queue.count() == 0
+    file_chat, pg_chat = up.files.get_chat_session("c_1"), up.pg.get_chat_session("c_1")
+    assert (pg_chat["title"], pg_chat["metadata"]) == (file_chat["title"], file_chat["metadata"])
+    pg_user = up.pg.get_user_by_clerk_id("user_ana")
+    assert pg_user["name"] == up.files.get_user_by_id("user_ana")["name"]
+    assert up.pg.get_user_memory(pg_user["id"], "context") == up.files.get_user_memory(
+        "user_ana", "context")
+
+
+def test_a_chat_of_a_user_without_memory_file_creates_a_bare_user(up, tmp_path):
+    (tmp_path / "data" / "chat_sessions" / "c_orphan.json").write_text(
+        '{"chat_id": "c_orphan", "user_id": "user_ghost", "messages": ['
+        '{"role": "bot", "content": "hi", "timestamp": "2024-05-01 10:00:00"}]}')
+    up.queue.append([{"kind": "message", "chat_id": "c_orphan",
+                      "message_id": up.files.get_chat_history("c_orphan")[0]["id"]}],
+                    op="test", error="x")
+    assert reconcile(up).ok
+    ghost = up.pg.get_user_by_clerk_id("user_ghost")
+    assert ghost is not None and ghost["email"] is None
+    session = up.pg.get_chat_session("c_orphan")
+    assert session["user_id"] == ghost["id"]
+    (m,) = up.pg.get_chat_history("c_orphan")
+    assert (m["role"], m["created_at"].isoformat()) == ("assistant", "2024-05-01T10:00:00+00:00")

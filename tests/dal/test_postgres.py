@@ -1,0 +1,78 @@
+"""PostgresDataAccess beyond the contract: pool settings, PgBouncer mode, errors, copies."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from donnadb.dal import PostgresDataAccess
+from donnadb.errors import DatabaseError
+
+
+def test_pool_follows_the_settings(settings, pg_db):
+    tuned = settings.model_copy(update={"db_max_connections": 7, "db_idle_timeout": 42,
+                                        "pgbouncer_port": None})
+    with PostgresDataAccess(tuned, dbname=pg_db) as dal:
+        assert (dal._pool.max_size, dal._pool.max_idle) == (7, 42.0)
+        assert dal._pool.kwargs["autocommit"] is True
+        assert "prepare_threshold" not in dal._pool.kwargs
+        health = dal.health_check()
+        assert health["status"] == "ok"
+        assert health["database"] == pg_db
+        assert health["user"] == settings.db_role_app
+        assert health["pool"]["max"] == 7
+
+
+def test_pgbouncer_means_no_prepared_statements(settings):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    via = settings.model_copy(update={"pgbouncer_port": port})
+    dal = PostgresDataAccess(via, min_size=0, pool_timeout=0.2)
+    try:
+        assert dal.via_pgbouncer
+        assert dal._pool.kwargs["prepare_threshold"] is None
+        assert f"port={port}" in dal._pool.conninfo
+    finally:
+        dal.close()
+
+
+def test_database_down_is_one_clear_error(settings):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dead = settings.model_copy(update={"db_port": port, "pgbouncer_port": None})
+    dal = PostgresDataAccess(dead, min_size=0, pool_timeout=0.3)
+    try:
+        with pytest.raises(DatabaseError, match="no database connection within 0.3s"):
+            dal.add_message("c_1", "user", "x")
+        health = dal.health_check()
+        assert health["status"] == "error" and "PostgreSQL" in health["error"]
+    finally:
+        dal.close()
+
+
+def test_message_copies_are_idempotent_and_keep_positions(settings, pg_db, connect_as):
+    with PostgresDataAccess(settings, dbname=pg_db) as dal:
+        dal.create_chat_session("c_1", None, {})
+        first = dal.add_message("c_1", "user", "native")
+        copies = [
+            {"id": "5d0c5f8e-8a43-4d38-9a2f-1f1f5b0e0a01", "role": "assistant", "content": "c3",
+             "metadata": {}, "created_at": None, "sequence_number": 3, "token_count": None,
+             "abuse_flagged": False},
+            {"id": "5d0c5f8e-8a43-4d38-9a2f-1f1f5b0e0a02", "role": "user", "content": "c2",
+             "metadata": {}, "created_at": None, "sequence_number": 2, "token_count": 4,
+             "abuse_flagged": True},
+        ]
+        assert dal.insert_messages("c_1", copies) == 2
+        assert dal.insert_messages("c_1", copies) == 0
+        history = dal.get_chat_history("c_1")
+        assert [(m["sequence_number"], m["content"]) for m in history] == [
+            (1, "native"), (2, "c2"), (3, "c3")]
+        assert history[0]["id"] == first
+        # The trigger keeps the count; the DAL never adds to it as well.
+        conn = connect_as("readonly", dbname=pg_db)
+        row = conn.execute("SELECT message_count, (SELECT count(*) FROM messages) "
+                           "FROM chat_sessions WHERE chat_id = 'c_1'").fetchone()
+        assert row == (3, 3)

@@ -1,0 +1,48 @@
+"""Fixtures of the legacy-migration tests: generated data directories, a second database."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from donnadb import db
+from donnadb.legacy.fixtures import generate
+from donnadb.legacy.verify import table_checksums
+from tests.support import create_scratch_database, drop_database
+
+DONNACTL = str(Path(sys.executable).with_name("donnactl"))
+
+
+@pytest.fixture(scope="session")
+def deviant_dir(tmp_path_factory) -> tuple[Path, object]:
+    """A small data directory with every deviation (read-only for the tests)."""
+    root = tmp_path_factory.mktemp("legacy") / "data"
+    info = generate(root, users=12, chats=40, messages_per_chat=8, logs=50,
+                    large_message_bytes=2 * 1024 * 1024, long_chat_messages=20_000)
+    return root, info
+
+
+@pytest.fixture
+def second_db(settings):
+    """Another migrated scratch database (for comparing two imports)."""
+    from donnadb.migrate import apply_migrations
+
+    name = create_scratch_database(settings)
+    apply_migrations(settings=settings, dbname=name)
+    yield name
+    drop_database(name)
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``donnactl`` as an operator would (a real process, real exit code)."""
+    return subprocess.run([DONNACTL, *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "COLUMNS": "200"}, timeout=300)
+
+
+def checksums(settings, dbname: str) -> dict:
+    with db.connect("migrator", settings=settings, dbname=dbname, autocommit=True) as conn:
+        return table_checksums(conn)

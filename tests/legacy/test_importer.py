@@ -1,0 +1,170 @@
+"""The import against the real PostgreSQL: every deviation, dry run, kill -9 and resume."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+
+from donnadb import db
+from donnadb.legacy.fixtures import generate
+from donnadb.legacy.importer import import_data_dir
+from donnadb.legacy.reader import LegacyReader
+from donnadb.legacy.verify import verify
+from tests.legacy.conftest import DONNACTL, checksums, run_cli
+
+COUNT_ALL = """SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM chat_sessions),
+                      (SELECT count(*) FROM messages), (SELECT count(*) FROM user_memory),
+                      (SELECT count(*) FROM system_logs)"""
+
+
+def test_every_deviation_imports_and_verifies(settings, scratch_db, deviant_dir, tmp_path):
+    root, info = deviant_dir
+    done = run_cli("migrate-data", "import", "--data-dir", str(root), "--dbname", scratch_db,
+                   "--json", "--report-dir", str(tmp_path / "reports"))
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    quarantined = {q["path"] for q in out["report"]["quarantined"]}
+    assert quarantined == set(info.quarantined)
+    report_file = tmp_path / "reports" / out["report_file"].rsplit("/", 1)[-1]
+    assert json.loads(report_file.read_text())["quarantined"]
+    assert report_file.stat().st_mode & 0o777 == 0o600
+    assert out["report"]["world_writable"]["count"] >= 2
+    assert out["summary"]["read"]["messages"] == out["summary"]["written"]["messages"]
+
+    done = run_cli("migrate-data", "verify", "--data-dir", str(root), "--dbname", scratch_db,
+                   "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout)
+    assert result["ok"] and result["differences"] == []
+    assert {q["path"] for q in result["quarantined"]} == set(info.quarantined)
+
+    with db.connect("migrator", settings=settings, dbname=scratch_db) as conn:
+        # chat_sessions wins over the stale export; the copy replaces a truncated file.
+        title, count = conn.execute(
+            "SELECT title, message_count FROM chat_sessions WHERE chat_id = 'c_dup'").fetchone()
+        assert (title != "Stale export", count) == (True, 4)
+        found = {r[0] for r in conn.execute(
+            "SELECT chat_id FROM chat_sessions WHERE chat_id IN ('c_truncated_has_copy', "
+            "'c_conv_only', 'c_transcript_only', 'c_truncated', 'c_bom')")}
+        assert found == {"c_truncated_has_copy", "c_conv_only", "c_transcript_only", "c_bom"}
+        # Orphans get a user; memory named by e-mail joins its Clerk user.
+        assert conn.execute("SELECT count(*) FROM users WHERE clerk_id IN "
+                            "('user_orphan_only_chat', 'user_conv_only')").fetchone()[0] == 2
+        assert conn.execute(
+            "SELECT count(*) FROM user_memory m JOIN users u ON u.id = m.user_id "
+            "WHERE u.email = 'u1@example.com' AND m.key = 'early_note'").fetchone()[0] == 1
+        # Fields the DAL's file store adds land in their columns.
+        assert conn.execute("SELECT status FROM chat_sessions WHERE chat_id = 'c_archived'"
+                            ).fetchone()[0] == "archived"
+        assert conn.execute("SELECT status, last_active_at IS NOT NULL FROM users "
+                            "WHERE clerk_id = 'user_memory_only'").fetchone() == ("suspended", True)
+        # Every counter matches the rows, for the 20,000-message chat too.
+        assert conn.execute(
+            "SELECT count(*) FROM chat_sessions c WHERE message_count <> "
+            "(SELECT count(*) FROM messages m WHERE m.chat_session_id = c.id)").fetchone()[0] == 0
+        assert conn.execute("SELECT message_count FROM chat_sessions WHERE chat_id = 'c_long'"
+                            ).fetchone()[0] == 20_000
+        big = conn.execute("SELECT max(length(content)) FROM messages").fetchone()[0]
+        assert big >= 2 * 1024 * 1024
+        # Roles, timestamps and unstorable text as documented.
+        rows = conn.execute(
+            "SELECT m.role, m.content, m.metadata, m.created_at FROM messages m "
+            "JOIN chat_sessions c ON c.id = m.chat_session_id WHERE c.chat_id = 'c_odd' "
+            "ORDER BY sequence_number").fetchall()
+        assert [r[0] for r in rows[:8]] == ["user", "assistant", "assistant", "system", "user",
+                                            "assistant", "user", "user"]
+        assert rows[7][2]["_donnadb_legacy"]["role"] == "tool"
+        assert rows[6][2]["_donnadb_legacy"]["timestamp"] == "missing"
+        assert rows[6][3] == rows[5][3]  # inherits the previous message's timestamp
+        assert rows[8][2]["_donnadb_content_escaped"] is True and "\\u0000" in rows[8][1]
+
+
+def test_dry_run_writes_nothing(settings, scratch_db, deviant_dir, tmp_path):
+    root, _ = deviant_dir
+    done = run_cli("migrate-data", "import", "--data-dir", str(root), "--dbname", scratch_db,
+                   "--dry-run", "--json", "--report-dir", str(tmp_path / "r"))
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["summary"]["dry_run"] and out["summary"]["read"]["messages"] > 20_000
+    assert out["report"]["quarantined"]
+    assert not (tmp_path / "r").exists()
+    with db.connect("migrator", settings=settings, dbname=scratch_db) as conn:
+        assert conn.execute(COUNT_ALL).fetchone() == (0, 0, 0, 0, 0)
+
+
+def test_rerun_writes_nothing(settings, scratch_db, tmp_path):
+    root = tmp_path / "data"
+    generate(root, users=5, chats=10, long_chat_messages=300, large_message_bytes=0)
+    with db.connect("migrator", settings=settings, dbname=scratch_db, autocommit=True) as conn:
+        first = import_data_dir(LegacyReader.open(root), conn, batch_size=50)
+        before = checksums(settings, scratch_db)
+        again = import_data_dir(LegacyReader.open(root), conn, batch_size=50)
+        assert first.written["messages"] == first.read["messages"]
+        assert again.written == {}
+        assert checksums(settings, scratch_db) == before
+        assert verify(LegacyReader.open(root), conn).ok
+
+
+def _count_messages(settings, dbname) -> int:
+    with db.connect("migrator", settings=settings, dbname=dbname) as conn:
+        return conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+
+
+def _messages_indexes(settings, dbname) -> tuple[list[str], str | None]:
+    with db.connect("migrator", settings=settings, dbname=dbname) as conn:
+        defs = [r[0] for r in conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = 'messages' ORDER BY 1")]
+        comment = conn.execute("SELECT obj_description('messages'::regclass, 'pg_class')"
+                               ).fetchone()[0]
+        return defs, comment
+
+
+@pytest.mark.parametrize("defer", [False, True], ids=["upsert", "defer-indexes"])
+def test_kill_9_mid_import_then_rerun_equals_uninterrupted(settings, scratch_db, second_db,
+                                                            tmp_path, defer):
+    root = tmp_path / "data"
+    info = generate(root, users=10, chats=30, messages_per_chat=10, logs=300,
+                    long_chat_messages=15_000, large_message_bytes=256 * 1024)
+    args = ["migrate-data", "import", "--data-dir", str(root), "--batch-size", "100",
+            "--json", "--report-dir", str(tmp_path / "r")]
+    # The reference: one uninterrupted run into another database.
+    assert run_cli(*args, "--dbname", second_db).returncode == 0
+    expected = checksums(settings, second_db)
+    total = expected["messages"][0]
+    assert total >= info.messages
+
+    first = [*args, "--defer-indexes"] if defer else args
+    proc = subprocess.Popen([DONNACTL, *first, "--dbname", scratch_db],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while _count_messages(settings, scratch_db) < 2_000 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = _count_messages(settings, scratch_db)
+    assert 0 < partial < total, "the kill must land mid-import"
+    if defer:
+        defs, comment = _messages_indexes(settings, scratch_db)
+        assert len(defs) == 2 and comment.startswith("donnadb legacy import")
+
+    # The re-run needs no flag: a deferred-index marker is found and finished.
+    done = run_cli(*args, "--dbname", scratch_db)
+    assert done.returncode == 0, done.stderr
+    assert checksums(settings, scratch_db) == expected
+    assert _messages_indexes(settings, scratch_db) == _messages_indexes(settings, second_db)
+
+
+def test_defer_indexes_refuses_a_non_empty_messages_table(settings, scratch_db, tmp_path):
+    root = tmp_path / "data"
+    generate(root, users=3, chats=4, deviations=False)
+    args = ["migrate-data", "import", "--data-dir", str(root), "--dbname", scratch_db,
+            "--report-dir", str(tmp_path / "r")]
+    assert run_cli(*args).returncode == 0
+    refused = run_cli(*args, "--defer-indexes")
+    assert refused.returncode == 3
+    assert "initial load" in refused.stderr
+    assert len(_messages_indexes(settings, scratch_db)[0]) == 8

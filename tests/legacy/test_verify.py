@@ -1,0 +1,39 @@
+"""verify: any difference between files and database is found and exits 1."""
+
+from __future__ import annotations
+
+import json
+
+from donnadb import db
+from donnadb.legacy.fixtures import generate
+from donnadb.legacy.importer import import_data_dir
+from donnadb.legacy.reader import LegacyReader
+from tests.legacy.conftest import run_cli
+
+
+def test_verify_detects_a_changed_message_a_missing_chat_and_a_changed_memory_value(
+        settings, scratch_db, tmp_path):
+    root = tmp_path / "data"
+    generate(root, users=6, chats=12, deviations=False)
+    with db.connect("migrator", settings=settings, dbname=scratch_db, autocommit=True) as conn:
+        import_data_dir(LegacyReader.open(root), conn, batch_size=100)
+    ok = run_cli("migrate-data", "verify", "--data-dir", str(root), "--dbname", scratch_db)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "verify ok" in ok.stdout
+
+    with db.connect("migrator", settings=settings, dbname=scratch_db) as conn:
+        conn.execute(
+            "UPDATE messages SET content = content || '!' WHERE sequence_number = 2 AND "
+            "chat_session_id = (SELECT id FROM chat_sessions WHERE chat_id = 'c_7000003')")
+        conn.execute("DELETE FROM chat_sessions WHERE chat_id = 'c_7000005'")
+        conn.execute("UPDATE user_memory SET value = '\"fish\"' WHERE key = 'pet' AND user_id = "
+                     "(SELECT id FROM users WHERE email = 'u0@example.com')")
+        conn.commit()
+    bad = run_cli("migrate-data", "verify", "--data-dir", str(root), "--dbname", scratch_db,
+                  "--json")
+    assert bad.returncode == 1, bad.stderr
+    found = {(d["kind"], d["key"]) for d in json.loads(bad.stdout)["differences"]}
+    assert ("messages_differ", "c_7000003") in found
+    assert ("chat_missing", "c_7000005") in found
+    assert any(kind == "memory_differs" and key.endswith("/context/pet") for kind, key in found)
+    assert len(found) == 3

@@ -1,0 +1,70 @@
+"""The CI-sized load test: 60 users for 45 s through PgBouncer, judged by the SLO gate.
+
+It asserts the gate's verdict and that every scenario's query shows up in the stats,
+with its server-side and PgBouncer figures. (The full run is `make loadtest`.)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from donnadb.errors import UsageError
+from loadtest import runner
+from loadtest.names import QUERY_NAMES
+from tests.loadtest.conftest import PGBOUNCER_PORT
+
+
+def test_short_run_passes_the_gate_and_reports_every_query(settings, seeded_db, tmp_path):
+    opts = runner.RunOptions(users=60, spawn_rate=30, duration="45s", out_dir=tmp_path,
+                             dbname=seeded_db, pgbouncer_port=PGBOUNCER_PORT, pool_size=30)
+    result = runner.run(opts, settings)
+
+    names = {q.name for q in result.verdict.queries if q.requests > 0}
+    assert set(QUERY_NAMES) <= names, set(QUERY_NAMES) - names
+    assert result.verdict.passed, [c for c in result.verdict.checks if not c.ok]
+    assert sum(q.failures for q in result.verdict.queries) == 0
+
+    # Server side: PgBouncer counted our transactions; pg_stat_statements saw our SQL.
+    assert result.pool["transactions"] > 0
+    assert 0.0 < result.pool["efficiency"] <= 1.0
+    assert result.pool["peak_server_connections"] >= 1
+    assert result.statements["error"] is None, result.statements
+    top = " ".join(r["query"] for r in result.statements["top"])
+    assert "messages" in top
+
+    for key in ("stats_csv", "html", "png"):
+        assert (tmp_path / result.files[key].rsplit("/", 1)[-1]).stat().st_size > 0
+    verdict = json.loads((tmp_path / "verdict.json").read_text(encoding="utf-8"))
+    assert verdict["verdict"]["passed"] is True
+    # Ramp-up excluded: --reset-stats restarted the counters once all users ran, so
+    # the final stats hold fewer requests than the whole history.
+    with (tmp_path / "locust_stats_history.csv").open(encoding="utf-8") as f:
+        history = [r for r in csv.DictReader(f) if r["Name"] == "Aggregated"]
+    assert max(int(r["User Count"]) for r in history) == 60
+
+
+@pytest.mark.parametrize("bad", ["", "5x", "0", "m"])
+def test_bad_durations_are_refused(bad):
+    with pytest.raises(UsageError, match="duration"):
+        runner.parse_duration(bad)
+
+
+def test_durations():
+    assert [runner.parse_duration(t) for t in ("90", "45s", "5m", "1h30m")] == [
+        90, 45, 300, 5400]
+
+
+def test_processes_and_master_exclude_each_other():
+    with pytest.raises(UsageError, match="not both"):
+        runner.RunOptions(processes=2, expect_workers=2).validate()
+
+
+def test_locust_command_excludes_ramp_up_and_passes_options_to_workers():
+    cmd = runner.locust_command(runner.RunOptions(users=10, dbname="x", expect_workers=2))
+    assert "--reset-stats" in cmd and "--headless" in cmd
+    assert cmd[cmd.index("--expect-workers") + 1] == "2"
+    assert cmd[cmd.index("--donna-dbname") + 1] == "x"
+    assert cmd[-1] == "ChatUser"

@@ -1,0 +1,29 @@
+"""Structured JSON logs with a trace id, for every command."""
+
+import json
+
+
+def test_each_command_logs_json_lines_with_one_trace_id(cli):
+    done = cli("status", "--json", env={"DONNADB_TRACE_ID": "trace-abc"})
+    assert done.returncode == 0
+    lines = [json.loads(line) for line in cli.log_file.read_text().splitlines()]
+    assert [line["message"] for line in lines] == ["command started", "command finished"]
+    assert {line["trace_id"] for line in lines} == {"trace-abc"}
+    assert lines[1]["context"]["exit_code"] == 0 and lines[1]["context"]["command"] == "status"
+    assert cli.log_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_failures_are_logged_with_the_traceback_but_shown_in_one_line(cli):
+    done = cli("status", env={"DB_PORT": "1"})
+    assert done.returncode == 4 and done.stderr.count("\n") == 1
+    lines = [json.loads(line) for line in cli.log_file.read_text().splitlines()]
+    failed = next(line for line in lines if line["message"].startswith("command failed"))
+    assert "Traceback" in failed["exc"] and failed["level"] == "error"
+    assert lines[-1]["context"]["exit_code"] == 4
+    assert len({line["trace_id"] for line in lines}) == 1
+
+
+def test_unwritable_log_file_does_not_break_commands(cli):
+    done = cli("status", "--json", env={"OPS_LOG_FILE": "/proc/donnadb/nope.jsonl"})
+    assert done.returncode == 0
+    assert "structured log disabled: cannot write /proc/donnadb/nope.jsonl" in done.stderr

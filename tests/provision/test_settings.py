@@ -1,0 +1,43 @@
+"""group_data/all.py and its validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from donnadb import config
+from donnadb.errors import ConfigError
+from donnadb.provision.settings import load_deploy_settings
+from tests.provision.deployrun import load_group_data
+
+
+class _Data(dict):
+    def get(self, key, default=None):
+        return super().get(key, default)
+
+
+def test_group_data_defaults_match_the_runtime():
+    s = load_deploy_settings(_Data(load_group_data()))
+    defaults = config.Settings(_env_file=None)
+    assert [s.role(k) for k in ("owner", "migrator", "app", "readonly", "backup")] == [
+        defaults.db_role_owner, defaults.db_role_migrator, defaults.db_role_app,
+        defaults.db_role_readonly, defaults.db_role_backup]
+    assert (s.db_host, s.pg_port, s.db_name, s.db_passfile) == (
+        defaults.db_host, defaults.db_port, defaults.db_name, str(defaults.db_passfile))
+    assert s.roles["migrator"].member_of == (s.role("owner"),)
+    assert not s.roles["owner"].login
+
+
+@pytest.mark.parametrize("key,value", [("db_role_app", "app; DROP TABLE x"),
+                                       ("db_name", "Donna"), ("pg_cluster", "")])
+def test_unsafe_names_are_refused(key, value):
+    data = _Data(load_group_data())
+    data[key] = value
+    with pytest.raises(ConfigError, match=key):
+        load_deploy_settings(data)
+
+
+def test_missing_setting_names_it():
+    data = _Data(load_group_data())
+    del data["pg_port"]
+    with pytest.raises(ConfigError, match="pg_port is missing"):
+        load_deploy_settings(data)
