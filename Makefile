@@ -5,7 +5,13 @@ PY    := $(VENV)/bin/python
 PIP   := $(VENV)/bin/pip
 INVENTORY ?= inventory/local.py
 
-.PHONY: deploy test venv lint clean-venv
+.PHONY: deploy test venv lint clean-venv loadtest bench
+
+# `make loadtest`: issue 5's run (docs/loadtest.md); results in loadtest-results/.
+LOADTEST_ARGS ?= --users 150 --spawn-rate 25 --duration 5m
+# `make bench`: every bench/ script, each printing its ratio vs. a baseline; the output
+# is kept in bench-results/NAME.txt. Pick some with `make bench BENCHES="dal import"`.
+BENCHES ?= dal import backup_compression backup vs_pgbench capacity
 
 # Creates the venv only when pyproject.toml changed since the last install.
 $(VENV)/.installed: pyproject.toml
@@ -24,6 +30,19 @@ deploy: venv
 test: deploy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
+
+# Seeds DB_NAME once (the default scale; `seed` skips a scale already loaded).
+loadtest: deploy
+	$(VENV)/bin/donnactl loadtest seed
+	$(VENV)/bin/donnactl loadtest run $(LOADTEST_ARGS)
+
+# vs_pgbench and capacity read the seeded chats of DB_NAME.
+bench: deploy
+	$(VENV)/bin/donnactl loadtest seed
+	mkdir -p bench-results
+	set -o pipefail; for b in $(BENCHES); do \
+		echo "== bench/$$b.py"; $(PY) bench/$$b.py | tee bench-results/$$b.txt || exit 1; \
+	done
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -25,7 +25,6 @@ from pathlib import Path
 from backup_compression import seeded_database
 
 from donnadb.backup import bootstrap, pgtools, restore, snapshot
-from donnadb.backup.settings import load_backup_settings
 from donnadb.config import load_settings
 
 RTO_SECONDS = 300
@@ -46,21 +45,22 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
-    settings = load_settings()
     work = Path(tempfile.mkdtemp(prefix="donna-bench-backup-"))
-    bs = load_backup_settings(backup_repo_dir=work / "repo", backup_jobs=args.jobs,
-                              backup_encryption_key_file=None)
+    settings = load_settings(backup_repo_dir=work / "repo", backup_jobs=args.jobs)
+    settings = settings.model_copy(update={"backup_encryption_key_file": None})
     target = "donna_bench_restore"
     try:
         with seeded_database(settings, args.messages) as (name, db_size):
-            pg_dump, pg_restore = pgtools.tool(bs, "pg_dump"), pgtools.tool(bs, "pg_restore")
+            pg_dump = pgtools.tool(settings, "pg_dump")
+            pg_restore = pgtools.tool(settings, "pg_restore")
             dump_env = pgtools.libpq_env(settings, settings.role("backup"), name)
             plain = work / "plain"
 
             def plain_dump():
                 shutil.rmtree(plain, ignore_errors=True)
                 pgtools.run([pg_dump, "-Fd", f"-j{args.jobs}",
-                             f"-Z{bs.backup_compress_level}", f"-f{plain}"], dump_env, "pg_dump")
+                             f"-Z{settings.backup_compress_level}", f"-f{plain}"],
+                            dump_env, "pg_dump")
 
             def plain_restore():
                 bootstrap.drop_database(target)
@@ -79,12 +79,12 @@ def main() -> None:
             made = []
 
             def ours_dump():
-                made.append(snapshot.create_backup(settings, bs, dbname=name))
+                made.append(snapshot.create_backup(settings, dbname=name))
 
             phases = []
 
             def ours_restore():
-                phases.append(restore.restore_backup(settings, bs, made[-1], target,
+                phases.append(restore.restore_backup(settings, made[-1], target,
                                                      force=True).phases)
 
             t_dump = best_of(args.repeat, plain_dump)
@@ -93,7 +93,7 @@ def main() -> None:
             t_ours_restore = best_of(args.repeat, ours_restore)
             gib = db_size / 2**30
             print(f"database {db_size / 2**20:.0f} MiB, jobs {args.jobs}, gzip "
-                  f"{bs.backup_compress_level}, best of {args.repeat}")
+                  f"{settings.backup_compress_level}, best of {args.repeat}")
             print(f"backup : pg_dump {t_dump:7.2f} s  ours {t_ours_dump:7.2f} s  "
                   f"ratio {t_ours_dump / t_dump:.3f}")
             print(f"restore: pg_restore {t_restore:7.2f} s  ours {t_ours_restore:7.2f} s  "

@@ -21,7 +21,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from donnadb.backup import bootstrap, pgtools
-from donnadb.backup.settings import load_backup_settings
 from donnadb.config import load_settings
 from donnadb.migrate import apply_migrations
 
@@ -91,12 +90,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
-    settings, bs = load_settings(), load_backup_settings()
+    settings = load_settings()
     levels = [int(x) for x in args.levels.split(",")]
     work = Path(tempfile.mkdtemp(prefix="donna-bench-"))
     try:
         with seeded_database(settings, args.messages) as (name, db_size):
-            pg_dump = pgtools.tool(bs, "pg_dump")
+            pg_dump = pgtools.tool(settings, "pg_dump")
             env = pgtools.libpq_env(settings, settings.role("backup"), name)
             results = {}
             for level in levels:

@@ -1,6 +1,7 @@
 """The DAL's history read vs. pgbench running the same SQL: how close to the limit?
 
-    .venv/bin/python bench/vs_pgbench.py --clients 10 --seconds 20 [--pgbouncer-port 6432]
+    .venv/bin/python bench/vs_pgbench.py --clients 10 --seconds 10 --rounds 3 \
+        [--pgbouncer-port 6432]
 
 1. picks the seeded chats (`donnactl loadtest seed` first) of DB_NAME (or --dbname);
 2. baseline: ``pgbench -M prepared -n -c N -j 2 -T S -f history.sql`` as the app role,
@@ -10,7 +11,13 @@
 3. the DAL: N threads each looping ``PostgresDataAccess.get_chat_history(chat, 20)``
    over random seeded chats for S seconds (psycopg prepares after 5 executions, the
    same protocol as -M prepared; through PgBouncer it cannot, as the DAL disables it);
-4. prints both rates and the DAL's share of pgbench's (the issue's goal: >= 0.7).
+4. a bare ``psycopg_pool`` loop (same threads, same SQL, default row tuples, no DAL
+   code) separates the DAL's own cost from psycopg's and Python threads';
+5. repeats 2-4 ``--rounds`` times interleaved (the host is shared: a neighbour's load
+   hits both sides of a round alike) and prints each round, the median of the DAL's
+   share of pgbench's throughput (the issue's goal: >= 0.7), the DAL process's CPU
+   use (CPU seconds per wall second: 1.0 = one core, the most a GIL-bound process
+   can use) and the load average.
 
 Runs as root on the deployed host (the passfile is root's); nothing is written.
 """
@@ -21,6 +28,8 @@ import argparse
 import os
 import random
 import re
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +39,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from psycopg_pool import ConnectionPool  # noqa: E402
+
 from donnadb import db  # noqa: E402
 from donnadb.config import load_settings  # noqa: E402
 from donnadb.dal import PostgresDataAccess  # noqa: E402
@@ -37,6 +48,86 @@ from donnadb.dal import postgres_sql as q  # noqa: E402
 from loadtest.seed import CHAT_PREFIX  # noqa: E402
 
 CHATS_SQL = "SELECT count(*) FROM chat_sessions WHERE chat_id LIKE %s"
+# The backends serving the benchmark: the app role's in the benchmark's database.
+BACKENDS_SQL = "SELECT pid FROM pg_stat_activity WHERE datname = %s AND usename = %s"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a local process from /proc, or None once it has exited."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def _pgbouncer_pids() -> list[int]:
+    return [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/comm")
+            if _read(p) == "pgbouncer"]
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+class ServerCpu:
+    """CPU the server side spent during a run: the app role's backends in the database
+    (sampled from /proc every 0.2 s, so a backend that exits loses at most its last
+    0.2 s) plus, through PgBouncer, PgBouncer's process. Other sessions of that role in
+    that database (and other PgBouncer clients) count too: the report says so."""
+
+    def __init__(self, settings, dbname: str) -> None:
+        self.settings, self.dbname = settings, dbname
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _sample(self, conn) -> None:
+        pids = [r[0] for r in conn.execute(
+            BACKENDS_SQL, (self.dbname, self.settings.db_role_app)).fetchall()]
+        if self.settings.pgbouncer_port is not None:
+            pids += [-p for p in _pgbouncer_pids()]
+        for pid in pids:
+            cpu = _cpu_seconds(abs(pid))
+            if cpu is not None:
+                self.first.setdefault(pid, cpu)
+                self.last[pid] = cpu
+
+    def _loop(self) -> None:
+        with db.connection("readonly", settings=self.settings, dbname=self.dbname) as conn:
+            conn.autocommit = True
+            while True:
+                self._sample(conn)
+                if self.stop.wait(0.2):
+                    self._sample(conn)
+                    return
+
+    def __enter__(self) -> ServerCpu:
+        self.thread.start()
+        time.sleep(0.3)  # the first sample sets every existing backend's baseline
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.last[p] - self.first[p] for p in self.last)
+
+
+class Run:
+    """One side of a round: rate, and CPU microseconds per query on each side."""
+
+    def __init__(self, rate: float, queries: int, client_cpu: float, server_cpu: float):
+        self.rate = rate
+        self.client_us = client_cpu / max(queries, 1) * 1e6
+        self.server_us = server_cpu / max(queries, 1) * 1e6
 
 
 def pgbench_script(n_chats: int) -> str:
@@ -49,7 +140,7 @@ def pgbench_script(n_chats: int) -> str:
 
 
 def run_pgbench(settings, dbname: str, port: int, clients: int, seconds: int,
-                n_chats: int, prepared: bool) -> float:
+                n_chats: int, prepared: bool) -> Run:
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
         f.write(pgbench_script(n_chats))
         script = f.name
@@ -59,49 +150,91 @@ def run_pgbench(settings, dbname: str, port: int, clients: int, seconds: int,
                "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(seconds),
                "-h", settings.db_host, "-p", str(port), "-U", settings.db_role_app,
                "-f", script, dbname]
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        with ServerCpu(settings, dbname) as server:
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                                 check=True).stdout
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
     finally:
         os.unlink(script)
     m = re.search(r"tps = ([\d.]+)", out)
-    if not m:
+    n = re.search(r"number of transactions actually processed: (\d+)", out)
+    if not m or not n:
         raise SystemExit(f"pgbench printed no tps:\n{out}")
-    return float(m.group(1))
+    client = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Run(float(m.group(1)), int(n.group(1)), client, server.seconds)
 
 
-def run_dal(settings, dbname: str, clients: int, seconds: int, n_chats: int) -> float:
-    s = settings.model_copy(update={"db_max_connections": clients})
-    dal = PostgresDataAccess(s, dbname=dbname, min_size=clients)
-    chats = [f"{CHAT_PREFIX}{i:07d}" for i in range(n_chats)]
+def _threads(settings, dbname: str, clients: int, seconds: int, call) -> Run:
+    """``clients`` threads calling ``call(rng)`` for ``seconds``."""
     counts = [0] * clients
     stop = threading.Event()
 
     def loop(k: int) -> None:
         rng = random.Random(k)  # noqa: S311 - picks chats, not secrets
         while not stop.is_set():
-            dal.get_chat_history(rng.choice(chats), 20)
+            call(rng)
             counts[k] += 1
 
-    try:
-        # Warm up: open every connection and let psycopg prepare the statement.
-        for c in chats[: clients * 10]:
-            dal.get_chat_history(c, 20)
-        threads = [threading.Thread(target=loop, args=(k,)) for k in range(clients)]
-        start = time.perf_counter()
+    threads = [threading.Thread(target=loop, args=(k,)) for k in range(clients)]
+    with ServerCpu(settings, dbname) as server:
+        cpu0, start = time.process_time(), time.perf_counter()
         for t in threads:
             t.start()
         time.sleep(seconds)
         stop.set()
         for t in threads:
             t.join()
-        return sum(counts) / (time.perf_counter() - start)
+        wall = time.perf_counter() - start
+        # The sampler's own CPU (one query per 0.2 s) is negligible next to the load.
+        client = time.process_time() - cpu0
+    return Run(sum(counts) / wall, sum(counts), client, server.seconds)
+
+
+def run_dal(settings, dbname: str, clients: int, seconds: int,
+            chats: list[str]) -> Run:
+    s = settings.model_copy(update={"db_max_connections": clients})
+    dal = PostgresDataAccess(s, dbname=dbname, min_size=clients)
+    try:
+        # Warm up: open every connection and let psycopg prepare the statement.
+        for c in chats[: clients * 10]:
+            dal.get_chat_history(c, 20)
+        return _threads(settings, dbname, clients, seconds,
+                        lambda rng: dal.get_chat_history(rng.choice(chats), 20))
     finally:
         dal.close()
+
+
+def run_bare(settings, dbname: str, clients: int, seconds: int,
+             chats: list[str]) -> Run:
+    """The floor under the DAL: psycopg_pool, tuples, no checkout check, no DAL code."""
+    kwargs: dict = {"autocommit": True}
+    if settings.pgbouncer_port is not None:
+        kwargs["prepare_threshold"] = None
+    info = db.conninfo("app", settings=settings, dbname=dbname)
+    with ConnectionPool(info, min_size=clients, max_size=clients, kwargs=kwargs) as pool:
+        pool.wait()
+
+        def call(rng: random.Random) -> None:
+            with pool.connection() as conn:
+                conn.execute(q.SELECT_HISTORY,
+                             {"chat_id": rng.choice(chats), "limit": 20, "offset": 0}).fetchall()
+
+        warm = random.Random(0)  # noqa: S311 - picks chats, not secrets
+        for _ in range(clients * 10):
+            call(warm)
+        return _threads(settings, dbname, clients, seconds, call)
+
+
+def cpu(run: Run) -> str:
+    return f"{run.client_us:.0f} / {run.server_us:.0f}"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=10)
-    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--seconds", type=int, default=10, help="per run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions")
     parser.add_argument("--dbname", default=None)
     parser.add_argument("--pgbouncer-port", type=int, default=0,
                         help="run both through PgBouncer (0: direct)")
@@ -117,14 +250,29 @@ def main() -> int:
     port = args.pgbouncer_port or settings.db_port
     # Through PgBouncer (transaction pooling) neither side may use prepared statements.
     prepared = not args.pgbouncer_port
-    base = run_pgbench(settings, dbname, port, args.clients, args.seconds, n_chats, prepared)
-    dal = run_dal(settings, dbname, args.clients, args.seconds, n_chats)
+    chats = [f"{CHAT_PREFIX}{i:07d}" for i in range(n_chats)]
     via = f"PgBouncer :{port}" if args.pgbouncer_port else f"PostgreSQL :{port}"
-    print(f"history read, {args.clients} clients, {args.seconds} s each, {n_chats:,} chats, "
-          f"via {via}")
-    print(f"  pgbench -M {'prepared' if prepared else 'extended'}: {base:10,.0f} tps")
-    print(f"  DAL get_chat_history:  {dal:10,.0f} qps")
-    print(f"  DAL / pgbench:         {dal / base:10.2f}  (goal >= 0.70)")
+    print(f"history read, {args.clients} clients, {args.seconds} s per run, {n_chats:,} chats, "
+          f"via {via}, pgbench -M {'prepared' if prepared else 'extended'}, "
+          f"load average at start {os.getloadavg()[0]:.1f}", flush=True)
+    print("CPU columns: microseconds of CPU per query, client process / server side "
+          "(the app role's backends in the database, plus PgBouncer's process through it)")
+    print("| round | pgbench tps | pgbench CPU µs | DAL qps | DAL CPU µs | bare pool qps "
+          "| bare CPU µs | DAL / pgbench | bare / pgbench | load avg |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+    ratios, bare_ratios = [], []
+    for r in range(1, args.rounds + 1):
+        base = run_pgbench(settings, dbname, port, args.clients, args.seconds, n_chats,
+                           prepared)
+        dal = run_dal(settings, dbname, args.clients, args.seconds, chats)
+        bare = run_bare(settings, dbname, args.clients, args.seconds, chats)
+        ratios.append(dal.rate / base.rate)
+        bare_ratios.append(bare.rate / base.rate)
+        print(f"| {r} | {base.rate:,.0f} | {cpu(base)} | {dal.rate:,.0f} | {cpu(dal)} | "
+              f"{bare.rate:,.0f} | {cpu(bare)} | {dal.rate / base.rate:.2f} | "
+              f"{bare.rate / base.rate:.2f} | {os.getloadavg()[0]:.1f} |", flush=True)
+    print(f"median DAL / pgbench: {statistics.median(ratios):.2f} (goal >= 0.70); "
+          f"bare psycopg_pool / pgbench: {statistics.median(bare_ratios):.2f}")
     return 0
 
 

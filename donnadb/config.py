@@ -5,6 +5,11 @@ Precedence, highest first: command-line flag (passed as keyword arguments to
 writes from ``group_data`` (``/etc/donnadb/donnadb.env``), then the defaults below.
 Variable names are the plan's (``DB_HOST``, ``DATA_STORAGE_TYPE`` ...).
 
+Backups (``BACKUP_*``, ``PGBACKREST_*``) are settings here too; the deploy writes them
+to their own file, ``/etc/donnadb/backup.env``, read after ``donnadb.env``. S3
+credentials are never settings: boto3's usual chain (environment, profile, instance
+role) supplies them.
+
 Passwords are never settings: every role's password lives in the libpq password
 file the deploy generates (``DB_PASSFILE``, mode 0600), which psycopg, psql,
 pg_dump and pgcli all read without a password ever reaching argv or a log.
@@ -19,13 +24,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from donnadb.errors import ConfigError
 
 #: Written by the deploy from group_data; read by every donnactl command on the host.
 HOST_ENV_FILE = Path(os.environ.get("DONNADB_HOST_ENV", "/etc/donnadb/donnadb.env"))
+#: Written by the deploy (donnadb/provision/backups.py) from group_data's backup_* keys.
+BACKUP_ENV_FILE = Path(os.environ.get("DONNADB_BACKUP_ENV", "/etc/donnadb/backup.env"))
 #: Where the deploy keeps generated role passwords (libpq passfile format, 0600).
 DEFAULT_PASSFILE = Path("/etc/donnadb/pgpass")
 
@@ -36,12 +43,17 @@ ROLE_APP = "donna_app"
 ROLE_READONLY = "donna_readonly"
 ROLE_BACKUP = "donna_backup"
 
+MIB = 1024 * 1024
+#: Chosen by bench/backup_compression.py (see docs/backup.md): gzip level 1 keeps
+#: most of level 6's size saving at a fraction of its CPU time.
+DEFAULT_COMPRESS_LEVEL = 1
+
 
 class Settings(BaseSettings):
     """Runtime configuration, validated at start-up."""
 
     model_config = SettingsConfigDict(
-        env_file=(HOST_ENV_FILE, ".env"),  # later files win
+        env_file=(HOST_ENV_FILE, BACKUP_ENV_FILE, ".env"),  # later files win
         env_file_encoding="utf-8",
         extra="ignore",
         case_sensitive=False,
@@ -92,7 +104,7 @@ class Settings(BaseSettings):
     health_long_xact_crit_seconds: float = Field(1800.0, ge=0)
     health_replication_lag_warn_seconds: float = Field(30.0, ge=0)
     health_replication_lag_crit_seconds: float = Field(300.0, ge=0)
-    health_backup_max_age_hours: float = Field(26.0, ge=0)
+    # backup_age WARNING is BACKUP_MAX_AGE_HOURS (below), the threshold `backup check` uses.
     health_backup_crit_age_hours: float = Field(50.0, ge=0)
     #: When false, "no backup known" is OK instead of WARNING (hosts without backups yet).
     health_backup_required: bool = True
@@ -113,6 +125,51 @@ class Settings(BaseSettings):
     metrics_textfile: Path = Path("/var/lib/prometheus/node-exporter/donnadb.prom")
     #: PgBouncer's auth_file; `roles rotate` rewrites the role's line when the file exists.
     pgbouncer_auth_file: Path = Path("/etc/pgbouncer/userlist.txt")
+
+    # Backups (donnactl backup; docs/backup.md): local repository and pg_dump.
+    backup_repo_dir: Path = Path("/var/backups/donna")
+    backup_jobs: int = Field(2, ge=1, le=64)
+    backup_compress_level: int = Field(DEFAULT_COMPRESS_LEVEL, ge=0, le=9)
+    backup_pg_bin_dir: Path = Path("/usr/lib/postgresql/15/bin")
+    # Retention (keep last N, then one per day / ISO week / month).
+    backup_keep_last: int = Field(7, ge=1)
+    backup_keep_daily: int = Field(7, ge=0)
+    backup_keep_weekly: int = Field(4, ge=0)
+    backup_keep_monthly: int = Field(6, ge=0)
+    #: Client-side AES-256-GCM: off unless set. The key file (0600, one 64-hex key per
+    #: line, the first encrypts) must be kept outside the backups: losing it loses them.
+    backup_encryption_key_file: Path | None = None
+    #: `backup check` fails, and `health` warns (backup_age), when the newest good backup
+    #: is older. HEALTH_BACKUP_MAX_AGE_HOURS is still read as a deprecated alias.
+    backup_max_age_hours: float = Field(
+        26.0, gt=0,
+        validation_alias=AliasChoices("backup_max_age_hours", "health_backup_max_age_hours"))
+    # S3 copy (off unless a bucket is set).
+    backup_s3_bucket: str | None = None
+    backup_s3_prefix: str = "donna/"
+    backup_s3_region: str | None = None
+    backup_s3_endpoint_url: str | None = None
+    backup_s3_profile: str | None = None
+    backup_s3_storage_class: str = "STANDARD_IA"
+    #: "AES256", "aws:kms" or "" for none.
+    backup_s3_sse: str = "AES256"
+    backup_s3_kms_key_id: str | None = None
+    #: Smallest multipart part (S3 allows 5 MiB..5 GiB); parts grow so no upload needs
+    #: more than 10,000.
+    backup_s3_min_part_size: int = Field(64 * MIB, ge=5 * MIB, le=5 * 1024 * MIB)
+    backup_s3_max_attempts: int = Field(10, ge=1)
+    # pgBackRest (physical backups, point-in-time recovery); off until the deploy has
+    # configured WAL archiving (group_data pgbackrest_enabled).
+    pgbackrest_enabled: bool = False
+    pgbackrest_stanza: str = "donna"
+    pgbackrest_config: Path = Path("/etc/pgbackrest/pgbackrest.conf")
+    pg_version: int = 15
+    pg_cluster: str = "main"
+    pg_data_dir: Path | None = None  # None: /var/lib/postgresql/<version>/<cluster>
+
+    @property
+    def s3_enabled(self) -> bool:
+        return bool(self.backup_s3_bucket)
 
     def role(self, kind: str) -> str:
         """Role name for ``kind`` in owner|migrator|app|readonly|backup."""

@@ -85,6 +85,10 @@ def connect(kind: str = "app", *, settings: Settings | None = None, **kwargs) ->
     """
     dbname = kwargs.pop("dbname", None)
     info = conninfo(kind, settings=settings, dbname=dbname)
+    s = settings or get_settings()
+    if kind == "app" and s.pgbouncer_port is not None:
+        # PgBouncer's transaction pooling cannot keep server-side prepared statements.
+        kwargs.setdefault("prepare_threshold", None)
     try:
         return psycopg.connect(info, **kwargs)
     except psycopg.OperationalError as exc:
@@ -110,7 +114,7 @@ def describe_connect_error(exc: psycopg.OperationalError, info: str) -> str:
     where = f"{params.get('user')}@{params.get('host')}:{params.get('port')}/{params.get('dbname')}"
     # libpq's messages span lines (one per address tried, hints): fold them into one.
     text = " ".join(str(exc).split()) or type(exc).__name__
-    if "password authentication failed" in text:
+    if "password authentication failed" in text or "SASL authentication failed" in text:
         hint = "the stored password is stale: run `make deploy` to re-sync role passwords"
     elif any(w in text for w in ("Connection refused", "could not connect", "timeout",
                                  "server running")):

@@ -124,7 +124,7 @@ donnadb_checkout = None
 
 
 # --- Backups (donnadb/provision/backups.py -> /etc/donnadb/backup.env) ---------------
-# None keeps the runtime default of donnadb/backup/settings.py.
+# None keeps the runtime default of donnadb/config.py (Settings.backup_*).
 backup_repo_dir = "/var/backups/donna"  # local repository, 0700 root
 backup_jobs = 2  # pg_dump/pg_restore parallel jobs: about the number of cores
 backup_compress_level = None  # gzip level; default 1, measured: bench/backup_compression.py
@@ -133,7 +133,8 @@ backup_keep_last = 7
 backup_keep_daily = 7
 backup_keep_weekly = 4
 backup_keep_monthly = 6
-# `donnactl backup check` (hourly) fails when the newest good backup is older than this.
+# `donnactl backup check` (hourly) fails, and `donnactl health` warns, when the newest
+# good backup is older than this.
 backup_max_age_hours = 26
 # S3 copy: {} is off. Keys: bucket, prefix, region, storage_class (STANDARD_IA), sse
 # (AES256 | aws:kms | ""), kms_key_id, endpoint_url. Credentials: instance role/profile.
@@ -155,8 +156,9 @@ pgbackrest_stanza = "donna"
 
 
 # --- PgBouncer (donnadb/provision/pgbouncer.py; docs/loadtest.md) --------------------
-# Transaction pooling on its own port; the app role connects through it when
-# PGBOUNCER_PORT is set in donnadb.env. Migrations and backups always go direct.
+# Transaction pooling on its own port. The deploy writes PGBOUNCER_PORT to donnadb.env,
+# so the app role connects through it by default (donnadb/db.py); migrations, backups
+# and the operator commands always go direct to pg_port.
 pgbouncer_port = 6432
 # Keep it on loopback unless app servers elsewhere must reach it (then add a firewall).
 pgbouncer_listen_addr = "127.0.0.1"
@@ -183,5 +185,63 @@ pgbouncer_max_db_connections = 60
 pgbouncer_server_idle_timeout = 600
 # A client waiting longer than this for a server connection gets an error.
 pgbouncer_query_wait_timeout = 120
-# Serve every other database of the server too ("*" entry; each needs the lookup SQL).
+# Serve every other database of the server too ("*" entry): scratch and restored
+# databases; each database's bootstrap installs the lookup (provision/bootstrap.py).
 pgbouncer_fallback_database = True
+
+
+# --- Operations (donnadb/provision/opsjobs.py; docs/runbook.md) ----------------------
+# job -> (systemd OnCalendar, cron schedule) for the scheduled donnactl commands. The
+# systemd timers are installed always and enabled where systemd runs; elsewhere the
+# same jobs go to /etc/cron.d/donna-ops. Leave a job out with None: {"metrics": None}.
+ops_schedule = {
+    # `donnactl partitions maintain --json`: premake system_logs partitions, archive and
+    # drop the expired ones. Daily, before the 02:15 backup snapshot.
+    "partitions": ("*-*-* 01:10:00", "10 1 * * *"),
+    # `donnactl retention run --yes --json`: delete expired rows (LOG_RETENTION_MONTHS,
+    # user_memory.expires_at). Daily, after the partitions and before the snapshot.
+    "retention": ("*-*-* 01:40:00", "40 1 * * *"),
+    # `donnactl metrics --textfile-default`: one scrape for node_exporter's textfile
+    # collector every minute (or run `donnactl metrics --serve 9187` as a service).
+    "metrics": ("*-*-* *:*:00", "* * * * *"),
+}
+# Ops settings written to donnadb.env (NAME=value; names are donnadb/config.py's fields,
+# checked at deploy time). Health pairs are WARNING then CRITICAL (`donnactl health`,
+# the alert rules of `donnactl metrics --rules`).
+ops_env = {
+    # Connections in use, % of max_connections.
+    "HEALTH_CONNECTIONS_WARN_PCT": 75,
+    "HEALTH_CONNECTIONS_CRIT_PCT": 90,
+    # Buffer cache hit ratio below this %.
+    "HEALTH_CACHE_HIT_WARN_PCT": 95,
+    "HEALTH_CACHE_HIT_CRIT_PCT": 85,
+    # A query running longer than this (s): 1 min warns, 5 min is critical.
+    "HEALTH_LONG_QUERY_WARN_SECONDS": 60,
+    "HEALTH_LONG_QUERY_CRIT_SECONDS": 300,
+    # A transaction open longer than this (s): it holds back VACUUM.
+    "HEALTH_LONG_XACT_WARN_SECONDS": 300,
+    "HEALTH_LONG_XACT_CRIT_SECONDS": 1800,
+    # Replica lag (s), once a standby exists.
+    "HEALTH_REPLICATION_LAG_WARN_SECONDS": 30,
+    "HEALTH_REPLICATION_LAG_CRIT_SECONDS": 300,
+    # Newest good backup older than this is critical (the warning is backup_max_age_hours).
+    "HEALTH_BACKUP_CRIT_AGE_HOURS": 50,
+    # "No backup known" warns; false on hosts that are backed up elsewhere.
+    "HEALTH_BACKUP_REQUIRED": "true",
+    # Future system_logs partitions left: the daily maintain job keeps PARTITION_PREMAKE.
+    "HEALTH_PARTITIONS_AHEAD_WARN": 2,
+    "HEALTH_PARTITIONS_AHEAD_CRIT": 1,
+    # Dead tuples, % of a table's tuples (`donnactl vacuum report` lists them).
+    "HEALTH_BLOAT_WARN_PCT": 30,
+    "HEALTH_BLOAT_CRIT_PCT": 60,
+    # Age of the oldest unfrozen transaction id, % of the 2^31 wraparound limit.
+    "HEALTH_WRAPAROUND_WARN_PCT": 50,
+    "HEALTH_WRAPAROUND_CRIT_PCT": 80,
+    # Monthly system_logs partitions made ahead, and months of log rows kept.
+    "PARTITION_PREMAKE": 4,
+    "LOG_RETENTION_MONTHS": 6,
+    # Detached log partitions are archived here (gzip'd COPY, 0700) before the drop.
+    "LOG_ARCHIVE_DIR": "/var/backups/donna-logs",
+    # node_exporter's textfile collector directory (the deploy creates it, 0755).
+    "METRICS_TEXTFILE": "/var/lib/prometheus/node-exporter/donnadb.prom",
+}

@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import subprocess
 import uuid
-from pathlib import Path
-
-import jinja2
 
 from donnadb.config import Settings
-
-TEMPLATES = Path(__file__).resolve().parent.parent / "donnadb" / "provision" / "templates"
+from donnadb.provision import bootstrap
 
 
 def superuser_psql(sql: str, dbname: str = "postgres", *, port: int | None = None) -> str:
@@ -33,15 +29,8 @@ def superuser_psql(sql: str, dbname: str = "postgres", *, port: int | None = Non
 
 
 def render_database_sql(settings: Settings) -> str:
-    """The deploy's database bootstrap SQL, rendered for ``settings``' role names."""
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=False)  # noqa: S701 - SQL, not HTML
-    return env.get_template("database.sql.j2").render(
-        owner=settings.db_role_owner,
-        migrator=settings.db_role_migrator,
-        app=settings.db_role_app,
-        readonly=settings.db_role_readonly,
-        backup=settings.db_role_backup,
-    )
+    """The deploy's database bootstrap SQL (PgBouncer's lookup included) for ``settings``."""
+    return bootstrap.render_for_settings(settings)
 
 
 def create_scratch_database(settings: Settings, prefix: str = "donna_test") -> str:

@@ -9,15 +9,12 @@ password exists anywhere. SQL goes to psql on stdin, never in argv.
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
-import jinja2
 from psycopg import sql
 
 from donnadb.config import Settings
 from donnadb.errors import DatabaseError
-
-TEMPLATES = Path(__file__).resolve().parent.parent / "provision" / "templates"
+from donnadb.provision import bootstrap
 
 SQL_DATABASE_EXISTS = "SELECT 1 FROM pg_database WHERE datname = {name}"
 SQL_CREATE_DATABASE = "CREATE DATABASE {name} OWNER {owner}"
@@ -42,16 +39,12 @@ def superuser_psql(script: str, dbname: str = "postgres", *, port: int | None = 
 
 
 def render_database_sql(settings: Settings) -> str:
-    """The deploy's database bootstrap SQL, rendered for ``settings``' role names."""
-    loader = jinja2.FileSystemLoader(TEMPLATES)
-    env = jinja2.Environment(loader=loader, autoescape=False)  # noqa: S701 - SQL, not HTML
-    return env.get_template("database.sql.j2").render(
-        owner=settings.db_role_owner,
-        migrator=settings.db_role_migrator,
-        app=settings.db_role_app,
-        readonly=settings.db_role_readonly,
-        backup=settings.db_role_backup,
-    )
+    """The deploy's database bootstrap SQL for ``settings``' role names.
+
+    It includes PgBouncer's login lookup, so a restored database is reachable through
+    PgBouncer like the deployed one (one renderer: donnadb/provision/bootstrap.py).
+    """
+    return bootstrap.render_for_settings(settings)
 
 
 def _literal(script: sql.Composable) -> str:

@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 from donnadb.backup import storage_local
-from donnadb.backup.settings import BackupSettings
 from donnadb.backup.storage_s3 import S3Store
+from donnadb.config import Settings
 
 
 @dataclass
@@ -30,10 +30,10 @@ def _age(finished: datetime | None, now: datetime) -> float | None:
     return round((now - finished).total_seconds() / 3600, 4) if finished else None
 
 
-def local_rows(bs: BackupSettings, now: datetime | None = None) -> list[Row]:
+def local_rows(settings: Settings, now: datetime | None = None) -> list[Row]:
     now = now or datetime.now(UTC)
     rows = []
-    for b in storage_local.list_backups(bs.backup_repo_dir):
+    for b in storage_local.list_backups(settings.backup_repo_dir):
         m = b.manifest
         rows.append(Row(
             b.backup_id, "local", b.good, m.finished_at if m else None,
@@ -57,8 +57,8 @@ def remote_rows(store: S3Store, now: datetime | None = None) -> list[Row]:
     return rows
 
 
-def all_rows(bs: BackupSettings, *, local: bool = True, remote: bool = True) -> list[Row]:
-    rows = local_rows(bs) if local else []
-    if remote and bs.s3_enabled:
-        rows += remote_rows(S3Store(bs))
+def all_rows(settings: Settings, *, local: bool = True, remote: bool = True) -> list[Row]:
+    rows = local_rows(settings) if local else []
+    if remote and settings.s3_enabled:
+        rows += remote_rows(S3Store(settings))
     return sorted(rows, key=lambda r: (r.backup_id, r.where))

@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 from donnadb.backup import catalog, storage_local
-from donnadb.backup.settings import BackupSettings
 from donnadb.backup.storage_s3 import S3Store
+from donnadb.config import Settings
 
 
 @dataclass
@@ -38,14 +38,14 @@ def _newest_good(rows: list[catalog.Row]) -> catalog.Row | None:
     return min(good, key=lambda r: r.age_hours) if good else None
 
 
-def check_backups(bs: BackupSettings, *, now: datetime | None = None,
+def check_backups(settings: Settings, *, now: datetime | None = None,
                   engine: dict | None = None) -> CheckReport:
     """Check freshness and leftovers; never raises for a stale backup (see ``ok``)."""
     now = now or datetime.now(UTC)
-    limit = bs.backup_max_age_hours
+    limit = settings.backup_max_age_hours
     report = CheckReport(ok=True, max_age_hours=limit, engine=engine)
-    places = [("local", catalog.local_rows(bs, now))]
-    store = S3Store(bs) if bs.s3_enabled else None
+    places = [("local", catalog.local_rows(settings, now))]
+    store = S3Store(settings) if settings.s3_enabled else None
     if store:
         places.append(("s3", catalog.remote_rows(store, now)))
         report.unfinished_uploads = store.unfinished_uploads()
@@ -59,7 +59,7 @@ def check_backups(bs: BackupSettings, *, now: datetime | None = None,
             report.problems.append(
                 f"newest good {where} backup {newest.backup_id} is {newest.age_hours:.1f} h "
                 f"old (limit {limit:g} h); is the backup timer running?")
-    report.partials = [p.name for p in storage_local.partials(bs.backup_repo_dir)]
+    report.partials = [p.name for p in storage_local.partials(settings.backup_repo_dir)]
     if report.partials:
         report.warnings.append(f"{len(report.partials)} unfinished backup directories "
                                "(killed backups?); `donnactl backup prune` removes them")

@@ -9,21 +9,20 @@ import subprocess
 from pathlib import Path
 
 from donnadb.backup.errors import BackupError
-from donnadb.backup.settings import BackupSettings
 from donnadb.config import Settings
 
 
-def tool(bs: BackupSettings, name: str) -> str:
+def tool(settings: Settings, name: str) -> str:
     """Path of ``name`` in BACKUP_PG_BIN_DIR, else on PATH.
 
     :raises BackupError: the tool is not installed.
     """
-    candidate = bs.backup_pg_bin_dir / name
+    candidate = settings.backup_pg_bin_dir / name
     if candidate.is_file():
         return str(candidate)
     found = shutil.which(name)
     if not found:
-        raise BackupError(f"{name} not found in {bs.backup_pg_bin_dir} or PATH; "
+        raise BackupError(f"{name} not found in {settings.backup_pg_bin_dir} or PATH; "
                           "install postgresql-client or set BACKUP_PG_BIN_DIR")
     return found
 

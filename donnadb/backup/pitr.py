@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from donnadb.backup.errors import BackupError, RestoreRefused
+from donnadb.config import Settings
 from donnadb.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -84,17 +85,18 @@ class Engine:
         return done.stdout
 
 
-def engine_from_settings(bs, db_port: int) -> Engine:
-    """The stanza the deploy configured (BACKUP settings ``pgbackrest_*``, ``pg_*``).
+def engine_from_settings(settings: Settings) -> Engine:
+    """The stanza the deploy configured (settings ``pgbackrest_*``, ``pg_*``, ``db_port``).
 
     :raises ConfigError: pgBackRest is not enabled on this host.
     """
-    if not bs.pgbackrest_enabled:
+    if not settings.pgbackrest_enabled:
         raise ConfigError("pgBackRest is not enabled; set pgbackrest_enabled in "
                           "group_data/all.py and run `make deploy`")
-    data_dir = bs.pg_data_dir or Path(f"/var/lib/postgresql/{bs.pg_version}/{bs.pg_cluster}")
-    cluster = Cluster(bs.pg_version, bs.pg_cluster, db_port, data_dir)
-    return Engine(bs.pgbackrest_config, bs.pgbackrest_stanza, cluster)
+    data_dir = settings.pg_data_dir or Path(
+        f"/var/lib/postgresql/{settings.pg_version}/{settings.pg_cluster}")
+    cluster = Cluster(settings.pg_version, settings.pg_cluster, settings.db_port, data_dir)
+    return Engine(settings.pgbackrest_config, settings.pgbackrest_stanza, cluster)
 
 
 def config_text(*, stanza: str, repo_path: Path, cluster: Cluster, retention_full: int = 2,
@@ -220,6 +222,21 @@ def _pg_ctl(cluster: Cluster, data_dir: Path, *args: str) -> None:
                           f"{(done.stderr or done.stdout).strip()[-300:]}")
 
 
+def _pg_ctlcluster(cluster: Cluster, action: str, *options: str) -> None:
+    """``pg_ctlcluster VERSION NAME action``; stopping a stopped cluster is fine.
+
+    :raises BackupError: it failed (the message has its last line).
+    """
+    cmd = ["pg_ctlcluster", str(cluster.version), cluster.name, action, *options]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd="/")
+    # pg_ctlcluster exits 2 for "stop" when the cluster is not running.
+    if done.returncode == 0 or (action == "stop" and done.returncode == 2):
+        return
+    last = ((done.stderr or done.stdout).strip().splitlines() or ["no output"])[-1]
+    raise BackupError(f"pg_ctlcluster {cluster.version} {cluster.name} {action} failed "
+                      f"(exit {done.returncode}): {last}")
+
+
 def start_copy(cluster: Cluster, data_dir: Path, port: int) -> None:
     """Start a restored data directory with the cluster's own config, on ``port``,
     socket only, not archiving (it must never push WAL into the cluster's repository)."""
@@ -263,10 +280,17 @@ def restore_to_time(engine: Engine, target_time: datetime, *, data_dir: Path | N
     started = time.monotonic()
     cluster = engine.cluster
     target = target_time.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
+    aside = None
     if in_place:
         dest, port = cluster.data_dir, cluster.port
-        subprocess.run(["pg_ctlcluster", str(cluster.version), cluster.name, "stop"],
-                       check=False, capture_output=True)
+        if not (dest / "PG_VERSION").exists():
+            raise RestoreRefused(f"{dest} is not a data directory; check PG_CLUSTER and "
+                                 "PG_DATA_DIR")
+        _pg_ctlcluster(cluster, "stop", "-m", "fast")
+        if (dest / "postmaster.pid").exists():
+            # Renaming the directory under a running server would corrupt it.
+            raise BackupError(f"cluster {cluster.version}/{cluster.name} did not stop "
+                              "(postmaster.pid remains); nothing was changed")
         aside = dest.with_name(f"{dest.name}.before-pitr-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
         dest.rename(aside)  # kept, never deleted: the operator removes it when satisfied
     else:
@@ -284,8 +308,11 @@ def restore_to_time(engine: Engine, target_time: datetime, *, data_dir: Path | N
                "--target-action=promote",
                *(() if in_place else ("--archive-mode=off",)))
     if in_place:
-        subprocess.run(["pg_ctlcluster", str(cluster.version), cluster.name, "start"],
-                       check=True, capture_output=True)
+        try:
+            _pg_ctlcluster(cluster, "start")
+        except BackupError as exc:
+            raise BackupError(f"{exc}; the data before the restore is kept in {aside}") \
+                from None
     else:
         start_copy(cluster, dest, port)
     _wait_promoted(port)

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from donnadb.backup import retention, storage_local
-from donnadb.backup.settings import BackupSettings
 from donnadb.backup.storage_s3 import S3Store
+from donnadb.config import Settings
 
 
 @dataclass
@@ -33,31 +33,31 @@ class PruneReport:
         }
 
 
-def policy_of(bs: BackupSettings) -> retention.Policy:
-    return retention.Policy(bs.backup_keep_last, bs.backup_keep_daily,
-                            bs.backup_keep_weekly, bs.backup_keep_monthly)
+def policy_of(settings: Settings) -> retention.Policy:
+    return retention.Policy(settings.backup_keep_last, settings.backup_keep_daily,
+                            settings.backup_keep_weekly, settings.backup_keep_monthly)
 
 
-def prune(bs: BackupSettings, *, dry_run: bool = False) -> PruneReport:
+def prune(settings: Settings, *, dry_run: bool = False) -> PruneReport:
     """Plan (and unless ``dry_run``, carry out) retention locally and in S3.
 
     :raises BackupError: S3 cannot be listed or deleted from.
     """
-    policy = policy_of(bs)
-    local = storage_local.list_backups(bs.backup_repo_dir)
+    policy = policy_of(settings)
+    local = storage_local.list_backups(settings.backup_repo_dir)
     local_plan = retention.plan_retention(
         [retention.Candidate(b.backup_id, b.manifest.finished, b.good)
          for b in local if b.manifest is not None], policy)
     # A directory with an unreadable manifest is not a backup; keep it for a person to see.
     report = PruneReport(dry_run, local_plan)
     if not dry_run:
-        with storage_local.repo_lock(bs.backup_repo_dir):
+        with storage_local.repo_lock(settings.backup_repo_dir):
             by_id = {b.backup_id: b for b in local}
             for backup_id in local_plan.delete:
                 storage_local.delete(by_id[backup_id])
-        report.partials_removed = storage_local.remove_stale_partials(bs.backup_repo_dir)
-    if bs.s3_enabled:
-        store = S3Store(bs)
+        report.partials_removed = storage_local.remove_stale_partials(settings.backup_repo_dir)
+    if settings.s3_enabled:
+        store = S3Store(settings)
         remote = store.list_backups()
         # An S3 backup without a manifest has no time of its own: time it by its id.
         report.s3 = retention.plan_retention(
@@ -72,7 +72,10 @@ def prune(bs: BackupSettings, *, dry_run: bool = False) -> PruneReport:
 
 
 def _id_time(backup_id: str) -> datetime:
+    stamp = backup_id.split("-", 1)[0]
+    # Current ids carry microseconds (22 characters); earlier ones stop at the second.
+    fmt = "%Y%m%dT%H%M%S%fZ" if len(stamp) == 22 else "%Y%m%dT%H%M%SZ"
     try:
-        return datetime.strptime(backup_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        return datetime.strptime(stamp, fmt).replace(tzinfo=UTC)
     except ValueError:
         return datetime.now(UTC)  # unknown: treat as new, so it is kept

@@ -21,7 +21,6 @@ from donnadb import db
 from donnadb.backup import bootstrap, crypto, dbfacts, pgtools, storage_local
 from donnadb.backup import manifest as mf
 from donnadb.backup.errors import BackupCorrupt, BackupError, RestoreRefused
-from donnadb.backup.settings import BackupSettings
 from donnadb.backup.snapshot import DUMP_DIR
 from donnadb.config import Settings
 from donnadb.errors import ConfigError, UsageError
@@ -31,6 +30,11 @@ log = logging.getLogger(__name__)
 #: TOC entries the bootstrap SQL already created (extensions need a superuser).
 _TOC_EXTENSION = re.compile(r"^\d+; \d+ \d+ (EXTENSION|COMMENT - EXTENSION) ")
 _TOC_SCHEMA = re.compile(r"^\d+; \d+ \d+ SCHEMA - (\S+) ")
+#: Schemas whose every object the bootstrap creates as the superuser (PgBouncer's login
+#: lookup, SECURITY DEFINER): the owner role may not create in them, and need not.
+BOOTSTRAP_SCHEMAS = ("pgbouncer",)
+_TOC_IN_BOOTSTRAP_SCHEMA = re.compile(
+    r"^\d+; \d+ \d+ [A-Z][A-Z ]*? (?:" + "|".join(BOOTSTRAP_SCHEMAS) + r") ")
 DBNAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -76,7 +80,6 @@ def target_has_data(settings: Settings, target_db: str) -> bool:
 
 def restore_backup(
     settings: Settings,
-    bs: BackupSettings,
     backup: storage_local.LocalBackup,
     target_db: str,
     *,
@@ -105,7 +108,7 @@ def restore_backup(
 
     manifest = verify_files(backup)
     lap("verify_files")
-    keys = _keys_for(bs, manifest) if manifest.encryption else []
+    keys = _keys_for(settings, manifest) if manifest.encryption else []
     if target_db == settings.db_name and not force:
         raise RestoreRefused(
             f"{target_db} is the live database; pass --force to replace it"
@@ -122,12 +125,12 @@ def restore_backup(
     lap("create_database")
     if manifest.encryption:
         # The plaintext lives only while pg_restore reads it, inside the 0700 repository.
-        with tempfile.TemporaryDirectory(dir=bs.backup_repo_dir,
+        with tempfile.TemporaryDirectory(dir=settings.backup_repo_dir,
                                          prefix=storage_local.DECRYPTED_PREFIX) as tmp:
             crypto.decrypt_tree(backup.path / DUMP_DIR, Path(tmp), keys)
-            _pg_restore(settings, bs, Path(tmp), target_db, jobs or bs.backup_jobs)
+            _pg_restore(settings, Path(tmp), target_db, jobs or settings.backup_jobs)
     else:
-        _pg_restore(settings, bs, backup.path / DUMP_DIR, target_db, jobs or bs.backup_jobs)
+        _pg_restore(settings, backup.path / DUMP_DIR, target_db, jobs or settings.backup_jobs)
     lap("pg_restore")
     # Objects restored as the owner already got the default privileges; re-applying
     # the bootstrap also covers anything created another way, and it is idempotent.
@@ -149,29 +152,29 @@ def restore_backup(
     return result
 
 
-def _keys_for(bs: BackupSettings, manifest: mf.Manifest) -> list[crypto.Key]:
+def _keys_for(settings: Settings, manifest: mf.Manifest) -> list[crypto.Key]:
     """The keys to decrypt ``manifest``'s backup; checked before the target is touched.
 
     :raises ConfigError: no key file is configured or it cannot be read.
     :raises BackupError: the key file lacks the backup's key id.
     """
     wanted = manifest.encryption["key_id"]
-    if not bs.backup_encryption_key_file:
+    if not settings.backup_encryption_key_file:
         raise ConfigError(f"backup {manifest.backup_id} is encrypted (key id {wanted}); "
                           "set BACKUP_ENCRYPTION_KEY_FILE to the file holding that key")
-    keys = crypto.load_keys(bs.backup_encryption_key_file)
+    keys = crypto.load_keys(settings.backup_encryption_key_file)
     if wanted not in {k.key_id for k in keys}:
         raise BackupError(
             f"backup {manifest.backup_id} needs key id {wanted}, but "
-            f"{bs.backup_encryption_key_file} has {', '.join(k.key_id for k in keys)}; "
+            f"{settings.backup_encryption_key_file} has {', '.join(k.key_id for k in keys)}; "
             "add the old key to the file (see docs/backup.md, key rotation)")
     return keys
 
 
 def _pg_restore(
-    settings: Settings, bs: BackupSettings, dump: Path, target_db: str, jobs: int
+    settings: Settings, dump: Path, target_db: str, jobs: int
 ) -> None:
-    pg_restore = pgtools.tool(bs, "pg_restore")
+    pg_restore = pgtools.tool(settings, "pg_restore")
     env = pgtools.libpq_env(settings, settings.role("migrator"), target_db)
     toc = pgtools.run([pg_restore, "--list", str(dump)], env, "pg_restore --list")
     existing = set(bootstrap.superuser_psql(
@@ -179,7 +182,7 @@ def _pg_restore(
     ).splitlines())
     keep = []
     for line in toc.splitlines():
-        if _TOC_EXTENSION.match(line):
+        if _TOC_EXTENSION.match(line) or _TOC_IN_BOOTSTRAP_SCHEMA.match(line):
             continue
         schema = _TOC_SCHEMA.match(line)
         if schema and schema.group(1) in existing:

@@ -20,7 +20,6 @@ from donnadb import db
 from donnadb.backup import crypto, dbfacts, pgtools, storage_local
 from donnadb.backup import manifest as mf
 from donnadb.backup.errors import BackupError
-from donnadb.backup.settings import BackupSettings
 from donnadb.config import Settings
 
 log = logging.getLogger(__name__)
@@ -34,7 +33,6 @@ SQL_CONN_LIMIT = "SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user
 
 def create_backup(
     settings: Settings,
-    bs: BackupSettings,
     *,
     dbname: str | None = None,
     jobs: int | None = None,
@@ -46,17 +44,17 @@ def create_backup(
     :raises DatabaseError, CredentialsError: the backup role cannot connect.
     """
     dbname = dbname or settings.db_name
-    jobs = jobs or bs.backup_jobs
-    level = bs.backup_compress_level if compress_level is None else compress_level
-    repo = storage_local.ensure_repo(bs.backup_repo_dir)
-    pg_dump = pgtools.tool(bs, "pg_dump")
-    if bs.backup_encryption_key_file:
-        crypto.load_keys(bs.backup_encryption_key_file)  # a bad key file fails before pg_dump
+    jobs = jobs or settings.backup_jobs
+    level = settings.backup_compress_level if compress_level is None else compress_level
+    repo = storage_local.ensure_repo(settings.backup_repo_dir)
+    pg_dump = pgtools.tool(settings, "pg_dump")
+    if settings.backup_encryption_key_file:
+        crypto.load_keys(settings.backup_encryption_key_file)  # a bad key file fails before pg_dump
     with storage_local.repo_lock(repo):
         backup_id = storage_local.new_backup_id()
         partial = storage_local.start_partial(repo, backup_id)
         try:
-            manifest = _dump(settings, bs, pg_dump, dbname, backup_id, partial, jobs, level)
+            manifest = _dump(settings, pg_dump, dbname, backup_id, partial, jobs, level)
             mf.write_private(partial / mf.MANIFEST_NAME, manifest.to_json())
             final = storage_local.commit_partial(partial, backup_id)
         except BaseException:
@@ -69,7 +67,6 @@ def create_backup(
 
 def _dump(
     settings: Settings,
-    bs: BackupSettings,
     pg_dump: str,
     dbname: str,
     backup_id: str,
@@ -97,8 +94,8 @@ def _dump(
                f"--snapshot={snapshot}", f"--file={partial / DUMP_DIR}", "--no-password"]
         pgtools.run(cmd, pgtools.libpq_env(settings, role, dbname), f"pg_dump of {dbname}")
     encryption = None
-    if bs.backup_encryption_key_file:
-        key = crypto.load_keys(bs.backup_encryption_key_file)[0]
+    if settings.backup_encryption_key_file:
+        key = crypto.load_keys(settings.backup_encryption_key_file)[0]
         crypto.encrypt_tree(partial / DUMP_DIR, key)
         encryption = {"algorithm": crypto.ALGORITHM, "key_id": key.key_id}
     files = mf.hash_tree(partial)

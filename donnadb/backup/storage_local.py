@@ -51,9 +51,13 @@ class LocalBackup:
 
 
 def new_backup_id(now: datetime | None = None) -> str:
-    """Sortable, unique id: UTC time plus a short random suffix."""
+    """Sortable, unique id: UTC time to the microsecond plus a short random suffix.
+
+    The microseconds keep two backups taken within one second in the order they were
+    taken: ``latest`` and retention sort by id.
+    """
     now = now or datetime.now(UTC)
-    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
+    return f"{now:%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(2)}"
 
 
 def ensure_repo(repo: Path) -> Path:

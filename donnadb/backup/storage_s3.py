@@ -28,16 +28,15 @@ from pathlib import Path
 from donnadb.backup import manifest as mf
 from donnadb.backup import storage_local
 from donnadb.backup.errors import BackupCorrupt, BackupError, BackupNotFound
-from donnadb.backup.settings import (
-    MIB,
-    S3_MAX_PART,
-    S3_MAX_PARTS,
-    S3_MIN_PART,
-    BackupSettings,
-)
+from donnadb.config import MIB, Settings
 from donnadb.errors import ConfigError, DonnaError
 
 log = logging.getLogger(__name__)
+
+#: S3's own limits for multipart uploads.
+S3_MIN_PART = 5 * MIB
+S3_MAX_PART = 5 * 1024 * MIB
+S3_MAX_PARTS = 10_000
 
 Progress = Callable[[int], None]
 
@@ -75,12 +74,12 @@ class S3Store:
     :raises ConfigError: S3 is not configured (no BACKUP_S3_BUCKET).
     """
 
-    def __init__(self, bs: BackupSettings, *, client=None) -> None:
-        if not bs.backup_s3_bucket:
+    def __init__(self, settings: Settings, *, client=None) -> None:
+        if not settings.backup_s3_bucket:
             raise ConfigError("S3 is not configured; set BACKUP_S3_BUCKET")
-        self.bs = bs
-        self.bucket = bs.backup_s3_bucket
-        prefix = bs.backup_s3_prefix.strip("/")
+        self.settings = settings
+        self.bucket = settings.backup_s3_bucket
+        prefix = settings.backup_s3_prefix.strip("/")
         self.prefix = f"{prefix}/" if prefix else ""
         self.client = client or self._make_client()
 
@@ -88,12 +87,12 @@ class S3Store:
         import boto3
         from botocore.config import Config
 
-        session = boto3.session.Session(profile_name=self.bs.backup_s3_profile)
+        session = boto3.session.Session(profile_name=self.settings.backup_s3_profile)
         return session.client(
             "s3",
-            region_name=self.bs.backup_s3_region,
-            endpoint_url=self.bs.backup_s3_endpoint_url,
-            config=Config(retries={"max_attempts": self.bs.backup_s3_max_attempts,
+            region_name=self.settings.backup_s3_region,
+            endpoint_url=self.settings.backup_s3_endpoint_url,
+            config=Config(retries={"max_attempts": self.settings.backup_s3_max_attempts,
                                    "mode": "standard"}),
         )
 
@@ -102,11 +101,11 @@ class S3Store:
         return f"{self.prefix}{backup_id}/{rel}"
 
     def _put_args(self) -> dict:
-        args: dict = {"StorageClass": self.bs.backup_s3_storage_class}
-        if self.bs.backup_s3_sse:
-            args["ServerSideEncryption"] = self.bs.backup_s3_sse
-            if self.bs.backup_s3_sse == "aws:kms" and self.bs.backup_s3_kms_key_id:
-                args["SSEKMSKeyId"] = self.bs.backup_s3_kms_key_id
+        args: dict = {"StorageClass": self.settings.backup_s3_storage_class}
+        if self.settings.backup_s3_sse:
+            args["ServerSideEncryption"] = self.settings.backup_s3_sse
+            if self.settings.backup_s3_sse == "aws:kms" and self.settings.backup_s3_kms_key_id:
+                args["SSEKMSKeyId"] = self.settings.backup_s3_kms_key_id
         return args
 
     # -- upload ---------------------------------------------------------------
@@ -136,7 +135,7 @@ class S3Store:
         size = path.stat().st_size
         if size != entry.size:
             raise BackupCorrupt(f"{path}: size {size} != {entry.size} in the manifest")
-        part = part_size_for(size, self.bs.backup_s3_min_part_size)
+        part = part_size_for(size, self.settings.backup_s3_min_part_size)
         try:
             if size > part:
                 self._put_multipart(path, key, entry, part, progress)

@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field
 
 from donnadb.backup import bootstrap, restore, storage_local
 from donnadb.backup import manifest as mf
-from donnadb.backup.settings import BackupSettings
 from donnadb.config import Settings
 from donnadb.errors import DonnaError
 
@@ -34,7 +33,6 @@ class VerifyResult:
 
 def verify_backup(
     settings: Settings,
-    bs: BackupSettings,
     backup: storage_local.LocalBackup,
     *,
     with_restore: bool = False,
@@ -54,7 +52,7 @@ def verify_backup(
     if result.ok and with_restore:
         scratch = f"donna_verify_{secrets.token_hex(4)}"
         try:
-            restored = restore.restore_backup(settings, bs, backup, scratch)
+            restored = restore.restore_backup(settings, backup, scratch)
             result.restored = True
             result.restore_seconds = restored.seconds
         except DonnaError as exc:

@@ -15,10 +15,9 @@ from donnadb.backup import catalog, crypto, pitr, restore, snapshot, storage_loc
 from donnadb.backup.check import check_backups
 from donnadb.backup.errors import BackupCorrupt, BackupNotFound, BackupStale
 from donnadb.backup.prune import prune as run_prune
-from donnadb.backup.settings import load_backup_settings
 from donnadb.backup.storage_s3 import S3Store
 from donnadb.cli.output import console, emit_json
-from donnadb.config import load_settings
+from donnadb.config import Settings, load_settings
 from donnadb.errors import UsageError
 
 app = typer.Typer(no_args_is_help=True)
@@ -48,13 +47,14 @@ def _transfer(total: int, what: str, quiet: bool) -> tuple[Progress | None, obje
     return progress, lambda n: progress.advance(task, n)
 
 
-def _local_or_download(bs, backup_id: str, quiet: bool) -> storage_local.LocalBackup:
+def _local_or_download(settings: Settings, backup_id: str,
+                       quiet: bool) -> storage_local.LocalBackup:
     try:
-        return storage_local.resolve(bs.backup_repo_dir, backup_id)
+        return storage_local.resolve(settings.backup_repo_dir, backup_id)
     except BackupNotFound:
-        if not bs.s3_enabled:
+        if not settings.s3_enabled:
             raise
-    store = S3Store(bs)
+    store = S3Store(settings)
     if backup_id == "latest":
         good = [b for b in store.list_backups() if b.good]
         if not good:
@@ -65,8 +65,8 @@ def _local_or_download(bs, backup_id: str, quiet: bool) -> storage_local.LocalBa
     progress, advance = _transfer(total, f"download {backup_id}", quiet)
     if progress:
         with progress:
-            return store.download_backup(backup_id, bs.backup_repo_dir, advance)
-    return store.download_backup(backup_id, bs.backup_repo_dir)
+            return store.download_backup(backup_id, settings.backup_repo_dir, advance)
+    return store.download_backup(backup_id, settings.backup_repo_dir)
 
 
 @app.command()
@@ -81,18 +81,17 @@ def create(
     json_out: bool = JsonOpt,
 ) -> None:
     """Take a logical snapshot (pg_dump -Fd -j) with a manifest; upload it to S3 if set."""
-    settings = load_settings(db_name=dbname)
-    bs = load_backup_settings(backup_repo_dir=repo)
+    settings = load_settings(db_name=dbname, backup_repo_dir=repo)
     started = time.monotonic()
     if json_out:
-        backup = snapshot.create_backup(settings, bs, jobs=jobs, compress_level=compress_level)
+        backup = snapshot.create_backup(settings, jobs=jobs, compress_level=compress_level)
     else:
         with console.status(f"pg_dump of {settings.db_name} ..."):
-            backup = snapshot.create_backup(settings, bs, jobs=jobs,
+            backup = snapshot.create_backup(settings, jobs=jobs,
                                             compress_level=compress_level)
     uploaded = False
-    if upload or (upload is None and bs.s3_enabled):
-        store = S3Store(bs)
+    if upload or (upload is None and settings.s3_enabled):
+        store = S3Store(settings)
         progress, advance = _transfer(backup.manifest.total_size,
                                       f"upload {backup.backup_id}", json_out)
         if progress:
@@ -123,14 +122,14 @@ def list_(
     json_out: bool = JsonOpt,
 ) -> None:
     """List backups, local and in S3, with age and size."""
-    bs = load_backup_settings(backup_repo_dir=repo)
-    rows = catalog.all_rows(bs, local=local, remote=s3)
+    settings = load_settings(backup_repo_dir=repo)
+    rows = catalog.all_rows(settings, local=local, remote=s3)
     if json_out:
         emit_json([r.to_dict() for r in rows])
         return
-    table = Table(title=f"backups ({bs.backup_repo_dir}"
-                  + (f", s3://{bs.backup_s3_bucket}/{bs.backup_s3_prefix})" if bs.s3_enabled
-                     else ")"))
+    s3_where = (f", s3://{settings.backup_s3_bucket}/{settings.backup_s3_prefix}"
+                if settings.s3_enabled else "")
+    table = Table(title=f"backups ({settings.backup_repo_dir}{s3_where})")
     table.add_column("id", no_wrap=True)
     for col in ("where", "state", "age (h)", "size", "database", "schema", "verified"):
         table.add_column(col)
@@ -147,8 +146,8 @@ def list_(
 def show(backup_id: str = typer.Argument(..., help="Backup id or 'latest'."),
          repo: str | None = RepoOpt, json_out: bool = JsonOpt) -> None:
     """Print a local backup's manifest."""
-    bs = load_backup_settings(backup_repo_dir=repo)
-    backup = storage_local.resolve(bs.backup_repo_dir, backup_id)
+    settings = load_settings(backup_repo_dir=repo)
+    backup = storage_local.resolve(settings.backup_repo_dir, backup_id)
     if backup.manifest is None:
         raise BackupCorrupt(f"backup {backup.backup_id} has no readable manifest")
     m = backup.manifest
@@ -177,15 +176,14 @@ def verify_(
     json_out: bool = JsonOpt,
 ) -> None:
     """Re-hash every file against the manifest (and with --restore, prove it restores)."""
-    settings = load_settings()
-    bs = load_backup_settings(backup_repo_dir=repo)
-    backup = _local_or_download(bs, backup_id, json_out)
+    settings = load_settings(backup_repo_dir=repo)
+    backup = _local_or_download(settings, backup_id, json_out)
     if json_out:
-        result = verify.verify_backup(settings, bs, backup, with_restore=with_restore)
+        result = verify.verify_backup(settings, backup, with_restore=with_restore)
         emit_json(result.to_dict())
     else:
         with console.status(f"verifying {backup.backup_id} ..."):
-            result = verify.verify_backup(settings, bs, backup, with_restore=with_restore)
+            result = verify.verify_backup(settings, backup, with_restore=with_restore)
         console.print(f"{backup.backup_id}: {result.files_checked} files, "
                       f"{_human(result.bytes_checked)} checked"
                       + (f"; restored in {result.restore_seconds} s" if result.restored else ""))
@@ -206,17 +204,16 @@ def restore_(
     json_out: bool = JsonOpt,
 ) -> None:
     """Restore a backup into --target-db (verified first; refuses non-empty targets)."""
-    settings = load_settings()
-    bs = load_backup_settings(backup_repo_dir=repo)
-    backup = _local_or_download(bs, backup_id, json_out)
+    settings = load_settings(backup_repo_dir=repo)
+    backup = _local_or_download(settings, backup_id, json_out)
     if json_out:
-        result = restore.restore_backup(settings, bs, backup, target_db, force=force, jobs=jobs)
+        result = restore.restore_backup(settings, backup, target_db, force=force, jobs=jobs)
         emit_json({"backup_id": result.backup_id, "target_db": result.target_db,
                    "seconds": result.seconds, "schema_version": result.schema_version,
                    "row_counts": result.row_counts, "phases": result.phases})
         return
     with console.status(f"restoring {backup.backup_id} into {target_db} ..."):
-        result = restore.restore_backup(settings, bs, backup, target_db, force=force, jobs=jobs)
+        result = restore.restore_backup(settings, backup, target_db, force=force, jobs=jobs)
     console.print(f"restored {result.backup_id} into [bold]{target_db}[/] in "
                   f"{result.seconds} s: schema {result.schema_version or 'none'}, "
                   f"{sum(result.row_counts.values())} rows in {len(result.row_counts)} "
@@ -228,9 +225,9 @@ def restore_(
 def upload(backup_id: str = typer.Argument(..., help="Backup id or 'latest'."),
            repo: str | None = RepoOpt, json_out: bool = JsonOpt) -> None:
     """Copy a local backup to S3 (manifest last)."""
-    bs = load_backup_settings(backup_repo_dir=repo)
-    backup = storage_local.resolve(bs.backup_repo_dir, backup_id)
-    store = S3Store(bs)
+    settings = load_settings(backup_repo_dir=repo)
+    backup = storage_local.resolve(settings.backup_repo_dir, backup_id)
+    store = S3Store(settings)
     sent = store.upload_backup(backup)
     if json_out:
         emit_json({"backup_id": backup.backup_id, "bytes": sent})
@@ -246,8 +243,8 @@ def prune(
     json_out: bool = JsonOpt,
 ) -> None:
     """Apply the retention policy (BACKUP_KEEP_*) locally and in S3."""
-    bs = load_backup_settings(backup_repo_dir=repo)
-    report = run_prune(bs, dry_run=dry_run)
+    settings = load_settings(backup_repo_dir=repo)
+    report = run_prune(settings, dry_run=dry_run)
     if json_out:
         emit_json(report.to_dict())
         return
@@ -268,17 +265,17 @@ def prune(
 @app.command()
 def check(repo: str | None = RepoOpt, json_out: bool = JsonOpt) -> None:
     """Exit 8 when the newest good backup is older than BACKUP_MAX_AGE_HOURS or missing."""
-    bs = load_backup_settings(backup_repo_dir=repo)
+    settings = load_settings(backup_repo_dir=repo)
     engine = None
-    if bs.pgbackrest_enabled:
-        engine = pitr.check(pitr.engine_from_settings(bs, load_settings().db_port))
-    report = check_backups(bs, engine=engine)
+    if settings.pgbackrest_enabled:
+        engine = pitr.check(pitr.engine_from_settings(settings))
+    report = check_backups(settings, engine=engine)
     if json_out:
         emit_json(report.to_dict())
     else:
         for where in ("local", "s3"):
             newest = getattr(report, f"newest_{where}")
-            if where == "s3" and not bs.s3_enabled:
+            if where == "s3" and not settings.s3_enabled:
                 continue
             age = getattr(report, f"newest_{where}_age_hours")
             console.print(f"{where}: newest good backup {newest or 'none'}"
@@ -304,8 +301,8 @@ def physical(
     json_out: bool = JsonOpt,
 ) -> None:
     """Take a pgBackRest physical backup (the base for point-in-time recovery)."""
-    bs = load_backup_settings()
-    engine = pitr.engine_from_settings(bs, load_settings().db_port)
+    settings = load_settings()
+    engine = pitr.engine_from_settings(settings)
     if json_out:
         emit_json(pitr.physical_backup(engine, kind))
         return
@@ -332,8 +329,8 @@ def pitr_(
         raise UsageError(f"--to {to!r} is not a time; use '2026-11-25 10:00:00+00'") from None
     if in_place and not force:
         raise UsageError("--in-place replaces the running cluster; add --force to confirm")
-    bs = load_backup_settings()
-    engine = pitr.engine_from_settings(bs, load_settings().db_port)
+    settings = load_settings()
+    engine = pitr.engine_from_settings(settings)
     result = pitr.restore_to_time(engine, target, data_dir=Path(data_dir) if data_dir else None,
                                   port=port, in_place=in_place)
     if json_out:

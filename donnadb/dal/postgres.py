@@ -8,6 +8,7 @@ call is all-or-nothing and a failed call does not poison the caller's transactio
 from __future__ import annotations
 
 import logging
+import select
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -17,8 +18,9 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.adapt import AdaptersMap
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from donnadb import db
@@ -42,6 +44,7 @@ from donnadb.dal.values import (
     check_role,
     escape_text,
     is_uuid,
+    load_json,
     needs_escape,
     parse_timestamp,
     unescape_text,
@@ -76,7 +79,12 @@ class PostgresDataAccess(TransactionMixin):
         self.settings = s
         self.via_pgbouncer = s.pgbouncer_port is not None
         info = db.conninfo("app", settings=s, dbname=dbname)
-        kwargs: dict[str, Any] = {"autocommit": True, "row_factory": dict_row}
+        # The DAL's own adapters: json/jsonb columns (a metadata per message row) are
+        # parsed by load_json, the same values as json.loads at a fraction of the CPU.
+        adapters = AdaptersMap(psycopg.adapters)
+        set_json_loads(load_json, adapters)
+        kwargs: dict[str, Any] = {"autocommit": True, "row_factory": dict_row,
+                                  "context": adapters}
         if self.via_pgbouncer:
             # PgBouncer in transaction mode hands each transaction to any server
             # connection: server-side prepared statements would be lost between them.
@@ -90,8 +98,9 @@ class PostgresDataAccess(TransactionMixin):
             timeout=pool_timeout,
             kwargs=kwargs,
             # A connection that died (server restart, idle kill) is replaced on checkout
-            # instead of failing the caller's first query.
-            check=ConnectionPool.check_connection,
+            # instead of failing the caller's first query; without a round trip per
+            # checkout (see _check_idle_connection).
+            check=_check_idle_connection,
             name="donnadb-dal",
             open=True,
         )
@@ -505,6 +514,28 @@ class PostgresDataAccess(TransactionMixin):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check_idle_connection(conn: psycopg.Connection) -> None:
+    """The pool's checkout check, costing a poll (~1 us) instead of a round trip.
+
+    An idle connection has nothing to read; its socket turns readable only when the
+    server said something: it closed the connection (restart, ``pg_terminate_backend``,
+    idle timeout: a goodbye message and EOF) or sent a notice. Only then is the real
+    check (an empty query) run; it raises for a dead connection, which the pool then
+    replaces. (``ConnectionPool.check_connection`` on every checkout measured 2,988 vs
+    3,780 queries/s of the history read.)
+
+    :raises psycopg.OperationalError: the connection is dead.
+    """
+    if conn.closed or conn.broken:
+        raise psycopg.OperationalError("the connection is closed")
+    try:
+        readable = select.select([conn.fileno()], [], [], 0)[0]
+    except ValueError:  # a descriptor beyond select()'s FD_SETSIZE: ask the server
+        readable = True
+    if readable:
+        ConnectionPool.check_connection(conn)
 
 
 def _section_sql(template: str, memory_type: str) -> sql.Composed:

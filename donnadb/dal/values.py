@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from donnadb.dal.protocol import MEMORY_TYPES, ROLES
 from donnadb.errors import DataError
 
@@ -21,6 +23,9 @@ ESCAPE_MARKER = "_donnadb_content_escaped"
 _NAME_RE = re.compile(r"^[A-Za-z0-9@_+=-][A-Za-z0-9@._+=-]{0,199}$")
 # Characters PostgreSQL text/jsonb cannot hold: NUL and lone surrogates.
 _UNSTORABLE_RE = re.compile("[\x00\ud800-\udfff]")
+# orjson reads an integer beyond 64 bits as a float (json.loads keeps it exact); any such
+# literal has 19+ digits in a row, and so does nothing else orjson could misread.
+_LONG_DIGITS_RE = re.compile(rb"\d{19}")
 
 
 def now_utc() -> datetime:
@@ -153,6 +158,22 @@ def unescape_text(stored: str) -> str:
 
 
 _ROLE_ALIASES = {"bot": "assistant", "ai": "assistant", "human": "user"}
+
+
+def load_json(data: bytes) -> Any:
+    """``json.loads(data)``, computed by orjson when that gives the same value (~10x faster).
+
+    Used for every json/jsonb column the DAL reads (one call per row per column). orjson
+    differs only on integers beyond 64 bits (it returns floats: guarded by a digit-run
+    test), numbers beyond float range and nesting deeper than 1,024 (it refuses: then
+    json.loads decides, raising what it raises).
+    """
+    if _LONG_DIGITS_RE.search(data) is None:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(data)
 
 
 def normalise_role(role: object) -> str:

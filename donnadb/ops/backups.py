@@ -12,19 +12,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from donnadb.config import get_settings
+
 log = logging.getLogger(__name__)
 
 
-def _repository() -> Path | None:
-    try:
-        from donnadb.backup.settings import load_backup_settings
-    except ImportError:
-        return None
-    try:
-        return load_backup_settings().backup_repo_dir
-    except Exception as exc:  # a bad BACKUP_* setting must not hide the database status
-        log.warning("backup settings unreadable: %s", exc)
-        return None
+def _repository() -> Path:
+    return get_settings().backup_repo_dir
 
 
 def latest(*, now: datetime | None = None, repo: Path | None = None) -> dict[str, Any]:

@@ -19,7 +19,8 @@ THRESHOLDS: dict[str, tuple[str, str]] = {
     "longest_transaction": ("health_long_xact_warn_seconds", "health_long_xact_crit_seconds"),
     "replication_lag": ("health_replication_lag_warn_seconds",
                         "health_replication_lag_crit_seconds"),
-    "backup_age": ("health_backup_max_age_hours", "health_backup_crit_age_hours"),
+    # WARNING is the age at which `donnactl backup check` fails too (one setting).
+    "backup_age": ("backup_max_age_hours", "health_backup_crit_age_hours"),
     "partitions_ahead": ("health_partitions_ahead_warn", "health_partitions_ahead_crit"),
     "bloat": ("health_bloat_warn_pct", "health_bloat_crit_pct"),
     "wraparound": ("health_wraparound_warn_pct", "health_wraparound_crit_pct"),

@@ -216,6 +216,6 @@ def collect(settings: Settings, *, dbname: str | None = None) -> dict[str, Any]:
         },
         "partitions": {"table": PARTITIONED_PARENT, **partitions},
         "bloat": bloat,
-        "backup": backups.latest(now=now),
+        "backup": backups.latest(now=now, repo=settings.backup_repo_dir),
         "pgbouncer": pgbouncer.pools(settings, dbname=dbname),
     }

@@ -31,11 +31,11 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.deb import DebPackages
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import apt, files, server
 
 from donnadb.backup import pitr
 from donnadb.errors import ConfigError
-from donnadb.provision.facts import SystemdRunning
+from donnadb.provision import scheduler
 
 #: job -> (systemd OnCalendar, cron schedule, what it does)
 DEFAULT_SCHEDULE = {
@@ -54,7 +54,7 @@ PHYSICAL_SCHEDULE = {
 UNIT_DIR = "/etc/systemd/system"
 CRON_FILE = "/etc/cron.d/donna-backup"
 
-#: group_data key -> environment variable read by donnadb.backup.settings.
+#: group_data key -> environment variable read by donnadb.config.Settings.
 ENV_KEYS = {
     "backup_repo_dir": "BACKUP_REPO_DIR",
     "backup_jobs": "BACKUP_JOBS",
@@ -133,7 +133,7 @@ def load_backup_deploy(data: Any, checkout: str) -> BackupDeploy:
 
 def env_text(cfg: BackupDeploy) -> str:
     lines = ["# Managed by the donnadb deploy (group_data/all.py): edits are overwritten.",
-             "# Read by `donnactl backup` (donnadb/backup/settings.py). No secrets here:",
+             "# Read by donnactl (donnadb/config.py Settings). No secrets here:",
              "# S3 credentials come from the instance role / AWS profile."]
     lines += [f"{k}={v}" for k, v in sorted(cfg.env.items())]
     return "\n".join(lines) + "\n"
@@ -196,27 +196,12 @@ def install_backups(settings) -> None:
                     path=posixpath.dirname(cfg.env_file), user="root", group="root", mode="700")
     files.put(name=f"Write {cfg.env_file}", src=StringIO(env_text(cfg)), dest=cfg.env_file,
               user="root", group="root", mode="600")
-    changed = []
-    for job in cfg.schedule:
-        for kind, text in (("service", service_unit(cfg, job)), ("timer", timer_unit(cfg, job))):
-            unit = f"donna-backup-{job}.{kind}"
-            op = files.put(name=f"Install {unit}", src=StringIO(text),
-                           dest=f"{cfg.unit_dir}/{unit}", user="root", group="root",
-                           mode="644")
-            changed.append(op)
-    if host.get_fact(SystemdRunning):
-        files.file(name=f"No cron duplicate of the timers ({cfg.cron_file})",
-                   path=cfg.cron_file, present=False)
-        systemd.daemon_reload(name="Reload systemd (backup units changed)",
-                              _if=lambda: any(op.did_change() for op in changed))
-        for job in cfg.schedule:
-            systemd.service(name=f"Enable donna-backup-{job}.timer",
-                            service=f"donna-backup-{job}.timer", running=True, enabled=True)
-        return
-    # cron reads /etc/cron.d files that are not group/world-writable; no secrets inside.
-    files.put(name=f"Schedule backups in {cfg.cron_file} (systemd is not running)",
-              src=StringIO(cron_text(cfg)), dest=cfg.cron_file, user="root", group="root",
-              mode="644")
+    scheduler.install_jobs(
+        label="backup", prefix="donna-backup-", unit_dir=cfg.unit_dir,
+        units={job: (service_unit(cfg, job), timer_unit(cfg, job)) for job in cfg.schedule},
+        # pgBackRest turned off: its physical-backup units go.
+        removed=sorted(set(PHYSICAL_SCHEDULE) - set(cfg.schedule)),
+        cron_file=cfg.cron_file, cron_text=cron_text(cfg))
 
 
 def _install_pgbackrest(cfg: BackupDeploy, settings) -> None:

@@ -10,37 +10,37 @@ from __future__ import annotations
 
 import hashlib
 from io import StringIO
-from pathlib import Path
 
-import jinja2
 from pyinfra import host
 from pyinfra.api import deploy, operation
 from pyinfra.operations import files
 
+from donnadb.provision import bootstrap
 from donnadb.provision.facts import PgDatabaseOwner, PgQueryRows
 from donnadb.provision.psql import psql, quote_ident, quote_literal, run_sql
 from donnadb.provision.settings import DeploySettings
 
-TEMPLATES = Path(__file__).resolve().parent / "templates"
 MARKER_PREFIX = "donnadb bootstrap sha256:"
-
-
-def _render(template: str, **values: str) -> str:
-    env = jinja2.Environment(  # noqa: S701 - renders SQL, not HTML
-        loader=jinja2.FileSystemLoader(TEMPLATES),
-        autoescape=False,  # noqa: S701
-        keep_trailing_newline=True,
-    )
-    return env.get_template(template).render(**values)
 
 
 def role_values(settings: DeploySettings) -> dict[str, str]:
     return {kind: settings.role(kind) for kind in settings.roles}
 
 
+def lookup_values(settings: DeploySettings) -> dict:
+    """PgBouncer's lookup variables (auth_user, lookup_roles, marker ...) for group_data."""
+    return bootstrap.lookup_values(
+        settings.pgbouncer_auth_user,
+        [settings.role(k) for k in settings.pgbouncer_lookup_kinds],
+        settings.pgbouncer_auth_user_connlimit)
+
+
 def bootstrap_sql(settings: DeploySettings) -> tuple[str, str]:
     """(the SQL file the deploy uploads, the marker it leaves on the database)."""
-    body = _render("database.sql.j2", **role_values(settings))
+    body = bootstrap.render_database_sql(
+        role_values(settings), auth_user=settings.pgbouncer_auth_user,
+        lookup_kinds=settings.pgbouncer_lookup_kinds,
+        auth_user_connlimit=settings.pgbouncer_auth_user_connlimit)
     marker = MARKER_PREFIX + hashlib.sha256(body.encode()).hexdigest()
     comment = (
         f"SELECT format('COMMENT ON DATABASE %I IS %L', current_database(), "
@@ -50,7 +50,9 @@ def bootstrap_sql(settings: DeploySettings) -> tuple[str, str]:
 
 
 def check_sql(settings: DeploySettings, marker: str) -> str:
-    return _render("database_check.sql.j2", marker=marker, **role_values(settings))
+    lookup = lookup_values(settings)
+    return bootstrap.render("database_check.sql.j2", marker=marker, **role_values(settings),
+                            auth_user=lookup["auth_user"], lookup_marker=lookup["marker"])
 
 
 @operation()

@@ -3,10 +3,11 @@
 What the deploy converges (every setting is a ``pgbouncer_*`` key of group_data):
 
 * the Debian package (PgBouncer 1.18 on Debian 12);
-* in the application database, a lookup role (``pgbouncer_auth_user``) and the
-  SECURITY DEFINER function ``pgbouncer.user_lookup`` that hands PgBouncer the SCRAM
-  verifier of the roles allowed through it (templates/pgbouncer_auth.sql.j2), so no
-  application password is ever copied into a file;
+* (in every database, by its bootstrap: provision/bootstrap.py and database.py) a
+  lookup role (``pgbouncer_auth_user``) and the SECURITY DEFINER function
+  ``pgbouncer.user_lookup`` that hands PgBouncer the SCRAM verifier of the roles
+  allowed through it (templates/pgbouncer_auth.sql.j2), so no application password is
+  ever copied into a file;
 * the lookup role's password, generated on the host by the deploy's password helper
   into the passfile, and the auth_file (0600 postgres) written from it on the host by
   files/pgbouncer_authfile.py, which also holds the stats users' SCRAM verifiers;
@@ -20,21 +21,20 @@ Running it again changes nothing.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
 from typing import Any
 
-import jinja2
 from pyinfra import host
 from pyinfra.api import FactBase, deploy, operation
 from pyinfra.operations import apt, files, systemd
 from pyinfra.operations.util import any_changed
 
 from donnadb.errors import ConfigError
-from donnadb.provision.facts import PassfileRoles, PgQueryRows, StalePasswords, SystemdRunning
-from donnadb.provision.psql import guarded, psql
+from donnadb.provision import bootstrap
+from donnadb.provision.facts import PassfileRoles, StalePasswords, SystemdRunning
+from donnadb.provision.psql import guarded
 from donnadb.provision.secrets import helper_path as password_helper_path
 from donnadb.provision.settings import IDENT_RE, DeploySettings, load_deploy_settings
 
@@ -45,15 +45,19 @@ INI = f"{CONF_DIR}/pgbouncer.ini"
 AUTH_FILE = f"{CONF_DIR}/userlist.txt"
 PIDFILE = "/var/run/postgresql/pgbouncer.pid"
 LOGFILE = "/var/log/postgresql/pgbouncer.log"
-MARKER_PREFIX = "donnadb pgbouncer lookup sha256:"
+#: systemd drop-in for Debian's pgbouncer.service (read only where systemd runs).
+DROPIN = "/etc/systemd/system/pgbouncer.service.d/donna.conf"
+MARKER_PREFIX = bootstrap.LOOKUP_MARKER_PREFIX
+#: Where the first version uploaded the lookup SQL; the database bootstrap has it now.
+OLD_SQL_FILE = "pgbouncer_auth.sql"
 
 #: group_data keys and their defaults (group_data/all.py documents each).
 DEFAULTS: dict[str, Any] = {
     "pgbouncer_port": 6432,
     "pgbouncer_listen_addr": "127.0.0.1",
-    "pgbouncer_auth_user": "donna_pgbouncer",
-    "pgbouncer_auth_user_connlimit": 10,
-    "pgbouncer_lookup_kinds": ("app", "readonly"),
+    "pgbouncer_auth_user": bootstrap.AUTH_USER,
+    "pgbouncer_auth_user_connlimit": bootstrap.AUTH_USER_CONNLIMIT,
+    "pgbouncer_lookup_kinds": bootstrap.LOOKUP_KINDS,
     "pgbouncer_stats_kinds": ("readonly",),
     "pgbouncer_admin_users": (),
     "pgbouncer_default_pool_size": 20,
@@ -66,24 +70,6 @@ DEFAULTS: dict[str, Any] = {
     "pgbouncer_query_wait_timeout": 120,
     "pgbouncer_fallback_database": True,
 }
-
-#: One row per problem; none when the lookup function is in place and unchanged.
-CHECK_SQL = """
-SELECT 'no role ' || {role}
- WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {role})
-UNION ALL
-SELECT 'no lookup function' WHERE to_regprocedure('pgbouncer.user_lookup(text)') IS NULL
-UNION ALL
-SELECT 'lookup function differs'
- WHERE to_regprocedure('pgbouncer.user_lookup(text)') IS NOT NULL
-   AND obj_description(to_regprocedure('pgbouncer.user_lookup(text)'), 'pg_proc')
-       IS DISTINCT FROM {marker}
-UNION ALL
-SELECT 'no connect privilege'
- WHERE EXISTS (SELECT FROM pg_roles WHERE rolname = {role})
-   AND NOT has_database_privilege({role}, current_database(), 'CONNECT')
-"""
-
 
 @dataclass(frozen=True)
 class PgBouncerSettings:
@@ -171,32 +157,25 @@ def load_pgbouncer_settings(data: Any, settings: DeploySettings) -> PgBouncerSet
     )
 
 
-def _render(template: str, **values: Any) -> str:
-    env = jinja2.Environment(  # noqa: S701 - renders SQL and ini, not HTML
-        loader=jinja2.FileSystemLoader(TEMPLATES),
-        autoescape=False,  # noqa: S701
-        keep_trailing_newline=True,
-    )
-    return env.get_template(template).render(**values)
-
-
 def auth_sql(auth_user: str, lookup_roles: tuple[str, ...] | list[str],
              connlimit: int = 10) -> tuple[str, str]:
     """(the lookup SQL to run as postgres in a database, the marker it leaves).
 
-    Public so the load test can prepare its scratch database the same way.
+    Every database's bootstrap already includes it (provision/bootstrap.py).
     """
-    values = {"auth_user": auth_user, "lookup_roles": list(lookup_roles),
-              "auth_user_connlimit": int(connlimit)}
-    digest = hashlib.sha256(_render("pgbouncer_auth.sql.j2", marker="", dbname="",
-                                    **values).encode()).hexdigest()
-    marker = MARKER_PREFIX + digest
-    return _render("pgbouncer_auth.sql.j2", marker=marker, dbname="the database",
-                   **values), marker
+    return bootstrap.auth_sql(auth_user, lookup_roles, connlimit)
 
 
 def render_ini(cfg: PgBouncerSettings) -> str:
-    return _render("pgbouncer.ini.j2", cfg=cfg)
+    return bootstrap.render("pgbouncer.ini.j2", cfg=cfg)
+
+
+def dropin_text(cfg: PgBouncerSettings) -> str:
+    # Debian's unit runs pgbouncer in the foreground with systemd's default open-file
+    # limit (1024 soft): too few for max_client_conn. Without systemd, _start_command's
+    # ulimit does the same.
+    return ("# Managed by the donnadb deploy (group_data pgbouncer_max_client_conn).\n"
+            f"[Service]\nLimitNOFILE={cfg.nofile}\n")
 
 
 # --- facts ----------------------------------------------------------------------------
@@ -246,16 +225,6 @@ class AuthFileProblems(FactBase):
 
 
 # --- operations -----------------------------------------------------------------------
-@operation()
-def lookup_installed(sql_file: str, check: str, dbname: str, port: int):
-    """Run the lookup SQL in ``dbname`` when the live check finds a difference."""
-    problems = host.get_fact(PgQueryRows, port=port, dbname=dbname, sql=check)
-    if problems == []:
-        host.noop(f"pgbouncer.user_lookup is in place in {dbname}")
-        return
-    yield f"cd / && {psql(port, dbname)} -f - < {sql_file}"
-
-
 @operation()
 def auth_password_present(helper: str, passfile: str, role: str):
     """Generate the lookup role's password on the host (the deploy's password helper)."""
@@ -342,13 +311,9 @@ def install_pgbouncer(settings: DeploySettings | None = None) -> None:
     apt.packages(name="Install the pgbouncer package", packages=["pgbouncer"],
                  cache_time=s.pg_apt_cache_time, update=True)
 
-    sql_body, marker = auth_sql(cfg.auth_user, cfg.lookup_roles, cfg.auth_user_connlimit)
-    sql_file = f"{lib}/pgbouncer_auth.sql"
-    files.put(name="Upload the PgBouncer lookup SQL", src=_as_file(sql_body), dest=sql_file,
-              user="root", group="root", mode="600")
-    check = CHECK_SQL.format(role=_literal(cfg.auth_user), marker=_literal(marker))
-    lookup_installed(name=f"Install pgbouncer.user_lookup in {cfg.db_name}",
-                     sql_file=sql_file, check=check, dbname=cfg.db_name, port=port)
+    # The lookup role and pgbouncer.user_lookup come with every database's bootstrap.
+    files.file(name="No separate lookup SQL (the database bootstrap includes it)",
+               path=f"{lib}/{OLD_SQL_FILE}", present=False)
 
     pw_helper = password_helper_path(s)
     auth_password_present(name=f"Generate {cfg.auth_user}'s password on the host",
@@ -373,12 +338,22 @@ def install_pgbouncer(settings: DeploySettings | None = None) -> None:
     # A restart re-reads everything: no reload on top of it.
     reload_if = (lambda: changed() and not ini.did_change()) if rebind else changed
 
+    # Installed always, like the other unit files; systemd reads it where it runs.
+    dropin = files.put(name=f"Write {DROPIN} (open-file limit)", src=_as_file(dropin_text(cfg)),
+                       dest=DROPIN, user="root", group="root", mode="644")
+
     if host.get_fact(SystemdRunning):
-        if rebind:
-            systemd.service(name="Restart pgbouncer (listen address changed)",
-                            service="pgbouncer", restarted=True, _if=ini.did_change)
+        # A new limit applies only to a new process: restart, as for a new listen address.
+        def restart_if() -> bool:
+            return dropin.did_change() or (rebind and ini.did_change())
+
+        systemd.daemon_reload(name="Reload systemd (pgbouncer drop-in changed)",
+                              _if=dropin.did_change)
+        systemd.service(name="Restart pgbouncer (listen address or open-file limit changed)",
+                        service="pgbouncer", restarted=True, _if=restart_if)
         systemd.service(name="Reload pgbouncer (config or auth_file changed)",
-                        service="pgbouncer", reloaded=True, _if=reload_if)
+                        service="pgbouncer", reloaded=True,
+                        _if=lambda: changed() and not restart_if())
         systemd.service(name="Run pgbouncer now and at boot", service="pgbouncer",
                         running=True, enabled=True)
         return
@@ -391,10 +366,6 @@ def install_pgbouncer(settings: DeploySettings | None = None) -> None:
                      _if=reload_if)
     daemon_started(name="Start pgbouncer (no systemd: runuser postgres, -d)", ini=INI,
                    pidfile=cfg.pidfile, nofile=cfg.nofile)
-
-
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _as_file(text: str) -> StringIO:

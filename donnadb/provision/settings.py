@@ -13,6 +13,7 @@ from typing import Any
 
 from donnadb import config
 from donnadb.errors import ConfigError
+from donnadb.provision import bootstrap
 
 #: Role and database names are pasted into SQL as identifiers; keep them boring.
 IDENT_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -69,6 +70,14 @@ class DeploySettings:
     donnadb_lib_dir: str
     donnadb_checkout: str
     formulas: dict[str, Any] = field(repr=False)
+    #: PgBouncer: the app role's default path (PGBOUNCER_PORT in donnadb.env); every
+    #: database's bootstrap installs the lookup for auth_user (see provision/bootstrap.py).
+    pgbouncer_port: int = 6432
+    pgbouncer_auth_user: str = bootstrap.AUTH_USER
+    pgbouncer_auth_user_connlimit: int = bootstrap.AUTH_USER_CONNLIMIT
+    pgbouncer_lookup_kinds: tuple[str, ...] = bootstrap.LOOKUP_KINDS
+    #: group_data ops_env: more NAME=value lines for donnadb.env (config.Settings fields).
+    ops_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def conf_dir(self) -> str:
@@ -144,6 +153,14 @@ def load_deploy_settings(data: Any) -> DeploySettings:
     checkout = data.get("donnadb_checkout") or str(CHECKOUT)
     bgw_role = data.get("pg_partman_bgw_role") or names["migrator"]
     env_extra = data.get("donnadb_env_extra") or {}
+    lookup_kinds = tuple(data.get("pgbouncer_lookup_kinds") or bootstrap.LOOKUP_KINDS)
+    for kind in lookup_kinds:
+        if kind not in ROLE_KINDS:
+            raise ConfigError(f"group_data pgbouncer_lookup_kinds: unknown role kind {kind!r}; "
+                              f"use {', '.join(ROLE_KINDS)}")
+    pgbouncer_port = int(data.get("pgbouncer_port") or 6432)
+    connlimit = data.get("pgbouncer_auth_user_connlimit")
+    ops_env = _env_lines("ops_env", data.get("ops_env") or {})
     return DeploySettings(
         pg_version=int(get("pg_version")),
         pg_cluster=_ident("pg_cluster", get("pg_cluster")),
@@ -169,7 +186,33 @@ def load_deploy_settings(data: Any) -> DeploySettings:
         donnadb_lib_dir=str(get("donnadb_lib_dir")),
         donnadb_checkout=checkout,
         formulas=formulas,
+        pgbouncer_port=pgbouncer_port,
+        pgbouncer_auth_user=_ident("pgbouncer_auth_user",
+                                   data.get("pgbouncer_auth_user") or bootstrap.AUTH_USER),
+        pgbouncer_auth_user_connlimit=int(bootstrap.AUTH_USER_CONNLIMIT if connlimit is None
+                                          else connlimit),
+        pgbouncer_lookup_kinds=lookup_kinds,
+        ops_env=ops_env,
     )
+
+
+def _env_lines(what: str, values: dict[str, Any]) -> dict[str, str]:
+    """NAME=value lines for donnadb.env; every NAME must be a runtime setting.
+
+    :raises ConfigError: a name donnadb/config.py does not read (a typo would otherwise
+        be ignored silently), or a value with a line break.
+    """
+    known = {name.upper() for name in config.Settings.model_fields}
+    lines = {}
+    for name, value in values.items():
+        if str(name).upper() not in known:
+            raise ConfigError(f"group_data {what}: {name} is not a setting of "
+                              "donnadb/config.py; check the spelling (e.g. HEALTH_BLOAT_WARN_PCT)")
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        if "\n" in text or "\r" in text:
+            raise ConfigError(f"group_data {what}: {name}'s value must be one line")
+        lines[str(name).upper()] = text
+    return lines
 
 
 _MISSING = object()

@@ -6,7 +6,6 @@ import uuid
 
 import pytest
 
-from donnadb.backup.settings import load_backup_settings
 from tests.support import drop_database, superuser_psql
 
 # Every table of the plan gets rows, including two partitions of system_logs and
@@ -47,8 +46,9 @@ def table_checksums(dbname: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def bs(tmp_path):
-    return load_backup_settings(backup_repo_dir=tmp_path / "repo", backup_jobs=2)
+def bs(settings, tmp_path):
+    """The deployment's settings with a private backup repository."""
+    return settings.model_copy(update={"backup_repo_dir": tmp_path / "repo", "backup_jobs": 2})
 
 
 @pytest.fixture

@@ -79,18 +79,18 @@ def test_key_file_rules(tmp_path, key_file):
 def test_encrypted_backup_restores_with_rotated_keys(settings, bs, source_db, target_name,
                                                      key_file, tmp_path):
     enc_bs = bs.model_copy(update={"backup_encryption_key_file": key_file})
-    backup = snapshot.create_backup(settings, enc_bs, dbname=source_db)
+    backup = snapshot.create_backup(enc_bs, dbname=source_db)
     old_id = crypto.load_keys(key_file)[0].key_id
     assert backup.manifest.encryption["key_id"] == old_id
     assert all(f.path.endswith(".enc") for f in backup.manifest.files)
 
     # without the key, and with only a new key: refused before the target exists
     with pytest.raises(ConfigError, match=old_id):
-        restore.restore_backup(settings, bs, backup, target_name)
+        restore.restore_backup(bs, backup, target_name)
     new_only = tmp_path / "new.key"
     crypto.generate_key_file(new_only)
     with pytest.raises(BackupError, match=old_id):
-        restore.restore_backup(settings, bs.model_copy(
+        restore.restore_backup(bs.model_copy(
             update={"backup_encryption_key_file": new_only}), backup, target_name)
     assert superuser_psql(f"SELECT count(*) FROM pg_database WHERE datname = '{target_name}'") \
         == "0"
@@ -98,6 +98,6 @@ def test_encrypted_backup_restores_with_rotated_keys(settings, bs, source_db, ta
     # rotation: new key on top, old key kept below it
     new_only.write_text(new_only.read_text() + key_file.read_text())
     rotated = bs.model_copy(update={"backup_encryption_key_file": new_only})
-    restore.restore_backup(settings, rotated, backup, target_name)
+    restore.restore_backup(rotated, backup, target_name)
     assert table_checksums(target_name) == table_checksums(source_db)
     assert not list(bs.backup_repo_dir.glob(".decrypted-*"))  # plaintext removed

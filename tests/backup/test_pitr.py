@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -21,20 +22,24 @@ from donnadb.backup.errors import RestoreRefused
 from tests.support import superuser_psql
 
 PORT, COPY_PORT = 5447, 5448
+#: The in-place drill's own throwaway cluster.
+IN_PLACE_PORT = 5450
+DONNACTL = str(Path(sys.executable).with_name("donnactl"))
 
 
 def sh(*cmd: str) -> None:
     subprocess.run(cmd, check=True, capture_output=True, text=True)
 
 
-@pytest.fixture
-def engine():
+@contextmanager
+def drill_cluster(port: int):
+    """A new cluster on ``port`` archiving to its own pgBackRest repository; dropped after."""
     name = f"pitr{uuid.uuid4().hex[:6]}"
     # Not pytest's tmp_path: the postgres user must reach it (/tmp/pytest-of-root is 0700).
     work = Path(tempfile.mkdtemp(prefix=f"donna-{name}-", dir="/var/tmp"))  # noqa: S108
     shutil.chown(work, "postgres", "postgres")
-    sh("pg_createcluster", "15", name, "-p", str(PORT))
-    cluster = pitr.Cluster(15, name, PORT, Path(f"/var/lib/postgresql/15/{name}"))
+    sh("pg_createcluster", "15", name, "-p", str(port))
+    cluster = pitr.Cluster(15, name, port, Path(f"/var/lib/postgresql/15/{name}"))
     config = work / "pgbackrest.conf"
     eng = pitr.Engine(config, "drill", cluster)
     config.write_text(pitr.config_text(stanza="drill", repo_path=work / "repo", cluster=cluster,
@@ -52,24 +57,46 @@ def engine():
                                 "immediate", "stop"], capture_output=True, check=False)
         subprocess.run(["pg_dropcluster", "--stop", "15", name], capture_output=True,
                        check=False)
+        for aside in cluster.data_dir.parent.glob(f"{name}.before-pitr-*"):
+            shutil.rmtree(aside, ignore_errors=True)
+        # pg_dropcluster leaves the config directory when it holds our conf.d/archive.conf.
+        shutil.rmtree(cluster.conf_dir, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
 
 
-def test_restore_to_a_moment_has_exactly_the_rows_before_it(engine):
-    eng, work = engine
+@pytest.fixture
+def engine():
+    with drill_cluster(PORT) as made:
+        yield made
+
+
+@pytest.fixture
+def in_place_engine():
+    with drill_cluster(IN_PLACE_PORT) as made:
+        yield made
+
+
+def write_before_and_after(eng: pitr.Engine, port: int) -> datetime:
+    """A full backup, 100 'before' rows, the noted moment, 50 'after' rows, all archived."""
     pitr.stanza_create(eng)
     full = pitr.physical_backup(eng, "full")
     assert full["type"] == "full"
     superuser_psql("CREATE TABLE drill (id int PRIMARY KEY, note text);"
                    "INSERT INTO drill SELECT g, 'before' FROM generate_series(1, 100) g;",
-                   port=PORT)
+                   port=port)
     time.sleep(1.1)
-    noted = datetime.fromisoformat(superuser_psql("SELECT now()", port=PORT))
+    noted = datetime.fromisoformat(superuser_psql("SELECT now()", port=port))
     time.sleep(1.1)
     superuser_psql("INSERT INTO drill SELECT g, 'after' FROM generate_series(101, 150) g;"
-                   "SELECT pg_switch_wal();", port=PORT)
+                   "SELECT pg_switch_wal();", port=port)
     report = pitr.check(eng)  # also waits until the switched segment is archived
     assert report["ok"] and report["backups"] == 1
+    return noted
+
+
+def test_restore_to_a_moment_has_exactly_the_rows_before_it(engine):
+    eng, work = engine
+    noted = write_before_and_after(eng, PORT)
 
     result = pitr.restore_to_time(eng, noted, data_dir=work / "copy", port=COPY_PORT)
     assert superuser_psql("SELECT count(*), min(note), max(note) FROM drill",
@@ -87,9 +114,40 @@ def test_restore_to_a_moment_has_exactly_the_rows_before_it(engine):
     env = dict(os.environ, PGBACKREST_ENABLED="true", PGBACKREST_CONFIG=str(eng.config),
                PGBACKREST_STANZA="drill", PG_CLUSTER=eng.cluster.name, DB_PORT=str(PORT),
                BACKUP_REPO_DIR=str(work / "logical"), BACKUP_S3_BUCKET="")
-    done = subprocess.run([str(Path(sys.executable).with_name("donnactl")), "backup", "check",
-                           "--json"], env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run([DONNACTL, "backup", "check", "--json"], env=env,
+                          capture_output=True, text=True, check=False)
     assert done.returncode == 8, done.stderr
     report = json.loads(done.stdout)
     assert report["engine"]["ok"] and report["engine"]["backups"] == 1
     assert report["engine"]["wal_max"]
+
+
+def test_in_place_pitr_replaces_the_cluster_and_keeps_its_old_data(in_place_engine):
+    """`donnactl backup pitr --in-place --force`: the cluster itself goes back to the
+    noted moment on its own port and keeps archiving; the old data directory is kept."""
+    eng, work = in_place_engine
+    cluster = eng.cluster
+    noted = write_before_and_after(eng, IN_PLACE_PORT)
+    env = dict(os.environ, PGBACKREST_ENABLED="true", PGBACKREST_CONFIG=str(eng.config),
+               PGBACKREST_STANZA="drill", PG_CLUSTER=cluster.name,
+               DB_PORT=str(IN_PLACE_PORT))
+    args = [DONNACTL, "backup", "pitr", "--to", noted.isoformat(), "--in-place"]
+
+    refused = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+    assert refused.returncode == 3 and "--force" in refused.stderr
+    assert superuser_psql("SELECT count(*) FROM drill", port=IN_PLACE_PORT) == "150"
+
+    done = subprocess.run([*args, "--force", "--json"], env=env, capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["in_place"] and result["port"] == IN_PLACE_PORT
+    assert result["data_dir"] == str(cluster.data_dir)
+    assert superuser_psql("SELECT count(*), min(note), max(note) FROM drill",
+                          port=IN_PLACE_PORT) == "100|before|before"
+    # promoted, writable, and still archiving into the stanza (a new timeline)
+    superuser_psql("INSERT INTO drill VALUES (151, 'after pitr')", port=IN_PLACE_PORT)
+    assert superuser_psql("SHOW archive_mode", port=IN_PLACE_PORT) == "on"
+    assert pitr.check(eng)["ok"]
+    [aside] = cluster.data_dir.parent.glob(f"{cluster.name}.before-pitr-*")
+    assert (aside / "PG_VERSION").exists() and not (aside / "postmaster.pid").exists()

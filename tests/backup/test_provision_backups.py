@@ -72,6 +72,9 @@ def throwaway_cluster():
     finally:
         subprocess.run(["pg_dropcluster", "--stop", "15", name], capture_output=True,
                        check=False)
+        # pg_dropcluster leaves the config directory when it holds files it did not make
+        # (the deploy's conf.d/donna-archive.conf).
+        shutil.rmtree(f"/etc/postgresql/15/{name}", ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -12,8 +12,8 @@ from tests.support import superuser_psql
 
 
 def test_round_trip_every_row_identical(settings, bs, source_db, target_name):
-    backup = snapshot.create_backup(settings, bs, dbname=source_db)
-    result = restore.restore_backup(settings, bs, backup, target_name)
+    backup = snapshot.create_backup(bs, dbname=source_db)
+    result = restore.restore_backup(bs, backup, target_name)
 
     before, after = table_checksums(source_db), table_checksums(target_name)
     assert "public.messages" in before and "partman.part_config" in before
@@ -28,25 +28,30 @@ def test_round_trip_every_row_identical(settings, bs, source_db, target_name):
     owner = superuser_psql("SELECT tableowner FROM pg_tables WHERE tablename = 'messages'",
                            dbname=target_name)
     assert owner == settings.db_role_owner
+    # PgBouncer's lookup (superuser-owned, made by the bootstrap, not by pg_restore) is
+    # there, so the restored database is reachable through PgBouncer like the source.
+    lookup = "SELECT p.proowner::regrole FROM pg_proc p WHERE p.oid = " \
+             "to_regprocedure('pgbouncer.user_lookup(text)')"
+    assert superuser_psql(lookup, dbname=target_name) == "postgres"
 
 
 def test_refuses_non_empty_target_without_force(settings, bs, source_db, target_name):
-    backup = snapshot.create_backup(settings, bs, dbname=source_db)
-    restore.restore_backup(settings, bs, backup, target_name)
+    backup = snapshot.create_backup(bs, dbname=source_db)
+    restore.restore_backup(bs, backup, target_name)
     superuser_psql("DELETE FROM user_memory", dbname=target_name)
     before = table_checksums(target_name)
 
     with pytest.raises(RestoreRefused, match="--force"):
-        restore.restore_backup(settings, bs, backup, target_name)
+        restore.restore_backup(bs, backup, target_name)
     assert table_checksums(target_name) == before  # untouched
 
-    restore.restore_backup(settings, bs, backup, target_name, force=True)
+    restore.restore_backup(bs, backup, target_name, force=True)
     assert table_checksums(target_name) == table_checksums(source_db)
 
 
 def test_corrupted_file_fails_verify_before_touching_target(settings, bs, source_db,
                                                             target_name):
-    backup = snapshot.create_backup(settings, bs, dbname=source_db)
+    backup = snapshot.create_backup(bs, dbname=source_db)
     victim = max((f for f in backup.manifest.files), key=lambda f: f.size)
     path = backup.path / victim.path
     data = bytearray(path.read_bytes())
@@ -54,15 +59,15 @@ def test_corrupted_file_fails_verify_before_touching_target(settings, bs, source
     path.write_bytes(bytes(data))
 
     with pytest.raises(BackupCorrupt, match="sha256 mismatch"):
-        restore.restore_backup(settings, bs, backup, target_name)
+        restore.restore_backup(bs, backup, target_name)
     assert superuser_psql(f"SELECT count(*) FROM pg_database WHERE datname = '{target_name}'") \
         == "0"
 
 
 def test_live_database_needs_force(settings, bs, source_db):
-    backup = snapshot.create_backup(settings, bs, dbname=source_db)
+    backup = snapshot.create_backup(bs, dbname=source_db)
     with pytest.raises(RestoreRefused, match="live database"):
-        restore.restore_backup(settings, bs, backup, settings.db_name)
+        restore.restore_backup(bs, backup, settings.db_name)
     assert storage_local.resolve(bs.backup_repo_dir, "latest").backup_id == backup.backup_id
 
 
@@ -70,4 +75,4 @@ def test_live_database_needs_force(settings, bs, source_db):
 def test_target_names_must_be_plain(settings, bs, name):
     backup = storage_local.LocalBackup("x", bs.backup_repo_dir, None, None)
     with pytest.raises(UsageError, match="plain database name"):
-        restore.restore_backup(settings, bs, backup, name)
+        restore.restore_backup(bs, backup, name)

@@ -71,3 +71,15 @@ def test_failed_backups_older_than_a_good_one_go():
     backups = [Candidate("old-bad", START, False), Candidate("good", START + timedelta(1), True)]
     plan = plan_retention(backups, Policy(last=5, daily=0, weekly=0, monthly=0))
     assert plan.delete == ["old-bad"] and list(plan.keep) == ["good"]
+
+
+def test_backup_ids_sort_in_creation_order_within_one_second():
+    from datetime import UTC, datetime
+
+    from donnadb.backup import prune, storage_local
+
+    base = datetime(2026, 11, 25, 18, 22, 28, tzinfo=UTC)
+    ids = [storage_local.new_backup_id(base.replace(microsecond=us)) for us in (1, 2, 999_999)]
+    assert sorted(ids) == ids
+    assert prune._id_time(ids[2]) == base.replace(microsecond=999_999)
+    assert prune._id_time("20261125T182228Z-abcd") == base  # ids of earlier versions

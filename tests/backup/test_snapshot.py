@@ -20,7 +20,7 @@ from donnadb.backup.verify import verify_backup
 
 
 def test_manifest_describes_the_dump(settings, bs, source_db):
-    backup = snapshot.create_backup(settings, bs, dbname=source_db)
+    backup = snapshot.create_backup(bs, dbname=source_db)
     m = mf.load(backup.path)
     with db.connection("backup", settings=settings, dbname=source_db) as conn:
         assert m.row_counts == dbfacts.row_counts(conn)
@@ -39,15 +39,15 @@ def test_manifest_describes_the_dump(settings, bs, source_db):
 
 
 def test_verify_detects_a_flipped_byte(settings, bs, source_db):
-    backup = snapshot.create_backup(settings, bs, dbname=source_db)
-    assert verify_backup(settings, bs, backup).ok
+    backup = snapshot.create_backup(bs, dbname=source_db)
+    assert verify_backup(bs, backup).ok
     entry = next(f for f in backup.manifest.files if f.path.endswith(".dat.gz"))
     path = backup.path / entry.path
     data = bytearray(path.read_bytes())
     data[0] ^= 0x80
     path.write_bytes(bytes(data))
 
-    result = verify_backup(settings, bs, backup)
+    result = verify_backup(bs, backup)
     assert not result.ok and result.problems == [f"{entry.path}: sha256 mismatch"]
     # a failed verify is remembered: the backup is no longer "good" nor "latest"
     [listed] = storage_local.list_backups(bs.backup_repo_dir)
@@ -56,7 +56,7 @@ def test_verify_detects_a_flipped_byte(settings, bs, source_db):
 
 def test_failed_pg_dump_leaves_nothing(settings, bs):
     with pytest.raises(Exception, match="does not exist|cannot connect"):
-        snapshot.create_backup(settings, bs, dbname="donna_no_such_database")
+        snapshot.create_backup(bs, dbname="donna_no_such_database")
     assert storage_local.list_backups(bs.backup_repo_dir) == []
     assert storage_local.partials(bs.backup_repo_dir) == []
 
@@ -68,7 +68,7 @@ def test_pg_dump_error_is_one_line(settings, bs, source_db, tmp_path):
     (fake / "pg_dump").chmod(0o700)
     broken = bs.model_copy(update={"backup_pg_bin_dir": fake})
     with pytest.raises(BackupError, match="pg_dump: error: disk full"):
-        snapshot.create_backup(settings, broken, dbname=source_db)
+        snapshot.create_backup(broken, dbname=source_db)
     assert storage_local.list_backups(bs.backup_repo_dir) == []
     assert storage_local.partials(bs.backup_repo_dir) == []
 
@@ -112,5 +112,5 @@ def test_killed_backup_never_looks_complete(settings, bs, source_db, tmp_path):
 
 def test_too_many_jobs_for_the_role_limit_is_one_clear_error(settings, bs, source_db):
     with pytest.raises(BackupError, match="lower BACKUP_JOBS"):
-        snapshot.create_backup(settings, bs, dbname=source_db, jobs=60)
+        snapshot.create_backup(bs, dbname=source_db, jobs=60)
     assert storage_local.partials(bs.backup_repo_dir) == []

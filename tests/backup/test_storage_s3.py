@@ -17,8 +17,14 @@ from moto.server import ThreadedMotoServer
 from donnadb.backup import manifest as mf
 from donnadb.backup import restore, snapshot, storage_local
 from donnadb.backup.errors import BackupCorrupt
-from donnadb.backup.settings import MIB, S3_MAX_PART, S3_MAX_PARTS, S3_MIN_PART
-from donnadb.backup.storage_s3 import S3Store, part_size_for
+from donnadb.backup.storage_s3 import (
+    S3_MAX_PART,
+    S3_MAX_PARTS,
+    S3_MIN_PART,
+    S3Store,
+    part_size_for,
+)
+from donnadb.config import MIB
 from tests.backup.conftest import table_checksums
 
 BUCKET = "donna-backups-test"
@@ -89,7 +95,7 @@ def test_part_size_refuses_impossible_files():
 
 
 def test_backup_round_trip_through_s3(settings, s3_bs, source_db, tmp_path, target_name):
-    backup = snapshot.create_backup(settings, s3_bs, dbname=source_db)
+    backup = snapshot.create_backup(s3_bs, dbname=source_db)
     store = S3Store(s3_bs)
     store.upload_backup(backup)
     remote = store.list_backups()
@@ -103,7 +109,7 @@ def test_backup_round_trip_through_s3(settings, s3_bs, source_db, tmp_path, targ
     fetched = store.download_backup(backup.backup_id, other_repo)
     assert fetched.manifest == backup.manifest
     assert mf.check_files(fetched.path, fetched.manifest) == []
-    restore.restore_backup(settings, s3_bs, fetched, target_name)
+    restore.restore_backup(s3_bs, fetched, target_name)
     assert table_checksums(target_name) == table_checksums(source_db)
 
 

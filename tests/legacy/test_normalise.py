@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 
 import pytest
 
+from donnadb.dal.values import LEGACY_MESSAGE_NAMESPACE, legacy_message_id
+from donnadb.legacy.chats import own_message_id
 from donnadb.legacy.normalise import (
     escape_json,
     escape_str,
+    message_uuid,
     normalise_role,
     parse_timestamp,
     unescape_json,
@@ -86,3 +90,18 @@ def test_memory_values_are_wrapped_only_when_escaped():
     wrapped = wrap_memory_value("x\x00y")
     assert wrapped != "x\x00y"
     assert unwrap_memory_value(wrapped) == "x\x00y"
+
+
+@pytest.mark.parametrize("chat_id", ["c_1", "chat-ü-\u4e2d", "x" * 300])
+@pytest.mark.parametrize("seq", [1, 2, 99_999])
+def test_message_uuid_is_the_dal_position_rule(chat_id, seq):
+    expected = uuid.uuid5(LEGACY_MESSAGE_NAMESPACE, f"{chat_id}:{seq}")
+    assert message_uuid(chat_id, seq) == expected
+    assert str(expected) == legacy_message_id(chat_id, seq)
+
+
+def test_own_message_id_takes_only_canonical_uuids():
+    own = uuid.uuid4()
+    assert own_message_id(str(own)) == own
+    for other in (str(own).upper(), "{" + str(own) + "}", own.hex, 5, None, "", "x" * 36):
+        assert own_message_id(other) is None

@@ -54,7 +54,7 @@ def test_db_check_fails_on_an_unmigrated_database(empty_db):
 
 def test_dead_database_is_one_line_not_a_traceback():
     for args in (("db", "check"), ("migrate", "status")):
-        done = donnactl(*args, DB_PORT="1")
+        done = donnactl(*args, DB_PORT="1", PGBOUNCER_PORT="2")
         assert done.returncode == 4, done.stderr
         assert "Traceback" not in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1

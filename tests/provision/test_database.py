@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from donnadb import db
 from donnadb.provision import database
 from donnadb.provision.settings import load_deploy_settings
 from tests.provision.deployrun import load_group_data
@@ -62,3 +63,23 @@ def test_rendered_bootstrap_is_the_tests_bootstrap(deploy_settings, settings):
     sql, marker = database.bootstrap_sql(deploy_settings)
     assert render_database_sql(settings).strip() in sql
     assert marker in sql
+
+
+def test_every_bootstrapped_database_is_reachable_through_pgbouncer(settings, empty_db):
+    # The app role's default path (PGBOUNCER_PORT in donnadb.env): PgBouncer's `*` entry
+    # logs it into a scratch database with the lookup its bootstrap installed.
+    assert settings.pgbouncer_port, "the deploy writes PGBOUNCER_PORT to donnadb.env"
+    with db.connect("app", settings=settings, dbname=empty_db, autocommit=True,
+                    prepare_threshold=None) as conn:
+        assert conn.info.port == settings.pgbouncer_port
+        row = conn.execute("SELECT current_user, current_database()").fetchone()
+    assert row == (settings.db_role_app, empty_db)
+
+
+def test_check_sees_a_missing_pgbouncer_lookup(deploy_settings, empty_db):
+    sql, _ = database.bootstrap_sql(deploy_settings)
+    superuser_psql(sql, dbname=empty_db)
+    superuser_psql("DROP FUNCTION pgbouncer.user_lookup(text)", dbname=empty_db)
+    assert _problems(deploy_settings, empty_db) == ["pgbouncer.user_lookup missing or changed"]
+    superuser_psql(sql, dbname=empty_db)
+    assert _problems(deploy_settings, empty_db) == []

@@ -42,7 +42,7 @@ def test_cluster_is_running_after_deploy(deployed):
 
 MY_DEPLOYS = ("Install PostgreSQL", "Configure postgresql.conf", "Configure pg_hba.conf",
               "PostgreSQL service", "Roles", "Role passwords", "Database",
-              "Host settings file", "Schema")
+              "Host settings file", "Schema", "Operations jobs")
 
 
 def test_every_operation_is_named(deployed):

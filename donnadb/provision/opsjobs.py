@@ -1,0 +1,159 @@
+"""The scheduled operations jobs: partition maintenance, retention, metrics textfile.
+
+Like the backup jobs (provision/backups.py): systemd service + timer files are always
+installed under /etc/systemd/system; they are enabled only where systemd is PID 1.
+Elsewhere (containers, CI) the same jobs go to /etc/cron.d/donna-ops, each run under
+``flock -n`` so a slow run is skipped rather than stacked. Every job runs the
+checkout's ``.venv/bin/donnactl``, which reads /etc/donnadb/donnadb.env itself and
+logs one JSON line per run (OPS_LOG_FILE).
+
+Settings (group_data/all.py): ``ops_schedule`` (job -> (OnCalendar, cron) or None to
+leave a job out), ``ops_env`` (thresholds and paths, written to donnadb.env by
+provision/envfile.py).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.operations import files
+
+from donnadb import config
+from donnadb.errors import ConfigError
+from donnadb.provision import scheduler
+from donnadb.provision.settings import DeploySettings
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    on_calendar: str
+    cron: str
+    what: str
+    args: tuple[str, ...]
+    #: Spread daily jobs over a few minutes; the per-minute scrape must not drift.
+    randomized_delay_s: int = 300
+
+
+#: job -> (systemd OnCalendar, cron schedule, what it does, donnactl arguments)
+DEFAULT_JOBS = {
+    "partitions": Job("partitions", "*-*-* 01:10:00", "10 1 * * *",
+                      "Premake, archive and drop system_logs partitions",
+                      ("partitions", "maintain", "--json")),
+    "retention": Job("retention", "*-*-* 01:40:00", "40 1 * * *",
+                     "Delete rows past their retention", ("retention", "run", "--yes", "--json")),
+    "metrics": Job("metrics", "*-*-* *:*:00", "* * * * *",
+                   "Write the donnadb metrics for node_exporter's textfile collector",
+                   ("metrics", "--textfile-default"), randomized_delay_s=0),
+}
+UNIT_DIR = "/etc/systemd/system"
+CRON_FILE = "/etc/cron.d/donna-ops"
+CRON_LOG = "/var/log/donnadb/ops-cron.log"
+PREFIX = "donna-ops-"
+
+
+def load_jobs(data: Any) -> tuple[dict[str, Job], list[str]]:
+    """(the jobs to schedule, the names left out) from group_data ``ops_schedule``.
+
+    :raises ConfigError: an unknown job, or a schedule that is not (OnCalendar, cron).
+    """
+    jobs = dict(DEFAULT_JOBS)
+    dropped = []
+    for name, value in (data.get("ops_schedule") or {}).items():
+        if name not in DEFAULT_JOBS:
+            raise ConfigError(f"group_data ops_schedule: unknown job {name!r}; "
+                              f"use {', '.join(DEFAULT_JOBS)}")
+        if value is None:
+            del jobs[name]
+            dropped.append(name)
+            continue
+        if not (isinstance(value, tuple | list) and len(value) == 2
+                and all(isinstance(v, str) and v.strip() and "\n" not in v for v in value)
+                and len(value[1].split()) == 5):
+            raise ConfigError(f"group_data ops_schedule[{name!r}] must be (OnCalendar, "
+                              "cron), e.g. ('*-*-* 01:10:00', '10 1 * * *'), or None")
+        job = DEFAULT_JOBS[name]
+        jobs[name] = Job(name, value[0], value[1], job.what, job.args, job.randomized_delay_s)
+    return jobs, dropped
+
+
+def donnactl(settings: DeploySettings) -> str:
+    return posixpath.join(settings.donnadb_checkout, ".venv", "bin", "donnactl")
+
+
+def command(settings: DeploySettings, job: Job) -> str:
+    return " ".join(shlex.quote(a) for a in (donnactl(settings), *job.args))
+
+
+def service_unit(settings: DeploySettings, job: Job) -> str:
+    return f"""# Managed by the donnadb deploy (group_data ops_schedule).
+[Unit]
+Description={job.what}
+After=postgresql.service
+
+[Service]
+Type=oneshot
+UMask=0077
+Nice=10
+WorkingDirectory=/
+ExecStart={command(settings, job)}
+"""
+
+
+def timer_unit(job: Job) -> str:
+    return f"""# Managed by the donnadb deploy (group_data ops_schedule).
+[Unit]
+Description={job.what} (schedule)
+
+[Timer]
+OnCalendar={job.on_calendar}
+RandomizedDelaySec={job.randomized_delay_s}
+AccuracySec=1s
+Persistent={'true' if job.randomized_delay_s else 'false'}
+
+[Install]
+WantedBy=timers.target
+"""
+
+
+def cron_text(settings: DeploySettings, jobs: dict[str, Job]) -> str:
+    lines = ["# Managed by the donnadb deploy: used where systemd is not running.",
+             "SHELL=/bin/sh", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
+    for job in jobs.values():
+        lock = f"/run/lock/{PREFIX}{job.name}.lock"
+        lines.append(f"# {job.what}")
+        lines.append(f"{job.cron} root cd / && flock -n {lock} {command(settings, job)} "
+                     f">>{CRON_LOG} 2>&1")
+    return "\n".join(lines) + "\n"
+
+
+def textfile_dir(settings: DeploySettings) -> str:
+    """The directory of METRICS_TEXTFILE (group_data ops_env, else the runtime default)."""
+    path = settings.ops_env.get("METRICS_TEXTFILE") or str(
+        config.Settings.model_fields["metrics_textfile"].default)
+    return posixpath.dirname(path)
+
+
+@deploy("Operations jobs")
+def install_ops_jobs(settings: DeploySettings) -> None:
+    """Timers (systemd) or /etc/cron.d/donna-ops for partitions, retention and metrics.
+
+    :raises ConfigError: group_data ops_schedule is malformed.
+    """
+    jobs, dropped = load_jobs(host.data)
+    log_dir = posixpath.dirname(CRON_LOG)
+    files.directory(name=f"Create {log_dir} (root only)", path=log_dir, user="root",
+                    group="root", mode="700")
+    if "metrics" in jobs:
+        # node_exporter (its own user) reads the textfile: the directory is not secret.
+        files.directory(name=f"Create the metrics textfile directory {textfile_dir(settings)}",
+                        path=textfile_dir(settings), user="root", group="root", mode="755")
+    scheduler.install_jobs(
+        label="ops", prefix=PREFIX, unit_dir=UNIT_DIR,
+        units={j.name: (service_unit(settings, j), timer_unit(j)) for j in jobs.values()},
+        removed=list(dropped), cron_file=CRON_FILE, cron_text=cron_text(settings, jobs))

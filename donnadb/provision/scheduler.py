@@ -1,0 +1,94 @@
+"""A scheduler for the /etc/cron.d jobs on hosts without systemd.
+
+Where systemd is PID 1 the backup and ops jobs are systemd timers and nothing is
+needed here. Elsewhere (containers, CI) they are /etc/cron.d files, which only fire
+when a cron daemon runs: Debian's minimal images ship none, so install and start it.
+"""
+
+from __future__ import annotations
+
+from io import StringIO
+
+from pyinfra import host
+from pyinfra.api import deploy, operation
+from pyinfra.facts.deb import DebPackages
+from pyinfra.facts.server import Command
+from pyinfra.operations import apt, files, systemd
+
+from donnadb.provision.facts import SystemdRunning
+from donnadb.provision.settings import DeploySettings
+
+CRON_PACKAGE = "cron"
+# pidof exits 1 when no cron runs; the echo turns that into a value, not a failed fact.
+CRON_RUNNING_CMD = "pidof cron >/dev/null && echo running || echo stopped"
+
+
+@operation()
+def cron_started():
+    """Start the cron daemon when no cron process runs (it daemonises itself)."""
+    if host.get_fact(Command, command=CRON_RUNNING_CMD) == "running":
+        host.noop("cron is running")
+    else:
+        yield "/usr/sbin/cron"
+
+
+@deploy("Scheduler for cron.d jobs (no systemd)")
+def ensure_cron(settings: DeploySettings) -> None:
+    """Install and run cron unless systemd's timers do the scheduling."""
+    if host.get_fact(SystemdRunning):
+        return
+    installed = host.get_fact(DebPackages) or {}
+    apt.packages(name="Install cron (systemd is not running)", packages=[CRON_PACKAGE],
+                 update=CRON_PACKAGE not in installed,
+                 cache_time=settings.pg_apt_cache_time)
+    cron_started(name="Start cron (systemd is not running)")
+
+
+def install_jobs(
+    *,
+    label: str,
+    prefix: str,
+    unit_dir: str,
+    units: dict[str, tuple[str, str]],
+    removed: list[str],
+    cron_file: str,
+    cron_text: str,
+) -> None:
+    """Schedule jobs: systemd units where systemd runs, else one /etc/cron.d file.
+
+    ``units`` maps a job to its (service, timer) unit texts, installed as
+    ``{prefix}{job}.service|.timer`` in every case so a host that boots with systemd
+    later has them; ``removed`` are jobs left out whose units must go. Without systemd
+    the jobs are ``cron_text`` in ``cron_file`` (run by :func:`ensure_cron`'s daemon).
+    """
+    changed = []
+    timers = {}
+    for job, texts in units.items():
+        for kind, text in zip(("service", "timer"), texts, strict=True):
+            unit = f"{prefix}{job}.{kind}"
+            timers[job] = files.put(name=f"Install {unit}", src=StringIO(text),
+                                    dest=f"{unit_dir}/{unit}", user="root", group="root",
+                                    mode="644")
+            changed.append(timers[job])
+    for job in removed:
+        # What `systemctl disable` removes, then the units themselves.
+        for path in (f"{unit_dir}/timers.target.wants/{prefix}{job}.timer",
+                     f"{unit_dir}/{prefix}{job}.timer", f"{unit_dir}/{prefix}{job}.service"):
+            changed.append(files.file(name=f"Remove {path} (job left out)", path=path,
+                                      present=False))
+    if host.get_fact(SystemdRunning):
+        files.file(name=f"No cron duplicate of the timers ({cron_file})", path=cron_file,
+                   present=False)
+        systemd.daemon_reload(name=f"Reload systemd ({label} units changed)",
+                              _if=lambda: any(op.did_change() for op in changed))
+        for job, timer in timers.items():
+            # Restarted so an active timer surely recomputes its next run from the new file.
+            systemd.service(name=f"Restart {prefix}{job}.timer (schedule changed)",
+                            service=f"{prefix}{job}.timer", restarted=True,
+                            _if=timer.did_change)
+            systemd.service(name=f"Enable {prefix}{job}.timer",
+                            service=f"{prefix}{job}.timer", running=True, enabled=True)
+        return
+    # cron reads /etc/cron.d files that are not group/world-writable; no secrets inside.
+    files.put(name=f"Schedule the {label} jobs in {cron_file} (systemd is not running)",
+              src=StringIO(cron_text), dest=cron_file, user="root", group="root", mode="644")

@@ -1,0 +1,55 @@
+"""The deploy's step list, in ONE place: deploy.py and the fresh-cluster test call it.
+
+``converge_postgresql`` is the cluster, its roles, passwords, database and schema;
+``converge_host`` adds the services around it (backups, PgBouncer, ops jobs), which
+use fixed host paths and ports and so are left out of the throwaway-cluster test
+(tests/provision/fresh_deploy.py).
+"""
+
+from __future__ import annotations
+
+from donnadb.provision import (
+    backups,
+    database,
+    envfile,
+    hba,
+    opsjobs,
+    packages,
+    pgbouncer,
+    roles,
+    scheduler,
+    schema,
+    secrets,
+    service,
+    tuning,
+)
+from donnadb.provision.settings import DeploySettings
+
+
+def converge_postgresql(settings: DeploySettings) -> None:
+    """Packages, postgresql.conf, pg_hba.conf, the service, roles, passwords, database
+    (with PgBouncer's lookup), donnadb.env and the schema migrations."""
+    packages.install_postgresql(settings)
+    conf = tuning.configure_postgresql(settings)
+    access = hba.configure_hba(settings)
+    service.ensure_running(settings, restart_if=conf.did_change, reload_if=access.did_change)
+    roles.converge_roles(settings)
+    secrets.converge_passwords(settings)
+    database.converge_database(settings)
+    envfile.write_env_file(settings)
+    schema.apply_schema(settings)
+
+
+def converge_host(settings: DeploySettings) -> None:
+    """Everything: :func:`converge_postgresql`, then cron (without systemd), backups,
+    PgBouncer and the ops jobs.
+
+    A later step that edits postgresql settings should use group_data
+    pg_extra_settings, or call service.ensure_running(settings,
+    restart_if=its_op.did_change) after its own file.
+    """
+    converge_postgresql(settings)
+    scheduler.ensure_cron(settings)
+    backups.install_backups(settings)
+    pgbouncer.install_pgbouncer(settings)
+    opsjobs.install_ops_jobs(settings)

@@ -1,0 +1,60 @@
+"""Backup settings live in the one Settings object (donnadb/config.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from donnadb.config import BACKUP_ENV_FILE, HOST_ENV_FILE, Settings, load_settings
+from donnadb.errors import ConfigError
+from donnadb.ops import health
+from donnadb.ops.checks import Severity
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    for name in ("BACKUP_REPO_DIR", "BACKUP_JOBS", "BACKUP_MAX_AGE_HOURS",
+                 "HEALTH_BACKUP_MAX_AGE_HOURS", "DB_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+def test_backup_env_is_read_after_the_host_file_and_before_dotenv(clean_env, monkeypatch):
+    files = Settings.model_config["env_file"]
+    assert list(files) == [HOST_ENV_FILE, BACKUP_ENV_FILE, ".env"]
+    host, backup = clean_env / "donnadb.env", clean_env / "backup.env"
+    host.write_text("DB_NAME=from_host\nBACKUP_JOBS=4\n")
+    backup.write_text("BACKUP_REPO_DIR=/srv/from_backup_env\nBACKUP_JOBS=3\n")
+    (clean_env / ".env").write_text("BACKUP_JOBS=1\n")
+    s = Settings(_env_file=(host, backup, ".env"))
+    assert (s.db_name, str(s.backup_repo_dir), s.backup_jobs) == (
+        "from_host", "/srv/from_backup_env", 1)
+    monkeypatch.setenv("BACKUP_JOBS", "5")
+    assert Settings(_env_file=(host, backup, ".env")).backup_jobs == 5
+
+
+def test_flags_beat_environment_for_backup_settings(clean_env, monkeypatch):
+    monkeypatch.setenv("BACKUP_REPO_DIR", "/srv/env")
+    assert str(load_settings(backup_repo_dir="/srv/flag").backup_repo_dir) == "/srv/flag"
+    assert str(load_settings(backup_repo_dir=None).backup_repo_dir) == "/srv/env"
+
+
+def test_one_max_age_with_the_old_health_name_as_alias(clean_env, monkeypatch):
+    monkeypatch.setenv("HEALTH_BACKUP_MAX_AGE_HOURS", "5")
+    assert load_settings().backup_max_age_hours == 5
+    monkeypatch.setenv("BACKUP_MAX_AGE_HOURS", "7")  # the real name wins
+    assert load_settings().backup_max_age_hours == 7
+    assert "health_backup_max_age_hours" not in Settings.model_fields
+    monkeypatch.setenv("BACKUP_MAX_AGE_HOURS", "0")
+    with pytest.raises(ConfigError, match="BACKUP_MAX_AGE_HOURS"):
+        load_settings()
+
+
+def test_health_warns_at_the_age_backup_check_fails(settings):
+    s = settings.model_copy(update={"backup_max_age_hours": 26.0,
+                                    "health_backup_crit_age_hours": 50.0})
+    report = {"age_hours": 27.0, "repository": "/r"}
+    assert health._backup(report, s).severity == Severity.WARNING
+    relaxed = s.model_copy(update={"backup_max_age_hours": 28.0})
+    assert health._backup(report, relaxed).severity == Severity.OK
+    assert health._backup({**report, "age_hours": 51.0}, s).severity == Severity.CRITICAL

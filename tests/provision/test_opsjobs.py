@@ -1,0 +1,117 @@
+"""The scheduled ops jobs: schedules from group_data, units and the cron fallback."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from donnadb.errors import ConfigError
+from donnadb.provision import opsjobs
+from donnadb.provision.settings import load_deploy_settings
+from tests.provision.deployrun import ROOT, load_group_data
+
+
+class _Data(dict):
+    def get(self, key, default=None):
+        return super().get(key, default)
+
+
+@pytest.fixture(scope="module")
+def group_data():
+    return _Data(load_group_data())
+
+
+def test_group_data_schedules_every_job(group_data):
+    jobs, dropped = opsjobs.load_jobs(group_data)
+    assert set(jobs) == {"partitions", "retention", "metrics"} and dropped == []
+    assert jobs["metrics"].cron == "* * * * *"
+    assert jobs["retention"].args == ("retention", "run", "--yes", "--json")
+
+
+def test_a_job_can_be_left_out_or_moved(group_data):
+    data = _Data(group_data, ops_schedule={"metrics": None,
+                                           "retention": ("*-*-* 05:00:00", "0 5 * * *")})
+    jobs, dropped = opsjobs.load_jobs(data)
+    assert "metrics" not in jobs and dropped == ["metrics"]
+    assert (jobs["retention"].on_calendar, jobs["retention"].cron) == ("*-*-* 05:00:00",
+                                                                       "0 5 * * *")
+
+
+@pytest.mark.parametrize("schedule,match", [
+    ({"vacuum": ("daily", "0 1 * * *")}, "unknown job 'vacuum'"),
+    ({"metrics": ("* * * * *",)}, r"ops_schedule\['metrics'\]"),
+    ({"metrics": ("minutely", "* * *")}, r"ops_schedule\['metrics'\]"),
+])
+def test_bad_schedules_are_refused(group_data, schedule, match):
+    with pytest.raises(ConfigError, match=match):
+        opsjobs.load_jobs(_Data(group_data, ops_schedule=schedule))
+
+
+def test_units_and_cron_run_donnactl_from_the_checkout(group_data):
+    settings = load_deploy_settings(group_data)
+    jobs, _ = opsjobs.load_jobs(group_data)
+    donnactl = f"{ROOT}/.venv/bin/donnactl"
+    unit = opsjobs.service_unit(settings, jobs["partitions"])
+    assert f"ExecStart={donnactl} partitions maintain --json\n" in unit
+    assert "OnCalendar=*-*-* *:*:00\n" in opsjobs.timer_unit(jobs["metrics"])
+    assert "RandomizedDelaySec=0\n" in opsjobs.timer_unit(jobs["metrics"])
+    cron = opsjobs.cron_text(settings, jobs)
+    assert (f"40 1 * * * root cd / && flock -n /run/lock/donna-ops-retention.lock "
+            f"{donnactl} retention run --yes --json >>") in cron
+    assert "%" not in cron  # cron would turn it into a newline
+
+
+@pytest.mark.parametrize("job", sorted(opsjobs.DEFAULT_JOBS))
+def test_every_job_is_a_real_donnactl_command(job):
+    args = opsjobs.DEFAULT_JOBS[job].args
+    words = [a for a in args if not a.startswith("-")]
+    done = subprocess.run([str(ROOT / ".venv" / "bin" / "donnactl"), *words, "--help"],
+                          capture_output=True, text=True, check=False, cwd="/",
+                          env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    for flag in (a for a in args if a.startswith("--")):
+        assert flag in done.stdout, (job, flag)
+
+
+def test_ops_env_names_must_be_runtime_settings(group_data):
+    with pytest.raises(ConfigError, match="HEALTH_BLOT_WARN_PCT is not a setting"):
+        load_deploy_settings(_Data(group_data, ops_env={"HEALTH_BLOT_WARN_PCT": 1}))
+
+
+@pytest.mark.deploy
+def test_deploy_schedules_the_jobs(deployed, group_data):
+    settings = load_deploy_settings(group_data)
+    jobs, _ = opsjobs.load_jobs(group_data)
+    for name in jobs:
+        for kind in ("service", "timer"):
+            assert Path(f"{opsjobs.UNIT_DIR}/donna-ops-{name}.{kind}").is_file()
+    # No systemd on this machine: the cron file is the schedule.
+    cron = Path(opsjobs.CRON_FILE)
+    assert cron.read_text() == opsjobs.cron_text(settings, jobs)
+    assert stat.S_IMODE(cron.stat().st_mode) == 0o644 and cron.stat().st_uid == 0
+    assert Path(opsjobs.textfile_dir(settings)).is_dir()
+    assert stat.S_IMODE(Path(opsjobs.CRON_LOG).parent.stat().st_mode) == 0o700
+
+
+@pytest.mark.deploy
+def test_env_file_carries_pgbouncer_and_ops_settings(deployed, group_data):
+    from donnadb.config import Settings
+
+    env = Settings(_env_file="/etc/donnadb/donnadb.env")
+    assert env.pgbouncer_port == group_data["pgbouncer_port"]
+    for name, value in group_data["ops_env"].items():
+        # The value as the runtime parses it (75 -> 75.0, "true" -> True).
+        expected = getattr(Settings(_env_file=None, **{name.lower(): value}), name.lower())
+        assert getattr(env, name.lower()) == expected, name
+
+
+@pytest.mark.deploy
+def test_a_cron_daemon_runs_the_cron_files_without_systemd(deployed):
+    # The cron.d files are the only schedule here: without a daemon they never fire.
+    from donnadb.provision.scheduler import CRON_RUNNING_CMD
+
+    state = subprocess.run(["sh", "-c", CRON_RUNNING_CMD], capture_output=True, text=True)
+    assert state.stdout.strip() == "running"
