@@ -34,8 +34,10 @@ class CheckReport:
 
 
 def _newest_good(rows: list[catalog.Row]) -> catalog.Row | None:
-    good = [r for r in rows if r.good and r.age_hours is not None]
-    return min(good, key=lambda r: r.age_hours) if good else None
+    good = [r for r in rows if r.good and r.finished_at is not None]
+    # By the finish time itself, not the rounded age: two backups a second apart differ.
+    # finished_at is ISO 8601 in UTC, so it sorts as text; the id breaks exact ties.
+    return max(good, key=lambda r: (r.finished_at, r.backup_id)) if good else None
 
 
 def check_backups(settings: Settings, *, now: datetime | None = None,

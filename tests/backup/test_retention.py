@@ -83,3 +83,17 @@ def test_backup_ids_sort_in_creation_order_within_one_second():
     assert sorted(ids) == ids
     assert prune._id_time(ids[2]) == base.replace(microsecond=999_999)
     assert prune._id_time("20261125T182228Z-abcd") == base  # ids of earlier versions
+
+
+def test_check_picks_the_newest_backup_even_within_one_second():
+    from donnadb.backup.catalog import Row
+    from donnadb.backup.check import _newest_good
+
+    def row(backup_id, finished_at, age):
+        return Row(backup_id, "s3", True, finished_at, age, 1, "donna", "0003", None)
+
+    older = row("20261125T184309895057Z-222f", "2026-11-25T18:43:10+00:00", 0.0003)
+    newer = row("20261125T184310772774Z-418b", "2026-11-25T18:43:10+00:00", 0.0003)
+    stale = row("20261124T184310772774Z-0000", "2026-11-24T18:43:10+00:00", 24.0)
+    assert _newest_good([older, newer, stale]).backup_id == newer.backup_id
+    assert _newest_good([newer, older, stale]).backup_id == newer.backup_id
