@@ -34,8 +34,8 @@ from pyinfra.operations.util import any_changed
 from donnadb.errors import ConfigError
 from donnadb.provision import bootstrap
 from donnadb.provision.facts import PassfileRoles, StalePasswords, SystemdRunning
+from donnadb.provision.passwords import helper_path as password_helper_path
 from donnadb.provision.psql import guarded
-from donnadb.provision.secrets import helper_path as password_helper_path
 from donnadb.provision.settings import IDENT_RE, DeploySettings, load_deploy_settings
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"

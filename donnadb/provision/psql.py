@@ -3,7 +3,7 @@
 The superuser is reached by peer authentication over the Unix socket
 (``runuser -u postgres -- psql``): no superuser password exists anywhere. SQL travels
 on psql's stdin (a here-document), never a secret: passwords are applied by the
-uploaded helper from a 0600 file (see :mod:`donnadb.provision.secrets`).
+uploaded helper from a 0600 file (see :mod:`donnadb.provision.passwords`).
 """
 
 from __future__ import annotations

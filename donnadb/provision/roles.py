@@ -3,7 +3,7 @@
 pyinfra's postgres.role always reports a change when given a password, never fixes
 login/superuser/connlimit drift and pastes names unescaped; here each managed role is
 compared attribute by attribute and only the differences become SQL. Passwords are
-not set here (see secrets.py): this SQL never holds one.
+not set here (see passwords.py): this SQL never holds one.
 """
 
 from __future__ import annotations

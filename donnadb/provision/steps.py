@@ -15,11 +15,11 @@ from donnadb.provision import (
     hba,
     opsjobs,
     packages,
+    passwords,
     pgbouncer,
     roles,
     scheduler,
     schema,
-    secrets,
     service,
     tuning,
 )
@@ -34,7 +34,7 @@ def converge_postgresql(settings: DeploySettings) -> None:
     access = hba.configure_hba(settings)
     service.ensure_running(settings, restart_if=conf.did_change, reload_if=access.did_change)
     roles.converge_roles(settings)
-    secrets.converge_passwords(settings)
+    passwords.converge_passwords(settings)
     database.converge_database(settings)
     envfile.write_env_file(settings)
     schema.apply_schema(settings)

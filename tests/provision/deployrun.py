@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PYINFRA = ROOT / ".venv" / "bin" / "pyinfra"
 COMMAND = [str(PYINFRA), "-y", "inventory/local.py", "deploy.py"]
-HELPER = ROOT / "donnadb" / "provision" / "files" / "pgsecrets.py"
+HELPER = ROOT / "donnadb" / "provision" / "files" / "pgpasswords.py"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -79,7 +79,7 @@ def run_deploy(*, sample_ps: bool = False, timeout: float = 300, deploy_file: st
 
 def load_helper():
     """The uploaded password helper, imported as a module (it is a standalone script)."""
-    spec = importlib.util.spec_from_file_location("pgsecrets", HELPER)
+    spec = importlib.util.spec_from_file_location("pgpasswords", HELPER)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -61,7 +61,7 @@ def test_every_operation_is_named(deployed):
 
 def test_no_secret_in_ps_during_deploy(redeployed, passwords):
     assert len(redeployed.ps_samples) > 20, "ps was not sampled while the deploy ran"
-    assert any("pgsecrets.py" in args for args in redeployed.ps_samples) or any(
+    assert any("pgpasswords.py" in args for args in redeployed.ps_samples) or any(
         "pyinfra" in args for args in redeployed.ps_samples
     )
     for role, password in passwords.items():

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """PgBouncer's auth_file on the database host: check and write. Uploaded by the deploy.
 
-Runs as root with the system python3 (standard library only), next to pgsecrets.py,
+Runs as root with the system python3 (standard library only), next to pgpasswords.py,
 whose passfile reader and pg_authid query it reuses. The auth_file holds exactly:
 
 * the auth_user's password (PgBouncer logs in to PostgreSQL as that role to run its
   auth_query; a SCRAM verifier cannot be used for an outgoing login, so this one line
-  is a password, generated on this host by pgsecrets.py and never anywhere else), and
+  is a password, generated on this host by pgpasswords.py and never anywhere else), and
 * the SCRAM verifiers of the stats users, copied from pg_authid, because PgBouncer 1.18
   does not run auth_query for its admin console (a client of the virtual ``pgbouncer``
   database that is not in the auth_file waits forever).
@@ -33,7 +33,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from pgsecrets import ROLE_RE, Failure, read_passfile, stored_verifiers  # noqa: E402
+from pgpasswords import ROLE_RE, Failure, read_passfile, stored_verifiers  # noqa: E402
 
 OWNER = "postgres"
 

@@ -7,9 +7,9 @@ to PostgreSQL as pre-hashed SCRAM-SHA-256 verifiers from a 0600 SQL file. Nothin
 script prints, and nothing in its or psql's argv, contains a password or a verifier:
 output is role names only.
 
-    pgsecrets.py ensure --passfile F ROLE...          add missing roles to F
-    pgsecrets.py check  --passfile F --port P ROLE... print roles whose verifier is stale
-    pgsecrets.py apply  --passfile F --port P ROLE... set stale verifiers, print roles set
+    pgpasswords.py ensure --passfile F ROLE...          add missing roles to F
+    pgpasswords.py check  --passfile F --port P ROLE... print roles whose verifier is stale
+    pgpasswords.py apply  --passfile F --port P ROLE... set stale verifiers, print roles set
 
 Exit codes: 0 done, 1 failed (one line on stderr), 2 usage.
 """
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     bad = [r for r in args.roles if not ROLE_RE.match(r)]
     if bad:
-        print(f"pgsecrets: invalid role name {bad[0]!r}; use a-z, 0-9 and _", file=sys.stderr)
+        print(f"pgpasswords: invalid role name {bad[0]!r}; use a-z, 0-9 and _", file=sys.stderr)
         return 2
     os.umask(0o077)
     try:
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             done = apply(args.passfile, args.port, args.roles)
     except (Failure, OSError) as exc:
-        print(f"pgsecrets {args.mode}: {exc}", file=sys.stderr)
+        print(f"pgpasswords {args.mode}: {exc}", file=sys.stderr)
         return 1
     for role in done:
         print(role)

@@ -1,6 +1,6 @@
 """Role passwords: generated on the host, kept in a 0600 passfile, applied as SCRAM.
 
-The helper script (files/pgsecrets.py) runs on the target with its system python3:
+The helper script (files/pgpasswords.py) runs on the target with its system python3:
 the passwords are created there and never travel through pyinfra, its output or any
 argv. The deploy asks the helper (check mode, a fact) which roles' stored verifiers
 do not match the passfile and runs the apply mode only for those; an existing
@@ -19,11 +19,11 @@ from pyinfra.operations import files
 from donnadb.provision.facts import PassfileRoles, StalePasswords
 from donnadb.provision.settings import DeploySettings
 
-HELPER_SRC = Path(__file__).resolve().parent / "files" / "pgsecrets.py"
+HELPER_SRC = Path(__file__).resolve().parent / "files" / "pgpasswords.py"
 
 
 def helper_path(settings: DeploySettings) -> str:
-    return f"{settings.donnadb_lib_dir}/pgsecrets.py"
+    return f"{settings.donnadb_lib_dir}/pgpasswords.py"
 
 
 @operation()
@@ -59,6 +59,9 @@ def converge_passwords(settings: DeploySettings) -> None:
                     path=settings.donnadb_lib_dir, user="root", group="root", mode="700")
     files.put(name="Upload the password helper", src=str(HELPER_SRC), dest=helper,
               user="root", group="root", mode="700")
+    # Earlier versions uploaded the same helper as pgsecrets.py.
+    files.file(name="Remove the helper's former copy",
+               path=f"{settings.donnadb_lib_dir}/pgsecrets.py", present=False)
     files.directory(name=f"Create {posixpath.dirname(passfile)} (root only)",
                     path=posixpath.dirname(passfile), user="root", group="root", mode="700")
     passfile_has_roles(name="Generate missing role passwords on the host",
