@@ -26,6 +26,7 @@ from donnadb.legacy.normalise import (
     chat_uuid,
     escape_json,
     escape_str,
+    json_object_field,
     message_uuid,
     normalise_role,
     parse_timestamp,
@@ -211,17 +212,7 @@ def chat_from_json(doc: dict[str, Any], chat_id: str, source_path: str, source: 
         if changed:
             escaped.append("profile")
         profile = _clip(profile, PROFILE_MAX, legacy, "profile")
-    metadata = doc.get("metadata")
-    if metadata is None:
-        metadata = {}
-        if "metadata" in doc:
-            legacy["metadata"] = "null"
-    elif not isinstance(metadata, dict):
-        legacy["metadata_raw"], metadata = metadata, {}
-    metadata, changed = escape_json(metadata)
-    metadata = dict(metadata)
-    if changed:
-        escaped.append("metadata")
+    metadata = json_object_field(doc, "metadata", legacy, escaped)
     status = doc.get("status")
     if status is not None and not _storable_status(status):
         legacy["status_raw"] = status

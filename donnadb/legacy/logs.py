@@ -16,7 +16,14 @@ from typing import Any
 
 from donnadb.legacy.files import BOM, Inventory, loads, mtime
 from donnadb.legacy.model import LogRow
-from donnadb.legacy.normalise import LEGACY_KEY, escape_json, escape_str, log_uuid, parse_timestamp
+from donnadb.legacy.normalise import (
+    LEGACY_KEY,
+    escape_json,
+    escape_str,
+    json_object_field,
+    log_uuid,
+    parse_timestamp,
+)
 from donnadb.legacy.report import Report
 
 FIELDS = ("ts", "level", "message", "context", "trace_id", "ip", "user_agent", "uri")
@@ -64,17 +71,7 @@ def log_from_line(raw: dict[str, Any], source: str, previous_ts, fallback_ts) ->
     if message is None:
         legacy.setdefault("message", "missing")
         message = ""
-    context = raw.get("context")
-    if context is None:
-        context = {}
-        if "context" in raw:
-            legacy["context"] = "null"
-    elif not isinstance(context, dict):
-        legacy["context_raw"], context = context, {}
-    context, changed = escape_json(context)
-    context = dict(context)
-    if changed:
-        escaped.append("context")
+    context = json_object_field(raw, "context", legacy, escaped)
     ip = raw.get("ip")
     ip_address = None
     if ip is not None:

@@ -189,6 +189,26 @@ def escape_json(value: Any) -> tuple[Any, bool]:
     return value, False
 
 
+def json_object_field(doc: dict, name: str, legacy: dict, escaped: list[str]) -> dict:
+    """``doc[name]`` as a storable JSON object, losing nothing.
+
+    Missing or null becomes ``{}`` (an explicit null is noted in ``legacy``); any other
+    non-object is kept in ``legacy[name + "_raw"]`` and replaced by ``{}``; escaping of
+    NUL/lone surrogates is noted by appending ``name`` to ``escaped``.
+    """
+    value = doc.get(name)
+    if value is None:
+        value = {}
+        if name in doc:
+            legacy[name] = "null"
+    elif not isinstance(value, dict):
+        legacy[f"{name}_raw"], value = value, {}
+    value, changed = escape_json(value)
+    if changed:
+        escaped.append(name)
+    return dict(value)
+
+
 def unescape_json(value: Any) -> Any:
     """Inverse of :func:`escape_json` (only call it on values it escaped)."""
     if isinstance(value, str):
