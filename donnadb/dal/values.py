@@ -176,6 +176,20 @@ def load_json(data: bytes) -> Any:
     return json.loads(data)
 
 
+def dump_json(value: Any) -> bytes | str:
+    """``json.dumps(value)`` as jsonb will store it, computed by orjson where it can.
+
+    orjson refuses what it cannot encode exactly like json.dumps (integers beyond 64 bits,
+    non-string keys, lone surrogates): json.dumps then decides. Its one silent difference,
+    NaN/Infinity written as null, cannot reach it: legacy files are parsed with those
+    constants rejected, and jsonb refuses them anyway.
+    """
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(value)
+
+
 def normalise_role(role: object) -> str:
     """A legacy role spelling (``User``, ``bot``, ``ai``, ``SYSTEM``) in the schema's form;
     anything unrecognised is returned lower-cased (and then rejected by the database)."""

@@ -32,7 +32,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psycopg
+from psycopg import sql
+from psycopg.types.json import set_json_dumps
 
+from donnadb.dal.values import dump_json
 from donnadb.errors import DataError, MigrationError
 from donnadb.legacy import indexes
 from donnadb.legacy.logs import iter_log_file
@@ -203,6 +206,16 @@ ON CONFLICT (id, created_at) DO NOTHING
 
 SCHEMA_PRESENT = "SELECT to_regclass('messages')"
 
+#: A first load grows the tables from nothing, and plans chosen while ``chat_sessions`` held
+#: a few rows (a sequential scan in the messages trigger's UPDATE, hash joins over whole
+#: tables in the upserts) stay cached in the session: every later batch then scans the
+#: whole table and the import turns quadratic. So each table is analysed when the rows
+#: this run wrote to it pass the next power of two from ANALYZE_FIRST: about log2(n)
+#: quick ANALYZEs (a 30,000-row sample each), and the relcache invalidation they cause
+#: makes every cached plan, the trigger's included, be planned again on fresh figures.
+ANALYZE_FIRST = 1024
+ANALYZED_TABLES = ("users", "user_memory", "chat_sessions", "messages")
+
 ProgressFn = Callable[[str, int], None]
 
 
@@ -251,6 +264,7 @@ class Importer:
         self._queue: queue.Queue[_Batch | None] = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._analyze_at = dict.fromkeys(ANALYZED_TABLES, ANALYZE_FIRST)
 
     def run(self, reader: LegacyReader) -> ImportSummary:
         """Import everything ``reader`` yields.
@@ -301,6 +315,10 @@ class Importer:
         done = 0
         for chat in reader.chats():
             self._count("chat_sessions")
+            if self._batch.rows and self._batch.rows + 1 + len(chat.messages) > self.batch_size:
+                # A chat stays in one batch unless it alone exceeds the batch size: its
+                # messages then all take the fast path (see FRESH_CHATS), none the upsert.
+                self._flush()
             self._batch.chats[chat.chat_id] = chat
             self._grow(1, 0)
             for message in chat.messages:
@@ -351,8 +369,25 @@ class Importer:
             try:
                 with self.conn.transaction():
                     self._write(batch)
+                self._analyze_grown_tables()
             except BaseException as exc:  # re-raised in the reader thread
                 self._error = exc
+
+    def _analyze_grown_tables(self) -> None:
+        """ANALYZE the tables whose written rows passed their next threshold (see
+        ANALYZE_FIRST); as the owner, the only role allowed to."""
+        grown = [t for t in ANALYZED_TABLES
+                 if self.summary.written.get(t, 0) >= self._analyze_at[t]]
+        if not grown:
+            return
+        with self.conn.transaction():
+            self.conn.execute(sql.SQL("SET LOCAL ROLE {}").format(
+                sql.Identifier(self.owner_role)))
+            for table in grown:
+                self.conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
+                while self._analyze_at[table] <= self.summary.written[table]:
+                    self._analyze_at[table] *= 2
+        log.debug("analysed %s", ", ".join(grown))
 
     def _raise_writer_error(self) -> None:
         exc = self._error
@@ -367,10 +402,14 @@ class Importer:
 
     def _copy(self, spec: tuple[str, list[str]], rows) -> None:
         statement, types = spec
-        with self.conn.cursor() as cur, cur.copy(statement) as copy:
-            copy.set_types(types)
-            for row in rows:
-                copy.write_row(row)
+        with self.conn.cursor() as cur:
+            # Every message carries a metadata object: orjson encodes it in a tenth of
+            # json.dumps' time, and the writer thread is the import's critical path.
+            set_json_dumps(dump_json, cur)
+            with cur.copy(statement) as copy:
+                copy.set_types(types)
+                for row in rows:
+                    copy.write_row(row)
 
     def _exec(self, sql: str, table: str | None = None) -> None:
         cur = self.conn.execute(sql)

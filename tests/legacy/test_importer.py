@@ -10,6 +10,7 @@ import time
 import pytest
 
 from donnadb import db
+from donnadb.legacy import importer
 from donnadb.legacy.fixtures import generate
 from donnadb.legacy.importer import import_data_dir
 from donnadb.legacy.reader import LegacyReader
@@ -168,3 +169,48 @@ def test_defer_indexes_refuses_a_non_empty_messages_table(settings, scratch_db, 
     assert refused.returncode == 3
     assert "initial load" in refused.stderr
     assert len(_messages_indexes(settings, scratch_db)[0]) == 8
+
+
+def _import_in_process(settings, dbname: str, root, batch_size: int):
+    with db.connect("migrator", settings=settings, dbname=dbname, autocommit=True) as conn:
+        return import_data_dir(LegacyReader.open(root), conn, batch_size=batch_size,
+                               owner_role=settings.db_role_owner)
+
+
+def test_a_chat_stays_in_one_batch_so_a_first_load_never_upserts_messages(
+        settings, scratch_db, tmp_path, monkeypatch):
+    """Batches end at a chat boundary (a chat of 7-13 messages, batches of 25 rows):
+    every message of a first load takes the direct COPY, none the staging upsert."""
+    root = tmp_path / "data"
+    info = generate(root, users=5, chats=40, messages_per_chat=10, logs=0, deviations=False)
+    executed: list[str] = []
+    original = importer.Importer._exec
+
+    def spy(self, sql, table=None):
+        executed.append(sql)
+        return original(self, sql, table)
+
+    monkeypatch.setattr(importer.Importer, "_exec", spy)
+    summary = _import_in_process(settings, scratch_db, root, batch_size=25)
+    assert summary.written["messages"] == info.messages
+    assert summary.batches > 40 * 10 // 25  # batches really were smaller than the data
+    assert importer.UPSERT_MESSAGES not in executed
+
+
+def test_a_growing_first_load_analyses_its_tables(settings, scratch_db, tmp_path, monkeypatch):
+    """Without ANALYZE while the tables grow from empty, the plans cached for the first
+    batches (sequential scans of chat_sessions in the messages trigger) stay for the
+    whole import and it turns quadratic. reltuples is -1 until a table is analysed."""
+    monkeypatch.setattr(importer, "ANALYZE_FIRST", 16)
+    root = tmp_path / "data"
+    generate(root, users=5, chats=60, messages_per_chat=10, logs=0, deviations=False)
+    _import_in_process(settings, scratch_db, root, batch_size=50)
+    with db.connect("migrator", settings=settings, dbname=scratch_db) as conn:
+        rows = dict(conn.execute(
+            "SELECT relname, reltuples FROM pg_class WHERE relname = ANY(%s)",
+            [list(importer.ANALYZED_TABLES)]).fetchall())
+        counts = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # noqa: S608
+                  for t in ("chat_sessions", "messages")}
+    # Analysed at the last power of two the table passed: between half and all of it.
+    for table, n in counts.items():
+        assert n / 2 <= rows[table] <= n, (table, rows[table], n)

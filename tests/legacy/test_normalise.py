@@ -105,3 +105,16 @@ def test_own_message_id_takes_only_canonical_uuids():
     assert own_message_id(str(own)) == own
     for other in (str(own).upper(), "{" + str(own) + "}", own.hex, 5, None, "", "x" * 36):
         assert own_message_id(other) is None
+
+
+@pytest.mark.parametrize("value", [
+    {}, {"a": 1, "b": [1.5, None, True], "c": {"d": "é\u2028😀"}}, {"n": -(2**63)},
+    {"big": 2**70}, {1: "non-string key"}, {"x": "\x00 kept as \\u0000"},
+])
+def test_dump_json_stores_what_json_dumps_stores(value):
+    """orjson where it is exact, json.dumps where it refuses: jsonb sees the same value."""
+    import json
+
+    from donnadb.dal.values import dump_json
+
+    assert json.loads(dump_json(value)) == json.loads(json.dumps(value))
