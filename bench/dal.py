@@ -214,7 +214,7 @@ def main() -> None:
                 # one, which would land on the first operation measured.
                 warm = work.operations()
                 for name in ("get_chat_history", "get_user_by_id"):
-                    measure(warm[name], max(200, threads * 20), threads, interval)
+                    measure(warm[name], max(200, threads * 20), threads)
                 for name, fn in work.operations().items():
                     began = time.perf_counter()
                     lat = measure(fn, args.calls, threads, interval)

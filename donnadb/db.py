@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from donnadb.config import Settings, get_settings
@@ -106,6 +107,12 @@ def connection(kind: str = "app", *, settings: Settings | None = None, **kwargs)
             yield conn
     finally:
         conn.close()
+
+
+def set_local_role(conn: psycopg.Connection, role: str) -> None:
+    """Act as ``role`` until the current transaction ends (``SET LOCAL ROLE``): how the
+    migrator does what only the owner of the tables may (DDL, ANALYZE, COMMENT)."""
+    conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
 
 
 def describe_connect_error(exc: psycopg.OperationalError, info: str) -> str:

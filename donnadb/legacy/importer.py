@@ -35,6 +35,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import set_json_dumps
 
+from donnadb import db
 from donnadb.dal.values import dump_json
 from donnadb.errors import DataError, MigrationError
 from donnadb.legacy import indexes
@@ -407,8 +408,7 @@ class Importer:
         if not grown:
             return
         with self.conn.transaction():
-            self.conn.execute(sql.SQL("SET LOCAL ROLE {}").format(
-                sql.Identifier(self.owner_role)))
+            db.set_local_role(self.conn, self.owner_role)
             for table in grown:
                 self.conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
                 while self._analyze_at[table] <= self.summary.written[table]:

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 from psycopg import sql
 
+from donnadb import db
 from donnadb.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def pending(conn: psycopg.Connection) -> dict | None:
 
 
 def _set_comment(conn: psycopg.Connection, text: str | None, owner: str) -> None:
-    conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(owner)))
+    db.set_local_role(conn, owner)
     conn.execute(sql.SQL("COMMENT ON TABLE messages IS {}").format(
         sql.Literal(text) if text is not None else sql.SQL("NULL")))
 
@@ -112,5 +113,5 @@ def _build(conn: psycopg.Connection, definitions: list[str], owner: str) -> None
     for definition in definitions:
         statement = definition.replace("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1)
         with conn.transaction():
-            conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(owner)))
+            db.set_local_role(conn, owner)
             conn.execute(statement)
