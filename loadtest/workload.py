@@ -1,10 +1,10 @@
 """What one load-test process shares between its simulated users.
 
 * the DAL (:class:`donnadb.dal.PostgresDataAccess`), through PgBouncer unless told
-  otherwise: the load test measures the code the application runs;
-* the three queries the chat app needs that the DAL does not offer yet (recent
-  sessions, full-text search, the system_logs writer), in named constants, on a pool
-  built with exactly the DAL's connection settings;
+  otherwise: every query of the chat workload is a DAL call, so the load test measures
+  the code the application runs;
+* a small pool with exactly the DAL's connection settings for the gevent smoke test's
+  ``pg_sleep`` (not an application query);
 * the catalogue of seeded users and their chats, drawn with the seed's power law, so
   the busiest users are also the most active ones.
 
@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from donnadb import db
@@ -41,38 +40,10 @@ SELECT u.id::text AS user_id, array_agg(s.chat_id ORDER BY s.chat_id) AS chats
  ORDER BY u.clerk_id
 """
 
-# Uses idx_chat_sessions_user_recent (user_id, last_message_at DESC).
-RECENT_SESSIONS_SQL = """
-SELECT chat_id, title, last_message_at, message_count
-  FROM chat_sessions
- WHERE user_id = %(user_id)s
- ORDER BY last_message_at DESC
- LIMIT 20
-"""
-
-# Full-text search over the user's five most recent chats, newest hits first.
-SEARCH_SQL = """
-WITH recent AS (
-    SELECT id, chat_id FROM chat_sessions
-     WHERE user_id = %(user_id)s
-     ORDER BY last_message_at DESC
-     LIMIT 5
-)
-SELECT r.chat_id, m.sequence_number, left(m.content, 200) AS snippet
-  FROM recent AS r
-  JOIN messages AS m ON m.chat_session_id = r.id
- WHERE to_tsvector('english', m.content) @@ websearch_to_tsquery('english', %(q)s)
- ORDER BY m.created_at DESC
- LIMIT 20
-"""
-
-INSERT_LOG_SQL = """
-INSERT INTO system_logs (level, message, context, trace_id, ip_address, user_agent,
-                         request_uri)
-VALUES (%(level)s, %(message)s, %(context)s, %(trace_id)s, %(ip)s, %(agent)s, %(uri)s)
-"""
-
 SLEEP_SQL = "SELECT pg_sleep(%(seconds)s)"
+#: Chats in the sidebar, and the most recent chats the search box looks in.
+RECENT_CHATS = 20
+SEARCH_CHATS = 5
 
 
 @dataclass
@@ -97,22 +68,18 @@ class Workload:
     pool: ConnectionPool
     catalogue: Catalogue
 
-    # --- the queries the DAL lacks ----------------------------------------------------
+    # --- the chat app's calls that take more than the DAL's arguments ---------------
     def recent_sessions(self, user_id: str) -> list[dict[str, Any]]:
-        with self.pool.connection() as conn:
-            return conn.execute(RECENT_SESSIONS_SQL, {"user_id": user_id}).fetchall()
+        return self.dal.list_chat_sessions(user_id, RECENT_CHATS)
 
     def search(self, user_id: str, words: str) -> list[dict[str, Any]]:
-        with self.pool.connection() as conn:
-            return conn.execute(SEARCH_SQL, {"user_id": user_id, "q": words}).fetchall()
+        """Search the user's few most recent chats, as the app's search box does."""
+        return self.dal.search_messages(user_id, words, limit=20, recent_chats=SEARCH_CHATS)
 
     def write_log(self, level: str, message: str, context: dict[str, Any]) -> None:
-        with self.pool.connection() as conn:
-            conn.execute(INSERT_LOG_SQL, {
-                "level": level, "message": message, "context": Jsonb(context),
-                "trace_id": uuid.uuid4().hex, "ip": "127.0.0.1",
-                "agent": "donnadb-loadtest", "uri": "/api/chat",
-            })
+        self.dal.write_log(level, message, context, trace_id=uuid.uuid4().hex,
+                           ip_address="127.0.0.1", user_agent="donnadb-loadtest",
+                           request_uri="/api/chat")
 
     def sleep(self, seconds: float) -> None:
         with self.pool.connection() as conn:

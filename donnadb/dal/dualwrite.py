@@ -23,7 +23,14 @@ from donnadb.dal.files import FileDataAccess
 from donnadb.dal.postgres import PostgresDataAccess
 from donnadb.dal.protocol import ChatSession, Message, TransactionMixin, User
 from donnadb.dal.queue import ReconcileQueue
-from donnadb.dal.values import is_valid_name
+from donnadb.dal.values import (
+    LEGACY_KEY,
+    is_valid_name,
+    legacy_log_id,
+    log_line,
+    now_utc,
+    parse_timestamp,
+)
 from donnadb.errors import DatabaseError, DonnaError
 
 log = logging.getLogger(__name__)
@@ -82,9 +89,13 @@ class DualWriteDataAccess(TransactionMixin):
             return nullcontext()
         return self.files.locked(self.files.user_path(clerk_id))
 
-    def _mirror(self, op: str, entries: list[dict[str, Any]], copy: Callable[[], Any]) -> None:
-        """Run ``copy`` against PostgreSQL; on failure log and queue ``entries``."""
-        tx: _Tx | None = getattr(self._local, "tx", None)
+    def _mirror(self, op: str, entries: list[dict[str, Any]], copy: Callable[[], Any], *,
+                outside_tx: bool = False) -> None:
+        """Run ``copy`` against PostgreSQL; on failure log and queue ``entries``.
+
+        Inside a transaction the copy joins it, unless ``outside_tx`` (a log entry).
+        """
+        tx: _Tx | None = None if outside_tx else getattr(self._local, "tx", None)
         if tx is not None:
             tx.entries.extend(entries)
             tx.ops.append(op)
@@ -200,6 +211,27 @@ class DualWriteDataAccess(TransactionMixin):
         return self._read(lambda: self.pg.get_message_count(chat_id),
                           lambda: self.files.get_message_count(chat_id))
 
+    def list_chat_sessions(self, user_id: str, limit: int = 20) -> list[ChatSession]:
+        def from_pg() -> list[ChatSession]:
+            row = self.pg.get_user_by_clerk_id(user_id)
+            if row is None:
+                return []
+            return [{**s, "id": s["chat_id"], "user_id": user_id}
+                    for s in self.pg.list_chat_sessions(row["id"], limit)]
+        return self._read(from_pg, lambda: self.files.list_chat_sessions(user_id, limit))
+
+    def search_messages(
+        self, user_id: str, query: str, *, limit: int = 20, recent_chats: int | None = None
+    ) -> list[Message]:
+        def from_pg() -> list[Message]:
+            row = self.pg.get_user_by_clerk_id(user_id)
+            if row is None:
+                return []
+            return self.pg.search_messages(row["id"], query, limit=limit,
+                                           recent_chats=recent_chats)
+        return self._read(from_pg, lambda: self.files.search_messages(
+            user_id, query, limit=limit, recent_chats=recent_chats))
+
     def get_user_memory(
         self, user_id: str, memory_type: str, key: str | None = None
     ) -> dict[str, Any]:
@@ -284,6 +316,39 @@ class DualWriteDataAccess(TransactionMixin):
             self._mirror("delete_user_memory", [_user(user_id)],
                          lambda: self.sync_user(user_id))
         return True
+
+    def write_log(
+        self,
+        level: str,
+        message: str,
+        context: Mapping[str, Any] | None = None,
+        *,
+        trace_id: str | None = None,
+        ip_address: str | None = None,
+        user_agent: str | None = None,
+        request_uri: str | None = None,
+    ) -> str:
+        line = log_line(level, message, context, trace_id=trace_id, ip_address=ip_address,
+                        user_agent=user_agent, request_uri=request_uri, at=now_utc())
+        source = self.files.append_log(line)
+        self._mirror("write_log", [_log(source)], lambda: self.copy_log(source, line),
+                     outside_tx=True)
+        return legacy_log_id(source)
+
+    def sync_log(self, source: str) -> bool:
+        """Copy the log line ``source`` from the files (reconcile); False when it is gone."""
+        line = self.files.read_log(source)
+        if line is None:
+            return False
+        self.copy_log(source, line)
+        return True
+
+    def copy_log(self, source: str, line: Mapping[str, Any]) -> None:
+        """The row the import makes of this line (same id, ``source`` in the context), so a
+        later import or a replay adds nothing and ``verify`` compares it like any other."""
+        context = {**line["context"], LEGACY_KEY: {"source": source}}
+        self.pg.insert_log({**line, "context": context}, log_id=legacy_log_id(source),
+                           at=parse_timestamp(line["ts"]))
 
     # ------------------------------------------------------------------ transactions
     def begin_transaction(self) -> bool:
@@ -380,3 +445,7 @@ def _chat(chat_id: str) -> dict[str, Any]:
 
 def _message(chat_id: str, message_id: str) -> dict[str, Any]:
     return {"kind": "message", "chat_id": chat_id, "message_id": message_id}
+
+
+def _log(source: str) -> dict[str, Any]:
+    return {"kind": "log", "source": source}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime
 from typing import Any
 
 from donnadb.dal.protocol import ChatSession, Message, User
@@ -78,3 +80,31 @@ def check_window(limit: object, offset: object) -> None:
     for name, value in (("limit", limit), ("offset", offset)):
         if not isinstance(value, int) or value < 0:
             raise DataError(f"{name} must be a non-negative integer, not {value!r}")
+
+
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+_WORD_RE = re.compile(r"\w+")
+
+
+def recent_first(sessions: list[ChatSession]) -> list[ChatSession]:
+    """The order of list_chat_sessions (postgres_sql.RECENT_ORDER): last message newest
+    first with chats that have none ahead, then created_at newest first, then chat_id."""
+    ordered = sorted(sessions, key=lambda s: s["chat_id"])
+    ordered.sort(key=lambda s: s["created_at"] or _EARLIEST, reverse=True)
+    ordered.sort(key=lambda s: (s["last_message_at"] is None, s["last_message_at"] or _EARLIEST),
+                 reverse=True)
+    return ordered
+
+
+def newest_first(messages: list[Message]) -> list[Message]:
+    """The order of search_messages: created_at newest first, chat_id, position from last."""
+    ordered = sorted(messages, key=lambda m: m["sequence_number"], reverse=True)
+    ordered.sort(key=lambda m: m["chat_id"])
+    ordered.sort(key=lambda m: m["created_at"] or _EARLIEST, reverse=True)
+    return ordered
+
+
+def words(text: str) -> set[str]:
+    """The file store's search terms: lower-cased runs of letters and digits (no stemming,
+    no stop words; PostgreSQL's english configuration also finds other forms)."""
+    return set(_WORD_RE.findall(text.lower()))

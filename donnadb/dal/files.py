@@ -5,6 +5,7 @@ Layout under ``DATA_DIR``::
 
     chat_sessions/<chat_id>.json   one chat with its messages (the legacy format)
     memory/<clerk_id>.json         one user: profile, preferences, context, expires
+    logs/donnadb-<day>-<token>.jsonl  system logs, one JSON object a line (filelog.py)
     .locks/<area>/<name>.lock      empty lock files (flock), one per data file
 
 A user's ``id`` in this store is its Clerk id (the memory file's name); a chat
@@ -27,13 +28,17 @@ from typing import Any
 
 from donnadb.dal import fileio
 from donnadb.dal.errors import ConflictError, NotFoundError, TransactionError
+from donnadb.dal.filelog import LogFile, read_line
 from donnadb.dal.filerecords import (
     check_key,
     check_window,
     drop_stale_expiry,
     message_record,
+    newest_first,
+    recent_first,
     session_record,
     user_record,
+    words,
 )
 from donnadb.dal.protocol import (
     MEMORY_TYPES,
@@ -48,11 +53,15 @@ from donnadb.dal.protocol import (
 from donnadb.dal.values import (
     check_fields,
     check_json_object,
+    check_limit,
     check_memory_type,
     check_name,
     check_role,
+    check_search,
     format_timestamp,
     is_valid_name,
+    legacy_log_id,
+    log_line,
     now_utc,
     parse_timestamp,
 )
@@ -60,6 +69,7 @@ from donnadb.errors import DataError
 
 CHATS = "chat_sessions"
 MEMORY = "memory"
+LOGS = "logs"
 
 
 class _Held:
@@ -87,6 +97,7 @@ class FileDataAccess(TransactionMixin):
         self.data_dir = Path(data_dir)
         self.lock_timeout = lock_timeout
         self._local = threading.local()
+        self._log = LogFile(self.data_dir / LOGS)
         for area in (CHATS, MEMORY):
             fileio.ensure_dir(self.data_dir / area)
             fileio.ensure_dir(self.data_dir / ".locks" / area)
@@ -355,6 +366,69 @@ class FileDataAccess(TransactionMixin):
         raw = self._read_chat(chat_id)
         return 0 if raw is None else len(raw.get("messages") or [])
 
+    def list_chat_sessions(self, user_id: str, limit: int = 20) -> list[ChatSession]:
+        """Reads every chat file: the legacy layout has no index of a user's chats."""
+        check_limit(limit)
+        return [s for s, _ in self._user_chats(user_id)][:limit]
+
+    def search_messages(
+        self, user_id: str, query: str, *, limit: int = 20, recent_chats: int | None = None
+    ) -> list[Message]:
+        """Messages holding every word of ``query`` as a whole word, case-insensitively."""
+        terms = words(check_search(query, limit, recent_chats))
+        if not terms:
+            return []
+        chats = self._user_chats(user_id)
+        if recent_chats is not None:
+            chats = chats[:recent_chats]
+        hits = []
+        for session, raw in chats:
+            for i, entry in enumerate(raw.get("messages") or []):
+                message = message_record(session["chat_id"], i + 1, entry)
+                if terms <= words(message["content"]):
+                    hits.append(message)
+        return newest_first(hits)[:limit]
+
+    def _user_chats(self, user_id: str) -> list[tuple[ChatSession, dict[str, Any]]]:
+        """The user's chats (records and documents) in list_chat_sessions' order; a chat
+        file that cannot be read is skipped (the import quarantines it)."""
+        found = {}
+        if is_valid_name(user_id):
+            for path in (self.data_dir / CHATS).glob("*.json"):
+                try:
+                    raw = self._read_chat(path.stem)
+                except DataError:
+                    continue
+                if raw is not None and raw.get("user_id") == user_id:
+                    found[path.stem] = raw
+        sessions = recent_first([session_record(c, raw) for c, raw in found.items()])
+        return [(s, found[s["chat_id"]]) for s in sessions]
+
+    # ------------------------------------------------------------------ system logs
+    def write_log(
+        self,
+        level: str,
+        message: str,
+        context: Mapping[str, Any] | None = None,
+        *,
+        trace_id: str | None = None,
+        ip_address: str | None = None,
+        user_agent: str | None = None,
+        request_uri: str | None = None,
+    ) -> str:
+        line = log_line(level, message, context, trace_id=trace_id, ip_address=ip_address,
+                        user_agent=user_agent, request_uri=request_uri, at=now_utc())
+        return legacy_log_id(self.append_log(line))
+
+    def append_log(self, line: dict[str, Any]) -> str:
+        """Append a :func:`~donnadb.dal.values.log_line` object; return its source
+        (``FILE:LINE``, dual-write queues it)."""
+        return self._log.append(line)
+
+    def read_log(self, source: str) -> dict[str, Any] | None:
+        """The log line ``source`` names (None when it is gone)."""
+        return read_line(self.data_dir / LOGS, source)
+
     # ------------------------------------------------------------------ user memory
     def set_user_memory(
         self,
@@ -508,4 +582,5 @@ class FileDataAccess(TransactionMixin):
         return result
 
     def close(self) -> None:
-        """Nothing to release (locks are held only inside calls and transactions)."""
+        """Close the log file (locks are held only inside calls and transactions)."""
+        self._log.close()

@@ -40,12 +40,16 @@ from donnadb.dal.values import (
     ESCAPE_MARKER,
     check_fields,
     check_json_object,
+    check_limit,
     check_memory_type,
     check_role,
+    check_search,
     escape_text,
     is_uuid,
     load_json,
+    log_line,
     needs_escape,
+    now_utc,
     parse_timestamp,
     unescape_text,
 )
@@ -108,12 +112,13 @@ class PostgresDataAccess(TransactionMixin):
 
     # ------------------------------------------------------------------ plumbing
     @contextmanager
-    def _conn(self) -> Iterator[psycopg.Connection]:
-        """The thread's transaction connection, or one from the pool.
+    def _conn(self, *, outside_tx: bool = False) -> Iterator[psycopg.Connection]:
+        """The thread's transaction connection, or one from the pool (always one from the
+        pool with ``outside_tx``).
 
         :raises DatabaseError: no connection (server down, pool exhausted) or it broke.
         """
-        pinned = getattr(self._local, "conn", None)
+        pinned = None if outside_tx else getattr(self._local, "conn", None)
         try:
             if pinned is not None:
                 yield pinned
@@ -330,14 +335,64 @@ class PostgresDataAccess(TransactionMixin):
             rows = conn.execute(
                 q.SELECT_HISTORY, {"chat_id": chat_id, "limit": limit, "offset": offset}
             ).fetchall()
-        for row in rows:
-            if row["metadata"].pop(ESCAPE_MARKER, False):
-                row["content"] = unescape_text(row["content"])
-        return rows
+        return _unescaped(rows)
 
     def get_message_count(self, chat_id: str) -> int:
         row = self._one(q.SELECT_MESSAGE_COUNT, (chat_id,))
         return 0 if row is None else row["message_count"]
+
+    def list_chat_sessions(self, user_id: str, limit: int = 20) -> list[ChatSession]:
+        check_limit(limit)
+        if not is_uuid(user_id):
+            return []
+        with self._conn() as conn:
+            return conn.execute(q.SELECT_USER_SESSIONS,
+                                {"user_id": user_id, "limit": limit}).fetchall()
+
+    def search_messages(
+        self, user_id: str, query: str, *, limit: int = 20, recent_chats: int | None = None
+    ) -> list[Message]:
+        check_search(query, limit, recent_chats)
+        if not is_uuid(user_id) or needs_escape(query):
+            return []  # stored text never holds NUL or a lone surrogate: nothing matches
+        with self._conn() as conn:
+            rows = conn.execute(q.SEARCH_MESSAGES, {
+                "user_id": user_id, "query": query, "limit": limit, "chats": recent_chats,
+            }).fetchall()
+        return _unescaped(rows)
+
+    # ------------------------------------------------------------------ system logs
+    def write_log(
+        self,
+        level: str,
+        message: str,
+        context: Mapping[str, Any] | None = None,
+        *,
+        trace_id: str | None = None,
+        ip_address: str | None = None,
+        user_agent: str | None = None,
+        request_uri: str | None = None,
+    ) -> str:
+        line = log_line(level, message, context, trace_id=trace_id, ip_address=ip_address,
+                        user_agent=user_agent, request_uri=request_uri, at=now_utc())
+        # The server's clock, as for every other row this store writes.
+        return self.insert_log(line, log_id=None, at=None)
+
+    def insert_log(self, line: Mapping[str, Any], *, log_id: str | None,
+                   at: datetime | None) -> str:
+        """Insert one :func:`~donnadb.dal.values.log_line` object as a system_logs row, at
+        once, outside the thread's transaction if one is open.
+
+        With ``log_id`` (dual-write's copy of a file line) an existing row is kept: a
+        replay inserts nothing. ``at`` None means the server's now().
+        """
+        params = {"id": log_id, "level": line["level"], "message": line["message"],
+                  "context": Jsonb(line["context"]), "trace_id": line["trace_id"],
+                  "ip": line["ip"], "user_agent": line["user_agent"], "uri": line["uri"],
+                  "ts": at}
+        with self._conn(outside_tx=True) as conn:
+            row = conn.execute(q.INSERT_LOG, params).fetchone()
+        return row["id"] if row is not None else str(log_id)
 
     # ------------------------------------------------------------------ user memory
     def set_user_memory(
@@ -514,6 +569,14 @@ class PostgresDataAccess(TransactionMixin):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _unescaped(rows: list[Message]) -> list[Message]:
+    """Messages as written: content stored escaped (see escape_text) is restored."""
+    for row in rows:
+        if row["metadata"].pop(ESCAPE_MARKER, False):
+            row["content"] = unescape_text(row["content"])
+    return rows
 
 
 def _check_idle_connection(conn: psycopg.Connection) -> None:

@@ -164,6 +164,41 @@ SELECT * FROM (
 
 SELECT_MESSAGE_COUNT = "SELECT message_count FROM chat_sessions WHERE chat_id = %s"
 
+# The order list_chat_sessions promises (protocol.py); the first key walks
+# idx_chat_sessions_user_recent, the other two only break ties (incremental sort).
+RECENT_ORDER = "last_message_at DESC NULLS FIRST, created_at DESC, chat_id"
+
+SELECT_USER_SESSIONS = f"""
+SELECT {SESSION_COLUMNS} FROM chat_sessions AS s
+ WHERE s.user_id = %(user_id)s
+ ORDER BY {RECENT_ORDER}
+ LIMIT %(limit)s
+"""
+
+# plainto_tsquery: every word of the query, english stemming, stop words ignored. The
+# expression is idx_messages_content_fts's; LIMIT NULL (chats=None) means every chat.
+SEARCH_MESSAGES = f"""
+SELECT m.id::text AS id, s.chat_id, m.role, m.content, m.metadata, m.created_at,
+       m.sequence_number, m.token_count, m.abuse_flagged
+  FROM (SELECT id, chat_id FROM chat_sessions
+         WHERE user_id = %(user_id)s
+         ORDER BY {RECENT_ORDER}
+         LIMIT %(chats)s) AS s
+  JOIN messages AS m ON m.chat_session_id = s.id
+ WHERE to_tsvector('english', m.content) @@ plainto_tsquery('english', %(query)s)
+ ORDER BY m.created_at DESC, s.chat_id, m.sequence_number DESC
+ LIMIT %(limit)s
+"""
+
+INSERT_LOG = """
+INSERT INTO system_logs (id, level, message, context, trace_id, ip_address, user_agent,
+                         request_uri, created_at)
+VALUES (COALESCE(%(id)s, gen_random_uuid()), %(level)s, %(message)s, %(context)s,
+        %(trace_id)s, %(ip)s, %(user_agent)s, %(uri)s, COALESCE(%(ts)s, now()))
+ON CONFLICT (id, created_at) DO NOTHING
+RETURNING id::text AS id
+"""
+
 HEALTH = """
 SELECT current_database() AS database, current_user AS "user",
        current_setting('server_version') AS server_version,

@@ -137,6 +137,46 @@ class DataAccess(Protocol):
 
     def get_message_count(self, chat_id: str) -> int: ...
 
+    def list_chat_sessions(self, user_id: str, limit: int = 20) -> list[ChatSession]:
+        """The user's ``limit`` most recently active chats: chats without a message
+        first, then by last message, newest first (ties: newest created_at, then
+        chat_id). ``[]`` for an unknown user."""
+
+    def search_messages(
+        self, user_id: str, query: str, *, limit: int = 20, recent_chats: int | None = None
+    ) -> list[Message]:
+        """The user's messages holding every word of ``query``, newest first (ties:
+        chat_id, then position from the end), at most ``limit``; only in the
+        ``recent_chats`` first chats of :meth:`list_chat_sessions` when given.
+
+        Every store finds a message that holds each word as a whole word in any case.
+        PostgreSQL (english full-text search) also finds other forms of a word
+        ("meetings" for "meeting") and ignores stop words ("the"); the file store does
+        neither. A query with no words finds nothing.
+        """
+
+    # System logs
+    def write_log(
+        self,
+        level: str,
+        message: str,
+        context: Mapping[str, Any] | None = None,
+        *,
+        trace_id: str | None = None,
+        ip_address: str | None = None,
+        user_agent: str | None = None,
+        request_uri: str | None = None,
+    ) -> str:
+        """Append a system_logs entry (a ``logs/*.jsonl`` line in the file store); return
+        its id. ``level`` is stored lower-cased (1-20 characters).
+
+        The entry is written at once, outside any open transaction: a rollback keeps it
+        (the log of a failure is most needed when the work it records is rolled back).
+
+        :raises DataError: invalid IP address, oversized level or trace_id, a context
+            that is not a JSON object, or text PostgreSQL cannot store (NUL).
+        """
+
     # User memory
     def set_user_memory(
         self,

@@ -6,6 +6,7 @@ Each line names an entity whose file copy PostgreSQL may not have::
      "queued_at": "...", "error": "..."}
     {"v": 1, "kind": "chat", "chat_id": "...", ...}
     {"v": 1, "kind": "message", "chat_id": "...", "message_id": "...", ...}
+    {"v": 1, "kind": "log", "source": "donnadb-<day>-<token>.jsonl:LINE", ...}
 
 The line records *which* entity, not the values: reconcile copies the entity's current
 state from the files (the source of truth), so replaying is idempotent and a stale

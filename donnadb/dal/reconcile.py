@@ -98,6 +98,8 @@ def _group(entries: list[dict[str, Any]]) -> list[tuple[tuple[str, str], list[di
             key = ("user", e.get("clerk_id"))
         elif kind in ("chat", "message"):
             key = (kind, e.get("chat_id"))
+        elif kind == "log":
+            key = ("log", e.get("source"))
         else:
             log.warning("reconcile: ignoring entry of unknown kind %r", kind)
             continue
@@ -118,6 +120,8 @@ def _replay(dal: DualWriteDataAccess, key: tuple[str, str], group: list[dict]) -
     elif kind == "chat":
         with dal.chat_lock(name):
             dal.sync_chat(name)
+    elif kind == "log":
+        dal.sync_log(name)  # a written log line never changes: no lock needed
     else:
         wanted = {e.get("message_id") for e in group}
         with dal.chat_lock(name):

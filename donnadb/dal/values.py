@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import uuid
@@ -16,8 +17,16 @@ from donnadb.errors import DataError
 
 #: Namespace of the deterministic ids given to legacy messages that have none.
 LEGACY_MESSAGE_NAMESPACE = uuid.UUID("6f1d3c1e-5b0a-4c9e-9a57-2f0d0c7b9e41")
+#: Namespace of the ids the legacy import derives (users, chats, memory, log lines).
+LEGACY_NAMESPACE = uuid.UUID("0d7c9a4e-3f61-5b1e-8c2a-9e4b7f13d6a0")
 #: Metadata key recording that ``content`` was escaped (see :func:`escape_text`).
 ESCAPE_MARKER = "_donnadb_content_escaped"
+#: Metadata/context key under which the import records where a row came from and what it
+#: changed; a log row written by dual-write carries ``{"source": "FILE:LINE"}`` there too.
+LEGACY_KEY = "_donnadb_legacy"
+#: Column sizes of system_logs.level and system_logs.trace_id.
+LOG_LEVEL_MAX = 20
+TRACE_ID_MAX = 255
 
 # Chat ids and user keys become file names: no separators, no leading dot, bounded.
 _NAME_RE = re.compile(r"^[A-Za-z0-9@_+=-][A-Za-z0-9@._+=-]{0,199}$")
@@ -128,6 +137,96 @@ def legacy_message_id(chat_id: str, sequence_number: int) -> str:
     The legacy import uses the same rule, so a message keeps its id in both stores.
     """
     return str(uuid.uuid5(LEGACY_MESSAGE_NAMESPACE, f"{chat_id}:{sequence_number}"))
+
+
+def check_limit(value: object, name: str = "limit") -> int:
+    """:raises DataError: ``value`` is not a non-negative integer."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise DataError(f"{name} must be a non-negative integer, not {value!r}")
+    return value
+
+
+def check_search(query: object, limit: object, recent_chats: object) -> str:
+    """search_messages' arguments; returns the query.
+
+    :raises DataError: the query is not text, or a bound is not a non-negative integer.
+    """
+    if not isinstance(query, str):
+        raise DataError(f"search query must be text, not {type(query).__name__}")
+    check_limit(limit)
+    if recent_chats is not None:
+        check_limit(recent_chats, "recent_chats")
+    return query
+
+
+def legacy_log_id(source: str) -> str:
+    """The id of the log row read from ``source`` (``FILE.jsonl:LINE``): stable across
+    re-imports, and the same whether dual-write or the import puts the line in PostgreSQL."""
+    return str(uuid.uuid5(LEGACY_NAMESPACE, f"log:{source}"))
+
+
+def has_unstorable(value: Any) -> bool:
+    """True when a string, key or nested value holds text PostgreSQL cannot store."""
+    if isinstance(value, str):
+        return needs_escape(value)
+    if isinstance(value, list):
+        return any(has_unstorable(v) for v in value)
+    if isinstance(value, dict):
+        return any(has_unstorable(k) or has_unstorable(v) for k, v in value.items())
+    return False
+
+
+def log_line(
+    level: object,
+    message: object,
+    context: Mapping[str, Any] | None,
+    *,
+    trace_id: object = None,
+    ip_address: object = None,
+    user_agent: object = None,
+    request_uri: object = None,
+    at: datetime,
+) -> dict[str, Any]:
+    """One log entry, checked, as a legacy ``logs/*.jsonl`` object (docs/dal.md).
+
+    Every store writes exactly this: the file store as a line, PostgreSQL as a
+    system_logs row; so the import of the line gives the row dual-write wrote. ``level``
+    is lower-cased and ``ip_address`` written in its canonical form.
+
+    :raises DataError: a field of the wrong type or size, an invalid IP address, text
+        PostgreSQL cannot store (NUL, a lone surrogate), or the reserved context key.
+    """
+    if not isinstance(level, str) or not 0 < len(level) <= LOG_LEVEL_MAX:
+        raise DataError(f"invalid log level {level!r}: use 1-{LOG_LEVEL_MAX} characters")
+    if not isinstance(message, str):
+        raise DataError(f"log message must be text, not {type(message).__name__}")
+    texts = {"trace_id": trace_id, "user_agent": user_agent, "request_uri": request_uri}
+    for name, value in texts.items():
+        if value is not None and not isinstance(value, str):
+            raise DataError(f"log {name} must be text or None, not {type(value).__name__}")
+    if trace_id is not None and len(trace_id) > TRACE_ID_MAX:
+        raise DataError(f"log trace_id is longer than {TRACE_ID_MAX} characters")
+    ctx = check_json_object(context, "log context")
+    if LEGACY_KEY in ctx:
+        raise DataError(f"log context key {LEGACY_KEY!r} is reserved for the migration")
+    ip = None
+    if ip_address is not None:
+        try:
+            ip = str(ipaddress.ip_address(ip_address))
+        except ValueError:
+            raise DataError(f"invalid log ip_address {ip_address!r}: use an IPv4 or IPv6 "
+                            "address") from None
+    line = {"ts": format_timestamp(at), "level": level.lower(), "message": message,
+            "context": ctx, "trace_id": trace_id, "ip": ip, "user_agent": user_agent,
+            "uri": request_uri}
+    try:
+        json.dumps(ctx, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"log context cannot be stored as JSON: {exc}") from None
+    if has_unstorable(line):
+        raise DataError("log entry holds NUL or a lone surrogate, which PostgreSQL cannot "
+                        "store: remove or replace those characters")
+    return line
 
 
 def is_uuid(value: object) -> bool:

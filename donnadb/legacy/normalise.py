@@ -14,8 +14,12 @@ from typing import Any
 
 from donnadb.dal.values import (
     ESCAPE_MARKER,
+    LEGACY_KEY,
     LEGACY_MESSAGE_NAMESPACE,
+    LEGACY_NAMESPACE,
     escape_text,
+    has_unstorable,
+    legacy_log_id,
     legacy_message_id,
     needs_escape,
 )
@@ -37,12 +41,10 @@ __all__ = [
     "user_uuid",
 ]
 
-#: Metadata/context key under which the import records what it changed (and how to undo it).
-LEGACY_KEY = "_donnadb_legacy"
 #: Wrapper of a memory value that had to be escaped (user_memory has no metadata column).
 ESCAPED_VALUE_KEY = "$donnadb_escaped"
 
-_NS = uuid.UUID("0d7c9a4e-3f61-5b1e-8c2a-9e4b7f13d6a0")
+_NS = LEGACY_NAMESPACE
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NUMBER_RE = re.compile(r"-?\d+(\.\d+)?")
 # Epoch values at or above this are milliseconds (1e11 s is the year 5138).
@@ -72,7 +74,7 @@ def memory_uuid(user_id: uuid.UUID, memory_type: str, key: str) -> uuid.UUID:
 
 def log_uuid(source: str) -> uuid.UUID:
     """``source`` is ``file.jsonl:LINE``: a log line keeps its id across re-imports."""
-    return uuid.uuid5(_NS, f"log:{source}")
+    return uuid.UUID(legacy_log_id(source))
 
 
 _MESSAGE_NS_BYTES = LEGACY_MESSAGE_NAMESPACE.bytes
@@ -161,16 +163,6 @@ def unescape_str(text: str) -> str:
     return _unescape_text(text)
 
 
-def _has_unstorable(value: Any) -> bool:
-    if isinstance(value, str):
-        return needs_escape(value)
-    if isinstance(value, list):
-        return any(_has_unstorable(v) for v in value)
-    if isinstance(value, dict):
-        return any(_has_unstorable(k) or _has_unstorable(v) for k, v in value.items())
-    return False
-
-
 def _escape_all(value: Any) -> Any:
     if isinstance(value, str):
         return escape_text(value)
@@ -184,7 +176,7 @@ def _escape_all(value: Any) -> Any:
 def escape_json(value: Any) -> tuple[Any, bool]:
     """(storable JSON value, changed). When any string or key holds NUL or a lone
     surrogate, EVERY string and key is escaped, so :func:`unescape_json` is exact."""
-    if value and _has_unstorable(value):  # empty values are the common case
+    if value and has_unstorable(value):  # empty values are the common case
         return _escape_all(value), True
     return value, False
 

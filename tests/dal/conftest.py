@@ -30,7 +30,7 @@ def dal_db(settings):
 def pg_db(settings, dal_db):
     """``dal_db`` emptied for this test."""
     with db.connection("migrator", settings=settings, dbname=dal_db) as conn:
-        conn.execute("TRUNCATE users, chat_sessions, messages, user_memory")
+        conn.execute("TRUNCATE users, chat_sessions, messages, user_memory, system_logs")
     return dal_db
 
 

@@ -297,6 +297,100 @@ def test_failed_call_inside_transaction_keeps_it_usable(dal):
     assert dal.get_message_count("c_a") == 1
 
 
+# ---------------------------------------------------------------- recent chats, search
+def test_list_chat_sessions_most_recent_first(dal):
+    ana, bob = new_user(dal), new_user(dal, "user_bob")
+    for chat in ("c_old", "c_mid", "c_new"):
+        dal.create_chat_session(chat, ana, {})
+    dal.create_chat_session("c_bob", bob, {})
+    dal.add_message("c_mid", "user", "first")
+    dal.add_message("c_old", "user", "second")
+    dal.add_message("c_new", "user", "third")
+    dal.add_message("c_mid", "assistant", "fourth")  # c_mid is active again
+    dal.add_message("c_bob", "user", "not ana's")
+    dal.create_chat_session("c_empty", ana, {})  # no message yet: listed first
+
+    sessions = dal.list_chat_sessions(ana)
+    assert [s["chat_id"] for s in sessions] == ["c_empty", "c_mid", "c_new", "c_old"]
+    assert all(set(s) == SESSION_KEYS and s["user_id"] == ana for s in sessions)
+    assert sessions[0]["id"] == dal.get_chat_session("c_empty")["id"]
+    assert (sessions[1]["message_count"], sessions[3]["message_count"]) == (2, 1)
+    assert [s["chat_id"] for s in dal.list_chat_sessions(ana, limit=2)] == ["c_empty", "c_mid"]
+    assert [s["chat_id"] for s in dal.list_chat_sessions(bob)] == ["c_bob"]
+    assert dal.list_chat_sessions("user_nobody") == []
+    assert dal.list_chat_sessions("00000000-0000-0000-0000-000000000000") == []
+    with pytest.raises(DataError, match="limit"):
+        dal.list_chat_sessions(ana, limit=-1)
+
+
+def test_search_messages_finds_every_word_newest_first(dal):
+    ana, bob = new_user(dal), new_user(dal, "user_bob")
+    dal.create_chat_session("c_trip", ana, {})
+    dal.create_chat_session("c_work", ana, {})
+    dal.create_chat_session("c_bob", bob, {})
+    dal.add_message("c_trip", "user", "Book a hotel in Lisbon for May")
+    dal.add_message("c_trip", "assistant", "Lisbon is busy in May.")
+    dal.add_message("c_work", "user", "Move the LISBON meeting; hotel budget is fixed")
+    dal.add_message("c_work", "user", "nothing to see")
+    dal.add_message("c_bob", "user", "lisbon hotel for bob")
+    awkward = "hotel lisbon with a nul \x00 inside"
+    dal.add_message("c_trip", "user", awkward)
+
+    hits = dal.search_messages(ana, "lisbon hotel")
+    assert [(m["chat_id"], m["sequence_number"]) for m in hits] == [
+        ("c_trip", 3), ("c_work", 1), ("c_trip", 1)]
+    assert all(set(m) == MESSAGE_KEYS for m in hits)
+    assert hits[0]["content"] == awkward  # stored escaped, returned as written
+    assert hits[2]["id"] == dal.get_chat_history("c_trip")[0]["id"]
+    assert [m["sequence_number"] for m in dal.search_messages(ana, "Hotel Lisbon", limit=1)] == [3]
+    # Only the most recent chat: c_trip got the last message.
+    assert {m["chat_id"] for m in dal.search_messages(ana, "lisbon", recent_chats=1)} == {
+        "c_trip"}
+    assert dal.search_messages(ana, "lisbon", recent_chats=0) == []
+    assert dal.search_messages(ana, "lisbon zebra") == []
+    assert dal.search_messages(ana, "  ") == []
+    assert dal.search_messages("user_nobody", "lisbon") == []
+    assert [m["chat_id"] for m in dal.search_messages(bob, "bob")] == ["c_bob"]
+    with pytest.raises(DataError, match="query"):
+        dal.search_messages(ana, None)
+    with pytest.raises(DataError, match="recent_chats"):
+        dal.search_messages(ana, "lisbon", recent_chats=-1)
+
+
+# ---------------------------------------------------------------- system logs
+def test_write_log_returns_an_id_and_checks_its_input(dal):
+    first = dal.write_log("ERROR", "payment failed", {"order": 42, "tags": ["a"]},
+                          trace_id="t-1", ip_address="203.0.113.7", user_agent="curl/8",
+                          request_uri="/api/chat")
+    second = dal.write_log("info", "ok")
+    assert isinstance(first, str) and first and first != second
+    for bad, match in (
+        ({"level": "x" * 21}, "level"),
+        ({"level": ""}, "level"),
+        ({"ip_address": "not-an-ip"}, "ip_address"),
+        ({"trace_id": "t" * 256}, "trace_id"),
+        ({"context": ["not", "an", "object"]}, "context"),
+        ({"context": {"when": datetime.now(UTC)}}, "context"),
+        ({"context": {"_donnadb_legacy": {}}}, "reserved"),
+        ({"message": "nul \x00"}, "NUL"),
+        ({"context": {"k": "lone \ud800"}}, "NUL"),
+        ({"message": None}, "message"),
+    ):
+        args = {"level": "error", "message": "m", **bad}
+        level, message = args.pop("level"), args.pop("message")
+        with pytest.raises(DataError, match=match):
+            dal.write_log(level, message, **args)
+
+
+def test_write_log_outlives_a_rollback(dal):
+    with pytest.raises(RuntimeError), dal.transaction():
+        dal.create_chat_session("c_tx", None, {})
+        dal.write_log("error", "what went wrong")
+        raise RuntimeError("boom")
+    assert dal.get_chat_session("c_tx") is None
+    assert dal.write_log("info", "still writable")
+
+
 # ---------------------------------------------------------------- health
 def test_health_check(dal):
     assert isinstance(dal, DataAccess)

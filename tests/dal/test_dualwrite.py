@@ -205,3 +205,40 @@ def test_a_chat_of_a_user_without_memory_file_creates_a_bare_user(up, tmp_path):
     assert session["user_id"] == ghost["id"]
     (m,) = up.pg.get_chat_history("c_orphan")
     assert (m["role"], m["created_at"].isoformat()) == ("assistant", "2024-05-01T10:00:00+00:00")
+
+
+def test_a_log_line_and_its_row_are_the_ones_the_import_makes(settings, up, pg_db):
+    from donnadb import db
+    from donnadb.legacy.importer import import_data_dir
+    from donnadb.legacy.reader import LegacyReader
+    from donnadb.legacy.verify import verify
+
+    write_some(up)
+    ids = [up.write_log("error", f"failure {i}", {"i": i}, ip_address="10.0.0.1")
+           for i in range(3)]
+    assert up.queue.count() == 0
+    with db.connect("migrator", settings=settings, dbname=pg_db, autocommit=True) as conn:
+        rows = conn.execute("SELECT id::text FROM system_logs ORDER BY message").fetchall()
+        assert [r[0] for r in rows] == ids
+        result = verify(LegacyReader.open(up.files.data_dir), conn)
+        assert result.compared["logs"] == 3
+        assert not [d for d in result.differences if d["kind"].startswith("log_")], result
+        # The import of the same directory finds every log row already there.
+        summary = import_data_dir(LegacyReader.open(up.files.data_dir), conn, batch_size=100)
+        assert summary.read["system_logs"] == 3
+        assert conn.execute("SELECT count(*) FROM system_logs").fetchone()[0] == 3
+
+
+def test_a_log_written_while_the_database_is_down_is_reconciled_once(settings, down, up, pg_db):
+    from donnadb import db
+
+    log_id = down.write_log("critical", "database unreachable", {"attempt": 1})
+    lines = [json.loads(x) for x in down.queue.path.read_text().splitlines()]
+    assert [e["kind"] for e in lines] == ["log"]
+    assert reconcile(up).ok
+    up.queue.append([{"kind": "log", "source": lines[0]["source"]}], op="test", error="again")
+    assert reconcile(up).ok
+    with db.connection("readonly", settings=settings, dbname=pg_db) as conn:
+        rows = conn.execute("SELECT id::text, level, context FROM system_logs").fetchall()
+    assert rows == [(log_id, "critical",
+                     {"attempt": 1, "_donnadb_legacy": {"source": lines[0]["source"]}})]

@@ -208,3 +208,53 @@ def test_message_ids_follow_the_import_rule(tmp_path):
     raw = json.loads((tmp_path / "chat_sessions" / "c_1.json").read_text())
     assert set(raw["messages"][0]) == {"role", "content", "timestamp", "metadata", "tokens",
                                        "flagged"}
+
+
+def test_log_lines_are_private_legacy_lines_numbered_by_their_writer(tmp_path):
+    from donnadb.dal.values import legacy_log_id
+
+    dal = FileDataAccess(tmp_path / "data")
+    ids = [dal.write_log("Warning", f"m{i}", {"i": i}, ip_address="::ffff:10.0.0.1")
+           for i in range(3)]
+    (path,) = (tmp_path / "data" / "logs").glob("donnadb-*.jsonl")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [x["message"] for x in lines] == ["m0", "m1", "m2"]
+    assert set(lines[0]) == {"ts", "level", "message", "context", "trace_id", "ip",
+                             "user_agent", "uri"}
+    assert (lines[0]["level"], lines[0]["ip"]) == ("warning", "::ffff:a00:1")
+    assert ids == [legacy_log_id(f"{path.name}:{n}") for n in (1, 2, 3)]
+    assert dal.read_log(f"{path.name}:2") == lines[1]
+    assert dal.read_log(f"{path.name}:9") is None
+    with pytest.raises(DataError, match="not a log line"):
+        dal.read_log("../memory/x.json:1")
+
+    # A second store (another process) never writes into the first one's file.
+    other = FileDataAccess(tmp_path / "data")
+    other.write_log("info", "elsewhere")
+    assert len(list(path.parent.glob("donnadb-*.jsonl"))) == 2
+    dal.close()
+    other.close()
+
+
+def test_a_failed_log_write_continues_in_a_new_file(tmp_path, monkeypatch):
+    dal = FileDataAccess(tmp_path / "data")
+    dal.write_log("info", "before")
+    real_write = os.write
+
+    def full_disk(fd, data):
+        real_write(fd, bytes(data)[:5])  # a torn line, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        dal.write_log("info", "torn")
+    monkeypatch.undo()
+    after = dal.write_log("info", "after")
+    files = sorted((tmp_path / "data" / "logs").glob("donnadb-*.jsonl"),
+                   key=lambda p: p.stat().st_mtime_ns)
+    assert len(files) == 2
+    from donnadb.dal.values import legacy_log_id
+    assert after == legacy_log_id(f"{files[1].name}:1")
+    dal.close()

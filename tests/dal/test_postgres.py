@@ -76,3 +76,30 @@ def test_message_copies_are_idempotent_and_keep_positions(settings, pg_db, conne
         row = conn.execute("SELECT message_count, (SELECT count(*) FROM messages) "
                            "FROM chat_sessions WHERE chat_id = 'c_1'").fetchone()
         assert row == (3, 3)
+
+
+def test_search_uses_english_full_text_search(settings, pg_db):
+    """PostgreSQL finds other forms of a word and ignores stop words (protocol.py)."""
+    with PostgresDataAccess(settings.model_copy(update={"pgbouncer_port": None}),
+                            dbname=pg_db) as dal:
+        uid = dal.create_user({"clerk_id": "user_fts"})
+        dal.create_chat_session("c_fts", uid)
+        dal.add_message("c_fts", "user", "The meetings were moved")
+        assert [m["content"] for m in dal.search_messages(uid, "meeting moving")] == [
+            "The meetings were moved"]
+        assert dal.search_messages(uid, "the") == []  # only a stop word: no words left
+
+
+def test_a_log_row_as_written(settings, pg_db):
+    from donnadb import db
+
+    with PostgresDataAccess(settings.model_copy(update={"pgbouncer_port": None}),
+                            dbname=pg_db) as dal:
+        log_id = dal.write_log("ERROR", "boom", {"order": 7}, trace_id="t-9",
+                               ip_address="2001:db8::1", user_agent="ua", request_uri="/x")
+    with db.connection("readonly", settings=settings, dbname=pg_db) as conn:
+        row = conn.execute(
+            "SELECT level, message, context, trace_id, host(ip_address), user_agent, "
+            "request_uri, now() - created_at < interval '1 minute' FROM system_logs "
+            "WHERE id = %s", (log_id,)).fetchone()
+    assert row == ("error", "boom", {"order": 7}, "t-9", "2001:db8::1", "ua", "/x", True)
