@@ -68,12 +68,13 @@ def main() -> None:
     except typer.Abort:
         err_console.print("aborted")
         sys.exit(130)
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:  # usage errors: a wrong flag or value
+        # Typer 0.29 raises its own copy of click's exceptions (typer._click), not click's:
+        # match either by what they offer.
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None),
+                                                               int):
             exc.show()
-            sys.exit(exc.exit_code if exc.exit_code else 2)
+            sys.exit(exc.exit_code or 2)
         raise
 
 

@@ -75,6 +75,9 @@ def import_cmd(data_dir: DataDirOpt = None, dry_run: Annotated[bool, typer.Optio
         defer_indexes: Annotated[bool, typer.Option(
             "--defer-indexes", help="Initial load into an EMPTY messages table only: drop the "
             "secondary messages indexes and rebuild them at the end (kill-safe).")] = False,
+        workers: Annotated[int | None, typer.Option(
+            "--workers", min=0, help="Processes parsing the chat files (0: none, parse in "
+            "this one; default: one per core for a directory of 256+ chats).")] = None,
         ) -> None:
     """Load DATA_DIR into PostgreSQL (idempotent; re-run after any interruption)."""
     settings = load_settings(db_name=dbname, data_dir=data_dir,
@@ -90,7 +93,8 @@ def import_cmd(data_dir: DataDirOpt = None, dry_run: Annotated[bool, typer.Optio
             summary = import_data_dir(
                 reader, conn, batch_size=settings.migration_batch_size, dry_run=dry_run,
                 progress=lambda phase, n: bar.advance(tasks[phase], n),
-                defer_indexes=defer_indexes, owner_role=settings.db_role_owner)
+                defer_indexes=defer_indexes, owner_role=settings.db_role_owner,
+                workers=workers)
     finally:
         if conn is not None:
             conn.close()

@@ -25,6 +25,7 @@ write nothing. Rows the files no longer hold are never deleted (verify reports t
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import uuid
@@ -39,15 +40,20 @@ from donnadb import db
 from donnadb.dal.values import dump_json
 from donnadb.errors import DataError, MigrationError
 from donnadb.legacy import indexes
+from donnadb.legacy.copybin import MESSAGE_COLUMNS, SIGNATURE, TRAILER, with_chat_id
 from donnadb.legacy.logs import iter_log_file
-from donnadb.legacy.model import ChatRow, LogRow, MessageRow, UserRow
+from donnadb.legacy.model import ChatRow, LogRow, UserRow
 from donnadb.legacy.normalise import user_uuid
+from donnadb.legacy.parallel import ChatPart, iter_parts
 from donnadb.legacy.reader import LegacyReader
 
 log = logging.getLogger(__name__)
 
 #: A batch is flushed early when its text reaches this size (multi-MB messages).
 BATCH_BYTES = 32 * 1024 * 1024
+#: Chats below which the import parses in its own process (see default_workers).
+PARALLEL_MIN_CHATS = 256
+MAX_WORKERS = 4
 
 # Staging tables per phase (users, chats, logs), created when the phase starts and dropped
 # when it ends: PostgreSQL empties every ON COMMIT DELETE ROWS table at each commit, so
@@ -69,8 +75,9 @@ CREATE TEMP TABLE IF NOT EXISTS stage_chats (
     metadata jsonb, created_at timestamptz, updated_at timestamptz, status text)
     ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_messages (
-    id uuid, chat_id text, role text, content text, metadata jsonb, created_at timestamptz,
-    sequence_number int4, token_count int4, abuse_flagged bool) ON COMMIT DELETE ROWS;
+    chat_session_id uuid, id uuid, role text, content text, metadata jsonb,
+    created_at timestamptz, sequence_number int4, token_count int4, abuse_flagged bool)
+    ON COMMIT DELETE ROWS;
 """,
     "logs": """
 CREATE TEMP TABLE IF NOT EXISTS stage_logs (
@@ -90,9 +97,9 @@ COPY_MEMORY = ("COPY stage_memory FROM STDIN (FORMAT BINARY)",
 COPY_CHATS = ("COPY stage_chats FROM STDIN (FORMAT BINARY)",
               ["uuid", "text", "text", "uuid", "text", "text", "jsonb", "timestamptz",
                "timestamptz", "text"])
-COPY_MESSAGES = ("COPY stage_messages FROM STDIN (FORMAT BINARY)",
-                 ["uuid", "text", "text", "text", "jsonb", "timestamptz", "int4", "int4",
-                  "bool"])
+# Messages arrive as binary COPY rows already (copybin, built where the files are parsed).
+COPY_STAGE_MESSAGES = f"COPY stage_messages ({MESSAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+COPY_MESSAGES_DIRECT = f"COPY messages ({MESSAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 COPY_LOGS = ("COPY stage_logs FROM STDIN (FORMAT BINARY)",
              ["uuid", "text", "text", "jsonb", "text", "text", "text", "text", "timestamptz"])
 
@@ -157,9 +164,9 @@ ON CONFLICT (chat_id) DO UPDATE
 UPSERT_MESSAGES = """
 INSERT INTO messages AS m (id, chat_session_id, role, content, metadata, created_at,
                            sequence_number, token_count, abuse_flagged)
-SELECT s.id, c.id, s.role, s.content, s.metadata, s.created_at, s.sequence_number,
-       s.token_count, s.abuse_flagged
-  FROM stage_messages AS s JOIN chat_sessions AS c ON c.chat_id = s.chat_id
+SELECT s.id, s.chat_session_id, s.role, s.content, s.metadata, s.created_at,
+       s.sequence_number, s.token_count, s.abuse_flagged
+  FROM stage_messages AS s
 ON CONFLICT (chat_session_id, sequence_number) DO UPDATE
    SET id = EXCLUDED.id, role = EXCLUDED.role, content = EXCLUDED.content,
        metadata = EXCLUDED.metadata, created_at = EXCLUDED.created_at,
@@ -168,19 +175,16 @@ ON CONFLICT (chat_session_id, sequence_number) DO UPDATE
        IS DISTINCT FROM (EXCLUDED.id, EXCLUDED.role, EXCLUDED.content, EXCLUDED.metadata,
                          EXCLUDED.created_at, EXCLUDED.token_count, EXCLUDED.abuse_flagged)
 """
-# Chats of this batch that have no message yet (a first load, or a batch rolled back by a
-# kill): their messages are COPYed straight into ``messages``, skipping the staging table
-# and the upsert. Safe to replay: the check runs inside the batch's transaction, so a
-# chat whose first messages were committed takes the upsert path on the next run.
-FRESH_CHATS = """
-SELECT c.chat_id, c.id
+# The database id of each chat of the batch (the import's deterministic one unless the
+# app created the chat first), and whether it has no message yet (a first load, or a
+# batch rolled back by a kill): those chats' messages are COPYed straight into
+# ``messages``, skipping the staging table and the upsert. Safe to replay: the check runs
+# inside the batch's transaction, and a chat is never split between batches.
+BATCH_CHATS = """
+SELECT c.chat_id, c.id,
+       NOT EXISTS (SELECT 1 FROM messages AS m WHERE m.chat_session_id = c.id) AS fresh
   FROM stage_chats AS s JOIN chat_sessions AS c ON c.chat_id = s.chat_id
- WHERE NOT EXISTS (SELECT 1 FROM messages AS m WHERE m.chat_session_id = c.id)
 """
-COPY_MESSAGES_DIRECT = (
-    "COPY messages (id, chat_session_id, role, content, metadata, created_at, sequence_number,"
-    " token_count, abuse_flagged) FROM STDIN (FORMAT BINARY)",
-    ["uuid", "uuid", "text", "text", "jsonb", "timestamptz", "int4", "int4", "bool"])
 # A failed batch is replayed whole on the next run, so losing the last commits in a crash
 # costs nothing: do not wait for the WAL flush of each batch.
 SESSION_SETTINGS = "SET synchronous_commit = off"
@@ -251,7 +255,7 @@ class ImportSummary:
 class _Batch:
     users: list[UserRow] = field(default_factory=list)
     chats: dict[str, ChatRow] = field(default_factory=dict)
-    messages: list[tuple[str, MessageRow]] = field(default_factory=list)
+    parts: list[ChatPart] = field(default_factory=list)
     logs: list[LogRow] = field(default_factory=list)
     rows: int = 0
     size: int = 0
@@ -265,8 +269,10 @@ class Importer:
 
     def __init__(self, conn: psycopg.Connection | None, *, batch_size: int,
                  progress: ProgressFn | None = None, dry_run: bool = False,
-                 defer_indexes: bool = False, owner_role: str = "donna_owner") -> None:
+                 defer_indexes: bool = False, owner_role: str = "donna_owner",
+                 workers: int | None = None) -> None:
         self.conn = conn
+        self.workers = workers
         self.defer_indexes = defer_indexes
         self.owner_role = owner_role
         self.batch_size = batch_size
@@ -325,20 +331,19 @@ class Importer:
         self._flush()
         self.progress("users", max(0, totals["users"] - done))  # quarantined files
         done = 0
-        for chat in reader.chats():
+        workers = self.workers
+        if workers is None:
+            workers = 0 if self.summary.dry_run else default_workers(reader)
+        for part in iter_parts(reader, workers):
             self._count("chat_sessions")
-            if self._batch.rows and self._batch.rows + 1 + len(chat.messages) > self.batch_size:
-                # A chat stays in one batch unless it alone exceeds the batch size: its
-                # messages then all take the fast path (see FRESH_CHATS), none the upsert.
+            self._count("messages", part.n_messages)
+            if self._batch.rows and self._batch.rows + 1 + part.n_messages > self.batch_size:
+                # A chat is never split between batches: a batch's chats are either all
+                # fresh or all stored (see BATCH_CHATS), even after a kill.
                 self._flush()
-            self._batch.chats[chat.chat_id] = chat
-            self._grow(1, 0)
-            for message in chat.messages:
-                self._count("messages")
-                if chat.chat_id not in self._batch.chats:
-                    self._batch.chats[chat.chat_id] = chat  # a long chat spans batches
-                self._batch.messages.append((chat.chat_id, message))
-                self._grow(1, len(message.content))
+            self._batch.chats[part.chat_id] = part.chat
+            self._batch.parts.append(part)
+            self._grow(1 + part.n_messages, part.size)
             self.progress("chats", 1)
             done += 1
         self._flush()
@@ -426,6 +431,14 @@ class Importer:
             ) from exc
         raise exc
 
+    def _copy_rows(self, statement: str, chunks: list[bytes]) -> None:
+        """COPY binary rows built by copybin (one chunk per chat)."""
+        with self.conn.cursor() as cur, cur.copy(statement) as copy:
+            copy.write(SIGNATURE)
+            for chunk in chunks:
+                copy.write(chunk)
+            copy.write(TRAILER)
+
     def _copy(self, spec: tuple[str, list[str]], rows) -> None:
         statement, types = spec
         with self.conn.cursor() as cur:
@@ -462,7 +475,7 @@ class Importer:
                  c.created_at, c.updated_at, c.status) for c in batch.chats.values()))
             self._exec(INSERT_ORPHAN_USERS, "users")
             self._exec(UPSERT_CHATS, "chat_sessions")
-        if batch.messages:
+        if batch.parts:
             self._write_messages(batch)
         if batch.chats:
             # The message triggers touched the sessions: restore the files' updated_at.
@@ -475,20 +488,23 @@ class Importer:
 
     def _write_messages(self, batch: _Batch) -> None:
         """Fresh chats (no message stored yet): COPY straight in; the others: upsert."""
-        fresh = dict(self.conn.execute(FRESH_CHATS).fetchall()) if batch.chats else {}
-        direct = [(chat_id, m) for chat_id, m in batch.messages if chat_id in fresh]
+        stored = {chat_id: (cid, fresh) for chat_id, cid, fresh
+                  in self.conn.execute(BATCH_CHATS).fetchall()}
+        direct, staged, n_direct = [], [], 0
+        for part in batch.parts:
+            cid, fresh = stored[part.chat_id]
+            rows = part.rows if cid == part.chat.id else with_chat_id(part.rows, part.offsets,
+                                                                      cid)
+            if fresh:
+                direct.append(rows)
+                n_direct += part.n_messages
+            else:
+                staged.append(rows)
         if direct:
-            self._copy(COPY_MESSAGES_DIRECT, (
-                (m.id, fresh[chat_id], m.role, m.content, m.metadata, m.created_at,
-                 m.sequence_number, m.token_count, m.abuse_flagged)
-                for chat_id, m in direct))
-            self.summary.written["messages"] = (
-                self.summary.written.get("messages", 0) + len(direct))
-        if len(direct) < len(batch.messages):
-            self._copy(COPY_MESSAGES, (
-                (m.id, chat_id, m.role, m.content, m.metadata, m.created_at,
-                 m.sequence_number, m.token_count, m.abuse_flagged)
-                for chat_id, m in batch.messages if chat_id not in fresh))
+            self._copy_rows(COPY_MESSAGES_DIRECT, direct)
+            self.summary.written["messages"] = self.summary.written.get("messages", 0) + n_direct
+        if staged:
+            self._copy_rows(COPY_STAGE_MESSAGES, staged)
             self._exec(UPSERT_MESSAGES, "messages")
 
 
@@ -496,14 +512,27 @@ def _owner_uuid(chat: ChatRow) -> uuid.UUID | None:
     return user_uuid(chat.clerk_id) if chat.clerk_id else None
 
 
+def default_workers(reader: LegacyReader) -> int:
+    """Parser processes for this directory: one per core (at most MAX_WORKERS) when there
+    are cores to share and chats enough to repay starting them (~0.5 s), else 0."""
+    cores = len(os.sched_getaffinity(0))
+    if cores < 2 or len(reader.inventory.chats) < PARALLEL_MIN_CHATS:
+        return 0
+    return min(cores, MAX_WORKERS)
+
+
 def import_data_dir(reader: LegacyReader, conn: psycopg.Connection | None, *, batch_size: int,
                     dry_run: bool = False, progress: ProgressFn | None = None,
-                    defer_indexes: bool = False, owner_role: str = "donna_owner"
-                    ) -> ImportSummary:
+                    defer_indexes: bool = False, owner_role: str = "donna_owner",
+                    workers: int | None = None) -> ImportSummary:
     """Run one import (or a dry run when ``dry_run``: ``conn`` is not written).
+
+    ``workers``: processes parsing the chat files (:mod:`donnadb.legacy.parallel`); None
+    chooses (:func:`default_workers`), 0 parses in this process.
 
     :raises DataError: the database rejected a batch.
     :raises UsageError: ``defer_indexes`` on a non-empty messages table.
     """
     return Importer(conn, batch_size=batch_size, progress=progress, dry_run=dry_run,
-                    defer_indexes=defer_indexes, owner_role=owner_role).run(reader)
+                    defer_indexes=defer_indexes, owner_role=owner_role,
+                    workers=workers).run(reader)

@@ -37,6 +37,10 @@ class LegacyReader:
     #: Own message ids already used in this pass over the chats.
     _message_ids: set = field(default_factory=set, repr=False)
 
+    def start_chats(self) -> None:
+        """Forget the message ids claimed by an earlier pass (:meth:`chats` does it)."""
+        self._message_ids = set()
+
     @classmethod
     def open(cls, data_dir: Path, report: Report | None = None) -> LegacyReader:
         """:raises UsageError: DATA_DIR is not a directory."""
@@ -47,14 +51,20 @@ class LegacyReader:
         return iter_users(self.inventory, self.report)
 
     def chats(self) -> Iterator[ChatRow]:
-        self._message_ids = set()
+        self.start_chats()
         for chat_id in self.inventory.chat_ids():
-            chat = self._resolve(chat_id, self.inventory.chats[chat_id])
+            chat = self.resolve(chat_id)
             if chat is not None:
-                self._claim_message_ids(chat)
+                self.claim_message_ids(chat)
                 self.report.add("chats")
                 self.report.add("messages", len(chat.messages))
                 yield chat
+
+    def resolve(self, chat_id: str) -> ChatRow | None:
+        """The chat ``chat_id`` by the duplicate rule, before :meth:`claim_message_ids`
+        (what :meth:`chats` yields, one chat at a time; the parallel import's workers call
+        it). None when every source of it is quarantined."""
+        return self._resolve(chat_id, self.inventory.chats[chat_id])
 
     def logs(self) -> Iterator[LogRow]:
         return iter_logs(self.inventory, self.report)
@@ -89,10 +99,19 @@ class LegacyReader:
             report.quarantine(inv.rel(path), "not a transcript", str(exc))
             return None
 
-    def _claim_message_ids(self, chat: ChatRow) -> None:
+    def own_ids_free(self, ids: list) -> bool:
+        """True when claiming ``ids`` (one chat's own message ids) would change none."""
+        return len(set(ids)) == len(ids) and self._message_ids.isdisjoint(ids)
+
+    def claim_ids(self, ids: list) -> None:
+        """Record ids :meth:`own_ids_free` found free (a chat parsed elsewhere)."""
+        self._message_ids.update(ids)
+
+    def claim_message_ids(self, chat: ChatRow) -> None:
         """A message's own id is used once: a later message carrying the same id (a chat
         copied under another chat_id, a duplicated line) falls back to the position rule,
-        in chat_id order, so every run decides the same way."""
+        in chat_id order, so every run decides the same way. Call it for every chat, in
+        chat_id order."""
         for m in chat.messages:
             if m.own_id:
                 if m.id in self._message_ids:

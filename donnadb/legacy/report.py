@@ -45,6 +45,16 @@ class Report:
     def add(self, counter: str, n: int = 1) -> None:
         self.counts[counter] = self.counts.get(counter, 0) + n
 
+    def merge(self, other: Report) -> None:
+        """Add what ``other`` (a worker's pass over some files) met, after what this met."""
+        self.quarantined.extend(other.quarantined)
+        self.notes.extend(other.notes)
+        for path in other.world_writable:
+            self.permissions(path)
+        self.world_writable_count += other.world_writable_count - len(other.world_writable)
+        for counter, n in other.counts.items():
+            self.add(counter, n)
+
     @property
     def quarantined_paths(self) -> list[str]:
         return sorted({q["path"] for q in self.quarantined})

@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -124,9 +125,22 @@ def _messages_indexes(settings, dbname) -> tuple[list[str], str | None]:
         return defs, comment
 
 
-@pytest.mark.parametrize("defer", [False, True], ids=["upsert", "defer-indexes"])
+def _parser_processes() -> set[int]:
+    """The parallel import's forkserver and workers (multiprocessing's forkserver main)."""
+    found = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"multiprocessing.forkserver" in cmdline.read_bytes():
+                found.add(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.parametrize(("defer", "workers"), [(False, "0"), (True, "0"), (False, "2")],
+                         ids=["upsert", "defer-indexes", "parallel"])
 def test_kill_9_mid_import_then_rerun_equals_uninterrupted(settings, scratch_db, second_db,
-                                                            tmp_path, defer):
+                                                            tmp_path, defer, workers):
     root = tmp_path / "data"
     info = generate(root, users=10, chats=30, messages_per_chat=10, logs=300,
                     long_chat_messages=15_000, large_message_bytes=256 * 1024)
@@ -138,7 +152,8 @@ def test_kill_9_mid_import_then_rerun_equals_uninterrupted(settings, scratch_db,
     total = expected["messages"][0]
     assert total >= info.messages
 
-    first = [*args, "--defer-indexes"] if defer else args
+    first = [*args, "--workers", workers] + (["--defer-indexes"] if defer else [])
+    before = _parser_processes()
     proc = subprocess.Popen([DONNACTL, *first, "--dbname", scratch_db],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -148,6 +163,11 @@ def test_kill_9_mid_import_then_rerun_equals_uninterrupted(settings, scratch_db,
     proc.wait()
     partial = _count_messages(settings, scratch_db)
     assert 0 < partial < total, "the kill must land mid-import"
+    # The parser processes notice their parent is gone and exit.
+    deadline = time.monotonic() + 15
+    while _parser_processes() - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _parser_processes() - before, "worker processes outlived a killed import"
     if defer:
         defs, comment = _messages_indexes(settings, scratch_db)
         assert len(defs) == 2 and comment.startswith("donnadb legacy import")
