@@ -10,14 +10,16 @@
    parameter differs only in where it is computed);
 3. the DAL: N threads each looping ``PostgresDataAccess.get_chat_history(chat, 20)``
    over random seeded chats for S seconds (psycopg prepares after 5 executions, the
-   same protocol as -M prepared; through PgBouncer it cannot, as the DAL disables it);
+   same protocol as -M prepared; through PgBouncer it cannot, as the DAL disables it),
+   spread over ``--processes`` processes (default 2: pgbench's ``-j 2`` gives its
+   clients two threads, i.e. two cores; one Python process uses at most one, as an app
+   server runs several worker processes for the same reason);
 4. a bare ``psycopg_pool`` loop (same threads, same SQL, default row tuples, no DAL
    code) separates the DAL's own cost from psycopg's and Python threads';
 5. repeats 2-4 ``--rounds`` times interleaved (the host is shared: a neighbour's load
    hits both sides of a round alike) and prints each round, the median of the DAL's
    share of pgbench's throughput (the issue's goal: >= 0.7), the DAL process's CPU
-   use (CPU seconds per wall second: 1.0 = one core, the most a GIL-bound process
-   can use) and the load average.
+   use and the load average.
 
 Runs as root on the deployed host (the passfile is root's); nothing is written.
 """
@@ -25,6 +27,7 @@ Runs as root on the deployed host (the passfile is root's); nothing is written.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import random
 import re
@@ -165,8 +168,8 @@ def run_pgbench(settings, dbname: str, port: int, clients: int, seconds: int,
     return Run(float(m.group(1)), int(n.group(1)), client, server.seconds)
 
 
-def _threads(settings, dbname: str, clients: int, seconds: int, call) -> Run:
-    """``clients`` threads calling ``call(rng)`` for ``seconds``."""
+def _loop(clients: int, seconds: int, call) -> tuple[int, float, float]:
+    """``clients`` threads calling ``call(rng)`` for ``seconds``: (calls, wall s, CPU s)."""
     counts = [0] * clients
     stop = threading.Event()
 
@@ -177,53 +180,82 @@ def _threads(settings, dbname: str, clients: int, seconds: int, call) -> Run:
             counts[k] += 1
 
     threads = [threading.Thread(target=loop, args=(k,)) for k in range(clients)]
-    with ServerCpu(settings, dbname) as server:
-        cpu0, start = time.process_time(), time.perf_counter()
-        for t in threads:
-            t.start()
-        time.sleep(seconds)
-        stop.set()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - start
-        # The sampler's own CPU (one query per 0.2 s) is negligible next to the load.
-        client = time.process_time() - cpu0
-    return Run(sum(counts) / wall, sum(counts), client, server.seconds)
+    cpu0, start = time.process_time(), time.perf_counter()
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    return sum(counts), time.perf_counter() - start, time.process_time() - cpu0
 
 
-def run_dal(settings, dbname: str, clients: int, seconds: int,
-            chats: list[str]) -> Run:
-    s = settings.model_copy(update={"db_max_connections": clients})
-    dal = PostgresDataAccess(s, dbname=dbname, min_size=clients)
-    try:
-        # Warm up: open every connection and let psycopg prepare the statement.
-        for c in chats[: clients * 10]:
-            dal.get_chat_history(c, 20)
-        return _threads(settings, dbname, clients, seconds,
-                        lambda rng: dal.get_chat_history(rng.choice(chats), 20))
-    finally:
-        dal.close()
+def _side(kind: str, settings, dbname: str, clients: int, seconds: int, chats: list[str],
+          ready) -> tuple[int, float, float]:
+    """One process's share of a side: ``kind`` "dal" (PostgresDataAccess.get_chat_history)
+    or "bare" (the floor under the DAL: psycopg_pool, tuples, no checkout check, no DAL
+    code). Warms up (every connection open, the statement prepared where it may be), calls
+    ``ready()``, then runs :func:`_loop`."""
+    if kind == "dal":
+        s = settings.model_copy(update={"db_max_connections": clients})
+        dal = PostgresDataAccess(s, dbname=dbname, min_size=clients)
+        close = dal.close
 
-
-def run_bare(settings, dbname: str, clients: int, seconds: int,
-             chats: list[str]) -> Run:
-    """The floor under the DAL: psycopg_pool, tuples, no checkout check, no DAL code."""
-    kwargs: dict = {"autocommit": True}
-    if settings.pgbouncer_port is not None:
-        kwargs["prepare_threshold"] = None
-    info = db.conninfo("app", settings=settings, dbname=dbname)
-    with ConnectionPool(info, min_size=clients, max_size=clients, kwargs=kwargs) as pool:
+        def call(rng: random.Random) -> None:
+            dal.get_chat_history(rng.choice(chats), 20)
+    else:
+        kwargs: dict = {"autocommit": True}
+        if settings.pgbouncer_port is not None:
+            kwargs["prepare_threshold"] = None
+        pool = ConnectionPool(db.conninfo("app", settings=settings, dbname=dbname),
+                              min_size=clients, max_size=clients, kwargs=kwargs)
         pool.wait()
+        close = pool.close
 
         def call(rng: random.Random) -> None:
             with pool.connection() as conn:
                 conn.execute(q.SELECT_HISTORY,
                              {"chat_id": rng.choice(chats), "limit": 20, "offset": 0}).fetchall()
-
+    try:
         warm = random.Random(0)  # noqa: S311 - picks chats, not secrets
         for _ in range(clients * 10):
             call(warm)
-        return _threads(settings, dbname, clients, seconds, call)
+        ready()
+        return _loop(clients, seconds, call)
+    finally:
+        close()
+
+
+def _child(kind, settings, dbname, clients, seconds, chats, barrier, results) -> None:
+    results.put(_side(kind, settings, dbname, clients, seconds, chats, barrier.wait))
+
+
+def run_side(kind: str, settings, dbname: str, clients: int, seconds: int,
+             chats: list[str], processes: int) -> Run:
+    """The side ``kind`` with ``clients`` threads spread over ``processes`` processes
+    (pgbench's ``-j`` counterpart: one Python process uses at most one core)."""
+    server = ServerCpu(settings, dbname)
+    if processes <= 1:
+        n, wall, client = _side(kind, settings, dbname, clients, seconds, chats,
+                                server.__enter__)
+        server.__exit__()
+        return Run(n / wall, n, client, server.seconds)
+    ctx = multiprocessing.get_context("forkserver")
+    barrier, results = ctx.Barrier(processes + 1), ctx.Queue()
+    shares = [clients // processes + (1 if i < clients % processes else 0)
+              for i in range(processes)]
+    children = [ctx.Process(target=_child, args=(kind, settings, dbname, share, seconds,
+                                                 chats, barrier, results))
+                for share in shares]
+    for child in children:
+        child.start()
+    barrier.wait()
+    with server:
+        done = [results.get() for _ in children]
+    for child in children:
+        child.join()
+    n = sum(d[0] for d in done)
+    return Run(n / max(d[1] for d in done), n, sum(d[2] for d in done), server.seconds)
 
 
 def cpu(run: Run) -> str:
@@ -235,6 +267,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--seconds", type=int, default=10, help="per run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions")
+    parser.add_argument("--processes", type=int, default=2,
+                        help="processes sharing the DAL's clients (default 2, as pgbench's "
+                             "-j 2; 1 = one GIL-bound process)")
     parser.add_argument("--dbname", default=None)
     parser.add_argument("--pgbouncer-port", type=int, default=0,
                         help="run both through PgBouncer (0: direct)")
@@ -253,9 +288,10 @@ def main() -> int:
     chats = [f"{CHAT_PREFIX}{i:07d}" for i in range(n_chats)]
     via = f"PgBouncer :{port}" if args.pgbouncer_port else f"PostgreSQL :{port}"
     print(f"history read, {args.clients} clients, {args.seconds} s per run, {n_chats:,} chats, "
-          f"via {via}, pgbench -M {'prepared' if prepared else 'extended'}, "
+          f"via {via}, pgbench -M {'prepared' if prepared else 'extended'} "
+          f"-j {min(args.clients, 2)}, DAL and bare pool in {args.processes} process(es), "
           f"load average at start {os.getloadavg()[0]:.1f}", flush=True)
-    print("CPU columns: microseconds of CPU per query, client process / server side "
+    print("CPU columns: microseconds of CPU per query, client process(es) / server side "
           "(the app role's backends in the database, plus PgBouncer's process through it)")
     print("| round | pgbench tps | pgbench CPU µs | DAL qps | DAL CPU µs | bare pool qps "
           "| bare CPU µs | DAL / pgbench | bare / pgbench | load avg |")
@@ -264,8 +300,10 @@ def main() -> int:
     for r in range(1, args.rounds + 1):
         base = run_pgbench(settings, dbname, port, args.clients, args.seconds, n_chats,
                            prepared)
-        dal = run_dal(settings, dbname, args.clients, args.seconds, chats)
-        bare = run_bare(settings, dbname, args.clients, args.seconds, chats)
+        dal = run_side("dal", settings, dbname, args.clients, args.seconds, chats,
+                       args.processes)
+        bare = run_side("bare", settings, dbname, args.clients, args.seconds, chats,
+                        args.processes)
         ratios.append(dal.rate / base.rate)
         bare_ratios.append(bare.rate / base.rate)
         print(f"| {r} | {base.rate:,.0f} | {cpu(base)} | {dal.rate:,.0f} | {cpu(dal)} | "
