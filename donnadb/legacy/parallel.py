@@ -17,13 +17,16 @@ already claimed) is taken here, in order; a chat it changes is parsed again here
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import uuid
 from array import array
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
+from donnadb.errors import DonnaError
 from donnadb.legacy.copybin import encode_messages
 from donnadb.legacy.files import Inventory
 from donnadb.legacy.model import ChatRow
@@ -75,14 +78,17 @@ def iter_parts(reader: LegacyReader, workers: int) -> Iterator[ChatPart]:
     try:
         pending: deque[Future] = deque()
         for chunk in chunks:
-            pending.append(pool.submit(_parse_chunk, chunk))
+            pending.append(_submit(pool, chunk))
             if len(pending) >= workers * AHEAD:
                 break
         while pending:
-            done = pending.popleft().result()
+            try:
+                done = pending.popleft().result()
+            except BrokenProcessPool:
+                raise _worker_died() from None
             nxt = next(chunks, None)
             if nxt is not None:
-                pending.append(pool.submit(_parse_chunk, nxt))
+                pending.append(_submit(pool, nxt))
             for part, report in done:
                 reader.report.merge(report)
                 if part is None:
@@ -98,6 +104,21 @@ def iter_parts(reader: LegacyReader, workers: int) -> Iterator[ChatPart]:
                 yield part
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _submit(pool: ProcessPoolExecutor, chunk: list[str]) -> Future:
+    try:
+        return pool.submit(_parse_chunk, chunk)
+    except (BrokenProcessPool, BrokenPipeError):
+        # A worker killed before the pool noticed: starting its replacement through the
+        # forkserver fails with a broken pipe.
+        raise _worker_died() from None
+
+
+def _worker_died() -> DonnaError:
+    return DonnaError("a file-parsing worker process died (out of memory? killed?); what "
+                      "was committed stays: re-run the import (--workers 0 parses in one "
+                      "process)")
 
 
 def _parse_here(reader: LegacyReader, chat_id: str) -> ChatPart | None:
@@ -122,6 +143,9 @@ _worker_reader: LegacyReader | None = None
 def _start_worker(inventory: Inventory) -> None:
     global _worker_reader
     _worker_reader = LegacyReader(inventory=inventory)
+    # Ctrl-C reaches the whole process group: the importing process handles it and shuts
+    # the pool down; a worker dying of it would only print a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _parse_chunk(chat_ids: list[str]) -> list[tuple[ChatPart | None, Report]]:

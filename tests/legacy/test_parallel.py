@@ -105,3 +105,56 @@ def test_copybin_rows_are_the_rows_psycopg_writes(settings, scratch_db, created_
         assert diff == 0
         assert conn.execute("SELECT count(*), min(created_at) FROM ours").fetchone() == (
             2, created_at)
+
+
+def _workers_of(pid: int) -> list[int]:
+    """Processes running multiprocessing's forkserver code that are not ``pid``'s direct
+    children: the workers forked by the forkserver ``pid`` started."""
+    from pathlib import Path
+
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if b"multiprocessing.forkserver" not in (proc / "cmdline").read_bytes():
+                continue
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid != pid and ppid != 1:
+            parent_cmd = Path(f"/proc/{ppid}/cmdline").read_bytes()
+            if b"multiprocessing.forkserver" in parent_cmd:
+                found.append(int(proc.name))
+    return found
+
+
+def test_a_dead_worker_is_one_line_and_a_rerun_finishes(settings, scratch_db, second_db,
+                                                        tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from donnadb.legacy.fixtures import generate
+    from tests.legacy.conftest import DONNACTL, run_cli
+
+    root = tmp_path / "data"
+    generate(root, users=20, chats=1500, messages_per_chat=40, logs=0, deviations=False)
+    args = ["migrate-data", "import", "--data-dir", str(root), "--workers", "2",
+            "--report-dir", str(tmp_path / "r")]
+    proc = subprocess.Popen([DONNACTL, *args, "--dbname", scratch_db],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    killed = None
+    while killed is None and proc.poll() is None and time.monotonic() < deadline:
+        workers = _workers_of(proc.pid)
+        if workers:
+            os.kill(workers[0], signal.SIGKILL)
+            killed = workers[0]
+        time.sleep(0.01)
+    _, err = proc.communicate(timeout=120)
+    assert killed is not None, "the import ended before a worker could be killed"
+    assert proc.returncode == 1, err
+    assert "worker process died" in err and "Traceback" not in err
+    assert run_cli(*args, "--dbname", scratch_db).returncode == 0
+    assert run_cli(*args, "--dbname", second_db).returncode == 0
+    assert checksums(settings, scratch_db) == checksums(settings, second_db)
