@@ -155,6 +155,13 @@ class FileDataAccess(TransactionMixin):
     def _write(self, path: Path, document: Any) -> None:
         fileio.write_atomic(path, fileio.dump_json(document))
 
+    def _create(self, path: Path, document: Any, what: str) -> None:
+        """Write a new data file. :raises ConflictError: it exists already."""
+        with self.locked(path):
+            if path.exists():
+                raise ConflictError(f"{what} already exists")
+            self._write(path, document)
+
     def _read_user(self, user_id: str) -> dict[str, Any] | None:
         if not is_valid_name(user_id):
             return None
@@ -195,11 +202,7 @@ class FileDataAccess(TransactionMixin):
             "updated_at": now,
             "last_active_at": format_timestamp(parse_timestamp(user_data.get("last_active_at"))),
         }
-        path = self.user_path(clerk_id)
-        with self.locked(path):
-            if path.exists():
-                raise ConflictError(f"user {clerk_id!r} already exists")
-            self._write(path, document)
+        self._create(self.user_path(clerk_id), document, f"user {clerk_id!r}")
         return clerk_id
 
     def get_user_by_id(self, user_id: str) -> User | None:
@@ -258,11 +261,7 @@ class FileDataAccess(TransactionMixin):
             "metadata": check_json_object(metadata, "metadata"),
             "messages": [],
         }
-        path = self.chat_path(chat_id)
-        with self.locked(path):
-            if path.exists():
-                raise ConflictError(f"chat {chat_id!r} already exists")
-            self._write(path, document)
+        self._create(self.chat_path(chat_id), document, f"chat {chat_id!r}")
         return chat_id
 
     def get_chat_session(self, chat_id: str) -> ChatSession | None:
