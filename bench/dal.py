@@ -47,13 +47,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from donnadb import db  # noqa: E402
 from donnadb.config import load_settings  # noqa: E402
 from donnadb.dal import create_data_access  # noqa: E402
-from donnadb.legacy.fixtures import generate  # noqa: E402
+from donnadb.legacy.fixtures import WORDS, generate  # noqa: E402
 from donnadb.legacy.importer import import_data_dir  # noqa: E402
 from donnadb.legacy.reader import LegacyReader  # noqa: E402
 from donnadb.migrate import apply_migrations  # noqa: E402
 from tests.support import create_scratch_database, drop_database  # noqa: E402
 
 HISTORY_P95_LIMIT_MS = 5.0
+#: Search terms: the fixtures' vocabulary minus the words english full-text search drops.
+SEARCH_WORDS = [w for w in WORDS if len(w) > 3]
 #: Pause between one thread's calls: 50 ms, i.e. 20 calls/s per thread, 1,000 calls/s at 50
 #: threads: twice the history reads of 2,000 concurrent chat users in the load test (its
 #: 2,000-user step makes ~1,160 requests/s, 40% of them history reads; issue 5).
@@ -115,6 +117,11 @@ class Workload:
                                                     "email": f"b{run}{i}@example.com"}),
             "create_chat_session": lambda i: d.create_chat_session(
                 f"c_bench_{run}_{i}", self._user(), {"bench": True}, title="bench"),
+            "list_chat_sessions": lambda i: d.list_chat_sessions(self._user(), 20),
+            "search_messages (5 recent chats)": lambda i: d.search_messages(
+                self._user(), " ".join(self._rng().sample(SEARCH_WORDS, 2)), recent_chats=5),
+            "write_log": lambda i: d.write_log("info", f"bench {run} {i}", {"i": i},
+                                               trace_id=f"t{i}", ip_address="127.0.0.1"),
         }
 
 
