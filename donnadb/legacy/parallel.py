@@ -16,6 +16,7 @@ already claimed) is taken here, in order; a chat it changes is parsed again here
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import signal
 import uuid
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 
 from donnadb.errors import DonnaError
 from donnadb.legacy.copybin import encode_messages
-from donnadb.legacy.files import Inventory
+from donnadb.legacy.files import ChatSources, Inventory
 from donnadb.legacy.model import ChatRow
 from donnadb.legacy.reader import LegacyReader
 from donnadb.legacy.report import Report
@@ -36,7 +37,10 @@ from donnadb.legacy.report import Report
 #: Chats per worker task: large enough that a task's overhead (two pickles, a queue hop)
 #: is small next to parsing ~50 files, small enough to keep every worker busy.
 CHUNK_CHATS = 64
-#: Tasks in flight per worker: bounds memory however large DATA_DIR is.
+#: ... and at most this many bytes of files per task (a task holds its chats in memory).
+CHUNK_BYTES = 4 * 1024 * 1024
+#: Tasks in flight per worker. With CHUNK_BYTES it bounds memory to a few times
+#: workers x AHEAD x max(CHUNK_BYTES, the largest chat), however large DATA_DIR is.
 AHEAD = 3
 
 
@@ -71,8 +75,7 @@ def iter_parts(reader: LegacyReader, workers: int) -> Iterator[ChatPart]:
             yield make_part(chat)
         return
     reader.start_chats()
-    ids = reader.inventory.chat_ids()
-    chunks = iter([ids[i:i + CHUNK_CHATS] for i in range(0, len(ids), CHUNK_CHATS)])
+    chunks = _chunks(reader.inventory)
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"),
                                initializer=_start_worker, initargs=(reader.inventory,))
     try:
@@ -104,6 +107,30 @@ def iter_parts(reader: LegacyReader, workers: int) -> Iterator[ChatPart]:
                 yield part
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _chunks(inventory: Inventory) -> Iterator[list[str]]:
+    """The chat ids in order, cut every CHUNK_CHATS chats or CHUNK_BYTES of files."""
+    chunk: list[str] = []
+    size = 0
+    for chat_id in inventory.chat_ids():
+        chunk.append(chat_id)
+        size += _source_bytes(inventory.chats[chat_id])
+        if len(chunk) >= CHUNK_CHATS or size >= CHUNK_BYTES:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def _source_bytes(sources: ChatSources) -> int:
+    paths = [sources.session, sources.transcript, *(p for _, p in sources.conversations)]
+    total = 0
+    for path in paths:
+        if path is not None:
+            with contextlib.suppress(OSError):  # gone or unreadable: the reader reports it
+                total += path.stat().st_size
+    return total
 
 
 def _submit(pool: ProcessPoolExecutor, chunk: list[str]) -> Future:

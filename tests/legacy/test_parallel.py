@@ -158,3 +158,20 @@ def test_a_dead_worker_is_one_line_and_a_rerun_finishes(settings, scratch_db, se
     assert run_cli(*args, "--dbname", scratch_db).returncode == 0
     assert run_cli(*args, "--dbname", second_db).returncode == 0
     assert checksums(settings, scratch_db) == checksums(settings, second_db)
+
+
+def test_tasks_are_cut_by_bytes_as_well_as_by_chats(tmp_path, monkeypatch):
+    """A task holds its chats in memory: large chat files make smaller tasks."""
+    import donnadb.legacy.parallel as parallel
+
+    msg = {"role": "user", "content": "x" * 1000, "timestamp": "2024-05-01T10:00:00Z"}
+    root = tmp_path / "data"
+    for i in range(10):
+        _chat(root, f"c_{i:02d}", [msg] * (1 if i % 2 else 30))  # ~1 KB and ~30 KB files
+    monkeypatch.setattr(parallel, "CHUNK_BYTES", 40_000)
+    chunks = list(parallel._chunks(LegacyReader.open(root).inventory))
+    assert [c for chunk in chunks for c in chunk] == [f"c_{i:02d}" for i in range(10)]
+    assert [len(c) for c in chunks] == [3, 4, 3]  # cut once a task passes 40,000 bytes
+    monkeypatch.setattr(parallel, "CHUNK_BYTES", 10**9)
+    monkeypatch.setattr(parallel, "CHUNK_CHATS", 4)
+    assert [len(c) for c in parallel._chunks(LegacyReader.open(root).inventory)] == [4, 4, 2]
