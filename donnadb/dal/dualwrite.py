@@ -20,6 +20,7 @@ from typing import Any
 
 from donnadb.dal.errors import NotFoundError, TransactionError
 from donnadb.dal.files import FileDataAccess
+from donnadb.dal.logwriter import LogWriterMixin
 from donnadb.dal.postgres import PostgresDataAccess
 from donnadb.dal.protocol import ChatSession, Message, TransactionMixin, User
 from donnadb.dal.queue import ReconcileQueue
@@ -27,8 +28,6 @@ from donnadb.dal.values import (
     LEGACY_KEY,
     is_valid_name,
     legacy_log_id,
-    log_line,
-    now_utc,
     parse_timestamp,
 )
 from donnadb.errors import DatabaseError, DonnaError
@@ -46,7 +45,7 @@ class _Tx:
     error: str = ""
 
 
-class DualWriteDataAccess(TransactionMixin):
+class DualWriteDataAccess(TransactionMixin, LogWriterMixin):
     """Writes go to ``files`` then ``pg``; reads to ``primary`` ("file" or "postgresql").
 
     ``retry_after`` seconds after a connection failure, writes skip PostgreSQL and are
@@ -317,19 +316,7 @@ class DualWriteDataAccess(TransactionMixin):
                          lambda: self.sync_user(user_id))
         return True
 
-    def write_log(
-        self,
-        level: str,
-        message: str,
-        context: Mapping[str, Any] | None = None,
-        *,
-        trace_id: str | None = None,
-        ip_address: str | None = None,
-        user_agent: str | None = None,
-        request_uri: str | None = None,
-    ) -> str:
-        line = log_line(level, message, context, trace_id=trace_id, ip_address=ip_address,
-                        user_agent=user_agent, request_uri=request_uri, at=now_utc())
+    def _store_log(self, line: dict[str, Any]) -> str:
         source = self.files.append_log(line)
         self._mirror("write_log", [_log(source)], lambda: self.copy_log(source, line),
                      outside_tx=True)

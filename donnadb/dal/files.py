@@ -40,6 +40,7 @@ from donnadb.dal.filerecords import (
     user_record,
     words,
 )
+from donnadb.dal.logwriter import LogWriterMixin
 from donnadb.dal.protocol import (
     MEMORY_TYPES,
     SESSION_FIELDS,
@@ -61,7 +62,6 @@ from donnadb.dal.values import (
     format_timestamp,
     is_valid_name,
     legacy_log_id,
-    log_line,
     now_utc,
     parse_timestamp,
 )
@@ -82,7 +82,7 @@ class _Held:
         self.original = original
 
 
-class FileDataAccess(TransactionMixin):
+class FileDataAccess(TransactionMixin, LogWriterMixin):
     """The file store. Thread- and process-safe; see the module docstring for the layout.
 
     Transactions hold every touched file's lock until commit/rollback; rollback puts
@@ -404,19 +404,7 @@ class FileDataAccess(TransactionMixin):
         return [(s, found[s["chat_id"]]) for s in sessions]
 
     # ------------------------------------------------------------------ system logs
-    def write_log(
-        self,
-        level: str,
-        message: str,
-        context: Mapping[str, Any] | None = None,
-        *,
-        trace_id: str | None = None,
-        ip_address: str | None = None,
-        user_agent: str | None = None,
-        request_uri: str | None = None,
-    ) -> str:
-        line = log_line(level, message, context, trace_id=trace_id, ip_address=ip_address,
-                        user_agent=user_agent, request_uri=request_uri, at=now_utc())
+    def _store_log(self, line: dict[str, Any]) -> str:
         return legacy_log_id(self.append_log(line))
 
     def append_log(self, line: dict[str, Any]) -> str:

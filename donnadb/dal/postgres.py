@@ -27,6 +27,7 @@ from donnadb import db
 from donnadb.config import Settings, get_settings
 from donnadb.dal import postgres_sql as q
 from donnadb.dal.errors import ConflictError, NotFoundError, TransactionError
+from donnadb.dal.logwriter import LogWriterMixin
 from donnadb.dal.protocol import (
     SESSION_FIELDS,
     USER_FIELDS,
@@ -47,9 +48,7 @@ from donnadb.dal.values import (
     escape_text,
     is_uuid,
     load_json,
-    log_line,
     needs_escape,
-    now_utc,
     parse_timestamp,
     unescape_text,
 )
@@ -61,7 +60,7 @@ log = logging.getLogger(__name__)
 SECTION_COLUMNS = {"profile": "profile", "preferences": "preferences"}
 
 
-class PostgresDataAccess(TransactionMixin):
+class PostgresDataAccess(TransactionMixin, LogWriterMixin):
     """The PostgreSQL store; safe to share between threads (one pool, one connection
     pinned per thread while a transaction is open)."""
 
@@ -362,19 +361,7 @@ class PostgresDataAccess(TransactionMixin):
         return _unescaped(rows)
 
     # ------------------------------------------------------------------ system logs
-    def write_log(
-        self,
-        level: str,
-        message: str,
-        context: Mapping[str, Any] | None = None,
-        *,
-        trace_id: str | None = None,
-        ip_address: str | None = None,
-        user_agent: str | None = None,
-        request_uri: str | None = None,
-    ) -> str:
-        line = log_line(level, message, context, trace_id=trace_id, ip_address=ip_address,
-                        user_agent=user_agent, request_uri=request_uri, at=now_utc())
+    def _store_log(self, line: dict[str, Any]) -> str:
         # The server's clock, as for every other row this store writes.
         return self.insert_log(line, log_id=None, at=None)
 
