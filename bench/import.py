@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from donnadb import db  # noqa: E402
 from donnadb.config import load_settings  # noqa: E402
 from donnadb.legacy.fixtures import generate  # noqa: E402
-from donnadb.legacy.importer import import_data_dir  # noqa: E402
+from donnadb.legacy.importer import default_workers, import_data_dir  # noqa: E402
 from donnadb.legacy.reader import LegacyReader  # noqa: E402
 from donnadb.migrate import apply_migrations  # noqa: E402
 from tests.support import create_scratch_database, drop_database  # noqa: E402
@@ -150,6 +150,7 @@ def main() -> None:
                          messages_per_chat=max(1, args.messages // chats), logs=args.logs,
                          deviations=False)
                 print(f"generated {root} in {time.perf_counter() - t:.1f}s", flush=True)
+            workers = default_workers(LegacyReader.open(root))
             with db.connect("migrator", settings=settings, dbname=ours_db,
                             autocommit=True) as conn:
                 t = time.perf_counter()
@@ -186,7 +187,8 @@ def main() -> None:
     load_after = os.getloadavg()
     print(f"{n:,} messages, {summary.read.get('chat_sessions', 0):,} chats, "
           f"{summary.read.get('users', 0):,} users, {summary.read.get('system_logs', 0):,} "
-          f"logs; batch size {batch}; load average {load_before[0]:.2f} before, "
+          f"logs; batch size {batch}; parser workers {workers}; "
+          f"load average {load_before[0]:.2f} before, "
           f"{load_after[0]:.2f} after (1 min)")
     print(f"our import (JSON files -> tables):     {ours:7.2f}s  {n / ours:10,.0f} msg/s")
     if ours_deferred is not None:
