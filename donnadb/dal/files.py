@@ -377,7 +377,7 @@ class FileDataAccess(TransactionMixin, LogWriterMixin):
         terms = words(check_search(query, limit, recent_chats))
         if not terms:
             return []
-        chats = self._user_chats(user_id)
+        chats = [(s, raw) for s, raw in self._user_chats(user_id) if s["message_count"]]
         if recent_chats is not None:
             chats = chats[:recent_chats]
         hits = []

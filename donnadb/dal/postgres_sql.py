@@ -181,7 +181,7 @@ SEARCH_MESSAGES = f"""
 SELECT m.id::text AS id, s.chat_id, m.role, m.content, m.metadata, m.created_at,
        m.sequence_number, m.token_count, m.abuse_flagged
   FROM (SELECT id, chat_id FROM chat_sessions
-         WHERE user_id = %(user_id)s
+         WHERE user_id = %(user_id)s AND message_count > 0
          ORDER BY {RECENT_ORDER}
          LIMIT %(chats)s) AS s
   JOIN messages AS m ON m.chat_session_id = s.id

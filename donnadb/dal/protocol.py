@@ -146,8 +146,9 @@ class DataAccess(Protocol):
         self, user_id: str, query: str, *, limit: int = 20, recent_chats: int | None = None
     ) -> list[Message]:
         """The user's messages holding every word of ``query``, newest first (ties:
-        chat_id, then position from the end), at most ``limit``; only in the
-        ``recent_chats`` first chats of :meth:`list_chat_sessions` when given.
+        chat_id, then position from the end), at most ``limit``; only in the user's
+        ``recent_chats`` most recently active chats (:meth:`list_chat_sessions`' order,
+        chats without a message left out) when given.
 
         Every store finds a message that holds each word as a whole word in any case.
         PostgreSQL (english full-text search) also finds other forms of a word

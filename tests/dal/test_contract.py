@@ -343,7 +343,9 @@ def test_search_messages_finds_every_word_newest_first(dal):
     assert hits[0]["content"] == awkward  # stored escaped, returned as written
     assert hits[2]["id"] == dal.get_chat_history("c_trip")[0]["id"]
     assert [m["sequence_number"] for m in dal.search_messages(ana, "Hotel Lisbon", limit=1)] == [3]
-    # Only the most recent chat: c_trip got the last message.
+    # Only the most recently active chat: c_trip got the last message. A new chat without
+    # messages (first in list_chat_sessions) is not one of the chats searched.
+    dal.create_chat_session("c_new_empty", ana, {})
     assert {m["chat_id"] for m in dal.search_messages(ana, "lisbon", recent_chats=1)} == {
         "c_trip"}
     assert dal.search_messages(ana, "lisbon", recent_chats=0) == []
