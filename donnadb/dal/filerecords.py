@@ -76,11 +76,6 @@ def check_key(key: object) -> None:
         raise DataError(f"invalid memory key {key!r}: use 1-255 characters")
 
 
-def check_window(limit: object, offset: object) -> None:
-    for name, value in (("limit", limit), ("offset", offset)):
-        if not isinstance(value, int) or value < 0:
-            raise DataError(f"{name} must be a non-negative integer, not {value!r}")
-
 
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
 _WORD_RE = re.compile(r"\w+")

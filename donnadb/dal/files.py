@@ -31,7 +31,6 @@ from donnadb.dal.errors import ConflictError, NotFoundError, TransactionError
 from donnadb.dal.filelog import LogFile, read_line
 from donnadb.dal.filerecords import (
     check_key,
-    check_window,
     drop_stale_expiry,
     message_record,
     newest_first,
@@ -59,6 +58,7 @@ from donnadb.dal.values import (
     check_name,
     check_role,
     check_search,
+    check_window,
     format_timestamp,
     is_valid_name,
     legacy_log_id,

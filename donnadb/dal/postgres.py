@@ -45,6 +45,7 @@ from donnadb.dal.values import (
     check_memory_type,
     check_role,
     check_search,
+    check_window,
     escape_text,
     is_uuid,
     load_json,
@@ -327,9 +328,7 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         return inserted
 
     def get_chat_history(self, chat_id: str, limit: int = 20, offset: int = 0) -> list[Message]:
-        for name, value in (("limit", limit), ("offset", offset)):
-            if not isinstance(value, int) or value < 0:
-                raise DataError(f"{name} must be a non-negative integer, not {value!r}")
+        check_window(limit, offset)
         with self._conn() as conn:
             rows = conn.execute(
                 q.SELECT_HISTORY, {"chat_id": chat_id, "limit": limit, "offset": offset}

@@ -146,6 +146,12 @@ def check_limit(value: object, name: str = "limit") -> int:
     return value
 
 
+def check_window(limit: object, offset: object) -> None:
+    """get_chat_history's window. :raises DataError: either is not a non-negative int."""
+    check_limit(limit)
+    check_limit(offset, "offset")
+
+
 def check_search(query: object, limit: object, recent_chats: object) -> str:
     """search_messages' arguments; returns the query.
 
