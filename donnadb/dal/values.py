@@ -165,10 +165,15 @@ def check_search(query: object, limit: object, recent_chats: object) -> str:
     return query
 
 
-def legacy_log_id(source: str) -> str:
+def legacy_log_uuid(source: str) -> uuid.UUID:
     """The id of the log row read from ``source`` (``FILE.jsonl:LINE``): stable across
     re-imports, and the same whether dual-write or the import puts the line in PostgreSQL."""
-    return str(uuid.uuid5(LEGACY_NAMESPACE, f"log:{source}"))
+    return uuid.uuid5(LEGACY_NAMESPACE, f"log:{source}")
+
+
+def legacy_log_id(source: str) -> str:
+    """:func:`legacy_log_uuid` as the DAL's id string."""
+    return str(legacy_log_uuid(source))
 
 
 def has_unstorable(value: Any) -> bool:

@@ -19,7 +19,7 @@ from donnadb.dal.values import (
     LEGACY_NAMESPACE,
     escape_text,
     has_unstorable,
-    legacy_log_id,
+    legacy_log_uuid,
     legacy_message_id,
     needs_escape,
 )
@@ -74,7 +74,7 @@ def memory_uuid(user_id: uuid.UUID, memory_type: str, key: str) -> uuid.UUID:
 
 def log_uuid(source: str) -> uuid.UUID:
     """``source`` is ``file.jsonl:LINE``: a log line keeps its id across re-imports."""
-    return uuid.UUID(legacy_log_id(source))
+    return legacy_log_uuid(source)
 
 
 _MESSAGE_NS_BYTES = LEGACY_MESSAGE_NAMESPACE.bytes
