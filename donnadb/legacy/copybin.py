@@ -2,11 +2,11 @@
 
 The parallel import (:mod:`donnadb.legacy.parallel`) parses chat files in worker
 processes; encoding the rows there too leaves the process that talks to PostgreSQL
-nothing to do per row but pass bytes on. The layout is the one of
-``COPY ... (FORMAT BINARY)`` (PostgreSQL docs, "Binary Format") for the columns
-:data:`MESSAGE_COLUMNS`, with the same values psycopg's binary dumpers send for the
-types the sequential path declares (uuid, text, jsonb, timestamptz, int4, bool);
-``tests/legacy/test_copybin.py`` checks both paths store the same rows.
+nothing to do per row but pass bytes on (with ``--workers 0`` the same encoding runs in
+that process). The layout is the one of ``COPY ... (FORMAT BINARY)`` (PostgreSQL docs,
+"Binary Format") for the columns :data:`MESSAGE_COLUMNS`, with the values psycopg's
+binary dumpers send for uuid, text, jsonb, timestamptz, int4 and bool;
+``tests/legacy/test_parallel.py`` checks that both store the same rows.
 """
 
 from __future__ import annotations
