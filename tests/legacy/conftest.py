@@ -37,6 +37,20 @@ def second_db(settings):
     drop_database(name)
 
 
+def parser_processes() -> dict[int, int]:
+    """{pid: parent pid} of the processes running multiprocessing's forkserver code: the
+    parallel import's forkserver and the workers it forked."""
+    found = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if b"multiprocessing.forkserver" in (proc / "cmdline").read_bytes():
+                found[int(proc.name)] = int(
+                    (proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run ``donnactl`` as an operator would (a real process, real exit code)."""
     return subprocess.run([DONNACTL, *args], capture_output=True, text=True, cwd=cwd,

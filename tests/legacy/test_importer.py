@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
@@ -16,7 +15,7 @@ from donnadb.legacy.fixtures import generate
 from donnadb.legacy.importer import import_data_dir
 from donnadb.legacy.reader import LegacyReader
 from donnadb.legacy.verify import verify
-from tests.legacy.conftest import DONNACTL, checksums, run_cli
+from tests.legacy.conftest import DONNACTL, checksums, parser_processes, run_cli
 
 COUNT_ALL = """SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM chat_sessions),
                       (SELECT count(*) FROM messages), (SELECT count(*) FROM user_memory),
@@ -125,18 +124,6 @@ def _messages_indexes(settings, dbname) -> tuple[list[str], str | None]:
         return defs, comment
 
 
-def _parser_processes() -> set[int]:
-    """The parallel import's forkserver and workers (multiprocessing's forkserver main)."""
-    found = set()
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if b"multiprocessing.forkserver" in cmdline.read_bytes():
-                found.add(int(cmdline.parent.name))
-        except OSError:
-            continue
-    return found
-
-
 @pytest.mark.parametrize(("defer", "workers"), [(False, "0"), (True, "0"), (False, "2")],
                          ids=["upsert", "defer-indexes", "parallel"])
 def test_kill_9_mid_import_then_rerun_equals_uninterrupted(settings, scratch_db, second_db,
@@ -153,7 +140,7 @@ def test_kill_9_mid_import_then_rerun_equals_uninterrupted(settings, scratch_db,
     assert total >= info.messages
 
     first = [*args, "--workers", workers] + (["--defer-indexes"] if defer else [])
-    before = _parser_processes()
+    before = set(parser_processes())
     proc = subprocess.Popen([DONNACTL, *first, "--dbname", scratch_db],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -165,9 +152,9 @@ def test_kill_9_mid_import_then_rerun_equals_uninterrupted(settings, scratch_db,
     assert 0 < partial < total, "the kill must land mid-import"
     # The parser processes notice their parent is gone and exit.
     deadline = time.monotonic() + 15
-    while _parser_processes() - before and time.monotonic() < deadline:
+    while set(parser_processes()) - before and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _parser_processes() - before, "worker processes outlived a killed import"
+    assert not set(parser_processes()) - before, "worker processes outlived a killed import"
     if defer:
         defs, comment = _messages_indexes(settings, scratch_db)
         assert len(defs) == 2 and comment.startswith("donnadb legacy import")

@@ -15,7 +15,7 @@ from donnadb.legacy.importer import import_data_dir
 from donnadb.legacy.model import MessageRow
 from donnadb.legacy.reader import LegacyReader
 from donnadb.legacy.verify import verify
-from tests.legacy.conftest import checksums
+from tests.legacy.conftest import checksums, parser_processes
 
 TYPES = ["uuid", "uuid", "text", "text", "jsonb", "timestamptz", "int4", "int4", "bool"]
 TABLE = """CREATE TEMP TABLE {} (chat_session_id uuid, id uuid, role text, content text,
@@ -108,23 +108,9 @@ def test_copybin_rows_are_the_rows_psycopg_writes(settings, scratch_db, created_
 
 
 def _workers_of(pid: int) -> list[int]:
-    """Processes running multiprocessing's forkserver code that are not ``pid``'s direct
-    children: the workers forked by the forkserver ``pid`` started."""
-    from pathlib import Path
-
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if b"multiprocessing.forkserver" not in (proc / "cmdline").read_bytes():
-                continue
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid != pid and ppid != 1:
-            parent_cmd = Path(f"/proc/{ppid}/cmdline").read_bytes()
-            if b"multiprocessing.forkserver" in parent_cmd:
-                found.append(int(proc.name))
-    return found
+    """The workers forked by the forkserver that ``pid`` started."""
+    found = parser_processes()
+    return [p for p, parent in found.items() if parent in found and found[parent] == pid]
 
 
 def test_a_dead_worker_is_one_line_and_a_rerun_finishes(settings, scratch_db, second_db,
