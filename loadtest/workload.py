@@ -120,7 +120,7 @@ def open_workload(
     pool_size: int = 50,
     rng: random.Random | None = None,
 ) -> Workload:
-    """Open the DAL, the extra pool and the catalogue.
+    """Open the DAL, the smoke test's pool (no connection until used) and the catalogue.
 
     ``pgbouncer_port`` None or 0 connects directly to PostgreSQL.
 
@@ -137,9 +137,10 @@ def open_workload(
     kwargs: dict[str, Any] = {"autocommit": True, "row_factory": dict_row}
     if settings.pgbouncer_port:
         kwargs["prepare_threshold"] = None  # as the DAL does behind PgBouncer
+    # Only the smoke test's SleepUser uses it: min_size 0 opens no connection for chat runs.
     pool = ConnectionPool(
         db.conninfo("app", settings=settings, dbname=dbname),
-        min_size=1, max_size=max(2, pool_size // 2), kwargs=kwargs,
+        min_size=0, max_size=max(2, pool_size // 2), kwargs=kwargs,
         name="donnadb-loadtest-extra", open=True, timeout=30.0,
     )
     return Workload(settings=settings, dbname=dbname, dal=dal, pool=pool, catalogue=catalogue)
