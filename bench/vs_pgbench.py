@@ -16,10 +16,16 @@
    server runs several worker processes for the same reason);
 4. a bare ``psycopg_pool`` loop (same threads, same SQL, default row tuples, no DAL
    code) separates the DAL's own cost from psycopg's and Python threads';
-5. repeats 2-4 ``--rounds`` times interleaved (the host is shared: a neighbour's load
-   hits both sides of a round alike) and prints each round, the median of the DAL's
-   share of pgbench's throughput (the issue's goal: >= 0.7), the DAL process's CPU
-   use and the load average.
+5. the psycopg floor: the least any client built on psycopg can do to hand Python
+   values to an app. Each thread makes one libpq call per query on a connection of its
+   own (``PGconn.exec_prepared``, the statement prepared once; through PgBouncer
+   ``exec_params``) and psycopg's C loaders, with the DAL's json loader, turn the rows
+   into tuples: no cursor, no pool, no DAL code. What it reaches bounds what the DAL
+   can reach on this host;
+6. repeats 2-5 ``--rounds`` times interleaved (the host is shared: a neighbour's load
+   hits every side of a round alike) and prints each round, the median of the DAL's
+   share of pgbench's throughput (the issue's goal: >= 0.7) and of the floor's, the
+   CPU per query on each side and the load average.
 
 Runs as root on the deployed host (the passfile is root's); nothing is written.
 """
@@ -29,6 +35,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import queue
 import random
 import re
 import resource
@@ -42,12 +49,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import psycopg  # noqa: E402
+from psycopg.adapt import Transformer  # noqa: E402
+from psycopg.pq import ExecStatus  # noqa: E402
 from psycopg_pool import ConnectionPool  # noqa: E402
 
 from donnadb import db  # noqa: E402
 from donnadb.config import load_settings  # noqa: E402
 from donnadb.dal import PostgresDataAccess  # noqa: E402
 from donnadb.dal import postgres_sql as q  # noqa: E402
+from donnadb.dal.postgres import dal_adapters  # noqa: E402
 from loadtest.seed import CHAT_PREFIX  # noqa: E402
 
 CHATS_SQL = "SELECT count(*) FROM chat_sessions WHERE chat_id LIKE %s"
@@ -192,10 +203,17 @@ def _loop(clients: int, seconds: int, call) -> tuple[int, float, float]:
 
 def _side(kind: str, settings, dbname: str, clients: int, seconds: int, chats: list[str],
           ready) -> tuple[int, float, float]:
-    """One process's share of a side: ``kind`` "dal" (PostgresDataAccess.get_chat_history)
-    or "bare" (the floor under the DAL: psycopg_pool, tuples, no checkout check, no DAL
-    code). Warms up (every connection open, the statement prepared where it may be), calls
-    ``ready()``, then runs :func:`_loop`."""
+    """One process's share of a side: ``kind`` "dal" (PostgresDataAccess.get_chat_history),
+    "bare" (psycopg_pool, tuples, no checkout check, no DAL code) or "floor" (see
+    :func:`_floor`). Warms up (every connection open, the statement prepared where it
+    may be), calls ``ready()``, then runs :func:`_loop`."""
+    if kind == "floor":
+        call, close = _floor(settings, dbname, clients, chats)
+        try:
+            ready()
+            return _loop(clients, seconds, call)
+        finally:
+            close()
     if kind == "dal":
         s = settings.model_copy(update={"db_max_connections": clients})
         dal = PostgresDataAccess(s, dbname=dbname, min_size=clients)
@@ -224,6 +242,52 @@ def _side(kind: str, settings, dbname: str, clients: int, seconds: int, chats: l
         return _loop(clients, seconds, call)
     finally:
         close()
+
+
+def _floor(settings, dbname: str, clients: int, chats: list[str]):
+    """The psycopg floor's ``(call, close)``: ``clients`` connections, each warmed up and
+    then taken by the first thread that calls; a call is one libpq round trip
+    (PGconn.exec_prepared, or exec_params through PgBouncer, which cannot keep prepared
+    statements) and psycopg's C loaders making the 20 rows into tuples."""
+    statement = (q.SELECT_HISTORY.replace("%(chat_id)s", "$1").replace("%(limit)s", "$2")
+                 .replace("%(offset)s", "$3").encode())
+    prepared = settings.pgbouncer_port is None
+    info = db.conninfo("app", settings=settings, dbname=dbname)
+    idle: queue.SimpleQueue = queue.SimpleQueue()
+    opened: list[psycopg.Connection] = []
+    local = threading.local()
+
+    def run(pgconn, tx: Transformer, chat: str) -> None:
+        params = [chat.encode(), b"20", b"0"]
+        res = (pgconn.exec_prepared(b"history", params) if prepared
+               else pgconn.exec_params(statement, params))
+        if res.status != ExecStatus.TUPLES_OK:
+            raise SystemExit(f"floor query failed: {res.error_message.decode()}")
+        tx.set_pgresult(res)
+        tx.load_rows(0, res.ntuples, tuple)
+
+    warm = random.Random(0)  # noqa: S311 - picks chats, not secrets
+    for _ in range(clients):
+        conn = psycopg.connect(info, autocommit=True, context=dal_adapters())
+        opened.append(conn)
+        if prepared:
+            conn.pgconn.prepare(b"history", statement)
+        pair = (conn.pgconn, Transformer(conn))
+        for _ in range(10):
+            run(*pair, warm.choice(chats))
+        idle.put(pair)
+
+    def call(rng: random.Random) -> None:
+        pair = getattr(local, "pair", None)
+        if pair is None:
+            pair = local.pair = idle.get()
+        run(*pair, rng.choice(chats))
+
+    def close() -> None:
+        for conn in opened:
+            conn.close()
+
+    return call, close
 
 
 def _child(kind, settings, dbname, clients, seconds, chats, barrier, results) -> None:
@@ -294,9 +358,10 @@ def main() -> int:
     print("CPU columns: microseconds of CPU per query, client process(es) / server side "
           "(the app role's backends in the database, plus PgBouncer's process through it)")
     print("| round | pgbench tps | pgbench CPU µs | DAL qps | DAL CPU µs | bare pool qps "
-          "| bare CPU µs | DAL / pgbench | bare / pgbench | load avg |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
-    ratios, bare_ratios = [], []
+          "| bare CPU µs | psycopg floor qps | floor CPU µs | DAL / pgbench | bare / pgbench "
+          "| floor / pgbench | load avg |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+    ratios, bare_ratios, floor_ratios = [], [], []
     for r in range(1, args.rounds + 1):
         base = run_pgbench(settings, dbname, port, args.clients, args.seconds, n_chats,
                            prepared)
@@ -304,13 +369,19 @@ def main() -> int:
                        args.processes)
         bare = run_side("bare", settings, dbname, args.clients, args.seconds, chats,
                         args.processes)
+        floor = run_side("floor", settings, dbname, args.clients, args.seconds, chats,
+                         args.processes)
         ratios.append(dal.rate / base.rate)
         bare_ratios.append(bare.rate / base.rate)
+        floor_ratios.append(floor.rate / base.rate)
         print(f"| {r} | {base.rate:,.0f} | {cpu(base)} | {dal.rate:,.0f} | {cpu(dal)} | "
-              f"{bare.rate:,.0f} | {cpu(bare)} | {dal.rate / base.rate:.2f} | "
-              f"{bare.rate / base.rate:.2f} | {os.getloadavg()[0]:.1f} |", flush=True)
+              f"{bare.rate:,.0f} | {cpu(bare)} | {floor.rate:,.0f} | {cpu(floor)} | "
+              f"{dal.rate / base.rate:.2f} | {bare.rate / base.rate:.2f} | "
+              f"{floor.rate / base.rate:.2f} | {os.getloadavg()[0]:.1f} |", flush=True)
     print(f"median DAL / pgbench: {statistics.median(ratios):.2f} (goal >= 0.70); "
-          f"bare psycopg_pool / pgbench: {statistics.median(bare_ratios):.2f}")
+          f"bare psycopg_pool / pgbench: {statistics.median(bare_ratios):.2f}; "
+          f"psycopg floor / pgbench: {statistics.median(floor_ratios):.2f} (what any "
+          "psycopg client reaches here)")
     return 0
 
 

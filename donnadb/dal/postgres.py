@@ -83,12 +83,8 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         self.settings = s
         self.via_pgbouncer = s.pgbouncer_port is not None
         info = db.conninfo("app", settings=s, dbname=dbname)
-        # The DAL's own adapters: json/jsonb columns (a metadata per message row) are
-        # parsed by load_json, the same values as json.loads at a fraction of the CPU.
-        adapters = AdaptersMap(psycopg.adapters)
-        set_json_loads(load_json, adapters)
         kwargs: dict[str, Any] = {"autocommit": True, "row_factory": dict_row,
-                                  "context": adapters}
+                                  "context": dal_adapters()}
         if self.via_pgbouncer:
             # PgBouncer in transaction mode hands each transaction to any server
             # connection: server-side prepared statements would be lost between them.
@@ -555,6 +551,15 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def dal_adapters() -> AdaptersMap:
+    """The DAL's adapters: psycopg's, except that json/jsonb columns (a metadata per
+    message row) are parsed by load_json, the same values as json.loads at a fraction of
+    the CPU."""
+    adapters = AdaptersMap(psycopg.adapters)
+    set_json_loads(load_json, adapters)
+    return adapters
 
 
 def _unescaped(rows: list[Message]) -> list[Message]:
