@@ -1,4 +1,5 @@
-"""The CI-sized load test: 60 users for 45 s through PgBouncer, judged by the SLO gate.
+"""The CI-sized load test: 120 users for 60 s through PgBouncer, judged by the SLO gate
+(the plan's "100+ concurrent users", the size the issue asked CI to run).
 
 It asserts the gate's verdict and that every scenario's query shows up in the stats,
 with its server-side and PgBouncer figures. (The full run is `make loadtest`.)
@@ -18,7 +19,7 @@ from tests.loadtest.conftest import PGBOUNCER_PORT
 
 
 def test_short_run_passes_the_gate_and_reports_every_query(settings, seeded_db, tmp_path):
-    opts = runner.RunOptions(users=60, spawn_rate=30, duration="45s", out_dir=tmp_path,
+    opts = runner.RunOptions(users=120, spawn_rate=60, duration="60s", out_dir=tmp_path,
                              dbname=seeded_db, pgbouncer_port=PGBOUNCER_PORT, pool_size=30)
     result = runner.run(opts, settings)
 
@@ -43,7 +44,7 @@ def test_short_run_passes_the_gate_and_reports_every_query(settings, seeded_db, 
     # the final stats hold fewer requests than the whole history.
     with (tmp_path / "locust_stats_history.csv").open(encoding="utf-8") as f:
         history = [r for r in csv.DictReader(f) if r["Name"] == "Aggregated"]
-    assert max(int(r["User Count"]) for r in history) == 60
+    assert max(int(r["User Count"]) for r in history) == 120
 
 
 @pytest.mark.parametrize("bad", ["", "5x", "0", "m"])
