@@ -329,6 +329,7 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
             rows = conn.execute(
                 q.SELECT_HISTORY, {"chat_id": chat_id, "limit": limit, "offset": offset}
             ).fetchall()
+        rows.reverse()  # the page comes newest first
         return _unescaped(rows)
 
     def get_message_count(self, chat_id: str) -> int:

@@ -151,15 +151,17 @@ RETURNING id::text AS id
 """
 SELECT_MESSAGE_EXISTS = "SELECT 1 FROM messages WHERE id = %s"
 
+# A page of a chat, newest message first (get_chat_history reverses it): one table, walked
+# backwards along idx_messages_sequence, no sort. Through PgBouncer every call is planned
+# afresh, and the join-and-resort form this replaced planned much slower (pgbench
+# -M extended, one client: 2.4k vs 4.0k tps). The chat id equals the parameter.
 SELECT_HISTORY = """
-SELECT * FROM (
-    SELECT m.id::text AS id, s.chat_id, m.role, m.content, m.metadata, m.created_at,
-           m.sequence_number, m.token_count, m.abuse_flagged
-      FROM chat_sessions AS s JOIN messages AS m ON m.chat_session_id = s.id
-     WHERE s.chat_id = %(chat_id)s
-     ORDER BY m.sequence_number DESC
-     LIMIT %(limit)s OFFSET %(offset)s
-) AS window_ ORDER BY sequence_number
+SELECT m.id::text AS id, %(chat_id)s::varchar AS chat_id, m.role, m.content, m.metadata,
+       m.created_at, m.sequence_number, m.token_count, m.abuse_flagged
+  FROM messages AS m
+ WHERE m.chat_session_id = (SELECT id FROM chat_sessions WHERE chat_id = %(chat_id)s)
+ ORDER BY m.sequence_number DESC
+ LIMIT %(limit)s OFFSET %(offset)s
 """
 
 SELECT_MESSAGE_COUNT = "SELECT message_count FROM chat_sessions WHERE chat_id = %s"
