@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import uuid
 
 import pytest
 
@@ -103,3 +104,36 @@ def test_a_log_row_as_written(settings, pg_db):
             "request_uri, now() - created_at < interval '1 minute' FROM system_logs "
             "WHERE id = %s", (log_id,)).fetchone()
     assert row == ("error", "boom", {"order": 7}, "t-9", "2001:db8::1", "ua", "/x", True)
+
+
+def _plan_nodes(plan: dict) -> list[dict]:
+    return [plan, *(n for child in plan.get("Plans", []) for n in _plan_nodes(child))]
+
+
+def test_history_read_walks_the_sequence_index_without_sorting(settings, pg_db, connect_as):
+    """The history read's plan (postgres_sql.SELECT_HISTORY): one backward walk of
+    idx_messages_sequence, stopped by the LIMIT; no Sort node, no join. Through PgBouncer
+    every call is planned, and the join-and-resort form it replaced cost more to plan
+    than to run. (Sequential and bitmap scans are switched off: the test's tables are tiny.)"""
+    from donnadb.dal import postgres_sql as q
+
+    with PostgresDataAccess(settings, dbname=pg_db) as dal:
+        dal.create_chat_session("c_plan", None, {})
+        dal.insert_messages("c_plan", [
+            {"id": str(uuid.uuid4()), "role": "user", "content": f"m{i}", "metadata": {},
+             "created_at": None, "sequence_number": i, "token_count": None,
+             "abuse_flagged": False} for i in range(1, 101)])
+        assert [m["sequence_number"] for m in dal.get_chat_history("c_plan", 3, 1)] == [
+            97, 98, 99]
+    connect_as("migrator", dbname=pg_db, autocommit=True).execute("ANALYZE messages")
+    conn = connect_as("app", dbname=pg_db)
+    conn.execute("SET enable_seqscan = off")
+    conn.execute("SET enable_bitmapscan = off")
+    plan = conn.execute("EXPLAIN (FORMAT JSON) " + q.SELECT_HISTORY,
+                        {"chat_id": "c_plan", "limit": 20, "offset": 0}).fetchone()[0]
+    nodes = _plan_nodes(plan[0]["Plan"])
+    kinds = [n["Node Type"] for n in nodes]
+    assert "Sort" not in kinds and "Nested Loop" not in kinds, kinds
+    walks = [n for n in nodes if n.get("Relation Name") == "messages"]
+    assert [(n["Index Name"], n["Scan Direction"]) for n in walks] == [
+        ("idx_messages_sequence", "Backward")], walks
