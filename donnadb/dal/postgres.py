@@ -132,6 +132,19 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         with self._conn() as conn, conn.transaction():
             yield conn
 
+    @contextmanager
+    def _single(self) -> Iterator[psycopg.Connection]:
+        """A connection for an operation of ONE statement: atomic by itself in autocommit,
+        so no BEGIN/COMMIT round trips (through PgBouncer a server connection is held for
+        the whole transaction, round trips included); inside the caller's transaction a
+        savepoint as in :meth:`_atomic`, so that a failure does not abort it."""
+        if getattr(self._local, "conn", None) is not None:
+            with self._atomic() as conn:
+                yield conn
+        else:
+            with self._conn() as conn:
+                yield conn
+
     def _one(self, query: str | sql.Composed, params: Any = None) -> dict[str, Any] | None:
         with self._conn() as conn:
             return conn.execute(query, params).fetchone()
@@ -222,7 +235,7 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         params = {"chat_id": chat_id, "user_id": user_id, "title": title, "profile": profile,
                   "metadata": Jsonb(check_json_object(metadata, "metadata"))}
         try:
-            with self._atomic() as conn:
+            with self._single() as conn:
                 return conn.execute(q.INSERT_SESSION, params).fetchone()["id"]
         except ConflictError:
             raise ConflictError(f"chat {chat_id!r} already exists") from None
@@ -264,7 +277,7 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
             "metadata": Jsonb(session.get("metadata") or {}),
             "created_at": session.get("created_at"), "updated_at": session.get("updated_at"),
         }
-        with self._atomic() as conn:
+        with self._single() as conn:
             return conn.execute(q.UPSERT_SESSION, params).fetchone()["id"]
 
     # ------------------------------------------------------------------ messages
@@ -283,15 +296,15 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         if not isinstance(content, str):
             raise DataError(f"message content must be text, not {type(content).__name__}")
         content, meta = _escape(content, check_json_object(metadata, "metadata"))
-        with self._atomic() as conn:
-            row = conn.execute(q.LOCK_SESSION, (chat_id,)).fetchone()
-            if row is None:
-                raise NotFoundError(f"no chat {chat_id!r}: create the session first")
-            return conn.execute(q.INSERT_MESSAGE, {
-                "session_id": row["id"], "role": role, "content": content,
+        with self._single() as conn:
+            message_id = conn.execute(q.ADD_MESSAGE, {
+                "chat_id": chat_id, "role": role, "content": content,
                 "metadata": Jsonb(meta), "token_count": token_count,
                 "abuse_flagged": bool(abuse_flagged),
             }).fetchone()["id"]
+        if message_id is None:
+            raise NotFoundError(f"no chat {chat_id!r}: create the session first")
+        return message_id
 
     def insert_messages(self, chat_id: str, messages: list[Message]) -> int:
         """Copy messages from another store keeping id, position and time; idempotent.
@@ -395,9 +408,11 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         params = {"user_id": user_id, "memory_type": memory_type, "key": key,
                   "value": Jsonb(value), "expires_at": parse_timestamp(expires_at)}
         try:
-            with self._atomic() as conn:
+            # Profile and preferences keys are mirrored in a users column: two statements.
+            section = memory_type in SECTION_COLUMNS
+            with self._atomic() if section else self._single() as conn:
                 conn.execute(q.UPSERT_MEMORY, params)
-                if memory_type in SECTION_COLUMNS:
+                if section:
                     conn.execute(_section_sql(q.MERGE_SECTION_KEY, memory_type), params)
         except NotFoundError:
             raise NotFoundError(f"no user {user_id!r}: create it first") from None

@@ -126,17 +126,12 @@ SELECT_SESSION = f"SELECT {SESSION_COLUMNS} FROM chat_sessions AS s WHERE s.chat
 # Serialises writers of one chat. The INSERT below is a separate statement on purpose:
 # under READ COMMITTED it takes a fresh snapshot after the lock is granted, so it sees
 # the message the previous lock holder committed (one statement would not).
-LOCK_SESSION = "SELECT id FROM chat_sessions WHERE chat_id = %s FOR UPDATE"
-
-# message_count and last_message_at are kept by the messages triggers, not here.
-INSERT_MESSAGE = """
-INSERT INTO messages (chat_session_id, role, content, metadata, sequence_number,
-                      token_count, abuse_flagged)
-SELECT %(session_id)s, %(role)s, %(content)s, %(metadata)s,
-       COALESCE((SELECT max(sequence_number) FROM messages
-                  WHERE chat_session_id = %(session_id)s), 0) + 1,
-       %(token_count)s, %(abuse_flagged)s
-RETURNING id::text AS id
+# add_message() (migration 0004): locks the chat's row, then inserts at max + 1, in one
+# round trip; NULL when there is no such chat. message_count and last_message_at are kept
+# by the messages triggers, not here.
+ADD_MESSAGE = """
+SELECT add_message(%(chat_id)s, %(role)s, %(content)s, %(metadata)s, %(token_count)s,
+                   %(abuse_flagged)s)::text AS id
 """
 
 # A replicated message keeps its id and position; replaying it is a no-op.
