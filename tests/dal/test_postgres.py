@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from donnadb.dal import PostgresDataAccess
+from donnadb.dal import ConflictError, NotFoundError, PostgresDataAccess
 from donnadb.errors import DatabaseError
 
 
@@ -137,3 +137,46 @@ def test_history_read_walks_the_sequence_index_without_sorting(settings, pg_db, 
     walks = [n for n in nodes if n.get("Relation Name") == "messages"]
     assert [(n["Index Name"], n["Scan Direction"]) for n in walks] == [
         ("idx_messages_sequence", "Backward")], walks
+
+
+def _traced(dal, path, work) -> list[str]:
+    """The protocol messages the client sent while ``work()`` ran (one pooled connection)."""
+    with path.open("w") as out:
+        with dal._pool.connection() as conn:
+            conn.pgconn.trace(out.fileno())
+        work()
+        with dal._pool.connection() as conn:
+            conn.pgconn.untrace()
+    return [line.split("\t")[3] for line in path.read_text().splitlines()
+            if line.split("\t")[1:2] == ["F"]]
+
+
+def test_one_statement_writes_are_one_round_trip(settings, pg_db, tmp_path):
+    """add_message (the add_message() function), create_chat_session and set_user_memory
+    of a non-section type send one statement each and no BEGIN/COMMIT: through PgBouncer a
+    transaction holds its server connection across every client round trip. Inside the
+    caller's transaction they still take a savepoint, so a failure leaves it usable."""
+    one = settings.model_copy(update={"db_max_connections": 1, "pgbouncer_port": None})
+    with PostgresDataAccess(one, dbname=pg_db) as dal:
+        uid = dal.create_user({"clerk_id": "user_rt"})
+
+        def writes() -> None:
+            dal.create_chat_session("c_rt", uid)
+            dal.add_message("c_rt", "user", "one")
+            dal.add_message("c_rt", "assistant", "two")
+            dal.set_user_memory(uid, "context", "topic", {"v": 1})
+
+        sent = _traced(dal, tmp_path / "libpq.trace", writes)
+        assert "Query" not in sent, sent  # BEGIN, COMMIT and SAVEPOINT go as simple queries
+        assert sent.count("Sync") == 4, sent
+        assert [m["sequence_number"] for m in dal.get_chat_history("c_rt")] == [1, 2]
+
+        with dal.transaction():
+            dal.add_message("c_rt", "user", "three")
+            with pytest.raises(NotFoundError):
+                dal.add_message("c_missing", "user", "lost")
+            with pytest.raises(ConflictError):  # the server refuses it: a savepoint undoes it
+                dal.create_chat_session("c_rt", uid)
+            dal.add_message("c_rt", "user", "four")
+        assert [m["content"] for m in dal.get_chat_history("c_rt")] == [
+            "one", "two", "three", "four"]
