@@ -123,12 +123,11 @@ RETURNING id::text AS id
 
 SELECT_SESSION = f"SELECT {SESSION_COLUMNS} FROM chat_sessions AS s WHERE s.chat_id = %s"
 
-# Serialises writers of one chat. The INSERT below is a separate statement on purpose:
-# under READ COMMITTED it takes a fresh snapshot after the lock is granted, so it sees
-# the message the previous lock holder committed (one statement would not).
-# add_message() (migration 0004): locks the chat's row, then inserts at max + 1, in one
-# round trip; NULL when there is no such chat. message_count and last_message_at are kept
-# by the messages triggers, not here.
+# add_message() (migration 0004) serialises writers of one chat: it locks the chat's row,
+# then inserts at max + 1 in a second statement, which under READ COMMITTED takes a fresh
+# snapshot after the lock is granted and so sees the message the previous lock holder
+# committed (one statement would not). One round trip; NULL when there is no such chat.
+# message_count and last_message_at are kept by the messages triggers, not here.
 ADD_MESSAGE = """
 SELECT add_message(%(chat_id)s, %(role)s, %(content)s, %(metadata)s, %(token_count)s,
                    %(abuse_flagged)s)::text AS id
