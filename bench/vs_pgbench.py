@@ -209,12 +209,7 @@ def _side(kind: str, settings, dbname: str, clients: int, seconds: int, chats: l
     may be), calls ``ready()``, then runs :func:`_loop`."""
     if kind == "floor":
         call, close = _floor(settings, dbname, clients, chats)
-        try:
-            ready()
-            return _loop(clients, seconds, call)
-        finally:
-            close()
-    if kind == "dal":
+    elif kind == "dal":
         s = settings.model_copy(update={"db_max_connections": clients})
         dal = PostgresDataAccess(s, dbname=dbname, min_size=clients)
         close = dal.close
@@ -235,9 +230,12 @@ def _side(kind: str, settings, dbname: str, clients: int, seconds: int, chats: l
                 conn.execute(q.SELECT_HISTORY,
                              {"chat_id": rng.choice(chats), "limit": 20, "offset": 0}).fetchall()
     try:
-        warm = random.Random(0)  # noqa: S311 - picks chats, not secrets
-        for _ in range(clients * 10):
-            call(warm)
+        # The floor warmed each of its connections itself: a call from this thread would
+        # keep one of them for itself.
+        if kind != "floor":
+            warm = random.Random(0)  # noqa: S311 - picks chats, not secrets
+            for _ in range(clients * 10):
+                call(warm)
         ready()
         return _loop(clients, seconds, call)
     finally:
