@@ -16,6 +16,19 @@ def make_pg(settings, dbname, **kwargs) -> PostgresDataAccess:
     return PostgresDataAccess(settings, dbname=dbname, **kwargs)
 
 
+def sent_messages(dal: PostgresDataAccess, trace_file, work) -> list[str]:
+    """The protocol messages ("Parse", "Sync", "Query", ...) the client sent while
+    ``work()`` ran, from a libpq trace of the pool's connection (give the DAL one)."""
+    with trace_file.open("w") as out:
+        with dal._pool.connection() as conn:
+            conn.pgconn.trace(out.fileno())
+        work()
+        with dal._pool.connection() as conn:
+            conn.pgconn.untrace()
+    return [line.split("\t")[3] for line in trace_file.read_text().splitlines()
+            if line.split("\t")[1:2] == ["F"]]
+
+
 @pytest.fixture(scope="session")
 def dal_db(settings):
     """One migrated scratch database for every DAL test (made like ``scratch_db``, but

@@ -9,6 +9,7 @@ import pytest
 
 from donnadb.dal import ConflictError, NotFoundError, PostgresDataAccess
 from donnadb.errors import DatabaseError
+from tests.dal.conftest import sent_messages
 
 
 def test_pool_follows_the_settings(settings, pg_db):
@@ -139,18 +140,6 @@ def test_history_read_walks_the_sequence_index_without_sorting(settings, pg_db, 
         ("idx_messages_sequence", "Backward")], walks
 
 
-def _traced(dal, path, work) -> list[str]:
-    """The protocol messages the client sent while ``work()`` ran (one pooled connection)."""
-    with path.open("w") as out:
-        with dal._pool.connection() as conn:
-            conn.pgconn.trace(out.fileno())
-        work()
-        with dal._pool.connection() as conn:
-            conn.pgconn.untrace()
-    return [line.split("\t")[3] for line in path.read_text().splitlines()
-            if line.split("\t")[1:2] == ["F"]]
-
-
 def test_one_statement_writes_are_one_round_trip(settings, pg_db, tmp_path):
     """add_message (the add_message() function), create_chat_session and set_user_memory
     of a non-section type send one statement each and no BEGIN/COMMIT: through PgBouncer a
@@ -166,7 +155,7 @@ def test_one_statement_writes_are_one_round_trip(settings, pg_db, tmp_path):
             dal.add_message("c_rt", "assistant", "two")
             dal.set_user_memory(uid, "context", "topic", {"v": 1})
 
-        sent = _traced(dal, tmp_path / "libpq.trace", writes)
+        sent = sent_messages(dal, tmp_path / "libpq.trace", writes)
         assert "Query" not in sent, sent  # BEGIN, COMMIT and SAVEPOINT go as simple queries
         assert sent.count("Sync") == 4, sent
         assert [m["sequence_number"] for m in dal.get_chat_history("c_rt")] == [1, 2]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from donnadb.dal import PostgresDataAccess
+from tests.dal.conftest import sent_messages
 from tests.support import superuser_psql
 
 PID = "SELECT pg_backend_pid() AS pid"
@@ -34,17 +35,14 @@ def test_a_healthy_checkout_costs_no_round_trip(settings, pg_db, tmp_path):
     """Every message the client sends is traced: checkouts add no query of their own
     (``ConnectionPool.check_connection`` would send an empty simple Query each time)."""
     one = settings.model_copy(update={"db_max_connections": 1, "pgbouncer_port": None})
-    trace = tmp_path / "libpq.trace"
-    with PostgresDataAccess(one, dbname=pg_db) as dal, trace.open("w") as out:
-        dal.get_chat_history("c_none")
-        with dal._pool.connection() as conn:
-            conn.pgconn.trace(out.fileno())
+
+    def reads() -> None:
         for _ in range(3):
             assert dal.get_chat_history("c_none") == []
-        with dal._pool.connection() as conn:
-            conn.pgconn.untrace()
-    sent = [line.split("\t")[3] for line in trace.read_text().splitlines()
-            if line.split("\t")[1:2] == ["F"]]
+
+    with PostgresDataAccess(one, dbname=pg_db) as dal:
+        dal.get_chat_history("c_none")
+        sent = sent_messages(dal, tmp_path / "libpq.trace", reads)
     assert sent.count("Execute") == 3
     assert "Query" not in sent
 
