@@ -9,9 +9,30 @@ from __future__ import annotations
 
 import subprocess
 import uuid
+from pathlib import Path
+
+import pytest
 
 from donnadb.config import Settings
 from donnadb.provision import bootstrap
+
+
+def systemd_running() -> bool:
+    """True on a host whose PID 1 is systemd (a server); False in a container without it."""
+    return Path("/proc/1/comm").read_text().strip() == "systemd"
+
+
+#: Tests of what only one kind of host does. The suite runs on both kinds (CI: this
+#: machine without systemd, then a booted Debian 12 host with it), so each runs somewhere.
+with_systemd = pytest.mark.skipif(not systemd_running(), reason="systemd is not PID 1 here")
+without_systemd = pytest.mark.skipif(systemd_running(), reason="systemd is PID 1 here")
+
+
+def unit_properties(unit: str, *names: str) -> dict[str, str]:
+    """``systemctl show`` properties of ``unit`` (names as systemd spells them)."""
+    out = subprocess.run(["systemctl", "show", unit, "--property", ",".join(names)],
+                         capture_output=True, text=True, check=True).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
 def superuser_psql(sql: str, dbname: str = "postgres", *, port: int | None = None) -> str:

@@ -16,7 +16,9 @@ Settings (group_data/all.py, all optional here): ``backup_repo_dir``, ``backup_j
 ``backup_max_age_hours``, ``backup_s3`` (bucket, prefix, region, storage_class, sse,
 kms_key_id, endpoint_url), ``backup_schedule``, ``backup_env_file``,
 ``pgbackrest_enabled``, ``pgbackrest_repo_path``, ``pgbackrest_config``,
-``pgbackrest_stanza``, ``pgbackrest_retention_full``, ``pgbackrest_retention_diff``.
+``pgbackrest_stanza``, ``pgbackrest_retention_full``, ``pgbackrest_retention_diff``;
+and where the schedule goes, ``backup_unit_dir``, ``backup_unit_prefix`` and
+``backup_cron_file`` (the tests point them away from the deployed jobs).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ PHYSICAL_SCHEDULE = {
                       "pgBackRest daily differential backup"),
 }
 UNIT_DIR = "/etc/systemd/system"
+UNIT_PREFIX = "donna-backup-"
 CRON_FILE = "/etc/cron.d/donna-backup"
 
 #: group_data key -> environment variable read by donnadb.config.Settings.
@@ -77,6 +80,7 @@ class BackupDeploy:
     schedule: dict[str, tuple[str, str, str]]
     checkout: str
     unit_dir: str = UNIT_DIR
+    unit_prefix: str = UNIT_PREFIX
     cron_file: str = CRON_FILE
     pgbackrest: bool = False
     pgbackrest_config: str = "/etc/pgbackrest/pgbackrest.conf"
@@ -123,6 +127,7 @@ def load_backup_deploy(data: Any, checkout: str) -> BackupDeploy:
         env_file=data.get("backup_env_file") or "/etc/donnadb/backup.env",
         env=env, schedule=schedule, checkout=checkout, pgbackrest=pgbackrest,
         unit_dir=data.get("backup_unit_dir") or UNIT_DIR,
+        unit_prefix=data.get("backup_unit_prefix") or UNIT_PREFIX,
         cron_file=data.get("backup_cron_file") or CRON_FILE, **extra,
     )
     if pgbackrest:
@@ -197,7 +202,7 @@ def install_backups(settings) -> None:
     files.put(name=f"Write {cfg.env_file}", src=StringIO(env_text(cfg)), dest=cfg.env_file,
               user="root", group="root", mode="600")
     scheduler.install_jobs(
-        label="backup", prefix="donna-backup-", unit_dir=cfg.unit_dir,
+        label="backup", prefix=cfg.unit_prefix, unit_dir=cfg.unit_dir,
         units={job: (service_unit(cfg, job), timer_unit(cfg, job)) for job in cfg.schedule},
         # pgBackRest turned off: its physical-backup units go.
         removed=sorted(set(PHYSICAL_SCHEDULE) - set(cfg.schedule)),

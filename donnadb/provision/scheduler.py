@@ -7,6 +7,7 @@ when a cron daemon runs: Debian's minimal images ship none, so install and start
 
 from __future__ import annotations
 
+import posixpath
 from io import StringIO
 
 from pyinfra import host
@@ -15,10 +16,13 @@ from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, systemd
 
+from donnadb.errors import ConfigError
 from donnadb.provision.facts import SystemdRunning
 from donnadb.provision.settings import DeploySettings
 
 CRON_PACKAGE = "cron"
+#: Where systemd (PID 1) loads system units from: the administrator's, then the runtime one.
+SYSTEMD_UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system")
 # pidof exits 1 when no cron runs; the echo turns that into a value, not a failed fact.
 CRON_RUNNING_CMD = "pidof cron >/dev/null && echo running || echo stopped"
 
@@ -60,7 +64,14 @@ def install_jobs(
     ``{prefix}{job}.service|.timer`` in every case so a host that boots with systemd
     later has them; ``removed`` are jobs left out whose units must go. Without systemd
     the jobs are ``cron_text`` in ``cron_file`` (run by :func:`ensure_cron`'s daemon).
+
+    :raises ConfigError: systemd runs but ``unit_dir`` is not a directory it loads.
     """
+    systemd_runs = host.get_fact(SystemdRunning)
+    if systemd_runs and posixpath.normpath(unit_dir) not in SYSTEMD_UNIT_DIRS:
+        raise ConfigError(f"{label} units go to {unit_dir}, which systemd does not load "
+                          f"units from, so their timers would never run; use one of "
+                          f"{', '.join(SYSTEMD_UNIT_DIRS)}")
     changed = []
     timers = {}
     for job, texts in units.items():
@@ -76,7 +87,7 @@ def install_jobs(
                      f"{unit_dir}/{prefix}{job}.timer", f"{unit_dir}/{prefix}{job}.service"):
             changed.append(files.file(name=f"Remove {path} (job left out)", path=path,
                                       present=False))
-    if host.get_fact(SystemdRunning):
+    if systemd_runs:
         files.file(name=f"No cron duplicate of the timers ({cron_file})", path=cron_file,
                    present=False)
         systemd.daemon_reload(name=f"Reload systemd ({label} units changed)",

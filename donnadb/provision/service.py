@@ -71,8 +71,9 @@ def ensure_running(
                         restarted=True, _if=restart_if)
         systemd.service(name=f"Reload {unit} (pg_hba.conf changed)", service=unit,
                         reloaded=True, _if=reload_if)
-        systemd.service(name=f"Run {unit} now and at boot", service=unit, running=True,
-                        enabled=True)
+        # The same name as the pg_ctlcluster path: "Start cluster" on every kind of host.
+        systemd.service(name=f"Start cluster {v}/{c} now and at boot (systemd: {unit})",
+                        service=unit, running=True, enabled=True)
         return
     cluster_signalled(name=f"Restart cluster {v}/{c} (postgresql.conf changed)",
                       version=v, cluster=c, action="restart", _if=restart_if)

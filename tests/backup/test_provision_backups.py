@@ -16,13 +16,15 @@ import pytest
 from donnadb.backup import pitr
 from donnadb.errors import ConfigError
 from donnadb.provision.backups import (
+    UNIT_DIR,
+    UNIT_PREFIX,
     cron_text,
     env_text,
     load_backup_deploy,
     service_unit,
     timer_unit,
 )
-from tests.support import superuser_psql
+from tests.support import superuser_psql, systemd_running, unit_properties
 
 PORT = 5449
 
@@ -78,7 +80,27 @@ def throwaway_cluster():
         shutil.rmtree(work, ignore_errors=True)
 
 
-def test_deploy_configures_archiving_and_the_stanza(throwaway_cluster):
+@pytest.fixture
+def schedule_target(throwaway_cluster):
+    """Where the test's jobs go: systemd's unit directory under names of their own where
+    systemd runs (so systemd loads them), else a scratch unit directory and cron file."""
+    _, work = throwaway_cluster
+    if not systemd_running():
+        (work / "units").mkdir()
+        yield {"backup_unit_dir": work / "units", "backup_cron_file": work / "cron"}
+        return
+    prefix = f"donna-bktest{uuid.uuid4().hex[:6]}-"
+    yield {"backup_unit_dir": UNIT_DIR, "backup_unit_prefix": prefix,
+           "backup_cron_file": work / "cron"}
+    units = sorted(Path(UNIT_DIR).glob(f"{prefix}*"))
+    subprocess.run(["systemctl", "disable", "--now", *[u.name for u in units]],
+                   capture_output=True, check=False)
+    for unit in units:
+        unit.unlink()
+    subprocess.run(["systemctl", "daemon-reload"], check=True)
+
+
+def test_deploy_configures_archiving_and_the_stanza(throwaway_cluster, schedule_target):
     name, work = throwaway_cluster
     deploy = work / "deploy.py"
     deploy.write_text(
@@ -88,11 +110,10 @@ def test_deploy_configures_archiving_and_the_stanza(throwaway_cluster):
         f"                                pg_cluster='{name}', pg_port={PORT}))\n")
     data = {
         "backup_repo_dir": work / "repo", "backup_env_file": work / "etc" / "backup.env",
-        "backup_unit_dir": work / "units", "backup_cron_file": work / "cron",
         "pgbackrest_enabled": "true", "pgbackrest_config": work / "pgbr" / "pgbackrest.conf",
         "pgbackrest_repo_path": work / "pgbr-repo", "pgbackrest_stanza": "deploytest",
+        **schedule_target,
     }
-    (work / "units").mkdir()
     cmd = [str(Path(sys.executable).with_name("pyinfra")), "-y", "@local", str(deploy)]
     for key, value in data.items():
         cmd += ["--data", f"{key}={value}"]
@@ -101,8 +122,18 @@ def test_deploy_configures_archiving_and_the_stanza(throwaway_cluster):
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
     assert (work / "repo").stat().st_mode & 0o777 == 0o700
     assert "PGBACKREST_ENABLED=true" in (work / "etc" / "backup.env").read_text()
-    assert "backups/donna-backup physical-full" in (work / "cron").read_text()
-    assert (work / "units" / "donna-backup-physical-diff.timer").exists()
+    prefix = data.get("backup_unit_prefix", UNIT_PREFIX)
+    for job in ("physical-full", "physical-diff"):
+        assert (Path(data["backup_unit_dir"]) / f"{prefix}{job}.timer").exists()
+    if systemd_running():
+        assert not (work / "cron").exists()
+        for job in ("physical-full", "physical-diff", "snapshot"):
+            timer = unit_properties(f"{prefix}{job}.timer", "LoadState", "UnitFileState",
+                                    "ActiveState")
+            assert timer == {"LoadState": "loaded", "UnitFileState": "enabled",
+                             "ActiveState": "active"}, (job, timer)
+    else:
+        assert "backups/donna-backup physical-full" in (work / "cron").read_text()
     assert superuser_psql("SHOW archive_mode", port=PORT) == "on"
 
     cluster = pitr.Cluster(15, name, PORT, Path(f"/var/lib/postgresql/15/{name}"))

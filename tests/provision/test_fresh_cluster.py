@@ -50,10 +50,14 @@ def test_first_run_creates_everything(fresh):
     first, _, data, _, _ = fresh
     assert first.returncode == 0, first.output[-4000:]
     changed = " ".join(first.changed_operations())
+    # "Start cluster" is systemd's unit where systemd runs, pg_ctlcluster elsewhere.
     for step in ("Create cluster", "Start cluster", "Converge roles",
                  "Generate missing role passwords", "Apply role passwords",
                  "Create database", "Bootstrap", "Write"):
         assert step in changed, step
+    status = subprocess.run(["pg_lsclusters", "--no-header", str(VERSION), CLUSTER],
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert status[3] == "online", status
 
 
 def test_second_run_changes_nothing(fresh):

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from donnadb.config import Settings
 from donnadb.errors import ConfigError
 from donnadb.provision import opsjobs
 from donnadb.provision.settings import load_deploy_settings
 from tests.provision.deployrun import ROOT, load_group_data
+from tests.support import unit_properties, with_systemd, without_systemd
 
 
 class _Data(dict):
@@ -82,18 +84,53 @@ def test_ops_env_names_must_be_runtime_settings(group_data):
 
 
 @pytest.mark.deploy
-def test_deploy_schedules_the_jobs(deployed, group_data):
+def test_deploy_installs_the_units_and_the_textfile_directory(deployed, group_data):
     settings = load_deploy_settings(group_data)
     jobs, _ = opsjobs.load_jobs(group_data)
     for name in jobs:
         for kind in ("service", "timer"):
             assert Path(f"{opsjobs.UNIT_DIR}/donna-ops-{name}.{kind}").is_file()
-    # No systemd on this machine: the cron file is the schedule.
+    assert Path(opsjobs.textfile_dir(settings)).is_dir()
+    assert stat.S_IMODE(Path(opsjobs.CRON_LOG).parent.stat().st_mode) == 0o700
+
+
+@pytest.mark.deploy
+@without_systemd
+def test_without_systemd_the_cron_file_is_the_schedule(deployed, group_data):
+    settings = load_deploy_settings(group_data)
+    jobs, _ = opsjobs.load_jobs(group_data)
     cron = Path(opsjobs.CRON_FILE)
     assert cron.read_text() == opsjobs.cron_text(settings, jobs)
     assert stat.S_IMODE(cron.stat().st_mode) == 0o644 and cron.stat().st_uid == 0
-    assert Path(opsjobs.textfile_dir(settings)).is_dir()
-    assert stat.S_IMODE(Path(opsjobs.CRON_LOG).parent.stat().st_mode) == 0o700
+
+
+@pytest.mark.deploy
+@with_systemd
+def test_with_systemd_the_timers_are_loaded_enabled_and_waiting(deployed, group_data):
+    jobs, _ = opsjobs.load_jobs(group_data)
+    assert not Path(opsjobs.CRON_FILE).exists(), "a cron copy would run every job twice"
+    for name in jobs:
+        timer = unit_properties(f"donna-ops-{name}.timer", "LoadState", "UnitFileState",
+                                "ActiveState", "NextElapseUSecRealtime")
+        assert timer["LoadState"] == "loaded", (name, timer)
+        assert timer["UnitFileState"] == "enabled", (name, timer)
+        assert timer["ActiveState"] == "active", (name, timer)
+        assert timer["NextElapseUSecRealtime"], (name, timer)
+
+
+@pytest.mark.deploy
+@with_systemd
+def test_with_systemd_a_triggered_job_runs_and_writes_its_result(deployed, group_data):
+    settings = load_deploy_settings(group_data)
+    textfile = Path(settings.ops_env.get("METRICS_TEXTFILE")
+                    or Settings.model_fields["metrics_textfile"].default)
+    textfile.unlink(missing_ok=True)
+    # What the timer does when it fires: start the service, here and now.
+    subprocess.run(["systemctl", "start", "donna-ops-metrics.service"], check=True,
+                   capture_output=True, timeout=120)
+    service = unit_properties("donna-ops-metrics.service", "Result", "ExecMainStatus")
+    assert service == {"Result": "success", "ExecMainStatus": "0"}, service
+    assert "donnadb_up 1" in textfile.read_text()
 
 
 @pytest.mark.deploy
@@ -109,6 +146,7 @@ def test_env_file_carries_pgbouncer_and_ops_settings(deployed, group_data):
 
 
 @pytest.mark.deploy
+@without_systemd
 def test_a_cron_daemon_runs_the_cron_files_without_systemd(deployed):
     # The cron.d files are the only schedule here: without a daemon they never fire.
     from donnadb.provision.scheduler import CRON_RUNNING_CMD

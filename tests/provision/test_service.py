@@ -1,4 +1,5 @@
-"""Starting, restarting and reloading a cluster without systemd (pg_ctlcluster)."""
+"""Starting, restarting and reloading a cluster with pg_ctlcluster (the path without
+systemd; where systemd runs, pg_ctlcluster hands the same actions to its unit)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pyinfra.api.operations import run_ops
 
 from donnadb.provision.facts import SystemdRunning
 from donnadb.provision.service import cluster_signalled, cluster_started
+from tests.support import systemd_running
 
 VERSION, CLUSTER, PORT = 15, "donna_svc_test", 5471
 
@@ -42,11 +44,11 @@ def stopped_cluster():
                    check=False)
 
 
-def test_this_machine_has_no_systemd():
+def test_the_systemd_fact_is_true_exactly_where_systemd_is_pid_1():
     state = State(Inventory((["@local"], {})), Config())
     connect_all(state)
     host = next(iter(state.inventory))
-    assert host.get_fact(SystemdRunning) is False
+    assert host.get_fact(SystemdRunning) is systemd_running()
 
 
 def test_cluster_is_started_once_and_signalled_only_when_running(stopped_cluster):

@@ -1,0 +1,323 @@
+"""Fresh Debian 12 test hosts on this machine: systemd as PID 1, sshd, a file system each.
+
+One module builds, boots, runs in and tears down a host::
+
+    with booted("h1", "127.0.0.11") as host:
+        host.run("apt-get install -y make")
+
+* :func:`build_base` debootstraps a minimal Debian 12 root file system once and keeps
+  it under :data:`STATE_DIR`, named by a hash of its recipe (packages, mirror and the
+  files carried over from this machine), so a changed recipe builds a new base.
+* :func:`booted` copies the base for one host, boots it with ``systemd-nspawn -b``
+  (``--register=no``: this machine has no systemd to register with) and waits until
+  systemd says it is running; leaving the block powers it off and deletes its files.
+* :meth:`Host.run` runs a shell command inside with ``nsenter`` into the host's
+  namespaces.
+
+The hosts share this machine's network namespace: every listener of a host must
+bind to that host's own loopback address (each host's sshd listens on its
+``address`` only), and nothing on this machine may hold the same port on the same
+address. A host reaches the package registries as this machine does, because the
+base carries this machine's extra CA certificates, apt sources and network settings,
+and its system-wide pip configuration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: Where bases and hosts live (root-owned, outside the checkout).
+STATE_DIR = Path(os.environ.get("DONNADB_TESTHOSTS_DIR", "/var/lib/donnadb-testhosts"))
+SUITE = "bookworm"
+#: The base: what a minimal Debian 12 server has (systemd, sshd), and no more.
+PACKAGES = ("systemd", "systemd-sysv", "dbus", "openssh-server", "iproute2",
+            "ca-certificates", "sudo")
+#: Bumped when the build steps below change in a way the hashed inputs do not show.
+RECIPE_VERSION = "1"
+#: What the control machine needs to build and boot hosts (Debian packages).
+TOOLS = {"debootstrap": "debootstrap", "systemd-nspawn": "systemd-container",
+         "nsenter": "util-linux"}
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+#: apt settings about reaching the archive (proxies, TLS, validity of Release files).
+APT_NETWORK = re.compile(r"Acquire::(https?|ftp|Check-|Max-ValidTime|Retries|ForceIPv)")
+BOOT_TIMEOUT = 120.0
+STOP_TIMEOUT = 60.0
+#: A clean environment for commands run inside (nothing of the caller's leaks in).
+HOST_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": "/root", "LANG": "C.UTF-8", "TERM": "dumb", "USER": "root",
+            "DEBIAN_FRONTEND": "noninteractive"}
+
+
+class HostError(RuntimeError):
+    """A test host could not be built, booted or used (the message says which step)."""
+
+
+# ----------------------------------------------------------------------------- base
+
+
+def carried_files() -> list[Path]:
+    """This machine's files a host needs to reach the registries the same way.
+
+    Extra CA certificates, apt sources and apt network settings (files that set
+    ``Acquire::`` options: proxies, validity checks), and the system-wide pip
+    configuration. Per-user pip settings are left behind: they point at this
+    machine's own directories.
+    """
+    found: list[Path] = []
+    found += sorted(Path("/usr/local/share/ca-certificates").glob("**/*.crt"))
+    found += [p for p in (Path("/etc/apt/sources.list"),) if p.is_file()]
+    found += sorted(Path("/etc/apt/sources.list.d").glob("*.sources"))
+    found += sorted(Path("/etc/apt/sources.list.d").glob("*.list"))
+    found += [p for p in sorted(Path("/etc/apt/apt.conf.d").glob("*"))
+              if p.is_file() and APT_NETWORK.search(p.read_text(errors="replace"))]
+    found += [p for p in (Path("/etc/pip.conf"),) if p.is_file()]
+    found += sorted(p for p in Path("/etc/xdg/pip").glob("*") if p.is_file())
+    return found
+
+
+def debian_mirror() -> str:
+    """The Debian archive this machine's apt uses for ``SUITE`` (not the security one)."""
+    for path in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
+        for stanza in path.read_text().split("\n\n"):
+            fields = dict(_deb822_fields(stanza))
+            suites = fields.get("Suites", "").split()
+            if (SUITE in suites and "deb" in fields.get("Types", "").split()
+                    and "main" in fields.get("Components", "").split()):
+                return fields.get("URIs", DEFAULT_MIRROR).split()[0]
+    lists = [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*.list")]
+    for path in lists:
+        if not path.is_file():
+            continue
+        for line in path.read_text().splitlines():
+            words = line.split()
+            if len(words) >= 4 and words[0] == "deb" and words[2] == SUITE:
+                return words[1]
+    return DEFAULT_MIRROR
+
+
+def _deb822_fields(stanza: str) -> Iterator[tuple[str, str]]:
+    for line in stanza.splitlines():
+        if line and not line.startswith(("#", " ", "\t")) and ":" in line:
+            key, value = line.split(":", 1)
+            yield key.strip(), value.strip()
+
+
+def recipe_key(mirror: str, files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for part in (RECIPE_VERSION, SUITE, mirror, *PACKAGES):
+        digest.update(part.encode() + b"\0")
+    for path in files:
+        digest.update(str(path).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def check_tools() -> None:
+    """:raises HostError: not root, or a tool is missing (names the package to install)."""
+    if os.geteuid() != 0:
+        raise HostError("test hosts need root (debootstrap, systemd-nspawn); run as root")
+    missing = [pkg for tool, pkg in TOOLS.items() if shutil.which(tool) is None]
+    if missing:
+        raise HostError(f"missing tools for test hosts; install them with: "
+                        f"apt-get install -y {' '.join(sorted(set(missing)))}")
+
+
+def build_base(*, log=sys.stderr) -> Path:
+    """The cached base root file system for this recipe, built first if needed.
+
+    Built into a temporary directory and renamed into place, under a lock, so a run
+    killed half-way or two runs at once never leave a half-built base in use. Bases
+    of older recipes are removed.
+
+    :raises HostError: a tool is missing or debootstrap failed (its log is kept).
+    """
+    check_tools()
+    files = carried_files()
+    mirror = debian_mirror()
+    base = STATE_DIR / f"base-{recipe_key(mirror, files)}"
+    STATE_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with _locked(STATE_DIR / "base.lock"):
+        if base.is_dir():
+            return base
+        tmp = STATE_DIR / f"building-{base.name}"
+        _remove_tree(tmp)
+        build_log = STATE_DIR / "debootstrap.log"
+        print(f"test hosts: building the Debian {SUITE} base from {mirror} "
+              f"(about a minute, once)", file=log, flush=True)
+        with build_log.open("w") as out:
+            done = subprocess.run(
+                ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
+                 SUITE, str(tmp), mirror], stdout=out, stderr=subprocess.STDOUT, check=False)
+        if done.returncode != 0:
+            raise HostError(f"debootstrap failed (exit {done.returncode}); "
+                            f"see {build_log}")
+        _carry_over(tmp, files)
+        for old in STATE_DIR.glob("base-*"):
+            if old.is_dir():
+                _remove_tree(old)
+        tmp.rename(base)
+    return base
+
+
+def _carry_over(root: Path, files: list[Path]) -> None:
+    """Copy this machine's registry settings in, and make the base a neutral template."""
+    if any(p.match("sources.list.d/*") or p.name == "sources.list" for p in files):
+        # This machine's sources replace the one line debootstrap wrote.
+        (root / "etc/apt/sources.list").unlink(missing_ok=True)
+    for path in files:
+        dest = root / path.relative_to("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, dest)
+    subprocess.run(["chroot", str(root), "update-ca-certificates"], check=True,
+                   capture_output=True)
+    # Each host gets its own identity: machine id at boot, ssh host keys per copy.
+    (root / "etc/machine-id").write_text("")
+    for key in (root / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+
+
+# ----------------------------------------------------------------------------- hosts
+
+
+@dataclass
+class Host:
+    """One booted test host. ``address`` is the loopback address its sshd listens on."""
+
+    name: str
+    address: str
+    root: Path
+    process: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def leader(self) -> int:
+        """PID (on this machine) of the host's init, the child of systemd-nspawn."""
+        if self.process is None:
+            raise HostError(f"host {self.name} is not booted")
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        pids = children.read_text().split() if children.exists() else []
+        if not pids:
+            raise HostError(f"host {self.name}: systemd-nspawn has no init process "
+                            f"(see {self.console_log})")
+        return int(pids[0])
+
+    @property
+    def console_log(self) -> Path:
+        return self.root.parent / f"{self.name}.console"
+
+    def command(self, script: str, *, cwd: str = "/root") -> list[str]:
+        """argv that runs ``script`` (sh) inside the host, as root, in ``cwd``."""
+        env = [f"{k}={v}" for k, v in HOST_ENV.items()]
+        return ["nsenter", "-t", str(self.leader), "-a", "--", "/usr/bin/env", "-i", *env,
+                "/bin/sh", "-c", f"cd {cwd} && {script}"]
+
+    def run(self, script: str, *, cwd: str = "/root", check: bool = True,
+            timeout: float | None = 600, capture: bool = True) -> subprocess.CompletedProcess:
+        """Run ``script`` inside; its output is captured unless ``capture`` is False.
+
+        :raises HostError: ``check`` and the command exited non-zero.
+        """
+        done = subprocess.run(self.command(script, cwd=cwd), capture_output=capture,
+                              text=True, timeout=timeout, check=False)
+        if check and done.returncode != 0:
+            detail = (done.stdout or "")[-2000:] + (done.stderr or "")[-2000:]
+            raise HostError(f"host {self.name}: `{script}` exited {done.returncode}\n{detail}")
+        return done
+
+    def wait_running(self, timeout: float = BOOT_TIMEOUT) -> str:
+        """Wait until systemd inside has finished booting; its final state.
+
+        :raises HostError: the host did not finish booting in ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        state = "unknown"
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise HostError(f"host {self.name} exited while booting "
+                                f"(see {self.console_log})")
+            with contextlib.suppress(HostError, subprocess.TimeoutExpired):
+                state = self.run("systemctl is-system-running", check=False,
+                                 timeout=10).stdout.strip()
+                if state in ("running", "degraded"):
+                    return state
+            time.sleep(0.5)
+        raise HostError(f"host {self.name} did not finish booting in {timeout:.0f} s "
+                        f"(state {state!r}; see {self.console_log})")
+
+
+def prepare_root(base: Path, name: str, address: str) -> Path:
+    """A fresh copy of ``base`` for one host: its hostname, ssh keys, sshd address."""
+    root = STATE_DIR / "hosts" / name
+    _remove_tree(root)
+    root.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    subprocess.run(["cp", "-a", "--reflink=auto", str(base), str(root)], check=True)
+    (root / "etc/hostname").write_text(f"{name}\n")
+    hosts = (root / "etc/hosts")
+    hosts.write_text(f"127.0.0.1\tlocalhost\n{address}\t{name}\n"
+                     "::1\tlocalhost ip6-localhost ip6-loopback\n")
+    subprocess.run(["chroot", str(root), "ssh-keygen", "-A"], check=True, capture_output=True)
+    sshd = root / "etc/ssh/sshd_config.d/donna-testhost.conf"
+    sshd.write_text(f"# This test host's own loopback address: hosts share the network.\n"
+                    f"ListenAddress {address}\n")
+    return root
+
+
+@contextlib.contextmanager
+def booted(name: str, address: str, *, keep: bool = False) -> Iterator[Host]:
+    """A freshly booted host for the block; powered off and deleted afterwards.
+
+    :raises HostError: building, copying or booting failed.
+    """
+    base = build_base()
+    host = Host(name, address, prepare_root(base, name, address))
+    with host.console_log.open("w") as console:
+        host.process = subprocess.Popen(
+            ["systemd-nspawn", "-q", "--register=no", "--keep-unit", "--console=read-only",
+             "-D", str(host.root), "--machine", name, "-b"],
+            stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    try:
+        host.wait_running()
+        yield host
+    finally:
+        shutdown(host)
+        if not keep:
+            _remove_tree(host.root)
+
+
+def shutdown(host: Host, timeout: float = STOP_TIMEOUT) -> None:
+    """Power the host off (SIGTERM makes nspawn ask systemd to halt), then kill it."""
+    process = host.process
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
+def _remove_tree(path: Path) -> None:
+    """Delete a host or base directory; only ever one under STATE_DIR."""
+    if STATE_DIR.resolve() not in path.resolve().parents:
+        raise HostError(f"refusing to delete {path}: not under {STATE_DIR}")
+    if path.exists():
+        shutil.rmtree(path)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
