@@ -139,6 +139,10 @@ class Settings(BaseSettings):
     #: Client-side AES-256-GCM: off unless set. The key file (0600, one 64-hex key per
     #: line, the first encrypts) must be kept outside the backups: losing it loses them.
     backup_encryption_key_file: Path | None = None
+    #: HMAC key of the manifests (donnadb/backup/signing.py; the deploy generates it,
+    #: 0600). A manifest read from S3 is used only when it verifies under this file's
+    #: keys: keep a copy with the encryption key, restoring elsewhere needs it.
+    backup_signing_key_file: Path | None = Path("/etc/donnadb/backup-signing.key")
     #: `backup check` fails, and `health` warns (backup_age), when the newest good backup
     #: is older. HEALTH_BACKUP_MAX_AGE_HOURS is still read as a deprecated alias.
     backup_max_age_hours: float = Field(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,8 +21,16 @@ from donnadb.backup.errors import BackupCorrupt
 MANIFEST_NAME = "manifest.json"
 #: Files beside the dump that are not part of the backup's content.
 META_NAMES = frozenset({MANIFEST_NAME, "verify.json"})
-FORMAT_VERSION = 1
+#: 2: the manifest carries a signature (donnadb/backup/signing.py).
+FORMAT_VERSION = 2
 CHUNK = 1024 * 1024
+#: The one backup id format (storage_local.new_backup_id): UTC time to the microsecond
+#: and a random suffix. Ids become directory names and S3 keys, so nothing else passes.
+BACKUP_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{12}Z-[0-9a-f]{4}$")
+#: The one file layout: pg_dump's directory output, flat, under ``dump/`` (``.enc`` when
+#: encrypted). No other directory, no "..", no absolute path, nothing hidden.
+FILE_PATH_RE = re.compile(r"^dump/[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass
@@ -48,6 +57,7 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     encryption: dict[str, str] | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    signature: dict[str, str] | None = None
 
     @property
     def total_size(self) -> int:
@@ -72,11 +82,42 @@ class Manifest:
             manifest = cls(files=files, **data)
         except (ValueError, TypeError, KeyError) as exc:
             raise BackupCorrupt(f"{where} is not a valid backup manifest ({exc})") from None
+        if not isinstance(manifest.format_version, int):
+            raise BackupCorrupt(f"{where} is not a valid backup manifest (format_version)")
         if manifest.format_version > FORMAT_VERSION:
             raise BackupCorrupt(
                 f"{where} has format {manifest.format_version}; upgrade donnadb to read it"
             )
+        problem = manifest.layout_problem()
+        if problem:
+            raise BackupCorrupt(f"{where} is refused: {problem}")
         return manifest
+
+    def layout_problem(self) -> str | None:
+        """Why this manifest's id or file list cannot be a backup of ours, or None.
+
+        Checked before any path in it is used: a manifest from S3 is hostile input.
+        """
+        if not isinstance(self.backup_id, str) or not BACKUP_ID_RE.match(self.backup_id):
+            return f"backup id {self.backup_id!r} is not of the form YYYYMMDDTHHMMSSffffffZ-xxxx"
+        seen = set()
+        for entry in self.files:
+            if not isinstance(entry.path, str) or not FILE_PATH_RE.match(entry.path):
+                return f"file path {entry.path!r} is not dump/NAME (letters, digits, . _ -)"
+            if entry.path in seen:
+                return f"file path {entry.path!r} is listed twice"
+            seen.add(entry.path)
+            if (not isinstance(entry.size, int) or isinstance(entry.size, bool)
+                    or entry.size < 0):
+                return f"file {entry.path!r} has size {entry.size!r}"
+            if not isinstance(entry.sha256, str) or not _SHA256_RE.match(entry.sha256):
+                return f"file {entry.path!r} has no valid sha256"
+        if self.encryption is not None and not (
+                isinstance(self.encryption, dict)
+                and all(isinstance(self.encryption.get(k), str)
+                        for k in ("algorithm", "key_id"))):
+            return "its encryption field is malformed"
+        return None
 
 
 def now_utc() -> str:

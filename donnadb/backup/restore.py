@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from donnadb import db
-from donnadb.backup import bootstrap, crypto, dbfacts, pgtools, storage_local
+from donnadb.backup import bootstrap, crypto, dbfacts, pgtools, signing, storage_local
 from donnadb.backup import manifest as mf
 from donnadb.backup.errors import BackupCorrupt, BackupError, RestoreRefused
 from donnadb.backup.snapshot import DUMP_DIR
@@ -53,13 +53,16 @@ class RestoreResult:
         return not self.problems
 
 
-def verify_files(backup: storage_local.LocalBackup) -> mf.Manifest:
-    """Re-hash every file of ``backup`` against its manifest.
+def verify_files(settings: Settings, backup: storage_local.LocalBackup) -> mf.Manifest:
+    """Re-hash every file of ``backup`` against its manifest (and its signature, if any).
 
-    :raises BackupCorrupt: the manifest is missing or any file differs.
+    :raises BackupCorrupt: the manifest is missing, fails its signature, or any file
+        differs.
     """
     if backup.manifest is None:
         raise BackupCorrupt(f"backup {backup.backup_id} has no readable manifest")
+    signing.check_if_signed(settings, backup.manifest,
+                            where=f"the manifest of backup {backup.backup_id}")
     problems = mf.check_files(backup.path, backup.manifest)
     if problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -85,11 +88,14 @@ def restore_backup(
     *,
     force: bool = False,
     jobs: int | None = None,
+    allow_unencrypted: bool = False,
 ) -> RestoreResult:
     """Restore ``backup`` into ``target_db`` and check it against the manifest.
 
     :raises BackupCorrupt: the backup's files do not match (target untouched).
-    :raises RestoreRefused: the target holds data and ``force`` is off (target untouched).
+    :raises RestoreRefused: the target holds data and ``force`` is off, or the backup is
+        not encrypted while a key is configured and ``allow_unencrypted`` is off
+        (target untouched).
     :raises BackupError: pg_restore failed, or the restored data differs from the manifest.
     """
     started = time.monotonic()
@@ -106,8 +112,15 @@ def restore_backup(
         phases[name] = round(now - mark, 3)
         mark = now
 
-    manifest = verify_files(backup)
+    manifest = verify_files(settings, backup)
     lap("verify_files")
+    if settings.backup_encryption_key_file and not manifest.encryption \
+            and not allow_unencrypted:
+        # With a key configured every backup of ours is encrypted: a plain one is
+        # someone else's (or a downgrade); use it only when the operator says so.
+        raise RestoreRefused(
+            f"backup {backup.backup_id} is not encrypted but BACKUP_ENCRYPTION_KEY_FILE is "
+            "set; pass --allow-unencrypted if you know where it comes from")
     keys = _keys_for(settings, manifest) if manifest.encryption else []
     if target_db == settings.db_name and not force:
         raise RestoreRefused(
@@ -127,7 +140,7 @@ def restore_backup(
         # The plaintext lives only while pg_restore reads it, inside the 0700 repository.
         with tempfile.TemporaryDirectory(dir=settings.backup_repo_dir,
                                          prefix=storage_local.DECRYPTED_PREFIX) as tmp:
-            crypto.decrypt_tree(backup.path / DUMP_DIR, Path(tmp), keys)
+            crypto.decrypt_tree(backup.path, DUMP_DIR, Path(tmp), keys, backup.backup_id)
             _pg_restore(settings, Path(tmp), target_db, jobs or settings.backup_jobs)
     else:
         _pg_restore(settings, backup.path / DUMP_DIR, target_db, jobs or settings.backup_jobs)

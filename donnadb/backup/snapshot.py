@@ -17,7 +17,7 @@ from pathlib import Path
 
 import donnadb
 from donnadb import db
-from donnadb.backup import crypto, dbfacts, pgtools, storage_local
+from donnadb.backup import crypto, dbfacts, pgtools, signing, storage_local
 from donnadb.backup import manifest as mf
 from donnadb.backup.errors import BackupError
 from donnadb.config import Settings
@@ -41,6 +41,7 @@ def create_backup(
     """Dump ``dbname`` (default DB_NAME) into the local repository and return it.
 
     :raises BackupError: pg_dump failed or the repository is not writable.
+    :raises ConfigError: a key file (signing, encryption) is missing or unreadable.
     :raises DatabaseError, CredentialsError: the backup role cannot connect.
     """
     dbname = dbname or settings.db_name
@@ -50,11 +51,13 @@ def create_backup(
     pg_dump = pgtools.tool(settings, "pg_dump")
     if settings.backup_encryption_key_file:
         crypto.load_keys(settings.backup_encryption_key_file)  # a bad key file fails before pg_dump
+    signing_keys = signing.load_keys(settings)
     with storage_local.repo_lock(repo):
         backup_id = storage_local.new_backup_id()
         partial = storage_local.start_partial(repo, backup_id)
         try:
             manifest = _dump(settings, pg_dump, dbname, backup_id, partial, jobs, level)
+            signing.sign(manifest, signing_keys)
             mf.write_private(partial / mf.MANIFEST_NAME, manifest.to_json())
             final = storage_local.commit_partial(partial, backup_id)
         except BaseException:
@@ -96,7 +99,7 @@ def _dump(
     encryption = None
     if settings.backup_encryption_key_file:
         key = crypto.load_keys(settings.backup_encryption_key_file)[0]
-        crypto.encrypt_tree(partial / DUMP_DIR, key)
+        crypto.encrypt_tree(partial, DUMP_DIR, key, backup_id)
         encryption = {"algorithm": crypto.ALGORITHM, "key_id": key.key_id}
     files = mf.hash_tree(partial)
     return mf.Manifest(

@@ -93,8 +93,16 @@ def repo_lock(repo: Path, *, wait: bool = True) -> Iterator[bool]:
 
 
 def start_partial(repo: Path, backup_id: str) -> Path:
+    """A new, empty ``.partial-<id>`` directory (never an existing one, nor a symlink).
+
+    :raises BackupError: the name exists already.
+    """
     path = repo / f"{PARTIAL_PREFIX}{backup_id}"
-    path.mkdir(mode=0o700)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        raise BackupError(f"{path} already exists (left by an interrupted run, or planted); "
+                          "`donnactl backup prune` removes stale partial directories") from None
     return path
 
 
@@ -132,7 +140,10 @@ def remove_stale_partials(repo: Path) -> list[str]:
         if not got:
             return removed
         for p in partials(repo):
-            shutil.rmtree(p)
+            if p.is_symlink():
+                p.unlink()  # planted: remove the link, never what it points to
+            else:
+                shutil.rmtree(p)
             removed.append(p.name)
     return removed
 

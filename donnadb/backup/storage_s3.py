@@ -26,12 +26,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from donnadb.backup import manifest as mf
-from donnadb.backup import storage_local
+from donnadb.backup import signing, storage_local
 from donnadb.backup.errors import BackupCorrupt, BackupError, BackupNotFound
 from donnadb.config import MIB, Settings
-from donnadb.errors import ConfigError, DonnaError
+from donnadb.errors import ConfigError, DonnaError, UsageError
 
 log = logging.getLogger(__name__)
+
+#: The one directory of a backup's files (snapshot.DUMP_DIR; the manifest layout).
+DUMP_DIR = "dump"
 
 #: S3's own limits for multipart uploads.
 S3_MIN_PART = 5 * MIB
@@ -52,6 +55,17 @@ def part_size_for(size: int, min_part: int = S3_MIN_PART) -> int:
     if part > S3_MAX_PART:
         raise BackupError(f"a {size}-byte file exceeds S3's multipart limit (10,000 x 5 GiB)")
     return part
+
+
+def check_backup_id(backup_id: str) -> str:
+    """``backup_id`` if it is of the one backup id format (it becomes a path and a key).
+
+    :raises UsageError: it is not.
+    """
+    if not mf.BACKUP_ID_RE.match(backup_id):
+        raise UsageError(f"{backup_id!r} is not a backup id (YYYYMMDDTHHMMSSffffffZ-xxxx, "
+                         "as `donnactl backup list` shows) nor 'latest'")
+    return backup_id
 
 
 def _b64(digest: bytes) -> str:
@@ -215,15 +229,38 @@ class S3Store:
         return sorted(found, key=lambda b: b.backup_id)
 
     def _read_manifest(self, backup_id: str) -> mf.Manifest | None:
+        """The backup's manifest if it is whole and authentic, else None (for listings)."""
+        try:
+            return self._fetch_manifest(backup_id)
+        except (BackupNotFound, BackupCorrupt, ConfigError):
+            return None
+
+    def _fetch_manifest(self, backup_id: str) -> mf.Manifest:
+        """Download, parse and authenticate one manifest. Nothing in it is trusted
+        before its layout and signature check out (see signing.py).
+
+        :raises BackupNotFound: no manifest (the upload never finished).
+        :raises BackupCorrupt: unreadable, a hostile layout, another backup's manifest,
+            unsigned or not signed by a key of BACKUP_SIGNING_KEY_FILE.
+        :raises ConfigError: the signing key file cannot be read.
+        """
         key = self.key(backup_id, mf.MANIFEST_NAME)
+        where = f"s3://{self.bucket}/{key}"
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except self.client.exceptions.NoSuchKey:
-            return None
+            raise BackupNotFound(f"no complete backup {backup_id!r} in "
+                                 f"s3://{self.bucket}/{self.prefix}") from None
         try:
-            return mf.Manifest.from_json(body.decode("utf-8"), where=f"s3://{self.bucket}/{key}")
-        except BackupCorrupt:
-            return None
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BackupCorrupt(f"{where} is not a valid backup manifest") from None
+        manifest = mf.Manifest.from_json(text, where=where)
+        if manifest.backup_id != backup_id:
+            raise BackupCorrupt(f"{where} describes backup {manifest.backup_id}, not "
+                                f"{backup_id}; refusing it")
+        signing.check(manifest, signing.load_keys(self.settings), where=where)
+        return manifest
 
     def unfinished_uploads(self) -> list[dict]:
         """Multipart uploads under the prefix that were never completed or aborted."""
@@ -255,19 +292,24 @@ class S3Store:
         """Fetch a backup into the local repository, verifying every file's sha256
         before it becomes visible there.
 
+        Every path written is ``.partial-<id>/dump/NAME`` (the manifest's layout is
+        checked first), each file is created new, never through a symlink, and nothing
+        of a failed download stays.
+
+        :raises UsageError: ``backup_id`` is not of the one backup id format.
         :raises BackupNotFound: S3 has no complete backup with that id.
-        :raises BackupCorrupt: a downloaded file differs from the manifest.
+        :raises BackupCorrupt: the manifest is hostile, unsigned or forged, or a
+            downloaded file differs from it.
         """
-        manifest = self._read_manifest(backup_id)
-        if manifest is None:
-            raise BackupNotFound(
-                f"no complete backup {backup_id!r} in s3://{self.bucket}/{self.prefix}")
+        check_backup_id(backup_id)
+        manifest = self._fetch_manifest(backup_id)
         storage_local.ensure_repo(repo)
         with storage_local.repo_lock(repo):
             if (repo / backup_id).exists():
                 return storage_local.resolve(repo, backup_id)
             partial = storage_local.start_partial(repo, backup_id)
             try:
+                os.mkdir(partial / DUMP_DIR, 0o700)
                 for entry in manifest.files:
                     self._download_file(self.key(backup_id, entry.path),
                                         partial / entry.path, entry, progress)
@@ -280,12 +322,12 @@ class S3Store:
 
     def _download_file(self, key: str, dest: Path, entry: mf.FileEntry,
                        progress: Progress | None) -> None:
-        dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         digest = hashlib.sha256()
         size = 0
         try:
             answer = self.client.get_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
-            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            # A new file only: an existing name, or a symlink planted there, fails.
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "wb") as out:
                 for chunk in answer["Body"].iter_chunks(mf.CHUNK):
                     digest.update(chunk)

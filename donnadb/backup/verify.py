@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import asdict, dataclass, field
 
-from donnadb.backup import bootstrap, restore, storage_local
+from donnadb.backup import bootstrap, restore, signing, storage_local
 from donnadb.backup import manifest as mf
 from donnadb.config import Settings
 from donnadb.errors import DonnaError
@@ -36,6 +36,7 @@ def verify_backup(
     backup: storage_local.LocalBackup,
     *,
     with_restore: bool = False,
+    allow_unencrypted: bool = False,
 ) -> VerifyResult:
     """Verify ``backup``; the result is also recorded in its ``verify.json``.
 
@@ -47,12 +48,17 @@ def verify_backup(
         storage_local.record_verify(backup, result.to_dict())
         return result
     problems = mf.check_files(backup.path, backup.manifest)
+    try:
+        signing.check_if_signed(settings, backup.manifest, where="manifest")
+    except DonnaError as exc:
+        problems.insert(0, str(exc))
     result = VerifyResult(backup.backup_id, not problems, len(backup.manifest.files),
                           backup.manifest.total_size, problems)
     if result.ok and with_restore:
         scratch = f"donna_verify_{secrets.token_hex(4)}"
         try:
-            restored = restore.restore_backup(settings, backup, scratch)
+            restored = restore.restore_backup(settings, backup, scratch,
+                                              allow_unencrypted=allow_unencrypted)
             result.restored = True
             result.restore_seconds = restored.seconds
         except DonnaError as exc:

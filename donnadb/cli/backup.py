@@ -15,7 +15,7 @@ from donnadb.backup import catalog, crypto, pitr, restore, snapshot, storage_loc
 from donnadb.backup.check import check_backups
 from donnadb.backup.errors import BackupCorrupt, BackupNotFound, BackupStale
 from donnadb.backup.prune import prune as run_prune
-from donnadb.backup.storage_s3 import S3Store
+from donnadb.backup.storage_s3 import S3Store, check_backup_id
 from donnadb.cli.output import console, emit_json
 from donnadb.config import Settings, load_settings
 from donnadb.errors import UsageError
@@ -25,6 +25,9 @@ app = typer.Typer(no_args_is_help=True)
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document for scripts.")
 RepoOpt = typer.Option(None, "--repo", help="Local repository (default: BACKUP_REPO_DIR).")
 JobsOpt = typer.Option(None, "--jobs", "-j", min=1, help="Parallel jobs (BACKUP_JOBS).")
+UnencryptedOpt = typer.Option(
+    False, "--allow-unencrypted",
+    help="Restore a backup that is not encrypted although BACKUP_ENCRYPTION_KEY_FILE is set.")
 
 
 def _human(n: int | None) -> str:
@@ -54,6 +57,8 @@ def _local_or_download(settings: Settings, backup_id: str,
     except BackupNotFound:
         if not settings.s3_enabled:
             raise
+    if backup_id != "latest":
+        check_backup_id(backup_id)
     store = S3Store(settings)
     if backup_id == "latest":
         good = [b for b in store.list_backups() if b.good]
@@ -172,6 +177,7 @@ def verify_(
     backup_id: str = typer.Argument(..., help="Backup id or 'latest'."),
     with_restore: bool = typer.Option(False, "--restore",
                                       help="Also restore into a throwaway database and compare."),
+    allow_unencrypted: bool = UnencryptedOpt,
     repo: str | None = RepoOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -179,11 +185,13 @@ def verify_(
     settings = load_settings(backup_repo_dir=repo)
     backup = _local_or_download(settings, backup_id, json_out)
     if json_out:
-        result = verify.verify_backup(settings, backup, with_restore=with_restore)
+        result = verify.verify_backup(settings, backup, with_restore=with_restore,
+                                      allow_unencrypted=allow_unencrypted)
         emit_json(result.to_dict())
     else:
         with console.status(f"verifying {backup.backup_id} ..."):
-            result = verify.verify_backup(settings, backup, with_restore=with_restore)
+            result = verify.verify_backup(settings, backup, with_restore=with_restore,
+                                          allow_unencrypted=allow_unencrypted)
         console.print(f"{backup.backup_id}: {result.files_checked} files, "
                       f"{_human(result.bytes_checked)} checked"
                       + (f"; restored in {result.restore_seconds} s" if result.restored else ""))
@@ -200,20 +208,22 @@ def restore_(
     target_db: str = typer.Option(..., "--target-db", help="Database to restore into."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty target database."),
     jobs: int | None = JobsOpt,
+    allow_unencrypted: bool = UnencryptedOpt,
     repo: str | None = RepoOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Restore a backup into --target-db (verified first; refuses non-empty targets)."""
     settings = load_settings(backup_repo_dir=repo)
     backup = _local_or_download(settings, backup_id, json_out)
+    options = {"force": force, "jobs": jobs, "allow_unencrypted": allow_unencrypted}
     if json_out:
-        result = restore.restore_backup(settings, backup, target_db, force=force, jobs=jobs)
+        result = restore.restore_backup(settings, backup, target_db, **options)
         emit_json({"backup_id": result.backup_id, "target_db": result.target_db,
                    "seconds": result.seconds, "schema_version": result.schema_version,
                    "row_counts": result.row_counts, "phases": result.phases})
         return
     with console.status(f"restoring {backup.backup_id} into {target_db} ..."):
-        result = restore.restore_backup(settings, backup, target_db, force=force, jobs=jobs)
+        result = restore.restore_backup(settings, backup, target_db, **options)
     console.print(f"restored {result.backup_id} into [bold]{target_db}[/] in "
                   f"{result.seconds} s: schema {result.schema_version or 'none'}, "
                   f"{sum(result.row_counts.values())} rows in {len(result.row_counts)} "
@@ -343,11 +353,15 @@ def pitr_(
 @app.command()
 def keygen(path: str = typer.Argument(..., help="New key file (0600); keep a copy "
                                        "outside the backups, e.g. in your password manager."),
+           for_signing: bool = typer.Option(False, "--signing",
+                                            help="A manifest signing key "
+                                                 "(BACKUP_SIGNING_KEY_FILE) instead."),
            json_out: bool = JsonOpt) -> None:
-    """Create a client-side encryption key file for BACKUP_ENCRYPTION_KEY_FILE."""
+    """Create a key file: client-side encryption (default) or manifest signing."""
     key = crypto.generate_key_file(Path(path))
+    variable = "BACKUP_SIGNING_KEY_FILE" if for_signing else "BACKUP_ENCRYPTION_KEY_FILE"
     if json_out:
-        emit_json({"path": str(path), "key_id": key.key_id})
+        emit_json({"path": str(path), "key_id": key.key_id, "variable": variable})
         return
-    console.print(f"wrote {path} (key id {key.key_id}); set BACKUP_ENCRYPTION_KEY_FILE={path} "
+    console.print(f"wrote {path} (key id {key.key_id}); set {variable}={path} "
                   "and store a copy of the file away from the backups")

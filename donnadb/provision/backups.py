@@ -13,7 +13,8 @@ the stanza, and weekly full + daily differential backup jobs.
 
 Settings (group_data/all.py, all optional here): ``backup_repo_dir``, ``backup_jobs``,
 ``backup_compress_level``, ``backup_keep_{last,daily,weekly,monthly}``,
-``backup_max_age_hours``, ``backup_s3`` (bucket, prefix, region, storage_class, sse,
+``backup_max_age_hours``, ``backup_signing_key_file`` (generated once if missing),
+``backup_s3`` (bucket, prefix, region, storage_class, sse,
 kms_key_id, endpoint_url), ``backup_schedule``, ``backup_env_file``,
 ``pgbackrest_enabled``, ``pgbackrest_repo_path``, ``pgbackrest_config``,
 ``pgbackrest_stanza``, ``pgbackrest_retention_full``, ``pgbackrest_retention_diff``;
@@ -31,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from pyinfra import host
-from pyinfra.api import deploy
+from pyinfra.api import deploy, operation
 from pyinfra.facts.deb import DebPackages
+from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server
 
 from donnadb.backup import pitr
@@ -50,7 +52,8 @@ DEFAULT_SCHEDULE = {
 #: Added when pgBackRest is enabled.
 PHYSICAL_SCHEDULE = {
     "physical-full": ("Sat *-*-* 01:00:00", "0 1 * * 6", "pgBackRest weekly full backup"),
-    "physical-diff": ("Sun..Fri *-*-* 01:00:00", "0 1 * * 0-5",
+    # systemd's weekday ranges do not wrap around: "Sun..Fri" is refused.
+    "physical-diff": ("Sun,Mon..Fri *-*-* 01:00:00", "0 1 * * 0-5",
                       "pgBackRest daily differential backup"),
 }
 UNIT_DIR = "/etc/systemd/system"
@@ -68,7 +71,10 @@ ENV_KEYS = {
     "backup_keep_monthly": "BACKUP_KEEP_MONTHLY",
     "backup_max_age_hours": "BACKUP_MAX_AGE_HOURS",
     "backup_encryption_key_file": "BACKUP_ENCRYPTION_KEY_FILE",
+    "backup_signing_key_file": "BACKUP_SIGNING_KEY_FILE",
 }
+#: Where the deploy generates the manifest signing key unless group_data says otherwise.
+SIGNING_KEY_FILE = "/etc/donnadb/backup-signing.key"
 S3_KEYS = ("bucket", "prefix", "region", "storage_class", "sse", "kms_key_id", "endpoint_url")
 
 
@@ -95,7 +101,7 @@ def load_backup_deploy(data: Any, checkout: str) -> BackupDeploy:
 
     :raises ConfigError: a schedule or S3 entry is malformed (the message names it).
     """
-    env: dict[str, str] = {}
+    env: dict[str, str] = {"BACKUP_SIGNING_KEY_FILE": SIGNING_KEY_FILE}
     for key, var in ENV_KEYS.items():
         value = data.get(key)
         if value is not None:
@@ -201,12 +207,44 @@ def install_backups(settings) -> None:
                     path=posixpath.dirname(cfg.env_file), user="root", group="root", mode="700")
     files.put(name=f"Write {cfg.env_file}", src=StringIO(env_text(cfg)), dest=cfg.env_file,
               user="root", group="root", mode="600")
+    signing_key = cfg.env["BACKUP_SIGNING_KEY_FILE"]
+    files.directory(name=f"Create {posixpath.dirname(signing_key)} (root only)",
+                    path=posixpath.dirname(signing_key), user="root", group="root", mode="700")
+    key_file_present(name=f"Generate the manifest signing key {signing_key} (once)",
+                     path=signing_key)
+    files.file(name=f"{signing_key} is root's alone", path=signing_key, user="root",
+               group="root", mode="600")
     scheduler.install_jobs(
         label="backup", prefix=cfg.unit_prefix, unit_dir=cfg.unit_dir,
         units={job: (service_unit(cfg, job), timer_unit(cfg, job)) for job in cfg.schedule},
         # pgBackRest turned off: its physical-backup units go.
         removed=sorted(set(PHYSICAL_SCHEDULE) - set(cfg.schedule)),
         cron_file=cfg.cron_file, cron_text=cron_text(cfg))
+
+
+@operation()
+def key_file_present(path: str):
+    """A random 256-bit key (64 hex characters, 0600) at ``path`` unless one is there.
+
+    Made on the host by its own python3, so the key never passes through argv, the
+    deploy's output or this machine; an existing file is never replaced (backups signed
+    with it would no longer verify).
+    """
+    if host.get_fact(File, path=path):
+        host.noop(f"{path} exists")
+        return
+    quoted, new = shlex.quote(path), shlex.quote(f"{path}.new")
+    yield (f"umask 077 && python3 -c 'import secrets; print(secrets.token_hex(32))' > {new} "
+           f"&& mv {new} {quoted}")
+
+
+@operation()
+def stanza_created(command: str, info: str):
+    """Run ``stanza-create`` unless the repository already has the stanza's backup.info."""
+    if host.get_fact(File, path=info):
+        host.noop(f"stanza exists ({info})")
+        return
+    yield command
 
 
 def _install_pgbackrest(cfg: BackupDeploy, settings) -> None:
@@ -236,7 +274,9 @@ def _install_pgbackrest(cfg: BackupDeploy, settings) -> None:
                  commands=[f"pg_ctlcluster {int(cluster.version)} {cluster.name} restart"],
                  _if=archive.did_change)
     stanza = " ".join(shlex.quote(a) for a in engine.command("stanza-create"))
-    server.shell(name=f"pgBackRest stanza {cfg.pgbackrest_stanza}", commands=[stanza])
+    stanza_created(name=f"pgBackRest stanza {cfg.pgbackrest_stanza}", command=stanza,
+                   info=posixpath.join(cfg.pgbackrest_repo, "backup", cfg.pgbackrest_stanza,
+                                       "backup.info"))
 
 
 def pitr_data_dir(settings) -> Path:

@@ -8,6 +8,7 @@ when a cron daemon runs: Debian's minimal images ship none, so install and start
 from __future__ import annotations
 
 import posixpath
+import shlex
 from io import StringIO
 
 from pyinfra import host
@@ -48,6 +49,25 @@ def ensure_cron(settings: DeploySettings) -> None:
     cron_started(name="Start cron (systemd is not running)")
 
 
+def _check_calendars(label: str, units: dict[str, tuple[str, str]]) -> None:
+    """Refuse a timer whose OnCalendar systemd would not load, before anything changes.
+
+    :raises ConfigError: ``systemd-analyze calendar`` refuses one (names job and value).
+    """
+    for job, (_, timer) in units.items():
+        for line in timer.splitlines():
+            if not line.startswith("OnCalendar="):
+                continue
+            spec = line.split("=", 1)[1]
+            verdict = host.get_fact(Command, command=(
+                f"systemd-analyze calendar {shlex.quote(spec)} >/dev/null 2>&1 "
+                "&& echo ok || echo refused"))
+            if verdict != "ok":
+                raise ConfigError(f"{label} job {job!r}: OnCalendar {spec!r} is refused by "
+                                  f"`systemd-analyze calendar`; fix group_data "
+                                  f"{label}_schedule")
+
+
 def install_jobs(
     *,
     label: str,
@@ -65,13 +85,16 @@ def install_jobs(
     later has them; ``removed`` are jobs left out whose units must go. Without systemd
     the jobs are ``cron_text`` in ``cron_file`` (run by :func:`ensure_cron`'s daemon).
 
-    :raises ConfigError: systemd runs but ``unit_dir`` is not a directory it loads.
+    :raises ConfigError: systemd runs but ``unit_dir`` is not a directory it loads, or
+        it refuses a timer's OnCalendar.
     """
     systemd_runs = host.get_fact(SystemdRunning)
     if systemd_runs and posixpath.normpath(unit_dir) not in SYSTEMD_UNIT_DIRS:
         raise ConfigError(f"{label} units go to {unit_dir}, which systemd does not load "
                           f"units from, so their timers would never run; use one of "
                           f"{', '.join(SYSTEMD_UNIT_DIRS)}")
+    if systemd_runs:
+        _check_calendars(label, units)
     changed = []
     timers = {}
     for job, texts in units.items():

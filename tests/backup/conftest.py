@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 
+import boto3
 import pytest
+from moto.server import ThreadedMotoServer
 
+from donnadb.backup import crypto
+from donnadb.backup.storage_s3 import S3_MIN_PART
 from tests.support import drop_database, superuser_psql
 
 # Every table of the plan gets rows, including two partitions of system_logs and
@@ -47,8 +52,11 @@ def table_checksums(dbname: str) -> dict[str, str]:
 
 @pytest.fixture
 def bs(settings, tmp_path):
-    """The deployment's settings with a private backup repository."""
-    return settings.model_copy(update={"backup_repo_dir": tmp_path / "repo", "backup_jobs": 2})
+    """The deployment's settings with a private backup repository and signing key."""
+    signing_key = tmp_path / "signing.key"
+    crypto.generate_key_file(signing_key)
+    return settings.model_copy(update={"backup_repo_dir": tmp_path / "repo", "backup_jobs": 2,
+                                       "backup_signing_key_file": signing_key})
 
 
 @pytest.fixture
@@ -64,3 +72,38 @@ def target_name():
     name = f"donna_test_restore_{uuid.uuid4().hex[:8]}"
     yield name
     drop_database(name)
+
+
+BUCKET = "donna-backups-test"
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                            "AWS_DEFAULT_REGION")}
+    # moto accepts any credentials; these exist only for this in-process server.
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                      AWS_DEFAULT_REGION="us-east-1")
+    yield f"http://{host}:{port}"
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def s3_bs(bs, s3_endpoint, request):
+    prefix = f"t-{request.node.name[:40]}/"
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    if BUCKET not in [b["Name"] for b in client.list_buckets()["Buckets"]]:
+        client.create_bucket(Bucket=BUCKET)
+    return bs.model_copy(update={
+        "backup_s3_bucket": BUCKET, "backup_s3_prefix": prefix,
+        "backup_s3_endpoint_url": s3_endpoint, "backup_s3_region": "us-east-1",
+        "backup_s3_min_part_size": S3_MIN_PART,
+    })

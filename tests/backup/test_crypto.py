@@ -13,6 +13,8 @@ from donnadb.errors import ConfigError
 from tests.backup.conftest import table_checksums
 from tests.support import superuser_psql
 
+PLACE = crypto.place_of("20261202T061000123456Z-abcd", "dump/toc.dat.enc")
+
 
 @pytest.fixture
 def key_file(tmp_path):
@@ -26,15 +28,15 @@ def test_round_trip(tmp_path, key_file, size):
     keys = crypto.load_keys(key_file)
     plain = os.urandom(size)
     (tmp_path / "p").write_bytes(plain)
-    crypto.encrypt_file(tmp_path / "p", tmp_path / "c", keys[0])
+    crypto.encrypt_file(tmp_path / "p", tmp_path / "c", keys[0], PLACE)
     assert size < 16 or plain not in (tmp_path / "c").read_bytes()  # short ones match by chance
-    crypto.decrypt_file(tmp_path / "c", tmp_path / "d", keys)
+    crypto.decrypt_file(tmp_path / "c", tmp_path / "d", keys, PLACE)
     assert (tmp_path / "d").read_bytes() == plain
 
 
 def _encrypted(tmp_path, key_file, size=2 * crypto.CHUNK + 100):
     (tmp_path / "p").write_bytes(os.urandom(size))
-    crypto.encrypt_file(tmp_path / "p", tmp_path / "c", crypto.load_keys(key_file)[0])
+    crypto.encrypt_file(tmp_path / "p", tmp_path / "c", crypto.load_keys(key_file)[0], PLACE)
     return tmp_path / "c"
 
 
@@ -45,12 +47,33 @@ def test_flipped_byte_and_truncation_are_detected(tmp_path, key_file):
     data[len(data) // 2] ^= 1
     (tmp_path / "flipped").write_bytes(bytes(data))
     with pytest.raises(BackupCorrupt, match="fails authentication"):
-        crypto.decrypt_file(tmp_path / "flipped", tmp_path / "out", keys)
+        crypto.decrypt_file(tmp_path / "flipped", tmp_path / "out", keys, PLACE)
     # cut after the first whole chunk: still well-formed chunks, but not the final one
     first_len = int.from_bytes(data[25:29], "big")
     (tmp_path / "cut").write_bytes(enc.read_bytes()[: 25 + 4 + first_len])
     with pytest.raises(BackupCorrupt, match="fails authentication"):
-        crypto.decrypt_file(tmp_path / "cut", tmp_path / "out", keys)
+        crypto.decrypt_file(tmp_path / "cut", tmp_path / "out", keys, PLACE)
+
+
+@pytest.mark.parametrize("elsewhere", [
+    crypto.place_of("20261202T061000123456Z-abcd", "dump/3001.dat.gz.enc"),  # another path
+    crypto.place_of("20261201T000000000000Z-0000", "dump/toc.dat.enc"),  # another backup
+])
+def test_a_file_moved_to_another_place_fails_authentication(tmp_path, key_file, elsewhere):
+    keys = crypto.load_keys(key_file)
+    enc = _encrypted(tmp_path, key_file, 1000)
+    with pytest.raises(BackupCorrupt, match="moved from another backup or path"):
+        crypto.decrypt_file(enc, tmp_path / "out", keys, elsewhere)
+
+
+def test_a_huge_chunk_length_is_refused_before_allocation(tmp_path, key_file):
+    keys = crypto.load_keys(key_file)
+    enc = _encrypted(tmp_path, key_file, 1000)
+    data = bytearray(enc.read_bytes())
+    data[25:29] = (2**32 - 1).to_bytes(4, "big")
+    (tmp_path / "huge").write_bytes(bytes(data))
+    with pytest.raises(BackupCorrupt, match="claims 4294967295 bytes"):
+        crypto.decrypt_file(tmp_path / "huge", tmp_path / "out", keys, PLACE)
 
 
 def test_wrong_key_names_the_key_id(tmp_path, key_file):
@@ -58,7 +81,7 @@ def test_wrong_key_names_the_key_id(tmp_path, key_file):
     other = tmp_path / "other.key"
     crypto.generate_key_file(other)
     with pytest.raises(BackupError, match=crypto.load_keys(key_file)[0].key_id):
-        crypto.decrypt_file(enc, tmp_path / "out", crypto.load_keys(other))
+        crypto.decrypt_file(enc, tmp_path / "out", crypto.load_keys(other), PLACE)
 
 
 def test_key_file_rules(tmp_path, key_file):

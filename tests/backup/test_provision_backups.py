@@ -24,6 +24,7 @@ from donnadb.provision.backups import (
     service_unit,
     timer_unit,
 )
+from tests.provision.deployrun import DeployRun
 from tests.support import superuser_psql, systemd_running, unit_properties
 
 PORT = 5449
@@ -31,7 +32,8 @@ PORT = 5449
 
 def test_defaults_and_overrides():
     cfg = load_backup_deploy({"backup_keep_last": 3, "backup_s3": {"bucket": "b"}}, "/srv/x")
-    assert cfg.env == {"BACKUP_KEEP_LAST": "3", "BACKUP_S3_BUCKET": "b"}
+    assert cfg.env == {"BACKUP_KEEP_LAST": "3", "BACKUP_S3_BUCKET": "b",
+                       "BACKUP_SIGNING_KEY_FILE": "/etc/donnadb/backup-signing.key"}
     assert set(cfg.schedule) == {"snapshot", "prune", "verify", "check"}
     text = env_text(cfg)
     assert "BACKUP_KEEP_LAST=3\n" in text and "AWS_SECRET" not in text
@@ -142,6 +144,8 @@ def test_deploy_configures_archiving_and_the_stanza(throwaway_cluster, schedule_
 
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=work, check=False)
     assert again.returncode == 0
+    second = DeployRun(again.returncode, again.stdout + again.stderr)
+    assert second.totals["changed"] == 0, second.changed_operations()
     # second run: nothing changed, so the cluster is not restarted again
     [row] = [ln for ln in (again.stdout + again.stderr).splitlines()
              if "Restart cluster" in ln and not ln.lstrip().startswith("-->")]

@@ -81,7 +81,8 @@ def test_killed_backup_never_looks_complete(settings, bs, source_db, tmp_path):
     (fake / "pg_dump").write_text(f'#!/bin/sh\n"{real}" "$@" || exit $?\nexec sleep 60\n')
     (fake / "pg_dump").chmod(0o700)
     env = dict(os.environ, BACKUP_REPO_DIR=str(bs.backup_repo_dir),
-               BACKUP_PG_BIN_DIR=str(fake), DB_NAME=source_db)
+               BACKUP_PG_BIN_DIR=str(fake), DB_NAME=source_db,
+               BACKUP_SIGNING_KEY_FILE=str(bs.backup_signing_key_file))
     donnactl = Path(sys.executable).with_name("donnactl")
     proc = subprocess.Popen([str(donnactl), "backup", "create", "--no-upload", "--json"],
                             env=env, start_new_session=True,

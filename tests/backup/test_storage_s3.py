@@ -10,12 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from donnadb.backup import manifest as mf
-from donnadb.backup import restore, snapshot, storage_local
+from donnadb.backup import restore, signing, snapshot, storage_local
 from donnadb.backup.errors import BackupCorrupt
 from donnadb.backup.storage_s3 import (
     S3_MAX_PART,
@@ -25,44 +23,10 @@ from donnadb.backup.storage_s3 import (
     part_size_for,
 )
 from donnadb.config import MIB
-from tests.backup.conftest import table_checksums
-
-BUCKET = "donna-backups-test"
+from tests.backup.conftest import BUCKET, table_checksums
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                            "AWS_DEFAULT_REGION")}
-    # moto accepts any credentials; these exist only for this in-process server.
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                      AWS_DEFAULT_REGION="us-east-1")
-    yield f"http://{host}:{port}"
-    server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
-@pytest.fixture
-def s3_bs(bs, s3_endpoint, request):
-    prefix = f"t-{request.node.name[:40]}/"
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
-    if BUCKET not in [b["Name"] for b in client.list_buckets()["Buckets"]]:
-        client.create_bucket(Bucket=BUCKET)
-    return bs.model_copy(update={
-        "backup_s3_bucket": BUCKET, "backup_s3_prefix": prefix,
-        "backup_s3_endpoint_url": s3_endpoint, "backup_s3_region": "us-east-1",
-        "backup_s3_min_part_size": S3_MIN_PART,
-    })
-
-
-def _big_file_backup(repo, size=11 * MIB) -> storage_local.LocalBackup:
+def _big_file_backup(repo, settings, size=11 * MIB) -> storage_local.LocalBackup:
     """A finished backup holding one 11 MiB file: three 5 MiB multipart parts."""
     backup_id = storage_local.new_backup_id()
     storage_local.ensure_repo(repo)
@@ -74,6 +38,7 @@ def _big_file_backup(repo, size=11 * MIB) -> storage_local.LocalBackup:
                            finished_at=mf.now_utc(), server_version="15", schema_version=None,
                            database_size=0, row_counts={}, files=files, tools={},
                            compress_level=1, jobs=1)
+    signing.sign(manifest, signing.load_keys(settings))
     mf.write_private(partial / mf.MANIFEST_NAME, manifest.to_json())
     path = storage_local.commit_partial(partial, backup_id)
     return storage_local.LocalBackup(backup_id, path, manifest, None)
@@ -114,7 +79,7 @@ def test_backup_round_trip_through_s3(settings, s3_bs, source_db, tmp_path, targ
 
 
 def test_multipart_upload_with_part_checksums(s3_bs, tmp_path):
-    backup = _big_file_backup(tmp_path / "repo2")
+    backup = _big_file_backup(tmp_path / "repo2", s3_bs)
     store = S3Store(s3_bs)
     store.upload_backup(backup)
     key = store.key(backup.backup_id, "dump/big.dat")
@@ -127,7 +92,7 @@ def test_multipart_upload_with_part_checksums(s3_bs, tmp_path):
 
 
 def test_failed_multipart_upload_is_aborted(s3_bs, tmp_path):
-    backup = _big_file_backup(tmp_path / "repo3")
+    backup = _big_file_backup(tmp_path / "repo3", s3_bs)
     path = backup.path / "dump" / "big.dat"
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF  # the last part differs from what the manifest promised
@@ -151,7 +116,7 @@ def test_unfinished_uploads_are_found_and_aborted(s3_bs):
 
 
 def test_interrupted_upload_is_not_a_backup(s3_bs, tmp_path):
-    backup = _big_file_backup(tmp_path / "repo4", size=1024)
+    backup = _big_file_backup(tmp_path / "repo4", s3_bs, size=1024)
     store = S3Store(s3_bs)
     entry = backup.manifest.files[0]
     store.upload_file(backup.path / entry.path, store.key(backup.backup_id, entry.path), entry)
@@ -167,7 +132,8 @@ def test_cli_uploads_then_restores_from_s3_only(s3_bs, source_db, target_name, t
                BACKUP_S3_BUCKET=BUCKET, BACKUP_S3_PREFIX=s3_bs.backup_s3_prefix,
                BACKUP_S3_ENDPOINT_URL=s3_bs.backup_s3_endpoint_url,
                BACKUP_S3_REGION="us-east-1", BACKUP_KEEP_LAST="1", BACKUP_KEEP_DAILY="0",
-               BACKUP_KEEP_WEEKLY="0", BACKUP_KEEP_MONTHLY="0")
+               BACKUP_KEEP_WEEKLY="0", BACKUP_KEEP_MONTHLY="0",
+               BACKUP_SIGNING_KEY_FILE=str(s3_bs.backup_signing_key_file))
     donnactl = str(Path(sys.executable).with_name("donnactl"))
 
     def run(*args, check=True):
