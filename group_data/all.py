@@ -105,6 +105,16 @@ pg_role_connection_limits = {
     "readonly": 20,
     "backup": 5,
 }
+# Server settings each role always gets (ALTER ROLE ... SET), so that no session of it
+# can hold a connection, a lock or a transaction for ever: statement_timeout,
+# lock_timeout, idle_in_transaction_session_timeout, idle_session_timeout. One left out
+# here is reset. None for backup: pg_dump's snapshot transaction stays idle for the
+# whole dump; none for migrator: migrations set their own lock_timeout.
+pg_role_settings = {
+    "app": {"statement_timeout": "30s", "lock_timeout": "5s",
+            "idle_in_transaction_session_timeout": "60s"},
+    "readonly": {"statement_timeout": "5min", "idle_in_transaction_session_timeout": "10min"},
+}
 
 # --- The database and its host files ------------------------------------------------
 # Written to donnadb.env as DB_HOST, DB_NAME ... (DB_PORT is pg_port).

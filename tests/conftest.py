@@ -15,6 +15,16 @@ def settings() -> Settings:
     return load_settings()
 
 
+@pytest.fixture(scope="session")
+def deployed():
+    """The host after a deploy (whatever it changed); fails the tests if it failed."""
+    from tests.provision.deployrun import run_deploy
+
+    run = run_deploy()
+    assert run.returncode == 0, run.output[-4000:]
+    return run
+
+
 @pytest.fixture
 def connect_as(settings):
     """``connect_as("app", dbname=...)`` opens a connection that is closed after the test."""

@@ -57,7 +57,7 @@ def render_database_sql(settings: Settings) -> str:
 def create_scratch_database(settings: Settings, prefix: str = "donna_test") -> str:
     """Create an empty database bootstrapped like the deployed one (no migrations)."""
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    superuser_psql(f'CREATE DATABASE "{name}" OWNER "{settings.db_role_owner}"')
+    superuser_psql(f'CREATE DATABASE "{name}"')
     superuser_psql(render_database_sql(settings), dbname=name)
     return name
 

@@ -17,7 +17,7 @@ from donnadb.errors import DatabaseError
 from donnadb.provision import bootstrap
 
 SQL_DATABASE_EXISTS = "SELECT 1 FROM pg_database WHERE datname = {name}"
-SQL_CREATE_DATABASE = "CREATE DATABASE {name} OWNER {owner}"
+SQL_CREATE_DATABASE = "CREATE DATABASE {name}"
 SQL_DROP_DATABASE = "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
 
 
@@ -59,13 +59,12 @@ def database_exists(name: str, *, port: int | None = None) -> bool:
 
 
 def create_database(settings: Settings, name: str, *, port: int | None = None) -> None:
-    """Create ``name`` owned by the owner role and apply the deploy's bootstrap SQL.
+    """Create ``name`` (the superuser's, as the deployed one) and apply the deploy's
+    bootstrap SQL, which gives its schemas to the owner role.
 
     :raises DatabaseError: the database exists already or psql failed.
     """
-    query = sql.SQL(SQL_CREATE_DATABASE).format(
-        name=sql.Identifier(name), owner=sql.Identifier(settings.db_role_owner)
-    )
+    query = sql.SQL(SQL_CREATE_DATABASE).format(name=sql.Identifier(name))
     superuser_psql(_literal(query), port=port)
     apply_bootstrap(settings, name, port=port)
 

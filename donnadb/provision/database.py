@@ -82,9 +82,32 @@ def database_bootstrapped(sql_file: str, check: str, dbname: str, port: int):
     yield f"cd / && {psql(port, dbname)} -f - < {sql_file}"
 
 
+#: Statements that carried a password (CREATE/ALTER ROLE ... PASSWORD '...') and that
+#: pg_stat_statements kept verbatim before track_utility was turned off. A normalised
+#: statement shows $1 there instead of a literal, so it never matches.
+_HOLDS_A_PASSWORD = r"query ~* 'password\s+e?'''"  # noqa: S105 - a pattern
+STORED_SECRETS_SQL = f"SELECT queryid FROM public.pg_stat_statements WHERE {_HOLDS_A_PASSWORD}"
+# Qualified, exact argument types: nothing planted in public can stand in for it.
+FORGET_SECRETS_SQL = ("SELECT count(public.pg_stat_statements_reset(userid, dbid, queryid)) "
+                      f"FROM public.pg_stat_statements WHERE {_HOLDS_A_PASSWORD}")
+
+
+@operation()
+def stored_secrets_forgotten(dbname: str, port: int):
+    """Drop every pg_stat_statements entry whose text holds a password."""
+    if host.get_fact(PgQueryRows, port=port, dbname=dbname, sql=STORED_SECRETS_SQL) == []:
+        host.noop("no statement with a password in pg_stat_statements")
+        return
+    yield run_sql(FORGET_SECRETS_SQL, port, dbname)
+
+
+#: Who owns the database itself (the bootstrap gives the schemas to the owner role).
+DATABASE_OWNER = "postgres"
+
+
 @deploy("Database")
 def converge_database(settings: DeploySettings) -> None:
-    dbname, owner = settings.db_name, settings.role("owner")
+    dbname, owner = settings.db_name, DATABASE_OWNER
     database_present(name=f"Create database {dbname} owned by {owner}",
                      dbname=dbname, owner=owner, port=settings.pg_port)
     sql, marker = bootstrap_sql(settings)
@@ -94,3 +117,6 @@ def converge_database(settings: DeploySettings) -> None:
     database_bootstrapped(name=f"Bootstrap {dbname} (extensions, grants, default privileges)",
                           sql_file=sql_file, check=check_sql(settings, marker),
                           dbname=dbname, port=settings.pg_port)
+    # After the bootstrap: it creates the pg_stat_statements view in the database.
+    stored_secrets_forgotten(name="Forget statements with passwords (pg_stat_statements)",
+                             dbname=dbname, port=settings.pg_port)

@@ -74,7 +74,9 @@ SELECT r.rolname, r.rolcanlogin, r.rolsuper, r.rolcreatedb, r.rolcreaterole,
        r.rolinherit, r.rolreplication, r.rolbypassrls, r.rolconnlimit,
        array_to_string(ARRAY(
            SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
-           WHERE m.member = r.oid ORDER BY 1), ',')
+           WHERE m.member = r.oid ORDER BY 1), ','),
+       coalesce((SELECT array_to_string(s.setconfig, '&') FROM pg_db_role_setting s
+                 WHERE s.setrole = r.oid AND s.setdatabase = 0), '')
 FROM pg_roles r
 WHERE r.rolname = ANY (string_to_array({names}, ','))
 ORDER BY 1
@@ -84,7 +86,8 @@ _FLAGS = ("login", "superuser", "createdb", "createrole", "inherit", "replicatio
 
 
 class PgRoles(FactBase):
-    """The named roles: ``{name: {"login": bool, ..., "connlimit": int, "member_of": set}}``.
+    """The named roles: ``{name: {"login": bool, ..., "connlimit": int, "member_of": set,
+    "settings": {name: value}}}`` (settings: ALTER ROLE ... SET in every database).
 
     Only roles that exist appear; None when the server cannot be asked.
     """
@@ -104,6 +107,8 @@ class PgRoles(FactBase):
                 **flags,
                 "connlimit": int(row[8]),
                 "member_of": {m for m in row[9].split(",") if m},
+                "settings": dict(item.split("=", 1) for item in "|".join(row[10:]).split("&")
+                                 if "=" in item),
             }
         return roles
 

@@ -12,8 +12,8 @@ from pyinfra import host
 from pyinfra.api import deploy, operation
 
 from donnadb.provision.facts import PgRoles
-from donnadb.provision.psql import quote_ident, run_sql
-from donnadb.provision.settings import DeploySettings, RoleSpec
+from donnadb.provision.psql import quote_ident, quote_literal, run_sql
+from donnadb.provision.settings import ROLE_SETTING_NAMES, DeploySettings, RoleSpec
 
 #: Attributes every managed role must have, beyond LOGIN and CONNECTION LIMIT.
 FIXED_FLAGS = {
@@ -46,6 +46,17 @@ def _attribute_sql(want: dict[str, object], keys) -> str:
     return " ".join(words)
 
 
+def _setting_statements(name: str, want: dict[str, str], have: dict[str, str]) -> list[str]:
+    """ALTER ROLE ... SET for each managed setting that differs, RESET for one left out."""
+    sql = []
+    for key in ROLE_SETTING_NAMES:
+        if key in want and have.get(key) != want[key]:
+            sql.append(f"ALTER ROLE {name} SET {key} = {quote_literal(want[key])};")
+        elif key not in want and key in have:
+            sql.append(f"ALTER ROLE {name} RESET {key};")
+    return sql
+
+
 def role_statements(specs: list[RoleSpec], current: dict | None) -> list[str]:
     """SQL turning ``current`` (the PgRoles fact; None = unknown) into ``specs``."""
     current = current or {}
@@ -66,6 +77,8 @@ def role_statements(specs: list[RoleSpec], current: dict | None) -> list[str]:
         for group in spec.member_of:
             if group not in members:
                 sql.append(f"GRANT {quote_ident(group)} TO {name};")
+        sql += _setting_statements(name, dict(spec.settings),
+                                   have.get("settings", {}) if have else {})
         # Membership in another managed role is privilege escalation unless specified
         # (e.g. app in owner could drop tables). pg_* memberships are the bootstrap's.
         for group in sorted((members & managed) - set(spec.member_of)):

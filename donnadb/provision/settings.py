@@ -42,6 +42,8 @@ class RoleSpec:
     login: bool
     connlimit: int = -1
     member_of: tuple[str, ...] = ()
+    #: Server settings the role always gets (ALTER ROLE ... SET), e.g. statement_timeout.
+    settings: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,33 @@ def _ident(what: str, value: object) -> str:
     return value
 
 
+#: The per-role settings group_data may set (and the deploy resets when left out).
+ROLE_SETTING_NAMES = ("statement_timeout", "lock_timeout",
+                      "idle_in_transaction_session_timeout", "idle_session_timeout")
+_SETTING_VALUE = re.compile(r"^[0-9]+\s*(us|ms|s|min|h|d)?$")
+
+
+def _role_settings(raw: Any) -> dict[str, tuple[tuple[str, str], ...]]:
+    """group_data ``pg_role_settings`` ({kind: {name: value}}), checked.
+
+    :raises ConfigError: an unknown role kind, setting name or value (names which).
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError("group_data pg_role_settings must be {role kind: {setting: value}}")
+    checked = {}
+    for kind, values in raw.items():
+        if kind not in ROLE_KINDS or not isinstance(values, dict):
+            raise ConfigError(f"group_data pg_role_settings: {kind!r} is not one of "
+                              f"{', '.join(ROLE_KINDS)} with a dict of settings")
+        for name, value in values.items():
+            if name not in ROLE_SETTING_NAMES or not _SETTING_VALUE.match(str(value)):
+                raise ConfigError(f"group_data pg_role_settings[{kind!r}]: {name} = {value!r} "
+                                  f"is not one of {', '.join(ROLE_SETTING_NAMES)} with a "
+                                  "duration such as '30s'")
+        checked[kind] = tuple(sorted((n, str(v).replace(" ", "")) for n, v in values.items()))
+    return checked
+
+
 def load_deploy_settings(data: Any) -> DeploySettings:
     """Build settings from pyinfra's ``host.data``.
 
@@ -132,6 +161,7 @@ def load_deploy_settings(data: Any) -> DeploySettings:
 
     limits = data.get("pg_role_connection_limits", {}) or {}
     names = {kind: role_name(kind) for kind in ROLE_KINDS}
+    role_settings = _role_settings(data.get("pg_role_settings", {}) or {})
     roles = {
         kind: RoleSpec(
             kind=kind,
@@ -139,6 +169,7 @@ def load_deploy_settings(data: Any) -> DeploySettings:
             login=kind != "owner",
             connlimit=int(limits.get(kind, -1)),
             member_of=(names["owner"],) if kind == "migrator" else (),
+            settings=role_settings.get(kind, ()),
         )
         for kind in ROLE_KINDS
     }

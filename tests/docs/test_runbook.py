@@ -197,7 +197,7 @@ def legacy_sandbox(deployment, settings):
 
     _, tmp, dbname = deployment
     target = f"{dbname}_legacy"
-    superuser_psql(f'CREATE DATABASE "{target}" OWNER "{settings.db_role_owner}"')
+    superuser_psql(f'CREATE DATABASE "{target}"')
     superuser_psql(render_database_sql(settings), dbname=target)
     apply_migrations(settings=settings, dbname=target)
     data = tmp / "legacy-data"

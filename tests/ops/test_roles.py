@@ -54,6 +54,11 @@ def test_rotate_changes_password_everywhere_without_dropping_sessions(cli, setti
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(host="127.0.0.1", dbname=env["DB_NAME"], user=role, password=old).close()
     assert new not in (cli.log_file.read_text() + done.stdout + done.stderr)
+    # ... nor in what a read-only login sees of the server's statistics.
+    with db.connect("readonly", settings=settings) as readonly:
+        seen = readonly.execute("SELECT query FROM pg_stat_statements "
+                                "WHERE query LIKE %s", [f"%{stored}%"]).fetchall()
+    assert seen == [], "the new verifier is readable in pg_stat_statements"
 
 
 def test_rotate_refuses_unknown_roles(cli):

@@ -1,6 +1,7 @@
 import json
 from datetime import UTC, datetime, timedelta
 
+from donnadb.backup.storage_local import new_backup_id
 from donnadb.ops import backups, status
 
 
@@ -53,20 +54,22 @@ def test_status_reports_database_down_in_one_line(cli):
 def test_latest_backup_from_a_repository(tmp_path):
     assert backups.latest(repo=tmp_path)["status"] == "unknown"
     finished = datetime.now(UTC) - timedelta(hours=5)
+    ids = {}
     for name, when, verify in (("old", finished - timedelta(days=2), None),
                                ("new", finished, None),
                                ("bad", finished + timedelta(hours=1), {"ok": False})):
-        d = tmp_path / name
+        ids[name] = new_backup_id(when)
+        d = tmp_path / ids[name]
         d.mkdir()
         (d / "manifest.json").write_text(json.dumps({
-            "backup_id": name, "database": "donna", "started_at": when.isoformat(),
+            "backup_id": ids[name], "database": "donna", "started_at": when.isoformat(),
             "finished_at": when.isoformat(), "server_version": "15", "schema_version": "0001",
             "database_size": 1, "row_counts": {}, "files": [], "tools": {},
             "compress_level": 1, "jobs": 1}))
         if verify is not None:
             (d / "verify.json").write_text(json.dumps(verify))
     latest = backups.latest(repo=tmp_path)
-    assert latest["backup_id"] == "new"  # the failed-verify one is newer but not good
+    assert latest["backup_id"] == ids["new"]  # the failed-verify one is newer but not good
     assert 4.9 < latest["age_hours"] < 5.1
 
 

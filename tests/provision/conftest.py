@@ -8,14 +8,6 @@ from tests.provision.deployrun import load_helper, run_deploy
 
 
 @pytest.fixture(scope="session")
-def deployed():
-    """The host after a deploy (whatever it changed); fails the tests if it failed."""
-    run = run_deploy()
-    assert run.returncode == 0, run.output[-4000:]
-    return run
-
-
-@pytest.fixture(scope="session")
 def redeployed(deployed):
     """A second deploy right after the first, with `ps` sampled while it ran."""
     run = run_deploy(sample_ps=True)

@@ -7,8 +7,9 @@ import pytest
 from psycopg import sql
 
 from donnadb import db
+from donnadb.errors import ConfigError
 from donnadb.provision.roles import role_statements
-from donnadb.provision.settings import RoleSpec
+from donnadb.provision.settings import RoleSpec, _role_settings
 from tests.provision.deployrun import run_deploy
 from tests.support import superuser_psql
 
@@ -144,6 +145,34 @@ def test_role_statements_fix_only_drift():
     created = role_statements([owner], None)
     assert created == ['CREATE ROLE "o" WITH NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT '
                        'NOREPLICATION NOBYPASSRLS NOLOGIN CONNECTION LIMIT -1;']
+
+
+def test_role_settings_are_set_changed_and_reset_only_where_they_differ():
+    base = dict(superuser=False, createdb=False, createrole=False, inherit=True,
+                replication=False, bypassrls=False, login=True, connlimit=-1,
+                member_of=set())
+    app = RoleSpec("app", "a", login=True,
+                   settings=(("lock_timeout", "5s"), ("statement_timeout", "30s")))
+    same = {"a": {**base, "settings": {"statement_timeout": "30s", "lock_timeout": "5s",
+                                       "search_path": "x"}}}
+    assert role_statements([app], same) == []
+    drifted = {"a": {**base, "settings": {"statement_timeout": "0",
+                                          "idle_session_timeout": "1h"}}}
+    assert role_statements([app], drifted) == [
+        """ALTER ROLE "a" SET statement_timeout = '30s';""",
+        """ALTER ROLE "a" SET lock_timeout = '5s';""",
+        'ALTER ROLE "a" RESET idle_session_timeout;',
+    ]
+
+
+@pytest.mark.parametrize("raw, match", [
+    ({"root": {"statement_timeout": "1s"}}, "'root' is not one of"),
+    ({"app": {"search_path": "public"}}, "search_path = 'public'"),
+    ({"app": {"statement_timeout": "1s'; DROP ROLE x; --"}}, "statement_timeout"),
+])
+def test_bad_role_settings_are_refused(raw, match):
+    with pytest.raises(ConfigError, match=match):
+        _role_settings(raw)
 
 
 @pytest.mark.deploy

@@ -186,7 +186,9 @@ def apply(passfile: str, port: int, roles: list[str]) -> list[str]:
         return []
     # Keep the statements out of the server log whatever log_statement says.
     lines = ["SET log_statement = 'none';", "SET log_min_duration_statement = -1;",
-             "SET log_min_error_statement = 'panic';"]
+             "SET log_min_error_statement = 'panic';",
+             # ... and out of pg_stat_statements, which keeps utility statements verbatim.
+             "SET pg_stat_statements.track_utility = off;"]
     lines += [
         f"ALTER ROLE \"{r}\" PASSWORD '{scram_verifier(passwords[r])}';" for r in stale
     ]
