@@ -19,7 +19,9 @@ deploy ourselves.
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -28,6 +30,8 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from donnadb.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 #: Written by the deploy from group_data; read by every donnactl command on the host.
 HOST_ENV_FILE = Path(os.environ.get("DONNADB_HOST_ENV", "/etc/donnadb/donnadb.env"))
@@ -53,7 +57,8 @@ class Settings(BaseSettings):
     """Runtime configuration, validated at start-up."""
 
     model_config = SettingsConfigDict(
-        env_file=(HOST_ENV_FILE, BACKUP_ENV_FILE, ".env"),  # later files win
+        # ./.env is added by load_settings() only when it is safe to read (below).
+        env_file=(HOST_ENV_FILE, BACKUP_ENV_FILE),  # later files win
         env_file_encoding="utf-8",
         extra="ignore",
         case_sensitive=False,
@@ -185,14 +190,37 @@ class Settings(BaseSettings):
             ) from None
 
 
+def local_env_file(path: Path = Path(".env")) -> Path | None:
+    """``./.env`` when it may be read, else None (and a warning says why).
+
+    donnactl often runs as root from whatever directory the operator is in: a ``.env``
+    there that someone else could have written would steer root (another DB_HOST, a
+    BACKUP_REPO_DIR to delete in, a pg_dump directory to run). It is read only when it
+    is a regular file (not a symlink) owned by the user running us or by root, and
+    writable by nobody else.
+    """
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    uid = os.geteuid()
+    if not stat.S_ISREG(st.st_mode) or st.st_uid not in (uid, 0) or st.st_mode & 0o022:
+        log.warning("ignoring %s: it must be a regular file owned by uid %d (or root) and "
+                    "writable by nobody else", path.resolve(), uid)
+        return None
+    return path
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build settings; ``overrides`` are command-line flags (highest precedence).
 
     :raises ConfigError: a value is missing or invalid; the message names the variable.
     """
     clean = {k: v for k, v in overrides.items() if v is not None}
+    local = local_env_file()
+    files = (HOST_ENV_FILE, BACKUP_ENV_FILE, *((local,) if local else ()))
     try:
-        return Settings(**clean)
+        return Settings(_env_file=files, **clean)
     except ValidationError as exc:
         first = exc.errors()[0]
         name = ".".join(str(p) for p in first["loc"]).upper()

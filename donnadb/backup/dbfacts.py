@@ -23,16 +23,26 @@ WHERE c.relkind IN ('r', 'p')
   AND has_table_privilege(c.oid, 'SELECT')
 ORDER BY 1, 2
 """
-SQL_COUNT_ANY_TABLE = """
-SELECT count(*)
-FROM pg_class c
-JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p')
-  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND n.nspname NOT LIKE 'pg\\_toast%'
-  AND NOT EXISTS (SELECT 1 FROM pg_depend d
-                  WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
-                    AND d.deptype = 'e')
+#: Every object of the database's own (tables of every kind, views, sequences, foreign
+#: tables, functions), except the catalogs, extension members and the bootstrap's
+#: PgBouncer lookup: "empty" means a restore loses nothing by replacing it.
+SQL_COUNT_OWN_OBJECTS = """
+WITH own AS (
+    SELECT oid FROM pg_namespace
+    WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'pgbouncer')
+      AND nspname NOT LIKE 'pg\\_toast%' AND nspname NOT LIKE 'pg\\_temp%'
+)
+SELECT (SELECT count(*) FROM pg_class c
+        WHERE c.relnamespace IN (SELECT oid FROM own)
+          AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+          AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                          WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                            AND d.deptype = 'e'))
+     + (SELECT count(*) FROM pg_proc p
+        WHERE p.pronamespace IN (SELECT oid FROM own)
+          AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                          WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+                            AND d.deptype = 'e'))
 """
 SQL_MIGRATION_COLUMNS = """
 SELECT column_name FROM information_schema.columns
@@ -57,9 +67,9 @@ def row_counts(conn: psycopg.Connection) -> dict[str, int]:
     return counts
 
 
-def has_user_tables(conn: psycopg.Connection) -> bool:
-    """True when the database holds any table of its own (readable or not)."""
-    return conn.execute(SQL_COUNT_ANY_TABLE).fetchone()[0] > 0
+def has_own_objects(conn: psycopg.Connection) -> bool:
+    """True when the database holds any object of its own (readable or not)."""
+    return conn.execute(SQL_COUNT_OWN_OBJECTS).fetchone()[0] > 0
 
 
 def schema_version(conn: psycopg.Connection) -> str | None:

@@ -36,6 +36,8 @@ BOOTSTRAP_SCHEMAS = ("pgbouncer",)
 _TOC_IN_BOOTSTRAP_SCHEMA = re.compile(
     r"^\d+; \d+ \d+ [A-Z][A-Z ]*? (?:" + "|".join(BOOTSTRAP_SCHEMAS) + r") ")
 DBNAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+#: Never dropped or replaced, whatever the flags (template* too).
+NEVER_REPLACED = frozenset({"postgres"})
 
 
 @dataclass
@@ -74,11 +76,12 @@ def verify_files(settings: Settings, backup: storage_local.LocalBackup) -> mf.Ma
 
 
 def target_has_data(settings: Settings, target_db: str) -> bool:
-    """True when ``target_db`` exists and holds any table of its own."""
+    """True when ``target_db`` exists and holds any object of its own (a table of any
+    kind, a view, a sequence, a function)."""
     if not bootstrap.database_exists(target_db, port=settings.db_port):
         return False
     with db.connection("migrator", settings=settings, dbname=target_db) as conn:
-        return dbfacts.has_user_tables(conn)
+        return dbfacts.has_own_objects(conn)
 
 
 def restore_backup(
@@ -103,6 +106,10 @@ def restore_backup(
         # libpq would read a name with "=" as a connection string: keep names plain.
         raise UsageError(f"--target-db {target_db!r} is not a plain database name; "
                          "use letters, digits and _ (max 63)")
+    if target_db in NEVER_REPLACED or target_db.startswith("template"):
+        raise RestoreRefused(f"--target-db {target_db} is a database PostgreSQL itself "
+                             "needs; restore into another name (even --force never "
+                             "replaces it)")
     phases: dict[str, float] = {}
     mark = time.monotonic()
 

@@ -12,9 +12,10 @@ What the deploy converges (every setting is a ``pgbouncer_*`` key of group_data)
   into the passfile, and the auth_file (0600 postgres) written from it on the host by
   files/pgbouncer_authfile.py, which also holds the stats users' SCRAM verifiers;
 * /etc/pgbouncer/pgbouncer.ini from templates/pgbouncer.ini.j2;
-* the daemon: systemd's unit when systemd is PID 1, else ``runuser -u postgres --
-  pgbouncer -d`` when not running. A changed ini or auth_file reloads it (SIGHUP); a
-  changed listen address or port restarts it, since a reload cannot rebind.
+* the daemon: systemd's unit when systemd is PID 1, else ``pgbouncer -d`` as postgres
+  (``setpriv``) with its open-file limit raised, when not running (a running one below
+  that limit is restarted). A changed ini or auth_file reloads it (SIGHUP); a changed
+  listen address or port restarts it, since a reload cannot rebind.
 
 Running it again changes nothing.
 """
@@ -194,6 +195,21 @@ class PgBouncerRunning(FactBase[bool]):
         return False
 
 
+class PgBouncerOpenFiles(FactBase):
+    """The running PgBouncer's soft open-file limit; None when it does not run."""
+
+    def command(self, pidfile: str) -> str:
+        return (f'if [ -f {pidfile} ] && kill -0 "$(cat {pidfile})" 2>/dev/null; then '
+                f'awk \'/^Max open files/ {{print $4}}\' "/proc/$(cat {pidfile})/limits"; '
+                "else echo none; fi")
+
+    def process(self, output):
+        value = output[0].strip() if output else "none"
+        if value == "none":
+            return None
+        return 10**9 if value == "unlimited" else int(value)
+
+
 class PgBouncerListen(FactBase[str]):
     """``listen_addr``/``listen_port`` lines of the current ini ("" when absent)."""
 
@@ -262,9 +278,14 @@ def auth_file_written(helper: str, passfile: str, auth_file: str, port: int,
 def _start_command(ini: str, nofile: int) -> str:
     # PgBouncer forks into the background (-d) once it listens, so the port is bound when
     # this returns. The pidfile's directory is PostgreSQL's socket directory (a tmpfs).
+    # The open-file limit is raised (soft and hard) or the start fails saying so; setpriv
+    # (not runuser, whose PAM session resets the soft limit) then drops to postgres.
+    n = int(nofile)
     return (f"install -d -o postgres -g postgres -m 2775 /var/run/postgresql && cd / && "
-            f"(ulimit -n {int(nofile)} 2>/dev/null || true; "
-            f"runuser -u postgres -- pgbouncer -d {ini})")
+            f"(ulimit -n {n} || {{ echo 'cannot raise the open-file limit to {n} for "
+            f"pgbouncer: raise the hard limit (ulimit -Hn) or lower pgbouncer_max_client_conn'"
+            f" >&2; exit 1; }}; exec setpriv --reuid=postgres --regid=postgres --init-groups "
+            f"pgbouncer -d {ini})")
 
 
 def _stop_command(pidfile: str) -> str:
@@ -281,6 +302,18 @@ def daemon_started(ini: str, pidfile: str, nofile: int):
         host.noop("pgbouncer is running")
     else:
         yield _start_command(ini, nofile)
+
+
+@operation()
+def daemon_limit_applied(ini: str, pidfile: str, nofile: int):
+    """Restart a running PgBouncer whose open-file limit is below ``nofile`` (started
+    before the limit was raised, or by hand)."""
+    limit = host.get_fact(PgBouncerOpenFiles, pidfile=pidfile)
+    if limit is None or limit >= nofile:
+        host.noop(f"pgbouncer's open-file limit is {limit}")
+        return
+    yield _stop_command(pidfile)
+    yield _start_command(ini, nofile)
 
 
 @operation()
@@ -364,7 +397,9 @@ def install_pgbouncer(settings: DeploySettings | None = None) -> None:
     daemon_signalled(name="Reload pgbouncer (config or auth_file changed)", ini=INI,
                      pidfile=cfg.pidfile, nofile=cfg.nofile, action="reload",
                      _if=reload_if)
-    daemon_started(name="Start pgbouncer (no systemd: runuser postgres, -d)", ini=INI,
+    daemon_limit_applied(name=f"Restart pgbouncer (open-file limit below {cfg.nofile})",
+                         ini=INI, pidfile=cfg.pidfile, nofile=cfg.nofile)
+    daemon_started(name="Start pgbouncer (no systemd: setpriv postgres, -d)", ini=INI,
                    pidfile=cfg.pidfile, nofile=cfg.nofile)
 
 

@@ -8,7 +8,7 @@ from donnadb.backup import restore, snapshot, storage_local
 from donnadb.backup.errors import BackupCorrupt, RestoreRefused
 from donnadb.errors import UsageError
 from tests.backup.conftest import table_checksums
-from tests.support import superuser_psql
+from tests.support import render_database_sql, superuser_psql
 
 
 def test_round_trip_every_row_identical(settings, bs, source_db, target_name):
@@ -76,3 +76,28 @@ def test_target_names_must_be_plain(settings, bs, name):
     backup = storage_local.LocalBackup("x", bs.backup_repo_dir, None, None)
     with pytest.raises(UsageError, match="plain database name"):
         restore.restore_backup(bs, backup, name)
+
+
+@pytest.mark.parametrize("what, sql, kept", [
+    ("view", "CREATE VIEW public.kept AS SELECT 1 AS one", "SELECT count(*) FROM public.kept"),
+    ("function", "CREATE FUNCTION public.kept() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+     "SELECT public.kept()"),
+    ("sequence", "CREATE SEQUENCE public.kept", "SELECT count(*) FROM public.kept"),
+])
+def test_a_target_holding_anything_of_its_own_is_not_empty(settings, bs, source_db,
+                                                           target_name, what, sql, kept):
+    backup = snapshot.create_backup(bs, dbname=source_db)
+    superuser_psql(f'CREATE DATABASE "{target_name}"')
+    superuser_psql(render_database_sql(settings), dbname=target_name)
+    superuser_psql(f"SET ROLE {settings.db_role_owner};\n{sql}", dbname=target_name)
+    with pytest.raises(RestoreRefused, match="not empty"):
+        restore.restore_backup(bs, backup, target_name)
+    assert superuser_psql(kept, dbname=target_name) == "1", f"the {what} was lost"
+
+
+@pytest.mark.parametrize("name", ["postgres", "template1", "template0"])
+def test_postgresql_s_own_databases_are_never_replaced(bs, source_db, name):
+    backup = snapshot.create_backup(bs, dbname=source_db)
+    with pytest.raises(RestoreRefused, match="never replaces it"):
+        restore.restore_backup(bs, backup, name, force=True)
+    assert superuser_psql(f"SELECT count(*) FROM pg_database WHERE datname = '{name}'") == "1"

@@ -40,6 +40,19 @@ def test_pgbouncer_runs_as_postgres_with_transaction_pooling():
     assert f"listen_port = {PGBOUNCER_PORT}" in ini and "listen_addr = 127.0.0.1" in ini
 
 
+def test_pgbouncer_may_open_a_file_for_every_client_it_accepts(deployed):
+    from donnadb.provision.settings import load_deploy_settings
+    from tests.provision.deployrun import load_group_data
+
+    data = load_group_data()
+    cfg = pgb.load_pgbouncer_settings(data, load_deploy_settings(data))
+    pid = int(Path(pgb.PIDFILE).read_text().strip())
+    [line] = [ln for ln in Path(f"/proc/{pid}/limits").read_text().splitlines()
+              if ln.startswith("Max open files")]
+    soft = line.split()[3]
+    assert soft == "unlimited" or int(soft) >= cfg.nofile, line
+
+
 def test_auth_file_is_private_and_holds_no_application_role(settings):
     st = AUTH_FILE.stat()
     assert stat.S_IMODE(st.st_mode) == 0o600

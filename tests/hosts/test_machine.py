@@ -1,0 +1,42 @@
+"""The test-host tools' own logic (nothing is booted here; CI boots a host for real)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.hosts import machine
+from tests.hosts.readme import readme_commands
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_readme_run_is_the_readme_as_written():
+    commands = readme_commands(ROOT / "README.md")
+    assert commands[-2:] == ["make deploy", "make test"]
+    assert any("apt-get install" in c and "git" in c and "make" in c for c in commands[:-2])
+
+
+def test_a_readme_without_the_section_is_an_error(tmp_path):
+    (tmp_path / "README.md").write_text("# x\n\n## Other\n\n```sh\nmake\n```\n")
+    with pytest.raises(machine.HostError, match="no '## Two commands' section"):
+        readme_commands(tmp_path / "README.md")
+
+
+def test_the_base_is_named_by_its_recipe(tmp_path):
+    carried = tmp_path / "ca.crt"
+    carried.write_text("one")
+    first = machine.recipe_key("http://mirror", [carried])
+    assert machine.recipe_key("http://mirror", [carried]) == first
+    assert machine.recipe_key("http://other", [carried]) != first
+    carried.write_text("two")
+    assert machine.recipe_key("http://mirror", [carried]) != first
+
+
+def test_only_trees_under_the_state_directory_are_ever_deleted(tmp_path):
+    victim = tmp_path / "keep"
+    victim.mkdir()
+    with pytest.raises(machine.HostError, match="refusing to delete"):
+        machine._remove_tree(victim)
+    assert victim.is_dir()
