@@ -89,6 +89,11 @@ def _entries(folder: Path, inv: Inventory, report: Report, suffix: str) -> list[
     return found
 
 
+def _real_dir(path: Path) -> bool:
+    """A directory, and not through a symlink."""
+    return path.is_dir() and not path.is_symlink()
+
+
 def scan(data_dir: Path, report: Report) -> Inventory:
     """Walk DATA_DIR once and classify every file.
 
@@ -102,26 +107,30 @@ def scan(data_dir: Path, report: Report) -> Inventory:
     _check_perms(inv.root, inv.root.stat(), inv, report)
     for folder in FOLDERS:
         path = inv.root / folder
-        if path.is_dir():
+        if path.is_symlink():
+            # Its files would come from outside DATA_DIR: nothing in it is read.
+            report.quarantine(folder, "not a regular folder", "a symlink; not followed")
+        elif path.is_dir():
             _check_perms(path, path.stat(), inv, report)
-    if (inv.root / "memory").is_dir():
+    if _real_dir(inv.root / "memory"):
         inv.memory = _entries(inv.root / "memory", inv, report, ".json")
-    if (inv.root / "chat_sessions").is_dir():
+    if _real_dir(inv.root / "chat_sessions"):
         for path in _entries(inv.root / "chat_sessions", inv, report, ".json"):
             inv.chats.setdefault(path.name[:-5], ChatSources()).session = path
     conv = inv.root / "conversations"
-    if conv.is_dir():
-        for user_dir in sorted(p for p in conv.iterdir() if p.is_dir()):
+    if _real_dir(conv):
+        for user_dir in sorted(p for p in conv.iterdir() if _real_dir(p)):
             _check_perms(user_dir, user_dir.stat(), inv, report)
             for path in _entries(user_dir, inv, report, ".json"):
                 sources = inv.chats.setdefault(path.name[:-5], ChatSources())
                 sources.conversations.append((user_dir.name, path))
-        for stray in sorted(p for p in conv.iterdir() if not p.is_dir()):
-            report.quarantine(inv.rel(stray), "unexpected file", "expected <user>/<chat_id>.json")
-    if (inv.root / "chat_history").is_dir():
+        for stray in sorted(p for p in conv.iterdir() if not _real_dir(p)):
+            report.quarantine(inv.rel(stray), "unexpected file",
+                              "expected <user>/<chat_id>.json (a folder, not a symlink)")
+    if _real_dir(inv.root / "chat_history"):
         for path in _entries(inv.root / "chat_history", inv, report, ".txt"):
             inv.chats.setdefault(path.name[:-4], ChatSources()).transcript = path
-    if (inv.root / "logs").is_dir():
+    if _real_dir(inv.root / "logs"):
         inv.logs = _entries(inv.root / "logs", inv, report, ".jsonl")
     return inv
 
@@ -130,12 +139,40 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON (PostgreSQL jsonb cannot store it)")
 
 
+def open_inside(path: Path, inv: Inventory) -> int:
+    """A read-only fd for ``path`` (a file under DATA_DIR), opened one component at a
+    time from DATA_DIR with ``O_NOFOLLOW``: a file or folder swapped for a symlink after
+    the scan (the import often runs as root over a directory others can write) fails
+    instead of reading what the link points to; so does anything but a regular file.
+
+    :raises OSError: a component is a symlink (ELOOP/ENOTDIR), missing, unreadable, or
+        the file is not a regular file.
+    """
+    parts = path.relative_to(inv.root).parts
+    fd = os.open(inv.root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        # O_NONBLOCK: a FIFO planted there must not hang the import.
+        leaf = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(os.fstat(leaf).st_mode):
+        os.close(leaf)
+        raise OSError(f"{path.name} is not a regular file")
+    os.set_blocking(leaf, True)
+    return leaf
+
+
 def read_text(path: Path, inv: Inventory, report: Report) -> str | None:
     """The file as text (BOM stripped and noted), or None when quarantined."""
     rel = inv.rel(path)
     try:
-        raw = path.read_bytes()
-    except OSError as exc:  # e.g. permission denied when not run as the files' owner
+        with os.fdopen(open_inside(path, inv), "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:  # permission denied, or a symlink swapped in after the scan
         report.quarantine(rel, "unreadable", exc.strerror or str(exc))
         return None
     if not raw.strip():
@@ -175,4 +212,4 @@ def read_json_object(path: Path, inv: Inventory, report: Report) -> dict[str, An
 def mtime(path: Path):
     from datetime import UTC, datetime
 
-    return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    return datetime.fromtimestamp(path.lstat().st_mtime, UTC)

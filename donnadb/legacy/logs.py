@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from donnadb.legacy.files import BOM, Inventory, loads, mtime
+from donnadb.legacy.files import BOM, Inventory, loads, mtime, open_inside
 from donnadb.legacy.model import LogRow
 from donnadb.legacy.normalise import (
     LEGACY_KEY,
@@ -102,15 +102,17 @@ def log_from_line(raw: dict[str, Any], source: str, previous_ts, fallback_ts) ->
 def iter_log_file(path: Path, inv: Inventory, report: Report) -> Iterator[LogRow]:
     """Stream one .jsonl file line by line (a multi-GB log never sits in memory)."""
     rel = path.name
-    if not os.access(path, os.R_OK):
-        report.quarantine(f"logs/{rel}", "unreadable", "permission denied")
-        return
-    if path.stat().st_size == 0:
-        report.quarantine(f"logs/{rel}", "empty file", "0 bytes")
+    try:
+        fd = open_inside(path, inv)  # never through a symlink swapped in after the scan
+    except OSError as exc:
+        report.quarantine(f"logs/{rel}", "unreadable", exc.strerror or str(exc))
         return
     fallback = mtime(path)
     previous = None
-    with path.open("rb") as fh:
+    with os.fdopen(fd, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            report.quarantine(f"logs/{rel}", "empty file", "0 bytes")
+            return
         for number, raw_line in enumerate(fh, start=1):
             if number == 1 and raw_line.startswith(BOM):
                 raw_line = raw_line[len(BOM):]
