@@ -25,8 +25,9 @@ META_NAMES = frozenset({MANIFEST_NAME, "verify.json"})
 FORMAT_VERSION = 2
 CHUNK = 1024 * 1024
 #: The one backup id format (storage_local.new_backup_id): UTC time to the microsecond
-#: and a random suffix. Ids become directory names and S3 keys, so nothing else passes.
-BACKUP_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{12}Z-[0-9a-f]{4}$")
+#: (to the second in ids made before microseconds were added) and a random suffix. Ids
+#: become directory names and S3 keys, so nothing else passes.
+BACKUP_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}([0-9]{6})?Z-[0-9a-f]{4}$")
 #: The one file layout: pg_dump's directory output, flat, under ``dump/`` (``.enc`` when
 #: encrypted). No other directory, no "..", no absolute path, nothing hidden.
 FILE_PATH_RE = re.compile(r"^dump/[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
@@ -99,7 +100,8 @@ class Manifest:
         Checked before any path in it is used: a manifest from S3 is hostile input.
         """
         if not isinstance(self.backup_id, str) or not BACKUP_ID_RE.match(self.backup_id):
-            return f"backup id {self.backup_id!r} is not of the form YYYYMMDDTHHMMSSffffffZ-xxxx"
+            return (f"backup id {self.backup_id!r} is not of the form "
+                    "YYYYMMDDTHHMMSS[ffffff]Z-xxxx")
         seen = set()
         for entry in self.files:
             if not isinstance(entry.path, str) or not FILE_PATH_RE.match(entry.path):

@@ -63,7 +63,7 @@ def check_backup_id(backup_id: str) -> str:
     :raises UsageError: it is not.
     """
     if not mf.BACKUP_ID_RE.match(backup_id):
-        raise UsageError(f"{backup_id!r} is not a backup id (YYYYMMDDTHHMMSSffffffZ-xxxx, "
+        raise UsageError(f"{backup_id!r} is not a backup id (YYYYMMDDTHHMMSS[ffffff]Z-xxxx, "
                          "as `donnactl backup list` shows) nor 'latest'")
     return backup_id
 

@@ -219,3 +219,15 @@ def test_a_local_manifest_altered_after_signing_is_refused(bs, source_db, target
     altered = storage_local.resolve(bs.backup_repo_dir, backup.backup_id)
     with pytest.raises(BackupCorrupt, match="fails authentication"):
         restore.restore_backup(bs, altered, target_name)
+
+
+@pytest.mark.parametrize("backup_id, ok", [
+    ("20261202T061000123456Z-abcd", True),
+    ("20250101T020000Z-0f3a", True),  # made before ids carried microseconds
+    ("20261202T0610001234Z-abcd", False),
+    ("20261202T061000123456Z-ABCD", False),
+    ("latest", False),
+])
+def test_the_one_backup_id_format_keeps_older_backups(backup_id, ok):
+    manifest = _manifest(backup_id, [])
+    assert (manifest.layout_problem() is None) is ok
