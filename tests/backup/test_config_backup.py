@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from donnadb import config
 from donnadb.config import BACKUP_ENV_FILE, HOST_ENV_FILE, Settings, load_settings
 from donnadb.errors import ConfigError
 from donnadb.ops import health
@@ -20,17 +21,21 @@ def clean_env(monkeypatch, tmp_path):
 
 
 def test_backup_env_is_read_after_the_host_file_and_before_dotenv(clean_env, monkeypatch):
-    files = Settings.model_config["env_file"]
-    assert list(files) == [HOST_ENV_FILE, BACKUP_ENV_FILE, ".env"]
+    assert list(Settings.model_config["env_file"]) == [HOST_ENV_FILE, BACKUP_ENV_FILE]
     host, backup = clean_env / "donnadb.env", clean_env / "backup.env"
     host.write_text("DB_NAME=from_host\nBACKUP_JOBS=4\n")
     backup.write_text("BACKUP_REPO_DIR=/srv/from_backup_env\nBACKUP_JOBS=3\n")
-    (clean_env / ".env").write_text("BACKUP_JOBS=1\n")
-    s = Settings(_env_file=(host, backup, ".env"))
+    monkeypatch.setattr(config, "HOST_ENV_FILE", host)
+    monkeypatch.setattr(config, "BACKUP_ENV_FILE", backup)
+    s = load_settings()
     assert (s.db_name, str(s.backup_repo_dir), s.backup_jobs) == (
-        "from_host", "/srv/from_backup_env", 1)
+        "from_host", "/srv/from_backup_env", 3)
+    dotenv = clean_env / ".env"  # load_settings adds it last when it is safe to read
+    dotenv.write_text("BACKUP_JOBS=1\n")
+    dotenv.chmod(0o600)
+    assert load_settings().backup_jobs == 1
     monkeypatch.setenv("BACKUP_JOBS", "5")
-    assert Settings(_env_file=(host, backup, ".env")).backup_jobs == 5
+    assert load_settings().backup_jobs == 5
 
 
 def test_flags_beat_environment_for_backup_settings(clean_env, monkeypatch):
