@@ -7,7 +7,7 @@ INVENTORY ?= inventory/local.py
 
 .PHONY: deploy test venv lint clean-venv loadtest bench
 
-# `make loadtest`: issue 5's run (docs/loadtest.md); results in loadtest-results/.
+# `make loadtest`: the gated load test (docs/loadtest.md); results in loadtest-results/.
 LOADTEST_ARGS ?= --users 150 --spawn-rate 25 --duration 5m
 # `make bench`: every bench/ script, each printing its ratio vs. a baseline; the output
 # is kept in bench-results/NAME.txt. Pick some with `make bench BENCHES="dal import"`.

@@ -58,7 +58,7 @@ HISTORY_P95_LIMIT_MS = 5.0
 SEARCH_WORDS = [w for w in WORDS if len(w) > 3]
 #: Pause between one thread's calls: 50 ms, i.e. 20 calls/s per thread, 1,000 calls/s at 50
 #: threads: twice the history reads of 2,000 concurrent chat users in the load test (its
-#: 2,000-user step makes ~1,160 requests/s, 40% of them history reads; issue 5).
+#: 2,000-user step makes ~1,160 requests/s, 40% of them history reads).
 DEFAULT_INTERVAL_MS = 50.0
 THREADS = (1, 10, 50)
 SAMPLE_USERS = "SELECT id::text, clerk_id FROM users WHERE clerk_id IS NOT NULL"
@@ -182,7 +182,7 @@ def load_dataset(settings, dbname: str, messages: int, data_dir: Path | None) ->
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--messages", type=int, default=200_000)
-    ap.add_argument("--full", action="store_true", help="1,000,000 messages (issue 3)")
+    ap.add_argument("--full", action="store_true", help="1,000,000 messages")
     ap.add_argument("--calls", type=int, default=500,
                     help="calls per operation and thread count (default 500)")
     ap.add_argument("--threads", type=int, nargs="+", default=list(THREADS))

@@ -1,6 +1,6 @@
 """Our legacy import vs. the physical limit (a plain COPY of the same rows), same run.
 
-    .venv/bin/python bench/import.py                     # 1,000,000 messages (issue 3)
+    .venv/bin/python bench/import.py                     # 1,000,000 messages
     .venv/bin/python bench/import.py --messages 200000   # a quick run
 
 1. generates a data directory (donnadb.legacy.fixtures, no deviations): ``--messages``
@@ -120,7 +120,7 @@ def truncate(conn) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--messages", type=int, default=1_000_000,
-                    help="messages to generate (default 1,000,000, as in issue 3)")
+                    help="messages to generate (default 1,000,000)")
     ap.add_argument("--chats", type=int, default=None, help="default: --messages / 50")
     ap.add_argument("--users", type=int, default=5000)
     ap.add_argument("--logs", type=int, default=20000)

@@ -39,6 +39,8 @@ HOST_ENV_FILE = Path(os.environ.get("DONNADB_HOST_ENV", "/etc/donnadb/donnadb.en
 BACKUP_ENV_FILE = Path(os.environ.get("DONNADB_BACKUP_ENV", "/etc/donnadb/backup.env"))
 #: Where the deploy keeps generated role passwords (libpq passfile format, 0600).
 DEFAULT_PASSFILE = Path("/etc/donnadb/pgpass")
+#: Where the deploy generates the backup manifests' HMAC key (0600).
+DEFAULT_SIGNING_KEY_FILE = Path("/etc/donnadb/backup-signing.key")
 
 # Role names: the deploy (group_data) and the runtime agree on these defaults.
 ROLE_OWNER = "donna_owner"
@@ -147,7 +149,7 @@ class Settings(BaseSettings):
     #: HMAC key of the manifests (donnadb/backup/signing.py; the deploy generates it,
     #: 0600). A manifest read from S3 is used only when it verifies under this file's
     #: keys: keep a copy with the encryption key, restoring elsewhere needs it.
-    backup_signing_key_file: Path | None = Path("/etc/donnadb/backup-signing.key")
+    backup_signing_key_file: Path | None = DEFAULT_SIGNING_KEY_FILE
     #: `backup check` fails, and `health` warns (backup_age), when the newest good backup
     #: is older. HEALTH_BACKUP_MAX_AGE_HOURS is still read as a deprecated alias.
     backup_max_age_hours: float = Field(

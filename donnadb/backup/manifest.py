@@ -28,9 +28,11 @@ CHUNK = 1024 * 1024
 #: (to the second in ids made before microseconds were added) and a random suffix. Ids
 #: become directory names and S3 keys, so nothing else passes.
 BACKUP_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}([0-9]{6})?Z-[0-9a-f]{4}$")
-#: The one file layout: pg_dump's directory output, flat, under ``dump/`` (``.enc`` when
-#: encrypted). No other directory, no "..", no absolute path, nothing hidden.
-FILE_PATH_RE = re.compile(r"^dump/[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+#: The one directory of a backup's files: pg_dump's directory output.
+DUMP_DIR = "dump"
+#: The one file layout: that output, flat, under ``dump/`` (``.enc`` when encrypted).
+#: No other directory, no "..", no absolute path, nothing hidden.
+FILE_PATH_RE = re.compile(rf"^{DUMP_DIR}/[A-Za-z0-9][A-Za-z0-9._-]{{0,254}}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 

@@ -24,7 +24,7 @@ from donnadb.config import Settings
 
 log = logging.getLogger(__name__)
 
-DUMP_DIR = "dump"
+DUMP_DIR = mf.DUMP_DIR
 SQL_SNAPSHOT_TX = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 SQL_EXPORT_SNAPSHOT = "SELECT pg_export_snapshot()"
 #: Our snapshot connection + pg_dump's leader + one per job.

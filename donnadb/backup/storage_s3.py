@@ -23,6 +23,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 
 from donnadb.backup import manifest as mf
@@ -32,9 +33,6 @@ from donnadb.config import MIB, Settings
 from donnadb.errors import ConfigError, DonnaError, UsageError
 
 log = logging.getLogger(__name__)
-
-#: The one directory of a backup's files (snapshot.DUMP_DIR; the manifest layout).
-DUMP_DIR = "dump"
 
 #: S3's own limits for multipart uploads.
 S3_MIN_PART = 5 * MIB
@@ -259,8 +257,16 @@ class S3Store:
         if manifest.backup_id != backup_id:
             raise BackupCorrupt(f"{where} describes backup {manifest.backup_id}, not "
                                 f"{backup_id}; refusing it")
-        signing.check(manifest, signing.load_keys(self.settings), where=where)
+        signing.check(manifest, self._signing_keys, where=where)
         return manifest
+
+    @cached_property
+    def _signing_keys(self):
+        """Read once per store, not once per manifest a listing fetches.
+
+        :raises ConfigError: the signing key file cannot be read (tried again next time).
+        """
+        return signing.load_keys(self.settings)
 
     def unfinished_uploads(self) -> list[dict]:
         """Multipart uploads under the prefix that were never completed or aborted."""
@@ -309,7 +315,7 @@ class S3Store:
                 return storage_local.resolve(repo, backup_id)
             partial = storage_local.start_partial(repo, backup_id)
             try:
-                os.mkdir(partial / DUMP_DIR, 0o700)
+                os.mkdir(partial / mf.DUMP_DIR, 0o700)
                 for entry in manifest.files:
                     self._download_file(self.key(backup_id, entry.path),
                                         partial / entry.path, entry, progress)

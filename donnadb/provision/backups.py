@@ -37,6 +37,7 @@ from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server
 
+from donnadb import config
 from donnadb.backup import pitr
 from donnadb.errors import ConfigError
 from donnadb.provision import scheduler
@@ -74,7 +75,7 @@ ENV_KEYS = {
     "backup_signing_key_file": "BACKUP_SIGNING_KEY_FILE",
 }
 #: Where the deploy generates the manifest signing key unless group_data says otherwise.
-SIGNING_KEY_FILE = "/etc/donnadb/backup-signing.key"
+SIGNING_KEY_FILE = str(config.DEFAULT_SIGNING_KEY_FILE)
 S3_KEYS = ("bucket", "prefix", "region", "storage_class", "sse", "kms_key_id", "endpoint_url")
 
 
@@ -210,8 +211,8 @@ def install_backups(settings) -> None:
     signing_key = cfg.env["BACKUP_SIGNING_KEY_FILE"]
     files.directory(name=f"Create {posixpath.dirname(signing_key)} (root only)",
                     path=posixpath.dirname(signing_key), user="root", group="root", mode="700")
-    key_file_present(name=f"Generate the manifest signing key {signing_key} (once)",
-                     path=signing_key)
+    made_unless_present(name=f"Generate the manifest signing key {signing_key} (once)",
+                        path=signing_key, command=key_file_command(signing_key))
     files.file(name=f"{signing_key} is root's alone", path=signing_key, user="root",
                group="root", mode="600")
     scheduler.install_jobs(
@@ -223,28 +224,24 @@ def install_backups(settings) -> None:
 
 
 @operation()
-def key_file_present(path: str):
-    """A random 256-bit key (64 hex characters, 0600) at ``path`` unless one is there.
-
-    Made on the host by its own python3, so the key never passes through argv, the
-    deploy's output or this machine; an existing file is never replaced (backups signed
-    with it would no longer verify).
-    """
+def made_unless_present(path: str, command: str):
+    """Run ``command``, which makes ``path``, unless ``path`` already exists."""
     if host.get_fact(File, path=path):
         host.noop(f"{path} exists")
         return
-    quoted, new = shlex.quote(path), shlex.quote(f"{path}.new")
-    yield (f"umask 077 && python3 -c 'import secrets; print(secrets.token_hex(32))' > {new} "
-           f"&& mv {new} {quoted}")
-
-
-@operation()
-def stanza_created(command: str, info: str):
-    """Run ``stanza-create`` unless the repository already has the stanza's backup.info."""
-    if host.get_fact(File, path=info):
-        host.noop(f"stanza exists ({info})")
-        return
     yield command
+
+
+def key_file_command(path: str) -> str:
+    """A random 256-bit key (64 hex characters, 0600) at ``path``.
+
+    Made on the host by its own python3, so the key never passes through argv, the
+    deploy's output or this machine. Run only when no key is there (made_unless_present):
+    backups signed with an existing key would no longer verify if it were replaced.
+    """
+    quoted, new = shlex.quote(path), shlex.quote(f"{path}.new")
+    return (f"umask 077 && python3 -c 'import secrets; print(secrets.token_hex(32))' > {new} "
+            f"&& mv {new} {quoted}")
 
 
 def _install_pgbackrest(cfg: BackupDeploy, settings) -> None:
@@ -274,9 +271,10 @@ def _install_pgbackrest(cfg: BackupDeploy, settings) -> None:
                  commands=[f"pg_ctlcluster {int(cluster.version)} {cluster.name} restart"],
                  _if=archive.did_change)
     stanza = " ".join(shlex.quote(a) for a in engine.command("stanza-create"))
-    stanza_created(name=f"pgBackRest stanza {cfg.pgbackrest_stanza}", command=stanza,
-                   info=posixpath.join(cfg.pgbackrest_repo, "backup", cfg.pgbackrest_stanza,
-                                       "backup.info"))
+    # stanza-create leaves the stanza's backup.info in the repository.
+    made_unless_present(name=f"pgBackRest stanza {cfg.pgbackrest_stanza}", command=stanza,
+                        path=posixpath.join(cfg.pgbackrest_repo, "backup",
+                                            cfg.pgbackrest_stanza, "backup.info"))
 
 
 def pitr_data_dir(settings) -> Path:

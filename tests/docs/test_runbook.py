@@ -15,7 +15,7 @@ throwaway clusters (``$PRIMARY_PORT``, ``$REPLICA_PORT``; never 15/main), droppe
 ``SKIPPED`` and its check (e.g. "CI's ``make test`` runs ``make deploy`` first") is
 asserted instead. Any other fenced block (``console`` ...), or a ``runbook-test`` fence
 indented inside a list item (which the harness would not see), fails
-``test_every_command_block_is_executed``: issue 6 wants every command block run.
+``test_every_command_block_is_executed``: every command block of the runbook is run.
 """
 
 from __future__ import annotations
