@@ -17,8 +17,9 @@ from donnadb import config as _config
 pg_version = 15
 pg_cluster = "main"
 pg_port = 5432
-# Debian packages: the server, contrib (pg_stat_statements) and pg_partman 4.x.
-pg_packages = ["postgresql-15", "postgresql-contrib", "postgresql-15-partman"]
+# Debian packages: the server, contrib (pg_stat_statements), pg_partman 4.x, pgaudit.
+pg_packages = ["postgresql-15", "postgresql-contrib", "postgresql-15-partman",
+               "postgresql-15-pgaudit"]
 # apt-get update only when something must be installed and the lists are older than this.
 pg_apt_cache_time = 86400
 # Where the server listens for TCP. "localhost" keeps it off the network; a server the
@@ -26,9 +27,20 @@ pg_apt_cache_time = 86400
 pg_listen_addresses = "localhost"
 # Client networks allowed over TCP (scram-sha-256 only). Add the app servers' subnet.
 pg_hba_networks = ["127.0.0.1/32", "::1/128"]
+# Role kinds that may connect over TCP only from this host (loopback), then `reject`
+# from anywhere, pg_hba_networks included: the migrator and backup role run here, and
+# the application reaches the database through PgBouncer (which runs here too).
+pg_hba_local_only_kinds = ["migrator", "backup", "app"]
+# Networks from which the application role may still connect directly, bypassing
+# PgBouncer (e.g. ["10.0.2.0/24"] for app servers with a pool of their own). Empty: none.
+pg_app_direct_networks = []
 # Direct connections: PgBouncer multiplexes the application's clients onto a few server
 # connections, so this only needs room for the pool, migrations, backups and operators.
 pg_max_connections = 200
+# pgaudit's statement classes written to the server log (AUDIT: lines): role changes
+# (CREATE/ALTER/DROP ROLE, GRANT, REVOKE) and DDL. Bind values are never logged
+# (pgaudit.log_parameter is off). "none" keeps the library loaded but silent.
+pg_audit_log = "role, ddl"
 # Statements slower than this are logged with their duration (ms); -1 turns it off.
 pg_log_min_duration_statement_ms = 250
 # pg_partman's background worker premakes the system_logs partitions.
@@ -101,7 +113,9 @@ db_role_backup = _config.ROLE_BACKUP  # LOGIN, what pg_dump needs
 # Most connections each LOGIN role may hold at once (-1: no limit).
 pg_role_connection_limits = {
     "migrator": 5,
-    "app": -1,
+    # PgBouncer holds at most pgbouncer_max_db_connections (60) of these; the rest is
+    # room for a pool-less tool. Beyond it a runaway client gets an error, not the server.
+    "app": 100,
     "readonly": 20,
     "backup": 5,
 }
@@ -122,15 +136,25 @@ db_host = "127.0.0.1"
 db_name = "donna"
 # Generated role passwords (libpq passfile, 0600 root, directory 0700).
 db_passfile = "/etc/donnadb/pgpass"
+# Consumers of the database: each OS user gets its own passfile
+# (<db_passfile dir>/pgpass.d/<user>, 0600, its own) holding only these role kinds, so
+# reading one consumer's credential never gives another's. donna-ops runs the
+# scheduled ops jobs (partitions: migrator, retention: app, metrics: readonly); point
+# the application's service at DB_PASSFILE=/etc/donnadb/pgpass.d/donna-app.
+db_consumers = {
+    "donna-app": ["app"],
+    "donna-ops": ["readonly", "app", "migrator"],
+}
 # Written from this file; donnactl and the application read it (donnadb/config.py).
 donnadb_env_file = "/etc/donnadb/donnadb.env"
 # Extra NAME=value lines for donnadb.env (e.g. {"DATA_STORAGE_TYPE": "postgresql"}).
 donnadb_env_extra = {}
 # Where helper scripts and rendered SQL are kept on the host (root only).
 donnadb_lib_dir = "/usr/local/lib/donnadb"
-# The checkout (with its .venv) that runs `donnactl migrate` on the host. None: the
-# checkout running the deploy, which is right for @local; see docs/deploy.md for SSH.
-donnadb_checkout = None
+# Where the deploy installs the code the host runs (root-owned, 0755): venv/ (a wheel
+# built from the checkout running the deploy), schema/migrations/, bin/donna-backup.
+# Jobs never run code from a checkout; /usr/local/bin/donnactl links to venv/bin.
+donnadb_install_dir = "/opt/donnadb"
 
 
 # --- Backups (donnadb/provision/backups.py -> /etc/donnadb/backup.env) ---------------
@@ -197,8 +221,12 @@ pgbouncer_max_client_conn = 2000
 # Server connections per database, all users together: stays under pg_max_connections.
 pgbouncer_max_db_connections = 60
 pgbouncer_server_idle_timeout = 600
-# A client waiting longer than this for a server connection gets an error.
-pgbouncer_query_wait_timeout = 120
+# A client waiting longer than this (s) for a server connection gets an error instead of
+# hanging: with transaction pooling the wait is normally milliseconds.
+pgbouncer_query_wait_timeout = 30
+# A client idle inside a transaction this long (s) is disconnected: it holds one of the
+# few server connections. Matches the app role's idle_in_transaction_session_timeout.
+pgbouncer_idle_transaction_timeout = 60
 # Serve every other database of the server too ("*" entry): scratch and restored
 # databases; each database's bootstrap installs the lookup (provision/bootstrap.py).
 pgbouncer_fallback_database = True

@@ -4,8 +4,8 @@
 
 Each host is ``(address, data)``: ``ssh_*`` keys configure pyinfra's SSH connector,
 any other key overrides group_data/all.py for that host. The deploy runs as root
-(or with ``_sudo=True``); `donnactl migrate` needs this repository and its .venv on
-the server at ``donnadb_checkout`` (see docs/deploy.md).
+(or with ``_sudo=True``); it ships the code the server runs (a wheel built from this
+checkout) into ``donnadb_install_dir`` (see docs/deploy.md).
 """
 
 db_servers = [
@@ -17,8 +17,6 @@ db_servers = [
             # Listen on the private address too and let the app servers' subnet in.
             "pg_listen_addresses": "localhost,10.0.1.10",
             "pg_hba_networks": ["127.0.0.1/32", "::1/128", "10.0.2.0/24"],
-            # Where `git clone` + `make venv` put the checkout on the server.
-            "donnadb_checkout": "/opt/donnadb",
         },
     ),
 ]

@@ -3,8 +3,8 @@
 The schedule is systemd timers (daily snapshot, daily prune, weekly ``verify
 --restore`` drill, hourly freshness check). The unit files are always installed; they
 are enabled only where systemd is PID 1. Elsewhere (containers, CI) the same jobs go
-to /etc/cron.d/donna-backup. Every job runs ``backups/donna-backup JOB`` from the
-checkout, which calls ``donnactl backup ...``.
+to /etc/cron.d/donna-backup. Every job runs ``<donnadb_install_dir>/bin/donna-backup
+JOB`` (shipped by provision/install.py), which calls ``donnactl backup ...``.
 
 pgBackRest is always installed (the restore drills and PITR tests need it); it is
 configured only with ``pgbackrest_enabled``: pgbackrest.conf, a repository, WAL
@@ -40,7 +40,7 @@ from pyinfra.operations import apt, files, server
 from donnadb import config
 from donnadb.backup import pitr
 from donnadb.errors import ConfigError
-from donnadb.provision import scheduler
+from donnadb.provision import consumers, install, scheduler
 
 #: job -> (systemd OnCalendar, cron schedule, what it does)
 DEFAULT_SCHEDULE = {
@@ -85,7 +85,7 @@ class BackupDeploy:
     env_file: str
     env: dict[str, str]
     schedule: dict[str, tuple[str, str, str]]
-    checkout: str
+    script: str
     unit_dir: str = UNIT_DIR
     unit_prefix: str = UNIT_PREFIX
     cron_file: str = CRON_FILE
@@ -97,7 +97,7 @@ class BackupDeploy:
     pgbackrest_retention_diff: int = 6
 
 
-def load_backup_deploy(data: Any, checkout: str) -> BackupDeploy:
+def load_backup_deploy(data: Any, script: str) -> BackupDeploy:
     """Backup settings from ``host.data``; unset ones keep the runtime defaults.
 
     :raises ConfigError: a schedule or S3 entry is malformed (the message names it).
@@ -132,7 +132,7 @@ def load_backup_deploy(data: Any, checkout: str) -> BackupDeploy:
     cfg = BackupDeploy(
         repo_dir=data.get("backup_repo_dir") or "/var/backups/donna",
         env_file=data.get("backup_env_file") or "/etc/donnadb/backup.env",
-        env=env, schedule=schedule, checkout=checkout, pgbackrest=pgbackrest,
+        env=env, schedule=schedule, script=script, pgbackrest=pgbackrest,
         unit_dir=data.get("backup_unit_dir") or UNIT_DIR,
         unit_prefix=data.get("backup_unit_prefix") or UNIT_PREFIX,
         cron_file=data.get("backup_cron_file") or CRON_FILE, **extra,
@@ -151,21 +151,32 @@ def env_text(cfg: BackupDeploy) -> str:
     return "\n".join(lines) + "\n"
 
 
+def writable_paths(cfg: BackupDeploy) -> list[str]:
+    """What a backup job writes; the rest of the system is read-only to it.
+
+    Still root: the restore drill creates its scratch database as the postgres
+    superuser (peer authentication through runuser) and pgBackRest runs as postgres.
+    """
+    paths = [cfg.repo_dir, "/var/log/donnadb", "/run/lock", "/run/postgresql"]
+    if cfg.pgbackrest:
+        paths += [cfg.pgbackrest_repo, "-/var/log/pgbackrest", "-/var/spool/pgbackrest"]
+    return paths
+
+
 def service_unit(cfg: BackupDeploy, job: str) -> str:
-    script = posixpath.join(cfg.checkout, "backups", "donna-backup")
     return f"""# Managed by the donnadb deploy.
 [Unit]
 Description={cfg.schedule[job][2]}
 After=postgresql.service network-online.target
 Wants=network-online.target
-
+{scheduler.on_failure()}
 [Service]
 Type=oneshot
 UMask=0077
 Nice=10
 IOSchedulingClass=best-effort
 IOSchedulingPriority=7
-ExecStart={script} {job}
+{scheduler.hardening(read_write=writable_paths(cfg))}ExecStart={cfg.script} {job}
 """
 
 
@@ -185,32 +196,31 @@ WantedBy=timers.target
 
 
 def cron_text(cfg: BackupDeploy) -> str:
-    script = posixpath.join(cfg.checkout, "backups", "donna-backup")
     lines = ["# Managed by the donnadb deploy: used where systemd is not running.",
              "SHELL=/bin/sh", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
     for job, (_, cron, what) in cfg.schedule.items():
         lines.append(f"# {what}")
-        lines.append(f"{cron} root {script} {job} >>/var/log/donna-backup.log 2>&1")
+        lines.append(f"{cron} root {cfg.script} {job} >>/var/log/donna-backup.log 2>&1")
     return "\n".join(lines) + "\n"
 
 
 @deploy("Install backups")
 def install_backups(settings) -> None:
     """Repository (0700), settings file (0600), timers or cron jobs for every job."""
-    cfg = load_backup_deploy(host.data, settings.donnadb_checkout)
+    cfg = load_backup_deploy(host.data, install.backup_script(settings))
     apt.packages(name="Install pgBackRest", packages=["pgbackrest"],
                  update=host.get_fact(DebPackages).get("pgbackrest") is None)
     if cfg.pgbackrest:
         _install_pgbackrest(cfg, settings)
     files.directory(name=f"Backup repository {cfg.repo_dir} (root only)", path=cfg.repo_dir,
                     user="root", group="root", mode="700")
-    files.directory(name=f"Create {posixpath.dirname(cfg.env_file)} (root only)",
-                    path=posixpath.dirname(cfg.env_file), user="root", group="root", mode="700")
+    consumers.settings_dir(f"Create {posixpath.dirname(cfg.env_file)}",
+                           posixpath.dirname(cfg.env_file))
     files.put(name=f"Write {cfg.env_file}", src=StringIO(env_text(cfg)), dest=cfg.env_file,
-              user="root", group="root", mode="600")
+              user="root", group=consumers.GROUP, mode="640")
     signing_key = cfg.env["BACKUP_SIGNING_KEY_FILE"]
-    files.directory(name=f"Create {posixpath.dirname(signing_key)} (root only)",
-                    path=posixpath.dirname(signing_key), user="root", group="root", mode="700")
+    consumers.settings_dir(f"Create {posixpath.dirname(signing_key)}",
+                           posixpath.dirname(signing_key))
     made_unless_present(name=f"Generate the manifest signing key {signing_key} (once)",
                         path=signing_key, command=key_file_command(signing_key))
     files.file(name=f"{signing_key} is root's alone", path=signing_key, user="root",

@@ -8,6 +8,7 @@ from pathlib import Path
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
+from donnadb.provision import consumers
 from donnadb.provision.settings import DeploySettings
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -15,9 +16,9 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 @deploy("Host settings file")
 def write_env_file(settings: DeploySettings) -> None:
-    files.directory(name=f"Create {posixpath.dirname(settings.donnadb_env_file)} (root only)",
-                    path=posixpath.dirname(settings.donnadb_env_file),
-                    user="root", group="root", mode="700")
+    directory = posixpath.dirname(settings.donnadb_env_file)
+    consumers.settings_dir(f"Create {directory}", directory)
+    # No secret inside; the consumers (the donnadb group) read it, nobody else.
     files.template(name=f"Write {settings.donnadb_env_file}",
                    src=str(TEMPLATES / "donnadb.env.j2"), dest=settings.donnadb_env_file,
-                   user="root", group="root", mode="600", cfg=settings)
+                   user="root", group=consumers.GROUP, mode="640", cfg=settings)

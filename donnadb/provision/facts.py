@@ -177,7 +177,7 @@ class StalePasswords(FactBase):
 
 
 class PendingMigrations(FactBase):
-    """``donnactl migrate status --json``'s pending list; None when the CLI lacks it.
+    """``donnactl migrate status --json``'s pending list; None before the code is installed.
 
     A failing status (e.g. an applied migration was edited) fails the fact and the host:
     the deploy must stop there rather than skip the schema.
@@ -185,10 +185,11 @@ class PendingMigrations(FactBase):
 
     ABSENT = "#donnadb:no-migrate-cli"
 
-    def command(self, donnactl) -> str:
+    def command(self, donnactl, schema_dir) -> str:
         return (
-            f"cd / && if [ -x {donnactl} ] && {donnactl} migrate --help >/dev/null 2>&1; "
-            f"then {donnactl} migrate status --json; else echo '{self.ABSENT}'; fi"
+            f"cd / && if [ -x {donnactl} ] && [ -d {schema_dir} ]; "
+            f"then SCHEMA_DIR={schema_dir} {donnactl} migrate status --json; "
+            f"else echo '{self.ABSENT}'; fi"
         )
 
     def process(self, output):

@@ -1,4 +1,12 @@
-"""pg_hba.conf: scram-sha-256 everywhere but the postgres superuser's peer entries."""
+"""pg_hba.conf: scram-sha-256 everywhere but the postgres superuser's peer entries.
+
+Roles that only ever connect from the database host itself (the migrator, the backup
+role, PgBouncer's lookup role and the application role, which PgBouncer pools) get
+loopback lines and then an explicit ``reject`` from anywhere else, so their passwords
+are useless from another machine even inside ``pg_hba_networks``. The application may
+be let in directly from listed networks (``pg_app_direct_networks``), e.g. while an
+app server has no PgBouncer in front of it.
+"""
 
 from __future__ import annotations
 
@@ -24,4 +32,15 @@ def configure_hba(settings: DeploySettings) -> OperationMeta:
         group="postgres",
         mode="640",
         networks=list(settings.pg_hba_networks),
+        local_only=local_only_roles(settings),
+        app=settings.role("app"),
+        app_direct_networks=list(settings.pg_app_direct_networks),
     )
+
+
+def local_only_roles(settings: DeploySettings) -> list[str]:
+    """The roles that get loopback lines and then ``reject`` (names, not kinds)."""
+    names = [settings.role(kind) for kind in settings.pg_hba_local_only_kinds]
+    if "app" in settings.pg_hba_local_only_kinds or settings.pg_app_direct_networks:
+        names.append(settings.pgbouncer_auth_user)
+    return list(dict.fromkeys(names))

@@ -4,8 +4,10 @@ Like the backup jobs (provision/backups.py): systemd service + timer files are a
 installed under /etc/systemd/system; they are enabled only where systemd is PID 1.
 Elsewhere (containers, CI) the same jobs go to /etc/cron.d/donna-ops, each run under
 ``flock -n`` so a slow run is skipped rather than stacked. Every job runs the
-checkout's ``.venv/bin/donnactl``, which reads /etc/donnadb/donnadb.env itself and
-logs one JSON line per run (OPS_LOG_FILE).
+installed ``donnactl`` (provision/install.py) as the ``donna-ops`` system user with
+its own passfile (provision/consumers.py), never as root; the units add systemd's
+sandboxing and a failure report. donnactl reads /etc/donnadb/donnadb.env itself and
+logs one JSON line per run to the user's own OPS_LOG_FILE.
 
 Settings (group_data/all.py): ``ops_schedule`` (job -> (OnCalendar, cron) or None to
 leave a job out), ``ops_env`` (thresholds and paths, written to donnadb.env by
@@ -25,7 +27,7 @@ from pyinfra.operations import files
 
 from donnadb import config
 from donnadb.errors import ConfigError
-from donnadb.provision import scheduler
+from donnadb.provision import consumers, install, scheduler
 from donnadb.provision.settings import DeploySettings
 
 
@@ -53,7 +55,12 @@ DEFAULT_JOBS = {
 }
 UNIT_DIR = "/etc/systemd/system"
 CRON_FILE = "/etc/cron.d/donna-ops"
-CRON_LOG = "/var/log/donnadb/ops-cron.log"
+#: The jobs' system user: a consumer (group_data db_consumers) like the application.
+OPS_USER = "donna-ops"
+LOG_DIR = "/var/log/donnadb"
+CRON_LOG = f"{LOG_DIR}/{OPS_USER}-cron.log"
+#: The jobs' JSON run log (OPS_LOG_FILE), apart from root's donnactl.jsonl.
+JOB_LOG = f"{LOG_DIR}/{OPS_USER}.jsonl"
 PREFIX = "donna-ops-"
 
 
@@ -82,26 +89,31 @@ def load_jobs(data: Any) -> tuple[dict[str, Job], list[str]]:
     return jobs, dropped
 
 
-def donnactl(settings: DeploySettings) -> str:
-    return posixpath.join(settings.donnadb_checkout, ".venv", "bin", "donnactl")
+def job_environment(settings: DeploySettings) -> dict[str, str]:
+    """What the jobs' user needs besides donnadb.env: its passfile, its log, the
+    migrations shipped with the code (status compares against them)."""
+    return {"DB_PASSFILE": consumers.passfile_of(settings, OPS_USER),
+            "OPS_LOG_FILE": JOB_LOG, "SCHEMA_DIR": install.schema_dir(settings)}
 
 
 def command(settings: DeploySettings, job: Job) -> str:
-    return " ".join(shlex.quote(a) for a in (donnactl(settings), *job.args))
+    return " ".join(shlex.quote(a) for a in (install.donnactl_path(settings), *job.args))
 
 
 def service_unit(settings: DeploySettings, job: Job) -> str:
+    sandbox = scheduler.hardening(read_write=[textfile_dir(settings), LOG_DIR], user=OPS_USER,
+                                  environment=job_environment(settings))
     return f"""# Managed by the donnadb deploy (group_data ops_schedule).
 [Unit]
 Description={job.what}
 After=postgresql.service
-
+{scheduler.on_failure()}
 [Service]
 Type=oneshot
 UMask=0077
 Nice=10
 WorkingDirectory=/
-ExecStart={command(settings, job)}
+{sandbox}ExecStart={command(settings, job)}
 """
 
 
@@ -124,11 +136,12 @@ WantedBy=timers.target
 def cron_text(settings: DeploySettings, jobs: dict[str, Job]) -> str:
     lines = ["# Managed by the donnadb deploy: used where systemd is not running.",
              "SHELL=/bin/sh", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
+    lines += [f"{k}={v}" for k, v in sorted(job_environment(settings).items())]
     for job in jobs.values():
         lock = f"/run/lock/{PREFIX}{job.name}.lock"
         lines.append(f"# {job.what}")
-        lines.append(f"{job.cron} root cd / && flock -n {lock} {command(settings, job)} "
-                     f">>{CRON_LOG} 2>&1")
+        lines.append(f"{job.cron} {OPS_USER} cd / && flock -n {lock} "
+                     f"{command(settings, job)} >>{CRON_LOG} 2>&1")
     return "\n".join(lines) + "\n"
 
 
@@ -146,13 +159,23 @@ def install_ops_jobs(settings: DeploySettings) -> None:
     :raises ConfigError: group_data ops_schedule is malformed.
     """
     jobs, dropped = load_jobs(host.data)
-    log_dir = posixpath.dirname(CRON_LOG)
-    files.directory(name=f"Create {log_dir} (root only)", path=log_dir, user="root",
-                    group="root", mode="700")
+    if OPS_USER not in settings.db_consumers:
+        raise ConfigError(f"group_data db_consumers must keep {OPS_USER!r}: the ops jobs "
+                          "run as that user with its own passfile")
+    # Enter-only for others: each file inside is its writer's alone.
+    files.directory(name=f"Create {LOG_DIR}", path=LOG_DIR, user="root", group="root",
+                    mode="711")
+    # Where the jobs logged while they ran as root.
+    files.file(name="Remove the former root-run cron log", path=f"{LOG_DIR}/ops-cron.log",
+               present=False)
+    for path in (CRON_LOG, JOB_LOG):
+        files.file(name=f"{path} is {OPS_USER}'s", path=path, user=OPS_USER, group=OPS_USER,
+                   mode="600")
     if "metrics" in jobs:
         # node_exporter (its own user) reads the textfile: the directory is not secret.
         files.directory(name=f"Create the metrics textfile directory {textfile_dir(settings)}",
-                        path=textfile_dir(settings), user="root", group="root", mode="755")
+                        path=textfile_dir(settings), user=OPS_USER, group=OPS_USER,
+                        mode="755")
     scheduler.install_jobs(
         label="ops", prefix=PREFIX, unit_dir=UNIT_DIR,
         units={j.name: (service_unit(settings, j), timer_unit(j)) for j in jobs.values()},

@@ -16,6 +16,7 @@ from pyinfra import host
 from pyinfra.api import deploy, operation
 from pyinfra.operations import files
 
+from donnadb.provision import consumers
 from donnadb.provision.facts import PassfileRoles, StalePasswords
 from donnadb.provision.settings import DeploySettings
 
@@ -62,8 +63,7 @@ def converge_passwords(settings: DeploySettings) -> None:
     # Earlier versions uploaded the same helper as pgsecrets.py.
     files.file(name="Remove the helper's former copy",
                path=f"{settings.donnadb_lib_dir}/pgsecrets.py", present=False)
-    files.directory(name=f"Create {posixpath.dirname(passfile)} (root only)",
-                    path=posixpath.dirname(passfile), user="root", group="root", mode="700")
+    consumers.settings_dir(f"Create {posixpath.dirname(passfile)}", posixpath.dirname(passfile))
     passfile_has_roles(name="Generate missing role passwords on the host",
                        helper=helper, passfile=passfile, role_names=roles)
     files.file(name=f"Keep {passfile} root-only (0600)", path=passfile,
@@ -71,3 +71,4 @@ def converge_passwords(settings: DeploySettings) -> None:
     passwords_applied(name="Apply role passwords (SCRAM verifiers) where they differ",
                       helper=helper, passfile=passfile, port=settings.pg_port,
                       role_names=roles)
+    consumers.share_passfiles(settings, helper)

@@ -68,7 +68,8 @@ DEFAULTS: dict[str, Any] = {
     "pgbouncer_max_client_conn": 2000,
     "pgbouncer_max_db_connections": 60,
     "pgbouncer_server_idle_timeout": 600,
-    "pgbouncer_query_wait_timeout": 120,
+    "pgbouncer_query_wait_timeout": 30,
+    "pgbouncer_idle_transaction_timeout": 60,
     "pgbouncer_fallback_database": True,
 }
 
@@ -91,6 +92,7 @@ class PgBouncerSettings:
     max_db_connections: int
     server_idle_timeout: int
     query_wait_timeout: int
+    idle_transaction_timeout: int
     fallback_database: bool
     db_name: str
     server_host: str
@@ -135,7 +137,7 @@ def load_pgbouncer_settings(data: Any, settings: DeploySettings) -> PgBouncerSet
     ints = {k: int(get(f"pgbouncer_{k}")) for k in (
         "auth_user_connlimit", "default_pool_size", "min_pool_size", "reserve_pool_size",
         "reserve_pool_timeout", "max_client_conn", "max_db_connections",
-        "server_idle_timeout", "query_wait_timeout")}
+        "server_idle_timeout", "query_wait_timeout", "idle_transaction_timeout")}
     if ints["default_pool_size"] < 1 or ints["max_client_conn"] < 1:
         raise ConfigError("group_data pgbouncer_default_pool_size and "
                           "pgbouncer_max_client_conn must be at least 1")

@@ -22,6 +22,17 @@ from donnadb.provision.facts import SystemdRunning
 from donnadb.provision.settings import DeploySettings
 
 CRON_PACKAGE = "cron"
+#: Started by every job's OnFailure=: one line in the journal/syslog naming the unit.
+FAILURE_UNIT = "donna-job-failed@.service"
+FAILURE_UNIT_TEXT = """# Managed by the donnadb deploy: OnFailure= of every donnadb job.
+[Unit]
+Description=Report the failure of %i
+
+[Service]
+Type=oneshot
+User=nobody
+ExecStart=/usr/bin/logger --tag donnadb-jobs --priority daemon.err "%i failed; see journalctl -u %i"
+"""
 #: Where systemd (PID 1) loads system units from: the administrator's, then the runtime one.
 SYSTEMD_UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system")
 # pidof exits 1 when no cron runs; the echo turns that into a value, not a failed fact.
@@ -47,6 +58,27 @@ def ensure_cron(settings: DeploySettings) -> None:
                  update=CRON_PACKAGE not in installed,
                  cache_time=settings.pg_apt_cache_time)
     cron_started(name="Start cron (systemd is not running)")
+
+
+def hardening(*, read_write: list[str], user: str | None = None,
+              environment: dict[str, str] | None = None) -> str:
+    """The [Service] lines every scheduled job gets: no privilege gain, a read-only
+    system except ``read_write`` (a leading ``-`` marks a path that may be absent),
+    a private /tmp, and a failure report (:data:`FAILURE_UNIT`).
+    """
+    lines = [f"User={user}"] if user else []
+    lines += [f"Environment={k}={v}" for k, v in sorted((environment or {}).items())]
+    lines += ["NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=read-only",
+              "PrivateTmp=yes", "PrivateDevices=yes", "ProtectKernelTunables=yes",
+              "ProtectKernelModules=yes", "ProtectControlGroups=yes",
+              "RestrictSUIDSGID=yes", "LockPersonality=yes",
+              f"ReadWritePaths={' '.join(read_write)}"]
+    return "\n".join(lines) + "\n"
+
+
+def on_failure() -> str:
+    """The [Unit] line that reports a failed job."""
+    return f"OnFailure={FAILURE_UNIT.replace('@', '@%n')}\n"
 
 
 def _check_calendars(label: str, units: dict[str, tuple[str, str]]) -> None:
@@ -95,7 +127,9 @@ def install_jobs(
                           f"{', '.join(SYSTEMD_UNIT_DIRS)}")
     if systemd_runs:
         _check_calendars(label, units)
-    changed = []
+    changed = [files.put(name=f"Install {FAILURE_UNIT}", src=StringIO(FAILURE_UNIT_TEXT),
+                         dest=f"{unit_dir}/{FAILURE_UNIT}", user="root", group="root",
+                         mode="644")]
     timers = {}
     for job, texts in units.items():
         for kind, text in zip(("service", "timer"), texts, strict=True):

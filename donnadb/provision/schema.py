@@ -1,32 +1,28 @@
 """The schema: `donnactl migrate apply`, only when `migrate status --json` lists pending.
 
-donnactl runs on the target host from the checkout's virtualenv (group_data
-``donnadb_checkout``; for @local, the checkout running the deploy), as root, reading
-/etc/donnadb/donnadb.env and the passfile; it connects as the migrator role.
+donnactl runs on the target host from the code the deploy installed there
+(provision/install.py), with the migrations shipped beside it (SCHEMA_DIR), as root,
+reading /etc/donnadb/donnadb.env and the passfile; it connects as the migrator role.
 """
 
 from __future__ import annotations
 
-from pyinfra import host, logger
+from pyinfra import host
 from pyinfra.api import deploy, operation
 
+from donnadb.provision import install
 from donnadb.provision.facts import PendingMigrations
 from donnadb.provision.settings import DeploySettings
 
 
-def donnactl_path(settings: DeploySettings) -> str:
-    return f"{settings.donnadb_checkout}/.venv/bin/donnactl"
-
-
 @operation()
-def migrations_applied(donnactl: str):
-    pending = host.get_fact(PendingMigrations, donnactl=donnactl)
-    if pending is None:
-        logger.warning(f"{donnactl} has no `migrate` command: schema not applied")
-        host.noop("donnactl migrate is not available")
-    elif pending:
+def migrations_applied(donnactl: str, schema_dir: str):
+    pending = host.get_fact(PendingMigrations, donnactl=donnactl, schema_dir=schema_dir)
+    if pending is None or pending:
+        # None: the code is installed by this very run (a fresh host), so nothing could
+        # be asked before; `migrate apply` with nothing pending changes nothing.
         # cd /: a .env in the caller's directory must not redirect the migrations.
-        yield f"cd / && {donnactl} migrate apply"
+        yield f"cd / && SCHEMA_DIR={schema_dir} {donnactl} migrate apply"
     else:
         host.noop("no pending migrations")
 
@@ -34,4 +30,5 @@ def migrations_applied(donnactl: str):
 @deploy("Schema")
 def apply_schema(settings: DeploySettings) -> None:
     migrations_applied(name="Apply pending schema migrations (donnactl migrate apply)",
-                       donnactl=donnactl_path(settings))
+                       donnactl=install.donnactl_path(settings),
+                       schema_dir=install.schema_dir(settings))

@@ -70,6 +70,7 @@ class DeploySettings:
     donnadb_env_file: str
     donnadb_env_extra: dict[str, str]
     donnadb_lib_dir: str
+    #: The source tree the deploy ships (the checkout running it); not a setting.
     donnadb_checkout: str
     formulas: dict[str, Any] = field(repr=False)
     #: PgBouncer: the app role's default path (PGBOUNCER_PORT in donnadb.env); every
@@ -78,6 +79,16 @@ class DeploySettings:
     pgbouncer_auth_user: str = bootstrap.AUTH_USER
     pgbouncer_auth_user_connlimit: int = bootstrap.AUTH_USER_CONNLIMIT
     pgbouncer_lookup_kinds: tuple[str, ...] = bootstrap.LOOKUP_KINDS
+    #: pgaudit.log: the statement classes audited (provision/tuning.py writes it).
+    pg_audit_log: str = "role, ddl"
+    #: Role kinds allowed over TCP from loopback only (provision/hba.py).
+    pg_hba_local_only_kinds: tuple[str, ...] = ("migrator", "backup", "app")
+    #: Networks the application role may still connect from directly, bypassing PgBouncer.
+    pg_app_direct_networks: tuple[str, ...] = ()
+    #: OS user -> the role kinds its own passfile holds (provision/consumers.py).
+    db_consumers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Root-owned home of the shipped code: venv/, schema/migrations/, bin/ (install.py).
+    donnadb_install_dir: str = "/opt/donnadb"
     #: group_data ops_env: more NAME=value lines for donnadb.env (config.Settings fields).
     ops_env: dict[str, str] = field(default_factory=dict)
 
@@ -181,7 +192,14 @@ def load_deploy_settings(data: Any) -> DeploySettings:
                 f"group_data {name} must be a function (memory_mb, cpus, max_connections)"
             )
         formulas[name] = fn
-    checkout = data.get("donnadb_checkout") or str(CHECKOUT)
+    if data.get("donnadb_checkout"):
+        raise ConfigError("group_data donnadb_checkout is no longer used: the deploy ships "
+                          "its own checkout's code to donnadb_install_dir; remove it")
+    consumers = _consumers(data.get("db_consumers") or {})
+    install_dir = str(data.get("donnadb_install_dir") or "/opt/donnadb")
+    if not install_dir.startswith("/") or ".." in install_dir.split("/"):
+        raise ConfigError(f"group_data donnadb_install_dir={install_dir!r} must be an "
+                          "absolute path without '..'")
     bgw_role = data.get("pg_partman_bgw_role") or names["migrator"]
     env_extra = data.get("donnadb_env_extra") or {}
     lookup_kinds = tuple(data.get("pgbouncer_lookup_kinds") or bootstrap.LOOKUP_KINDS)
@@ -215,7 +233,14 @@ def load_deploy_settings(data: Any) -> DeploySettings:
         donnadb_env_file=str(get("donnadb_env_file")),
         donnadb_env_extra={str(k): str(v) for k, v in env_extra.items()},
         donnadb_lib_dir=str(get("donnadb_lib_dir")),
-        donnadb_checkout=checkout,
+        donnadb_checkout=str(CHECKOUT),
+        donnadb_install_dir=install_dir.rstrip("/") or "/",
+        db_consumers=consumers,
+        pg_audit_log=_audit_classes(data.get("pg_audit_log")),
+        pg_hba_local_only_kinds=_kinds("pg_hba_local_only_kinds",
+                                       data.get("pg_hba_local_only_kinds"),
+                                       ("migrator", "backup", "app")),
+        pg_app_direct_networks=tuple(str(n) for n in data.get("pg_app_direct_networks") or ()),
         formulas=formulas,
         pgbouncer_port=pgbouncer_port,
         pgbouncer_auth_user=_ident("pgbouncer_auth_user",
@@ -225,6 +250,49 @@ def load_deploy_settings(data: Any) -> DeploySettings:
         pgbouncer_lookup_kinds=lookup_kinds,
         ops_env=ops_env,
     )
+
+
+#: pgaudit.log classes (pgaudit's README).
+AUDIT_CLASSES = ("read", "write", "function", "role", "ddl", "misc", "misc_set", "all", "none")
+
+
+def _audit_classes(value: Any) -> str:
+    text = "role, ddl" if value is None else str(value)
+    classes = [c.strip().lstrip("-") for c in text.split(",") if c.strip()]
+    bad = [c for c in classes if c not in AUDIT_CLASSES]
+    if bad or not classes:
+        raise ConfigError(f"group_data pg_audit_log={text!r}: use a comma-separated list of "
+                          f"{', '.join(AUDIT_CLASSES)}")
+    return ", ".join(c.strip() for c in text.split(",") if c.strip())
+
+
+def _kinds(what: str, value: Any, default: tuple[str, ...]) -> tuple[str, ...]:
+    kinds = tuple(default if value is None else value)
+    unknown = [k for k in kinds if k not in LOGIN_KINDS]
+    if unknown:
+        raise ConfigError(f"group_data {what}: unknown role kind {unknown[0]!r}; "
+                          f"use {', '.join(LOGIN_KINDS)}")
+    return kinds
+
+
+#: A system user name as Debian's adduser accepts it.
+OS_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+def _consumers(value: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    """group_data db_consumers, checked: ``{os_user: (role kind, ...)}``."""
+    consumers = {}
+    for user, kinds in value.items():
+        if not isinstance(user, str) or not OS_USER_RE.match(user) or user == "root":
+            raise ConfigError(f"group_data db_consumers: {user!r} is not a system user name "
+                              "for a consumer (a-z, 0-9, _ and -; not root)")
+        kinds = tuple(kinds or ())
+        unknown = [k for k in kinds if k not in LOGIN_KINDS]
+        if unknown or not kinds:
+            raise ConfigError(f"group_data db_consumers[{user!r}] must list login role kinds "
+                              f"from {', '.join(LOGIN_KINDS)}")
+        consumers[user] = kinds
+    return consumers
 
 
 def _env_lines(what: str, values: dict[str, Any]) -> dict[str, str]:

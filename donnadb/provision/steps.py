@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from donnadb.provision import (
     backups,
+    consumers,
     database,
     envfile,
     hba,
+    install,
     opsjobs,
     packages,
     passwords,
@@ -27,9 +29,11 @@ from donnadb.provision.settings import DeploySettings
 
 
 def converge_postgresql(settings: DeploySettings) -> None:
-    """Packages, postgresql.conf, pg_hba.conf, the service, roles, passwords, database
-    (with PgBouncer's lookup), donnadb.env and the schema migrations."""
+    """Packages, the shipped code, postgresql.conf, pg_hba.conf, the service, roles,
+    passwords, database (with PgBouncer's lookup), donnadb.env and the schema migrations."""
     packages.install_postgresql(settings)
+    install.install_code(settings)
+    consumers.create_users(settings)
     conf = tuning.configure_postgresql(settings)
     access = hba.configure_hba(settings)
     service.ensure_running(settings, restart_if=conf.did_change, reload_if=access.did_change)

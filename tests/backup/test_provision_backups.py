@@ -37,9 +37,19 @@ def test_defaults_and_overrides():
     assert set(cfg.schedule) == {"snapshot", "prune", "verify", "check"}
     text = env_text(cfg)
     assert "BACKUP_KEEP_LAST=3\n" in text and "AWS_SECRET" not in text
-    assert "ExecStart=/srv/x/backups/donna-backup verify\n" in service_unit(cfg, "verify")
+    assert "ExecStart=/srv/x verify\n" in service_unit(cfg, "verify")
     assert "OnCalendar=Sun *-*-* 04:00:00\n" in timer_unit(cfg, "verify")
-    assert "0 4 * * 0 root /srv/x/backups/donna-backup verify" in cron_text(cfg)
+    assert "0 4 * * 0 root /srv/x verify" in cron_text(cfg)
+
+
+def test_backup_units_are_sandboxed_and_report_failure():
+    cfg = load_backup_deploy({"backup_repo_dir": "/srv/repo"}, "/srv/x")
+    unit = service_unit(cfg, "snapshot")
+    for line in ("NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes",
+                 "OnFailure=donna-job-failed@%n.service"):
+        assert f"{line}\n" in unit, line
+    writable = next(x for x in unit.splitlines() if x.startswith("ReadWritePaths="))
+    assert "/srv/repo" in writable.split("=", 1)[1].split()
 
 
 def test_pgbackrest_adds_physical_jobs():
@@ -108,7 +118,7 @@ def test_deploy_configures_archiving_and_the_stanza(throwaway_cluster, schedule_
     deploy.write_text(
         "from types import SimpleNamespace\n"
         "from donnadb.provision.backups import install_backups\n"
-        f"install_backups(SimpleNamespace(donnadb_checkout='/srv/donnadb', pg_version=15,\n"
+        f"install_backups(SimpleNamespace(donnadb_install_dir='/srv/donnadb', pg_version=15,\n"
         f"                                pg_cluster='{name}', pg_port={PORT}))\n")
     data = {
         "backup_repo_dir": work / "repo", "backup_env_file": work / "etc" / "backup.env",
@@ -135,7 +145,7 @@ def test_deploy_configures_archiving_and_the_stanza(throwaway_cluster, schedule_
             assert timer == {"LoadState": "loaded", "UnitFileState": "enabled",
                              "ActiveState": "active"}, (job, timer)
     else:
-        assert "backups/donna-backup physical-full" in (work / "cron").read_text()
+        assert "/srv/donnadb/bin/donna-backup physical-full" in (work / "cron").read_text()
     assert superuser_psql("SHOW archive_mode", port=PORT) == "on"
 
     cluster = pitr.Cluster(15, name, PORT, Path(f"/var/lib/postgresql/15/{name}"))

@@ -95,13 +95,18 @@ def test_no_secret_in_repository(passwords):
 
 
 def test_secret_files_are_root_only(deployed, settings):
+    import grp
+
+    consumers = grp.getgrnam("donnadb").gr_gid
     passfile = Path(settings.db_passfile)
-    for path, mode in ((passfile, 0o600), (passfile.parent, 0o700),
-                       (Path("/etc/donnadb/donnadb.env"), 0o600),
-                       (Path("/usr/local/lib/donnadb"), 0o700)):
+    # (path, mode, group): secrets are root's; settings are readable by the consumers.
+    for path, mode, gid in ((passfile, 0o600, 0), (passfile.parent, 0o750, consumers),
+                            (Path("/etc/donnadb/donnadb.env"), 0o640, consumers),
+                            (Path("/etc/donnadb/backup-signing.key"), 0o600, 0),
+                            (Path("/usr/local/lib/donnadb"), 0o700, 0)):
         st = path.stat()
         assert stat.S_IMODE(st.st_mode) == mode, path
-        assert st.st_uid == 0, path
+        assert (st.st_uid, st.st_gid) == (0, gid), path
 
 
 def test_env_file_matches_runtime_settings(deployed):

@@ -24,7 +24,9 @@ def test_no_trust_and_scram_everywhere_but_postgres_peer(deployed):
     assert not [e for e in entries if "trust" in e]
     for entry in entries:
         method = entry[-1]
-        if method != "scram-sha-256":
+        if method == "reject":
+            assert entry[0] == "host" and entry[3] == "all", entry
+        elif method != "scram-sha-256":
             assert entry[0] == "local" and entry[2] == "postgres" and method == "peer", entry
     assert ["local", "all", "postgres", "peer"] in entries
     assert any(e[0] == "host" for e in entries)
@@ -40,8 +42,8 @@ def test_live_rules_are_the_file_and_parse_cleanly(deployed):
     for row in rows:
         kind, users, method, error = row.split("|")
         assert error == ""
-        assert method == "scram-sha-256" or (kind == "local" and users == "{postgres}"
-                                             and method == "peer")
+        assert method in ("scram-sha-256", "reject") or (
+            kind == "local" and users == "{postgres}" and method == "peer")
 
 
 def test_password_encryption_is_scram(deployed):

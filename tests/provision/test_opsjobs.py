@@ -52,16 +52,21 @@ def test_bad_schedules_are_refused(group_data, schedule, match):
         opsjobs.load_jobs(_Data(group_data, ops_schedule=schedule))
 
 
-def test_units_and_cron_run_donnactl_from_the_checkout(group_data):
+def test_units_and_cron_run_the_installed_donnactl_as_the_ops_user(group_data):
     settings = load_deploy_settings(group_data)
     jobs, _ = opsjobs.load_jobs(group_data)
-    donnactl = f"{ROOT}/.venv/bin/donnactl"
+    donnactl = f"{settings.donnadb_install_dir}/venv/bin/donnactl"
     unit = opsjobs.service_unit(settings, jobs["partitions"])
     assert f"ExecStart={donnactl} partitions maintain --json\n" in unit
+    assert str(ROOT) not in unit and str(ROOT) not in opsjobs.cron_text(settings, jobs)
+    for line in ("User=donna-ops", "NoNewPrivileges=yes", "ProtectSystem=strict",
+                 "PrivateTmp=yes", "OnFailure=donna-job-failed@%n.service",
+                 "Environment=DB_PASSFILE=/etc/donnadb/pgpass.d/donna-ops"):
+        assert f"{line}\n" in unit, line
     assert "OnCalendar=*-*-* *:*:00\n" in opsjobs.timer_unit(jobs["metrics"])
     assert "RandomizedDelaySec=0\n" in opsjobs.timer_unit(jobs["metrics"])
     cron = opsjobs.cron_text(settings, jobs)
-    assert (f"40 1 * * * root cd / && flock -n /run/lock/donna-ops-retention.lock "
+    assert (f"40 1 * * * donna-ops cd / && flock -n /run/lock/donna-ops-retention.lock "
             f"{donnactl} retention run --yes --json >>") in cron
     assert "%" not in cron  # cron would turn it into a newline
 
@@ -91,7 +96,10 @@ def test_deploy_installs_the_units_and_the_textfile_directory(deployed, group_da
         for kind in ("service", "timer"):
             assert Path(f"{opsjobs.UNIT_DIR}/donna-ops-{name}.{kind}").is_file()
     assert Path(opsjobs.textfile_dir(settings)).is_dir()
-    assert stat.S_IMODE(Path(opsjobs.CRON_LOG).parent.stat().st_mode) == 0o700
+    # Others may enter the log directory, not list it; each log is its writer's alone.
+    assert stat.S_IMODE(Path(opsjobs.LOG_DIR).stat().st_mode) == 0o711
+    for log in (opsjobs.CRON_LOG, opsjobs.JOB_LOG):
+        assert stat.S_IMODE(Path(log).stat().st_mode) == 0o600, log
 
 
 @pytest.mark.deploy

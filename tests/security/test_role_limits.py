@@ -60,3 +60,13 @@ def test_the_app_gives_up_on_a_lock_instead_of_queueing_for_ever(connect_as, scr
     finally:
         blocker.kill()
         blocker.wait()
+
+
+def test_every_login_role_has_the_connection_limit_of_group_data(deployed):
+    deploy = load_deploy_settings(load_group_data())
+    for kind in ("app", "readonly", "migrator", "backup"):
+        spec = deploy.roles[kind]
+        shown = superuser_psql(f"SELECT rolconnlimit FROM pg_roles WHERE rolname = '{spec.name}'")
+        assert int(shown) == spec.connlimit, kind
+    # A runaway application cannot take every server connection.
+    assert 0 < deploy.roles["app"].connlimit < deploy.pg_max_connections

@@ -10,6 +10,9 @@ output is role names only.
     pgpasswords.py ensure --passfile F ROLE...          add missing roles to F
     pgpasswords.py check  --passfile F --port P ROLE... print roles whose verifier is stale
     pgpasswords.py apply  --passfile F --port P ROLE... set stale verifiers, print roles set
+    pgpasswords.py share  --passfile F --to G --owner U [--check] ROLE...
+                          write G (0600, owned by U) with only ROLE's lines of F; print G
+                          when it was (--check: would be) rewritten
 
 Exit codes: 0 done, 1 failed (one line on stderr), 2 usage.
 """
@@ -209,10 +212,56 @@ def apply(passfile: str, port: int, roles: list[str]) -> list[str]:
     return stale
 
 
+def share(passfile: str, target: str, owner: str, roles: list[str], *,
+          check: bool = False) -> list[str]:
+    """Give ``owner`` a passfile of its own holding only ``roles``; ``[target]`` if changed.
+
+    The consumer's file is written beside nothing else it could read: a new file,
+    fsynced, chowned and renamed over the old one, so it never holds more than the
+    roles asked for, not even for a moment.
+    """
+    import pwd
+
+    passwords = read_passfile(passfile)
+    missing = [r for r in roles if r not in passwords]
+    if missing:
+        raise Failure(f"no password in {passfile} for {', '.join(missing)}; run `ensure` first")
+    wanted = "".join(f"*:*:*:{r}:{passwords[r]}\n" for r in roles)
+    user = pwd.getpwnam(owner)
+    try:
+        st = os.lstat(target)
+        with open(target, encoding="utf-8") as f:
+            same = (f.read() == wanted and st.st_uid == user.pw_uid
+                    and (st.st_mode & 0o777) == 0o600 and os.path.isfile(target)
+                    and not os.path.islink(target))
+    except FileNotFoundError:
+        same = False
+    if same:
+        return []
+    if check:
+        return [target]
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target) or ".", prefix=".pgpass.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(wanted)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.chown(tmp, user.pw_uid, user.pw_gid)
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return [target]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["ensure", "check", "apply"])
+    parser.add_argument("mode", choices=["ensure", "check", "apply", "share"])
     parser.add_argument("--passfile", required=True)
+    parser.add_argument("--to", help="share: the consumer's passfile")
+    parser.add_argument("--owner", help="share: the consumer's OS user")
+    parser.add_argument("--check", action="store_true", help="share: only report")
     parser.add_argument("--port", type=int, default=5432)
     parser.add_argument("roles", nargs="+")
     args = parser.parse_args(argv)
@@ -220,15 +269,20 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"pgpasswords: invalid role name {bad[0]!r}; use a-z, 0-9 and _", file=sys.stderr)
         return 2
+    if args.mode == "share" and not (args.to and args.owner):
+        print("pgpasswords share: --to and --owner are required", file=sys.stderr)
+        return 2
     os.umask(0o077)
     try:
         if args.mode == "ensure":
             done = ensure(args.passfile, args.roles)
         elif args.mode == "check":
             done = stale_roles(args.passfile, args.port, args.roles)
+        elif args.mode == "share":
+            done = share(args.passfile, args.to, args.owner, args.roles, check=args.check)
         else:
             done = apply(args.passfile, args.port, args.roles)
-    except (Failure, OSError) as exc:
+    except (Failure, OSError, KeyError) as exc:
         print(f"pgpasswords {args.mode}: {exc}", file=sys.stderr)
         return 1
     for role in done:
