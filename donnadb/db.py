@@ -1,13 +1,16 @@
 """Connections and pools for each role (psycopg 3, psycopg_pool).
 
 Every connection authenticates with scram-sha-256 over TCP using the deploy's
-passfile, so no password is ever passed in argv, the environment or a log.
+passfile, so no password is ever passed in argv, the environment or a log. The
+postgres superuser has no password: root reaches it by peer authentication over the
+Unix socket (:func:`superuser_psql`), as the deploy does.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -131,3 +134,20 @@ def describe_connect_error(exc: psycopg.OperationalError, info: str) -> str:
     else:
         hint = "check DB_HOST/DB_PORT and pg_hba.conf"
     return f"cannot connect as {where}: {text} ({hint})"
+
+
+def superuser_psql(script: str, dbname: str = "postgres", *, port: int | None = None) -> str:
+    """Run ``script`` as the postgres superuser (``runuser``, peer); psql's unaligned output.
+
+    :raises DatabaseError: psql failed; the message carries psql's last error line.
+    """
+    cmd = ["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-A", "-t",
+           "-v", "ON_ERROR_STOP=1", "-d", dbname]
+    if port:
+        cmd += ["-p", str(port)]
+    done = subprocess.run(cmd, input=script, capture_output=True, text=True, cwd="/",
+                          check=False)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["psql failed"])[-1]
+        raise DatabaseError(f"superuser psql on {dbname}: {last}")
+    return done.stdout.strip()
