@@ -30,7 +30,7 @@ Description=Report the failure of %i
 
 [Service]
 Type=oneshot
-User=nobody
+DynamicUser=yes
 ExecStart=/usr/bin/logger --tag donnadb-jobs --priority daemon.err "%i failed; see journalctl -u %i"
 """
 #: Where systemd (PID 1) loads system units from: the administrator's, then the runtime one.
