@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -96,8 +97,9 @@ class Settings(BaseSettings):
     #: Dual-write failures wait here for reconcile (default DATA_DIR/.dualwrite/pending.jsonl).
     migration_reconcile_queue: Path | None = None
 
-    # Where the migration files live (the repository's schema/ by default).
-    schema_dir: Path = Path(__file__).resolve().parent.parent / "schema" / "migrations"
+    # Where the migration files live: the checkout's schema/, or in a deployed install
+    # (<donnadb_install_dir>/venv) the copy the deploy ships beside the venv.
+    schema_dir: Path = Field(default_factory=lambda: default_schema_dir())
 
     # Operations (donnactl status/health/metrics, partitions, retention); ops thresholds
     # come from group_data. Each health pair is WARNING then CRITICAL.
@@ -190,6 +192,14 @@ class Settings(BaseSettings):
             raise ConfigError(
                 f"unknown role kind {kind!r}; use owner, migrator, app, readonly or backup"
             ) from None
+
+
+def default_schema_dir() -> Path:
+    """The checkout's ``schema/migrations``, else the deployed copy beside the venv."""
+    checkout = Path(__file__).resolve().parent.parent / "schema" / "migrations"
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix).parent / "schema" / "migrations"
 
 
 def local_env_file(path: Path = Path(".env")) -> Path | None:

@@ -39,8 +39,23 @@ app = typer.Typer(
     help="Operate Donna's PostgreSQL: migrations, checks, data migration, backups.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"donnactl {version('donnadb')}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    _version: bool = typer.Option(False, "--version", callback=_print_version,
+                                  is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Operate Donna's PostgreSQL: migrations, checks, data migration, backups."""
 
 
 def _register() -> None:

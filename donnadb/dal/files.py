@@ -1,4 +1,4 @@
-"""FileDataAccess: the legacy JSON layout (docs/dal.md, /work/shared/legacy-format.md),
+"""FileDataAccess: the legacy JSON layout (docs/dal.md, docs/plan/legacy-format.md),
 made safe: per-file flock, atomic writes, files 0600, folders 0700.
 
 Layout under ``DATA_DIR``::

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -93,3 +94,13 @@ def test_the_installed_code_is_root_owned_and_not_writable_by_others(deployed):
             assert not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH), entry
     shipped = sorted(p.name for p in (base / "schema" / "migrations").glob("*.sql"))
     assert shipped == sorted(p.name for p in (ROOT / "schema" / "migrations").glob("*.sql"))
+
+
+@pytest.mark.deploy
+def test_donnactl_on_path_runs_the_installed_code_with_its_migrations(deployed):
+    done = subprocess.run([install.PATH_LINK, "migrate", "status", "--json"], cwd="/",
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env={"PATH": "/usr/bin:/bin", "OPS_LOG_FILE": "/dev/null"})
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    assert status["pending"] == [] and status["applied"], status

@@ -16,8 +16,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PLAN_SQL = HERE / "plan_schema.sql"
 REPO = HERE.parent.parent
-#: Where the plan document may be: the team's shared copy, or CI's ../shared.
+#: Where the plan document may be: the repository's copy first, then the team's shared one.
 PLAN_DOCS = (
+    REPO / "docs" / "plan" / "database-migration-plan.md",
     REPO.parent / "shared" / "seed" / "database-migration-plan.md",
     Path("/work/shared/seed/database-migration-plan.md"),
 )

@@ -7,6 +7,7 @@ the server sees that client address, inside a network the deploy is told to allo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -54,10 +55,8 @@ class Relay:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def close(self) -> None:
         self.stop.set()
