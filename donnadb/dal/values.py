@@ -127,7 +127,8 @@ def check_user_names(user: Mapping[str, Any]) -> None:
     """
     for field in NAMING_USER_FIELDS:
         value = user.get(field)
-        if value is not None and value != "":
+        # An empty e-mail names nothing (the user's id names the file then).
+        if value is not None and (value != "" or field == "clerk_id"):
             check_file_name(value, field, ".json")
 
 

@@ -40,8 +40,8 @@ def _user(conn, clerk_id: str | None, email: str | None) -> None:
 
 HOSTILE = {
     "chat id climbing out": (lambda c: _chat(c, ESCAPE), f"chat_id '{ESCAPE}'"),
-    "chat id absolute": (lambda c: _chat(c, "/tmp/donnadb-export-absolute"),
-                         "chat_id '/tmp/donnadb-export-absolute'"),
+    "chat id absolute": (lambda c: _chat(c, "/opt/donnadb-export-absolute"),
+                         "chat_id '/opt/donnadb-export-absolute'"),
     "chat id dot-dot": (lambda c: _chat(c, ".."), "chat_id '..'"),
     "chat id empty": (lambda c: _chat(c, ""), "chat_id ''"),
     "chat id too long": (lambda c: _chat(c, "c" * 255), "longer than 255 bytes"),
@@ -78,7 +78,7 @@ def test_a_hostile_name_stops_the_export_and_nothing_is_written_outside(
     assert "\n" not in error and named in error and "cannot be a file name" in error \
         or "is not conversations/<user folder>" in error, error
     assert _files(tmp_path, out) == before
-    assert not Path("/tmp/donnadb-export-absolute.json").exists()
+    assert not Path("/opt/donnadb-export-absolute.json").exists()
     assert os.listdir(out) == [], "a partial export must not be left behind"
 
 
