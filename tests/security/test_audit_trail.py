@@ -10,7 +10,9 @@ import pytest
 from psycopg import sql
 
 from donnadb import db
+from donnadb.migrate.check import run_checks
 from donnadb.ops import partitions, users
+from donnadb.provision import bootstrap
 from tests.support import render_database_sql, superuser_psql
 
 DENIED = psycopg.errors.InsufficientPrivilege
@@ -98,3 +100,29 @@ def test_only_the_app_role_may_run_the_erasing_function(settings, scratch_db):
                             "WHERE p.oid = 'public.forget_user_logs(uuid)'::regprocedure",
                             scratch_db)
     assert config == 't|{"search_path=pg_catalog, pg_temp"}'
+
+
+def _deploy_check(settings, dbname: str) -> list[str]:
+    """The deploy's live check of the bootstrap (database_check.sql.j2), marker aside."""
+    roles = {kind: settings.role(kind) for kind in bootstrap.ROLE_KINDS}
+    lookup = bootstrap.lookup_values(bootstrap.AUTH_USER,
+                                     [roles[k] for k in bootstrap.LOOKUP_KINDS])
+    check = bootstrap.render("database_check.sql.j2", marker="", **roles,
+                             auth_user=lookup["auth_user"], lookup_marker=lookup["marker"])
+    return [r for r in superuser_psql(check, dbname).splitlines() if "marker" not in r]
+
+
+def test_the_checks_report_a_right_given_back(settings, scratch_db):
+    assert _deploy_check(settings, scratch_db) == []
+    assert next(c for c in run_checks(settings=settings, dbname=scratch_db).checks
+                if c.name == "role privileges").ok
+    app = settings.role("app")
+    superuser_psql(f"GRANT DELETE ON system_logs_default TO {app}; "
+                   f"GRANT UPDATE ON system_logs TO {app}; "
+                   "GRANT EXECUTE ON FUNCTION forget_user_logs(uuid) TO PUBLIC", scratch_db)
+    assert sorted(_deploy_check(settings, scratch_db)) == sorted([
+        f"{app} may UPDATE public.system_logs", f"{app} may DELETE public.system_logs_default",
+        f"public.forget_user_logs(uuid): PUBLIC may run it or {app} may not"])
+    privileges = next(c for c in run_checks(settings=settings, dbname=scratch_db).checks
+                      if c.name == "role privileges")
+    assert not privileges.ok and f"{app} may UPDATE system_logs" in privileges.detail
