@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
 import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from donnadb.errors import ConfigError
@@ -49,6 +51,11 @@ ROLE_MIGRATOR = "donna_migrator"
 ROLE_APP = "donna_app"
 ROLE_READONLY = "donna_readonly"
 ROLE_BACKUP = "donna_backup"
+
+#: A role name the SQL templates may use unquoted: lower-case, like PostgreSQL folds it.
+ROLE_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+#: Where the legacy file store is when DATA_DIR is not set.
+DEFAULT_DATA_DIR = Path("/var/lib/donna/data")
 
 MIB = 1024 * 1024
 #: Chosen by bench/backup_compression.py (see docs/backup.md): gzip level 1 keeps
@@ -89,7 +96,7 @@ class Settings(BaseSettings):
 
     # Storage selection and migration of the legacy files.
     data_storage_type: Literal["file", "postgresql", "dual"] = "file"
-    data_dir: Path = Path("./data")
+    data_dir: Path = DEFAULT_DATA_DIR
     migration_batch_size: int = Field(1000, ge=1)
     migration_enable_dual_write: bool = False
     #: Dual-write: the store reads come from (writes always go to the files first).
@@ -179,6 +186,32 @@ class Settings(BaseSettings):
     pg_version: int = 15
     pg_cluster: str = "main"
     pg_data_dir: Path | None = None  # None: /var/lib/postgresql/<version>/<cluster>
+
+    @field_validator("db_user", "db_role_owner", "db_role_migrator", "db_role_app",
+                     "db_role_readonly", "db_role_backup")
+    @classmethod
+    def _plain_role_name(cls, value: str) -> str:
+        # The bootstrap SQL, pg_hba and the passfiles use role names as they are.
+        if not ROLE_NAME_RE.match(value) or value.startswith("pg_"):
+            raise PydanticCustomError(
+                "role_name",
+                "{value} is not a plain role name: use 1-63 lower-case letters, digits "
+                "or _, starting with a letter or _ (and not pg_)", {"value": repr(value)})
+        return value
+
+    @field_validator("*")
+    @classmethod
+    def _safe_path(cls, value: object) -> object:
+        # Every path setting leads to files root or a privileged role reads, writes or
+        # runs: it must not depend on the working directory nor climb out of a folder.
+        if isinstance(value, Path):
+            text = str(value)
+            if "\x00" in text or not value.is_absolute() or ".." in value.parts:
+                raise PydanticCustomError(
+                    "safe_path",
+                    "{value} must be an absolute path without '..' or NUL "
+                    "(for example /var/lib/donna/data)", {"value": repr(text)})
+        return value
 
     @property
     def s3_enabled(self) -> bool:

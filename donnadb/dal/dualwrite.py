@@ -26,6 +26,7 @@ from donnadb.dal.protocol import ChatSession, Message, TransactionMixin, User
 from donnadb.dal.queue import ReconcileQueue
 from donnadb.dal.values import (
     LEGACY_KEY,
+    check_reserved_keys,
     is_valid_name,
     legacy_log_id,
     parse_timestamp,
@@ -333,6 +334,7 @@ class DualWriteDataAccess(TransactionMixin, LogWriterMixin):
     def copy_log(self, source: str, line: Mapping[str, Any]) -> None:
         """The row the import makes of this line (same id, ``source`` in the context), so a
         later import or a replay adds nothing and ``verify`` compares it like any other."""
+        check_reserved_keys(line["context"], "log context")  # the file may have been edited
         context = {**line["context"], LEGACY_KEY: {"source": source}}
         self.pg.insert_log({**line, "context": context}, log_id=legacy_log_id(source),
                            at=parse_timestamp(line["ts"]))

@@ -22,6 +22,88 @@ from donnadb.errors import DataError
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
+#: Longest file name Linux file systems take (bytes, NAME_MAX), suffix included.
+NAME_MAX = 255
+
+
+class UnsafeNameError(DataError):
+    """A name taken from data (a chat id, a user key, a legacy source) cannot be a file name."""
+
+
+def check_file_name(name: object, what: str, suffix: str = "") -> str:
+    """``name`` if ``name + suffix`` is one safe file name: a non-empty string with no
+    ``/`` and no NUL, not ``.`` or ``..``, at most :data:`NAME_MAX` bytes in UTF-8.
+
+    Every path the file store and the export build from data goes through this one check.
+
+    :raises UnsafeNameError: it is not; the message names ``what`` and the value.
+    """
+    problem = None
+    if not isinstance(name, str) or not name:
+        problem = "it is empty" if name == "" else "it is not text"
+    elif "/" in name or "\x00" in name:
+        problem = "it holds '/' or NUL"
+    elif name in (".", ".."):
+        problem = "it is '.' or '..'"
+    else:
+        try:
+            size = len((name + suffix).encode("utf-8"))
+        except UnicodeEncodeError:
+            size = NAME_MAX + 1
+        if size > NAME_MAX:
+            problem = f"it is longer than {NAME_MAX} bytes as a file name"
+    if problem:
+        shown = repr(name) if not isinstance(name, str) or len(name) <= 80 else \
+            repr(name[:80]) + "..."
+        raise UnsafeNameError(f"{what} {shown} cannot be a file name: {problem}")
+    return name  # type: ignore[return-value]
+
+
+def open_dir_under(root_fd: int, parts: tuple[str, ...] | list[str], *,
+                   create: bool = False) -> int:
+    """An fd of the folder ``root/parts...``, walked one component at a time from
+    ``root_fd`` with ``O_NOFOLLOW`` (a symlink anywhere fails with ELOOP/ENOTDIR); missing
+    folders are made 0700 when ``create``.
+
+    :raises UnsafeNameError: a component is not a safe file name.
+    :raises OSError: a component is a symlink, not a folder, or cannot be made.
+    """
+    fd = os.dup(root_fd)
+    try:
+        for part in parts:
+            check_file_name(part, "folder name")
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, DIR_MODE, dir_fd=fd)
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                            dir_fd=fd)
+            os.close(fd)
+            fd = child
+            if create:
+                os.fchmod(fd, DIR_MODE)  # mkdir's mode is filtered by the umask
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def create_under(root_fd: int, parts: tuple[str, ...] | list[str]) -> int:
+    """A new file ``root/parts...`` (0600, folders 0700 made as needed) open for writing:
+    ``O_CREAT|O_EXCL|O_NOFOLLOW`` below folders opened by :func:`open_dir_under`, so it is
+    never an existing file nor reached through a symlink.
+
+    :raises UnsafeNameError: a component is not a safe file name.
+    :raises OSError: the file exists, or a component is a symlink.
+    """
+    check_file_name(parts[-1], "file name")
+    folder = open_dir_under(root_fd, parts[:-1], create=True)
+    try:
+        fd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, FILE_MODE, dir_fd=folder)
+    finally:
+        os.close(folder)
+    os.fchmod(fd, FILE_MODE)
+    return fd
 
 
 def ensure_dir(path: Path) -> None:
@@ -48,7 +130,9 @@ def acquire(lock_path: Path, timeout: float | None = None) -> int:
 
     ``timeout=None`` blocks; otherwise polls and raises :class:`LockTimeout`.
     """
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    # O_NOFOLLOW: a symlink planted in a 0777 legacy folder must not make us create or
+    # open a file elsewhere.
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
     try:
         if timeout is None:
             fcntl.flock(fd, fcntl.LOCK_EX)

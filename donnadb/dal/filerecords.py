@@ -7,7 +7,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from donnadb.dal.protocol import ChatSession, Message, User
-from donnadb.dal.values import legacy_message_id, normalise_role, parse_timestamp
+from donnadb.dal.values import (
+    check_memory_key,
+    legacy_message_id,
+    normalise_role,
+    parse_timestamp,
+)
 from donnadb.errors import DataError
 
 
@@ -72,8 +77,7 @@ def drop_stale_expiry(raw: dict[str, Any], section: str) -> None:
 
 
 def check_key(key: object) -> None:
-    if not isinstance(key, str) or not key or len(key) > 255:
-        raise DataError(f"invalid memory key {key!r}: use 1-255 characters")
+    check_memory_key(key)
 
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from donnadb.dal import fileio
 from donnadb.dal.errors import ConflictError, NotFoundError, TransactionError
+from donnadb.dal.fileio import check_file_name
 from donnadb.dal.filelog import LogFile, read_line
 from donnadb.dal.filerecords import (
     check_key,
@@ -58,6 +59,7 @@ from donnadb.dal.values import (
     check_name,
     check_role,
     check_search,
+    check_user_names,
     check_window,
     format_timestamp,
     is_valid_name,
@@ -104,10 +106,12 @@ class FileDataAccess(TransactionMixin, LogWriterMixin):
 
     # ------------------------------------------------------------------ paths, locks
     def chat_path(self, chat_id: str) -> Path:
-        return self.data_dir / CHATS / f"{chat_id}.json"
+        """:raises UnsafeNameError: ``chat_id`` cannot be a file name."""
+        return self.data_dir / CHATS / f"{check_file_name(chat_id, 'chat_id', '.json')}.json"
 
     def user_path(self, clerk_id: str) -> Path:
-        return self.data_dir / MEMORY / f"{clerk_id}.json"
+        """:raises UnsafeNameError: ``clerk_id`` cannot be a file name."""
+        return self.data_dir / MEMORY / f"{check_file_name(clerk_id, 'clerk_id', '.json')}.json"
 
     def _lock_path(self, path: Path) -> Path:
         return self.data_dir / ".locks" / path.parent.name / f"{path.stem}.lock"
@@ -188,6 +192,7 @@ class FileDataAccess(TransactionMixin, LogWriterMixin):
         :raises ConflictError: a user with that clerk id exists."""
         check_fields(user_data, USER_FIELDS, "user")
         clerk_id = check_name(user_data.get("clerk_id"), "clerk_id")
+        check_user_names(user_data)
         now = format_timestamp(now_utc())
         document = {
             "user_id": clerk_id,
@@ -215,6 +220,7 @@ class FileDataAccess(TransactionMixin, LogWriterMixin):
     def update_user(self, user_id: str, updates: Mapping[str, Any]) -> bool:
         """:raises DataError: an unknown field, or a new clerk_id (it names the file)."""
         check_fields(updates, USER_FIELDS, "user")
+        check_user_names(updates)
         if "clerk_id" in updates and updates["clerk_id"] != user_id:
             raise DataError("the file store cannot change a user's clerk_id (it names the file)")
         if not is_valid_name(user_id):

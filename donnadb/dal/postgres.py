@@ -27,6 +27,7 @@ from donnadb import db
 from donnadb.config import Settings, get_settings
 from donnadb.dal import postgres_sql as q
 from donnadb.dal.errors import ConflictError, NotFoundError, TransactionError
+from donnadb.dal.fileio import check_file_name
 from donnadb.dal.logwriter import LogWriterMixin
 from donnadb.dal.protocol import (
     SESSION_FIELDS,
@@ -42,9 +43,12 @@ from donnadb.dal.values import (
     check_fields,
     check_json_object,
     check_limit,
+    check_memory_key,
     check_memory_type,
+    check_reserved_keys,
     check_role,
     check_search,
+    check_user_names,
     check_window,
     escape_text,
     is_uuid,
@@ -151,8 +155,10 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
 
     # ------------------------------------------------------------------ users
     def create_user(self, user_data: Mapping[str, Any]) -> str:
-        """:raises ConflictError: the clerk id is taken."""
+        """:raises ConflictError: the clerk id is taken.
+        :raises DataError: the clerk id or e-mail cannot name a legacy file, a reserved key."""
         check_fields(user_data, USER_FIELDS, "user")
+        check_user_names(user_data)
         profile = check_json_object(user_data.get("profile"), "profile")
         preferences = check_json_object(user_data.get("preferences"), "preferences")
         params = {
@@ -183,6 +189,7 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
 
     def update_user(self, user_id: str, updates: Mapping[str, Any]) -> bool:
         check_fields(updates, USER_FIELDS, "user")
+        check_user_names(updates)
         if not is_uuid(user_id):
             return False
         values: dict[str, Any] = {}
@@ -229,7 +236,9 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         title: str | None = None,
         profile: str = "general",
     ) -> str:
-        """:raises ConflictError: the chat id is taken. :raises NotFoundError: no such user."""
+        """:raises ConflictError: the chat id is taken. :raises NotFoundError: no such user.
+        :raises DataError: the chat id cannot be a file name (the export writes it as one)."""
+        check_file_name(chat_id, "chat_id", ".json")
         if user_id is not None and not is_uuid(user_id):
             raise NotFoundError(f"no user {user_id!r}: create it first")
         params = {"chat_id": chat_id, "user_id": user_id, "title": title, "profile": profile,
@@ -270,7 +279,13 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
             raise NotFoundError(f"no user {user_id!r}: create it first") from None
 
     def upsert_chat_session(self, session: Mapping[str, Any], user_id: str | None) -> str:
-        """Create or overwrite a chat from another store's copy (``user_id`` is ours)."""
+        """Create or overwrite a chat from another store's copy (``user_id`` is ours).
+
+        :raises DataError: the chat id cannot be a file name, or the metadata has a
+            reserved key.
+        """
+        check_file_name(session["chat_id"], "chat_id", ".json")
+        check_reserved_keys(session.get("metadata") or {}, "chat metadata")
         params = {
             "chat_id": session["chat_id"], "user_id": user_id, "title": session.get("title"),
             "profile": session.get("profile"), "status": session.get("status"),
@@ -313,6 +328,8 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         :raises NotFoundError: the chat is not in this database yet.
         :raises DataError: a position is taken by a different message.
         """
+        for m in messages:
+            check_reserved_keys(m.get("metadata") or {}, "message metadata")
         inserted = 0
         with self._atomic() as conn:
             for m in messages:
@@ -401,8 +418,7 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
     ) -> bool:
         """:raises NotFoundError: no such user."""
         check_memory_type(memory_type)
-        if not isinstance(key, str) or not key or len(key) > 255:
-            raise DataError(f"invalid memory key {key!r}: use 1-255 characters")
+        check_memory_key(key)
         if not is_uuid(user_id):
             raise NotFoundError(f"no user {user_id!r}: create it first")
         params = {"user_id": user_id, "memory_type": memory_type, "key": key,
@@ -453,7 +469,14 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
 
     def upsert_user(self, user: Mapping[str, Any], memory: list[MemoryEntry]) -> str:
         """Make this database's copy of a user (matched by clerk id) equal to ``user`` and
-        its memory entries (expired ones included); return our user id. Idempotent."""
+        its memory entries (expired ones included); return our user id. Idempotent.
+
+        :raises DataError: a name that cannot be a file name, or a reserved key."""
+        check_user_names(user)
+        for section in ("profile", "preferences"):
+            check_reserved_keys(user.get(section) or {}, section)
+        for entry in memory:
+            check_memory_key(entry["key"])
         params = {
             "clerk_id": user["clerk_id"], "email": user.get("email"), "name": user.get("name"),
             "profile": Jsonb(user.get("profile") or {}),
@@ -477,7 +500,10 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         return user_id
 
     def ensure_user(self, clerk_id: str) -> str:
-        """Our id for ``clerk_id``, creating a bare user when there is none."""
+        """Our id for ``clerk_id``, creating a bare user when there is none.
+
+        :raises DataError: ``clerk_id`` cannot be a file name."""
+        check_file_name(clerk_id, "clerk_id", ".json")
         with self._atomic() as conn:
             row = conn.execute(q.INSERT_BARE_USER, (clerk_id,)).fetchone()
             # A separate statement: it sees a row a concurrent writer just committed.

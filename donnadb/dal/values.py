@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from donnadb.dal.fileio import check_file_name
 from donnadb.dal.protocol import MEMORY_TYPES, ROLES
 from donnadb.errors import DataError
 
@@ -24,6 +25,11 @@ ESCAPE_MARKER = "_donnadb_content_escaped"
 #: Metadata/context key under which the import records where a row came from and what it
 #: changed; a log row written by dual-write carries ``{"source": "FILE:LINE"}`` there too.
 LEGACY_KEY = "_donnadb_legacy"
+#: Keys starting with this are donnadb's own bookkeeping (the two above, erasure records):
+#: no caller may set or shadow one in metadata, a log context, a profile or preferences.
+RESERVED_PREFIX = "_donnadb_"
+#: User fields that name the user's legacy memory file (the e-mail when it has no clerk id).
+NAMING_USER_FIELDS = ("clerk_id", "email")
 #: Column sizes of system_logs.level and system_logs.trace_id.
 LOG_LEVEL_MAX = 20
 TRACE_ID_MAX = 255
@@ -51,7 +57,7 @@ def check_name(value: object, what: str) -> str:
             f"invalid {what} {value!r}: use 1-200 letters, digits or @._+=- "
             "(no leading dot, no slash)"
         )
-    return value
+    return check_file_name(value, what, ".json")  # what every path built from data passes
 
 
 def is_valid_name(value: object) -> bool:
@@ -84,12 +90,46 @@ def check_fields(updates: Mapping[str, Any], allowed: tuple[str, ...], what: str
 
 
 def check_json_object(value: object, what: str) -> dict[str, Any]:
-    """:raises DataError: ``value`` is not a JSON object (dict)."""
+    """:raises DataError: ``value`` is not a JSON object (dict), or it has a reserved key
+    (:func:`check_reserved_keys`)."""
     if value is None:
         return {}
     if not isinstance(value, Mapping):
         raise DataError(f"{what} must be a JSON object, not {type(value).__name__}")
+    check_reserved_keys(value, what)
     return dict(value)
+
+
+def check_reserved_keys(value: Mapping[str, Any], what: str) -> None:
+    """:raises DataError: a top-level key starts with :data:`RESERVED_PREFIX` (the export
+    and the readers would take it for donnadb's own: a legacy source path, an escaped
+    content marker, an erasure record)."""
+    reserved = sorted(k for k in value if isinstance(k, str) and k.startswith(RESERVED_PREFIX))
+    if reserved:
+        raise DataError(f"{what} key {reserved[0]!r} is reserved: keys starting with "
+                        f"{RESERVED_PREFIX} are donnadb's own; rename it")
+
+
+def check_memory_key(key: object) -> str:
+    """:raises DataError: ``key`` is not 1-255 characters, or it is reserved (a profile or
+    preferences key is also a key of the users column)."""
+    if not isinstance(key, str) or not key or len(key) > 255:
+        raise DataError(f"invalid memory key {key!r}: use 1-255 characters")
+    check_reserved_keys({key: None}, "memory")
+    return key
+
+
+def check_user_names(user: Mapping[str, Any]) -> None:
+    """The user fields that name its legacy memory file must be safe file names.
+
+    :raises DataError: ``clerk_id`` or ``email`` holds ``/`` or NUL, is ``.``/``..`` or is
+        too long for a file name.
+    """
+    for field in NAMING_USER_FIELDS:
+        value = user.get(field)
+        # An empty e-mail names nothing (the user's id names the file then).
+        if value is not None and (value != "" or field == "clerk_id"):
+            check_file_name(value, field, ".json")
 
 
 def parse_timestamp(value: object) -> datetime | None:
@@ -205,7 +245,7 @@ def log_line(
     is lower-cased and ``ip_address`` written in its canonical form.
 
     :raises DataError: a field of the wrong type or size, an invalid IP address, text
-        PostgreSQL cannot store (NUL, a lone surrogate), or the reserved context key.
+        PostgreSQL cannot store (NUL, a lone surrogate), or a reserved context key.
     """
     if not isinstance(level, str) or not 0 < len(level) <= LOG_LEVEL_MAX:
         raise DataError(f"invalid log level {level!r}: use 1-{LOG_LEVEL_MAX} characters")
@@ -218,8 +258,6 @@ def log_line(
     if trace_id is not None and len(trace_id) > TRACE_ID_MAX:
         raise DataError(f"log trace_id is longer than {TRACE_ID_MAX} characters")
     ctx = check_json_object(context, "log context")
-    if LEGACY_KEY in ctx:
-        raise DataError(f"log context key {LEGACY_KEY!r} is reserved for the migration")
     ip = None
     if ip_address is not None:
         try:

@@ -5,13 +5,25 @@ chat_history/), with the original spellings the import recorded under
 ``_donnadb_legacy`` (roles, raw timestamps, extra fields) and escaped text restored, so
 import -> export -> import gives the same database. Logs go back to their file and
 line. Files are created 0600 and folders 0700, whatever the umask.
+
+Nothing is ever written outside ``--out``, whatever the database holds: every name taken
+from a row (chat id, the legacy source folder, a user's clerk id or e-mail, a log file
+name) must be one safe file name (:func:`donnadb.dal.fileio.check_file_name`), and every
+folder and file is opened from ``--out``'s descriptor one component at a time with
+``O_NOFOLLOW`` (files with ``O_EXCL``: nothing is overwritten). A record that fails stops
+the export with a :class:`~donnadb.dal.fileio.UnsafeNameError` naming it, and ``--out`` is
+left empty: a partial export must never pass for a rollback copy.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
+import shutil
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -20,7 +32,8 @@ from typing import Any
 
 import psycopg
 
-from donnadb.errors import UsageError
+from donnadb.dal.fileio import UnsafeNameError, check_file_name, create_under
+from donnadb.errors import DataError, UsageError
 from donnadb.legacy.chats import format_transcript
 from donnadb.legacy.normalise import (
     ESCAPE_MARKER,
@@ -87,12 +100,42 @@ def _private_dir(path: Path) -> None:
     os.chmod(path, 0o700)
 
 
-def _private_file(path: Path, data: bytes) -> None:
-    _private_dir(path.parent)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(path, 0o600)
+class _OutDir:
+    """``--out`` opened once; every file is created below its descriptor (create_under)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def create(self, parts: tuple[str, ...], record: str) -> int:
+        """A new 0600 file ``parts`` below --out, open for writing.
+
+        :raises DataError: a record already wrote that file, or a component is a symlink.
+        """
+        try:
+            return create_under(self.fd, parts)
+        except FileExistsError:
+            raise DataError(f"{record}: {'/'.join(parts)} is written by another record "
+                            "too; rename one of them in the database") from None
+        except OSError as exc:
+            raise DataError(f"{record}: cannot create {'/'.join(parts)} in the export "
+                            f"directory: {exc.strerror}") from None
+
+    def write(self, parts: tuple[str, ...], data: bytes, record: str,
+              mtime: float | None = None) -> None:
+        with os.fdopen(self.create(parts, record), "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            if mtime is not None:
+                os.utime(fh.fileno(), (mtime, mtime))
+
+    def discard(self) -> None:
+        """Remove everything below --out (it was empty when the export began)."""
+        for name in os.listdir(self.fd):
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISDIR(os.stat(name, dir_fd=self.fd, follow_symlinks=False).st_mode):
+                    shutil.rmtree(name, dir_fd=self.fd)  # never follows a symlink
+                else:
+                    os.unlink(name, dir_fd=self.fd)
 
 
 def _dumps(doc: Any) -> bytes:
@@ -211,13 +254,25 @@ def _transcript(doc: dict[str, Any], legacy: dict[str, Any]) -> bytes:
     return format_transcript(lines, legacy.get("preamble", "")).encode()
 
 
-def _chat_path(out: Path, chat_id: str, legacy: dict[str, Any]) -> Path:
+def _chat_parts(chat_id: str, legacy: dict[str, Any]) -> tuple[str, ...]:
+    """Where the chat goes below --out.
+
+    :raises UnsafeNameError: the chat id or the legacy source folder cannot be a file name.
+    """
     source = legacy.get("source")
+    record = f"chat {chat_id[:80]!r}" if isinstance(chat_id, str) else f"chat {chat_id!r}"
+    suffix = ".txt" if source == "chat_history" else ".json"
+    name = check_file_name(chat_id, f"{record}: chat_id", suffix) + suffix
     if source == "chat_history":
-        return out / "chat_history" / f"{chat_id}.txt"
+        return ("chat_history", name)
     if isinstance(source, str) and source.startswith("conversations/"):
-        return out / source / f"{chat_id}.json"
-    return out / "chat_sessions" / f"{chat_id}.json"
+        folder = source.split("/")
+        if len(folder) != 2:
+            raise UnsafeNameError(f"{record}: legacy source {source[:120]!r} is not "
+                                  "conversations/<user folder>")
+        return ("conversations", check_file_name(folder[1], f"{record}: legacy source folder"),
+                name)
+    return ("chat_sessions", name)
 
 
 def _grouped_messages(conn: psycopg.Connection) -> Iterator[tuple[str, list[Any]]]:
@@ -235,7 +290,7 @@ def _grouped_messages(conn: psycopg.Connection) -> Iterator[tuple[str, list[Any]
             yield current, batch
 
 
-def _export_chats(conn: psycopg.Connection, out: Path, summary: ExportSummary) -> None:
+def _export_chats(conn: psycopg.Connection, out: _OutDir, summary: ExportSummary) -> None:
     messages = _grouped_messages(conn)
     pending = next(messages, None)
     with conn.cursor(name="export_chats") as cur:
@@ -250,20 +305,17 @@ def _export_chats(conn: psycopg.Connection, out: Path, summary: ExportSummary) -
                 doc["status"] = legacy["status_raw"]
             elif status != "active":
                 doc["status"] = status
-            path = _chat_path(out, chat_id, legacy)
-            if path.suffix == ".txt":
-                _private_file(path, _transcript(doc, legacy))
-            else:
-                _private_file(path, _dumps(doc))
-            if legacy.get("created_at_from") == "file_mtime":
-                # The import took created_at from the file's mtime: give it back.
-                stamp = created.astimezone(UTC).timestamp()
-                os.utime(path, (stamp, stamp))
+            parts = _chat_parts(chat_id, legacy)
+            data = _transcript(doc, legacy) if parts[0] == "chat_history" else _dumps(doc)
+            # The import took created_at from the file's mtime: give it back.
+            stamp = created.astimezone(UTC).timestamp() \
+                if legacy.get("created_at_from") == "file_mtime" else None
+            out.write(parts, data, f"chat {chat_id!r}", stamp)
             summary.add("chats")
             summary.add("messages", len(msgs))
 
 
-def _export_users(conn: psycopg.Connection, out: Path, summary: ExportSummary) -> None:
+def _export_users(conn: psycopg.Connection, out: _OutDir, summary: ExportSummary) -> None:
     memory: dict[Any, list[tuple[str, str, Any, Any]]] = {}
     for user_id, mtype, key, value, expires in conn.execute(EXPORT_MEMORY):
         memory.setdefault(user_id, []).append((mtype, key, value, expires))
@@ -302,8 +354,11 @@ def _export_users(conn: psycopg.Connection, out: Path, summary: ExportSummary) -
         if last_active is not None:
             doc["last_active_at"] = iso(last_active)
         doc.update(extra)  # raw sections, unstorable e-mail/name, unknown top-level keys
-        stem = clerk or email or str(uid)
-        _private_file(out / "memory" / f"{stem}.json", _dumps(doc))
+        field_name, stem = next((f, v) for f, v in (("clerk_id", clerk), ("email", email),
+                                                    ("id", str(uid))) if v)
+        record = f"user {uid}"
+        name = check_file_name(stem, f"{record}: {field_name}", ".json") + ".json"
+        out.write(("memory", name), _dumps(doc), record)
         summary.add("users")
         summary.add("memory_entries", len(rows))
 
@@ -342,7 +397,7 @@ def _log_doc(level, message, context, trace, ip, ua, uri, created) -> dict[str, 
     return doc
 
 
-def _export_logs(conn: psycopg.Connection, out: Path, summary: ExportSummary) -> None:
+def _export_logs(conn: psycopg.Connection, out: _OutDir, summary: ExportSummary) -> None:
     handles: dict[str, Any] = {}
     lines: dict[str, int] = {}
     mtimes: dict[str, float] = {}
@@ -354,10 +409,10 @@ def _export_logs(conn: psycopg.Connection, out: Path, summary: ExportSummary) ->
                 match = SOURCE_RE.match(source or "")
                 name = match.group("file") if match else DATABASE_ONLY_LOGS
                 if name not in handles:
-                    path = out / "logs" / name
-                    _private_dir(path.parent)
-                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                    handles[name] = os.fdopen(fd, "w", encoding="utf-8")
+                    record = f"log line {source!r}"
+                    check_file_name(name, f"{record}: file name")
+                    handles[name] = os.fdopen(out.create(("logs", name), record), "w",
+                                              encoding="utf-8")
                     lines[name] = 0
                 fh = handles[name]
                 target = int(match.group("line")) if match else lines[name] + 1
@@ -368,28 +423,52 @@ def _export_logs(conn: psycopg.Connection, out: Path, summary: ExportSummary) ->
                     mtimes[name] = row[-1].astimezone(UTC).timestamp()
                 lines[name] = max(lines[name] + 1, target)
                 summary.add("logs")
+        for name, stamp in mtimes.items():  # the import took those timestamps from the mtime
+            handles[name].flush()
+            os.utime(handles[name].fileno(), (stamp, stamp))
     finally:
         for fh in handles.values():
             fh.close()
-    for name, stamp in mtimes.items():  # the import took those timestamps from the mtime
-        os.utime(out / "logs" / name, (stamp, stamp))
 
 
 def export_data_dir(conn: psycopg.Connection, out_dir: Path) -> ExportSummary:
     """Write the database into ``out_dir`` in the legacy layout.
 
-    :raises UsageError: ``out_dir`` exists and is not empty (an export never overwrites).
+    :raises UsageError: ``out_dir`` exists and is not empty (an export never overwrites),
+        or it is a symlink.
+    :raises UnsafeNameError: a record's name cannot be a file name (``out_dir`` is then
+        left empty).
+    :raises DataError: two records would write the same file (``out_dir`` left empty).
     """
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"export directory {out} is not empty; choose a new --out path")
-    _private_dir(out)
-    os.chmod(out, 0o700)
-    summary = ExportSummary(out_dir=str(out.resolve()))
-    if conn.autocommit:  # one snapshot for the whole export
-        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-    with conn.transaction():
-        _export_users(conn, out, summary)
-        _export_chats(conn, out, summary)
-        _export_logs(conn, out, summary)
+    _private_dir(out.parent)
+    with contextlib.suppress(FileExistsError):
+        out.mkdir(mode=0o700)
+    try:
+        fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UsageError(f"export directory {out} is a symlink or not a directory; "
+                             "choose a new --out path") from None
+        raise
+    try:
+        if os.listdir(fd):
+            raise UsageError(f"export directory {out} is not empty; choose a new --out path")
+        os.fchmod(fd, 0o700)
+        summary = ExportSummary(out_dir=str(out.resolve()))
+        target = _OutDir(fd)
+        if conn.autocommit:  # one snapshot for the whole export
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        try:
+            with conn.transaction():
+                _export_users(conn, target, summary)
+                _export_chats(conn, target, summary)
+                _export_logs(conn, target, summary)
+        except BaseException:
+            target.discard()
+            raise
+    finally:
+        os.close(fd)
     return summary

@@ -30,6 +30,9 @@ SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
    AND c.relname <> 'schema_migrations'
  ORDER BY 1
 """
+#: Tables the application role may read and insert into, not change: the audit trail.
+APPEND_ONLY_TABLES = ("system_logs",)
+APPEND_ONLY = ("SELECT", "INSERT")
 TABLE_PRIVILEGE = "SELECT has_table_privilege(%s, format('public.%%I', %s::text), %s)"
 SCHEMA_CREATE = "SELECT has_schema_privilege(%s, 'public', 'CREATE')"
 #: Upper bound of the newest system_logs partition, and whether the default one exists.
@@ -99,8 +102,12 @@ def _check_privileges(conn: psycopg.Connection, s: Settings) -> list[CheckResult
     app, ro = s.role("app"), s.role("readonly")
     wrong: list[str] = []
     for t in tables:
-        wrong += [f"{app} lacks {p} on {t}" for p in ("SELECT", "INSERT", "UPDATE", "DELETE")
-                  if not has(app, t, p)]
+        # The audit trail is append-only for the application (migration 0005).
+        needed = APPEND_ONLY if t in APPEND_ONLY_TABLES else ("SELECT", "INSERT", "UPDATE",
+                                                              "DELETE")
+        wrong += [f"{app} lacks {p} on {t}" for p in needed if not has(app, t, p)]
+        wrong += [f"{app} may {p} {t}" for p in ("UPDATE", "DELETE")
+                  if p not in needed and has(app, t, p)]
         wrong += [f"{app} has TRUNCATE on {t}"] if has(app, t, "TRUNCATE") else []
         wrong += [f"{ro} lacks SELECT on {t}"] if not has(ro, t, "SELECT") else []
         wrong += [f"{ro} has {p} on {t}" for p in ("INSERT", "UPDATE", "DELETE")

@@ -3,7 +3,9 @@
 Inspection reads through the readonly role and shows what support needs (sessions,
 message counts, memory *keys*), never message contents or memory values. Erasure runs
 as the application role in ONE transaction and records itself in system_logs (the
-record holds the user's id and the counts, no personal data).
+record holds the user's id and the counts, no personal data). The application role may
+not delete from system_logs: the user's log rows go through ``forget_user_logs()``
+(migration 0005), which never deletes an erasure record.
 """
 
 from __future__ import annotations
@@ -70,8 +72,11 @@ LOCK_USER_SQL = "SELECT id FROM users WHERE id = %(id)s FOR UPDATE"
 COUNT_MEMORY_SQL = "SELECT count(*) FROM user_memory WHERE user_id = %(id)s"
 DELETE_SESSIONS_SQL = "DELETE FROM chat_sessions WHERE user_id = %(id)s"
 DELETE_MEMORY_SQL = "DELETE FROM user_memory WHERE user_id = %(id)s"
-# Application logs that name the user in their context go too (only the erasure record stays).
-DELETE_LOGS_SQL = "DELETE FROM system_logs WHERE context ->> 'user_id' = %(id)s::text"
+# Application logs that name the user in their context go too (only the erasure records
+# stay): through the owner's function, the application role has no DELETE on system_logs.
+DELETE_LOGS_SQL = "SELECT public.forget_user_logs(%(id)s) AS deleted"
+#: The reserved context key that marks an erasure record (forget_user_logs keeps them).
+ERASURE_KEY = "_donnadb_erasure"
 DELETE_USER_SQL = "DELETE FROM users WHERE id = %(id)s"
 
 
@@ -149,9 +154,9 @@ def forget_user(settings: Settings, ident: str, *, dbname: str | None = None) ->
         memory = cur.execute(COUNT_MEMORY_SQL, args).fetchone()["count"]
         sessions = cur.execute(DELETE_SESSIONS_SQL, args).rowcount
         cur.execute(DELETE_MEMORY_SQL, args)
-        logs = cur.execute(DELETE_LOGS_SQL, args).rowcount
+        logs = cur.execute(DELETE_LOGS_SQL, args).fetchone()["deleted"]
         cur.execute(DELETE_USER_SQL, args)
         result = {"user_id": str(user["id"]), "sessions": sessions,
                   "messages": totals["messages"], "memory": memory, "logs": logs}
-        oplog.record_event(conn, "notice", "user erased (GDPR)", result)
+        oplog.record_event(conn, "notice", "user erased (GDPR)", {**result, ERASURE_KEY: True})
     return result
