@@ -252,9 +252,10 @@ def test_a_failed_log_write_continues_in_a_new_file(tmp_path, monkeypatch):
         dal.write_log("info", "torn")
     monkeypatch.undo()
     after = dal.write_log("info", "after")
-    files = sorted((tmp_path / "data" / "logs").glob("donnadb-*.jsonl"),
-                   key=lambda p: p.stat().st_mtime_ns)
+    files = list((tmp_path / "data" / "logs").glob("donnadb-*.jsonl"))
     assert len(files) == 2
+    # The new file is the one "after" went to (mtimes may tie within a clock tick).
+    fresh = next(f for f in files if "before" not in f.read_text())
     from donnadb.dal.values import legacy_log_id
-    assert after == legacy_log_id(f"{files[1].name}:1")
+    assert after == legacy_log_id(f"{fresh.name}:1")
     dal.close()

@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_readme_run_is_the_readme_as_written():
     commands = readme_commands(ROOT / "README.md")
-    assert commands[-2:] == ["make deploy", "make test"]
+    # The two commands, then the look at the result the README suggests next.
+    assert commands[-4:] == ["make deploy", "make test", "donnactl db check --security",
+                             "donnactl status"]
     assert any("apt-get install" in c and "git" in c and "make" in c for c in commands[:-2])
 
 

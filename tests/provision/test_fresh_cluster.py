@@ -70,7 +70,8 @@ def test_generated_passwords_work_and_never_showed(fresh, helper):
     first, second, data, env_file, _ = fresh
     passfile = Path(data["db_passfile"])
     assert stat.S_IMODE(passfile.stat().st_mode) == 0o600
-    assert stat.S_IMODE(passfile.parent.stat().st_mode) == 0o700
+    # The consumers (group donnadb) may enter it to reach their own passfiles.
+    assert stat.S_IMODE(passfile.parent.stat().st_mode) == 0o750
     passwords = helper.read_passfile(str(passfile))
     s = Settings(_env_file=str(env_file))
     assert s.db_port == PORT

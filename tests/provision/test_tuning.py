@@ -48,7 +48,7 @@ def test_other_settings_are_live(deployed):
         "'checkpoint_completion_target', 'pg_partman_bgw.role', 'pg_partman_bgw.dbname')"
     ).splitlines())
     assert live["max_connections"] == str(data["pg_max_connections"])
-    assert live["shared_preload_libraries"] == "pg_stat_statements,pg_partman_bgw"
+    assert live["shared_preload_libraries"] == "pg_stat_statements,pg_partman_bgw,pgaudit"
     assert live["password_encryption"] == "scram-sha-256"
     assert live["log_min_duration_statement"] == str(data["pg_log_min_duration_statement_ms"])
     assert live["listen_addresses"] == data["pg_listen_addresses"]
