@@ -324,3 +324,30 @@ def test_cleanup_resumes_pgbouncer_left_paused_by_a_killed_swap(settings, bs, ta
         assert again.returncode != 0 and "not paused" in again.stderr
     finally:
         swap._admin(settings, f"RESUME {target_name}")
+
+
+def test_prune_skips_the_backup_a_verify_is_reading(settings, bs, source_db, tmp_path):
+    superuser_psql(f"SET ROLE {settings.db_role_owner};\n{BULK_SQL}", dbname=source_db)
+    old = snapshot.create_backup(bs, dbname=source_db)
+    snapshot.create_backup(bs, dbname=source_db)
+    keep_one = bs.model_copy(update={"backup_keep_last": 1, "backup_keep_daily": 0,
+                                     "backup_keep_weekly": 0, "backup_keep_monthly": 0})
+    env = _donnactl_env(bs, tmp_path, source_db)
+
+    proc = subprocess.Popen([DONNACTL, "backup", "verify", old.backup_id, "--restore",
+                             "--json"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # until verify holds the backup's read lock
+            with storage_local.claim_for_delete(old) as free:
+                if not free:
+                    break
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        report = prune(keep_one)
+        assert report.in_use == [old.backup_id] and old.path.is_dir()
+    finally:
+        out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["ok"] and json.loads(out)["restored"]
