@@ -283,13 +283,18 @@ def test_sigkill_during_pg_restore_leaves_the_live_database_and_cleanup_finds_th
     assert '"restore leftover dropped"' in (tmp_path / "ops.jsonl").read_text()
 
 
-def test_prune_skips_the_backup_a_restore_is_reading(settings, bs, source_db, target_name,
-                                                     tmp_path):
+def _old_backup_to_prune(settings, bs, source_db):
+    """(the older of two big backups, settings under which prune deletes it)."""
     superuser_psql(f"SET ROLE {settings.db_role_owner};\n{BULK_SQL}", dbname=source_db)
     old = snapshot.create_backup(bs, dbname=source_db)
     snapshot.create_backup(bs, dbname=source_db)
-    keep_one = bs.model_copy(update={"backup_keep_last": 1, "backup_keep_daily": 0,
-                                     "backup_keep_weekly": 0, "backup_keep_monthly": 0})
+    return old, bs.model_copy(update={"backup_keep_last": 1, "backup_keep_daily": 0,
+                                      "backup_keep_weekly": 0, "backup_keep_monthly": 0})
+
+
+def test_prune_skips_the_backup_a_restore_is_reading(settings, bs, source_db, target_name,
+                                                     tmp_path):
+    old, keep_one = _old_backup_to_prune(settings, bs, source_db)
     env = _donnactl_env(bs, tmp_path, source_db)
 
     proc = subprocess.Popen([DONNACTL, "backup", "restore", old.backup_id, "--target-db",
@@ -327,11 +332,7 @@ def test_cleanup_resumes_pgbouncer_left_paused_by_a_killed_swap(settings, bs, ta
 
 
 def test_prune_skips_the_backup_a_verify_is_reading(settings, bs, source_db, tmp_path):
-    superuser_psql(f"SET ROLE {settings.db_role_owner};\n{BULK_SQL}", dbname=source_db)
-    old = snapshot.create_backup(bs, dbname=source_db)
-    snapshot.create_backup(bs, dbname=source_db)
-    keep_one = bs.model_copy(update={"backup_keep_last": 1, "backup_keep_daily": 0,
-                                     "backup_keep_weekly": 0, "backup_keep_monthly": 0})
+    old, keep_one = _old_backup_to_prune(settings, bs, source_db)
     env = _donnactl_env(bs, tmp_path, source_db)
 
     proc = subprocess.Popen([DONNACTL, "backup", "verify", old.backup_id, "--restore",
