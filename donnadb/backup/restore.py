@@ -1,7 +1,11 @@
 """``backup restore``: a verified backup into a fresh, bootstrapped database.
 
 Order matters for "no partial damage": the backup's files are re-hashed against
-the manifest BEFORE the target is touched. The target database is created by the
+the manifest first, and the data is loaded into a NEW database
+(``<target>_restoring_<stamp>``) that is compared with the manifest; only a copy that
+matches takes the target's name, in one transaction (donnadb/backup/swap.py), the
+previous database being kept as ``<target>_before_<stamp>``. Any failure drops the
+new copy and leaves the target as it was. The new database is created by the
 superuser (peer auth) with the deploy's bootstrap SQL, so extensions, grants and
 default privileges are exactly a deployed database's; the data itself is loaded
 by ``pg_restore -j`` as the migrator role acting as the owner role (``--role``),
@@ -14,16 +18,17 @@ import logging
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from donnadb import db
-from donnadb.backup import bootstrap, crypto, dbfacts, pgtools, signing, storage_local
+from donnadb.backup import bootstrap, crypto, dbfacts, pgtools, signing, storage_local, swap
 from donnadb.backup import manifest as mf
 from donnadb.backup.errors import BackupCorrupt, BackupError, RestoreRefused
 from donnadb.backup.snapshot import DUMP_DIR
 from donnadb.config import Settings
-from donnadb.errors import ConfigError, UsageError
+from donnadb.errors import ConfigError, DonnaError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,8 @@ class RestoreResult:
     row_counts: dict[str, int]
     problems: list[str] = field(default_factory=list)
     phases: dict[str, float] = field(default_factory=dict)
+    #: The name the replaced database keeps (``<target>_before_<stamp>``), if one existed.
+    kept_as: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -93,13 +100,15 @@ def restore_backup(
     jobs: int | None = None,
     allow_unencrypted: bool = False,
 ) -> RestoreResult:
-    """Restore ``backup`` into ``target_db`` and check it against the manifest.
+    """Restore ``backup`` into a new database, check it against the manifest, then give
+    it the name ``target_db`` (an existing ``target_db`` is kept as ``result.kept_as``).
 
     :raises BackupCorrupt: the backup's files do not match (target untouched).
     :raises RestoreRefused: the target holds data and ``force`` is off, or the backup is
         not encrypted while a key is configured and ``allow_unencrypted`` is off
         (target untouched).
-    :raises BackupError: pg_restore failed, or the restored data differs from the manifest.
+    :raises BackupError: pg_restore failed, the restored data differs from the manifest,
+        or the swap failed (target untouched, the new copy dropped).
     """
     started = time.monotonic()
     if not DBNAME_RE.match(target_db):
@@ -119,56 +128,93 @@ def restore_backup(
         phases[name] = round(now - mark, 3)
         mark = now
 
-    manifest = verify_files(settings, backup)
-    lap("verify_files")
-    if settings.backup_encryption_key_file and not manifest.encryption \
-            and not allow_unencrypted:
-        # With a key configured every backup of ours is encrypted: a plain one is
-        # someone else's (or a downgrade); use it only when the operator says so.
-        raise RestoreRefused(
-            f"backup {backup.backup_id} is not encrypted but BACKUP_ENCRYPTION_KEY_FILE is "
-            "set; pass --allow-unencrypted if you know where it comes from")
-    keys = _keys_for(settings, manifest) if manifest.encryption else []
-    if target_db == settings.db_name and not force:
-        raise RestoreRefused(
-            f"{target_db} is the live database; pass --force to replace it"
-        )
-    exists = bootstrap.database_exists(target_db, port=settings.db_port)
-    if exists and not force and target_has_data(settings, target_db):
-        raise RestoreRefused(
-            f"database {target_db} exists and is not empty; pass --force to replace it "
-            "or choose another --target-db"
-        )
-    if exists:
-        bootstrap.drop_database(target_db, port=settings.db_port)
-    bootstrap.create_database(settings, target_db, port=settings.db_port)
+    with storage_local.reading(backup):
+        manifest = verify_files(settings, backup)
+        lap("verify_files")
+        if settings.backup_encryption_key_file and not manifest.encryption \
+                and not allow_unencrypted:
+            # With a key configured every backup of ours is encrypted: a plain one is
+            # someone else's (or a downgrade); use it only when the operator says so.
+            raise RestoreRefused(
+                f"backup {backup.backup_id} is not encrypted but BACKUP_ENCRYPTION_KEY_FILE "
+                "is set; pass --allow-unencrypted if you know where it comes from")
+        keys = _keys_for(settings, manifest) if manifest.encryption else []
+        if target_db == settings.db_name and not force:
+            raise RestoreRefused(
+                f"{target_db} is the live database; pass --force to replace it"
+            )
+        exists = bootstrap.database_exists(target_db, port=settings.db_port)
+        if exists and not force and target_has_data(settings, target_db):
+            raise RestoreRefused(
+                f"database {target_db} exists and is not empty; pass --force to replace it "
+                "or choose another --target-db"
+            )
+        with storage_local.restore_lock(settings.backup_repo_dir, target_db) as alone:
+            if not alone:
+                raise RestoreRefused(f"another restore into {target_db} is running; wait "
+                                     "for it to finish")
+            temp_db = swap.temp_name(target_db, swap.stamp())
+            try:
+                result = _restore_and_check(settings, backup, manifest, keys, temp_db,
+                                            jobs or settings.backup_jobs, lap)
+                # Checked: only now does the target change, in one step.
+                result.kept_as = swap.swap_in(settings, temp_db, target_db, replace=exists,
+                                              when=swap.stamp())
+                lap("swap")
+            except BaseException:
+                # Whatever failed (even Ctrl-C), the target is as it was: drop the copy.
+                # A killed process cannot do this; --cleanup recognises the name.
+                _drop_quietly(settings, temp_db)
+                raise
+    result.target_db = target_db
+    result.seconds = round(time.monotonic() - started, 3)
+    result.phases = phases
+    log.info("restored %s into %s in %.1fs", backup.backup_id, target_db, result.seconds)
+    return result
+
+
+def _drop_quietly(settings: Settings, temp_db: str) -> None:
+    """Drop a failed restore's copy; a failure to do so is logged, never hides the
+    error that made the restore fail."""
+    try:
+        bootstrap.drop_database(temp_db, port=settings.db_port)
+    except DonnaError as exc:
+        log.error("could not drop %s (%s); `donnactl backup restore --cleanup` will",
+                  temp_db, exc)
+
+
+def _restore_and_check(settings: Settings, backup: storage_local.LocalBackup,
+                       manifest: mf.Manifest, keys: list[crypto.Key], temp_db: str,
+                       jobs: int, lap: Callable[[str], None]) -> RestoreResult:
+    """Create ``temp_db``, load the backup into it and compare it with the manifest.
+
+    :raises BackupError: pg_restore failed or the data differs from the manifest.
+    """
+    bootstrap.create_database(settings, temp_db, port=settings.db_port)
     lap("create_database")
     if manifest.encryption:
         # The plaintext lives only while pg_restore reads it, inside the 0700 repository.
         with tempfile.TemporaryDirectory(dir=settings.backup_repo_dir,
                                          prefix=storage_local.DECRYPTED_PREFIX) as tmp:
             crypto.decrypt_tree(backup.path, DUMP_DIR, Path(tmp), keys, backup.backup_id)
-            _pg_restore(settings, Path(tmp), target_db, jobs or settings.backup_jobs)
+            _pg_restore(settings, Path(tmp), temp_db, jobs)
     else:
-        _pg_restore(settings, backup.path / DUMP_DIR, target_db, jobs or settings.backup_jobs)
+        _pg_restore(settings, backup.path / DUMP_DIR, temp_db, jobs)
     lap("pg_restore")
     # Objects restored as the owner already got the default privileges; re-applying
     # the bootstrap also covers anything created another way, and it is idempotent.
-    bootstrap.apply_bootstrap(settings, target_db, port=settings.db_port)
+    bootstrap.apply_bootstrap(settings, temp_db, port=settings.db_port)
     lap("grants")
     # Fresh tables have no statistics: the first queries would plan blind.
-    bootstrap.superuser_psql("ANALYZE", dbname=target_db, port=settings.db_port)
+    bootstrap.superuser_psql("ANALYZE", dbname=temp_db, port=settings.db_port)
     lap("analyze")
-    result = check_against_manifest(settings, manifest, target_db)
+    result = check_against_manifest(settings, manifest, temp_db)
     lap("compare")
-    result.seconds = round(time.monotonic() - started, 3)
-    result.phases = phases
     if not result.ok:
         raise BackupError(
-            f"restored {target_db} differs from backup {backup.backup_id}: "
-            + "; ".join(result.problems[:3])
+            f"the restored copy differs from backup {backup.backup_id}: "
+            + "; ".join(result.problems[:3]) + "; the target was not touched"
         )
-    log.info("restored %s into %s in %.1fs", backup.backup_id, target_db, result.seconds)
     return result
 
 

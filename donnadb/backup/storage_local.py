@@ -3,6 +3,9 @@
 Layout (everything 0700/0600, owned by root)::
 
     <repo>/.lock                  held by whoever writes (create, prune)
+    <repo>/.read-<id>.lock        shared by restore/verify while they read <id>;
+                                  prune deletes <id> only when it gets it exclusively
+    <repo>/.restore-<db>.lock     held by the one restore building a copy of <db>
     <repo>/.partial-<id>/         a backup being written; never listed
     <repo>/<id>/manifest.json     a finished backup (the rename is the commit)
     <repo>/<id>/dump/...          pg_dump's directory-format output
@@ -32,6 +35,8 @@ PARTIAL_PREFIX = ".partial-"
 #: Plaintext of an encrypted backup while pg_restore reads it (restore.py).
 DECRYPTED_PREFIX = ".decrypted-"
 LOCK_NAME = ".lock"
+READ_LOCK_PREFIX = ".read-"
+RESTORE_LOCK_PREFIX = ".restore-"
 VERIFY_NAME = "verify.json"
 
 
@@ -90,6 +95,68 @@ def repo_lock(repo: Path, *, wait: bool = True) -> Iterator[bool]:
         yield got
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def _flock(path: Path, mode: int) -> tuple[int, bool]:
+    """Open ``path`` (0600, created if missing) and try ``mode``; (fd, got it)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, mode)
+        return fd, True
+    except BlockingIOError:
+        return fd, False
+
+
+def _read_lock_path(repo: Path, backup_id: str) -> Path:
+    return repo / f"{READ_LOCK_PREFIX}{backup_id}.lock"
+
+
+@contextmanager
+def reading(backup: LocalBackup) -> Iterator[None]:
+    """Hold ``backup``'s shared read lock: prune does not delete it meanwhile.
+
+    Waits while a prune is deleting it (seconds at most), then checks it is still there.
+
+    :raises BackupNotFound: prune deleted it before the lock was taken.
+    """
+    repo = backup.path.parent
+    ensure_repo(repo)
+    fd, _ = _flock(_read_lock_path(repo, backup.backup_id), fcntl.LOCK_SH)
+    try:
+        if not (backup.path / mf.MANIFEST_NAME).is_file():
+            raise BackupNotFound(f"backup {backup.backup_id} was deleted (by prune?) before "
+                                 "it could be read; pick another with `donnactl backup list`")
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def claim_for_delete(backup: LocalBackup) -> Iterator[bool]:
+    """Take ``backup``'s read lock exclusively without waiting; yields False when a
+    restore or verify is reading it (then it must not be deleted)."""
+    path = _read_lock_path(backup.path.parent, backup.backup_id)
+    fd, got = _flock(path, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        yield got
+        if got and not backup.path.exists():
+            path.unlink(missing_ok=True)  # its backup is gone: the lock file goes too
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def restore_lock(repo: Path, target_db: str) -> Iterator[bool]:
+    """The lock of the one restore building a copy of ``target_db``; yields False when
+    another process holds it. A killed restore's lock is released by the kernel, so
+    its half-made database is recognisably stale (``backup restore --cleanup``)."""
+    ensure_repo(repo)
+    fd, got = _flock(repo / f"{RESTORE_LOCK_PREFIX}{target_db}.lock",
+                     fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        yield got
+    finally:
+        os.close(fd)
 
 
 def start_partial(repo: Path, backup_id: str) -> Path:

@@ -47,6 +47,17 @@ def verify_backup(
         result = VerifyResult(backup.backup_id, False, 0, 0, ["manifest missing or unreadable"])
         storage_local.record_verify(backup, result.to_dict())
         return result
+    # Prune skips a backup while its read lock is held (shared: restores may read too).
+    with storage_local.reading(backup):
+        result = _check(settings, backup, with_restore=with_restore,
+                        allow_unencrypted=allow_unencrypted)
+        storage_local.record_verify(backup, result.to_dict())
+    return result
+
+
+def _check(settings: Settings, backup: storage_local.LocalBackup, *, with_restore: bool,
+           allow_unencrypted: bool) -> VerifyResult:
+    """Re-hash, check the signature and (``with_restore``) restore into a throwaway."""
     problems = mf.check_files(backup.path, backup.manifest)
     try:
         signing.check_if_signed(settings, backup.manifest, where="manifest")
@@ -66,5 +77,4 @@ def verify_backup(
             result.problems.append(f"restore: {exc}")
         finally:
             bootstrap.drop_database(scratch, port=settings.db_port)
-    storage_local.record_verify(backup, result.to_dict())
     return result

@@ -11,11 +11,21 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from donnadb.backup import catalog, crypto, pitr, restore, snapshot, storage_local, verify
+from donnadb.backup import (
+    catalog,
+    crypto,
+    pitr,
+    restore,
+    snapshot,
+    storage_local,
+    swap,
+    verify,
+)
 from donnadb.backup.check import check_backups
 from donnadb.backup.errors import BackupCorrupt, BackupNotFound, BackupStale
 from donnadb.backup.prune import prune as run_prune
 from donnadb.backup.storage_s3 import S3Store, check_backup_id
+from donnadb.cli.opsrun import YesOpt, confirm, logged
 from donnadb.cli.output import console, emit_json
 from donnadb.config import Settings, load_settings
 from donnadb.errors import UsageError
@@ -203,32 +213,90 @@ def verify_(
 
 
 @app.command(name="restore")
+@logged("backup restore")
 def restore_(
-    backup_id: str = typer.Argument(..., help="Backup id or 'latest' (local, else S3)."),
-    target_db: str = typer.Option(..., "--target-db", help="Database to restore into."),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty target database."),
+    backup_id: str | None = typer.Argument(None, help="Backup id or 'latest' (local, else S3)."),
+    target_db: str | None = typer.Option(None, "--target-db",
+                                         help="Database to restore into (with --cleanup: "
+                                              "whose copies to drop; default DB_NAME)."),
+    force: bool = typer.Option(False, "--force",
+                               help="Replace a non-empty target (it is kept as "
+                                    "<target>_before_<stamp>)."),
+    cleanup: bool = typer.Option(False, "--cleanup",
+                                 help="Drop the kept <target>_before_* copies and the "
+                                      "<target>_restoring_* leftovers of killed restores."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="With --cleanup: list, drop nothing."),
+    yes: YesOpt = False,
     jobs: int | None = JobsOpt,
     allow_unencrypted: bool = UnencryptedOpt,
     repo: str | None = RepoOpt,
     json_out: bool = JsonOpt,
 ) -> None:
-    """Restore a backup into --target-db (verified first; refuses non-empty targets)."""
+    """Restore a backup into a new database, check it, then swap it in as --target-db
+    (refuses non-empty targets without --force; --cleanup drops the kept copies)."""
     settings = load_settings(backup_repo_dir=repo)
+    if cleanup:
+        if backup_id is not None:
+            raise UsageError("--cleanup takes no backup id; use --target-db to choose whose "
+                             "copies to drop")
+        _cleanup(settings, target_db or settings.db_name, dry_run=dry_run, yes=yes,
+                 json_out=json_out)
+        return
+    if backup_id is None or target_db is None:
+        raise UsageError("backup restore needs a backup id and --target-db "
+                         "(or --cleanup)")
+    if dry_run:
+        raise UsageError("--dry-run goes with --cleanup; `backup verify ID --restore` "
+                         "tries a restore without touching any database")
     backup = _local_or_download(settings, backup_id, json_out)
     options = {"force": force, "jobs": jobs, "allow_unencrypted": allow_unencrypted}
     if json_out:
         result = restore.restore_backup(settings, backup, target_db, **options)
         emit_json({"backup_id": result.backup_id, "target_db": result.target_db,
                    "seconds": result.seconds, "schema_version": result.schema_version,
-                   "row_counts": result.row_counts, "phases": result.phases})
+                   "row_counts": result.row_counts, "phases": result.phases,
+                   "kept_as": result.kept_as})
         return
-    with console.status(f"restoring {backup.backup_id} into {target_db} ..."):
+    with console.status(f"restoring {backup.backup_id} into a new copy of {target_db} ..."):
         result = restore.restore_backup(settings, backup, target_db, **options)
     console.print(f"restored {result.backup_id} into [bold]{target_db}[/] in "
                   f"{result.seconds} s: schema {result.schema_version or 'none'}, "
                   f"{sum(result.row_counts.values())} rows in {len(result.row_counts)} "
                   "tables, all matching the manifest")
     console.print("  " + ", ".join(f"{k} {v:.1f} s" for k, v in result.phases.items()))
+    if result.kept_as:
+        console.print(f"  the previous {target_db} is kept as [bold]{result.kept_as}[/]; "
+                      "`donnactl backup restore --cleanup` drops it")
+
+
+def _cleanup(settings: Settings, target_db: str, *, dry_run: bool, yes: bool,
+             json_out: bool) -> None:
+    if not restore.DBNAME_RE.match(target_db):
+        raise UsageError(f"--target-db {target_db!r} is not a plain database name")
+    # Resuming deletes nothing, so it needs no question (and a "no" must not block it).
+    resumed = False if dry_run else swap.resume_if_left_paused(settings, target_db)
+    found = swap.leftovers(settings, target_db)
+    doomed = [f for f in found if not f.in_use]
+    if doomed and not dry_run:
+        confirm(f"Drop {len(doomed)} database(s) left by restores of {target_db}: "
+                + ", ".join(f.name for f in doomed) + "?", yes)
+    dropped = [] if dry_run else swap.drop_leftovers(settings, target_db, doomed)
+    if json_out:
+        emit_json({"target_db": target_db, "dry_run": dry_run,
+                   "found": [f.to_dict() for f in found], "dropped": dropped,
+                   "pgbouncer_resumed": resumed})
+        return
+    if resumed:
+        console.print(f"{target_db} was left paused on PgBouncer (a killed restore): resumed")
+    if not found:
+        console.print(f"no copies left by restores of {target_db}")
+    verb = "would drop" if dry_run else "dropped"
+    for f in found:
+        what = ("the database it replaced" if f.kind == "kept"
+                else "left by a killed restore")
+        state = ("[yellow]in use by a running restore, kept[/]" if f.in_use
+                 else f"[yellow]{verb}[/]")
+        console.print(f"{f.name} ({what}): {state}")
 
 
 @app.command()
@@ -265,7 +333,11 @@ def prune(
         for backup_id, reasons in sorted(plan.keep.items()):
             console.print(f"{where}: keep {backup_id} ({', '.join(reasons)})")
         for backup_id in plan.delete:
+            if where == "local" and backup_id in report.in_use:
+                continue
             console.print(f"{where}: [yellow]{verb}[/] {backup_id}")
+    for backup_id in report.in_use:
+        console.print(f"local: [yellow]kept[/] {backup_id} (a restore or verify is reading it)")
     for name in report.partials_removed:
         console.print(f"local: removed unfinished {name}")
     for up in report.uploads_aborted:

@@ -72,6 +72,10 @@ def target_name():
     name = f"donna_test_restore_{uuid.uuid4().hex[:8]}"
     yield name
     drop_database(name)
+    # ... and the copies restores made of it (kept _before_ and half-made _restoring_).
+    for copy in superuser_psql("SELECT datname FROM pg_database WHERE "
+                               f"starts_with(datname, '{name}_')").splitlines():
+        drop_database(copy)
 
 
 BUCKET = "donna-backups-test"
