@@ -65,14 +65,25 @@ def new_backup_id(now: datetime | None = None) -> str:
     return f"{now:%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(2)}"
 
 
+#: Modes of what the repository's group may list or read (backup directories; manifest
+#: and verify result); never others, never the dump. Set-group-ID: what is made inside
+#: belongs to the repository's group, not to the group of whoever made it.
+GROUP_LISTABLE = 0o2750
+GROUP_READABLE = 0o640
+
+
 def ensure_repo(repo: Path) -> Path:
-    """Create the repository (0700) if needed and tighten its mode.
+    """Create the repository (0750) if needed and tighten its mode.
+
+    Its group (the deploy makes it ``donnadb``, the consumers') may list the backups and
+    read their manifests and verify results, which hold no data: the metrics job runs
+    as its own user. The dumps stay their owner's alone (``dump/`` is 0700).
 
     :raises BackupError: it cannot be created.
     """
     try:
-        repo.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(repo, 0o700)
+        repo.mkdir(mode=GROUP_LISTABLE, parents=True, exist_ok=True)
+        os.chmod(repo, GROUP_LISTABLE)  # noqa: S103 - group only, see GROUP_LISTABLE
     except OSError as exc:
         raise BackupError(
             f"cannot create the backup repository {repo}: {exc.strerror} "
@@ -174,7 +185,13 @@ def start_partial(repo: Path, backup_id: str) -> Path:
 
 
 def commit_partial(partial: Path, backup_id: str) -> Path:
-    """Atomically publish a finished backup: fsync the files, then rename the directory."""
+    """Atomically publish a finished backup: fsync the files, then rename the directory.
+
+    The group may then read the manifest (see :func:`ensure_repo`), never the dump.
+    """
+    os.chmod(partial, GROUP_LISTABLE)  # noqa: S103 - group only, see GROUP_LISTABLE
+    if (partial / mf.MANIFEST_NAME).exists():
+        os.chmod(partial / mf.MANIFEST_NAME, GROUP_READABLE)
     for p in partial.rglob("*"):
         if p.is_file():
             fd = os.open(p, os.O_RDONLY)
@@ -257,6 +274,7 @@ def resolve(repo: Path, backup_id: str) -> LocalBackup:
 
 def record_verify(backup: LocalBackup, result: dict) -> None:
     mf.write_private(backup.path / VERIFY_NAME, json.dumps(result, indent=2, sort_keys=True))
+    os.chmod(backup.path / VERIFY_NAME, GROUP_READABLE)
 
 
 def delete(backup: LocalBackup) -> None:

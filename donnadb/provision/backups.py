@@ -212,8 +212,10 @@ def install_backups(settings) -> None:
                  update=host.get_fact(DebPackages).get("pgbackrest") is None)
     if cfg.pgbackrest:
         _install_pgbackrest(cfg, settings)
-    files.directory(name=f"Backup repository {cfg.repo_dir} (root only)", path=cfg.repo_dir,
-                    user="root", group="root", mode="700")
+    # The consumers' group lists backups and reads manifests (the metrics job); the
+    # dumps inside stay root's (storage_local.ensure_repo).
+    files.directory(name=f"Backup repository {cfg.repo_dir}", path=cfg.repo_dir,
+                    user="root", group=consumers.GROUP, mode="2750")
     consumers.settings_dir(f"Create {posixpath.dirname(cfg.env_file)}",
                            posixpath.dirname(cfg.env_file))
     files.put(name=f"Write {cfg.env_file}", src=StringIO(env_text(cfg)), dest=cfg.env_file,

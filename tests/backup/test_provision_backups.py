@@ -132,7 +132,7 @@ def test_deploy_configures_archiving_and_the_stanza(throwaway_cluster, schedule_
 
     first = subprocess.run(cmd, capture_output=True, text=True, cwd=work, check=False)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
-    assert (work / "repo").stat().st_mode & 0o777 == 0o700
+    assert (work / "repo").stat().st_mode & 0o7777 == 0o2750
     assert "PGBACKREST_ENABLED=true" in (work / "etc" / "backup.env").read_text()
     prefix = data.get("backup_unit_prefix", UNIT_PREFIX)
     for job in ("physical-full", "physical-diff"):

@@ -33,9 +33,12 @@ def test_manifest_describes_the_dump(settings, bs, source_db):
     assert {f.path for f in m.files} >= {"dump/toc.dat"}
     assert mf.check_files(backup.path, m) == []
     assert m.compress_level == bs.backup_compress_level and m.jobs == 2
-    # nothing world- or group-readable
+    # Nothing world-readable; the group may list backups and read manifests, no dump.
     for p in [bs.backup_repo_dir, *bs.backup_repo_dir.rglob("*")]:
-        assert p.stat().st_mode & 0o077 == 0, p
+        assert p.stat().st_mode & 0o007 == 0, p
+        if "dump" in p.relative_to(bs.backup_repo_dir).parts:
+            assert p.stat().st_mode & 0o077 == 0, p
+    assert (backup.path / mf.MANIFEST_NAME).stat().st_mode & 0o777 == 0o640
 
 
 def test_verify_detects_a_flipped_byte(settings, bs, source_db):

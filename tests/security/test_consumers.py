@@ -147,3 +147,35 @@ def test_the_jobs_never_run_code_from_a_checkout(deployed, deploy_settings):
             runs_code = line.startswith("ExecStart=") or " root " in line or " cd / " in line
             if runs_code and ("donnactl" in line or "donna-backup" in line):
                 assert deploy_settings.donnadb_install_dir in line, line
+
+
+@pytest.fixture
+def group_repo(settings):
+    """A backup repository where the ops user could reach it (not under root's 0700 /tmp)."""
+    import grp
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="donna-repo-", dir="/var/tmp"))  # noqa: S108
+    base.chmod(0o711)
+    repo = base / "repo"
+    repo.mkdir(mode=0o750)
+    os.chown(repo, 0, grp.getgrnam("donnadb").gr_gid)
+    yield repo
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_ops_user_sees_backup_state_but_no_dump(deployed, deploy_settings, settings,
+                                                    scratch_db, group_repo):
+    from donnadb.backup import snapshot
+
+    backup = snapshot.create_backup(settings.model_copy(update={"backup_repo_dir": group_repo}),
+                                    dbname=scratch_db)
+    python = f"{deploy_settings.donnadb_install_dir}/venv/bin/python"
+    latest = ("import json; from donnadb.ops import backups; from pathlib import Path; "
+              f"print(backups.latest(repo=Path('{group_repo}'))['backup_id'])")
+    done = as_user(opsjobs.OPS_USER, python, "-c", latest)
+    assert done.stdout.strip() == backup.backup_id, done.stderr
+    dump = next(p for p in (backup.path / "dump").iterdir() if p.is_file())
+    denied = as_user(opsjobs.OPS_USER, "cat", str(dump))
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr
