@@ -230,9 +230,11 @@ def chat_from_json(doc: dict[str, Any], chat_id: str, source_path: str, source: 
     if "updated_at" in legacy or updated is None:
         newest = max((r.created_at for r in rows), default=created)
         updated = max(newest, created)
+    versioned = "updated_at" not in legacy and updated is not None
     chat = _finish(chat_id, clerk, title, profile, metadata, created, updated, rows,
                    source_path, legacy, escaped)
     chat.status = status
+    chat.versioned = versioned
     return chat
 
 

@@ -98,7 +98,8 @@ def user_from_files(ident: tuple[str, str], paths: list[Path], inv: Inventory,
         email = ident[1]
     rel = inv.rel(paths[-1])
     file_time = max(mtime(p) for p in paths)
-    updated = _latest([parse_timestamp(d.get("updated_at")) for d in docs]) or file_time
+    versions = _latest([parse_timestamp(d.get("updated_at")) for d in docs])
+    updated = versions or file_time
     created = parse_timestamp(doc.get("created_at")) or updated
     uid = user_uuid(clerk, email)
     legacy_rows: dict[str, Any] = {k: v for k, v in doc.items() if k not in KNOWN_KEYS}
@@ -169,7 +170,7 @@ def user_from_files(ident: tuple[str, str], paths: list[Path], inv: Inventory,
                    preferences=preferences, created_at=min(created, updated),
                    updated_at=updated, memory=rows,
                    source_paths=[inv.rel(p) for p in paths], status=status or "active",
-                   last_active_at=last_active)
+                   last_active_at=last_active, versioned=versions is not None)
 
 
 def _latest(values: list[datetime | None]) -> datetime | None:
