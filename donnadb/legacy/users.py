@@ -32,13 +32,20 @@ KNOWN_KEYS = ("user_id", "email", "name", "profile", "preferences", "context", "
 STATUS_MAX = 50
 SECTIONS = ("profile", "preferences", "context")
 LEGACY_TYPE = "legacy"
+#: The legacy row listing the keys user_memory.key cannot hold.
+UNSTORABLE_KEYS = "unstorable_keys"
 KEY_MAX = 255
 TEXT_MAX = 255
 
 
+def storable_key(value: Any) -> bool:
+    """``value`` can be a users.clerk_id / user_memory.key as it is (else it is kept raw)."""
+    return isinstance(value, str) and 0 < len(value) <= KEY_MAX and not escape_str(value)[1]
+
+
 def _identity(path: Path, doc: dict[str, Any]) -> tuple[str | None, str | None]:
     stem = path.name[:-5]
-    clerk = doc.get("user_id") if isinstance(doc.get("user_id"), str) and doc["user_id"] else None
+    clerk = doc.get("user_id") if storable_key(doc.get("user_id")) else None
     if clerk is None and "@" not in stem:
         clerk = stem
     email = doc.get("email") if isinstance(doc.get("email"), str) and doc["email"] else None
@@ -103,6 +110,11 @@ def user_from_files(ident: tuple[str, str], paths: list[Path], inv: Inventory,
     created = parse_timestamp(doc.get("created_at")) or updated
     uid = user_uuid(clerk, email)
     legacy_rows: dict[str, Any] = {k: v for k, v in doc.items() if k not in KNOWN_KEYS}
+    # Keys user_memory.key cannot hold (and a key spelled like the list itself) are kept
+    # in one legacy row, as {"type": None (top level) or the section, "key", "value"}.
+    unstorable: list[dict[str, Any]] = [
+        {"type": None, "key": k, "value": legacy_rows.pop(k)} for k in list(legacy_rows)
+        if k == UNSTORABLE_KEYS or len(k) > KEY_MAX or escape_str(k)[1]]
     sections: dict[str, dict[str, Any]] = {}
     for name in SECTIONS:
         value = doc.get(name)
@@ -126,6 +138,8 @@ def user_from_files(ident: tuple[str, str], paths: list[Path], inv: Inventory,
     for field in ("email", "name"):
         if field in doc and not isinstance(doc[field], str) and doc[field] is not None:
             legacy_rows[field] = doc[field]
+    if "user_id" in doc and doc["user_id"] is not None and not storable_key(doc["user_id"]):
+        legacy_rows["user_id"] = doc["user_id"]  # not a Clerk id users.clerk_id can hold
     expires = doc.get("expires") or {}
     if not isinstance(expires, dict):
         legacy_rows["expires"], expires = expires, {}
@@ -138,12 +152,13 @@ def user_from_files(ident: tuple[str, str], paths: list[Path], inv: Inventory,
             if exp_key in expires and expires_at is not None:
                 used.add(exp_key)
             if len(key) > KEY_MAX or escape_str(key)[1]:
-                legacy_rows.setdefault("unstorable_keys", []).append(
-                    {"type": mtype, "key": key, "value": value})
-                report.note(rel, "memory_key_unstorable", f"{mtype} key kept as a legacy row")
+                unstorable.append({"type": mtype, "key": key, "value": value})
                 continue
             rows.append(MemoryRow(memory_uuid(uid, mtype, key), mtype, key,
                                   wrap_memory_value(value), updated, updated, expires_at))
+    if unstorable:
+        legacy_rows[UNSTORABLE_KEYS] = unstorable
+        report.note(rel, "memory_key_unstorable", "keys kept in a legacy row")
     leftover = {k: v for k, v in expires.items() if k not in used}
     if leftover:
         legacy_rows["expires"] = leftover
