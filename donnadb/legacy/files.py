@@ -189,8 +189,14 @@ def read_text(path: Path, inv: Inventory, report: Report) -> str | None:
 
 
 def loads(text: str) -> Any:
-    """json.loads that rejects NaN/Infinity (jsonb has no such numbers)."""
-    return json.loads(text, parse_constant=_reject_constant)
+    """json.loads that rejects NaN/Infinity (jsonb has no such numbers).
+
+    :raises ValueError: not JSON, or nested deeper than Python's recursion limit allows.
+    """
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply to be read (about a thousand levels)") from None
 
 
 def read_json_object(path: Path, inv: Inventory, report: Report) -> dict[str, Any] | None:
@@ -201,7 +207,7 @@ def read_json_object(path: Path, inv: Inventory, report: Report) -> dict[str, An
     try:
         doc = loads(text)
     except ValueError as exc:
-        report.quarantine(inv.rel(path), "invalid JSON", f"truncated or corrupt: {exc}")
+        report.quarantine(inv.rel(path), "invalid JSON", f"truncated, corrupt or too large: {exc}")
         return None
     if not isinstance(doc, dict):
         report.quarantine(inv.rel(path), "not a JSON object", type(doc).__name__)

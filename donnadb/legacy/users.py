@@ -196,7 +196,12 @@ def _latest(values: list[datetime | None]) -> datetime | None:
 def iter_users(inv: Inventory, report: Report) -> Iterator[UserRow]:
     """Every user that has at least one readable memory file, in identity order."""
     for ident, paths in group_memory_files(inv, report).items():
-        user = user_from_files(ident, paths, inv, report)
+        try:
+            user = user_from_files(ident, paths, inv, report)
+        except RecursionError:
+            report.quarantine(inv.rel(paths[-1]), "nested too deeply",
+                              "a value nests too deeply to normalise")
+            continue
         if user is not None:
             report.add("users")
             report.add("memory_entries", len(user.memory))

@@ -9,6 +9,7 @@ import json
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -188,3 +189,34 @@ def test_a_record_the_database_refuses_is_quarantined_and_the_rest_commits(
                    "--report-dir", str(tmp_path / "reports"))
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith("3 records refused by the database")
+
+
+@pytest.mark.parametrize("depth", [200, 900, 975, 990, 5000])
+def test_values_nested_at_any_depth_are_stored_or_quarantined(settings, scratch_db, tmp_path,
+                                                              depth):
+    def nested(inner: str) -> str:
+        return '{"a": ' * depth + inner + "}" * depth
+
+    root = tmp_path / "data"
+    for folder in ("chat_sessions", "memory", "logs"):
+        (root / folder).mkdir(parents=True)
+    (root / "chat_sessions" / "c_meta.json").write_text(f'{{"metadata": {nested("1")}}}')
+    (root / "chat_sessions" / "c_msg.json").write_text(
+        f'{{"messages": [{{"content": "hi", "metadata": {nested("[]")}}}]}}')
+    (root / "memory" / "user_deep.json").write_text(f'{{"context": {{"k": {nested("2")}}}}}')
+    (root / "logs" / "app.jsonl").write_text(f'{{"context": {nested("null")}}}\n')
+    done = run_cli("migrate-data", "import", "--data-dir", str(root), "--dbname", scratch_db,
+                   "--json", "--report-dir", str(tmp_path / "reports"))
+    assert done.returncode in (0, 1), done.stderr
+    assert "Traceback" not in done.stderr
+    quarantined = {q["path"] for q in json.loads(done.stdout)["report"]["quarantined"]}
+    with db.connect("migrator", settings=settings, dbname=scratch_db) as conn:
+        chats = {r[0] for r in conn.execute("SELECT chat_id FROM chat_sessions")}
+        users = {r[0] for r in conn.execute("SELECT clerk_id FROM users")}
+        logs = conn.execute("SELECT count(*) FROM system_logs").fetchone()[0]
+    assert "c_meta" in chats or "chat_sessions/c_meta.json" in quarantined
+    assert "c_msg" in chats or "chat_sessions/c_msg.json" in quarantined
+    assert "user_deep" in users or "memory/user_deep.json" in quarantined
+    assert logs == 1 or "logs/app.jsonl:1" in quarantined
+    if depth <= 200:
+        assert not quarantined and len(chats) == 2 and logs == 1
