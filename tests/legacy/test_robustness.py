@@ -220,3 +220,27 @@ def test_values_nested_at_any_depth_are_stored_or_quarantined(settings, scratch_
     assert logs == 1 or "logs/app.jsonl:1" in quarantined
     if depth <= 200:
         assert not quarantined and len(chats) == 2 and logs == 1
+
+
+def test_numbers_a_float_or_int_cannot_hold_are_quarantined_with_the_reason(
+        settings, scratch_db, tmp_path):
+    root = tmp_path / "data"
+    for folder in ("chat_sessions", "logs"):
+        (root / folder).mkdir(parents=True)
+    (root / "chat_sessions" / "c_big.json").write_text('{"metadata": {"x": 1e400}}')
+    (root / "chat_sessions" / "c_tiny.json").write_text('{"metadata": {"x": -1e-400}}')
+    (root / "chat_sessions" / "c_long.json").write_text('{"metadata": {"x": %s}}' % ("7" * 5000))
+    (root / "chat_sessions" / "c_fine.json").write_text('{"metadata": {"x": 1.5e300, "y": %s}}'
+                                                        % ("7" * 400))
+    (root / "logs" / "app.jsonl").write_text('{"context": {"x": 1E+999}}\n{"message": "ok"}\n')
+    done = run_cli("migrate-data", "import", "--data-dir", str(root), "--dbname", scratch_db,
+                   "--json", "--report-dir", str(tmp_path / "reports"))
+    assert done.returncode == 0, done.stderr
+    quarantined = {q["path"]: q["detail"] for q in json.loads(done.stdout)["report"]["quarantined"]}
+    assert set(quarantined) == {"chat_sessions/c_big.json", "chat_sessions/c_tiny.json",
+                                "chat_sessions/c_long.json", "logs/app.jsonl:1"}
+    assert "1e400" in quarantined["chat_sessions/c_big.json"]
+    with db.connect("migrator", settings=settings, dbname=scratch_db) as conn:
+        assert conn.execute("SELECT metadata->>'y' FROM chat_sessions WHERE chat_id = 'c_fine'"
+                            ).fetchone()[0] == "7" * 400
+        assert conn.execute("SELECT count(*) FROM system_logs").fetchone()[0] == 1
