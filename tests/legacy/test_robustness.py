@@ -63,7 +63,13 @@ memory_docs = st.tuples(
                                                                          max_size=3))
 ).map(lambda t: {**t[0], **t[1]})
 log_lines = _fields(logmod.FIELDS)
+# chat_history/*.txt: a preamble, then "[time] role: text" messages (any text but a newline
+# in the role, text that may continue over lines).
+transcripts = st.tuples(
+    text, st.lists(st.tuples(st.sampled_from(["user", "Bot", "SYSTEM", "tool", "ai x"]), text,
+                             st.one_of(text, st.just(""))), min_size=1, max_size=3))
 data_dirs = st.fixed_dictionaries({
+    "transcripts": st.lists(transcripts, max_size=2),
     "chats": st.lists(chat_docs, max_size=3),
     "conversations": st.lists(chat_docs, max_size=1),
     "memory": st.lists(memory_docs, max_size=3),
@@ -80,6 +86,13 @@ def _write(root: Path, drawn: dict) -> None:
         dump(root / "chat_sessions" / f"c_{n}.json", doc)
     for n, doc in enumerate(drawn["conversations"]):
         dump(root / "conversations" / "user_x" / f"c_{n % 2}.json", doc)
+    for n, (preamble, msgs) in enumerate(drawn.get("transcripts", [])):
+        lines = [preamble.replace("[", "(")] if preamble else []
+        lines += [f"[2024-05-01 10:00:0{i}] {role}: {first}" + (f"\n{more}" if more else "")
+                  for i, (role, first, more) in enumerate(msgs)]
+        path = root / "chat_history" / f"c_t{n}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes("\n".join(lines).encode("utf-8", "surrogatepass"))
     for n, doc in enumerate(drawn["memory"]):
         dump(root / "memory" / f"user_{n}.json", doc)
     (root / "logs").mkdir(parents=True, exist_ok=True)
@@ -94,7 +107,7 @@ def _truncate(settings, *dbnames: str) -> None:
             conn.execute(f"TRUNCATE {TABLES} CASCADE")
 
 
-@hsettings(max_examples=25, deadline=None,
+@hsettings(max_examples=50, deadline=None,
            suppress_health_check=[HealthCheck.function_scoped_fixture,
                                   HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(drawn=data_dirs)
