@@ -1,7 +1,9 @@
 """``donnactl migrate-data import|verify|export|reconcile``: the legacy files <-> PostgreSQL.
 
-Exit codes: 0 ok; 1 verify found differences / reconcile left entries failing;
-3 bad arguments; 4 database unreachable; 6 the database rejected a batch.
+Exit codes: 0 ok; 1 verify found differences / reconcile left entries failing / import
+quarantined records the database refused; 3 bad arguments (import with
+DATA_STORAGE_TYPE=postgresql without --i-know-postgresql-is-primary); 4 database
+unreachable; 6 a batch failed for another reason than a record's values.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from donnadb.cli.output import console, emit_json, err_console
 from donnadb.config import load_settings
 from donnadb.errors import DatabaseError
 from donnadb.legacy.export import export_data_dir
-from donnadb.legacy.importer import import_data_dir
+from donnadb.legacy.importer import CONFLICT_EXAMPLES, check_storage_type, import_data_dir
 from donnadb.legacy.reader import LegacyReader
-from donnadb.legacy.report import Report
+from donnadb.legacy.report import Report, write_private_jsonl
 from donnadb.legacy.verify import verify as verify_dir
 
 app = typer.Typer(no_args_is_help=True)
@@ -78,10 +80,17 @@ def import_cmd(data_dir: DataDirOpt = None, dry_run: Annotated[bool, typer.Optio
         workers: Annotated[int | None, typer.Option(
             "--workers", min=0, help="Processes parsing the chat files (0: none, parse in "
             "this one; default: one per core for a directory of 256+ chats).")] = None,
+        postgresql_is_primary: Annotated[bool, typer.Option(
+            "--i-know-postgresql-is-primary", help="Import although DATA_STORAGE_TYPE is "
+            "postgresql (rows newer in PostgreSQL are still kept; differences are reported "
+            "as conflicts).")] = False,
         ) -> None:
-    """Load DATA_DIR into PostgreSQL (idempotent; re-run after any interruption)."""
+    """Load DATA_DIR into PostgreSQL (idempotent; re-run after any interruption). A stored
+    row is replaced only by a newer file; the others are reported as conflicts."""
     settings = load_settings(db_name=dbname, data_dir=data_dir,
                              migration_batch_size=batch_size)
+    if not dry_run:
+        check_storage_type(settings.data_storage_type, postgresql_is_primary)
     reader = LegacyReader.open(settings.data_dir)
     conn = None if dry_run else _connect("migrator", settings, dbname)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -98,13 +107,19 @@ def import_cmd(data_dir: DataDirOpt = None, dry_run: Annotated[bool, typer.Optio
     finally:
         if conn is not None:
             conn.close()
-    report_file = None
+    report_file = conflicts_file = None
     if not dry_run:
         report_file = reader.report.write(Path(report_dir), "import",
                                           {"summary": summary.as_dict()})
+        if summary.conflicts:
+            conflicts_file = write_private_jsonl(
+                report_file.with_name(report_file.stem + "-conflicts.jsonl"), summary.conflicts)
     if json:
         emit_json({"summary": summary.as_dict(), "report": reader.report.as_dict(),
-                   "report_file": str(report_file) if report_file else None})
+                   "report_file": str(report_file) if report_file else None,
+                   "conflicts_file": str(conflicts_file) if conflicts_file else None})
+        if summary.rejected:
+            raise typer.Exit(1)
         return
     table = Table(title="dry run: nothing written" if dry_run else "import summary",
                   title_justify="left")
@@ -114,8 +129,27 @@ def import_cmd(data_dir: DataDirOpt = None, dry_run: Annotated[bool, typer.Optio
         table.add_row(name, str(n), "-" if dry_run else str(summary.written.get(name, 0)))
     console.print(table)
     _print_report(reader.report)
+    _print_conflicts(summary.conflicts, conflicts_file)
     console.print(f"{summary.batches} batches of up to {settings.migration_batch_size} rows"
                   + (f"; report: {report_file}" if report_file else ""), highlight=False)
+    if summary.rejected:
+        err_console.print(f"[red]{summary.rejected} records refused by the database[/]: "
+                          "quarantined (see the report); everything else is imported",
+                          highlight=False)
+        raise typer.Exit(1)
+
+
+def _print_conflicts(conflicts: list[dict], path: Path | None) -> None:
+    """The count and the first examples; every conflict is in ``path``."""
+    if not conflicts:
+        return
+    table = Table(title=f"{len(conflicts)} conflicts: stored rows kept, the files' versions "
+                        f"not imported (all in {path})", title_justify="left")
+    for col in ("table", "key", "reason", "path"):
+        table.add_column(col, overflow="fold")
+    for c in conflicts[:CONFLICT_EXAMPLES]:
+        table.add_row(c["table"], c["key"], c["reason"], c["path"])
+    console.print(table)
 
 
 @app.command("verify")

@@ -24,6 +24,7 @@ from donnadb.legacy.normalise import (
     ESCAPE_MARKER,
     LEGACY_KEY,
     chat_uuid,
+    escape_all,
     escape_json,
     escape_str,
     json_object_field,
@@ -154,6 +155,10 @@ def _fill_timestamps(rows: list[MessageRow], raws: list[Any],
 def _keep_raw(legacy: dict[str, Any], name: str, raw: Any) -> None:
     """Keep an unreadable timestamp for export (escaped, and marked so, when needed)."""
     stored, changed = escape_json(raw)
+    if "legacy" in legacy.get("escaped", ()):
+        # ``legacy`` was escaped as a whole already: what joins it later is too, as export
+        # unescapes the whole before it reads the raw value.
+        stored = escape_all(stored)
     legacy[f"{name}_raw"] = stored
     if changed:
         legacy[f"{name}_raw_escaped"] = True
@@ -230,9 +235,11 @@ def chat_from_json(doc: dict[str, Any], chat_id: str, source_path: str, source: 
     if "updated_at" in legacy or updated is None:
         newest = max((r.created_at for r in rows), default=created)
         updated = max(newest, created)
+    versioned = "updated_at" not in legacy and updated is not None
     chat = _finish(chat_id, clerk, title, profile, metadata, created, updated, rows,
                    source_path, legacy, escaped)
     chat.status = status
+    chat.versioned = versioned
     return chat
 
 

@@ -60,6 +60,8 @@ def encode_messages(chat_uuid: uuid.UUID, messages: Iterable[MessageRow]) -> tup
     for m in messages:
         offsets.append(len(out))
         meta = dump_json(m.metadata)
+        if isinstance(meta, str):  # json.dumps' answer (integers beyond 64 bits)
+            meta = meta.encode()
         out += head
         out += _UUID_LEN
         out += m.id.bytes

@@ -60,7 +60,8 @@ SELECT c.chat_id, m.id, m.sequence_number, m.role, m.content, m.metadata, m.crea
 """
 EXPORT_USERS = """
 SELECT id, clerk_id, email, name, profile, preferences, created_at, updated_at, status,
-       last_active_at
+       last_active_at,
+       EXISTS (SELECT 1 FROM chat_sessions AS c WHERE c.user_id = users.id) AS has_chats
   FROM users ORDER BY id
 """
 EXPORT_MEMORY = """
@@ -319,10 +320,10 @@ def _export_users(conn: psycopg.Connection, out: _OutDir, summary: ExportSummary
     memory: dict[Any, list[tuple[str, str, Any, Any]]] = {}
     for user_id, mtype, key, value, expires in conn.execute(EXPORT_MEMORY):
         memory.setdefault(user_id, []).append((mtype, key, value, expires))
-    for uid, clerk, email, name, profile, prefs, created, updated, status, last_active in \
-            conn.execute(EXPORT_USERS):
+    for uid, clerk, email, name, profile, prefs, created, updated, status, last_active, \
+            has_chats in conn.execute(EXPORT_USERS):
         rows = memory.get(uid, [])
-        if not (rows or email or name or profile or prefs):
+        if has_chats and not (rows or email or name or profile or prefs):
             continue  # known only from its chats: the import recreates it from them
         doc: dict[str, Any] = {"user_id": clerk, "email": email, "name": name}
         sections: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
@@ -338,8 +339,12 @@ def _export_users(conn: psycopg.Connection, out: _OutDir, summary: ExportSummary
             sections.setdefault(mtype, {})[key] = value
             if expires is not None:
                 expires_doc[f"{mtype}.{key}"] = iso(expires)
+        top: dict[str, Any] = {}
         for item in extra.pop("unstorable_keys", []):
-            sections.setdefault(item["type"], {})[item["key"]] = item["value"]
+            if item["type"] is None:  # a top-level key user_memory.key cannot hold
+                top[item["key"]] = item["value"]
+            else:
+                sections.setdefault(item["type"], {})[item["key"]] = item["value"]
         leftover = extra.pop("expires", None)
         if isinstance(leftover, dict):
             expires_doc.update(leftover)
@@ -354,6 +359,7 @@ def _export_users(conn: psycopg.Connection, out: _OutDir, summary: ExportSummary
         if last_active is not None:
             doc["last_active_at"] = iso(last_active)
         doc.update(extra)  # raw sections, unstorable e-mail/name, unknown top-level keys
+        doc.update(top)
         field_name, stem = next((f, v) for f, v in (("clerk_id", clerk), ("email", email),
                                                     ("id", str(uid))) if v)
         record = f"user {uid}"

@@ -8,7 +8,9 @@ UTF-8 byte-order mark is stripped and noted (the content is intact, so it is imp
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,6 +141,20 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON (PostgreSQL jsonb cannot store it)")
 
 
+#: A number a float may not hold (an exponent of 3+ digits, 300+ digits in a row): only
+#: text holding one is parsed with the checked float parser (the common path is not).
+_FLOAT_RANGE_RISK = re.compile(r"\d[eE][+-]?\d{3}|\d{300}")
+
+
+def _checked_float(text: str) -> float:
+    value = float(text)
+    mantissa = re.split("[eE]", text, maxsplit=1)[0]
+    if math.isinf(value) or (value == 0 and mantissa.strip("-+0.")):
+        raise ValueError(f"the number {text[:40]} is beyond what this import keeps exactly "
+                         "(a 64-bit float)")
+    return value
+
+
 def open_inside(path: Path, inv: Inventory) -> int:
     """A read-only fd for ``path`` (a file under DATA_DIR), opened one component at a
     time from DATA_DIR with ``O_NOFOLLOW``: a file or folder swapped for a symlink after
@@ -189,8 +205,18 @@ def read_text(path: Path, inv: Inventory, report: Report) -> str | None:
 
 
 def loads(text: str) -> Any:
-    """json.loads that rejects NaN/Infinity (jsonb has no such numbers)."""
-    return json.loads(text, parse_constant=_reject_constant)
+    """json.loads that rejects NaN/Infinity (jsonb has no such numbers).
+
+    :raises ValueError: not JSON, a number a float cannot hold (1e400, 1e-400), or nested
+        deeper than Python's recursion limit allows.
+    """
+    try:
+        if _FLOAT_RANGE_RISK.search(text):
+            return json.loads(text, parse_constant=_reject_constant,
+                              parse_float=_checked_float)
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply to be read (about a thousand levels)") from None
 
 
 def read_json_object(path: Path, inv: Inventory, report: Report) -> dict[str, Any] | None:
@@ -201,7 +227,7 @@ def read_json_object(path: Path, inv: Inventory, report: Report) -> dict[str, An
     try:
         doc = loads(text)
     except ValueError as exc:
-        report.quarantine(inv.rel(path), "invalid JSON", f"truncated or corrupt: {exc}")
+        report.quarantine(inv.rel(path), "invalid JSON", f"truncated, corrupt or too large: {exc}")
         return None
     if not isinstance(doc, dict):
         report.quarantine(inv.rel(path), "not a JSON object", type(doc).__name__)

@@ -6,7 +6,7 @@ Why a kill -9 at any moment is harmless (the resumable, idempotent design):
   chats by chat_id, messages by (chat, sequence_number), memory by (user, type, key),
   logs by uuid5 of ``file:line``;
 * a batch is ONE transaction: COPY into ``ON COMMIT DELETE ROWS`` temp tables, then
-  ``INSERT ... SELECT ... ON CONFLICT DO UPDATE ... WHERE row IS DISTINCT FROM new``.
+  ``INSERT ... SELECT ... ON CONFLICT DO UPDATE ... WHERE the file is newer``.
   A killed batch rolls back completely; a committed batch, when replayed, matches
   every row and changes nothing. The messages of a chat with no message stored yet
   (checked inside the batch's transaction) skip the staging table and are COPYed straight
@@ -15,8 +15,19 @@ Why a kill -9 at any moment is harmless (the resumable, idempotent design):
   statement-level triggers, which only see rows actually inserted, so a replay never
   counts a message twice;
 * the schema's ``set_updated_at`` trigger stamps now() on any UPDATE that leaves
-  ``updated_at`` as it was; each batch ends by writing the file's ``updated_at`` back,
-  so the final content never depends on when (or how often) the import ran.
+  ``updated_at`` as it was (the message triggers' updates of chat_sessions); each batch
+  ends by writing the file's ``updated_at`` back to the chats it owns, so the final
+  content never depends on when (or how often) the import ran.
+
+Why a re-run after cut-over never loses what the app wrote since: a stored row is
+replaced only by a file whose ``updated_at`` is newer than the row's; a file without one
+only inserts what is missing; a message already stored at a position is never replaced
+(the file may only give it its own id). Every stored row the file differs from and may
+not replace is a conflict, reported, not written.
+
+Why one bad record never stops the run: a batch the database refuses for a record's
+values is written again one record per transaction; the refused records are quarantined
+with PostgreSQL's reason and the others commit (the common path stays one transaction).
 
 A re-run therefore resumes by replaying from the start, cheaply: replayed batches
 write nothing. Rows the files no longer hold are never deleted (verify reports them).
@@ -31,21 +42,23 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.types.json import set_json_dumps
+from psycopg.types.json import Jsonb, set_json_dumps
 
 from donnadb import db
 from donnadb.dal.values import dump_json
-from donnadb.errors import DataError, MigrationError
+from donnadb.errors import DatabaseError, DataError, MigrationError, UsageError
 from donnadb.legacy import indexes
 from donnadb.legacy.copybin import MESSAGE_COLUMNS, SIGNATURE, TRAILER, with_chat_id
 from donnadb.legacy.logs import iter_log_file
 from donnadb.legacy.model import ChatRow, LogRow, UserRow
-from donnadb.legacy.normalise import user_uuid
+from donnadb.legacy.normalise import iso, user_uuid
 from donnadb.legacy.parallel import ChatPart, iter_parts
 from donnadb.legacy.reader import LegacyReader
+from donnadb.legacy.report import Report
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +75,18 @@ STAGE_DDL = {
     "users": """
 CREATE TEMP TABLE IF NOT EXISTS stage_users (
     id uuid, clerk_id text, email text, name text, profile jsonb, preferences jsonb,
-    created_at timestamptz, updated_at timestamptz, status text, last_active_at timestamptz)
-    ON COMMIT DELETE ROWS;
+    created_at timestamptz, updated_at timestamptz, status text, last_active_at timestamptz,
+    versioned bool) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_memory (
     id uuid, user_uuid uuid, clerk_id text, memory_type text, key text, value jsonb,
-    created_at timestamptz, updated_at timestamptz, expires_at timestamptz)
+    created_at timestamptz, updated_at timestamptz, expires_at timestamptz, versioned bool)
     ON COMMIT DELETE ROWS;
 """,
     "chats": """
 CREATE TEMP TABLE IF NOT EXISTS stage_chats (
     id uuid, chat_id text, clerk_id text, user_uuid uuid, title text, profile text,
-    metadata jsonb, created_at timestamptz, updated_at timestamptz, status text)
-    ON COMMIT DELETE ROWS;
+    metadata jsonb, created_at timestamptz, updated_at timestamptz, status text,
+    versioned bool) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_messages (
     chat_session_id uuid, id uuid, role text, content text, metadata jsonb,
     created_at timestamptz, sequence_number int4, token_count int4, abuse_flagged bool)
@@ -90,52 +103,52 @@ STAGE_TABLES = {"users": ("stage_users", "stage_memory"),
 
 COPY_USERS = ("COPY stage_users FROM STDIN (FORMAT BINARY)",
               ["uuid", "text", "text", "text", "jsonb", "jsonb", "timestamptz", "timestamptz",
-               "text", "timestamptz"])
+               "text", "timestamptz", "bool"])
 COPY_MEMORY = ("COPY stage_memory FROM STDIN (FORMAT BINARY)",
                ["uuid", "uuid", "text", "text", "text", "jsonb", "timestamptz", "timestamptz",
-                "timestamptz"])
+                "timestamptz", "bool"])
 COPY_CHATS = ("COPY stage_chats FROM STDIN (FORMAT BINARY)",
               ["uuid", "text", "text", "uuid", "text", "text", "jsonb", "timestamptz",
-               "timestamptz", "text"])
+               "timestamptz", "text", "bool"])
 # Messages arrive as binary COPY rows already (copybin, built where the files are parsed).
 COPY_STAGE_MESSAGES = f"COPY stage_messages ({MESSAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 COPY_MESSAGES_DIRECT = f"COPY messages ({MESSAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 COPY_LOGS = ("COPY stage_logs FROM STDIN (FORMAT BINARY)",
              ["uuid", "text", "text", "jsonb", "text", "text", "text", "text", "timestamptz"])
 
+# Never replace a newer row. A file's row replaces the stored one only when the file is
+# versioned (it carries an updated_at) and that version is newer than the row's; files
+# without one (``versioned`` false) only insert what is missing. Rows that differ but are
+# not replaced are conflicts (the *_CONFLICTS queries, run before the writes, find them).
+_USER_COLUMNS = "id, clerk_id, email, name, profile, preferences, created_at, updated_at, " \
+    "status, last_active_at"
 _USER_SET = """
     DO UPDATE SET email = EXCLUDED.email, name = EXCLUDED.name, profile = EXCLUDED.profile,
                   preferences = EXCLUDED.preferences, created_at = EXCLUDED.created_at,
                   updated_at = EXCLUDED.updated_at, status = EXCLUDED.status,
                   last_active_at = EXCLUDED.last_active_at
-    WHERE (u.email, u.name, u.profile, u.preferences, u.created_at, u.updated_at, u.status,
-           u.last_active_at)
-          IS DISTINCT FROM (EXCLUDED.email, EXCLUDED.name, EXCLUDED.profile,
-                            EXCLUDED.preferences, EXCLUDED.created_at, EXCLUDED.updated_at,
-                            EXCLUDED.status, EXCLUDED.last_active_at)"""
-UPSERT_USERS_BY_CLERK = """
-INSERT INTO users AS u (id, clerk_id, email, name, profile, preferences, created_at, updated_at,
-                        status, last_active_at)
-SELECT id, clerk_id, email, name, profile, preferences, created_at, updated_at, status,
-       last_active_at
-  FROM stage_users WHERE clerk_id IS NOT NULL
-ON CONFLICT (clerk_id)""" + _USER_SET
-UPSERT_USERS_BY_ID = """
-INSERT INTO users AS u (id, clerk_id, email, name, profile, preferences, created_at, updated_at,
-                        status, last_active_at)
-SELECT id, clerk_id, email, name, profile, preferences, created_at, updated_at, status,
-       last_active_at
-  FROM stage_users WHERE clerk_id IS NULL
-ON CONFLICT (id)""" + _USER_SET
-FIX_USERS_UPDATED_AT = """
-UPDATE users AS u SET updated_at = s.updated_at
-  FROM stage_users AS s
- WHERE u.clerk_id = s.clerk_id AND u.updated_at IS DISTINCT FROM s.updated_at
-"""
-FIX_USERS_BY_ID_UPDATED_AT = """
-UPDATE users AS u SET updated_at = s.updated_at
-  FROM stage_users AS s
- WHERE s.clerk_id IS NULL AND u.id = s.id AND u.updated_at IS DISTINCT FROM s.updated_at
+    WHERE EXCLUDED.updated_at > u.updated_at"""
+
+
+def _users_upsert(target: str, where: str) -> tuple[str, str]:
+    insert = f"INSERT INTO users AS u ({_USER_COLUMNS}) SELECT {_USER_COLUMNS} FROM stage_users"
+    return (f"{insert} WHERE {where} AND versioned ON CONFLICT ({target})" + _USER_SET,
+            f"{insert} WHERE {where} AND NOT versioned ON CONFLICT ({target}) DO NOTHING")
+
+
+UPSERT_USERS_BY_CLERK = _users_upsert("clerk_id", "clerk_id IS NOT NULL")
+UPSERT_USERS_BY_ID = _users_upsert("id", "clerk_id IS NULL")
+_USER_DIFFERS = """NOT (s.versioned AND s.updated_at > u.updated_at)
+   AND (u.email, u.name, u.profile, u.preferences, u.status)
+       IS DISTINCT FROM (s.email, s.name, s.profile, s.preferences, s.status)"""
+USER_CONFLICTS = f"""
+SELECT s.id, s.versioned, s.updated_at, u.updated_at
+  FROM stage_users AS s JOIN users AS u ON u.clerk_id = s.clerk_id
+ WHERE {_USER_DIFFERS}
+UNION ALL
+SELECT s.id, s.versioned, s.updated_at, u.updated_at
+  FROM stage_users AS s JOIN users AS u ON u.id = s.id
+ WHERE s.clerk_id IS NULL AND {_USER_DIFFERS}
 """
 # Users known only from a chat: created once, from their first chat in chat_id order
 # (independent of batch boundaries); a memory-file user is never overwritten here.
@@ -146,71 +159,94 @@ SELECT DISTINCT ON (clerk_id) user_uuid, clerk_id, created_at, created_at
  ORDER BY clerk_id, chat_id COLLATE "C"
 ON CONFLICT (clerk_id) DO NOTHING
 """
-UPSERT_CHATS = """
+_CHAT_INSERT = """
 INSERT INTO chat_sessions AS c (id, chat_id, user_id, title, profile, metadata, created_at,
                                 updated_at, status)
 SELECT s.id, s.chat_id, u.id, s.title, s.profile, s.metadata, s.created_at, s.updated_at,
        s.status
   FROM stage_chats AS s LEFT JOIN users AS u ON u.clerk_id = s.clerk_id
+ WHERE {}"""
+UPSERT_CHATS = _CHAT_INSERT.format("s.versioned") + """
 ON CONFLICT (chat_id) DO UPDATE
    SET user_id = EXCLUDED.user_id, title = EXCLUDED.title, profile = EXCLUDED.profile,
        metadata = EXCLUDED.metadata, created_at = EXCLUDED.created_at,
        updated_at = EXCLUDED.updated_at, status = EXCLUDED.status
- WHERE (c.user_id, c.title, c.profile, c.metadata, c.created_at, c.updated_at, c.status)
-       IS DISTINCT FROM (EXCLUDED.user_id, EXCLUDED.title, EXCLUDED.profile,
-                         EXCLUDED.metadata, EXCLUDED.created_at, EXCLUDED.updated_at,
-                         EXCLUDED.status)
+ WHERE EXCLUDED.updated_at > c.updated_at""", \
+    _CHAT_INSERT.format("NOT s.versioned") + "\nON CONFLICT (chat_id) DO NOTHING"
+CHAT_CONFLICTS = """
+SELECT s.chat_id, s.versioned, s.updated_at, c.updated_at
+  FROM stage_chats AS s JOIN chat_sessions AS c ON c.chat_id = s.chat_id
+  LEFT JOIN users AS u ON u.clerk_id = s.clerk_id
+ WHERE NOT (s.versioned AND s.updated_at > c.updated_at)
+   AND (c.user_id, c.title, c.profile, c.metadata, c.status)
+       IS DISTINCT FROM (u.id, s.title, s.profile, s.metadata, s.status)
 """
-UPSERT_MESSAGES = """
-INSERT INTO messages AS m (id, chat_session_id, role, content, metadata, created_at,
-                           sequence_number, token_count, abuse_flagged)
-SELECT s.id, s.chat_session_id, s.role, s.content, s.metadata, s.created_at,
-       s.sequence_number, s.token_count, s.abuse_flagged
+# A message already stored at a position is never replaced: the file's may only give it
+# its own id (a message the DAL wrote back with its id); any other difference is a conflict.
+_MESSAGE_CONTENT = "role, content, metadata, created_at, token_count, abuse_flagged"
+UPSERT_MESSAGES = f"""
+INSERT INTO messages AS m (id, chat_session_id, {_MESSAGE_CONTENT}, sequence_number)
+SELECT s.id, s.chat_session_id, {_MESSAGE_CONTENT.replace(", ", ", s.").join(("s.", ""))},
+       s.sequence_number
   FROM stage_messages AS s
-ON CONFLICT (chat_session_id, sequence_number) DO UPDATE
-   SET id = EXCLUDED.id, role = EXCLUDED.role, content = EXCLUDED.content,
-       metadata = EXCLUDED.metadata, created_at = EXCLUDED.created_at,
-       token_count = EXCLUDED.token_count, abuse_flagged = EXCLUDED.abuse_flagged
- WHERE (m.id, m.role, m.content, m.metadata, m.created_at, m.token_count, m.abuse_flagged)
-       IS DISTINCT FROM (EXCLUDED.id, EXCLUDED.role, EXCLUDED.content, EXCLUDED.metadata,
-                         EXCLUDED.created_at, EXCLUDED.token_count, EXCLUDED.abuse_flagged)
+ON CONFLICT (chat_session_id, sequence_number) DO UPDATE SET id = EXCLUDED.id
+ WHERE m.id <> EXCLUDED.id
+   AND ({_MESSAGE_CONTENT.replace(", ", ", m.").join(("m.", ""))})
+       IS NOT DISTINCT FROM
+       ({_MESSAGE_CONTENT.replace(", ", ", EXCLUDED.").join(("EXCLUDED.", ""))})
+"""
+MESSAGE_CONFLICTS = f"""
+SELECT s.chat_session_id, s.sequence_number, s.created_at, m.created_at
+  FROM stage_messages AS s
+  JOIN messages AS m ON m.chat_session_id = s.chat_session_id
+                    AND m.sequence_number = s.sequence_number
+ WHERE ({_MESSAGE_CONTENT.replace(", ", ", m.").join(("m.", ""))})
+       IS DISTINCT FROM ({_MESSAGE_CONTENT.replace(", ", ", s.").join(("s.", ""))})
 """
 # The database id of each chat of the batch (the import's deterministic one unless the
-# app created the chat first), and whether it has no message yet (a first load, or a
-# batch rolled back by a kill): those chats' messages are COPYed straight into
-# ``messages``, skipping the staging table and the upsert. Safe to replay: the check runs
-# inside the batch's transaction, and a chat is never split between batches.
+# app created the chat first), whether it has no message yet (a first load, or a batch
+# rolled back by a kill): those chats' messages are COPYed straight into ``messages``,
+# skipping the staging table and the upsert. Safe to replay: the check runs inside the
+# batch's transaction, and a chat is never split between batches. ``owned``: the row is
+# not newer than the file, so the file's updated_at is written back after the messages.
 BATCH_CHATS = """
 SELECT c.chat_id, c.id,
-       NOT EXISTS (SELECT 1 FROM messages AS m WHERE m.chat_session_id = c.id) AS fresh
+       NOT EXISTS (SELECT 1 FROM messages AS m WHERE m.chat_session_id = c.id) AS fresh,
+       c.updated_at <= s.updated_at AS owned
   FROM stage_chats AS s JOIN chat_sessions AS c ON c.chat_id = s.chat_id
 """
 # A failed batch is replayed whole on the next run, so losing the last commits in a crash
 # costs nothing: do not wait for the WAL flush of each batch.
 SESSION_SETTINGS = "SET synchronous_commit = off"
+# The message triggers stamp now() on the sessions they touch: the file's updated_at is
+# written back to the chats the file owns (never to a row changed since the file).
 FIX_CHATS_UPDATED_AT = """
 UPDATE chat_sessions AS c SET updated_at = s.updated_at
   FROM stage_chats AS s
  WHERE c.chat_id = s.chat_id AND c.updated_at IS DISTINCT FROM s.updated_at
+   AND s.chat_id = ANY(%s)
 """
-UPSERT_MEMORY = """
+_MEMORY_INSERT = """
 INSERT INTO user_memory AS um (id, user_id, memory_type, key, value, created_at, updated_at,
                                expires_at)
 SELECT s.id, COALESCE(u.id, s.user_uuid), s.memory_type, s.key, s.value, s.created_at,
        s.updated_at, s.expires_at
   FROM stage_memory AS s LEFT JOIN users AS u ON u.clerk_id = s.clerk_id
+ WHERE {}"""
+UPSERT_MEMORY = _MEMORY_INSERT.format("s.versioned") + """
 ON CONFLICT (user_id, memory_type, key) DO UPDATE
    SET value = EXCLUDED.value, created_at = EXCLUDED.created_at,
        updated_at = EXCLUDED.updated_at, expires_at = EXCLUDED.expires_at
- WHERE (um.value, um.created_at, um.updated_at, um.expires_at)
-       IS DISTINCT FROM (EXCLUDED.value, EXCLUDED.created_at, EXCLUDED.updated_at,
-                         EXCLUDED.expires_at)
-"""
-FIX_MEMORY_UPDATED_AT = """
-UPDATE user_memory AS um SET updated_at = s.updated_at
+ WHERE EXCLUDED.updated_at > um.updated_at""", \
+    _MEMORY_INSERT.format("NOT s.versioned") + \
+    "\nON CONFLICT (user_id, memory_type, key) DO NOTHING"
+MEMORY_CONFLICTS = """
+SELECT s.user_uuid, s.memory_type, s.key, s.versioned, s.updated_at, um.updated_at
   FROM stage_memory AS s LEFT JOIN users AS u ON u.clerk_id = s.clerk_id
- WHERE um.user_id = COALESCE(u.id, s.user_uuid) AND um.memory_type = s.memory_type
-   AND um.key = s.key AND um.updated_at IS DISTINCT FROM s.updated_at
+  JOIN user_memory AS um ON um.user_id = COALESCE(u.id, s.user_uuid)
+                        AND um.memory_type = s.memory_type AND um.key = s.key
+ WHERE NOT (s.versioned AND s.updated_at > um.updated_at)
+   AND (um.value, um.expires_at) IS DISTINCT FROM (s.value, s.expires_at)
 """
 INSERT_LOGS = """
 INSERT INTO system_logs (id, level, message, context, trace_id, ip_address, user_agent,
@@ -234,6 +270,14 @@ ANALYZED_TABLES = ("users", "user_memory", "chat_sessions", "messages")
 
 ProgressFn = Callable[[str, int], None]
 
+#: Conflicts shown in the summary (all of them go to the conflicts file).
+CONFLICT_EXAMPLES = 5
+#: What a batch can fail with because of one record's values (PostgreSQL refusing a value
+#: or a limit, or the encoding of a value): the batch is then written record by record.
+#: Anything else (a lost connection, a cancelled statement) stops the import.
+RECORD_ERRORS = (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded,
+                 ValueError, OverflowError, RecursionError)
+
 
 @dataclass
 class ImportSummary:
@@ -245,10 +289,18 @@ class ImportSummary:
     written: dict[str, int] = field(default_factory=dict)
     batches: int = 0
     indexes_rebuilt: int = 0
+    #: Stored rows the files differ from and were not allowed to replace (see
+    #: :data:`CONFLICT_EXAMPLES`); each a dict: table, key, reason, file/db versions, path.
+    conflicts: list[dict[str, Any]] = field(default_factory=list)
+    #: Records the database refused (quarantined, the rest of their batch committed).
+    rejected: int = 0
 
     def as_dict(self) -> dict:
         return {"dry_run": self.dry_run, "read": self.read, "written": self.written,
-                "batches": self.batches, "indexes_rebuilt": self.indexes_rebuilt}
+                "batches": self.batches, "indexes_rebuilt": self.indexes_rebuilt,
+                "conflicts": len(self.conflicts),
+                "conflict_examples": self.conflicts[:CONFLICT_EXAMPLES],
+                "rejected": self.rejected}
 
 
 @dataclass
@@ -284,6 +336,7 @@ class Importer:
         self._thread: threading.Thread | None = None
         self._analyze_at = dict.fromkeys(ANALYZED_TABLES, ANALYZE_FIRST)
         self._phase: str | None = None
+        self._report = Report()
 
     def run(self, reader: LegacyReader) -> ImportSummary:
         """Import everything ``reader`` yields.
@@ -291,10 +344,16 @@ class Importer:
         Parsing (this thread) overlaps with the database work of the previous batch (one
         writer thread, batches committed strictly in order, at most two waiting).
 
-        :raises DataError: PostgreSQL rejected a batch (the batch is rolled back; what
-            was committed before stays and a re-run resumes).
+        A record PostgreSQL refuses is quarantined (``reader.report``) and the rest of
+        its batch committed; stored rows the files may not replace are conflicts
+        (``summary.conflicts``), never overwritten.
+
+        :raises DatabaseError: the connection was lost (what was committed stays and a
+            re-run resumes).
+        :raises DataError: a batch failed for another reason than one record's values.
         :raises MigrationError: the schema's tables do not exist.
         """
+        self._report = reader.report
         writing = self.conn is not None and not self.summary.dry_run
         deferred = None
         if writing:
@@ -385,11 +444,42 @@ class Importer:
                 continue  # drain: the reader thread stops at its next flush
             try:
                 self._stage_for(batch)
-                with self.conn.transaction():
-                    self._write(batch)
+                self._write_batch(batch)
                 self._analyze_grown_tables()
             except BaseException as exc:  # re-raised in the reader thread
                 self._error = exc
+
+    def _write_batch(self, batch: _Batch) -> None:
+        """One transaction for the batch; when one of its records is refused, the batch
+        again one record per transaction, quarantining the refused ones (the fast path
+        of a batch that goes through stays one transaction)."""
+        try:
+            self._in_transaction(batch)
+        except RECORD_ERRORS as exc:
+            if self.conn.broken or self.conn.closed:
+                raise
+            log.info("a batch was refused (%s): writing it record by record",
+                     _first_line(exc))
+            for record in _records(batch):
+                try:
+                    self._in_transaction(record)
+                except RECORD_ERRORS as record_exc:
+                    if self.conn.broken or self.conn.closed:
+                        raise
+                    self.summary.rejected += 1
+                    self._report.quarantine(_record_path(record), "rejected by the database",
+                                            _first_line(record_exc))
+
+    def _in_transaction(self, batch: _Batch) -> None:
+        """Write ``batch`` in one transaction; on failure, the summary is as before it."""
+        written, conflicts = dict(self.summary.written), len(self.summary.conflicts)
+        try:
+            with self.conn.transaction():
+                self._write(batch)
+        except BaseException:
+            self.summary.written = written
+            del self.summary.conflicts[conflicts:]
+            raise
 
     def _stage_for(self, batch: _Batch) -> None:
         """Create the staging tables of ``batch``'s phase, dropping the previous phase's.
@@ -424,11 +514,12 @@ class Importer:
         exc = self._error
         if exc is None:
             return
+        if isinstance(exc, psycopg.OperationalError):
+            raise DatabaseError(f"the import lost the database: {_first_line(exc)} (earlier "
+                                "batches are committed; re-run to resume)") from exc
         if isinstance(exc, psycopg.Error):
-            raise DataError(
-                f"a batch was rejected and rolled back: {str(exc).strip().splitlines()[0]} "
-                "(earlier batches are committed; fix the cause and re-run to resume)"
-            ) from exc
+            raise DataError(f"a batch failed and was rolled back: {_first_line(exc)} (earlier "
+                            "batches are committed; re-run to resume)") from exc
         raise exc
 
     def _copy_rows(self, statement: str, chunks: list[bytes]) -> None:
@@ -450,49 +541,67 @@ class Importer:
                 for row in rows:
                     copy.write_row(row)
 
-    def _exec(self, sql: str, table: str | None = None) -> None:
-        cur = self.conn.execute(sql)
-        if table is not None and cur.rowcount > 0:
-            self.summary.written[table] = self.summary.written.get(table, 0) + cur.rowcount
+    def _exec(self, statements: str | tuple[str, ...], table: str | None = None,
+              params: tuple | None = None) -> None:
+        for statement in (statements,) if isinstance(statements, str) else statements:
+            cur = self.conn.execute(statement, params)
+            if table is not None and cur.rowcount > 0:
+                self.summary.written[table] = self.summary.written.get(table, 0) + cur.rowcount
+
+    def _conflicts(self, query: str, table: str, describe) -> None:
+        """Record the rows ``query`` finds (stored rows the batch may not replace)."""
+        for row in self.conn.execute(query):
+            self.summary.conflicts.append({"table": table, **describe(*row)})
 
     def _write(self, batch: _Batch) -> None:
         if batch.users:
             self._copy(COPY_USERS, (
                 (u.id, u.clerk_id, u.email, u.name, u.profile, u.preferences, u.created_at,
-                 u.updated_at, u.status, u.last_active_at) for u in batch.users))
+                 u.updated_at, u.status, u.last_active_at, u.versioned) for u in batch.users))
             self._copy(COPY_MEMORY, (
-                (m.id, u.id, u.clerk_id, m.memory_type, m.key, m.value, m.created_at,
-                 m.updated_at, m.expires_at) for u in batch.users for m in u.memory))
+                (m.id, u.id, u.clerk_id, m.memory_type, m.key, Jsonb(m.value), m.created_at,
+                 m.updated_at, m.expires_at, u.versioned) for u in batch.users for m in u.memory))
+            users = {u.id: u for u in batch.users}
+            self._conflicts(USER_CONFLICTS, "users", lambda uid, versioned, ours, theirs: _conflict(
+                users[uid].clerk_id or users[uid].email or str(uid), versioned, ours, theirs,
+                users[uid].source_paths[-1]))
+            self._conflicts(MEMORY_CONFLICTS, "user_memory", lambda uid, mtype, key, versioned,
+                            ours, theirs: _conflict(
+                f"{users[uid].clerk_id or users[uid].email or uid}/{mtype}/{key}", versioned,
+                ours, theirs, users[uid].source_paths[-1]))
             self._exec(UPSERT_USERS_BY_CLERK, "users")
             self._exec(UPSERT_USERS_BY_ID, "users")
-            self._exec(FIX_USERS_UPDATED_AT)
-            self._exec(FIX_USERS_BY_ID_UPDATED_AT)
             self._exec(UPSERT_MEMORY, "user_memory")
-            self._exec(FIX_MEMORY_UPDATED_AT)
         if batch.chats:
             self._copy(COPY_CHATS, (
                 (c.id, c.chat_id, c.clerk_id, _owner_uuid(c), c.title, c.profile, c.metadata,
-                 c.created_at, c.updated_at, c.status) for c in batch.chats.values()))
+                 c.created_at, c.updated_at, c.status, c.versioned)
+                for c in batch.chats.values()))
+            chats = batch.chats
+            self._conflicts(CHAT_CONFLICTS, "chat_sessions", lambda chat_id, versioned, ours,
+                            theirs: _conflict(chat_id, versioned, ours, theirs,
+                                              chats[chat_id].source_path))
             self._exec(INSERT_ORPHAN_USERS, "users")
             self._exec(UPSERT_CHATS, "chat_sessions")
         if batch.parts:
-            self._write_messages(batch)
-        if batch.chats:
+            owned = self._write_messages(batch)
             # The message triggers touched the sessions: restore the files' updated_at.
-            self._exec(FIX_CHATS_UPDATED_AT)
+            self._exec(FIX_CHATS_UPDATED_AT, params=(owned,))
         if batch.logs:
             self._copy(COPY_LOGS, (
                 (r.id, r.level, r.message, r.context, r.trace_id, r.ip_address, r.user_agent,
                  r.request_uri, r.created_at) for r in batch.logs))
             self._exec(INSERT_LOGS, "system_logs")
 
-    def _write_messages(self, batch: _Batch) -> None:
-        """Fresh chats (no message stored yet): COPY straight in; the others: upsert."""
-        stored = {chat_id: (cid, fresh) for chat_id, cid, fresh
+    def _write_messages(self, batch: _Batch) -> list[str]:
+        """Fresh chats (no message stored yet): COPY straight in; the others: upsert.
+        Returns the chats whose row the files own (see BATCH_CHATS)."""
+        stored = {chat_id: (cid, fresh, owned) for chat_id, cid, fresh, owned
                   in self.conn.execute(BATCH_CHATS).fetchall()}
         direct, staged, n_direct = [], [], 0
+        by_uuid = {}
         for part in batch.parts:
-            cid, fresh = stored[part.chat_id]
+            cid, fresh, _owned = stored[part.chat_id]
             rows = part.rows if cid == part.chat.id else with_chat_id(part.rows, part.offsets,
                                                                       cid)
             if fresh:
@@ -500,12 +609,48 @@ class Importer:
                 n_direct += part.n_messages
             else:
                 staged.append(rows)
+                by_uuid[cid] = part
         if direct:
             self._copy_rows(COPY_MESSAGES_DIRECT, direct)
             self.summary.written["messages"] = self.summary.written.get("messages", 0) + n_direct
         if staged:
             self._copy_rows(COPY_STAGE_MESSAGES, staged)
+            self._conflicts(MESSAGE_CONFLICTS, "messages", lambda cid, seq, ours, theirs: {
+                "key": f"{by_uuid[cid].chat_id}#{seq}",
+                "reason": "a different message is stored at this position",
+                "file_version": iso(ours), "db_version": iso(theirs),
+                "path": by_uuid[cid].chat.source_path})
             self._exec(UPSERT_MESSAGES, "messages")
+        return [chat_id for chat_id, (_cid, _fresh, owned) in stored.items() if owned]
+
+
+def _conflict(key: str, versioned: bool, ours, theirs, path: str) -> dict[str, Any]:
+    reason = ("the stored row is newer than the file" if versioned
+              else "the file has no updated_at to compare with the stored row")
+    return {"key": key, "reason": reason, "file_version": iso(ours) if versioned else None,
+            "db_version": iso(theirs), "path": path}
+
+
+def _records(batch: _Batch) -> list[_Batch]:
+    """``batch`` cut into one batch per record: a user with their memory, a chat with its
+    messages, a log line."""
+    out = [_Batch(users=[u], rows=1) for u in batch.users]
+    out += [_Batch(chats={p.chat_id: p.chat}, parts=[p], rows=1) for p in batch.parts]
+    out += [_Batch(logs=[r], rows=1) for r in batch.logs]
+    return out
+
+
+def _record_path(record: _Batch) -> str:
+    """Where the record came from, as the quarantine report names files."""
+    if record.users:
+        return record.users[0].source_paths[-1]
+    if record.parts:
+        return record.parts[0].chat.source_path
+    return f"logs/{record.logs[0].source}"
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _owner_uuid(chat: ChatRow) -> uuid.UUID | None:
@@ -530,9 +675,21 @@ def import_data_dir(reader: LegacyReader, conn: psycopg.Connection | None, *, ba
     ``workers``: processes parsing the chat files (:mod:`donnadb.legacy.parallel`); None
     chooses (:func:`default_workers`), 0 parses in this process.
 
-    :raises DataError: the database rejected a batch.
+    :raises DataError: a batch failed for another reason than one record's values.
     :raises UsageError: ``defer_indexes`` on a non-empty messages table.
     """
     return Importer(conn, batch_size=batch_size, progress=progress, dry_run=dry_run,
                     defer_indexes=defer_indexes, owner_role=owner_role,
                     workers=workers).run(reader)
+
+
+def check_storage_type(storage_type: str, postgresql_is_primary: bool) -> None:
+    """Refuse an import into the store the app already writes to, unless the operator
+    says they know (then no newer row is replaced anyway: conflicts are reported).
+
+    :raises UsageError: ``storage_type`` is ``postgresql`` and not ``postgresql_is_primary``.
+    """
+    if storage_type == "postgresql" and not postgresql_is_primary:
+        raise UsageError("DATA_STORAGE_TYPE is postgresql: the app writes to PostgreSQL, so the "
+                         "files are older; pass --i-know-postgresql-is-primary to import anyway "
+                         "(newer rows are kept, differences reported as conflicts)")

@@ -64,8 +64,8 @@ def log_from_line(raw: dict[str, Any], source: str, previous_ts, fallback_ts) ->
     if level is None:
         legacy.setdefault("level", "missing")
         level = "info"
-    elif level != level.lower() or len(level) > LEVEL_MAX:
-        legacy["level_raw"] = level
+    elif "level" in escaped or level != level.lower() or len(level) > LEVEL_MAX:
+        legacy["level_raw"] = raw["level"]  # export writes the file's spelling back
         level = level.lower()[:LEVEL_MAX]
     message = _text(raw, "message", legacy, escaped)
     if message is None:
@@ -76,9 +76,11 @@ def log_from_line(raw: dict[str, Any], source: str, previous_ts, fallback_ts) ->
     ip_address = None
     if ip is not None:
         try:
-            ip_address = str(ipaddress.ip_address(ip)) if isinstance(ip, str) else None
+            parsed = ipaddress.ip_address(ip) if isinstance(ip, str) else None
         except ValueError:
-            ip_address = None
+            parsed = None
+        # inet has no IPv6 zone ("fe80::1%eth0"): such an address is kept raw only.
+        ip_address = None if parsed is None or getattr(parsed, "scope_id", None) else str(parsed)
         if ip_address is None or ip_address != ip:
             legacy["ip_raw"] = ip
     extra = {k: v for k, v in raw.items() if k not in FIELDS}
@@ -122,13 +124,18 @@ def iter_log_file(path: Path, inv: Inventory, report: Report) -> Iterator[LogRow
             where = f"logs/{rel}:{number}"
             try:
                 doc = loads(raw_line.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError) as exc:
+            except ValueError as exc:  # UnicodeDecodeError included
                 report.quarantine(where, "invalid log line", str(exc))
                 continue
             if not isinstance(doc, dict):
                 report.quarantine(where, "invalid log line", "not a JSON object")
                 continue
-            row = log_from_line(doc, f"{rel}:{number}", previous, fallback)
+            try:
+                row = log_from_line(doc, f"{rel}:{number}", previous, fallback)
+            except RecursionError:
+                report.quarantine(where, "nested too deeply",
+                                  "a value nests too deeply to normalise")
+                continue
             previous = row.created_at
             report.add("logs")
             yield row

@@ -37,6 +37,8 @@ class ChatRow:
     source_path: str
     #: Written by the DAL's file store (absent from older files: active).
     status: str = "active"
+    #: The file carries a readable ``updated_at``: only then may it replace a stored row.
+    versioned: bool = True
 
 
 @dataclass
@@ -65,6 +67,8 @@ class UserRow:
     #: Written by the DAL's file store (absent from older files).
     status: str = "active"
     last_active_at: datetime | None = None
+    #: Some memory file of the user carries a readable ``updated_at`` (see ChatRow).
+    versioned: bool = True
 
 
 @dataclass

@@ -29,6 +29,7 @@ __all__ = [
     "ESCAPE_MARKER",
     "LEGACY_KEY",
     "chat_uuid",
+    "escape_all",
     "escape_json",
     "escape_str",
     "legacy_message_id",
@@ -163,13 +164,14 @@ def unescape_str(text: str) -> str:
     return _unescape_text(text)
 
 
-def _escape_all(value: Any) -> Any:
+def escape_all(value: Any) -> Any:
+    """Every string and key of ``value`` escaped (see :func:`escape_json`)."""
     if isinstance(value, str):
         return escape_text(value)
     if isinstance(value, list):
-        return [_escape_all(v) for v in value]
+        return [escape_all(v) for v in value]
     if isinstance(value, dict):
-        return {escape_text(k): _escape_all(v) for k, v in value.items()}
+        return {escape_text(k): escape_all(v) for k, v in value.items()}
     return value
 
 
@@ -177,7 +179,7 @@ def escape_json(value: Any) -> tuple[Any, bool]:
     """(storable JSON value, changed). When any string or key holds NUL or a lone
     surrogate, EVERY string and key is escaped, so :func:`unescape_json` is exact."""
     if value and has_unstorable(value):  # empty values are the common case
-        return _escape_all(value), True
+        return escape_all(value), True
     return value, False
 
 

@@ -31,7 +31,7 @@ from donnadb.errors import DonnaError
 from donnadb.legacy.copybin import encode_messages
 from donnadb.legacy.files import ChatSources, Inventory
 from donnadb.legacy.model import ChatRow
-from donnadb.legacy.reader import LegacyReader
+from donnadb.legacy.reader import TOO_DEEP, LegacyReader
 from donnadb.legacy.report import Report
 
 #: Chats per worker task: large enough that a task's overhead (two pickles, a queue hop)
@@ -58,8 +58,14 @@ class ChatPart:
     own_ids: list[uuid.UUID] = field(default_factory=list)
 
 
-def make_part(chat: ChatRow) -> ChatPart:
-    rows, offsets = encode_messages(chat.id, chat.messages)
+def make_part(chat: ChatRow, report: Report) -> ChatPart | None:
+    """The chat's messages encoded; None (quarantined in ``report``) when a value nests
+    deeper than the encoder can walk."""
+    try:
+        rows, offsets = encode_messages(chat.id, chat.messages)
+    except RecursionError:
+        report.quarantine(chat.source_path, TOO_DEEP, "a message's metadata nests too deeply")
+        return None
     part = ChatPart(chat_id=chat.chat_id, chat=chat, n_messages=len(chat.messages),
                     size=sum(len(m.content) for m in chat.messages), rows=rows,
                     offsets=offsets, own_ids=[m.id for m in chat.messages if m.own_id])
@@ -72,7 +78,9 @@ def iter_parts(reader: LegacyReader, workers: int) -> Iterator[ChatPart]:
     same notes in ``reader.report``. ``workers`` 0: in this process."""
     if workers <= 0:
         for chat in reader.chats():
-            yield make_part(chat)
+            part = make_part(chat, reader.report)
+            if part is not None:
+                yield part
         return
     reader.start_chats()
     chunks = _chunks(reader.inventory)
@@ -159,7 +167,7 @@ def _parse_here(reader: LegacyReader, chat_id: str) -> ChatPart | None:
     if chat is None:
         return None
     reader.claim_message_ids(chat)
-    return make_part(chat)
+    return make_part(chat, reader.report)
 
 
 # -- in the worker processes --------------------------------------------------------------
@@ -182,5 +190,5 @@ def _parse_chunk(chat_ids: list[str]) -> list[tuple[ChatPart | None, Report]]:
     for chat_id in chat_ids:
         reader.report = Report()
         chat = reader.resolve(chat_id)
-        out.append((None if chat is None else make_part(chat), reader.report))
+        out.append((None if chat is None else make_part(chat, reader.report), reader.report))
     return out

@@ -26,6 +26,9 @@ from donnadb.legacy.model import ChatRow, LogRow, UserRow
 from donnadb.legacy.report import Report
 from donnadb.legacy.users import iter_users
 
+#: Quarantine reason of a file whose values nest deeper than Python can walk.
+TOO_DEEP = "nested too deeply"
+
 
 @dataclass
 class LegacyReader:
@@ -86,6 +89,9 @@ class LegacyReader:
             return chatmod.chat_from_json(doc, chat_id, inv.rel(path), source, mtime(path))
         except chatmod.ChatFileError as exc:
             report.quarantine(inv.rel(path), "not a chat", str(exc))
+            return None
+        except RecursionError:
+            report.quarantine(inv.rel(path), TOO_DEEP, "a value nests too deeply to normalise")
             return None
 
     def _transcript_chat(self, path: Path, chat_id: str) -> ChatRow | None:

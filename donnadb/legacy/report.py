@@ -89,3 +89,15 @@ def write_private_json(path: Path, payload: Any) -> Path:
         fh.write("\n")
     os.chmod(path, 0o600)
     return path
+
+
+def write_private_jsonl(path: Path, rows: list[Any]) -> Path:
+    """Write one JSON document a line, readable by its owner only (like
+    :func:`write_private_json`)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, default=str, sort_keys=True) + "\n")
+    os.chmod(path, 0o600)
+    return path

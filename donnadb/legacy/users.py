@@ -32,13 +32,20 @@ KNOWN_KEYS = ("user_id", "email", "name", "profile", "preferences", "context", "
 STATUS_MAX = 50
 SECTIONS = ("profile", "preferences", "context")
 LEGACY_TYPE = "legacy"
+#: The legacy row listing the keys user_memory.key cannot hold.
+UNSTORABLE_KEYS = "unstorable_keys"
 KEY_MAX = 255
 TEXT_MAX = 255
 
 
+def storable_key(value: Any) -> bool:
+    """``value`` can be a users.clerk_id / user_memory.key as it is (else it is kept raw)."""
+    return isinstance(value, str) and 0 < len(value) <= KEY_MAX and not escape_str(value)[1]
+
+
 def _identity(path: Path, doc: dict[str, Any]) -> tuple[str | None, str | None]:
     stem = path.name[:-5]
-    clerk = doc.get("user_id") if isinstance(doc.get("user_id"), str) and doc["user_id"] else None
+    clerk = doc.get("user_id") if storable_key(doc.get("user_id")) else None
     if clerk is None and "@" not in stem:
         clerk = stem
     email = doc.get("email") if isinstance(doc.get("email"), str) and doc["email"] else None
@@ -98,10 +105,16 @@ def user_from_files(ident: tuple[str, str], paths: list[Path], inv: Inventory,
         email = ident[1]
     rel = inv.rel(paths[-1])
     file_time = max(mtime(p) for p in paths)
-    updated = _latest([parse_timestamp(d.get("updated_at")) for d in docs]) or file_time
+    versions = _latest([parse_timestamp(d.get("updated_at")) for d in docs])
+    updated = versions or file_time
     created = parse_timestamp(doc.get("created_at")) or updated
     uid = user_uuid(clerk, email)
     legacy_rows: dict[str, Any] = {k: v for k, v in doc.items() if k not in KNOWN_KEYS}
+    # Keys user_memory.key cannot hold (and a key spelled like the list itself) are kept
+    # in one legacy row, as {"type": None (top level) or the section, "key", "value"}.
+    unstorable: list[dict[str, Any]] = [
+        {"type": None, "key": k, "value": legacy_rows.pop(k)} for k in list(legacy_rows)
+        if k == UNSTORABLE_KEYS or len(k) > KEY_MAX or escape_str(k)[1]]
     sections: dict[str, dict[str, Any]] = {}
     for name in SECTIONS:
         value = doc.get(name)
@@ -125,6 +138,8 @@ def user_from_files(ident: tuple[str, str], paths: list[Path], inv: Inventory,
     for field in ("email", "name"):
         if field in doc and not isinstance(doc[field], str) and doc[field] is not None:
             legacy_rows[field] = doc[field]
+    if "user_id" in doc and doc["user_id"] is not None and not storable_key(doc["user_id"]):
+        legacy_rows["user_id"] = doc["user_id"]  # not a Clerk id users.clerk_id can hold
     expires = doc.get("expires") or {}
     if not isinstance(expires, dict):
         legacy_rows["expires"], expires = expires, {}
@@ -137,12 +152,13 @@ def user_from_files(ident: tuple[str, str], paths: list[Path], inv: Inventory,
             if exp_key in expires and expires_at is not None:
                 used.add(exp_key)
             if len(key) > KEY_MAX or escape_str(key)[1]:
-                legacy_rows.setdefault("unstorable_keys", []).append(
-                    {"type": mtype, "key": key, "value": value})
-                report.note(rel, "memory_key_unstorable", f"{mtype} key kept as a legacy row")
+                unstorable.append({"type": mtype, "key": key, "value": value})
                 continue
             rows.append(MemoryRow(memory_uuid(uid, mtype, key), mtype, key,
                                   wrap_memory_value(value), updated, updated, expires_at))
+    if unstorable:
+        legacy_rows[UNSTORABLE_KEYS] = unstorable
+        report.note(rel, "memory_key_unstorable", "keys kept in a legacy row")
     leftover = {k: v for k, v in expires.items() if k not in used}
     if leftover:
         legacy_rows["expires"] = leftover
@@ -169,7 +185,7 @@ def user_from_files(ident: tuple[str, str], paths: list[Path], inv: Inventory,
                    preferences=preferences, created_at=min(created, updated),
                    updated_at=updated, memory=rows,
                    source_paths=[inv.rel(p) for p in paths], status=status or "active",
-                   last_active_at=last_active)
+                   last_active_at=last_active, versioned=versions is not None)
 
 
 def _latest(values: list[datetime | None]) -> datetime | None:
@@ -180,7 +196,12 @@ def _latest(values: list[datetime | None]) -> datetime | None:
 def iter_users(inv: Inventory, report: Report) -> Iterator[UserRow]:
     """Every user that has at least one readable memory file, in identity order."""
     for ident, paths in group_memory_files(inv, report).items():
-        user = user_from_files(ident, paths, inv, report)
+        try:
+            user = user_from_files(ident, paths, inv, report)
+        except RecursionError:
+            report.quarantine(inv.rel(paths[-1]), "nested too deeply",
+                              "a value nests too deeply to normalise")
+            continue
         if user is not None:
             report.add("users")
             report.add("memory_entries", len(user.memory))

@@ -13,6 +13,7 @@ import hashlib
 import ipaddress
 import json
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -57,9 +58,11 @@ TABLE_ORDER = {"users": "id", "chat_sessions": "id", "messages": "id", "user_mem
 
 
 def _norm(value: Any) -> Any:
-    # jsonb keeps 1e20 as an integer: compare integral floats as integers on both sides.
+    # jsonb keeps 1e20 as an integer: compare integral floats as integers on both sides,
+    # the integer jsonb reads from the float's shortest text (3.394737036895895e+16 is
+    # 33947370368958950 there, not the float's exact 33947370368958952).
     if isinstance(value, float) and value.is_integer():
-        return int(value)
+        return int(Decimal(repr(value)))
     if isinstance(value, dict):
         return {k: _norm(v) for k, v in value.items()}
     if isinstance(value, list):

@@ -193,9 +193,9 @@ def test_a_chat_stays_in_one_batch_so_a_first_load_never_upserts_messages(
     executed: list[str] = []
     original = importer.Importer._exec
 
-    def spy(self, sql, table=None):
+    def spy(self, sql, table=None, params=None):
         executed.append(sql)
-        return original(self, sql, table)
+        return original(self, sql, table, params)
 
     monkeypatch.setattr(importer.Importer, "_exec", spy)
     summary = _import_in_process(settings, scratch_db, root, batch_size=25)
