@@ -49,8 +49,6 @@ LOGFILE = "/var/log/postgresql/pgbouncer.log"
 #: systemd drop-in for Debian's pgbouncer.service (read only where systemd runs).
 DROPIN = "/etc/systemd/system/pgbouncer.service.d/donna.conf"
 MARKER_PREFIX = bootstrap.LOOKUP_MARKER_PREFIX
-#: Where the first version uploaded the lookup SQL; the database bootstrap has it now.
-OLD_SQL_FILE = "pgbouncer_auth.sql"
 
 #: group_data keys and their defaults (group_data/all.py documents each).
 DEFAULTS: dict[str, Any] = {
@@ -345,10 +343,6 @@ def install_pgbouncer(settings: DeploySettings | None = None) -> None:
 
     apt.packages(name="Install the pgbouncer package", packages=["pgbouncer"],
                  cache_time=s.pg_apt_cache_time, update=True)
-
-    # The lookup role and pgbouncer.user_lookup come with every database's bootstrap.
-    files.file(name="No separate lookup SQL (the database bootstrap includes it)",
-               path=f"{lib}/{OLD_SQL_FILE}", present=False)
 
     pw_helper = password_helper_path(s)
     auth_password_present(name=f"Generate {cfg.auth_user}'s password on the host",

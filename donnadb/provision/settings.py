@@ -96,10 +96,6 @@ class DeploySettings:
     def conf_dir(self) -> str:
         return f"/etc/postgresql/{self.pg_version}/{self.pg_cluster}"
 
-    @property
-    def socket_dir(self) -> str:
-        return "/var/run/postgresql"
-
     def role(self, kind: str) -> str:
         return self.roles[kind].name
 
