@@ -48,7 +48,6 @@ PIDFILE = "/var/run/postgresql/pgbouncer.pid"
 LOGFILE = "/var/log/postgresql/pgbouncer.log"
 #: systemd drop-in for Debian's pgbouncer.service (read only where systemd runs).
 DROPIN = "/etc/systemd/system/pgbouncer.service.d/donna.conf"
-MARKER_PREFIX = bootstrap.LOOKUP_MARKER_PREFIX
 
 #: group_data keys and their defaults (group_data/all.py documents each).
 DEFAULTS: dict[str, Any] = {
@@ -156,15 +155,6 @@ def load_pgbouncer_settings(data: Any, settings: DeploySettings) -> PgBouncerSet
         server_port=settings.pg_port,
         **ints,
     )
-
-
-def auth_sql(auth_user: str, lookup_roles: tuple[str, ...] | list[str],
-             connlimit: int = 10) -> tuple[str, str]:
-    """(the lookup SQL to run as postgres in a database, the marker it leaves).
-
-    Every database's bootstrap already includes it (provision/bootstrap.py).
-    """
-    return bootstrap.auth_sql(auth_user, lookup_roles, connlimit)
 
 
 def render_ini(cfg: PgBouncerSettings) -> str:
