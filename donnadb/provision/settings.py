@@ -31,6 +31,9 @@ FORMULAS = (
     "pg_max_parallel_workers",
 )
 CHECKOUT = Path(__file__).resolve().parents[2]
+#: The Debian packages for group_data's pg_version: the server (contrib modules such as
+#: pg_stat_statements are part of it), pg_partman and pgaudit.
+PG_PACKAGES = ("postgresql-{v}", "postgresql-{v}-partman", "postgresql-{v}-pgaudit")
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,6 @@ class DeploySettings:
     pg_version: int
     pg_cluster: str
     pg_port: int
-    pg_packages: tuple[str, ...]
     pg_apt_cache_time: int
     pg_listen_addresses: str
     pg_hba_networks: tuple[str, ...]
@@ -91,6 +93,11 @@ class DeploySettings:
     donnadb_install_dir: str = "/opt/donnadb"
     #: group_data ops_env: more NAME=value lines for donnadb.env (config.Settings fields).
     ops_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pg_packages(self) -> tuple[str, ...]:
+        """The Debian packages of :data:`PG_PACKAGES` for ``pg_version``."""
+        return tuple(name.format(v=self.pg_version) for name in PG_PACKAGES)
 
     @property
     def conf_dir(self) -> str:
@@ -188,6 +195,9 @@ def load_deploy_settings(data: Any) -> DeploySettings:
                 f"group_data {name} must be a function (memory_mb, cpus, max_connections)"
             )
         formulas[name] = fn
+    if data.get("pg_packages") is not None:
+        raise ConfigError("group_data pg_packages is not a setting: the packages follow "
+                          "pg_version (postgresql-{v}, -partman, -pgaudit); remove it")
     if data.get("donnadb_checkout"):
         raise ConfigError("group_data donnadb_checkout is no longer used: the deploy ships "
                           "its own checkout's code to donnadb_install_dir; remove it")
@@ -207,10 +217,9 @@ def load_deploy_settings(data: Any) -> DeploySettings:
     connlimit = data.get("pgbouncer_auth_user_connlimit")
     ops_env = _env_lines("ops_env", data.get("ops_env") or {})
     return DeploySettings(
-        pg_version=int(get("pg_version")),
+        pg_version=_pg_version(get("pg_version")),
         pg_cluster=_ident("pg_cluster", get("pg_cluster")),
         pg_port=int(get("pg_port")),
-        pg_packages=tuple(get("pg_packages")),
         pg_apt_cache_time=int(get("pg_apt_cache_time")),
         pg_listen_addresses=str(get("pg_listen_addresses")),
         pg_hba_networks=tuple(get("pg_hba_networks")),
@@ -246,6 +255,14 @@ def load_deploy_settings(data: Any) -> DeploySettings:
         pgbouncer_lookup_kinds=lookup_kinds,
         ops_env=ops_env,
     )
+
+
+def _pg_version(value: Any) -> int:
+    # Major versions are plain integers since 10; the value becomes package and path names.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 10:
+        raise ConfigError(f"group_data pg_version={value!r} must be a PostgreSQL major "
+                          "version as an integer, e.g. 15")
+    return value
 
 
 #: pgaudit.log classes (pgaudit's README).
