@@ -21,7 +21,7 @@
 4. drops the scratch database. ``--json`` prints the table as one document.
 
 Run as root on the deployed host (the scratch database is created through the postgres
-superuser, as the tests do). Latencies on a shared 2-core machine depend on its load:
+superuser: bench/scratch.py). Latencies on a shared 2-core machine depend on its load:
 the load average is printed before and after.
 """
 
@@ -42,16 +42,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from scratch import create_scratch_database, drop_database
 
-from donnadb import db  # noqa: E402
-from donnadb.config import load_settings  # noqa: E402
-from donnadb.dal import create_data_access  # noqa: E402
-from donnadb.legacy.fixtures import WORDS, generate  # noqa: E402
-from donnadb.legacy.importer import import_data_dir  # noqa: E402
-from donnadb.legacy.reader import LegacyReader  # noqa: E402
-from donnadb.migrate import apply_migrations  # noqa: E402
-from tests.support import create_scratch_database, drop_database  # noqa: E402
+from donnadb import db
+from donnadb.config import load_settings
+from donnadb.dal import create_data_access
+from donnadb.legacy.fixtures import WORDS, generate
+from donnadb.legacy.importer import import_data_dir
+from donnadb.legacy.reader import LegacyReader
+from donnadb.migrate import apply_migrations
 
 HISTORY_P95_LIMIT_MS = 5.0
 #: Search terms: the fixtures' vocabulary minus the words english full-text search drops.

@@ -14,27 +14,25 @@
 4. with ``--defer-indexes`` also times ``import --defer-indexes`` in a third database;
 5. prints messages/s, the ratios and the load average before/after (the figures are
    only comparable on a quiet machine). Run as root on the deployed host (scratch
-   databases are created through the postgres superuser, as the tests do).
+   databases are created through the postgres superuser: bench/scratch.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from scratch import create_scratch_database, drop_database
 
-from donnadb import db  # noqa: E402
-from donnadb.config import load_settings  # noqa: E402
-from donnadb.legacy.fixtures import generate  # noqa: E402
-from donnadb.legacy.importer import default_workers, import_data_dir  # noqa: E402
-from donnadb.legacy.reader import LegacyReader  # noqa: E402
-from donnadb.migrate import apply_migrations  # noqa: E402
-from tests.support import create_scratch_database, drop_database  # noqa: E402
+from donnadb import db
+from donnadb.config import load_settings
+from donnadb.legacy.fixtures import generate
+from donnadb.legacy.importer import default_workers, import_data_dir
+from donnadb.legacy.reader import LegacyReader
+from donnadb.migrate import apply_migrations
 
 TABLES = ("users", "chat_sessions", "messages", "user_memory", "system_logs")
 INDEXES = """

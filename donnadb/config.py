@@ -28,7 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -160,10 +160,8 @@ class Settings(BaseSettings):
     #: keys: keep a copy with the encryption key, restoring elsewhere needs it.
     backup_signing_key_file: Path | None = DEFAULT_SIGNING_KEY_FILE
     #: `backup check` fails, and `health` warns (backup_age), when the newest good backup
-    #: is older. HEALTH_BACKUP_MAX_AGE_HOURS is still read as a deprecated alias.
-    backup_max_age_hours: float = Field(
-        26.0, gt=0,
-        validation_alias=AliasChoices("backup_max_age_hours", "health_backup_max_age_hours"))
+    #: is older.
+    backup_max_age_hours: float = Field(26.0, gt=0)
     # S3 copy (off unless a bucket is set).
     backup_s3_bucket: str | None = None
     backup_s3_prefix: str = "donna/"

@@ -14,12 +14,16 @@ application" profile: many short transactions, data set larger than RAM over tim
 from donnadb import config as _config
 
 # --- PostgreSQL cluster -------------------------------------------------------------
+# The PostgreSQL major version. It names the Debian packages the deploy installs
+# (postgresql-{v} with its contrib modules such as pg_stat_statements,
+# postgresql-{v}-partman, postgresql-{v}-pgaudit: donnadb/provision/settings.py
+# PG_PACKAGES), the cluster's directories (/etc/postgresql/{v}/<cluster>) and its unit.
+# Debian 12 ships 15, the version this kit is tested with; another one needs the PGDG
+# apt repository. Changing it on a deployed host creates a second, empty cluster: it
+# does not upgrade the data (that is pg_upgradecluster's job).
 pg_version = 15
 pg_cluster = "main"
 pg_port = 5432
-# Debian packages: the server, contrib (pg_stat_statements), pg_partman 4.x, pgaudit.
-pg_packages = ["postgresql-15", "postgresql-contrib", "postgresql-15-partman",
-               "postgresql-15-pgaudit"]
 # apt-get update only when something must be installed and the lists are older than this.
 pg_apt_cache_time = 86400
 # Where the server listens for TCP. "localhost" keeps it off the network; a server the

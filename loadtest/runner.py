@@ -88,10 +88,6 @@ class RunOptions:
             raise UsageError("--pool-size must be >= 1")
         parse_duration(self.duration)
 
-    @property
-    def ramp_seconds(self) -> float:
-        return self.users / self.spawn_rate
-
 
 def donna_args(dbname: str | None, pgbouncer_port: int | None, pool_size: int) -> list[str]:
     """The locustfile's own options (a master passes them on to its workers)."""

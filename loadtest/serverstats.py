@@ -118,11 +118,6 @@ def pgbouncer_stats(settings: Settings, port: int, dbname: str) -> dict[str, int
     return None
 
 
-def pgbouncer_pools(settings: Settings, port: int, dbname: str) -> list[dict[str, Any]]:
-    with _admin(settings, port) as conn:
-        return [r for r in conn.execute("SHOW POOLS").fetchall() if r["database"] == dbname]
-
-
 class PoolSampler:
     """Samples ``SHOW POOLS`` every ``interval`` seconds in a thread until stopped."""
 

@@ -53,9 +53,3 @@ def test_wrong_password_is_reported(tmp_path, settings):
     # Directly PostgreSQL says "password", through PgBouncer "SASL authentication failed".
     with pytest.raises(DatabaseError, match="(password|SASL) authentication failed"):
         db.connect("app", settings=s)
-
-
-def test_each_login_role_connects(connect_as):
-    for kind in ("migrator", "app", "readonly", "backup"):
-        conn = connect_as(kind)
-        assert conn.execute("SELECT 1").fetchone() == (1,)

@@ -18,7 +18,7 @@ import typer
 
 from donnadb.config import Settings, load_settings
 from donnadb.errors import DonnaError
-from donnadb.ops import logging as oplog
+from donnadb.ops import eventlog
 
 log = logging.getLogger("donnadb.cli")
 
@@ -55,7 +55,7 @@ def logged(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             except DonnaError:
                 log_file = None  # the command itself will report the bad setting
             if log_file is not None:
-                oplog.configure(log_file)
+                eventlog.configure(log_file)
             started = time.monotonic()
             # Plain option values only (never a typer.Context); no command takes a secret.
             params = {k: v for k, v in kwargs.items()

@@ -7,6 +7,7 @@ from donnadb.dal.dualwrite import DualWriteDataAccess
 from donnadb.dal.errors import ConflictError, LockTimeout, NotFoundError, TransactionError
 from donnadb.dal.factory import STORAGE_TYPES, create_data_access, create_dual_write
 from donnadb.dal.files import FileDataAccess
+from donnadb.dal.pending import ReconcileQueue
 from donnadb.dal.postgres import PostgresDataAccess
 from donnadb.dal.protocol import (
     MEMORY_TYPES,
@@ -17,7 +18,6 @@ from donnadb.dal.protocol import (
     Message,
     User,
 )
-from donnadb.dal.queue import ReconcileQueue
 from donnadb.dal.reconcile import ReconcileResult, reconcile
 
 __all__ = [

@@ -21,9 +21,9 @@ from typing import Any
 from donnadb.dal.errors import NotFoundError, TransactionError
 from donnadb.dal.files import FileDataAccess
 from donnadb.dal.logwriter import LogWriterMixin
+from donnadb.dal.pending import ReconcileQueue
 from donnadb.dal.postgres import PostgresDataAccess
 from donnadb.dal.protocol import ChatSession, Message, TransactionMixin, User
-from donnadb.dal.queue import ReconcileQueue
 from donnadb.dal.values import (
     LEGACY_KEY,
     check_reserved_keys,

@@ -55,10 +55,6 @@ class Report:
         for counter, n in other.counts.items():
             self.add(counter, n)
 
-    @property
-    def quarantined_paths(self) -> list[str]:
-        return sorted({q["path"] for q in self.quarantined})
-
     def as_dict(self) -> dict[str, Any]:
         return {
             "data_dir": self.data_dir,

@@ -6,6 +6,7 @@ Read-only: the checks connect and query catalogs; they change nothing.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import psycopg
@@ -33,8 +34,10 @@ SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 #: Tables the application role may read and insert into, not change: the audit trail.
 APPEND_ONLY_TABLES = ("system_logs",)
 APPEND_ONLY = ("SELECT", "INSERT")
+APP_WRITES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 TABLE_PRIVILEGE = "SELECT has_table_privilege(%s, format('public.%%I', %s::text), %s)"
 SCHEMA_CREATE = "SELECT has_schema_privilege(%s, 'public', 'CREATE')"
+MIGRATIONS_TABLE_EXISTS = "SELECT to_regclass('public.schema_migrations') IS NOT NULL"
 #: Upper bound of the newest system_logs partition, and whether the default one exists.
 PARTITIONS_AHEAD = """
 SELECT max((regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \\(''([^'']+)''\\)'))[1]
@@ -93,6 +96,34 @@ def _check_connections(s: Settings, dbname: str, report: CheckReport) -> list[Do
     return errors
 
 
+def _table_grant_problems(has: Callable[[str, str, str], bool], table: str, app: str,
+                          ro: str) -> list[str]:
+    """What is wrong with the app's and readonly's grants on one table."""
+    # The audit trail is append-only for the application (migration 0005).
+    needed = APPEND_ONLY if table in APPEND_ONLY_TABLES else APP_WRITES
+    wrong = [f"{app} lacks {p} on {table}" for p in needed if not has(app, table, p)]
+    wrong += [f"{app} may {p} {table}" for p in ("UPDATE", "DELETE")
+              if p not in needed and has(app, table, p)]
+    if has(app, table, "TRUNCATE"):
+        wrong.append(f"{app} has TRUNCATE on {table}")
+    if not has(ro, table, "SELECT"):
+        wrong.append(f"{ro} lacks SELECT on {table}")
+    wrong += [f"{ro} has {p} on {table}" for p in ("INSERT", "UPDATE", "DELETE")
+              if has(ro, table, p)]
+    return wrong
+
+
+def _schema_grant_problems(conn: psycopg.Connection, has: Callable[[str, str, str], bool],
+                           app: str, ro: str) -> list[str]:
+    """CREATE in schema public for either role; the app writing the migration history."""
+    wrong = [f"{role} may CREATE in schema public" for role in (app, ro)
+             if conn.execute(SCHEMA_CREATE, (role,)).fetchone()[0]]
+    if conn.execute(MIGRATIONS_TABLE_EXISTS).fetchone()[0]:
+        wrong += [f"{app} may {p} schema_migrations" for p in ("INSERT", "UPDATE", "DELETE")
+                  if has(app, "schema_migrations", p)]
+    return wrong
+
+
 def _check_privileges(conn: psycopg.Connection, s: Settings) -> list[CheckResult]:
     tables = [r[0] for r in conn.execute(APP_TABLES).fetchall()]
 
@@ -100,27 +131,15 @@ def _check_privileges(conn: psycopg.Connection, s: Settings) -> list[CheckResult
         return conn.execute(TABLE_PRIVILEGE, (role, table, priv)).fetchone()[0]
 
     app, ro = s.role("app"), s.role("readonly")
-    wrong: list[str] = []
-    for t in tables:
-        # The audit trail is append-only for the application (migration 0005).
-        needed = APPEND_ONLY if t in APPEND_ONLY_TABLES else ("SELECT", "INSERT", "UPDATE",
-                                                              "DELETE")
-        wrong += [f"{app} lacks {p} on {t}" for p in needed if not has(app, t, p)]
-        wrong += [f"{app} may {p} {t}" for p in ("UPDATE", "DELETE")
-                  if p not in needed and has(app, t, p)]
-        wrong += [f"{app} has TRUNCATE on {t}"] if has(app, t, "TRUNCATE") else []
-        wrong += [f"{ro} lacks SELECT on {t}"] if not has(ro, t, "SELECT") else []
-        wrong += [f"{ro} has {p} on {t}" for p in ("INSERT", "UPDATE", "DELETE")
-                  if has(ro, t, p)]
-    for role in (app, ro):
-        if conn.execute(SCHEMA_CREATE, (role,)).fetchone()[0]:
-            wrong.append(f"{role} may CREATE in schema public")
-    if conn.execute("SELECT to_regclass('public.schema_migrations') IS NOT NULL").fetchone()[0]:
-        wrong += [f"{app} may {p} schema_migrations" for p in ("INSERT", "UPDATE", "DELETE")
-                  if has(app, "schema_migrations", p)]
-    detail = "; ".join(wrong) if wrong else f"app and readonly grants right on {len(tables)} tables"
-    return [CheckResult("role privileges", not wrong and bool(tables),
-                        detail if tables else "no tables: run `donnactl migrate apply`")]
+    wrong = [w for table in tables for w in _table_grant_problems(has, table, app, ro)]
+    wrong += _schema_grant_problems(conn, has, app, ro)
+    if not tables:
+        detail = "no tables: run `donnactl migrate apply`"
+    elif wrong:
+        detail = "; ".join(wrong)
+    else:
+        detail = f"app and readonly grants right on {len(tables)} tables"
+    return [CheckResult("role privileges", not wrong and bool(tables), detail)]
 
 
 def _check_partitions(conn: psycopg.Connection) -> CheckResult:

@@ -23,7 +23,7 @@ from psycopg.rows import dict_row
 from donnadb import db
 from donnadb.config import Settings
 from donnadb.errors import DonnaError
-from donnadb.ops import logging as oplog
+from donnadb.ops import eventlog
 from donnadb.ops.status import PARTITIONED_PARENT, PARTITIONS_SQL, partition_coverage
 
 log = logging.getLogger(__name__)
@@ -174,6 +174,6 @@ def maintain(settings: Settings, *, dbname: str | None = None, dry_run: bool = F
                   "archive_dir": str(archive_dir)}
         if archived or result["created"]:
             conn.execute(sql.SQL("RESET ROLE"))
-            oplog.record_event(conn, "info", "partitions maintained",
+            eventlog.record_event(conn, "info", "partitions maintained",
                                {k: result[k] for k in ("created", "archived", "dropped")})
     return result

@@ -13,8 +13,7 @@ from typing import Any
 
 from donnadb import db
 from donnadb.config import Settings
-from donnadb.ops import logging as oplog
-from donnadb.ops import partitions
+from donnadb.ops import eventlog, partitions
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ def run(settings: Settings, *, dbname: str | None = None, dry_run: bool = False
                 break
         if deleted:
             with conn.transaction():
-                oplog.record_event(conn, "info", "expired user_memory deleted",
+                eventlog.record_event(conn, "info", "expired user_memory deleted",
                                    {"rows": deleted, "batches": batches})
     logs = partitions.maintain(settings, dbname=dbname, dry_run=dry_run)
     return {"dry_run": dry_run, "user_memory": {"expired": expired, "deleted": deleted},

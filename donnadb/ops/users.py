@@ -19,7 +19,7 @@ from psycopg.rows import dict_row
 from donnadb import db
 from donnadb.config import Settings
 from donnadb.errors import DonnaError
-from donnadb.ops import logging as oplog
+from donnadb.ops import eventlog
 
 
 class NotFound(DonnaError):
@@ -158,5 +158,5 @@ def forget_user(settings: Settings, ident: str, *, dbname: str | None = None) ->
         cur.execute(DELETE_USER_SQL, args)
         result = {"user_id": str(user["id"]), "sessions": sessions,
                   "messages": totals["messages"], "memory": memory, "logs": logs}
-        oplog.record_event(conn, "notice", "user erased (GDPR)", {**result, ERASURE_KEY: True})
+        eventlog.record_event(conn, "notice", "user erased (GDPR)", {**result, ERASURE_KEY: True})
     return result

@@ -97,45 +97,54 @@ class BackupDeploy:
     pgbackrest_retention_diff: int = 6
 
 
+#: group_data keys of pgBackRest's place and retention -> BackupDeploy fields.
+PGBACKREST_KEYS = ("pgbackrest_config", "pgbackrest_repo_path", "pgbackrest_stanza",
+                   "pgbackrest_retention_full", "pgbackrest_retention_diff")
+
+
+def _s3_env(s3: dict[str, Any]) -> dict[str, str]:
+    """``BACKUP_S3_*`` lines from group_data's ``backup_s3``."""
+    unknown = set(s3) - set(S3_KEYS)
+    if unknown:
+        raise ConfigError(f"group_data backup_s3 has unknown keys {sorted(unknown)}; "
+                          f"use {', '.join(S3_KEYS)}")
+    return {f"BACKUP_S3_{key.upper()}": str(value) for key, value in s3.items()
+            if value is not None}
+
+
+def _schedule(overrides: dict[str, Any], pgbackrest: bool) -> dict[str, tuple[str, str, str]]:
+    """The jobs to schedule, with group_data's ``backup_schedule`` times applied."""
+    known = {**DEFAULT_SCHEDULE, **PHYSICAL_SCHEDULE}
+    schedule = dict(DEFAULT_SCHEDULE, **(PHYSICAL_SCHEDULE if pgbackrest else {}))
+    for job, value in overrides.items():
+        if job not in known or not (isinstance(value, tuple | list) and len(value) == 2):
+            raise ConfigError(f"group_data backup_schedule[{job!r}] must be (OnCalendar, "
+                              f"cron) for one of {', '.join(known)}")
+        if job in schedule:
+            schedule[job] = (value[0], value[1], known[job][2])
+    return schedule
+
+
 def load_backup_deploy(data: Any, script: str) -> BackupDeploy:
     """Backup settings from ``host.data``; unset ones keep the runtime defaults.
 
     :raises ConfigError: a schedule or S3 entry is malformed (the message names it).
     """
     env: dict[str, str] = {"BACKUP_SIGNING_KEY_FILE": SIGNING_KEY_FILE}
-    for key, var in ENV_KEYS.items():
-        value = data.get(key)
-        if value is not None:
-            env[var] = str(value)
-    s3 = data.get("backup_s3") or {}
-    unknown = set(s3) - set(S3_KEYS)
-    if unknown:
-        raise ConfigError(f"group_data backup_s3 has unknown keys {sorted(unknown)}; "
-                          f"use {', '.join(S3_KEYS)}")
-    for key, value in s3.items():
-        if value is not None:
-            env[f"BACKUP_S3_{key.upper()}"] = str(value)
+    env.update({var: str(data.get(key)) for key, var in ENV_KEYS.items()
+                if data.get(key) is not None})
+    env.update(_s3_env(data.get("backup_s3") or {}))
     pgbackrest = bool(data.get("pgbackrest_enabled"))
-    known = {**DEFAULT_SCHEDULE, **PHYSICAL_SCHEDULE}
-    schedule = dict(DEFAULT_SCHEDULE, **(PHYSICAL_SCHEDULE if pgbackrest else {}))
-    for job, value in (data.get("backup_schedule") or {}).items():
-        if job not in known or not (isinstance(value, tuple | list) and len(value) == 2):
-            raise ConfigError(f"group_data backup_schedule[{job!r}] must be (OnCalendar, "
-                              f"cron) for one of {', '.join(known)}")
-        if job in schedule:
-            schedule[job] = (value[0], value[1], known[job][2])
-    extra = {}
-    for key in ("pgbackrest_config", "pgbackrest_repo_path", "pgbackrest_stanza",
-                "pgbackrest_retention_full", "pgbackrest_retention_diff"):
-        if data.get(key) is not None:
-            extra[key.replace("_path", "")] = data.get(key)
+    places = {key.replace("_path", ""): data.get(key) for key in PGBACKREST_KEYS
+              if data.get(key) is not None}
     cfg = BackupDeploy(
         repo_dir=data.get("backup_repo_dir") or "/var/backups/donna",
         env_file=data.get("backup_env_file") or "/etc/donnadb/backup.env",
-        env=env, schedule=schedule, script=script, pgbackrest=pgbackrest,
+        env=env, schedule=_schedule(data.get("backup_schedule") or {}, pgbackrest),
+        script=script, pgbackrest=pgbackrest,
         unit_dir=data.get("backup_unit_dir") or UNIT_DIR,
         unit_prefix=data.get("backup_unit_prefix") or UNIT_PREFIX,
-        cron_file=data.get("backup_cron_file") or CRON_FILE, **extra,
+        cron_file=data.get("backup_cron_file") or CRON_FILE, **places,
     )
     if pgbackrest:
         env.update(PGBACKREST_ENABLED="true", PGBACKREST_CONFIG=cfg.pgbackrest_config,

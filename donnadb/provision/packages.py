@@ -1,4 +1,5 @@
-"""Debian packages: PostgreSQL, contrib (pg_stat_statements) and pg_partman."""
+"""Debian packages: PostgreSQL (with contrib: pg_stat_statements), pg_partman and pgaudit
+for group_data's pg_version."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def install_postgresql(settings: DeploySettings) -> None:
     installed = host.get_fact(DebPackages) or {}
     missing = [p for p in settings.pg_packages if p not in installed]
     apt.packages(
-        name="Install PostgreSQL, contrib and pg_partman",
+        name=f"Install PostgreSQL {settings.pg_version}, pg_partman and pgaudit",
         packages=list(settings.pg_packages),
         # An `apt-get update` with nothing to install would be reported as a change.
         update=bool(missing),

@@ -60,9 +60,6 @@ def converge_passwords(settings: DeploySettings) -> None:
                     path=settings.donnadb_lib_dir, user="root", group="root", mode="700")
     files.put(name="Upload the password helper", src=str(HELPER_SRC), dest=helper,
               user="root", group="root", mode="700")
-    # Earlier versions uploaded the same helper as pgsecrets.py.
-    files.file(name="Remove the helper's former copy",
-               path=f"{settings.donnadb_lib_dir}/pgsecrets.py", present=False)
     consumers.settings_dir(f"Create {posixpath.dirname(passfile)}", posixpath.dirname(passfile))
     passfile_has_roles(name="Generate missing role passwords on the host",
                        helper=helper, passfile=passfile, role_names=roles)

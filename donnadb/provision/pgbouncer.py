@@ -48,9 +48,6 @@ PIDFILE = "/var/run/postgresql/pgbouncer.pid"
 LOGFILE = "/var/log/postgresql/pgbouncer.log"
 #: systemd drop-in for Debian's pgbouncer.service (read only where systemd runs).
 DROPIN = "/etc/systemd/system/pgbouncer.service.d/donna.conf"
-MARKER_PREFIX = bootstrap.LOOKUP_MARKER_PREFIX
-#: Where the first version uploaded the lookup SQL; the database bootstrap has it now.
-OLD_SQL_FILE = "pgbouncer_auth.sql"
 
 #: group_data keys and their defaults (group_data/all.py documents each).
 DEFAULTS: dict[str, Any] = {
@@ -158,15 +155,6 @@ def load_pgbouncer_settings(data: Any, settings: DeploySettings) -> PgBouncerSet
         server_port=settings.pg_port,
         **ints,
     )
-
-
-def auth_sql(auth_user: str, lookup_roles: tuple[str, ...] | list[str],
-             connlimit: int = 10) -> tuple[str, str]:
-    """(the lookup SQL to run as postgres in a database, the marker it leaves).
-
-    Every database's bootstrap already includes it (provision/bootstrap.py).
-    """
-    return bootstrap.auth_sql(auth_user, lookup_roles, connlimit)
 
 
 def render_ini(cfg: PgBouncerSettings) -> str:
@@ -345,10 +333,6 @@ def install_pgbouncer(settings: DeploySettings | None = None) -> None:
 
     apt.packages(name="Install the pgbouncer package", packages=["pgbouncer"],
                  cache_time=s.pg_apt_cache_time, update=True)
-
-    # The lookup role and pgbouncer.user_lookup come with every database's bootstrap.
-    files.file(name="No separate lookup SQL (the database bootstrap includes it)",
-               path=f"{lib}/{OLD_SQL_FILE}", present=False)
 
     pw_helper = password_helper_path(s)
     auth_password_present(name=f"Generate {cfg.auth_user}'s password on the host",

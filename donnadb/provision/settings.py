@@ -31,6 +31,9 @@ FORMULAS = (
     "pg_max_parallel_workers",
 )
 CHECKOUT = Path(__file__).resolve().parents[2]
+#: The Debian packages for group_data's pg_version: the server (contrib modules such as
+#: pg_stat_statements are part of it), pg_partman and pgaudit.
+PG_PACKAGES = ("postgresql-{v}", "postgresql-{v}-partman", "postgresql-{v}-pgaudit")
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,6 @@ class DeploySettings:
     pg_version: int
     pg_cluster: str
     pg_port: int
-    pg_packages: tuple[str, ...]
     pg_apt_cache_time: int
     pg_listen_addresses: str
     pg_hba_networks: tuple[str, ...]
@@ -93,12 +95,13 @@ class DeploySettings:
     ops_env: dict[str, str] = field(default_factory=dict)
 
     @property
-    def conf_dir(self) -> str:
-        return f"/etc/postgresql/{self.pg_version}/{self.pg_cluster}"
+    def pg_packages(self) -> tuple[str, ...]:
+        """The Debian packages of :data:`PG_PACKAGES` for ``pg_version``."""
+        return tuple(name.format(v=self.pg_version) for name in PG_PACKAGES)
 
     @property
-    def socket_dir(self) -> str:
-        return "/var/run/postgresql"
+    def conf_dir(self) -> str:
+        return f"/etc/postgresql/{self.pg_version}/{self.pg_cluster}"
 
     def role(self, kind: str) -> str:
         return self.roles[kind].name
@@ -156,24 +159,45 @@ def load_deploy_settings(data: Any) -> DeploySettings:
 
     :raises ConfigError: a setting is missing or invalid (the message names it).
     """
+    _refuse_retired(data)
+    roles = _roles(data)
+    return DeploySettings(
+        **_server_fields(data, roles),
+        roles=roles,
+        **_host_fields(data),
+        formulas=_formulas(data),
+        **_pgbouncer_fields(data),
+    )
 
-    def get(key: str) -> Any:
-        value = data.get(key, _MISSING)
-        if value is _MISSING:
-            raise ConfigError(
-                f"setting {key} is missing from group_data/all.py; "
-                "run pyinfra from the repository root so group_data/ is found"
-            )
-        return value
 
-    def role_name(kind: str) -> str:
-        default = getattr(config, f"ROLE_{kind.upper()}")
-        return _ident(f"db_role_{kind}", data.get(f"db_role_{kind}", default))
+def _required(data: Any, key: str) -> Any:
+    value = data.get(key, _MISSING)
+    if value is _MISSING:
+        raise ConfigError(
+            f"setting {key} is missing from group_data/all.py; "
+            "run pyinfra from the repository root so group_data/ is found"
+        )
+    return value
 
+
+def _refuse_retired(data: Any) -> None:
+    """Settings that no longer exist: refused, so an inventory's override is not ignored."""
+    if data.get("pg_packages") is not None:
+        raise ConfigError("group_data pg_packages is not a setting: the packages follow "
+                          "pg_version (postgresql-{v}, -partman, -pgaudit); remove it")
+    if data.get("donnadb_checkout"):
+        raise ConfigError("group_data donnadb_checkout is no longer used: the deploy ships "
+                          "its own checkout's code to donnadb_install_dir; remove it")
+
+
+def _roles(data: Any) -> dict[str, RoleSpec]:
+    """Every managed role: its name, LOGIN, connection limit, membership and settings."""
+    names = {kind: _ident(f"db_role_{kind}", data.get(f"db_role_{kind}",
+                                                      getattr(config, f"ROLE_{kind.upper()}")))
+             for kind in ROLE_KINDS}
     limits = data.get("pg_role_connection_limits", {}) or {}
-    names = {kind: role_name(kind) for kind in ROLE_KINDS}
     role_settings = _role_settings(data.get("pg_role_settings", {}) or {})
-    roles = {
+    return {
         kind: RoleSpec(
             kind=kind,
             name=names[kind],
@@ -184,72 +208,94 @@ def load_deploy_settings(data: Any) -> DeploySettings:
         )
         for kind in ROLE_KINDS
     }
+
+
+def _server_fields(data: Any, roles: dict[str, RoleSpec]) -> dict[str, Any]:
+    """The ``pg_*`` settings of the cluster itself."""
+    bgw_role = data.get("pg_partman_bgw_role") or roles["migrator"].name
+    return {
+        "pg_version": _pg_version(_required(data, "pg_version")),
+        "pg_cluster": _ident("pg_cluster", _required(data, "pg_cluster")),
+        "pg_port": int(_required(data, "pg_port")),
+        "pg_apt_cache_time": int(_required(data, "pg_apt_cache_time")),
+        "pg_listen_addresses": str(_required(data, "pg_listen_addresses")),
+        "pg_hba_networks": tuple(_required(data, "pg_hba_networks")),
+        "pg_max_connections": int(_required(data, "pg_max_connections")),
+        "pg_log_min_duration_statement_ms": int(_required(data,
+                                                          "pg_log_min_duration_statement_ms")),
+        "pg_partman_bgw_interval_s": int(_required(data, "pg_partman_bgw_interval_s")),
+        "pg_partman_bgw_role": _ident("pg_partman_bgw_role", bgw_role),
+        "pg_wal": dict(_required(data, "pg_wal")),
+        "pg_random_page_cost": float(_required(data, "pg_random_page_cost")),
+        "pg_effective_io_concurrency": int(_required(data, "pg_effective_io_concurrency")),
+        "pg_extra_settings": dict(data.get("pg_extra_settings") or {}),
+        "pg_audit_log": _audit_classes(data.get("pg_audit_log")),
+        "pg_hba_local_only_kinds": _kinds("pg_hba_local_only_kinds",
+                                          data.get("pg_hba_local_only_kinds"),
+                                          ("migrator", "backup", "app")),
+        "pg_app_direct_networks": tuple(str(n) for n in data.get("pg_app_direct_networks")
+                                        or ()),
+    }
+
+
+def _host_fields(data: Any) -> dict[str, Any]:
+    """Where the deploy puts its files on the host and who may read the passwords."""
+    install_dir = str(data.get("donnadb_install_dir") or "/opt/donnadb")
+    if not install_dir.startswith("/") or ".." in install_dir.split("/"):
+        raise ConfigError(f"group_data donnadb_install_dir={install_dir!r} must be an "
+                          "absolute path without '..'")
+    env_extra = data.get("donnadb_env_extra") or {}
+    return {
+        "db_host": str(_required(data, "db_host")),
+        "db_name": _ident("db_name", _required(data, "db_name")),
+        "db_passfile": str(_required(data, "db_passfile")),
+        "db_consumers": _consumers(data.get("db_consumers") or {}),
+        "donnadb_env_file": str(_required(data, "donnadb_env_file")),
+        "donnadb_env_extra": {str(k): str(v) for k, v in env_extra.items()},
+        "donnadb_lib_dir": str(_required(data, "donnadb_lib_dir")),
+        "donnadb_checkout": str(CHECKOUT),
+        "donnadb_install_dir": install_dir.rstrip("/") or "/",
+        "ops_env": _env_lines("ops_env", data.get("ops_env") or {}),
+    }
+
+
+def _formulas(data: Any) -> dict[str, Any]:
+    """The tuning formulas of :data:`FORMULAS`, each a function."""
     formulas = {}
     for name in FORMULAS:
-        fn = get(name)
+        fn = _required(data, name)
         if not callable(fn):
             raise ConfigError(
                 f"group_data {name} must be a function (memory_mb, cpus, max_connections)"
             )
         formulas[name] = fn
-    if data.get("donnadb_checkout"):
-        raise ConfigError("group_data donnadb_checkout is no longer used: the deploy ships "
-                          "its own checkout's code to donnadb_install_dir; remove it")
-    consumers = _consumers(data.get("db_consumers") or {})
-    install_dir = str(data.get("donnadb_install_dir") or "/opt/donnadb")
-    if not install_dir.startswith("/") or ".." in install_dir.split("/"):
-        raise ConfigError(f"group_data donnadb_install_dir={install_dir!r} must be an "
-                          "absolute path without '..'")
-    bgw_role = data.get("pg_partman_bgw_role") or names["migrator"]
-    env_extra = data.get("donnadb_env_extra") or {}
+    return formulas
+
+
+def _pgbouncer_fields(data: Any) -> dict[str, Any]:
+    """What the database bootstrap and donnadb.env need of PgBouncer."""
     lookup_kinds = tuple(data.get("pgbouncer_lookup_kinds") or bootstrap.LOOKUP_KINDS)
     for kind in lookup_kinds:
         if kind not in ROLE_KINDS:
             raise ConfigError(f"group_data pgbouncer_lookup_kinds: unknown role kind {kind!r}; "
                               f"use {', '.join(ROLE_KINDS)}")
-    pgbouncer_port = int(data.get("pgbouncer_port") or 6432)
     connlimit = data.get("pgbouncer_auth_user_connlimit")
-    ops_env = _env_lines("ops_env", data.get("ops_env") or {})
-    return DeploySettings(
-        pg_version=int(get("pg_version")),
-        pg_cluster=_ident("pg_cluster", get("pg_cluster")),
-        pg_port=int(get("pg_port")),
-        pg_packages=tuple(get("pg_packages")),
-        pg_apt_cache_time=int(get("pg_apt_cache_time")),
-        pg_listen_addresses=str(get("pg_listen_addresses")),
-        pg_hba_networks=tuple(get("pg_hba_networks")),
-        pg_max_connections=int(get("pg_max_connections")),
-        pg_log_min_duration_statement_ms=int(get("pg_log_min_duration_statement_ms")),
-        pg_partman_bgw_interval_s=int(get("pg_partman_bgw_interval_s")),
-        pg_partman_bgw_role=_ident("pg_partman_bgw_role", bgw_role),
-        pg_wal=dict(get("pg_wal")),
-        pg_random_page_cost=float(get("pg_random_page_cost")),
-        pg_effective_io_concurrency=int(get("pg_effective_io_concurrency")),
-        pg_extra_settings=dict(data.get("pg_extra_settings") or {}),
-        roles=roles,
-        db_host=str(get("db_host")),
-        db_name=_ident("db_name", get("db_name")),
-        db_passfile=str(get("db_passfile")),
-        donnadb_env_file=str(get("donnadb_env_file")),
-        donnadb_env_extra={str(k): str(v) for k, v in env_extra.items()},
-        donnadb_lib_dir=str(get("donnadb_lib_dir")),
-        donnadb_checkout=str(CHECKOUT),
-        donnadb_install_dir=install_dir.rstrip("/") or "/",
-        db_consumers=consumers,
-        pg_audit_log=_audit_classes(data.get("pg_audit_log")),
-        pg_hba_local_only_kinds=_kinds("pg_hba_local_only_kinds",
-                                       data.get("pg_hba_local_only_kinds"),
-                                       ("migrator", "backup", "app")),
-        pg_app_direct_networks=tuple(str(n) for n in data.get("pg_app_direct_networks") or ()),
-        formulas=formulas,
-        pgbouncer_port=pgbouncer_port,
-        pgbouncer_auth_user=_ident("pgbouncer_auth_user",
-                                   data.get("pgbouncer_auth_user") or bootstrap.AUTH_USER),
-        pgbouncer_auth_user_connlimit=int(bootstrap.AUTH_USER_CONNLIMIT if connlimit is None
-                                          else connlimit),
-        pgbouncer_lookup_kinds=lookup_kinds,
-        ops_env=ops_env,
-    )
+    return {
+        "pgbouncer_port": int(data.get("pgbouncer_port") or 6432),
+        "pgbouncer_auth_user": _ident("pgbouncer_auth_user",
+                                      data.get("pgbouncer_auth_user") or bootstrap.AUTH_USER),
+        "pgbouncer_auth_user_connlimit": int(bootstrap.AUTH_USER_CONNLIMIT if connlimit is None
+                                             else connlimit),
+        "pgbouncer_lookup_kinds": lookup_kinds,
+    }
+
+
+def _pg_version(value: Any) -> int:
+    # Major versions are plain integers since 10; the value becomes package and path names.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 10:
+        raise ConfigError(f"group_data pg_version={value!r} must be a PostgreSQL major "
+                          "version as an integer, e.g. 15")
+    return value
 
 
 #: pgaudit.log classes (pgaudit's README).

@@ -14,8 +14,7 @@ from donnadb.ops.checks import Severity
 @pytest.fixture
 def clean_env(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    for name in ("BACKUP_REPO_DIR", "BACKUP_JOBS", "BACKUP_MAX_AGE_HOURS",
-                 "HEALTH_BACKUP_MAX_AGE_HOURS", "DB_NAME"):
+    for name in ("BACKUP_REPO_DIR", "BACKUP_JOBS", "BACKUP_MAX_AGE_HOURS", "DB_NAME"):
         monkeypatch.delenv(name, raising=False)
     return tmp_path
 
@@ -44,10 +43,8 @@ def test_flags_beat_environment_for_backup_settings(clean_env, monkeypatch):
     assert str(load_settings(backup_repo_dir=None).backup_repo_dir) == "/srv/env"
 
 
-def test_one_max_age_with_the_old_health_name_as_alias(clean_env, monkeypatch):
-    monkeypatch.setenv("HEALTH_BACKUP_MAX_AGE_HOURS", "5")
-    assert load_settings().backup_max_age_hours == 5
-    monkeypatch.setenv("BACKUP_MAX_AGE_HOURS", "7")  # the real name wins
+def test_one_max_age_setting(clean_env, monkeypatch):
+    monkeypatch.setenv("BACKUP_MAX_AGE_HOURS", "7")
     assert load_settings().backup_max_age_hours == 7
     assert "health_backup_max_age_hours" not in Settings.model_fields
     monkeypatch.setenv("BACKUP_MAX_AGE_HOURS", "0")

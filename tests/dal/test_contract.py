@@ -8,7 +8,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from donnadb.dal import ConflictError, DataAccess, NotFoundError, TransactionError
+from donnadb.dal import (
+    ConflictError,
+    DataAccess,
+    DualWriteDataAccess,
+    FileDataAccess,
+    NotFoundError,
+    TransactionError,
+)
+from donnadb.dal.values import legacy_log_id
 from donnadb.errors import DataError
 
 USER_KEYS = {"id", "clerk_id", "email", "name", "profile", "preferences", "created_at",
@@ -384,13 +392,37 @@ def test_write_log_returns_an_id_and_checks_its_input(dal):
             dal.write_log(level, message, **args)
 
 
+def logged(dal, log_id: str) -> list[tuple[str, str]]:
+    """(level, message) of entry ``log_id`` in each store behind ``dal``, read back from
+    where that store keeps it: a ``logs/*.jsonl`` line, a ``system_logs`` row."""
+    stores = [dal.files, dal.pg] if isinstance(dal, DualWriteDataAccess) else [dal]
+    found = []
+    for store in stores:
+        if isinstance(store, FileDataAccess):
+            for path in sorted((store.data_dir / "logs").glob("*.jsonl")):
+                for n in range(1, len(path.read_bytes().splitlines()) + 1):
+                    if legacy_log_id(f"{path.name}:{n}") == log_id:
+                        line = store.read_log(f"{path.name}:{n}")
+                        found.append((line["level"], line["message"]))
+        else:
+            with store._pool.connection() as conn:
+                row = conn.execute("SELECT level, message FROM system_logs WHERE id = %s",
+                                   [log_id]).fetchone()
+            if row is not None:
+                found.append((row["level"], row["message"]))
+    return found
+
+
 def test_write_log_outlives_a_rollback(dal):
     with pytest.raises(RuntimeError), dal.transaction():
         dal.create_chat_session("c_tx", None, {})
-        dal.write_log("error", "what went wrong")
+        log_id = dal.write_log("ERROR", "what went wrong")
         raise RuntimeError("boom")
     assert dal.get_chat_session("c_tx") is None
-    assert dal.write_log("info", "still writable")
+    copies = 2 if isinstance(dal, DualWriteDataAccess) else 1
+    assert logged(dal, log_id) == [("error", "what went wrong")] * copies
+    later = dal.write_log("info", "still writable")
+    assert logged(dal, later) == [("info", "still writable")] * copies
 
 
 # ---------------------------------------------------------------- health

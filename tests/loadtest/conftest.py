@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from donnadb.provision.pgbouncer import DEFAULTS, auth_sql
+from donnadb.provision.bootstrap import auth_sql
+from donnadb.provision.pgbouncer import DEFAULTS
 from loadtest import seed
 from tests.support import superuser_psql
 

@@ -98,7 +98,12 @@ def test_login_roles_cannot_create_in_deployed_database(connect_as, kind):
 
 
 def test_owner_cannot_log_in(settings):
-    with pytest.raises(psycopg.OperationalError, match="not permitted to log in|password"):
+    # A login attempt fails at the password check before PostgreSQL looks at LOGIN, so
+    # the role's catalogue row is the proof: NOLOGIN, and no password to guess either.
+    row = superuser_psql("SELECT rolcanlogin, rolpassword IS NULL FROM pg_authid "
+                         f"WHERE rolname = '{settings.db_role_owner}'")
+    assert row == "f|t"
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(host="127.0.0.1", port=settings.db_port, dbname=settings.db_name,
                         user=settings.db_role_owner, password="x", passfile="/dev/null",
                         connect_timeout=5)

@@ -41,3 +41,23 @@ def test_missing_setting_names_it():
     del data["pg_port"]
     with pytest.raises(ConfigError, match="pg_port is missing"):
         load_deploy_settings(data)
+
+
+def test_packages_follow_pg_version():
+    data = _Data(load_group_data())
+    assert load_deploy_settings(data).pg_packages == (
+        "postgresql-15", "postgresql-15-partman", "postgresql-15-pgaudit")
+    data["pg_version"] = 16
+    s = load_deploy_settings(data)
+    assert s.pg_packages == ("postgresql-16", "postgresql-16-partman", "postgresql-16-pgaudit")
+    assert s.conf_dir == "/etc/postgresql/16/main"
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("pg_version", "15; rm -rf /", "pg_version"), ("pg_version", 9, "pg_version"),
+    ("pg_packages", ["postgresql-15"], "pg_packages is not a setting")])
+def test_version_and_packages_are_checked(key, value, match):
+    data = _Data(load_group_data())
+    data[key] = value
+    with pytest.raises(ConfigError, match=match):
+        load_deploy_settings(data)
