@@ -5,7 +5,7 @@ PY    := $(VENV)/bin/python
 PIP   := $(VENV)/bin/pip
 INVENTORY ?= inventory/local.py
 
-.PHONY: deploy test venv lint clean-venv loadtest bench
+.PHONY: deploy test venv lock lint clean-venv loadtest bench
 
 # `make loadtest`: the gated load test (docs/loadtest.md); results in loadtest-results/.
 LOADTEST_ARGS ?= --users 150 --spawn-rate 25 --duration 5m
@@ -13,16 +13,25 @@ LOADTEST_ARGS ?= --users 150 --spawn-rate 25 --duration 5m
 # is kept in bench-results/NAME.txt. Pick some with `make bench BENCHES="dal import"`.
 BENCHES ?= dal import backup_compression backup vs_pgbench capacity
 
-# Creates the venv only when pyproject.toml changed since the last install.
-$(VENV)/.installed: pyproject.toml
+# Creates the venv only when the lock file changed since the last install. Every
+# package comes from requirements/dev.lock, pinned and hashed; then this checkout.
+$(VENV)/.installed: pyproject.toml requirements/dev.lock
 	@command -v python3 >/dev/null || { apt-get update -qq && apt-get install -y -qq python3; }
 	@python3 -c 'import venv, ensurepip' 2>/dev/null || { apt-get update -qq && apt-get install -y -qq python3-venv; }
 	python3 -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --require-hashes -r requirements/dev.lock
+	$(PIP) install -q --no-deps -e .
 	touch $@
 
 venv: $(VENV)/.installed
+
+# After changing a pin in pyproject.toml: re-resolve and hash everything. dev.lock is
+# the checkout's venv; host.lock is what the deploy installs on a database host.
+lock: venv
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --generate-hashes \
+		--python-version 3.11 --no-header --quiet -o requirements/dev.lock
+	$(VENV)/bin/uv pip compile pyproject.toml --extra ops --generate-hashes \
+		--python-version 3.11 --no-header --quiet -o requirements/host.lock
 
 deploy: venv
 	$(VENV)/bin/pyinfra -y $(INVENTORY) deploy.py

@@ -3,7 +3,7 @@
     .venv/bin/python bench/capacity.py [--steps 100,250,500,1000,2000] [--seconds 60]
         [--processes 2] [--p95-ms 20] [--pgbouncer-port 6432] [--dbname donna]
 
-Runs the load test (`loadtest/locustfile.py`, same think times as `donnactl loadtest
+Runs the load test (`donnadb/loadtest/locustfile.py`, same think times as `donnactl loadtest
 run`) once per step, each with its own ramp-up excluded, and prints per step the
 throughput, p95/p99, failures, PgBouncer's pool efficiency, and the throughput ratio to
 the first step relative to the user ratio (1.00 = throughput grew in proportion to the
@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from donnadb.config import load_settings  # noqa: E402
-from loadtest import runner  # noqa: E402
-from loadtest.slo import AGGREGATED  # noqa: E402
+from donnadb.loadtest import runner  # noqa: E402
+from donnadb.loadtest.slo import AGGREGATED  # noqa: E402
 
 
 def main() -> int:

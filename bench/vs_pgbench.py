@@ -59,7 +59,7 @@ from donnadb.config import load_settings  # noqa: E402
 from donnadb.dal import PostgresDataAccess  # noqa: E402
 from donnadb.dal import postgres_sql as q  # noqa: E402
 from donnadb.dal.postgres import dal_adapters  # noqa: E402
-from loadtest.seed import CHAT_PREFIX  # noqa: E402
+from donnadb.loadtest.seed import CHAT_PREFIX  # noqa: E402
 
 CHATS_SQL = "SELECT count(*) FROM chat_sessions WHERE chat_id LIKE %s"
 # The backends serving the benchmark: the app role's in the benchmark's database.

@@ -22,10 +22,6 @@ from donnadb.cli.output import console, emit_json
 from donnadb.config import load_settings
 from donnadb.errors import UsageError
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
 app = typer.Typer(no_args_is_help=True)
 
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document for scripts.")
@@ -45,7 +41,7 @@ def seed(
     json_out: bool = JsonOpt,
 ) -> None:
     """Generate the data set through COPY (idempotent), then VACUUM ANALYZE."""
-    from loadtest import seed as seeding
+    from donnadb.loadtest import seed as seeding
 
     if scale not in seeding.SCALES:
         raise UsageError(f"unknown scale {scale!r}; use {', '.join(seeding.SCALES)}")
@@ -105,8 +101,8 @@ def run(
     json_out: bool = JsonOpt,
 ) -> None:
     """Run Locust headless and apply the SLO gate (exit 9 when an SLO is missed)."""
-    from loadtest import runner
-    from loadtest.slo import SloViolation
+    from donnadb.loadtest import runner
+    from donnadb.loadtest.slo import SloViolation
 
     settings = load_settings()
     port = None if direct else (pgbouncer_port or settings.pgbouncer_port or 6432)
@@ -190,7 +186,7 @@ def worker(
     processes: int | None = typer.Option(None, help="Worker processes on this host."),
 ) -> None:
     """Run Locust workers for a master (`donnactl loadtest run --master`) elsewhere."""
-    from loadtest import runner
+    from donnadb.loadtest import runner
 
     cmd = runner.worker_command(master_host, master_port, processes)
     raise typer.Exit(subprocess.run(cmd, env=runner._env(), cwd=str(runner.ROOT),
@@ -204,8 +200,8 @@ def gate(
     json_out: bool = JsonOpt,
 ) -> None:
     """Apply the SLO gate to an existing Locust stats CSV (exit 9 when it fails)."""
-    from loadtest import slo
-    from loadtest.names import QUERY_NAMES
+    from donnadb.loadtest import slo
+    from donnadb.loadtest.names import QUERY_NAMES
 
     verdict = slo.evaluate(slo.read_stats(stats_csv), expected_names=QUERY_NAMES,
                            p95_limit_ms=p95_ms)
@@ -228,9 +224,12 @@ def smoke(
     dbname: str | None = DbnameOpt,
 ) -> None:
     """Prove gevent cooperation: N pg_sleep(1) take ~1 s together (exit 1 if serial)."""
-    cmd = [sys.executable, "-m", "loadtest.smoke", "--users", str(users),
+    from donnadb.loadtest import runner
+
+    cmd = [sys.executable, "-m", "donnadb.loadtest.smoke", "--users", str(users),
            "--pgbouncer-port", str(pgbouncer_port), *(["--dbname", dbname] if dbname else [])]
-    done = subprocess.run(cmd, cwd=str(ROOT), capture_output=True, text=True, check=False)
+    done = subprocess.run(cmd, cwd="/", env=runner._env(), capture_output=True, text=True,
+                          check=False)
     sys.stdout.write(done.stdout)
     if done.returncode != 0:
         sys.stderr.write(done.stderr[-2000:])

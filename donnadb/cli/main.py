@@ -10,7 +10,10 @@ import importlib
 import logging
 import sys
 
-import typer
+try:
+    import typer
+except ImportError:  # the base package only: an application server's install
+    sys.exit("donnactl needs the ops extra: pip install 'donnadb[ops]'")
 
 from donnadb.cli.output import err_console
 from donnadb.errors import DonnaError

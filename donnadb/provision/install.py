@@ -12,8 +12,9 @@ night. So the deploy
    the upload reports no change);
 3. uploads the wheel, the schema migrations and the backup entry script into the
    install directory (root-owned, 0755: the jobs' own users must read it, not write it);
-4. installs the wheel into the virtualenv only when its hash differs from the one the
-   last install recorded, and links ``/usr/local/bin/donnactl`` to it.
+4. installs the dependencies from ``requirements/host.lock`` (``--require-hashes``:
+   exactly the pinned files) and the wheel into the virtualenv, only when their hash
+   differs from the one the last install recorded, and links ``/usr/local/bin/donnactl``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ from donnadb.provision.settings import DeploySettings
 
 #: What goes into the wheel, and what else the host needs from the tree.
 PACKAGE_SOURCES = ("donnadb", "pyproject.toml")
-SHIPPED_SOURCES = (*PACKAGE_SOURCES, "schema", "backups")
+SHIPPED_SOURCES = (*PACKAGE_SOURCES, "schema", "backups", "requirements")
+#: The host's dependencies: the [ops] extra, every package pinned and hashed.
+HOST_LOCK = "requirements/host.lock"
 #: 1980-01-01, the earliest date a zip entry can carry.
 SOURCE_DATE_EPOCH = "315532800"
 STAMP = ".donnadb-wheel-sha256"
@@ -138,17 +141,18 @@ def build_wheel(root: Path) -> Path:
 
 
 @operation()
-def wheel_installed(venv: str, wheel: str, sha256: str):
-    """Install ``wheel`` into ``venv`` (created if missing) unless its hash is recorded."""
+def wheel_installed(venv: str, wheel: str, lock: str, sha256: str):
+    """Install ``lock`` and ``wheel`` into ``venv`` (created if missing) unless their
+    hash is the one recorded."""
     recorded = host.get_fact(Command, command=f"cat {venv}/{STAMP} 2>/dev/null || true")
     if recorded == sha256:
-        host.noop("the installed code matches the wheel")
+        host.noop("the installed code matches the wheel and the lock file")
         return
     yield f"test -x {venv}/bin/python || /usr/bin/python3 -m venv {venv}"
     pip = f"{venv}/bin/pip install --quiet --disable-pip-version-check"
-    # Dependencies by the wheel's pins, then the package itself again: the version
-    # number does not change between builds, so pip would keep the old files.
-    yield f"{pip} {wheel}"
+    yield f"{pip} --require-hashes -r {lock}"
+    # --force-reinstall: the version number does not change between builds, so pip
+    # would keep the old files.
     yield f"{pip} --no-deps --force-reinstall {wheel}"
     yield f"echo {sha256} > {venv}/{STAMP}"
 
@@ -171,9 +175,13 @@ def install_code(settings: DeploySettings) -> None:
     remote = f"{base}/wheels/{wheel.name}"
     files.put(name=f"Upload {wheel.name}", src=str(wheel), dest=remote,
               user="root", group="root", mode="644")
+    lock = root / HOST_LOCK
+    remote_lock = f"{base}/wheels/host.lock"
+    files.put(name="Upload the dependencies' lock file", src=str(lock), dest=remote_lock,
+              user="root", group="root", mode="644")
+    digest = hashlib.sha256(wheel.read_bytes() + lock.read_bytes()).hexdigest()
     wheel_installed(name=f"Install the code into {venv_dir(settings)}",
-                    venv=venv_dir(settings), wheel=remote,
-                    sha256=hashlib.sha256(wheel.read_bytes()).hexdigest())
+                    venv=venv_dir(settings), wheel=remote, lock=remote_lock, sha256=digest)
     files.sync(name=f"Ship the schema migrations to {schema_dir(settings)}",
                src=str(root / "schema" / "migrations"), dest=schema_dir(settings),
                user="root", group="root", mode="644", dir_mode="755", delete=True)

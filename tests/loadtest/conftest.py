@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from donnadb.loadtest import seed
 from donnadb.provision.bootstrap import auth_sql
 from donnadb.provision.pgbouncer import DEFAULTS
-from loadtest import seed
 from tests.support import superuser_psql
 
 PGBOUNCER_PORT = DEFAULTS["pgbouncer_port"]

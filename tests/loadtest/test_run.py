@@ -13,8 +13,8 @@ import json
 import pytest
 
 from donnadb.errors import UsageError
-from loadtest import runner
-from loadtest.names import QUERY_NAMES
+from donnadb.loadtest import runner
+from donnadb.loadtest.names import QUERY_NAMES
 from tests.loadtest.conftest import PGBOUNCER_PORT
 
 

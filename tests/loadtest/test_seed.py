@@ -7,7 +7,7 @@ import random
 import pytest
 
 from donnadb.errors import UsageError
-from loadtest import seed
+from donnadb.loadtest import seed
 from tests.loadtest.conftest import TEST_SCALE
 
 

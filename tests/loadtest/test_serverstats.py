@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loadtest.serverstats import STATS_FIELDS, pool_report
+from donnadb.loadtest.serverstats import STATS_FIELDS, pool_report
 
 
 def counters(xacts: int, xact_us: int, wait_us: int) -> dict[str, int]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from donnadb.errors import DataError
-from loadtest import slo
-from loadtest.names import QUERY_NAMES
+from donnadb.loadtest import slo
+from donnadb.loadtest.names import QUERY_NAMES
 
 HEADER = ("Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,"
           "Min Response Time,Max Response Time,Average Content Size,Requests/s,Failures/s,"

@@ -17,7 +17,7 @@ from tests.loadtest.conftest import PGBOUNCER_PORT
 
 ROOT = Path(__file__).resolve().parents[2]
 
-ROOT_CMD = [sys.executable, "-m", "loadtest.smoke", "--users", "20"]
+ROOT_CMD = [sys.executable, "-m", "donnadb.loadtest.smoke", "--users", "20"]
 
 
 @pytest.mark.parametrize("port", [0, PGBOUNCER_PORT], ids=["direct", "pgbouncer"])

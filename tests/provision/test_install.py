@@ -15,8 +15,8 @@ import pytest
 from donnadb.provision import install
 from tests.provision.deployrun import PYINFRA, ROOT
 
-SHIPPED = ("donnadb", "schema", "backups", "group_data", "inventory", "pyproject.toml",
-           "deploy.py")
+SHIPPED = ("donnadb", "schema", "backups", "requirements", "group_data", "inventory",
+           "pyproject.toml", "deploy.py")
 
 
 @pytest.fixture

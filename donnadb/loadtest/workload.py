@@ -28,7 +28,7 @@ from donnadb import db
 from donnadb.config import Settings, load_settings
 from donnadb.dal import PostgresDataAccess
 from donnadb.errors import DataError
-from loadtest.seed import CHAT_PREFIX, RUN_CHAT_PREFIX, USER_PREFIX, WORDS, zipf_picker
+from donnadb.loadtest.seed import CHAT_PREFIX, RUN_CHAT_PREFIX, USER_PREFIX, WORDS, zipf_picker
 
 log = logging.getLogger(__name__)
 

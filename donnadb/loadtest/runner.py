@@ -22,13 +22,15 @@ from typing import Any
 
 from donnadb.config import Settings
 from donnadb.errors import DonnaError, UsageError
-from loadtest import plot, serverstats, slo
-from loadtest.names import QUERY_NAMES
+from donnadb.loadtest import plot, serverstats, slo
+from donnadb.loadtest.names import QUERY_NAMES
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
-LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
+#: Where the donnadb package is imported from (a checkout or site-packages): Locust's
+#: processes import it from there too.
+ROOT = Path(__file__).resolve().parents[2]
+LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 CSV_PREFIX = "locust"
 DEFAULT_MASTER_PORT = 5557
 _SPAN = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")

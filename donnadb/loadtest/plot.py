@@ -18,7 +18,7 @@ matplotlib.use("Agg")  # no display on a server
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from loadtest.slo import AGGREGATED, P95_LIMIT_MS  # noqa: E402
+from donnadb.loadtest.slo import AGGREGATED, P95_LIMIT_MS  # noqa: E402
 
 
 def _num(text: str) -> float | None:

@@ -2,7 +2,7 @@
 
 Run it through ``donnactl loadtest run`` (which adds the SLO gate), or directly::
 
-    .venv/bin/locust -f loadtest/locustfile.py --headless -u 150 -r 25 -t 5m \
+    .venv/bin/locust -f donnadb/loadtest/locustfile.py --headless -u 150 -r 25 -t 5m \
         --donna-pgbouncer-port 6432
 
 Each query is timed with ``time.perf_counter`` around the DAL call (pool checkout
@@ -15,10 +15,8 @@ every query alike.
 from __future__ import annotations
 
 import random
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 # locust first: it monkey-patches for gevent, and psycopg must be imported after that to
@@ -26,11 +24,8 @@ from typing import Any
 import locust  # noqa: I001
 from locust import User, between, events, task
 
-# Locust puts this file's directory on sys.path; the package needs the checkout's root.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from loadtest import workload as wl  # noqa: E402
-from loadtest.names import QUERY_NAMES  # noqa: E402
+from donnadb.loadtest import workload as wl  # noqa: E402
+from donnadb.loadtest.names import QUERY_NAMES  # noqa: E402
 
 REQUEST_TYPE = "sql"
 

@@ -2,7 +2,7 @@
 
 Run in its own process (it monkey-patches, as Locust does)::
 
-    .venv/bin/python -m loadtest.smoke --users 20 [--pgbouncer-port 6432]
+    .venv/bin/python -m donnadb.loadtest.smoke --users 20 [--pgbouncer-port 6432]
 
 With cooperation the N sleeps run at the same time and the whole takes about one
 second; without it (a blocking wait function) they run one after the other, N
@@ -12,7 +12,7 @@ one common instant (the latest start came before the earliest end).
 
 from __future__ import annotations
 
-# gevent's patching must precede psycopg's import (see loadtest/locustfile.py).
+# gevent's patching must precede psycopg's import (see donnadb/loadtest/locustfile.py).
 from gevent import monkey  # noqa: I001
 
 monkey.patch_all()
