@@ -136,13 +136,27 @@ def describe_connect_error(exc: psycopg.OperationalError, info: str) -> str:
     return f"cannot connect as {where}: {text} ({hint})"
 
 
+#: The OS user that owns the clusters (Debian's packages): its peer login is the superuser.
+CLUSTER_OWNER = "postgres"
+
+
+def as_cluster_owner(cmd: list[str]) -> list[str]:
+    """``cmd`` run as the cluster's owner: through ``runuser`` from root, as is when the
+    process already is that user (the backup jobs run as it)."""
+    import pwd
+
+    if os.geteuid() == pwd.getpwnam(CLUSTER_OWNER).pw_uid:
+        return cmd
+    return ["runuser", "-u", CLUSTER_OWNER, "--", *cmd]
+
+
 def superuser_psql(script: str, dbname: str = "postgres", *, port: int | None = None) -> str:
-    """Run ``script`` as the postgres superuser (``runuser``, peer); psql's unaligned output.
+    """Run ``script`` as the postgres superuser (peer); psql's unaligned output.
 
     :raises DatabaseError: psql failed; the message carries psql's last error line.
     """
-    cmd = ["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-A", "-t",
-           "-v", "ON_ERROR_STOP=1", "-d", dbname]
+    cmd = as_cluster_owner(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                            "-d", dbname])
     if port:
         cmd += ["-p", str(port)]
     done = subprocess.run(cmd, input=script, capture_output=True, text=True, cwd="/",

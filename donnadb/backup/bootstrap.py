@@ -2,18 +2,16 @@
 per-database bootstrap (extensions, grants, default privileges).
 
 The postgres superuser is reached only by peer authentication over the local
-socket (``runuser -u postgres -- psql``), exactly as the deploy does: no superuser
+socket (:func:`donnadb.db.superuser_psql`), exactly as the deploy does: no superuser
 password exists anywhere. SQL goes to psql on stdin, never in argv.
 """
 
 from __future__ import annotations
 
-import subprocess
-
 from psycopg import sql
 
+from donnadb import db
 from donnadb.config import Settings
-from donnadb.errors import DatabaseError
 from donnadb.provision import bootstrap
 
 SQL_DATABASE_EXISTS = "SELECT 1 FROM pg_database WHERE datname = {name}"
@@ -21,21 +19,7 @@ SQL_CREATE_DATABASE = "CREATE DATABASE {name}"
 SQL_DROP_DATABASE = "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
 
 
-def superuser_psql(script: str, dbname: str = "postgres", *, port: int | None = None) -> str:
-    """Run ``script`` as the postgres superuser; return psql's unaligned output.
-
-    :raises DatabaseError: psql failed; the message carries psql's last error line.
-    """
-    cmd = ["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-A", "-t",
-           "-v", "ON_ERROR_STOP=1", "-d", dbname]
-    if port:
-        cmd += ["-p", str(port)]
-    done = subprocess.run(cmd, input=script, capture_output=True, text=True, cwd="/",
-                          check=False)
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["psql failed"])[-1]
-        raise DatabaseError(f"superuser psql on {dbname}: {last}")
-    return done.stdout.strip()
+superuser_psql = db.superuser_psql
 
 
 def render_database_sql(settings: Settings) -> str:

@@ -24,13 +24,14 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from donnadb import db
 from donnadb.backup.errors import BackupError, RestoreRefused
 from donnadb.config import Settings
 from donnadb.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-PG_OWNER = "postgres"
+PG_OWNER = db.CLUSTER_OWNER
 SOCKET_DIR = "/var/run/postgresql"
 SQL_IN_RECOVERY = "SELECT pg_is_in_recovery()"
 SQL_SANITY = ("SELECT now(), (SELECT count(*) FROM pg_database WHERE datallowconn), "
@@ -64,8 +65,8 @@ class Engine:
     cluster: Cluster
 
     def command(self, *args: str) -> list[str]:
-        return ["runuser", "-u", PG_OWNER, "--", "pgbackrest", f"--config={self.config}",
-                f"--stanza={self.stanza}", *args]
+        return db.as_cluster_owner(["pgbackrest", f"--config={self.config}",
+                                    f"--stanza={self.stanza}", *args])
 
     def run(self, *args: str, timeout: float = 3600) -> str:
         """Run a pgBackRest command as the cluster owner; return stdout.
@@ -205,8 +206,8 @@ class PitrResult:
 
 
 def _psql(sql: str, port: int) -> str:
-    done = subprocess.run(["runuser", "-u", PG_OWNER, "--", "psql", "-X", "-A", "-t", "-q",
-                           "-h", SOCKET_DIR, "-p", str(port), "-d", "postgres", "-c", sql],
+    done = subprocess.run(db.as_cluster_owner(["psql", "-X", "-A", "-t", "-q", "-h", SOCKET_DIR,
+                                               "-p", str(port), "-d", "postgres", "-c", sql]),
                           capture_output=True, text=True, check=False, cwd="/")
     if done.returncode != 0:
         raise BackupError(f"psql on port {port}: {done.stderr.strip()}")
@@ -214,8 +215,7 @@ def _psql(sql: str, port: int) -> str:
 
 
 def _pg_ctl(cluster: Cluster, data_dir: Path, *args: str) -> None:
-    cmd = ["runuser", "-u", PG_OWNER, "--", str(cluster.bin_dir / "pg_ctl"), "-D",
-           str(data_dir), *args]
+    cmd = db.as_cluster_owner([str(cluster.bin_dir / "pg_ctl"), "-D", str(data_dir), *args])
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd="/")
     if done.returncode != 0:
         raise BackupError(f"pg_ctl {args[-1]} on {data_dir} failed: "

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 
 from psycopg import sql
 
+from donnadb import db
 from donnadb.backup import bootstrap, storage_local
 from donnadb.backup.errors import BackupError, RestoreRefused
 from donnadb.config import Settings
@@ -92,9 +93,9 @@ def _literal(script: sql.Composable) -> str:
 
 
 def _admin(settings: Settings, command: str) -> subprocess.CompletedProcess[str]:
-    cmd = ["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-A", "-t",
-           "-v", "ON_ERROR_STOP=1", "-h", PGBOUNCER_SOCKET_DIR,
-           "-p", str(settings.pgbouncer_port), "-U", "pgbouncer", "-d", "pgbouncer"]
+    cmd = db.as_cluster_owner(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                               "-h", PGBOUNCER_SOCKET_DIR, "-p", str(settings.pgbouncer_port),
+                               "-U", "pgbouncer", "-d", "pgbouncer"])
     return subprocess.run(cmd, input=command, capture_output=True, text=True, cwd="/",
                           check=False, timeout=PAUSE_TIMEOUT_SECONDS)
 

@@ -70,9 +70,9 @@ def _last_line(exc: BaseException) -> str:
 # --- pg_stat_statements -----------------------------------------------------------------
 def reset_statements(settings: Settings, dbname: str) -> str | None:
     """Reset pg_stat_statements as the superuser; None when done, else why not."""
-    cmd = ["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-A", "-t",
-           "-v", "ON_ERROR_STOP=1", "-h", "/var/run/postgresql", "-p", str(settings.db_port),
-           "-d", dbname]
+    cmd = db.as_cluster_owner(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                               "-h", "/var/run/postgresql", "-p", str(settings.db_port),
+                               "-d", dbname])
     try:
         done = subprocess.run(cmd, input=RESET_SQL, capture_output=True, text=True,
                               cwd="/", timeout=30, check=False)

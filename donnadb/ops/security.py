@@ -27,7 +27,9 @@ from donnadb.errors import DonnaError
 #: Where the deploy puts each consumer's passfile (beside the root passfile).
 CONSUMER_PASSFILES = "pgpass.d"
 OPS_UNITS = Path("/etc/systemd/system")
-CRON_FILES = (Path("/etc/cron.d/donna-ops"),)
+#: The scheduled jobs' units and cron files (ops and backups).
+JOB_UNITS = ("donna-ops-*.service", "donna-backup-*.service")
+CRON_FILES = (Path("/etc/cron.d/donna-ops"), Path("/etc/cron.d/donna-backup"))
 #: Server settings that keep secrets and personal data out of logs and statistics.
 QUIET_SETTINGS = {"log_parameter_max_length": "0", "log_parameter_max_length_on_error": "0",
                   "pg_stat_statements.track_utility": "off"}
@@ -173,8 +175,8 @@ def _secret_files(settings: Settings) -> list[tuple[Path, set[str]]]:
     root = {"root"}
     files = [(settings.db_passfile, root), (settings.pgbouncer_auth_file, {"postgres"})]
     for key in (settings.backup_encryption_key_file, settings.backup_signing_key_file):
-        if key:
-            files.append((key, root))
+        if key:  # the backup jobs' user (the cluster's owner) reads them
+            files.append((key, {"root", db.CLUSTER_OWNER}))
     consumers = settings.db_passfile.parent / CONSUMER_PASSFILES
     if consumers.is_dir():
         files += [(p, {p.name}) for p in sorted(consumers.iterdir())]
@@ -214,10 +216,11 @@ def _user_name(uid: int) -> str:
 
 
 def _jobs_finding() -> Finding:
-    """The ops jobs run as their own user: systemd units' User=, cron lines' user field."""
-    promise = "scheduled ops jobs do not run as root"
+    """The jobs run as their own users: systemd units' User=, cron lines' user field."""
+    promise = "scheduled jobs (ops, backups) do not run as root"
     as_root = []
-    for unit in sorted(OPS_UNITS.glob("donna-ops-*.service")):
+    units = sorted(u for pattern in JOB_UNITS for u in OPS_UNITS.glob(pattern))
+    for unit in units:
         user = re.search(r"^User=(\S+)", unit.read_text(), re.M)
         if not user or user.group(1) == "root":
             as_root.append(unit.name)
@@ -227,8 +230,8 @@ def _jobs_finding() -> Finding:
                 fields = line.split()
                 if len(fields) > 6 and not line.startswith("#") and fields[5] == "root":
                     as_root.append(f"{cron}: {' '.join(fields[6:])[:80]}")
-    if not as_root and not list(OPS_UNITS.glob("donna-ops-*.service")):
-        return Finding(promise, False, "no ops job units found: run `make deploy`")
+    if not as_root and not units:
+        return Finding(promise, False, "no job units found: run `make deploy`")
     return Finding(promise, not as_root,
                    "run as root: " + "; ".join(as_root) if as_root else "none as root")
 

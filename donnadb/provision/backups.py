@@ -35,6 +35,7 @@ from pyinfra import host
 from pyinfra.api import deploy, operation
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import File
+from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server
 
 from donnadb import config
@@ -160,13 +161,22 @@ def env_text(cfg: BackupDeploy) -> str:
     return "\n".join(lines) + "\n"
 
 
-def writable_paths(cfg: BackupDeploy) -> list[str]:
-    """What a backup job writes; the rest of the system is read-only to it.
+#: The jobs' user: the cluster's owner, whose peer login is the superuser the restore
+#: drill needs (it creates and drops its scratch database); never root.
+JOB_USER = consumers.CLUSTER_OWNER
+LOG_DIR = "/var/log/donnadb"
+#: The jobs' JSON run log (OPS_LOG_FILE) and the cron output, the job user's own.
+JOB_LOG = f"{LOG_DIR}/{JOB_USER}-backup.jsonl"
+CRON_LOG = f"{LOG_DIR}/{JOB_USER}-backup-cron.log"
 
-    Still root: the restore drill creates its scratch database as the postgres
-    superuser (peer authentication through runuser) and pgBackRest runs as postgres.
-    """
-    paths = [cfg.repo_dir, "/var/log/donnadb", "/run/lock", "/run/postgresql"]
+
+def job_environment() -> dict[str, str]:
+    return {"DB_PASSFILE": f"/etc/donnadb/pgpass.d/{JOB_USER}", "OPS_LOG_FILE": JOB_LOG}
+
+
+def writable_paths(cfg: BackupDeploy) -> list[str]:
+    """What a backup job writes; the rest of the system is read-only to it."""
+    paths = [cfg.repo_dir, LOG_DIR, "/run/lock", "/run/postgresql"]
     if cfg.pgbackrest:
         paths += [cfg.pgbackrest_repo, "-/var/log/pgbackrest", "-/var/spool/pgbackrest"]
     return paths
@@ -185,7 +195,8 @@ UMask=0077
 Nice=10
 IOSchedulingClass=best-effort
 IOSchedulingPriority=7
-{scheduler.hardening(read_write=writable_paths(cfg))}ExecStart={cfg.script} {job}
+{scheduler.hardening(read_write=writable_paths(cfg), user=JOB_USER,
+                     environment=job_environment())}ExecStart={cfg.script} {job}
 """
 
 
@@ -207,10 +218,22 @@ WantedBy=timers.target
 def cron_text(cfg: BackupDeploy) -> str:
     lines = ["# Managed by the donnadb deploy: used where systemd is not running.",
              "SHELL=/bin/sh", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
+    lines += [f"{k}={v}" for k, v in sorted(job_environment().items())]
     for job, (_, cron, what) in cfg.schedule.items():
         lines.append(f"# {what}")
-        lines.append(f"{cron} root {cfg.script} {job} >>/var/log/donna-backup.log 2>&1")
+        lines.append(f"{cron} {JOB_USER} {cfg.script} {job} >>{CRON_LOG} 2>&1")
     return "\n".join(lines) + "\n"
+
+
+@operation()
+def owned_by(path: str, user: str, group: str):
+    """Everything under ``path`` belongs to ``user``:``group`` (chown only when not)."""
+    stray = host.get_fact(Command, command=f"find {path} ! -user {user} -print -quit "
+                                           "2>/dev/null || true")
+    if stray:
+        yield f"chown -R {user}:{group} {path}"
+    else:
+        host.noop(f"{path} belongs to {user}")
 
 
 @deploy("Install backups")
@@ -221,10 +244,17 @@ def install_backups(settings) -> None:
                  update=host.get_fact(DebPackages).get("pgbackrest") is None)
     if cfg.pgbackrest:
         _install_pgbackrest(cfg, settings)
-    # The consumers' group lists backups and reads manifests (the metrics job); the
-    # dumps inside stay root's (storage_local.ensure_repo).
+    # The jobs' user owns it; the consumers' group lists backups and reads manifests
+    # (the metrics job); the dumps inside stay the owner's (storage_local.ensure_repo).
     files.directory(name=f"Backup repository {cfg.repo_dir}", path=cfg.repo_dir,
-                    user="root", group=consumers.GROUP, mode="2750")
+                    user=JOB_USER, group=consumers.GROUP, mode="2750")
+    owned_by(name=f"Backups made as root before belong to {JOB_USER}", path=cfg.repo_dir,
+             user=JOB_USER, group=consumers.GROUP)
+    files.directory(name=f"Create {LOG_DIR}", path=LOG_DIR, user="root", group="root",
+                    mode="711")
+    for path in (JOB_LOG, CRON_LOG):
+        files.file(name=f"{path} is {JOB_USER}'s", path=path, user=JOB_USER,
+                   group=JOB_USER, mode="600")
     consumers.settings_dir(f"Create {posixpath.dirname(cfg.env_file)}",
                            posixpath.dirname(cfg.env_file))
     files.put(name=f"Write {cfg.env_file}", src=StringIO(env_text(cfg)), dest=cfg.env_file,
@@ -234,8 +264,13 @@ def install_backups(settings) -> None:
                            posixpath.dirname(signing_key))
     made_unless_present(name=f"Generate the manifest signing key {signing_key} (once)",
                         path=signing_key, command=key_file_command(signing_key))
-    files.file(name=f"{signing_key} is root's alone", path=signing_key, user="root",
-               group="root", mode="600")
+    files.file(name=f"{signing_key} is {JOB_USER}'s alone", path=signing_key, user=JOB_USER,
+               group=JOB_USER, mode="600")
+    encryption_key = cfg.env.get("BACKUP_ENCRYPTION_KEY_FILE")
+    if encryption_key and host.get_fact(File, path=encryption_key):
+        # The operator's key (never generated here): the jobs must read it, nobody else.
+        files.file(name=f"{encryption_key} is {JOB_USER}'s alone", path=encryption_key,
+                   user=JOB_USER, group=JOB_USER, mode="600")
     scheduler.install_jobs(
         label="backup", prefix=cfg.unit_prefix, unit_dir=cfg.unit_dir,
         units={job: (service_unit(cfg, job), timer_unit(cfg, job)) for job in cfg.schedule},

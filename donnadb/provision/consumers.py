@@ -24,6 +24,11 @@ from donnadb.provision.settings import DeploySettings
 
 GROUP = "donnadb"
 NOLOGIN = "/usr/sbin/nologin"
+#: The backup jobs run as the cluster's owner (Debian's ``postgres``: its peer login is
+#: the superuser the restore drill needs); its passfile holds these roles. The user
+#: itself is the package's: the deploy only adds it to :data:`GROUP`.
+CLUSTER_OWNER = "postgres"
+CLUSTER_OWNER_KINDS = ("backup", "migrator")
 
 
 def passfile_dir(settings: DeploySettings) -> str:
@@ -56,10 +61,22 @@ def passfile_shared(helper: str, passfile: str, target: str, owner: str, roles: 
         host.noop(f"{target} holds {', '.join(roles)} only")
 
 
+@operation()
+def member_of(user: str, group: str):
+    """``user`` (which exists already) is in ``group``; nothing else about it changes."""
+    groups = host.get_fact(Command, command=f"id -nG {user}").split()
+    if group in groups:
+        host.noop(f"{user} is in {group}")
+    else:
+        yield f"usermod -a -G {group} {user}"
+
+
 @deploy("Database consumers")
 def create_users(settings: DeploySettings) -> None:
     """The ``donnadb`` group and one system user per consumer (no shell, no home)."""
     server.group(name=f"Group {GROUP} (the consumers)", group=GROUP, system=True)
+    member_of(name=f"{CLUSTER_OWNER} reads the settings (group {GROUP})",
+              user=CLUSTER_OWNER, group=GROUP)
     for user in settings.db_consumers:
         server.group(name=f"Group {user}", group=user, system=True)
         server.user(name=f"System user {user}", user=user, group=user, groups=[GROUP],
@@ -71,7 +88,8 @@ def create_users(settings: DeploySettings) -> None:
 def share_passfiles(settings: DeploySettings, helper: str) -> None:
     """Each consumer's passfile, cut from the root passfile (after it is complete)."""
     settings_dir(f"Create {passfile_dir(settings)}", passfile_dir(settings))
-    for user, kinds in settings.db_consumers.items():
+    owners = {**settings.db_consumers, CLUSTER_OWNER: CLUSTER_OWNER_KINDS}
+    for user, kinds in owners.items():
         target = passfile_of(settings, user)
         passfile_shared(name=f"Passfile {target} ({', '.join(kinds)} only)", helper=helper,
                         passfile=settings.db_passfile, target=target, owner=user,

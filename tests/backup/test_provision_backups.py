@@ -39,14 +39,15 @@ def test_defaults_and_overrides():
     assert "BACKUP_KEEP_LAST=3\n" in text and "AWS_SECRET" not in text
     assert "ExecStart=/srv/x verify\n" in service_unit(cfg, "verify")
     assert "OnCalendar=Sun *-*-* 04:00:00\n" in timer_unit(cfg, "verify")
-    assert "0 4 * * 0 root /srv/x verify" in cron_text(cfg)
+    assert "0 4 * * 0 postgres /srv/x verify" in cron_text(cfg)
 
 
 def test_backup_units_are_sandboxed_and_report_failure():
     cfg = load_backup_deploy({"backup_repo_dir": "/srv/repo"}, "/srv/x")
     unit = service_unit(cfg, "snapshot")
-    for line in ("NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes",
-                 "OnFailure=donna-job-failed@%n.service"):
+    for line in ("User=postgres", "NoNewPrivileges=yes", "ProtectSystem=strict",
+                 "PrivateTmp=yes", "OnFailure=donna-job-failed@%n.service",
+                 "Environment=DB_PASSFILE=/etc/donnadb/pgpass.d/postgres"):
         assert f"{line}\n" in unit, line
     writable = next(x for x in unit.splitlines() if x.startswith("ReadWritePaths="))
     assert "/srv/repo" in writable.split("=", 1)[1].split()

@@ -96,17 +96,22 @@ def test_no_secret_in_repository(passwords):
 
 def test_secret_files_are_root_only(deployed, settings):
     import grp
+    import pwd
 
     consumers = grp.getgrnam("donnadb").gr_gid
+    postgres = pwd.getpwnam("postgres")
     passfile = Path(settings.db_passfile)
-    # (path, mode, group): secrets are root's; settings are readable by the consumers.
-    for path, mode, gid in ((passfile, 0o600, 0), (passfile.parent, 0o750, consumers),
-                            (Path("/etc/donnadb/donnadb.env"), 0o640, consumers),
-                            (Path("/etc/donnadb/backup-signing.key"), 0o600, 0),
-                            (Path("/usr/local/lib/donnadb"), 0o700, 0)):
+    # (path, mode, owner): secrets are root's, or the backup jobs' user's (the signing
+    # key); settings are readable by the consumers.
+    for path, mode, owner in ((passfile, 0o600, (0, 0)),
+                              (passfile.parent, 0o750, (0, consumers)),
+                              (Path("/etc/donnadb/donnadb.env"), 0o640, (0, consumers)),
+                              (Path("/etc/donnadb/backup-signing.key"), 0o600,
+                               (postgres.pw_uid, postgres.pw_gid)),
+                              (Path("/usr/local/lib/donnadb"), 0o700, (0, 0))):
         st = path.stat()
         assert stat.S_IMODE(st.st_mode) == mode, path
-        assert (st.st_uid, st.st_gid) == (0, gid), path
+        assert (st.st_uid, st.st_gid) == owner, path
 
 
 def test_env_file_matches_runtime_settings(deployed):

@@ -6,6 +6,7 @@ application or job would, and tries to reach what is not its own.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import subprocess
@@ -91,8 +92,8 @@ def test_the_app_user_logs_in_as_the_app_role_and_nothing_else(deployed, deploy_
         assert "no password for role" in done.stderr, (kind, done.stderr)
 
 
-def _cron_environment() -> dict[str, str]:
-    lines = Path(opsjobs.CRON_FILE).read_text().splitlines()
+def _cron_environment(cron_file: str = opsjobs.CRON_FILE) -> dict[str, str]:
+    lines = Path(cron_file).read_text().splitlines()
     return dict(line.split("=", 1) for line in lines
                 if "=" in line and not line.startswith("#") and " " not in line.split("=")[0])
 
@@ -179,3 +180,62 @@ def test_the_ops_user_sees_backup_state_but_no_dump(deployed, deploy_settings, s
     dump = next(p for p in (backup.path / "dump").iterdir() if p.is_file())
     denied = as_user(opsjobs.OPS_USER, "cat", str(dump))
     assert denied.returncode != 0 and "Permission denied" in denied.stderr
+
+
+BACKUP_CRON = "/etc/cron.d/donna-backup"
+
+
+@without_systemd
+def test_without_systemd_the_backup_jobs_run_as_the_cluster_owner(deployed, settings):
+    """The snapshot and the weekly restore drill, each as cron runs it: as postgres."""
+    from donnadb.provision import backups
+
+    lines = [ln for ln in Path(BACKUP_CRON).read_text().splitlines()
+             if ln and not ln.startswith("#") and "donna-backup " in ln]
+    assert lines and all(ln.split()[5] == backups.JOB_USER for ln in lines), lines
+    env = _cron_environment(BACKUP_CRON)
+    script = next(ln for ln in lines if ln.endswith("2>&1")).split()[6]
+    before = {p.name for p in settings.backup_repo_dir.iterdir()}
+    for job in ("snapshot", "verify"):
+        done = as_user(backups.JOB_USER, "sh", "-c", f"{script} {job}", env=env, timeout=600)
+        assert done.returncode == 0, (job, done.stdout[-1500:], done.stderr[-1500:])
+    made = [settings.backup_repo_dir / n for n in
+            {p.name for p in settings.backup_repo_dir.iterdir()} - before
+            if not n.startswith(".")]
+    assert made, "the snapshot job made no backup"
+    owner = pwd.getpwnam(backups.JOB_USER).pw_uid
+    for path in [made[0], *made[0].rglob("*")]:
+        assert path.stat().st_uid == owner, path
+
+
+def test_an_operator_running_backup_commands_as_root_works_as_the_repository_owner(
+        deployed, settings):
+    """Root's `donnactl backup create` makes a backup the jobs can prune and verify."""
+    from donnadb.provision import backups
+
+    done = subprocess.run([install_donnactl(), "backup", "create", "--json"], cwd="/",
+                          capture_output=True, text=True, timeout=600, check=False,
+                          env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    made = settings.backup_repo_dir / json.loads(done.stdout)["backup_id"]
+    owner = pwd.getpwnam(backups.JOB_USER).pw_uid
+    assert all(p.stat().st_uid == owner for p in [made, *made.rglob("*")])
+
+
+def install_donnactl() -> str:
+    from donnadb.provision import install
+
+    return install.PATH_LINK
+
+
+@with_systemd
+def test_with_systemd_the_backup_units_run_sandboxed_as_the_cluster_owner(deployed):
+    props = unit_properties("donna-backup-snapshot.service", "User", "NoNewPrivileges",
+                            "ProtectSystem")
+    assert props == {"User": "postgres", "NoNewPrivileges": "yes",
+                     "ProtectSystem": "strict"}, props
+    # What the timer does at night: the snapshot, sandboxed, as postgres.
+    subprocess.run(["systemctl", "start", "donna-backup-snapshot.service"], check=True,
+                   capture_output=True, timeout=600)
+    service = unit_properties("donna-backup-snapshot.service", "Result", "ExecMainStatus")
+    assert service == {"Result": "success", "ExecMainStatus": "0"}, service
