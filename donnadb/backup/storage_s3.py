@@ -86,10 +86,13 @@ class S3Store:
     :raises ConfigError: S3 is not configured (no BACKUP_S3_BUCKET).
     """
 
-    def __init__(self, settings: Settings, *, client=None) -> None:
+    def __init__(self, settings: Settings, *, client=None, allow_unsigned: bool = False) -> None:
+        """``allow_unsigned``: accept manifests without a signature (backups made before
+        manifests were signed); a signature present must still hold."""
         if not settings.backup_s3_bucket:
             raise ConfigError("S3 is not configured; set BACKUP_S3_BUCKET")
         self.settings = settings
+        self.allow_unsigned = allow_unsigned
         self.bucket = settings.backup_s3_bucket
         prefix = settings.backup_s3_prefix.strip("/")
         self.prefix = f"{prefix}/" if prefix else ""
@@ -257,7 +260,11 @@ class S3Store:
         if manifest.backup_id != backup_id:
             raise BackupCorrupt(f"{where} describes backup {manifest.backup_id}, not "
                                 f"{backup_id}; refusing it")
-        signing.check(manifest, self._signing_keys, where=where)
+        if manifest.signature or not self.allow_unsigned:
+            signing.check(manifest, self._signing_keys, where=where)
+        else:
+            log.warning("%s has no signature; accepted because --allow-unsigned was given",
+                        where)
         return manifest
 
     @cached_property

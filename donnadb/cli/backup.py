@@ -47,6 +47,10 @@ def _as_repository_owner() -> None:
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document for scripts.")
 RepoOpt = typer.Option(None, "--repo", help="Local repository (default: BACKUP_REPO_DIR).")
 JobsOpt = typer.Option(None, "--jobs", "-j", min=1, help="Parallel jobs (BACKUP_JOBS).")
+UnsignedOpt = typer.Option(
+    False, "--allow-unsigned",
+    help="Accept an S3 backup whose manifest has no signature (made before manifests were "
+         "signed). A wrong or unknown signature is refused all the same.")
 UnencryptedOpt = typer.Option(
     False, "--allow-unencrypted",
     help="Restore a backup that is not encrypted although BACKUP_ENCRYPTION_KEY_FILE is set.")
@@ -72,8 +76,8 @@ def _transfer(total: int, what: str, quiet: bool) -> tuple[Progress | None, obje
     return progress, lambda n: progress.advance(task, n)
 
 
-def _local_or_download(settings: Settings, backup_id: str,
-                       quiet: bool) -> storage_local.LocalBackup:
+def _local_or_download(settings: Settings, backup_id: str, quiet: bool, *,
+                       allow_unsigned: bool = False) -> storage_local.LocalBackup:
     try:
         return storage_local.resolve(settings.backup_repo_dir, backup_id)
     except BackupNotFound:
@@ -81,7 +85,7 @@ def _local_or_download(settings: Settings, backup_id: str,
             raise
     if backup_id != "latest":
         check_backup_id(backup_id)
-    store = S3Store(settings)
+    store = S3Store(settings, allow_unsigned=allow_unsigned)
     if backup_id == "latest":
         good = [b for b in store.list_backups() if b.good]
         if not good:
@@ -200,12 +204,13 @@ def verify_(
     with_restore: bool = typer.Option(False, "--restore",
                                       help="Also restore into a throwaway database and compare."),
     allow_unencrypted: bool = UnencryptedOpt,
+    allow_unsigned: bool = UnsignedOpt,
     repo: str | None = RepoOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Re-hash every file against the manifest (and with --restore, prove it restores)."""
     settings = load_settings(backup_repo_dir=repo)
-    backup = _local_or_download(settings, backup_id, json_out)
+    backup = _local_or_download(settings, backup_id, json_out, allow_unsigned=allow_unsigned)
     if json_out:
         result = verify.verify_backup(settings, backup, with_restore=with_restore,
                                       allow_unencrypted=allow_unencrypted)
@@ -241,6 +246,7 @@ def restore_(
     yes: YesOpt = False,
     jobs: int | None = JobsOpt,
     allow_unencrypted: bool = UnencryptedOpt,
+    allow_unsigned: bool = UnsignedOpt,
     repo: str | None = RepoOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -260,7 +266,7 @@ def restore_(
     if dry_run:
         raise UsageError("--dry-run goes with --cleanup; `backup verify ID --restore` "
                          "tries a restore without touching any database")
-    backup = _local_or_download(settings, backup_id, json_out)
+    backup = _local_or_download(settings, backup_id, json_out, allow_unsigned=allow_unsigned)
     options = {"force": force, "jobs": jobs, "allow_unencrypted": allow_unencrypted}
     if json_out:
         result = restore.restore_backup(settings, backup, target_db, **options)

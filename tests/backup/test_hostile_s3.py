@@ -231,3 +231,33 @@ def test_a_local_manifest_altered_after_signing_is_refused(bs, source_db, target
 def test_the_one_backup_id_format_keeps_older_backups(backup_id, ok):
     manifest = _manifest(backup_id, [])
     assert (manifest.layout_problem() is None) is ok
+
+
+def test_allow_unsigned_takes_an_old_unsigned_backup_but_never_a_forged_signature(s3_bs,
+                                                                                  tmp_path):
+    store, manifest, payload = _good_remote(s3_bs)
+    old = asdict(manifest)
+    old["signature"] = None  # as backups were uploaded before manifests were signed
+    _put(store, manifest.backup_id, mf.MANIFEST_NAME, json.dumps(old).encode())
+    lenient = S3Store(s3_bs, allow_unsigned=True)
+    got = lenient.download_backup(manifest.backup_id, tmp_path / "repo")
+    assert (got.path / "dump" / "toc.dat").read_bytes() == payload
+    # A signature that is there must hold, flag or not.
+    flipped = asdict(manifest)
+    flipped["encryption"] = None
+    _put(store, manifest.backup_id, mf.MANIFEST_NAME, json.dumps(flipped).encode())
+    with pytest.raises(BackupCorrupt, match="fails authentication"):
+        lenient.download_backup(manifest.backup_id, tmp_path / "repo2")
+    # ... and its layout still: a hostile unsigned manifest stays refused.
+    hostile = _manifest(storage_local.new_backup_id(), [_entry("dump/../../x", payload)])
+    _upload_raw(store, hostile, payload, keys=None)
+    with pytest.raises(BackupCorrupt):
+        lenient.download_backup(hostile.backup_id, tmp_path / "repo3")
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_cli_restore_and_verify_take_allow_unsigned():
+    for command in ("restore", "verify"):
+        done = subprocess.run([DONNACTL, "backup", command, "--help"], capture_output=True,
+                              text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+        assert "--allow-unsigned" in done.stdout, command
