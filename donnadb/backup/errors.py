@@ -1,16 +1,19 @@
-"""Backup errors: each is a :class:`DonnaError` with the family's fixed exit codes."""
+"""Backup errors: each is a :class:`DonnaError` with the family's exit code
+(the codes and their meanings are declared in :mod:`donnadb.errors`)."""
 
 from __future__ import annotations
 
-from donnadb.errors import DataError, DonnaError, UsageError
+from donnadb.errors import BackupStale, DataError, DonnaError, NotFound, UsageError
+
+__all__ = ["BackupCorrupt", "BackupError", "BackupNotFound", "BackupStale", "RestoreRefused"]
 
 
 class BackupError(DonnaError):
     """A backup, upload or restore step failed (exit code 1)."""
 
 
-class BackupNotFound(DataError):
-    """No backup with that id (or no backup at all) in the repository (exit code 6)."""
+class BackupNotFound(NotFound):
+    """No backup with that id (or no backup at all) in the repository (exit code 12)."""
 
 
 class BackupCorrupt(DataError):
@@ -19,9 +22,3 @@ class BackupCorrupt(DataError):
 
 class RestoreRefused(UsageError):
     """The restore target holds data and --force was not given (exit code 3)."""
-
-
-class BackupStale(DonnaError):
-    """``backup check`` found no good backup recent enough (exit code 8)."""
-
-    exit_code = 8

@@ -26,7 +26,8 @@ from donnadb.backup.check import check_backups
 from donnadb.backup.errors import BackupCorrupt, BackupNotFound, BackupStale
 from donnadb.backup.prune import prune as run_prune
 from donnadb.backup.storage_s3 import S3Store, check_backup_id
-from donnadb.cli.opsrun import YesOpt, confirm, logged
+from donnadb.cli.opsrun import confirm, logged
+from donnadb.cli.options import JsonOpt, YesOpt
 from donnadb.cli.output import console, emit_json
 from donnadb.config import Settings, load_settings
 from donnadb.errors import DonnaError, UsageError
@@ -44,7 +45,6 @@ def _as_repository_owner() -> None:
         return  # the command itself reports the bad setting
     owner.become_repository_owner(repo)
 
-JsonOpt = typer.Option(False, "--json", help="Print one JSON document for scripts.")
 RepoOpt = typer.Option(None, "--repo", help="Local repository (default: BACKUP_REPO_DIR).")
 JobsOpt = typer.Option(None, "--jobs", "-j", min=1, help="Parallel jobs (BACKUP_JOBS).")
 UnsignedOpt = typer.Option(
@@ -109,7 +109,7 @@ def create(
     upload: bool | None = typer.Option(None, "--upload/--no-upload",
                                        help="Copy to S3 (default: when BACKUP_S3_BUCKET is set)."),
     repo: str | None = RepoOpt,
-    json_out: bool = JsonOpt,
+    json_out: JsonOpt = False,
 ) -> None:
     """Take a logical snapshot (pg_dump -Fd -j) with a manifest; upload it to S3 if set."""
     settings = load_settings(db_name=dbname, backup_repo_dir=repo)
@@ -150,7 +150,7 @@ def list_(
     local: bool = typer.Option(True, "--local/--no-local", help="Include the local repository."),
     s3: bool = typer.Option(True, "--s3/--no-s3", help="Include S3 (when configured)."),
     repo: str | None = RepoOpt,
-    json_out: bool = JsonOpt,
+    json_out: JsonOpt = False,
 ) -> None:
     """List backups, local and in S3, with age and size."""
     settings = load_settings(backup_repo_dir=repo)
@@ -175,7 +175,7 @@ def list_(
 
 @app.command()
 def show(backup_id: str = typer.Argument(..., help="Backup id or 'latest'."),
-         repo: str | None = RepoOpt, json_out: bool = JsonOpt) -> None:
+         repo: str | None = RepoOpt, json_out: JsonOpt = False) -> None:
     """Print a local backup's manifest."""
     settings = load_settings(backup_repo_dir=repo)
     backup = storage_local.resolve(settings.backup_repo_dir, backup_id)
@@ -206,7 +206,7 @@ def verify_(
     allow_unencrypted: bool = UnencryptedOpt,
     allow_unsigned: bool = UnsignedOpt,
     repo: str | None = RepoOpt,
-    json_out: bool = JsonOpt,
+    json_out: JsonOpt = False,
 ) -> None:
     """Re-hash every file against the manifest (and with --restore, prove it restores)."""
     settings = load_settings(backup_repo_dir=repo)
@@ -248,7 +248,7 @@ def restore_(
     allow_unencrypted: bool = UnencryptedOpt,
     allow_unsigned: bool = UnsignedOpt,
     repo: str | None = RepoOpt,
-    json_out: bool = JsonOpt,
+    json_out: JsonOpt = False,
 ) -> None:
     """Restore a backup into a new database, check it, then swap it in as --target-db
     (refuses non-empty targets without --force; --cleanup drops the kept copies)."""
@@ -319,7 +319,7 @@ def _cleanup(settings: Settings, target_db: str, *, dry_run: bool, yes: bool,
 
 @app.command()
 def upload(backup_id: str = typer.Argument(..., help="Backup id or 'latest'."),
-           repo: str | None = RepoOpt, json_out: bool = JsonOpt) -> None:
+           repo: str | None = RepoOpt, json_out: JsonOpt = False) -> None:
     """Copy a local backup to S3 (manifest last)."""
     settings = load_settings(backup_repo_dir=repo)
     backup = storage_local.resolve(settings.backup_repo_dir, backup_id)
@@ -336,7 +336,7 @@ def upload(backup_id: str = typer.Argument(..., help="Backup id or 'latest'."),
 def prune(
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go; delete nothing."),
     repo: str | None = RepoOpt,
-    json_out: bool = JsonOpt,
+    json_out: JsonOpt = False,
 ) -> None:
     """Apply the retention policy (BACKUP_KEEP_*) locally and in S3."""
     settings = load_settings(backup_repo_dir=repo)
@@ -363,7 +363,7 @@ def prune(
 
 
 @app.command()
-def check(repo: str | None = RepoOpt, json_out: bool = JsonOpt) -> None:
+def check(repo: str | None = RepoOpt, json_out: JsonOpt = False) -> None:
     """Exit 8 when the newest good backup is older than BACKUP_MAX_AGE_HOURS or missing."""
     settings = load_settings(backup_repo_dir=repo)
     engine = None
@@ -398,7 +398,7 @@ def check(repo: str | None = RepoOpt, json_out: bool = JsonOpt) -> None:
 @app.command()
 def physical(
     kind: str = typer.Option("full", "--type", help="full, diff or incr."),
-    json_out: bool = JsonOpt,
+    json_out: JsonOpt = False,
 ) -> None:
     """Take a pgBackRest physical backup (the base for point-in-time recovery)."""
     settings = load_settings()
@@ -420,7 +420,7 @@ def pitr_(
     in_place: bool = typer.Option(False, "--in-place",
                                   help="Replace the cluster itself (needs --force)."),
     force: bool = typer.Option(False, "--force", help="Allow --in-place."),
-    json_out: bool = JsonOpt,
+    json_out: JsonOpt = False,
 ) -> None:
     """Restore the cluster as it was at --to (a new copy by default) and check it."""
     try:
@@ -446,7 +446,7 @@ def keygen(path: str = typer.Argument(..., help="New key file (0600); keep a cop
            for_signing: bool = typer.Option(False, "--signing",
                                             help="A manifest signing key "
                                                  "(BACKUP_SIGNING_KEY_FILE) instead."),
-           json_out: bool = JsonOpt) -> None:
+           json_out: JsonOpt = False) -> None:
     """Create a key file: client-side encryption (default) or manifest signing."""
     key = crypto.generate_key_file(Path(path))
     variable = "BACKUP_SIGNING_KEY_FILE" if for_signing else "BACKUP_ENCRYPTION_KEY_FILE"

@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from donnadb.cli.opsrun import DbOpt, JsonOpt, logged, settings
+from donnadb.cli.opsrun import logged, settings
+from donnadb.cli.options import DbOpt, JsonOpt
 from donnadb.cli.output import console, emit_json
 from donnadb.ops import users
 

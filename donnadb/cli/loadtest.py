@@ -1,16 +1,19 @@
-"""``donnactl loadtest seed|run|worker|gate|smoke``: parsing and printing around loadtest/.
+"""``donnactl loadtest seed|run|worker|gate|smoke``: parsing and printing around
+:mod:`donnadb.loadtest`, imported lazily so other commands do not pay for Locust or
+matplotlib.
 
-The load test lives in the checkout's ``loadtest/`` directory (next to this package),
-imported lazily so other commands do not pay for Locust or matplotlib.
-
-Exit codes: 0 the gate passed, 9 an SLO was missed, 8 Locust itself failed, 3 bad
-options, 4 the database cannot be reached.
+Exit codes (:mod:`donnadb.errors`): 0 the gate passed, 9 an SLO was missed, 10 Locust
+itself failed, 11 a prerequisite is missing (Locust, a seeded database), 3 bad options,
+4 the database or PgBouncer cannot be reached.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +21,13 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from donnadb.cli.options import DbOpt, JsonOpt
 from donnadb.cli.output import console, emit_json
 from donnadb.config import load_settings
-from donnadb.errors import UsageError
+from donnadb.errors import LocustFailed, PreconditionError, SloViolation, UsageError
 
 app = typer.Typer(no_args_is_help=True)
 
-JsonOpt = typer.Option(False, "--json", help="Print one JSON document for scripts.")
-DbnameOpt = typer.Option(None, "--dbname", help="Database to load (default: DB_NAME).")
 OutOpt = typer.Option(Path("loadtest-results"), help="Directory for CSV, HTML, PNG.")
 StatsCsvArg = typer.Argument(..., help="A Locust *_stats.csv (after ramp-up).")
 
@@ -37,8 +39,8 @@ def seed(
     sessions: int | None = typer.Option(None, help="Override the scale's chat sessions."),
     messages: int | None = typer.Option(None, help="Override the scale's messages."),
     force: bool = typer.Option(False, help="Reseed even when the scale is already there."),
-    dbname: str | None = DbnameOpt,
-    json_out: bool = JsonOpt,
+    dbname: DbOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """Generate the data set through COPY (idempotent), then VACUUM ANALYZE."""
     from donnadb.loadtest import seed as seeding
@@ -97,12 +99,15 @@ def run(
     pool_size: int = typer.Option(50, help="Client connections per Locust process."),
     p95_ms: float = typer.Option(100.0, help="The SLO: p95 must stay under this (ms)."),
     out: Path = OutOpt,
-    dbname: str | None = DbnameOpt,
-    json_out: bool = JsonOpt,
+    dbname: DbOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
-    """Run Locust headless and apply the SLO gate (exit 9 when an SLO is missed)."""
+    """Run Locust headless and apply the SLO gate (exit 9 when an SLO is missed).
+
+    Checks first, in seconds, that Locust is installed, the database is seeded and
+    PgBouncer lets the app role in (exit 11 or 4 with the fix, before any load).
+    """
     from donnadb.loadtest import runner
-    from donnadb.loadtest.slo import SloViolation
 
     settings = load_settings()
     port = None if direct else (pgbouncer_port or settings.pgbouncer_port or 6432)
@@ -114,6 +119,7 @@ def run(
         p95_limit_ms=p95_ms,
     )
     opts.validate()
+    runner.preflight(opts, settings)  # before the header: a missing piece is one line
     if json_out:
         result = runner.run(opts, settings)
         emit_json(result.to_dict())
@@ -184,20 +190,36 @@ def worker(
     master_host: str = typer.Option("127.0.0.1", help="Where `loadtest run --master` runs."),
     master_port: int = typer.Option(5557, help="The master's --master-bind-port."),
     processes: int | None = typer.Option(None, help="Worker processes on this host."),
+    json_out: JsonOpt = False,
 ) -> None:
-    """Run Locust workers for a master (`donnactl loadtest run --master`) elsewhere."""
+    """Run Locust workers for a master (`donnactl loadtest run --master`) elsewhere.
+
+    Returns when the master's run ends; exit 10 when Locust itself failed.
+    """
     from donnadb.loadtest import runner
 
+    if importlib.util.find_spec("locust") is None:
+        raise PreconditionError("Locust is not installed in this environment: "
+                                "pip install 'donnadb[loadtest]'")
     cmd = runner.worker_command(master_host, master_port, processes)
-    raise typer.Exit(subprocess.run(cmd, env=runner._env(), cwd=str(runner.ROOT),
-                                    check=False).returncode)
+    started = time.monotonic()
+    done = subprocess.run(cmd, env=runner._env(), cwd=str(runner.ROOT), check=False,
+                          stdout=subprocess.DEVNULL if json_out else None)
+    result = {"master": f"{master_host}:{master_port}", "processes": processes,
+              "locust_exit": done.returncode,
+              "seconds": round(time.monotonic() - started, 1)}
+    if json_out:
+        emit_json(result)
+    if done.returncode != 0:
+        raise LocustFailed(f"locust worker exited {done.returncode} (master "
+                           f"{result['master']})")
 
 
 @app.command()
 def gate(
     stats_csv: Path = StatsCsvArg,
     p95_ms: float = typer.Option(100.0, help="p95 limit (ms)."),
-    json_out: bool = JsonOpt,
+    json_out: JsonOpt = False,
 ) -> None:
     """Apply the SLO gate to an existing Locust stats CSV (exit 9 when it fails)."""
     from donnadb.loadtest import slo
@@ -213,7 +235,7 @@ def gate(
                           f"({c.limit})")
     if not verdict.passed:
         first = verdict.failed_checks[0]
-        raise slo.SloViolation(f"SLO missed: {first.what} = {first.value} "
+        raise SloViolation(f"SLO missed: {first.what} = {first.value} "
                                f"(must be {first.limit})")
 
 
@@ -221,7 +243,8 @@ def gate(
 def smoke(
     users: int = typer.Option(20, help="Users, each running pg_sleep(1) at once."),
     pgbouncer_port: int = typer.Option(0, help="Through PgBouncer on this port (0: direct)."),
-    dbname: str | None = DbnameOpt,
+    dbname: DbOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """Prove gevent cooperation: N pg_sleep(1) take ~1 s together (exit 1 if serial)."""
     from donnadb.loadtest import runner
@@ -230,7 +253,18 @@ def smoke(
            "--pgbouncer-port", str(pgbouncer_port), *(["--dbname", dbname] if dbname else [])]
     done = subprocess.run(cmd, cwd="/", env=runner._env(), capture_output=True, text=True,
                           check=False)
-    sys.stdout.write(done.stdout)
-    if done.returncode != 0:
-        sys.stderr.write(done.stderr[-2000:])
-    raise typer.Exit(done.returncode)
+    try:
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise LocustFailed(f"the smoke test exited {done.returncode}: {last}") from None
+    if json_out:
+        emit_json(result)
+    else:
+        console.print(f"{result['users']} sleeps of 1 s took {result['wall_seconds']} s "
+                      f"together ({result['serial_seconds']} s one after the other); wait "
+                      f"function {result['wait_function']}: "
+                      + ("[green]they overlap[/]" if result["overlap"]
+                         else "[red]they ran one after the other[/]"))
+    if not result["overlap"]:
+        raise typer.Exit(1)

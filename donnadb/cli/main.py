@@ -15,8 +15,11 @@ try:
 except ImportError:  # the base package only: an application server's install
     sys.exit("donnactl needs the ops extra: pip install 'donnadb[ops]'")
 
+from rich.markup import escape
+
+from donnadb.cli import options  # noqa: F401  (flags show no "<bool>" in help)
 from donnadb.cli.output import err_console
-from donnadb.errors import DonnaError
+from donnadb.errors import DonnaError, UsageError
 
 log = logging.getLogger("donnadb")
 
@@ -79,7 +82,8 @@ def main() -> None:
         sys.exit(rc if isinstance(rc, int) else 0)
     except DonnaError as exc:
         log.debug("command failed", exc_info=True)
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
+                          soft_wrap=True)
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -88,11 +92,12 @@ def main() -> None:
         sys.exit(130)
     except Exception as exc:  # usage errors: a wrong flag or value
         # Typer 0.29 raises its own copy of click's exceptions (typer._click), not click's:
-        # match either by what they offer.
+        # match either by what they offer. Every usage error exits 3, like UsageError
+        # (click's own 2 is CRITICAL for the Nagios-style `health`).
         if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None),
                                                                int):
             exc.show()
-            sys.exit(exc.exit_code or 2)
+            sys.exit(UsageError.exit_code if exc.exit_code else 0)
         raise
 
 

@@ -8,14 +8,13 @@ import typer
 from rich.table import Table
 
 from donnadb import migrate
+from donnadb.cli.options import DbOpt, JsonOpt
 from donnadb.cli.output import console, emit_json
 from donnadb.config import load_settings
 from donnadb.errors import MigrationError
 
 app = typer.Typer(no_args_is_help=True)
 
-JsonOpt = typer.Option(False, "--json", help="Print one JSON document for scripts.")
-DbnameOpt = typer.Option(None, "--dbname", help="Database to migrate (default: DB_NAME).")
 
 
 def _pending_rows(files: list[migrate.MigrationFile]) -> list[dict]:
@@ -23,7 +22,7 @@ def _pending_rows(files: list[migrate.MigrationFile]) -> list[dict]:
 
 
 @app.command()
-def status(json_out: bool = JsonOpt, dbname: str | None = DbnameOpt) -> None:
+def status(json_out: JsonOpt = False, dbname: DbOpt = None) -> None:
     """Show applied and pending migrations; exit 5 when an applied file was edited or removed."""
     settings = load_settings(db_name=dbname)
     st = migrate.get_status(settings=settings)
@@ -47,7 +46,7 @@ def status(json_out: bool = JsonOpt, dbname: str | None = DbnameOpt) -> None:
 
 
 @app.command()
-def plan(json_out: bool = JsonOpt, dbname: str | None = DbnameOpt) -> None:
+def plan(json_out: JsonOpt = False, dbname: DbOpt = None) -> None:
     """Dry run: list the migrations `apply` would run, executing nothing."""
     settings = load_settings(db_name=dbname)
     pending = migrate.plan(settings=settings)
@@ -62,7 +61,7 @@ def plan(json_out: bool = JsonOpt, dbname: str | None = DbnameOpt) -> None:
 
 
 @app.command()
-def apply(json_out: bool = JsonOpt, dbname: str | None = DbnameOpt) -> None:
+def apply(json_out: JsonOpt = False, dbname: DbOpt = None) -> None:
     """Apply every pending migration, each in its own transaction, under an advisory lock."""
     settings = load_settings(db_name=dbname)
 

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from donnadb import db
+from donnadb.cli.options import DbOpt, JsonOpt
 from donnadb.cli.output import console, emit_json, err_console
 from donnadb.config import load_settings
 from donnadb.errors import DatabaseError
@@ -28,8 +29,6 @@ from donnadb.legacy.verify import verify as verify_dir
 
 app = typer.Typer(no_args_is_help=True)
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
-DbOpt = Annotated[str | None, typer.Option("--dbname", help="Database (default: DB_NAME).")]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir",
                                                  help="Legacy data directory (default: DATA_DIR).")]
 ReportDirOpt = Annotated[Path, typer.Option(

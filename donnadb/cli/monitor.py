@@ -13,7 +13,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from donnadb.cli.opsrun import DbOpt, JsonOpt, logged, settings
+from donnadb.cli.opsrun import logged, settings
+from donnadb.cli.options import DbOpt, JsonOpt
 from donnadb.cli.output import console, emit_json
 from donnadb.cli.status_view import render_status
 from donnadb.errors import CredentialsError, DatabaseError

@@ -1,18 +1,23 @@
-"""Shared plumbing of the operations commands: settings, JSON logs with a trace id.
+"""Shared plumbing of the commands: settings, confirmation, the audit log.
 
-Every operations command is wrapped by :func:`logged`, which writes a JSON line when
-it starts and ends (with the exit code and duration) under one trace id; the
-``--json`` option and confirmation prompts are declared here once.
+Every command that reads or changes the database is wrapped by :func:`logged`, which
+writes a JSON line when it starts and one when it ends under one trace id; the end
+line is the audit record: who (the operating-system user, and the sudo user behind
+it), what (the command and its arguments, secrets left out), the result (exit code)
+and the duration. The shared options live in :mod:`donnadb.cli.options`.
 """
 
 from __future__ import annotations
 
 import functools
+import getpass
 import logging
+import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
@@ -22,9 +27,8 @@ from donnadb.ops import eventlog
 
 log = logging.getLogger("donnadb.cli")
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
-YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
-DbOpt = Annotated[str | None, typer.Option("--dbname", help="Database (default DB_NAME).")]
+#: Argument names whose values are never logged.
+_SECRET = re.compile(r"password|secret|token|passphrase", re.IGNORECASE)
 
 
 def settings() -> Settings:
@@ -44,6 +48,16 @@ def confirm(question: str, yes: bool) -> None:
         typer.confirm(question, abort=True)
 
 
+def _who() -> str:
+    """The operating-system user, and the person behind sudo when there is one."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    sudo = os.environ.get("SUDO_USER")
+    return f"{user} (sudo from {sudo})" if sudo and sudo != user else user
+
+
 def logged(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorate a command so it logs start and end as JSON lines with the trace id."""
 
@@ -57,13 +71,16 @@ def logged(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             if log_file is not None:
                 eventlog.configure(log_file)
             started = time.monotonic()
-            # Plain option values only (never a typer.Context); no command takes a secret.
+            # Plain option values only (never a typer.Context), and no secrets.
             params = {k: v for k, v in kwargs.items()
-                      if isinstance(v, str | int | float | bool | list | Path | None)}
+                      if isinstance(v, str | int | float | bool | list | Path | None)
+                      and not _SECRET.search(k)}
             log.info("command started", extra={"command": name, "params": params})
-            code = 0
+            code = 1  # anything not caught below (a bug) is a failure
             try:
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
+                code = 0
+                return result
             except typer.Exit as exc:
                 code = exc.exit_code
                 raise
@@ -77,7 +94,7 @@ def logged(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 raise
             finally:
                 log.info("command finished", extra={
-                    "command": name, "exit_code": code,
+                    "command": name, "params": params, "user": _who(), "exit_code": code,
                     "duration_ms": round(1000 * (time.monotonic() - started), 1)})
 
         return run

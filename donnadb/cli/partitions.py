@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from donnadb.cli.opsrun import DbOpt, JsonOpt, logged, settings
+from donnadb.cli.opsrun import logged, settings
+from donnadb.cli.options import DbOpt, JsonOpt
 from donnadb.cli.output import console, emit_json
 from donnadb.cli.status_view import human_bytes
 from donnadb.ops import partitions

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from donnadb.cli.opsrun import DbOpt, JsonOpt, YesOpt, confirm, logged, settings
+from donnadb.cli.opsrun import confirm, logged, settings
+from donnadb.cli.options import DbOpt, JsonOpt, YesOpt
 from donnadb.cli.output import console, emit_json
 from donnadb.cli.partitions import DryRunOpt, render_maintenance
 from donnadb.ops import retention

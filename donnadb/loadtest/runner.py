@@ -8,6 +8,7 @@ the SLO gate. Locust is a subprocess: importing it here would monkey-patch donna
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -20,10 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
+from donnadb import db
 from donnadb.config import Settings
-from donnadb.errors import DonnaError, UsageError
+from donnadb.errors import DatabaseError, LocustFailed, PreconditionError, UsageError
 from donnadb.loadtest import plot, serverstats, slo
 from donnadb.loadtest.names import QUERY_NAMES
+from donnadb.loadtest.seed import CHAT_PREFIX, USER_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +38,12 @@ ROOT = Path(__file__).resolve().parents[2]
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 CSV_PREFIX = "locust"
 DEFAULT_MASTER_PORT = 5557
+#: One seeded user with a seeded chat is what the scenarios need to start.
+SEEDED_SQL = """
+SELECT EXISTS (SELECT 1 FROM users AS u JOIN chat_sessions AS s ON s.user_id = u.id
+                WHERE u.clerk_id LIKE %(users)s AND s.chat_id LIKE %(chats)s)
+"""
 _SPAN = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-
-
-class LocustFailed(DonnaError):
-    """Locust itself failed (not the SLO): bad options, crash, no statistics written."""
-
-    exit_code = 8
 
 
 def parse_duration(text: str) -> int:
@@ -89,6 +93,39 @@ class RunOptions:
         if self.pool_size < 1:
             raise UsageError("--pool-size must be >= 1")
         parse_duration(self.duration)
+
+
+def preflight(opts: RunOptions, settings: Settings) -> None:
+    """Check in seconds what a run needs, before Locust starts: Locust itself, a seeded
+    database, and PgBouncer answering on its port (unless the run goes direct).
+
+    :raises PreconditionError: Locust is not installed, or the database is not seeded
+        (or not migrated). :raises DatabaseError: PostgreSQL or PgBouncer cannot be reached.
+    """
+    if importlib.util.find_spec("locust") is None:
+        raise PreconditionError("Locust is not installed in this environment: "
+                                "pip install 'donnadb[loadtest]'")
+    dbname = opts.dbname or settings.db_name
+    if opts.user_class == "ChatUser":
+        with db.connection("readonly", settings=settings, dbname=opts.dbname) as conn:
+            try:
+                seeded = conn.execute(SEEDED_SQL, {"users": USER_PREFIX + "%",
+                                                   "chats": CHAT_PREFIX + "%"}).fetchone()[0]
+            except psycopg.errors.UndefinedTable:
+                raise PreconditionError(f"{dbname} has no schema: run `donnactl migrate apply "
+                                        f"--dbname {dbname}`, then `donnactl loadtest seed`"
+                                        ) from None
+        if not seeded:
+            raise PreconditionError(f"{dbname} holds no seeded users: run `donnactl loadtest "
+                                    f"seed --dbname {dbname}` first")
+    if opts.pgbouncer_port:
+        via = settings.model_copy(update={"pgbouncer_port": opts.pgbouncer_port})
+        try:
+            db.connect("app", settings=via, dbname=opts.dbname, connect_timeout=5).close()
+        except DatabaseError as exc:
+            raise DatabaseError(f"PgBouncer on port {opts.pgbouncer_port} does not let the app "
+                                f"role into {dbname} ({str(exc).strip().splitlines()[0]}); "
+                                "start PgBouncer, or run with --direct") from None
 
 
 def donna_args(dbname: str | None, pgbouncer_port: int | None, pool_size: int) -> list[str]:
@@ -153,8 +190,10 @@ def run(opts: RunOptions, settings: Settings,
     """Run the load test and judge it. ``tick(elapsed_s, expected_s)`` reports progress.
 
     :raises UsageError: bad options. :raises LocustFailed: Locust wrote no statistics.
+    :raises PreconditionError, DatabaseError: see :func:`preflight` (nothing started).
     """
     opts.validate()
+    preflight(opts, settings)
     opts.out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     dbname = opts.dbname or settings.db_name
     reset_error = serverstats.reset_statements(settings, dbname)

@@ -17,7 +17,7 @@ from psycopg.rows import dict_row
 
 from donnadb import db
 from donnadb.config import Settings
-from donnadb.errors import DatabaseError, DonnaError, UsageError
+from donnadb.errors import NotFound, PreconditionError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,8 @@ SIGNAL_SQL = {"cancel": "SELECT pg_cancel_backend(%s)",
               "terminate": "SELECT pg_terminate_backend(%s)"}
 
 
-class QueryError(DonnaError):
+class QueryError(NotFound):
     """The backend cannot be signalled (not found, or not one of our roles)."""
-
-    exit_code = 6
 
 
 def top(settings: Settings, *, by: str = "total", limit: int = 10, width: int = 120,
@@ -60,8 +58,9 @@ def top(settings: Settings, *, by: str = "total", limit: int = 10, width: int = 
     """The ``limit`` statements with the most total time (or mean time, or calls).
 
     :raises UsageError: ``by`` is not total, mean or calls.
-    :raises DatabaseError: the database is down, or pg_stat_statements is missing
-        (extension not created, or not in shared_preload_libraries); the message says which.
+    :raises DatabaseError: the database is down.
+    :raises PreconditionError: pg_stat_statements is missing (extension not created, or
+        not in shared_preload_libraries); the message says which.
     """
     if by not in ORDER_BY:
         raise UsageError(f"--by must be one of {', '.join(ORDER_BY)}, not {by!r}")
@@ -71,11 +70,11 @@ def top(settings: Settings, *, by: str = "total", limit: int = 10, width: int = 
             return conn.cursor(row_factory=dict_row).execute(
                 query, {"limit": limit, "width": width}).fetchall()
         except pgerrors.UndefinedTable:
-            raise DatabaseError(
+            raise PreconditionError(
                 f"pg_stat_statements is not installed in {dbname or settings.db_name}: "
                 "run `make deploy` (it creates the extension in every database)") from None
         except pgerrors.ObjectNotInPrerequisiteState:
-            raise DatabaseError(
+            raise PreconditionError(
                 "pg_stat_statements is not loaded: add it to shared_preload_libraries and "
                 "restart PostgreSQL (`make deploy` does both)") from None
 

@@ -18,15 +18,8 @@ from psycopg.rows import dict_row
 
 from donnadb import db
 from donnadb.config import Settings
-from donnadb.errors import DonnaError
+from donnadb.errors import NotFound
 from donnadb.ops import eventlog
-
-
-class NotFound(DonnaError):
-    """No user or chat with that identifier."""
-
-    exit_code = 6
-
 
 USER_BY_ID_SQL = """
 SELECT id, clerk_id, email, name, status, created_at, updated_at, last_active_at
