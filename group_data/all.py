@@ -247,13 +247,13 @@ ops_schedule = {
     # `donnactl retention run --yes --json`: delete expired rows (LOG_RETENTION_MONTHS,
     # user_memory.expires_at). Daily, after the partitions and before the snapshot.
     "retention": ("*-*-* 01:40:00", "40 1 * * *"),
-    # `donnactl metrics --textfile-default`: one scrape for node_exporter's textfile
-    # collector every minute (or run `donnactl metrics --serve 9187` as a service).
+    # `donnactl metrics textfile`: one scrape for node_exporter's textfile
+    # collector every minute (or run `donnactl metrics serve --port 9187` as a service).
     "metrics": ("*-*-* *:*:00", "* * * * *"),
 }
 # Ops settings written to donnadb.env (NAME=value; names are donnadb/config.py's fields,
 # checked at deploy time). Health pairs are WARNING then CRITICAL (`donnactl health`,
-# the alert rules of `donnactl metrics --rules`).
+# the alert rules of `donnactl metrics rules`).
 ops_env = {
     # Connections in use, % of max_connections.
     "HEALTH_CONNECTIONS_WARN_PCT": 75,

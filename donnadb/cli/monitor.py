@@ -1,4 +1,4 @@
-"""Top-level commands: `status`, `health`, `metrics`, `shell`.
+"""Top-level commands: `status`, `health`, `shell`.
 
 Registered in main.GROUPS with an empty name, so Typer merges these commands into
 donnactl itself instead of nesting them under a group.
@@ -76,42 +76,6 @@ def health_cmd(json: JsonOpt = False, dbname: DbOpt = None) -> None:
                   for name, (w, c) in health.THRESHOLDS.items()}
         typer.echo(nagios.plugin_output(checks, state, limits))
     raise typer.Exit(int(state))
-
-
-@app.command("metrics")
-@logged("metrics")
-def metrics_cmd(
-    serve: Annotated[int | None, typer.Option("--serve", metavar="PORT",
-                                              help="Serve /metrics on this port.")] = None,
-    addr: Annotated[str, typer.Option(help="Address to listen on with --serve.")] = "127.0.0.1",
-    textfile: Annotated[Path | None, typer.Option(
-        help="Write one scrape here (default METRICS_TEXTFILE with --textfile-default).")] = None,
-    textfile_default: Annotated[bool, typer.Option(
-        "--textfile-default", help="Write to METRICS_TEXTFILE (node_exporter).")] = False,
-    rules: Annotated[bool, typer.Option(
-        "--rules", help="Print the Prometheus alert rules for this host's thresholds.")] = False,
-    dbname: DbOpt = None,
-) -> None:
-    """Prometheus metrics: to stdout, a node_exporter textfile, or --serve PORT.
-
-    When the database is down only `donnadb_up 0` is exported (exit 0), for the alert rule.
-    """
-    # prometheus_client and yaml load only here: every other command starts faster.
-    from donnadb.ops import alerts, metrics
-
-    s = settings()
-    if rules:
-        typer.echo(alerts.render_yaml(s), nl=False)
-        return
-    if serve is not None:
-        console.print(f"serving http://{addr}:{serve}/metrics (Ctrl-C to stop)", highlight=False)
-        metrics.serve(serve, s, addr=addr, dbname=dbname)
-        return
-    target = textfile or (s.metrics_textfile if textfile_default else None)
-    if target is not None:
-        metrics.write_textfile(target, s, dbname=dbname)
-        return
-    typer.echo(metrics.exposition(s, dbname=dbname), nl=False)
 
 
 @app.command("shell", context_settings={"allow_extra_args": True,

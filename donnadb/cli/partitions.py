@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import typer
 from rich.table import Table
 
-from donnadb.cli.opsrun import logged, settings
-from donnadb.cli.options import DbOpt, JsonOpt
+from donnadb.cli.opsrun import confirm, logged, settings
+from donnadb.cli.options import DbOpt, DryRunOpt, JsonOpt, YesOpt
 from donnadb.cli.output import console, emit_json
 from donnadb.cli.status_view import human_bytes
 from donnadb.ops import partitions
@@ -16,8 +14,6 @@ from donnadb.ops.status import parse_range_bound
 
 app = typer.Typer(no_args_is_help=True)
 
-DryRunOpt = Annotated[bool, typer.Option("--dry-run",
-                                         help="Show what would change; change nothing.")]
 
 
 @app.command("status")
@@ -45,12 +41,21 @@ def status_cmd(json: JsonOpt = False, dbname: DbOpt = None) -> None:
 
 @app.command("maintain")
 @logged("partitions maintain")
-def maintain_cmd(json: JsonOpt = False, dry_run: DryRunOpt = False, dbname: DbOpt = None) -> None:
+def maintain_cmd(json: JsonOpt = False, dry_run: DryRunOpt = False, yes: YesOpt = False,
+                 dbname: DbOpt = None) -> None:
     """Premake partitions (pg_partman); archive then drop those past LOG_RETENTION_MONTHS.
 
-    Safe to run from a timer: it only drops what it archived and counted.
+    It only drops what it archived and counted. Asks before dropping unless --yes (the
+    timer passes it); with nothing to drop it asks nothing.
     """
-    result = partitions.maintain(settings(), dbname=dbname, dry_run=dry_run)
+    s = settings()
+    if not dry_run and not yes:
+        plan = partitions.maintain(s, dbname=dbname, dry_run=True)
+        doomed = [p["partition"] for p in plan["would_archive"]]
+        if doomed:
+            confirm(f"Archive to {plan['archive_dir']} and drop {', '.join(doomed)} in "
+                    f"{dbname or s.db_name}?", yes)
+    result = partitions.maintain(s, dbname=dbname, dry_run=dry_run)
     if json:
         emit_json(result)
         return

@@ -5,9 +5,9 @@ from __future__ import annotations
 import typer
 
 from donnadb.cli.opsrun import confirm, logged, settings
-from donnadb.cli.options import DbOpt, JsonOpt, YesOpt
+from donnadb.cli.options import DbOpt, DryRunOpt, JsonOpt, YesOpt
 from donnadb.cli.output import console, emit_json
-from donnadb.cli.partitions import DryRunOpt, render_maintenance
+from donnadb.cli.partitions import render_maintenance
 from donnadb.ops import retention
 
 app = typer.Typer(no_args_is_help=True)

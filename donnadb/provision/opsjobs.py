@@ -46,12 +46,12 @@ class Job:
 DEFAULT_JOBS = {
     "partitions": Job("partitions", "*-*-* 01:10:00", "10 1 * * *",
                       "Premake, archive and drop system_logs partitions",
-                      ("partitions", "maintain", "--json")),
+                      ("partitions", "maintain", "--yes", "--json")),
     "retention": Job("retention", "*-*-* 01:40:00", "40 1 * * *",
                      "Delete rows past their retention", ("retention", "run", "--yes", "--json")),
     "metrics": Job("metrics", "*-*-* *:*:00", "* * * * *",
                    "Write the donnadb metrics for node_exporter's textfile collector",
-                   ("metrics", "--textfile-default"), randomized_delay_s=0),
+                   ("metrics", "textfile"), randomized_delay_s=0),
 }
 UNIT_DIR = "/etc/systemd/system"
 CRON_FILE = "/etc/cron.d/donna-ops"

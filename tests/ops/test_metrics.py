@@ -40,7 +40,7 @@ def test_database_down_exports_up_0(cli):
 
 def test_textfile_is_written_atomically(cli, tmp_path):
     target = tmp_path / "donnadb.prom"
-    done = cli("metrics", "--textfile", str(target))
+    done = cli("metrics", "textfile", str(target))
     assert done.returncode == 0, done.stderr
     assert _samples(target.read_text())["donnadb_up"] == 1
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
@@ -50,7 +50,7 @@ def test_serve_answers_scrapes(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([DONNACTL, "metrics", "--serve", str(port)],
+    proc = subprocess.Popen([DONNACTL, "metrics", "serve", "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env={"PATH": "/usr/bin:/bin", "OPS_LOG_FILE": str(tmp_path / "l")})
     try:

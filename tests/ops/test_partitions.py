@@ -42,7 +42,11 @@ def test_maintain_archives_then_drops_old_partitions(settings, ops_db, connect_a
     assert name in [p["partition"] for p in json.loads(dry.stdout)["would_archive"]]
     assert superuser_psql(f"SELECT to_regclass('{name}') IS NOT NULL", ops_db) == "t"
 
-    done = cli("partitions", "maintain", "--json", "--dbname", ops_db, env=env)
+    refused = cli("partitions", "maintain", "--dbname", ops_db, env=env, input="n\n")
+    assert refused.returncode == 130 and name in refused.stdout, refused.stdout
+    assert superuser_psql(f"SELECT to_regclass('{name}') IS NOT NULL", ops_db) == "t"
+
+    done = cli("partitions", "maintain", "--yes", "--json", "--dbname", ops_db, env=env)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     archived = {a["partition"]: a for a in result["archived"]}

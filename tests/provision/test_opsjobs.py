@@ -57,7 +57,7 @@ def test_units_and_cron_run_the_installed_donnactl_as_the_ops_user(group_data):
     jobs, _ = opsjobs.load_jobs(group_data)
     donnactl = f"{settings.donnadb_install_dir}/venv/bin/donnactl"
     unit = opsjobs.service_unit(settings, jobs["partitions"])
-    assert f"ExecStart={donnactl} partitions maintain --json\n" in unit
+    assert f"ExecStart={donnactl} partitions maintain --yes --json\n" in unit
     assert str(ROOT) not in unit and str(ROOT) not in opsjobs.cron_text(settings, jobs)
     for line in ("User=donna-ops", "NoNewPrivileges=yes", "ProtectSystem=strict",
                  "PrivateTmp=yes", "OnFailure=donna-job-failed@%n.service",
