@@ -27,7 +27,7 @@ from donnadb.backup.errors import BackupCorrupt, BackupNotFound, BackupStale
 from donnadb.backup.prune import prune as run_prune
 from donnadb.backup.storage_s3 import S3Store, check_backup_id
 from donnadb.cli.opsrun import confirm, logged
-from donnadb.cli.options import JsonOpt, YesOpt
+from donnadb.cli.options import DbOpt, DryRunOpt, JsonOpt, YesOpt
 from donnadb.cli.output import console, emit_json
 from donnadb.config import Settings, load_settings
 from donnadb.errors import DonnaError, UsageError
@@ -101,8 +101,9 @@ def _local_or_download(settings: Settings, backup_id: str, quiet: bool, *,
 
 
 @app.command()
+@logged("backup create")
 def create(
-    dbname: str | None = typer.Option(None, "--dbname", help="Database (default: DB_NAME)."),
+    dbname: DbOpt = None,
     jobs: int | None = JobsOpt,
     compress_level: int | None = typer.Option(None, "--compress-level", min=0, max=9,
                                               help="gzip level (BACKUP_COMPRESS_LEVEL)."),
@@ -318,6 +319,7 @@ def _cleanup(settings: Settings, target_db: str, *, dry_run: bool, yes: bool,
 
 
 @app.command()
+@logged("backup upload")
 def upload(backup_id: str = typer.Argument(..., help="Backup id or 'latest'."),
            repo: str | None = RepoOpt, json_out: JsonOpt = False) -> None:
     """Copy a local backup to S3 (manifest last)."""
@@ -333,13 +335,26 @@ def upload(backup_id: str = typer.Argument(..., help="Backup id or 'latest'."),
 
 
 @app.command()
+@logged("backup prune")
 def prune(
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go; delete nothing."),
+    dry_run: DryRunOpt = False,
+    yes: YesOpt = False,
     repo: str | None = RepoOpt,
     json_out: JsonOpt = False,
 ) -> None:
-    """Apply the retention policy (BACKUP_KEEP_*) locally and in S3."""
+    """Apply the retention policy (BACKUP_KEEP_*) locally and in S3.
+
+    Asks before deleting unless --yes (the timer passes it); --dry-run lists what would go.
+    """
     settings = load_settings(backup_repo_dir=repo)
+    if not dry_run and not yes:
+        plan = run_prune(settings, dry_run=True)
+        doomed = [f"{where} {backup_id}"
+                  for where, part in (("local", plan.local), ("s3", plan.s3)) if part
+                  for backup_id in part.delete
+                  if not (where == "local" and backup_id in plan.in_use)]
+        if doomed:
+            confirm(f"Delete {len(doomed)} backup(s): {', '.join(doomed)}?", yes)
     report = run_prune(settings, dry_run=dry_run)
     if json_out:
         emit_json(report.to_dict())
@@ -396,6 +411,7 @@ def check(repo: str | None = RepoOpt, json_out: JsonOpt = False) -> None:
 
 
 @app.command()
+@logged("backup physical")
 def physical(
     kind: str = typer.Option("full", "--type", help="full, diff or incr."),
     json_out: JsonOpt = False,

@@ -8,7 +8,8 @@ import typer
 from rich.table import Table
 
 from donnadb import migrate
-from donnadb.cli.options import DbOpt, JsonOpt
+from donnadb.cli.opsrun import confirm, logged
+from donnadb.cli.options import DbOpt, DryRunOpt, JsonOpt, YesOpt
 from donnadb.cli.output import console, emit_json
 from donnadb.config import load_settings
 from donnadb.errors import MigrationError
@@ -49,7 +50,10 @@ def status(json_out: JsonOpt = False, dbname: DbOpt = None) -> None:
 def plan(json_out: JsonOpt = False, dbname: DbOpt = None) -> None:
     """Dry run: list the migrations `apply` would run, executing nothing."""
     settings = load_settings(db_name=dbname)
-    pending = migrate.plan(settings=settings)
+    _print_plan(migrate.plan(settings=settings), json_out)
+
+
+def _print_plan(pending: list[migrate.MigrationFile], json_out: bool) -> None:
     if json_out:
         emit_json({"would_apply": _pending_rows(pending)})
         return
@@ -61,9 +65,23 @@ def plan(json_out: JsonOpt = False, dbname: DbOpt = None) -> None:
 
 
 @app.command()
-def apply(json_out: JsonOpt = False, dbname: DbOpt = None) -> None:
-    """Apply every pending migration, each in its own transaction, under an advisory lock."""
+@logged("migrate apply")
+def apply(json_out: JsonOpt = False, dry_run: DryRunOpt = False, yes: YesOpt = False,
+          dbname: DbOpt = None) -> None:
+    """Apply every pending migration, each in its own transaction, under an advisory lock.
+
+    Lists the pending ones and asks first unless --yes (the deploy passes it); --dry-run
+    lists them and applies nothing, like `migrate plan`.
+    """
     settings = load_settings(db_name=dbname)
+    if dry_run or not yes:
+        pending = migrate.plan(settings=settings)
+        if dry_run:
+            _print_plan(pending, json_out)
+            return
+    if not yes and pending:
+        confirm(f"Apply {len(pending)} migration(s) to {settings.db_name}: "
+                + ", ".join(f.path.name for f in pending) + "?", yes)
 
     def report(mig: migrate.MigrationFile, ms: float) -> None:
         if not json_out:

@@ -22,7 +22,7 @@ def migrations_applied(donnactl: str, schema_dir: str):
         # None: the code is installed by this very run (a fresh host), so nothing could
         # be asked before; `migrate apply` with nothing pending changes nothing.
         # cd /: a .env in the caller's directory must not redirect the migrations.
-        yield f"cd / && SCHEMA_DIR={schema_dir} {donnactl} migrate apply"
+        yield f"cd / && SCHEMA_DIR={schema_dir} {donnactl} migrate apply --yes"
     else:
         host.noop("no pending migrations")
 

@@ -11,12 +11,13 @@ from pathlib import Path
 DONNACTL = Path(sys.executable).parent / "donnactl"
 
 
-def donnactl(*args: str, **env: str) -> subprocess.CompletedProcess:
+def donnactl(*args: str, input: str = "", **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(DONNACTL), *args], capture_output=True, text=True, check=False,
-                          env={**os.environ, **env}, timeout=120)
+                          env={**os.environ, **env}, timeout=120, input=input)
 
 
-def test_status_plan_apply_round_trip(empty_db):
+def test_status_plan_apply_round_trip(empty_db, tmp_path):
+    log = {"OPS_LOG_FILE": str(tmp_path / "donnactl.jsonl")}
     st = donnactl("migrate", "status", "--json", "--dbname", empty_db)
     assert st.returncode == 0, st.stderr
     doc = json.loads(st.stdout)
@@ -24,8 +25,19 @@ def test_status_plan_apply_round_trip(empty_db):
     planned = donnactl("migrate", "plan", "--json", "--dbname", empty_db)
     assert [p["version"] for p in json.loads(planned.stdout)["would_apply"]] == [
         p["version"] for p in doc["pending"]]
-    applied = donnactl("migrate", "apply", "--dbname", empty_db)
+    dry = donnactl("migrate", "apply", "--dry-run", "--json", "--dbname", empty_db, **log)
+    assert json.loads(dry.stdout) == json.loads(planned.stdout)
+    refused = donnactl("migrate", "apply", "--dbname", empty_db, input="n\n", **log)
+    assert refused.returncode == 130 and "0001_" in refused.stdout  # it lists what it asks
+    assert json.loads(donnactl("migrate", "status", "--json", "--dbname", empty_db).stdout
+                      )["applied"] == []
+    applied = donnactl("migrate", "apply", "--yes", "--dbname", empty_db, **log)
     assert applied.returncode == 0 and "applied 0001_" in applied.stdout
+    audit = [json.loads(line) for line in (tmp_path / "donnactl.jsonl").read_text().splitlines()
+             if '"command finished"' in line]
+    assert [(a["context"]["command"], a["context"]["exit_code"]) for a in audit] == [
+        ("migrate apply", 0), ("migrate apply", 130), ("migrate apply", 0)]
+    assert audit[-1]["context"]["params"]["dbname"] == empty_db and audit[-1]["context"]["user"]
     doc = json.loads(donnactl("migrate", "status", "--json", "--dbname", empty_db).stdout)
     assert doc["pending"] == [] and doc["current_version"] == doc["applied"][-1]["version"]
     again = donnactl("migrate", "apply", "--dbname", empty_db)
@@ -67,7 +79,7 @@ def test_edited_migration_exits_5_with_one_line(tmp_path, settings, empty_db):
     target = tmp_path / "migrations"
     shutil.copytree(settings.schema_dir, target)
     env = {"SCHEMA_DIR": str(target)}
-    assert donnactl("migrate", "apply", "--dbname", empty_db, **env).returncode == 0
+    assert donnactl("migrate", "apply", "--yes", "--dbname", empty_db, **env).returncode == 0
     first = sorted(target.glob("0001_*.sql"))[0]
     first.write_text(first.read_text() + "\n-- edited\n")
     for cmd in ("apply", "plan", "status"):
