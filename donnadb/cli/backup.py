@@ -243,7 +243,7 @@ def restore_(
     cleanup: bool = typer.Option(False, "--cleanup",
                                  help="Drop the kept <target>_before_* copies and the "
                                       "<target>_restoring_* leftovers of killed restores."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="With --cleanup: list, drop nothing."),
+    dry_run: DryRunOpt = False,
     yes: YesOpt = False,
     jobs: int | None = JobsOpt,
     allow_unencrypted: bool = UnencryptedOpt,
@@ -251,8 +251,11 @@ def restore_(
     repo: str | None = RepoOpt,
     json_out: JsonOpt = False,
 ) -> None:
-    """Restore a backup into a new database, check it, then swap it in as --target-db
-    (refuses non-empty targets without --force; --cleanup drops the kept copies)."""
+    """Restore a backup into a new database, check it, then swap it in as --target-db.
+
+    Refuses a non-empty target without --force, and with --force asks before replacing
+    it unless --yes; --dry-run says what it would do. --cleanup drops the kept copies.
+    """
     settings = load_settings(backup_repo_dir=repo)
     if cleanup:
         if backup_id is not None:
@@ -265,8 +268,11 @@ def restore_(
         raise UsageError("backup restore needs a backup id and --target-db "
                          "(or --cleanup)")
     if dry_run:
-        raise UsageError("--dry-run goes with --cleanup; `backup verify ID --restore` "
-                         "tries a restore without touching any database")
+        _restore_plan(settings, backup_id, target_db, force=force, json_out=json_out)
+        return
+    if force and not yes and restore.target_has_data(settings, target_db):
+        confirm(f"Replace {target_db} with backup {backup_id}? The current {target_db} is kept "
+                f"as {swap.kept_name(target_db, '<stamp>')}", yes)
     backup = _local_or_download(settings, backup_id, json_out, allow_unsigned=allow_unsigned)
     options = {"force": force, "jobs": jobs, "allow_unencrypted": allow_unencrypted}
     if json_out:
@@ -286,6 +292,31 @@ def restore_(
     if result.kept_as:
         console.print(f"  the previous {target_db} is kept as [bold]{result.kept_as}[/]; "
                       "`donnactl backup restore --cleanup` drops it")
+
+
+def _restore_plan(settings: Settings, backup_id: str, target_db: str, *, force: bool,
+                  json_out: bool) -> None:
+    """What `restore` would do, read only: which backup from where, and the target's fate."""
+    try:
+        resolved, source = storage_local.resolve(settings.backup_repo_dir, backup_id).backup_id, \
+            "local"
+    except BackupNotFound:
+        if not settings.s3_enabled:
+            raise
+        resolved, source = backup_id, "s3"
+    has_data = restore.target_has_data(settings, target_db)
+    if not has_data:
+        action = f"restore {resolved} ({source}) into a new database and name it {target_db}"
+    elif force:
+        action = (f"restore {resolved} ({source}) into a new database, then replace "
+                  f"{target_db} (kept as {swap.kept_name(target_db, '<stamp>')})")
+    else:
+        action = f"refuse: {target_db} holds data (--force replaces it)"
+    if json_out:
+        emit_json({"dry_run": True, "backup_id": resolved, "source": source,
+                   "target_db": target_db, "target_has_data": has_data, "action": action})
+    else:
+        console.print(f"dry run: would {action}", highlight=False)
 
 
 def _cleanup(settings: Settings, target_db: str, *, dry_run: bool, yes: bool,
@@ -428,6 +459,7 @@ def physical(
 
 
 @app.command(name="pitr")
+@logged("backup pitr")
 def pitr_(
     to: str = typer.Option(..., "--to", help="Target moment with zone: '2026-11-25 10:00:00+00'."),
     data_dir: str | None = typer.Option(None, "--data-dir",
@@ -436,9 +468,14 @@ def pitr_(
     in_place: bool = typer.Option(False, "--in-place",
                                   help="Replace the cluster itself (needs --force)."),
     force: bool = typer.Option(False, "--force", help="Allow --in-place."),
+    dry_run: DryRunOpt = False,
+    yes: YesOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Restore the cluster as it was at --to (a new copy by default) and check it."""
+    """Restore the cluster as it was at --to (a new copy by default) and check it.
+
+    --in-place replaces the running cluster: it needs --force and asks unless --yes.
+    """
     try:
         target = datetime.fromisoformat(to)
     except ValueError:
@@ -447,6 +484,19 @@ def pitr_(
         raise UsageError("--in-place replaces the running cluster; add --force to confirm")
     settings = load_settings()
     engine = pitr.engine_from_settings(settings)
+    where = ("in place of the running cluster (its data directory kept as "
+             "<dir>.before-pitr-<time>)" if in_place
+             else f"into {data_dir or 'a new data directory'} on port {port or 'a free port'}")
+    if dry_run:
+        if json_out:
+            emit_json({"dry_run": True, "target_time": str(target), "in_place": in_place,
+                       "data_dir": data_dir, "port": port})
+        else:
+            console.print(f"dry run: would restore the cluster as it was at {target} {where}",
+                          highlight=False)
+        return
+    if in_place:
+        confirm(f"Stop the cluster and restore it as it was at {target} {where}?", yes)
     result = pitr.restore_to_time(engine, target, data_dir=Path(data_dir) if data_dir else None,
                                   port=port, in_place=in_place)
     if json_out:

@@ -8,12 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support import superuser_psql
+
 DONNACTL = str(Path(sys.executable).with_name("donnactl"))
 
 
-def run(env, *args, check=True):
+def run(env, *args, check=True, input=""):
     done = subprocess.run([DONNACTL, "backup", *args], env=env, capture_output=True, text=True,
-                          timeout=120, check=False)
+                          timeout=120, check=False, input=input)
     if check:
         assert done.returncode == 0, done.stderr
     return done
@@ -47,11 +49,24 @@ def test_create_list_verify_restore_prune_check(bs, source_db, target_name, sett
     assert restored["row_counts"] == first["row_counts"] and restored["seconds"] > 0
     refused = run(env, "restore", first["backup_id"], "--target-db", target_name, check=False)
     assert refused.returncode == 3 and "--force" in refused.stderr
+    plan = json.loads(run(env, "restore", second["backup_id"], "--target-db", target_name,
+                          "--force", "--dry-run", "--json").stdout)
+    assert plan["target_has_data"] and plan["source"] == "local"
+    assert plan["action"].startswith(f"restore {second['backup_id']} (local)")
+    said_no = run(env, "restore", second["backup_id"], "--target-db", target_name, "--force",
+                  check=False, input="n\n")
+    assert said_no.returncode == 130 and f"Replace {target_name}" in said_no.stdout
+    copies = superuser_psql("SELECT string_agg(datname, ',') FROM pg_database "
+                            f"WHERE datname LIKE '{target_name}%'")
+    assert copies == target_name  # nothing restored, nothing kept
 
     dry = json.loads(run(env, "prune", "--dry-run", "--json").stdout)
     assert dry["local"]["delete"] == [first["backup_id"]]
     assert len(json.loads(run(env, "list", "--json").stdout)) == 2  # dry run deleted nothing
-    run(env, "prune")
+    said_no = run(env, "prune", check=False, input="n\n")
+    assert said_no.returncode == 130 and first["backup_id"] in said_no.stdout
+    assert len(json.loads(run(env, "list", "--json").stdout)) == 2
+    run(env, "prune", "--yes")
     assert [r["backup_id"] for r in json.loads(run(env, "list", "--json").stdout)] \
         == [second["backup_id"]]
 
@@ -62,4 +77,4 @@ def test_create_list_verify_restore_prune_check(bs, source_db, target_name, sett
     assert late.returncode == 8 and "old (limit" in late.stderr
 
     missing = run(env, "show", "nope", check=False)
-    assert missing.returncode == 6 and "backup list" in missing.stderr
+    assert missing.returncode == 12 and "backup list" in missing.stderr

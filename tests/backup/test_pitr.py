@@ -137,7 +137,12 @@ def test_in_place_pitr_replaces_the_cluster_and_keeps_its_old_data(in_place_engi
     assert refused.returncode == 3 and "--force" in refused.stderr
     assert superuser_psql("SELECT count(*) FROM drill", port=IN_PLACE_PORT) == "150"
 
-    done = subprocess.run([*args, "--force", "--json"], env=env, capture_output=True,
+    said_no = subprocess.run([*args, "--force"], env=env, capture_output=True, text=True,
+                             check=False, input="n\n")
+    assert said_no.returncode == 130
+    assert superuser_psql("SELECT count(*) FROM drill", port=IN_PLACE_PORT) == "150"
+
+    done = subprocess.run([*args, "--force", "--yes", "--json"], env=env, capture_output=True,
                           text=True, check=False)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)

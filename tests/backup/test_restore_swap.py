@@ -257,7 +257,7 @@ def test_sigkill_during_pg_restore_leaves_the_live_database_and_cleanup_finds_th
     env = _donnactl_env(bs, tmp_path, target_name)
 
     proc = subprocess.Popen([DONNACTL, "backup", "restore", backup.backup_id, "--target-db",
-                             target_name, "--force"], env=env, start_new_session=True,
+                             target_name, "--force", "--yes"], env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_pg_restore(proc, f"{target_name}{swap.TEMP_TAG}")
     os.killpg(proc.pid, signal.SIGKILL)  # donnactl and pg_restore, as systemd would

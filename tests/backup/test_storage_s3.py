@@ -152,7 +152,7 @@ def test_cli_uploads_then_restores_from_s3_only(s3_bs, source_db, target_name, t
     assert report["newest_s3"] == second["backup_id"]
     assert [u["key"] for u in report["unfinished_uploads"]] == [store.key("dead", "dump/x")]
 
-    pruned = json.loads(run("prune").stdout)
+    pruned = json.loads(run("prune", "--yes").stdout)
     assert pruned["s3"]["delete"] == [first["backup_id"]]
     assert [b.backup_id for b in store.list_backups()] == [second["backup_id"]]
 
