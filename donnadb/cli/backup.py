@@ -200,6 +200,7 @@ def show(backup_id: str = typer.Argument(..., help="Backup id or 'latest'."),
 
 
 @app.command(name="verify")
+@logged("backup verify")
 def verify_(
     backup_id: str = typer.Argument(..., help="Backup id or 'latest'."),
     with_restore: bool = typer.Option(False, "--restore",
@@ -507,6 +508,7 @@ def pitr_(
 
 
 @app.command()
+@logged("backup keygen")
 def keygen(path: str = typer.Argument(..., help="New key file (0600); keep a copy "
                                        "outside the backups, e.g. in your password manager."),
            for_signing: bool = typer.Option(False, "--signing",

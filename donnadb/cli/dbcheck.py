@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
+from donnadb.cli.options import DbOpt, JsonOpt
 from donnadb.cli.output import console, emit_json
 from donnadb.config import load_settings
 from donnadb.migrate.check import run_checks
@@ -15,8 +16,8 @@ app = typer.Typer(no_args_is_help=True)
 
 @app.command()
 def check(
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON document for scripts."),
-    dbname: str | None = typer.Option(None, "--dbname", help="Database (default: DB_NAME)."),
+    json_out: JsonOpt = False,
+    dbname: DbOpt = None,
     security: bool = typer.Option(
         False, "--security",
         help="Also check each security promise of docs/security.md on this host (as root)."),

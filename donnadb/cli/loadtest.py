@@ -21,6 +21,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from donnadb.cli.opsrun import logged
 from donnadb.cli.options import DbOpt, JsonOpt
 from donnadb.cli.output import console, emit_json
 from donnadb.config import load_settings
@@ -33,6 +34,7 @@ StatsCsvArg = typer.Argument(..., help="A Locust *_stats.csv (after ramp-up).")
 
 
 @app.command()
+@logged("loadtest seed")
 def seed(
     scale: str = typer.Option("default", help="default (10k/50k/2M), small or ci."),
     users: int | None = typer.Option(None, help="Override the scale's users."),
@@ -82,6 +84,7 @@ def seed(
 
 
 @app.command()
+@logged("loadtest run")
 def run(
     users: int = typer.Option(150, "--users", "-u", help="Concurrent simulated users."),
     spawn_rate: float = typer.Option(25.0, "--spawn-rate", "-r", help="Users started per s."),
@@ -186,6 +189,7 @@ def _ms(value: float | None) -> str:
 
 
 @app.command()
+@logged("loadtest worker")
 def worker(
     master_host: str = typer.Option("127.0.0.1", help="Where `loadtest run --master` runs."),
     master_port: int = typer.Option(5557, help="The master's --master-bind-port."),

@@ -17,7 +17,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from donnadb import db
-from donnadb.cli.options import DbOpt, JsonOpt
+from donnadb.cli.opsrun import logged
+from donnadb.cli.options import DbOpt, DryRunOpt, JsonOpt
 from donnadb.cli.output import console, emit_json, err_console
 from donnadb.config import load_settings
 from donnadb.errors import DatabaseError
@@ -67,8 +68,8 @@ def _connect(kind: str, settings, dbname: str | None) -> psycopg.Connection:
 
 
 @app.command("import")
-def import_cmd(data_dir: DataDirOpt = None, dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="Read and normalise everything; write nothing.")] = False,
+@logged("migrate-data import")
+def import_cmd(data_dir: DataDirOpt = None, dry_run: DryRunOpt = False,
         json: JsonOpt = False, dbname: DbOpt = None,
         batch_size: Annotated[int | None, typer.Option(
             "--batch-size", help="Rows per transaction (default: MIGRATION_BATCH_SIZE).")] = None,
@@ -84,8 +85,10 @@ def import_cmd(data_dir: DataDirOpt = None, dry_run: Annotated[bool, typer.Optio
             "postgresql (rows newer in PostgreSQL are still kept; differences are reported "
             "as conflicts).")] = False,
         ) -> None:
-    """Load DATA_DIR into PostgreSQL (idempotent; re-run after any interruption). A stored
-    row is replaced only by a newer file; the others are reported as conflicts."""
+    """Load DATA_DIR into PostgreSQL (idempotent; re-run after any interruption).
+
+    A stored row is replaced only by a newer file; the others are reported as conflicts.
+    """
     settings = load_settings(db_name=dbname, data_dir=data_dir,
                              migration_batch_size=batch_size)
     if not dry_run:
@@ -152,6 +155,7 @@ def _print_conflicts(conflicts: list[dict], path: Path | None) -> None:
 
 
 @app.command("verify")
+@logged("migrate-data verify")
 def verify_cmd(data_dir: DataDirOpt = None, json: JsonOpt = False, dbname: DbOpt = None) -> None:
     """Compare DATA_DIR with the database chat by chat, user by user; exit 1 on a difference."""
     settings = load_settings(db_name=dbname, data_dir=data_dir)
@@ -181,6 +185,7 @@ def verify_cmd(data_dir: DataDirOpt = None, json: JsonOpt = False, dbname: DbOpt
 
 
 @app.command("export")
+@logged("migrate-data export")
 def export_cmd(out: Annotated[Path, typer.Option("--out", help="New, empty directory.")],
                json: JsonOpt = False, dbname: DbOpt = None) -> None:
     """Write the database back into the legacy layout (rollback path; files 0600, dirs 0700)."""
@@ -195,10 +200,13 @@ def export_cmd(out: Annotated[Path, typer.Option("--out", help="New, empty direc
 
 
 @app.command("reconcile")
+@logged("migrate-data reconcile")
 def reconcile_cmd(data_dir: DataDirOpt = None, json: JsonOpt = False,
                   dbname: DbOpt = None) -> None:
-    """Replay what dual-write failed to write to PostgreSQL (idempotent); exit 1 if some
-    entries still fail (they stay queued)."""
+    """Replay what dual-write failed to write to PostgreSQL (idempotent).
+
+    Exit 1 if some entries still fail (they stay queued).
+    """
     from donnadb.dal import reconcile
 
     settings = load_settings(db_name=dbname, data_dir=data_dir)

@@ -25,7 +25,7 @@ def top_cmd(
     json: JsonOpt = False,
     dbname: DbOpt = None,
 ) -> None:
-    """Slowest and most frequent statements from pg_stat_statements (exit 4 when missing)."""
+    """Slowest and most frequent statements from pg_stat_statements (exit 11 when missing)."""
     rows = queries.top(settings(), by=by, limit=limit, dbname=dbname)
     if json:
         emit_json(rows)

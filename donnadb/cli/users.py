@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from donnadb.cli.opsrun import confirm, logged, settings
-from donnadb.cli.options import DbOpt, JsonOpt, YesOpt
+from donnadb.cli.options import DbOpt, DryRunOpt, JsonOpt, YesOpt
 from donnadb.cli.output import console, emit_json
 from donnadb.ops import users
 
@@ -49,17 +49,25 @@ def inspect_cmd(ident: IdentArg, json: JsonOpt = False, dbname: DbOpt = None) ->
 
 @app.command("forget")
 @logged("users forget")
-def forget_cmd(ident: IdentArg, yes: YesOpt = False, json: JsonOpt = False,
-               dbname: DbOpt = None) -> None:
+def forget_cmd(ident: IdentArg, dry_run: DryRunOpt = False, yes: YesOpt = False,
+               json: JsonOpt = False, dbname: DbOpt = None) -> None:
     """GDPR erasure of a user and all their data, in one transaction, recorded.
 
     Deletes sessions, messages, memory and logs naming the user; writes a system_logs
-    record. Asks first unless --yes.
+    record. Asks first unless --yes; --dry-run shows what would be erased.
     """
     s = settings()
     r = users.inspect_user(s, ident, dbname=dbname)
-    confirm(f"Erase user {r['user']['id']} ({r['sessions']} sessions, {r['messages']} messages, "
-            f"{len(r['memory_keys'])} memory keys)? This cannot be undone", yes)
+    plan = (f"erase user {r['user']['id']} ({r['sessions']} sessions, {r['messages']} "
+            f"messages, {len(r['memory_keys'])} memory keys, and the logs naming them)")
+    if dry_run:
+        if json:
+            emit_json({"dry_run": True, "user_id": r["user"]["id"], "sessions": r["sessions"],
+                       "messages": r["messages"], "memory_keys": len(r["memory_keys"])})
+        else:
+            console.print(f"dry run: would {plan}", highlight=False)
+        return
+    confirm(f"{plan[0].upper()}{plan[1:]}? This cannot be undone", yes)
     result = users.forget_user(s, ident, dbname=dbname)
     if json:
         emit_json(result)

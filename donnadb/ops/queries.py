@@ -17,7 +17,7 @@ from psycopg.rows import dict_row
 
 from donnadb import db
 from donnadb.config import Settings
-from donnadb.errors import NotFound, PreconditionError, UsageError
+from donnadb.errors import DonnaError, NotFound, PreconditionError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ SIGNAL_SQL = {"cancel": "SELECT pg_cancel_backend(%s)",
 
 
 class QueryError(NotFound):
-    """The backend cannot be signalled (not found, or not one of our roles)."""
+    """No backend with that pid."""
 
 
 def top(settings: Settings, *, by: str = "total", limit: int = 10, width: int = 120,
@@ -102,7 +102,9 @@ def signal(settings: Settings, pid: int, action: str, *, dbname: str | None = No
            ) -> dict[str, Any]:
     """Cancel the backend's current query, or terminate the backend (``action``).
 
-    :raises QueryError: no such backend, or it belongs to a role donnadb does not manage.
+    :raises QueryError: no such backend.
+    :raises UsageError: the backend belongs to a role donnadb does not manage.
+    :raises DonnaError: the server refused the signal.
     :raises DatabaseError: the database cannot be reached.
     """
     if action not in SIGNAL_SQL:
@@ -110,14 +112,14 @@ def signal(settings: Settings, pid: int, action: str, *, dbname: str | None = No
     target = backend(settings, pid, dbname=dbname)
     kind = _kind_of(settings, target["usename"])
     if kind is None:
-        raise QueryError(f"pid {pid} belongs to {target['usename'] or target['backend_type']}, "
+        raise UsageError(f"pid {pid} belongs to {target['usename'] or target['backend_type']}, "
                          "not a donna role; use psql as postgres if you really mean it")
     # Signals are cluster-wide: any database the role may enter will do.
     with db.connection(kind, settings=settings, dbname=dbname, autocommit=True) as conn:
         try:
             done = conn.execute(SIGNAL_SQL[action], (pid,)).fetchone()[0]
         except psycopg.errors.InsufficientPrivilege as exc:
-            raise QueryError(f"cannot {action} pid {pid}: {exc}") from None
+            raise DonnaError(f"cannot {action} pid {pid}: {exc}") from None
     log.warning("backend %s %s", pid, action, extra={"pid": pid, "action": action,
                                                       "role": target["usename"]})
     return {"pid": pid, "action": action, "signalled": bool(done), "role": target["usename"],

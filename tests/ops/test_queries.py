@@ -7,7 +7,7 @@ import time
 import psycopg
 import pytest
 
-from donnadb.errors import DatabaseError
+from donnadb.errors import PreconditionError
 from donnadb.ops import queries
 from tests.support import superuser_psql
 
@@ -27,10 +27,10 @@ def test_top_rejects_an_unknown_order(cli):
 
 def test_missing_pg_stat_statements_is_one_clear_line(cli, settings, empty_db):
     superuser_psql("DROP EXTENSION pg_stat_statements", empty_db)
-    with pytest.raises(DatabaseError, match="pg_stat_statements is not installed"):
+    with pytest.raises(PreconditionError, match="pg_stat_statements is not installed"):
         queries.top(settings, dbname=empty_db)
     done = cli("queries", "top", "--dbname", empty_db)
-    assert done.returncode == 4 and done.stderr.count("\n") == 1
+    assert done.returncode == 11 and done.stderr.count("\n") == 1
     assert "make deploy" in done.stderr
 
 
@@ -77,8 +77,8 @@ def test_cancel_and_terminate_a_runaway_query(cli, settings, empty_db, action, e
 def test_only_donna_roles_can_be_signalled(cli):
     pid = superuser_psql("SELECT pg_backend_pid()")  # gone by now: no such backend
     done = cli("queries", "cancel", pid, "--yes")
-    assert done.returncode == 6 and f"no backend with pid {pid}" in done.stderr
+    assert done.returncode == 12 and f"no backend with pid {pid}" in done.stderr
     walsender = superuser_psql("SELECT pid FROM pg_stat_activity "
                                "WHERE backend_type = 'checkpointer'")
     done = cli("queries", "terminate", walsender, "--yes")
-    assert done.returncode == 6 and "not a donna role" in done.stderr
+    assert done.returncode == 3 and "not a donna role" in done.stderr

@@ -73,3 +73,15 @@ def test_rotate_with_a_stale_password_changes_nothing(cli, throwaway):
     done = cli("roles", "rotate", "readonly", "--yes", env=env)
     assert done.returncode == 4 and "password authentication failed" in done.stderr
     assert passfile.read_text() == f"*:*:*:{role}:stale\n"
+
+
+def test_rotate_dry_run_and_a_no_change_nothing(cli, throwaway):
+    role, _old, passfile, userlist, env = throwaway
+    before = passfile.read_text(), userlist.read_text()
+    dry = cli("roles", "rotate", "readonly", "--dry-run", env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert f"would set a new random password for {role}" in dry.stdout
+    assert str(passfile) in dry.stdout and str(userlist) in dry.stdout
+    said_no = cli("roles", "rotate", "readonly", env=env, input="n\n")
+    assert said_no.returncode == 130
+    assert (passfile.read_text(), userlist.read_text()) == before

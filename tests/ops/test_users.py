@@ -47,15 +47,23 @@ def test_inspect_chat(settings, ops_db, alice):
     assert doc["by_role"][0]["messages"] == 2 and len(doc["recent_messages"]) == 2
 
 
-def test_unknown_ids_exit_6(cli, ops_db):
+def test_unknown_ids_exit_12(cli, ops_db):
     done = cli("users", "inspect", "nobody", "--dbname", ops_db)
-    assert done.returncode == 6 and "no user with id or clerk_id 'nobody'" in done.stderr
-    assert cli("chats", "inspect", "nochat", "--dbname", ops_db).returncode == 6
+    assert done.returncode == 12 and "no user with id or clerk_id 'nobody'" in done.stderr
+    assert cli("chats", "inspect", "nochat", "--dbname", ops_db).returncode == 12
 
 
 def test_forget_needs_confirmation(cli, ops_db, alice):
     done = cli("users", "forget", alice, "--dbname", ops_db, input="n\n")
     assert done.returncode == 130
+    assert superuser_psql(f"SELECT count(*) FROM users WHERE id = '{alice}'", ops_db) == "1"
+
+
+def test_forget_dry_run_says_what_it_would_erase(cli, ops_db, alice):
+    done = cli("users", "forget", alice, "--dry-run", "--json", "--dbname", ops_db)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"dry_run": True, "user_id": alice, "sessions": 2,
+                                       "messages": 3, "memory_keys": 1}
     assert superuser_psql(f"SELECT count(*) FROM users WHERE id = '{alice}'", ops_db) == "1"
 
 
