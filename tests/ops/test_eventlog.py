@@ -10,6 +10,8 @@ def test_each_command_logs_json_lines_with_one_trace_id(cli):
     assert [line["message"] for line in lines] == ["command started", "command finished"]
     assert {line["trace_id"] for line in lines} == {"trace-abc"}
     assert lines[1]["context"]["exit_code"] == 0 and lines[1]["context"]["command"] == "status"
+    # The end line is the audit record: who, what with which arguments, the result.
+    assert lines[1]["context"]["user"] == "root" and lines[1]["context"]["params"]["json"]
     assert cli.log_file.stat().st_mode & 0o777 == 0o600
 
 
