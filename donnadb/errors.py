@@ -1,21 +1,35 @@
 """One exception family for the package, each with a fixed exit code.
 
 ``donnactl`` maps any :class:`DonnaError` to one line on stderr and its exit code;
-the traceback goes to the log only. Every exit code is declared here, on the class
-that introduces it, with its meaning (``exit_meaning``); subclasses elsewhere in the
-package inherit the code and never set their own. :func:`exit_code_table` renders the
-one table of codes that the README and the runbook carry between
-:data:`TABLE_BEGIN` and :data:`TABLE_END`.
+the traceback goes to the log only. :data:`EXIT_CODES` is the one table of codes and
+their meanings; the classes below take their codes from it, and subclasses elsewhere
+in the package inherit a code and never choose their own. :func:`exit_code_table`
+renders it for the README and the runbook, between :data:`TABLE_BEGIN` and
+:data:`TABLE_END`.
 """
 
 from __future__ import annotations
 
 import psycopg
 
-#: Codes no exception carries: success, Nagios states of ``donnactl health``, a "no".
-OTHER_EXIT_CODES: dict[int, str] = {
+#: Every exit code of ``donnactl`` and its one meaning.
+EXIT_CODES: dict[int, str] = {
     0: "success (`health`: OK)",
+    1: "the command ran and found a problem, or the operation failed (`health`: WARNING)",
     2: "`health` only: CRITICAL (this includes \"cannot connect\")",
+    3: "bad setting or arguments: the message names the variable or option "
+       "(`health`: UNKNOWN)",
+    4: "cannot connect or authenticate to PostgreSQL or PgBouncer",
+    5: "migrations cannot be applied (edited applied file, lock, SQL error)",
+    6: "invalid input data (legacy files, a backup or its manifest)",
+    7: "password rotation could not write its files (the old password still works)",
+    8: "`backup check`: no good backup recent enough",
+    9: "`loadtest run`/`gate`: an SLO was missed (p95, failures, pool efficiency)",
+    10: "`loadtest`: Locust itself failed (crash, no statistics written)",
+    11: "a prerequisite is missing (pg_stat_statements, Locust, a seeded database); "
+        "nothing was done",
+    12: "no such user, chat, backend or backup",
+    13: "partition maintenance cannot run (nothing was dropped)",
     130: "the operator answered \"no\" to a confirmation (or interrupted)",
 }
 
@@ -27,16 +41,12 @@ class DonnaError(Exception):
     """Base of every error donnadb raises on purpose."""
 
     exit_code = 1
-    exit_meaning = ("the command ran and found a problem, or the operation failed "
-                    "(`health`: WARNING)")
 
 
 class ConfigError(DonnaError):
     """A setting is missing or invalid."""
 
     exit_code = 3
-    exit_meaning = ("bad setting or arguments: the message names the variable or option "
-                    "(`health`: UNKNOWN)")
 
 
 class UsageError(DonnaError):
@@ -49,7 +59,6 @@ class DatabaseError(DonnaError, psycopg.OperationalError):
     """The database cannot be reached or refused us (wraps psycopg's error)."""
 
     exit_code = 4
-    exit_meaning = "cannot connect or authenticate to PostgreSQL or PgBouncer"
 
 
 class CredentialsError(DonnaError):
@@ -62,42 +71,16 @@ class MigrationError(DonnaError):
     """The schema migrations cannot be applied as asked."""
 
     exit_code = 5
-    exit_meaning = "migrations cannot be applied (edited applied file, lock, SQL error)"
 
 
 class DataError(DonnaError):
     """Input data is invalid (legacy files, backups, manifests)."""
 
     exit_code = 6
-    exit_meaning = "invalid input data (legacy files, a backup or its manifest)"
 
 
-class RotationError(DonnaError):
-    """A password rotation could not write its files; the old password still works."""
-
-    exit_code = 7
-    exit_meaning = "password rotation could not write its files (the old password still works)"
 
 
-class BackupStale(DonnaError):
-    """``backup check`` found no good backup recent enough."""
-
-    exit_code = 8
-    exit_meaning = "`backup check`: no good backup recent enough"
-
-
-class SloViolation(DonnaError):
-    """A load test missed a service-level objective (p95, failures, pool efficiency)."""
-
-    exit_code = 9
-    exit_meaning = "`loadtest run`/`gate`: an SLO was missed (p95, failures, pool efficiency)"
-
-
-class LocustFailed(DonnaError):
-    """Locust itself failed (not the SLO): bad options, crash, no statistics written."""
-
-    exit_code = 10
-    exit_meaning = "`loadtest`: Locust itself failed (crash, no statistics written)"
 
 
 class PreconditionError(DonnaError):
@@ -105,45 +88,17 @@ class PreconditionError(DonnaError):
     seeded data. Raised before any work is done; the message names the fix."""
 
     exit_code = 11
-    exit_meaning = ("a prerequisite is missing (pg_stat_statements, Locust, a seeded "
-                    "database); nothing was done")
 
 
 class NotFound(DonnaError):
     """The user, chat, backend or backup named on the command line does not exist."""
 
     exit_code = 12
-    exit_meaning = "no such user, chat, backend or backup"
 
-
-class PartitionError(DonnaError):
-    """Partition maintenance cannot run (pg_partman missing, archive short); nothing dropped."""
-
-    exit_code = 13
-    exit_meaning = "partition maintenance cannot run (nothing was dropped)"
-
-
-def exit_codes() -> dict[int, str]:
-    """Every exit code of ``donnactl`` and its one meaning, from the classes above.
-
-    :raises AssertionError: two classes give one code different meanings (a bug).
-    """
-    codes = dict(OTHER_EXIT_CODES)
-    pending = [DonnaError]
-    while pending:
-        cls = pending.pop()
-        pending.extend(cls.__subclasses__())
-        meaning = cls.__dict__.get("exit_meaning")
-        if meaning is None:
-            continue
-        if codes.get(cls.exit_code, meaning) != meaning:
-            raise AssertionError(f"exit code {cls.exit_code} has two meanings")
-        codes[cls.exit_code] = meaning
-    return dict(sorted(codes.items()))
 
 
 def exit_code_table() -> str:
-    """The markdown table of :func:`exit_codes`, between the marker comments."""
+    """The markdown table of :data:`EXIT_CODES`, between the marker comments."""
     rows = [TABLE_BEGIN, "", "| code | meaning |", "|---|---|"]
-    rows += [f"| {code} | {meaning} |" for code, meaning in exit_codes().items()]
+    rows += [f"| {code} | {meaning} |" for code, meaning in sorted(EXIT_CODES.items())]
     return "\n".join([*rows, "", TABLE_END])

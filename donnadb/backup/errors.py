@@ -1,11 +1,9 @@
-"""Backup errors: each is a :class:`DonnaError` with the family's exit code
-(the codes and their meanings are declared in :mod:`donnadb.errors`)."""
+"""Backup errors: each is a :class:`DonnaError` with the family's exit codes
+(:data:`donnadb.errors.EXIT_CODES` says what each code means)."""
 
 from __future__ import annotations
 
-from donnadb.errors import BackupStale, DataError, DonnaError, NotFound, UsageError
-
-__all__ = ["BackupCorrupt", "BackupError", "BackupNotFound", "BackupStale", "RestoreRefused"]
+from donnadb.errors import DataError, DonnaError, NotFound, UsageError
 
 
 class BackupError(DonnaError):
@@ -22,3 +20,9 @@ class BackupCorrupt(DataError):
 
 class RestoreRefused(UsageError):
     """The restore target holds data and --force was not given (exit code 3)."""
+
+
+class BackupStale(DonnaError):
+    """``backup check`` found no good backup recent enough (exit code 8)."""
+
+    exit_code = 8

@@ -25,7 +25,7 @@ from donnadb.cli.opsrun import logged
 from donnadb.cli.options import DbOpt, JsonOpt
 from donnadb.cli.output import console, emit_json
 from donnadb.config import load_settings
-from donnadb.errors import LocustFailed, PreconditionError, SloViolation, UsageError
+from donnadb.errors import PreconditionError, UsageError
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -110,7 +110,7 @@ def run(
     Checks first, in seconds, that Locust is installed, the database is seeded and
     PgBouncer lets the app role in (exit 11 or 4 with the fix, before any load).
     """
-    from donnadb.loadtest import runner
+    from donnadb.loadtest import runner, slo
 
     settings = load_settings()
     port = None if direct else (pgbouncer_port or settings.pgbouncer_port or 6432)
@@ -142,8 +142,8 @@ def run(
         _print_result(result)
     if not result.verdict.passed:
         first = result.verdict.failed_checks[0]
-        raise SloViolation(f"SLO missed: {first.what} = {first.value} (must be {first.limit}); "
-                           f"details in {result.out_dir}/verdict.json")
+        raise slo.SloViolation(f"SLO missed: {first.what} = {first.value} (must be "
+                               f"{first.limit}); details in {result.out_dir}/verdict.json")
 
 
 def _print_result(result: Any) -> None:
@@ -215,7 +215,7 @@ def worker(
     if json_out:
         emit_json(result)
     if done.returncode != 0:
-        raise LocustFailed(f"locust worker exited {done.returncode} (master "
+        raise runner.LocustFailed(f"locust worker exited {done.returncode} (master "
                            f"{result['master']})")
 
 
@@ -239,7 +239,7 @@ def gate(
                           f"({c.limit})")
     if not verdict.passed:
         first = verdict.failed_checks[0]
-        raise SloViolation(f"SLO missed: {first.what} = {first.value} "
+        raise slo.SloViolation(f"SLO missed: {first.what} = {first.value} "
                                f"(must be {first.limit})")
 
 
@@ -261,7 +261,7 @@ def smoke(
         result = json.loads(done.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise LocustFailed(f"the smoke test exited {done.returncode}: {last}") from None
+        raise runner.LocustFailed(f"the smoke test exited {done.returncode}: {last}") from None
     if json_out:
         emit_json(result)
     else:

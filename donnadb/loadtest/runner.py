@@ -25,7 +25,7 @@ import psycopg
 
 from donnadb import db
 from donnadb.config import Settings
-from donnadb.errors import DatabaseError, LocustFailed, PreconditionError, UsageError
+from donnadb.errors import DatabaseError, DonnaError, PreconditionError, UsageError
 from donnadb.loadtest import plot, serverstats, slo
 from donnadb.loadtest.names import QUERY_NAMES
 from donnadb.loadtest.seed import CHAT_PREFIX, USER_PREFIX
@@ -38,6 +38,12 @@ ROOT = Path(__file__).resolve().parents[2]
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 CSV_PREFIX = "locust"
 DEFAULT_MASTER_PORT = 5557
+class LocustFailed(DonnaError):
+    """Locust itself failed (not the SLO): bad options, crash, no statistics written."""
+
+    exit_code = 10
+
+
 #: One seeded user with a seeded chat is what the scenarios need to start.
 SEEDED_SQL = """
 SELECT EXISTS (SELECT 1 FROM users AS u JOIN chat_sessions AS s ON s.user_id = u.id

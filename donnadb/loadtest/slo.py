@@ -12,11 +12,17 @@ import csv
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from donnadb.errors import DataError
+from donnadb.errors import DataError, DonnaError
 
 P95_LIMIT_MS = 100.0
 POOL_EFFICIENCY_MIN = 0.90
 AGGREGATED = "Aggregated"
+
+
+class SloViolation(DonnaError):
+    """The load test ran but missed an SLO (the verdict lists which)."""
+
+    exit_code = 9
 
 
 @dataclass(frozen=True)

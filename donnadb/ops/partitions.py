@@ -22,7 +22,7 @@ from psycopg.rows import dict_row
 
 from donnadb import db
 from donnadb.config import Settings
-from donnadb.errors import PartitionError
+from donnadb.errors import DonnaError
 from donnadb.ops import eventlog
 from donnadb.ops.status import PARTITIONED_PARENT, PARTITIONS_SQL, partition_coverage
 
@@ -62,6 +62,12 @@ FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
 WHERE i.inhparent = to_regclass(%(parent)s)
 ORDER BY c.relname
 """
+
+
+class PartitionError(DonnaError):
+    """Partition maintenance cannot run (table not managed, archive not writable)."""
+
+    exit_code = 13
 
 
 def status(settings: Settings, *, dbname: str | None = None) -> dict[str, Any]:

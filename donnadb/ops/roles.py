@@ -23,13 +23,19 @@ from psycopg import sql
 
 from donnadb import db
 from donnadb.config import Settings
-from donnadb.errors import CredentialsError, DatabaseError, RotationError, UsageError
+from donnadb.errors import CredentialsError, DatabaseError, DonnaError, UsageError
 
 log = logging.getLogger(__name__)
 
 ROTATABLE = ("app", "readonly", "migrator", "backup")
 PGBOUNCER_PIDFILE = Path("/var/run/postgresql/pgbouncer.pid")
 ALTER_PASSWORD = "ALTER ROLE {} PASSWORD {}"  # noqa: S105 - a statement, filled with a verifier
+
+
+class RotationError(DonnaError):
+    """The password could not be rotated (files unwritable); the old one still works."""
+
+    exit_code = 7
 
 
 def _scram(conn: psycopg.Connection, role: str, password: str) -> str:

@@ -78,3 +78,24 @@ def test_create_list_verify_restore_prune_check(bs, source_db, target_name, sett
 
     missing = run(env, "show", "nope", check=False)
     assert missing.returncode == 12 and "backup list" in missing.stderr
+
+
+def test_the_prune_timer_deletes_without_a_terminal(bs, source_db):
+    """The timers' entry point passes --yes: with no one to answer, prune still prunes."""
+    env = dict(os.environ, BACKUP_REPO_DIR=str(bs.backup_repo_dir), DB_NAME=source_db,
+               BACKUP_KEEP_LAST="1", BACKUP_KEEP_DAILY="0", BACKUP_KEEP_WEEKLY="0",
+               BACKUP_KEEP_MONTHLY="0", BACKUP_S3_BUCKET="",
+               BACKUP_SIGNING_KEY_FILE=str(bs.backup_signing_key_file), DONNACTL=DONNACTL,
+               OPS_LOG_FILE=str(bs.backup_repo_dir.parent / "donnactl.jsonl"))
+    run(env, "create", "--json")
+    newest = json.loads(run(env, "create", "--json").stdout)["backup_id"]
+    script = Path(__file__).resolve().parents[2] / "backups" / "donna-backup"
+    done = subprocess.run([str(script), "prune", "--json"], env=env, capture_output=True,
+                          text=True, timeout=120, check=False, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    assert [r["backup_id"] for r in json.loads(run(env, "list", "--json").stdout)] == [newest]
+    audit = [json.loads(line) for line in Path(env["OPS_LOG_FILE"]).read_text().splitlines()
+             if '"command finished"' in line]
+    assert [a["context"]["command"] for a in audit] == [
+        "backup create", "backup create", "backup prune"]
+    assert audit[2]["context"]["params"]["yes"] is True
