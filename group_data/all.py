@@ -116,7 +116,9 @@ db_role_readonly = _config.ROLE_READONLY  # LOGIN, SELECT only
 db_role_backup = _config.ROLE_BACKUP  # LOGIN, what pg_dump needs
 # Most connections each LOGIN role may hold at once (-1: no limit).
 pg_role_connection_limits = {
-    "migrator": 5,
+    # Migrations, pg_partman's worker, partition maintenance, and pg_restore -j N of a
+    # restore all log in as the migrator.
+    "migrator": 10,
     # PgBouncer holds at most pgbouncer_max_db_connections (60) of these; the rest is
     # room for a pool-less tool. Beyond it a runaway client gets an error, not the server.
     "app": 100,

@@ -92,11 +92,45 @@ def ensure_repo(repo: Path) -> Path:
     return repo
 
 
+def _repository_owner(repo: Path) -> tuple[int, int] | None:
+    """(uid, gid) to give what root makes in ``repo``, or None (not root, or root's repo)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        st = repo.stat()
+    except OSError:
+        return None
+    return None if st.st_uid == 0 else (st.st_uid, st.st_gid)
+
+
+def adopt(repo: Path, path: Path) -> None:
+    """Give ``path`` (and what is below it) to the repository's owner.
+
+    The deploy gives the repository to the backup jobs' user; an operator's command run
+    as root must not leave root-owned backups, verify results or lock files there that
+    the jobs could then not prune, verify or lock.
+    """
+    owner = _repository_owner(repo)
+    if owner is None:
+        return
+    for p in [path, *(path.rglob("*") if path.is_dir() and not path.is_symlink() else [])]:
+        os.chown(p, *owner, follow_symlinks=False)
+
+
+def _open_lock(path: Path) -> int:
+    """Open (create, 0600) a lock file in the repository, owned by the repository's owner."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    owner = _repository_owner(path.parent)
+    if owner is not None:
+        os.fchown(fd, *owner)
+    return fd
+
+
 @contextmanager
 def repo_lock(repo: Path, *, wait: bool = True) -> Iterator[bool]:
     """Hold the repository's write lock; yields False if ``wait`` is off and it is taken."""
     ensure_repo(repo)
-    fd = os.open(repo / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = _open_lock(repo / LOCK_NAME)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -110,7 +144,7 @@ def repo_lock(repo: Path, *, wait: bool = True) -> Iterator[bool]:
 
 def _flock(path: Path, mode: int) -> tuple[int, bool]:
     """Open ``path`` (0600, created if missing) and try ``mode``; (fd, got it)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    fd = _open_lock(path)
     try:
         fcntl.flock(fd, mode)
         return fd, True
@@ -199,6 +233,7 @@ def commit_partial(partial: Path, backup_id: str) -> Path:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+    adopt(partial.parent, partial)
     final = partial.parent / backup_id
     os.rename(partial, final)
     dir_fd = os.open(partial.parent, os.O_RDONLY)
@@ -275,6 +310,7 @@ def resolve(repo: Path, backup_id: str) -> LocalBackup:
 def record_verify(backup: LocalBackup, result: dict) -> None:
     mf.write_private(backup.path / VERIFY_NAME, json.dumps(result, indent=2, sort_keys=True))
     os.chmod(backup.path / VERIFY_NAME, GROUP_READABLE)
+    adopt(backup.path.parent, backup.path / VERIFY_NAME)
 
 
 def delete(backup: LocalBackup) -> None:

@@ -14,7 +14,6 @@ from rich.table import Table
 from donnadb.backup import (
     catalog,
     crypto,
-    owner,
     pitr,
     restore,
     snapshot,
@@ -30,20 +29,9 @@ from donnadb.cli.opsrun import confirm, logged
 from donnadb.cli.options import DbOpt, DryRunOpt, JsonOpt, YesOpt
 from donnadb.cli.output import console, emit_json
 from donnadb.config import Settings, load_settings
-from donnadb.errors import DonnaError, UsageError
+from donnadb.errors import UsageError
 
 app = typer.Typer(no_args_is_help=True)
-
-
-@app.callback()
-def _as_repository_owner() -> None:
-    """Backups: create, list, show, verify, restore, prune, check."""
-    # Before any command loads its settings: they then read the owner's passfile.
-    try:
-        repo = load_settings().backup_repo_dir
-    except DonnaError:
-        return  # the command itself reports the bad setting
-    owner.become_repository_owner(repo)
 
 RepoOpt = typer.Option(None, "--repo", help="Local repository (default: BACKUP_REPO_DIR).")
 JobsOpt = typer.Option(None, "--jobs", "-j", min=1, help="Parallel jobs (BACKUP_JOBS).")

@@ -59,6 +59,7 @@ from donnadb.dal.values import (
     check_name,
     check_role,
     check_search,
+    check_timestamp,
     check_user_names,
     check_window,
     format_timestamp,
@@ -205,7 +206,8 @@ class FileDataAccess(TransactionMixin, LogWriterMixin):
             "status": user_data.get("status") or "active",
             "created_at": now,
             "updated_at": now,
-            "last_active_at": format_timestamp(parse_timestamp(user_data.get("last_active_at"))),
+            "last_active_at": format_timestamp(
+                check_timestamp(user_data.get("last_active_at"), "last_active_at")),
         }
         self._create(self.user_path(clerk_id), document, f"user {clerk_id!r}")
         return clerk_id
@@ -223,6 +225,7 @@ class FileDataAccess(TransactionMixin, LogWriterMixin):
         check_user_names(updates)
         if "clerk_id" in updates and updates["clerk_id"] != user_id:
             raise DataError("the file store cannot change a user's clerk_id (it names the file)")
+        last_active = check_timestamp(updates.get("last_active_at"), "last_active_at")
         if not is_valid_name(user_id):
             return False
         path = self.user_path(user_id)
@@ -238,7 +241,7 @@ class FileDataAccess(TransactionMixin, LogWriterMixin):
                     raw[section] = check_json_object(updates[section], section)
                     drop_stale_expiry(raw, section)
             if "last_active_at" in updates:
-                raw["last_active_at"] = format_timestamp(parse_timestamp(updates["last_active_at"]))
+                raw["last_active_at"] = format_timestamp(last_active)
             raw["updated_at"] = format_timestamp(now_utc())
             self._write(path, raw)
         return True
@@ -431,9 +434,11 @@ class FileDataAccess(TransactionMixin, LogWriterMixin):
         value: Any,
         expires_at: datetime | None = None,
     ) -> bool:
-        """:raises NotFoundError: no such user."""
+        """:raises NotFoundError: no such user.
+        :raises DataError: an invalid type, key or ``expires_at``."""
         check_memory_type(memory_type)
         check_key(key)
+        expires_at = check_timestamp(expires_at, "expires_at")
         if not is_valid_name(user_id):
             raise NotFoundError(f"no user {user_id!r}: create it first")
         path = self.user_path(user_id)
@@ -451,7 +456,7 @@ class FileDataAccess(TransactionMixin, LogWriterMixin):
             if expires_at is None:
                 expires.pop(f"{memory_type}.{key}", None)
             else:
-                expires[f"{memory_type}.{key}"] = format_timestamp(parse_timestamp(expires_at))
+                expires[f"{memory_type}.{key}"] = format_timestamp(expires_at)
             raw["updated_at"] = format_timestamp(now_utc())
             self._write(path, raw)
         return True

@@ -48,13 +48,13 @@ from donnadb.dal.values import (
     check_reserved_keys,
     check_role,
     check_search,
+    check_timestamp,
     check_user_names,
     check_window,
     escape_text,
     is_uuid,
     load_json,
     needs_escape,
-    parse_timestamp,
     unescape_text,
 )
 from donnadb.errors import DatabaseError, DataError, DonnaError
@@ -168,7 +168,8 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
             "profile": Jsonb(profile),
             "preferences": Jsonb(preferences),
             "status": user_data.get("status"),
-            "last_active_at": parse_timestamp(user_data.get("last_active_at")),
+            "last_active_at": check_timestamp(user_data.get("last_active_at"),
+                                              "last_active_at"),
         }
         try:
             with self._atomic() as conn:
@@ -197,7 +198,7 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
             if field in SECTION_COLUMNS:
                 values[field] = Jsonb(check_json_object(value, field))
             elif field == "last_active_at":
-                values[field] = parse_timestamp(value)
+                values[field] = check_timestamp(value, "last_active_at")
             elif field == "status":
                 values[field] = value or "active"
             else:
@@ -422,7 +423,7 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         if not is_uuid(user_id):
             raise NotFoundError(f"no user {user_id!r}: create it first")
         params = {"user_id": user_id, "memory_type": memory_type, "key": key,
-                  "value": Jsonb(value), "expires_at": parse_timestamp(expires_at)}
+                  "value": Jsonb(value), "expires_at": check_timestamp(expires_at, "expires_at")}
         try:
             # Profile and preferences keys are mirrored in a users column: two statements.
             section = memory_type in SECTION_COLUMNS

@@ -187,7 +187,11 @@ class DataAccess(Protocol):
         value: Any,
         expires_at: datetime | None = None,
     ) -> bool:
-        """Insert or replace one entry; True on success."""
+        """Insert or replace one entry; True on success.
+
+        :raises DataError: an unreadable or out-of-range ``expires_at`` (docs/dal.md,
+            "Timestamps"; ``last_active_at`` of a user likewise).
+        """
 
     def get_user_memory(
         self, user_id: str, memory_type: str, key: str | None = None

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
+import reprlib
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -33,6 +35,13 @@ NAMING_USER_FIELDS = ("clerk_id", "email")
 #: Column sizes of system_logs.level and system_logs.trace_id.
 LOG_LEVEL_MAX = 20
 TRACE_ID_MAX = 255
+#: The first and last instants a timestamp may name (what ``datetime`` holds in UTC).
+TIMESTAMP_MIN = datetime.min.replace(tzinfo=UTC)
+TIMESTAMP_MAX = datetime.max.replace(tzinfo=UTC)
+#: Epoch values at or above this (in absolute value) are milliseconds: 1e11 s is the year 5138.
+EPOCH_MS_THRESHOLD = 10**11
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NUMBER_RE = re.compile(r"-?\d+(\.\d+)?")
 
 # Chat ids and user keys become file names: no separators, no leading dot, bounded.
 _NAME_RE = re.compile(r"^[A-Za-z0-9@_+=-][A-Za-z0-9@._+=-]{0,199}$")
@@ -133,42 +142,95 @@ def check_user_names(user: Mapping[str, Any]) -> None:
 
 
 def parse_timestamp(value: object) -> datetime | None:
-    """Any timestamp form the legacy files use, as an aware UTC datetime.
+    """A timestamp as an aware UTC datetime; ``None`` when it is missing or unreadable.
 
-    ISO 8601 with or without zone (no zone means UTC), ``YYYY-MM-DD HH:MM:SS``, epoch
-    seconds or milliseconds; ``None`` for a missing or unreadable value.
+    The one reading of a timestamp, for every store and for the legacy import:
+
+    * a ``datetime``: converted to UTC; a naive one is taken as UTC;
+    * ISO 8601 text, ``T`` or a space between date and time: its offset is honoured
+      (``+05:30``, ``-0500``; ``Z``, ``z`` and ``-00:00`` are UTC) and no zone means UTC;
+      digits past the microsecond are dropped (truncated: rounding up could carry
+      ``9999-12-31T23:59:59.9999999`` past the last instant);
+    * epoch seconds, or milliseconds from :data:`EPOCH_MS_THRESHOLD` on, as a number or
+      numeric text (integers exactly, without a float's rounding).
+
+    Only instants from :data:`TIMESTAMP_MIN` to :data:`TIMESTAMP_MAX` (UTC) are readable:
+    PostgreSQL would store a later one, but no Python client could read it back. So
+    ``9999-12-31T23:59:59-01:00`` (year 10000 in UTC) and year 0 are unreadable.
     """
-    if value is None or isinstance(value, bool):
-        return None
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if isinstance(value, int | float):
-        seconds = value / 1000 if abs(value) >= 1e11 else value
-        try:
-            return datetime.fromtimestamp(seconds, UTC)
-        except (OverflowError, OSError, ValueError):
-            return None
+        return _in_utc(value)
     if isinstance(value, str):
-        text = value.strip()
-        if not text:
-            return None
-        if re.fullmatch(r"-?\d+(\.\d+)?", text):
-            return parse_timestamp(float(text))
-        try:
-            parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-        except ValueError:
-            return None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        return _parse_text(value.strip())
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return _from_epoch(value)
     return None
 
 
-def format_timestamp(value: datetime | None) -> str | None:
-    """``2025-03-01T10:00:00.123456Z`` (UTC, microseconds kept for exact round trips)."""
+def _parse_text(text: str) -> datetime | None:
+    if _NUMBER_RE.fullmatch(text):
+        try:
+            number = float(text) if "." in text else int(text)
+        except ValueError:  # more digits than int() reads: far out of range anyway
+            return None
+        return _from_epoch(number)
+    try:
+        parsed = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        return None
+    return _in_utc(parsed)
+
+
+def _from_epoch(value: int | float) -> datetime | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    unit = "milliseconds" if abs(value) >= EPOCH_MS_THRESHOLD else "seconds"
+    try:
+        return _EPOCH + timedelta(**{unit: value})
+    except OverflowError:
+        return None
+
+
+def _in_utc(value: datetime) -> datetime | None:
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except (OverflowError, ValueError):  # the UTC instant is before year 1 or after 9999
+        return None
+
+
+def check_timestamp(value: object, what: str) -> datetime | None:
+    """A timestamp a caller gave (``None`` stays ``None``), read by :func:`parse_timestamp`.
+
+    :raises DataError: ``value`` is given but unreadable or out of range.
+    """
     if value is None:
         return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    parsed = parse_timestamp(value)
+    if parsed is None:
+        raise DataError(f"invalid {what} {_shown(value)}: use a datetime, ISO 8601 text or "
+                        "epoch seconds/milliseconds, from year 1 to 9999 in UTC")
+    return parsed
+
+
+def _shown(value: object) -> str:
+    """``value`` shortened for a one-line error (an integer of more than 4,300 digits has
+    no ``repr``)."""
+    try:
+        return reprlib.repr(value)
+    except ValueError:
+        return f"<an integer of {value.bit_length()} bits>"  # type: ignore[attr-defined]
+
+
+def format_timestamp(value: datetime | None) -> str | None:
+    """``2025-03-01T10:00:00.123456Z``: UTC, microseconds kept, the year in four digits,
+    so :func:`parse_timestamp` reads back exactly this instant (a naive value is UTC)."""
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.isoformat(timespec="microseconds") + "Z"
 
 
 def legacy_message_id(chat_id: str, sequence_number: int) -> str:

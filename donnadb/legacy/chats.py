@@ -76,61 +76,91 @@ def _message(chat_id: str, seq: int, raw: Any) -> tuple[MessageRow, Any]:
     if not isinstance(raw, dict):
         legacy["not_an_object"] = True
         raw = {"content": raw}
-    role, known = normalise_role(raw.get("role"))
-    if not known or raw.get("role") != role:
-        legacy["role"] = raw.get("role")
-    content = raw.get("content")
-    if isinstance(content, str):
-        text = content
-    elif content is None:
-        text = ""
-        legacy["content"] = "missing" if "content" not in raw else "null"
-    else:
-        text = json.dumps(content, ensure_ascii=False, sort_keys=True)
-        legacy["content"] = "json"
-    text, content_escaped = escape_str(text)
-    metadata = raw.get("metadata")
-    if metadata is None:
-        metadata = {}
-        if "metadata" in raw:
-            legacy["metadata"] = "null"
-    elif not isinstance(metadata, dict):
-        legacy["metadata_raw"], metadata = metadata, {}
-    tokens = raw.get("tokens")
-    token_count = tokens if isinstance(tokens, int) and not isinstance(tokens, bool) \
-        and 0 <= tokens < 2**31 else None
-    if tokens is not None and token_count is None:
-        legacy["tokens"] = tokens
-    flagged = raw.get("flagged", False)
-    if not isinstance(flagged, bool):
-        legacy["flagged"] = flagged
-        flagged = bool(flagged)
+    role = _message_role(raw.get("role"), legacy)
+    text, content_escaped = escape_str(_message_text(raw, legacy))
+    metadata = _message_metadata(raw, legacy)
+    token_count = _token_count(raw.get("tokens"), legacy)
+    flagged = _flagged(raw.get("flagged", False), legacy)
     own_id = own_message_id(raw.get("id"))
     extra = {k: v for k, v in raw.items()
              if k not in MESSAGE_FIELDS and (own_id is None or k != "id")}
     if extra:
         legacy["extra"] = extra
-    legacy_escaped, meta_changed = escape_json(legacy)
-    metadata, metadata_escaped = escape_json(metadata)
+    row = MessageRow(
+        id=own_id or message_uuid(chat_id, seq), sequence_number=seq, role=role,
+        content=text, metadata=_storable_metadata(metadata, legacy, content_escaped),
+        created_at=None,  # type: ignore[arg-type]
+        token_count=token_count, abuse_flagged=flagged, own_id=own_id is not None,
+    )
+    return row, raw.get("timestamp")
+
+
+def _message_role(raw_role: Any, legacy: dict[str, Any]) -> str:
+    """The schema's role; any other spelling is kept for export."""
+    role, known = normalise_role(raw_role)
+    if not known or raw_role != role:
+        legacy["role"] = raw_role
+    return role
+
+
+def _message_text(raw: dict[str, Any], legacy: dict[str, Any]) -> str:
+    """The content as text: missing or null is ``""``, any other JSON value its JSON."""
+    content = raw.get("content")
+    if isinstance(content, str):
+        return content
+    if content is None:
+        legacy["content"] = "missing" if "content" not in raw else "null"
+        return ""
+    legacy["content"] = "json"
+    return json.dumps(content, ensure_ascii=False, sort_keys=True)
+
+
+def _message_metadata(raw: dict[str, Any], legacy: dict[str, Any]) -> Any:
+    """The metadata object: ``{}`` for null (noted) or for a non-object (kept raw)."""
+    metadata = raw.get("metadata")
+    if metadata is None:
+        if "metadata" in raw:
+            legacy["metadata"] = "null"
+        return {}
+    if not isinstance(metadata, dict):
+        legacy["metadata_raw"] = metadata
+        return {}
+    return metadata
+
+
+def _token_count(tokens: Any, legacy: dict[str, Any]) -> int | None:
+    """``tokens`` when token_count can hold it, else None (the value kept raw)."""
+    if isinstance(tokens, int) and not isinstance(tokens, bool) and 0 <= tokens < 2**31:
+        return tokens
+    if tokens is not None:
+        legacy["tokens"] = tokens
+    return None
+
+
+def _flagged(flagged: Any, legacy: dict[str, Any]) -> bool:
+    if not isinstance(flagged, bool):
+        legacy["flagged"] = flagged
+    return bool(flagged)
+
+
+def _storable_metadata(metadata: Any, legacy: dict[str, Any],
+                       content_escaped: bool) -> dict[str, Any]:
+    """The message's metadata as PostgreSQL can store it, with what the rules changed
+    (``legacy``, escaped as a whole when any of it must be) under :data:`LEGACY_KEY`."""
+    legacy_escaped, legacy_changed = escape_json(legacy)
+    metadata, metadata_changed = escape_json(metadata)
     metadata = dict(metadata)
-    escaped = []
-    if metadata_escaped:
-        escaped.append("metadata")
-    if meta_changed:
-        escaped.append("legacy")
+    escaped = [name for name, changed in (("metadata", metadata_changed),
+                                          ("legacy", legacy_changed)) if changed]
+    if legacy_changed:
         legacy = legacy_escaped
     if content_escaped:
         metadata[ESCAPE_MARKER] = True
-    row = MessageRow(
-        id=own_id or message_uuid(chat_id, seq), sequence_number=seq, role=role,
-        content=text, metadata=metadata, created_at=None,  # type: ignore[arg-type]
-        token_count=token_count, abuse_flagged=flagged, own_id=own_id is not None,
-    )
     if escaped:
         legacy["escaped"] = escaped
     if legacy:
         metadata[LEGACY_KEY] = legacy
-    return row, raw.get("timestamp")
+    return metadata
 
 
 def _fill_timestamps(rows: list[MessageRow], raws: list[Any],
@@ -177,51 +207,14 @@ def chat_from_json(doc: dict[str, Any], chat_id: str, source_path: str, source: 
 
     :raises ChatFileError: ``messages`` is not a list (the whole file is quarantined).
     """
-    messages_raw = doc.get("messages", [])
-    if messages_raw is None:
-        messages_raw = []
-    if not isinstance(messages_raw, list):
-        raise ChatFileError(f"messages is a {type(messages_raw).__name__}, not a list")
-    legacy: dict[str, Any] = {}
-    if source:
-        legacy["source"] = source
-    if "messages" not in doc:
-        legacy["messages"] = "missing"
-    if doc.get("chat_id") != chat_id:
-        legacy["chat_id"] = doc.get("chat_id", "missing")
-    clerk = doc.get("user_id")
-    if clerk is not None and (not isinstance(clerk, str) or not clerk):
-        legacy["user_id"] = clerk
-        clerk = None
-    if isinstance(clerk, str) and (escape_str(clerk)[1] or len(clerk) > CLERK_MAX):
-        # Not a Clerk id users.clerk_id can hold: kept raw, the chat stays anonymous.
-        legacy["user_id"] = clerk
-        clerk = None
-    title = doc.get("title")
-    if title is not None and not isinstance(title, str):
-        legacy["title_raw"], title = title, None
+    messages_raw = _messages(doc)
+    legacy = _chat_origin(doc, chat_id, source)
+    clerk = _clerk_id(doc.get("user_id"), legacy)
     escaped: list[str] = []
-    if title is not None:
-        title, changed = escape_str(title)
-        if changed:
-            escaped.append("title")
-        title = _clip(title, TITLE_MAX, legacy, "title")
-    profile = doc.get("profile", "general")
-    if profile is None:
-        legacy["profile"] = "null"
-        profile = "general"
-    elif not isinstance(profile, str):
-        legacy["profile_raw"], profile = profile, "general"
-    else:
-        profile, changed = escape_str(profile)
-        if changed:
-            escaped.append("profile")
-        profile = _clip(profile, PROFILE_MAX, legacy, "profile")
+    title = _title(doc.get("title"), legacy, escaped)
+    profile = _profile(doc, legacy, escaped)
     metadata = json_object_field(doc, "metadata", legacy, escaped)
-    status = doc.get("status")
-    if status is not None and not _storable_status(status):
-        legacy["status_raw"] = status
-    status = status if _storable_status(status) else "active"
+    status = _status(doc.get("status"), legacy)
     extra = {k: v for k, v in doc.items() if k not in CHAT_FIELDS}
     if extra:
         legacy["extra"] = extra
@@ -241,6 +234,76 @@ def chat_from_json(doc: dict[str, Any], chat_id: str, source_path: str, source: 
     chat.status = status
     chat.versioned = versioned
     return chat
+
+
+def _messages(doc: dict[str, Any]) -> list[Any]:
+    """:raises ChatFileError: ``messages`` is neither a list nor missing/null."""
+    messages = doc.get("messages")
+    if messages is None:
+        return []
+    if not isinstance(messages, list):
+        raise ChatFileError(f"messages is a {type(messages).__name__}, not a list")
+    return messages
+
+
+def _chat_origin(doc: dict[str, Any], chat_id: str, source: str | None) -> dict[str, Any]:
+    """The chat's legacy record, begun: where it came from, what its file lacked."""
+    legacy: dict[str, Any] = {}
+    if source:
+        legacy["source"] = source
+    if "messages" not in doc:
+        legacy["messages"] = "missing"
+    if doc.get("chat_id") != chat_id:
+        legacy["chat_id"] = doc.get("chat_id", "missing")
+    return legacy
+
+
+def _clerk_id(clerk: Any, legacy: dict[str, Any]) -> str | None:
+    """The chat's Clerk id; a value users.clerk_id cannot hold is kept raw and the chat
+    stays anonymous."""
+    if clerk is None:
+        return None
+    if isinstance(clerk, str) and clerk and not escape_str(clerk)[1] and len(clerk) <= CLERK_MAX:
+        return clerk
+    legacy["user_id"] = clerk
+    return None
+
+
+def _title(title: Any, legacy: dict[str, Any], escaped: list[str]) -> str | None:
+    if title is None:
+        return None
+    if not isinstance(title, str):
+        legacy["title_raw"] = title
+        return None
+    return _storable_text(title, "title", TITLE_MAX, legacy, escaped)
+
+
+def _profile(doc: dict[str, Any], legacy: dict[str, Any], escaped: list[str]) -> str:
+    profile = doc.get("profile", "general")
+    if profile is None:
+        legacy["profile"] = "null"
+        return "general"
+    if not isinstance(profile, str):
+        legacy["profile_raw"] = profile
+        return "general"
+    return _storable_text(profile, "profile", PROFILE_MAX, legacy, escaped)
+
+
+def _storable_text(value: str, name: str, limit: int, legacy: dict[str, Any],
+                   escaped: list[str]) -> str:
+    """``value`` escaped (``name`` appended to ``escaped`` then) and clipped to ``limit``."""
+    value, changed = escape_str(value)
+    if changed:
+        escaped.append(name)
+    return _clip(value, limit, legacy, name)
+
+
+def _status(status: Any, legacy: dict[str, Any]) -> str:
+    if _storable_status(status):
+        return status
+    if status is not None:
+        legacy["status_raw"] = status
+    return "active"
 
 
 def _storable_status(value: Any) -> bool:

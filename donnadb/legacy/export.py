@@ -326,32 +326,10 @@ def _export_users(conn: psycopg.Connection, out: _OutDir, summary: ExportSummary
         if has_chats and not (rows or email or name or profile or prefs):
             continue  # known only from its chats: the import recreates it from them
         doc: dict[str, Any] = {"user_id": clerk, "email": email, "name": name}
-        sections: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
-        sections["profile"] = {k: unwrap_memory_value(v) for k, v in profile.items()}
-        sections["preferences"] = {k: unwrap_memory_value(v) for k, v in prefs.items()}
-        expires_doc: dict[str, Any] = {}
-        extra: dict[str, Any] = {}
-        for mtype, key, value, expires in rows:
-            value = unwrap_memory_value(value)
-            if mtype == LEGACY_TYPE:
-                extra[key] = value
-                continue
-            sections.setdefault(mtype, {})[key] = value
-            if expires is not None:
-                expires_doc[f"{mtype}.{key}"] = iso(expires)
-        top: dict[str, Any] = {}
-        for item in extra.pop("unstorable_keys", []):
-            if item["type"] is None:  # a top-level key user_memory.key cannot hold
-                top[item["key"]] = item["value"]
-            else:
-                sections.setdefault(item["type"], {})[item["key"]] = item["value"]
-        leftover = extra.pop("expires", None)
-        if isinstance(leftover, dict):
-            expires_doc.update(leftover)
-        elif leftover is not None:
-            expires_doc = leftover
+        sections, expires_doc, extra = _memory_sections(profile, prefs, rows)
+        top = _unstorable_keys(extra, sections)
         doc.update(sections)
-        doc["expires"] = expires_doc
+        doc["expires"] = _with_leftover_expires(expires_doc, extra.pop("expires", None))
         doc["updated_at"] = iso(updated)
         doc["created_at"] = iso(created)
         if status != "active":
@@ -367,6 +345,48 @@ def _export_users(conn: psycopg.Connection, out: _OutDir, summary: ExportSummary
         out.write(("memory", name), _dumps(doc), record)
         summary.add("users")
         summary.add("memory_entries", len(rows))
+
+
+def _memory_sections(profile: dict[str, Any], prefs: dict[str, Any],
+                     rows: list[tuple[str, str, Any, Any]],
+                     ) -> tuple[dict[str, dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """(sections, the expires object, legacy rows by key) of one user's memory rows."""
+    sections: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    sections["profile"] = {k: unwrap_memory_value(v) for k, v in profile.items()}
+    sections["preferences"] = {k: unwrap_memory_value(v) for k, v in prefs.items()}
+    expires_doc: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for mtype, key, value, expires in rows:
+        value = unwrap_memory_value(value)
+        if mtype == LEGACY_TYPE:
+            extra[key] = value
+            continue
+        sections.setdefault(mtype, {})[key] = value
+        if expires is not None:
+            expires_doc[f"{mtype}.{key}"] = iso(expires)
+    return sections, expires_doc, extra
+
+
+def _unstorable_keys(extra: dict[str, Any], sections: dict[str, dict[str, Any]]
+                     ) -> dict[str, Any]:
+    """Put the keys user_memory.key could not hold back into their sections; returns the
+    top-level ones."""
+    top: dict[str, Any] = {}
+    for item in extra.pop("unstorable_keys", []):
+        if item["type"] is None:  # a top-level key user_memory.key cannot hold
+            top[item["key"]] = item["value"]
+        else:
+            sections.setdefault(item["type"], {})[item["key"]] = item["value"]
+    return top
+
+
+def _with_leftover_expires(expires_doc: dict[str, Any], leftover: Any) -> Any:
+    """The expires object with the import's unmatched entries, or the file's non-object."""
+    if isinstance(leftover, dict):
+        expires_doc.update(leftover)
+    elif leftover is not None:
+        return leftover
+    return expires_doc
 
 
 def _log_doc(level, message, context, trace, ip, ua, uri, created) -> dict[str, Any]:

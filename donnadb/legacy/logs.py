@@ -52,53 +52,77 @@ def log_from_line(raw: dict[str, Any], source: str, previous_ts, fallback_ts) ->
     """Normalise one parsed log object (``source`` is ``FILE:LINE``)."""
     legacy: dict[str, Any] = {"source": source}
     escaped: list[str] = []
-    ts = parse_timestamp(raw.get("ts"))
-    if ts is None:
-        legacy["ts"] = "missing" if raw.get("ts") is None else "unparseable"
-        if raw.get("ts") is not None:
-            legacy["ts_raw"] = raw.get("ts")
-        ts = previous_ts or fallback_ts
-        if previous_ts is None:
-            legacy["ts_from"] = "file_mtime"
-    level = _text(raw, "level", legacy, escaped)
-    if level is None:
-        legacy.setdefault("level", "missing")
-        level = "info"
-    elif "level" in escaped or level != level.lower() or len(level) > LEVEL_MAX:
-        legacy["level_raw"] = raw["level"]  # export writes the file's spelling back
-        level = level.lower()[:LEVEL_MAX]
+    ts = _timestamp(raw.get("ts"), previous_ts, fallback_ts, legacy)
+    level = _level(raw, legacy, escaped)
     message = _text(raw, "message", legacy, escaped)
     if message is None:
         legacy.setdefault("message", "missing")
         message = ""
     context = json_object_field(raw, "context", legacy, escaped)
-    ip = raw.get("ip")
-    ip_address = None
-    if ip is not None:
-        try:
-            parsed = ipaddress.ip_address(ip) if isinstance(ip, str) else None
-        except ValueError:
-            parsed = None
-        # inet has no IPv6 zone ("fe80::1%eth0"): such an address is kept raw only.
-        ip_address = None if parsed is None or getattr(parsed, "scope_id", None) else str(parsed)
-        if ip_address is None or ip_address != ip:
-            legacy["ip_raw"] = ip
+    ip_address = _ip_address(raw.get("ip"), legacy)
     extra = {k: v for k, v in raw.items() if k not in FIELDS}
     if extra:
         legacy["extra"] = extra
     trace_id = _text(raw, "trace_id", legacy, escaped, TRACE_MAX)
     user_agent = _text(raw, "user_agent", legacy, escaped)
     uri = _text(raw, "uri", legacy, escaped)
+    context[LEGACY_KEY] = _storable_legacy(legacy, escaped)
+    return LogRow(id=log_uuid(source), level=level, message=message, context=context,
+                  trace_id=trace_id, ip_address=ip_address, user_agent=user_agent,
+                  request_uri=uri, created_at=ts, source=source)
+
+
+def _timestamp(raw_ts: Any, previous_ts, fallback_ts, legacy: dict[str, Any]):
+    """The line's time; a missing or unreadable one takes the previous line's (the first
+    lines: the file's mtime), noted with the raw value."""
+    ts = parse_timestamp(raw_ts)
+    if ts is not None:
+        return ts
+    legacy["ts"] = "missing" if raw_ts is None else "unparseable"
+    if raw_ts is not None:
+        legacy["ts_raw"] = raw_ts
+    if previous_ts is None:
+        legacy["ts_from"] = "file_mtime"
+    return previous_ts or fallback_ts
+
+
+def _level(raw: dict[str, Any], legacy: dict[str, Any], escaped: list[str]) -> str:
+    """The level lower-cased and clipped (``info`` when missing); the file's spelling is
+    kept for export."""
+    level = _text(raw, "level", legacy, escaped)
+    if level is None:
+        legacy.setdefault("level", "missing")
+        return "info"
+    if "level" in escaped or level != level.lower() or len(level) > LEVEL_MAX:
+        legacy["level_raw"] = raw["level"]  # export writes the file's spelling back
+        return level.lower()[:LEVEL_MAX]
+    return level
+
+
+def _ip_address(ip: Any, legacy: dict[str, Any]) -> str | None:
+    """The address in inet's canonical form; any other spelling is kept raw, and one inet
+    cannot hold (not an address, an IPv6 zone as in ``fe80::1%eth0``) only raw."""
+    if ip is None:
+        return None
+    try:
+        parsed = ipaddress.ip_address(ip) if isinstance(ip, str) else None
+    except ValueError:
+        parsed = None
+    ip_address = None if parsed is None or getattr(parsed, "scope_id", None) else str(parsed)
+    if ip_address is None or ip_address != ip:
+        legacy["ip_raw"] = ip
+    return ip_address
+
+
+def _storable_legacy(legacy: dict[str, Any], escaped: list[str]) -> dict[str, Any]:
+    """``legacy`` escaped as a whole when any of it must be, with the escaped fields."""
     legacy_escaped, changed = escape_json(legacy)
     if changed:
         legacy = legacy_escaped
         escaped.append("legacy")
     if escaped:
         legacy["escaped"] = escaped
-    context[LEGACY_KEY] = legacy
-    return LogRow(id=log_uuid(source), level=level, message=message, context=context,
-                  trace_id=trace_id, ip_address=ip_address, user_agent=user_agent,
-                  request_uri=uri, created_at=ts, source=source)
+    return legacy
 
 
 def iter_log_file(path: Path, inv: Inventory, report: Report) -> Iterator[LogRow]:

@@ -1,4 +1,5 @@
-"""Pure normalisation rules for legacy values: timestamps, roles, unstorable text, ids.
+"""Pure normalisation rules for legacy values: roles, unstorable text, ids; timestamps are
+read by the DAL's :func:`~donnadb.dal.values.parse_timestamp`, the one parser of both.
 
 Every rule here is deterministic (same input, same output), which is what makes the
 import idempotent and the import -> export -> import round trip exact.
@@ -7,9 +8,7 @@ import idempotent and the import -> export -> import round trip exact.
 from __future__ import annotations
 
 import hashlib
-import re
 import uuid
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from donnadb.dal.values import (
@@ -18,10 +17,12 @@ from donnadb.dal.values import (
     LEGACY_MESSAGE_NAMESPACE,
     LEGACY_NAMESPACE,
     escape_text,
+    format_timestamp,
     has_unstorable,
     legacy_log_uuid,
     legacy_message_id,
     needs_escape,
+    parse_timestamp,
 )
 from donnadb.dal.values import unescape_text as _unescape_text
 
@@ -42,14 +43,13 @@ __all__ = [
     "user_uuid",
 ]
 
+#: Canonical UTC text of a timestamp (microseconds kept): used in files and checksums.
+iso = format_timestamp
+
 #: Wrapper of a memory value that had to be escaped (user_memory has no metadata column).
 ESCAPED_VALUE_KEY = "$donnadb_escaped"
 
 _NS = LEGACY_NAMESPACE
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_NUMBER_RE = re.compile(r"-?\d+(\.\d+)?")
-# Epoch values at or above this are milliseconds (1e11 s is the year 5138).
-_MS_THRESHOLD = 10**11
 
 ROLE_ALIASES = {
     "user": "user", "human": "user", "customer": "user",
@@ -92,54 +92,6 @@ def message_uuid(chat_id: str, sequence_number: int) -> uuid.UUID:
                      usedforsecurity=False).digest()
     return uuid.UUID(bytes=h[:6] + bytes(((h[6] & 0x0F) | 0x50,)) + h[7:8]
                      + bytes(((h[8] & 0x3F) | 0x80,)) + h[9:16])
-
-
-def parse_timestamp(value: object) -> datetime | None:
-    """A legacy timestamp as an aware UTC datetime (microsecond precision), or None.
-
-    Accepted: ISO 8601 with or without zone (no zone means UTC), ``YYYY-MM-DD HH:MM:SS``,
-    epoch seconds or milliseconds as numbers or numeric strings. ``None`` means missing
-    or unreadable; the caller decides the fallback and records it.
-    """
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        text = value.strip()
-        if not text:
-            return None
-        if _NUMBER_RE.fullmatch(text):
-            value = float(text) if "." in text else int(text)
-        else:
-            try:
-                parsed = datetime.fromisoformat(text.replace("z", "Z"))
-            except ValueError:
-                return None
-            return _in_range(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
-    if isinstance(value, int):
-        try:
-            if abs(value) >= _MS_THRESHOLD:
-                return _in_range(_EPOCH + timedelta(milliseconds=value))
-            return _in_range(_EPOCH + timedelta(seconds=value))
-        except OverflowError:
-            return None
-    if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
-            return None
-        try:
-            if abs(value) >= _MS_THRESHOLD:
-                return _in_range(_EPOCH + timedelta(milliseconds=value))
-            return _in_range(_EPOCH + timedelta(seconds=value))
-        except OverflowError:
-            return None
-    return None
-
-
-def _in_range(ts: datetime) -> datetime | None:
-    # PostgreSQL accepts 4713 BC .. 294276 AD; Python stops at year 9999 anyway.
-    try:
-        return ts.astimezone(UTC)
-    except (OverflowError, ValueError):
-        return None
 
 
 def normalise_role(raw: object) -> tuple[str, bool]:
@@ -224,10 +176,3 @@ def unwrap_memory_value(value: Any) -> Any:
     if isinstance(value, dict) and set(value) == {ESCAPED_VALUE_KEY}:
         return unescape_json(value[ESCAPED_VALUE_KEY])
     return value
-
-
-def iso(ts: datetime | None) -> str | None:
-    """Canonical UTC text of a timestamp (microseconds kept): used in files and checksums."""
-    if ts is None:
-        return None
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

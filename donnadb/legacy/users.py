@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from donnadb.legacy.files import Inventory, mtime, read_json_object
 from donnadb.legacy.model import MemoryRow, UserRow
@@ -99,50 +100,116 @@ def user_from_files(ident: tuple[str, str], paths: list[Path], inv: Inventory,
     if not docs:
         return None
     doc = _merge(docs)
-    clerk = ident[1] if ident[0] == "clerk" else None
-    email = doc.get("email") if isinstance(doc.get("email"), str) else None
-    if email is None and ident[0] == "email" and ident[1]:
-        email = ident[1]
     rel = inv.rel(paths[-1])
-    file_time = max(mtime(p) for p in paths)
     versions = _latest([parse_timestamp(d.get("updated_at")) for d in docs])
-    updated = versions or file_time
+    updated = versions or max(mtime(p) for p in paths)
     created = parse_timestamp(doc.get("created_at")) or updated
+    clerk = ident[1] if ident[0] == "clerk" else None
+    email = _email(doc, ident)
     uid = user_uuid(clerk, email)
-    legacy_rows: dict[str, Any] = {k: v for k, v in doc.items() if k not in KNOWN_KEYS}
-    # Keys user_memory.key cannot hold (and a key spelled like the list itself) are kept
-    # in one legacy row, as {"type": None (top level) or the section, "key", "value"}.
-    unstorable: list[dict[str, Any]] = [
-        {"type": None, "key": k, "value": legacy_rows.pop(k)} for k in list(legacy_rows)
-        if k == UNSTORABLE_KEYS or len(k) > KEY_MAX or escape_str(k)[1]]
+    legacy_rows, unstorable = _unknown_keys(doc)
+    sections = _sections(doc, legacy_rows, rel, report)
+    email = _storable_text(email, "email", legacy_rows, rel, report)
+    name = _storable_text(_text(doc, "name"), "name", legacy_rows, rel, report)
+    _keep_raw_identity(doc, legacy_rows)
+    expires = _expires(doc, legacy_rows)
+    rows, used = _section_rows(uid, sections, expires, updated, unstorable)
+    _keep_leftovers(legacy_rows, unstorable, expires, used, rel, report)
+    rows += [_legacy_row(uid, key, value, updated) for key, value in sorted(legacy_rows.items())]
+    status = doc.get("status")
+    if status is not None and not _storable_status(status):
+        rows.append(_legacy_row(uid, "status", status, updated))
+        status = None
+    last_active = parse_timestamp(doc.get("last_active_at"))
+    if doc.get("last_active_at") is not None and last_active is None:
+        rows.append(_legacy_row(uid, "last_active_at", doc["last_active_at"], updated))
+    return UserRow(id=uid, clerk_id=clerk, email=email, name=name,
+                   profile=_storable_section(sections["profile"]),
+                   preferences=_storable_section(sections["preferences"]),
+                   created_at=min(created, updated), updated_at=updated, memory=rows,
+                   source_paths=[inv.rel(p) for p in paths], status=status or "active",
+                   last_active_at=last_active, versioned=versions is not None)
+
+
+def _fits_key(key: str) -> bool:
+    """``key`` can be a user_memory.key as it is."""
+    return len(key) <= KEY_MAX and not escape_str(key)[1]
+
+
+def _text(doc: dict[str, Any], field: str) -> str | None:
+    value = doc.get(field)
+    return value if isinstance(value, str) else None
+
+
+def _email(doc: dict[str, Any], ident: tuple[str, str]) -> str | None:
+    """The file's e-mail, else the one the user is identified by."""
+    email = _text(doc, "email")
+    if email is None and ident[0] == "email" and ident[1]:
+        return ident[1]
+    return email
+
+
+def _unknown_keys(doc: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(legacy rows of the top-level keys outside :data:`KNOWN_KEYS`, the unstorable ones).
+
+    Keys user_memory.key cannot hold (and a key spelled like the list itself) are kept in
+    one legacy row, as ``{"type": None (top level) or the section, "key", "value"}``.
+    """
+    legacy_rows = {k: v for k, v in doc.items() if k not in KNOWN_KEYS}
+    unstorable = [{"type": None, "key": k, "value": legacy_rows.pop(k)} for k in list(legacy_rows)
+                  if k == UNSTORABLE_KEYS or not _fits_key(k)]
+    return legacy_rows, unstorable
+
+
+def _sections(doc: dict[str, Any], legacy_rows: dict[str, Any], rel: str,
+              report: Report) -> dict[str, dict[str, Any]]:
+    """Each of :data:`SECTIONS` as an object; one that is not is kept as a legacy row."""
     sections: dict[str, dict[str, Any]] = {}
     for name in SECTIONS:
         value = doc.get(name)
-        if value is None:
-            sections[name] = {}
-        elif isinstance(value, dict):
-            sections[name] = value
-        else:
-            sections[name] = {}
-            legacy_rows[name] = value
-            report.note(rel, "memory_section_not_object", f"{name} kept as a legacy row")
-    name_value = doc.get("name") if isinstance(doc.get("name"), str) else None
-    for field, value in (("email", email), ("name", name_value)):
-        if value is not None and (len(value) > TEXT_MAX or escape_str(value)[1]):
-            legacy_rows[field] = value
-            report.note(rel, "memory_field_unstorable", f"{field} kept as a legacy row")
-    if email is not None and "email" in legacy_rows:
-        email = None
-    if name_value is not None and "name" in legacy_rows:
-        name_value = None
+        if value is None or isinstance(value, dict):
+            sections[name] = {} if value is None else value
+            continue
+        sections[name] = {}
+        legacy_rows[name] = value
+        report.note(rel, "memory_section_not_object", f"{name} kept as a legacy row")
+    return sections
+
+
+def _storable_text(value: str | None, field: str, legacy_rows: dict[str, Any], rel: str,
+                   report: Report) -> str | None:
+    """``value`` when its users column can hold it, else None (kept as a legacy row)."""
+    if value is None or (len(value) <= TEXT_MAX and not escape_str(value)[1]):
+        return value
+    legacy_rows[field] = value
+    report.note(rel, "memory_field_unstorable", f"{field} kept as a legacy row")
+    return None
+
+
+def _keep_raw_identity(doc: dict[str, Any], legacy_rows: dict[str, Any]) -> None:
+    """An e-mail or name that is not text, and a ``user_id`` that is not a Clerk id
+    users.clerk_id can hold, are kept as legacy rows."""
     for field in ("email", "name"):
         if field in doc and not isinstance(doc[field], str) and doc[field] is not None:
             legacy_rows[field] = doc[field]
     if "user_id" in doc and doc["user_id"] is not None and not storable_key(doc["user_id"]):
-        legacy_rows["user_id"] = doc["user_id"]  # not a Clerk id users.clerk_id can hold
+        legacy_rows["user_id"] = doc["user_id"]
+
+
+def _expires(doc: dict[str, Any], legacy_rows: dict[str, Any]) -> dict[str, Any]:
+    """The ``expires`` object (one that is not an object is kept as a legacy row)."""
     expires = doc.get("expires") or {}
     if not isinstance(expires, dict):
-        legacy_rows["expires"], expires = expires, {}
+        legacy_rows["expires"] = expires
+        return {}
+    return expires
+
+
+def _section_rows(uid: UUID, sections: dict[str, dict[str, Any]], expires: dict[str, Any],
+                  updated: datetime, unstorable: list[dict[str, Any]],
+                  ) -> tuple[list[MemoryRow], set[str]]:
+    """(one row per section key, the ``expires`` keys those rows took their expiry from);
+    keys user_memory.key cannot hold are appended to ``unstorable`` instead."""
     used: set[str] = set()
     rows: list[MemoryRow] = []
     for mtype, entries in sections.items():
@@ -151,11 +218,17 @@ def user_from_files(ident: tuple[str, str], paths: list[Path], inv: Inventory,
             expires_at = parse_timestamp(expires.get(exp_key))
             if exp_key in expires and expires_at is not None:
                 used.add(exp_key)
-            if len(key) > KEY_MAX or escape_str(key)[1]:
+            if not _fits_key(key):
                 unstorable.append({"type": mtype, "key": key, "value": value})
                 continue
             rows.append(MemoryRow(memory_uuid(uid, mtype, key), mtype, key,
                                   wrap_memory_value(value), updated, updated, expires_at))
+    return rows, used
+
+
+def _keep_leftovers(legacy_rows: dict[str, Any], unstorable: list[dict[str, Any]],
+                    expires: dict[str, Any], used: set[str], rel: str, report: Report) -> None:
+    """The unstorable keys, and expiries no row took, become legacy rows."""
     if unstorable:
         legacy_rows[UNSTORABLE_KEYS] = unstorable
         report.note(rel, "memory_key_unstorable", "keys kept in a legacy row")
@@ -163,29 +236,21 @@ def user_from_files(ident: tuple[str, str], paths: list[Path], inv: Inventory,
     if leftover:
         legacy_rows["expires"] = leftover
         report.note(rel, "memory_expires_unmatched", ", ".join(sorted(leftover))[:200])
-    for key, value in sorted(legacy_rows.items()):
-        rows.append(MemoryRow(memory_uuid(uid, LEGACY_TYPE, key), LEGACY_TYPE, key,
-                              wrap_memory_value(value), updated, updated, None))
-    profile = {k: wrap_memory_value(v) for k, v in sections["profile"].items()
-               if len(k) <= KEY_MAX and not escape_str(k)[1]}
-    preferences = {k: wrap_memory_value(v) for k, v in sections["preferences"].items()
-                   if len(k) <= KEY_MAX and not escape_str(k)[1]}
-    status = doc.get("status")
-    if status is not None and not (isinstance(status, str) and 0 < len(status) <= STATUS_MAX
-                                   and not escape_str(status)[1]):
-        rows.append(MemoryRow(memory_uuid(uid, LEGACY_TYPE, "status"), LEGACY_TYPE, "status",
-                              wrap_memory_value(status), updated, updated, None))
-        status = None
-    last_active = parse_timestamp(doc.get("last_active_at"))
-    if doc.get("last_active_at") is not None and last_active is None:
-        rows.append(MemoryRow(memory_uuid(uid, LEGACY_TYPE, "last_active_at"), LEGACY_TYPE,
-                              "last_active_at", wrap_memory_value(doc["last_active_at"]),
-                              updated, updated, None))
-    return UserRow(id=uid, clerk_id=clerk, email=email, name=name_value, profile=profile,
-                   preferences=preferences, created_at=min(created, updated),
-                   updated_at=updated, memory=rows,
-                   source_paths=[inv.rel(p) for p in paths], status=status or "active",
-                   last_active_at=last_active, versioned=versions is not None)
+
+
+def _legacy_row(uid: UUID, key: str, value: Any, updated: datetime) -> MemoryRow:
+    return MemoryRow(memory_uuid(uid, LEGACY_TYPE, key), LEGACY_TYPE, key,
+                     wrap_memory_value(value), updated, updated, None)
+
+
+def _storable_section(entries: dict[str, Any]) -> dict[str, Any]:
+    """A profile/preferences object as its users column holds it (storable keys only)."""
+    return {k: wrap_memory_value(v) for k, v in entries.items() if _fits_key(k)}
+
+
+def _storable_status(status: Any) -> bool:
+    return isinstance(status, str) and 0 < len(status) <= STATUS_MAX \
+        and not escape_str(status)[1]
 
 
 def _latest(values: list[datetime | None]) -> datetime | None:

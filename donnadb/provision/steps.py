@@ -15,6 +15,7 @@ from donnadb.provision import (
     envfile,
     hba,
     install,
+    logs,
     opsjobs,
     packages,
     passwords,
@@ -57,3 +58,4 @@ def converge_host(settings: DeploySettings) -> None:
     backups.install_backups(settings)
     pgbouncer.install_pgbouncer(settings)
     opsjobs.install_ops_jobs(settings)
+    logs.rotate_logs(settings)

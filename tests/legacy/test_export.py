@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 
@@ -170,3 +171,33 @@ def test_an_id_added_to_the_file_later_replaces_the_position_id(settings, scratc
         assert again.written == {"messages": 1}
         assert _message_ids(conn)[("c_a", 2)] == own
         assert verify(LegacyReader.open(root), conn).ok
+
+
+def test_timestamps_at_the_edges_import_and_round_trip(settings, scratch_db, second_db,
+                                                       tmp_path):
+    """Offsets become UTC; what is past year 9999 in UTC, or has more digits than any
+    date, is kept raw without stopping the import; a year below 1000 is written back with
+    four digits, so the re-import reads the same instant."""
+    root = tmp_path / "data"
+    edge = ["2025-03-01T15:30:05+05:30", "9999-12-31T23:59:59-01:00", "1" * 5000,
+            "0999-05-06T07:08:09.5Z", "9999-12-31T23:59:59.9999999Z"]
+    _chat_file(root, "c_times", [{"role": "user", "content": str(i), "timestamp": ts}
+                                 for i, ts in enumerate(edge)])
+    with db.connect("migrator", settings=settings, dbname=scratch_db, autocommit=True) as conn:
+        import_data_dir(LegacyReader.open(root), conn, batch_size=10)
+        rows = conn.execute("SELECT m.created_at, m.metadata -> '_donnadb_legacy' FROM messages "
+                            "AS m ORDER BY m.sequence_number").fetchall()
+        export_data_dir(conn, tmp_path / "out")
+    utc = [created.astimezone(UTC) for created, _legacy in rows]
+    assert utc[0] == datetime(2025, 3, 1, 10, 0, 5, tzinfo=UTC)
+    assert utc[3] == datetime(999, 5, 6, 7, 8, 9, 500000, tzinfo=UTC)
+    assert utc[4] == datetime.max.replace(tzinfo=UTC)
+    for i in (1, 2):  # unreadable: the previous message's time, the raw value kept
+        assert rows[i][1] == {"timestamp": "unparseable", "timestamp_raw": edge[i]}
+        assert utc[i] == utc[0]
+    back = json.loads((tmp_path / "out" / "chat_sessions" / "c_times.json").read_text())
+    assert [m["timestamp"] for m in back["messages"]][1:4] == [
+        edge[1], edge[2], "0999-05-06T07:08:09.500000Z"]
+    with db.connect("migrator", settings=settings, dbname=second_db, autocommit=True) as conn:
+        import_data_dir(LegacyReader.open(tmp_path / "out"), conn, batch_size=10)
+    assert checksums(settings, second_db) == checksums(settings, scratch_db)
