@@ -46,6 +46,7 @@ def main() -> None:
     settings = load_settings(backup_repo_dir=work / "repo", backup_jobs=args.jobs)
     settings = settings.model_copy(update={"backup_encryption_key_file": None})
     target = "donna_bench_restore"
+    kept: list[str] = []
     try:
         with seeded_database(settings, args.messages) as (name, db_size):
             pg_dump = pgtools.tool(settings, "pg_dump")
@@ -84,8 +85,10 @@ def main() -> None:
             phases = []
 
             def ours_restore():
-                phases.append(restore.restore_backup(settings, made[-1], target,
-                                                     force=True).phases)
+                done = restore.restore_backup(settings, made[-1], target, force=True)
+                phases.append(done.phases)
+                if done.kept_as:  # the replaced copy a restore keeps; dropped at the end
+                    kept.append(done.kept_as)
 
             def each(r: int, this: dict[str, float]) -> None:
                 print(f"round {r}: " + ", ".join(f"{k} {v:.2f} s" for k, v in this.items()),
@@ -114,7 +117,8 @@ def main() -> None:
                   f"within {RTO_SECONDS} s here")
             print(f"load average {os.getloadavg()[0]:.2f} at the end")
     finally:
-        bootstrap.drop_database(target)
+        for name in [target, *kept]:
+            bootstrap.drop_database(name)
         shutil.rmtree(work, ignore_errors=True)
 
 
