@@ -9,8 +9,9 @@ INVENTORY ?= inventory/local.py
 
 # `make loadtest`: the gated load test (docs/loadtest.md); results in loadtest-results/.
 LOADTEST_ARGS ?= --users 150 --spawn-rate 25 --duration 5m
-# `make bench`: every bench/ script, each printing its ratio vs. a baseline; the output
-# is kept in bench-results/NAME.txt. Pick some with `make bench BENCHES="dal import"`.
+# `make bench`: every bench/ script, each printing its ranges over interleaved rounds; the
+# output is kept in bench/results/NAME.txt (docs/benchmarks.md). Pick some with
+# `make bench BENCHES="dal import"`.
 BENCHES ?= dal import backup_compression backup vs_pgbench capacity
 
 # Creates the venv only when the lock file changed since the last install. Every
@@ -50,9 +51,9 @@ loadtest: deploy
 # vs_pgbench and capacity read the seeded chats of DB_NAME.
 bench: deploy
 	$(VENV)/bin/donnactl loadtest seed
-	mkdir -p bench-results
+	mkdir -p bench/results
 	set -o pipefail; for b in $(BENCHES); do \
-		echo "== bench/$$b.py"; $(PY) bench/$$b.py | tee bench-results/$$b.txt || exit 1; \
+		echo "== bench/$$b.py"; $(PY) bench/$$b.py | tee bench/results/$$b.txt || exit 1; \
 	done
 
 lint: venv

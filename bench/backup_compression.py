@@ -2,10 +2,12 @@
 
 Builds a scratch database with the real schema and chat-like rows (repetitive
 English text, JSON metadata, UUIDs), then dumps it with ``pg_dump -Fd -j2`` at each
-gzip level, in the same process, and prints size and time as ratios against
-level 0 (no compression) and level 6 (pg_dump's default).
+gzip level, in the same process, every level once per round for ``--rounds`` interleaved
+rounds, and prints size and the time range as ratios against level 0 (no compression)
+and level 6 (pg_dump's default).
 
-    .venv/bin/python bench/backup_compression.py [--messages 400000] [--levels 0,1,3,6,9]
+    .venv/bin/python bench/backup_compression.py [--messages 400000] [--levels 0,1,3,6,9] \
+        [--rounds 3]
 
 The database is dropped at the end. Run as root on the deployed host.
 """
@@ -13,12 +15,15 @@ The database is dropped at the end. Run as root on the deployed host.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
+
+from report import header, interleaved, ratios, span
 
 from donnadb.backup import bootstrap, pgtools
 from donnadb.config import load_settings
@@ -88,35 +93,49 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=400_000)
     parser.add_argument("--levels", default="0,1,3,6,9")
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds, every level once per round")
     args = parser.parse_args()
     settings = load_settings()
     levels = [int(x) for x in args.levels.split(",")]
+    print(header("bench/backup_compression.py", args.rounds), flush=True)
     work = Path(tempfile.mkdtemp(prefix="donna-bench-"))
+    sizes: dict[int, int] = {}
     try:
         with seeded_database(settings, args.messages) as (name, db_size):
             pg_dump = pgtools.tool(settings, "pg_dump")
             env = pgtools.libpq_env(settings, settings.role("backup"), name)
-            results = {}
-            for level in levels:
-                best = None
-                for _ in range(args.repeat):  # best of N: other load only adds time
+
+            def dump(level: int):
+                def run() -> None:
                     out = work / f"z{level}"
-                    t = time.monotonic()
+                    shutil.rmtree(out, ignore_errors=True)
                     pgtools.run([pg_dump, "-Fd", f"-j{args.jobs}", f"-Z{level}", f"-f{out}"],
                                 env, "pg_dump")
-                    secs, size = time.monotonic() - t, dir_size(out)
+                    sizes[level] = dir_size(out)
                     shutil.rmtree(out)
-                    best = min(best or (secs, size), (secs, size))
-                results[level] = best
-            base_t, base_s = results.get(0, next(iter(results.values())))
-            ref_t, ref_s = results.get(6, (base_t, base_s))
-            print(f"{'level':>5} {'seconds':>8} {'MiB':>8} {'size/Z0':>8} {'time/Z0':>8} "
-                  f"{'size/Z6':>8} {'time/Z6':>8} {'MiB/s':>7}")
-            for level, (secs, size) in results.items():
-                print(f"{level:>5} {secs:>8.2f} {size / 2**20:>8.1f} {size / base_s:>8.3f} "
-                      f"{secs / base_t:>8.2f} {size / ref_s:>8.3f} {secs / ref_t:>8.2f} "
-                      f"{db_size / 2**20 / secs:>7.0f}")
+                return run
+
+            def each(r: int, this: dict[str, float]) -> None:
+                print(f"round {r}: " + ", ".join(f"{k} {v:.2f} s" for k, v in this.items()),
+                      flush=True)
+
+            times = interleaved({f"Z{level}": dump(level) for level in levels},
+                                args.rounds, each)
+            base = 0 if 0 in levels else levels[0]
+            ref = 6 if 6 in levels else base
+            print(f"{'level':>5} {'seconds':>12} {'MiB':>8} {'size/Z0':>8} {'time/Z0':>11} "
+                  f"{'size/Z6':>8} {'time/Z6':>11}")
+            for level in levels:
+                key = f"Z{level}"
+                print(f"{level:>5} {span(times[key]):>12} {sizes[level] / 2**20:>8.1f} "
+                      f"{sizes[level] / sizes[base]:>8.3f} "
+                      f"{span(ratios(times[key], times[f'Z{base}'])):>11} "
+                      f"{sizes[level] / sizes[ref]:>8.3f} "
+                      f"{span(ratios(times[key], times[f'Z{ref}'])):>11}")
+            print(f"database {db_size / 2**20:.0f} MiB; ranges are min-max over "
+                  f"{args.rounds} rounds, time ratios per round; load average "
+                  f"{os.getloadavg()[0]:.2f} at the end")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -7,13 +7,14 @@
    messages in ``--messages / 50`` chats (20,000 for 1M), ``--users`` users (5,000);
    ``--data-dir`` keeps it (and reuses it on the next run when it exists);
 2. times ``migrate-data import`` (read + normalise the JSON files, write) into an empty
-   migrated scratch database;
-3. times the baseline in a second scratch database: the same rows, already in memory,
+   migrated scratch database: the default path, then ``import --defer-indexes``;
+3. times the baseline in another scratch database: the same rows, already in memory,
    COPYed straight into the same empty tables (a) with the non-constraint indexes
    dropped and built afterwards (the physical limit) and (b) with every index in place;
-4. with ``--defer-indexes`` also times ``import --defer-indexes`` in a third database;
-5. prints messages/s, the ratios and the load average before/after (the figures are
-   only comparable on a quiet machine). Run as root on the deployed host (scratch
+4. repeats 2-3 ``--rounds`` times (default 3), each round with fresh databases, so a
+   neighbour's load hits every side of a round alike;
+5. prints each round, then messages/s and the ratios (each from one round) as min-max
+   ranges, and the load average before/after. Run as root on the deployed host (scratch
    databases are created through the postgres superuser: bench/scratch.py).
 """
 
@@ -25,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from report import header, ratios, span
 from scratch import create_scratch_database, drop_database
 
 from donnadb import db
@@ -115,6 +117,45 @@ def truncate(conn) -> None:
     conn.execute("TRUNCATE users, chat_sessions, messages, user_memory, system_logs CASCADE")
 
 
+def _import(settings, root: Path, batch: int, *, defer: bool) -> tuple[float, object]:
+    """Seconds to import ``root`` into a fresh migrated scratch database, and the summary."""
+    name = create_scratch_database(settings, prefix="donna_bench")
+    try:
+        apply_migrations(settings=settings, dbname=name)
+        with db.connect("migrator", settings=settings, dbname=name, autocommit=True) as conn:
+            t = time.perf_counter()
+            summary = import_data_dir(LegacyReader.open(root), conn, batch_size=batch,
+                                      defer_indexes=defer,
+                                      owner_role=settings.db_role_owner)
+            return time.perf_counter() - t, summary
+    finally:
+        drop_database(name)
+
+
+def _baseline(settings, rows) -> tuple[float, float, float]:
+    """COPY alone, COPY + index builds (the physical limit), COPY with indexes in place."""
+    name = create_scratch_database(settings, prefix="donna_bench")
+    try:
+        apply_migrations(settings=settings, dbname=name)
+        with db.connect("migrator", settings=settings, dbname=name, autocommit=True) as conn:
+            conn.execute("SET ROLE " + settings.db_role_owner)
+            indexes = conn.execute(INDEXES, [list(TABLES)]).fetchall()
+            for index, _ in indexes:
+                conn.execute(f'DROP INDEX "{index}"')
+            t = time.perf_counter()
+            plain_copy(conn, rows)
+            copy_only = time.perf_counter() - t
+            for _, definition in indexes:
+                conn.execute(definition)
+            limit = time.perf_counter() - t
+            truncate(conn)
+            t = time.perf_counter()
+            plain_copy(conn, rows)
+            return copy_only, limit, time.perf_counter() - t
+    finally:
+        drop_database(name)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--messages", type=int, default=1_000_000,
@@ -126,81 +167,61 @@ def main() -> None:
                     help="default: MIGRATION_BATCH_SIZE")
     ap.add_argument("--data-dir", type=Path, default=None,
                     help="generate here (reused when it already exists) instead of a tmp dir")
-    ap.add_argument("--defer-indexes", action="store_true",
-                    help="also time `import --defer-indexes` (a third database)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="interleaved rounds, every side once per round")
     args = ap.parse_args()
     chats = args.chats or max(1, args.messages // 50)
     settings = load_settings()
     batch = args.batch_size or settings.migration_batch_size
+    print(header("bench/import.py", args.rounds), flush=True)
     load_before = os.getloadavg()
-    names = [create_scratch_database(settings, prefix="donna_bench") for _ in range(
-        3 if args.defer_indexes else 2)]
-    ours_db, base_db = names[0], names[1]
-    ours_deferred = None
-    try:
-        for name in names:
-            apply_migrations(settings=settings, dbname=name)
-        with tempfile.TemporaryDirectory() as tmp:
-            root = args.data_dir or Path(tmp) / "data"
-            if not root.exists():
-                t = time.perf_counter()
-                generate(root, users=args.users, chats=chats,
-                         messages_per_chat=max(1, args.messages // chats), logs=args.logs,
-                         deviations=False)
-                print(f"generated {root} in {time.perf_counter() - t:.1f}s", flush=True)
-            workers = default_workers(LegacyReader.open(root))
-            with db.connect("migrator", settings=settings, dbname=ours_db,
-                            autocommit=True) as conn:
-                t = time.perf_counter()
-                summary = import_data_dir(LegacyReader.open(root), conn, batch_size=batch)
-                ours = time.perf_counter() - t
-            print(f"our import: {ours:.2f}s", flush=True)
-            if args.defer_indexes:
-                with db.connect("migrator", settings=settings, dbname=names[2],
-                                autocommit=True) as conn:
-                    t = time.perf_counter()
-                    import_data_dir(LegacyReader.open(root), conn, batch_size=batch,
-                                    defer_indexes=True, owner_role=settings.db_role_owner)
-                    ours_deferred = time.perf_counter() - t
-            rows = materialise(root)
-        n = summary.read["messages"]
-        with db.connect("migrator", settings=settings, dbname=base_db, autocommit=True) as conn:
-            conn.execute("SET ROLE " + settings.db_role_owner)
-            indexes = conn.execute(INDEXES, [list(TABLES)]).fetchall()
-            for name, _ in indexes:
-                conn.execute(f'DROP INDEX "{name}"')
+    sides: dict[str, list[float]] = {"default": [], "defer": [], "copy": [], "limit": [],
+                                     "indexed": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.data_dir or Path(tmp) / "data"
+        if not root.exists():
             t = time.perf_counter()
-            plain_copy(conn, rows)
-            copy_only = time.perf_counter() - t
-            for _, definition in indexes:
-                conn.execute(definition)
-            limit = time.perf_counter() - t
-            truncate(conn)
-            t = time.perf_counter()
-            plain_copy(conn, rows)
-            with_indexes = time.perf_counter() - t
-    finally:
-        for name in names:
-            drop_database(name)
+            generate(root, users=args.users, chats=chats,
+                     messages_per_chat=max(1, args.messages // chats), logs=args.logs,
+                     deviations=False)
+            print(f"generated {root} in {time.perf_counter() - t:.1f}s", flush=True)
+        workers = default_workers(LegacyReader.open(root))
+        rows = materialise(root)
+        for r in range(1, args.rounds + 1):
+            ours, summary = _import(settings, root, batch, defer=False)
+            deferred, _ = _import(settings, root, batch, defer=True)
+            copy_only, limit, with_indexes = _baseline(settings, rows)
+            for key, value in (("default", ours), ("defer", deferred), ("copy", copy_only),
+                               ("limit", limit), ("indexed", with_indexes)):
+                sides[key].append(value)
+            print(f"round {r}: import {ours:.2f}s, --defer-indexes {deferred:.2f}s, "
+                  f"COPY {copy_only:.2f}s + index builds {limit - copy_only:.2f}s, "
+                  f"COPY with indexes {with_indexes:.2f}s", flush=True)
     load_after = os.getloadavg()
+    n = summary.read["messages"]
+
+    def rate(key: str) -> str:
+        return span([n / x for x in sides[key]], "{:,.0f}")
+
+    builds = [a - b for a, b in zip(sides["limit"], sides["copy"], strict=True)]
     print(f"{n:,} messages, {summary.read.get('chat_sessions', 0):,} chats, "
           f"{summary.read.get('users', 0):,} users, {summary.read.get('system_logs', 0):,} "
           f"logs; batch size {batch}; parser workers {workers}; "
           f"load average {load_before[0]:.2f} before, "
-          f"{load_after[0]:.2f} after (1 min)")
-    print(f"our import (JSON files -> tables):     {ours:7.2f}s  {n / ours:10,.0f} msg/s")
-    if ours_deferred is not None:
-        print(f"our import --defer-indexes:            {ours_deferred:7.2f}s  "
-              f"{n / ours_deferred:10,.0f} msg/s")
-    print(f"physical limit: COPY {copy_only:.2f}s + index builds {limit - copy_only:.2f}s = "
-          f"{limit:.2f}s  {n / limit:10,.0f} msg/s")
-    print(f"plain COPY, indexes in place (ref.):   {with_indexes:7.2f}s  "
-          f"{n / with_indexes:10,.0f} msg/s")
-    print(f"ours / physical limit: {ours / limit:.2f}x (target 1.5x); "
-          f"ours / COPY with indexes: {ours / with_indexes:.2f}x"
-          + (f"; --defer-indexes / physical limit: {ours_deferred / limit:.2f}x"
-             if ours_deferred is not None else ""))
-
+          f"{load_after[0]:.2f} after (1 min); min-max over {args.rounds} rounds, "
+          "ratios per round")
+    print(f"our import, default path:              {span(sides['default']):>13}s  "
+          f"{rate('default')} msg/s")
+    print(f"our import --defer-indexes:            {span(sides['defer']):>13}s  "
+          f"{rate('defer')} msg/s")
+    print(f"physical limit: COPY {span(sides['copy'])}s + index builds {span(builds)}s = "
+          f"{span(sides['limit'])}s  {rate('limit')} msg/s")
+    print(f"plain COPY, indexes in place (ref.):   {span(sides['indexed']):>13}s  "
+          f"{rate('indexed')} msg/s")
+    print(f"default path / physical limit: {span(ratios(sides['default'], sides['limit']))}x"
+          f" (target 1.5x); --defer-indexes / physical limit: "
+          f"{span(ratios(sides['defer'], sides['limit']))}x; default path / COPY with "
+          f"indexes: {span(ratios(sides['default'], sides['indexed']))}x")
 
 if __name__ == "__main__":
     main()

@@ -23,9 +23,9 @@
    into tuples: no cursor, no pool, no DAL code. What it reaches bounds what the DAL
    can reach on this host;
 6. repeats 2-5 ``--rounds`` times interleaved (the host is shared: a neighbour's load
-   hits every side of a round alike) and prints each round, the median of the DAL's
-   share of pgbench's throughput (the issue's goal: >= 0.7) and of the floor's, the
-   CPU per query on each side and the load average.
+   hits every side of a round alike) and prints each round, then the min-max (and
+   median) over the rounds of the DAL's share of pgbench's throughput (goal: >= 0.7)
+   and of the floor's, the CPU per query on each side and the load average.
 
 Runs as root on the deployed host (the passfile is root's); nothing is written.
 """
@@ -47,19 +47,18 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import psycopg
+from psycopg.adapt import Transformer
+from psycopg.pq import ExecStatus
+from psycopg_pool import ConnectionPool
+from report import header, span
 
-import psycopg  # noqa: E402
-from psycopg.adapt import Transformer  # noqa: E402
-from psycopg.pq import ExecStatus  # noqa: E402
-from psycopg_pool import ConnectionPool  # noqa: E402
-
-from donnadb import db  # noqa: E402
-from donnadb.config import load_settings  # noqa: E402
-from donnadb.dal import PostgresDataAccess  # noqa: E402
-from donnadb.dal import postgres_sql as q  # noqa: E402
-from donnadb.dal.postgres import dal_adapters  # noqa: E402
-from donnadb.loadtest.seed import CHAT_PREFIX  # noqa: E402
+from donnadb import db
+from donnadb.config import load_settings
+from donnadb.dal import PostgresDataAccess
+from donnadb.dal import postgres_sql as q
+from donnadb.dal.postgres import dal_adapters
+from donnadb.loadtest.seed import CHAT_PREFIX
 
 CHATS_SQL = "SELECT count(*) FROM chat_sessions WHERE chat_id LIKE %s"
 # The backends serving the benchmark: the app role's in the benchmark's database.
@@ -348,6 +347,7 @@ def main() -> int:
     # Through PgBouncer (transaction pooling) neither side may use prepared statements.
     prepared = not args.pgbouncer_port
     chats = [f"{CHAT_PREFIX}{i:07d}" for i in range(n_chats)]
+    print(header("bench/vs_pgbench.py", args.rounds))
     via = f"PgBouncer :{port}" if args.pgbouncer_port else f"PostgreSQL :{port}"
     print(f"history read, {args.clients} clients, {args.seconds} s per run, {n_chats:,} chats, "
           f"via {via}, pgbench -M {'prepared' if prepared else 'extended'} "
@@ -359,7 +359,7 @@ def main() -> int:
           "| bare CPU µs | psycopg floor qps | floor CPU µs | DAL / pgbench | bare / pgbench "
           "| floor / pgbench | load avg |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
-    ratios, bare_ratios, floor_ratios = [], [], []
+    ratios, bare_ratios, floor_ratios, dal_rates = [], [], [], []
     for r in range(1, args.rounds + 1):
         base = run_pgbench(settings, dbname, port, args.clients, args.seconds, n_chats,
                            prepared)
@@ -376,9 +376,12 @@ def main() -> int:
               f"{bare.rate:,.0f} | {cpu(bare)} | {floor.rate:,.0f} | {cpu(floor)} | "
               f"{dal.rate / base.rate:.2f} | {bare.rate / base.rate:.2f} | "
               f"{floor.rate / base.rate:.2f} | {os.getloadavg()[0]:.1f} |", flush=True)
-    print(f"median DAL / pgbench: {statistics.median(ratios):.2f} (goal >= 0.70); "
-          f"bare psycopg_pool / pgbench: {statistics.median(bare_ratios):.2f}; "
-          f"psycopg floor / pgbench: {statistics.median(floor_ratios):.2f} (what any "
+        dal_rates.append(dal.rate)
+    print(f"min-max over {args.rounds} rounds (median): DAL / pgbench {span(ratios)} "
+          f"({statistics.median(ratios):.2f}; goal >= 0.70), DAL "
+          f"{span(dal_rates, '{:,.0f}')} qps; bare psycopg_pool / pgbench "
+          f"{span(bare_ratios)} ({statistics.median(bare_ratios):.2f}); psycopg floor / "
+          f"pgbench {span(floor_ratios)} ({statistics.median(floor_ratios):.2f}; what any "
           "psycopg client reaches here)")
     return 0
 

@@ -57,7 +57,7 @@ class Scale:
             )
 
 
-#: Named scales: the issue's default, and the CI's tiny one.
+#: Named scales: the default, a small one and the CI's tiny one.
 SCALES = {
     "default": Scale(users=10_000, sessions=50_000, messages=2_000_000),
     "small": Scale(users=1_000, sessions=5_000, messages=200_000),

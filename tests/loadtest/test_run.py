@@ -1,5 +1,5 @@
 """The CI-sized load test: 120 users for 60 s through PgBouncer, judged by the SLO gate
-(the plan's "100+ concurrent users", the size the issue asked CI to run).
+(the plan's "100+ concurrent users").
 
 It asserts the gate's verdict and that every scenario's query shows up in the stats,
 with its server-side and PgBouncer figures. (The full run is `make loadtest`.)

@@ -1,0 +1,68 @@
+"""What every benchmark prints around its figures: where and when it ran, and ranges.
+
+A figure from one run on a shared 2-core machine says little, so each script repeats its
+comparison in interleaved rounds (every side once per round, so a neighbour's load
+hits all sides alike) and prints the min-max range over the rounds. ``header()`` opens
+the output with the date and the machine, as kept in bench/results/.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import time
+from collections.abc import Callable
+
+
+def _mem_gib() -> float:
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 2**20
+    return 0.0
+
+
+def header(script: str, rounds: int) -> str:
+    """One line: script, UTC date, host, cores, RAM, kernel, load average, rounds."""
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load = os.getloadavg()
+    return (f"# {script}: {now}; host {platform.node()}, {os.cpu_count()} cores, "
+            f"{_mem_gib():.0f} GiB RAM, Linux {platform.release()}; load average "
+            f"{load[0]:.2f}; {rounds} interleaved rounds")
+
+
+def span(values: list[float], fmt: str = "{:.2f}") -> str:
+    """``min–max`` of ``values`` formatted with ``fmt`` (one value when they agree)."""
+    lo, hi = fmt.format(min(values)), fmt.format(max(values))
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
+def ratios(ours: list[float], base: list[float]) -> list[float]:
+    """Round-by-round ``ours / base``: each ratio from one round, both sides measured in it."""
+    return [a / b for a, b in zip(ours, base, strict=True)]
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Seconds ``fn()`` took."""
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def interleaved(sides: dict[str, Callable[[], object]], rounds: int,
+                each: Callable[[int, dict[str, float]], None] | None = None,
+                ) -> dict[str, list[float]]:
+    """Time each side once per round, in order, for ``rounds`` rounds.
+
+    ``each(round, times)`` is called after every round (to print it as it comes).
+    Returns the seconds per side, one per round.
+    """
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for r in range(1, rounds + 1):
+        this = {name: timed(fn) for name, fn in sides.items()}
+        for name, secs in this.items():
+            times[name].append(secs)
+        if each:
+            each(r, this)
+    return times
