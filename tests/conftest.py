@@ -25,6 +25,16 @@ def deployed():
     return run
 
 
+@pytest.fixture(scope="session")
+def deploy_settings():
+    """The deploy's settings for this host, from group_data/all.py."""
+    from donnadb.provision.settings import load_deploy_settings
+    from tests.provision.deployrun import load_group_data
+    from tests.support import GroupData
+
+    return load_deploy_settings(GroupData(load_group_data()))
+
+
 @pytest.fixture
 def connect_as(settings):
     """``connect_as("app", dbname=...)`` opens a connection that is closed after the test."""

@@ -17,6 +17,13 @@ from donnadb.config import Settings
 from donnadb.provision import bootstrap
 
 
+class GroupData(dict):
+    """group_data/all.py as pyinfra's host.data offers it (``get`` with a default)."""
+
+    def get(self, key, default=None):
+        return super().get(key, default)
+
+
 def systemd_running() -> bool:
     """True on a host whose PID 1 is systemd (a server); False in a container without it."""
     return Path("/proc/1/comm").read_text().strip() == "systemd"

@@ -30,7 +30,6 @@ Description=Report the failure of %i
 
 [Service]
 Type=oneshot
-DynamicUser=yes
 ExecStart=/usr/bin/logger --tag donnadb-jobs --priority daemon.err "%i failed; see journalctl -u %i"
 """
 #: Where systemd (PID 1) loads system units from: the administrator's, then the runtime one.
@@ -70,8 +69,7 @@ def hardening(*, read_write: list[str], user: str | None = None,
     lines += [f"Environment={k}={v}" for k, v in sorted((environment or {}).items())]
     lines += ["NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=read-only",
               "PrivateTmp=yes", "PrivateDevices=yes", "ProtectKernelTunables=yes",
-              "ProtectKernelModules=yes", "ProtectControlGroups=yes",
-              "RestrictSUIDSGID=yes", "LockPersonality=yes",
+              "ProtectKernelModules=yes", "ProtectControlGroups=yes", "LockPersonality=yes",
               f"ReadWritePaths={' '.join(read_write)}"]
     return "\n".join(lines) + "\n"
 

@@ -6,19 +6,7 @@ import pytest
 
 from donnadb import db
 from donnadb.provision import database
-from donnadb.provision.settings import load_deploy_settings
-from tests.provision.deployrun import load_group_data
 from tests.support import render_database_sql, superuser_psql
-
-
-class _Data(dict):
-    def get(self, key, default=None):
-        return super().get(key, default)
-
-
-@pytest.fixture(scope="module")
-def deploy_settings():
-    return load_deploy_settings(_Data(load_group_data()))
 
 
 def _problems(deploy_settings, dbname: str) -> list[str]:

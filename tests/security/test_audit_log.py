@@ -4,6 +4,7 @@ passwords and bind values they carry do not."""
 from __future__ import annotations
 
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -29,12 +30,19 @@ def test_pgaudit_is_loaded_with_the_deployed_classes(deployed, settings):
                           dbname=settings.db_name) == "1"
 
 
+@contextmanager
+def as_owner(connect_as, dbname: str, settings):
+    """A transaction of the migrator acting as the owner role (how migrations run)."""
+    conn = connect_as("migrator", dbname=dbname)
+    with conn.transaction():
+        conn.execute(f"SET LOCAL ROLE {settings.db_role_owner}")
+        yield conn
+
+
 def test_ddl_and_grants_by_the_migrator_are_audited(connect_as, scratch_db, settings):
     table = f"audit_probe_{uuid.uuid4().hex[:8]}"
     start = PG_LOG.stat().st_size
-    conn = connect_as("migrator", dbname=scratch_db)
-    with conn.transaction():
-        conn.execute(f"SET LOCAL ROLE {settings.db_role_owner}")
+    with as_owner(connect_as, scratch_db, settings) as conn:
         conn.execute(f"CREATE TABLE public.{table} (id int)")
         conn.execute(f"GRANT SELECT ON public.{table} TO {settings.db_role_readonly}")
     log = _log_since(start)
@@ -59,9 +67,7 @@ def test_a_password_change_is_audited_without_the_password(settings):
 def test_bind_values_stay_out_of_audit_lines(connect_as, scratch_db, settings):
     marker = f"personal-{uuid.uuid4().hex}"
     start = PG_LOG.stat().st_size
-    conn = connect_as("migrator", dbname=scratch_db)
-    with conn.transaction():
-        conn.execute(f"SET LOCAL ROLE {settings.db_role_owner}")
+    with as_owner(connect_as, scratch_db, settings) as conn:
         # A DDL statement built with a parameter: the audit line shows the text only.
         conn.execute("SELECT set_config('application_name', %s, true)", [marker])
         conn.execute("CREATE TEMP TABLE audit_probe (v text)")

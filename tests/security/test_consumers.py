@@ -15,21 +15,16 @@ from pathlib import Path
 import pytest
 
 from donnadb.provision import opsjobs
-from donnadb.provision.settings import load_deploy_settings
 from tests.provision.deployrun import load_group_data
-from tests.support import systemd_running, unit_properties, with_systemd, without_systemd
+from tests.support import (
+    GroupData,
+    systemd_running,
+    unit_properties,
+    with_systemd,
+    without_systemd,
+)
 
 pytestmark = pytest.mark.deploy
-
-
-class _Data(dict):
-    def get(self, key, default=None):
-        return super().get(key, default)
-
-
-@pytest.fixture(scope="module")
-def deploy_settings():
-    return load_deploy_settings(_Data(load_group_data()))
 
 
 def as_user(user: str, *cmd: str, env: dict[str, str] | None = None,
@@ -100,7 +95,7 @@ def _cron_environment(cron_file: str = opsjobs.CRON_FILE) -> dict[str, str]:
 
 @without_systemd
 def test_without_systemd_the_cron_jobs_run_as_the_ops_user(deployed, deploy_settings):
-    jobs, _ = opsjobs.load_jobs(_Data(load_group_data()))
+    jobs, _ = opsjobs.load_jobs(GroupData(load_group_data()))
     for line in Path(opsjobs.CRON_FILE).read_text().splitlines():
         if line and not line.startswith("#") and "donnactl" in line:
             assert line.split()[5] == opsjobs.OPS_USER, line
@@ -126,8 +121,9 @@ def test_with_systemd_the_ops_units_run_sandboxed_as_the_ops_user(deployed):
 @with_systemd
 def test_with_systemd_a_failed_job_is_reported(deployed):
     unit = f"donna-fail-test-{os.getpid()}"
+    # A transient unit's properties get no specifier expansion: name the instance.
     subprocess.run(["systemd-run", "--wait", "--quiet", f"--unit={unit}",
-                    "-p", "OnFailure=donna-job-failed@%n.service", "/bin/false"],
+                    "-p", f"OnFailure=donna-job-failed@{unit}.service.service", "/bin/false"],
                    capture_output=True, text=True, timeout=60, check=False)
     subprocess.run(["systemctl", "reset-failed", f"{unit}.service"], check=False)
     for _ in range(50):  # the report is a unit of its own, started after the failure
