@@ -35,8 +35,10 @@ def test_version_prints_the_installed_version():
 
 
 def test_shell_completion_can_be_shown():
-    # Typer detects the shell from the process tree: run it from bash, as a user would.
-    done = subprocess.run(["bash", "-c", f"{DONNACTL} --show-completion"], capture_output=True,
+    # Typer detects the shell from the process tree: run it from bash, as a user would
+    # ("; exit" keeps bash as the parent: a lone command would be exec'd in its place).
+    done = subprocess.run(["bash", "-c", f"{DONNACTL} --show-completion; exit $?"],
+                          capture_output=True,
                           text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": "/root"})
     assert done.returncode == 0 and "complete" in done.stdout and "donnactl" in done.stdout
 
