@@ -41,7 +41,7 @@ from pyinfra.operations import apt, files, server
 from donnadb import config
 from donnadb.backup import pitr
 from donnadb.errors import ConfigError
-from donnadb.provision import consumers, install, scheduler
+from donnadb.provision import consumers, install, logs, scheduler
 
 #: job -> (systemd OnCalendar, cron schedule, what it does)
 DEFAULT_SCHEDULE = {
@@ -164,7 +164,7 @@ def env_text(cfg: BackupDeploy) -> str:
 #: The jobs' user: the cluster's owner, whose peer login is the superuser the restore
 #: drill needs (it creates and drops its scratch database); never root.
 JOB_USER = consumers.CLUSTER_OWNER
-LOG_DIR = "/var/log/donnadb"
+LOG_DIR = logs.LOG_DIR
 #: The jobs' JSON run log (OPS_LOG_FILE) and the cron output, the job user's own.
 JOB_LOG = f"{LOG_DIR}/{JOB_USER}-backup.jsonl"
 CRON_LOG = f"{LOG_DIR}/{JOB_USER}-backup-cron.log"
@@ -250,8 +250,7 @@ def install_backups(settings) -> None:
                     user=JOB_USER, group=consumers.GROUP, mode="2750")
     owned_by(name=f"Backups made as root before belong to {JOB_USER}", path=cfg.repo_dir,
              user=JOB_USER, group=consumers.GROUP)
-    files.directory(name=f"Create {LOG_DIR}", path=LOG_DIR, user="root", group="root",
-                    mode="711")
+    logs.log_directory()
     for path in (JOB_LOG, CRON_LOG):
         files.file(name=f"{path} is {JOB_USER}'s", path=path, user=JOB_USER,
                    group=JOB_USER, mode="600")

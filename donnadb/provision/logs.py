@@ -40,6 +40,15 @@ def config_text() -> str:
 """
 
 
+def log_directory() -> None:
+    """/var/log/donnadb: others may enter it, not list it; each log is its writer's.
+
+    The ops and the backup jobs both call this, so the directory is declared once.
+    """
+    files.directory(name=f"Create {LOG_DIR}", path=LOG_DIR, user="root", group="root",
+                    mode="711")
+
+
 @deploy("Log rotation")
 def rotate_logs(settings: DeploySettings) -> None:
     """Install logrotate (its own timer or cron.daily runs it) and our policy."""

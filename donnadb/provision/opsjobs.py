@@ -27,7 +27,7 @@ from pyinfra.operations import files
 
 from donnadb import config
 from donnadb.errors import ConfigError
-from donnadb.provision import consumers, install, scheduler
+from donnadb.provision import consumers, install, logs, scheduler
 from donnadb.provision.settings import DeploySettings
 
 
@@ -57,7 +57,7 @@ UNIT_DIR = "/etc/systemd/system"
 CRON_FILE = "/etc/cron.d/donna-ops"
 #: The jobs' system user: a consumer (group_data db_consumers) like the application.
 OPS_USER = "donna-ops"
-LOG_DIR = "/var/log/donnadb"
+LOG_DIR = logs.LOG_DIR
 CRON_LOG = f"{LOG_DIR}/{OPS_USER}-cron.log"
 #: The jobs' JSON run log (OPS_LOG_FILE), apart from root's donnactl.jsonl.
 JOB_LOG = f"{LOG_DIR}/{OPS_USER}.jsonl"
@@ -162,9 +162,7 @@ def install_ops_jobs(settings: DeploySettings) -> None:
     if OPS_USER not in settings.db_consumers:
         raise ConfigError(f"group_data db_consumers must keep {OPS_USER!r}: the ops jobs "
                           "run as that user with its own passfile")
-    # Enter-only for others: each file inside is its writer's alone.
-    files.directory(name=f"Create {LOG_DIR}", path=LOG_DIR, user="root", group="root",
-                    mode="711")
+    logs.log_directory()
     # Where the jobs logged while they ran as root.
     files.file(name="Remove the former root-run cron log", path=f"{LOG_DIR}/ops-cron.log",
                present=False)
