@@ -5,7 +5,7 @@ PY    := $(VENV)/bin/python
 PIP   := $(VENV)/bin/pip
 INVENTORY ?= inventory/local.py
 
-.PHONY: deploy test venv lock lint clean-venv loadtest bench
+.PHONY: deploy test test-hosts venv lock lint clean-venv loadtest bench
 
 # `make loadtest`: the gated load test (docs/loadtest.md); results in loadtest-results/.
 LOADTEST_ARGS ?= --users 150 --spawn-rate 25 --duration 5m
@@ -27,12 +27,18 @@ $(VENV)/.installed: pyproject.toml requirements/dev.lock
 venv: $(VENV)/.installed
 
 # After changing a pin in pyproject.toml: re-resolve and hash everything. dev.lock is
-# the checkout's venv; host.lock is what the deploy installs on a database host.
+# the checkout's venv; host.lock is what the deploy installs on a database host,
+# app.lock on an application host (the DAL alone), app-loadtest.lock on one that also
+# drives the load test.
 lock: venv
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --generate-hashes \
 		--python-version 3.11 --no-header --quiet -o requirements/dev.lock
 	$(VENV)/bin/uv pip compile pyproject.toml --extra ops --generate-hashes \
 		--python-version 3.11 --no-header --quiet -o requirements/host.lock
+	$(VENV)/bin/uv pip compile pyproject.toml --generate-hashes \
+		--python-version 3.11 --no-header --quiet -o requirements/app.lock
+	$(VENV)/bin/uv pip compile pyproject.toml --extra loadtest --generate-hashes \
+		--python-version 3.11 --no-header --quiet -o requirements/app-loadtest.lock
 
 deploy: venv
 	$(VENV)/bin/pyinfra -y $(INVENTORY) deploy.py
@@ -42,6 +48,15 @@ test: deploy
 	@command -v git >/dev/null || { apt-get update -qq && apt-get install -y -qq git; }
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
+
+# The fleet suite: fresh Debian 12 hosts with systemd booted here (debootstrap +
+# systemd-nspawn, tests/hosts), a database host and an application host on their own
+# loopback addresses, deployed over SSH (tests/fleet). Needs root; ~10 minutes.
+test-hosts: venv
+	@command -v debootstrap >/dev/null || { apt-get update -qq && apt-get install -y -qq debootstrap; }
+	@command -v systemd-nspawn >/dev/null || { apt-get update -qq && apt-get install -y -qq systemd-container; }
+	@command -v tcpdump >/dev/null || { apt-get update -qq && apt-get install -y -qq tcpdump; }
+	DONNADB_FLEET=1 $(VENV)/bin/pytest tests/fleet
 
 # Seeds DB_NAME once (the default scale; `seed` skips a scale already loaded).
 loadtest: deploy

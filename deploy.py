@@ -1,13 +1,22 @@
 """Deploy Donna's PostgreSQL: `pyinfra -y inventory/local.py deploy.py` (`make deploy`).
 
-Each step is a @deploy function in donnadb/provision/, listed once in
-donnadb/provision/steps.py; every setting is in group_data/all.py. Running it again
-changes nothing. See docs/deploy.md.
+A host's inventory group says what it gets: ``db_servers`` the database and
+everything around it (each step is a @deploy function in donnadb/provision/, listed
+once in donnadb/provision/steps.py), ``app_servers`` the application's package,
+settings and credential (donnadb/provision/app.py). Every setting is in
+group_data/all.py. Running it again changes nothing. See docs/deploy.md.
 """
 
 from pyinfra import host
 
+from donnadb.provision.app import converge_app, database_server, roles_of
 from donnadb.provision.settings import load_deploy_settings
 from donnadb.provision.steps import converge_host
 
-converge_host(load_deploy_settings(host.data))
+settings = load_deploy_settings(host.data)
+is_db, is_app = roles_of(host)
+if is_db:
+    converge_host(settings)
+elif is_app:
+    # A database host already has the package and settings an application needs.
+    converge_app(settings, database_server(settings, host))

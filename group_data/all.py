@@ -293,3 +293,19 @@ ops_env = {
     # node_exporter's textfile collector directory (the deploy creates it, 0755).
     "METRICS_TEXTFILE": "/var/lib/prometheus/node-exporter/donnadb.prom",
 }
+
+
+# --- Host roles (deploy.py; docs/deploy.md "Host roles") -----------------------------
+# An inventory lists db_servers (PostgreSQL, PgBouncer, backups, ops jobs, donnactl) and
+# app_servers (the DAL package, its settings, the CA certificate and the application
+# role's credential only). A host may be in both.
+# The tuning formulas' budget: None sizes for the host's own RAM and CPUs; a host that
+# shares its machine (a test fleet, a VM with ballooning) sets what it may use.
+host_memory_mb = None
+host_cpus = None
+# Application hosts: extras installed beside the DAL ("loadtest": Locust and donnactl's
+# load-test commands, for a host that drives the load test), and the inventory name of
+# the database host they use (None: the only host of db_servers). The application
+# connects to that name (it is in the server certificate) through PgBouncer.
+app_extras = []
+app_db_server = None

@@ -2,21 +2,51 @@
 
     make deploy INVENTORY=inventory/production.py
 
-Each host is ``(address, data)``: ``ssh_*`` keys configure pyinfra's SSH connector,
-any other key overrides group_data/all.py for that host. The deploy runs as root
-(or with ``_sudo=True``); it ships the code the server runs (a wheel built from this
-checkout) into ``donnadb_install_dir`` (see docs/deploy.md).
+One database host and one application host, as the test fleet runs them
+(tests/fleet/inventory.py has the same groups and keys). Each host is
+``(address, data)``: ``ssh_*`` keys configure pyinfra's SSH connector, ``_sudo``
+makes it act as root through sudo, any other key overrides group_data/all.py for
+that host. The deploy ships the code each host runs (a wheel built from this
+checkout); see docs/deploy.md for host roles and TLS.
 """
 
 db_servers = [
     (
         "db1.internal.example.org",
         {
-            "ssh_user": "root",
+            "ssh_user": "deploy",
             "ssh_key": "~/.ssh/id_ed25519",
-            # Listen on the private address too and let the app servers' subnet in.
+            "ssh_known_hosts_file": "~/.ssh/known_hosts",
+            "ssh_strict_host_key_checking": "yes",
+            "_sudo": True,
+            # Listen on the private address too; the app hosts dial the host's name,
+            # which the server certificate carries with these addresses.
             "pg_listen_addresses": "localhost,10.0.1.10",
+            "pgbouncer_listen_addr": "127.0.0.1,10.0.1.10",
+            "db_host": "127.0.0.1",
+            # The app servers' subnet (their application role goes through PgBouncer).
             "pg_hba_networks": ["127.0.0.1/32", "::1/128", "10.0.2.0/24"],
+            # None: size PostgreSQL for the whole machine.
+            "host_memory_mb": None,
+            "host_cpus": None,
+            "tls_ca_dir": "~/.local/share/donnadb/ca",
+        },
+    ),
+]
+
+app_servers = [
+    (
+        "app1.internal.example.org",
+        {
+            "ssh_user": "deploy",
+            "ssh_key": "~/.ssh/id_ed25519",
+            "ssh_known_hosts_file": "~/.ssh/known_hosts",
+            "ssh_strict_host_key_checking": "yes",
+            "_sudo": True,
+            # ["loadtest"] on a host that drives the load test; [] for the DAL alone.
+            "app_extras": [],
+            "app_db_server": "db1.internal.example.org",
+            "tls_ca_dir": "~/.local/share/donnadb/ca",
         },
     ),
 ]

@@ -113,7 +113,8 @@ def preflight(opts: RunOptions, settings: Settings) -> None:
                                 "pip install 'donnadb[loadtest]'")
     dbname = opts.dbname or settings.db_name
     if opts.user_class == "ChatUser":
-        with db.connection("readonly", settings=settings, dbname=opts.dbname) as conn:
+        # As the role the run itself uses: an application host holds no other credential.
+        with db.connection("app", settings=settings, dbname=opts.dbname) as conn:
             try:
                 seeded = conn.execute(SEEDED_SQL, {"users": USER_PREFIX + "%",
                                                    "chats": CHAT_PREFIX + "%"}).fetchone()[0]

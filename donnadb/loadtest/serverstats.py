@@ -31,6 +31,7 @@ from psycopg.rows import dict_row
 
 from donnadb import db
 from donnadb.config import Settings
+from donnadb.errors import CredentialsError
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,8 @@ class PoolSampler:
                                            for r in rows), default=0),
                     })
                     self._stop.wait(self.interval)
-        except (psycopg.Error, OSError) as exc:
+        except (psycopg.Error, OSError, CredentialsError) as exc:
+            # No stats credential (an application host): the run goes on, unmeasured.
             self.error = _last_line(exc)
             log.info("pool sampling stopped: %s", self.error)
 

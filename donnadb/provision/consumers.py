@@ -78,10 +78,15 @@ def create_users(settings: DeploySettings) -> None:
     member_of(name=f"{CLUSTER_OWNER} reads the settings (group {GROUP})",
               user=CLUSTER_OWNER, group=GROUP)
     for user in settings.db_consumers:
-        server.group(name=f"Group {user}", group=user, system=True)
-        server.user(name=f"System user {user}", user=user, group=user, groups=[GROUP],
-                    system=True, shell=NOLOGIN, home="/nonexistent", create_home=False,
-                    ensure_home=False, comment="donnadb database consumer")
+        system_user(user)
+
+
+def system_user(user: str) -> None:
+    """A consumer's system user: its own group, in :data:`GROUP`, no shell, no home."""
+    server.group(name=f"Group {user}", group=user, system=True)
+    server.user(name=f"System user {user}", user=user, group=user, groups=[GROUP],
+                system=True, shell=NOLOGIN, home="/nonexistent", create_home=False,
+                ensure_home=False, comment="donnadb database consumer")
 
 
 @deploy("Consumer passfiles")

@@ -12,9 +12,13 @@ night. So the deploy
    the upload reports no change);
 3. uploads the wheel, the schema migrations and the backup entry script into the
    install directory (root-owned, 0755: the jobs' own users must read it, not write it);
-4. installs the dependencies from ``requirements/host.lock`` (``--require-hashes``:
-   exactly the pinned files) and the wheel into the virtualenv, only when their hash
-   differs from the one the last install recorded, and links ``/usr/local/bin/donnactl``.
+4. installs the dependencies from the host's lock file (``--require-hashes``: exactly
+   the pinned files) and the wheel into the virtualenv, only when their hash differs
+   from the one the last install recorded, and links ``/usr/local/bin/donnactl``.
+
+A database host gets ``requirements/host.lock`` (the ``[ops]`` extra: donnactl and
+what its commands need), the migrations and the backup script; an application host
+gets ``requirements/app.lock`` (the DAL alone) or the lock of its ``app_extras``.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from donnadb.provision.settings import DeploySettings
 #: What goes into the wheel, and what else the host needs from the tree.
 PACKAGE_SOURCES = ("donnadb", "pyproject.toml")
 SHIPPED_SOURCES = (*PACKAGE_SOURCES, "schema", "backups", "requirements")
-#: The host's dependencies: the [ops] extra, every package pinned and hashed.
+#: A database host's dependencies: the [ops] extra, every package pinned and hashed.
 HOST_LOCK = "requirements/host.lock"
 #: 1980-01-01, the earliest date a zip entry can carry.
 SOURCE_DATE_EPOCH = "315532800"
@@ -157,9 +161,42 @@ def wheel_installed(venv: str, wheel: str, lock: str, sha256: str):
     yield f"echo {sha256} > {venv}/{STAMP}"
 
 
+def app_lock(settings: DeploySettings) -> str:
+    """An application host's lock file: the DAL alone, or with its ``app_extras``."""
+    return "requirements/" + "-".join(("app", *settings.app_extras)) + ".lock"
+
+
 @deploy("Install the code")
 def install_code(settings: DeploySettings) -> None:
-    """The venv, migrations and backup script under ``donnadb_install_dir`` (root, 0755).
+    """A database host's venv, migrations and backup script under ``donnadb_install_dir``
+    (root, 0755), and donnactl on PATH.
+
+    :raises ConfigError: the source tree is writable by others, or the wheel build failed.
+    """
+    root = Path(settings.donnadb_checkout)
+    install_venv(settings, HOST_LOCK)
+    files.sync(name=f"Ship the schema migrations to {schema_dir(settings)}",
+               src=str(root / "schema" / "migrations"), dest=schema_dir(settings),
+               user="root", group="root", mode="644", dir_mode="755", delete=True)
+    files.put(name=f"Ship the backup entry script to {backup_script(settings)}",
+              src=str(root / "backups" / "donna-backup"), dest=backup_script(settings),
+              user="root", group="root", mode="755")
+    files.link(name=f"donnactl on PATH ({PATH_LINK})", path=PATH_LINK,
+               target=donnactl_path(settings))
+
+
+@deploy("Install the application's code")
+def install_app_code(settings: DeploySettings) -> None:
+    """An application host's venv: the DAL and its settings (and ``app_extras``)."""
+    install_venv(settings, app_lock(settings))
+    if settings.app_extras:
+        # The extras bring donnactl (the load test's commands).
+        files.link(name=f"donnactl on PATH ({PATH_LINK})", path=PATH_LINK,
+                   target=donnactl_path(settings))
+
+
+def install_venv(settings: DeploySettings, lock_name: str) -> None:
+    """The wheel of the checkout and the dependencies of ``lock_name`` in the venv.
 
     :raises ConfigError: the source tree is writable by others, or the wheel build failed.
     """
@@ -175,18 +212,10 @@ def install_code(settings: DeploySettings) -> None:
     remote = f"{base}/wheels/{wheel.name}"
     files.put(name=f"Upload {wheel.name}", src=str(wheel), dest=remote,
               user="root", group="root", mode="644")
-    lock = root / HOST_LOCK
-    remote_lock = f"{base}/wheels/host.lock"
+    lock = root / lock_name
+    remote_lock = f"{base}/wheels/{lock.name}"
     files.put(name="Upload the dependencies' lock file", src=str(lock), dest=remote_lock,
               user="root", group="root", mode="644")
     digest = hashlib.sha256(wheel.read_bytes() + lock.read_bytes()).hexdigest()
     wheel_installed(name=f"Install the code into {venv_dir(settings)}",
                     venv=venv_dir(settings), wheel=remote, lock=remote_lock, sha256=digest)
-    files.sync(name=f"Ship the schema migrations to {schema_dir(settings)}",
-               src=str(root / "schema" / "migrations"), dest=schema_dir(settings),
-               user="root", group="root", mode="644", dir_mode="755", delete=True)
-    files.put(name=f"Ship the backup entry script to {backup_script(settings)}",
-              src=str(root / "backups" / "donna-backup"), dest=backup_script(settings),
-              user="root", group="root", mode="755")
-    files.link(name=f"donnactl on PATH ({PATH_LINK})", path=PATH_LINK,
-               target=donnactl_path(settings))

@@ -93,6 +93,14 @@ class DeploySettings:
     donnadb_install_dir: str = "/opt/donnadb"
     #: group_data ops_env: more NAME=value lines for donnadb.env (config.Settings fields).
     ops_env: dict[str, str] = field(default_factory=dict)
+    #: The host's budget for the tuning formulas (None: its RAM and CPUs, from facts).
+    host_memory_mb: int | None = None
+    host_cpus: int | None = None
+    #: Application hosts: the extras installed beside the DAL ("loadtest" for a host that
+    #: runs the load test), and the inventory name of their database host (None: the
+    #: only host of the db_servers group).
+    app_extras: tuple[str, ...] = ()
+    app_db_server: str | None = None
 
     @property
     def pg_packages(self) -> tuple[str, ...]:
@@ -256,7 +264,33 @@ def _host_fields(data: Any) -> dict[str, Any]:
         "donnadb_checkout": str(CHECKOUT),
         "donnadb_install_dir": install_dir.rstrip("/") or "/",
         "ops_env": _env_lines("ops_env", data.get("ops_env") or {}),
+        "host_memory_mb": _budget("host_memory_mb", data.get("host_memory_mb"), 256),
+        "host_cpus": _budget("host_cpus", data.get("host_cpus"), 1),
+        "app_extras": _app_extras(data.get("app_extras") or ()),
+        "app_db_server": data.get("app_db_server") or None,
     }
+
+
+#: What an application host may install beside the DAL (requirements/<name>.lock).
+APP_EXTRAS = ("loadtest",)
+
+
+def _budget(what: str, value: Any, least: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ConfigError(f"group_data {what}={value!r} must be a whole number of at least "
+                          f"{least}, or None to use the host's own")
+    return value
+
+
+def _app_extras(value: Any) -> tuple[str, ...]:
+    extras = tuple(value)
+    unknown = [e for e in extras if e not in APP_EXTRAS]
+    if unknown:
+        raise ConfigError(f"group_data app_extras: {unknown[0]!r} is not one of "
+                          f"{', '.join(APP_EXTRAS)}")
+    return extras
 
 
 def _formulas(data: Any) -> dict[str, Any]:

@@ -31,17 +31,18 @@ class MemTotalMb(FactBase[int]):
         return int(round(int(output[0]) / 1024))
 
 
-def host_resources() -> tuple[int, int]:
-    """(memory in MB, online CPUs) of the current host."""
-    memory_mb = host.get_fact(Memory) or host.get_fact(MemTotalMb)
-    cpus = host.get_fact(Cpus) or 1
+def host_resources(settings: DeploySettings) -> tuple[int, int]:
+    """(memory in MB, CPUs) the formulas size for: the host's budget from the inventory
+    (a host sharing its machine with others), else its RAM and online CPUs."""
+    memory_mb = settings.host_memory_mb or host.get_fact(Memory) or host.get_fact(MemTotalMb)
+    cpus = settings.host_cpus or host.get_fact(Cpus) or 1
     return int(memory_mb), int(cpus)
 
 
 @deploy("Configure postgresql.conf")
 def configure_postgresql(settings: DeploySettings) -> OperationMeta:
     """Write conf.d/donna.conf; returns the operation (restart when it changed)."""
-    memory_mb, cpus = host_resources()
+    memory_mb, cpus = host_resources(settings)
     cluster_created(name=f"Create cluster {settings.pg_version}/{settings.pg_cluster}",
                     version=settings.pg_version, cluster=settings.pg_cluster,
                     port=settings.pg_port)

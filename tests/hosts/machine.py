@@ -13,6 +13,10 @@ One module builds, boots, runs in and tears down a host::
   systemd says it is running; leaving the block powers it off and deletes its files.
 * :meth:`Host.run` runs a shell command inside with ``nsenter`` into the host's
   namespaces.
+* :func:`fleet` boots several hosts at once. Every host has an operator account,
+  :data:`SSH_USER`, with passwordless sudo and this machine's :func:`control_key` in
+  its authorized_keys (root cannot log in over SSH), and :func:`known_hosts` writes
+  each host's own keys, so SSH from here checks them strictly.
 
 The hosts share this machine's network namespace: every listener of a host must
 bind to that host's own loopback address (each host's sshd listens on its
@@ -52,6 +56,8 @@ TOOLS = {"debootstrap": "debootstrap", "systemd-nspawn": "systemd-container",
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 #: apt settings about reaching the archive (proxies, TLS, validity of Release files).
 APT_NETWORK = re.compile(r"Acquire::(https?|ftp|Check-|Max-ValidTime|Retries|ForceIPv)")
+#: The operator account on every host: logs in with the control key, sudo without password.
+SSH_USER = "deploy"
 BOOT_TIMEOUT = 120.0
 STOP_TIMEOUT = 60.0
 #: A clean environment for commands run inside (nothing of the caller's leaks in).
@@ -268,8 +274,65 @@ def prepare_root(base: Path, name: str, address: str) -> Path:
     subprocess.run(["chroot", str(root), "ssh-keygen", "-A"], check=True, capture_output=True)
     sshd = root / "etc/ssh/sshd_config.d/donna-testhost.conf"
     sshd.write_text(f"# This test host's own loopback address: hosts share the network.\n"
-                    f"ListenAddress {address}\n")
+                    f"ListenAddress {address}\nPermitRootLogin no\n")
+    _add_operator(root)
+    # Debian's package would create and start a cluster on localhost:5432 before the
+    # deploy configures it, and localhost is shared by every host here; the deploy
+    # creates the cluster itself (provision/service.py cluster_created).
+    conf = root / "etc/postgresql-common/createcluster.d/donnadb-testhost.conf"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text("# Test host: the deploy creates the cluster.\ncreate_main_cluster = false\n")
     return root
+
+
+def _add_operator(root: Path) -> None:
+    """:data:`SSH_USER`: a login with the control key and passwordless sudo, as a cloud
+    image's default user has."""
+    subprocess.run(["chroot", str(root), "useradd", "--create-home", "--shell", "/bin/bash",
+                    SSH_USER], check=True, capture_output=True)
+    ssh_dir = root / "home" / SSH_USER / ".ssh"
+    ssh_dir.mkdir(mode=0o700)
+    public = control_key(root).with_suffix(".pub").read_text()
+    (ssh_dir / "authorized_keys").write_text(public)
+    (ssh_dir / "authorized_keys").chmod(0o600)
+    subprocess.run(["chroot", str(root), "chown", "-R", f"{SSH_USER}:{SSH_USER}",
+                    f"/home/{SSH_USER}/.ssh"], check=True, capture_output=True)
+    sudoers = root / "etc/sudoers.d" / f"donnadb-{SSH_USER}"
+    sudoers.write_text(f"{SSH_USER} ALL=(ALL:ALL) NOPASSWD: ALL\n")
+    sudoers.chmod(0o440)
+
+
+def control_key(root: Path) -> Path:
+    """This machine's private key for the hosts (made once, 0600, under STATE_DIR).
+
+    Made with the ssh-keygen of a host's root file system (``root``), so this machine
+    needs no SSH tools of its own.
+    """
+    key = STATE_DIR / "ssh" / "id_ed25519"
+    if key.is_file():
+        return key
+    key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    inside = "/root/donnadb-control-key"
+    subprocess.run(["chroot", str(root), "ssh-keygen", "-q", "-t", "ed25519", "-N", "",
+                    "-C", "donnadb-test-control", "-f", inside], check=True,
+                   capture_output=True)
+    made = root / inside.lstrip("/")
+    shutil.move(made.with_suffix(".pub"), key.with_suffix(".pub"))
+    shutil.move(made, key)
+    key.chmod(0o600)
+    return key
+
+
+def known_hosts(hosts: list[Host]) -> Path:
+    """A known_hosts file with every host key of ``hosts``, by address (strict checking)."""
+    path = STATE_DIR / "ssh" / "known_hosts"
+    lines = []
+    for host in hosts:
+        for pub in sorted((host.root / "etc/ssh").glob("ssh_host_*_key.pub")):
+            kind, blob = pub.read_text().split()[:2]
+            lines.append(f"{host.address} {kind} {blob}\n")
+    path.write_text("".join(lines))
+    return path
 
 
 @contextlib.contextmanager
@@ -278,21 +341,39 @@ def booted(name: str, address: str, *, keep: bool = False) -> Iterator[Host]:
 
     :raises HostError: building, copying or booting failed.
     """
+    with fleet([(name, address)], keep=keep) as hosts:
+        yield hosts[0]
+
+
+@contextlib.contextmanager
+def fleet(specs: list[tuple[str, str]], *, keep: bool = False) -> Iterator[list[Host]]:
+    """Several fresh hosts (``(name, address)`` each), booted side by side.
+
+    :raises HostError: building, copying or booting one of them failed (all stop).
+    """
     base = build_base()
-    host = Host(name, address, prepare_root(base, name, address))
+    hosts = [Host(name, address, prepare_root(base, name, address)) for name, address in specs]
+    try:
+        for host in hosts:
+            _start(host)
+        for host in hosts:
+            host.wait_running()
+        yield hosts
+    finally:
+        for host in hosts:
+            shutdown(host)
+        if not keep:
+            for host in hosts:
+                _remove_tree(host.root)
+
+
+def _start(host: Host) -> None:
     with host.console_log.open("w") as console:
         host.process = subprocess.Popen(
             ["systemd-nspawn", "-q", "--register=no", "--keep-unit", "--console=read-only",
-             "-D", str(host.root), "--machine", name, "-b"],
+             "-D", str(host.root), "--machine", host.name, "-b"],
             stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
             start_new_session=True)
-    try:
-        host.wait_running()
-        yield host
-    finally:
-        shutdown(host)
-        if not keep:
-            _remove_tree(host.root)
 
 
 def shutdown(host: Host, timeout: float = STOP_TIMEOUT) -> None:

@@ -50,14 +50,17 @@ class DeployRun:
 
 
 def run_deploy(*, sample_ps: bool = False, timeout: float = 300, deploy_file: str | None = None,
-               data: dict[str, object] | None = None,
-               env: dict[str, str] | None = None) -> DeployRun:
+               data: dict[str, object] | None = None, env: dict[str, str] | None = None,
+               inventory: str | None = None) -> DeployRun:
     """Run `pyinfra -y inventory/local.py deploy.py` from the repository root.
 
-    ``deploy_file`` replaces deploy.py, ``data`` overrides group_data (``--data``).
+    ``inventory`` replaces inventory/local.py, ``deploy_file`` replaces deploy.py,
+    ``data`` overrides group_data (``--data``).
     With ``sample_ps``, every process's argv is sampled (``ps -eo args``) while it runs.
     """
     command = list(COMMAND)
+    if inventory:
+        command[2] = inventory
     if deploy_file:
         command[-1] = deploy_file
     for key, value in (data or {}).items():

@@ -1,0 +1,124 @@
+"""An application host: the DAL package, its settings and the application role's
+credential, and nothing of the database host's other roles.
+
+The application reaches its database host by the name the inventory gives it (which
+the server certificate carries) through PgBouncer. Its one password is the
+application role's: read on the database host from that consumer's own passfile
+(never the root passfile) and written to the same consumer's passfile here, 0600, so
+the secret crosses only the deploy's SSH connections, never argv, a log or a file on
+the machine running the deploy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from io import StringIO
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api import deploy, operation
+from pyinfra.api.host import Host
+from pyinfra.facts.files import FileContents, Sha256File
+from pyinfra.operations import files, server
+
+from donnadb.errors import ConfigError
+from donnadb.provision import consumers, install
+from donnadb.provision.settings import DeploySettings, load_deploy_settings
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+#: Inventory groups (deploy.py): what each host runs.
+DB_GROUP = "db_servers"
+APP_GROUP = "app_servers"
+
+
+def roles_of(target: Host) -> tuple[bool, bool]:
+    """(database host, application host) from the inventory groups of ``target``.
+
+    :raises ConfigError: the host is in neither group.
+    """
+    groups = set(target.groups)
+    is_db, is_app = DB_GROUP in groups, APP_GROUP in groups
+    if not (is_db or is_app):
+        raise ConfigError(f"host {target.name} is in neither {DB_GROUP} nor {APP_GROUP}; "
+                          "list it in one of them in the inventory")
+    return is_db, is_app
+
+
+def database_server(settings: DeploySettings, target: Host) -> Host:
+    """The database host an application host uses (``app_db_server``, else the only one).
+
+    :raises ConfigError: it is not a database host of this inventory, or there are
+        several and none is named.
+    """
+    db_hosts = target.inventory.get_group(DB_GROUP) if DB_GROUP in target.inventory.groups \
+        else []
+    if settings.app_db_server is None:
+        if len(db_hosts) != 1:
+            raise ConfigError(f"app host {target.name}: set app_db_server to one of "
+                              f"{[h.name for h in db_hosts]} (the inventory's {DB_GROUP})")
+        return db_hosts[0]
+    for candidate in db_hosts:
+        if candidate.name == settings.app_db_server:
+            return candidate
+    raise ConfigError(f"app host {target.name}: app_db_server={settings.app_db_server!r} is "
+                      f"not in the inventory's {DB_GROUP}")
+
+
+def app_users(settings: DeploySettings) -> dict[str, tuple[str, ...]]:
+    """The consumers an application host has: those holding the application role only."""
+    return {user: kinds for user, kinds in settings.db_consumers.items() if kinds == ("app",)}
+
+
+@operation()
+def credential_copied(source: Host, source_path: str, dest: str, owner: str):
+    """``dest`` (0600 ``owner``) holds the same lines as ``source_path`` on ``source``.
+
+    Read on each run (pyinfra runs an operation's body again when it executes, after the
+    database host's own steps made the file).
+    """
+    want = source.get_fact(Sha256File, path=source_path)
+    if want is None:
+        # Only while collecting on a fresh fleet: at execution the file exists, and a
+        # database host that never made it fails its own steps first.
+        host.noop(f"{source_path} does not exist on {source.name} yet")
+        return
+    have = host.get_fact(Sha256File, path=dest)
+    if have == want:
+        host.noop(f"{dest} matches {source.name}:{source_path}")
+        return
+    lines = source.get_fact(FileContents, path=source_path) or []
+    content = "".join(f"{line}\n" for line in lines)
+    if hashlib.sha256(content.encode()).hexdigest() != want:
+        raise ConfigError(f"{source.name}:{source_path} changed while it was read; "
+                          "run the deploy again")
+    yield from files.put._inner(src=StringIO(content), dest=dest, user=owner, group=owner,
+                                mode="600")
+
+
+@deploy("Application host")
+def converge_app(settings: DeploySettings, database: Host) -> None:
+    """The DAL's venv, the CA certificate, app.env and the application's passfile."""
+    db = load_deploy_settings(database.data)
+    server.group(name=f"Group {consumers.GROUP} (the consumers)", group=consumers.GROUP,
+                 system=True)
+    users = app_users(settings)
+    if not users:
+        raise ConfigError("db_consumers has no user holding the application role alone "
+                          "(e.g. \"donna-app\": [\"app\"]): the application host needs one")
+    for user in users:
+        consumers.system_user(user)
+    install.install_app_code(settings)
+    directory = posixpath.dirname(settings.donnadb_env_file)
+    consumers.settings_dir(f"Create {directory}", directory)
+    consumers.settings_dir(f"Create {consumers.passfile_dir(settings)}",
+                           consumers.passfile_dir(settings))
+    user = next(iter(users))
+    passfile = consumers.passfile_of(settings, user)
+    files.template(name=f"Write {settings.donnadb_env_file} (the database host {database.name})",
+                   src=str(TEMPLATES / "app.env.j2"), dest=settings.donnadb_env_file,
+                   user="root", group=consumers.GROUP, mode="640", cfg=settings, db=db,
+                   db_host=database.name, passfile=passfile)
+    credential_copied(name=f"Copy {user}'s credential from {database.name}",
+                      source=database, source_path=consumers.passfile_of(db, user),
+                      dest=passfile, owner=user)

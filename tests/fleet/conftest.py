@@ -1,0 +1,85 @@
+"""The fleet: fresh Debian 12 hosts with systemd, deployed over SSH from this machine.
+
+``make test-hosts`` runs this directory (DONNADB_FLEET=1; the plain suite leaves it
+out). One session boots a database host and an application host
+(tests/hosts/machine.py), deploys both with ``pyinfra tests/fleet/inventory.py
+deploy.py`` as the hosts' operator account through sudo, deploys again, and hands the
+tests the booted hosts and both runs. The hosts are powered off and deleted at the end.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.hosts import machine
+from tests.provision.deployrun import DeployRun, run_deploy
+
+ROOT = Path(__file__).resolve().parents[2]
+INVENTORY = "tests/fleet/inventory.py"
+DB = ("db1", "127.0.0.11")
+APP = ("app1", "127.0.0.12")
+#: Each host's budget (inventory host_memory_mb/host_cpus): three fit in 24 GB / 2 cores.
+MEMORY_MB = 2048
+CPUS = 1
+#: A fresh host's first deploy installs PostgreSQL, PgBouncer and two venvs.
+DEPLOY_TIMEOUT = 20 * 60
+
+
+@dataclass
+class Fleet:
+    db: machine.Host
+    app: machine.Host
+    env: dict[str, str]
+    first: DeployRun
+    second: DeployRun
+
+    def deploy(self, **data: object) -> DeployRun:
+        return run_deploy(inventory=INVENTORY, env=self.env, data=data,
+                          timeout=DEPLOY_TIMEOUT)
+
+    def ssh(self, host: machine.Host, command: str, *, user: str = machine.SSH_USER,
+            timeout: float = 600) -> tuple[int, str]:
+        """(exit code, output) of ``command`` run on ``host`` over SSH as ``user``, with the
+        control key and strict host key checking (paramiko, as pyinfra connects).
+
+        :raises paramiko.SSHException: the login was refused.
+        """
+        import paramiko
+
+        spec = json.loads(Path(self.env["DONNADB_FLEET_FILE"]).read_text())
+        client = paramiko.SSHClient()
+        client.load_host_keys(spec["known_hosts"])
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        try:
+            client.connect(host.address, username=user, key_filename=spec["ssh_key"],
+                           allow_agent=False, look_for_keys=False, timeout=30)
+            _, stdout, _ = client.exec_command(command + " 2>&1", timeout=timeout)
+            output = stdout.read().decode()
+            return stdout.channel.recv_exit_status(), output
+        finally:
+            client.close()
+
+
+@pytest.fixture(scope="session")
+def fleet(tmp_path_factory) -> Fleet:
+    with machine.fleet([DB, APP]) as (db, app):
+        state = machine.STATE_DIR
+        spec = {
+            "db": db.address, "app": app.address, "ssh_user": machine.SSH_USER,
+            "ssh_key": str(state / "ssh" / "id_ed25519"),
+            "known_hosts": str(machine.known_hosts([db, app])),
+            "ca_dir": str(tmp_path_factory.mktemp("fleet-ca")),
+            "memory_mb": MEMORY_MB, "cpus": CPUS,
+        }
+        spec_file = state / "fleet.json"
+        spec_file.write_text(json.dumps(spec))
+        env = {"DONNADB_FLEET_FILE": str(spec_file)}
+        first = run_deploy(inventory=INVENTORY, env=env, timeout=DEPLOY_TIMEOUT)
+        assert first.returncode == 0, first.output[-6000:]
+        second = run_deploy(inventory=INVENTORY, env=env, timeout=DEPLOY_TIMEOUT)
+        assert second.returncode == 0, second.output[-6000:]
+        yield Fleet(db, app, env, first, second)

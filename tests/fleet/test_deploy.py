@@ -1,0 +1,70 @@
+"""A fresh database host and application host, deployed over SSH as an operator with
+sudo: the second run changes nothing, systemd runs the jobs, each host holds only what
+its role needs."""
+
+from __future__ import annotations
+
+import json
+
+import paramiko
+import pytest
+
+from tests.fleet.conftest import Fleet
+
+
+def test_the_second_deploy_changes_nothing_on_any_host(fleet: Fleet):
+    assert fleet.second.totals["hosts"] == 2
+    assert fleet.second.changed_operations() == [], fleet.second.output[-4000:]
+
+
+def test_the_deploy_logs_in_as_the_operator_and_root_cannot_log_in(fleet: Fleet):
+    code, who = fleet.ssh(fleet.db, "id -un; sudo -n id -un")
+    assert (code, who.split()) == (0, ["deploy", "root"])
+    with pytest.raises(paramiko.AuthenticationException):
+        fleet.ssh(fleet.db, "true", user="root")
+
+
+def test_the_database_host_passes_its_own_check(fleet: Fleet):
+    done = fleet.db.run("donnactl db check --security --json", check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert json.loads(done.stdout)["ok"] is True
+
+
+def test_postgresql_and_pgbouncer_listen_on_the_hosts_own_address_only(fleet: Fleet):
+    listening = fleet.db.run("ss -Hltn").stdout.split("\n")
+    ports = {line.split()[3] for line in listening if line.strip()}
+    assert {"127.0.0.11:5432", "127.0.0.11:6432"} <= ports
+    assert not [p for p in ports if p.endswith((":5432", ":6432")) and
+                not p.startswith("127.0.0.11:")], ports
+
+
+def test_the_jobs_are_systemd_timers_and_a_backup_runs_under_systemd(fleet: Fleet):
+    timers = fleet.db.run("systemctl list-timers --all --no-legend --plain").stdout
+    for unit in ("donna-backup-snapshot.timer", "donna-ops-partitions.timer",
+                 "donna-ops-metrics.timer"):
+        assert unit in timers
+        assert fleet.db.run(f"systemctl is-enabled {unit}").stdout.strip() == "enabled"
+    assert fleet.db.run("test ! -e /etc/cron.d/donna-backup", check=False).returncode == 0
+    started = fleet.db.run("systemctl start donna-backup-snapshot.service", check=False,
+                           timeout=900)
+    assert started.returncode == 0, fleet.db.run(
+        "journalctl -u donna-backup-snapshot.service --no-pager | tail -40").stdout
+    listed = json.loads(fleet.db.run("donnactl backup list --json").stdout)
+    assert listed, "the snapshot job made no backup"
+
+
+def test_the_app_host_holds_the_application_credential_only(fleet: Fleet):
+    app = fleet.app
+    assert app.run("ls /etc/donnadb/pgpass.d").stdout.split() == ["donna-app"]
+    assert app.run("test ! -e /etc/donnadb/pgpass", check=False).returncode == 0
+    passfile = app.run("stat -c '%U %a' /etc/donnadb/pgpass.d/donna-app").stdout.split()
+    assert passfile == ["donna-app", "600"]
+    lines = app.run("cat /etc/donnadb/pgpass.d/donna-app").stdout.splitlines()
+    assert [line.split(":")[3] for line in lines] == ["donna_app"]
+    # No database server, no ops jobs, no other role's settings.
+    assert app.run("dpkg -s postgresql-15", check=False).returncode != 0
+    assert "donna-" not in app.run("systemctl list-timers --all --no-legend --plain").stdout
+    env = dict(line.split("=", 1) for line in app.run(
+        "grep -v '^#' /etc/donnadb/donnadb.env").stdout.split("\n") if "=" in line)
+    assert env["DB_HOST"] == fleet.db.address
+    assert env["DB_PASSFILE"] == "/etc/donnadb/pgpass.d/donna-app"

@@ -1,0 +1,94 @@
+"""TLS between the application host and the database host: verified, required, and
+nothing readable on the wire."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.fleet.conftest import Fleet
+from tests.fleet.test_app import run_as_app, run_contract
+
+WRONG_CA = "/usr/local/lib/donnadb-fleet/wrong-ca.crt"
+
+
+def a_stranger_ca() -> bytes:
+    """A self-signed CA certificate the deploy never saw (PEM)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not the donnadb CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def attempt(fleet: Fleet, **overrides: str) -> dict:
+    return run_as_app(fleet, "app_connect.py", json.dumps(overrides))
+
+
+def test_the_app_host_speaks_verified_tls_to_pgbouncer(fleet: Fleet):
+    wire = run_contract(fleet, f"m{uuid.uuid4().hex[:10]}")["wire"]
+    assert wire["ssl_in_use"] is True
+    assert wire["protocol"] in ("TLSv1.2", "TLSv1.3")
+    env = fleet.app.run("cat /etc/donnadb/donnadb.env").stdout
+    assert "DB_SSLMODE=verify-full" in env
+
+
+def test_plain_text_a_stranger_ca_and_a_wrong_host_name_are_refused(fleet: Fleet):
+    assert attempt(fleet)["ok"] is True  # the same login, as deployed, works
+    plain = attempt(fleet, sslmode="disable")
+    assert plain["ok"] is False
+    stranger = fleet.app.root / WRONG_CA.lstrip("/")
+    stranger.parent.mkdir(parents=True, exist_ok=True)
+    stranger.write_bytes(a_stranger_ca())
+    stranger.chmod(0o644)
+    wrong_ca = attempt(fleet, sslrootcert=WRONG_CA)
+    assert wrong_ca["ok"] is False and "certificate verify failed" in wrong_ca["error"]
+    wrong_name = attempt(fleet, host="wrong.example", hostaddr=fleet.db.address)
+    assert wrong_name["ok"] is False and "does not match host name" in wrong_name["error"]
+
+
+def test_the_app_role_cannot_bypass_pgbouncer(fleet: Fleet):
+    direct = attempt(fleet, port="5432")
+    assert direct["ok"] is False and "pg_hba.conf" in direct["error"], direct
+
+
+def capture(address: str, port: int, out: Path, action) -> bytes:
+    """The loopback packets to and from ``address:port`` while ``action()`` runs."""
+    dump = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "-s", "0", "-w", str(out),
+                             f"host {address} and tcp port {port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        time.sleep(1.5)  # tcpdump is listening once it has opened the interface
+        action()
+        time.sleep(1.0)
+    finally:
+        dump.terminate()
+        dump.wait(10)
+    return out.read_bytes()
+
+
+def test_a_sniffed_wire_shows_no_password_exchange_and_no_query(fleet: Fleet, tmp_path):
+    marker = f"sniff{uuid.uuid4().hex[:12]}"
+    seen = capture(fleet.db.address, 6432, tmp_path / "tls.pcap",
+                   lambda: run_contract(fleet, marker))
+    assert len(seen) > 2000, "the capture saw nothing: it proves nothing"
+    for clear in (marker.encode(), b"SCRAM-SHA-256", b"n,,n=", b"donna_app"):
+        assert clear not in seen, f"{clear!r} crossed the wire in clear"
+    # The same capture shows a plain-text attempt's startup packet (user name in clear):
+    # had the DAL's traffic been readable, it would have been seen.
+    plain = capture(fleet.db.address, 6432, tmp_path / "plain.pcap",
+                    lambda: attempt(fleet, sslmode="disable"))
+    assert b"donna_app" in plain
