@@ -43,9 +43,11 @@ lock: venv
 deploy: venv
 	$(VENV)/bin/pyinfra -y $(INVENTORY) deploy.py
 
-# The suite checks the checkout itself with git (no secret in the repository).
+# The suite checks the checkout itself with git (no secret in the repository) and sniffs
+# loopback traffic with tcpdump (nothing readable on the wire).
 test: deploy
 	@command -v git >/dev/null || { apt-get update -qq && apt-get install -y -qq git; }
+	@command -v tcpdump >/dev/null || { apt-get update -qq && apt-get install -y -qq tcpdump; }
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
 

@@ -158,7 +158,8 @@ def run_pgbench(settings, dbname: str, port: int, clients: int, seconds: int,
         f.write(pgbench_script(n_chats))
         script = f.name
     try:
-        env = dict(os.environ, PGPASSFILE=str(settings.db_passfile))
+        env = dict(os.environ, PGPASSFILE=str(settings.db_passfile),
+                   **db.tls_env(settings, via_pgbouncer=port == settings.pgbouncer_port))
         cmd = ["pgbench", "-n", "-M", "prepared" if prepared else "extended",
                "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(seconds),
                "-h", settings.db_host, "-p", str(port), "-U", settings.db_role_app,

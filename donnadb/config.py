@@ -42,6 +42,11 @@ HOST_ENV_FILE = Path(os.environ.get("DONNADB_HOST_ENV", "/etc/donnadb/donnadb.en
 BACKUP_ENV_FILE = Path(os.environ.get("DONNADB_BACKUP_ENV", "/etc/donnadb/backup.env"))
 #: Where the deploy keeps generated role passwords (libpq passfile format, 0600).
 DEFAULT_PASSFILE = Path("/etc/donnadb/pgpass")
+#: TLS files the deploy writes (donnadb/provision/tls.py): the CA certificate on every
+#: host, the server certificate on database hosts.
+DEFAULT_TLS_DIR = Path("/etc/donnadb/tls")
+DEFAULT_SSLROOTCERT = DEFAULT_TLS_DIR / "ca.crt"
+DEFAULT_TLS_SERVER_CERT_FILE = DEFAULT_TLS_DIR / "server.crt"
 #: Where the deploy generates the backup manifests' HMAC key (0600).
 DEFAULT_SIGNING_KEY_FILE = Path("/etc/donnadb/backup-signing.key")
 
@@ -86,6 +91,16 @@ class Settings(BaseSettings):
     db_connect_timeout: int = Field(5, ge=1)
     #: PgBouncer port; when set, the application role connects through it.
     pgbouncer_port: int | None = Field(None, ge=1, le=65535)
+    #: libpq sslmode of every TCP connection (a Unix-socket DB_HOST uses none); the
+    #: server is verified against DB_SSLROOTCERT, the CA the deploy writes.
+    db_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca",
+                        "verify-full"] = "verify-full"
+    db_sslrootcert: Path = DEFAULT_SSLROOTCERT
+    #: The database host's server certificate: `status` shows its expiry, `health`
+    #: grades it (absent on a host without a server: "not configured").
+    tls_server_cert_file: Path = DEFAULT_TLS_SERVER_CERT_FILE
+    health_tls_expiry_warn_days: float = Field(30.0, ge=0)
+    health_tls_expiry_crit_days: float = Field(0.0, ge=0)
 
     # Roles created by the deploy.
     db_role_owner: str = ROLE_OWNER

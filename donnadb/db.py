@@ -1,7 +1,10 @@
 """Connections and pools for each role (psycopg 3, psycopg_pool).
 
 Every connection authenticates with scram-sha-256 over TCP using the deploy's
-passfile, so no password is ever passed in argv, the environment or a log. The
+passfile, so no password is ever passed in argv, the environment or a log. Over TCP
+it is TLS (``DB_SSLMODE``, default verify-full against ``DB_SSLROOTCERT``, the
+deploy's CA): direct connections also demand SCRAM channel binding, connections
+through PgBouncer (which has none) demand SCRAM itself (``require_auth``). The
 postgres superuser has no password: root reaches it by peer authentication over the
 Unix socket (:func:`superuser_psql`), as the deploy does.
 """
@@ -34,6 +37,37 @@ def _passfile_has_role(passfile: Path, role: str) -> bool:
         if len(fields) >= 5 and fields[3] in (role, "*"):
             return True
     return False
+
+
+def tls_params(settings: Settings, *, via_pgbouncer: bool = False,
+               channel_binding: bool = True) -> dict[str, str]:
+    """libpq's TLS keywords for a connection to ``settings.db_host`` ({} on a socket).
+
+    ``channel_binding=require`` proves the TLS session ends at the server that knows the
+    password (no proxy in between); PgBouncer cannot offer it, so through it
+    ``require_auth=scram-sha-256`` at least refuses a weaker password exchange.
+    ``channel_binding=False`` leaves both out (libpq 15's tools know no require_auth).
+    """
+    if settings.db_host.startswith("/"):
+        return {}
+    params = {"sslmode": settings.db_sslmode, "sslrootcert": str(settings.db_sslrootcert)}
+    if settings.db_sslmode == "disable":
+        return {"sslmode": "disable"}
+    if via_pgbouncer:
+        if channel_binding:
+            params["require_auth"] = "scram-sha-256"
+    elif channel_binding:
+        params["channel_binding"] = "require"
+    return params
+
+
+def tls_env(settings: Settings, *, via_pgbouncer: bool = False) -> dict[str, str]:
+    """:func:`tls_params` as PG* variables, for libpq 15 tools (psql, pg_dump, pgcli):
+    channel binding direct, nothing libpq 15 would not know through PgBouncer."""
+    names = {"sslmode": "PGSSLMODE", "sslrootcert": "PGSSLROOTCERT",
+             "channel_binding": "PGCHANNELBINDING"}
+    params = tls_params(settings, via_pgbouncer=via_pgbouncer)
+    return {names[k]: v for k, v in params.items() if k in names}
 
 
 def conninfo(
@@ -77,6 +111,7 @@ def conninfo(
                 f"no password for role {role} in {passfile}; run `make deploy` to create it"
             )
         params["passfile"] = str(passfile)
+    params.update(tls_params(s, via_pgbouncer=bool(via_pgbouncer and s.pgbouncer_port)))
     params.update(extra)
     return make_conninfo(**{k: v for k, v in params.items() if v is not None})
 
@@ -126,6 +161,10 @@ def describe_connect_error(exc: psycopg.OperationalError, info: str) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     if "password authentication failed" in text or "SASL authentication failed" in text:
         hint = "the stored password is stale: run `make deploy` to re-sync role passwords"
+    elif any(w in text for w in ("certificate", "SSL", "channel binding", "no encryption",
+                                 "sslrootcert")):
+        hint = ("TLS: DB_SSLROOTCERT must be the deploy's CA (/etc/donnadb/tls/ca.crt) and "
+                "DB_HOST a name in the server certificate; run `make deploy` to renew them")
     elif any(w in text for w in ("Connection refused", "could not connect", "timeout",
                                  "server running")):
         hint = "is PostgreSQL running? try `pg_lsclusters` and `make deploy`"

@@ -29,9 +29,11 @@ pg_apt_cache_time = 86400
 # Where the server listens for TCP. "localhost" keeps it off the network; a server the
 # application reaches from elsewhere lists its private address ("localhost,10.0.0.5").
 pg_listen_addresses = "localhost"
-# Client networks allowed over TCP (scram-sha-256 only). Add the app servers' subnet.
+# Client networks allowed over TCP (TLS and scram-sha-256 only: every TCP line of
+# pg_hba.conf is hostssl). Add the app servers' subnet.
 pg_hba_networks = ["127.0.0.1/32", "::1/128"]
-# Role kinds that may connect over TCP only from this host (loopback), then `reject`
+# Role kinds that may connect over TCP only from this host (loopback and every IP of
+# pg_listen_addresses), then `reject`
 # from anywhere, pg_hba_networks included: the migrator and backup role run here, and
 # the application reaches the database through PgBouncer (which runs here too).
 pg_hba_local_only_kinds = ["migrator", "backup", "app"]
@@ -161,6 +163,26 @@ donnadb_lib_dir = "/usr/local/lib/donnadb"
 # built from the checkout running the deploy), schema/migrations/, bin/donna-backup.
 # Jobs never run code from a checkout; /usr/local/bin/donnactl links to venv/bin.
 donnadb_install_dir = "/opt/donnadb"
+
+
+# --- TLS (donnadb/provision/tls.py and ca.py; docs/deploy.md, TLS) ------------------
+# Every TCP connection is TLS: PostgreSQL (ssl = on, TLS >= 1.2, hostssl only), PgBouncer
+# (client and server side), and every client we ship verifies the server against the CA
+# (sslmode=verify-full, DB_SSLROOTCERT=/etc/donnadb/tls/ca.crt on each host).
+# The deploy's own CA lives on the machine that RUNS the deploy, in this directory
+# (created when missing: 0700, ca.key 0600). Back it up: without it the next deploy makes
+# a new CA and every host's certificate and ca.crt are replaced. Issued certificates are
+# kept under hosts/<inventory name>/ and reused; one is reissued when its names or the CA
+# change or fewer than 30 days of its 397 remain (renewal is a deploy run).
+tls_ca_dir = "~/.local/share/donnadb/ca"
+# An operator's CA instead (PEM certificate and its unencrypted key, on the control
+# machine): both set, or both None for the deploy's own.
+tls_ca_cert_file = None
+tls_ca_key_file = None
+# Extra DNS names / IPs for a database host's certificate. It always holds the inventory
+# name, the hostname, localhost, 127.0.0.1, ::1, pg_listen_addresses, db_host and
+# pgbouncer_listen_addr: add the names clients dial that are none of these.
+tls_server_names = []
 
 
 # --- Backups (donnadb/provision/backups.py -> /etc/donnadb/backup.env) ---------------

@@ -10,7 +10,6 @@ from donnadb import db
 from donnadb.config import Settings, load_settings
 from tests.support import create_scratch_database, drop_database
 
-
 #: The fleet suite boots test hosts: `make test-hosts` runs it, the plain suite does not.
 collect_ignore = [] if os.environ.get("DONNADB_FLEET") == "1" else ["fleet"]
 

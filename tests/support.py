@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from donnadb import config
 from donnadb.config import Settings
 from donnadb.provision import bootstrap
 
@@ -33,6 +34,14 @@ def systemd_running() -> bool:
 #: machine without systemd, then a booted Debian 12 host with it), so each runs somewhere.
 with_systemd = pytest.mark.skipif(not systemd_running(), reason="systemd is not PID 1 here")
 without_systemd = pytest.mark.skipif(systemd_running(), reason="systemd is PID 1 here")
+
+
+#: pg_createcluster options giving a throwaway cluster the deployed host's TLS (its
+#: certificate, signed by the deploy's CA, names 127.0.0.1 and localhost), so our
+#: clients reach it over TCP with verify-full as they reach the deployed cluster.
+TLS_CLUSTER_OPTIONS = ("-o", "ssl=on", "-o", f"ssl_cert_file={config.DEFAULT_TLS_SERVER_CERT_FILE}",
+                       "-o", f"ssl_key_file={config.DEFAULT_TLS_DIR / 'server.key'}",
+                       "-o", "ssl_min_protocol_version=TLSv1.2")
 
 
 def unit_properties(unit: str, *names: str) -> dict[str, str]:

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from donnadb import db
 from donnadb.backup.errors import BackupError
 from donnadb.config import Settings
 
@@ -29,7 +30,7 @@ def tool(settings: Settings, name: str) -> str:
 
 def libpq_env(settings: Settings, role: str, dbname: str) -> dict[str, str]:
     """Environment for a libpq tool: who/where through PG* variables, password via
-    PGPASSFILE only."""
+    PGPASSFILE only; TLS as every client of ours (verify-full, channel binding)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env.update(
         PGHOST=settings.db_host,
@@ -40,6 +41,7 @@ def libpq_env(settings: Settings, role: str, dbname: str) -> dict[str, str]:
         PGCONNECT_TIMEOUT=str(settings.db_connect_timeout),
         PGAPPNAME="donnadb-backup",
     )
+    env.update(db.tls_env(settings))
     return env
 
 

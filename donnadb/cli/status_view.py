@@ -86,6 +86,10 @@ def render_status(report: dict[str, Any], checks: list[Check] | None = None) -> 
         ("xid age", f"{report['wraparound']['xid_age']} ({report['wraparound']['pct']}% "
                     "to wraparound)", "wraparound"),
     ]
+    cert = report["tls"]
+    rows.append(("tls certificate", "not configured" if not cert["configured"]
+                 else cert["error"] or f"expires {cert['not_after']:%Y-%m-%d %H:%M} UTC "
+                                        f"({cert['days_left']:.0f} days left)", "tls_expiry"))
     bouncer = report["pgbouncer"]
     if bouncer["configured"]:
         text = bouncer["error"] or "; ".join(

@@ -37,6 +37,8 @@ RULES: dict[str, tuple[str, str, str, str]] = {
     "bloat": ("DonnaTableBloat", "donnadb_dead_tuples_pct", ">=", "too many dead tuples"),
     "wraparound": ("DonnaXidWraparound", "donnadb_xid_wraparound_pct", ">=",
                    "transaction id wraparound approaching"),
+    "tls_expiry": ("DonnaTlsCertificateExpired", "donnadb_tls_cert_days_left", "<=",
+                   "the server's TLS certificate has expired"),
 }
 
 _OPS: dict[str, Callable[[float, float], bool]] = {

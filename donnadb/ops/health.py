@@ -24,6 +24,7 @@ THRESHOLDS: dict[str, tuple[str, str]] = {
     "partitions_ahead": ("health_partitions_ahead_warn", "health_partitions_ahead_crit"),
     "bloat": ("health_bloat_warn_pct", "health_bloat_crit_pct"),
     "wraparound": ("health_wraparound_warn_pct", "health_wraparound_crit_pct"),
+    "tls_expiry": ("health_tls_expiry_warn_days", "health_tls_expiry_crit_days"),
 }
 
 
@@ -77,7 +78,26 @@ def evaluate(report: dict[str, Any], settings: Settings) -> list[Check]:
     checks.append(_high(settings, "bloat", report["bloat"]["dead_pct"], "%", "dead tuples"))
     checks.append(_high(settings, "wraparound", report["wraparound"]["pct"], "%",
                         "transaction id age at"))
+    checks.append(tls_expiry(report["tls"], settings))
     return checks
+
+
+def tls_expiry(cert: dict[str, Any], settings: Settings) -> Check:
+    """The server certificate's days left (lower is worse); OK where there is none."""
+    if not cert["configured"]:
+        return Check("tls_expiry", Severity.OK, None,
+                     f"no server certificate at {cert['file']} (not a database host)")
+    if cert["error"]:
+        return Check("tls_expiry", Severity.WARNING, None,
+                     f"{cert['error']}: run the deploy to write it again")
+    warn, crit = _limits(settings, "tls_expiry")
+    days = cert["days_left"]
+    sev = grade_low(days, warn, crit)
+    summary = (f"server certificate expires {cert['not_after']:%Y-%m-%d %H:%M} UTC, "
+               f"{days:.1f} days left (warn at {warn:g}, crit at {crit:g})")
+    if sev:
+        summary += ": run the deploy, it renews the certificate"
+    return Check("tls_expiry", sev, days, summary)
 
 
 def _backup(backup: dict[str, Any], settings: Settings) -> Check:

@@ -69,6 +69,8 @@ def families(report: dict[str, Any], settings: Settings) -> Iterator[GaugeMetric
          report["wraparound"]["pct"]),
         ("schema_migrations_applied", "Number of applied schema migrations.",
          report["schema"]["applied"]),
+        ("tls_cert_days_left", "Days until the server's TLS certificate expires.",
+         report["tls"]["days_left"]),
     ]
     for name, doc, value in simple:
         family = _gauge(name, doc, value)

@@ -147,7 +147,8 @@ def _role_limits_finding(settings: Settings, limits: dict[str, Any]) -> Finding:
 
 
 def _hba_finding(settings: Settings) -> Finding:
-    promise = "pg_hba: no trust, scram-sha-256 or reject, peer only for postgres"
+    promise = ("pg_hba: TCP only as hostssl, no trust, scram-sha-256 or reject, peer only "
+               "for postgres")
     try:
         out = _superuser_query(HBA_RULES, settings)
     except DonnaError as exc:
@@ -157,6 +158,8 @@ def _hba_finding(settings: Settings) -> Finding:
         number, kind, users, _address, method, error = line.split("|")
         if error:
             problems.append(f"line {number}: {error}")
+        elif kind not in ("local", "hostssl"):
+            problems.append(f"line {number}: {kind} for {users} admits TCP without TLS")
         elif method == "peer" and not (kind == "local" and users == "postgres"):
             problems.append(f"line {number}: peer for {users}")
         elif method not in ("scram-sha-256", "reject", "peer"):

@@ -19,7 +19,8 @@ from donnadb.errors import UsageError
 
 SHELL_ROLES = ("app", "readonly", "migrator")
 #: Variables that would override what we set (or smuggle a password in).
-_CLEARED = ("PGPASSWORD", "PGSERVICE", "PGSERVICEFILE", "PGOPTIONS")
+_CLEARED = ("PGPASSWORD", "PGSERVICE", "PGSERVICEFILE", "PGOPTIONS", "PGSSLMODE",
+            "PGSSLROOTCERT", "PGCHANNELBINDING", "PGREQUIREAUTH", "PGGSSENCMODE")
 
 
 def client_path(name: str) -> str:
@@ -58,6 +59,7 @@ def command(settings: Settings, kind: str = "readonly", *, use_psql: bool = Fals
         "PGPASSFILE": str(settings.db_passfile),
         "PGAPPNAME": f"donnactl-shell-{kind}",
         "PGCONNECT_TIMEOUT": str(settings.db_connect_timeout),
+        **db.tls_env(settings),
     })
     argv = [client_path("psql" if use_psql else "pgcli"), "-w", *(extra or [])]
     return argv, env

@@ -18,7 +18,7 @@ from psycopg.rows import dict_row
 
 from donnadb import db
 from donnadb.config import Settings
-from donnadb.ops import backups, pgbouncer
+from donnadb.ops import backups, pgbouncer, tls
 
 log = logging.getLogger(__name__)
 
@@ -218,4 +218,5 @@ def collect(settings: Settings, *, dbname: str | None = None) -> dict[str, Any]:
         "bloat": bloat,
         "backup": backups.latest(now=now, repo=settings.backup_repo_dir),
         "pgbouncer": pgbouncer.pools(settings, dbname=dbname),
+        "tls": tls.certificate(settings.tls_server_cert_file, now=now),
     }

@@ -8,7 +8,7 @@ from pathlib import Path
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
-from donnadb.provision import consumers
+from donnadb.provision import consumers, tls
 from donnadb.provision.settings import DeploySettings
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -21,4 +21,4 @@ def write_env_file(settings: DeploySettings) -> None:
     # No secret inside; the consumers (the donnadb group) read it, nobody else.
     files.template(name=f"Write {settings.donnadb_env_file}",
                    src=str(TEMPLATES / "donnadb.env.j2"), dest=settings.donnadb_env_file,
-                   user="root", group=consumers.GROUP, mode="640", cfg=settings)
+                   user="root", group=consumers.GROUP, mode="640", cfg=settings, tls=tls)

@@ -2,10 +2,12 @@
 
 Roles that only ever connect from the database host itself (the migrator, the backup
 role, PgBouncer's lookup role and the application role, which PgBouncer pools) get
-loopback lines and then an explicit ``reject`` from anywhere else, so their passwords
+lines for the host's own addresses (loopback and every IP of ``pg_listen_addresses``)
+and then an explicit ``reject`` from anywhere else, so their passwords
 are useless from another machine even inside ``pg_hba_networks``. The application may
 be let in directly from listed networks (``pg_app_direct_networks``), e.g. while an
-app server has no PgBouncer in front of it.
+app server has no PgBouncer in front of it. Every TCP line is ``hostssl``: a client
+without TLS matches none and is refused.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import files
 
 from donnadb.provision.settings import DeploySettings
+from donnadb.provision.tls import listen_ip_networks
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -25,7 +28,7 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 def configure_hba(settings: DeploySettings) -> OperationMeta:
     """Write pg_hba.conf; returns the operation (reload when it changed)."""
     return files.template(
-        name="Write pg_hba.conf (scram-sha-256 only, no trust)",
+        name="Write pg_hba.conf (hostssl and scram-sha-256 only, no trust)",
         src=str(TEMPLATES / "pg_hba.conf.j2"),
         dest=f"{settings.conf_dir}/pg_hba.conf",
         user="postgres",
@@ -33,6 +36,7 @@ def configure_hba(settings: DeploySettings) -> OperationMeta:
         mode="640",
         networks=list(settings.pg_hba_networks),
         local_only=local_only_roles(settings),
+        own_addresses=own_addresses(settings),
         app=settings.role("app"),
         app_direct_networks=list(settings.pg_app_direct_networks),
     )
@@ -44,3 +48,9 @@ def local_only_roles(settings: DeploySettings) -> list[str]:
     if "app" in settings.pg_hba_local_only_kinds or settings.pg_app_direct_networks:
         names.append(settings.pgbouncer_auth_user)
     return list(dict.fromkeys(names))
+
+
+def own_addresses(settings: DeploySettings) -> list[str]:
+    """Where "from this host only" comes from: loopback and the host's listen addresses."""
+    return list(dict.fromkeys(["127.0.0.1/32", "::1/128",
+                               *listen_ip_networks(settings.pg_listen_addresses)]))

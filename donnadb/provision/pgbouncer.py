@@ -11,7 +11,8 @@ What the deploy converges (every setting is a ``pgbouncer_*`` key of group_data)
 * the lookup role's password, generated on the host by the deploy's password helper
   into the passfile, and the auth_file (0600 postgres) written from it on the host by
   files/pgbouncer_authfile.py, which also holds the stats users' SCRAM verifiers;
-* /etc/pgbouncer/pgbouncer.ini from templates/pgbouncer.ini.j2;
+* /etc/pgbouncer/pgbouncer.ini from templates/pgbouncer.ini.j2 (TLS required of
+  clients over TCP, verify-full towards PostgreSQL, with provision/tls.py's files);
 * the daemon: systemd's unit when systemd is PID 1, else ``pgbouncer -d`` as postgres
   (``setpriv``) with its open-file limit raised, when not running (a running one below
   that limit is restarted). A changed ini or auth_file reloads it (SIGHUP); a changed
@@ -22,6 +23,7 @@ Running it again changes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
@@ -38,6 +40,7 @@ from donnadb.provision.facts import PassfileRoles, StalePasswords, SystemdRunnin
 from donnadb.provision.passwords import helper_path as password_helper_path
 from donnadb.provision.psql import guarded
 from donnadb.provision.settings import IDENT_RE, DeploySettings, load_deploy_settings
+from donnadb.provision.tls import CA_FILE, SERVER_CERT, SERVER_KEY
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 FILES = Path(__file__).resolve().parent / "files"
@@ -97,6 +100,9 @@ class PgBouncerSettings:
     auth_file: str = AUTH_FILE
     pidfile: str = PIDFILE
     logfile: str = LOGFILE
+    tls_cert_file: str = SERVER_CERT
+    tls_key_file: str = SERVER_KEY
+    tls_ca_file: str = CA_FILE
 
     @property
     def nofile(self) -> int:
@@ -321,8 +327,12 @@ def daemon_signalled(ini: str, pidfile: str, nofile: int, action: str):
 
 
 @deploy("Install PgBouncer")
-def install_pgbouncer(settings: DeploySettings | None = None) -> None:
+def install_pgbouncer(settings: DeploySettings | None = None, *,
+                      tls_changed: Callable[[], bool] | None = None) -> None:
     """PgBouncer in front of PostgreSQL; see the module docstring for what it converges.
+
+    ``tls_changed()`` true (a new certificate, key or CA: provision/tls.py) restarts it,
+    so the new files are certainly the ones it serves.
 
     :raises ConfigError: a ``pgbouncer_*`` (or other) group_data setting is invalid.
     """
@@ -361,10 +371,11 @@ def install_pgbouncer(settings: DeploySettings | None = None) -> None:
     dropin = files.put(name=f"Write {DROPIN} (open-file limit)", src=_as_file(dropin_text(cfg)),
                        dest=DROPIN, user="root", group="root", mode="644")
 
+    new_tls = tls_changed or (lambda: False)
     if host.get_fact(SystemdRunning):
         # A new limit applies only to a new process: restart, as for a new listen address.
         def restart_if() -> bool:
-            return dropin.did_change() or (rebind and ini.did_change())
+            return dropin.did_change() or (rebind and ini.did_change()) or new_tls()
 
         systemd.daemon_reload(name="Reload systemd (pgbouncer drop-in changed)",
                               _if=dropin.did_change)
@@ -380,6 +391,8 @@ def install_pgbouncer(settings: DeploySettings | None = None) -> None:
         daemon_signalled(name="Restart pgbouncer (listen address changed)", ini=INI,
                          pidfile=cfg.pidfile, nofile=cfg.nofile, action="restart",
                          _if=ini.did_change)
+    daemon_signalled(name="Restart pgbouncer (TLS certificate, key or CA changed)", ini=INI,
+                     pidfile=cfg.pidfile, nofile=cfg.nofile, action="restart", _if=new_tls)
     daemon_signalled(name="Reload pgbouncer (config or auth_file changed)", ini=INI,
                      pidfile=cfg.pidfile, nofile=cfg.nofile, action="reload",
                      _if=reload_if)

@@ -31,6 +31,8 @@ FORMULAS = (
     "pg_max_parallel_workers",
 )
 CHECKOUT = Path(__file__).resolve().parents[2]
+#: The deploy's own CA on the control machine, unless group_data says otherwise.
+DEFAULT_TLS_CA_DIR = "~/.local/share/donnadb/ca"
 #: The Debian packages for group_data's pg_version: the server (contrib modules such as
 #: pg_stat_statements are part of it), pg_partman and pgaudit.
 PG_PACKAGES = ("postgresql-{v}", "postgresql-{v}-partman", "postgresql-{v}-pgaudit")
@@ -101,6 +103,14 @@ class DeploySettings:
     #: only host of the db_servers group).
     app_extras: tuple[str, ...] = ()
     app_db_server: str | None = None
+    #: Where PgBouncer listens (also a name in the server certificate).
+    pgbouncer_listen_addr: str = "127.0.0.1"
+    #: TLS (provision/tls.py, provision/ca.py): the CA's directory on the machine running
+    #: the deploy (~ expanded), an operator's CA instead, extra names for the certificate.
+    tls_ca_dir: str = str(Path(DEFAULT_TLS_CA_DIR).expanduser())
+    tls_ca_cert_file: str | None = None
+    tls_ca_key_file: str | None = None
+    tls_server_names: tuple[str, ...] = ()
 
     @property
     def pg_packages(self) -> tuple[str, ...]:
@@ -175,6 +185,7 @@ def load_deploy_settings(data: Any) -> DeploySettings:
         **_host_fields(data),
         formulas=_formulas(data),
         **_pgbouncer_fields(data),
+        **_tls_fields(data),
     )
 
 
@@ -321,6 +332,32 @@ def _pgbouncer_fields(data: Any) -> dict[str, Any]:
         "pgbouncer_auth_user_connlimit": int(bootstrap.AUTH_USER_CONNLIMIT if connlimit is None
                                              else connlimit),
         "pgbouncer_lookup_kinds": lookup_kinds,
+        "pgbouncer_listen_addr": str(data.get("pgbouncer_listen_addr") or "127.0.0.1"),
+    }
+
+
+def _tls_fields(data: Any) -> dict[str, Any]:
+    """``tls_*`` of group_data: the CA's place on the control machine and extra names.
+
+    :raises ConfigError: only one of the operator's CA files is set, or a name is empty.
+    """
+    ca_dir = Path(str(data.get("tls_ca_dir") or DEFAULT_TLS_CA_DIR)).expanduser()
+    if not ca_dir.is_absolute():
+        raise ConfigError(f"group_data tls_ca_dir={str(ca_dir)!r} must be an absolute path "
+                          "(or start with ~)")
+    cert, key = data.get("tls_ca_cert_file"), data.get("tls_ca_key_file")
+    if bool(cert) != bool(key):
+        raise ConfigError("group_data tls_ca_cert_file and tls_ca_key_file go together: set "
+                          "both (the operator's CA) or neither (the deploy's own CA)")
+    names = data.get("tls_server_names") or ()
+    if isinstance(names, str) or any(not str(n).strip() or "," in str(n) for n in names):
+        raise ConfigError("group_data tls_server_names must be a list of host names or IP "
+                          "addresses, e.g. [\"db1.example.com\", \"10.0.0.5\"]")
+    return {
+        "tls_ca_dir": str(ca_dir),
+        "tls_ca_cert_file": str(Path(str(cert)).expanduser()) if cert else None,
+        "tls_ca_key_file": str(Path(str(key)).expanduser()) if key else None,
+        "tls_server_names": tuple(str(n).strip() for n in names),
     }
 
 

@@ -17,6 +17,7 @@ from pyinfra.operations import files
 
 from donnadb.provision.service import cluster_created
 from donnadb.provision.settings import DeploySettings
+from donnadb.provision.tls import SERVER_CERT, SERVER_KEY
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -57,4 +58,6 @@ def configure_postgresql(settings: DeploySettings) -> OperationMeta:
         tune=settings.tuning(memory_mb, cpus),
         memory_mb=memory_mb,
         cpus=cpus,
+        tls_cert=SERVER_CERT,
+        tls_key=SERVER_KEY,
     )

@@ -34,6 +34,7 @@ import pytest
 
 from donnadb.provision import bootstrap
 from tests.support import (
+    TLS_CLUSTER_OPTIONS,
     create_scratch_database,
     drop_database,
     render_database_sql,
@@ -159,7 +160,8 @@ def replica_sandbox(deployment, settings, tmp_path):
     made, made_dirs = [], []
     try:
         for name, port in zip((primary, replica), ports, strict=True):
-            _pg_cluster("pg_createcluster", "15", name, "-p", str(port), "--start")
+            _pg_cluster("pg_createcluster", "15", name, "-p", str(port), *TLS_CLUSTER_OPTIONS,
+                        "--start")
             made.append(name)
         password = uuid.uuid4().hex
         superuser_psql(SQL_REPLICA_SANDBOX.format(readonly=settings.db_role_readonly,

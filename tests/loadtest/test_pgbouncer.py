@@ -113,6 +113,8 @@ def test_settings_are_validated():
     ini = pgb.render_ini(cfg)
     assert "donna = host=127.0.0.1 port=5432 dbname=donna" in ini
     assert "* = host=127.0.0.1 port=5432" in ini
+    # TLS both ways: required of clients, PostgreSQL's certificate verified.
+    assert "client_tls_sslmode = require" in ini and "server_tls_sslmode = verify-full" in ini
     for bad in ({"pgbouncer_port": 5432}, {"pgbouncer_auth_user": "Bad-Name"},
                 {"pgbouncer_lookup_kinds": ("nobody",)}, {"pgbouncer_default_pool_size": 0}):
         with pytest.raises(ConfigError):

@@ -93,7 +93,8 @@ def test_rules_fire_exactly_when_health_says_critical(settings):
         "health_connections_crit_pct": 100.0, "health_cache_hit_crit_pct": 0.0,
         "health_long_query_crit_seconds": 1e9, "health_long_xact_crit_seconds": 1e9,
         "health_backup_crit_age_hours": 1e9, "health_partitions_ahead_crit": 0,
-        "health_bloat_crit_pct": 101.0, "health_wraparound_crit_pct": 100.0})
+        "health_bloat_crit_pct": 101.0, "health_wraparound_crit_pct": 100.0,
+        "health_tls_expiry_crit_days": 0.0})
     fired = [r["alert"] for r in alerts.render_rules(calm)["groups"][0]["rules"]
              if alerts.evaluate(r["expr"], text)]
     assert fired == []
@@ -102,7 +103,7 @@ def test_rules_fire_exactly_when_health_says_critical(settings):
         "health_long_query_crit_seconds": 0.0, "health_long_xact_crit_seconds": 0.0,
         "health_replication_lag_crit_seconds": 0.0, "health_backup_crit_age_hours": 0.0,
         "health_partitions_ahead_crit": 1000, "health_bloat_crit_pct": 0.0,
-        "health_wraparound_crit_pct": 0.0})
+        "health_wraparound_crit_pct": 0.0, "health_tls_expiry_crit_days": 1e9})
     fired = {r["labels"]["check"] for r in alerts.render_rules(tripping)["groups"][0]["rules"]
              if alerts.evaluate(r["expr"], text)}
     # Replication lag and backup age are absent on a primary without replicas or backups.
@@ -110,6 +111,8 @@ def test_rules_fire_exactly_when_health_says_critical(settings):
     expected = set(health.THRESHOLDS) - {"replication_lag"}
     if "donnadb_backup_age_hours" not in samples:
         expected.discard("backup_age")
+    if "donnadb_tls_cert_days_left" not in samples:
+        expected.discard("tls_expiry")
     assert fired == expected
 
 

@@ -108,7 +108,10 @@ def test_secret_files_are_root_only(deployed, settings):
                               (Path("/etc/donnadb/donnadb.env"), 0o640, (0, consumers)),
                               (Path("/etc/donnadb/backup-signing.key"), 0o600,
                                (postgres.pw_uid, postgres.pw_gid)),
-                              (Path("/usr/local/lib/donnadb"), 0o700, (0, 0))):
+                              (Path("/usr/local/lib/donnadb"), 0o700, (0, 0)),
+                              # PostgreSQL and PgBouncer (both postgres) read the TLS key.
+                              (Path("/etc/donnadb/tls/server.key"), 0o640,
+                               (0, postgres.pw_gid))):
         st = path.stat()
         assert stat.S_IMODE(st.st_mode) == mode, path
         assert (st.st_uid, st.st_gid) == owner, path

@@ -1,4 +1,5 @@
-"""pg_hba.conf: no trust; scram-sha-256 everywhere but the postgres superuser's peer lines."""
+"""pg_hba.conf: no trust; scram-sha-256 everywhere but the postgres superuser's peer lines;
+TCP only as hostssl."""
 
 from __future__ import annotations
 
@@ -25,11 +26,12 @@ def test_no_trust_and_scram_everywhere_but_postgres_peer(deployed):
     for entry in entries:
         method = entry[-1]
         if method == "reject":
-            assert entry[0] == "host" and entry[3] == "all", entry
+            assert entry[0] == "hostssl" and entry[3] == "all", entry
         elif method != "scram-sha-256":
             assert entry[0] == "local" and entry[2] == "postgres" and method == "peer", entry
     assert ["local", "all", "postgres", "peer"] in entries
-    assert any(e[0] == "host" for e in entries)
+    # Every TCP line is hostssl: a plain-text connection matches none.
+    assert {e[0] for e in entries} == {"local", "hostssl"}
 
 
 def test_live_rules_are_the_file_and_parse_cleanly(deployed):

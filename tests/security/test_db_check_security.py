@@ -84,6 +84,20 @@ def test_a_secret_file_opened_to_others_fails(deployed, settings):
     assert str(passfile) in failed(doc)["secret files readable by their owner only"]
 
 
+def test_a_tcp_line_without_tls_in_pg_hba_fails(deployed, settings):
+    hba = Path(f"/etc/postgresql/{settings.pg_version}/{settings.pg_cluster}/pg_hba.conf")
+    before = hba.read_text()
+    # pg_hba_file_rules reads the file as it is now; the server itself is never reloaded.
+    hba.write_text(before + "host all donna_readonly 127.0.0.5/32 scram-sha-256\n")
+    try:
+        code, doc = check()
+    finally:
+        hba.write_text(before)
+    assert code == 1
+    [detail] = [d for p, d in failed(doc).items() if p.startswith("pg_hba:")]
+    assert "host for donna_readonly admits TCP without TLS" in detail
+
+
 def test_an_ops_job_moved_to_root_fails(tmp_path, monkeypatch):
     cron = tmp_path / "donna-ops"
     cron.write_text("* * * * * root cd / && /opt/donnadb/venv/bin/donnactl metrics\n")
