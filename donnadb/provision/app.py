@@ -23,7 +23,7 @@ from pyinfra.facts.files import FileContents, Sha256File
 from pyinfra.operations import files, server
 
 from donnadb.errors import ConfigError
-from donnadb.provision import consumers, install
+from donnadb.provision import consumers, install, tls
 from donnadb.provision.settings import DeploySettings, load_deploy_settings
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -98,7 +98,7 @@ def credential_copied(source: Host, source_path: str, dest: str, owner: str):
 
 @deploy("Application host")
 def converge_app(settings: DeploySettings, database: Host) -> None:
-    """The DAL's venv, the CA certificate, app.env and the application's passfile."""
+    """The DAL's venv, the CA certificate, donnadb.env and the application's passfile."""
     db = load_deploy_settings(database.data)
     server.group(name=f"Group {consumers.GROUP} (the consumers)", group=consumers.GROUP,
                  system=True)
@@ -109,6 +109,8 @@ def converge_app(settings: DeploySettings, database: Host) -> None:
     for user in users:
         consumers.system_user(user)
     install.install_app_code(settings)
+    # The database host's CA (its settings name it), so both ends agree.
+    tls.install_ca(db)
     directory = posixpath.dirname(settings.donnadb_env_file)
     consumers.settings_dir(f"Create {directory}", directory)
     consumers.settings_dir(f"Create {consumers.passfile_dir(settings)}",
@@ -118,7 +120,7 @@ def converge_app(settings: DeploySettings, database: Host) -> None:
     files.template(name=f"Write {settings.donnadb_env_file} (the database host {database.name})",
                    src=str(TEMPLATES / "app.env.j2"), dest=settings.donnadb_env_file,
                    user="root", group=consumers.GROUP, mode="640", cfg=settings, db=db,
-                   db_host=database.name, passfile=passfile)
+                   db_host=database.name, passfile=passfile, tls=tls)
     credential_copied(name=f"Copy {user}'s credential from {database.name}",
                       source=database, source_path=consumers.passfile_of(db, user),
                       dest=passfile, owner=user)
