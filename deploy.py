@@ -9,7 +9,7 @@ group_data/all.py. Running it again changes nothing. See docs/deploy.md.
 
 from pyinfra import host
 
-from donnadb.provision.app import converge_app, database_server, roles_of
+from donnadb.provision.app import converge_app, database_server, hand_over_credential, roles_of
 from donnadb.provision.settings import load_deploy_settings
 from donnadb.provision.steps import converge_host
 
@@ -20,3 +20,5 @@ if is_db:
 elif is_app:
     # A database host already has the package and settings an application needs.
     converge_app(settings, database_server(settings, host))
+# Every host, from this one line, after every host's own steps (see hand_over_credential).
+hand_over_credential(settings, host)

@@ -6,7 +6,7 @@ the server certificate carries) through PgBouncer. Its one password is the
 application role's: read on the database host from that consumer's own passfile
 (never the root passfile) and written to the same consumer's passfile here, 0600, so
 the secret crosses only the deploy's SSH connections, never argv, a log or a file on
-the machine running the deploy.
+the machine running the deploy (:func:`hand_over_credential`).
 """
 
 from __future__ import annotations
@@ -71,20 +71,21 @@ def app_users(settings: DeploySettings) -> dict[str, tuple[str, ...]]:
 
 
 @operation()
-def credential_copied(source: Host, source_path: str, dest: str, owner: str):
-    """``dest`` (0600 ``owner``) holds the same lines as ``source_path`` on ``source``.
-
-    Read on each run (pyinfra runs an operation's body again when it executes, after the
-    database host's own steps made the file).
-    """
-    want = source.get_fact(Sha256File, path=source_path)
-    if want is None:
-        # Only while collecting on a fresh fleet: at execution the file exists, and a
-        # database host that never made it fails its own steps first.
-        host.noop(f"{source_path} does not exist on {source.name} yet")
+def credential_copied(source: Host | None, source_path: str, dest: str, owner: str):
+    """``dest`` (0600 ``owner``) holds the same lines as ``source_path`` on ``source``
+    (nothing to do on a host without a ``source``: a database host)."""
+    if source is None:
+        host.noop("a database host makes its consumers' passfiles itself")
         return
-    have = host.get_fact(Sha256File, path=dest)
-    if have == want:
+    want = source.get_fact(Sha256File, path=source_path)
+    if want is None and host.executing_op_hash is None:
+        # Change detection before anything ran: the database host has not made it yet.
+        yield f"true  # copy {source.name}:{source_path} once it exists"
+        return
+    if want is None:
+        raise ConfigError(f"{source.name} has no {source_path}; its deploy must run first "
+                          "(keep it in the inventory's db_servers)")
+    if host.get_fact(Sha256File, path=dest) == want:
         host.noop(f"{dest} matches {source.name}:{source_path}")
         return
     lines = source.get_fact(FileContents, path=source_path) or []
@@ -94,6 +95,30 @@ def credential_copied(source: Host, source_path: str, dest: str, owner: str):
                           "run the deploy again")
     yield from files.put._inner(src=StringIO(content), dest=dest, user=owner, group=owner,
                                 mode="600")
+
+
+@deploy("Application credential")
+def hand_over_credential(settings: DeploySettings, target: Host) -> None:
+    """The application host's passfile, copied from its database host's.
+
+    deploy.py calls this for EVERY host, from one line, after each host's own steps:
+    pyinfra then sees one operation shared by all hosts (an operation's identity is
+    where it is called from), which runs only once every host has finished what comes
+    before it, so the database host's passfiles exist by then. pyinfra orders the
+    operations of different hosts by position, not by host: called from the
+    application host's steps alone, the copy would run before the database host had
+    made the file.
+    """
+    is_db, is_app = roles_of(target)
+    database = database_server(settings, target) if is_app and not is_db else None
+    user = next(iter(app_users(settings)), None)
+    if database is not None and user is None:
+        raise ConfigError("db_consumers has no user holding the application role alone "
+                          "(e.g. \"donna-app\": [\"app\"]): the application host needs one")
+    db = load_deploy_settings(database.data) if database is not None else settings
+    credential_copied(name="Copy the application's credential from its database host",
+                      source=database, source_path=consumers.passfile_of(db, user or ""),
+                      dest=consumers.passfile_of(settings, user or ""), owner=user or "root")
 
 
 @deploy("Application host")
@@ -121,6 +146,3 @@ def converge_app(settings: DeploySettings, database: Host) -> None:
                    src=str(TEMPLATES / "app.env.j2"), dest=settings.donnadb_env_file,
                    user="root", group=consumers.GROUP, mode="640", cfg=settings, db=db,
                    db_host=database.name, passfile=passfile, tls=tls)
-    credential_copied(name=f"Copy {user}'s credential from {database.name}",
-                      source=database, source_path=consumers.passfile_of(db, user),
-                      dest=passfile, owner=user)

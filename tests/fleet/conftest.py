@@ -78,8 +78,12 @@ def fleet(tmp_path_factory) -> Fleet:
         spec_file = state / "fleet.json"
         spec_file.write_text(json.dumps(spec))
         env = {"DONNADB_FLEET_FILE": str(spec_file)}
-        first = run_deploy(inventory=INVENTORY, env=env, timeout=DEPLOY_TIMEOUT)
-        assert first.returncode == 0, first.output[-6000:]
-        second = run_deploy(inventory=INVENTORY, env=env, timeout=DEPLOY_TIMEOUT)
-        assert second.returncode == 0, second.output[-6000:]
+        runs = []
+        for n in (1, 2):
+            run = run_deploy(inventory=INVENTORY, env=env, timeout=DEPLOY_TIMEOUT)
+            # Kept for the reader of a failure (CI prints the paths).
+            (state / f"fleet-deploy-{n}.log").write_text(run.output)
+            assert run.returncode == 0, run.output[-6000:]
+            runs.append(run)
+        first, second = runs
         yield Fleet(db, app, env, first, second)
