@@ -23,7 +23,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from donnadb.config import Settings, get_settings
-from donnadb.errors import CredentialsError, DatabaseError
+from donnadb.errors import CredentialsError, DatabaseError, PreconditionError
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,12 @@ def as_cluster_owner(cmd: list[str]) -> list[str]:
     process already is that user (the backup jobs run as it)."""
     import pwd
 
-    if os.geteuid() == pwd.getpwnam(CLUSTER_OWNER).pw_uid:
+    try:
+        owner_uid = pwd.getpwnam(CLUSTER_OWNER).pw_uid
+    except KeyError:
+        raise PreconditionError(f"this host has no {CLUSTER_OWNER} user: run it on the "
+                                "database host") from None
+    if os.geteuid() == owner_uid:
         return cmd
     return ["runuser", "-u", CLUSTER_OWNER, "--", *cmd]
 

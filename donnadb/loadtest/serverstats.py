@@ -31,7 +31,7 @@ from psycopg.rows import dict_row
 
 from donnadb import db
 from donnadb.config import Settings
-from donnadb.errors import CredentialsError
+from donnadb.errors import CredentialsError, PreconditionError
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +71,12 @@ def _last_line(exc: BaseException) -> str:
 # --- pg_stat_statements -----------------------------------------------------------------
 def reset_statements(settings: Settings, dbname: str) -> str | None:
     """Reset pg_stat_statements as the superuser; None when done, else why not."""
-    cmd = db.as_cluster_owner(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-                               "-h", "/var/run/postgresql", "-p", str(settings.db_port),
-                               "-d", dbname])
+    try:
+        cmd = db.as_cluster_owner(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                                   "-h", "/var/run/postgresql", "-p", str(settings.db_port),
+                                   "-d", dbname])
+    except PreconditionError as exc:  # an application host: no server here to reset
+        return f"cannot reset pg_stat_statements: {exc}"
     try:
         done = subprocess.run(cmd, input=RESET_SQL, capture_output=True, text=True,
                               cwd="/", timeout=30, check=False)

@@ -24,15 +24,15 @@ def main(marker: str) -> dict:
         clerk = f"fleet-{uuid.uuid4().hex[:12]}"
         user_id = dal.create_user({"clerk_id": clerk, "email": f"{clerk}@example.org",
                                    "name": "Fleet User"})
-        assert dal.get_user_by_clerk_id(clerk).id == user_id
+        assert dal.get_user_by_clerk_id(clerk)["id"] == user_id
         chat = f"chat-{uuid.uuid4().hex[:12]}"
         dal.create_chat_session(chat, user_id, {"source": "fleet"}, title="fleet")
         for n in range(1, 6):
             dal.add_message(chat, "user" if n % 2 else "assistant", f"{marker} message {n}")
         history = dal.get_chat_history(chat, limit=3)
-        assert [m.content for m in history] == [f"{marker} message {n}" for n in (3, 4, 5)]
+        assert [m["content"] for m in history] == [f"{marker} message {n}" for n in (3, 4, 5)]
         assert dal.get_message_count(chat) == 5
-        assert [s.chat_id for s in dal.list_chat_sessions(user_id)] == [chat]
+        assert [s["chat_id"] for s in dal.list_chat_sessions(user_id)] == [chat]
         found = dal.search_messages(user_id, marker)
         assert len(found) == 5, found
         assert dal.set_user_memory(user_id, "preference", "tone", {"value": marker})

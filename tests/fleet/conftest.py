@@ -84,6 +84,9 @@ def fleet(tmp_path_factory) -> Fleet:
             # Kept for the reader of a failure (CI prints the paths).
             (state / f"fleet-deploy-{n}.log").write_text(run.output)
             assert run.returncode == 0, run.output[-6000:]
+            # pyinfra carries on without a host it cannot reach: every one must be there.
+            for address in (db.address, app.address):
+                assert f"[{address}] Connected" in run.output, run.output[:3000]
             runs.append(run)
         first, second = runs
         yield Fleet(db, app, env, first, second)

@@ -30,8 +30,9 @@ db_servers = [
             "pg_listen_addresses": _db,
             "pgbouncer_listen_addr": _db,
             "db_host": _db,
-            # The app hosts reach PgBouncer; only the read-only role may come directly.
-            "pg_hba_networks": [f"{_db}/32", f"{_app}/32"],
+            # Every test host's loopback traffic leaves from 127.0.0.1 (one shared
+            # network), so that is where the hosts' clients come from.
+            "pg_hba_networks": ["127.0.0.1/32", f"{_db}/32", f"{_app}/32"],
             # Three test hosts share this machine's RAM and cores.
             "host_memory_mb": _fleet["memory_mb"],
             "host_cpus": _fleet["cpus"],

@@ -35,6 +35,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -261,6 +262,23 @@ class Host:
                         f"(state {state!r}; see {self.console_log})")
 
 
+    def wait_ssh(self, timeout: float = BOOT_TIMEOUT) -> None:
+        """Wait until sshd on ``address`` greets (systemd may call the host running first).
+
+        :raises HostError: no SSH greeting in ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), \
+                    socket.create_connection((self.address, 22), timeout=5) as conn:
+                conn.settimeout(5)
+                if conn.recv(64).startswith(b"SSH-2.0-"):
+                    return
+            time.sleep(0.5)
+        raise HostError(f"host {self.name}: sshd on {self.address}:22 did not answer in "
+                        f"{timeout:.0f} s (see {self.console_log})")
+
+
 def prepare_root(base: Path, name: str, address: str) -> Path:
     """A fresh copy of ``base`` for one host: its hostname, ssh keys, sshd address."""
     root = STATE_DIR / "hosts" / name
@@ -358,6 +376,7 @@ def fleet(specs: list[tuple[str, str]], *, keep: bool = False) -> Iterator[list[
             _start(host)
         for host in hosts:
             host.wait_running()
+            host.wait_ssh()
         yield hosts
     finally:
         for host in hosts:
