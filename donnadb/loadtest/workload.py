@@ -100,7 +100,8 @@ def search_words(rng: random.Random) -> str:
 
 def load_catalogue(settings: Settings, dbname: str | None, rng: random.Random) -> Catalogue:
     """:raises DataError: the database holds no seeded data (run the seed first)."""
-    with db.connection("readonly", settings=settings, dbname=dbname,
+    # The role the load itself uses: an application host holds no other credential.
+    with db.connection("app", settings=settings, dbname=dbname,
                        row_factory=dict_row) as conn:
         rows = conn.execute(CATALOGUE_SQL, {"users": USER_PREFIX + "0%",
                                             "chats": CHAT_PREFIX + "%"}).fetchall()

@@ -35,8 +35,8 @@ def main(marker: str) -> dict:
         assert [s["chat_id"] for s in dal.list_chat_sessions(user_id)] == [chat]
         found = dal.search_messages(user_id, marker)
         assert len(found) == 5, found
-        assert dal.set_user_memory(user_id, "preference", "tone", {"value": marker})
-        assert dal.get_user_memory(user_id, "preference") == {"tone": {"value": marker}}
+        assert dal.set_user_memory(user_id, "preferences", "tone", {"value": marker})
+        assert dal.get_user_memory(user_id, "preferences") == {"tone": {"value": marker}}
         dal.begin_transaction()
         dal.add_message(chat, "user", "rolled back")
         dal.rollback()
