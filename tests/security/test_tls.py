@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import tuple_row
 
 from donnadb import db
 from donnadb.backup import pgtools
@@ -87,18 +88,18 @@ def test_channel_binding_is_required_and_works_direct(deployed, settings):
     assert params["channel_binding"] == "require"
     with _connect(params) as conn:
         ssl, version = conn.execute(SSL_SQL).fetchone()
-        assert ssl and version in TLS_VERSIONS
+        assert ssl is True and version in TLS_VERSIONS
 
 
 def test_the_dal_and_db_connections_use_tls(deployed, settings):
     with db.connection("readonly", settings=settings, autocommit=True) as conn:
         ssl, version = conn.execute(SSL_SQL).fetchone()
-        assert ssl and version in TLS_VERSIONS
+        assert ssl is True and version in TLS_VERSIONS
     # The application's path: client -> PgBouncer over TLS, PgBouncer -> PostgreSQL too.
     with PostgresDataAccess(settings) as dal, dal._pool.connection() as conn:
         assert conn.pgconn.ssl_in_use
-        ssl, version = conn.execute(SSL_SQL).fetchone()
-        assert ssl and version in TLS_VERSIONS
+        ssl, version = conn.cursor(row_factory=tuple_row).execute(SSL_SQL).fetchone()
+        assert ssl is True and version in TLS_VERSIONS
 
 
 def test_donnactl_shell_and_the_backup_tools_use_tls(deployed, settings):
@@ -124,12 +125,13 @@ class Capture:
     def __init__(self, path: Path, ports: list[int]) -> None:
         self.path = path
         expr = " or ".join(f"tcp port {p}" for p in ports)
-        self.proc = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "-s", "0", "-w", str(path),
+        self.proc = subprocess.Popen(["tcpdump", "-i", "lo", "--immediate-mode", "-U", "-w", str(path),
                                       expr], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
 
     def __enter__(self) -> Capture:
-        # tcpdump says "listening on lo" once its filter is installed.
+        # tcpdump says "listening on lo" once its filter is installed; --immediate-mode
+        # hands over every packet at once (not in blocks a stop would drop), -U writes it.
         line = self.proc.stderr.readline()
         assert "listening on" in line, line
         return self
