@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
-import subprocess
-import time
 import uuid
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -17,6 +14,7 @@ from cryptography.x509.oid import NameOID
 
 from tests.fleet.conftest import Fleet
 from tests.fleet.test_app import run_as_app, run_contract
+from tests.security.test_tls import Capture
 
 WRONG_CA = "/usr/local/lib/donnadb-fleet/wrong-ca.crt"
 
@@ -60,30 +58,16 @@ def test_plain_text_a_stranger_ca_and_a_wrong_host_name_are_refused(fleet: Fleet
     assert wrong_name["ok"] is False and "does not match host name" in wrong_name["error"]
 
 
-def capture(address: str, port: int, out: Path, action) -> bytes:
-    """The loopback packets to and from ``address:port`` while ``action()`` runs."""
-    dump = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "-s", "0", "-w", str(out),
-                             f"host {address} and tcp port {port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        time.sleep(1.5)  # tcpdump is listening once it has opened the interface
-        action()
-        time.sleep(1.0)
-    finally:
-        dump.terminate()
-        dump.wait(10)
-    return out.read_bytes()
-
-
 def test_a_sniffed_wire_shows_no_password_exchange_and_no_query(fleet: Fleet, tmp_path):
     marker = f"sniff{uuid.uuid4().hex[:12]}"
-    seen = capture(fleet.db.address, 6432, tmp_path / "tls.pcap",
-                   lambda: run_contract(fleet, marker))
+    with Capture(tmp_path / "tls.pcap", [6432]) as tls:
+        run_contract(fleet, marker)
+    seen = tls.data()
     assert len(seen) > 2000, "the capture saw nothing: it proves nothing"
     for clear in (marker.encode(), b"SCRAM-SHA-256", b"n,,n=", b"donna_app"):
         assert clear not in seen, f"{clear!r} crossed the wire in clear"
     # The same capture shows a plain-text attempt's startup packet (user name in clear):
     # had the DAL's traffic been readable, it would have been seen.
-    plain = capture(fleet.db.address, 6432, tmp_path / "plain.pcap",
-                    lambda: attempt(fleet, sslmode="disable"))
-    assert b"donna_app" in plain
+    with Capture(tmp_path / "plain.pcap", [6432]) as plain:
+        attempt(fleet, sslmode="disable")
+    assert b"donna_app" in plain.data()
