@@ -333,4 +333,4 @@ def _install_pgbackrest(cfg: BackupDeploy, settings) -> None:
 
 
 def pitr_data_dir(settings) -> Path:
-    return Path(f"/var/lib/postgresql/{settings.pg_version}/{settings.pg_cluster}")
+    return config.debian_data_dir(settings.pg_version, settings.pg_cluster)
