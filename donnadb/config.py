@@ -42,6 +42,8 @@ HOST_ENV_FILE = Path(os.environ.get("DONNADB_HOST_ENV", "/etc/donnadb/donnadb.en
 BACKUP_ENV_FILE = Path(os.environ.get("DONNADB_BACKUP_ENV", "/etc/donnadb/backup.env"))
 #: Where the deploy keeps generated role passwords (libpq passfile format, 0600).
 DEFAULT_PASSFILE = Path("/etc/donnadb/pgpass")
+#: The folder beside DB_PASSFILE holding each consumer's own passfile (pgpass.d/<user>).
+CONSUMER_PASSFILE_DIR = "pgpass.d"
 #: Where the deploy generates the backup manifests' HMAC key (0600).
 DEFAULT_SIGNING_KEY_FILE = Path("/etc/donnadb/backup-signing.key")
 
