@@ -46,7 +46,7 @@ SELECT pid, usename, datname, state, backend_type, query_start,
        left(query, %(width)s) AS query
 FROM pg_stat_activity WHERE pid = %(pid)s
 """
-#: How much of a backend's query text is shown (and logged, and put in --json).
+#: How much of a backend's query text is read (shown before a signal, and in --json).
 QUERY_WIDTH = 200
 SIGNAL_SQL = {"cancel": "SELECT pg_cancel_backend(%s)",
               "terminate": "SELECT pg_terminate_backend(%s)"}
