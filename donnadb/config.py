@@ -28,7 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -47,6 +47,8 @@ DEFAULT_PASSFILE = Path("/etc/donnadb/pgpass")
 DEFAULT_TLS_DIR = Path("/etc/donnadb/tls")
 DEFAULT_SSLROOTCERT = DEFAULT_TLS_DIR / "ca.crt"
 DEFAULT_TLS_SERVER_CERT_FILE = DEFAULT_TLS_DIR / "server.crt"
+#: The folder beside DB_PASSFILE holding each consumer's own passfile (pgpass.d/<user>).
+CONSUMER_PASSFILE_DIR = "pgpass.d"
 #: Where the deploy generates the backup manifests' HMAC key (0600).
 DEFAULT_SIGNING_KEY_FILE = Path("/etc/donnadb/backup-signing.key")
 
@@ -61,6 +63,9 @@ ROLE_BACKUP = "donna_backup"
 ROLE_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 #: Where the legacy file store is when DATA_DIR is not set.
 DEFAULT_DATA_DIR = Path("/var/lib/donna/data")
+
+#: A Debian cluster name (pg_createcluster), also a path component: keep it boring.
+CLUSTER_NAME_RE = r"^[a-z_][a-z0-9_]{0,62}$"
 
 MIB = 1024 * 1024
 #: Chosen by bench/backup_compression.py (see docs/backup.md): gzip level 1 keeps
@@ -161,7 +166,8 @@ class Settings(BaseSettings):
     backup_repo_dir: Path = Path("/var/backups/donna")
     backup_jobs: int = Field(2, ge=1, le=64)
     backup_compress_level: int = Field(DEFAULT_COMPRESS_LEVEL, ge=0, le=9)
-    backup_pg_bin_dir: Path = Path("/usr/lib/postgresql/15/bin")
+    #: pg_dump/pg_restore; unset: /usr/lib/postgresql/<PG_VERSION>/bin.
+    backup_pg_bin_dir: Path | None = None
     # Retention (keep last N, then one per day / ISO week / month).
     backup_keep_last: int = Field(7, ge=1)
     backup_keep_daily: int = Field(7, ge=0)
@@ -196,9 +202,12 @@ class Settings(BaseSettings):
     pgbackrest_enabled: bool = False
     pgbackrest_stanza: str = "donna"
     pgbackrest_config: Path = Path("/etc/pgbackrest/pgbackrest.conf")
-    pg_version: int = 15
-    pg_cluster: str = "main"
-    pg_data_dir: Path | None = None  # None: /var/lib/postgresql/<version>/<cluster>
+    # The cluster (group_data pg_version, pg_cluster; the deploy writes PG_VERSION and
+    # PG_CLUSTER to donnadb.env): the paths below follow them unless set.
+    pg_version: int = Field(15, ge=10, le=99)
+    pg_cluster: str = Field("main", pattern=CLUSTER_NAME_RE)
+    #: Unset: /var/lib/postgresql/<PG_VERSION>/<PG_CLUSTER>.
+    pg_data_dir: Path | None = None
 
     @field_validator("db_user", "db_role_owner", "db_role_migrator", "db_role_app",
                      "db_role_readonly", "db_role_backup")
@@ -226,6 +235,15 @@ class Settings(BaseSettings):
                     "(for example /var/lib/donna/data)", {"value": repr(text)})
         return value
 
+    @model_validator(mode="after")
+    def _cluster_paths(self) -> Settings:
+        # Filled once here; model_copy() does not re-run it (set the paths themselves).
+        if self.backup_pg_bin_dir is None:
+            self.backup_pg_bin_dir = debian_bin_dir(self.pg_version)
+        if self.pg_data_dir is None:
+            self.pg_data_dir = debian_data_dir(self.pg_version, self.pg_cluster)
+        return self
+
     @property
     def s3_enabled(self) -> bool:
         return bool(self.backup_s3_bucket)
@@ -238,6 +256,16 @@ class Settings(BaseSettings):
             raise ConfigError(
                 f"unknown role kind {kind!r}; use owner, migrator, app, readonly or backup"
             ) from None
+
+
+def debian_bin_dir(version: int) -> Path:
+    """Where Debian's postgresql-<version> keeps its programs (pg_dump, pg_ctl ...)."""
+    return Path(f"/usr/lib/postgresql/{int(version)}/bin")
+
+
+def debian_data_dir(version: int, cluster: str) -> Path:
+    """The data directory pg_createcluster gives cluster ``version``/``cluster``."""
+    return Path(f"/var/lib/postgresql/{int(version)}/{cluster}")
 
 
 def default_schema_dir() -> Path:

@@ -21,6 +21,8 @@ from donnadb import config as _config
 # Debian 12 ships 15, the version this kit is tested with; another one needs the PGDG
 # apt repository. Changing it on a deployed host creates a second, empty cluster: it
 # does not upgrade the data (that is pg_upgradecluster's job).
+# The deploy writes both to donnadb.env (PG_VERSION, PG_CLUSTER): donnactl's pg_dump
+# and pg_restore (/usr/lib/postgresql/{v}/bin) and the cluster's data directory follow.
 pg_version = 15
 pg_cluster = "main"
 pg_port = 5432

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from donnadb.config import load_settings
@@ -88,3 +90,23 @@ def test_a_role_name_must_be_a_plain_identifier(monkeypatch, name, value):
 def test_plain_role_names_pass(monkeypatch):
     monkeypatch.setenv("DB_ROLE_APP", "_app_2")
     assert load_settings().role("app") == "_app_2"
+
+
+def test_the_cluster_s_paths_follow_pg_version_and_pg_cluster(monkeypatch):
+    monkeypatch.setenv("PG_VERSION", "16")
+    monkeypatch.setenv("PG_CLUSTER", "blue")
+    s = load_settings()
+    assert s.backup_pg_bin_dir == Path("/usr/lib/postgresql/16/bin")
+    assert s.pg_data_dir == Path("/var/lib/postgresql/16/blue")
+    monkeypatch.setenv("BACKUP_PG_BIN_DIR", "/opt/pg/bin")
+    monkeypatch.setenv("PG_DATA_DIR", "/srv/pgdata")
+    s = load_settings()
+    assert (s.backup_pg_bin_dir, s.pg_data_dir) == (Path("/opt/pg/bin"), Path("/srv/pgdata"))
+
+
+@pytest.mark.parametrize("name, value", [("PG_CLUSTER", "../etc"), ("PG_CLUSTER", "a/b"),
+                                         ("PG_VERSION", "fifteen")])
+def test_a_bad_cluster_is_one_clear_error(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=f"invalid setting {name}"):
+        load_settings()

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from donnadb import db
 from donnadb.backup.errors import BackupError, RestoreRefused
-from donnadb.config import Settings
+from donnadb.config import Settings, debian_bin_dir, debian_data_dir
 from donnadb.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class Cluster:
 
     @property
     def bin_dir(self) -> Path:
-        return Path(f"/usr/lib/postgresql/{self.version}/bin")
+        return debian_bin_dir(self.version)
 
 
 @dataclass(frozen=True)
@@ -94,9 +94,9 @@ def engine_from_settings(settings: Settings) -> Engine:
     if not settings.pgbackrest_enabled:
         raise ConfigError("pgBackRest is not enabled; set pgbackrest_enabled in "
                           "group_data/all.py and run `make deploy`")
-    data_dir = settings.pg_data_dir or Path(
-        f"/var/lib/postgresql/{settings.pg_version}/{settings.pg_cluster}")
-    cluster = Cluster(settings.pg_version, settings.pg_cluster, settings.db_port, data_dir)
+    cluster = Cluster(settings.pg_version, settings.pg_cluster, settings.db_port,
+                      settings.pg_data_dir or debian_data_dir(settings.pg_version,
+                                                              settings.pg_cluster))
     return Engine(settings.pgbackrest_config, settings.pgbackrest_stanza, cluster)
 
 

@@ -22,7 +22,7 @@ from donnadb.cli.options import DbOpt, DryRunOpt, JsonOpt
 from donnadb.cli.output import console, emit_json, err_console
 from donnadb.config import load_settings
 from donnadb.errors import DatabaseError
-from donnadb.legacy.export import export_data_dir
+from donnadb.legacy.export import DEFAULT_LOG_GAP_MARGIN, export_data_dir
 from donnadb.legacy.importer import CONFLICT_EXAMPLES, check_storage_type, import_data_dir
 from donnadb.legacy.reader import LegacyReader
 from donnadb.legacy.report import Report, write_private_jsonl
@@ -186,12 +186,19 @@ def verify_cmd(data_dir: DataDirOpt = None, json: JsonOpt = False, dbname: DbOpt
 
 @app.command("export")
 @logged("migrate-data export")
-def export_cmd(out: Annotated[Path, typer.Option("--out", help="New, empty directory.")],
-               json: JsonOpt = False, dbname: DbOpt = None) -> None:
+def export_cmd(
+    out: Annotated[Path, typer.Option("--out", help="New, empty directory.")],
+    log_gap_margin: Annotated[int, typer.Option(
+        "--log-gap-margin", min=0,
+        help="Blank lines a log file may get beyond its rows to keep lines at their "
+             "numbers; a row further out stops the export.")] = DEFAULT_LOG_GAP_MARGIN,
+    json: JsonOpt = False,
+    dbname: DbOpt = None,
+) -> None:
     """Write the database back into the legacy layout (rollback path; files 0600, dirs 0700)."""
     settings = load_settings(db_name=dbname)
     with _connect("readonly", settings, dbname) as conn:
-        summary = export_data_dir(conn, out)
+        summary = export_data_dir(conn, out, log_gap_margin=log_gap_margin)
     if json:
         emit_json(summary.as_dict())
         return

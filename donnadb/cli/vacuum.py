@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from donnadb.cli.opsrun import confirm, logged, settings
-from donnadb.cli.options import DbOpt, JsonOpt, YesOpt
+from donnadb.cli.options import DbOpt, DryRunOpt, JsonOpt, YesOpt
 from donnadb.cli.output import console, emit_json
 from donnadb.ops import vacuum
 
@@ -45,16 +45,25 @@ def report_cmd(json: JsonOpt = False, dbname: DbOpt = None) -> None:
 def run_cmd(
     tables: Annotated[list[str] | None, typer.Argument(help="Tables (default: all).")] = None,
     no_analyze: Annotated[bool, typer.Option("--no-analyze")] = False,
+    dry_run: DryRunOpt = False,
     yes: YesOpt = False,
     json: JsonOpt = False,
     dbname: DbOpt = None,
 ) -> None:
-    """VACUUM (ANALYZE) tables as their owner; never FULL. Asks first unless --yes."""
+    """VACUUM (ANALYZE) tables as their owner; never FULL.
+
+    Asks first unless --yes; --dry-run lists the statements it would run.
+    """
     s = settings()
-    confirm(f"VACUUM {', '.join(tables) if tables else 'every table'} in "
-            f"{dbname or s.db_name}?", yes)
-    done = vacuum.run(s, tables=tables, analyze=not no_analyze, dbname=dbname)
+    if not dry_run:
+        confirm(f"VACUUM {', '.join(tables) if tables else 'every table'} in "
+                f"{dbname or s.db_name}?", yes)
+    result = vacuum.run(s, tables=tables, analyze=not no_analyze, dbname=dbname,
+                        dry_run=dry_run)
     if json:
-        emit_json({"vacuumed": done})
+        emit_json({**result, "vacuumed": [] if dry_run else result["tables"]})
+    elif dry_run:
+        console.print("dry run: would run\n" + "\n".join(
+            f"  {text};" for text in result["statements"]), highlight=False)
     else:
-        console.print(f"vacuumed {len(done)} tables: {', '.join(done)}")
+        console.print(f"vacuumed {len(result['tables'])} tables: {', '.join(result['tables'])}")

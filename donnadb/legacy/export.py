@@ -73,11 +73,22 @@ SELECT context -> '_donnadb_legacy' ->> 'source' AS source, level, message, cont
        host(ip_address), user_agent, request_uri, created_at
   FROM system_logs
  ORDER BY substring(context -> '_donnadb_legacy' ->> 'source' from '^(.*):[0-9]+$') NULLS LAST,
-          (substring(context -> '_donnadb_legacy' ->> 'source' from ':([0-9]+)$'))::int,
+          (substring(context -> '_donnadb_legacy' ->> 'source' from ':([0-9]+)$'))::numeric,
           created_at, id
 """
-SOURCE_RE = re.compile(r"^(?P<file>[^/]+\.jsonl):(?P<line>\d+)$")
+LOG_ROWS = """
+SELECT substring(context -> '_donnadb_legacy' ->> 'source' from '^([^/]+\\.jsonl):[0-9]+$'),
+       count(*)
+  FROM system_logs GROUP BY 1
+"""
+# \Z, not $: the same rows as LOG_ROWS counts (PostgreSQL's $ is the very end).
+SOURCE_RE = re.compile(r"^(?P<file>[^/]+\.jsonl):(?P<line>[0-9]+)\Z")
 DATABASE_ONLY_LOGS = "database-only.jsonl"
+#: Blank lines an export may add to one log file beyond its rows, to keep every line at
+#: its number (lines the import skipped or quarantined, rows deleted since). A row whose
+#: line lies further out is refused: a planted ``x.jsonl:99999999999`` must not fill the
+#: disk with blank lines.
+DEFAULT_LOG_GAP_MARGIN = 1_000_000
 
 
 @dataclass
@@ -423,7 +434,21 @@ def _log_doc(level, message, context, trace, ip, ua, uri, created) -> dict[str, 
     return doc
 
 
-def _export_logs(conn: psycopg.Connection, out: _OutDir, summary: ExportSummary) -> None:
+def _line_number(source: str, line: str, rows: int, margin: int) -> int:
+    """The line a log row goes to: at most ``rows + margin`` in its file.
+
+    :raises DataError: the line lies further out (the message names the row).
+    """
+    if len(line) <= 18 and int(line) <= rows + margin:
+        return int(line)
+    raise DataError(f"log line {source[:120]!r} lies more than {margin} lines beyond the "
+                    f"{rows} rows of its file: correct or delete that row's "
+                    "_donnadb_legacy.source, or raise --log-gap-margin if the gap is real")
+
+
+def _export_logs(conn: psycopg.Connection, out: _OutDir, summary: ExportSummary,
+                 margin: int) -> None:
+    rows_of = dict(conn.execute(LOG_ROWS).fetchall())
     handles: dict[str, Any] = {}
     lines: dict[str, int] = {}
     mtimes: dict[str, float] = {}
@@ -441,7 +466,8 @@ def _export_logs(conn: psycopg.Connection, out: _OutDir, summary: ExportSummary)
                                               encoding="utf-8")
                     lines[name] = 0
                 fh = handles[name]
-                target = int(match.group("line")) if match else lines[name] + 1
+                target = lines[name] + 1 if not match else _line_number(
+                    source, match.group("line"), rows_of.get(name, 0), margin)
                 # Blank lines keep every line at its original number (ids derive from it).
                 fh.write("\n" * max(0, target - lines[name] - 1))
                 fh.write(json.dumps(_log_doc(*row), ensure_ascii=True) + "\n")
@@ -457,14 +483,18 @@ def _export_logs(conn: psycopg.Connection, out: _OutDir, summary: ExportSummary)
             fh.close()
 
 
-def export_data_dir(conn: psycopg.Connection, out_dir: Path) -> ExportSummary:
+def export_data_dir(conn: psycopg.Connection, out_dir: Path, *,
+                    log_gap_margin: int = DEFAULT_LOG_GAP_MARGIN) -> ExportSummary:
     """Write the database into ``out_dir`` in the legacy layout.
+
+    A log file gets at most ``log_gap_margin`` blank lines beyond its rows.
 
     :raises UsageError: ``out_dir`` exists and is not empty (an export never overwrites),
         or it is a symlink.
     :raises UnsafeNameError: a record's name cannot be a file name (``out_dir`` is then
         left empty).
-    :raises DataError: two records would write the same file (``out_dir`` left empty).
+    :raises DataError: two records would write the same file, or a log row's line lies
+        beyond its file's rows plus ``log_gap_margin`` (``out_dir`` left empty).
     """
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -491,7 +521,7 @@ def export_data_dir(conn: psycopg.Connection, out_dir: Path) -> ExportSummary:
             with conn.transaction():
                 _export_users(conn, target, summary)
                 _export_chats(conn, target, summary)
-                _export_logs(conn, target, summary)
+                _export_logs(conn, target, summary, log_gap_margin)
         except BaseException:
             target.discard()
             raise

@@ -41,10 +41,13 @@ LIMIT %(limit)s
 ORDER_BY = {"total": "s.total_exec_time", "mean": "s.mean_exec_time", "calls": "s.calls"}
 
 BACKEND_SQL = """
-SELECT pid, usename, datname, state, backend_type,
-       extract(epoch FROM now() - query_start)::float8 AS seconds, left(query, 200) AS query
-FROM pg_stat_activity WHERE pid = %s
+SELECT pid, usename, datname, state, backend_type, query_start,
+       extract(epoch FROM now() - query_start)::float8 AS seconds,
+       left(query, %(width)s) AS query
+FROM pg_stat_activity WHERE pid = %(pid)s
 """
+#: How much of a backend's query text is read (shown before a signal, and in --json).
+QUERY_WIDTH = 200
 SIGNAL_SQL = {"cancel": "SELECT pg_cancel_backend(%s)",
               "terminate": "SELECT pg_terminate_backend(%s)"}
 
@@ -85,7 +88,8 @@ def backend(settings: Settings, pid: int, *, dbname: str | None = None) -> dict[
     :raises QueryError: there is no such backend.
     """
     with db.connection("readonly", settings=settings, dbname=dbname, autocommit=True) as conn:
-        row = conn.cursor(row_factory=dict_row).execute(BACKEND_SQL, (pid,)).fetchone()
+        row = conn.cursor(row_factory=dict_row).execute(
+            BACKEND_SQL, {"pid": pid, "width": QUERY_WIDTH}).fetchone()
     if row is None:
         raise QueryError(f"no backend with pid {pid}: check `donnactl status` or pg_stat_activity")
     return row
@@ -98,29 +102,50 @@ def _kind_of(settings: Settings, role: str | None) -> str | None:
     return None
 
 
-def signal(settings: Settings, pid: int, action: str, *, dbname: str | None = None
+def target(settings: Settings, pid: int, action: str, *, dbname: str | None = None
            ) -> dict[str, Any]:
+    """The backend ``action`` (cancel or terminate) would signal, with ``kind``: the donna
+    role kind that owns it (the one that may signal it).
+
+    :raises UsageError: ``action`` is unknown, or the backend belongs to a role donnadb
+        does not manage.
+    :raises QueryError: no such backend.
+    :raises DatabaseError: the database cannot be reached.
+    """
+    if action not in SIGNAL_SQL:
+        raise UsageError(f"action must be cancel or terminate, not {action!r}")
+    row = backend(settings, pid, dbname=dbname)
+    row["kind"] = _kind_of(settings, row["usename"])
+    if row["kind"] is None:
+        raise UsageError(f"pid {pid} belongs to {row['usename'] or row['backend_type']}, "
+                         "not a donna role; use psql as postgres if you really mean it")
+    return row
+
+
+def signal(settings: Settings, pid: int, action: str, *, dbname: str | None = None,
+           dry_run: bool = False) -> dict[str, Any]:
     """Cancel the backend's current query, or terminate the backend (``action``).
+
+    With ``dry_run`` the backend is only checked and described: nothing is signalled.
 
     :raises QueryError: no such backend.
     :raises UsageError: the backend belongs to a role donnadb does not manage.
     :raises DonnaError: the server refused the signal.
     :raises DatabaseError: the database cannot be reached.
     """
-    if action not in SIGNAL_SQL:
-        raise UsageError(f"action must be cancel or terminate, not {action!r}")
-    target = backend(settings, pid, dbname=dbname)
-    kind = _kind_of(settings, target["usename"])
-    if kind is None:
-        raise UsageError(f"pid {pid} belongs to {target['usename'] or target['backend_type']}, "
-                         "not a donna role; use psql as postgres if you really mean it")
+    row = target(settings, pid, action, dbname=dbname)
+    result = {"pid": pid, "action": action, "dry_run": dry_run, "signalled": False,
+              "role": row["usename"], "state": row["state"], "query_start": row["query_start"],
+              "seconds": row["seconds"], "query": row["query"]}
+    if dry_run:
+        return result
     # Signals are cluster-wide: any database the role may enter will do.
-    with db.connection(kind, settings=settings, dbname=dbname, autocommit=True) as conn:
+    with db.connection(row["kind"], settings=settings, dbname=dbname,
+                       autocommit=True) as conn:
         try:
             done = conn.execute(SIGNAL_SQL[action], (pid,)).fetchone()[0]
         except psycopg.errors.InsufficientPrivilege as exc:
             raise DonnaError(f"cannot {action} pid {pid}: {exc}") from None
     log.warning("backend %s %s", pid, action, extra={"pid": pid, "action": action,
-                                                      "role": target["usename"]})
-    return {"pid": pid, "action": action, "signalled": bool(done), "role": target["usename"],
-            "query": target["query"], "seconds": target["seconds"]}
+                                                      "role": row["usename"]})
+    return {**result, "signalled": bool(done)}

@@ -21,11 +21,9 @@ from typing import Any
 import psycopg
 
 from donnadb import db
-from donnadb.config import Settings
+from donnadb.config import CONSUMER_PASSFILE_DIR, Settings
 from donnadb.errors import DonnaError
 
-#: Where the deploy puts each consumer's passfile (beside the root passfile).
-CONSUMER_PASSFILES = "pgpass.d"
 OPS_UNITS = Path("/etc/systemd/system")
 #: The scheduled jobs' units and cron files (ops and backups).
 JOB_UNITS = ("donna-ops-*.service", "donna-backup-*.service")
@@ -180,7 +178,7 @@ def _secret_files(settings: Settings) -> list[tuple[Path, set[str]]]:
     for key in (settings.backup_encryption_key_file, settings.backup_signing_key_file):
         if key:  # the backup jobs' user (the cluster's owner) reads them
             files.append((key, {"root", db.CLUSTER_OWNER}))
-    consumers = settings.db_passfile.parent / CONSUMER_PASSFILES
+    consumers = settings.db_passfile.parent / CONSUMER_PASSFILE_DIR
     if consumers.is_dir():
         files += [(p, {p.name}) for p in sorted(consumers.iterdir())]
     return files

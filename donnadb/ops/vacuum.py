@@ -56,9 +56,17 @@ def report(settings: Settings, *, dbname: str | None = None) -> dict[str, Any]:
     return {"database": database, "tables": tables}
 
 
+def _statement(table: str, analyze: bool) -> sql.Composed:
+    options = sql.SQL("(ANALYZE) " if analyze else "")
+    return sql.SQL("VACUUM {}{}").format(options, sql.Identifier("public", table))
+
+
 def run(settings: Settings, *, tables: list[str] | None = None, analyze: bool = True,
-        dbname: str | None = None) -> list[str]:
-    """VACUUM (and ANALYZE) ``tables`` (default: every table in public); return their names.
+        dbname: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+    """VACUUM (and ANALYZE) ``tables`` (default: every table in public).
+
+    Returns ``{"dry_run", "tables", "statements"}``: the tables and the exact statements
+    run (with ``dry_run``, the ones that would run; nothing is vacuumed).
 
     :raises UsageError: a named table is not a table in public.
     :raises DatabaseError: the database cannot be reached.
@@ -71,8 +79,10 @@ def run(settings: Settings, *, tables: list[str] | None = None, analyze: bool = 
         if unknown:
             raise UsageError(f"not a table in public: {', '.join(unknown)}; "
                              "see `donnactl vacuum report`")
-        options = sql.SQL("(ANALYZE)" if analyze else "")
-        for name in wanted:
-            log.info("vacuum %s", name, extra={"table": name})
-            conn.execute(sql.SQL("VACUUM {} {}").format(options, sql.Identifier("public", name)))
-    return wanted
+        statements = [_statement(name, analyze) for name in wanted]
+        texts = [s.as_string(conn) for s in statements]
+        if not dry_run:
+            for name, statement in zip(wanted, statements, strict=True):
+                log.info("vacuum %s", name, extra={"table": name})
+                conn.execute(statement)
+    return {"dry_run": dry_run, "tables": wanted, "statements": texts}

@@ -42,6 +42,7 @@ from donnadb import config
 from donnadb.backup import pitr
 from donnadb.errors import ConfigError
 from donnadb.provision import consumers, install, logs, scheduler
+from donnadb.provision.settings import DeploySettings
 
 #: job -> (systemd OnCalendar, cron schedule, what it does)
 DEFAULT_SCHEDULE = {
@@ -87,6 +88,8 @@ class BackupDeploy:
     env: dict[str, str]
     schedule: dict[str, tuple[str, str, str]]
     script: str
+    #: The jobs' user's own passfile (consumers.passfile_of).
+    passfile: str
     unit_dir: str = UNIT_DIR
     unit_prefix: str = UNIT_PREFIX
     cron_file: str = CRON_FILE
@@ -126,8 +129,9 @@ def _schedule(overrides: dict[str, Any], pgbackrest: bool) -> dict[str, tuple[st
     return schedule
 
 
-def load_backup_deploy(data: Any, script: str) -> BackupDeploy:
-    """Backup settings from ``host.data``; unset ones keep the runtime defaults.
+def load_backup_deploy(data: Any, settings: DeploySettings) -> BackupDeploy:
+    """Backup settings from ``host.data``; unset ones keep the runtime defaults. The jobs'
+    script and passfile follow ``settings`` (donnadb_install_dir, db_passfile).
 
     :raises ConfigError: a schedule or S3 entry is malformed (the message names it).
     """
@@ -142,7 +146,8 @@ def load_backup_deploy(data: Any, script: str) -> BackupDeploy:
         repo_dir=data.get("backup_repo_dir") or "/var/backups/donna",
         env_file=data.get("backup_env_file") or "/etc/donnadb/backup.env",
         env=env, schedule=_schedule(data.get("backup_schedule") or {}, pgbackrest),
-        script=script, pgbackrest=pgbackrest,
+        script=install.backup_script(settings),
+        passfile=consumers.passfile_of(settings, JOB_USER), pgbackrest=pgbackrest,
         unit_dir=data.get("backup_unit_dir") or UNIT_DIR,
         unit_prefix=data.get("backup_unit_prefix") or UNIT_PREFIX,
         cron_file=data.get("backup_cron_file") or CRON_FILE, **places,
@@ -170,8 +175,8 @@ JOB_LOG = f"{LOG_DIR}/{JOB_USER}-backup.jsonl"
 CRON_LOG = f"{LOG_DIR}/{JOB_USER}-backup-cron.log"
 
 
-def job_environment() -> dict[str, str]:
-    return {"DB_PASSFILE": f"/etc/donnadb/pgpass.d/{JOB_USER}", "OPS_LOG_FILE": JOB_LOG}
+def job_environment(cfg: BackupDeploy) -> dict[str, str]:
+    return {"DB_PASSFILE": cfg.passfile, "OPS_LOG_FILE": JOB_LOG}
 
 
 def writable_paths(cfg: BackupDeploy) -> list[str]:
@@ -196,7 +201,7 @@ Nice=10
 IOSchedulingClass=best-effort
 IOSchedulingPriority=7
 {scheduler.hardening(read_write=writable_paths(cfg), user=JOB_USER,
-                     environment=job_environment())}ExecStart={cfg.script} {job}
+                     environment=job_environment(cfg))}ExecStart={cfg.script} {job}
 """
 
 
@@ -218,7 +223,7 @@ WantedBy=timers.target
 def cron_text(cfg: BackupDeploy) -> str:
     lines = ["# Managed by the donnadb deploy: used where systemd is not running.",
              "SHELL=/bin/sh", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
-    lines += [f"{k}={v}" for k, v in sorted(job_environment().items())]
+    lines += [f"{k}={v}" for k, v in sorted(job_environment(cfg).items())]
     for job, (_, cron, what) in cfg.schedule.items():
         lines.append(f"# {what}")
         lines.append(f"{cron} {JOB_USER} {cfg.script} {job} >>{CRON_LOG} 2>&1")
@@ -237,9 +242,9 @@ def owned_by(path: str, user: str, group: str):
 
 
 @deploy("Install backups")
-def install_backups(settings) -> None:
+def install_backups(settings: DeploySettings) -> None:
     """Repository (0700), settings file (0600), timers or cron jobs for every job."""
-    cfg = load_backup_deploy(host.data, install.backup_script(settings))
+    cfg = load_backup_deploy(host.data, settings)
     apt.packages(name="Install pgBackRest", packages=["pgbackrest"],
                  update=host.get_fact(DebPackages).get("pgbackrest") is None)
     if cfg.pgbackrest:
@@ -333,4 +338,4 @@ def _install_pgbackrest(cfg: BackupDeploy, settings) -> None:
 
 
 def pitr_data_dir(settings) -> Path:
-    return Path(f"/var/lib/postgresql/{settings.pg_version}/{settings.pg_cluster}")
+    return config.debian_data_dir(settings.pg_version, settings.pg_cluster)

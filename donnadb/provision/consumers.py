@@ -20,6 +20,7 @@ from pyinfra.api import deploy, operation
 from pyinfra.facts.server import Command
 from pyinfra.operations import files, server
 
+from donnadb.config import CONSUMER_PASSFILE_DIR
 from donnadb.provision.settings import DeploySettings
 
 GROUP = "donnadb"
@@ -32,7 +33,7 @@ CLUSTER_OWNER_KINDS = ("backup", "migrator")
 
 
 def passfile_dir(settings: DeploySettings) -> str:
-    return posixpath.join(posixpath.dirname(settings.db_passfile), "pgpass.d")
+    return posixpath.join(posixpath.dirname(settings.db_passfile), CONSUMER_PASSFILE_DIR)
 
 
 def passfile_of(settings: DeploySettings, user: str) -> str:

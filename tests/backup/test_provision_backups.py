@@ -3,6 +3,7 @@ throwaway cluster (real pyinfra run against @local)."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -28,33 +29,43 @@ from tests.provision.deployrun import DeployRun
 from tests.support import superuser_psql, systemd_running, unit_properties
 
 PORT = 5449
+SCRIPT = "/srv/donnadb/bin/donna-backup"
 
 
-def test_defaults_and_overrides():
-    cfg = load_backup_deploy({"backup_keep_last": 3, "backup_s3": {"bucket": "b"}}, "/srv/x")
+@pytest.fixture
+def elsewhere(deploy_settings):
+    """The deploy's settings with the code and the passfiles somewhere else."""
+    return dataclasses.replace(deploy_settings, donnadb_install_dir="/srv/donnadb",
+                               db_passfile="/srv/etc/pgpass")
+
+
+def test_defaults_and_overrides(elsewhere):
+    cfg = load_backup_deploy({"backup_keep_last": 3, "backup_s3": {"bucket": "b"}}, elsewhere)
     assert cfg.env == {"BACKUP_KEEP_LAST": "3", "BACKUP_S3_BUCKET": "b",
                        "BACKUP_SIGNING_KEY_FILE": "/etc/donnadb/backup-signing.key"}
     assert set(cfg.schedule) == {"snapshot", "prune", "verify", "check"}
     text = env_text(cfg)
     assert "BACKUP_KEEP_LAST=3\n" in text and "AWS_SECRET" not in text
-    assert "ExecStart=/srv/x verify\n" in service_unit(cfg, "verify")
+    assert f"ExecStart={SCRIPT} verify\n" in service_unit(cfg, "verify")
     assert "OnCalendar=Sun *-*-* 04:00:00\n" in timer_unit(cfg, "verify")
-    assert "0 4 * * 0 postgres /srv/x verify" in cron_text(cfg)
+    assert f"0 4 * * 0 postgres {SCRIPT} verify" in cron_text(cfg)
 
 
-def test_backup_units_are_sandboxed_and_report_failure():
-    cfg = load_backup_deploy({"backup_repo_dir": "/srv/repo"}, "/srv/x")
+def test_backup_units_are_sandboxed_and_report_failure(elsewhere):
+    cfg = load_backup_deploy({"backup_repo_dir": "/srv/repo"}, elsewhere)
     unit = service_unit(cfg, "snapshot")
+    # The jobs' user's own passfile, beside db_passfile (provision/consumers.py).
     for line in ("User=postgres", "NoNewPrivileges=yes", "ProtectSystem=strict",
                  "PrivateTmp=yes", "OnFailure=donna-job-failed@%n.service",
-                 "Environment=DB_PASSFILE=/etc/donnadb/pgpass.d/postgres"):
+                 "Environment=DB_PASSFILE=/srv/etc/pgpass.d/postgres"):
         assert f"{line}\n" in unit, line
+    assert "\nDB_PASSFILE=/srv/etc/pgpass.d/postgres\n" in cron_text(cfg)
     writable = next(x for x in unit.splitlines() if x.startswith("ReadWritePaths="))
     assert "/srv/repo" in writable.split("=", 1)[1].split()
 
 
-def test_pgbackrest_adds_physical_jobs():
-    cfg = load_backup_deploy({"pgbackrest_enabled": True, "pgbackrest_stanza": "s1"}, "/x")
+def test_pgbackrest_adds_physical_jobs(elsewhere):
+    cfg = load_backup_deploy({"pgbackrest_enabled": True, "pgbackrest_stanza": "s1"}, elsewhere)
     assert {"physical-full", "physical-diff"} <= set(cfg.schedule)
     assert cfg.env["PGBACKREST_ENABLED"] == "true" and cfg.env["PGBACKREST_STANZA"] == "s1"
 
@@ -64,9 +75,9 @@ def test_pgbackrest_adds_physical_jobs():
     ({"backup_schedule": {"snapshot": "daily"}}, "OnCalendar"),
     ({"backup_s3": {"bukket": "x"}}, "unknown keys"),
 ])
-def test_bad_settings_are_one_clear_error(data, match):
+def test_bad_settings_are_one_clear_error(data, match, elsewhere):
     with pytest.raises(ConfigError, match=match):
-        load_backup_deploy(data, "/x")
+        load_backup_deploy(data, elsewhere)
 
 
 def test_the_entry_script_rejects_unknown_jobs():
@@ -120,6 +131,7 @@ def test_deploy_configures_archiving_and_the_stanza(throwaway_cluster, schedule_
         "from types import SimpleNamespace\n"
         "from donnadb.provision.backups import install_backups\n"
         f"install_backups(SimpleNamespace(donnadb_install_dir='/srv/donnadb', pg_version=15,\n"
+        "                                db_passfile='/etc/donnadb/pgpass',\n"
         f"                                pg_cluster='{name}', pg_port={PORT}))\n")
     data = {
         "backup_repo_dir": work / "repo", "backup_env_file": work / "etc" / "backup.env",

@@ -74,6 +74,35 @@ def test_cancel_and_terminate_a_runaway_query(cli, settings, empty_db, action, e
         conn.close()
 
 
+@pytest.mark.parametrize("action", ["cancel", "terminate"])
+def test_a_dry_run_shows_the_backend_and_leaves_it_running(cli, settings, empty_db, action):
+    conn, thread, outcome, pid = _sleeper(settings, empty_db)
+    try:
+        done = cli("queries", action, str(pid), "--dry-run", "--json")
+        assert done.returncode == 0, done.stderr
+        doc = json.loads(done.stdout)
+        assert doc["dry_run"] is True and doc["signalled"] is False
+        assert (doc["pid"], doc["action"], doc["role"], doc["state"], doc["query"]) == (
+            pid, action, settings.role("app"), "active", "SELECT pg_sleep(60)")
+        assert doc["query_start"] and doc["seconds"] >= 0
+        shown = cli("queries", action, str(pid), "--dry-run")  # no --yes: asks nothing
+        assert shown.returncode == 0, shown.stderr
+        assert f"dry run: would {action} pid {pid} (user {settings.role('app')}, active, " \
+               "query started " in shown.stdout and "'SELECT pg_sleep(60)'" in shown.stdout
+        time.sleep(0.5)
+        assert thread.is_alive() and not outcome
+        assert superuser_psql(f"SELECT state FROM pg_stat_activity WHERE pid = {pid}") == "active"
+        audit = [json.loads(line)["context"] for line in cli.log_file.read_text().splitlines()
+                 if '"command finished"' in line]
+        assert [(a["command"], a["params"]["dry_run"], a["exit_code"]) for a in audit] == [
+            (f"queries {action}", True, 0)] * 2
+        assert cli("queries", "cancel", str(pid), "--yes").returncode == 0
+        thread.join(timeout=10)
+        assert outcome["error"] == "QueryCanceled"
+    finally:
+        conn.close()
+
+
 def test_only_donna_roles_can_be_signalled(cli):
     pid = superuser_psql("SELECT pg_backend_pid()")  # gone by now: no such backend
     done = cli("queries", "cancel", pid, "--yes")
@@ -81,4 +110,6 @@ def test_only_donna_roles_can_be_signalled(cli):
     walsender = superuser_psql("SELECT pid FROM pg_stat_activity "
                                "WHERE backend_type = 'checkpointer'")
     done = cli("queries", "terminate", walsender, "--yes")
+    assert done.returncode == 3 and "not a donna role" in done.stderr
+    done = cli("queries", "terminate", walsender, "--dry-run")
     assert done.returncode == 3 and "not a donna role" in done.stderr

@@ -67,6 +67,51 @@ def test_a_rerun_bootstrap_does_not_give_the_rights_back(settings, scratch_db):
                             "'public.forget_user_logs(uuid)', 'EXECUTE')").fetchone()[0]
 
 
+#: Runs after every DDL statement (GRANT and REVOKE included) of the watched database:
+#: records each forbidden right the application role holds at that moment.
+WATCH = """
+CREATE SCHEMA watch;
+CREATE TABLE watch.seen (tag text, what text);
+CREATE FUNCTION watch.rights() RETURNS event_trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    INSERT INTO watch.seen
+    SELECT TG_TAG, format('%s on %s', p, t.relid::regclass)
+    FROM pg_partition_tree(to_regclass('public.system_logs')) AS t,
+         unnest(ARRAY['UPDATE', 'DELETE', 'TRUNCATE']) AS p
+    WHERE has_table_privilege('{app}', t.relid, p)
+    UNION ALL
+    SELECT TG_TAG, format('%s on public.schema_migrations', p)
+    FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE']) AS p
+    WHERE to_regclass('public.schema_migrations') IS NOT NULL
+      AND has_table_privilege('{app}', 'public.schema_migrations'::regclass, p);
+    INSERT INTO watch.seen VALUES (TG_TAG, 'checked');
+END $$;
+CREATE EVENT TRIGGER watch_rights ON ddl_command_end EXECUTE FUNCTION watch.rights();
+"""
+
+
+def test_the_bootstrap_never_gives_the_app_a_forbidden_right_even_for_a_moment(
+        settings, scratch_db):
+    """Each statement of the bootstrap commits on its own (a deploy, a restore): after
+    every one of them, the app role holds no UPDATE/DELETE on the audit trail and nothing
+    on the migration ledger; the other tables' rights it lost come back."""
+    app = settings.role("app")
+    superuser_psql(f"REVOKE ALL ON users, messages FROM {app}", scratch_db)
+    superuser_psql(WATCH.format(app=app), scratch_db)
+    superuser_psql(render_database_sql(settings), scratch_db)
+    superuser_psql("DROP EVENT TRIGGER watch_rights", scratch_db)
+    seen = superuser_psql("SELECT tag || ': ' || what FROM watch.seen", scratch_db).splitlines()
+    assert seen.count("GRANT: checked") >= 5, seen  # it watched the grants
+    assert [s for s in seen if not s.endswith(": checked")] == []
+    _assert_append_only(settings, scratch_db, ["system_logs", *_partitions(scratch_db)])
+    with db.connect("app", settings=settings, dbname=scratch_db, autocommit=True) as conn:
+        conn.execute("UPDATE users SET name = name")
+        conn.execute("DELETE FROM messages WHERE false")
+        with pytest.raises(DENIED):
+            conn.execute("SELECT 1 FROM schema_migrations")
+
+
 def test_forget_erases_the_logs_and_keeps_its_record_out_of_reach(settings, scratch_db):
     with db.connect("app", settings=settings, dbname=scratch_db, autocommit=True) as conn:
         uid = str(conn.execute("INSERT INTO users (clerk_id) VALUES ('u_forget') "

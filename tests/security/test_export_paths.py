@@ -1,4 +1,5 @@
-"""`migrate-data export` never writes outside --out, whatever the database holds.
+"""`migrate-data export` never writes outside --out, whatever the database holds, nor
+more blank lines into a log file than --log-gap-margin.
 
 Hostile rows are planted as the application role (what a compromised app, or an API
 caller through an older DAL, could store); the export runs as the real `donnactl`. A
@@ -117,3 +118,43 @@ def test_a_symlinked_out_is_refused(settings, scratch_db, tmp_path):
                    "--dbname", scratch_db)
     assert done.returncode == 3 and "symlink" in done.stderr
     assert os.listdir(target) == []
+
+
+def _log(conn, source: str) -> None:
+    conn.execute("INSERT INTO system_logs (level, message, context) VALUES ('info', 'm', %s)",
+                 (Jsonb({"_donnadb_legacy": {"source": source}}),))
+
+
+@pytest.mark.parametrize("line", ["99999999999", "2000000", "9" * 5000])
+def test_a_log_line_far_beyond_its_file_stops_the_export(settings, scratch_db, tmp_path, line):
+    """A planted line number would have the export pad the file with that many blank
+    lines (99999999999: 100 GB); it is refused and nothing is left in --out."""
+    with db.connect("app", settings=settings, dbname=scratch_db, autocommit=True) as conn:
+        _chat(conn, "c_fine")
+        for n in (1, 2, 4):
+            _log(conn, f"app.jsonl:{n}")
+        _log(conn, f"app.jsonl:{line}")
+    out = tmp_path / "out"
+    done = run_cli("migrate-data", "export", "--out", str(out), "--dbname", scratch_db)
+    assert done.returncode == 6, done.stdout + done.stderr
+    error = done.stderr.strip()
+    assert "\n" not in error and f"log line {f'app.jsonl:{line}'[:120]!r}" in error, error
+    assert "beyond the 4 rows of its file" in error and "--log-gap-margin" in error
+    assert os.listdir(out) == []
+
+
+def test_the_margin_bounds_a_log_file_s_blank_lines(settings, scratch_db, tmp_path):
+    with db.connect("app", settings=settings, dbname=scratch_db, autocommit=True) as conn:
+        for n in (1, 3, 14):
+            _log(conn, f"app.jsonl:{n}")
+    out = tmp_path / "fits"
+    done = run_cli("migrate-data", "export", "--out", str(out), "--dbname", scratch_db,
+                   "--log-gap-margin", "11", "--json")  # 3 rows + 11 blank lines = line 14
+    assert done.returncode == 0, done.stderr
+    lines = (out / "logs" / "app.jsonl").read_text().splitlines()
+    assert len(lines) == 14 and [n + 1 for n, text in enumerate(lines) if text] == [1, 3, 14]
+    out = tmp_path / "refused"
+    done = run_cli("migrate-data", "export", "--out", str(out), "--dbname", scratch_db,
+                   "--log-gap-margin", "10")
+    assert done.returncode == 6 and "'app.jsonl:14'" in done.stderr, done.stderr
+    assert os.listdir(out) == []

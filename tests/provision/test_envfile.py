@@ -1,0 +1,34 @@
+"""donnadb.env as the deploy renders it: the runtime follows group_data's cluster."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from donnadb.config import Settings
+from donnadb.provision import bootstrap
+
+
+def _env_lines(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines()
+                if line and not line.startswith("#"))
+
+
+def test_the_env_file_carries_the_cluster_and_the_runtime_follows_it(deploy_settings,
+                                                                     tmp_path):
+    other = dataclasses.replace(deploy_settings, pg_version=16, pg_cluster="blue")
+    text = bootstrap.render("donnadb.env.j2", cfg=other)
+    lines = _env_lines(text)
+    assert (lines["PG_VERSION"], lines["PG_CLUSTER"]) == ("16", "blue")
+    env_file = tmp_path / "donnadb.env"
+    env_file.write_text(text)
+    runtime = Settings(_env_file=env_file)
+    assert (runtime.pg_version, runtime.pg_cluster) == (16, "blue")
+    assert runtime.backup_pg_bin_dir == Path("/usr/lib/postgresql/16/bin")
+    assert runtime.pg_data_dir == Path("/var/lib/postgresql/16/blue")
+
+
+def test_group_data_s_own_cluster_is_written(deploy_settings):
+    lines = _env_lines(bootstrap.render("donnadb.env.j2", cfg=deploy_settings))
+    assert lines["PG_VERSION"] == str(deploy_settings.pg_version)
+    assert lines["PG_CLUSTER"] == deploy_settings.pg_cluster
