@@ -39,6 +39,19 @@ def _activity(row: dict[str, Any] | None) -> str:
     return f"{human_seconds(row['seconds'])}  pid {row['pid']} {row['usename']}: {query}"
 
 
+def _certificate(cert: dict[str, Any]) -> str:
+    if not cert["configured"]:
+        return "not configured"
+    return cert["error"] or (f"expires {cert['not_after']:%Y-%m-%d %H:%M} UTC "
+                             f"({cert['days_left']:.0f} days left)")
+
+
+def _pools(bouncer: dict[str, Any]) -> str:
+    return bouncer["error"] or "; ".join(
+        f"{p['database']}/{p['user']} cl {p['cl_active']}+{p['cl_waiting']}w "
+        f"sv {p['sv_active']}+{p['sv_idle']}i" for p in bouncer["pools"]) or "no pools"
+
+
 def render_status(report: dict[str, Any], checks: list[Check] | None = None) -> Group:
     """The `donnactl status` screen; ``checks`` adds a coloured health column."""
     by_name = {c.name: c for c in checks or []}
@@ -86,16 +99,9 @@ def render_status(report: dict[str, Any], checks: list[Check] | None = None) -> 
         ("xid age", f"{report['wraparound']['xid_age']} ({report['wraparound']['pct']}% "
                     "to wraparound)", "wraparound"),
     ]
-    cert = report["tls"]
-    rows.append(("tls certificate", "not configured" if not cert["configured"]
-                 else cert["error"] or f"expires {cert['not_after']:%Y-%m-%d %H:%M} UTC "
-                                        f"({cert['days_left']:.0f} days left)", "tls_expiry"))
-    bouncer = report["pgbouncer"]
-    if bouncer["configured"]:
-        text = bouncer["error"] or "; ".join(
-            f"{p['database']}/{p['user']} cl {p['cl_active']}+{p['cl_waiting']}w "
-            f"sv {p['sv_active']}+{p['sv_idle']}i" for p in bouncer["pools"]) or "no pools"
-        rows.append(("pgbouncer", text, None))
+    rows.append(("tls certificate", _certificate(report["tls"]), "tls_expiry"))
+    if report["pgbouncer"]["configured"]:
+        rows.append(("pgbouncer", _pools(report["pgbouncer"]), None))
     for what, value, check in rows:
         table.add_row(what, value, mark(check) if check else "")
     return Group(table)
