@@ -44,9 +44,8 @@ def main(marker: str) -> dict:
         health = dal.health_check()
         with dal._conn() as conn:
             pgconn = conn.pgconn
-            wire = {"ssl_in_use": bool(pgconn.ssl_in_use),
-                    "protocol": (pgconn.ssl_attribute("protocol") or b"").decode(),
-                    "port": int(pgconn.port.decode()), "host": pgconn.host.decode()}
+            wire = {"ssl_in_use": bool(pgconn.ssl_in_use), "port": int(pgconn.port.decode()),
+                    "host": pgconn.host.decode()}
         return {"user_id": str(user_id), "chat": chat, "health": health.get("status"),
                 "wire": wire}
     finally:

@@ -39,7 +39,6 @@ def attempt(fleet: Fleet, **overrides: str) -> dict:
 def test_the_app_host_speaks_verified_tls_to_pgbouncer(fleet: Fleet):
     wire = run_contract(fleet, f"m{uuid.uuid4().hex[:10]}")["wire"]
     assert wire["ssl_in_use"] is True
-    assert wire["protocol"] in ("TLSv1.2", "TLSv1.3")
     env = fleet.app.run("cat /etc/donnadb/donnadb.env").stdout
     assert "DB_SSLMODE=verify-full" in env
 
