@@ -36,12 +36,15 @@ with_systemd = pytest.mark.skipif(not systemd_running(), reason="systemd is not 
 without_systemd = pytest.mark.skipif(systemd_running(), reason="systemd is PID 1 here")
 
 
-#: pg_createcluster options giving a throwaway cluster the deployed host's TLS (its
-#: certificate, signed by the deploy's CA, names 127.0.0.1 and localhost), so our
-#: clients reach it over TCP with verify-full as they reach the deployed cluster.
-TLS_CLUSTER_OPTIONS = ("-o", "ssl=on", "-o", f"ssl_cert_file={config.DEFAULT_TLS_SERVER_CERT_FILE}",
-                       "-o", f"ssl_key_file={config.DEFAULT_TLS_DIR / 'server.key'}",
-                       "-o", "ssl_min_protocol_version=TLSv1.2")
+def give_deploy_tls(version: int, cluster: str) -> None:
+    """Give a throwaway cluster (made by pg_createcluster, not yet started) the deployed
+    host's TLS: its certificate, signed by the deploy's CA, names 127.0.0.1 and localhost,
+    so our clients reach it over TCP with verify-full as they reach the deployed cluster.
+    A conf.d file: pg_createcluster decides ``ssl`` itself, whatever ``-o`` says."""
+    conf = Path(f"/etc/postgresql/{version}/{cluster}/conf.d/donna-tls.conf")
+    conf.write_text(f"ssl = on\nssl_cert_file = '{config.DEFAULT_TLS_SERVER_CERT_FILE}'\n"
+                    f"ssl_key_file = '{config.DEFAULT_TLS_DIR / 'server.key'}'\n"
+                    "ssl_min_protocol_version = 'TLSv1.2'\n")
 
 
 def unit_properties(unit: str, *names: str) -> dict[str, str]:

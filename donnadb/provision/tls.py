@@ -121,6 +121,9 @@ def install_server_cert(settings: DeploySettings) -> Callable[[], bool]:
     cert_op = files.put(name=f"Write {SERVER_CERT} ({', '.join(names[:3])} ...)",
                         src=StringIO(issued.cert_pem), dest=SERVER_CERT,
                         user="root", group="postgres", mode="644")
+    # The key file exists, 0640, before its content is copied in: never readable by all.
+    files.file(name=f"Create {SERVER_KEY} (root:postgres 0640)", path=SERVER_KEY,
+               user="root", group="postgres", mode="640")
     key_op = files.put(name=f"Write {SERVER_KEY} (root:postgres 0640)",
                        src=StringIO(issued.key_pem), dest=SERVER_KEY,
                        user="root", group="postgres", mode="640")

@@ -19,7 +19,7 @@ import pytest
 
 from donnadb.backup import pitr
 from donnadb.backup.errors import RestoreRefused
-from tests.support import TLS_CLUSTER_OPTIONS, superuser_psql
+from tests.support import give_deploy_tls, superuser_psql
 
 PORT, COPY_PORT = 5447, 5448
 #: The in-place drill's own throwaway cluster.
@@ -38,7 +38,8 @@ def drill_cluster(port: int):
     # Not pytest's tmp_path: the postgres user must reach it (/tmp/pytest-of-root is 0700).
     work = Path(tempfile.mkdtemp(prefix=f"donna-{name}-", dir="/var/tmp"))  # noqa: S108
     shutil.chown(work, "postgres", "postgres")
-    sh("pg_createcluster", "15", name, "-p", str(port), *TLS_CLUSTER_OPTIONS)
+    sh("pg_createcluster", "15", name, "-p", str(port))
+    give_deploy_tls(15, name)
     cluster = pitr.Cluster(15, name, port, Path(f"/var/lib/postgresql/15/{name}"))
     config = work / "pgbackrest.conf"
     eng = pitr.Engine(config, "drill", cluster)

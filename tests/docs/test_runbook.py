@@ -34,9 +34,9 @@ import pytest
 
 from donnadb.provision import bootstrap
 from tests.support import (
-    TLS_CLUSTER_OPTIONS,
     create_scratch_database,
     drop_database,
+    give_deploy_tls,
     render_database_sql,
     superuser_psql,
 )
@@ -160,9 +160,10 @@ def replica_sandbox(deployment, settings, tmp_path):
     made, made_dirs = [], []
     try:
         for name, port in zip((primary, replica), ports, strict=True):
-            _pg_cluster("pg_createcluster", "15", name, "-p", str(port), *TLS_CLUSTER_OPTIONS,
-                        "--start")
+            _pg_cluster("pg_createcluster", "15", name, "-p", str(port))
             made.append(name)
+            give_deploy_tls(15, name)
+            _pg_cluster("pg_ctlcluster", "15", name, "start")
         password = uuid.uuid4().hex
         superuser_psql(SQL_REPLICA_SANDBOX.format(readonly=settings.db_role_readonly,
                                                   password=password, dbname=dbname),
@@ -183,6 +184,8 @@ def replica_sandbox(deployment, settings, tmp_path):
         for name in made:
             subprocess.run(["pg_dropcluster", "--stop", "15", name], capture_output=True,
                            cwd="/")
+            # pg_dropcluster leaves the config directory holding our conf.d/donna-tls.conf.
+            shutil.rmtree(f"/etc/postgresql/15/{name}", ignore_errors=True)
         for path in made_dirs:
             shutil.rmtree(path)
 

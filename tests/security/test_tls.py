@@ -125,8 +125,8 @@ class Capture:
     def __init__(self, path: Path, ports: list[int]) -> None:
         self.path = path
         expr = " or ".join(f"tcp port {p}" for p in ports)
-        self.proc = subprocess.Popen(["tcpdump", "-i", "lo", "--immediate-mode", "-U", "-w", str(path),
-                                      expr], stdout=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(["tcpdump", "-i", "lo", "--immediate-mode", "-U",
+                                      "-w", str(path), expr], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
 
     def __enter__(self) -> Capture:
