@@ -93,6 +93,9 @@ def credential_copied(source: Host | None, source_path: str, dest: str, owner: s
     if hashlib.sha256(content.encode()).hexdigest() != want:
         raise ConfigError(f"{source.name}:{source_path} changed while it was read; "
                           "run the deploy again")
+    # The file exists, 0600, before the content is copied in (pyinfra copies its upload
+    # over it): the password is never in a file others may read.
+    yield from files.file._inner(path=dest, user=owner, group=owner, mode="600")
     yield from files.put._inner(src=StringIO(content), dest=dest, user=owner, group=owner,
                                 mode="600")
 
