@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import posixpath
-from pathlib import Path
+from io import StringIO
 
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
-from donnadb.provision import consumers, tls
+from donnadb.provision import bootstrap, consumers, tls
 from donnadb.provision.settings import DeploySettings
 
-TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+def render_env(settings: DeploySettings) -> str:
+    """The file's text for ``settings`` (what the deploy writes, and the tests read)."""
+    return bootstrap.render("donnadb.env.j2", cfg=settings, tls=tls)
 
 
 @deploy("Host settings file")
@@ -19,6 +22,5 @@ def write_env_file(settings: DeploySettings) -> None:
     directory = posixpath.dirname(settings.donnadb_env_file)
     consumers.settings_dir(f"Create {directory}", directory)
     # No secret inside; the consumers (the donnadb group) read it, nobody else.
-    files.template(name=f"Write {settings.donnadb_env_file}",
-                   src=str(TEMPLATES / "donnadb.env.j2"), dest=settings.donnadb_env_file,
-                   user="root", group=consumers.GROUP, mode="640", cfg=settings, tls=tls)
+    files.put(name=f"Write {settings.donnadb_env_file}", src=StringIO(render_env(settings)),
+              dest=settings.donnadb_env_file, user="root", group=consumers.GROUP, mode="640")

@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from donnadb.config import Settings
-from donnadb.provision import bootstrap
+from donnadb.provision import envfile
 
 
 def _env_lines(text: str) -> dict[str, str]:
@@ -17,7 +17,7 @@ def _env_lines(text: str) -> dict[str, str]:
 def test_the_env_file_carries_the_cluster_and_the_runtime_follows_it(deploy_settings,
                                                                      tmp_path):
     other = dataclasses.replace(deploy_settings, pg_version=16, pg_cluster="blue")
-    text = bootstrap.render("donnadb.env.j2", cfg=other)
+    text = envfile.render_env(other)
     lines = _env_lines(text)
     assert (lines["PG_VERSION"], lines["PG_CLUSTER"]) == ("16", "blue")
     env_file = tmp_path / "donnadb.env"
@@ -29,6 +29,6 @@ def test_the_env_file_carries_the_cluster_and_the_runtime_follows_it(deploy_sett
 
 
 def test_group_data_s_own_cluster_is_written(deploy_settings):
-    lines = _env_lines(bootstrap.render("donnadb.env.j2", cfg=deploy_settings))
+    lines = _env_lines(envfile.render_env(deploy_settings))
     assert lines["PG_VERSION"] == str(deploy_settings.pg_version)
     assert lines["PG_CLUSTER"] == deploy_settings.pg_cluster
