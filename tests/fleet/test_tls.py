@@ -69,4 +69,5 @@ def test_a_sniffed_wire_shows_no_password_exchange_and_no_query(fleet: Fleet, tm
     # had the DAL's traffic been readable, it would have been seen.
     with Capture(tmp_path / "plain.pcap", [6432]) as plain:
         attempt(fleet, sslmode="disable")
+        plain.wait_for(b"donna_app")
     assert b"donna_app" in plain.data()

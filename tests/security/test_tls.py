@@ -141,6 +141,13 @@ class Capture:
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(timeout=10)
 
+    def wait_for(self, seen: bytes, timeout: float = 15.0) -> None:
+        """Until ``seen`` is in the file (a busy host hands packets over late), at most
+        ``timeout`` seconds; the caller's assertion then decides."""
+        deadline = time.monotonic() + timeout
+        while seen not in self.data() and time.monotonic() < deadline:
+            time.sleep(0.2)
+
     def data(self) -> bytes:
         return self.path.read_bytes()
 
@@ -173,6 +180,7 @@ def test_nothing_of_a_login_or_a_query_is_readable_on_the_wire(deployed, setting
         with socket.create_connection(("127.0.0.1", plain_port)) as plain:
             plain.sendall(plain_marker)
             assert plain.recv(1024) == plain_marker
+        capture.wait_for(plain_marker)
     wire = capture.data()
     # The control: the capture does see what is sent in clear.
     assert plain_marker in wire
