@@ -2,20 +2,23 @@
 
 A host's inventory group says what it gets: ``db_servers`` the database and
 everything around it (each step is a @deploy function in donnadb/provision/, listed
-once in donnadb/provision/steps.py), ``app_servers`` the application's package,
-settings and credential (donnadb/provision/app.py). Every setting is in
-group_data/all.py. Running it again changes nothing. See docs/deploy.md.
+once in donnadb/provision/steps.py; with group_data ``ha = True`` the db_servers hosts
+form one Patroni cluster), ``app_servers`` the application's package, settings and
+credential (donnadb/provision/app.py). Every setting is in group_data/all.py. Running
+it again changes nothing. See docs/deploy.md and docs/ha.md.
 """
 
 from pyinfra import host
 
 from donnadb.provision.app import converge_app, database_server, hand_over_credential, roles_of
 from donnadb.provision.settings import load_deploy_settings
-from donnadb.provision.steps import converge_host
+from donnadb.provision.steps import converge_host, converge_member
 
 settings = load_deploy_settings(host.data)
 is_db, is_app = roles_of(host)
-if is_db:
+if is_db and settings.ha is not None:
+    converge_member(settings, host)
+elif is_db:
     converge_host(settings)
 elif is_app:
     # A database host already has the package and settings an application needs.

@@ -333,3 +333,24 @@ host_cpus = None
 # connects to that name (it is in the server certificate) through PgBouncer.
 app_extras = []
 app_db_server = None
+
+
+# --- High availability (donnadb/provision/ha.py; docs/ha.md) -------------------------
+# ha = True turns the db_servers hosts (three, or another odd number) into one Patroni
+# cluster with etcd on the same hosts: Patroni starts PostgreSQL, elects the leader and
+# fails over; HAProxy on every host sends ha_write_port to the leader and ha_read_port
+# to replicas lagging less than ha_read_max_lag_bytes (the leader when none is). Each
+# db host's db_host is its own address (Patroni, etcd and the certificates use it).
+ha = False
+ha_scope = "donna"
+# The name applications dial (resolves to the local HAProxy; in every node's certificate).
+ha_service_name = "donna-db"
+# A committed write is on two nodes (synchronous_mode). Strict: refuse writes when no
+# synchronous replica is left, rather than carry on alone.
+ha_synchronous_mode_strict = False
+ha_read_max_lag_bytes = 1048576
+ha_max_lag_on_failover_bytes = 1048576
+# Patroni's timings (its defaults): a dead leader is replaced within about ttl seconds.
+ha_ttl = 30
+ha_loop_wait = 10
+ha_retry_timeout = 10

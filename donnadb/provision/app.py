@@ -11,19 +11,17 @@ the machine running the deploy (:func:`hand_over_credential`).
 
 from __future__ import annotations
 
-import hashlib
 import posixpath
-from io import StringIO
 from pathlib import Path
 
 from pyinfra import host
-from pyinfra.api import deploy, operation
+from pyinfra.api import deploy
 from pyinfra.api.host import Host
-from pyinfra.facts.files import FileContents, Sha256File
 from pyinfra.operations import files, server
 
 from donnadb.errors import ConfigError
-from donnadb.provision import consumers, install, tls
+from donnadb.provision import consumers, haproxy, install, tls
+from donnadb.provision.secretcopy import copied
 from donnadb.provision.settings import DeploySettings, load_deploy_settings
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -53,6 +51,10 @@ def database_server(settings: DeploySettings, target: Host) -> Host:
     """
     db_hosts = target.inventory.get_group(DB_GROUP) if DB_GROUP in target.inventory.groups \
         else []
+    if settings.app_db_server is None and db_hosts and \
+            load_deploy_settings(db_hosts[0].data).ha is not None:
+        # Every member holds the same credential; the router finds the leader.
+        return db_hosts[0]
     if settings.app_db_server is None:
         if len(db_hosts) != 1:
             raise ConfigError(f"app host {target.name}: set app_db_server to one of "
@@ -68,36 +70,6 @@ def database_server(settings: DeploySettings, target: Host) -> Host:
 def app_users(settings: DeploySettings) -> dict[str, tuple[str, ...]]:
     """The consumers an application host has: those holding the application role only."""
     return {user: kinds for user, kinds in settings.db_consumers.items() if kinds == ("app",)}
-
-
-@operation()
-def credential_copied(source: Host | None, source_path: str, dest: str, owner: str):
-    """``dest`` (0600 ``owner``) holds the same lines as ``source_path`` on ``source``
-    (nothing to do on a host without a ``source``: a database host)."""
-    if source is None:
-        host.noop("a database host makes its consumers' passfiles itself")
-        return
-    want = source.get_fact(Sha256File, path=source_path)
-    if want is None and host.executing_op_hash is None:
-        # Change detection before anything ran: the database host has not made it yet.
-        yield f"true  # copy {source.name}:{source_path} once it exists"
-        return
-    if want is None:
-        raise ConfigError(f"{source.name} has no {source_path}; its deploy must run first "
-                          "(keep it in the inventory's db_servers)")
-    if host.get_fact(Sha256File, path=dest) == want:
-        host.noop(f"{dest} matches {source.name}:{source_path}")
-        return
-    lines = source.get_fact(FileContents, path=source_path) or []
-    content = "".join(f"{line}\n" for line in lines)
-    if hashlib.sha256(content.encode()).hexdigest() != want:
-        raise ConfigError(f"{source.name}:{source_path} changed while it was read; "
-                          "run the deploy again")
-    # The file exists, 0600, before the content is copied in (pyinfra copies its upload
-    # over it): the password is never in a file others may read.
-    yield from files.file._inner(path=dest, user=owner, group=owner, mode="600")
-    yield from files.put._inner(src=StringIO(content), dest=dest, user=owner, group=owner,
-                                mode="600")
 
 
 @deploy("Application credential")
@@ -119,7 +91,7 @@ def hand_over_credential(settings: DeploySettings, target: Host) -> None:
         raise ConfigError("db_consumers has no user holding the application role alone "
                           "(e.g. \"donna-app\": [\"app\"]): the application host needs one")
     db = load_deploy_settings(database.data) if database is not None else settings
-    credential_copied(name="Copy the application's credential from its database host",
+    copied(name="Copy the application's credential from its database host",
                       source=database, source_path=consumers.passfile_of(db, user or ""),
                       dest=consumers.passfile_of(settings, user or ""), owner=user or "root")
 
@@ -145,7 +117,20 @@ def converge_app(settings: DeploySettings, database: Host) -> None:
                            consumers.passfile_dir(settings))
     user = next(iter(users))
     passfile = consumers.passfile_of(settings, user)
-    files.template(name=f"Write {settings.donnadb_env_file} (the database host {database.name})",
+    if db.ha is None:
+        db_host, port, read_port = database.name, db.pgbouncer_port, None
+    else:
+        db_host, port, read_port = db.ha.service_name, db.ha.write_port, db.ha.read_port
+    files.template(name=f"Write {settings.donnadb_env_file} (the database host {db_host})",
                    src=str(TEMPLATES / "app.env.j2"), dest=settings.donnadb_env_file,
                    user="root", group=consumers.GROUP, mode="640", cfg=settings, db=db,
-                   db_host=database.name, passfile=passfile, tls=tls)
+                   db_host=db_host, port=port, read_port=read_port, passfile=passfile,
+                   tls=tls)
+    if db.ha is not None:
+        haproxy.install_router(db, host, address_of(host))
+
+
+def address_of(target: Host) -> str:
+    """An application host's own address (its router listens there): ``app_address``,
+    else the inventory name."""
+    return str(target.data.get("app_address") or target.name)

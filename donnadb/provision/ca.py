@@ -32,6 +32,9 @@ CERT_DAYS = 397
 #: A certificate with fewer days left than this is reissued by the next deploy run.
 RENEW_DAYS = 30
 CA_NAME = "donnadb deploy CA"
+#: A host's certificate serves TLS and, in a cluster, also presents it to its peers
+#: (etcd's peer and client authentication, Patroni's etcd client).
+USAGES = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
-def _write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
+def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write ``data`` to ``path`` created with ``mode`` (never readable by others first)."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.unlink(missing_ok=True)
@@ -126,8 +129,8 @@ def ensure_ca(ca_dir: Path) -> Authority:
     cert_file, key_file = ca_dir / "ca.crt", ca_dir / "ca.key"
     if not cert_file.exists() and not key_file.exists():
         ca = new_ca()
-        _write_private(key_file, key_pem(ca.key))
-        _write_private(cert_file, ca.cert_pem.encode(), 0o644)
+        write_private(key_file, key_pem(ca.key))
+        write_private(cert_file, ca.cert_pem.encode(), 0o644)
         return ca
     return load_ca(cert_file, key_file)
 
@@ -154,7 +157,7 @@ def issue(ca: Authority, names: list[str], *, days: int = CERT_DAYS,
         .add_extension(x509.SubjectAlternativeName([_general_name(n) for n in names]),
                        critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(list(USAGES)), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
                        critical=False)
         .sign(ca.key, hashes.SHA256())
@@ -185,6 +188,12 @@ def needs_reissue(cert: x509.Certificate, ca: Authority, names: list[str], *,
         return "the CA changed"
     if sorted(san_names(cert)) != sorted(_canonical(names)):
         return "the subjectAltName list changed"
+    try:
+        usages = set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        usages = set()
+    if not set(USAGES) <= usages:
+        return "its key usages changed"
     if cert.not_valid_after_utc - now < dt.timedelta(days=RENEW_DAYS):
         return f"fewer than {RENEW_DAYS} days left"
     return None
@@ -215,8 +224,8 @@ def server_certificate(ca: Authority, ca_dir: Path, host_name: str, names: list[
         if cert is not None and needs_reissue(cert, ca, names) is None:
             return kept
     fresh = issue(ca, names)
-    _write_private(key_file, fresh.key_pem.encode())
-    _write_private(cert_file, fresh.cert_pem.encode(), 0o644)
+    write_private(key_file, fresh.key_pem.encode())
+    write_private(cert_file, fresh.cert_pem.encode(), 0o644)
     return fresh
 
 

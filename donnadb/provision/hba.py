@@ -18,6 +18,7 @@ from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import files
 
+from donnadb.provision.ha import REPLICATION_USER, REWIND_USER
 from donnadb.provision.settings import DeploySettings
 from donnadb.provision.tls import listen_ip_networks
 
@@ -25,8 +26,12 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
 @deploy("Configure pg_hba.conf")
-def configure_hba(settings: DeploySettings) -> OperationMeta:
-    """Write pg_hba.conf; returns the operation (reload when it changed)."""
+def configure_hba(settings: DeploySettings, peers: list[str] = ()) -> OperationMeta:
+    """Write pg_hba.conf; returns the operation (reload when it changed).
+
+    ``peers``: the cluster members' addresses (a cluster deploy), from where Patroni's
+    replication and pg_rewind roles may connect (and from ``pg_hba_networks``).
+    """
     return files.template(
         name="Write pg_hba.conf (hostssl and scram-sha-256 only, no trust)",
         src=str(TEMPLATES / "pg_hba.conf.j2"),
@@ -39,6 +44,10 @@ def configure_hba(settings: DeploySettings) -> OperationMeta:
         own_addresses=own_addresses(settings),
         app=settings.role("app"),
         app_direct_networks=list(settings.pg_app_direct_networks),
+        peers=list(dict.fromkeys([f"{p}/32" if "/" not in p and ":" not in p else p
+                                  for p in peers] + list(settings.pg_hba_networks)))
+        if peers else [],
+        replication_user=REPLICATION_USER, rewind_user=REWIND_USER,
     )
 
 

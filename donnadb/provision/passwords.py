@@ -14,10 +14,12 @@ from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import deploy, operation
+from pyinfra.api.host import Host
 from pyinfra.operations import files
 
 from donnadb.provision import consumers
 from donnadb.provision.facts import PassfileRoles, StalePasswords
+from donnadb.provision.secretcopy import copied
 from donnadb.provision.settings import DeploySettings
 
 HELPER_SRC = Path(__file__).resolve().parent / "files" / "pgpasswords.py"
@@ -52,7 +54,12 @@ def passwords_applied(helper: str, passfile: str, port: int, role_names: list[st
 
 
 @deploy("Role passwords")
-def converge_passwords(settings: DeploySettings) -> None:
+def converge_passwords(settings: DeploySettings, *, source: Host | None = None) -> None:
+    """The root passfile and the roles' verifiers; each consumer's passfile cut from it.
+
+    With ``source`` (a cluster member that is not the leader), the root passfile is a
+    copy of the leader's: the verifiers arrive by replication, the passwords must match.
+    """
     helper = helper_path(settings)
     passfile = settings.db_passfile
     roles = settings.login_roles
@@ -61,11 +68,15 @@ def converge_passwords(settings: DeploySettings) -> None:
     files.put(name="Upload the password helper", src=str(HELPER_SRC), dest=helper,
               user="root", group="root", mode="700")
     consumers.settings_dir(f"Create {posixpath.dirname(passfile)}", posixpath.dirname(passfile))
-    passfile_has_roles(name="Generate missing role passwords on the host",
-                       helper=helper, passfile=passfile, role_names=roles)
-    files.file(name=f"Keep {passfile} root-only (0600)", path=passfile,
-               user="root", group="root", mode="600")
-    passwords_applied(name="Apply role passwords (SCRAM verifiers) where they differ",
-                      helper=helper, passfile=passfile, port=settings.pg_port,
-                      role_names=roles)
+    if source is None:
+        passfile_has_roles(name="Generate missing role passwords on the host",
+                           helper=helper, passfile=passfile, role_names=roles)
+        files.file(name=f"Keep {passfile} root-only (0600)", path=passfile,
+                   user="root", group="root", mode="600")
+        passwords_applied(name="Apply role passwords (SCRAM verifiers) where they differ",
+                          helper=helper, passfile=passfile, port=settings.pg_port,
+                          role_names=roles)
+    else:
+        copied(name=f"Copy the role passwords from the leader {source.name}",
+               source=source, source_path=passfile, dest=passfile, owner="root")
     consumers.share_passfiles(settings, helper)

@@ -327,12 +327,26 @@ def daemon_signalled(ini: str, pidfile: str, nofile: int, action: str):
 
 
 @deploy("Install PgBouncer")
+def converge_auth_password(settings: DeploySettings) -> None:
+    """The lookup role's password in the root passfile and its verifier in PostgreSQL (on
+    a cluster's leader; the other members copy the passfile and replicate the role)."""
+    cfg = load_pgbouncer_settings(host.data, settings)
+    pw_helper = password_helper_path(settings)
+    auth_password_present(name=f"Generate {cfg.auth_user}'s password on the host",
+                          helper=pw_helper, passfile=settings.db_passfile, role=cfg.auth_user)
+    auth_password_applied(name=f"Apply {cfg.auth_user}'s SCRAM verifier", helper=pw_helper,
+                          passfile=settings.db_passfile, port=settings.pg_port,
+                          role=cfg.auth_user)
+
+
 def install_pgbouncer(settings: DeploySettings | None = None, *,
-                      tls_changed: Callable[[], bool] | None = None) -> None:
+                      tls_changed: Callable[[], bool] | None = None,
+                      own_password: bool = True) -> None:
     """PgBouncer in front of PostgreSQL; see the module docstring for what it converges.
 
     ``tls_changed()`` true (a new certificate, key or CA: provision/tls.py) restarts it,
-    so the new files are certainly the ones it serves.
+    so the new files are certainly the ones it serves. ``own_password`` False: the
+    lookup role's password is already converged (a cluster's leader did it).
 
     :raises ConfigError: a ``pgbouncer_*`` (or other) group_data setting is invalid.
     """
@@ -344,11 +358,8 @@ def install_pgbouncer(settings: DeploySettings | None = None, *,
     apt.packages(name="Install the pgbouncer package", packages=["pgbouncer"],
                  cache_time=s.pg_apt_cache_time, update=True)
 
-    pw_helper = password_helper_path(s)
-    auth_password_present(name=f"Generate {cfg.auth_user}'s password on the host",
-                          helper=pw_helper, passfile=s.db_passfile, role=cfg.auth_user)
-    auth_password_applied(name=f"Apply {cfg.auth_user}'s SCRAM verifier", helper=pw_helper,
-                          passfile=s.db_passfile, port=port, role=cfg.auth_user)
+    if own_password:
+        converge_auth_password(s)
     af_helper = f"{lib}/pgbouncer_authfile.py"
     files.put(name="Upload the auth_file helper", src=str(FILES / "pgbouncer_authfile.py"),
               dest=af_helper, user="root", group="root", mode="700")

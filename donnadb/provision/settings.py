@@ -52,6 +52,30 @@ class RoleSpec:
 
 
 @dataclass(frozen=True)
+class HaSettings:
+    """group_data ``ha_*``: the Patroni + etcd cluster of the db_servers hosts
+    (provision/ha.py). Ports are the field's defaults (Patroni's REST API, etcd, and
+    HAProxy's leader/replica ports as autobase and Patroni's own examples use them)."""
+
+    scope: str = "donna"
+    #: The name clients dial on every host: HAProxy there, in every node's certificate.
+    service_name: str = "donna-db"
+    write_port: int = 5000
+    read_port: int = 5001
+    rest_port: int = 8008
+    etcd_client_port: int = 2379
+    etcd_peer_port: int = 2380
+    #: HAProxy's read port sends a replica no reads once it lags more than this.
+    read_max_lag_bytes: int = 1024 * 1024
+    #: Patroni's failover candidate limit (``maximum_lag_on_failover``).
+    max_lag_on_failover_bytes: int = 1024 * 1024
+    synchronous_mode_strict: bool = False
+    ttl: int = 30
+    loop_wait: int = 10
+    retry_timeout: int = 10
+
+
+@dataclass(frozen=True)
 class DeploySettings:
     pg_version: int
     pg_cluster: str
@@ -111,6 +135,8 @@ class DeploySettings:
     tls_ca_cert_file: str | None = None
     tls_ca_key_file: str | None = None
     tls_server_names: tuple[str, ...] = ()
+    #: The high-availability cluster (group_data ``ha = True``), None on a single host.
+    ha: HaSettings | None = None
 
     @property
     def pg_packages(self) -> tuple[str, ...]:
@@ -186,7 +212,32 @@ def load_deploy_settings(data: Any) -> DeploySettings:
         formulas=_formulas(data),
         **_pgbouncer_fields(data),
         **_tls_fields(data),
+        ha=_ha(data),
     )
+
+
+def _ha(data: Any) -> HaSettings | None:
+    """``ha`` and its ``ha_*`` settings, checked; None when ``ha`` is off.
+
+    :raises ConfigError: a value of the wrong kind (the message names it).
+    """
+    if not data.get("ha"):
+        return None
+    values = {}
+    for name, default in HaSettings.__dataclass_fields__.items():
+        value = data.get(f"ha_{name}")
+        if value is None:
+            continue
+        kind = type(default.default)
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"group_data ha_{name}={value!r} must be a positive whole number")
+        if kind is bool and not isinstance(value, bool):
+            raise ConfigError(f"group_data ha_{name}={value!r} must be True or False")
+        if kind is str and not re.match(r"^[a-z0-9][a-z0-9.-]{0,62}$", str(value)):
+            raise ConfigError(f"group_data ha_{name}={value!r} must be a lower-case DNS label "
+                              "(a-z, 0-9, . and -)")
+        values[name] = value
+    return HaSettings(**values)
 
 
 def _required(data: Any, key: str) -> Any:

@@ -10,18 +10,27 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from pyinfra.api.host import Host
+from pyinfra.operations import server
+from pyinfra.operations.util import any_changed
+
 from donnadb.provision import (
     backups,
     consumers,
     database,
     envfile,
+    etcd,
+    ha,
+    haproxy,
     hba,
     install,
     logs,
     opsjobs,
     packages,
     passwords,
+    patroni,
     pgbouncer,
+    psql,
     roles,
     scheduler,
     schema,
@@ -67,3 +76,69 @@ def converge_host(settings: DeploySettings) -> None:
     pgbouncer.install_pgbouncer(settings, tls_changed=tls_changed)
     opsjobs.install_ops_jobs(settings)
     logs.rotate_logs(settings)
+
+
+def converge_member(settings: DeploySettings, target: Host) -> None:
+    """A member of the Patroni cluster (group_data ``ha = True``): the same files as a
+    single host, etcd and Patroni instead of Debian's service, the writing steps on the
+    leader only (:func:`donnadb.provision.ha.leader`), then the services around it and
+    this host's router.
+
+    The order across hosts matters: the leader's Patroni starts (and on a new cluster
+    bootstraps it) and the leader gets its roles, database and schema before any
+    other member's Patroni starts (a base backup of the leader) and copies the
+    leader's passwords. :func:`~donnadb.provision.ha.rendezvous` holds the line.
+    """
+    leader = ha.leader(target)
+    packages.install_postgresql(settings)
+    install.install_code(settings)
+    consumers.create_users(settings)
+    tls_changed = tls.install_server_cert(settings)
+    etcd.install_etcd(settings, target)
+    conf = tuning.configure_postgresql(settings)
+    access = hba.configure_hba(settings, [m.address for m in ha.members(target)])
+    patroni.reloaded_if(settings, patroni.configure_patroni(settings, target).did_change)
+    changed = any_changed(conf, access)
+    if leader.name == target.name:
+        _lead(settings, target, lambda: changed() or tls_changed())
+    ha.rendezvous(name="Cluster: the leader runs, with its roles, database and schema")
+    if leader.name != target.name:
+        _follow(settings, target, target.inventory.get_host(leader.name),
+                lambda: changed() or tls_changed())
+    ha.rendezvous(name="Cluster: every member runs")
+    scheduler.ensure_cron(settings)
+    backups.install_backups(settings)
+    pgbouncer.install_pgbouncer(settings, tls_changed=tls_changed, own_password=False)
+    opsjobs.install_ops_jobs(settings)
+    logs.rotate_logs(settings)
+    haproxy.install_router(settings, target, settings.db_host)
+
+
+def _lead(settings: DeploySettings, target: Host, files_changed: Callable[[], bool]) -> None:
+    started = patroni.started(settings, "the leader")
+    patroni.answers(settings, target, "primary", _if=started.did_change)
+    reload_changed(settings, lambda: not started.did_change() and files_changed())
+    roles.converge_roles(settings)
+    passwords.converge_passwords(settings)
+    pgbouncer.converge_auth_password(settings)
+    database.converge_database(settings)
+    envfile.write_env_file(settings)
+    schema.apply_schema(settings)
+
+
+def _follow(settings: DeploySettings, target: Host, leader: Host,
+            files_changed: Callable[[], bool]) -> None:
+    started = patroni.started(settings, "a replica of the leader")
+    patroni.answers(settings, target, "replica", _if=started.did_change)
+    reload_changed(settings, lambda: not started.did_change() and files_changed())
+    passwords.converge_passwords(settings, source=leader)
+    envfile.write_env_file(settings)
+
+
+def reload_changed(settings: DeploySettings, condition: Callable[[], bool]) -> None:
+    """pg_hba.conf, conf.d/donna.conf or the certificate changed under a running member:
+    PostgreSQL re-reads them (a setting that needs a restart shows as pending in
+    ``donnactl cluster list``; ``donnactl cluster restart`` applies it member by member)."""
+    server.shell(name="Reload PostgreSQL (its settings or certificate changed)",
+                 commands=[psql.run_sql("SELECT pg_reload_conf();", settings.pg_port)],
+                 _if=condition)

@@ -84,6 +84,8 @@ def server_names(settings: DeploySettings, inventory_name: str, hostname: str | 
         names += [a.strip() for a in settings.pgbouncer_listen_addr.split(",")
                   if a.strip() not in WILDCARDS]
     names += list(settings.tls_server_names)
+    if settings.ha is not None:
+        names.append(settings.ha.service_name)
     canonical = []
     for name in names:
         try:
@@ -114,17 +116,25 @@ def install_server_cert(settings: DeploySettings) -> Callable[[], bool]:
 
     Runs after the PostgreSQL package: the key's group is postgres.
     """
-    authority_ = authority(settings)
     ca_op = install_ca(settings)
     names = server_names(settings, host.name, host.get_fact(Hostname))
-    issued = ca.server_certificate(authority_, Path(settings.tls_ca_dir), host.name, names)
-    cert_op = files.put(name=f"Write {SERVER_CERT} ({', '.join(names[:3])} ...)",
-                        src=StringIO(issued.cert_pem), dest=SERVER_CERT,
-                        user="root", group="postgres", mode="644")
-    # The key file exists, 0640, before its content is copied in: never readable by all.
-    files.file(name=f"Create {SERVER_KEY} (root:postgres 0640)", path=SERVER_KEY,
-               user="root", group="postgres", mode="640")
-    key_op = files.put(name=f"Write {SERVER_KEY} (root:postgres 0640)",
-                       src=StringIO(issued.key_pem), dest=SERVER_KEY,
-                       user="root", group="postgres", mode="640")
+    cert_op, key_op = put_certificate(settings, names, SERVER_CERT, SERVER_KEY, "postgres")
     return any_changed(ca_op, cert_op, key_op)
+
+
+def put_certificate(settings: DeploySettings, names: list[str], cert: str, key: str,
+                    group: str):
+    """This host's certificate and key (issued or renewed on the control machine when
+    needed) at ``cert`` (0644) and ``key`` (root:``group`` 0640); the two operations."""
+    issued = ca.server_certificate(authority(settings), Path(settings.tls_ca_dir), host.name,
+                                   names)
+    cert_op = files.put(name=f"Write {cert} ({', '.join(names[:3])} ...)",
+                        src=StringIO(issued.cert_pem), dest=cert,
+                        user="root", group=group, mode="644")
+    # The key file exists, 0640, before its content is copied in: never readable by all.
+    files.file(name=f"Create {key} (root:{group} 0640)", path=key,
+               user="root", group=group, mode="640")
+    key_op = files.put(name=f"Write {key} (root:{group} 0640)",
+                       src=StringIO(issued.key_pem), dest=key,
+                       user="root", group=group, mode="640")
+    return cert_op, key_op

@@ -44,9 +44,15 @@ def host_resources(settings: DeploySettings) -> tuple[int, int]:
 def configure_postgresql(settings: DeploySettings) -> OperationMeta:
     """Write conf.d/donna.conf; returns the operation (restart when it changed)."""
     memory_mb, cpus = host_resources(settings)
-    cluster_created(name=f"Create cluster {settings.pg_version}/{settings.pg_cluster}",
-                    version=settings.pg_version, cluster=settings.pg_cluster,
-                    port=settings.pg_port)
+    if settings.ha is None:
+        cluster_created(name=f"Create cluster {settings.pg_version}/{settings.pg_cluster}",
+                        version=settings.pg_version, cluster=settings.pg_cluster,
+                        port=settings.pg_port)
+    else:
+        # Patroni makes the cluster; its settings directory is the deploy's to fill first.
+        for path in (settings.conf_dir, f"{settings.conf_dir}/conf.d"):
+            files.directory(name=f"Create {path}", path=path, user="postgres",
+                            group="postgres", mode="755")
     return files.template(
         name="Write conf.d/donna.conf (tuning, preload libraries, logging)",
         src=str(TEMPLATES / "donna.conf.j2"),

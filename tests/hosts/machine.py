@@ -300,6 +300,12 @@ def prepare_root(base: Path, name: str, address: str) -> Path:
     conf = root / "etc/postgresql-common/createcluster.d/donnadb-testhost.conf"
     conf.parent.mkdir(parents=True, exist_ok=True)
     conf.write_text("# Test host: the deploy creates the cluster.\ncreate_main_cluster = false\n")
+    # Debian's daily apt runs would hold apt's locks while the deploy installs packages
+    # (seen at boot); a test host does without them.
+    for timer in ("apt-daily.timer", "apt-daily-upgrade.timer"):
+        unit = root / "etc/systemd/system" / timer
+        unit.unlink(missing_ok=True)
+        unit.symlink_to("/dev/null")
     return root
 
 
@@ -341,9 +347,10 @@ def control_key(root: Path) -> Path:
     return key
 
 
-def known_hosts(hosts: list[Host]) -> Path:
-    """A known_hosts file with every host key of ``hosts``, by address (strict checking)."""
-    path = STATE_DIR / "ssh" / "known_hosts"
+def known_hosts(hosts: list[Host], name: str = "known_hosts") -> Path:
+    """A known_hosts file (``name`` under the state directory's ssh/) with every host key
+    of ``hosts``, by address (strict checking)."""
+    path = STATE_DIR / "ssh" / name
     lines = []
     for host in hosts:
         for pub in sorted((host.root / "etc/ssh").glob("ssh_host_*_key.pub")):
