@@ -25,7 +25,7 @@
 
 ``--read-from replicas`` reads from a streaming hot standby (``DB_READ_FROM=replicas``,
 ``DB_READ_PORT`` its port): after loading the data it makes a throwaway standby of the
-deployed cluster (bench/standby.py: pg_basebackup of the whole cluster) on
+deployed cluster (bench/scratch.py: pg_basebackup of the whole cluster) on
 ``--standby-port``. Both pools then connect directly (no PgBouncer); ``--direct`` runs
 the one-pool baseline the same way, for a like-for-like ratio.
 
@@ -53,8 +53,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from report import header, span
-from scratch import create_scratch_database, drop_database
-from standby import hot_standby
+from scratch import create_scratch_database, drop_database, hot_standby
 
 from donnadb import db
 from donnadb.config import load_settings

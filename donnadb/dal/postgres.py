@@ -90,9 +90,11 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         pool_timeout: float = 30.0,
         min_size: int = 1,
     ) -> None:
-        """Open the pool (in the background: a down server is reported by the first call).
+        """Open the pool, and the replicas' with DB_READ_FROM=replicas (in the
+        background: a down server is reported by the first call).
 
         :raises CredentialsError: no password for the application role.
+        :raises ConfigError: DB_READ_FROM=replicas with nowhere to read from.
         """
         s = settings or get_settings()
         self.settings = s
@@ -123,11 +125,10 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
             )
 
         # Reads from replicas (DB_READ_FROM): None means every call uses the one pool.
-        self._router: routing.ReadRouter | None = None
-        if s.db_read_from == "replicas":
-            read_info = routing.read_conninfo(s, dbname)
+        read_info = routing.read_conninfo(s, dbname) if s.db_read_from == "replicas" else None
         self._pool = pool(routing.write_conninfo(s, dbname), "donnadb-dal")
-        if s.db_read_from == "replicas":
+        self._router: routing.ReadRouter | None = None
+        if read_info is not None:
             self._router = routing.ReadRouter(s, pool(read_info, "donnadb-dal-read"))
 
     # ------------------------------------------------------------------ plumbing
@@ -685,6 +686,10 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
     # ------------------------------------------------------------------ health
     def health_check(self) -> dict[str, Any]:
         result: dict[str, Any] = {"store": self.store, "via_pgbouncer": self.via_pgbouncer}
+        if self._router is not None:
+            # The last lag measurement (None before the first read) and its verdict.
+            result["replicas"] = {"lag_seconds": self._router.lag,
+                                  "reads_to": "leader" if self._router.lagging else "replicas"}
         started = time.perf_counter()
         try:
             with self._pool.connection(timeout=min(self.pool_timeout, 5.0)) as conn:

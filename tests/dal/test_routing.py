@@ -6,9 +6,11 @@ from __future__ import annotations
 import time
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
-from donnadb.dal import PostgresDataAccess
+from donnadb.dal import PostgresDataAccess, routing
 from donnadb.dal import postgres_sql as q
+from donnadb.errors import ConfigError
 
 #: A line of the history read as pg_stat_activity shows it.
 HISTORY = "ORDER BY m.sequence_number DESC"
@@ -108,11 +110,13 @@ def test_a_lagging_standby_sends_reads_to_the_primary_until_it_catches_up(settin
         time.sleep(1.3)
         assert dal.get_chat_session("c_1") is not None  # from the primary
         assert dal._router.lagging and dal._router.lag > 1.0
+        assert dal.health_check()["replicas"]["reads_to"] == "leader"
         rs.standby.sql("SELECT pg_wal_replay_resume()")
         rs.wait_replayed(rs.standby)
         time.sleep(0.3)
         assert dal.get_chat_session("c_1") is not None
         assert not dal._router.lagging and dal._router.lag == 0
+        assert dal.health_check()["replicas"] == {"lag_seconds": 0, "reads_to": "replicas"}
 
 
 def test_the_lag_is_measured_at_most_once_per_interval(settings, replica_db, tmp_path):
@@ -137,3 +141,25 @@ def test_the_lag_is_measured_at_most_once_per_interval(settings, replica_db, tmp
                 if line.split("\t")[1:2] == ["F"]]
     assert sent.count("Execute") == 5
     assert "Query" not in sent
+
+
+def test_replicas_need_a_read_port_or_a_host_list(settings):
+    s = settings.model_copy(update={"db_read_from": "replicas", "db_read_port": None,
+                                    "db_host": "127.0.0.1"})
+    with pytest.raises(ConfigError, match=r"^DB_READ_FROM=replicas needs DB_READ_PORT"):
+        PostgresDataAccess(s)
+
+
+def test_libpq_chooses_among_a_host_list_and_one_host_is_left_alone(settings):
+    fleet = settings.model_copy(update={"db_host": "db.donna.internal", "pgbouncer_port": 5000,
+                                        "db_read_port": 5001})
+    write = conninfo_to_dict(routing.write_conninfo(fleet, None))
+    read = conninfo_to_dict(routing.read_conninfo(fleet, None))
+    assert "target_session_attrs" not in write and write["port"] == "5000"
+    assert "target_session_attrs" not in read and read["port"] == "5001"
+    assert read["host"] == write["host"] == "db.donna.internal"
+    listed = settings.model_copy(update={"db_host": "db1,db2,db3"})
+    assert conninfo_to_dict(routing.write_conninfo(listed, None))[
+        "target_session_attrs"] == "read-write"
+    assert conninfo_to_dict(routing.read_conninfo(listed, None))[
+        "target_session_attrs"] == "prefer-standby"
