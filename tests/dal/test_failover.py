@@ -9,8 +9,7 @@ import time
 import pytest
 
 from donnadb import db
-from donnadb.dal import PostgresDataAccess
-from donnadb.dal.errors import FailoverError
+from donnadb.dal import FailoverError, PostgresDataAccess
 from tests.dal import replicas
 from tests.support import superuser_psql
 
