@@ -23,6 +23,12 @@
    takes each thread count's worst round;
 5. drops the scratch database. ``--json`` prints the table as one document.
 
+``--read-from replicas`` reads from a streaming hot standby (``DB_READ_FROM=replicas``,
+``DB_READ_PORT`` its port): after loading the data it makes a throwaway standby of the
+deployed cluster (bench/scratch.py: pg_basebackup of the whole cluster) on
+``--standby-port``. Both pools then connect directly (no PgBouncer); ``--direct`` runs
+the one-pool baseline the same way, for a like-for-like ratio.
+
 Run as root on the deployed host (the scratch database is created through the postgres
 superuser: bench/scratch.py). Latencies on a shared 2-core machine depend on its load:
 the load average is printed before and after.
@@ -31,6 +37,7 @@ the load average is printed before and after.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import math
@@ -46,7 +53,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from report import header, span
-from scratch import create_scratch_database, drop_database
+from scratch import create_scratch_database, drop_database, hot_standby
 
 from donnadb import db
 from donnadb.config import load_settings
@@ -201,6 +208,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3,
                     help="repeat every thread count and operation this many times, "
                          "interleaved; ranges are min-max over the rounds")
+    ap.add_argument("--read-from", choices=("primary", "replicas"), default="primary",
+                    help="replicas: reads from a throwaway hot standby (DB_READ_FROM)")
+    ap.add_argument("--standby-port", type=int, default=5491)
+    ap.add_argument("--direct", action="store_true",
+                    help="connect to PostgreSQL directly, not through PgBouncer (implied "
+                         "by --read-from replicas)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     interval = 0.0 if args.closed_loop else args.interval_ms
@@ -221,6 +234,13 @@ def main() -> None:
         with db.connect("migrator", settings=settings, dbname=dbname) as conn:
             users = [tuple(r) for r in conn.execute(SAMPLE_USERS)]
             chats = [r[0] for r in conn.execute(SAMPLE_CHATS)]
+        standby = contextlib.ExitStack()
+        if args.direct or args.read_from == "replicas":
+            settings = settings.model_copy(update={"pgbouncer_port": None})
+        if args.read_from == "replicas":
+            port = standby.enter_context(hot_standby(settings, args.standby_port))
+            settings = settings.model_copy(update={"db_read_from": "replicas",
+                                                   "db_read_port": port})
         dal = create_data_access(settings, dbname=dbname)
         try:
             for r in range(1, args.rounds + 1):
@@ -248,6 +268,7 @@ def main() -> None:
                                   flush=True)
         finally:
             dal.close()
+            standby.close()
     finally:
         drop_database(dbname)
     load_after = os.getloadavg()
@@ -256,6 +277,8 @@ def main() -> None:
     # The verdict takes each thread count's worst round.
     ok = all(max(v["p95_ms"]) < HISTORY_P95_LIMIT_MS for v in history.values())
     mode = "closed loop" if not interval else f"one call per thread every {interval:g} ms"
+    if args.read_from == "replicas":
+        mode += ", reads from a hot standby"
     verdict = {"history_p95_ms": {t: [min(v["p95_ms"]), max(v["p95_ms"])]
                                   for t, v in history.items()},
                "limit_ms": HISTORY_P95_LIMIT_MS, "mode": mode, "pass": ok}

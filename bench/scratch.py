@@ -1,4 +1,5 @@
-"""Throwaway databases for the benchmarks, bootstrapped like the deployed one.
+"""Throwaway databases for the benchmarks, bootstrapped like the deployed one, and a
+throwaway hot standby of the deployed cluster (bench/dal.py --read-from replicas).
 
 They are made through the postgres superuser over the local socket, as a restore
 makes its target (donnadb.backup.bootstrap), and named ``<prefix>_<random>`` so that
@@ -7,7 +8,13 @@ runs beside each other (or beside the tests) never meet.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from donnadb.backup import bootstrap
 from donnadb.config import Settings
@@ -23,3 +30,54 @@ def create_scratch_database(settings: Settings, prefix: str = "donna_bench") -> 
 def drop_database(name: str) -> None:
     """Drop ``name`` (disconnecting its sessions) if it exists."""
     bootstrap.drop_database(name)
+
+
+def _run(*cmd: str) -> str:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, cwd="/").stdout
+
+
+def _psql(sql: str, port: int) -> str:
+    return _run("runuser", "-u", "postgres", "--", "psql", "-X", "-A", "-t", "-p", str(port),
+                "-c", sql).strip()
+
+
+@contextmanager
+def hot_standby(settings: Settings, port: int) -> Iterator[int]:
+    """A hot standby of the cluster on DB_PORT, listening on 127.0.0.1:``port``.
+
+    Made with the Debian tools as an operator would: ``pg_createcluster`` for the
+    configuration, ``pg_basebackup -R`` (over the local socket, as postgres) for the data
+    (the whole deployed cluster), ``pg_ctlcluster`` to start it; ``pg_dropcluster``
+    removes it. It uses the deploy's TLS certificate, which names 127.0.0.1.
+    """
+    name = f"bench{uuid.uuid4().hex[:6]}"
+    version, primary = settings.pg_version, settings.db_port
+    conf = Path(f"/etc/postgresql/{version}/{name}")
+    data = Path(f"/var/lib/postgresql/{version}/{name}")
+    preload = _psql("SHOW shared_preload_libraries", primary)
+    # A hot standby refuses to start with less of these than its primary has.
+    at_least = _psql("SELECT string_agg(format('%s = %s', name, setting), E'\\n') "
+                     "FROM pg_settings WHERE name IN ('max_connections', "
+                     "'max_worker_processes', 'max_wal_senders', "
+                     "'max_prepared_transactions', 'max_locks_per_transaction')", primary)
+    tls = settings.db_sslrootcert.parent
+    try:
+        _run("pg_createcluster", str(version), name, "-p", str(port))
+        (conf / "conf.d" / "bench-standby.conf").write_text(
+            f"listen_addresses = '127.0.0.1'\nport = {port}\n"
+            f"shared_preload_libraries = '{preload}'\n{at_least}\nssl = on\n"
+            f"ssl_cert_file = '{tls / 'server.crt'}'\nssl_key_file = '{tls / 'server.key'}'\n")
+        shutil.rmtree(data)
+        _run("runuser", "-u", "postgres", "--", "pg_basebackup", "-p", str(primary),
+             "-D", str(data), "-R", "-X", "stream", "--checkpoint=fast")
+        _run("pg_ctlcluster", str(version), name, "start")
+        deadline = time.monotonic() + 60
+        while _psql("SELECT pg_is_in_recovery()", port) != "t":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the standby {name} did not start: see its log")
+            time.sleep(0.2)
+        yield port
+    finally:
+        subprocess.run(["pg_dropcluster", "--stop", str(version), name], capture_output=True,
+                       check=False)
+        shutil.rmtree(conf, ignore_errors=True)

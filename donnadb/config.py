@@ -96,6 +96,18 @@ class Settings(BaseSettings):
     db_connect_timeout: int = Field(5, ge=1)
     #: PgBouncer port; when set, the application role connects through it.
     pgbouncer_port: int | None = Field(None, ge=1, le=65535)
+    #: Where the DAL reads (docs/dal.md, "Reads on a replicated cluster"): "primary"
+    #: (one pool, the leader) or "replicas" (a second pool: DB_READ_PORT on DB_HOST, or
+    #: libpq's choice among a comma-separated DB_HOST).
+    db_read_from: Literal["primary", "replicas"] = "primary"
+    #: The routing layer's replica port (HAProxy's 5001 on the HA fleet).
+    db_read_port: int | None = Field(None, ge=1, le=65535)
+    #: After this DAL writes a chat or user, its reads go to the leader this long.
+    db_read_your_writes_seconds: float = Field(5.0, ge=0)
+    #: Reads leave a replica whose replay is further behind than this.
+    db_read_max_lag_seconds: float = Field(10.0, ge=0)
+    #: How often (at most) the DAL measures that lag.
+    db_read_lag_check_seconds: float = Field(1.0, gt=0)
     #: libpq sslmode of every TCP connection (a Unix-socket DB_HOST uses none); the
     #: server is verified against DB_SSLROOTCERT, the CA the deploy writes.
     db_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca",

@@ -4,7 +4,13 @@ See docs/dal.md. Applications call :func:`create_data_access`.
 """
 
 from donnadb.dal.dualwrite import DualWriteDataAccess
-from donnadb.dal.errors import ConflictError, LockTimeout, NotFoundError, TransactionError
+from donnadb.dal.errors import (
+    ConflictError,
+    FailoverError,
+    LockTimeout,
+    NotFoundError,
+    TransactionError,
+)
 from donnadb.dal.factory import STORAGE_TYPES, create_data_access, create_dual_write
 from donnadb.dal.files import FileDataAccess
 from donnadb.dal.pending import ReconcileQueue
@@ -28,6 +34,7 @@ __all__ = [
     "ConflictError",
     "DataAccess",
     "DualWriteDataAccess",
+    "FailoverError",
     "FileDataAccess",
     "LockTimeout",
     "MemoryEntry",

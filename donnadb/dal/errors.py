@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from donnadb.errors import DataError, UsageError
+from donnadb.errors import DatabaseError, DataError, UsageError
 
 
 class NotFoundError(DataError):
@@ -19,3 +19,9 @@ class TransactionError(UsageError):
 
 class LockTimeout(DataError):
     """A file lock could not be taken in time (another transaction holds it)."""
+
+
+class FailoverError(DatabaseError):
+    """A write reached a server that is no longer the leader (read-only), or lost its
+    connection: a failover or switchover is under way. The connection was discarded;
+    the caller may retry (see docs/dal.md, "During a failover")."""

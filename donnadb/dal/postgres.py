@@ -23,10 +23,15 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from donnadb import db
 from donnadb.config import Settings, get_settings
 from donnadb.dal import postgres_sql as q
-from donnadb.dal.errors import ConflictError, NotFoundError, TransactionError
+from donnadb.dal import routing
+from donnadb.dal.errors import (
+    ConflictError,
+    FailoverError,
+    NotFoundError,
+    TransactionError,
+)
 from donnadb.dal.fileio import check_file_name
 from donnadb.dal.logwriter import LogWriterMixin
 from donnadb.dal.protocol import (
@@ -64,6 +69,12 @@ log = logging.getLogger(__name__)
 #: Memory types mirrored in a users column (the legacy file has one object for both).
 SECTION_COLUMNS = {"profile": "profile", "preferences": "preferences"}
 
+READ_ONLY = ("the database is read-only: a failover/switchover is in progress; retry "
+             "(nothing was written)")
+LOST = ("the database connection was lost during a write (failover/switchover or "
+        "restart?): retry; it may have been applied, so retry only idempotent writes "
+        "(docs/dal.md, During a failover)")
+
 
 class PostgresDataAccess(TransactionMixin, LogWriterMixin):
     """The PostgreSQL store; safe to share between threads (one pool, one connection
@@ -79,14 +90,15 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         pool_timeout: float = 30.0,
         min_size: int = 1,
     ) -> None:
-        """Open the pool (in the background: a down server is reported by the first call).
+        """Open the pool, and the replicas' with DB_READ_FROM=replicas (in the
+        background: a down server is reported by the first call).
 
         :raises CredentialsError: no password for the application role.
+        :raises ConfigError: DB_READ_FROM=replicas with nowhere to read from.
         """
         s = settings or get_settings()
         self.settings = s
         self.via_pgbouncer = s.pgbouncer_port is not None
-        info = db.conninfo("app", settings=s, dbname=dbname)
         kwargs: dict[str, Any] = {"autocommit": True, "row_factory": dict_row,
                                   "context": dal_adapters()}
         if self.via_pgbouncer:
@@ -94,21 +106,30 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
             # connection: server-side prepared statements would be lost between them.
             kwargs["prepare_threshold"] = None
         self.pool_timeout = pool_timeout
-        self._pool = ConnectionPool(
-            info,
-            min_size=min(min_size, s.db_max_connections),
-            max_size=s.db_max_connections,
-            max_idle=float(s.db_idle_timeout),
-            timeout=pool_timeout,
-            kwargs=kwargs,
-            # A connection that died (server restart, idle kill) is replaced on checkout
-            # instead of failing the caller's first query; without a round trip per
-            # checkout (see _check_idle_connection).
-            check=_check_idle_connection,
-            name="donnadb-dal",
-            open=True,
-        )
         self._local = threading.local()
+
+        def pool(conninfo: str, name: str) -> ConnectionPool:
+            return ConnectionPool(
+                conninfo,
+                min_size=min(min_size, s.db_max_connections),
+                max_size=s.db_max_connections,
+                max_idle=float(s.db_idle_timeout),
+                timeout=pool_timeout,
+                kwargs=kwargs,
+                # A connection that died (server restart, idle kill) is replaced on
+                # checkout instead of failing the caller's first query; without a round
+                # trip per checkout (see _check_idle_connection).
+                check=_check_idle_connection,
+                name=name,
+                open=True,
+            )
+
+        # Reads from replicas (DB_READ_FROM): None means every call uses the one pool.
+        read_info = routing.read_conninfo(s, dbname) if s.db_read_from == "replicas" else None
+        self._pool = pool(routing.write_conninfo(s, dbname), "donnadb-dal")
+        self._router: routing.ReadRouter | None = None
+        if read_info is not None:
+            self._router = routing.ReadRouter(s, pool(read_info, "donnadb-dal-read"))
 
     # ------------------------------------------------------------------ plumbing
     @contextmanager
@@ -121,14 +142,83 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         pinned = None if outside_tx else getattr(self._local, "conn", None)
         try:
             if pinned is not None:
-                yield pinned
+                with self._leaving_old_leader(pinned):
+                    yield pinned
             else:
-                with self._pool.connection() as conn:
+                with self._pool.connection() as conn, self._leaving_old_leader(conn):
                     yield conn
         except DonnaError:
             raise
         except psycopg.Error as exc:
             raise _translate(exc, self.pool_timeout) from exc
+
+    @contextmanager
+    def _leaving_old_leader(self, conn: psycopg.Connection) -> Iterator[None]:
+        """Turn a write that reached a demoted (read-only) or dead server into
+        :class:`FailoverError`, never into a retry: the connection is discarded and so
+        are the pool's others (they lead to the same server), so the next call connects
+        afresh, through the routing layer or libpq, to the new leader.
+
+        :raises FailoverError: SQLSTATE 25006 read_only_sql_transaction, or the
+            connection broke.
+        """
+        try:
+            yield
+        except psycopg.errors.ReadOnlySqlTransaction as exc:
+            conn.close()
+            self._pool.drain()
+            raise FailoverError(READ_ONLY) from exc
+        except psycopg.OperationalError as exc:
+            if not conn.broken or isinstance(exc, DonnaError):
+                raise
+            self._pool.drain()
+            raise FailoverError(LOST) from exc
+
+    def _read(self, work, *, chat: str | None = None, user: str | None = None,
+              clerk: str | None = None):
+        """``work(conn)`` for a read of one statement: on the thread's transaction
+        connection if one is open, else on the replicas' pool when routing allows it
+        (see :mod:`donnadb.dal.routing`), else the leader's. A connection lost midway is
+        retried once on a fresh one (reads have no effect to repeat).
+
+        :raises DatabaseError: no connection, or lost twice.
+        """
+        if getattr(self._local, "conn", None) is not None:
+            with self._conn() as conn:
+                return work(conn)
+        pool = self._pool
+        router = self._router
+        if router is not None:
+            keys = [(kind, key) for kind, key in
+                    (("chat", chat), ("user", user), ("clerk", clerk)) if key is not None]
+            if not router.written_recently(keys) and router.replicas_usable():
+                pool = router.pool
+        for attempt in (1, 2):
+            try:
+                with pool.connection() as conn:
+                    try:
+                        return work(conn)
+                    except psycopg.OperationalError:
+                        if attempt == 2 or not conn.broken:
+                            raise
+            except DonnaError:
+                raise
+            except psycopg.Error as exc:
+                raise _translate(exc, self.pool_timeout) from exc
+            log.warning("a read lost its database connection: retrying once on a fresh one")
+        raise AssertionError("unreachable")
+
+    def _wrote(self, *, chat: str | None = None, user: str | None = None,
+               clerk: str | None = None) -> None:
+        """Note a write for read-your-writes (again at commit when inside a transaction:
+        the window starts when others can see it)."""
+        if self._router is None:
+            return
+        keys = [(kind, key) for kind, key in
+                (("chat", chat), ("user", user), ("clerk", clerk)) if key is not None]
+        self._router.wrote(keys)
+        if getattr(self._local, "conn", None) is not None:
+            self._local.wrote = [*getattr(self._local, "wrote", []), *keys]
 
     @contextmanager
     def _atomic(self) -> Iterator[psycopg.Connection]:
@@ -178,15 +268,23 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
                 self._sync_section_rows(conn, user_id, "preferences", preferences)
         except ConflictError:
             raise ConflictError(f"user {params['clerk_id']!r} already exists") from None
+        self._wrote(user=user_id, clerk=params["clerk_id"])
         return user_id
 
     def get_user_by_id(self, user_id: str) -> User | None:
         if not is_uuid(user_id):
             return None
-        return self._one(q.SELECT_USER_BY_ID, (user_id,))
+        return self._read(lambda c: c.execute(q.SELECT_USER_BY_ID, (user_id,)).fetchone(),
+                          user=user_id)
 
     def get_user_by_clerk_id(self, clerk_id: str) -> User | None:
-        return self._one(q.SELECT_USER_BY_CLERK_ID, (clerk_id,))
+        row = self._read(lambda c: c.execute(q.SELECT_USER_BY_CLERK_ID, (clerk_id,)).fetchone(),
+                         clerk=clerk_id)
+        if row is not None and self._router is not None and \
+                self._router.written_recently([("user", str(row["id"]))]):
+            # Written here under another clerk id (an update renamed it): the leader's copy.
+            row = self._one(q.SELECT_USER_BY_CLERK_ID, (clerk_id,))
+        return row
 
     def update_user(self, user_id: str, updates: Mapping[str, Any]) -> bool:
         check_fields(updates, USER_FIELDS, "user")
@@ -218,6 +316,7 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
                                                 check_json_object(updates[section], section))
         except ConflictError:
             raise ConflictError(f"user {updates.get('clerk_id')!r} already exists") from None
+        self._wrote(user=user_id, clerk=updates.get("clerk_id"))
         return True
 
     @staticmethod
@@ -246,14 +345,17 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
                   "metadata": Jsonb(check_json_object(metadata, "metadata"))}
         try:
             with self._single() as conn:
-                return conn.execute(q.INSERT_SESSION, params).fetchone()["id"]
+                session_id = conn.execute(q.INSERT_SESSION, params).fetchone()["id"]
         except ConflictError:
             raise ConflictError(f"chat {chat_id!r} already exists") from None
         except NotFoundError:
             raise NotFoundError(f"no user {user_id!r}: create it first") from None
+        self._wrote(chat=chat_id, user=user_id)
+        return session_id
 
     def get_chat_session(self, chat_id: str) -> ChatSession | None:
-        return self._one(q.SELECT_SESSION, (chat_id,))
+        return self._read(lambda c: c.execute(q.SELECT_SESSION, (chat_id,)).fetchone(),
+                          chat=chat_id)
 
     def update_chat_session(self, chat_id: str, updates: Mapping[str, Any]) -> bool:
         check_fields(updates, SESSION_FIELDS, "chat session")
@@ -275,9 +377,11 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
             sql.SQL(", ").join(assignments), sql.Placeholder("chat_id"))
         try:
             with self._atomic() as conn:
-                return conn.execute(query, {**values, "chat_id": chat_id}).fetchone() is not None
+                found = conn.execute(query, {**values, "chat_id": chat_id}).fetchone()
         except NotFoundError:
             raise NotFoundError(f"no user {user_id!r}: create it first") from None
+        self._wrote(chat=chat_id, user=user_id)
+        return found is not None
 
     def upsert_chat_session(self, session: Mapping[str, Any], user_id: str | None) -> str:
         """Create or overwrite a chat from another store's copy (``user_id`` is ours).
@@ -294,7 +398,9 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
             "created_at": session.get("created_at"), "updated_at": session.get("updated_at"),
         }
         with self._single() as conn:
-            return conn.execute(q.UPSERT_SESSION, params).fetchone()["id"]
+            session_id = conn.execute(q.UPSERT_SESSION, params).fetchone()["id"]
+        self._wrote(chat=session["chat_id"], user=user_id)
+        return session_id
 
     # ------------------------------------------------------------------ messages
     def add_message(
@@ -312,15 +418,19 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         if not isinstance(content, str):
             raise DataError(f"message content must be text, not {type(content).__name__}")
         content, meta = _escape(content, check_json_object(metadata, "metadata"))
+        # Reading from replicas: also the chat's owner, whose chat list and search the
+        # new message changes (read-your-writes).
+        query = q.ADD_MESSAGE if self._router is None else q.ADD_MESSAGE_OWNER
         with self._single() as conn:
-            message_id = conn.execute(q.ADD_MESSAGE, {
+            row = conn.execute(query, {
                 "chat_id": chat_id, "role": role, "content": content,
                 "metadata": Jsonb(meta), "token_count": token_count,
                 "abuse_flagged": bool(abuse_flagged),
-            }).fetchone()["id"]
-        if message_id is None:
+            }).fetchone()
+        if row["id"] is None:
             raise NotFoundError(f"no chat {chat_id!r}: create the session first")
-        return message_id
+        self._wrote(chat=chat_id, user=row.get("user_id"))
+        return row["id"]
 
     def insert_messages(self, chat_id: str, messages: list[Message]) -> int:
         """Copy messages from another store keeping id, position and time; idempotent.
@@ -352,28 +462,29 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
                     f"chat {chat_id!r} position {m['sequence_number']} holds another message "
                     f"than {m['id']}; compare with `donnactl migrate-data verify`"
                 )
+        self._wrote(chat=chat_id)
         return inserted
 
     def get_chat_history(self, chat_id: str, limit: int = 20, offset: int = 0) -> list[Message]:
         check_window(limit, offset)
-        with self._conn() as conn:
-            rows = conn.execute(
-                q.SELECT_HISTORY, {"chat_id": chat_id, "limit": limit, "offset": offset}
-            ).fetchall()
+        params = {"chat_id": chat_id, "limit": limit, "offset": offset}
+        rows = self._read(lambda c: c.execute(q.SELECT_HISTORY, params).fetchall(),
+                          chat=chat_id)
         rows.reverse()  # the page comes newest first
         return _unescaped(rows)
 
     def get_message_count(self, chat_id: str) -> int:
-        row = self._one(q.SELECT_MESSAGE_COUNT, (chat_id,))
+        row = self._read(lambda c: c.execute(q.SELECT_MESSAGE_COUNT, (chat_id,)).fetchone(),
+                         chat=chat_id)
         return 0 if row is None else row["message_count"]
 
     def list_chat_sessions(self, user_id: str, limit: int = 20) -> list[ChatSession]:
         check_limit(limit)
         if not is_uuid(user_id):
             return []
-        with self._conn() as conn:
-            return conn.execute(q.SELECT_USER_SESSIONS,
-                                {"user_id": user_id, "limit": limit}).fetchall()
+        params = {"user_id": user_id, "limit": limit}
+        return self._read(lambda c: c.execute(q.SELECT_USER_SESSIONS, params).fetchall(),
+                          user=user_id)
 
     def search_messages(
         self, user_id: str, query: str, *, limit: int = 20, recent_chats: int | None = None
@@ -381,10 +492,9 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         check_search(query, limit, recent_chats)
         if not is_uuid(user_id) or needs_escape(query):
             return []  # stored text never holds NUL or a lone surrogate: nothing matches
-        with self._conn() as conn:
-            rows = conn.execute(q.SEARCH_MESSAGES, {
-                "user_id": user_id, "query": query, "limit": limit, "chats": recent_chats,
-            }).fetchall()
+        params = {"user_id": user_id, "query": query, "limit": limit, "chats": recent_chats}
+        rows = self._read(lambda c: c.execute(q.SEARCH_MESSAGES, params).fetchall(),
+                          user=user_id)
         return _unescaped(rows)
 
     # ------------------------------------------------------------------ system logs
@@ -433,6 +543,7 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
                     conn.execute(_section_sql(q.MERGE_SECTION_KEY, memory_type), params)
         except NotFoundError:
             raise NotFoundError(f"no user {user_id!r}: create it first") from None
+        self._wrote(user=user_id)
         return True
 
     def get_user_memory(
@@ -442,18 +553,17 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         if not is_uuid(user_id):
             return {}
         params = {"user_id": user_id, "memory_type": memory_type, "key": key}
-        with self._conn() as conn:
-            rows = conn.execute(
-                q.SELECT_MEMORY if key is None else q.SELECT_MEMORY_KEY, params
-            ).fetchall()
+        query = q.SELECT_MEMORY if key is None else q.SELECT_MEMORY_KEY
+        rows = self._read(lambda c: c.execute(query, params).fetchall(), user=user_id)
         return {r["key"]: r["value"] for r in rows}
 
     def memory_entries(self, user_id: str) -> list[MemoryEntry]:
         """Every stored entry of the user, expired ones included."""
         if not is_uuid(user_id):
             return []
-        with self._conn() as conn:
-            return conn.execute(q.SELECT_ALL_MEMORY, {"user_id": user_id}).fetchall()
+        return self._read(
+            lambda c: c.execute(q.SELECT_ALL_MEMORY, {"user_id": user_id}).fetchall(),
+            user=user_id)
 
     def delete_user_memory(self, user_id: str, memory_type: str, key: str | None = None) -> bool:
         check_memory_type(memory_type)
@@ -466,6 +576,7 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
             if deleted and memory_type in SECTION_COLUMNS:
                 conn.execute(_section_sql(q.REMOVE_SECTION_KEYS, memory_type),
                              {"user_id": user_id, "keys": deleted})
+        self._wrote(user=user_id)
         return bool(deleted)
 
     def upsert_user(self, user: Mapping[str, Any], memory: list[MemoryEntry]) -> str:
@@ -498,6 +609,7 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
                      "value": Jsonb(e["value"]), "expires_at": e["expires_at"]}
                     for e in memory
                 ])
+        self._wrote(user=user_id, clerk=user["clerk_id"])
         return user_id
 
     def ensure_user(self, clerk_id: str) -> str:
@@ -508,7 +620,10 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         with self._atomic() as conn:
             row = conn.execute(q.INSERT_BARE_USER, (clerk_id,)).fetchone()
             # A separate statement: it sees a row a concurrent writer just committed.
-            return (row or conn.execute(q.SELECT_USER_BY_CLERK_ID, (clerk_id,)).fetchone())["id"]
+            user_id = (row or conn.execute(q.SELECT_USER_BY_CLERK_ID,
+                                           (clerk_id,)).fetchone())["id"]
+        self._wrote(user=user_id, clerk=clerk_id)
+        return user_id
 
     # ------------------------------------------------------------------ transactions
     def begin_transaction(self) -> bool:
@@ -536,17 +651,21 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         """:raises TransactionError: none open. :raises DatabaseError: the commit failed
         (the transaction is then rolled back)."""
         conn, tx = self._end()
+        wrote = self._local.__dict__.pop("wrote", [])
         try:
             tx.__exit__(None, None, None)
         except psycopg.Error as exc:
             raise _translate(exc, self.pool_timeout) from exc
         finally:
             self._pool.putconn(conn)
+        if self._router is not None:
+            self._router.wrote(wrote)
         return True
 
     def rollback(self) -> bool:
         """:raises TransactionError: no transaction is open on this thread."""
         conn, tx = self._end()
+        self._local.__dict__.pop("wrote", None)
         try:
             rollback = psycopg.Rollback(tx)
             tx.__exit__(type(rollback), rollback, None)
@@ -567,6 +686,10 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
     # ------------------------------------------------------------------ health
     def health_check(self) -> dict[str, Any]:
         result: dict[str, Any] = {"store": self.store, "via_pgbouncer": self.via_pgbouncer}
+        if self._router is not None:
+            # The last lag measurement (None before the first read) and its verdict.
+            result["replicas"] = {"lag_seconds": self._router.lag,
+                                  "reads_to": "leader" if self._router.lagging else "replicas"}
         started = time.perf_counter()
         try:
             with self._pool.connection(timeout=min(self.pool_timeout, 5.0)) as conn:
@@ -587,6 +710,8 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         return result
 
     def close(self) -> None:
+        if self._router is not None:
+            self._router.close()
         self._pool.close()
 
     def __enter__(self) -> PostgresDataAccess:

@@ -133,6 +133,13 @@ SELECT add_message(%(chat_id)s, %(role)s, %(content)s, %(metadata)s, %(token_cou
                    %(abuse_flagged)s)::text AS id
 """
 
+# The same, also naming the chat's owner (read-your-writes of their chat list, search).
+ADD_MESSAGE_OWNER = """
+SELECT add_message(%(chat_id)s, %(role)s, %(content)s, %(metadata)s, %(token_count)s,
+                   %(abuse_flagged)s)::text AS id,
+       (SELECT user_id::text FROM chat_sessions WHERE chat_id = %(chat_id)s) AS user_id
+"""
+
 # A replicated message keeps its id and position; replaying it is a no-op.
 INSERT_MESSAGE_REPLICA = """
 INSERT INTO messages (id, chat_session_id, role, content, metadata, created_at,

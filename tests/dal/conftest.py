@@ -7,6 +7,7 @@ import pytest
 from donnadb import db
 from donnadb.dal import DualWriteDataAccess, FileDataAccess, PostgresDataAccess
 from donnadb.migrate import apply_migrations
+from tests.dal import replicas
 from tests.support import create_scratch_database, drop_database
 
 STORES = ["file", "postgresql", "dual-file", "dual-postgresql"]
@@ -37,6 +38,21 @@ def dal_db(settings):
     apply_migrations(settings=settings, dbname=name)
     yield name
     drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def replica_set(settings):
+    """A throwaway primary with two streaming standbys (tests/dal/replicas.py)."""
+    rs = replicas.build(settings)
+    yield rs
+    replicas.drop(rs)
+
+
+@pytest.fixture
+def replica_db(settings, replica_set):
+    """``replica_set``'s database emptied for this test, the standbys caught up."""
+    replica_set.empty(replica_set.settings(settings))
+    return replica_set
 
 
 @pytest.fixture
