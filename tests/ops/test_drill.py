@@ -1,0 +1,212 @@
+"""The failure drill on a throwaway single-host cluster (never 15/main): it kills the
+postmaster for real, starts it again, measures how long writes failed, and finds an
+acknowledged write that went missing. The cluster path (Patroni) runs on the fleet;
+here only its refusal off the leader, against a stand-in patronictl."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from donnadb import config
+from donnadb.cli.main import main
+from donnadb.config import load_settings
+from donnadb.loadtest import seed
+from donnadb.migrate import apply_migrations
+from donnadb.ops import drill, drillfault
+from donnadb.provision.roles import role_statements
+from tests.ops.conftest import DONNACTL
+from tests.support import give_deploy_tls, render_database_sql, superuser_psql
+
+#: Ports this module's throwaway cluster may use.
+PORTS = range(5480, 5490)
+SCALE = seed.Scale(users=40, sessions=120, messages=1_000)
+#: A short drill: a few users, seconds of load around the kill.
+QUICK = ["--users", "10", "--spawn-rate", "10", "--writers", "4", "--warmup", "3",
+         "--settle", "3", "--recovery-timeout", "60"]
+DB = "donna_drill"
+
+
+def _free_port() -> int:
+    listed = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True,
+                            check=True).stdout
+    taken = {int(line.split()[2]) for line in listed.splitlines() if line.strip()}
+    for port in PORTS:
+        with socket.socket() as probe:
+            if port not in taken and probe.connect_ex(("127.0.0.1", port)) != 0:
+                return port
+    pytest.fail(f"no free port in {PORTS}: drop leftover clusters (pg_lsclusters)")
+
+
+@pytest.fixture(scope="module")
+def single_host(settings, deploy_settings, tmp_path_factory):
+    """A seeded cluster of its own, with our roles (passwords in a private passfile)
+    and the deploy's TLS, and the env file a drill on it reads (DONNADB_HOST_ENV)."""
+    tmp = tmp_path_factory.mktemp("drill")
+    name, port = f"drill{uuid.uuid4().hex[:6]}", _free_port()
+    subprocess.run(["pg_createcluster", "15", name, "-p", str(port)], check=True,
+                   capture_output=True, cwd="/")
+    try:
+        give_deploy_tls(15, name)
+        Path(f"/etc/postgresql/15/{name}/conf.d/drill.conf").write_text(
+            "shared_preload_libraries = 'pg_stat_statements, pgaudit'\n")
+        subprocess.run(["pg_ctlcluster", "15", name, "start"], check=True, cwd="/")
+        passwords = {r.name: uuid.uuid4().hex for r in deploy_settings.roles.values()
+                     if r.login}
+        superuser_psql("\n".join(role_statements(list(deploy_settings.roles.values()), None)
+                                 + [f"ALTER ROLE {r} PASSWORD '{p}';"
+                                    for r, p in passwords.items()]
+                                 + [f'CREATE DATABASE "{DB}";']), port=port)
+        passfile = tmp / "pgpass"
+        passfile.write_text("".join(f"*:*:*:{r}:{p}\n" for r, p in passwords.items()))
+        passfile.chmod(stat.S_IRUSR | stat.S_IWUSR)
+        env_file = tmp / "donnadb.env"
+        env_file.write_text(f"DB_HOST=127.0.0.1\nDB_PORT={port}\nDB_NAME={DB}\n"
+                            f"DB_PASSFILE={passfile}\nPG_VERSION=15\nPG_CLUSTER={name}\n"
+                            f"DB_SSLROOTCERT={settings.db_sslrootcert}\n")
+        own = load_settings(db_port=port, db_name=DB, db_passfile=passfile,
+                            pg_cluster=name).model_copy(update={"pgbouncer_port": None})
+        superuser_psql(render_database_sql(own), dbname=DB, port=port)
+        apply_migrations(settings=own, dbname=DB)
+        seed.seed(own, SCALE, dbname=DB)
+        yield {"settings": own, "port": port, "name": name, "env_file": env_file,
+               "env": {**os.environ, "DONNADB_HOST_ENV": str(env_file),
+                       "OPS_LOG_FILE": str(tmp / "donnactl.jsonl"), "COLUMNS": "200"},
+               "log": tmp / "donnactl.jsonl", "tmp": tmp}
+    finally:
+        subprocess.run(["pg_dropcluster", "--stop", "15", name], capture_output=True,
+                       check=False, cwd="/")
+        # pg_dropcluster leaves the config directory holding our conf.d files.
+        shutil.rmtree(f"/etc/postgresql/15/{name}", ignore_errors=True)
+
+
+def _pid(cluster) -> int:
+    return drillfault.postmaster_pid(cluster["settings"].pg_data_dir)
+
+
+def _donnactl(cluster, *args: str, input: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run([DONNACTL, "cluster", "drill", *args], capture_output=True,
+                          text=True, env=cluster["env"], input=input, timeout=300, cwd="/")
+
+
+def test_dry_run_and_no_answer_leave_postgresql_alone(single_host):
+    before = _pid(single_host)
+    done = _donnactl(single_host, "--dry-run", "--json")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["target"] == "single"
+    data_dir = single_host["settings"].pg_data_dir
+    assert doc["action"].startswith(f"SIGKILL the postmaster of {data_dir}")
+    assert f"pg_ctlcluster 15 {single_host['name']} start" in doc["action"]
+    refused = _donnactl(single_host, *QUICK, input="n\n")
+    assert refused.returncode == 130, refused.stderr
+    assert _pid(single_host) == before
+
+
+def test_the_drill_kills_postgresql_and_loses_no_acknowledged_write(single_host):
+    before = _pid(single_host)
+    out = single_host["tmp"] / "cli-run"
+    done = _donnactl(single_host, *QUICK, "--yes", "--json", "--out", str(out))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    (r,) = report["rounds"]
+    assert _pid(single_host) != before  # killed and started again for real
+    assert report["ok"] and report["lost"] == 0 and r["lost"] == 0
+    assert r["downtime_s"] > 0 and r["restart_s"] > 0
+    assert r["ledger_failed"] > 0 and r["acknowledged"] > 50
+    assert r["requests"]["before"]["requests"] > 0 and r["requests"]["before"]["p95_ms"]
+    assert r["requests"]["after"]["requests"] > 0
+    assert report["range"]["downtime_s"] == {"min": r["downtime_s"], "max": r["downtime_s"]}
+    # the drill's chat is gone, and the kill is in the audit log
+    assert superuser_psql("SELECT count(*) FROM chat_sessions WHERE chat_id LIKE 'drill\\_%'",
+                          dbname=DB, port=single_host["port"]) == "0"
+    assert "failure drill: postmaster killed" in single_host["log"].read_text()
+
+
+def test_a_missing_acknowledged_write_fails_the_drill(single_host, monkeypatch, capsys):
+    """donnactl's own main(), with a hook that deletes one acknowledged message between
+    the fault and the read-back: the drill must notice and exit 1."""
+    planted: list[str] = []
+
+    def delete_one(chat_id: str, acked: list[str]) -> None:
+        planted.append(acked[len(acked) // 2])
+        superuser_psql(f"DELETE FROM messages WHERE id = '{planted[0]}'", dbname=DB,
+                       port=single_host["port"])
+
+    monkeypatch.setattr(drill, "run", functools.partial(drill.run, check_hook=delete_one))
+    # The command's settings and Locust's come from the throwaway cluster's env file.
+    monkeypatch.setattr(config, "HOST_ENV_FILE", single_host["env_file"])
+    monkeypatch.setenv("DONNADB_HOST_ENV", str(single_host["env_file"]))
+    monkeypatch.setenv("OPS_LOG_FILE", str(single_host["log"]))
+    monkeypatch.setattr(sys, "argv", ["donnactl", "cluster", "drill", *QUICK, "--writers",
+                                      "2", "--yes", "--json", "--out",
+                                      str(single_host["tmp"] / "lost")])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out)["rounds"][0]["lost_ids"] == planted
+    assert "1 acknowledged write(s) missing on the leader" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_off_the_leader_the_drill_refuses_naming_the_leader(tmp_path):
+    config = tmp_path / "15-main.yml"
+    config.write_text("scope: donna\nname: db1\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    members = [{"Cluster": "donna", "Member": "db1", "Host": "10.0.0.1", "Role": "Replica",
+                "State": "running", "TL": 2, "Lag in MB": 0},
+               {"Cluster": "donna", "Member": "db2", "Host": "10.0.0.2", "Role": "Leader",
+                "State": "running", "TL": 2}]
+    fake = bin_dir / "patronictl"
+    fake.write_text(f"#!/bin/sh\necho '{json.dumps(members)}'\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+           "PATRONI_CONFIG": str(config), "OPS_LOG_FILE": str(tmp_path / "log.jsonl")}
+    done = subprocess.run([DONNACTL, "cluster", "drill", "--dry-run", "--yes"], env=env,
+                          capture_output=True, text=True, timeout=60, cwd="/")
+    assert done.returncode == 11
+    assert "not the leader: run the drill on the leader db2 (10.0.0.2)" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    planned = subprocess.run([DONNACTL, "cluster", "drill", "--switchover", "--dry-run",
+                              "--json"], env=env, capture_output=True, text=True, timeout=60,
+                             cwd="/")
+    assert planned.returncode == 0, planned.stderr
+    assert json.loads(planned.stdout)["action"] == "switch over from the leader db2 " \
+                                                   "(patronictl switchover)"
+
+
+def _attempt(start: float, end: float | None, ok: bool) -> drill.Attempt:
+    return drill.Attempt(start, end, "id" if ok else None, None if ok else "DatabaseError")
+
+
+def test_the_outage_runs_from_the_first_failed_write_to_the_next_acknowledged_one():
+    attempts = [_attempt(9.0, 9.1, True), _attempt(10.2, 10.3, False),
+                _attempt(10.5, 10.6, False), _attempt(12.0, 12.4, True)]
+    assert drill.outage(attempts, 10.0, 20.0) == (10.2, 12.4)
+    # a write that hangs past the timeout fails, even if it is answered much later
+    hung = [_attempt(10.1, 10.1 + drill.WRITE_TIMEOUT + 1, True), _attempt(11.0, 11.2, True)]
+    assert drill.outage(hung, 10.0, 30.0) == (10.1, 11.2)
+    assert drill.outage([_attempt(10.1, None, False)], 10.0, 11.0) == (10.1, None)
+    assert drill.outage([_attempt(10.1, 10.2, True)], 10.0, 11.0) == (10.0, 10.0)
+
+
+def test_latencies_are_split_at_the_fault_and_the_recovery():
+    # (end time, failed, ms), as Locust logs them; the request at 5.5 hangs until 8.5
+    rows = [(t + t / 100, False, 10.0 * t) for t in range(1, 11)] + [(8.5, True, 3000.0)]
+    split = drill.split_requests(rows, loaded_at=2, fault_at=5, recovered_at=7)
+    assert split["before"] == {"requests": 3, "failed": 0, "p95_ms": 40.0}
+    assert split["during"] == {"requests": 3, "failed": 1, "p95_ms": 60.0}
+    assert split["after"] == {"requests": 4, "failed": 0, "p95_ms": 100.0}
+    assert split["total"] == {"requests": 10, "failed": 1, "failed_pct": 10.0}
