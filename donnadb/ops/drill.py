@@ -353,7 +353,16 @@ def _wait(predicate: Callable[[], bool], timeout: float, ledger: Ledger | None =
 
 
 def _recovered(ledger: Ledger, fault_at: float) -> Callable[[], bool]:
-    return lambda: outage(ledger.snapshot(), fault_at, time.time())[1] is not None
+    """Writes failed and succeed again; with no failure yet, not before a write could
+    have timed out (a write hanging on a frozen server is no failure until then)."""
+    def check() -> bool:
+        now = time.time()
+        attempts = ledger.snapshot()
+        if not any(a.failed(now) for a in attempts if a.end is None or a.end >= fault_at):
+            return now - fault_at > WRITE_TIMEOUT + 1
+        return outage(attempts, fault_at, now)[1] is not None
+
+    return check
 
 
 def _inject(target: Target, plan: DrillPlan, settings: Settings, ledger: Ledger,
@@ -390,8 +399,8 @@ def _inject(target: Target, plan: DrillPlan, settings: Settings, ledger: Ledger,
                           "of the fault; check `pg_lsclusters` / `patronictl list`")
 
 
-def _rejoin(target: Target, plan: DrillPlan, old_leader: str, since: float,
-            result: dict[str, Any]) -> None:
+def _rejoin(target: Target, plan: DrillPlan, ledger: Ledger, old_leader: str,
+            since: float, result: dict[str, Any]) -> None:
     """Wait until the old leader runs again as a member (a replica after a failover)."""
     def back() -> bool:
         found = fault.members(target.config)
@@ -402,7 +411,7 @@ def _rejoin(target: Target, plan: DrillPlan, old_leader: str, since: float,
             return False
         return me.replica_running or (me is lead and me.state in fault.RUNNING_STATES)
 
-    result["rejoined"] = _wait(back, plan.rejoin_timeout, step=1.0)
+    result["rejoined"] = _wait(back, plan.rejoin_timeout, ledger, step=1.0)
     if result["rejoined"]:
         result["rejoin_s"] = round(time.time() - since, 3)
 
@@ -463,14 +472,19 @@ def run_round(n: int, target: Target, plan: DrillPlan, settings: Settings,
                                   f"{load.proc.returncode}); see {out / 'locust.log'}")
             fault_at = time.time()
             _inject(target, plan, settings, ledger, fault_at, extra)
-            first_fail, recovered_at = outage(ledger.snapshot(), fault_at, time.time())
             if target.kind == "cluster" and leader_before:
-                _rejoin(target, plan, leader_before, extra.get("resumed_at", fault_at), extra)
-            time.sleep(plan.settle)
+                _rejoin(target, plan, ledger, leader_before,
+                        extra.get("resumed_at", fault_at), extra)
+            _wait(lambda: False, plan.settle, ledger)
         finally:
             ledger.stop()
             _stop_load(load)
         attempts = ledger.snapshot()
+        # Judged once every write has ended (or hung past the timeout).
+        first_fail, recovered_at = outage(attempts, fault_at, time.time())
+        if recovered_at is None:
+            raise DrillFailed("no write succeeded after the first failed one: the service "
+                              "did not come back; check `pg_lsclusters` / `patronictl list`")
         acked = ledger.acknowledged()
         if check_hook is not None:
             check_hook(chat_id, acked)
@@ -486,13 +500,13 @@ def run_round(n: int, target: Target, plan: DrillPlan, settings: Settings,
         errors[a.error or "Timeout"] = errors.get(a.error or "Timeout", 0) + 1
     return RoundResult(
         round=n, action=target.action(plan),
-        downtime_s=round((recovered_at or first_fail) - first_fail, 3), acknowledged=len(acked),
+        downtime_s=round(recovered_at - first_fail, 3), acknowledged=len(acked),
         lost=len(missing), lost_ids=missing, ledger_failed=len(failures),
         ledger_failed_in_window=sum(1 for a in failures if first_fail <= a.start
                                     <= recovered_at),
         ledger_errors=errors,
         requests=split_requests(read_requests(load.requests), loaded_at, fault_at,
-                                recovered_at or fault_at),
+                                recovered_at),
         restart_s=extra.get("restart_s"), leader_before=leader_before,
         leader_after=extra.get("leader_after", leader_before),
         rejoined=extra.get("rejoined"), rejoin_s=extra.get("rejoin_s"), out_dir=str(out))
