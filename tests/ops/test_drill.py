@@ -23,7 +23,7 @@ from donnadb.cli.main import main
 from donnadb.config import load_settings
 from donnadb.loadtest import seed
 from donnadb.migrate import apply_migrations
-from donnadb.ops import drill, drillfault
+from donnadb.ops import drill, drillfault, drillledger
 from donnadb.provision.roles import role_statements
 from tests.ops.conftest import DONNACTL
 from tests.support import give_deploy_tls, render_database_sql, superuser_psql
@@ -187,25 +187,25 @@ def test_off_the_leader_the_drill_refuses_naming_the_leader(tmp_path):
                                                    "(patronictl switchover)"
 
 
-def _attempt(start: float, end: float | None, ok: bool) -> drill.Attempt:
-    return drill.Attempt(start, end, "id" if ok else None, None if ok else "DatabaseError")
+def _attempt(start: float, end: float | None, ok: bool) -> drillledger.Attempt:
+    return drillledger.Attempt(start, end, "id" if ok else None, None if ok else "DatabaseError")
 
 
 def test_the_outage_runs_from_the_first_failed_write_to_the_next_acknowledged_one():
     attempts = [_attempt(9.0, 9.1, True), _attempt(10.2, 10.3, False),
                 _attempt(10.5, 10.6, False), _attempt(12.0, 12.4, True)]
-    assert drill.outage(attempts, 10.0, 20.0) == (10.2, 12.4)
+    assert drillledger.outage(attempts, 10.0, 20.0) == (10.2, 12.4)
     # a write that hangs past the timeout fails, even if it is answered much later
-    hung = [_attempt(10.1, 10.1 + drill.WRITE_TIMEOUT + 1, True), _attempt(11.0, 11.2, True)]
-    assert drill.outage(hung, 10.0, 30.0) == (10.1, 11.2)
-    assert drill.outage([_attempt(10.1, None, False)], 10.0, 11.0) == (10.1, None)
-    assert drill.outage([_attempt(10.1, 10.2, True)], 10.0, 11.0) == (10.0, 10.0)
+    hung = [_attempt(10.1, 10.1 + drillledger.WRITE_TIMEOUT + 1, True), _attempt(11.0, 11.2, True)]
+    assert drillledger.outage(hung, 10.0, 30.0) == (10.1, 11.2)
+    assert drillledger.outage([_attempt(10.1, None, False)], 10.0, 11.0) == (10.1, None)
+    assert drillledger.outage([_attempt(10.1, 10.2, True)], 10.0, 11.0) == (10.0, 10.0)
 
 
 def test_latencies_are_split_at_the_fault_and_the_recovery():
     # (end time, failed, ms), as Locust logs them; the request at 5.5 hangs until 8.5
     rows = [(t + t / 100, False, 10.0 * t) for t in range(1, 11)] + [(8.5, True, 3000.0)]
-    split = drill.split_requests(rows, loaded_at=2, fault_at=5, recovered_at=7)
+    split = drillledger.split_requests(rows, loaded_at=2, fault_at=5, recovered_at=7)
     assert split["before"] == {"requests": 3, "failed": 0, "p95_ms": 40.0}
     assert split["during"] == {"requests": 3, "failed": 1, "p95_ms": 60.0}
     assert split["after"] == {"requests": 4, "failed": 0, "p95_ms": 100.0}
