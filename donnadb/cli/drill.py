@@ -110,3 +110,5 @@ def _print(report) -> None:
     if len(report.rounds) > 1:
         console.print(f"writes back after: {span['min']:g}-{span['max']:g} s over "
                       f"{len(report.rounds)} rounds", highlight=False)
+    if report.stopped:
+        console.print(report.stopped, highlight=False)

@@ -373,6 +373,8 @@ class DrillReport:
     target: str
     action: str
     rounds: list[RoundResult] = field(default_factory=list)
+    #: Why fewer rounds ran than asked (None: all ran).
+    stopped: str | None = None
 
     @property
     def lost(self) -> int:
@@ -389,19 +391,40 @@ class DrillReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "action": self.action, "lost": self.lost,
-                "ok": self.lost == 0, "rounds": [r.to_dict() for r in self.rounds],
-                "range": self.ranges()}
+                "ok": self.lost == 0 and self.stopped is None, "stopped": self.stopped,
+                "rounds": [r.to_dict() for r in self.rounds], "range": self.ranges()}
+
+
+def _leader_name(target: Target) -> str | None:
+    lead = fault.leader(fault.members(target.config))
+    return lead.name if lead else None
 
 
 def _back_to(target: Target, plan: DrillPlan) -> None:
-    """Before another fault round: make this member the leader again (patronictl)."""
-    found = fault.members(target.config)
-    lead = fault.leader(found)
-    if lead is not None and lead.name == target.member:
+    """Before another fault round: make this member the leader again (patronictl).
+
+    With synchronous_mode Patroni switches over only to the synchronous standby.
+
+    :raises DrillRefused: this member does not become the synchronous standby in time.
+    :raises DrillFailed: it did not lead again after the switchover.
+    """
+    def sync_standby() -> bool:
+        found = fault.members(target.config)
+        me = next((m for m in found if m.name == target.member), None)
+        return me is not None and (me.role in ("Leader", "Sync Standby")
+                                   or not any(m.role == "Sync Standby" for m in found))
+
+    if _leader_name(target) == target.member:
+        return
+    if not _wait(sync_standby, plan.recovery_timeout, step=1.0):
+        raise fault.DrillRefused(
+            f"{target.member} is not the synchronous standby, so Patroni will not switch "
+            f"over to it; run the next rounds on the leader {_leader_name(target)}")
+    if _leader_name(target) == target.member:
         return
     fault.switchover(target.config, candidate=target.member)
-    if not _wait(lambda: (x := fault.leader(fault.members(target.config))) is not None
-                 and x.name == target.member, plan.recovery_timeout, step=1.0):
+    if not _wait(lambda: _leader_name(target) == target.member, plan.recovery_timeout,
+                 step=1.0):
         raise DrillFailed(f"{target.member} did not lead again within "
                           f"{plan.recovery_timeout:g}s of the switchover back")
 
@@ -422,7 +445,11 @@ def run(plan: DrillPlan, settings: Settings, *, target: Target | None = None,
     report = DrillReport(target.kind, target.action(plan))
     for n in range(1, plan.rounds + 1):
         if n > 1 and target.kind == "cluster" and not plan.switchover:
-            _back_to(target, plan)
+            try:
+                _back_to(target, plan)
+            except fault.DrillRefused as exc:
+                report.stopped = f"stopped after round {n - 1}: {exc}"
+                break
         if progress:
             progress(f"round {n}/{plan.rounds}: {target.action(plan)}")
         report.rounds.append(run_round(n, target, plan, settings, check_hook))
@@ -430,9 +457,12 @@ def run(plan: DrillPlan, settings: Settings, *, target: Target | None = None,
 
 
 def raise_for_loss(report: DrillReport) -> None:
-    """:raises WritesLost: any acknowledged write is missing (the ids are in the report)."""
+    """:raises WritesLost: any acknowledged write is missing (the ids are in the report).
+    :raises DrillFailed: fewer rounds ran than asked (the report says why)."""
     if report.lost:
         first = next(r for r in report.rounds if r.lost)
         raise WritesLost(f"{report.lost} acknowledged write(s) missing on the leader after "
                          f"the drill (round {first.round}: {first.lost_ids[:3]}); "
                          "the HA setup loses committed data: check synchronous_mode")
+    if report.stopped:
+        raise DrillFailed(report.stopped)
