@@ -116,7 +116,8 @@ class Target:
 def detect(settings: Settings, plan: DrillPlan) -> Target:
     """The target: a cluster member when ``PATRONI_CONFIG`` is set, else a single host.
 
-    :raises DrillRefused: a fault is asked on a member that does not lead.
+    :raises DrillRefused: a fault is asked on a member that does not lead, or the node
+        fault where systemd is not PID 1.
     :raises FaultFailed: patronictl cannot list the cluster.
     """
     here = (fault.data_dir(settings), settings.pg_version, settings.pg_cluster)
@@ -129,6 +130,8 @@ def detect(settings: Settings, plan: DrillPlan) -> Target:
             raise fault.DrillRefused("the cluster has no leader to switch over from")
         return Target("cluster", *here, settings.patroni_config, me, lead.name)
     fault.require_leader(settings.patroni_config, me)
+    if plan.fault == "node":
+        fault.require_systemd()
     return Target("cluster", *here, settings.patroni_config, me, me)
 
 

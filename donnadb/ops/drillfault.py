@@ -196,14 +196,19 @@ def require_leader(config: Path, me: str) -> list[Member]:
     return found
 
 
+def require_systemd() -> None:
+    """:raises DrillRefused: systemd is not PID 1 (the node fault needs it)."""
+    if not systemd_running():
+        raise DrillRefused("the node fault freezes the patroni unit through systemd, which "
+                           "is not PID 1 here; use --fault postmaster")
+
+
 def freeze_node(settings: Settings) -> None:
     """SIGSTOP Patroni and PostgreSQL together (the unit's whole cgroup): a hung host.
 
     :raises DrillRefused: systemd is not PID 1. :raises FaultFailed: systemctl failed.
     """
-    if not systemd_running():
-        raise DrillRefused("the node fault freezes the patroni unit through systemd, which "
-                           "is not PID 1 here; use --fault postmaster")
+    require_systemd()
     _run(["systemctl", "kill", "--signal=SIGSTOP", patroni_unit(settings)], timeout=30)
     audit.info("failure drill: node frozen", extra={"audit": {"unit": patroni_unit(settings)}})
 

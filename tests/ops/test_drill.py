@@ -26,7 +26,12 @@ from donnadb.migrate import apply_migrations
 from donnadb.ops import drill, drillfault, drillledger
 from donnadb.provision.roles import role_statements
 from tests.ops.conftest import DONNACTL
-from tests.support import give_deploy_tls, render_database_sql, superuser_psql
+from tests.support import (
+    give_deploy_tls,
+    render_database_sql,
+    superuser_psql,
+    without_systemd,
+)
 
 #: Ports this module's throwaway cluster may use.
 PORTS = range(5480, 5490)
@@ -164,31 +169,59 @@ def test_a_missing_acknowledged_write_fails_the_drill(single_host, monkeypatch, 
     assert len(err.strip().splitlines()) == 1
 
 
-def test_off_the_leader_the_drill_refuses_naming_the_leader(tmp_path):
+@pytest.fixture
+def stand_in_cluster(tmp_path):
+    """A Patroni config naming this member db1 and a patronictl printing ``members``."""
     config = tmp_path / "15-main.yml"
     config.write_text("scope: donna\nname: db1\n")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    members = [{"Cluster": "donna", "Member": "db1", "Host": "10.0.0.1", "Role": "Replica",
-                "State": "running", "TL": 2, "Lag in MB": 0},
-               {"Cluster": "donna", "Member": "db2", "Host": "10.0.0.2", "Role": "Leader",
-                "State": "running", "TL": 2}]
-    fake = bin_dir / "patronictl"
-    fake.write_text(f"#!/bin/sh\necho '{json.dumps(members)}'\n")
-    fake.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
-           "PATRONI_CONFIG": str(config), "OPS_LOG_FILE": str(tmp_path / "log.jsonl")}
-    done = subprocess.run([DONNACTL, "cluster", "drill", "--dry-run", "--yes"], env=env,
-                          capture_output=True, text=True, timeout=60, cwd="/")
+
+    def cluster(leader: str) -> dict[str, str]:
+        members = [{"Cluster": "donna", "Member": name, "Host": host, "State": "running",
+                    "Role": "Leader" if name == leader else "Replica", "TL": 2}
+                   for name, host in (("db1", "10.0.0.1"), ("db2", "10.0.0.2"))]
+        fake = bin_dir / "patronictl"
+        fake.write_text(f"#!/bin/sh\necho '{json.dumps(members)}'\n")
+        fake.chmod(0o755)
+        return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+                "PATRONI_CONFIG": str(config), "OPS_LOG_FILE": str(tmp_path / "log.jsonl")}
+
+    return cluster
+
+
+def _drill(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([DONNACTL, "cluster", "drill", *args], env=env, capture_output=True,
+                          text=True, timeout=60, cwd="/")
+
+
+def test_off_the_leader_the_drill_refuses_naming_the_leader(stand_in_cluster):
+    env = stand_in_cluster(leader="db2")
+    done = _drill(env, "--dry-run", "--yes")
     assert done.returncode == 11
     assert "not the leader: run the drill on the leader db2 (10.0.0.2)" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
-    planned = subprocess.run([DONNACTL, "cluster", "drill", "--switchover", "--dry-run",
-                              "--json"], env=env, capture_output=True, text=True, timeout=60,
-                             cwd="/")
+    # a planned switchover may start anywhere
+    planned = _drill(env, "--switchover", "--dry-run", "--json")
     assert planned.returncode == 0, planned.stderr
-    assert json.loads(planned.stdout)["action"] == "switch over from the leader db2 " \
-                                                   "(patronictl switchover)"
+    assert json.loads(planned.stdout)["action"] == ("switch over from the leader db2 "
+                                                    "(patronictl switchover)")
+
+
+def test_on_the_leader_the_drill_plans_the_fault(stand_in_cluster):
+    env = stand_in_cluster(leader="db1")
+    done = _drill(env, "--fault", "postmaster", "--dry-run", "--json")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["target"] == "cluster"
+    assert doc["action"] == "SIGKILL the postmaster of the leader db1 (Patroni restarts it)"
+
+
+@without_systemd
+def test_the_node_fault_needs_systemd(stand_in_cluster):
+    done = _drill(stand_in_cluster(leader="db1"), "--dry-run")
+    assert done.returncode == 11
+    assert "systemd, which is not PID 1 here; use --fault postmaster" in done.stderr
 
 
 def _attempt(start: float, end: float | None, ok: bool) -> drillledger.Attempt:
