@@ -13,6 +13,8 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -40,6 +42,46 @@ SCALE = seed.Scale(users=40, sessions=120, messages=1_000)
 QUICK = ["--users", "10", "--spawn-rate", "10", "--writers", "4", "--warmup", "3",
          "--settle", "3", "--recovery-timeout", "60"]
 DB = "donna_drill"
+PRELOAD = "pg_stat_statements, pgaudit"
+#: etcd's client and peer ports, Patroni's REST API: this module's, on 127.0.0.1.
+ETCD_PORTS = (23790, 23800)
+RESTAPI_PORT = 8091
+PATRONI_YML = """\
+scope: {scope}
+name: m1
+restapi:
+  listen: 127.0.0.1:{restapi}
+  connect_address: 127.0.0.1:{restapi}
+etcd3:
+  hosts: 127.0.0.1:{etcd}
+bootstrap:
+  dcs:
+    ttl: 20
+    loop_wait: 2
+    retry_timeout: 5
+  initdb:
+    - encoding: UTF8
+postgresql:
+  pg_hba:
+    - local all all peer
+    - hostssl all all 127.0.0.1/32 scram-sha-256
+  listen: 127.0.0.1:{port}
+  connect_address: 127.0.0.1:{port}
+  use_unix_socket: true
+  data_dir: {work}/data
+  bin_dir: /usr/lib/postgresql/15/bin
+  authentication:
+    superuser:
+      username: postgres
+    replication:
+      username: replicator
+  parameters:
+    shared_preload_libraries: '{preload}'
+    ssl: 'on'
+    ssl_cert_file: {tls}/server.crt
+    ssl_key_file: {tls}/server.key
+    unix_socket_directories: /var/run/postgresql
+"""
 
 
 def _free_port() -> int:
@@ -53,10 +95,34 @@ def _free_port() -> int:
     pytest.fail(f"no free port in {PORTS}: drop leftover clusters (pg_lsclusters)")
 
 
+def _install_donna(port: int, tmp: Path, settings, deploy_settings, env: str, **over):
+    """Our roles (passwords in a private passfile), a migrated and seeded database, and
+    the env file a drill against it reads (DONNADB_HOST_ENV)."""
+    passwords = {r.name: uuid.uuid4().hex for r in deploy_settings.roles.values() if r.login}
+    superuser_psql("\n".join(role_statements(list(deploy_settings.roles.values()), None)
+                             + [f"ALTER ROLE {r} PASSWORD '{p}';" for r, p in passwords.items()]
+                             + [f'CREATE DATABASE "{DB}";']), port=port)
+    passfile = tmp / "pgpass"
+    passfile.write_text("".join(f"*:*:*:{r}:{p}\n" for r, p in passwords.items()))
+    passfile.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    env_file = tmp / "donnadb.env"
+    env_file.write_text(f"DB_HOST=127.0.0.1\nDB_PORT={port}\nDB_NAME={DB}\n"
+                        f"DB_PASSFILE={passfile}\nDB_SSLROOTCERT={settings.db_sslrootcert}\n"
+                        + env)
+    own = load_settings(db_port=port, db_name=DB, db_passfile=passfile,
+                        **over).model_copy(update={"pgbouncer_port": None})
+    superuser_psql(render_database_sql(own), dbname=DB, port=port)
+    apply_migrations(settings=own, dbname=DB)
+    seed.seed(own, SCALE, dbname=DB)
+    return {"settings": own, "port": port, "env_file": env_file,
+            "env": {**os.environ, "DONNADB_HOST_ENV": str(env_file),
+                    "OPS_LOG_FILE": str(tmp / "donnactl.jsonl"), "COLUMNS": "200"},
+            "log": tmp / "donnactl.jsonl", "tmp": tmp}
+
+
 @pytest.fixture(scope="module")
 def single_host(settings, deploy_settings, tmp_path_factory):
-    """A seeded cluster of its own, with our roles (passwords in a private passfile)
-    and the deploy's TLS, and the env file a drill on it reads (DONNADB_HOST_ENV)."""
+    """A seeded Debian cluster of its own with the deploy's TLS."""
     tmp = tmp_path_factory.mktemp("drill")
     name, port = f"drill{uuid.uuid4().hex[:6]}", _free_port()
     subprocess.run(["pg_createcluster", "15", name, "-p", str(port)], check=True,
@@ -64,35 +130,80 @@ def single_host(settings, deploy_settings, tmp_path_factory):
     try:
         give_deploy_tls(15, name)
         Path(f"/etc/postgresql/15/{name}/conf.d/drill.conf").write_text(
-            "shared_preload_libraries = 'pg_stat_statements, pgaudit'\n")
+            f"shared_preload_libraries = '{PRELOAD}'\n")
         subprocess.run(["pg_ctlcluster", "15", name, "start"], check=True, cwd="/")
-        passwords = {r.name: uuid.uuid4().hex for r in deploy_settings.roles.values()
-                     if r.login}
-        superuser_psql("\n".join(role_statements(list(deploy_settings.roles.values()), None)
-                                 + [f"ALTER ROLE {r} PASSWORD '{p}';"
-                                    for r, p in passwords.items()]
-                                 + [f'CREATE DATABASE "{DB}";']), port=port)
-        passfile = tmp / "pgpass"
-        passfile.write_text("".join(f"*:*:*:{r}:{p}\n" for r, p in passwords.items()))
-        passfile.chmod(stat.S_IRUSR | stat.S_IWUSR)
-        env_file = tmp / "donnadb.env"
-        env_file.write_text(f"DB_HOST=127.0.0.1\nDB_PORT={port}\nDB_NAME={DB}\n"
-                            f"DB_PASSFILE={passfile}\nPG_VERSION=15\nPG_CLUSTER={name}\n"
-                            f"DB_SSLROOTCERT={settings.db_sslrootcert}\n")
-        own = load_settings(db_port=port, db_name=DB, db_passfile=passfile,
-                            pg_cluster=name).model_copy(update={"pgbouncer_port": None})
-        superuser_psql(render_database_sql(own), dbname=DB, port=port)
-        apply_migrations(settings=own, dbname=DB)
-        seed.seed(own, SCALE, dbname=DB)
-        yield {"settings": own, "port": port, "name": name, "env_file": env_file,
-               "env": {**os.environ, "DONNADB_HOST_ENV": str(env_file),
-                       "OPS_LOG_FILE": str(tmp / "donnactl.jsonl"), "COLUMNS": "200"},
-               "log": tmp / "donnactl.jsonl", "tmp": tmp}
+        made = _install_donna(port, tmp, settings, deploy_settings,
+                              f"PG_VERSION=15\nPG_CLUSTER={name}\n", pg_cluster=name)
+        yield {**made, "name": name}
     finally:
         subprocess.run(["pg_dropcluster", "--stop", "15", name], capture_output=True,
                        check=False, cwd="/")
         # pg_dropcluster leaves the config directory holding our conf.d files.
         shutil.rmtree(f"/etc/postgresql/15/{name}", ignore_errors=True)
+
+
+def _ports_free(*ports: int) -> None:
+    for port in ports:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                pytest.fail(f"port {port} is taken: stop what a previous run left behind")
+
+
+@pytest.fixture(scope="module")
+def patroni_leader(settings, deploy_settings):
+    """A real one-member Patroni cluster (Debian's patroni, etcd on its own ports), its
+    PostgreSQL holding our seeded database: the leader the cluster drill runs on."""
+    work = Path(tempfile.mkdtemp(prefix="donna-drill-patroni-", dir="/var/tmp"))  # noqa: S108
+    shutil.chown(work, "postgres", "postgres")
+    port = _free_port()
+    _ports_free(*ETCD_PORTS, RESTAPI_PORT)
+    patroni_yml = work / "patroni.yml"
+    patroni_yml.write_text(PATRONI_YML.format(scope=f"drill{uuid.uuid4().hex[:6]}", port=port,
+                                         restapi=RESTAPI_PORT, etcd=ETCD_PORTS[0],
+                                         work=work, preload=PRELOAD,
+                                         tls=config.DEFAULT_TLS_DIR))
+    shutil.chown(patroni_yml, "postgres", "postgres")
+    patroni_yml.chmod(0o600)
+    procs = []
+    with (work / "etcd.log").open("w") as etcd_log, (work / "patroni.log").open("w") as plog:
+        try:
+            procs.append(subprocess.Popen(
+                ["etcd", "--name", "drill", "--data-dir", str(work / "etcd"),
+                 "--listen-client-urls", f"http://127.0.0.1:{ETCD_PORTS[0]}",
+                 "--advertise-client-urls", f"http://127.0.0.1:{ETCD_PORTS[0]}",
+                 "--listen-peer-urls", f"http://127.0.0.1:{ETCD_PORTS[1]}",
+                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{ETCD_PORTS[1]}",
+                 "--initial-cluster", f"drill=http://127.0.0.1:{ETCD_PORTS[1]}"],
+                stdout=etcd_log, stderr=subprocess.STDOUT, cwd="/"))
+            procs.append(subprocess.Popen(["runuser", "-u", "postgres", "--", "patroni",
+                                           str(patroni_yml)], stdout=plog,
+                                          stderr=subprocess.STDOUT, cwd="/"))
+            deadline = time.monotonic() + 90
+            while not _leads(patroni_yml, "m1"):
+                assert time.monotonic() < deadline, (work / "patroni.log").read_text()[-3000:]
+                time.sleep(1)
+            tmp = work / "donna"
+            tmp.mkdir(mode=0o700)
+            yield _install_donna(port, tmp, settings, deploy_settings,
+                                 f"PATRONI_CONFIG={patroni_yml}\n"
+                                 f"PG_DATA_DIR={work / 'data'}\n",
+                                 patroni_config=patroni_yml, pg_data_dir=work / "data")
+        finally:
+            for proc in reversed(procs):  # Patroni stops its PostgreSQL, then etcd goes
+                proc.terminate()
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _leads(config: Path, member: str) -> bool:
+    try:
+        lead = drillfault.leader(drillfault.members(config))
+    except drillfault.FaultFailed:
+        return False
+    return lead is not None and lead.name == member and lead.state == "running"
 
 
 def _pid(cluster) -> int:
@@ -167,6 +278,22 @@ def test_a_missing_acknowledged_write_fails_the_drill(single_host, monkeypatch, 
     assert json.loads(out)["rounds"][0]["lost_ids"] == planted
     assert "1 acknowledged write(s) missing on the leader" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_on_a_patroni_leader_patroni_restarts_the_killed_postmaster(patroni_leader):
+    before = _pid(patroni_leader)
+    done = _donnactl(patroni_leader, *QUICK, "--fault", "postmaster", "--rejoin-timeout",
+                     "90", "--yes", "--json", "--out", str(patroni_leader["tmp"] / "run"))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    (r,) = report["rounds"]
+    assert report["target"] == "cluster" and report["ok"] and r["lost"] == 0
+    assert _pid(patroni_leader) != before  # Patroni, not the drill, started it again
+    assert r["restart_s"] is None and r["downtime_s"] > 0 and r["acknowledged"] > 50
+    assert r["leader_before"] == r["leader_after"] == "m1"
+    assert r["rejoined"] is True and r["rejoin_s"] > 0
+    (member,) = drillfault.members(patroni_leader["settings"].patroni_config)
+    assert member.timeline >= 2  # crash recovery, then promoted again: a new timeline
 
 
 @pytest.fixture
