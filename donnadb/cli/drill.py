@@ -93,18 +93,26 @@ def _fmt(value: object, unit: str = "") -> str:
 def _print(report) -> None:
     table = Table(title=f"failure drill ({report.target}): {report.action}",
                   title_justify="left")
-    for col in ("round", "writes back after", "acked", "lost", "failed (ledger/locust)",
-                "p95 before/during/after ms", "rejoined"):
-        table.add_column(col, no_wrap=True)
+    table.add_column("")
     for r in report.rounds:
-        q = r.requests
-        rejoin = "-" if r.rejoined is None else (
-            f"yes, {r.rejoin_s:g}s" if r.rejoined else "NO")
-        table.add_row(str(r.round), _fmt(r.downtime_s, " s"), str(r.acknowledged),
-                      f"[bold red]{r.lost}[/]" if r.lost else "0",
-                      f"{r.ledger_failed_in_window}/{q['during']['failed']}",
-                      " / ".join(_fmt(q[p]["p95_ms"]) for p in ("before", "during", "after")),
-                      rejoin)
+        table.add_column(f"round {r.round}", justify="right")
+    rows = {
+        "writes back after (s)": lambda r: _fmt(r.downtime_s),
+        "acknowledged writes": lambda r: str(r.acknowledged),
+        "lost writes": lambda r: f"[bold red]{r.lost}[/]" if r.lost else "0",
+        "failed ledger writes (outage)": lambda r: str(r.ledger_failed_in_window),
+        "failed requests (outage)": lambda r: str(r.requests["during"]["failed"]),
+        "failed requests % (all)": lambda r: _fmt(r.requests["total"]["failed_pct"]),
+        "p95 before (ms)": lambda r: _fmt(r.requests["before"]["p95_ms"]),
+        "p95 during (ms)": lambda r: _fmt(r.requests["during"]["p95_ms"]),
+        "p95 after (ms)": lambda r: _fmt(r.requests["after"]["p95_ms"]),
+        "restart (s)": lambda r: _fmt(r.restart_s),
+        "leader before/after": lambda r: f"{_fmt(r.leader_before)}/{_fmt(r.leader_after)}",
+        "old leader rejoined": lambda r: "-" if r.rejoined is None else (
+            f"yes, {r.rejoin_s:g} s" if r.rejoined else "[bold red]NO[/]"),
+    }
+    for label, cell in rows.items():
+        table.add_row(label, *(cell(r) for r in report.rounds))
     console.print(table)
     span = report.ranges()["downtime_s"]
     if len(report.rounds) > 1:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
 import socket
 import stat
@@ -374,3 +375,21 @@ def test_latencies_are_split_at_the_fault_and_the_recovery():
     assert split["during"] == {"requests": 3, "failed": 1, "p95_ms": 60.0}
     assert split["after"] == {"requests": 4, "failed": 0, "p95_ms": 100.0}
     assert split["total"] == {"requests": 10, "failed": 1, "failed_pct": 10.0}
+
+
+def test_the_table_shows_each_round_and_the_range():
+    from donnadb.cli.drill import _print
+    from donnadb.cli.output import console
+
+    split = drillledger.split_requests([(1.0, False, 5.0), (9.0, False, 8.0)], 0, 3, 6)
+    rounds = [drill.RoundResult(round=n, action="a", downtime_s=float(n), acknowledged=9,
+                                lost=n - 1, lost_ids=[], ledger_failed=1,
+                                ledger_failed_in_window=1, ledger_errors={},
+                                requests=split, restart_s=0.5) for n in (1, 2)]
+    with console.capture() as captured:
+        _print(drill.DrillReport("single", "kill", rounds))
+    text = captured.get()
+    assert "round 1" in text and "round 2" in text
+    assert "writes back after: 1-2 s over 2 rounds" in text
+    assert re.search(r"lost writes\s*│\s*0\s*│\s*1\s*│", text), text
+    assert re.search(r"restart \(s\)\s*│\s*0.5\s*│\s*0.5\s*│", text), text
