@@ -2,9 +2,10 @@
 database host: on a single host it kills and restarts PostgreSQL, in a Patroni cluster
 it freezes (or kills) the leader, or switches over, under load.
 
-Exit codes: 0 no acknowledged write lost, 1 a write was lost or the service did not
-come back in time, 3 bad options, 11 refused (not the leader, no systemd for the node
-fault, Locust or the seeded data missing), 130 the operator said no.
+Exit codes: 0 no acknowledged write lost, 1 a write was lost, the service did not come
+back in time or the old leader did not rejoin, 3 bad options, 11 refused (not the
+leader, no systemd for the node fault, Locust or the seeded data missing), 130 the
+operator said no.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def drill_cmd(
         emit_json(report.to_dict())
     else:
         _print(report)
-    drill.raise_for_loss(report)
+    drill.raise_for_failure(report)
 
 
 def _fmt(value: object, unit: str = "") -> str:

@@ -6,7 +6,8 @@ ledger of writer threads appends messages through the DAL to a chat of its own a
 keeps every id whose commit was acknowledged (:mod:`.drillledger`). Then the fault
 (:mod:`.drillfault`): writes fail, the drill waits until they succeed again, and reads
 the ledger back from the leader. An acknowledged id that is missing is a lost write;
-:func:`raise_for_loss` turns any into a non-zero exit.
+:func:`raise_for_failure` turns any (or an old leader that did not rejoin) into a
+non-zero exit.
 """
 
 from __future__ import annotations
@@ -394,7 +395,9 @@ class DrillReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "action": self.action, "lost": self.lost,
-                "ok": self.lost == 0 and self.stopped is None, "stopped": self.stopped,
+                "ok": self.lost == 0 and self.stopped is None
+                and all(r.rejoined is not False for r in self.rounds),
+                "stopped": self.stopped,
                 "rounds": [r.to_dict() for r in self.rounds], "range": self.ranges()}
 
 
@@ -435,7 +438,7 @@ def _back_to(target: Target, plan: DrillPlan) -> None:
 def run(plan: DrillPlan, settings: Settings, *, target: Target | None = None,
         check_hook: CheckHook | None = None,
         progress: Callable[[str], None] | None = None) -> DrillReport:
-    """Run ``plan.rounds`` rounds; the report (check it with :func:`raise_for_loss`).
+    """Run ``plan.rounds`` rounds; the report (check it with :func:`raise_for_failure`).
 
     :raises UsageError: a bad plan. :raises DrillRefused: not the leader (cluster).
     :raises PreconditionError: Locust or the seeded data is missing (nothing done).
@@ -459,13 +462,19 @@ def run(plan: DrillPlan, settings: Settings, *, target: Target | None = None,
     return report
 
 
-def raise_for_loss(report: DrillReport) -> None:
+def raise_for_failure(report: DrillReport) -> None:
     """:raises WritesLost: any acknowledged write is missing (the ids are in the report).
-    :raises DrillFailed: fewer rounds ran than asked (the report says why)."""
+    :raises DrillFailed: an old leader did not rejoin, or fewer rounds ran than asked
+        (the report says why)."""
     if report.lost:
         first = next(r for r in report.rounds if r.lost)
         raise WritesLost(f"{report.lost} acknowledged write(s) missing on the leader after "
                          f"the drill (round {first.round}: {first.lost_ids[:3]}); "
                          "the HA setup loses committed data: check synchronous_mode")
+    stuck = next((r for r in report.rounds if r.rejoined is False), None)
+    if stuck is not None:
+        raise DrillFailed(f"the old leader {stuck.leader_before} did not rejoin as a replica "
+                          f"within the rejoin timeout (round {stuck.round}); see "
+                          "`patronictl list` and its Patroni log (pg_rewind)")
     if report.stopped:
         raise DrillFailed(report.stopped)

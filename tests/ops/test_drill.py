@@ -393,3 +393,18 @@ def test_the_table_shows_each_round_and_the_range():
     assert "writes back after: 1-2 s over 2 rounds" in text
     assert re.search(r"lost writes\s*│\s*0\s*│\s*1\s*│", text), text
     assert re.search(r"restart \(s\)\s*│\s*0.5\s*│\s*0.5\s*│", text), text
+
+
+def test_an_old_leader_that_does_not_rejoin_fails_the_drill():
+    split = drillledger.split_requests([], 0, 1, 2)
+    stuck = drill.RoundResult(round=1, action="a", downtime_s=3.0, acknowledged=9, lost=0,
+                              lost_ids=[], ledger_failed=1, ledger_failed_in_window=1,
+                              ledger_errors={}, requests=split, leader_before="db1",
+                              leader_after="db2", rejoined=False)
+    report = drill.DrillReport("cluster", "freeze", [stuck])
+    assert report.to_dict()["ok"] is False
+    with pytest.raises(drill.DrillFailed, match="old leader db1 did not rejoin"):
+        drill.raise_for_failure(report)
+    stuck.rejoined, stuck.rejoin_s = True, 20.0
+    drill.raise_for_failure(report)
+    assert report.to_dict()["ok"] is True
