@@ -159,10 +159,9 @@ def patroni_leader(settings, deploy_settings):
     port = _free_port()
     _ports_free(*ETCD_PORTS, RESTAPI_PORT)
     patroni_yml = work / "patroni.yml"
-    patroni_yml.write_text(PATRONI_YML.format(scope=f"drill{uuid.uuid4().hex[:6]}", port=port,
-                                         restapi=RESTAPI_PORT, etcd=ETCD_PORTS[0],
-                                         work=work, preload=PRELOAD,
-                                         tls=config.DEFAULT_TLS_DIR))
+    patroni_yml.write_text(PATRONI_YML.format(
+        scope=f"drill{uuid.uuid4().hex[:6]}", port=port, restapi=RESTAPI_PORT,
+        etcd=ETCD_PORTS[0], work=work, preload=PRELOAD, tls=config.DEFAULT_TLS_DIR))
     shutil.chown(patroni_yml, "postgres", "postgres")
     patroni_yml.chmod(0o600)
     procs = []
