@@ -154,10 +154,11 @@ def _ports_free(*ports: int) -> None:
 def patroni_leader(settings, deploy_settings):
     """A real one-member Patroni cluster (Debian's patroni, etcd on its own ports), its
     PostgreSQL holding our seeded database: the leader the cluster drill runs on."""
-    work = Path(tempfile.mkdtemp(prefix="donna-drill-patroni-", dir="/var/tmp"))  # noqa: S108
-    shutil.chown(work, "postgres", "postgres")
     port = _free_port()
     _ports_free(*ETCD_PORTS, RESTAPI_PORT)
+    # Not pytest's tmp_path: the postgres user must reach it (/tmp/pytest-of-root is 0700).
+    work = Path(tempfile.mkdtemp(prefix="donna-drill-patroni-", dir="/var/tmp"))  # noqa: S108
+    shutil.chown(work, "postgres", "postgres")
     patroni_yml = work / "patroni.yml"
     patroni_yml.write_text(PATRONI_YML.format(
         scope=f"drill{uuid.uuid4().hex[:6]}", port=port, restapi=RESTAPI_PORT,
