@@ -220,6 +220,9 @@ class Settings(BaseSettings):
     pg_cluster: str = Field("main", pattern=CLUSTER_NAME_RE)
     #: Unset: /var/lib/postgresql/<PG_VERSION>/<PG_CLUSTER>.
     pg_data_dir: Path | None = None
+    #: Set on the database hosts of a Patroni cluster (the deploy writes it); unset on a
+    #: single host, where nothing about clusters applies.
+    patroni_config: Path | None = None
 
     @field_validator("db_user", "db_role_owner", "db_role_migrator", "db_role_app",
                      "db_role_readonly", "db_role_backup")

@@ -39,6 +39,7 @@ GROUPS: list[tuple[str, str, str]] = [
     ("chats", "chats", "Support: inspect a chat session."),
     ("roles", "roles", "Role passwords: rotate."),
     ("backup", "backup", "Backups: create, list, show, verify, restore, prune, check."),
+    ("cluster", "cluster", "The HA cluster (Patroni): failure drill."),
 ]
 
 app = typer.Typer(

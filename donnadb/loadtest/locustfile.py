@@ -39,6 +39,28 @@ def _options(parser) -> None:
                         default=0, help="PgBouncer port; 0 connects directly to PostgreSQL")
     parser.add_argument("--donna-pool-size", type=int, env_var="DONNADB_LT_POOL_SIZE",
                         default=50, help="client connections per Locust process")
+    parser.add_argument("--donna-request-log", type=str, env_var="DONNADB_LT_REQUEST_LOG",
+                        default="", help="append one line per request (end time, failed, "
+                        "ms, name) to this file; the failure drill splits latencies by time")
+
+
+_request_log: Any = None  # the open --donna-request-log file, once the test starts
+
+
+@events.test_start.add_listener
+def _open_request_log(environment, **_kw) -> None:
+    global _request_log
+    path = getattr(environment.parsed_options, "donna_request_log", "")
+    if path and _request_log is None:
+        _request_log = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+
+
+@events.request.add_listener
+def _log_request(name: str, response_time: float, exception: BaseException | None = None,
+                 **_kw: Any) -> None:
+    if _request_log is not None:
+        _request_log.write(f"{time.time():.3f} {int(exception is not None)} "
+                           f"{response_time:.2f} {name}\n")
 
 
 @events.quitting.add_listener

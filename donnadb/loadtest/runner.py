@@ -170,6 +170,12 @@ def worker_command(master_host: str, master_port: int, processes: int | None = N
     return [*cmd, user_class]
 
 
+def start(cmd: list[str], logf: Any) -> subprocess.Popen:
+    """Start a Locust command (:func:`locust_command`) writing its output to ``logf``."""
+    return subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=_env(),
+                            cwd=str(ROOT))
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
@@ -215,8 +221,7 @@ def run(opts: RunOptions, settings: Settings,
         if sampler:
             sampler.__enter__()
         try:
-            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=_env(),
-                                    cwd=str(ROOT))
+            proc = start(cmd, logf)
             while proc.poll() is None:
                 if tick:
                     tick(time.monotonic() - started, expected)
