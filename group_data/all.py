@@ -327,8 +327,9 @@ ops_env = {
 # shares its machine (a test fleet, a VM with ballooning) sets what it may use.
 host_memory_mb = None
 host_cpus = None
-# Application hosts: extras installed beside the DAL ("loadtest": Locust and donnactl's
-# load-test commands, for a host that drives the load test), and the inventory name of
+# Extras installed beside the DAL on an application host, or beside the ops tools on a
+# database host ("loadtest": Locust and donnactl's load-test commands, for a host that
+# drives the load test or the failure drill), and the inventory name of
 # the database host they use (None: the only host of db_servers). The application
 # connects to that name (it is in the server certificate) through PgBouncer.
 app_extras = []

@@ -4,7 +4,7 @@ A single host (no ``PATRONI_CONFIG``): the postmaster of the Debian cluster is k
 with SIGKILL and started again the way the host runs it (systemd's
 ``postgresql@<version>-<cluster>`` where systemd is PID 1, else ``pg_ctlcluster``).
 A Patroni cluster: the leader's postmaster is killed (Patroni restarts it), or the whole
-node is frozen (``systemctl kill --signal=SIGSTOP patroni@<version>-<cluster>`` stops
+node is frozen (SIGSTOP to every process of ``patroni@<version>-<cluster>``'s cgroup stops
 Patroni and PostgreSQL together, like a hung host) and later resumed; a planned
 switchover goes through ``patronictl``. Who leads is always what ``patronictl list``
 says: there is no failover logic here.
@@ -12,6 +12,7 @@ says: there is no failover logic here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -203,20 +204,57 @@ def require_systemd() -> None:
                            "is not PID 1 here; use --fault postmaster")
 
 
-def freeze_node(settings: Settings) -> None:
-    """SIGSTOP Patroni and PostgreSQL together (the unit's whole cgroup): a hung host.
+#: Where a unit's cgroup lists its processes (cgroup v2, then v1's systemd hierarchy).
+CGROUP_ROOTS = (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified"),
+                Path("/sys/fs/cgroup/systemd"))
 
-    :raises DrillRefused: systemd is not PID 1. :raises FaultFailed: systemctl failed.
+
+def unit_pids(unit: str) -> list[int]:
+    """Every process of ``unit``, read from its cgroup (systemd names the group).
+
+    :raises FaultFailed: systemd does not know the unit, or its cgroup cannot be read.
+    """
+    group = _run(["systemctl", "show", "-p", "ControlGroup", "--value", unit],
+                 timeout=30).stdout.strip()
+    for root in CGROUP_ROOTS:
+        procs = root / group.lstrip("/") / "cgroup.procs"
+        if group and procs.is_file():
+            return [int(p) for p in procs.read_text().split()]
+    raise FaultFailed(f"cannot find the processes of {unit} (cgroup {group or 'unknown'}); "
+                      "is it running?")
+
+
+def _signal_unit(unit: str, signo: signal.Signals) -> int:
+    """Send ``signo`` to every process of ``unit``, twice over its process list (a child
+    forked while the first pass ran is caught by the second); how many got it."""
+    done: set[int] = set()
+    for _ in range(2):
+        for pid in unit_pids(unit):
+            if pid not in done:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signo)
+                    done.add(pid)
+    return len(done)
+
+
+def freeze_node(settings: Settings) -> None:
+    """SIGSTOP Patroni and PostgreSQL together (every process of the unit's cgroup): a
+    hung host. The signals are sent here, not by ``systemctl kill``, which cannot reach
+    every process in some containers.
+
+    :raises DrillRefused: systemd is not PID 1. :raises FaultFailed: no processes found.
     """
     require_systemd()
-    _run(["systemctl", "kill", "--signal=SIGSTOP", patroni_unit(settings)], timeout=30)
-    audit.info("failure drill: node frozen", extra={"audit": {"unit": patroni_unit(settings)}})
+    count = _signal_unit(patroni_unit(settings), signal.SIGSTOP)
+    audit.info("failure drill: node frozen",
+               extra={"audit": {"unit": patroni_unit(settings), "processes": count}})
 
 
 def resume_node(settings: Settings) -> None:
-    """SIGCONT the frozen unit. :raises FaultFailed: systemctl failed."""
-    _run(["systemctl", "kill", "--signal=SIGCONT", patroni_unit(settings)], timeout=30)
-    audit.info("failure drill: node resumed", extra={"audit": {"unit": patroni_unit(settings)}})
+    """SIGCONT every process of the frozen unit. :raises FaultFailed: none found."""
+    count = _signal_unit(patroni_unit(settings), signal.SIGCONT)
+    audit.info("failure drill: node resumed",
+               extra={"audit": {"unit": patroni_unit(settings), "processes": count}})
 
 
 def switchover(config: Path, *, candidate: str | None = None) -> None:

@@ -34,9 +34,7 @@ def render_config(settings: DeploySettings, target: Host, address: str) -> str:
 def install_router(settings: DeploySettings, target: Host, address: str) -> None:
     """HAProxy listening on ``address`` (this host's), and the service name pointing at it."""
     apt.packages(name="Install haproxy", packages=["haproxy"])
-    files.line(name=f"/etc/hosts: {settings.ha.service_name} is this host's router",
-               path="/etc/hosts", line=rf".*\s{settings.ha.service_name}$",
-               replace=f"{address} {settings.ha.service_name}")
+    name_this_host(settings, address)
     conf = files.put(name=f"Write {CONFIG}",
                      src=StringIO(render_config(settings, target, address)), dest=CONFIG,
                      user="root", group="haproxy", mode="640")
@@ -44,3 +42,10 @@ def install_router(settings: DeploySettings, target: Host, address: str) -> None
                     reloaded=True, _if=conf.did_change)
     systemd.service(name="Start haproxy now and at boot", service="haproxy", running=True,
                     enabled=True)
+
+
+def name_this_host(settings: DeploySettings, address: str) -> None:
+    """/etc/hosts: the cluster's name is this host's address (its router listens there)."""
+    files.line(name=f"/etc/hosts: {settings.ha.service_name} is this host ({address})",
+               path="/etc/hosts", line=rf".*\s{settings.ha.service_name}$",
+               replace=f"{address} {settings.ha.service_name}")

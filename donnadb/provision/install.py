@@ -174,7 +174,9 @@ def install_code(settings: DeploySettings) -> None:
     :raises ConfigError: the source tree is writable by others, or the wheel build failed.
     """
     root = Path(settings.donnadb_checkout)
-    install_venv(settings, HOST_LOCK)
+    # A host that also drives the load test or the failure drill gets Locust too (the
+    # loadtest lock holds the ops packages as well).
+    install_venv(settings, app_lock(settings) if settings.app_extras else HOST_LOCK)
     files.sync(name=f"Ship the schema migrations to {schema_dir(settings)}",
                src=str(root / "schema" / "migrations"), dest=schema_dir(settings),
                user="root", group="root", mode="644", dir_mode="755", delete=True)

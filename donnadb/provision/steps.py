@@ -99,6 +99,8 @@ def converge_member(settings: DeploySettings, target: Host) -> None:
     access = hba.configure_hba(settings, [m.address for m in ha.members(target)])
     patroni.reloaded_if(settings, patroni.configure_patroni(settings, target).did_change)
     changed = any_changed(conf, access)
+    # donnadb.env's DB_HOST is the cluster's name (the migrations below dial it).
+    haproxy.name_this_host(settings, settings.db_host)
     if leader.name == target.name:
         _lead(settings, target, lambda: changed() or tls_changed())
     ha.rendezvous(name="Cluster: the leader runs, with its roles, database and schema")
@@ -120,8 +122,9 @@ def _lead(settings: DeploySettings, target: Host, files_changed: Callable[[], bo
     reload_changed(settings, lambda: not started.did_change() and files_changed())
     roles.converge_roles(settings)
     passwords.converge_passwords(settings)
-    pgbouncer.converge_auth_password(settings)
     database.converge_database(settings)
+    # After the database's bootstrap, which creates PgBouncer's lookup role.
+    pgbouncer.converge_auth_password(settings)
     envfile.write_env_file(settings)
     schema.apply_schema(settings)
 

@@ -49,7 +49,8 @@ def settings(**data):
 
 
 def fake_host(name: str, groups: list[str], inventory=None):
-    return SimpleNamespace(name=name, groups=groups, inventory=inventory)
+    return SimpleNamespace(name=name, groups=groups, inventory=inventory,
+                           data=GroupData(load_group_data()))
 
 
 def fake_inventory(db_names: list[str]):
@@ -94,3 +95,25 @@ def test_the_tuning_budget_must_be_a_sane_number():
     for bad in ({"host_memory_mb": 10}, {"host_cpus": 0}, {"host_cpus": "2"}):
         with pytest.raises(ConfigError, match="whole number"):
             settings(**bad)
+
+
+def test_the_example_cluster_inventory_has_the_tested_clusters_groups_and_keys(tmp_path,
+                                                                            monkeypatch):
+    spec = tmp_path / "cluster.json"
+    spec.write_text(json.dumps({
+        "db": [["db1", "127.0.0.21"], ["db2", "127.0.0.22"], ["db3", "127.0.0.23"]],
+        "app": ["app2", "127.0.0.24"], "ssh_user": "deploy", "ssh_key": "/k",
+        "known_hosts": "/kh", "ca_dir": "/ca", "memory_mb": 2048, "cpus": 1}))
+    monkeypatch.setenv("DONNADB_CLUSTER_FILE", str(spec))
+    tested = groups_of(ROOT / "tests" / "fleet" / "ha" / "inventory.py")
+    example = groups_of(ROOT / "inventory" / "cluster.py")
+    assert set(tested) == set(example) == {app.DB_GROUP, app.APP_GROUP}
+    for group in tested:
+        assert [set(data) for _, data in tested[group]] == \
+            [set(data) for _, data in example[group]], group
+    known = set(load_group_data()) | {"_sudo", "app_address"}
+    for hosts in (*tested.values(), *example.values()):
+        for name, data in hosts:
+            assert {k for k in data if not k.startswith("ssh_")} <= known
+            assert data["ha"] is True
+    assert len(example[app.DB_GROUP]) == 3

@@ -63,11 +63,13 @@ class Cluster:
 
 
 def all_streaming(state: list[dict]) -> bool:
-    """One leader, every other member a replica streaming from it, one of them sync."""
+    """One leader, every other member a running replica that has caught up, one of them
+    synchronous (Patroni 3.0 shows a streaming replica as "running")."""
     leaders = [m for m in state if m["Role"] == "Leader" and m["State"] == "running"]
     others = [m for m in state if m["Role"] != "Leader"]
     return (len(state) == len(DB) and len(leaders) == 1
-            and all(m["State"] == "streaming" for m in others)
+            and all(m["State"] in ("running", "streaming") and m.get("Lag in MB") == 0
+                    for m in others)
             and any(m["Role"] == "Sync Standby" for m in others))
 
 

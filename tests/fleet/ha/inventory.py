@@ -36,6 +36,8 @@ def _member(address: str) -> dict:
         "pg_hba_networks": ["127.0.0.1/32", *(f"{a}/32" for a in _addresses), f"{_app}/32"],
         "host_memory_mb": _spec["memory_mb"],
         "host_cpus": _spec["cpus"],
+        # The failure drill runs on the leader with Locust.
+        "app_extras": ["loadtest"],
     }
 
 
