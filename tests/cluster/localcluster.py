@@ -189,9 +189,17 @@ class LocalCluster:
     # -- what Patroni says ---------------------------------------------------------
 
     def members(self) -> list[dict]:
-        with urllib.request.urlopen(f"http://{NODE_HOSTS['node1']}:8008/cluster",
-                                    timeout=2) as r:
-            return json.load(r)["members"]
+        """Patroni's /cluster, from the first running node that answers."""
+        error: Exception = RuntimeError("no node is running")
+        for name, host in NODE_HOSTS.items():
+            if name not in self.procs:
+                continue
+            try:
+                with urllib.request.urlopen(f"http://{host}:8008/cluster", timeout=2) as r:
+                    return json.load(r)["members"]
+            except OSError as exc:
+                error = exc
+        raise error
 
     def leader(self) -> str | None:
         return next((m["name"] for m in self.members() if m["role"] == "leader"
@@ -212,6 +220,30 @@ class LocalCluster:
             return ms if (len(leaders) == 1 and len(streaming) == want - 1 and sync) else None
 
         return _wait("a leader and streaming replicas", ready, timeout, 0.3)
+
+    def heal(self) -> list[dict]:
+        """Start every node a test stopped; wait until all stream from one leader."""
+        for name in NODE_HOSTS:
+            if name not in self.procs:
+                self.start_node(name)
+        if self.members() and self.leader() is None:
+            # A pause left behind would keep the cluster from electing anyone.
+            subprocess.run(["patronictl", "-c", str(self.config), "resume", "--wait"],
+                           capture_output=True, timeout=60, check=False)
+        return self.wait_healthy()
+
+    def fault(self, kind: str) -> str:
+        """Do ``kind`` for real; return the member it hit.
+
+        ``leader-lost``: the leader's Patroni and PostgreSQL are killed; returns once
+        Patroni has elected another leader (within ttl).
+        """
+        if kind != "leader-lost":
+            raise ValueError(f"unknown fault {kind!r}")
+        old = self.leader()
+        self.kill_node(old)
+        self.wait_healthy(timeout=60, exclude=old)
+        return old
 
     def sql(self, name: str, query: str) -> str:
         """Run ``query`` on node ``name`` as postgres through its socket."""
@@ -245,8 +277,13 @@ def boot() -> LocalCluster:
         cluster.start_node("node2")
         cluster.start_node("node3")
         cluster.wait_healthy()
-    except BaseException:
+    except BaseException as exc:
+        logs = "".join(f"\n--- {f.name}\n" + f.read_text(errors="replace")[-1500:]
+                       for f in sorted((root / "log").glob("*.*")))
         cluster.stop()
+        if isinstance(exc, TimeoutError):
+            shutil.rmtree(root, ignore_errors=True)
+            raise TimeoutError(f"{exc}{logs}") from None
         shutil.rmtree(root, ignore_errors=True)
         raise
     return cluster
