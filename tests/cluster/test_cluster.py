@@ -178,3 +178,18 @@ def test_library_refuses_switchover_without_a_healthy_sync_standby(healthy, monk
             ops_cluster.switch(s, "switchover", None)
     finally:
         healthy.start_node(sync)
+
+
+def test_failover_promotes_the_candidate_when_the_leader_is_lost(cli, in_cluster, healthy):
+    # Paused, Patroni does not fail over by itself: the operator's failover does it.
+    assert cli("cluster", "pause", "--yes", env=in_cluster).returncode == 0
+    try:
+        old = healthy.leader()
+        sync = next(m["name"] for m in healthy.members() if m["role"] == "sync_standby")
+        healthy.kill_node(old)
+        result = _json(cli("cluster", "failover", "--candidate", sync, "--force", "--yes",
+                           "--json", env=in_cluster, timeout=90))
+        assert result["old_leader"] == old and result["new_leader"] == sync
+        assert healthy.leader() == sync
+    finally:
+        assert cli("cluster", "resume", env=in_cluster).returncode == 0
