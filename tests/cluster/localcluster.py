@@ -230,7 +230,16 @@ class LocalCluster:
             # A pause left behind would keep the cluster from electing anyone.
             subprocess.run(["patronictl", "-c", str(self.config), "resume", "--wait"],
                            capture_output=True, timeout=60, check=False)
-        return self.wait_healthy()
+        try:
+            # A killed leader may need crash recovery and pg_rewind before it streams.
+            return self.wait_healthy(timeout=BOOT_TIMEOUT_S * 1.5)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}{self.log_tails()}") from None
+
+    def log_tails(self) -> str:
+        """The end of every node's and etcd's log, for a failure message."""
+        return "".join(f"\n--- {f.name}\n" + f.read_text(errors="replace")[-1500:]
+                       for f in sorted((self.root / "log").glob("*.*")))
 
     def fault(self, kind: str) -> str:
         """Do ``kind`` for real; return the member it hit.
@@ -278,8 +287,7 @@ def boot() -> LocalCluster:
         cluster.start_node("node3")
         cluster.wait_healthy()
     except BaseException as exc:
-        logs = "".join(f"\n--- {f.name}\n" + f.read_text(errors="replace")[-1500:]
-                       for f in sorted((root / "log").glob("*.*")))
+        logs = cluster.log_tails()
         cluster.stop()
         if isinstance(exc, TimeoutError):
             shutil.rmtree(root, ignore_errors=True)
