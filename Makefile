@@ -48,6 +48,14 @@ deploy: venv
 test: deploy
 	@command -v git >/dev/null || { apt-get update -qq && apt-get install -y -qq git; }
 	@command -v tcpdump >/dev/null || { apt-get update -qq && apt-get install -y -qq tcpdump; }
+	@# tests/cluster boots its own etcd and Patroni nodes: the packages' services must not
+	@# start (etcd-server's would hold 127.0.0.1:2379/2380), so a policy-rc.d denies them
+	@# for the install (an existing one is kept as it is).
+	@command -v patroni >/dev/null && command -v etcd >/dev/null || { \
+		own=; [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; \
+		chmod 755 /usr/sbin/policy-rc.d; own=1; }; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq patroni etcd-server; \
+		rc=$$?; [ -z "$$own" ] || rm -f /usr/sbin/policy-rc.d; exit $$rc; }
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
 

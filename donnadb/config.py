@@ -220,9 +220,15 @@ class Settings(BaseSettings):
     pg_cluster: str = Field("main", pattern=CLUSTER_NAME_RE)
     #: Unset: /var/lib/postgresql/<PG_VERSION>/<PG_CLUSTER>.
     pg_data_dir: Path | None = None
-    #: Set on the database hosts of a Patroni cluster (the deploy writes it); unset on a
-    #: single host, where nothing about clusters applies.
+    #: Patroni's configuration on a database host of an HA cluster (the deploy writes
+    #: it when group_data ``ha = True``); unset: a single host, `donnactl cluster` refuses.
     patroni_config: Path | None = None
+    #: `health` warns when fewer members run, when one is not streaming, or when one's
+    #: lag (Patroni's, in bytes) is above this.
+    patroni_expected_members: int = Field(3, ge=1)
+    health_cluster_lag_warn_bytes: int = Field(16 * MIB, ge=0)
+    #: How long `cluster switchover|failover` wait for the new leader to run.
+    patroni_switch_timeout_s: float = Field(60.0, gt=0)
 
     @field_validator("db_user", "db_role_owner", "db_role_migrator", "db_role_app",
                      "db_role_readonly", "db_role_backup")
@@ -235,6 +241,12 @@ class Settings(BaseSettings):
                 "{value} is not a plain role name: use 1-63 lower-case letters, digits "
                 "or _, starting with a letter or _ (and not pg_)", {"value": repr(value)})
         return value
+
+    @field_validator("patroni_config", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # PATRONI_CONFIG= (empty) in donnadb.env means "not in a cluster", like no line.
+        return None if value == "" else value
 
     @field_validator("*")
     @classmethod

@@ -90,6 +90,19 @@ class PreconditionError(DonnaError):
     exit_code = 11
 
 
+class ClusterError(DonnaError):
+    """A `donnactl cluster` action cannot run or Patroni refused it (the message says
+    why and what to do); nothing was changed unless the message says so."""
+
+    exit_code = 1
+
+
+class NotInCluster(ClusterError, ConfigError):
+    """PATRONI_CONFIG is unset or names no file: this host is not in a Patroni cluster."""
+
+    exit_code = ConfigError.exit_code
+
+
 class NotFound(DonnaError):
     """The user, chat, backend or backup named on the command line does not exist."""
 

@@ -70,3 +70,19 @@ def scratch_db(settings, empty_db):
 
     apply_migrations(settings=settings, dbname=empty_db)
     return empty_db
+
+
+@pytest.fixture(scope="session")
+def patroni_cluster():
+    """A real local Patroni cluster (etcd + three nodes, tests/cluster/localcluster.py),
+    booted by the first test that asks for it; stopped and removed at the end."""
+    import shutil
+
+    from tests.cluster import localcluster
+
+    cluster = localcluster.boot()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(cluster.root, ignore_errors=True)

@@ -39,7 +39,8 @@ GROUPS: list[tuple[str, str, str]] = [
     ("chats", "chats", "Support: inspect a chat session."),
     ("roles", "roles", "Role passwords: rotate."),
     ("backup", "backup", "Backups: create, list, show, verify, restore, prune, check."),
-    ("cluster", "cluster", "The HA cluster (Patroni): failure drill."),
+    ("cluster", "cluster", "HA cluster (Patroni): list, history, switchover, failover, "
+                           "restart, reinit, pause, resume, drill."),
 ]
 
 app = typer.Typer(

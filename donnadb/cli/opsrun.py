@@ -48,6 +48,29 @@ def confirm(question: str, yes: bool) -> None:
         typer.confirm(question, abort=True)
 
 
+def leader_only(s: Settings, job: str, *, json: bool = False, dbname: str | None = None,
+                ) -> None:
+    """Stop a scheduled job with exit 0 on a replica: the leader runs it (every database
+    host of a cluster has the same timers).
+
+    :raises typer.Exit: this node is a replica (after one log line and one output line).
+    """
+    from donnadb.ops.cluster import replica_of
+
+    leader = replica_of(s, dbname=dbname)
+    if leader is None:
+        return
+    line = f"skipped: this node is a replica (leader: {leader})"
+    log.info(line, extra={"command": job, "leader": leader})
+    if json:
+        from donnadb.cli.output import emit_json
+
+        emit_json({"skipped": True, "reason": "replica", "leader": leader, "message": line})
+    else:
+        typer.echo(line)
+    raise typer.Exit(0)
+
+
 def _who() -> str:
     """The operating-system user, and the person behind sudo when there is one."""
     try:

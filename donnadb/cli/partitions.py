@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from donnadb.cli.opsrun import confirm, logged, settings
+from donnadb.cli.opsrun import confirm, leader_only, logged, settings
 from donnadb.cli.options import DbOpt, DryRunOpt, JsonOpt, YesOpt
 from donnadb.cli.output import console, emit_json
 from donnadb.cli.status_view import human_bytes
@@ -49,6 +49,7 @@ def maintain_cmd(json: JsonOpt = False, dry_run: DryRunOpt = False, yes: YesOpt 
     timer passes it); with nothing to drop it asks nothing.
     """
     s = settings()
+    leader_only(s, "partitions maintain", json=json, dbname=dbname)
     if not dry_run and not yes:
         plan = partitions.maintain(s, dbname=dbname, dry_run=True)
         doomed = [p["partition"] for p in plan["would_archive"]]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from donnadb.cli.opsrun import confirm, logged, settings
+from donnadb.cli.opsrun import confirm, leader_only, logged, settings
 from donnadb.cli.options import DbOpt, DryRunOpt, JsonOpt, YesOpt
 from donnadb.cli.output import console, emit_json
 from donnadb.cli.partitions import render_maintenance
@@ -22,6 +22,7 @@ def run_cmd(json: JsonOpt = False, dry_run: DryRunOpt = False, yes: YesOpt = Fal
     Asks first unless --yes or --dry-run.
     """
     s = settings()
+    leader_only(s, "retention run", json=json, dbname=dbname)
     if not dry_run:
         confirm(f"Delete expired memory and archive logs older than {s.log_retention_months} "
                 f"months in {dbname or s.db_name}?", yes)

@@ -52,6 +52,17 @@ def _pools(bouncer: dict[str, Any]) -> str:
         f"sv {p['sv_active']}+{p['sv_idle']}i" for p in bouncer["pools"]) or "no pools"
 
 
+def _cluster(view: dict[str, Any]) -> str:
+    if view.get("error"):
+        return view["error"]
+    members = ", ".join(
+        f"{m['name']} {m['role']} {m['state']}"
+        + ("" if m["role"] == "leader" or m["lag_bytes"] is None
+           else f" lag {human_bytes(m['lag_bytes'])}") for m in view["members"])
+    return (f"{view['cluster']}: leader {view['leader'] or 'NONE'}, timeline "
+            f"{view['timeline']}{', PAUSED' if view['paused'] else ''}; {members}")
+
+
 def render_status(report: dict[str, Any], checks: list[Check] | None = None) -> Group:
     """The `donnactl status` screen; ``checks`` adds a coloured health column."""
     by_name = {c.name: c for c in checks or []}
@@ -102,6 +113,8 @@ def render_status(report: dict[str, Any], checks: list[Check] | None = None) -> 
     rows.append(("tls certificate", _certificate(report["tls"]), "tls_expiry"))
     if report["pgbouncer"]["configured"]:
         rows.append(("pgbouncer", _pools(report["pgbouncer"]), None))
+    if report.get("cluster") is not None:
+        rows.append(("cluster", _cluster(report["cluster"]), "cluster"))
     for what, value, check in rows:
         table.add_row(what, value, mark(check) if check else "")
     return Group(table)

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from donnadb.cli.opsrun import confirm, logged, settings
+from donnadb.cli.opsrun import confirm, leader_only, logged, settings
 from donnadb.cli.options import DbOpt, DryRunOpt, JsonOpt, YesOpt
 from donnadb.cli.output import console, emit_json
 from donnadb.ops import vacuum
@@ -55,6 +55,7 @@ def run_cmd(
     Asks first unless --yes; --dry-run lists the statements it would run.
     """
     s = settings()
+    leader_only(s, "vacuum run", json=json, dbname=dbname)
     if not dry_run:
         confirm(f"VACUUM {', '.join(tables) if tables else 'every table'} in "
                 f"{dbname or s.db_name}?", yes)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from donnadb.config import Settings
+from donnadb.ops import cluster
 from donnadb.ops.checks import Check, Severity, grade_high, grade_low, worst
 
 #: check name -> (warning setting, critical setting); used by docs and the alert-rule test.
@@ -79,7 +80,19 @@ def evaluate(report: dict[str, Any], settings: Settings) -> list[Check]:
     checks.append(_high(settings, "wraparound", report["wraparound"]["pct"], "%",
                         "transaction id age at"))
     checks.append(tls_expiry(report["tls"], settings))
+    if report.get("cluster") is not None:
+        checks.append(_cluster(report["cluster"], settings))
     return checks
+
+
+def _cluster(view: dict[str, Any], settings: Settings) -> Check:
+    severity, reasons = cluster.problems(view, settings)
+    if not reasons:
+        return Check("cluster", Severity.OK, len(view["members"]),
+                     f"cluster {view['cluster']}: leader {view['leader']}, "
+                     f"{len(view['members'])} members streaming")
+    return Check("cluster", Severity(severity), len(view["members"]),
+                 f"cluster {view['cluster'] or '?'}: " + "; ".join(reasons))
 
 
 def tls_expiry(cert: dict[str, Any], settings: Settings) -> Check:

@@ -82,12 +82,41 @@ def families(report: dict[str, Any], settings: Settings) -> Iterator[GaugeMetric
         by_state.add_metric([state], n)
     yield by_state
     yield from _pgbouncer(report["pgbouncer"])
+    if report.get("cluster") is not None:
+        yield from _cluster(report["cluster"])
     checks = GaugeMetricFamily(PREFIX + "health_status",
                                "Health check state: 0 OK, 1 WARNING, 2 CRITICAL.",
                                labels=["check"])
     for check in health.evaluate(report, settings):
         checks.add_metric([check.name], int(check.severity))
     yield checks
+
+
+def _cluster(view: dict[str, Any]) -> Iterator[GaugeMetricFamily]:
+    """The Patroni cluster: members, leader, lag per member, paused, timeline."""
+    ms = view["members"]
+    yield _gauge("cluster_members", "Members Patroni lists in the cluster.", len(ms))
+    leader = GaugeMetricFamily(PREFIX + "cluster_leader", "1 for the leader, 0 otherwise.",
+                               labels=["member"])
+    lag = GaugeMetricFamily(PREFIX + "cluster_replica_lag_bytes",
+                            "Replication lag of each replica as Patroni reports it.",
+                            labels=["member"])
+    running = GaugeMetricFamily(PREFIX + "cluster_member_running",
+                                "1 when the member's PostgreSQL runs or streams.",
+                                labels=["member"])
+    for m in ms:
+        leader.add_metric([m["name"]], int(m["name"] == view["leader"]))
+        running.add_metric([m["name"]], int(m["state"] in ("running", "streaming")))
+        if m["role"] not in ("leader", "standby_leader") and m["lag_bytes"] is not None:
+            lag.add_metric([m["name"]], m["lag_bytes"])
+    yield from (leader, lag, running)
+    for name, doc, value in (
+            ("cluster_paused", "1 when the cluster is paused (no automatic failover).",
+             None if view["paused"] is None else int(view["paused"])),
+            ("cluster_timeline", "The cluster's current timeline.", view["timeline"])):
+        family = _gauge(name, doc, value)
+        if family is not None:
+            yield family
 
 
 #: SHOW POOLS column -> help text of its gauge (donnadb_pgbouncer_<column>).

@@ -18,7 +18,7 @@ from psycopg.rows import dict_row
 
 from donnadb import db
 from donnadb.config import Settings
-from donnadb.ops import backups, pgbouncer, tls
+from donnadb.ops import backups, cluster, pgbouncer, tls
 
 log = logging.getLogger(__name__)
 
@@ -219,4 +219,6 @@ def collect(settings: Settings, *, dbname: str | None = None) -> dict[str, Any]:
         "backup": backups.latest(now=now, repo=settings.backup_repo_dir),
         "pgbouncer": pgbouncer.pools(settings, dbname=dbname),
         "tls": tls.certificate(settings.tls_server_cert_file, now=now),
+        # None on a single host; the members as Patroni sees them in a cluster.
+        "cluster": cluster.summary(settings),
     }

@@ -11,6 +11,9 @@ one of its users and that user's chat); databases the blocks create are named
 ``$DB_NAME_*`` and dropped with it. ``sandbox=legacy`` imports generated legacy files
 (``$DATA_DIR``) into a fresh ``$DB_NAME_legacy``. ``sandbox=replica`` gives the block two
 throwaway clusters (``$PRIMARY_PORT``, ``$REPLICA_PORT``; never 15/main), dropped afterwards.
+``sandbox=cluster`` points ``PATRONI_CONFIG`` at the local Patroni cluster (``$LEADER``,
+``$REPLICA``); ``fault=leader-lost`` first kills the leader for real (``$LOST``) and
+waits for Patroni to elect another; the cluster is healed afterwards.
 ``skip=REASON`` is only for a block that something else runs; the reason must be one of
 ``SKIPPED`` and its check (e.g. "CI's ``make test`` runs ``make deploy`` first") is
 asserted instead. Any other fenced block (``console`` ...), or a ``runbook-test`` fence
@@ -190,6 +193,17 @@ def replica_sandbox(deployment, settings, tmp_path):
             shutil.rmtree(path)
 
 
+@pytest.fixture
+def cluster_sandbox(patroni_cluster):
+    """The local Patroni cluster, healthy: ``$PATRONI_CONFIG``, ``$LEADER`` and
+    ``$REPLICA`` (an asynchronous replica). Healed again afterwards."""
+    members = patroni_cluster.heal()
+    yield {"PATRONI_CONFIG": str(patroni_cluster.config),
+           "LEADER": next(m["name"] for m in members if m["role"] == "leader"),
+           "REPLICA": next(m["name"] for m in members if m["role"] == "replica")}
+    patroni_cluster.heal()
+
+
 @pytest.fixture(scope="module")
 def legacy_sandbox(deployment, settings):
     """Generated legacy files and a fresh migrated database (``$DB_NAME_legacy``) to import.
@@ -302,8 +316,12 @@ def test_runbook_block(index, head, options, body, deployment, request):
         return
     sandbox = options.get("sandbox")
     if sandbox is not None:
-        assert sandbox in ("rotation", "replica", "legacy"), f"block {index}: sandbox={sandbox}?"
+        assert sandbox in ("rotation", "replica", "legacy", "cluster"), (
+            f"block {index}: sandbox={sandbox}?")
         env = {**env, **request.getfixturevalue(f"{sandbox}_sandbox")}
+    if "fault" in options:
+        assert sandbox == "cluster", f"block {index}: fault= needs sandbox=cluster"
+        env["LOST"] = request.getfixturevalue("patroni_cluster").fault(options["fault"])
     accepted = {int(c) for c in options.get("exit", "0").split(",")}
     done = subprocess.run(["bash", "-c", "set -euo pipefail\n" + body], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)

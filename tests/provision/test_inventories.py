@@ -113,7 +113,7 @@ def test_the_example_cluster_inventory_has_the_tested_clusters_groups_and_keys(t
             [set(data) for _, data in example[group]], group
     known = set(load_group_data()) | {"_sudo", "app_address"}
     for hosts in (*tested.values(), *example.values()):
-        for name, data in hosts:
+        for _, data in hosts:
             assert {k for k in data if not k.startswith("ssh_")} <= known
             assert data["ha"] is True
     assert len(example[app.DB_GROUP]) == 3
