@@ -57,7 +57,7 @@ test: deploy
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq patroni etcd-server; \
 		rc=$$?; [ -z "$$own" ] || rm -f /usr/sbin/policy-rc.d; exit $$rc; }
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # The fleet suite: fresh Debian 12 hosts with systemd booted here (debootstrap +
 # systemd-nspawn, tests/hosts), a database host and an application host on their own

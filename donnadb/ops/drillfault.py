@@ -210,18 +210,26 @@ CGROUP_ROOTS = (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified"),
 
 
 def unit_pids(unit: str) -> list[int]:
-    """Every process of ``unit``, read from its cgroup (systemd names the group).
+    """Every process of ``unit``, read from its cgroup (systemd names the group) in each
+    hierarchy that has it (a hybrid host tracks processes in both v1 and v2).
 
     :raises FaultFailed: systemd does not know the unit, or its cgroup cannot be read.
     """
     group = _run(["systemctl", "show", "-p", "ControlGroup", "--value", unit],
                  timeout=30).stdout.strip()
+    pids: set[int] = set()
+    found = False
     for root in CGROUP_ROOTS:
         procs = root / group.lstrip("/") / "cgroup.procs"
         if group and procs.is_file():
-            return [int(p) for p in procs.read_text().split()]
-    raise FaultFailed(f"cannot find the processes of {unit} (cgroup {group or 'unknown'}); "
-                      "is it running?")
+            found = True
+            # 0 stands for a process of another PID namespace; kill(0) would signal our
+            # own process group.
+            pids.update(int(p) for p in procs.read_text().split() if int(p) > 0)
+    if not found:
+        raise FaultFailed(f"cannot find the processes of {unit} (cgroup {group or 'unknown'}); "
+                          "is it running?")
+    return sorted(pids - {os.getpid()})
 
 
 def _signal_unit(unit: str, signo: signal.Signals) -> int:

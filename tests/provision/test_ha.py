@@ -79,8 +79,10 @@ def test_patroni_gets_sync_replication_rewind_tls_and_an_authenticated_api(tmp_p
     api = conf["restapi"]
     assert api["listen"] == "10.0.1.12:8008" and api["certfile"].endswith("server.crt")
     assert api["authentication"] == {"username": "patroni", "password": secrets["restapi"]}
-    assert conf["etcd3"]["protocol"] == "https" and conf["etcd3"]["cert"]
-    assert conf["etcd3"]["hosts"] == [f"{a}:2379" for a in ADDRESSES.values()]
+    # The v2 client: Patroni 3.0.2's etcd3 client may overwrite a new leader's lock.
+    assert "etcd3" not in conf
+    assert conf["etcd"]["protocol"] == "https" and conf["etcd"]["cert"]
+    assert conf["etcd"]["hosts"] == [f"{a}:2379" for a in ADDRESSES.values()]
     pg = conf["postgresql"]
     assert pg["custom_conf"] == "/etc/postgresql/15/main/conf.d/donna.conf"
     assert pg["parameters"]["hba_file"] == "/etc/postgresql/15/main/pg_hba.conf"
