@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from pyinfra import host as current_host
 from pyinfra.api import FactBase, operation
@@ -35,8 +35,9 @@ REST_USER = "patroni"
 SECRET_NAMES = ("replication", "rewind", "restapi")
 
 
-@dataclass(frozen=True)
-class Member:
+class Member(NamedTuple):
+    """A db_servers host: its inventory name (Patroni's and etcd's member name) and address."""
+
     name: str
     address: str
 

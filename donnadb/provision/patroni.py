@@ -76,8 +76,10 @@ def started(settings: DeploySettings, why: str) -> OperationMeta:
 
 
 def reloaded_if(settings: DeploySettings, changed) -> None:
+    """Patroni re-reads its file when it runs; a stopped member is left for its start
+    (``running=None``: pyinfra's default would start it here, before its turn)."""
     systemd.service(name=f"Reload {unit(settings)} (its settings changed)",
-                    service=unit(settings), reloaded=True, _if=changed)
+                    service=unit(settings), running=None, reloaded=True, _if=changed)
 
 
 def answers(settings: DeploySettings, target: Host, endpoint: str, _if) -> None:

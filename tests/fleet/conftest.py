@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.hosts import machine
-from tests.provision.deployrun import DeployRun, run_deploy
+from tests.provision.deployrun import DeployRun, deploy_twice, run_deploy
 
 ROOT = Path(__file__).resolve().parents[2]
 INVENTORY = "tests/fleet/inventory.py"
@@ -78,15 +78,7 @@ def fleet(tmp_path_factory) -> Fleet:
         spec_file = state / "fleet.json"
         spec_file.write_text(json.dumps(spec))
         env = {"DONNADB_FLEET_FILE": str(spec_file)}
-        runs = []
-        for n in (1, 2):
-            run = run_deploy(inventory=INVENTORY, env=env, timeout=DEPLOY_TIMEOUT)
-            # Kept for the reader of a failure (CI prints the paths).
-            (state / f"fleet-deploy-{n}.log").write_text(run.output)
-            assert run.returncode == 0, run.output[-6000:]
-            # pyinfra carries on without a host it cannot reach: every one must be there.
-            for address in (db.address, app.address):
-                assert f"[{address}] Connected" in run.output, run.output[:3000]
-            runs.append(run)
-        first, second = runs
+        first, second = deploy_twice(inventory=INVENTORY, env=env,
+                                     hosts=[db.address, app.address], log_dir=state,
+                                     log_name="fleet-deploy", timeout=DEPLOY_TIMEOUT)
         yield Fleet(db, app, env, first, second)

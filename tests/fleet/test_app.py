@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 from tests.fleet.conftest import Fleet
+from tests.hosts import machine
 
 HERE = Path(__file__).parent
 
@@ -16,15 +17,22 @@ HERE = Path(__file__).parent
 def run_as_app(fleet: Fleet, script: str, *args: str, check: bool = True) -> dict:
     """tests/fleet/``script`` run on the app host by donna-app with the shipped venv; its
     JSON output."""
+    return run_script(fleet.app, script, *args, check=check)
+
+
+def run_script(app: machine.Host, script: str, *args: str, check: bool = True,
+               env: str = "") -> dict:
+    """tests/fleet/``script`` run on ``app`` by donna-app with the shipped venv (``env``:
+    NAME=value words laid over its settings); its JSON output."""
     # Not /tmp: the host mounts its own tmpfs there.
     inside = f"/usr/local/lib/donnadb-fleet/{script}"
-    target = fleet.app.root / inside.lstrip("/")
+    target = app.root / inside.lstrip("/")
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text((HERE / script).read_text())
     target.chmod(0o644)
     quoted = " ".join(shlex.quote(a) for a in args)
-    done = fleet.app.run(f"runuser -u donna-app -- /opt/donnadb/venv/bin/python {inside} "
-                         f"{quoted}", check=False, cwd="/")
+    done = app.run(f"runuser -u donna-app -- env {env} /opt/donnadb/venv/bin/python {inside} "
+                   f"{quoted}", check=False, cwd="/")
     assert done.returncode == 0 or not check, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 

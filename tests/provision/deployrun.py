@@ -93,3 +93,22 @@ def load_group_data() -> dict:
     import runpy
 
     return runpy.run_path(str(ROOT / "group_data" / "all.py"))
+
+
+def deploy_twice(*, inventory: str, env: dict[str, str], hosts: list[str], log_dir: Path,
+                 log_name: str, timeout: float) -> tuple[DeployRun, DeployRun]:
+    """``inventory`` deployed twice (the second run must change nothing: the tests say),
+    each run's output kept as ``log_dir/<log_name>-N.log`` for the reader of a failure.
+
+    Both runs must succeed and reach every one of ``hosts`` (pyinfra carries on without
+    a host it cannot reach).
+    """
+    runs = []
+    for n in (1, 2):
+        run = run_deploy(inventory=inventory, env=env, timeout=timeout)
+        (log_dir / f"{log_name}-{n}.log").write_text(run.output)
+        assert run.returncode == 0, run.output[-6000:]
+        for name in hosts:
+            assert f"[{name}] Connected" in run.output, run.output[:3000]
+        runs.append(run)
+    return runs[0], runs[1]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.hosts import machine
-from tests.provision.deployrun import DeployRun, run_deploy
+from tests.provision.deployrun import DeployRun, deploy_twice
 
 INVENTORY = "tests/fleet/ha/inventory.py"
 DB = [("db1", "127.0.0.21"), ("db2", "127.0.0.22"), ("db3", "127.0.0.23")]
@@ -88,14 +88,9 @@ def cluster(tmp_path_factory) -> Cluster:
         spec_file = state / "cluster.json"
         spec_file.write_text(json.dumps(spec))
         env = {"DONNADB_CLUSTER_FILE": str(spec_file)}
-        runs = []
-        for n in (1, 2):
-            run = run_deploy(inventory=INVENTORY, env=env, timeout=DEPLOY_TIMEOUT)
-            (state / f"cluster-deploy-{n}.log").write_text(run.output)
-            assert run.returncode == 0, run.output[-6000:]
-            for name, _ in [*DB, APP]:
-                assert f"[{name}] Connected" in run.output, run.output[:3000]
-            runs.append(run)
+        runs = deploy_twice(inventory=INVENTORY, env=env,
+                            hosts=[name for name, _ in [*DB, APP]], log_dir=state,
+                            log_name="cluster-deploy", timeout=DEPLOY_TIMEOUT)
         cluster = Cluster(members, app, env, *runs)
         cluster.wait(all_streaming, what="a leader and two streaming replicas")
         yield cluster

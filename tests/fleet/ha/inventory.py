@@ -11,46 +11,27 @@ import json
 import os
 
 _spec = json.loads(open(os.environ["DONNADB_CLUSTER_FILE"]).read())  # noqa: SIM115
-_ssh = {
-    "ssh_user": _spec["ssh_user"],
-    "ssh_key": _spec["ssh_key"],
-    "ssh_known_hosts_file": _spec["known_hosts"],
-    "ssh_strict_host_key_checking": "yes",
-    "_sudo": True,
-    "tls_ca_dir": _spec["ca_dir"],
-    "ha": True,
-}
+# The operator account through sudo, strict host keys, the test CA: like the fleet's.
+_ssh = {"ssh_user": _spec["ssh_user"], "ssh_key": _spec["ssh_key"],
+        "ssh_known_hosts_file": _spec["known_hosts"], "ssh_strict_host_key_checking": "yes",
+        "_sudo": True, "tls_ca_dir": _spec["ca_dir"], "ha": True}
 _addresses = [address for _, address in _spec["db"]]
 _app_name, _app = _spec["app"]
+#: Each member listens on its own address only (the test hosts share one network), and
+#: that address is the one Patroni, etcd and the certificates use.
+_OWN_ADDRESS = ("ssh_hostname", "pg_listen_addresses", "pgbouncer_listen_addr", "db_host")
+_shared = {
+    # Every test host's loopback traffic leaves from 127.0.0.1 (one shared network).
+    "pg_hba_networks": ["127.0.0.1/32", *(f"{a}/32" for a in _addresses), f"{_app}/32"],
+    "host_memory_mb": _spec["memory_mb"],
+    "host_cpus": _spec["cpus"],
+    # The failure drill runs on the leader with Locust.
+    "app_extras": ["loadtest"],
+}
 
-
-def _member(address: str) -> dict:
-    return {
-        **_ssh,
-        "ssh_hostname": address,
-        # Each member listens on its own address only: the test hosts share one network.
-        "pg_listen_addresses": address,
-        "pgbouncer_listen_addr": address,
-        "db_host": address,
-        # Every test host's loopback traffic leaves from 127.0.0.1 (one shared network).
-        "pg_hba_networks": ["127.0.0.1/32", *(f"{a}/32" for a in _addresses), f"{_app}/32"],
-        "host_memory_mb": _spec["memory_mb"],
-        "host_cpus": _spec["cpus"],
-        # The failure drill runs on the leader with Locust.
-        "app_extras": ["loadtest"],
-    }
-
-
-db_servers = [(name, _member(address)) for name, address in _spec["db"]]
+db_servers = [(name, {**_ssh, **_shared, **dict.fromkeys(_OWN_ADDRESS, address)})
+              for name, address in _spec["db"]]
 
 app_servers = [
-    (
-        _app_name,
-        {
-            **_ssh,
-            "ssh_hostname": _app,
-            "app_address": _app,
-            "app_extras": ["loadtest"],
-        },
-    ),
+    (_app_name, {**_ssh, "ssh_hostname": _app, "app_address": _app, "app_extras": ["loadtest"]}),
 ]

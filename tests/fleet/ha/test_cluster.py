@@ -4,13 +4,11 @@ contract through the router, and what an outage costs (the failure drill)."""
 from __future__ import annotations
 
 import json
-import shlex
 import uuid
-from pathlib import Path
 
 from tests.fleet.ha.conftest import DB, PATRONICTL, Cluster, all_streaming
+from tests.fleet.test_app import run_script
 
-HERE = Path(__file__).resolve().parents[1]
 CA = "/etc/donnadb/tls/ca.crt"
 
 
@@ -62,16 +60,7 @@ def test_patronis_api_is_tls_and_its_changing_endpoints_need_the_password(cluste
 
 
 def run_as_app(cluster: Cluster, script: str, *args: str, env: str = "") -> dict:
-    inside = f"/usr/local/lib/donnadb-fleet/{script}"
-    target = cluster.app.root / inside.lstrip("/")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text((HERE / script).read_text())
-    target.chmod(0o644)
-    quoted = " ".join(shlex.quote(a) for a in args)
-    done = cluster.app.run(f"runuser -u donna-app -- env {env} /opt/donnadb/venv/bin/python "
-                           f"{inside} {quoted}", check=False, cwd="/")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_script(cluster.app, script, *args, env=env)
 
 
 def test_the_dal_contract_holds_through_the_router_with_reads_on_replicas(cluster: Cluster):
