@@ -109,6 +109,8 @@ def deploy_twice(*, inventory: str, env: dict[str, str], hosts: list[str], log_d
         (log_dir / f"{log_name}-{n}.log").write_text(run.output)
         assert run.returncode == 0, run.output[-6000:]
         for name in hosts:
-            assert f"[{name}] Connected" in run.output, run.output[:3000]
+            # pyinfra pads the names to one width.
+            assert re.search(rf"\[{re.escape(name)}\]\s+Connected", run.output), \
+                run.output[:3000]
         runs.append(run)
     return runs[0], runs[1]
