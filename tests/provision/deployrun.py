@@ -106,11 +106,18 @@ def deploy_twice(*, inventory: str, env: dict[str, str], hosts: list[str], log_d
     runs = []
     for n in (1, 2):
         run = run_deploy(inventory=inventory, env=env, timeout=timeout)
+        if n == 1 and not _all_connected(run, hosts):
+            # A freshly booted host's sshd may greet before it lets anyone log in; the
+            # deploy is idempotent, so the run is repeated once for the late host.
+            (log_dir / f"{log_name}-{n}-unreached.log").write_text(run.output)
+            run = run_deploy(inventory=inventory, env=env, timeout=timeout)
         (log_dir / f"{log_name}-{n}.log").write_text(run.output)
         assert run.returncode == 0, run.output[-6000:]
-        for name in hosts:
-            # pyinfra pads the names to one width.
-            assert re.search(rf"\[{re.escape(name)}\]\s+Connected", run.output), \
-                run.output[:3000]
+        assert _all_connected(run, hosts), run.output[:3000]
         runs.append(run)
     return runs[0], runs[1]
+
+
+def _all_connected(run: DeployRun, hosts: list[str]) -> bool:
+    # pyinfra pads the names to one width.
+    return all(re.search(rf"\[{re.escape(name)}\]\s+Connected", run.output) for name in hosts)
