@@ -35,7 +35,7 @@ def configure_hba(settings: DeploySettings, peers: list[str] = ()) -> OperationM
     return files.template(
         name="Write pg_hba.conf (hostssl and scram-sha-256 only, no trust)",
         src=str(TEMPLATES / "pg_hba.conf.j2"),
-        dest=f"{settings.conf_dir}/pg_hba.conf",
+        dest=hba_file(settings),
         user="postgres",
         group="postgres",
         mode="640",
@@ -49,6 +49,14 @@ def configure_hba(settings: DeploySettings, peers: list[str] = ()) -> OperationM
         if peers else [],
         replication_user=REPLICATION_USER, rewind_user=REWIND_USER,
     )
+
+
+def hba_file(settings: DeploySettings) -> str:
+    """Debian's pg_hba.conf on a single host. In a cluster a name of the deploy's own:
+    Patroni appends its bootstrap lines to a file at its default path (and keeps copies
+    of it), which would undo the deploy's file on every new cluster."""
+    name = "pg_hba.conf" if settings.ha is None else "donna-pg_hba.conf"
+    return f"{settings.conf_dir}/{name}"
 
 
 def local_only_roles(settings: DeploySettings) -> list[str]:

@@ -1,7 +1,7 @@
 """Patroni on every cluster member (Debian's ``patroni``, unit ``patroni@<v>-<c>``).
 
 The Debian cluster layout stays (data in /var/lib/postgresql/<v>/<c>, settings in
-/etc/postgresql/<v>/<c>, the deploy's conf.d/donna.conf and pg_hba.conf), but the
+/etc/postgresql/<v>/<c>, the deploy's conf.d/donna.conf and its pg_hba file), but the
 cluster's start.conf says ``manual``: Patroni alone starts PostgreSQL, never Debian's
 postgresql@ unit. Patroni makes the cluster itself (initdb on the first member, a
 base backup of the leader on the others) and creates its replication and pg_rewind
@@ -18,7 +18,7 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import apt, files, server, systemd
 
 from donnadb import config
-from donnadb.provision import bootstrap, ha, tls, tuning
+from donnadb.provision import bootstrap, ha, hba, tls, tuning
 from donnadb.provision.settings import DeploySettings
 from donnadb.provision.tls import listen_names
 
@@ -46,7 +46,7 @@ def render_config(settings: DeploySettings, target: Host, secrets: dict[str, str
         data_dir=config.debian_data_dir(settings.pg_version, settings.pg_cluster),
         bin_dir=config.debian_bin_dir(settings.pg_version),
         rest_user=ha.REST_USER, replication_user=ha.REPLICATION_USER,
-        rewind_user=ha.REWIND_USER)
+        rewind_user=ha.REWIND_USER, hba_file=hba.hba_file(settings))
 
 
 @deploy("Patroni settings")

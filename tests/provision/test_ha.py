@@ -85,7 +85,8 @@ def test_patroni_gets_sync_replication_rewind_tls_and_an_authenticated_api(tmp_p
     assert conf["etcd"]["hosts"] == [f"{a}:2379" for a in ADDRESSES.values()]
     pg = conf["postgresql"]
     assert pg["custom_conf"] == "/etc/postgresql/15/main/conf.d/donna.conf"
-    assert pg["parameters"]["hba_file"] == "/etc/postgresql/15/main/pg_hba.conf"
+    # Not Patroni's default path, which it appends its own bootstrap lines to.
+    assert pg["parameters"]["hba_file"] == "/etc/postgresql/15/main/donna-pg_hba.conf"
     for kind in ("replication", "rewind"):
         assert pg["authentication"][kind]["sslmode"] == "verify-full"
     assert {"auth-local": "peer"} in conf["bootstrap"]["initdb"]
