@@ -339,6 +339,7 @@ def converge_auth_password(settings: DeploySettings) -> None:
                           role=cfg.auth_user)
 
 
+@deploy("Install PgBouncer")
 def install_pgbouncer(settings: DeploySettings | None = None, *,
                       tls_changed: Callable[[], bool] | None = None,
                       own_password: bool = True) -> None:
