@@ -224,7 +224,8 @@ def test_dry_run_and_no_answer_leave_postgresql_alone(single_host):
     assert doc["target"] == "single"
     data_dir = single_host["settings"].pg_data_dir
     assert doc["action"].startswith(f"SIGKILL the postmaster of {data_dir}")
-    assert f"pg_ctlcluster 15 {single_host['name']} start" in doc["action"]
+    # How this host starts it: systemd's unit where systemd is PID 1, else pg_ctlcluster.
+    assert " ".join(drillfault.start_command(15, single_host["name"])) in doc["action"]
     refused = _donnactl(single_host, *QUICK, input="n\n")
     assert refused.returncode == 130, refused.stderr
     assert _pid(single_host) == before
