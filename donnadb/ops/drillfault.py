@@ -115,6 +115,8 @@ def start_cluster(version: int, cluster: str, timeout: float = START_TIMEOUT) ->
     """
     began = time.monotonic()
     cmd = start_command(version, cluster)
+    if systemd_running():
+        _noticed_down(f"postgresql@{version}-{cluster}", timeout)
     while True:
         try:
             _run(cmd, timeout=START_TIMEOUT)
@@ -124,6 +126,19 @@ def start_cluster(version: int, cluster: str, timeout: float = START_TIMEOUT) ->
                 raise FaultFailed(f"PostgreSQL did not start again within {timeout:g}s after "
                                   f"the kill ({exc}); start it: `{' '.join(cmd)}`") from None
             time.sleep(0.5)
+
+
+def _noticed_down(unit: str, timeout: float) -> None:
+    """Wait (bounded) until systemd has seen the killed unit go down: a start asked for
+    while it still calls the unit active does nothing, and the unit fails a moment
+    later with nobody to start it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = subprocess.run(["systemctl", "is-active", unit], capture_output=True,
+                               text=True, check=False).stdout.strip()
+        if state not in ("active", "reloading", "deactivating"):
+            return
+        time.sleep(0.2)
 
 
 # --------------------------------------------------------------------- Patroni
