@@ -242,11 +242,14 @@ def test_the_drill_kills_postgresql_and_loses_no_acknowledged_write(single_host)
     assert report["ok"] and report["lost"] == 0 and report["stopped"] is None
     assert [r["round"] for r in report["rounds"]] == [1, 2]
     for r in report["rounds"]:
-        assert r["lost"] == 0 and r["downtime_s"] > 0 and r["restart_s"] > 0
-        assert r["ledger_failed"] > 0 and r["acknowledged"] > 50
+        assert r["lost"] == 0 and r["downtime_s"] >= 0 and r["restart_s"] > 0
+        assert r["acknowledged"] > 50
         assert r["requests"]["before"]["requests"] > 0 and r["requests"]["before"]["p95_ms"]
         assert r["requests"]["after"]["requests"] > 0
         assert (out / f"round-{r['round']}" / "requests.log").stat().st_size > 0
+    # Writes failed for a while in at least one round (a quick restart under systemd may
+    # fall between two writes of a round).
+    assert any(r["downtime_s"] > 0 and r["ledger_failed"] > 0 for r in report["rounds"])
     downtimes = sorted(r["downtime_s"] for r in report["rounds"])
     assert report["range"]["downtime_s"] == {"min": downtimes[0], "max": downtimes[1]}
     # the drill's chat is gone, and the kill is in the audit log
