@@ -21,7 +21,7 @@ from pyinfra.operations import files, server
 
 from donnadb.errors import ConfigError
 from donnadb.provision import consumers, haproxy, install, tls
-from donnadb.provision.secretcopy import copied
+from donnadb.provision.hostcopy import copied
 from donnadb.provision.settings import DeploySettings, load_deploy_settings
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"

@@ -19,7 +19,7 @@ from pyinfra.operations import files
 
 from donnadb.provision import consumers
 from donnadb.provision.facts import PassfileRoles, StalePasswords
-from donnadb.provision.secretcopy import copied
+from donnadb.provision.hostcopy import copied
 from donnadb.provision.settings import DeploySettings
 
 HELPER_SRC = Path(__file__).resolve().parent / "files" / "pgpasswords.py"
