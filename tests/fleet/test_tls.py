@@ -14,7 +14,7 @@ from cryptography.x509.oid import NameOID
 
 from tests.fleet.conftest import Fleet
 from tests.fleet.test_app import run_as_app, run_contract
-from tests.security.test_tls import Capture
+from tests.wirecapture import Capture
 
 WRONG_CA = "/usr/local/lib/donnadb-fleet/wrong-ca.crt"
 
@@ -59,7 +59,7 @@ def test_plain_text_a_stranger_ca_and_a_wrong_host_name_are_refused(fleet: Fleet
 
 def test_a_sniffed_wire_shows_no_password_exchange_and_no_query(fleet: Fleet, tmp_path):
     marker = f"sniff{uuid.uuid4().hex[:12]}"
-    with Capture(tmp_path / "tls.pcap", [6432]) as tls:
+    with Capture(tmp_path / "tls.pcap", [(fleet.db.address, 6432)]) as tls:
         run_contract(fleet, marker)
     seen = tls.data()
     assert len(seen) > 2000, "the capture saw nothing: it proves nothing"
@@ -67,7 +67,7 @@ def test_a_sniffed_wire_shows_no_password_exchange_and_no_query(fleet: Fleet, tm
         assert clear not in seen, f"{clear!r} crossed the wire in clear"
     # The same capture shows a plain-text attempt's startup packet (user name in clear):
     # had the DAL's traffic been readable, it would have been seen.
-    with Capture(tmp_path / "plain.pcap", [6432]) as plain:
+    with Capture(tmp_path / "plain.pcap", [(fleet.db.address, 6432)]) as plain:
         attempt(fleet, sslmode="disable")
         plain.wait_for(b"donna_app")
     assert b"donna_app" in plain.data()
