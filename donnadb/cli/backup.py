@@ -25,7 +25,7 @@ from donnadb.backup.check import check_backups
 from donnadb.backup.errors import BackupCorrupt, BackupNotFound, BackupStale
 from donnadb.backup.prune import prune as run_prune
 from donnadb.backup.storage_s3 import S3Store, check_backup_id
-from donnadb.cli.opsrun import confirm, logged
+from donnadb.cli.opsrun import confirm, leader_only, logged
 from donnadb.cli.options import DbOpt, DryRunOpt, JsonOpt, YesOpt
 from donnadb.cli.output import console, emit_json
 from donnadb.config import Settings, load_settings
@@ -198,8 +198,14 @@ def verify_(
     repo: str | None = RepoOpt,
     json_out: JsonOpt = False,
 ) -> None:
-    """Re-hash every file against the manifest (and with --restore, prove it restores)."""
+    """Re-hash every file against the manifest (and with --restore, prove it restores).
+
+    The restore needs a writable server: on a cluster's replica it is skipped (exit 0)
+    and the leader's run of the same job does it.
+    """
     settings = load_settings(backup_repo_dir=repo)
+    if with_restore:
+        leader_only(settings, "backup verify", json=json_out)
     backup = _local_or_download(settings, backup_id, json_out, allow_unsigned=allow_unsigned)
     if json_out:
         result = verify.verify_backup(settings, backup, with_restore=with_restore,

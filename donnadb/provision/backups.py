@@ -133,8 +133,14 @@ def load_backup_deploy(data: Any, settings: DeploySettings) -> BackupDeploy:
     """Backup settings from ``host.data``; unset ones keep the runtime defaults. The jobs'
     script and passfile follow ``settings`` (donnadb_install_dir, db_passfile).
 
-    :raises ConfigError: a schedule or S3 entry is malformed (the message names it).
+    :raises ConfigError: a schedule or S3 entry is malformed (the message names it);
+        pgBackRest asked for on a cluster.
     """
+    if data.get("pgbackrest_enabled") and settings.ha:
+        # Its stanza would name this member only: a replica's physical backups would
+        # fail and each new leader would archive WAL into a repository of its own.
+        raise ConfigError("group_data pgbackrest_enabled is not supported with ha = True "
+                          "yet: turn it off (the logical backups run on every member)")
     env: dict[str, str] = {"BACKUP_SIGNING_KEY_FILE": SIGNING_KEY_FILE}
     env.update({var: str(data.get(key)) for key, var in ENV_KEYS.items()
                 if data.get(key) is not None})

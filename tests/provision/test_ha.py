@@ -18,6 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from donnadb.errors import ConfigError
 from donnadb.provision import ca, etcd, ha, haproxy, patroni
+from donnadb.provision.backups import load_backup_deploy
 from donnadb.provision.settings import load_deploy_settings
 from tests.provision.deployrun import load_group_data
 from tests.support import GroupData
@@ -173,3 +174,12 @@ def test_pg_hba_lets_the_members_replicate_and_rewind_over_tls_only():
     assert all(line[0] == "hostssl" and line[-1] == "scram-sha-256" for line in replication)
     assert hba.own_addresses(settings)  # the single-host lines are unchanged
     assert json.dumps(lines).count("trust") == 0
+
+
+def test_pgbackrest_on_a_cluster_is_refused_before_anything_changes():
+    """One member's stanza cannot follow the leader: refused at load, not half-deployed."""
+    cluster = data(pgbackrest_enabled=True)
+    with pytest.raises(ConfigError, match="pgbackrest_enabled is not supported with ha"):
+        load_backup_deploy(cluster, load_deploy_settings(cluster))
+    single = GroupData({**load_group_data(), "pgbackrest_enabled": True})
+    assert load_backup_deploy(single, load_deploy_settings(single)).pgbackrest
