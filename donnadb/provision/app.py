@@ -127,6 +127,7 @@ def converge_app(settings: DeploySettings, database: Host) -> None:
                    db_host=db_host, port=port, read_port=read_port, passfile=passfile,
                    tls=tls)
     if db.ha is not None:
+        haproxy.name_this_host(db, address_of(host))
         haproxy.install_router(db, host, address_of(host))
 
 

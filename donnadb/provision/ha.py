@@ -36,10 +36,12 @@ SECRET_NAMES = ("replication", "rewind", "restapi")
 
 
 class Member(NamedTuple):
-    """A db_servers host: its inventory name (Patroni's and etcd's member name) and address."""
+    """A db_servers host: its inventory name (Patroni's and etcd's member name), address
+    and PgBouncer port (the routers send the application there)."""
 
     name: str
     address: str
+    pgbouncer_port: int = 6432
 
 
 def members(target: Host) -> list[Member]:
@@ -48,7 +50,8 @@ def members(target: Host) -> list[Member]:
     :raises ConfigError: fewer than three, an even number, or two at one address.
     """
     group = target.inventory.get_group(DB_GROUP) if DB_GROUP in target.inventory.groups else []
-    found = [Member(h.name, str(h.data.get("db_host"))) for h in group]
+    found = [Member(h.name, str(h.data.get("db_host")),
+                    load_deploy_settings(h.data).pgbouncer_port) for h in group]
     if len(found) < 3 or len(found) % 2 == 0:
         raise ConfigError(f"ha = True needs an odd number of db_servers hosts, at least 3 "
                           f"(etcd's quorum), not {len(found)}; add hosts or set ha = False")
@@ -61,7 +64,7 @@ def members(target: Host) -> list[Member]:
 
 
 def me(settings: DeploySettings, target: Host) -> Member:
-    return Member(target.name, settings.db_host)
+    return Member(target.name, settings.db_host, settings.pgbouncer_port)
 
 
 def cluster_secrets(settings: DeploySettings) -> dict[str, str]:

@@ -16,25 +16,22 @@ from pyinfra.api.host import Host
 from pyinfra.operations import apt, files, systemd
 
 from donnadb.provision import bootstrap, ha, tls
-from donnadb.provision.settings import DeploySettings, load_deploy_settings
+from donnadb.provision.settings import DeploySettings
 
 CONFIG = "/etc/haproxy/haproxy.cfg"
 MAXCONN = 4096
 
 
 def render_config(settings: DeploySettings, target: Host, address: str) -> str:
-    cluster = ha.members(target)
-    first = load_deploy_settings(target.inventory.get_host(cluster[0].name).data)
-    return bootstrap.render("haproxy.cfg.j2", ha=settings.ha, members=cluster,
-                            address=address, ca=tls.CA_FILE, maxconn=MAXCONN,
-                            pgbouncer_port=first.pgbouncer_port)
+    return bootstrap.render("haproxy.cfg.j2", ha=settings.ha, members=ha.members(target),
+                            address=address, ca=tls.CA_FILE, maxconn=MAXCONN)
 
 
 @deploy("HAProxy (the cluster's router)")
 def install_router(settings: DeploySettings, target: Host, address: str) -> None:
-    """HAProxy listening on ``address`` (this host's), and the service name pointing at it."""
+    """HAProxy listening on ``address`` (this host's); :func:`name_this_host` points the
+    service name at it."""
     apt.packages(name="Install haproxy", packages=["haproxy"])
-    name_this_host(settings, address)
     conf = files.put(name=f"Write {CONFIG}",
                      src=StringIO(render_config(settings, target, address)), dest=CONFIG,
                      user="root", group="haproxy", mode="640")

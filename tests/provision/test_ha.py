@@ -133,6 +133,12 @@ def test_haproxy_routes_by_patronis_verified_health_checks(tmp_path):
     assert text.count("on-marked-down shutdown-sessions") == 2
     for address in ADDRESSES.values():
         assert text.count(f"{address}:6432") == 2
+    # Each member's own PgBouncer port, not the first member's for all.
+    hosts = inventory(tmp_path)
+    hosts["db3"].data["pgbouncer_port"] = 6543
+    text = haproxy.render_config(load_deploy_settings(hosts["db1"].data), hosts["db1"],
+                                 "10.0.2.21")
+    assert text.count("10.0.1.13:6543") == 2 and text.count("10.0.1.11:6432") == 2
 
 
 def test_a_hosts_certificate_serves_and_authenticates_and_old_ones_are_reissued():
