@@ -25,7 +25,7 @@ from donnadb.backup.check import check_backups
 from donnadb.backup.errors import BackupCorrupt, BackupNotFound, BackupStale
 from donnadb.backup.prune import prune as run_prune
 from donnadb.backup.storage_s3 import S3Store, check_backup_id
-from donnadb.cli.opsrun import confirm, leader_only, logged
+from donnadb.cli.opsrun import backup_member_only, confirm, leader_only, logged, skip_job
 from donnadb.cli.options import DbOpt, DryRunOpt, JsonOpt, YesOpt
 from donnadb.cli.output import console, emit_json
 from donnadb.config import Settings, load_settings
@@ -42,6 +42,11 @@ UnsignedOpt = typer.Option(
 UnencryptedOpt = typer.Option(
     False, "--allow-unencrypted",
     help="Restore a backup that is not encrypted although BACKUP_ENCRYPTION_KEY_FILE is set.")
+#: The scheduled jobs pass it: on a cluster one member takes the backups (a healthy
+#: replica, else the leader); the others skip. A single host always takes them.
+BackupMemberOpt = typer.Option(
+    False, "--if-backup-member",
+    help="On a cluster, skip (exit 0) unless this member takes the cluster's backups.")
 
 
 def _human(n: int | None) -> str:
@@ -98,10 +103,13 @@ def create(
     upload: bool | None = typer.Option(None, "--upload/--no-upload",
                                        help="Copy to S3 (default: when BACKUP_S3_BUCKET is set)."),
     repo: str | None = RepoOpt,
+    if_backup_member: bool = BackupMemberOpt,
     json_out: JsonOpt = False,
 ) -> None:
     """Take a logical snapshot (pg_dump -Fd -j) with a manifest; upload it to S3 if set."""
     settings = load_settings(db_name=dbname, backup_repo_dir=repo)
+    if if_backup_member:
+        backup_member_only(settings, "backup create", json=json_out)
     started = time.monotonic()
     if json_out:
         backup = snapshot.create_backup(settings, jobs=jobs, compress_level=compress_level)
@@ -206,7 +214,16 @@ def verify_(
     settings = load_settings(backup_repo_dir=repo)
     if with_restore:
         leader_only(settings, "backup verify", json=json_out)
-    backup = _local_or_download(settings, backup_id, json_out, allow_unsigned=allow_unsigned)
+    try:
+        backup = _local_or_download(settings, backup_id, json_out,
+                                    allow_unsigned=allow_unsigned)
+    except BackupNotFound:
+        if settings.patroni_config is None or settings.s3_enabled:
+            raise
+        # The leader of a cluster without S3: its backups are on the backup member.
+        skip_job("backup verify", "skipped: no backup on this member and no S3 to fetch "
+                 "one from (set backup_s3 so the leader can check the cluster's backups)",
+                 json_out, reason="no_backup_here")
     if json_out:
         result = verify.verify_backup(settings, backup, with_restore=with_restore,
                                       allow_unencrypted=allow_unencrypted)
@@ -404,9 +421,12 @@ def prune(
 
 
 @app.command()
-def check(repo: str | None = RepoOpt, json_out: JsonOpt = False) -> None:
+def check(repo: str | None = RepoOpt, if_backup_member: bool = BackupMemberOpt,
+          json_out: JsonOpt = False) -> None:
     """Exit 8 when the newest good backup is older than BACKUP_MAX_AGE_HOURS or missing."""
     settings = load_settings(backup_repo_dir=repo)
+    if if_backup_member:
+        backup_member_only(settings, "backup check", json=json_out)
     engine = None
     if settings.pgbackrest_enabled:
         engine = pitr.check(pitr.engine_from_settings(settings))

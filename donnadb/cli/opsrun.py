@@ -58,14 +58,36 @@ def leader_only(s: Settings, job: str, *, json: bool = False, dbname: str | None
     from donnadb.ops.cluster import replica_of
 
     leader = replica_of(s, dbname=dbname)
-    if leader is None:
-        return
-    line = f"skipped: this node is a replica (leader: {leader})"
-    log.info(line, extra={"command": job, "leader": leader})
+    if leader is not None:
+        skip_job(job, f"skipped: this node is a replica (leader: {leader})", json,
+              reason="replica", leader=leader)
+
+
+def backup_member_only(s: Settings, job: str, *, json: bool = False) -> None:
+    """Stop a scheduled backup job with exit 0 on a member that does not take the
+    cluster's backups (one member does: a healthy replica, else the leader).
+
+    :raises typer.Exit: another member takes them (after one log and one output line).
+    """
+    from donnadb.ops.cluster import backups_taken_by
+
+    member = backups_taken_by(s)
+    if member is not None:
+        skip_job(job, f"skipped: {member} takes the cluster's backups", json,
+              reason="backup_member", member=member)
+
+
+def skip_job(job: str, line: str, json: bool, **fields: str) -> None:
+    """End a scheduled job that has nothing to do here with exit 0, one log line and
+    one output line (``line``; ``fields`` in both).
+
+    :raises typer.Exit: always.
+    """
+    log.info(line, extra={"command": job, **fields})
     if json:
         from donnadb.cli.output import emit_json
 
-        emit_json({"skipped": True, "reason": "replica", "leader": leader, "message": line})
+        emit_json({"skipped": True, **fields, "message": line})
     else:
         typer.echo(line)
     raise typer.Exit(0)

@@ -289,6 +289,50 @@ def replica_of(settings: Settings, *, dbname: str | None = None) -> str | None:
     return (sender[0] if sender else None) or "unknown"
 
 
+def member_name(settings: Settings) -> str:
+    """This host's member name, from its Patroni configuration.
+
+    :raises NotInCluster: no Patroni configuration here.
+    :raises ClusterError: the configuration cannot be read or names no member.
+    """
+    path = config_path(settings)
+    try:
+        name = (yaml.safe_load(path.read_text()) or {}).get("name")
+    except (OSError, yaml.YAMLError) as exc:
+        raise ClusterError(f"cannot read {path}: {exc}; run as root or postgres") from exc
+    if not name:
+        raise ClusterError(f"{path} names no member (its `name:` is missing): redeploy")
+    return str(name)
+
+
+def backup_member(ms: list[dict[str, Any]], max_lag_bytes: int) -> str | None:
+    """The member that takes the cluster's scheduled backups: the first healthy replica
+    by name whose lag is known and within ``max_lag_bytes`` (pg_dump then reads a copy
+    the leader does not serve from), else the running leader; None when neither."""
+    replicas = sorted(m["name"] for m in ms if _healthy_replica(m)
+                      and m["lag_bytes"] is not None and m["lag_bytes"] <= max_lag_bytes)
+    if replicas:
+        return replicas[0]
+    leader = next((m for m in ms if m["role"] in ("leader", "standby_leader")
+                   and m["state"] in HEALTHY_STATES), None)
+    return leader["name"] if leader else None
+
+
+def backups_taken_by(settings: Settings) -> str | None:
+    """None when this host takes the scheduled backups (a single host; the cluster's
+    :func:`backup_member`; or Patroni cannot say, when one backup too many beats none);
+    else the member that does."""
+    if settings.patroni_config is None:
+        return None
+    try:
+        me = member_name(settings)
+        chosen = backup_member(members(settings), settings.health_cluster_lag_warn_bytes)
+    except ClusterError as exc:
+        log.warning("cannot tell which member takes the backups, taking them here: %s", exc)
+        return None
+    return None if chosen in (None, me) else chosen
+
+
 def summary(settings: Settings) -> dict[str, Any] | None:
     """The cluster for `status`/`health`/`metrics`: None on a single host (PATRONI_CONFIG
     unset); ``{"error": ...}`` when patronictl cannot say."""

@@ -83,6 +83,21 @@ def test_the_routers_ports_reach_the_leader_and_a_replica(cluster: Cluster):
     assert ports["5001"]["member"] in {address for name, address in DB if name != leader}
 
 
+def test_one_member_takes_the_scheduled_backup_a_healthy_replica(cluster: Cluster):
+    state = cluster.wait(all_streaming)
+    leader = cluster.leader()
+    chosen = min(m["Member"] for m in state if m["Member"] != leader)
+    # The units the timers start, on every member at once, as the schedule would.
+    for member in cluster.members:
+        member.run("systemctl start donna-backup-snapshot.service donna-backup-check.service")
+    for member in cluster.members:
+        rows = json.loads(member.run("donnactl backup list --no-s3 --json").stdout)
+        good = [r for r in rows if r["good"]]
+        assert len(good) == (1 if member.name == chosen else 0), (member.name, rows)
+    skipped = cluster.member(leader).run("journalctl -u donna-backup-snapshot.service -o cat")
+    assert f"skipped: {chosen} takes the cluster's backups" in skipped.stdout
+
+
 def drill(cluster: Cluster, args: str) -> dict:
     leader = cluster.member(cluster.leader())
     done = leader.run(f"cd /root && donnactl cluster drill {args} --yes --json", check=False,
