@@ -209,6 +209,8 @@ class Settings(BaseSettings):
     #: more than 10,000.
     backup_s3_min_part_size: int = Field(64 * MIB, ge=5 * MIB, le=5 * 1024 * MIB)
     backup_s3_max_attempts: int = Field(10, ge=1)
+    #: Parts of one file sent or fetched at a time (boto3's transfer manager).
+    backup_s3_concurrency: int = Field(4, ge=1, le=64)
     # pgBackRest (physical backups, point-in-time recovery); off until the deploy has
     # configured WAL archiving (group_data pgbackrest_enabled).
     pgbackrest_enabled: bool = False

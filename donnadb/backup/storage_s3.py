@@ -2,20 +2,20 @@
 
 ``<prefix><id>/dump/...`` then ``<prefix><id>/manifest.json`` LAST, so a backup
 whose upload was interrupted has no manifest there and is never taken for whole.
-Large files go up in multipart uploads whose part size grows with the file (S3
-allows 5 MiB..5 GiB parts and at most 10,000 of them); every part carries its own
-SHA-256 which S3 checks, the whole file's sha256 is re-computed while reading and
-compared with the manifest before the upload is completed, and any failure aborts
-the multipart upload so no invisible, billed fragments stay behind. ``backup
-check`` lists any that did (a killed process cannot abort its own).
+Files go through boto3's transfer manager: a file is checked against the manifest
+(size, sha256) before anything is sent, large ones go up in parallel multipart
+uploads whose part size grows with the file (S3 allows 5 MiB..5 GiB parts and at
+most 10,000 of them), every part carries its own SHA-256 which S3 checks, and a
+failure aborts the multipart upload so no invisible, billed fragments stay behind
+(``backup check`` lists any a killed process left). Downloads are parallel ranged
+reads into new files, each checked against the manifest before the backup becomes
+visible in the local repository.
 
 Credentials come from boto3's usual chain (environment, profile, instance role).
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
 import math
 import os
@@ -30,7 +30,7 @@ from donnadb.backup import manifest as mf
 from donnadb.backup import signing, storage_local
 from donnadb.backup.errors import BackupCorrupt, BackupError, BackupNotFound
 from donnadb.config import MIB, Settings
-from donnadb.errors import ConfigError, DonnaError, UsageError
+from donnadb.errors import ConfigError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +64,6 @@ def check_backup_id(backup_id: str) -> str:
         raise UsageError(f"{backup_id!r} is not a backup id (YYYYMMDDTHHMMSS[ffffff]Z-xxxx, "
                          "as `donnactl backup list` shows) nor 'latest'")
     return backup_id
-
-
-def _b64(digest: bytes) -> str:
-    return base64.b64encode(digest).decode("ascii")
 
 
 @dataclass
@@ -146,65 +142,34 @@ class S3Store:
 
     def upload_file(self, path: Path, key: str, entry: mf.FileEntry,
                     progress: Progress | None = None) -> None:
-        """Upload one file, checking it against ``entry`` (size and sha256) on the way."""
+        """Upload one file that matches ``entry`` (size and sha256, checked first) through
+        boto3's transfer manager: parallel parts, each with a SHA-256 that S3 checks, and
+        a failed multipart upload aborted by the manager itself.
+
+        :raises BackupCorrupt: the file differs from ``entry`` (nothing was sent).
+        :raises BackupError: S3 refused or failed.
+        """
         size = path.stat().st_size
         if size != entry.size:
             raise BackupCorrupt(f"{path}: size {size} != {entry.size} in the manifest")
-        part = part_size_for(size, self.settings.backup_s3_min_part_size)
+        digest, _ = mf.sha256_file(path)
+        if digest != entry.sha256:
+            raise BackupCorrupt(f"{path}: sha256 differs from the manifest; not uploading")
+        extra = {"ChecksumAlgorithm": "SHA256", "Metadata": {"sha256": entry.sha256},
+                 **self._put_args()}
         try:
-            if size > part:
-                self._put_multipart(path, key, entry, part, progress)
-                return
-            self._put_single(path, key, entry)
-        except DonnaError:
-            raise
+            self.client.upload_file(str(path), self.bucket, key, ExtraArgs=extra,
+                                    Config=self._transfer_config(size), Callback=progress)
         except Exception as exc:  # botocore's ClientError, connection errors ...
             raise BackupError(f"upload of s3://{self.bucket}/{key} failed: {exc}") from exc
-        if progress:
-            progress(size)
 
-    def _put_single(self, path: Path, key: str, entry: mf.FileEntry) -> None:
-        body = path.read_bytes()
-        digest = hashlib.sha256(body)
-        if digest.hexdigest() != entry.sha256:
-            raise BackupCorrupt(f"{path}: sha256 differs from the manifest; not uploading")
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=body,
-                               ChecksumSHA256=_b64(digest.digest()),
-                               Metadata={"sha256": entry.sha256}, **self._put_args())
+    def _transfer_config(self, size: int):
+        """Parts of :func:`part_size_for`, ``BACKUP_S3_CONCURRENCY`` of them at a time."""
+        from boto3.s3.transfer import TransferConfig
 
-    def _put_multipart(self, path: Path, key: str, entry: mf.FileEntry, part_size: int,
-                       progress: Progress | None) -> None:
-        upload = self.client.create_multipart_upload(
-            Bucket=self.bucket, Key=key, ChecksumAlgorithm="SHA256",
-            Metadata={"sha256": entry.sha256}, **self._put_args())
-        upload_id = upload["UploadId"]
-        try:
-            whole = hashlib.sha256()
-            parts = []
-            with path.open("rb") as fh:
-                number = 1
-                while chunk := fh.read(part_size):
-                    whole.update(chunk)
-                    checksum = _b64(hashlib.sha256(chunk).digest())
-                    answer = self.client.upload_part(
-                        Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                        Body=chunk, ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum)
-                    parts.append({"PartNumber": number, "ETag": answer["ETag"],
-                                  "ChecksumSHA256": checksum})
-                    if progress:
-                        progress(len(chunk))
-                    number += 1
-            if whole.hexdigest() != entry.sha256:
-                raise BackupCorrupt(f"{path}: sha256 differs from the manifest; upload aborted")
-            self.client.complete_multipart_upload(
-                Bucket=self.bucket, Key=key, UploadId=upload_id,
-                MultipartUpload={"Parts": parts})
-        except BaseException as exc:
-            self._abort(key, upload_id)
-            if isinstance(exc, DonnaError | KeyboardInterrupt):
-                raise
-            raise BackupError(f"multipart upload of s3://{self.bucket}/{key} failed "
-                              f"(aborted): {exc}") from exc
+        part = part_size_for(size, self.settings.backup_s3_min_part_size)
+        return TransferConfig(multipart_threshold=part, multipart_chunksize=part,
+                              max_concurrency=self.settings.backup_s3_concurrency)
 
     def _abort(self, key: str, upload_id: str) -> None:
         try:
@@ -335,24 +300,20 @@ class S3Store:
 
     def _download_file(self, key: str, dest: Path, entry: mf.FileEntry,
                        progress: Progress | None) -> None:
-        digest = hashlib.sha256()
-        size = 0
+        """Fetch one object through the transfer manager (parallel ranged reads) into a
+        new file, then check it against ``entry``."""
         try:
-            answer = self.client.get_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
             # A new file only: an existing name, or a symlink planted there, fails.
-            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                for chunk in answer["Body"].iter_chunks(mf.CHUNK):
-                    digest.update(chunk)
-                    size += len(chunk)
-                    out.write(chunk)
-                    if progress:
-                        progress(len(chunk))
+            fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w+b") as out:
+                self.client.download_fileobj(self.bucket, key, out, Callback=progress,
+                                             Config=self._transfer_config(entry.size))
         except Exception as exc:
             raise BackupError(f"download of s3://{self.bucket}/{key} failed: {exc}") from exc
-        if size != entry.size or digest.hexdigest() != entry.sha256:
+        digest, size = mf.sha256_file(dest)
+        if size != entry.size or digest != entry.sha256:
             raise BackupCorrupt(f"s3://{self.bucket}/{key} does not match its manifest "
-                                f"({size} bytes, sha256 {digest.hexdigest()[:12]}...)")
+                                f"({size} bytes, sha256 {digest[:12]}...)")
 
     def delete_backup(self, backup_id: str) -> int:
         """Delete every object of a backup, its manifest first; return objects deleted."""

@@ -132,7 +132,7 @@ def test_deploy_configures_archiving_and_the_stanza(throwaway_cluster, schedule_
         "from donnadb.provision.backups import install_backups\n"
         f"install_backups(SimpleNamespace(donnadb_install_dir='/srv/donnadb', pg_version=15,\n"
         "                                db_passfile='/etc/donnadb/pgpass',\n"
-        f"                                pg_cluster='{name}', pg_port={PORT}))\n")
+        f"                                pg_cluster='{name}', pg_port={PORT}, ha=None))\n")
     data = {
         "backup_repo_dir": work / "repo", "backup_env_file": work / "etc" / "backup.env",
         "pgbackrest_enabled": "true", "pgbackrest_config": work / "pgbr" / "pgbackrest.conf",

@@ -8,13 +8,14 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from donnadb.backup import manifest as mf
 from donnadb.backup import restore, signing, snapshot, storage_local
-from donnadb.backup.errors import BackupCorrupt
+from donnadb.backup.errors import BackupCorrupt, BackupError
 from donnadb.backup.storage_s3 import (
     S3_MAX_PART,
     S3_MAX_PARTS,
@@ -91,7 +92,14 @@ def test_multipart_upload_with_part_checksums(s3_bs, tmp_path):
     assert store.unfinished_uploads() == []
 
 
-def test_failed_multipart_upload_is_aborted(s3_bs, tmp_path):
+def _nothing_published(store: S3Store) -> None:
+    assert store.unfinished_uploads() == []
+    listed = store.client.list_objects_v2(Bucket=BUCKET, Prefix=store.prefix)
+    assert listed.get("KeyCount", 0) == 0
+    assert store.list_backups() == []
+
+
+def test_a_file_that_differs_from_its_manifest_is_not_sent(s3_bs, tmp_path):
     backup = _big_file_backup(tmp_path / "repo3", s3_bs)
     path = backup.path / "dump" / "big.dat"
     data = bytearray(path.read_bytes())
@@ -99,12 +107,35 @@ def test_failed_multipart_upload_is_aborted(s3_bs, tmp_path):
     path.write_bytes(bytes(data))
     store = S3Store(s3_bs)
 
-    with pytest.raises(BackupCorrupt, match="upload aborted"):
+    with pytest.raises(BackupCorrupt, match="not uploading"):
         store.upload_backup(backup)
-    assert store.unfinished_uploads() == []
-    listed = store.client.list_objects_v2(Bucket=BUCKET, Prefix=store.prefix)
-    assert listed.get("KeyCount", 0) == 0
-    assert store.list_backups() == []
+    _nothing_published(store)
+
+
+def test_a_multipart_upload_failing_half_way_is_aborted(s3_bs, tmp_path):
+    backup = _big_file_backup(tmp_path / "repo3b", s3_bs)
+    store = S3Store(s3_bs)
+    sent = []
+
+    def connection_lost(n: int) -> None:
+        # The fault strikes once the first part is up: S3 holds an open upload by then.
+        sent.append(n)
+        if sum(sent) >= S3_MIN_PART:
+            raise ConnectionResetError("the network went away")
+
+    with pytest.raises(BackupError, match="the network went away"):
+        store.upload_backup(backup, connection_lost)
+    _nothing_published(store)
+
+
+def test_parts_go_up_in_parallel(s3_bs, tmp_path):
+    """More than one part in flight at once (boto3's transfer manager, not a loop)."""
+    backup = _big_file_backup(tmp_path / "repo3c", s3_bs, size=21 * MIB)
+    store = S3Store(s3_bs)
+    threads = set()
+    store.upload_backup(backup, lambda n: threads.add(threading.get_ident()))
+    assert len(threads) > 1
+    assert store.list_backups()[0].good
 
 
 def test_unfinished_uploads_are_found_and_aborted(s3_bs):
