@@ -68,8 +68,16 @@ def database_server(settings: DeploySettings, target: Host) -> Host:
 
 
 def app_users(settings: DeploySettings) -> dict[str, tuple[str, ...]]:
-    """The consumers an application host has: those holding the application role only."""
-    return {user: kinds for user, kinds in settings.db_consumers.items() if kinds == ("app",)}
+    """The consumers an application host has: those holding the application role only.
+
+    :raises ConfigError: there is none (an application host needs one).
+    """
+    users = {user: kinds for user, kinds in settings.db_consumers.items()
+             if kinds == ("app",)}
+    if not users:
+        raise ConfigError("db_consumers has no user holding the application role alone "
+                          "(e.g. \"donna-app\": [\"app\"]): the application host needs one")
+    return users
 
 
 @deploy("Application credential")
@@ -86,14 +94,12 @@ def hand_over_credential(settings: DeploySettings, target: Host) -> None:
     """
     is_db, is_app = roles_of(target)
     database = database_server(settings, target) if is_app and not is_db else None
-    user = next(iter(app_users(settings)), None)
-    if database is not None and user is None:
-        raise ConfigError("db_consumers has no user holding the application role alone "
-                          "(e.g. \"donna-app\": [\"app\"]): the application host needs one")
+    # Every host reaches the shared operation below; it copies on application hosts only.
+    user = next(iter(app_users(settings))) if database is not None else ""
     db = load_deploy_settings(database.data) if database is not None else settings
     copied(name="Copy the application's credential from its database host",
-                      source=database, source_path=consumers.passfile_of(db, user or ""),
-                      dest=consumers.passfile_of(settings, user or ""), owner=user or "root")
+           source=database, source_path=consumers.passfile_of(db, user),
+           dest=consumers.passfile_of(settings, user), owner=user or "root")
 
 
 @deploy("Application host")
@@ -103,9 +109,6 @@ def converge_app(settings: DeploySettings, database: Host) -> None:
     server.group(name=f"Group {consumers.GROUP} (the consumers)", group=consumers.GROUP,
                  system=True)
     users = app_users(settings)
-    if not users:
-        raise ConfigError("db_consumers has no user holding the application role alone "
-                          "(e.g. \"donna-app\": [\"app\"]): the application host needs one")
     for user in users:
         consumers.system_user(user)
     install.install_app_code(settings)

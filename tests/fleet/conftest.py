@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.hosts import machine
-from tests.provision.deployrun import DeployRun, deploy_twice, run_deploy
+from tests.provision.deployrun import DeployRun, deploy_twice
 
 ROOT = Path(__file__).resolve().parents[2]
 INVENTORY = "tests/fleet/inventory.py"
@@ -36,10 +36,6 @@ class Fleet:
     env: dict[str, str]
     first: DeployRun
     second: DeployRun
-
-    def deploy(self, **data: object) -> DeployRun:
-        return run_deploy(inventory=INVENTORY, env=self.env, data=data,
-                          timeout=DEPLOY_TIMEOUT)
 
     def ssh(self, host: machine.Host, command: str, *, user: str = machine.SSH_USER,
             timeout: float = 600) -> tuple[int, str]:

@@ -81,6 +81,9 @@ def test_an_app_host_finds_its_database_host_or_says_which_to_name():
 def test_an_app_host_gets_the_application_users_and_lock_only():
     s = settings()
     assert app.app_users(s) == {"donna-app": ("app",)}
+    consumers = {u: k for u, k in load_group_data()["db_consumers"].items() if k != ["app"]}
+    with pytest.raises(ConfigError, match="no user holding the application role alone"):
+        app.app_users(settings(db_consumers=consumers))
     assert install.app_lock(s) == "requirements/app.lock"
     assert install.app_lock(settings(app_extras=["loadtest"])) == \
         "requirements/app-loadtest.lock"
