@@ -127,3 +127,13 @@ def install_server_packages(version: str) -> None:
                        capture_output=True, text=True, check=True, timeout=600,
                        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C",
                             "DEBIAN_FRONTEND": "noninteractive", "SYSTEMD_OFFLINE": "1"})
+
+
+def one_line_error(run: subprocess.CompletedProcess, code: int, *needles: str) -> str:
+    """The one stderr line of a donnactl that failed with ``code``, holding ``needles``."""
+    assert run.returncode == code, (run.stdout, run.stderr)
+    lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]

@@ -18,7 +18,13 @@ import pytest
 
 from donnadb.ops.update import upstream
 from tests.cluster.localcluster import PG_BIN, SCOPE
-from tests.support import apt_policy, install_server_packages, older_server_version, superuser_psql
+from tests.support import (
+    apt_policy,
+    install_server_packages,
+    older_server_version,
+    one_line_error,
+    superuser_psql,
+)
 
 pytestmark = pytest.mark.minor_update
 START_SQL = "SELECT pg_postmaster_start_time()"
@@ -63,15 +69,6 @@ def _role(cluster, role: str) -> str:
     return next(m["name"] for m in cluster.members() if m["role"] == role)
 
 
-def _one_line_error(run, code: int, *needles: str) -> str:
-    assert run.returncode == code, (run.stdout, run.stderr)
-    lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
-
-
 def _versions(cluster) -> dict[str, str]:
     out = subprocess.run(["patronictl", "-c", str(cluster.config), "version", SCOPE],
                          capture_output=True, text=True, check=True, timeout=30).stdout
@@ -106,7 +103,7 @@ def test_the_leader_refuses_while_a_replica_runs_an_older_version(cli, healthy, 
     started = healthy.sql(leader, START_SQL)
     for flags in (["--dry-run"], ["--yes"]):
         run = cli("cluster", "update", *flags, env=_env(healthy, leader))
-        _one_line_error(run, 14, f"this host ({leader}) is the leader",
+        one_line_error(run, 14, f"this host ({leader}) is the leader",
                         "update the replicas first")
     assert healthy.leader() == leader and healthy.sql(leader, START_SQL) == started
     assert apt_policy("postgresql-15")[0] == old_packages
@@ -121,7 +118,7 @@ def test_a_long_transaction_on_the_leader_refuses(cli, healthy, old_packages, re
         time.sleep(1.5)
         run = cli("cluster", "update", "--yes",
                   env={**_env(healthy, leader), "UPDATE_MAX_XACT_AGE_S": "1"})
-    _one_line_error(run, 14, f"on the leader {leader}", f"pid {pid}",
+    one_line_error(run, 14, f"on the leader {leader}", f"pid {pid}",
                     "UPDATE_MAX_XACT_AGE_S=1")
     assert healthy.leader() == leader
 
@@ -135,5 +132,5 @@ def test_a_missing_member_refuses(cli, healthy, old_packages, readonly_role):
         assert time.monotonic() < deadline, "Patroni still shows the killed member running"
         time.sleep(0.5)
     run = cli("cluster", "update", "--dry-run", env=_env(healthy, sync))
-    _one_line_error(run, 14, replica if "PATRONI_EXPECTED" not in run.stderr else "2 of",
+    one_line_error(run, 14, replica if "PATRONI_EXPECTED" not in run.stderr else "2 of",
                     "then run the update again")

@@ -25,6 +25,7 @@ from tests.support import (
     drop_database,
     install_server_packages,
     older_server_version,
+    one_line_error,
     superuser_psql,
 )
 
@@ -87,15 +88,6 @@ def rows(settings):
     drop_database(name)
 
 
-def _one_line_error(run, code: int, *needles: str) -> str:
-    assert run.returncode == code, (run.stdout, run.stderr)
-    lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
-
-
 def test_dry_run_and_a_no_change_nothing(cli, old_version):
     started = superuser_psql(START_SQL)
     dry = cli("cluster", "update", "--dry-run", "--json", env=SINGLE)
@@ -124,7 +116,7 @@ def test_a_long_transaction_refuses_before_anything_changes(cli, old_version, co
     time.sleep(1.5)
     run = cli("cluster", "update", "--yes", env={**SINGLE, "UPDATE_MAX_XACT_AGE_S": "1"})
     held.rollback()
-    _one_line_error(run, 14, "UPDATE_MAX_XACT_AGE_S=1", f"pid {pid}",
+    one_line_error(run, 14, "UPDATE_MAX_XACT_AGE_S=1", f"pid {pid}",
                     f"donnactl queries terminate {pid}")
     assert apt_policy("postgresql-15")[0] == old_version
     assert superuser_psql(START_SQL) == started
