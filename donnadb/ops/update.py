@@ -90,10 +90,8 @@ class Package:
     name: str
     installed: str
     candidate: str
-
-    @property
-    def upgrade(self) -> bool:
-        return self.installed != self.candidate
+    #: The candidate is newer (never a downgrade, whatever the lists say).
+    upgrade: bool
 
 
 def upstream(version: str) -> str:
@@ -111,9 +109,17 @@ def _run(argv: list[str], *, env: dict[str, str] | None = None,
          timeout: float = 60) -> subprocess.CompletedProcess:
     """Run ``argv``; the completed process (never raises on a non-zero exit)."""
     log.info("running %s", shlex.join(argv))
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd="/",
-                          stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
-                          check=False)
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd="/",
+                              stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
+                              check=False)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(argv, -1, "", f"no answer within {timeout:g}s")
+
+
+def newer(candidate: str, installed: str) -> bool:
+    """Debian's own version order (epochs, ~, +debNuM)."""
+    return _run(["dpkg", "--compare-versions", candidate, "gt", installed]).returncode == 0
 
 
 def _last_line(done: subprocess.CompletedProcess) -> str:
@@ -137,7 +143,8 @@ def packages(settings: Settings) -> list[Package]:
         installed = re.search(r"^\s+Installed: (\S+)", block, re.M)
         candidate = re.search(r"^\s+Candidate: (\S+)", block, re.M)
         if installed and candidate and installed[1] != "(none)":
-            found[name] = Package(name, installed[1], candidate[1])
+            found[name] = Package(name, installed[1], candidate[1],
+                                  newer(candidate[1], installed[1]))
     if names[0] not in found:
         raise UpdateRefused(f"{names[0]} is not installed on this host: PG_VERSION "
                             f"{settings.pg_version} must match the deployed server")
@@ -379,7 +386,10 @@ def plan(settings: Settings) -> dict[str, Any]:
     :raises NotInCluster: PATRONI_CONFIG names no file.
     """
     pkgs = packages(settings)
-    target = upstream(pkgs[0].candidate)
+    server = pkgs[0]
+    # What the server package will be: a server not restarted since apt-get updated it
+    # (by hand, unattended-upgrades) still needs the restart.
+    target = upstream(server.candidate if server.upgrade else server.installed)
     if settings.patroni_config is not None:
         state = _cluster_state(settings)
     else:
@@ -387,7 +397,7 @@ def plan(settings: Settings) -> dict[str, Any]:
                  "running_version": upstream(local_server(settings)[0])}
     restart = version_key(state["running_version"]) < version_key(target)
     result = {k: v for k, v in state.items() if k not in ("view", "versions")}
-    result.update(packages=[{**asdict(p), "upgrade": p.upgrade} for p in pkgs],
+    result.update(packages=[asdict(p) for p in pkgs],
                   target_version=target, switchover=None,
                   nothing_to_do=not restart and not any(p.upgrade for p in pkgs))
     if result["nothing_to_do"]:
@@ -438,7 +448,7 @@ def run(settings: Settings, planned: dict[str, Any], progress: Progress = _silen
     if planned["nothing_to_do"]:
         return {**result, "after": result["before"], "restarted": False}
     started = time.monotonic()
-    pkgs = [Package(p["name"], p["installed"], p["candidate"]) for p in planned["packages"]]
+    pkgs = [Package(**p) for p in planned["packages"]]
     single = planned["mode"] == "single"
     postmaster = local_server(settings)[1] if single else None
     if any(p.upgrade for p in pkgs):
