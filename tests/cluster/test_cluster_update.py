@@ -17,13 +17,12 @@ import psycopg
 import pytest
 
 from donnadb.ops.update import upstream
-from tests.cluster.localcluster import PG_BIN, SCOPE
+from tests.cluster.localcluster import SCOPE
 from tests.support import (
     apt_policy,
     install_server_packages,
     older_server_version,
     one_line_error,
-    superuser_psql,
 )
 
 pytestmark = pytest.mark.minor_update
@@ -40,29 +39,23 @@ def old_packages():
     return old
 
 
-@pytest.fixture(scope="module")
-def readonly_role(patroni_cluster, settings):
-    """The deployment's readonly role in the local cluster (its SCRAM verifier copied, so
-    the deployed passfile logs it in): `update` reads the leader's sessions with it."""
+@pytest.fixture
+def readonly_role(healthy, settings):
+    """The readonly role in the local cluster, reading every session (as deployed):
+    `update` reads the leader's open transactions with it, through the socket (trust)."""
     role = settings.db_role_readonly
-    verifier = superuser_psql(f"SELECT rolpassword FROM pg_authid WHERE rolname = '{role}'")
-    leader = patroni_cluster.leader()
-    subprocess.run(["runuser", "-u", "postgres", "--", f"{PG_BIN}/psql", "-XAtq",
-                    "-v", "ON_ERROR_STOP=1", "-h", str(patroni_cluster.root / "sock" / leader),
-                    "-d", "postgres"], check=True, capture_output=True, text=True,
-                   input=f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = "
-                         f"'{role}') THEN CREATE ROLE {role} LOGIN PASSWORD '{verifier}' IN "
-                         "ROLE pg_read_all_stats; END IF; END $$;")
+    healthy.sql(healthy.leader(), f"DO $$ BEGIN CREATE ROLE {role} LOGIN; EXCEPTION WHEN "
+                                  f"duplicate_object THEN NULL; END $$; "
+                                  f"GRANT pg_read_all_stats TO {role}")
     return role
 
 
 def _env(cluster, name: str) -> dict[str, str]:
     """donnactl as it runs on member ``name``: its Patroni configuration, and DB_HOST
     reaching its own PostgreSQL."""
-    from tests.cluster.localcluster import NODE_HOSTS
-
-    return {"PATRONI_CONFIG": str(cluster.config_path(name)), "DB_HOST": NODE_HOSTS[name],
-            "DB_PORT": "5432", "DB_NAME": "postgres", "DB_SSLMODE": "disable"}
+    return {"PATRONI_CONFIG": str(cluster.config_path(name)),
+            "DB_HOST": str(cluster.root / "sock" / name), "DB_PORT": "5432",
+            "DB_NAME": "postgres"}
 
 
 def _role(cluster, role: str) -> str:
