@@ -231,6 +231,11 @@ class Settings(BaseSettings):
     health_cluster_lag_warn_bytes: int = Field(16 * MIB, ge=0)
     #: How long `cluster switchover|failover` wait for the new leader to run.
     patroni_switch_timeout_s: float = Field(60.0, gt=0)
+    #: `cluster update` refuses while a transaction older than this is open on the server
+    #: its restart or switchover would cut (a migration, a backup, a forgotten session).
+    update_max_xact_age_s: float = Field(60.0, ge=0)
+    #: How long `cluster update` waits for this member to stream again after a restart.
+    update_wait_timeout_s: float = Field(120.0, gt=0)
 
     @field_validator("db_user", "db_role_owner", "db_role_migrator", "db_role_app",
                      "db_role_readonly", "db_role_backup")

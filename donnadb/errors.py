@@ -30,6 +30,10 @@ EXIT_CODES: dict[int, str] = {
         "nothing was done",
     12: "no such user, chat, backend or backup",
     13: "partition maintenance cannot run (nothing was dropped)",
+    14: "`cluster update` refused before changing anything (a replica lags or runs an "
+        "older version, a long transaction is open): the message says how to fix it",
+    15: "`cluster update` failed half-way (apt-get, the restart): the message says what "
+        "runs now and how to start the server",
     130: "the operator answered \"no\" to a confirmation (or interrupted)",
 }
 

@@ -88,3 +88,52 @@ def create_scratch_database(settings: Settings, prefix: str = "donna_test") -> s
 
 def drop_database(name: str) -> None:
     superuser_psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+#: The server's packages a minor update moves (libpq-dev follows libpq5's version).
+SERVER_PACKAGES = ("postgresql-15", "postgresql-client-15", "libpq5", "libpq-dev")
+
+
+def apt_policy(package: str) -> tuple[str | None, str | None, list[str]]:
+    """(installed, candidate, every version apt knows) of ``package``."""
+    import re
+
+    out = subprocess.run(["apt-cache", "policy", package], capture_output=True, text=True,
+                         check=True, env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"}).stdout
+    installed = re.search(r"Installed: (\S+)", out)
+    candidate = re.search(r"Candidate: (\S+)", out)
+    table = re.findall(r"^\s+(?:\*\*\* )?(\d\S*) \d+$", out, re.M)
+    none = (None, "(none)")
+    return (installed[1] if installed and installed[1] not in none else None,
+            candidate[1] if candidate and candidate[1] not in none else None, table)
+
+
+def older_server_version() -> str | None:
+    """The newest postgresql-15 version apt offers below its candidate (15.18-0+deb12u1
+    while bookworm-security has 15.20), or None when there is none to go back to."""
+    _, candidate, table = apt_policy("postgresql-15")
+    older = [v for v in table if v != candidate and subprocess.run(
+        ["dpkg", "--compare-versions", v, "lt", str(candidate)]).returncode == 0]
+    return older[0] if older else None
+
+
+def install_server_packages(version: str) -> None:
+    """Install ``version`` of every installed server package (a downgrade included),
+    without restarting anything: the test decides when the server restarts."""
+    wanted = [f"{p}={version}" for p in SERVER_PACKAGES if apt_policy(p)[0] not in (None,
+                                                                                   version)]
+    if wanted:
+        subprocess.run(["apt-get", "install", "-y", "-q", "--allow-downgrades", *wanted],
+                       capture_output=True, text=True, check=True, timeout=600,
+                       env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C",
+                            "DEBIAN_FRONTEND": "noninteractive", "SYSTEMD_OFFLINE": "1"})
+
+
+def one_line_error(run: subprocess.CompletedProcess, code: int, *needles: str) -> str:
+    """The one stderr line of a donnactl that failed with ``code``, holding ``needles``."""
+    assert run.returncode == code, (run.stdout, run.stderr)
+    lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]

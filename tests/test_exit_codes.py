@@ -34,6 +34,8 @@ INTRODUCED_BY = {
     11: {"PreconditionError"},
     12: {"NotFound"},
     13: {"PartitionError"},
+    14: {"UpdateRefused"},
+    15: {"UpdateFailed"},
 }
 
 

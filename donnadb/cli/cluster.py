@@ -1,4 +1,4 @@
-"""`donnactl cluster list|history|switchover|failover|restart|reinit|pause|resume|drill`.
+"""`donnactl cluster list|history|switchover|failover|restart|reinit|pause|resume|update|drill`.
 
 A thin layer over :mod:`donnadb.ops.cluster` (which wraps patronictl). The disruptive
 verbs have --dry-run, ask unless --yes, and are audited by :func:`logged`.
@@ -6,6 +6,7 @@ verbs have --dry-run, ask unless --yes, and are audited by :func:`logged`.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated
 
 import typer
@@ -16,7 +17,7 @@ from donnadb.cli.opsrun import confirm, logged, settings
 from donnadb.cli.options import DryRunOpt, JsonOpt, YesOpt
 from donnadb.cli.output import console, emit_json
 from donnadb.cli.status_view import human_bytes
-from donnadb.ops import cluster
+from donnadb.ops import cluster, update
 
 app = typer.Typer(no_args_is_help=True)
 # The failure drill's verb lives in its own module.
@@ -167,3 +168,79 @@ def pause_cmd(json: JsonOpt = False, dry_run: DryRunOpt = False, yes: YesOpt = F
 def resume_cmd(json: JsonOpt = False, dry_run: DryRunOpt = False) -> None:
     """Leave maintenance mode: automatic failover is on again."""
     _pause(False, json, dry_run, True)
+
+
+def _versions(plan: dict) -> str:
+    return ", ".join(f"{p['name']} {p['installed']}" + (f" -> {p['candidate']}" if p["upgrade"]
+                                                       else "") for p in plan["packages"])
+
+
+def _where(plan: dict) -> str:
+    if plan["mode"] == "single":
+        return "this host"
+    return f"{plan['member']} (the {plan['mode']})"
+
+
+def _render_update(result: dict) -> None:
+    if result["nothing_to_do"]:
+        console.print(f"nothing to update: {_versions(result)}; the server runs "
+                      f"{result['running_version']}", highlight=False, soft_wrap=True)
+        return
+    if result["dry_run"]:
+        console.print(f"dry run on {_where(result)}: {_versions(result)}; server "
+                      f"{result['running_version']} -> {result['target_version']}; would run:",
+                      highlight=False, soft_wrap=True)
+        for i, step in enumerate(result["steps"], 1):
+            console.print(f"  {i}. {step}", highlight=False, soft_wrap=True)
+        return
+    before, after = result["before"], result["after"]
+    console.print(f"updated {_where(result)}: " + ", ".join(
+        f"{name} {before['packages'][name]} -> {version}"
+        for name, version in after["packages"].items()), highlight=False, soft_wrap=True)
+    if result.get("switchover"):
+        console.print(f"switched over: {result['switchover']['old_leader']} -> "
+                      f"{result['switchover']['new_leader']}")
+    console.print(f"server_version {before['server_version']} -> {after['server_version']} "
+                  f"(restarted by {result['restarted_by']})", highlight=False, soft_wrap=True)
+    if result.get("outage"):
+        console.print(f"refused connections for {result['outage']['refused_seconds']}s "
+                      f"({result['outage']['refused_attempts']} refused attempts, one every "
+                      f"{result['outage']['probe_interval_s'] * 1000:.0f} ms)")
+
+
+def _status(text: str, quiet: bool):
+    """A rich spinner for a long step; none under --json (stdout is the document)."""
+    return contextlib.nullcontext() if quiet else console.status(text)
+
+
+def _ask(plan: dict, yes: bool) -> None:
+    then = (f"switch over to {plan['switchover']['candidate']}, then restart {plan['member']}"
+            if plan["mode"] == "leader" else f"restart PostgreSQL on {_where(plan)}")
+    confirm(f"Update {_versions(plan)} and {then}? Its connections are cut for a moment.", yes)
+
+
+@app.command("update")
+@logged("cluster update")
+def update_cmd(json: JsonOpt = False, dry_run: DryRunOpt = False, yes: YesOpt = False,
+               refresh: Annotated[bool, typer.Option(
+                   "--refresh", help="Run apt-get update first (not with --dry-run).")]
+               = False) -> None:
+    """Minor update of this host's PostgreSQL: packages, then one restart onto them.
+
+    On a cluster: each replica first, the leader last (it switches over, then restarts).
+    """
+    s = settings()
+    if refresh and not dry_run:
+        with _status("apt-get update ...", json):
+            update.refresh_lists()
+    plan = update.plan(s)
+    if dry_run or plan["nothing_to_do"]:
+        result = {**plan, "dry_run": dry_run}
+    else:
+        _ask(plan, yes)
+        with _status("updating ...", json) as status:
+            result = update.run(s, plan, lambda what: status and status.update(f"{what} ..."))
+    if json:
+        emit_json(result)
+    else:
+        _render_update(result)

@@ -110,6 +110,24 @@ def members(settings: Settings) -> list[dict[str, Any]]:
     return out
 
 
+#: A member's line of ``patronictl version CLUSTER``: "node1: Patroni 3.0.2 PostgreSQL
+#: 15.20", or "node1: failed to get version: ..." when its REST API does not answer.
+_VERSION_LINE = re.compile(r"^(\S+): Patroni \S+(?: PostgreSQL (\S+))?\s*$")
+
+
+def server_versions(settings: Settings, cluster_name: str) -> dict[str, str | None]:
+    """The PostgreSQL version each member runs ("15.20"), as ``patronictl version`` reads
+    it from every member's REST API; None for a member that did not answer."""
+    out = {}
+    for line in run_ctl(settings, "version", cluster_name).splitlines():
+        name, _, rest = line.partition(": ")
+        if not rest or name.startswith("patronictl"):
+            continue
+        found = _VERSION_LINE.match(line)
+        out[name] = found.group(2) if found else None
+    return out
+
+
 def paused(settings: Settings) -> bool:
     """Maintenance mode, as the cluster's dynamic configuration says."""
     conf = yaml.safe_load(run_ctl(settings, "show-config")) or {}

@@ -97,11 +97,17 @@ def kill_postmaster(data_dir: Path) -> int:
     return pid
 
 
-def start_command(version: int, cluster: str) -> list[str]:
-    """How this host starts the Debian cluster: its systemd unit, else pg_ctlcluster."""
+def ctl_command(version: int, cluster: str, action: str) -> list[str]:
+    """How this host starts, stops or restarts the Debian cluster: its systemd unit where
+    systemd is PID 1 (so systemd keeps tracking it), else pg_ctlcluster."""
     if systemd_running():
-        return ["systemctl", "start", f"postgresql@{version}-{cluster}"]
-    return ["pg_ctlcluster", str(version), cluster, "start"]
+        return ["systemctl", action, f"postgresql@{version}-{cluster}"]
+    return ["pg_ctlcluster", str(version), cluster, action]
+
+
+def start_command(version: int, cluster: str) -> list[str]:
+    """How this host starts the Debian cluster (see :func:`ctl_command`)."""
+    return ctl_command(version, cluster, "start")
 
 
 def start_cluster(version: int, cluster: str, timeout: float = START_TIMEOUT) -> float:
@@ -170,8 +176,8 @@ def member_name(config: Path) -> str:
     try:
         doc = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
-        raise DrillRefused(f"cannot read PATRONI_CONFIG {config} ({exc}); run the drill as "
-                           "root on a database host") from None
+        raise DrillRefused(f"cannot read PATRONI_CONFIG {config} ({exc}); run donnactl "
+                           "as root on a database host") from None
     name = doc.get("name") if isinstance(doc, dict) else None
     if not name:
         raise DrillRefused(f"PATRONI_CONFIG {config} has no `name:`; run `make deploy`")

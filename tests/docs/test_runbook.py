@@ -303,7 +303,7 @@ def test_runbook_has_tested_blocks_for_every_procedure():
     for procedure in ("Daily look", "First deploy", "Adding a replica", "Rotating role passwords",
                       "Taking and restoring a backup", "Partitions and retention",
                       "Migrating the legacy files", "Support: a user or a chat",
-                      "A runaway query", "Disk full"):
+                      "A runaway query", "Disk full", "Minor PostgreSQL update"):
         assert any(h.startswith(procedure) for h in heads), procedure
 
 
