@@ -20,7 +20,7 @@ import yaml
 
 from donnadb import db
 from donnadb.config import Settings
-from donnadb.errors import ClusterError, NotInCluster
+from donnadb.errors import ClusterError, DonnaError, NotInCluster
 
 log = logging.getLogger(__name__)
 
@@ -307,22 +307,6 @@ def replica_of(settings: Settings, *, dbname: str | None = None) -> str | None:
     return (sender[0] if sender else None) or "unknown"
 
 
-def member_name(settings: Settings) -> str:
-    """This host's member name, from its Patroni configuration.
-
-    :raises NotInCluster: no Patroni configuration here.
-    :raises ClusterError: the configuration cannot be read or names no member.
-    """
-    path = config_path(settings)
-    try:
-        name = (yaml.safe_load(path.read_text()) or {}).get("name")
-    except (OSError, yaml.YAMLError) as exc:
-        raise ClusterError(f"cannot read {path}: {exc}; run as root or postgres") from exc
-    if not name:
-        raise ClusterError(f"{path} names no member (its `name:` is missing): redeploy")
-    return str(name)
-
-
 def backup_member(ms: list[dict[str, Any]], max_lag_bytes: int) -> str | None:
     """The member that takes the cluster's scheduled backups: the first healthy replica
     by name whose lag is known and within ``max_lag_bytes`` (pg_dump then reads a copy
@@ -340,12 +324,14 @@ def backups_taken_by(settings: Settings) -> str | None:
     """None when this host takes the scheduled backups (a single host; the cluster's
     :func:`backup_member`; or Patroni cannot say, when one backup too many beats none);
     else the member that does."""
+    from donnadb.ops.drillfault import member_name
+
     if settings.patroni_config is None:
         return None
     try:
-        me = member_name(settings)
+        me = member_name(config_path(settings))
         chosen = backup_member(members(settings), settings.health_cluster_lag_warn_bytes)
-    except ClusterError as exc:
+    except DonnaError as exc:
         log.warning("cannot tell which member takes the backups, taking them here: %s", exc)
         return None
     return None if chosen in (None, me) else chosen
