@@ -213,7 +213,8 @@ def verify_(
     """
     settings = load_settings(backup_repo_dir=repo)
     if with_restore:
-        leader_only(settings, "backup verify", json=json_out)
+        # As the backup role: the backup jobs' user holds no other role's password.
+        leader_only(settings, "backup verify", json=json_out, kind="backup")
     try:
         backup = _local_or_download(settings, backup_id, json_out,
                                     allow_unsigned=allow_unsigned)

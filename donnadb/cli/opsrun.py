@@ -49,15 +49,15 @@ def confirm(question: str, yes: bool) -> None:
 
 
 def leader_only(s: Settings, job: str, *, json: bool = False, dbname: str | None = None,
-                ) -> None:
+                kind: str = "readonly") -> None:
     """Stop a scheduled job with exit 0 on a replica: the leader runs it (every database
-    host of a cluster has the same timers).
+    host of a cluster has the same timers). ``kind``: the role the job logs in as.
 
     :raises typer.Exit: this node is a replica (after one log line and one output line).
     """
     from donnadb.ops.cluster import replica_of
 
-    leader = replica_of(s, dbname=dbname)
+    leader = replica_of(s, dbname=dbname, kind=kind)
     if leader is not None:
         skip_job(job, f"skipped: this node is a replica (leader: {leader})", json,
               reason="replica", leader=leader)

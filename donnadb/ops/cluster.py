@@ -286,13 +286,15 @@ def set_paused(settings: Settings, pause: bool, *, dry_run: bool = False) -> dic
     return result
 
 
-def replica_of(settings: Settings, *, dbname: str | None = None) -> str | None:
+def replica_of(settings: Settings, *, dbname: str | None = None,
+               kind: str = "readonly") -> str | None:
     """None on a primary (or a single host); on a replica, the leader's name: Patroni's
     when PATRONI_CONFIG is set, else the host the WAL comes from ("unknown" if hidden).
+    ``kind``: the role to ask as (a job's own, whose password its user holds).
 
     :raises DatabaseError: the local database cannot be reached.
     """
-    with db.connection("readonly", settings=settings, dbname=dbname, autocommit=True) as conn:
+    with db.connection(kind, settings=settings, dbname=dbname, autocommit=True) as conn:
         if not conn.execute(IN_RECOVERY_SQL).fetchone()[0]:
             return None
         sender = conn.execute(SENDER_SQL).fetchone()

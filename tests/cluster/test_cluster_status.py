@@ -107,7 +107,7 @@ def _replica_env(healthy, in_cluster) -> tuple[str, dict[str, str]]:
     """donnactl pointed at a replica's PostgreSQL through its socket (trust, no password)."""
     s = load_settings()
     leader = healthy.leader()
-    for kind in ("readonly", "migrator", "app"):
+    for kind in ("readonly", "migrator", "app", "backup"):
         role = s.role(kind)
         healthy.sql(leader, f"DO $$ BEGIN CREATE ROLE {role} LOGIN; "
                             "EXCEPTION WHEN duplicate_object THEN NULL; END $$")
