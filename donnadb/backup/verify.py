@@ -42,11 +42,18 @@ def verify_backup(
 
     A failed verify marks the backup not good (retention and ``latest`` skip it).
     Never raises for a damaged backup: the result says so.
+
+    :raises ConfigError, BackupError: ``with_restore`` and the key or age identity to
+        decrypt it is missing or not the backup's (nothing is recorded).
     """
     if backup.manifest is None:
         result = VerifyResult(backup.backup_id, False, 0, 0, ["manifest missing or unreadable"])
         storage_local.record_verify(backup, result.to_dict())
         return result
+    if with_restore:
+        # A missing or wrong key is the operator's problem, not the backup's: one error,
+        # and the backup is not marked failed.
+        restore.decryption(settings, backup.manifest)
     # Prune skips a backup while its read lock is held (shared: restores may read too).
     with storage_local.reading(backup):
         result = _check(settings, backup, with_restore=with_restore,

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from rich.table import Table
 
 from donnadb.backup import (
+    agecrypt,
     catalog,
     crypto,
     pitr,
@@ -42,6 +43,10 @@ UnsignedOpt = typer.Option(
 UnencryptedOpt = typer.Option(
     False, "--allow-unencrypted",
     help="Restore a backup that is not encrypted although BACKUP_ENCRYPTION_KEY_FILE is set.")
+IdentityOpt = typer.Option(
+    None, "--identity",
+    help="age private key file (0600) of an age-encrypted backup "
+         "(default: BACKUP_AGE_IDENTITY_FILE).")
 #: The scheduled jobs pass it: on a cluster one member takes the backups (a healthy
 #: replica, else the leader); the others skip. A single host always takes them.
 BackupMemberOpt = typer.Option(
@@ -58,6 +63,11 @@ def _human(n: int | None) -> str:
             return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
         size /= 1024
     return str(n)
+
+
+def _path(name: str | None) -> Path | None:
+    """A file named on the command line, made absolute (settings hold absolute paths)."""
+    return Path(name).resolve() if name else None
 
 
 def _transfer(total: int, what: str, quiet: bool) -> tuple[Progress | None, object]:
@@ -203,6 +213,7 @@ def verify_(
                                       help="Also restore into a throwaway database and compare."),
     allow_unencrypted: bool = UnencryptedOpt,
     allow_unsigned: bool = UnsignedOpt,
+    identity: str | None = IdentityOpt,
     repo: str | None = RepoOpt,
     json_out: JsonOpt = False,
 ) -> None:
@@ -211,7 +222,7 @@ def verify_(
     The restore needs a writable server: on a cluster's replica it is skipped (exit 0)
     and the leader's run of the same job does it.
     """
-    settings = load_settings(backup_repo_dir=repo)
+    settings = load_settings(backup_repo_dir=repo, backup_age_identity_file=_path(identity))
     if with_restore:
         leader_only(settings, "backup verify", json=json_out)
     try:
@@ -260,6 +271,7 @@ def restore_(
     jobs: int | None = JobsOpt,
     allow_unencrypted: bool = UnencryptedOpt,
     allow_unsigned: bool = UnsignedOpt,
+    identity: str | None = IdentityOpt,
     repo: str | None = RepoOpt,
     json_out: JsonOpt = False,
 ) -> None:
@@ -268,7 +280,7 @@ def restore_(
     Refuses a non-empty target without --force, and with --force asks before replacing
     it unless --yes; --dry-run says what it would do. --cleanup drops the kept copies.
     """
-    settings = load_settings(backup_repo_dir=repo)
+    settings = load_settings(backup_repo_dir=repo, backup_age_identity_file=_path(identity))
     if cleanup:
         if backup_id is not None:
             raise UsageError("--cleanup takes no backup id; use --target-db to choose whose "
@@ -528,8 +540,24 @@ def keygen(path: str = typer.Argument(..., help="New key file (0600); keep a cop
            for_signing: bool = typer.Option(False, "--signing",
                                             help="A manifest signing key "
                                                  "(BACKUP_SIGNING_KEY_FILE) instead."),
+           for_age: bool = typer.Option(False, "--age",
+                                        help="An age key pair instead: the private key in "
+                                             "PATH (on the operator's machine, not the "
+                                             "database host); prints the public key."),
            json_out: JsonOpt = False) -> None:
-    """Create a key file: client-side encryption (default) or manifest signing."""
+    """Create a key file: client-side encryption (default), manifest signing, or age."""
+    if for_age:
+        if for_signing:
+            raise UsageError("--age and --signing make different keys; choose one")
+        public = agecrypt.generate_identity(Path(path))
+        if json_out:
+            emit_json({"path": str(path), "public_key": public,
+                       "variable": "BACKUP_AGE_IDENTITY_FILE"})
+            return
+        console.print(f"wrote {path} (public key {public}); put the public key in group_data "
+                      "backup_age_recipients, keep the file off the database host and "
+                      "escrow a copy: restores need it (--identity)", highlight=False)
+        return
     key = crypto.generate_key_file(Path(path))
     variable = "BACKUP_SIGNING_KEY_FILE" if for_signing else "BACKUP_ENCRYPTION_KEY_FILE"
     if json_out:
