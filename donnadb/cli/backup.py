@@ -214,13 +214,19 @@ def verify_(
     allow_unencrypted: bool = UnencryptedOpt,
     allow_unsigned: bool = UnsignedOpt,
     identity: str | None = IdentityOpt,
+    if_key: bool = typer.Option(
+        False, "--if-key",
+        help="With --restore: an age backup and no identity here (a database host holds "
+             "only the public key) gets the file checks alone and a line saying so, "
+             "instead of an error. The scheduled drill passes it."),
     repo: str | None = RepoOpt,
     json_out: JsonOpt = False,
 ) -> None:
     """Re-hash every file against the manifest (and with --restore, prove it restores).
 
     The restore needs a writable server: on a cluster's replica it is skipped (exit 0)
-    and the leader's run of the same job does it.
+    and the leader's run of the same job does it. It needs the backup's key too: an age
+    backup needs --identity (or BACKUP_AGE_IDENTITY_FILE).
     """
     settings = load_settings(backup_repo_dir=repo, backup_age_identity_file=_path(identity))
     if with_restore:
@@ -235,10 +241,15 @@ def verify_(
         skip_job("backup verify", "skipped: no backup on this member and no S3 to fetch "
                  "one from (set backup_s3 so the leader can check the cluster's backups)",
                  json_out, reason="no_backup_here")
+    no_key = None
+    if with_restore and if_key and _needs_identity(settings, backup):
+        with_restore = False
+        no_key = (f"restore skipped: backup {backup.backup_id} is encrypted with age and "
+                  "this host has no identity (BACKUP_AGE_IDENTITY_FILE); files checked only")
     if json_out:
         result = verify.verify_backup(settings, backup, with_restore=with_restore,
                                       allow_unencrypted=allow_unencrypted)
-        emit_json(result.to_dict())
+        emit_json({**result.to_dict(), **({"restore_skipped": no_key} if no_key else {})})
     else:
         with console.status(f"verifying {backup.backup_id} ..."):
             result = verify.verify_backup(settings, backup, with_restore=with_restore,
@@ -246,11 +257,20 @@ def verify_(
         console.print(f"{backup.backup_id}: {result.files_checked} files, "
                       f"{_human(result.bytes_checked)} checked"
                       + (f"; restored in {result.restore_seconds} s" if result.restored else ""))
+        if no_key:
+            console.print(f"[yellow]{no_key}[/]", highlight=False)
     if not result.ok:
         raise BackupCorrupt(f"backup {backup.backup_id} failed verification: "
                             + "; ".join(result.problems[:3]))
     if not json_out:
         console.print("[green]ok[/]")
+
+
+def _needs_identity(settings: Settings, backup: storage_local.LocalBackup) -> bool:
+    """``backup`` is encrypted with age and no identity is configured."""
+    encryption = backup.manifest.encryption if backup.manifest else None
+    return bool(encryption and encryption.get("algorithm") == agecrypt.ALGORITHM
+                and settings.backup_age_identity_file is None)
 
 
 @app.command(name="restore")
