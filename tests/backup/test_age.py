@@ -129,13 +129,12 @@ def test_identity_file_rules(host_bs, age_keys, source_db, target_name, tmp_path
     with pytest.raises(ConfigError, match="readable by others; chmod 600"):
         restore.restore_backup(loose, backup, target_name)
     assert absent(target_name)
-    not_a_key = tmp_path / "not-a-key.txt"
-    not_a_key.write_text("hello\n")
-    not_a_key.chmod(0o600)
-    with pytest.raises(ConfigError, match="holds no age private key"):
-        agecrypt.identity_recipients(not_a_key)
     with pytest.raises(ConfigError, match="exists"):
         agecrypt.generate_identity(identity)
+    (tmp_path / "not-a-key.txt").write_text("hello\n")
+    (tmp_path / "not-a-key.txt").chmod(0o600)
+    with pytest.raises(ConfigError, match="holds no age private key"):
+        agecrypt.identity_recipients(tmp_path / "not-a-key.txt")
 
 
 @pytest.mark.parametrize("text, match", [

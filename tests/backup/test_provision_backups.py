@@ -136,15 +136,21 @@ def schedule_target(throwaway_cluster):
     subprocess.run(["systemctl", "daemon-reload"], check=True)
 
 
-def test_deploy_configures_archiving_and_the_stanza(throwaway_cluster, schedule_target):
-    name, work = throwaway_cluster
+def backups_deploy_file(work: Path, cluster: str) -> Path:
+    """A deploy.py running install_backups alone against ``cluster`` on PORT."""
     deploy = work / "deploy.py"
     deploy.write_text(
         "from types import SimpleNamespace\n"
         "from donnadb.provision.backups import install_backups\n"
         f"install_backups(SimpleNamespace(donnadb_install_dir='/srv/donnadb', pg_version=15,\n"
         "                                db_passfile='/etc/donnadb/pgpass',\n"
-        f"                                pg_cluster='{name}', pg_port={PORT}, ha=None))\n")
+        f"                                pg_cluster='{cluster}', pg_port={PORT}, ha=None))\n")
+    return deploy
+
+
+def test_deploy_configures_archiving_and_the_stanza(throwaway_cluster, schedule_target):
+    name, work = throwaway_cluster
+    deploy = backups_deploy_file(work, name)
     data = {
         "backup_repo_dir": work / "repo", "backup_env_file": work / "etc" / "backup.env",
         "pgbackrest_enabled": "true", "pgbackrest_config": work / "pgbr" / "pgbackrest.conf",
@@ -189,13 +195,7 @@ def test_deploy_configures_archiving_and_the_stanza(throwaway_cluster, schedule_
 
 def test_deploy_writes_the_age_recipients_once(throwaway_cluster, schedule_target):
     name, work = throwaway_cluster
-    deploy = work / "deploy.py"
-    deploy.write_text(
-        "from types import SimpleNamespace\n"
-        "from donnadb.provision.backups import install_backups\n"
-        f"install_backups(SimpleNamespace(donnadb_install_dir='/srv/donnadb', pg_version=15,\n"
-        "                                db_passfile='/etc/donnadb/pgpass',\n"
-        f"                                pg_cluster='{name}', pg_port={PORT}, ha=None))\n")
+    deploy = backups_deploy_file(work, name)
     recipients = work / "etc" / "age-recipients.txt"
     env_file = work / "etc" / "backup.env"
     data = {"backup_repo_dir": work / "repo", "backup_env_file": env_file,
