@@ -251,3 +251,11 @@ def test_the_scheduled_drill_on_the_host_checks_the_files_and_says_so(host_bs, s
     strict = subprocess.run([DONNACTL, "backup", "verify", "latest", "--restore"], env=env,
                             capture_output=True, text=True, timeout=120, check=False)
     assert strict.returncode == 3 and "--identity" in strict.stderr
+
+
+def test_an_identity_file_on_the_host_is_a_secret_the_security_check_covers(bs, age_keys):
+    from donnadb.ops import security
+
+    with_identity = bs.model_copy(update={"backup_age_identity_file": age_keys[0]})
+    assert age_keys[0] in [path for path, _ in security._secret_files(with_identity)]
+    assert age_keys[0] not in [path for path, _ in security._secret_files(bs)]
