@@ -199,6 +199,10 @@ def show(backup_id: str = typer.Argument(..., help="Backup id or 'latest'."),
                   f"schema {m.schema_version or 'none'}; database {_human(m.database_size)}")
     console.print(f"  {len(m.files)} files, {_human(m.total_size)}; gzip level "
                   f"{m.compress_level}; {m.jobs} jobs; tools {m.tools}")
+    if m.encryption:
+        to = m.encryption.get("recipients") or [f"key id {m.encryption.get('key_id')}"]
+        console.print(f"  encrypted ({m.encryption['algorithm']}) to {', '.join(to)}",
+                      highlight=False)
     table = Table("table", "rows")
     for name, count in sorted(m.row_counts.items()):
         table.add_row(name, str(count))

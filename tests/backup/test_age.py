@@ -205,7 +205,7 @@ def test_cli_keygen_then_s3_round_trip_with_identity(s3_bs, source_db, target_na
                BACKUP_S3_BUCKET=BUCKET, BACKUP_S3_PREFIX=s3_bs.backup_s3_prefix,
                BACKUP_S3_ENDPOINT_URL=s3_bs.backup_s3_endpoint_url,
                BACKUP_S3_REGION="us-east-1", BACKUP_AGE_RECIPIENTS_FILE=str(recipients),
-               BACKUP_SIGNING_KEY_FILE=str(s3_bs.backup_signing_key_file))
+               BACKUP_SIGNING_KEY_FILE=str(s3_bs.backup_signing_key_file), COLUMNS="200")
     env.pop("BACKUP_AGE_IDENTITY_FILE", None)
 
     def run(*args):
@@ -215,6 +215,8 @@ def test_cli_keygen_then_s3_round_trip_with_identity(s3_bs, source_db, target_na
     created = run("create", "--json")
     assert created.returncode == 0, created.stderr
     assert json.loads(created.stdout)["uploaded"]
+    shown = run("show", "latest")
+    assert f"encrypted (age) to {public}" in shown.stdout, shown.stdout
     shutil.rmtree(tmp_path / "cli-repo")  # the host is lost: only S3 is left
 
     refused = run("restore", "latest", "--target-db", target_name)
