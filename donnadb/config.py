@@ -188,6 +188,13 @@ class Settings(BaseSettings):
     #: Client-side AES-256-GCM: off unless set. The key file (0600, one 64-hex key per
     #: line, the first encrypts) must be kept outside the backups: losing it loses them.
     backup_encryption_key_file: Path | None = None
+    #: Encryption to public keys with age (donnadb/backup/agecrypt.py): the ``age1...``
+    #: keys, one a line. When set, new backups are age files; it wins over
+    #: BACKUP_ENCRYPTION_KEY_FILE, which then only reads the older backups.
+    backup_age_recipients_file: Path | None = None
+    #: The operator's age private key (0600), for restore and `verify --restore` only
+    #: (``--identity``); not on the database host normally.
+    backup_age_identity_file: Path | None = None
     #: HMAC key of the manifests (donnadb/backup/signing.py; the deploy generates it,
     #: 0600). A manifest read from S3 is used only when it verifies under this file's
     #: keys: keep a copy with the encryption key, restoring elsewhere needs it.

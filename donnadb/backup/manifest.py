@@ -34,6 +34,8 @@ DUMP_DIR = "dump"
 #: No other directory, no "..", no absolute path, nothing hidden.
 FILE_PATH_RE = re.compile(rf"^{DUMP_DIR}/[A-Za-z0-9][A-Za-z0-9._-]{{0,254}}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+#: An age X25519 public key (agecrypt.RECIPIENT_RE).
+AGE_RECIPIENT_RE = re.compile(r"^age1[02-9ac-hj-np-z]{58}$")
 
 
 @dataclass
@@ -58,7 +60,8 @@ class Manifest:
     compress_level: int
     jobs: int
     format_version: int = FORMAT_VERSION
-    encryption: dict[str, str] | None = None
+    #: {algorithm, key_id} (crypto.py) or {"algorithm": "age", recipients: [age1...]}.
+    encryption: dict[str, object] | None = None
     extra: dict[str, object] = field(default_factory=dict)
     signature: dict[str, str] | None = None
 
@@ -116,12 +119,20 @@ class Manifest:
                 return f"file {entry.path!r} has size {entry.size!r}"
             if not isinstance(entry.sha256, str) or not _SHA256_RE.match(entry.sha256):
                 return f"file {entry.path!r} has no valid sha256"
-        if self.encryption is not None and not (
-                isinstance(self.encryption, dict)
-                and all(isinstance(self.encryption.get(k), str)
-                        for k in ("algorithm", "key_id"))):
+        if self.encryption is not None and not _encryption_ok(self.encryption):
             return "its encryption field is malformed"
         return None
+
+
+def _encryption_ok(encryption: object) -> bool:
+    """A symmetric key's {algorithm, key_id}, or age's {algorithm: age, recipients}."""
+    if not isinstance(encryption, dict):
+        return False
+    if encryption.get("algorithm") == "age":
+        recipients = encryption.get("recipients")
+        return (isinstance(recipients, list) and bool(recipients)
+                and all(isinstance(r, str) and AGE_RECIPIENT_RE.match(r) for r in recipients))
+    return all(isinstance(encryption.get(k), str) for k in ("algorithm", "key_id"))
 
 
 def now_utc() -> str:

@@ -23,7 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from donnadb import db
-from donnadb.backup import bootstrap, crypto, dbfacts, pgtools, signing, storage_local, swap
+from donnadb.backup import (
+    agecrypt,
+    bootstrap,
+    crypto,
+    dbfacts,
+    pgtools,
+    signing,
+    storage_local,
+    swap,
+)
 from donnadb.backup import manifest as mf
 from donnadb.backup.errors import BackupCorrupt, BackupError, RestoreRefused
 from donnadb.backup.snapshot import DUMP_DIR
@@ -131,14 +140,16 @@ def restore_backup(
     with storage_local.reading(backup):
         manifest = verify_files(settings, backup)
         lap("verify_files")
-        if settings.backup_encryption_key_file and not manifest.encryption \
-                and not allow_unencrypted:
-            # With a key configured every backup of ours is encrypted: a plain one is
+        configured = ("BACKUP_AGE_RECIPIENTS_FILE" if settings.backup_age_recipients_file
+                      else "BACKUP_ENCRYPTION_KEY_FILE" if settings.backup_encryption_key_file
+                      else None)
+        if configured and not manifest.encryption and not allow_unencrypted:
+            # With encryption configured every backup of ours is encrypted: a plain one is
             # someone else's (or a downgrade); use it only when the operator says so.
             raise RestoreRefused(
-                f"backup {backup.backup_id} is not encrypted but BACKUP_ENCRYPTION_KEY_FILE "
+                f"backup {backup.backup_id} is not encrypted but {configured} "
                 "is set; pass --allow-unencrypted if you know where it comes from")
-        keys = _keys_for(settings, manifest) if manifest.encryption else []
+        decrypt = decryption(settings, manifest)
         if target_db == settings.db_name and not force:
             raise RestoreRefused(
                 f"{target_db} is the live database; pass --force to replace it"
@@ -155,7 +166,7 @@ def restore_backup(
                                      "for it to finish")
             temp_db = swap.temp_name(target_db, swap.stamp())
             try:
-                result = _restore_and_check(settings, backup, manifest, keys, temp_db,
+                result = _restore_and_check(settings, backup, manifest, decrypt, temp_db,
                                             jobs or settings.backup_jobs, lap)
                 # Checked: only now does the target change, in one step.
                 result.kept_as = swap.swap_in(settings, temp_db, target_db, replace=exists,
@@ -184,7 +195,7 @@ def _drop_quietly(settings: Settings, temp_db: str) -> None:
 
 
 def _restore_and_check(settings: Settings, backup: storage_local.LocalBackup,
-                       manifest: mf.Manifest, keys: list[crypto.Key], temp_db: str,
+                       manifest: mf.Manifest, decrypt: Decrypt | None, temp_db: str,
                        jobs: int, lap: Callable[[str], None]) -> RestoreResult:
     """Create ``temp_db``, load the backup into it and compare it with the manifest.
 
@@ -192,11 +203,11 @@ def _restore_and_check(settings: Settings, backup: storage_local.LocalBackup,
     """
     bootstrap.create_database(settings, temp_db, port=settings.db_port)
     lap("create_database")
-    if manifest.encryption:
+    if decrypt:
         # The plaintext lives only while pg_restore reads it, inside the 0700 repository.
         with tempfile.TemporaryDirectory(dir=settings.backup_repo_dir,
                                          prefix=storage_local.DECRYPTED_PREFIX) as tmp:
-            crypto.decrypt_tree(backup.path, DUMP_DIR, Path(tmp), keys, backup.backup_id)
+            decrypt(backup.path, Path(tmp))
             _pg_restore(settings, Path(tmp), temp_db, jobs)
     else:
         _pg_restore(settings, backup.path / DUMP_DIR, temp_db, jobs)
@@ -218,8 +229,32 @@ def _restore_and_check(settings: Settings, backup: storage_local.LocalBackup,
     return result
 
 
+#: Decrypts a backup's dump (its directory) into a directory.
+Decrypt = Callable[[Path, Path], None]
+
+
+def decryption(settings: Settings, manifest: mf.Manifest) -> Decrypt | None:
+    """How to decrypt ``manifest``'s backup (None: it is plain), with its key checked
+    before the target is touched.
+
+    :raises ConfigError: no key (file or age identity) is configured, or it cannot be
+        read or is readable by others.
+    :raises BackupError: the key file lacks the backup's key id, or the identity is not
+        one of the backup's recipients.
+    """
+    if not manifest.encryption:
+        return None
+    if manifest.encryption["algorithm"] == agecrypt.ALGORITHM:
+        identity = agecrypt.check_identity(settings.backup_age_identity_file,
+                                           manifest.encryption["recipients"],
+                                           manifest.backup_id)
+        return lambda src, dest: agecrypt.decrypt_tree(src, DUMP_DIR, dest, identity)
+    keys = _keys_for(settings, manifest)
+    return lambda src, dest: crypto.decrypt_tree(src, DUMP_DIR, dest, keys, manifest.backup_id)
+
+
 def _keys_for(settings: Settings, manifest: mf.Manifest) -> list[crypto.Key]:
-    """The keys to decrypt ``manifest``'s backup; checked before the target is touched.
+    """The keys to decrypt ``manifest``'s backup (a symmetric key's).
 
     :raises ConfigError: no key file is configured or it cannot be read.
     :raises BackupError: the key file lacks the backup's key id.

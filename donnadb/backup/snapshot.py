@@ -17,7 +17,7 @@ from pathlib import Path
 
 import donnadb
 from donnadb import db
-from donnadb.backup import crypto, dbfacts, pgtools, signing, storage_local
+from donnadb.backup import agecrypt, crypto, dbfacts, pgtools, signing, storage_local
 from donnadb.backup import manifest as mf
 from donnadb.backup.errors import BackupError
 from donnadb.config import Settings
@@ -41,7 +41,9 @@ def create_backup(
     """Dump ``dbname`` (default DB_NAME) into the local repository and return it.
 
     :raises BackupError: pg_dump failed or the repository is not writable.
-    :raises ConfigError: a key file (signing, encryption) is missing or unreadable.
+    :raises ConfigError: a key file (signing, encryption, age recipients) is missing or
+        unreadable.
+    :raises PreconditionError: age recipients are set but age is not installed.
     :raises DatabaseError, CredentialsError: the backup role cannot connect.
     """
     dbname = dbname or settings.db_name
@@ -49,8 +51,12 @@ def create_backup(
     level = settings.backup_compress_level if compress_level is None else compress_level
     repo = storage_local.ensure_repo(settings.backup_repo_dir)
     pg_dump = pgtools.tool(settings, "pg_dump")
-    if settings.backup_encryption_key_file:
-        crypto.load_keys(settings.backup_encryption_key_file)  # a bad key file fails before pg_dump
+    # A bad key or recipients file (or no age binary) fails before pg_dump.
+    if settings.backup_age_recipients_file:
+        agecrypt.load_recipients(settings.backup_age_recipients_file)
+        agecrypt.binary()
+    elif settings.backup_encryption_key_file:
+        crypto.load_keys(settings.backup_encryption_key_file)
     signing_keys = signing.load_keys(settings)
     with storage_local.repo_lock(repo):
         backup_id = storage_local.new_backup_id()
@@ -97,7 +103,11 @@ def _dump(
                f"--snapshot={snapshot}", f"--file={partial / DUMP_DIR}", "--no-password"]
         pgtools.run(cmd, pgtools.libpq_env(settings, role, dbname), f"pg_dump of {dbname}")
     encryption = None
-    if settings.backup_encryption_key_file:
+    if settings.backup_age_recipients_file:  # wins over the symmetric key (docs/backup.md)
+        recipients = agecrypt.load_recipients(settings.backup_age_recipients_file)
+        agecrypt.encrypt_tree(partial, DUMP_DIR, settings.backup_age_recipients_file)
+        encryption = {"algorithm": agecrypt.ALGORITHM, "recipients": recipients}
+    elif settings.backup_encryption_key_file:
         key = crypto.load_keys(settings.backup_encryption_key_file)[0]
         crypto.encrypt_tree(partial, DUMP_DIR, key, backup_id)
         encryption = {"algorithm": crypto.ALGORITHM, "key_id": key.key_id}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import asdict, dataclass, field
 
-from donnadb.backup import bootstrap, restore, signing, storage_local
+from donnadb.backup import agecrypt, bootstrap, restore, signing, storage_local
 from donnadb.backup import manifest as mf
 from donnadb.config import Settings
 from donnadb.errors import DonnaError
@@ -42,11 +42,19 @@ def verify_backup(
 
     A failed verify marks the backup not good (retention and ``latest`` skip it).
     Never raises for a damaged backup: the result says so.
+
+    :raises ConfigError, BackupError: ``with_restore``, an age backup, and no identity or
+        not one of its recipients (nothing is recorded).
     """
     if backup.manifest is None:
         result = VerifyResult(backup.backup_id, False, 0, 0, ["manifest missing or unreadable"])
         storage_local.record_verify(backup, result.to_dict())
         return result
+    encryption = backup.manifest.encryption or {}
+    if with_restore and encryption.get("algorithm") == agecrypt.ALGORITHM:
+        # No private key here (the normal case on a database host) or another one says
+        # nothing about the backup: one error, and the backup is not marked failed.
+        restore.decryption(settings, backup.manifest)
     # Prune skips a backup while its read lock is held (shared: restores may read too).
     with storage_local.reading(backup):
         result = _check(settings, backup, with_restore=with_restore,

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from rich.table import Table
 
 from donnadb.backup import (
+    agecrypt,
     catalog,
     crypto,
     pitr,
@@ -42,6 +43,10 @@ UnsignedOpt = typer.Option(
 UnencryptedOpt = typer.Option(
     False, "--allow-unencrypted",
     help="Restore a backup that is not encrypted although BACKUP_ENCRYPTION_KEY_FILE is set.")
+IdentityOpt = typer.Option(
+    None, "--identity",
+    help="age private key file (0600) of an age-encrypted backup "
+         "(default: BACKUP_AGE_IDENTITY_FILE).")
 #: The scheduled jobs pass it: on a cluster one member takes the backups (a healthy
 #: replica, else the leader); the others skip. A single host always takes them.
 BackupMemberOpt = typer.Option(
@@ -58,6 +63,11 @@ def _human(n: int | None) -> str:
             return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
         size /= 1024
     return str(n)
+
+
+def _path(name: str | None) -> Path | None:
+    """A file named on the command line, made absolute (settings hold absolute paths)."""
+    return Path(name).resolve() if name else None
 
 
 def _transfer(total: int, what: str, quiet: bool) -> tuple[Progress | None, object]:
@@ -189,6 +199,10 @@ def show(backup_id: str = typer.Argument(..., help="Backup id or 'latest'."),
                   f"schema {m.schema_version or 'none'}; database {_human(m.database_size)}")
     console.print(f"  {len(m.files)} files, {_human(m.total_size)}; gzip level "
                   f"{m.compress_level}; {m.jobs} jobs; tools {m.tools}")
+    if m.encryption:
+        to = m.encryption.get("recipients") or [f"key id {m.encryption.get('key_id')}"]
+        console.print(f"  encrypted ({m.encryption['algorithm']}) to {', '.join(to)}",
+                      highlight=False)
     table = Table("table", "rows")
     for name, count in sorted(m.row_counts.items()):
         table.add_row(name, str(count))
@@ -203,15 +217,22 @@ def verify_(
                                       help="Also restore into a throwaway database and compare."),
     allow_unencrypted: bool = UnencryptedOpt,
     allow_unsigned: bool = UnsignedOpt,
+    identity: str | None = IdentityOpt,
+    if_key: bool = typer.Option(
+        False, "--if-key",
+        help="With --restore: an age backup and no identity here (a database host holds "
+             "only the public key) gets the file checks alone and a line saying so, "
+             "instead of an error. The scheduled drill passes it."),
     repo: str | None = RepoOpt,
     json_out: JsonOpt = False,
 ) -> None:
     """Re-hash every file against the manifest (and with --restore, prove it restores).
 
     The restore needs a writable server: on a cluster's replica it is skipped (exit 0)
-    and the leader's run of the same job does it.
+    and the leader's run of the same job does it. It needs the backup's key too: an age
+    backup needs --identity (or BACKUP_AGE_IDENTITY_FILE).
     """
-    settings = load_settings(backup_repo_dir=repo)
+    settings = load_settings(backup_repo_dir=repo, backup_age_identity_file=_path(identity))
     if with_restore:
         # As the backup role: the backup jobs' user holds no other role's password.
         leader_only(settings, "backup verify", json=json_out, kind="backup")
@@ -225,10 +246,15 @@ def verify_(
         skip_job("backup verify", "skipped: no backup on this member and no S3 to fetch "
                  "one from (set backup_s3 so the leader can check the cluster's backups)",
                  json_out, reason="no_backup_here")
+    no_key = None
+    if with_restore and if_key and _needs_identity(settings, backup):
+        with_restore = False
+        no_key = (f"restore skipped: backup {backup.backup_id} is encrypted with age and "
+                  "this host has no identity (BACKUP_AGE_IDENTITY_FILE); files checked only")
     if json_out:
         result = verify.verify_backup(settings, backup, with_restore=with_restore,
                                       allow_unencrypted=allow_unencrypted)
-        emit_json(result.to_dict())
+        emit_json({**result.to_dict(), **({"restore_skipped": no_key} if no_key else {})})
     else:
         with console.status(f"verifying {backup.backup_id} ..."):
             result = verify.verify_backup(settings, backup, with_restore=with_restore,
@@ -236,11 +262,20 @@ def verify_(
         console.print(f"{backup.backup_id}: {result.files_checked} files, "
                       f"{_human(result.bytes_checked)} checked"
                       + (f"; restored in {result.restore_seconds} s" if result.restored else ""))
+        if no_key:
+            console.print(f"[yellow]{no_key}[/]", highlight=False)
     if not result.ok:
         raise BackupCorrupt(f"backup {backup.backup_id} failed verification: "
                             + "; ".join(result.problems[:3]))
     if not json_out:
         console.print("[green]ok[/]")
+
+
+def _needs_identity(settings: Settings, backup: storage_local.LocalBackup) -> bool:
+    """``backup`` is encrypted with age and no identity is configured."""
+    encryption = backup.manifest.encryption if backup.manifest else None
+    return bool(encryption and encryption.get("algorithm") == agecrypt.ALGORITHM
+                and settings.backup_age_identity_file is None)
 
 
 @app.command(name="restore")
@@ -261,6 +296,7 @@ def restore_(
     jobs: int | None = JobsOpt,
     allow_unencrypted: bool = UnencryptedOpt,
     allow_unsigned: bool = UnsignedOpt,
+    identity: str | None = IdentityOpt,
     repo: str | None = RepoOpt,
     json_out: JsonOpt = False,
 ) -> None:
@@ -269,7 +305,7 @@ def restore_(
     Refuses a non-empty target without --force, and with --force asks before replacing
     it unless --yes; --dry-run says what it would do. --cleanup drops the kept copies.
     """
-    settings = load_settings(backup_repo_dir=repo)
+    settings = load_settings(backup_repo_dir=repo, backup_age_identity_file=_path(identity))
     if cleanup:
         if backup_id is not None:
             raise UsageError("--cleanup takes no backup id; use --target-db to choose whose "
@@ -529,8 +565,24 @@ def keygen(path: str = typer.Argument(..., help="New key file (0600); keep a cop
            for_signing: bool = typer.Option(False, "--signing",
                                             help="A manifest signing key "
                                                  "(BACKUP_SIGNING_KEY_FILE) instead."),
+           for_age: bool = typer.Option(False, "--age",
+                                        help="An age key pair instead: the private key in "
+                                             "PATH (on the operator's machine, not the "
+                                             "database host); prints the public key."),
            json_out: JsonOpt = False) -> None:
-    """Create a key file: client-side encryption (default) or manifest signing."""
+    """Create a key file: client-side encryption (default), manifest signing, or age."""
+    if for_age:
+        if for_signing:
+            raise UsageError("--age and --signing make different keys; choose one")
+        public = agecrypt.generate_identity(Path(path))
+        if json_out:
+            emit_json({"path": str(path), "public_key": public,
+                       "variable": "BACKUP_AGE_IDENTITY_FILE"})
+            return
+        console.print(f"wrote {path} (public key {public}); put the public key in group_data "
+                      "backup_age_recipients, keep the file off the database host and "
+                      "escrow a copy: restores need it (--identity)", highlight=False)
+        return
     key = crypto.generate_key_file(Path(path))
     variable = "BACKUP_SIGNING_KEY_FILE" if for_signing else "BACKUP_ENCRYPTION_KEY_FILE"
     if json_out:

@@ -175,7 +175,8 @@ def _secret_files(settings: Settings) -> list[tuple[Path, set[str]]]:
     """(file, owners allowed) for every secret the deploy writes."""
     root = {"root"}
     files = [(settings.db_passfile, root), (settings.pgbouncer_auth_file, {"postgres"})]
-    for key in (settings.backup_encryption_key_file, settings.backup_signing_key_file):
+    for key in (settings.backup_encryption_key_file, settings.backup_signing_key_file,
+                settings.backup_age_identity_file):  # the last: normally not on the host
         if key:  # the backup jobs' user (the cluster's owner) reads them
             files.append((key, {"root", db.CLUSTER_OWNER}))
     consumers = settings.db_passfile.parent / CONSUMER_PASSFILE_DIR

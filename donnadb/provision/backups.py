@@ -14,6 +14,8 @@ the stanza, and weekly full + daily differential backup jobs.
 Settings (group_data/all.py, all optional here): ``backup_repo_dir``, ``backup_jobs``,
 ``backup_compress_level``, ``backup_keep_{last,daily,weekly,monthly}``,
 ``backup_max_age_hours``, ``backup_signing_key_file`` (generated once if missing),
+``backup_age_recipients`` (age public keys: installs ``age`` and writes
+``backup_age_recipients_file``, root:postgres 0640),
 ``backup_s3`` (bucket, prefix, region, storage_class, sse,
 kms_key_id, endpoint_url), ``backup_schedule``, ``backup_env_file``,
 ``pgbackrest_enabled``, ``pgbackrest_repo_path``, ``pgbackrest_config``,
@@ -39,7 +41,7 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server
 
 from donnadb import config
-from donnadb.backup import pitr
+from donnadb.backup import agecrypt, pitr
 from donnadb.errors import ConfigError
 from donnadb.provision import consumers, install, logs, scheduler
 from donnadb.provision.settings import DeploySettings
@@ -76,6 +78,8 @@ ENV_KEYS = {
     "backup_encryption_key_file": "BACKUP_ENCRYPTION_KEY_FILE",
     "backup_signing_key_file": "BACKUP_SIGNING_KEY_FILE",
 }
+#: Where the deploy writes group_data's backup_age_recipients unless it says otherwise.
+AGE_RECIPIENTS_FILE = "/etc/donnadb/backup-age-recipients.txt"
 #: Where the deploy generates the manifest signing key unless group_data says otherwise.
 SIGNING_KEY_FILE = str(config.DEFAULT_SIGNING_KEY_FILE)
 S3_KEYS = ("bucket", "prefix", "region", "storage_class", "sse", "kms_key_id", "endpoint_url")
@@ -99,6 +103,9 @@ class BackupDeploy:
     pgbackrest_stanza: str = "donna"
     pgbackrest_retention_full: int = 2
     pgbackrest_retention_diff: int = 6
+    #: group_data backup_age_recipients: public keys new backups are encrypted to.
+    age_recipients: tuple[str, ...] = ()
+    age_recipients_file: str = AGE_RECIPIENTS_FILE
 
 
 #: group_data keys of pgBackRest's place and retention -> BackupDeploy fields.
@@ -114,6 +121,16 @@ def _s3_env(s3: dict[str, Any]) -> dict[str, str]:
                           f"use {', '.join(S3_KEYS)}")
     return {f"BACKUP_S3_{key.upper()}": str(value) for key, value in s3.items()
             if value is not None}
+
+
+def _age_recipients(data: Any) -> tuple[str, ...]:
+    """group_data's ``backup_age_recipients``, each an age public key."""
+    keys = data.get("backup_age_recipients") or []
+    if isinstance(keys, str) or not all(isinstance(k, str) and agecrypt.RECIPIENT_RE.match(k)
+                                        for k in keys):
+        raise ConfigError("group_data backup_age_recipients must be a list of age public "
+                          "keys (age1..., from `age-keygen -y key.txt`), never a private key")
+    return tuple(keys)
 
 
 def _schedule(overrides: dict[str, Any], pgbackrest: bool) -> dict[str, tuple[str, str, str]]:
@@ -145,6 +162,10 @@ def load_backup_deploy(data: Any, settings: DeploySettings) -> BackupDeploy:
     env.update({var: str(data.get(key)) for key, var in ENV_KEYS.items()
                 if data.get(key) is not None})
     env.update(_s3_env(data.get("backup_s3") or {}))
+    age_recipients = _age_recipients(data)
+    age_file = data.get("backup_age_recipients_file") or AGE_RECIPIENTS_FILE
+    if age_recipients:
+        env["BACKUP_AGE_RECIPIENTS_FILE"] = age_file
     pgbackrest = bool(data.get("pgbackrest_enabled"))
     places = {key.replace("_path", ""): data.get(key) for key in PGBACKREST_KEYS
               if data.get(key) is not None}
@@ -156,7 +177,8 @@ def load_backup_deploy(data: Any, settings: DeploySettings) -> BackupDeploy:
         passfile=consumers.passfile_of(settings, JOB_USER), pgbackrest=pgbackrest,
         unit_dir=data.get("backup_unit_dir") or UNIT_DIR,
         unit_prefix=data.get("backup_unit_prefix") or UNIT_PREFIX,
-        cron_file=data.get("backup_cron_file") or CRON_FILE, **places,
+        cron_file=data.get("backup_cron_file") or CRON_FILE, age_recipients=age_recipients,
+        age_recipients_file=age_file, **places,
     )
     if pgbackrest:
         env.update(PGBACKREST_ENABLED="true", PGBACKREST_CONFIG=cfg.pgbackrest_config,
@@ -281,12 +303,29 @@ def install_backups(settings: DeploySettings) -> None:
         # The operator's key (never generated here): the jobs must read it, nobody else.
         files.file(name=f"{encryption_key} is {JOB_USER}'s alone", path=encryption_key,
                    user=JOB_USER, group=JOB_USER, mode="600")
+    _install_age_recipients(cfg)
     scheduler.install_jobs(
         label="backup", prefix=cfg.unit_prefix, unit_dir=cfg.unit_dir,
         units={job: (service_unit(cfg, job), timer_unit(cfg, job)) for job in cfg.schedule},
         # pgBackRest turned off: its physical-backup units go.
         removed=sorted(set(PHYSICAL_SCHEDULE) - set(cfg.schedule)),
         cron_file=cfg.cron_file, cron_text=cron_text(cfg))
+
+
+def _install_age_recipients(cfg: BackupDeploy) -> None:
+    """``age`` and the recipients file: public keys, but root's, so that only the deploy
+    chooses whom the backups are readable by; the jobs' group reads it. No recipients: the
+    file goes (backup.env no longer names it)."""
+    if not cfg.age_recipients:
+        files.file(name=f"No age recipients: remove {cfg.age_recipients_file}",
+                   path=cfg.age_recipients_file, present=False)
+        return
+    apt.packages(name="Install age", packages=["age"],
+                 update=host.get_fact(DebPackages).get("age") is None)
+    text = "# Managed by the donnadb deploy (group_data backup_age_recipients).\n" + \
+        "".join(f"{key}\n" for key in cfg.age_recipients)
+    files.put(name=f"Write the age recipients {cfg.age_recipients_file}", src=StringIO(text),
+              dest=cfg.age_recipients_file, user="root", group=JOB_USER, mode="640")
 
 
 @operation()

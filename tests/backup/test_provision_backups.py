@@ -4,6 +4,8 @@ throwaway cluster (real pyinfra run against @local)."""
 from __future__ import annotations
 
 import dataclasses
+import grp
+import json
 import re
 import shutil
 import subprocess
@@ -30,6 +32,7 @@ from tests.support import superuser_psql, systemd_running, unit_properties
 
 PORT = 5449
 SCRIPT = "/srv/donnadb/bin/donna-backup"
+AGE_PUBLIC = "age1d6v0zhuk3k279wvm093r3flzfl5rtxmvwn6apdq8pchq7q46wqaq89a2c7"
 
 
 @pytest.fixture
@@ -49,6 +52,13 @@ def test_defaults_and_overrides(elsewhere):
     assert f"ExecStart={SCRIPT} verify\n" in service_unit(cfg, "verify")
     assert "OnCalendar=Sun *-*-* 04:00:00\n" in timer_unit(cfg, "verify")
     assert f"0 4 * * 0 postgres {SCRIPT} verify" in cron_text(cfg)
+
+
+def test_age_recipients_name_their_file_in_the_env(elsewhere):
+    assert "BACKUP_AGE_RECIPIENTS_FILE" not in load_backup_deploy({}, elsewhere).env
+    cfg = load_backup_deploy({"backup_age_recipients": [AGE_PUBLIC]}, elsewhere)
+    assert cfg.env["BACKUP_AGE_RECIPIENTS_FILE"] == "/etc/donnadb/backup-age-recipients.txt"
+    assert cfg.age_recipients == (AGE_PUBLIC,)
 
 
 def test_backup_units_are_sandboxed_and_report_failure(elsewhere):
@@ -74,6 +84,8 @@ def test_pgbackrest_adds_physical_jobs(elsewhere):
     ({"backup_schedule": {"hourly": ("a", "b")}}, "backup_schedule"),
     ({"backup_schedule": {"snapshot": "daily"}}, "OnCalendar"),
     ({"backup_s3": {"bukket": "x"}}, "unknown keys"),
+    ({"backup_age_recipients": ["AGE-SECRET-KEY-1X"]}, "never a private key"),
+    ({"backup_age_recipients": AGE_PUBLIC}, "list of age public keys"),
 ])
 def test_bad_settings_are_one_clear_error(data, match, elsewhere):
     with pytest.raises(ConfigError, match=match):
@@ -124,15 +136,21 @@ def schedule_target(throwaway_cluster):
     subprocess.run(["systemctl", "daemon-reload"], check=True)
 
 
-def test_deploy_configures_archiving_and_the_stanza(throwaway_cluster, schedule_target):
-    name, work = throwaway_cluster
+def backups_deploy_file(work: Path, cluster: str) -> Path:
+    """A deploy.py running install_backups alone against ``cluster`` on PORT."""
     deploy = work / "deploy.py"
     deploy.write_text(
         "from types import SimpleNamespace\n"
         "from donnadb.provision.backups import install_backups\n"
         f"install_backups(SimpleNamespace(donnadb_install_dir='/srv/donnadb', pg_version=15,\n"
         "                                db_passfile='/etc/donnadb/pgpass',\n"
-        f"                                pg_cluster='{name}', pg_port={PORT}, ha=None))\n")
+        f"                                pg_cluster='{cluster}', pg_port={PORT}, ha=None))\n")
+    return deploy
+
+
+def test_deploy_configures_archiving_and_the_stanza(throwaway_cluster, schedule_target):
+    name, work = throwaway_cluster
+    deploy = backups_deploy_file(work, name)
     data = {
         "backup_repo_dir": work / "repo", "backup_env_file": work / "etc" / "backup.env",
         "pgbackrest_enabled": "true", "pgbackrest_config": work / "pgbr" / "pgbackrest.conf",
@@ -173,3 +191,34 @@ def test_deploy_configures_archiving_and_the_stanza(throwaway_cluster, schedule_
     [row] = [ln for ln in (again.stdout + again.stderr).splitlines()
              if "Restart cluster" in ln and not ln.lstrip().startswith("-->")]
     assert re.search(r"\s1\s+-\s+-\s+1\s*$", row), row
+
+
+def test_deploy_writes_the_age_recipients_once(throwaway_cluster, schedule_target):
+    name, work = throwaway_cluster
+    deploy = backups_deploy_file(work, name)
+    recipients = work / "etc" / "age-recipients.txt"
+    env_file = work / "etc" / "backup.env"
+    data = {"backup_repo_dir": work / "repo", "backup_env_file": env_file,
+            "backup_age_recipients_file": recipients, **schedule_target}
+
+    def run(keys):
+        cmd = [str(Path(sys.executable).with_name("pyinfra")), "-y", "@local", str(deploy),
+               "--data", f"backup_age_recipients={json.dumps(keys)}"]
+        for key, value in data.items():
+            cmd += ["--data", f"{key}={value}"]
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=work, check=False)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+        return DeployRun(done.returncode, done.stdout + done.stderr)
+
+    run([AGE_PUBLIC])
+    assert shutil.which("age")
+    assert AGE_PUBLIC in recipients.read_text().splitlines()
+    st = recipients.stat()
+    assert (st.st_mode & 0o777, st.st_uid, grp.getgrgid(st.st_gid).gr_name) == (0o640, 0,
+                                                                               "postgres")
+    assert f"BACKUP_AGE_RECIPIENTS_FILE={recipients}\n" in env_file.read_text()
+    again = run([AGE_PUBLIC])
+    assert again.totals["changed"] == 0, again.changed_operations()
+    # the recipients taken away: the file and its setting go, backups are no longer age's
+    run([])
+    assert not recipients.exists() and "BACKUP_AGE" not in env_file.read_text()
