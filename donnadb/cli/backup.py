@@ -36,6 +36,11 @@ app = typer.Typer(no_args_is_help=True)
 
 RepoOpt = typer.Option(None, "--repo", help="Local repository (default: BACKUP_REPO_DIR).")
 JobsOpt = typer.Option(None, "--jobs", "-j", min=1, help="Parallel jobs (BACKUP_JOBS).")
+#: The scheduled jobs pass it: on a cluster one member takes the backups (a healthy
+#: replica, else the leader); the others skip. A single host always takes them.
+BackupMemberOpt = typer.Option(
+    False, "--if-backup-member",
+    help="On a cluster, skip (exit 0) unless this member takes the cluster's backups.")
 UnsignedOpt = typer.Option(
     False, "--allow-unsigned",
     help="Accept an S3 backup whose manifest has no signature (made before manifests were "
@@ -47,11 +52,6 @@ IdentityOpt = typer.Option(
     None, "--identity",
     help="age private key file (0600) of an age-encrypted backup "
          "(default: BACKUP_AGE_IDENTITY_FILE).")
-#: The scheduled jobs pass it: on a cluster one member takes the backups (a healthy
-#: replica, else the leader); the others skip. A single host always takes them.
-BackupMemberOpt = typer.Option(
-    False, "--if-backup-member",
-    help="On a cluster, skip (exit 0) unless this member takes the cluster's backups.")
 
 
 def _human(n: int | None) -> str:
