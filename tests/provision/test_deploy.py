@@ -13,7 +13,9 @@ import pytest
 from tests.provision.deployrun import ROOT
 from tests.support import superuser_psql
 
-pytestmark = pytest.mark.deploy
+# Also on CI's machine without systemd: the deploy takes other paths there (cron,
+# pg_ctlcluster), and must be as quiet and as secret-free on its second run.
+pytestmark = [pytest.mark.deploy, pytest.mark.both_hosts]
 
 PG_LOG = Path("/var/log/postgresql/postgresql-15-main.log")
 

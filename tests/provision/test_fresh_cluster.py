@@ -17,7 +17,8 @@ from donnadb.config import Settings
 from donnadb.migrate import discover
 from tests.provision.deployrun import run_deploy
 
-pytestmark = pytest.mark.deploy
+# Also on CI's machine without systemd, where the new cluster starts by pg_ctlcluster.
+pytestmark = [pytest.mark.deploy, pytest.mark.both_hosts]
 
 VERSION, CLUSTER, PORT = 15, "donna_fresh_test", 5472
 MIGRATIONS = Path(__file__).resolve().parents[2] / "schema" / "migrations"
