@@ -247,9 +247,12 @@ def test_the_drill_kills_postgresql_and_loses_no_acknowledged_write(single_host)
         assert r["requests"]["before"]["requests"] > 0 and r["requests"]["before"]["p95_ms"]
         assert r["requests"]["after"]["requests"] > 0
         assert (out / f"round-{r['round']}" / "requests.log").stat().st_size > 0
-    # Writes failed for a while in at least one round (a quick restart under systemd may
-    # fall between two writes of a round).
-    assert any(r["downtime_s"] > 0 and r["ledger_failed"] > 0 for r in report["rounds"])
+        # An outage is reported only where writes failed. None may fail at all: the
+        # DAL's pool checks a connection before handing it out and opens a new one, so
+        # only a write in flight at the kill fails, and a quick restart under systemd
+        # can fall between two (the new postmaster above proves the fault; the cluster
+        # drills on the fleet assert the failed-write window).
+        assert r["downtime_s"] == 0 or r["ledger_failed"] > 0, r
     downtimes = sorted(r["downtime_s"] for r in report["rounds"])
     assert report["range"]["downtime_s"] == {"min": downtimes[0], "max": downtimes[1]}
     # the drill's chat is gone, and the kill is in the audit log
