@@ -10,9 +10,6 @@ from tests.fleet.ha.conftest import DB, PATRONICTL, Cluster, all_streaming
 from tests.fleet.test_app import run_script
 
 CA = "/etc/donnadb/tls/ca.crt"
-#: 150 users through the router, one round, with 10 s of that load before
-#: the fault and after recovery (enough for the before/after p95; the suite's time).
-FULL_LOAD = "--users 150 --rounds 1 --warmup 10 --settle 10"
 
 
 def test_the_second_run_changes_nothing(cluster: Cluster):
@@ -117,7 +114,7 @@ def test_a_switchover_under_load_loses_no_committed_write(cluster: Cluster):
     cluster.member(cluster.leader()).run("donnactl loadtest seed --scale small --json",
                                          timeout=900)
     before = cluster.leader()
-    report = drill(cluster, f"--switchover {FULL_LOAD}")
+    report = drill(cluster, "--switchover --users 150 --rounds 1")
     (round_,) = report["rounds"]
     assert round_["lost"] == 0 and round_["acknowledged"] > 0
     assert cluster.wait(all_streaming)
@@ -128,7 +125,7 @@ def test_a_switchover_under_load_loses_no_committed_write(cluster: Cluster):
 
 def test_losing_the_leader_under_load_loses_no_committed_write(cluster: Cluster):
     before = cluster.leader()
-    report = drill(cluster, f"--fault node {FULL_LOAD}")
+    report = drill(cluster, "--fault node --users 150 --rounds 1")
     (round_,) = report["rounds"]
     assert round_["lost"] == 0 and round_["acknowledged"] > 0
     assert round_["downtime_s"] > 0
