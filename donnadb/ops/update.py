@@ -48,6 +48,7 @@ from donnadb.config import Settings
 from donnadb.errors import ClusterError, DonnaError
 from donnadb.ops import cluster
 from donnadb.ops.drillfault import ctl_command, member_name, systemd_running
+from donnadb.ops.status import LONGEST_XACT_SQL
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("donnadb.audit")
@@ -63,13 +64,6 @@ PROBE_INTERVAL_S = 0.05
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "SYSTEMD_OFFLINE": "1",
            "NEEDRESTART_SUSPEND": "1", "LC_ALL": "C"}
 
-ACTIVITY_SQL = """
-SELECT pid, usename, extract(epoch FROM now() - xact_start)::float8 AS seconds
-FROM pg_stat_activity
-WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
-  AND xact_start IS NOT NULL
-ORDER BY xact_start LIMIT 1
-"""
 SERVER_SQL = "SELECT current_setting('server_version'), pg_postmaster_start_time()"
 
 
@@ -199,8 +193,9 @@ def local_server(settings: Settings) -> tuple[str, datetime]:
 def oldest_transaction(settings: Settings) -> dict[str, Any] | None:
     """The oldest open transaction of the server DB_HOST:DB_PORT reaches, or None."""
     with db.connection("readonly", settings=settings, autocommit=True) as conn:
-        row = conn.execute(ACTIVITY_SQL).fetchone()
-    return None if row is None else {"pid": row[0], "user": row[1], "seconds": row[2]}
+        row = conn.execute(LONGEST_XACT_SQL).fetchone()
+    # (pid, usename, state, seconds, query), as `status` reads it.
+    return None if row is None else {"pid": row[0], "user": row[1], "seconds": row[3]}
 
 
 def check_transactions(settings: Settings, where: str) -> None:
