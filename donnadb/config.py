@@ -156,6 +156,10 @@ class Settings(BaseSettings):
     health_backup_crit_age_hours: float = Field(50.0, ge=0)
     #: When false, "no backup known" is OK instead of WARNING (hosts without backups yet).
     health_backup_required: bool = True
+    #: WAL waiting to be archived (pgBackRest), seconds since the last segment archived
+    #: while some are due: what a lost host would lose.
+    health_archive_lag_warn_seconds: float = Field(600.0, ge=0)
+    health_archive_lag_crit_seconds: float = Field(3600.0, ge=0)
     health_partitions_ahead_warn: int = Field(2, ge=0)
     health_partitions_ahead_crit: int = Field(1, ge=0)
     health_bloat_warn_pct: float = Field(30.0, ge=0)
@@ -207,6 +211,9 @@ class Settings(BaseSettings):
     backup_s3_prefix: str = "donna/"
     backup_s3_region: str | None = None
     backup_s3_endpoint_url: str | None = None
+    #: CA bundle that signed the endpoint's certificate (an S3-protocol server of your
+    #: own); unset: the system's trust store.
+    backup_s3_ca_file: Path | None = None
     backup_s3_profile: str | None = None
     backup_s3_storage_class: str = "STANDARD_IA"
     #: "AES256", "aws:kms" or "" for none.
@@ -223,6 +230,12 @@ class Settings(BaseSettings):
     pgbackrest_enabled: bool = False
     pgbackrest_stanza: str = "donna"
     pgbackrest_config: Path = Path("/etc/pgbackrest/pgbackrest.conf")
+    #: The directory of pgBackRest's secret files (repo2's passphrase and S3 keys);
+    #: passed as --config-include-path, which pgBackRest drops once --config is given.
+    pgbackrest_include_path: Path | None = None
+    #: The stanza has repo2 in S3 besides the local repo1 (the deploy sets it with
+    #: group_data backup_s3).
+    pgbackrest_s3: bool = False
     # The cluster (group_data pg_version, pg_cluster; the deploy writes PG_VERSION and
     # PG_CLUSTER to donnadb.env): the paths below follow them unless set.
     pg_version: int = Field(15, ge=10, le=99)

@@ -1,7 +1,8 @@
 """``backup check``: is there a good backup recent enough, and is anything left over?
 
 Fails (exit 8) when the newest good backup, locally or (when configured) in S3,
-is older than BACKUP_MAX_AGE_HOURS or missing. Unfinished directories and
+is older than BACKUP_MAX_AGE_HOURS or missing, and, with pgBackRest, when its check
+fails or a repository's newest physical backup is older or missing. Unfinished directories and
 multipart uploads are reported as warnings; ``backup prune`` clears them.
 """
 
@@ -40,6 +41,20 @@ def _newest_good(rows: list[catalog.Row]) -> catalog.Row | None:
     return max(good, key=lambda r: (r.finished_at, r.backup_id)) if good else None
 
 
+def _physical_problems(repos: dict[str, dict], limit: float) -> list[str]:
+    """Each pgBackRest repository needs a backup newer than the limit."""
+    problems = []
+    for repo, seen in sorted(repos.items()):
+        age = seen["newest_backup_age_hours"]
+        if age is None:
+            problems.append(f"no physical backup in pgBackRest repo{repo}; run "
+                            f"`donnactl backup physical --repo {repo}`")
+        elif age > limit:
+            problems.append(f"newest physical backup in repo{repo} {seen['newest_backup']} is "
+                            f"{age:.1f} h old (limit {limit:g} h); is the backup timer running?")
+    return problems
+
+
 def check_backups(settings: Settings, *, now: datetime | None = None,
                   engine: dict | None = None) -> CheckReport:
     """Check freshness and leftovers; never raises for a stale backup (see ``ok``)."""
@@ -70,5 +85,7 @@ def check_backups(settings: Settings, *, now: datetime | None = None,
                                "uploads; `donnactl backup prune` aborts those older than 24 h")
     if engine is not None and not engine.get("ok"):
         report.problems.append(f"pgBackRest check failed: {engine.get('error')}")
+    elif engine is not None:
+        report.problems += _physical_problems(engine["repos"], limit)
     report.ok = not report.problems
     return report

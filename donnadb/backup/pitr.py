@@ -7,6 +7,12 @@ backups, expires them (never WAL that a kept backup needs) and restores to a mom
 Everything runs as the cluster's owner (``runuser -u postgres``), which is what
 pgBackRest requires; no password is involved (the local socket, peer auth).
 
+Two repositories: repo1 on the host's own disk (fast restores) and, when an S3 bucket
+is configured, repo2 in the bucket, encrypted by pgBackRest (aes-256-cbc) with a
+passphrase kept only in a 0600 file of the cluster owner's in the include directory
+(never in pgbackrest.conf, argv or logs): losing the host loses neither WAL nor backups.
+``archive-push`` writes every segment to both.
+
 A PITR restore goes into a NEW data directory and is started there on another port
 (socket only), checked, and left running for the operator to inspect or dump from;
 ``in_place`` (``--force``) instead stops the cluster, keeps its old data directory
@@ -17,6 +23,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import shutil
 import subprocess
 import time
@@ -57,16 +65,56 @@ class Cluster:
 
 
 @dataclass(frozen=True)
+class S3Repo:
+    """repo2: an S3 bucket (or an S3-protocol server), encrypted by pgBackRest."""
+
+    bucket: str
+    #: Path inside the bucket, e.g. /donna/pgbackrest.
+    path: str
+    region: str
+    #: Host name of the endpoint (s3.<region>.amazonaws.com for AWS itself).
+    endpoint: str
+    port: int = 443
+    #: "host" (AWS virtual-hosted) or "path" (other S3-protocol servers).
+    uri_style: str = "host"
+    ca_file: str | None = None
+    #: "auto": the instance role's temporary keys; "shared": repo2-s3-key and
+    #: repo2-s3-key-secret from a file of the include directory (the operator's).
+    key_type: str = "auto"
+    kms_key_id: str | None = None
+    retention_full: int = 4
+    retention_diff: int = 6
+
+
+#: The include file holding repo2's passphrase (generated once on the host).
+CIPHER_FILE = "donna-repo2-cipher.conf"
+#: The include file the operator writes with repo2-s3-key/-key-secret (key_type shared).
+S3_KEY_FILE = "donna-repo2-s3-key.conf"
+
+
+@dataclass(frozen=True)
 class Engine:
-    """One pgBackRest stanza: its config file and the cluster it backs up."""
+    """One pgBackRest stanza: its config file and the cluster it backs up.
+
+    ``include`` is the directory of the secret files (pgBackRest loads every *.conf in
+    it; it ignores its default include directory once --config is given).
+    """
 
     config: Path
     stanza: str
     cluster: Cluster
+    include: Path | None = None
+    #: The repositories configured: (1,) or (1, 2).
+    repos: tuple[int, ...] = (1,)
+
+    def options(self) -> list[str]:
+        opts = [f"--config={self.config}"]
+        if self.include is not None:
+            opts.append(f"--config-include-path={self.include}")
+        return [*opts, f"--stanza={self.stanza}"]
 
     def command(self, *args: str) -> list[str]:
-        return db.as_cluster_owner(["pgbackrest", f"--config={self.config}",
-                                    f"--stanza={self.stanza}", *args])
+        return db.as_cluster_owner(["pgbackrest", *self.options(), *args])
 
     def run(self, *args: str, timeout: float = 3600) -> str:
         """Run a pgBackRest command as the cluster owner; return stdout.
@@ -97,16 +145,43 @@ def engine_from_settings(settings: Settings) -> Engine:
     cluster = Cluster(settings.pg_version, settings.pg_cluster, settings.db_port,
                       settings.pg_data_dir or debian_data_dir(settings.pg_version,
                                                               settings.pg_cluster))
-    return Engine(settings.pgbackrest_config, settings.pgbackrest_stanza, cluster)
+    return Engine(settings.pgbackrest_config, settings.pgbackrest_stanza, cluster,
+                  include=settings.pgbackrest_include_path,
+                  repos=(1, 2) if settings.pgbackrest_s3 else (1,))
+
+
+def _s3_lines(repo: S3Repo) -> list[str]:
+    lines = [
+        "repo2-type=s3",
+        f"repo2-path={repo.path}",
+        f"repo2-s3-bucket={repo.bucket}",
+        f"repo2-s3-region={repo.region}",
+        f"repo2-s3-endpoint={repo.endpoint}",
+        f"repo2-s3-uri-style={repo.uri_style}",
+        f"repo2-s3-key-type={repo.key_type}",
+        # One object per backup set instead of one per small file: far fewer requests.
+        "repo2-bundle=y",
+        "repo2-cipher-type=aes-256-cbc",
+        f"repo2-retention-full={repo.retention_full}",
+        f"repo2-retention-diff={repo.retention_diff}",
+    ]
+    if repo.port != 443:
+        lines.append(f"repo2-storage-port={repo.port}")
+    if repo.ca_file:
+        lines.append(f"repo2-storage-ca-file={repo.ca_file}")
+    if repo.kms_key_id:
+        lines.append(f"repo2-s3-kms-key-id={repo.kms_key_id}")
+    return lines
 
 
 def config_text(*, stanza: str, repo_path: Path, cluster: Cluster, retention_full: int = 2,
                 retention_diff: int = 6, process_max: int = 2, log_path: Path | None = None,
-                lock_path: Path | None = None) -> str:
-    """pgbackrest.conf for one local repository and one cluster.
+                lock_path: Path | None = None, s3: S3Repo | None = None) -> str:
+    """pgbackrest.conf for a local repository (and an S3 one) and one cluster.
 
     Retention counts backups, and pgBackRest expires WAL only up to the oldest kept
-    backup, so every kept backup stays restorable to any moment after it.
+    backup, so every kept backup stays restorable to any moment after it. No secret is
+    written here (see ``cipher_file_command``).
     """
     lines = [
         "# Managed by donnadb (donnadb/backup/pitr.py).",
@@ -114,6 +189,7 @@ def config_text(*, stanza: str, repo_path: Path, cluster: Cluster, retention_ful
         f"repo1-path={repo_path}",
         f"repo1-retention-full={retention_full}",
         f"repo1-retention-diff={retention_diff}",
+        *(_s3_lines(s3) if s3 else ()),
         "compress-type=zst",
         "compress-level=3",
         f"process-max={process_max}",
@@ -143,8 +219,7 @@ def archive_conf_text(engine: Engine) -> str:
         "# Managed by donnadb: WAL archiving to pgBackRest (needs a restart to change).\n"
         "wal_level = replica\n"
         "archive_mode = on\n"
-        f"archive_command = 'pgbackrest --config={engine.config} --stanza={engine.stanza} "
-        "archive-push %p'\n"
+        f"archive_command = 'pgbackrest {' '.join(engine.options())} archive-push %p'\n"
         "archive_timeout = 60\n"
     )
 
@@ -153,28 +228,106 @@ def stanza_create(engine: Engine) -> None:
     engine.run("stanza-create")
 
 
-def check(engine: Engine) -> dict:
-    """pgBackRest's own check (archiving works) plus the archive lag from ``info``.
+def check(engine: Engine, *, verify: bool = False) -> dict:
+    """pgBackRest's own check (archiving works into every repository), each repository's
+    newest backup from ``info``, and with ``verify`` pgBackRest's ``verify`` of each
+    repository (every file of every backup and WAL segment against its checksum).
 
     Never raises: the result says ``ok`` and carries the error line.
     """
     try:
         engine.run("check", timeout=300)
         info = stanza_info(engine)
+        verified = {str(repo): verify_repo(engine, repo) for repo in engine.repos} \
+            if verify else None
     except BackupError as exc:
         return {"ok": False, "error": str(exc)}
     backups = info.get("backup", [])
     archive = (info.get("archive") or [{}])[-1]
     newest = backups[-1] if backups else None
-    return {
+    report = {
         "ok": True,
         "backups": len(backups),
         "newest_backup": newest["label"] if newest else None,
-        "newest_backup_age_hours": round(
-            (time.time() - newest["timestamp"]["stop"]) / 3600, 3) if newest else None,
+        "newest_backup_age_hours": _age_hours(newest),
         "wal_min": archive.get("min"),
         "wal_max": archive.get("max"),
+        "repos": repo_summary(info, engine.repos),
     }
+    if verified is not None:
+        report["verified"] = verified
+        bad = [f"repo{repo}: {error}" for repo, error in verified.items() if error]
+        if bad:
+            report.update(ok=False, error="pgbackrest verify failed: " + "; ".join(bad))
+    return report
+
+
+def _age_hours(backup: dict | None) -> float | None:
+    if not backup:
+        return None
+    return round((time.time() - backup["timestamp"]["stop"]) / 3600, 3)
+
+
+def repo_summary(info: dict, repos: tuple[int, ...]) -> dict[str, dict]:
+    """Per repository: its status line, how many backups, the newest and when it ended."""
+    status = {r.get("key"): r.get("status", {}) for r in info.get("repo", [])}
+    summary = {}
+    for repo in repos:
+        own = [b for b in info.get("backup", [])
+               if b.get("database", {}).get("repo-key") == repo]
+        newest = own[-1] if own else None
+        summary[str(repo)] = {
+            "status": status.get(repo, {}).get("message"),
+            "backups": len(own),
+            "newest_backup": newest["label"] if newest else None,
+            "newest_backup_stop": newest["timestamp"]["stop"] if newest else None,
+            "newest_backup_age_hours": _age_hours(newest),
+        }
+    return summary
+
+
+def verify_repo(engine: Engine, repo: int) -> str | None:
+    """``pgbackrest verify`` of one repository: None when clean, else its error line."""
+    try:
+        engine.run("verify", f"--repo={repo}", timeout=6 * 3600)
+    except BackupError as exc:
+        return str(exc)
+    return None
+
+
+#: pgBackRest's view of its repositories, saved by the jobs that can read them (the
+#: cluster owner's) for monitoring, which cannot run pgBackRest: `status` reads it.
+STATE_FILE = "pgbackrest-state.json"
+
+
+def save_state(directory: Path, report: dict) -> None:
+    """Keep a successful check's per-repository summary in ``directory`` (0640).
+
+    Never raises: a backup that worked is not failed by its bookkeeping.
+    """
+    if not report.get("ok"):
+        return
+    state = {"checked_at": time.time(), "wal_max": report.get("wal_max"),
+             "repos": {repo: {key: seen[key] for key in
+                              ("backups", "newest_backup", "newest_backup_stop")}
+                       for repo, seen in report["repos"].items()}}
+    path = Path(directory) / STATE_FILE
+    new = path.with_name(f".{STATE_FILE}.new")
+    try:
+        fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
+        with os.fdopen(fd, "w") as out:
+            json.dump(state, out)
+        os.replace(new, path)
+    except OSError as exc:
+        log.warning("cannot save pgBackRest's state in %s: %s", path, exc)
+
+
+def load_state(directory: Path) -> dict | None:
+    """The state :func:`save_state` kept, or None (none yet, or unreadable)."""
+    try:
+        return json.loads((Path(directory) / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def stanza_info(engine: Engine) -> dict:
@@ -182,19 +335,65 @@ def stanza_info(engine: Engine) -> dict:
     return out[0] if out else {}
 
 
-def physical_backup(engine: Engine, kind: str = "full") -> dict:
-    """Take a ``full``, ``diff`` or ``incr`` backup; return its ``info`` entry."""
+def physical_backup(engine: Engine, kind: str = "full", repo: int | None = None) -> list[dict]:
+    """Take a ``full``, ``diff`` or ``incr`` backup into ``repo`` (every configured
+    repository by default, local first), then expire; return each new ``info`` entry.
+
+    :raises BackupError: pgBackRest failed (backups taken before it are kept).
+    """
     if kind not in ("full", "diff", "incr"):
         raise BackupError(f"unknown backup type {kind!r}; use full, diff or incr")
-    engine.run("backup", f"--type={kind}")
+    repos = engine.repos if repo is None else (repo,)
+    if not set(repos) <= set(engine.repos):
+        raise BackupError(f"repository {repo} is not configured; this stanza has "
+                          + ", ".join(f"repo{r}" for r in engine.repos))
+    for each in repos:
+        engine.run("backup", f"--repo={each}", f"--type={kind}")
     engine.run("expire")
-    backups = stanza_info(engine).get("backup", [])
-    return backups[-1] if backups else {}
+    summary = stanza_info(engine).get("backup", [])
+    return [next(b for b in reversed(summary) if b["database"]["repo-key"] == each)
+            for each in repos]
+
+
+LSN_RE = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A recovery target as pgBackRest takes it: ``--type=time|lsn|xid --target=...``."""
+
+    kind: str
+    value: str
+
+    @classmethod
+    def at_time(cls, moment: datetime) -> Target:
+        if moment.tzinfo is None:
+            raise RestoreRefused("give the PITR target with a time zone, e.g. "
+                                 "'2026-11-25 10:00:00+00'")
+        return cls("time", moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00"))
+
+    @classmethod
+    def at_lsn(cls, lsn: str) -> Target:
+        if not LSN_RE.match(lsn):
+            raise RestoreRefused(f"--lsn {lsn!r} is not a WAL location; use e.g. 0/3000060 "
+                                 "(SELECT pg_current_wal_lsn())")
+        return cls("lsn", lsn.upper())
+
+    @classmethod
+    def at_xid(cls, xid: str) -> Target:
+        if not xid.isdigit():
+            raise RestoreRefused(f"--xid {xid!r} is not a transaction id; use e.g. 7412 "
+                                 "(SELECT pg_current_xact_id())")
+        return cls("xid", xid)
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.value}"
 
 
 @dataclass
 class PitrResult:
-    target_time: str
+    target: str
+    repo: int | None
     data_dir: str
     port: int
     seconds: float
@@ -267,19 +466,26 @@ def _wait_promoted(port: int, timeout: float = 300) -> None:
                       f"{timeout:.0f} s; see its pitr.log")
 
 
-def restore_to_time(engine: Engine, target_time: datetime, *, data_dir: Path | None = None,
-                    port: int | None = None, in_place: bool = False) -> PitrResult:
-    """Restore the cluster as it was at ``target_time`` and check it answers queries.
+def restore_to_time(engine: Engine, target_time: datetime, **where) -> PitrResult:
+    """Restore the cluster as it was at ``target_time``: :func:`restore_to`."""
+    return restore_to(engine, Target.at_time(target_time), **where)
 
-    :raises RestoreRefused: ``data_dir`` is not empty, or in place without a data dir plan.
+
+def restore_to(engine: Engine, target: Target, *, repo: int | None = None,
+               data_dir: Path | None = None, port: int | None = None,
+               in_place: bool = False) -> PitrResult:
+    """Restore the cluster up to ``target`` from ``repo`` (pgBackRest's choice: the
+    first repository holding a backup before the target) and check it answers queries.
+
+    :raises RestoreRefused: ``data_dir`` is not empty, or in place without a data dir plan;
+        ``repo`` is not configured.
     :raises BackupError: pgBackRest or the restored server failed.
     """
-    if target_time.tzinfo is None:
-        raise RestoreRefused("give the PITR target with a time zone, e.g. "
-                             "'2026-11-25 10:00:00+00'")
+    if repo is not None and repo not in engine.repos:
+        raise RestoreRefused(f"repository {repo} is not configured; this stanza has "
+                             + ", ".join(f"repo{r}" for r in engine.repos))
     started = time.monotonic()
     cluster = engine.cluster
-    target = target_time.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
     aside = None
     if in_place:
         dest, port = cluster.data_dir, cluster.port
@@ -304,8 +510,9 @@ def restore_to_time(engine: Engine, target_time: datetime, *, data_dir: Path | N
             raise RestoreRefused(f"{dest} is not empty; choose an empty --data-dir")
     dest.mkdir(mode=0o700, parents=True, exist_ok=True)
     shutil.chown(dest, PG_OWNER, PG_OWNER)
-    engine.run("restore", f"--pg1-path={dest}", "--type=time", f"--target={target}",
-               "--target-action=promote",
+    engine.run("restore", f"--pg1-path={dest}", f"--type={target.kind}",
+               f"--target={target.value}", "--target-action=promote",
+               *(() if repo is None else (f"--repo={repo}",)),
                *(() if in_place else ("--archive-mode=off",)))
     if in_place:
         try:
@@ -317,5 +524,5 @@ def restore_to_time(engine: Engine, target_time: datetime, *, data_dir: Path | N
         start_copy(cluster, dest, port)
     _wait_promoted(port)
     now = _psql(SQL_SANITY, port).split("|")[0]
-    return PitrResult(target, str(dest), port, round(time.monotonic() - started, 2), now,
-                      in_place)
+    return PitrResult(str(target), repo, str(dest), port,
+                      round(time.monotonic() - started, 2), now, in_place)

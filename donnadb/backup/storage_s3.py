@@ -103,6 +103,8 @@ class S3Store:
             "s3",
             region_name=self.settings.backup_s3_region,
             endpoint_url=self.settings.backup_s3_endpoint_url,
+            verify=str(self.settings.backup_s3_ca_file) if self.settings.backup_s3_ca_file
+            else None,
             config=Config(retries={"max_attempts": self.settings.backup_s3_max_attempts,
                                    "mode": "standard"}),
         )

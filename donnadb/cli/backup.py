@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 
@@ -459,14 +460,22 @@ def prune(
 
 @app.command()
 def check(repo: str | None = RepoOpt, if_backup_member: bool = BackupMemberOpt,
+          physical_verify: bool = typer.Option(
+              False, "--physical-verify",
+              help="Also run `pgbackrest verify` on every repository (reads them all)."),
           json_out: JsonOpt = False) -> None:
-    """Exit 8 when the newest good backup is older than BACKUP_MAX_AGE_HOURS or missing."""
+    """Exit 8 when the newest good backup is older than BACKUP_MAX_AGE_HOURS or missing,
+    or (with pgBackRest) its check or verify fails."""
     settings = load_settings(backup_repo_dir=repo)
     if if_backup_member:
         backup_member_only(settings, "backup check", json=json_out)
     engine = None
     if settings.pgbackrest_enabled:
-        engine = pitr.check(pitr.engine_from_settings(settings))
+        engine = pitr.check(pitr.engine_from_settings(settings), verify=physical_verify)
+        if engine.get("ok"):
+            pitr.save_state(settings.backup_repo_dir, engine)
+    elif physical_verify:
+        raise UsageError("--physical-verify needs pgBackRest (PGBACKREST_ENABLED)")
     report = check_backups(settings, engine=engine)
     if json_out:
         emit_json(report.to_dict())
@@ -482,9 +491,13 @@ def check(repo: str | None = RepoOpt, if_backup_member: bool = BackupMemberOpt,
             console.print(f"s3: unfinished multipart upload {up['key']} since {up['initiated']}")
         if report.engine and report.engine.get("ok"):
             e = report.engine
-            console.print(f"pgBackRest: {e['backups']} backups, newest {e['newest_backup']} "
-                          f"({e['newest_backup_age_hours']} h); WAL archived up to "
-                          f"{e['wal_max']}")
+            for number, seen in sorted(e["repos"].items()):
+                console.print(f"pgBackRest repo{number}: {seen['backups']} backups, newest "
+                              f"{seen['newest_backup'] or 'none'}"
+                              + (f" ({seen['newest_backup_age_hours']} h old)"
+                                 if seen["newest_backup"] else "")
+                              + (", verified" if number in e.get("verified", {}) else ""))
+            console.print(f"pgBackRest: WAL archived up to {e['wal_max']}")
         for w in report.warnings:
             console.print(f"[yellow]warning:[/] {w}")
     if not report.ok:
@@ -493,27 +506,61 @@ def check(repo: str | None = RepoOpt, if_backup_member: bool = BackupMemberOpt,
         console.print(f"[green]ok[/]: within {report.max_age_hours:g} h")
 
 
+RepoNumberOpt = typer.Option(None, "--repo", min=1, max=2,
+                             help="pgBackRest repository: 1 (this host) or 2 (S3); "
+                                  "default: every configured one.")
+
+
 @app.command()
 @logged("backup physical")
 def physical(
     kind: str = typer.Option("full", "--type", help="full, diff or incr."),
+    repo: int | None = RepoNumberOpt,
     json_out: JsonOpt = False,
 ) -> None:
     """Take a pgBackRest physical backup (the base for point-in-time recovery)."""
     settings = load_settings()
     engine = pitr.engine_from_settings(settings)
+    with console.status(f"pgbackrest {kind} backup ...") if not json_out else nullcontext():
+        taken = pitr.physical_backup(engine, kind, repo)
+    pitr.save_state(settings.backup_repo_dir, pitr.check(engine))
     if json_out:
-        emit_json(pitr.physical_backup(engine, kind))
+        emit_json({"backups": taken})
         return
-    with console.status(f"pgbackrest {kind} backup ..."):
-        info = pitr.physical_backup(engine, kind)
-    console.print(f"pgBackRest {info.get('type')} backup {info.get('label')} done")
+    for info in taken:
+        console.print(f"pgBackRest {info.get('type')} backup {info.get('label')} done in "
+                      f"repo{info['database']['repo-key']}")
+
+
+def recovery_target(to: str | None, lsn: str | None, xid: str | None) -> pitr.Target:
+    """The one target given as --to, --lsn or --xid.
+
+    :raises UsageError: none or several given, or a time without a zone.
+    """
+    given = [name for name, value in (("--to", to), ("--lsn", lsn), ("--xid", xid)) if value]
+    if len(given) != 1:
+        raise UsageError("give exactly one of --to TIME, --lsn LSN or --xid XID")
+    if lsn:
+        return pitr.Target.at_lsn(lsn)
+    if xid:
+        return pitr.Target.at_xid(xid)
+    try:
+        return pitr.Target.at_time(datetime.fromisoformat(to))
+    except ValueError:
+        raise UsageError(f"--to {to!r} is not a time; use '2026-11-25 10:00:00+00'") from None
 
 
 @app.command(name="pitr")
 @logged("backup pitr")
 def pitr_(
-    to: str = typer.Option(..., "--to", help="Target moment with zone: '2026-11-25 10:00:00+00'."),
+    to: str | None = typer.Option(None, "--to",
+                                  help="Target moment with zone: '2026-11-25 10:00:00+00'."),
+    lsn: str | None = typer.Option(None, "--lsn", help="Target WAL location, e.g. 0/3000060."),
+    xid: str | None = typer.Option(None, "--xid",
+                                   help="Target transaction id (restored up to its commit)."),
+    repo: int | None = typer.Option(None, "--repo", min=1, max=2,
+                                    help="Restore from repository 1 (this host) or 2 (S3); "
+                                         "default: pgBackRest's choice."),
     data_dir: str | None = typer.Option(None, "--data-dir",
                                         help="Empty directory for the restored copy."),
     port: int | None = typer.Option(None, "--port", help="Port for the restored copy."),
@@ -524,14 +571,11 @@ def pitr_(
     yes: YesOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Restore the cluster as it was at --to (a new copy by default) and check it.
+    """Restore the cluster up to --to, --lsn or --xid (a new copy by default) and check it.
 
     --in-place replaces the running cluster: it needs --force and asks unless --yes.
     """
-    try:
-        target = datetime.fromisoformat(to)
-    except ValueError:
-        raise UsageError(f"--to {to!r} is not a time; use '2026-11-25 10:00:00+00'") from None
+    target = recovery_target(to, lsn, xid)
     if in_place and not force:
         raise UsageError("--in-place replaces the running cluster; add --force to confirm")
     settings = load_settings()
@@ -539,23 +583,26 @@ def pitr_(
     where = ("in place of the running cluster (its data directory kept as "
              "<dir>.before-pitr-<time>)" if in_place
              else f"into {data_dir or 'a new data directory'} on port {port or 'a free port'}")
+    source = f"repo{repo}" if repo else "the first repository that has it"
     if dry_run:
         if json_out:
-            emit_json({"dry_run": True, "target_time": str(target), "in_place": in_place,
-                       "data_dir": data_dir, "port": port})
+            emit_json({"dry_run": True, "target": str(target), "repo": repo,
+                       "in_place": in_place, "data_dir": data_dir, "port": port})
         else:
-            console.print(f"dry run: would restore the cluster as it was at {target} {where}",
-                          highlight=False)
+            console.print(f"dry run: would restore the cluster up to {target} from {source} "
+                          f"{where}", highlight=False)
         return
     if in_place:
-        confirm(f"Stop the cluster and restore it as it was at {target} {where}?", yes)
-    result = pitr.restore_to_time(engine, target, data_dir=Path(data_dir) if data_dir else None,
-                                  port=port, in_place=in_place)
+        confirm(f"Stop the cluster and restore it up to {target} from {source} {where}?", yes)
+    result = pitr.restore_to(engine, target, repo=repo,
+                             data_dir=Path(data_dir) if data_dir else None, port=port,
+                             in_place=in_place)
     if json_out:
         emit_json(result.to_dict())
         return
-    console.print(f"restored to {result.target_time} in {result.seconds} s: "
-                  f"{result.data_dir} on port {result.port} (server time {result.server_now})")
+    console.print(f"restored up to {result.target} in {result.seconds} s: "
+                  f"{result.data_dir} on port {result.port} (server time {result.server_now})",
+                  highlight=False)
 
 
 @app.command()

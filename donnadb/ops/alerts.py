@@ -32,6 +32,10 @@ RULES: dict[str, tuple[str, str, str, str]] = {
                         "a replica is lagging"),
     "backup_age": ("DonnaBackupTooOld", "donnadb_backup_age_hours", ">=",
                    "the last successful backup is too old"),
+    "physical_backup_age": ("DonnaPhysicalBackupTooOld", "donnadb_physical_backup_age_hours",
+                            ">=", "a pgBackRest repository's newest backup is too old"),
+    "archive_lag": ("DonnaWalArchiveBehind", "donnadb_wal_archive_lag_seconds", ">=",
+                    "WAL archiving is behind: a lost host would lose that much"),
     "partitions_ahead": ("DonnaPartitionsRunningOut", "donnadb_partitions_ahead", "<=",
                          "system_logs partitions are running out"),
     "bloat": ("DonnaTableBloat", "donnadb_dead_tuples_pct", ">=", "too many dead tuples"),
@@ -39,6 +43,12 @@ RULES: dict[str, tuple[str, str, str, str]] = {
                    "transaction id wraparound approaching"),
     "tls_expiry": ("DonnaTlsCertificateExpired", "donnadb_tls_cert_days_left", "<=",
                    "the server's TLS certificate has expired"),
+}
+
+#: check -> (alert name, 0/1 metric, what it means): CRITICAL states without a threshold.
+FLAGS: dict[str, tuple[str, str, str]] = {
+    "wal_archive": ("DonnaWalArchiveFailing", "donnadb_wal_archive_failing",
+                    "archive_command is failing: WAL is piling up in pg_wal"),
 }
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -67,6 +77,8 @@ def render_rules(settings: Settings) -> dict:
     for check, (alert, metric, op, summary) in RULES.items():
         crit = getattr(settings, THRESHOLDS[check][1])
         rules.append(_rule(alert, f"{metric} {op} {crit:g}", check, summary))
+    for check, (alert, metric, summary) in FLAGS.items():
+        rules.append(_rule(alert, f"{metric} == 1", check, summary))
     return {"groups": [{"name": "donnadb", "rules": rules}]}
 
 

@@ -22,6 +22,9 @@ THRESHOLDS: dict[str, tuple[str, str]] = {
                         "health_replication_lag_crit_seconds"),
     # WARNING is the age at which `donnactl backup check` fails too (one setting).
     "backup_age": ("backup_max_age_hours", "health_backup_crit_age_hours"),
+    # The oldest of each pgBackRest repository's newest backup: the same limits.
+    "physical_backup_age": ("backup_max_age_hours", "health_backup_crit_age_hours"),
+    "archive_lag": ("health_archive_lag_warn_seconds", "health_archive_lag_crit_seconds"),
     "partitions_ahead": ("health_partitions_ahead_warn", "health_partitions_ahead_crit"),
     "bloat": ("health_bloat_warn_pct", "health_bloat_crit_pct"),
     "wraparound": ("health_wraparound_warn_pct", "health_wraparound_crit_pct"),
@@ -71,6 +74,8 @@ def evaluate(report: dict[str, Any], settings: Settings) -> list[Check]:
                   if lag is not None
                   else Check("replication_lag", Severity.OK, None, "no replication"))
     checks.append(_backup(report["backup"], settings))
+    if report["archiving"]["enabled"]:
+        checks += _archiving(report["archiving"], settings)
     checks.append(_partitions(report["partitions"], settings))
     stray = report["partitions"].get("default_rows") or 0
     checks.append(Check("partition_default", Severity.WARNING if stray else Severity.OK, stray,
@@ -119,6 +124,30 @@ def _backup(backup: dict[str, Any], settings: Settings) -> Check:
         return Check("backup_age", sev, None,
                      f"no successful backup found in {backup['repository']}")
     return _high(settings, "backup_age", backup["age_hours"], "h", "last backup")
+
+
+def _archiving(arch: dict[str, Any], settings: Settings) -> list[Check]:
+    """archive_command failing, archiving behind, and the physical backups' age."""
+    checks = [Check("wal_archive", Severity.CRITICAL if arch["failing"] else Severity.OK,
+                    int(arch["failing"]),
+                    f"archive_command is failing (last failed WAL {arch['last_failed_wal']}): "
+                    "see /var/log/pgbackrest and `donnactl backup check`" if arch["failing"]
+                    else f"WAL archiving works ({arch['archived_count']} segments archived)")]
+    if arch["lag_seconds"] is not None:
+        checks.append(_high(settings, "archive_lag", arch["lag_seconds"], "s",
+                            f"{arch['pending_segments']} WAL segments waiting; archiving "
+                            "behind by"))
+    repos = arch["physical"]
+    if not repos or any(r["age_hours"] is None for r in repos.values()):
+        sev = Severity.WARNING if settings.health_backup_required else Severity.OK
+        checks.append(Check("physical_backup_age", sev, None,
+                            "no physical backup recorded in every pgBackRest repository; "
+                            "run `donnactl backup physical`"))
+        return checks
+    repo, oldest = max(repos.items(), key=lambda kv: kv[1]["age_hours"])
+    checks.append(_high(settings, "physical_backup_age", oldest["age_hours"], "h",
+                        f"newest physical backup in repo{repo}"))
+    return checks
 
 
 def _partitions(parts: dict[str, Any], settings: Settings) -> Check:

@@ -82,6 +82,8 @@ def families(report: dict[str, Any], settings: Settings) -> Iterator[GaugeMetric
         by_state.add_metric([state], n)
     yield by_state
     yield from _pgbouncer(report["pgbouncer"])
+    if report["archiving"]["enabled"]:
+        yield from _archiving(report["archiving"])
     if report.get("cluster") is not None:
         yield from _cluster(report["cluster"])
     checks = GaugeMetricFamily(PREFIX + "health_status",
@@ -90,6 +92,29 @@ def families(report: dict[str, Any], settings: Settings) -> Iterator[GaugeMetric
     for check in health.evaluate(report, settings):
         checks.add_metric([check.name], int(check.severity))
     yield checks
+
+
+def _archiving(arch: dict[str, Any]) -> Iterator[GaugeMetricFamily]:
+    """WAL archiving (pg_stat_archiver) and each pgBackRest repository's newest backup."""
+    for name, doc, value in (
+            ("wal_archive_failing", "1 when archive_command failed after its last success.",
+             int(arch["failing"])),
+            ("wal_archive_failed_total", "WAL segments archive_command failed on (counter "
+             "since the statistics reset).", arch["failed_count"]),
+            ("wal_archive_pending_segments", "Complete WAL segments not archived yet.",
+             arch["pending_segments"]),
+            ("wal_archive_lag_seconds", "Seconds since the last segment was archived while "
+             "some are due (0 when none is).", arch["lag_seconds"])):
+        family = _gauge(name, doc, value)
+        if family is not None:
+            yield family
+    age = GaugeMetricFamily(PREFIX + "physical_backup_age_hours",
+                            "Hours since each pgBackRest repository's newest backup ended.",
+                            labels=["repo"])
+    for repo, seen in sorted(arch["physical"].items()):
+        if seen["age_hours"] is not None:
+            age.add_metric([repo], seen["age_hours"])
+    yield age
 
 
 def _cluster(view: dict[str, Any]) -> Iterator[GaugeMetricFamily]:

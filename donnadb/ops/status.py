@@ -18,7 +18,7 @@ from psycopg.rows import dict_row
 
 from donnadb import db
 from donnadb.config import Settings
-from donnadb.ops import backups, cluster, pgbouncer, tls
+from donnadb.ops import archiving, backups, cluster, pgbouncer, tls
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,7 @@ def collect(settings: Settings, *, dbname: str | None = None) -> dict[str, Any]:
             partitions["default_rows"] = cur.execute(sql.SQL(DEFAULT_ROWS_SQL).format(
                 sql.Identifier("public", default[0]))).fetchone()["n"]
         bloat = _bloat(cur)
+        archiver = cur.execute(archiving.ARCHIVER_SQL).fetchone()
     total = sum(states.values())
     usable = server["max_connections"] - server["reserved_connections"]
     hits = cache["hit"] + cache["read"]
@@ -217,6 +218,9 @@ def collect(settings: Settings, *, dbname: str | None = None) -> dict[str, Any]:
         "partitions": {"table": PARTITIONED_PARENT, **partitions},
         "bloat": bloat,
         "backup": backups.latest(now=now, repo=settings.backup_repo_dir),
+        "archiving": archiving.summary(
+            archiver, settings.backup_repo_dir if settings.pgbackrest_enabled else None,
+            now.timestamp()),
         "pgbouncer": pgbouncer.pools(settings, dbname=dbname),
         "tls": tls.certificate(settings.tls_server_cert_file, now=now),
         # None on a single host; the members as Patroni sees them in a cluster.

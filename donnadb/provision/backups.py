@@ -6,10 +6,14 @@ are enabled only where systemd is PID 1. Elsewhere (containers, CI) the same job
 to /etc/cron.d/donna-backup. Every job runs ``<donnadb_install_dir>/bin/donna-backup
 JOB`` (shipped by provision/install.py), which calls ``donnactl backup ...``.
 
-pgBackRest is always installed (the restore drills and PITR tests need it); it is
-configured only with ``pgbackrest_enabled``: pgbackrest.conf, a repository, WAL
-archiving in the cluster's conf.d (a restart, done here only when that file changed),
-the stanza, and weekly full + daily differential backup jobs.
+pgBackRest is always installed and, unless ``pgbackrest_enabled = False`` (or on a
+Patroni cluster, not supported yet), configured: pgbackrest.conf with repo1 on this
+host and, when ``backup_s3`` names a bucket, repo2 in it encrypted by pgBackRest with
+a passphrase generated on the host (a 0600 include file of the cluster owner's, never
+in pgbackrest.conf), WAL archiving in the cluster's conf.d (a restart, done here only
+when that file changed), the stanza (created when new or when the repositories
+changed), weekly full + daily differential backups into every repository and a weekly
+``pgbackrest verify``.
 
 Settings (group_data/all.py, all optional here): ``backup_repo_dir``, ``backup_jobs``,
 ``backup_compress_level``, ``backup_keep_{last,daily,weekly,monthly}``,
@@ -19,7 +23,9 @@ Settings (group_data/all.py, all optional here): ``backup_repo_dir``, ``backup_j
 ``backup_s3`` (bucket, prefix, region, storage_class, sse,
 kms_key_id, endpoint_url), ``backup_schedule``, ``backup_env_file``,
 ``pgbackrest_enabled``, ``pgbackrest_repo_path``, ``pgbackrest_config``,
-``pgbackrest_stanza``, ``pgbackrest_retention_full``, ``pgbackrest_retention_diff``;
+``pgbackrest_stanza``, ``pgbackrest_retention_full``, ``pgbackrest_retention_diff``,
+``pgbackrest_s3_retention_full``, ``pgbackrest_s3_retention_diff``,
+``pgbackrest_s3_key_type``;
 and where the schedule goes, ``backup_unit_dir``, ``backup_unit_prefix`` and
 ``backup_cron_file`` (the tests point them away from the deployed jobs).
 """
@@ -32,6 +38,7 @@ from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pyinfra import host
 from pyinfra.api import deploy, operation
@@ -60,6 +67,8 @@ PHYSICAL_SCHEDULE = {
     # systemd's weekday ranges do not wrap around: "Sun..Fri" is refused.
     "physical-diff": ("Sun,Mon..Fri *-*-* 01:00:00", "0 1 * * 0-5",
                       "pgBackRest daily differential backup"),
+    "physical-verify": ("Sun *-*-* 05:00:00", "0 5 * * 0",
+                        "pgBackRest weekly verify of every repository"),
 }
 UNIT_DIR = "/etc/systemd/system"
 UNIT_PREFIX = "donna-backup-"
@@ -82,7 +91,8 @@ ENV_KEYS = {
 AGE_RECIPIENTS_FILE = "/etc/donnadb/backup-age-recipients.txt"
 #: Where the deploy generates the manifest signing key unless group_data says otherwise.
 SIGNING_KEY_FILE = str(config.DEFAULT_SIGNING_KEY_FILE)
-S3_KEYS = ("bucket", "prefix", "region", "storage_class", "sse", "kms_key_id", "endpoint_url")
+S3_KEYS = ("bucket", "prefix", "region", "storage_class", "sse", "kms_key_id", "endpoint_url",
+           "ca_file")
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,10 @@ class BackupDeploy:
     pgbackrest_stanza: str = "donna"
     pgbackrest_retention_full: int = 2
     pgbackrest_retention_diff: int = 6
+    #: The directory of pgBackRest's secret files (root:postgres 0750).
+    pgbackrest_include: str = "/etc/pgbackrest/conf.d"
+    #: repo2 (group_data backup_s3 with a bucket).
+    pgbackrest_s3: pitr.S3Repo | None = None
     #: group_data backup_age_recipients: public keys new backups are encrypted to.
     age_recipients: tuple[str, ...] = ()
     age_recipients_file: str = AGE_RECIPIENTS_FILE
@@ -110,7 +124,8 @@ class BackupDeploy:
 
 #: group_data keys of pgBackRest's place and retention -> BackupDeploy fields.
 PGBACKREST_KEYS = ("pgbackrest_config", "pgbackrest_repo_path", "pgbackrest_stanza",
-                   "pgbackrest_retention_full", "pgbackrest_retention_diff")
+                   "pgbackrest_retention_full", "pgbackrest_retention_diff",
+                   "pgbackrest_include_path")
 
 
 def _s3_env(s3: dict[str, Any]) -> dict[str, str]:
@@ -133,6 +148,56 @@ def _age_recipients(data: Any) -> tuple[str, ...]:
     return tuple(keys)
 
 
+def _pgbackrest_on(data: Any, settings: DeploySettings) -> bool:
+    """group_data pgbackrest_enabled: None (the default) is on, except on a cluster.
+
+    :raises ConfigError: asked for on a cluster.
+    """
+    wanted = data.get("pgbackrest_enabled")
+    if wanted is None:
+        return not settings.ha
+    if str(wanted).lower() in ("false", "0", "no", "off", ""):
+        return False
+    if settings.ha:
+        # Its stanza would name this member only: a replica's physical backups would
+        # fail and each new leader would archive WAL into a repository of its own.
+        raise ConfigError("group_data pgbackrest_enabled is not supported with ha = True "
+                          "yet: turn it off (the logical backups run on every member)")
+    return True
+
+
+def s3_repo(data: Any) -> pitr.S3Repo | None:
+    """repo2 from group_data's ``backup_s3`` (the bucket of the logical backups, under
+    ``<prefix>pgbackrest``), or None without a bucket.
+
+    :raises ConfigError: the endpoint is not https (pgBackRest speaks TLS only) or a
+        pgbackrest_s3_* value is malformed.
+    """
+    s3 = data.get("backup_s3") or {}
+    if not s3.get("bucket"):
+        return None
+    region = s3.get("region") or "us-east-1"
+    endpoint, port, style = f"s3.{region}.amazonaws.com", 443, "host"
+    if s3.get("endpoint_url"):
+        url = urlsplit(str(s3["endpoint_url"]))
+        if url.scheme != "https" or not url.hostname:
+            raise ConfigError(f"group_data backup_s3 endpoint_url {s3['endpoint_url']!r}: "
+                              "pgBackRest reaches S3 over TLS only; use https://host[:port]")
+        # Servers other than AWS rarely resolve bucket.host names: path style.
+        endpoint, port, style = url.hostname, url.port or 443, "path"
+    key_type = data.get("pgbackrest_s3_key_type") or "auto"
+    if key_type not in ("auto", "shared"):
+        raise ConfigError(f"group_data pgbackrest_s3_key_type {key_type!r}: use auto "
+                          f"(the instance role) or shared (keys in {pitr.S3_KEY_FILE})")
+    prefix = str(s3.get("prefix") or "donna/").strip("/")
+    return pitr.S3Repo(
+        bucket=str(s3["bucket"]), path=f"/{prefix}/pgbackrest" if prefix else "/pgbackrest",
+        region=region, endpoint=endpoint, port=port, uri_style=style,
+        ca_file=s3.get("ca_file"), key_type=key_type, kms_key_id=s3.get("kms_key_id"),
+        retention_full=int(data.get("pgbackrest_s3_retention_full") or 4),
+        retention_diff=int(data.get("pgbackrest_s3_retention_diff") or 6))
+
+
 def _schedule(overrides: dict[str, Any], pgbackrest: bool) -> dict[str, tuple[str, str, str]]:
     """The jobs to schedule, with group_data's ``backup_schedule`` times applied."""
     known = {**DEFAULT_SCHEDULE, **PHYSICAL_SCHEDULE}
@@ -153,11 +218,6 @@ def load_backup_deploy(data: Any, settings: DeploySettings) -> BackupDeploy:
     :raises ConfigError: a schedule or S3 entry is malformed (the message names it);
         pgBackRest asked for on a cluster.
     """
-    if data.get("pgbackrest_enabled") and settings.ha:
-        # Its stanza would name this member only: a replica's physical backups would
-        # fail and each new leader would archive WAL into a repository of its own.
-        raise ConfigError("group_data pgbackrest_enabled is not supported with ha = True "
-                          "yet: turn it off (the logical backups run on every member)")
     env: dict[str, str] = {"BACKUP_SIGNING_KEY_FILE": SIGNING_KEY_FILE}
     env.update({var: str(data.get(key)) for key, var in ENV_KEYS.items()
                 if data.get(key) is not None})
@@ -166,7 +226,7 @@ def load_backup_deploy(data: Any, settings: DeploySettings) -> BackupDeploy:
     age_file = data.get("backup_age_recipients_file") or AGE_RECIPIENTS_FILE
     if age_recipients:
         env["BACKUP_AGE_RECIPIENTS_FILE"] = age_file
-    pgbackrest = bool(data.get("pgbackrest_enabled"))
+    pgbackrest = _pgbackrest_on(data, settings)
     places = {key.replace("_path", ""): data.get(key) for key in PGBACKREST_KEYS
               if data.get(key) is not None}
     cfg = BackupDeploy(
@@ -178,11 +238,15 @@ def load_backup_deploy(data: Any, settings: DeploySettings) -> BackupDeploy:
         unit_dir=data.get("backup_unit_dir") or UNIT_DIR,
         unit_prefix=data.get("backup_unit_prefix") or UNIT_PREFIX,
         cron_file=data.get("backup_cron_file") or CRON_FILE, age_recipients=age_recipients,
-        age_recipients_file=age_file, **places,
+        age_recipients_file=age_file, pgbackrest_s3=s3_repo(data) if pgbackrest else None,
+        **places,
     )
     if pgbackrest:
         env.update(PGBACKREST_ENABLED="true", PGBACKREST_CONFIG=cfg.pgbackrest_config,
-                   PGBACKREST_STANZA=cfg.pgbackrest_stanza)
+                   PGBACKREST_STANZA=cfg.pgbackrest_stanza,
+                   PGBACKREST_INCLUDE_PATH=cfg.pgbackrest_include)
+        if cfg.pgbackrest_s3:
+            env["PGBACKREST_S3"] = "true"
     return cfg
 
 
@@ -350,22 +414,26 @@ def key_file_command(path: str) -> str:
 
 
 def _install_pgbackrest(cfg: BackupDeploy, settings) -> None:
-    """pgbackrest.conf, its repository, WAL archiving and the stanza."""
+    """pgbackrest.conf, its repositories and secrets, WAL archiving and the stanza."""
     cluster = pitr.Cluster(settings.pg_version, settings.pg_cluster, settings.pg_port,
                            pitr_data_dir(settings))
-    engine = pitr.Engine(Path(cfg.pgbackrest_config), cfg.pgbackrest_stanza, cluster)
+    engine = pitr.Engine(Path(cfg.pgbackrest_config), cfg.pgbackrest_stanza, cluster,
+                         include=Path(cfg.pgbackrest_include),
+                         repos=(1, 2) if cfg.pgbackrest_s3 else (1,))
     files.directory(name=f"pgBackRest repository {cfg.pgbackrest_repo}",
                     path=cfg.pgbackrest_repo, user="postgres", group="postgres", mode="750")
     files.directory(name="pgBackRest log directory", path="/var/log/pgbackrest",
                     user="postgres", group="postgres", mode="750")
-    files.directory(name=f"Create {posixpath.dirname(cfg.pgbackrest_config)}",
-                    path=posixpath.dirname(cfg.pgbackrest_config), user="root",
-                    group="postgres", mode="750")
+    for directory in (posixpath.dirname(cfg.pgbackrest_config), cfg.pgbackrest_include):
+        files.directory(name=f"Create {directory}", path=directory, user="root",
+                        group="postgres", mode="750")
+    if cfg.pgbackrest_s3:
+        _install_s3_secrets(cfg)
     text = pitr.config_text(stanza=cfg.pgbackrest_stanza, repo_path=Path(cfg.pgbackrest_repo),
                             cluster=cluster, retention_full=cfg.pgbackrest_retention_full,
-                            retention_diff=cfg.pgbackrest_retention_diff)
-    files.put(name=f"Write {cfg.pgbackrest_config}", src=StringIO(text),
-              dest=cfg.pgbackrest_config, user="root", group="postgres", mode="640")
+                            retention_diff=cfg.pgbackrest_retention_diff, s3=cfg.pgbackrest_s3)
+    config = files.put(name=f"Write {cfg.pgbackrest_config}", src=StringIO(text),
+                       dest=cfg.pgbackrest_config, user="root", group="postgres", mode="640")
     archive = files.put(
         name="Archive WAL to pgBackRest (conf.d/donna-archive.conf)",
         src=StringIO(pitr.archive_conf_text(engine)),
@@ -376,10 +444,46 @@ def _install_pgbackrest(cfg: BackupDeploy, settings) -> None:
                  commands=[f"pg_ctlcluster {int(cluster.version)} {cluster.name} restart"],
                  _if=archive.did_change)
     stanza = " ".join(shlex.quote(a) for a in engine.command("stanza-create"))
-    # stanza-create leaves the stanza's backup.info in the repository.
+    # stanza-create leaves the stanza's backup.info in the repository; run again when the
+    # repositories changed (a new repo2 needs its stanza; pgBackRest accepts the rerun).
     made_unless_present(name=f"pgBackRest stanza {cfg.pgbackrest_stanza}", command=stanza,
                         path=posixpath.join(cfg.pgbackrest_repo, "backup",
                                             cfg.pgbackrest_stanza, "backup.info"))
+    server.shell(name=f"pgBackRest stanza {cfg.pgbackrest_stanza} in every repository",
+                 commands=[stanza], _if=config.did_change)
+
+
+def _install_s3_secrets(cfg: BackupDeploy) -> None:
+    """repo2's passphrase: generated on the host once (never replaced: the backups in
+    the bucket need it), the cluster owner's alone. Shared S3 keys are the operator's
+    file: the deploy only checks it is there and keeps it private."""
+    cipher = posixpath.join(cfg.pgbackrest_include, pitr.CIPHER_FILE)
+    made_unless_present(name=f"Generate the S3 repository passphrase {cipher} (once)",
+                        path=cipher, command=cipher_file_command(cipher))
+    files.file(name=f"{cipher} is postgres' alone", path=cipher, user="postgres",
+               group="postgres", mode="600")
+    if cfg.pgbackrest_s3.key_type != "shared":
+        return
+    keys = posixpath.join(cfg.pgbackrest_include, pitr.S3_KEY_FILE)
+    if not host.get_fact(File, path=keys):
+        raise ConfigError(f"pgbackrest_s3_key_type = 'shared' needs {keys} on the host with "
+                          "[global] repo2-s3-key=... and repo2-s3-key-secret=... (0600 "
+                          "postgres); write it, or use 'auto' (the instance role)")
+    files.file(name=f"{keys} is postgres' alone", path=keys, user="postgres",
+               group="postgres", mode="600")
+
+
+def cipher_file_command(path: str) -> str:
+    """A pgBackRest include file with a random repo2-cipher-pass (0600, postgres).
+
+    Made on the host by its own python3, like the signing key: the passphrase never
+    passes through argv, the deploy's output or this machine.
+    """
+    quoted, new = shlex.quote(path), shlex.quote(f"{path}.new")
+    script = ("import secrets; print('[global]'); "
+              "print('repo2-cipher-pass=' + secrets.token_urlsafe(48))")
+    return (f"umask 077 && python3 -c {shlex.quote(script)} > {new} "
+            f"&& chown postgres:postgres {new} && mv {new} {quoted}")
 
 
 def pitr_data_dir(settings) -> Path:

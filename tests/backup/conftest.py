@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
+from pathlib import Path
 
 import boto3
 import pytest
@@ -11,6 +14,7 @@ from moto.server import ThreadedMotoServer
 
 from donnadb.backup import crypto
 from donnadb.backup.storage_s3 import S3_MIN_PART
+from tests import s3tls
 from tests.support import drop_database, superuser_psql
 
 # Every table of the plan gets rows, including two partitions of system_logs and
@@ -111,3 +115,25 @@ def s3_bs(bs, s3_endpoint, request):
         "backup_s3_endpoint_url": s3_endpoint, "backup_s3_region": "us-east-1",
         "backup_s3_min_part_size": S3_MIN_PART,
     })
+
+
+TLS_BUCKET = "donna-pgbackrest-test"
+
+
+@pytest.fixture(scope="module")
+def tls_s3():
+    """moto's S3 over TLS (tests/s3tls.py), for pgBackRest: (endpoint, boto3 client)."""
+    # Not pytest's tmp_path (/tmp/pytest-of-root is 0700): pgBackRest (postgres) reads
+    # the CA file.
+    work = Path(tempfile.mkdtemp(prefix="donna-s3tls-", dir="/var/tmp"))  # noqa: S108
+    work.chmod(0o755)
+    server = s3tls.Server(work)
+    endpoint = server.start()
+    endpoint.ca_file.chmod(0o644)
+    client = boto3.client("s3", endpoint_url=endpoint.url, region_name="us-east-1",
+                          verify=str(endpoint.ca_file), aws_access_key_id="testing",
+                          aws_secret_access_key="testing")  # noqa: S106 (moto's any key)
+    client.create_bucket(Bucket=TLS_BUCKET)
+    yield endpoint, client
+    server.stop()
+    shutil.rmtree(work, ignore_errors=True)

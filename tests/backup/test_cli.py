@@ -24,7 +24,7 @@ def run(env, *args, check=True, input=""):
 def test_create_list_verify_restore_prune_check(bs, source_db, target_name, settings):
     env = dict(os.environ, BACKUP_REPO_DIR=str(bs.backup_repo_dir), DB_NAME=source_db,
                BACKUP_KEEP_LAST="1", BACKUP_KEEP_DAILY="0", BACKUP_KEEP_WEEKLY="0",
-               BACKUP_KEEP_MONTHLY="0", BACKUP_S3_BUCKET="",
+               BACKUP_KEEP_MONTHLY="0", BACKUP_S3_BUCKET="", PGBACKREST_ENABLED="false",
                BACKUP_SIGNING_KEY_FILE=str(bs.backup_signing_key_file))
     # no backup yet: check fails with its own exit code and says what to do
     none = run(env, "check", check=False)
@@ -84,7 +84,7 @@ def test_the_prune_timer_deletes_without_a_terminal(bs, source_db):
     """The timers' entry point passes --yes: with no one to answer, prune still prunes."""
     env = dict(os.environ, BACKUP_REPO_DIR=str(bs.backup_repo_dir), DB_NAME=source_db,
                BACKUP_KEEP_LAST="1", BACKUP_KEEP_DAILY="0", BACKUP_KEEP_WEEKLY="0",
-               BACKUP_KEEP_MONTHLY="0", BACKUP_S3_BUCKET="",
+               BACKUP_KEEP_MONTHLY="0", BACKUP_S3_BUCKET="", PGBACKREST_ENABLED="false",
                BACKUP_SIGNING_KEY_FILE=str(bs.backup_signing_key_file), DONNACTL=DONNACTL,
                OPS_LOG_FILE=str(bs.backup_repo_dir.parent / "donnactl.jsonl"))
     run(env, "create", "--json")

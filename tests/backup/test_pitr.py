@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -19,50 +15,13 @@ import pytest
 
 from donnadb.backup import pitr
 from donnadb.backup.errors import RestoreRefused
-from tests.support import give_deploy_tls, superuser_psql
+from tests.backup.pgbackrest_cluster import drill_cluster
+from tests.support import superuser_psql
 
 PORT, COPY_PORT = 5447, 5448
 #: The in-place drill's own throwaway cluster.
 IN_PLACE_PORT = 5450
 DONNACTL = str(Path(sys.executable).with_name("donnactl"))
-
-
-def sh(*cmd: str) -> None:
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
-
-
-@contextmanager
-def drill_cluster(port: int):
-    """A new cluster on ``port`` archiving to its own pgBackRest repository; dropped after."""
-    name = f"pitr{uuid.uuid4().hex[:6]}"
-    # Not pytest's tmp_path: the postgres user must reach it (/tmp/pytest-of-root is 0700).
-    work = Path(tempfile.mkdtemp(prefix=f"donna-{name}-", dir="/var/tmp"))  # noqa: S108
-    shutil.chown(work, "postgres", "postgres")
-    sh("pg_createcluster", "15", name, "-p", str(port))
-    give_deploy_tls(15, name)
-    cluster = pitr.Cluster(15, name, port, Path(f"/var/lib/postgresql/15/{name}"))
-    config = work / "pgbackrest.conf"
-    eng = pitr.Engine(config, "drill", cluster)
-    config.write_text(pitr.config_text(stanza="drill", repo_path=work / "repo", cluster=cluster,
-                                       log_path=work, lock_path=work / "lock"))
-    shutil.chown(config, "postgres", "postgres")
-    (cluster.conf_dir / "conf.d" / "archive.conf").write_text(pitr.archive_conf_text(eng))
-    sh("pg_ctlcluster", "15", name, "start")
-    try:
-        yield eng, work
-    finally:
-        for d in work.glob("copy*"):
-            if (d / "postmaster.pid").exists():
-                subprocess.run(["runuser", "-u", "postgres", "--",
-                                str(cluster.bin_dir / "pg_ctl"), "-D", str(d), "-m",
-                                "immediate", "stop"], capture_output=True, check=False)
-        subprocess.run(["pg_dropcluster", "--stop", "15", name], capture_output=True,
-                       check=False)
-        for aside in cluster.data_dir.parent.glob(f"{name}.before-pitr-*"):
-            shutil.rmtree(aside, ignore_errors=True)
-        # pg_dropcluster leaves the config directory when it holds our conf.d/archive.conf.
-        shutil.rmtree(cluster.conf_dir, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture
@@ -80,8 +39,8 @@ def in_place_engine():
 def write_before_and_after(eng: pitr.Engine, port: int) -> datetime:
     """A full backup, 100 'before' rows, the noted moment, 50 'after' rows, all archived."""
     pitr.stanza_create(eng)
-    full = pitr.physical_backup(eng, "full")
-    assert full["type"] == "full"
+    [full] = pitr.physical_backup(eng, "full")
+    assert full["type"] == "full" and full["database"]["repo-key"] == 1
     superuser_psql("CREATE TABLE drill (id int PRIMARY KEY, note text);"
                    "INSERT INTO drill SELECT g, 'before' FROM generate_series(1, 100) g;",
                    port=port)
@@ -113,6 +72,7 @@ def test_restore_to_a_moment_has_exactly_the_rows_before_it(engine):
 
     # `backup check` reports pgBackRest's own check (exit 8: no logical backup here)
     env = dict(os.environ, PGBACKREST_ENABLED="true", PGBACKREST_CONFIG=str(eng.config),
+               PGBACKREST_INCLUDE_PATH=str(eng.include),
                PGBACKREST_STANZA="drill", PG_CLUSTER=eng.cluster.name, DB_PORT=str(PORT),
                BACKUP_REPO_DIR=str(work / "logical"), BACKUP_S3_BUCKET="")
     done = subprocess.run([DONNACTL, "backup", "check", "--json"], env=env,
@@ -130,6 +90,7 @@ def test_in_place_pitr_replaces_the_cluster_and_keeps_its_old_data(in_place_engi
     cluster = eng.cluster
     noted = write_before_and_after(eng, IN_PLACE_PORT)
     env = dict(os.environ, PGBACKREST_ENABLED="true", PGBACKREST_CONFIG=str(eng.config),
+               PGBACKREST_INCLUDE_PATH=str(eng.include),
                PGBACKREST_STANZA="drill", PG_CLUSTER=cluster.name,
                DB_PORT=str(IN_PLACE_PORT))
     args = [DONNACTL, "backup", "pitr", "--to", noted.isoformat(), "--in-place"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import grp
 import json
+import pwd
 import re
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 from donnadb.backup import pitr
 from donnadb.errors import ConfigError
 from donnadb.provision.backups import (
+    PHYSICAL_SCHEDULE,
     UNIT_DIR,
     UNIT_PREFIX,
     cron_text,
@@ -27,6 +29,7 @@ from donnadb.provision.backups import (
     service_unit,
     timer_unit,
 )
+from tests.backup.conftest import TLS_BUCKET
 from tests.provision.deployrun import DeployRun
 from tests.support import superuser_psql, systemd_running, unit_properties
 
@@ -45,8 +48,17 @@ def elsewhere(deploy_settings):
 def test_defaults_and_overrides(elsewhere):
     cfg = load_backup_deploy({"backup_keep_last": 3, "backup_s3": {"bucket": "b"}}, elsewhere)
     assert cfg.env == {"BACKUP_KEEP_LAST": "3", "BACKUP_S3_BUCKET": "b",
-                       "BACKUP_SIGNING_KEY_FILE": "/etc/donnadb/backup-signing.key"}
-    assert set(cfg.schedule) == {"snapshot", "prune", "verify", "check"}
+                       "BACKUP_SIGNING_KEY_FILE": "/etc/donnadb/backup-signing.key",
+                       # pgBackRest is on by default, with repo2 in the bucket
+                       "PGBACKREST_ENABLED": "true", "PGBACKREST_S3": "true",
+                       "PGBACKREST_CONFIG": "/etc/pgbackrest/pgbackrest.conf",
+                       "PGBACKREST_INCLUDE_PATH": "/etc/pgbackrest/conf.d",
+                       "PGBACKREST_STANZA": "donna"}
+    assert set(cfg.schedule) == {"snapshot", "prune", "verify", "check", "physical-full",
+                                 "physical-diff", "physical-verify"}
+    assert cfg.pgbackrest_s3 == pitr.S3Repo(bucket="b", path="/donna/pgbackrest",
+                                            region="us-east-1",
+                                            endpoint="s3.us-east-1.amazonaws.com")
     text = env_text(cfg)
     assert "BACKUP_KEEP_LAST=3\n" in text and "AWS_SECRET" not in text
     assert f"ExecStart={SCRIPT} verify\n" in service_unit(cfg, "verify")
@@ -76,14 +88,40 @@ def test_backup_units_are_sandboxed_and_report_failure(elsewhere):
 
 def test_pgbackrest_adds_physical_jobs(elsewhere):
     cfg = load_backup_deploy({"pgbackrest_enabled": True, "pgbackrest_stanza": "s1"}, elsewhere)
-    assert {"physical-full", "physical-diff"} <= set(cfg.schedule)
+    assert {"physical-full", "physical-diff", "physical-verify"} <= set(cfg.schedule)
     assert cfg.env["PGBACKREST_ENABLED"] == "true" and cfg.env["PGBACKREST_STANZA"] == "s1"
+    assert cfg.pgbackrest_s3 is None and "PGBACKREST_S3" not in cfg.env
+    off = load_backup_deploy({"pgbackrest_enabled": False}, elsewhere)
+    assert not off.pgbackrest and not set(off.schedule) & set(PHYSICAL_SCHEDULE)
+    # on a cluster the default is off (its stanza would follow one member only)
+    cluster = load_backup_deploy({}, dataclasses.replace(elsewhere, ha=True))
+    assert not cluster.pgbackrest and "PGBACKREST_ENABLED" not in cluster.env
+
+
+def test_repo2_follows_the_logical_backups_bucket(elsewhere):
+    cfg = load_backup_deploy({"backup_s3": {
+        "bucket": "bk", "prefix": "prod/db1/", "region": "eu-west-3",
+        "endpoint_url": "https://minio.internal:9000", "ca_file": "/etc/ssl/minio-ca.pem"},
+        "pgbackrest_s3_key_type": "shared", "pgbackrest_s3_retention_full": 8}, elsewhere)
+    repo = cfg.pgbackrest_s3
+    assert (repo.path, repo.endpoint, repo.port, repo.uri_style, repo.key_type) == (
+        "/prod/db1/pgbackrest", "minio.internal", 9000, "path", "shared")
+    assert cfg.env["BACKUP_S3_CA_FILE"] == "/etc/ssl/minio-ca.pem"
+    text = pitr.config_text(stanza="donna", repo_path=Path("/var/lib/pgbackrest"),
+                            cluster=pitr.Cluster(15, "main", 5432, Path("/d")), s3=repo)
+    for line in ("repo2-type=s3", "repo2-cipher-type=aes-256-cbc", "repo2-s3-bucket=bk",
+                 "repo2-storage-port=9000", "repo2-storage-ca-file=/etc/ssl/minio-ca.pem",
+                 "repo2-retention-full=8", "repo2-s3-key-type=shared", "repo2-bundle=y"):
+        assert f"\n{line}\n" in text, line
+    assert "cipher-pass" not in text and "key-secret" not in text
 
 
 @pytest.mark.parametrize("data, match", [
     ({"backup_schedule": {"hourly": ("a", "b")}}, "backup_schedule"),
     ({"backup_schedule": {"snapshot": "daily"}}, "OnCalendar"),
     ({"backup_s3": {"bukket": "x"}}, "unknown keys"),
+    ({"backup_s3": {"bucket": "b", "endpoint_url": "http://127.0.0.1:9000"}}, "TLS only"),
+    ({"backup_s3": {"bucket": "b"}, "pgbackrest_s3_key_type": "env"}, "pgbackrest_s3_key_type"),
     ({"backup_age_recipients": ["AGE-SECRET-KEY-1X"]}, "never a private key"),
     ({"backup_age_recipients": AGE_PUBLIC}, "list of age public keys"),
 ])
@@ -148,13 +186,28 @@ def backups_deploy_file(work: Path, cluster: str) -> Path:
     return deploy
 
 
-def test_deploy_configures_archiving_and_the_stanza(throwaway_cluster, schedule_target):
+def test_deploy_configures_archiving_and_the_stanza(throwaway_cluster, schedule_target,
+                                                    tls_s3):
+    """repo1 here and repo2 in the bucket (moto over TLS), encrypted with a passphrase
+    the deploy made; a second run changes nothing."""
     name, work = throwaway_cluster
+    endpoint, _ = tls_s3
     deploy = backups_deploy_file(work, name)
+    include = work / "pgbr" / "conf.d"
+    include.mkdir(parents=True)
+    # moto takes any key; "shared" keys are the operator's file (an instance role needs none)
+    (include / pitr.S3_KEY_FILE).write_text("[global]\nrepo2-s3-key=testing\n"
+                                            "repo2-s3-key-secret=testing\n")
+    prefix = f"deploy-{uuid.uuid4().hex[:8]}/"
     data = {
         "backup_repo_dir": work / "repo", "backup_env_file": work / "etc" / "backup.env",
-        "pgbackrest_enabled": "true", "pgbackrest_config": work / "pgbr" / "pgbackrest.conf",
+        "pgbackrest_config": work / "pgbr" / "pgbackrest.conf",
+        "pgbackrest_include_path": include,
         "pgbackrest_repo_path": work / "pgbr-repo", "pgbackrest_stanza": "deploytest",
+        "backup_s3": json.dumps({"bucket": TLS_BUCKET, "prefix": prefix,
+                                 "endpoint_url": endpoint.url,
+                                 "ca_file": str(endpoint.ca_file)}),
+        "pgbackrest_s3_key_type": "shared",
         **schedule_target,
     }
     cmd = [str(Path(sys.executable).with_name("pyinfra")), "-y", "@local", str(deploy)]
@@ -180,8 +233,17 @@ def test_deploy_configures_archiving_and_the_stanza(throwaway_cluster, schedule_
     assert superuser_psql("SHOW archive_mode", port=PORT) == "on"
 
     cluster = pitr.Cluster(15, name, PORT, Path(f"/var/lib/postgresql/15/{name}"))
-    engine = pitr.Engine(work / "pgbr" / "pgbackrest.conf", "deploytest", cluster)
-    assert pitr.check(engine)["ok"]
+    engine = pitr.Engine(work / "pgbr" / "pgbackrest.conf", "deploytest", cluster,
+                         include=include, repos=(1, 2))
+    report = pitr.check(engine)
+    assert report["ok"], report
+    assert set(report["repos"]) == {"1", "2"}
+    cipher = include / pitr.CIPHER_FILE
+    st = cipher.stat()
+    assert (st.st_mode & 0o777, st.st_uid) == (0o600, pwd.getpwnam("postgres").pw_uid)
+    passphrase = cipher.read_text().split("repo2-cipher-pass=", 1)[1].strip()
+    assert passphrase not in first.stdout + first.stderr
+    assert passphrase not in (work / "pgbr" / "pgbackrest.conf").read_text()
 
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=work, check=False)
     assert again.returncode == 0

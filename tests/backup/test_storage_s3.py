@@ -163,7 +163,7 @@ def test_cli_uploads_then_restores_from_s3_only(s3_bs, source_db, target_name, t
                BACKUP_S3_BUCKET=BUCKET, BACKUP_S3_PREFIX=s3_bs.backup_s3_prefix,
                BACKUP_S3_ENDPOINT_URL=s3_bs.backup_s3_endpoint_url,
                BACKUP_S3_REGION="us-east-1", BACKUP_KEEP_LAST="1", BACKUP_KEEP_DAILY="0",
-               BACKUP_KEEP_WEEKLY="0", BACKUP_KEEP_MONTHLY="0",
+               BACKUP_KEEP_WEEKLY="0", BACKUP_KEEP_MONTHLY="0", PGBACKREST_ENABLED="false",
                BACKUP_SIGNING_KEY_FILE=str(s3_bs.backup_signing_key_file))
     donnactl = str(Path(sys.executable).with_name("donnactl"))
 

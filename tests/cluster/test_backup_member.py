@@ -31,7 +31,8 @@ def test_the_backup_member_is_the_first_healthy_replica_within_the_lag_bound():
 def test_only_the_backup_member_takes_and_checks_the_backups(cli, healthy, tmp_path):
     leader = healthy.leader()
     chosen = min(name for name in NODE_HOSTS if name != leader)
-    empty = {"BACKUP_REPO_DIR": str(tmp_path / "empty"), "BACKUP_S3_BUCKET": ""}
+    empty = {"BACKUP_REPO_DIR": str(tmp_path / "empty"), "BACKUP_S3_BUCKET": "",
+             "PGBACKREST_ENABLED": "false"}
     for name in NODE_HOSTS:
         env = {**empty, "PATRONI_CONFIG": str(healthy.config_path(name))}
         if name == chosen:

@@ -58,6 +58,27 @@ def test_the_jobs_are_systemd_timers_and_a_backup_runs_under_systemd(fleet: Flee
     assert listed, "the snapshot job made no backup"
 
 
+def test_point_in_time_recovery_is_on_and_its_jobs_run_under_systemd(fleet: Fleet):
+    """pgBackRest by default: WAL archived, the physical backup job works in its
+    sandbox, and the hourly check then sees the backup and archiving healthy."""
+    assert fleet.db.run("sudo -u postgres psql -XAtc 'SHOW archive_mode'").stdout.strip() == "on"
+    for job in ("physical-full", "physical-diff", "physical-verify"):
+        unit = f"donna-backup-{job}.timer"
+        assert fleet.db.run(f"systemctl is-enabled {unit}").stdout.strip() == "enabled"
+    for job in ("physical-full", "physical-verify"):
+        started = fleet.db.run(f"systemctl start donna-backup-{job}.service", check=False,
+                               timeout=900)
+        assert started.returncode == 0, fleet.db.run(
+            f"journalctl -u donna-backup-{job}.service --no-pager | tail -40").stdout
+    checked = fleet.db.run("donnactl backup check --json", check=False)
+    report = json.loads(checked.stdout)
+    assert report["engine"]["ok"], report["engine"]
+    assert report["engine"]["repos"]["1"]["backups"] >= 1
+    health = json.loads(fleet.db.run("donnactl health --json", check=False).stdout)
+    checks = {c["name"]: c["severity"] for c in health["checks"]}
+    assert checks["wal_archive"] == "OK" and checks["physical_backup_age"] == "OK", checks
+
+
 def test_the_app_host_holds_the_application_credential_only(fleet: Fleet):
     app = fleet.app
     assert app.run("ls /etc/donnadb/pgpass.d").stdout.split() == ["donna-app"]
