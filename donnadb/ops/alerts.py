@@ -32,6 +32,8 @@ RULES: dict[str, tuple[str, str, str, str]] = {
                         "a replica is lagging"),
     "backup_age": ("DonnaBackupTooOld", "donnadb_backup_age_hours", ">=",
                    "the last successful backup is too old"),
+    "backup_drill": ("DonnaBackupDrillStale", "donnadb_backup_drill_age_seconds", ">=",
+                     "no successful restore drill for too long"),
     "partitions_ahead": ("DonnaPartitionsRunningOut", "donnadb_partitions_ahead", "<=",
                          "system_logs partitions are running out"),
     "bloat": ("DonnaTableBloat", "donnadb_dead_tuples_pct", ">=", "too many dead tuples"),
@@ -40,6 +42,9 @@ RULES: dict[str, tuple[str, str, str, str]] = {
     "tls_expiry": ("DonnaTlsCertificateExpired", "donnadb_tls_cert_days_left", "<=",
                    "the server's TLS certificate has expired"),
 }
+
+#: Thresholds set in hours whose metric is in seconds (base units).
+HOURS_TO_SECONDS = {"backup_drill": 3600}
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, "==": operator.eq, ">": operator.gt, "<": operator.lt}
@@ -63,10 +68,14 @@ def _rule(alert: str, expr: str, check: str, summary: str, minutes: int = 5) -> 
 def render_rules(settings: Settings) -> dict:
     """The rule file (as data) for ``settings``' CRITICAL thresholds."""
     rules = [_rule("DonnaDatabaseDown", "donnadb_up == 0", "database",
-                   "donnactl metrics cannot reach the database", minutes=2)]
+                   "donnactl metrics cannot reach the database", minutes=2),
+             # Health's backup_drill is CRITICAL the moment a drill fails: no threshold.
+             _rule("DonnaBackupDrillFailed", "donnadb_backup_drill_failed == 1",
+                   "backup_drill_failed", "the last restore drill failed", minutes=0)]
     for check, (alert, metric, op, summary) in RULES.items():
-        crit = getattr(settings, THRESHOLDS[check][1])
-        rules.append(_rule(alert, f"{metric} {op} {crit:g}", check, summary))
+        crit = getattr(settings, THRESHOLDS[check][1]) * HOURS_TO_SECONDS.get(check, 1)
+        number = f"{crit:.0f}" if float(crit).is_integer() else f"{crit:g}"
+        rules.append(_rule(alert, f"{metric} {op} {number}", check, summary))
     return {"groups": [{"name": "donnadb", "rules": rules}]}
 
 

@@ -217,6 +217,7 @@ def collect(settings: Settings, *, dbname: str | None = None) -> dict[str, Any]:
         "partitions": {"table": PARTITIONED_PARENT, **partitions},
         "bloat": bloat,
         "backup": backups.latest(now=now, repo=settings.backup_repo_dir),
+        "drill": backups.drills(now=now, repo=settings.backup_repo_dir),
         "pgbouncer": pgbouncer.pools(settings, dbname=dbname),
         "tls": tls.certificate(settings.tls_server_cert_file, now=now),
         # None on a single host; the members as Patroni sees them in a cluster.
