@@ -157,6 +157,8 @@ def _compare(result: DrillResult, manifest: mf.Manifest, restored_counts: dict[s
                                   "rows_restored": restored_rows})
         if restored_rows != rows:
             result.fail(f"partition {part}: {restored_rows} rows restored != {rows}")
+    for part in sorted(set(got.partition_counts) - set(expected_parts or got.partition_counts)):
+        result.fail(f"partition {part}: in the restored copy, not in the backup")
 
 
 def _drop_quietly(settings: Settings, name: str) -> None:
@@ -220,6 +222,10 @@ def physical_drill(settings: Settings, *, port: int | None = None,
         result.backup_id = newest.get("label")
         result.backup_size_bytes = newest.get("info", {}).get("repository", {}).get("size")
         result.database_size_bytes = newest.get("info", {}).get("size")
+        # pgBackRest restores to a moment only from a backup that stopped before it, and
+        # keeps stop times to the second: a backup taken just now must be left behind.
+        stopped = newest.get("timestamp", {}).get("stop", 0)
+        time.sleep(max(0.0, stopped + 1.1 - time.time()))
         marker = f"drill-{secrets.token_hex(8)}"
         _write_marker(settings, marker, "before the target: must be restored")
         target = datetime.fromisoformat(_live_sql(settings, sql.SQL(SQL_NOW)))
