@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from donnadb import db
@@ -126,11 +127,11 @@ def logical_drill(settings: Settings, backup: storage_local.LocalBackup) -> Dril
     try:
         try:
             restored = restore.restore_backup(settings, backup, scratch)
-        except DonnaError as exc:
+            with db.connection("backup", settings=settings, dbname=scratch) as conn:
+                got = dbfacts.table_facts(conn)
+        except (DonnaError, psycopg.Error) as exc:
             result.fail(f"restore: {exc}")
             return result
-        with db.connection("backup", settings=settings, dbname=scratch) as conn:
-            got = dbfacts.table_facts(conn)
         result.rto_seconds = round(time.monotonic() - started, 3)
         _compare(result, manifest, restored.row_counts, got, expected_sums, expected_parts)
     finally:
