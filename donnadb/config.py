@@ -206,6 +206,17 @@ class Settings(BaseSettings):
     #: `backup check` fails, and `health` warns (backup_age), when the newest good backup
     #: is older.
     backup_max_age_hours: float = Field(26.0, gt=0)
+    #: `health` warns (backup_drill) when the last successful restore drill (`backup
+    #: drill`, weekly on the timer) of any kind is older; CRITICAL, and its alert, at
+    #: HEALTH_BACKUP_DRILL_CRIT_AGE_HOURS. A failed last drill is CRITICAL at once.
+    backup_drill_max_age_hours: float = Field(8 * 24.0, gt=0)
+    health_backup_drill_crit_age_hours: float = Field(15 * 24.0, gt=0)
+    #: The physical drill's throwaway copy: its parent directory (the copy is as large
+    #: as the cluster) and its port (socket only). /var/tmp because the backup units'
+    #: sandbox (ProtectSystem=strict, PrivateTmp) lets the job write there, on disk; the
+    #: drill refuses it unless it is a real directory only its owner can write.
+    backup_drill_dir: Path = Path("/var/tmp/donna-drill")  # noqa: S108
+    backup_drill_port: int = Field(5498, ge=1, le=65535)
     # S3 copy (off unless a bucket is set).
     backup_s3_bucket: str | None = None
     backup_s3_prefix: str = "donna/"

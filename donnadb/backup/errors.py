@@ -26,3 +26,8 @@ class BackupStale(DonnaError):
     """``backup check`` found no good backup recent enough (exit code 8)."""
 
     exit_code = 8
+
+
+class DrillFailed(BackupError):
+    """``backup drill``: a restored copy differs from its backup, or did not restore
+    (exit code 1); the message names the table or the step."""

@@ -4,6 +4,12 @@ One JSON document per backup (``manifest.json`` beside the ``dump/`` directory)
 with the backup id, start/end time, server and schema versions, database size,
 per-table row counts, the sha256 and size of every file, and the tool versions.
 A backup without a manifest is not a backup.
+
+``extra`` carries what restore drills compare (:func:`drill_facts`): per-partition
+row counts and a content checksum per table, taken in the dump's snapshot. They live
+there, not in fields of their own, so a donnadb that predates them still reads the
+manifest, and a manifest that predates them still verifies (the signature covers
+``extra``); such a manifest is drilled on row counts alone.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from donnadb.backup.dbfacts import CHECKSUM_ALGORITHM, TableFacts
 from donnadb.backup.errors import BackupCorrupt
 
 MANIFEST_NAME = "manifest.json"
@@ -68,6 +75,23 @@ class Manifest:
     @property
     def total_size(self) -> int:
         return sum(f.size for f in self.files)
+
+    @property
+    def partition_counts(self) -> dict[str, int] | None:
+        """Rows per leaf partition at snapshot time; None in manifests older than drills."""
+        return _str_map(self.extra.get("partition_counts"), int)
+
+    @property
+    def checksums(self) -> dict[str, str] | None:
+        """Content checksum per table at snapshot time (``checksum_algorithm``); None in
+        manifests older than drills, or made with a method this version does not know."""
+        if self.extra.get("checksum_algorithm") != CHECKSUM_ALGORITHM:
+            return None
+        return _str_map(self.extra.get("checksums"), str)
+
+    @property
+    def started(self) -> datetime:
+        return datetime.fromisoformat(self.started_at)
 
     @property
     def finished(self) -> datetime:
@@ -133,6 +157,23 @@ def _encryption_ok(encryption: object) -> bool:
         return (isinstance(recipients, list) and bool(recipients)
                 and all(isinstance(r, str) and AGE_RECIPIENT_RE.match(r) for r in recipients))
     return all(isinstance(encryption.get(k), str) for k in ("algorithm", "key_id"))
+
+
+def _str_map(value: object, kind: type) -> dict | None:
+    """``value`` when it is a {str: kind} mapping (a manifest from S3 is hostile input),
+    else None."""
+    if not isinstance(value, dict):
+        return None
+    if all(isinstance(k, str) and isinstance(v, kind) and not isinstance(v, bool)
+           for k, v in value.items()):
+        return value
+    return None
+
+
+def drill_facts(facts: TableFacts, seconds: float) -> dict[str, object]:
+    """The manifest's ``extra`` for a snapshot's :class:`~donnadb.backup.dbfacts.TableFacts`."""
+    return {"partition_counts": facts.partition_counts, "checksums": facts.checksums,
+            "checksum_algorithm": CHECKSUM_ALGORITHM, "facts_seconds": seconds}
 
 
 def now_utc() -> str:

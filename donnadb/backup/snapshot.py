@@ -2,9 +2,11 @@
 
 The manifest's row counts and the dump come from the SAME snapshot: we open a
 REPEATABLE READ transaction as the backup role, export its snapshot, count the
-rows in it, and hand the snapshot id to ``pg_dump --snapshot`` while we keep the
-transaction open. Everything is written into ``.partial-<id>`` and published by
-one rename, so an interrupted backup never looks complete.
+rows in it (per table and per partition) with a content checksum of each table
+(dbfacts.table_facts), and hand the snapshot id to ``pg_dump --snapshot`` while we
+keep the transaction open. ``backup drill`` compares a restored copy with these.
+Everything is written into ``.partial-<id>`` and published by one rename, so an
+interrupted backup never looks complete.
 """
 
 from __future__ import annotations
@@ -12,8 +14,12 @@ from __future__ import annotations
 import logging
 import platform
 import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+
+import psycopg
 
 import donnadb
 from donnadb import db
@@ -74,6 +80,12 @@ def create_backup(
     return storage_local.LocalBackup(backup_id, final, manifest, None)
 
 
+def _timed_facts(conn: psycopg.Connection) -> tuple[dbfacts.TableFacts, float]:
+    mark = time.monotonic()
+    facts = dbfacts.table_facts(conn)
+    return facts, round(time.monotonic() - mark, 3)
+
+
 def _dump(
     settings: Settings,
     pg_dump: str,
@@ -98,10 +110,16 @@ def _dump(
         server_version = dbfacts.server_version(conn)
         schema_version = dbfacts.schema_version(conn)
         size = dbfacts.database_size(conn)
-        counts = dbfacts.row_counts(conn)
         cmd = [pg_dump, "--format=directory", f"--jobs={jobs}", f"--compress={level}",
                f"--snapshot={snapshot}", f"--file={partial / DUMP_DIR}", "--no-password"]
-        pgtools.run(cmd, pgtools.libpq_env(settings, role, dbname), f"pg_dump of {dbname}")
+        # The counts and checksums read the same snapshot while pg_dump writes it out:
+        # on the snapshot's own connection (no extra connection), in a thread, so their
+        # scans overlap the dump's instead of adding to it.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            counting = pool.submit(_timed_facts, conn)
+            pgtools.run(cmd, pgtools.libpq_env(settings, role, dbname),
+                        f"pg_dump of {dbname}")
+            facts, facts_seconds = counting.result()
     encryption = None
     if settings.backup_age_recipients_file:  # wins over the symmetric key (docs/backup.md)
         recipients = agecrypt.load_recipients(settings.backup_age_recipients_file)
@@ -120,7 +138,7 @@ def _dump(
         server_version=server_version,
         schema_version=schema_version,
         database_size=size,
-        row_counts=counts,
+        row_counts=facts.row_counts,
         files=files,
         tools={
             "pg_dump": pgtools.version(pg_dump),
@@ -130,4 +148,5 @@ def _dump(
         compress_level=level,
         jobs=jobs,
         encryption=encryption,
+        extra=mf.drill_facts(facts, facts_seconds),
     )

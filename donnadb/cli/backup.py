@@ -24,7 +24,7 @@ from donnadb.backup import (
     verify,
 )
 from donnadb.backup.check import check_backups
-from donnadb.backup.errors import BackupCorrupt, BackupNotFound, BackupStale
+from donnadb.backup.errors import BackupCorrupt, BackupNotFound, BackupStale, DrillFailed
 from donnadb.backup.prune import prune as run_prune
 from donnadb.backup.storage_s3 import S3Store, check_backup_id
 from donnadb.cli.opsrun import backup_member_only, confirm, leader_only, logged, skip_job
@@ -270,6 +270,94 @@ def verify_(
                             + "; ".join(result.problems[:3]))
     if not json_out:
         console.print("[green]ok[/]")
+
+
+@app.command()
+@logged("backup drill")
+def drill(
+    logical: bool = typer.Option(False, "--logical", help="Only the newest logical backup."),
+    physical: bool = typer.Option(False, "--physical",
+                                  help="Only the newest pgBackRest backup (needs it enabled)."),
+    both: bool = typer.Option(False, "--both", help="Both kinds (the default); without "
+                              "pgBackRest the physical drill is skipped with a reason."),
+    if_key: bool = typer.Option(
+        False, "--if-key",
+        help="An age backup and no identity here: check its files only and say the "
+             "restore was skipped, instead of an error. The scheduled drill passes it."),
+    allow_unsigned: bool = UnsignedOpt,
+    identity: str | None = IdentityOpt,
+    repo: str | None = RepoOpt,
+    json_out: JsonOpt = False,
+) -> None:
+    """Restore the newest backups into throwaway copies and prove the data (exit 1 if not).
+
+    Logical: row counts per table and per partition and a content checksum per table,
+    against those taken in the backup's snapshot. Physical: a marker row written just
+    before a target moment is restored by WAL replay. Reports RTO and RPO; the result
+    goes to system_logs and to the metrics (docs/backup.md, Restore drills).
+    """
+    from donnadb.backup import drill as drills
+    from donnadb.cli import drill_view
+
+    if logical + physical + both > 1:
+        raise UsageError("choose one of --logical, --physical and --both")
+    settings = load_settings(backup_repo_dir=repo, backup_age_identity_file=_path(identity))
+    if physical and not settings.pgbackrest_enabled:
+        raise UsageError("--physical needs pgBackRest, which is not enabled here: set "
+                         "pgbackrest_enabled in group_data and run `make deploy`, or use "
+                         "--logical")
+    # Restores need a writable server and markers go to the live database: the leader's.
+    leader_only(settings, "backup drill", json=json_out, kind="backup")
+    results = []
+    if not physical:
+        results.append(_logical_drill(settings, drills, if_key=if_key, json_out=json_out,
+                                      allow_unsigned=allow_unsigned))
+    if not logical:
+        if settings.pgbackrest_enabled:
+            busy = nullcontext() if json_out else console.status(
+                "physical drill: marker rows, WAL archive, restore to a moment ...")
+            with busy:
+                results.append(drills.physical_drill(settings))
+        else:
+            results.append(drills.DrillResult(
+                "physical", True, skipped="skipped: pgBackRest is not enabled "
+                "(group_data pgbackrest_enabled)"))
+    drills.record(settings, results)
+    failed = [r for r in results if not r.ok]
+    if json_out:
+        emit_json({"ok": not failed, "results": [r.to_dict() for r in results]})
+    else:
+        drill_view.render(results)
+    if failed:
+        first = failed[0]
+        raise DrillFailed(f"{first.kind} drill of {first.backup_id or 'the newest backup'} "
+                          f"failed: {first.problems[0]}")
+
+
+def _logical_drill(settings: Settings, drills, *, if_key: bool, json_out: bool,
+                   allow_unsigned: bool):
+    """The newest good logical backup (local, else S3) drilled; with ``if_key`` and no
+    age identity here, its files are checked and the restore reported skipped."""
+    try:
+        backup = _local_or_download(settings, "latest", json_out,
+                                    allow_unsigned=allow_unsigned)
+    except BackupNotFound:
+        if settings.patroni_config is None or settings.s3_enabled:
+            raise
+        return drills.DrillResult("logical", True, skipped="skipped: no backup on this "
+                                  "member and no S3 to fetch one from")
+    if if_key and _needs_identity(settings, backup):
+        checked = verify.verify_backup(settings, backup)
+        result = drills.DrillResult(
+            "logical", checked.ok, backup_id=backup.backup_id, problems=checked.problems,
+            skipped=f"restore skipped: backup {backup.backup_id} is encrypted with age and "
+                    "this host has no identity (BACKUP_AGE_IDENTITY_FILE); files checked "
+                    + ("and intact" if checked.ok else "and DAMAGED"))
+        return result
+    busy = nullcontext() if json_out else console.status(
+        f"logical drill: restoring {backup.backup_id} into a throwaway database ...")
+    with busy:
+        return drills.logical_drill(settings, backup)
 
 
 def _needs_identity(settings: Settings, backup: storage_local.LocalBackup) -> bool:

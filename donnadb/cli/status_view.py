@@ -101,6 +101,7 @@ def render_status(report: dict[str, Any], checks: list[Check] | None = None) -> 
         ("last backup", "unknown" if backup["finished_at"] is None
          else f"{backup['finished_at']:%Y-%m-%d %H:%M} UTC ({backup['age_hours']:.1f} h ago)",
          "backup_age"),
+        ("restore drills", _drills(report["drill"]), "backup_drill"),
         ("partitions", "system_logs missing" if not parts["present"]
          else f"{parts['partitions']} of {parts['table']}, {parts['ahead']} ahead, "
               f"{_day(parts['oldest'])} .. {_day(parts['covered_until'])}", "partitions_ahead"),
@@ -119,3 +120,14 @@ def render_status(report: dict[str, Any], checks: list[Check] | None = None) -> 
         table.add_row(what, value, mark(check) if check else "")
     return Group(table)
 
+
+def _drills(drill: dict) -> str:
+    """The last restore drill of each kind: passed (how long ago) or FAILED."""
+    if not drill["kinds"]:
+        return "none recorded (`donnactl backup drill`)"
+    parts = []
+    for kind, last in sorted(drill["kinds"].items()):
+        age = last["age_seconds"]
+        success = "never passed" if age is None else f"passed {age / 3600:.1f} h ago"
+        parts.append(f"{kind} FAILED ({success})" if last["failed"] else f"{kind} {success}")
+    return ", ".join(parts)

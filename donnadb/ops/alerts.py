@@ -36,6 +36,8 @@ RULES: dict[str, tuple[str, str, str, str]] = {
                             ">=", "a pgBackRest repository's newest backup is too old"),
     "archive_lag": ("DonnaWalArchiveBehind", "donnadb_wal_archive_lag_seconds", ">=",
                     "WAL archiving is behind: a lost host would lose that much"),
+    "backup_drill": ("DonnaBackupDrillStale", "donnadb_backup_drill_age_seconds", ">=",
+                     "no successful restore drill for too long"),
     "partitions_ahead": ("DonnaPartitionsRunningOut", "donnadb_partitions_ahead", "<=",
                          "system_logs partitions are running out"),
     "bloat": ("DonnaTableBloat", "donnadb_dead_tuples_pct", ">=", "too many dead tuples"),
@@ -50,6 +52,8 @@ FLAGS: dict[str, tuple[str, str, str]] = {
     "wal_archive": ("DonnaWalArchiveFailing", "donnadb_wal_archive_failing",
                     "archive_command is failing: WAL is piling up in pg_wal"),
 }
+#: Thresholds set in hours whose metric is in seconds (base units).
+HOURS_TO_SECONDS = {"backup_drill": 3600}
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, "==": operator.eq, ">": operator.gt, "<": operator.lt}
@@ -73,10 +77,14 @@ def _rule(alert: str, expr: str, check: str, summary: str, minutes: int = 5) -> 
 def render_rules(settings: Settings) -> dict:
     """The rule file (as data) for ``settings``' CRITICAL thresholds."""
     rules = [_rule("DonnaDatabaseDown", "donnadb_up == 0", "database",
-                   "donnactl metrics cannot reach the database", minutes=2)]
+                   "donnactl metrics cannot reach the database", minutes=2),
+             # Health's backup_drill is CRITICAL the moment a drill fails: no threshold.
+             _rule("DonnaBackupDrillFailed", "donnadb_backup_drill_failed == 1",
+                   "backup_drill_failed", "the last restore drill failed", minutes=0)]
     for check, (alert, metric, op, summary) in RULES.items():
-        crit = getattr(settings, THRESHOLDS[check][1])
-        rules.append(_rule(alert, f"{metric} {op} {crit:g}", check, summary))
+        crit = getattr(settings, THRESHOLDS[check][1]) * HOURS_TO_SECONDS.get(check, 1)
+        number = f"{crit:.0f}" if float(crit).is_integer() else f"{crit:g}"
+        rules.append(_rule(alert, f"{metric} {op} {number}", check, summary))
     for check, (alert, metric, summary) in FLAGS.items():
         rules.append(_rule(alert, f"{metric} == 1", check, summary))
     return {"groups": [{"name": "donnadb", "rules": rules}]}

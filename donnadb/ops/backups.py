@@ -51,3 +51,40 @@ def latest(*, now: datetime | None = None, repo: Path | None = None) -> dict[str
         "backup_id": newest.backup_id,
         "repository": str(repo),
     }
+
+
+def drills(*, now: datetime | None = None, repo: Path | None = None) -> dict[str, Any]:
+    """The last restore drill of each kind (``backup drill``), read from the repository's
+    drill-state.json: ``{"kinds": {kind: {..., "age_seconds", "last_success_ts"}},
+    "oldest_backup_age_hours"}`` (the age of the oldest good backup, so a host whose
+    backups are younger than the drill interval is not yet expected to have drilled)."""
+    now = now or datetime.now(UTC)
+    repo = repo or _repository()
+    view: dict[str, Any] = {"kinds": {}, "oldest_backup_age_hours": None}
+    if repo is None:
+        return view
+    try:
+        from donnadb.backup.drill import read_state
+        from donnadb.backup.storage_local import list_backups
+
+        state = read_state(repo)
+        good = [b for b in list_backups(repo) if b.good]
+    except (ImportError, OSError) as exc:
+        log.warning("cannot read the drill state in %s: %s", repo, exc)
+        return view
+    if good:
+        oldest = min(b.manifest.finished for b in good)
+        oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
+        view["oldest_backup_age_hours"] = round((now - oldest).total_seconds() / 3600, 2)
+    for kind, last in state.items():
+        success = last.get("last_success_at")
+        when = datetime.fromisoformat(success) if isinstance(success, str) else None
+        if when is not None and when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        view["kinds"][kind] = {
+            **last,
+            "failed": not last.get("ok", False),
+            "last_success_ts": when.timestamp() if when else None,
+            "age_seconds": round((now - when).total_seconds(), 1) if when else None,
+        }
+    return view

@@ -25,6 +25,8 @@ THRESHOLDS: dict[str, tuple[str, str]] = {
     # The oldest of each pgBackRest repository's newest backup: the same limits.
     "physical_backup_age": ("backup_max_age_hours", "health_backup_crit_age_hours"),
     "archive_lag": ("health_archive_lag_warn_seconds", "health_archive_lag_crit_seconds"),
+    # Hours since the last successful restore drill of the kind drilled longest ago.
+    "backup_drill": ("backup_drill_max_age_hours", "health_backup_drill_crit_age_hours"),
     "partitions_ahead": ("health_partitions_ahead_warn", "health_partitions_ahead_crit"),
     "bloat": ("health_bloat_warn_pct", "health_bloat_crit_pct"),
     "wraparound": ("health_wraparound_warn_pct", "health_wraparound_crit_pct"),
@@ -74,6 +76,7 @@ def evaluate(report: dict[str, Any], settings: Settings) -> list[Check]:
                   if lag is not None
                   else Check("replication_lag", Severity.OK, None, "no replication"))
     checks.append(_backup(report["backup"], settings))
+    checks.append(backup_drill(report["drill"], settings))
     if report["archiving"]["enabled"]:
         checks += _archiving(report["archiving"], settings)
     checks.append(_partitions(report["partitions"], settings))
@@ -148,6 +151,27 @@ def _archiving(arch: dict[str, Any], settings: Settings) -> list[Check]:
     checks.append(_high(settings, "physical_backup_age", oldest["age_hours"], "h",
                         f"newest physical backup in repo{repo}"))
     return checks
+
+
+def backup_drill(drill: dict[str, Any], settings: Settings) -> Check:
+    """The restore drills: CRITICAL when the last drill of a kind failed, else graded on
+    the age of the oldest last success. No drill yet warns only where backups are
+    required and older than BACKUP_DRILL_MAX_AGE_HOURS (the weekly drill had its turn)."""
+    kinds = drill["kinds"]
+    failed = sorted(k for k, v in kinds.items() if v["failed"])
+    if failed:
+        last = kinds[failed[0]]
+        return Check("backup_drill", Severity.CRITICAL, None,
+                     f"the last {failed[0]} restore drill failed: {last.get('problem')} "
+                     "(see docs/runbook.md, DonnaBackupDrillFailed)")
+    ages = [v["age_seconds"] / 3600 for v in kinds.values() if v["age_seconds"] is not None]
+    if not ages:
+        warn = settings.backup_drill_max_age_hours
+        due = (settings.health_backup_required and drill["oldest_backup_age_hours"] is not None
+               and drill["oldest_backup_age_hours"] >= warn)
+        return Check("backup_drill", Severity.WARNING if due else Severity.OK, None,
+                     "no restore drill recorded: run `donnactl backup drill`")
+    return _high(settings, "backup_drill", round(max(ages), 2), "h", "last restore drill")
 
 
 def _partitions(parts: dict[str, Any], settings: Settings) -> Check:

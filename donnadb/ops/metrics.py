@@ -81,6 +81,7 @@ def families(report: dict[str, Any], settings: Settings) -> Iterator[GaugeMetric
     for state, n in sorted(c["by_state"].items()):
         by_state.add_metric([state], n)
     yield by_state
+    yield from _drills(report["drill"])
     yield from _pgbouncer(report["pgbouncer"])
     if report["archiving"]["enabled"]:
         yield from _archiving(report["archiving"])
@@ -142,6 +143,29 @@ def _cluster(view: dict[str, Any]) -> Iterator[GaugeMetricFamily]:
         family = _gauge(name, doc, value)
         if family is not None:
             yield family
+
+
+#: (drill-state field, gauge suffix, help) of donnadb_backup_drill_<suffix>{kind}.
+DRILL_GAUGES = [
+    ("last_success_ts", "last_success_timestamp_seconds",
+     "Unix time of the last successful restore drill."),
+    ("age_seconds", "age_seconds", "Seconds since the last successful restore drill."),
+    ("failed", "failed", "1 when the last restore drill failed."),
+    ("rto_seconds", "rto_seconds", "Seconds the last drill took to restore and check."),
+    ("rpo_seconds", "rpo_seconds", "Age of the data the last drill restored, seconds."),
+]
+
+
+def _drills(drill: dict[str, Any]) -> Iterator[GaugeMetricFamily]:
+    """Per kind of restore drill that has run (``backup drill``)."""
+    if not drill["kinds"]:
+        return
+    for key, suffix, doc in DRILL_GAUGES:
+        family = GaugeMetricFamily(PREFIX + "backup_drill_" + suffix, doc, labels=["kind"])
+        for kind, last in sorted(drill["kinds"].items()):
+            if last.get(key) is not None:
+                family.add_metric([kind], float(last[key]))
+        yield family
 
 
 #: SHOW POOLS column -> help text of its gauge (donnadb_pgbouncer_<column>).

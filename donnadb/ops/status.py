@@ -221,6 +221,7 @@ def collect(settings: Settings, *, dbname: str | None = None) -> dict[str, Any]:
         "archiving": archiving.summary(
             archiver, settings.backup_repo_dir if settings.pgbackrest_enabled else None,
             now.timestamp()),
+        "drill": backups.drills(now=now, repo=settings.backup_repo_dir),
         "pgbouncer": pgbouncer.pools(settings, dbname=dbname),
         "tls": tls.certificate(settings.tls_server_cert_file, now=now),
         # None on a single host; the members as Patroni sees them in a cluster.

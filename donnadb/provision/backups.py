@@ -57,8 +57,9 @@ from donnadb.provision.settings import DeploySettings
 DEFAULT_SCHEDULE = {
     "snapshot": ("*-*-* 02:15:00", "15 2 * * *", "Logical snapshot (pg_dump -Fd) of Donna's DB"),
     "prune": ("*-*-* 03:30:00", "30 3 * * *", "Apply the backup retention policy"),
+    # The job keeps its name (units, group_data overrides); it runs `backup drill`.
     "verify": ("Sun *-*-* 04:00:00", "0 4 * * 0",
-               "Weekly restore drill of the latest backup"),
+               "Weekly restore drill: counts, checksums and PITR of the newest backups"),
     "check": ("*-*-* *:40:00", "40 * * * *", "Fail when the last good backup is too old"),
 }
 #: Added when pgBackRest is enabled.

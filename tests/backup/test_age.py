@@ -239,20 +239,25 @@ def test_the_scheduled_drill_on_the_host_checks_the_files_and_says_so(host_bs, s
     env = dict(os.environ, BACKUP_REPO_DIR=str(host_bs.backup_repo_dir), DB_NAME=source_db,
                BACKUP_S3_BUCKET="", BACKUP_SIGNING_KEY_FILE=str(host_bs.backup_signing_key_file),
                BACKUP_AGE_RECIPIENTS_FILE=str(host_bs.backup_age_recipients_file),
-               DONNACTL=DONNACTL, OPS_LOG_FILE=str(host_bs.backup_repo_dir.parent / "ops.jsonl"))
+               DONNACTL=DONNACTL, OPS_LOG_FILE=str(host_bs.backup_repo_dir.parent / "ops.jsonl"),
+               PGBACKREST_ENABLED="false")
     env.pop("BACKUP_AGE_IDENTITY_FILE", None)
     script = Path(__file__).resolve().parents[2] / "backups" / "donna-backup"
+    # the weekly job is the restore drill (`backup drill --both --if-key`)
     done = subprocess.run([str(script), "verify", "--json"], env=env, capture_output=True,
                           text=True, timeout=120, check=False, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    assert report["ok"] and not report["restored"] and report["files_checked"] > 0
-    assert "BACKUP_AGE_IDENTITY_FILE" in report["restore_skipped"]
+    logical = report["results"][0]
+    assert report["ok"] and logical["ok"] and logical["rto_seconds"] is None
+    assert "restore skipped" in logical["skipped"]
+    assert "BACKUP_AGE_IDENTITY_FILE" in logical["skipped"]
     assert json.loads((backup.path / "verify.json").read_text())["ok"]
     # without --if-key (an operator's command) the same is an error, exit 3
-    strict = subprocess.run([DONNACTL, "backup", "verify", "latest", "--restore"], env=env,
-                            capture_output=True, text=True, timeout=120, check=False)
-    assert strict.returncode == 3 and "--identity" in strict.stderr
+    for args in (("verify", "latest", "--restore"), ("drill", "--logical")):
+        strict = subprocess.run([DONNACTL, "backup", *args], env=env, capture_output=True,
+                                text=True, timeout=120, check=False)
+        assert strict.returncode == 3 and "--identity" in strict.stderr, args
 
 
 def test_an_identity_file_on_the_host_is_a_secret_the_security_check_covers(bs, age_keys):

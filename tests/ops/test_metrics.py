@@ -77,7 +77,9 @@ def test_every_critical_threshold_has_a_rule_with_a_runbook_section():
     doc = yaml.safe_load(RULES_FILE.read_text())
     rules = doc["groups"][0]["rules"]
     checks = {r["labels"]["check"] for r in rules}
-    assert checks == set(health.THRESHOLDS) | set(alerts.FLAGS) | {"database"}
+    # A failed restore drill is CRITICAL at once: a rule without a threshold.
+    assert checks == (set(health.THRESHOLDS) | set(alerts.FLAGS)
+                      | {"database", "backup_drill_failed"})
     runbook = (RULES_FILE.parents[1] / "docs" / "runbook.md").read_text().lower()
     for rule in rules:
         assert rule["labels"]["severity"] == "critical"
@@ -94,7 +96,8 @@ def test_rules_fire_exactly_when_health_says_critical(settings):
         "health_long_query_crit_seconds": 1e9, "health_long_xact_crit_seconds": 1e9,
         "health_backup_crit_age_hours": 1e9, "health_partitions_ahead_crit": 0,
         "health_bloat_crit_pct": 101.0, "health_wraparound_crit_pct": 100.0,
-        "health_tls_expiry_crit_days": 0.0, "health_archive_lag_crit_seconds": 1e9})
+        "health_tls_expiry_crit_days": 0.0, "health_archive_lag_crit_seconds": 1e9,
+        "health_backup_drill_crit_age_hours": 1e9})
     fired = [r["alert"] for r in alerts.render_rules(calm)["groups"][0]["rules"]
              if alerts.evaluate(r["expr"], text)]
     assert fired == []
@@ -104,7 +107,7 @@ def test_rules_fire_exactly_when_health_says_critical(settings):
         "health_replication_lag_crit_seconds": 0.0, "health_backup_crit_age_hours": 0.0,
         "health_partitions_ahead_crit": 1000, "health_bloat_crit_pct": 0.0,
         "health_wraparound_crit_pct": 0.0, "health_tls_expiry_crit_days": 1e9,
-        "health_archive_lag_crit_seconds": 0.0})
+        "health_archive_lag_crit_seconds": 0.0, "health_backup_drill_crit_age_hours": 0.0})
     fired = {r["labels"]["check"] for r in alerts.render_rules(tripping)["groups"][0]["rules"]
              if alerts.evaluate(r["expr"], text)}
     # Replication lag and backup age are absent on a primary without replicas or backups.
@@ -119,6 +122,11 @@ def test_rules_fire_exactly_when_health_says_critical(settings):
                           ("physical_backup_age", "donnadb_physical_backup_age_hours")):
         if not any(name.startswith(metric) for name in samples):
             expected.discard(check)
+    # Drill gauges exist once a drill ran here; a failed one also fires its own rule.
+    if not any(k.startswith("donnadb_backup_drill_age_seconds") for k in samples):
+        expected.discard("backup_drill")
+    if any(k.startswith("donnadb_backup_drill_failed") and v == 1 for k, v in samples.items()):
+        expected.add("backup_drill_failed")
     assert fired == expected
 
 
