@@ -186,7 +186,7 @@ CREATE TABLE public.system_logs (id bigserial PRIMARY KEY, level text NOT NULL,
 
 
 def test_physical_drill_replays_wal_to_just_after_the_marker(bs, tmp_path):
-    from tests.backup.test_pitr import drill_cluster
+    from tests.backup.pgbackrest_cluster import drill_cluster
 
     with drill_cluster(PHYSICAL_PORT) as (eng, work):
         pitr.stanza_create(eng)
