@@ -568,30 +568,34 @@ def check(repo: str | None = RepoOpt, if_backup_member: bool = BackupMemberOpt,
     if json_out:
         emit_json(report.to_dict())
     else:
-        for where in ("local", "s3"):
-            newest = getattr(report, f"newest_{where}")
-            if where == "s3" and not settings.s3_enabled:
-                continue
-            age = getattr(report, f"newest_{where}_age_hours")
-            console.print(f"{where}: newest good backup {newest or 'none'}"
-                          + (f", {age:.2f} h old" if age is not None else ""))
-        for up in report.unfinished_uploads:
-            console.print(f"s3: unfinished multipart upload {up['key']} since {up['initiated']}")
-        if report.engine and report.engine.get("ok"):
-            e = report.engine
-            for number, seen in sorted(e["repos"].items()):
-                console.print(f"pgBackRest repo{number}: {seen['backups']} backups, newest "
-                              f"{seen['newest_backup'] or 'none'}"
-                              + (f" ({seen['newest_backup_age_hours']} h old)"
-                                 if seen["newest_backup"] else "")
-                              + (", verified" if number in e.get("verified", {}) else ""))
-            console.print(f"pgBackRest: WAL archived up to {e['wal_max']}")
-        for w in report.warnings:
-            console.print(f"[yellow]warning:[/] {w}")
+        _print_check(report, settings)
     if not report.ok:
         raise BackupStale(report.problems[0])
     if not json_out:
         console.print(f"[green]ok[/]: within {report.max_age_hours:g} h")
+
+
+def _print_check(report, settings: Settings) -> None:
+    for where in ("local", "s3"):
+        newest = getattr(report, f"newest_{where}")
+        if where == "s3" and not settings.s3_enabled:
+            continue
+        age = getattr(report, f"newest_{where}_age_hours")
+        console.print(f"{where}: newest good backup {newest or 'none'}"
+                      + (f", {age:.2f} h old" if age is not None else ""))
+    for up in report.unfinished_uploads:
+        console.print(f"s3: unfinished multipart upload {up['key']} since {up['initiated']}")
+    if report.engine and report.engine.get("ok"):
+        e = report.engine
+        for number, seen in sorted(e["repos"].items()):
+            console.print(f"pgBackRest repo{number}: {seen['backups']} backups, newest "
+                          f"{seen['newest_backup'] or 'none'}"
+                          + (f" ({seen['newest_backup_age_hours']} h old)"
+                             if seen["newest_backup"] else "")
+                          + (", verified" if number in e.get("verified", {}) else ""))
+        console.print(f"pgBackRest: WAL archived up to {e['wal_max']}")
+    for w in report.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
 
 
 RepoNumberOpt = typer.Option(None, "--repo", min=1, max=2,
