@@ -260,8 +260,10 @@ def test_deploy_writes_the_age_recipients_once(throwaway_cluster, schedule_targe
     deploy = backups_deploy_file(work, name)
     recipients = work / "etc" / "age-recipients.txt"
     env_file = work / "etc" / "backup.env"
+    # pgBackRest off: its defaults are the deployed host's own config and repository.
     data = {"backup_repo_dir": work / "repo", "backup_env_file": env_file,
-            "backup_age_recipients_file": recipients, **schedule_target}
+            "backup_age_recipients_file": recipients, "pgbackrest_enabled": "false",
+            **schedule_target}
 
     def run(keys):
         cmd = [str(Path(sys.executable).with_name("pyinfra")), "-y", "@local", str(deploy),
