@@ -323,11 +323,8 @@ class S3Store:
             return
         except Exception as exc:
             raise BackupError(f"download of s3://{self.bucket}/{key} failed: {exc}") from exc
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            text = ""
-        sums.require(text, manifest, where=f"s3://{self.bucket}/{key}")
+        sums.require(data.decode("utf-8", errors="replace"), manifest,
+                     where=f"s3://{self.bucket}/{key}")
         sums.write(partial, manifest)
 
     def _download_file(self, key: str, dest: Path, entry: mf.FileEntry,
