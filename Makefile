@@ -12,7 +12,7 @@ LOADTEST_ARGS ?= --users 150 --spawn-rate 25 --duration 5m
 # `make bench`: every bench/ script, each printing its ranges over interleaved rounds; the
 # output is kept in bench/results/NAME.txt (docs/benchmarks.md). Pick some with
 # `make bench BENCHES="dal import"`.
-BENCHES ?= dal import backup_compression backup vs_pgbench capacity
+BENCHES ?= dal import backup_compression backup restore vs_pgbench capacity
 
 # Creates the venv only when the lock file changed since the last install. Every
 # package comes from requirements/dev.lock, pinned and hashed; then this checkout.

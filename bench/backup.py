@@ -1,20 +1,30 @@
-"""Our backup and restore against plain pg_dump/pg_restore, same database, same process.
+"""Our backup, S3 upload and restore against plain pg_dump, boto3 and pg_restore, same
+database, same process.
 
-    .venv/bin/python bench/backup.py [--messages 3000000] [--jobs 2] [--rounds 3]
+    .venv/bin/python bench/backup.py [--messages 3000000] [--jobs 2] [--rounds 3] \
+        [--results bench/results/backup.json]
 
 Seeds a scratch database with the real schema and indexes (bench/backup_compression.py),
-then times, once per round for ``--rounds`` interleaved rounds:
+starts moto's S3 server (``moto_server``, its own process, on 127.0.0.1), then times,
+once per round for ``--rounds`` interleaved rounds:
 
 - baseline: ``pg_dump -Fd -j2 -Z1`` and ``pg_restore -j2`` into an empty bootstrapped DB;
 - ours: ``donnadb.backup.snapshot.create_backup`` (snapshot export, exact row counts,
-  sha256 of every file, fsync, atomic rename) and ``restore.restore_backup`` (re-hash,
-  create + bootstrap, pg_restore -j2, grants, ANALYZE, row-count comparison).
+  sha256 of every file, SHA256SUMS, fsync, atomic rename) and ``restore.restore_backup``
+  (re-hash, create + bootstrap, pg_restore -j2, grants, ANALYZE, row-count comparison);
+- S3 baseline: boto3's ``upload_file`` with its default settings, file by file, of the
+  bytes of the backup ours just made; ours: ``S3Store.upload_backup`` of that backup
+  (each file re-hashed against the manifest first, our TransferConfig: parts of
+  ``BACKUP_S3_MIN_PART_SIZE`` or more, ``BACKUP_S3_CONCURRENCY`` at a time, a SHA-256
+  per part). Every upload goes to keys of its own (the backup id is new each round).
 
-Prints each round, the ranges of the overhead ratios (goal <= 1.15, each ratio from
-one round) and the restore time per GiB, from which the largest database that restores
+Prints each round, the ranges of the ratios (backup: goal <= 1.15 of pg_dump's time;
+upload: goal >= 1.0 of boto3's default speed, i.e. ours not slower; each ratio from one
+round) and the restore time per GiB, from which the largest database that restores
 within the 5-minute recovery-time objective follows. That figure takes the slowest
 restore measured, ours or plain pg_restore (ours runs pg_restore and more, so a round in
-which it beat pg_restore only shows noise).
+which it beat pg_restore only shows noise). bench/restore.py measures restores on
+their own, logical and physical, at two sizes. The raw figures go to ``--results``.
 """
 
 from __future__ import annotations
@@ -22,16 +32,57 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import boto3
 from backup_compression import seeded_database
-from report import header, interleaved, ratios, span
+from report import header, interleaved, ratios, save_raw, span
+from scratch import busy_if_turned_away
 
 from donnadb.backup import bootstrap, pgtools, restore, snapshot
+from donnadb.backup.storage_s3 import S3Store
 from donnadb.config import load_settings
 
 RTO_SECONDS = 300
+BUCKET = "donna-bench"
+RESULTS = Path(__file__).resolve().parent / "results" / "backup.json"
+
+
+@contextmanager
+def moto_s3() -> Iterator[str]:
+    """moto's S3 server in a process of its own on 127.0.0.1 (its endpoint URL), so that
+    serving does not share this process's interpreter with the clients timed."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")),
+                               "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # moto accepts any credentials; these exist only for this server.
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",  # noqa: S106
+                      AWS_DEFAULT_REGION="us-east-1")
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("moto_server did not start; pip install "
+                                       "'moto[server]' into .venv") from None
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def main() -> None:
@@ -40,15 +91,25 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved rounds, every side once per round")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="where the raw figures go (JSON)")
     args = parser.parse_args()
-    print(header("bench/backup.py", args.rounds), flush=True)
+    head = header("bench/backup.py", args.rounds)
+    print(head, flush=True)
     work = Path(tempfile.mkdtemp(prefix="donna-bench-backup-"))
     settings = load_settings(backup_repo_dir=work / "repo", backup_jobs=args.jobs)
     settings = settings.model_copy(update={"backup_encryption_key_file": None})
     target = "donna_bench_restore"
     kept: list[str] = []
     try:
-        with seeded_database(settings, args.messages) as (name, db_size):
+        with seeded_database(settings, args.messages) as (name, db_size), \
+                moto_s3() as endpoint:
+            s3_settings = settings.model_copy(update={
+                "backup_s3_bucket": BUCKET, "backup_s3_endpoint_url": endpoint,
+                "backup_s3_region": "us-east-1", "backup_s3_prefix": "ours/"})
+            store = S3Store(s3_settings)
+            store.client.create_bucket(Bucket=BUCKET)
+            plain_client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
             pg_dump = pgtools.tool(settings, "pg_dump")
             pg_restore = pgtools.tool(settings, "pg_restore")
             dump_env = pgtools.libpq_env(settings, settings.role("backup"), name)
@@ -82,6 +143,23 @@ def main() -> None:
             def ours_dump():
                 made.append(snapshot.create_backup(settings, dbname=name))
 
+            def backup_files() -> list[Path]:
+                """Every file of the backup ours made last (dump, SHA256SUMS, manifest)."""
+                return sorted(p for p in made[-1].path.rglob("*") if p.is_file())
+
+            uploaded: list[int] = []
+
+            def plain_upload():
+                sent = 0
+                for path in backup_files():
+                    key = f"plain/{path.relative_to(made[-1].path.parent).as_posix()}"
+                    plain_client.upload_file(str(path), BUCKET, key)
+                    sent += path.stat().st_size
+                uploaded.append(sent)
+
+            def ours_upload():
+                store.upload_backup(made[-1])
+
             phases = []
 
             def ours_restore():
@@ -94,7 +172,9 @@ def main() -> None:
                 print(f"round {r}: " + ", ".join(f"{k} {v:.2f} s" for k, v in this.items()),
                       flush=True)
 
-            t = interleaved({"pg_dump": plain_dump, "ours backup": ours_dump,
+            t = interleaved({"pg_dump": busy_if_turned_away(plain_dump),
+                             "ours backup": busy_if_turned_away(ours_dump),
+                             "boto3 upload_file": plain_upload, "ours S3 upload": ours_upload,
                              "pg_restore": plain_restore, "ours restore": ours_restore},
                             args.rounds, each)
             gib = db_size / 2**30
@@ -103,6 +183,14 @@ def main() -> None:
                   "ratios per round")
             print(f"backup : pg_dump {span(t['pg_dump'])} s  ours {span(t['ours backup'])} s"
                   f"  ratio {span(ratios(t['ours backup'], t['pg_dump']), '{:.3f}')}")
+            mib = uploaded[-1] / 2**20
+            speedup = ratios(t["boto3 upload_file"], t["ours S3 upload"])
+            print(f"upload : {mib:.0f} MiB in {len(backup_files())} files to moto on 127.0.0.1; "
+                  f"boto3 default {span(t['boto3 upload_file'])} s  ours "
+                  f"{span(t['ours S3 upload'])} s  speed ratio ours/boto3 "
+                  f"{span(speedup, '{:.3f}')} (time boto3 / time ours; part >= "
+                  f"{settings.backup_s3_min_part_size // 2**20} MiB, concurrency "
+                  f"{settings.backup_s3_concurrency})")
             print(f"restore: pg_restore {span(t['pg_restore'])} s  ours "
                   f"{span(t['ours restore'])} s  ratio "
                   f"{span(ratios(t['ours restore'], t['pg_restore']), '{:.3f}')}")
@@ -116,6 +204,17 @@ def main() -> None:
                   f"({slowest:.1f} s per GiB) about {RTO_SECONDS / slowest:.1f} GiB restore "
                   f"within {RTO_SECONDS} s here")
             print(f"load average {os.getloadavg()[0]:.2f} at the end")
+            save_raw(args.results, head, args.rounds, {
+                "args": {"messages": args.messages, "jobs": args.jobs},
+                "database_bytes": db_size, "uploaded_bytes": uploaded,
+                "seconds": t, "backup_ratio": ratios(t["ours backup"], t["pg_dump"]),
+                "upload_speed_ratio": speedup,
+                "restore_ratio": ratios(t["ours restore"], t["pg_restore"]),
+                "restore_phases_last_round": phases[-1],
+                "settings": {"compress_level": settings.backup_compress_level,
+                             "s3_min_part_size": settings.backup_s3_min_part_size,
+                             "s3_concurrency": settings.backup_s3_concurrency}})
+            print(f"raw figures: {args.results}")
     finally:
         for name in [target, *kept]:
             bootstrap.drop_database(name)

@@ -9,10 +9,12 @@ the output with the date and the machine, as kept in bench/results/.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def _mem_gib() -> float:
@@ -50,19 +52,61 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t
 
 
+class Busy(Exception):
+    """A side could not start because the shared server turned it away (a role's
+    connection limit reached by others' tests): it is timed again, not counted."""
+
+
+#: How often a side turned away by the server is tried again, and the pause before.
+BUSY_ATTEMPTS, BUSY_PAUSE = 10, 3.0
+
+
+def not_busy(fn: Callable[[], object], attempts: int = BUSY_ATTEMPTS,
+             pause: float = BUSY_PAUSE) -> float:
+    """Seconds ``fn()`` took in the first attempt the server did not turn away."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return timed(fn)
+        except Busy as exc:
+            if attempt == attempts:
+                raise
+            print(f"  (turned away: {exc}; attempt {attempt + 1} in {pause:.0f} s, "
+                  "the failed one not counted)", flush=True)
+            time.sleep(pause)
+    raise AssertionError("unreachable")
+
+
 def interleaved(sides: dict[str, Callable[[], object]], rounds: int,
                 each: Callable[[int, dict[str, float]], None] | None = None,
+                after: Callable[[str], object] | None = None,
                 ) -> dict[str, list[float]]:
     """Time each side once per round, in order, for ``rounds`` rounds.
 
-    ``each(round, times)`` is called after every round (to print it as it comes).
-    Returns the seconds per side, one per round.
+    A side that raises :class:`Busy` is timed again (:func:`not_busy`). ``after(side)``
+    runs, untimed, after each side (to clean up what it made); ``each(round, times)`` is
+    called after every round (to print it as it comes). Returns the seconds per side,
+    one per round.
     """
     times: dict[str, list[float]] = {name: [] for name in sides}
     for r in range(1, rounds + 1):
-        this = {name: timed(fn) for name, fn in sides.items()}
+        this = {}
+        for name, fn in sides.items():
+            this[name] = not_busy(fn)
+            if after:
+                after(name)
         for name, secs in this.items():
             times[name].append(secs)
         if each:
             each(r, this)
     return times
+
+
+def save_raw(path: Path, head: str, rounds: int, data: dict) -> None:
+    """Keep a run's raw figures (every round of every side) as JSON at ``path``, with
+    ``head`` (the :func:`header` line the run printed at its start), for bench/results/
+    beside the printed output."""
+    document = {"header": head, "rounds": rounds,
+                "finished_at": datetime.datetime.now(datetime.UTC).isoformat(
+                    timespec="seconds"), **data}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")

@@ -8,16 +8,20 @@ runs beside each other (or beside the tests) never meet.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from report import Busy
+
 from donnadb.backup import bootstrap
 from donnadb.config import Settings
+from donnadb.errors import DonnaError
 
 
 def create_scratch_database(settings: Settings, prefix: str = "donna_bench") -> str:
@@ -25,6 +29,20 @@ def create_scratch_database(settings: Settings, prefix: str = "donna_bench") -> 
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     bootstrap.create_database(settings, name)
     return name
+
+
+def busy_if_turned_away(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` with the server's "too many connections" refusal raised as report.Busy:
+    others' tests share the backup role's connection limit on this machine."""
+    @functools.wraps(fn)
+    def run():
+        try:
+            return fn()
+        except DonnaError as exc:
+            if "too many connections" in str(exc):
+                raise Busy(str(exc).rsplit("FATAL:", 1)[-1].strip()) from None
+            raise
+    return run
 
 
 def drop_database(name: str) -> None:

@@ -26,8 +26,10 @@ from donnadb.backup.dbfacts import CHECKSUM_ALGORITHM, TableFacts
 from donnadb.backup.errors import BackupCorrupt
 
 MANIFEST_NAME = "manifest.json"
+#: The backup's files in ``sha256sum`` format (donnadb/backup/sums.py).
+SUMS_NAME = "SHA256SUMS"
 #: Files beside the dump that are not part of the backup's content.
-META_NAMES = frozenset({MANIFEST_NAME, "verify.json"})
+META_NAMES = frozenset({MANIFEST_NAME, SUMS_NAME, "verify.json"})
 #: 2: the manifest carries a signature (donnadb/backup/signing.py).
 FORMAT_VERSION = 2
 CHUNK = 1024 * 1024

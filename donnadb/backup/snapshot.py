@@ -5,8 +5,8 @@ REPEATABLE READ transaction as the backup role, export its snapshot, count the
 rows in it (per table and per partition) with a content checksum of each table
 (dbfacts.table_facts), and hand the snapshot id to ``pg_dump --snapshot`` while we
 keep the transaction open. ``backup drill`` compares a restored copy with these.
-Everything is written into ``.partial-<id>`` and published by one rename, so an
-interrupted backup never looks complete.
+Everything (dump, ``SHA256SUMS``, manifest) is written into ``.partial-<id>`` and
+published by one rename, so an interrupted backup never looks complete.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import psycopg
 
 import donnadb
 from donnadb import db
-from donnadb.backup import agecrypt, crypto, dbfacts, pgtools, signing, storage_local
+from donnadb.backup import agecrypt, crypto, dbfacts, pgtools, signing, storage_local, sums
 from donnadb.backup import manifest as mf
 from donnadb.backup.errors import BackupError
 from donnadb.config import Settings
@@ -70,6 +70,7 @@ def create_backup(
         try:
             manifest = _dump(settings, pg_dump, dbname, backup_id, partial, jobs, level)
             signing.sign(manifest, signing_keys)
+            sums.write(partial, manifest)
             mf.write_private(partial / mf.MANIFEST_NAME, manifest.to_json())
             final = storage_local.commit_partial(partial, backup_id)
         except BaseException:

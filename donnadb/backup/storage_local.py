@@ -9,6 +9,7 @@ Layout (everything 0700/0600, owned by root)::
     <repo>/.partial-<id>/         a backup being written; never listed
     <repo>/<id>/manifest.json     a finished backup (the rename is the commit)
     <repo>/<id>/dump/...          pg_dump's directory-format output
+    <repo>/<id>/SHA256SUMS        the dump's files for ``sha256sum -c`` (sums.py)
     <repo>/<id>/verify.json       the last verify's result, if any
 
 A backup only becomes visible by the atomic rename of its finished

@@ -1,6 +1,7 @@
 """The S3 copy of the repository (boto3): same layout under a prefix.
 
-``<prefix><id>/dump/...`` then ``<prefix><id>/manifest.json`` LAST, so a backup
+``<prefix><id>/dump/...``, ``<prefix><id>/SHA256SUMS``, then
+``<prefix><id>/manifest.json`` LAST, so a backup
 whose upload was interrupted has no manifest there and is never taken for whole.
 Files go through boto3's transfer manager: a file is checked against the manifest
 (size, sha256) before anything is sent, large ones go up in parallel multipart
@@ -27,7 +28,7 @@ from functools import cached_property
 from pathlib import Path
 
 from donnadb.backup import manifest as mf
-from donnadb.backup import signing, storage_local
+from donnadb.backup import signing, storage_local, sums
 from donnadb.backup.errors import BackupCorrupt, BackupError, BackupNotFound
 from donnadb.config import MIB, Settings
 from donnadb.errors import ConfigError, UsageError
@@ -124,23 +125,33 @@ class S3Store:
     # -- upload ---------------------------------------------------------------
     def upload_backup(self, backup: storage_local.LocalBackup,
                       progress: Progress | None = None) -> int:
-        """Upload every file of ``backup``, then its manifest; return bytes sent.
+        """Upload every file of ``backup``, then its SHA256SUMS (if it has one), then its
+        manifest; return bytes sent.
 
-        :raises BackupCorrupt: a local file no longer matches the manifest.
+        :raises BackupCorrupt: a local file no longer matches the manifest, or
+            SHA256SUMS disagrees with it.
         :raises BackupError: S3 refused or failed (unfinished uploads are aborted).
         """
         if backup.manifest is None:
             raise BackupCorrupt(f"backup {backup.backup_id} has no manifest; not uploading")
+        meta = [mf.MANIFEST_NAME]  # last: it publishes the backup
+        sums_path = backup.path / sums.NAME
+        if sums_path.is_file():  # else made before SHA256SUMS existed
+            sums.require(sums_path.read_text(encoding="utf-8"), backup.manifest,
+                         where=str(sums_path))
+            meta.insert(0, sums.NAME)
         sent = 0
         for entry in backup.manifest.files:
             self.upload_file(backup.path / entry.path, self.key(backup.backup_id, entry.path),
                              entry, progress)
             sent += entry.size
-        manifest_path = backup.path / mf.MANIFEST_NAME
-        digest, size = mf.sha256_file(manifest_path)
-        self.upload_file(manifest_path, self.key(backup.backup_id, mf.MANIFEST_NAME),
-                         mf.FileEntry(mf.MANIFEST_NAME, size, digest), progress)
-        return sent + size
+        for name in meta:
+            path = backup.path / name
+            digest, size = mf.sha256_file(path)
+            self.upload_file(path, self.key(backup.backup_id, name),
+                             mf.FileEntry(name, size, digest), progress)
+            sent += size
+        return sent
 
     def upload_file(self, path: Path, key: str, entry: mf.FileEntry,
                     progress: Progress | None = None) -> None:
@@ -273,13 +284,13 @@ class S3Store:
         before it becomes visible there.
 
         Every path written is ``.partial-<id>/dump/NAME`` (the manifest's layout is
-        checked first), each file is created new, never through a symlink, and nothing
-        of a failed download stays.
+        checked first) or the backup's SHA256SUMS and manifest, each file is created
+        new, never through a symlink, and nothing of a failed download stays.
 
         :raises UsageError: ``backup_id`` is not of the one backup id format.
         :raises BackupNotFound: S3 has no complete backup with that id.
         :raises BackupCorrupt: the manifest is hostile, unsigned or forged, or a
-            downloaded file differs from it.
+            downloaded file (SHA256SUMS too) differs from it.
         """
         check_backup_id(backup_id)
         manifest = self._fetch_manifest(backup_id)
@@ -293,12 +304,30 @@ class S3Store:
                 for entry in manifest.files:
                     self._download_file(self.key(backup_id, entry.path),
                                         partial / entry.path, entry, progress)
+                self._download_sums(backup_id, partial, manifest)
                 mf.write_private(partial / mf.MANIFEST_NAME, manifest.to_json())
                 final = storage_local.commit_partial(partial, backup_id)
             except BaseException:
                 shutil.rmtree(partial, ignore_errors=True)
                 raise
         return storage_local.LocalBackup(backup_id, final, manifest, None)
+
+    def _download_sums(self, backup_id: str, partial: Path, manifest: mf.Manifest) -> None:
+        """Fetch the backup's SHA256SUMS into ``partial`` once it agrees with ``manifest``
+        (none for a backup uploaded before SHA256SUMS existed)."""
+        key = self.key(backup_id, sums.NAME)
+        expected = sums.render(manifest).encode()
+        try:
+            # No more than the manifest's file list needs: the object may be hostile.
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            data = body.read(len(expected) + 1)
+        except self.client.exceptions.NoSuchKey:
+            return
+        except Exception as exc:
+            raise BackupError(f"download of s3://{self.bucket}/{key} failed: {exc}") from exc
+        sums.require(data.decode("utf-8", errors="replace"), manifest,
+                     where=f"s3://{self.bucket}/{key}")
+        sums.write(partial, manifest)
 
     def _download_file(self, key: str, dest: Path, entry: mf.FileEntry,
                        progress: Progress | None) -> None:

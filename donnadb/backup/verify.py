@@ -1,4 +1,5 @@
-"""``backup verify``: re-hash every file, and optionally prove the backup restores.
+"""``backup verify``: re-hash every file, check SHA256SUMS agrees with the manifest, and
+optionally prove the backup restores.
 
 Checksums alone do not prove a backup restores: ``--restore`` loads it into a
 throwaway database, compares schema version and row counts with the manifest,
@@ -10,7 +11,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import asdict, dataclass, field
 
-from donnadb.backup import agecrypt, bootstrap, restore, signing, storage_local
+from donnadb.backup import agecrypt, bootstrap, restore, signing, storage_local, sums
 from donnadb.backup import manifest as mf
 from donnadb.config import Settings
 from donnadb.errors import DonnaError
@@ -67,6 +68,7 @@ def _check(settings: Settings, backup: storage_local.LocalBackup, *, with_restor
            allow_unencrypted: bool) -> VerifyResult:
     """Re-hash, check the signature and (``with_restore``) restore into a throwaway."""
     problems = mf.check_files(backup.path, backup.manifest)
+    problems += sums.check(backup.path, backup.manifest)
     try:
         signing.check_if_signed(settings, backup.manifest, where="manifest")
     except DonnaError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -75,3 +76,38 @@ def test_raw_results_are_kept_per_script_with_date_and_machine():
         assert headers, f"bench/results/{name}.txt has no header line"
         assert all(h[0] == name and int(h[1]) >= 3 for h in headers), headers
         assert re.search(r"\d–\d", kept[name]), f"bench/results/{name}.txt: no range"
+
+
+def test_after_runs_untimed_after_each_side():
+    report = _report()
+    calls = []
+    times = report.interleaved({"base": lambda: calls.append("base"),
+                                "ours": lambda: calls.append("ours")}, 2,
+                               after=lambda side: calls.append(f"after {side}"))
+    assert calls == ["base", "after base", "ours", "after ours"] * 2
+    assert [len(v) for v in times.values()] == [2, 2]
+
+
+def test_raw_figures_are_saved_with_the_header(tmp_path):
+    report = _report()
+    out = tmp_path / "results" / "x.json"
+    report.save_raw(out, report.header("bench/x.py", 3), 3,
+                    {"seconds": {"base": [1.0, 2.0, 3.0]}})
+    saved = json.loads(out.read_text())
+    assert HEADER.match(saved["header"]) and saved["rounds"] == 3
+    assert saved["seconds"] == {"base": [1.0, 2.0, 3.0]}
+
+
+def test_a_side_the_server_turns_away_is_timed_again(capsys):
+    report = _report()
+    attempts = []
+
+    def side():
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise report.Busy("too many connections for role")
+
+    assert report.not_busy(side, attempts=5, pause=0) >= 0
+    assert len(attempts) == 3 and "the failed one not counted" in capsys.readouterr().out
+    with pytest.raises(report.Busy):
+        report.not_busy(lambda: (_ for _ in ()).throw(report.Busy("x")), attempts=2, pause=0)
