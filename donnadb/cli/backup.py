@@ -552,8 +552,10 @@ def check(repo: str | None = RepoOpt, if_backup_member: bool = BackupMemberOpt,
               False, "--physical-verify",
               help="Also run `pgbackrest verify` on every repository (reads them all)."),
           json_out: JsonOpt = False) -> None:
-    """Exit 8 when the newest good backup is older than BACKUP_MAX_AGE_HOURS or missing,
-    or (with pgBackRest) its check or verify fails."""
+    """Exit 8 when a newest good backup is too old or missing, or pgBackRest's check fails.
+
+    The limit is BACKUP_MAX_AGE_HOURS, for the logical backups and (with pgBackRest) for
+    each repository's newest physical backup."""
     settings = load_settings(backup_repo_dir=repo)
     if if_backup_member:
         backup_member_only(settings, "backup check", json=json_out)

@@ -36,7 +36,8 @@ def segment_number(wal_name: str) -> int:
 def summary(row: dict[str, Any], state_dir: Path | None, now: float | None = None
             ) -> dict[str, Any]:
     """The archiver row graded: failing, segments waiting, lag, and each repository's
-    newest physical backup (from the saved state, None when there is none)."""
+    newest physical backup from the state saved in ``state_dir`` (``physical`` is None
+    without pgBackRest: archive_mode may be on for another archiver)."""
     now = now or time.time()
     on = row["mode"] in ("on", "always")
     failing = bool(row["failed_count"]) and (
@@ -52,7 +53,7 @@ def summary(row: dict[str, Any], state_dir: Path | None, now: float | None = Non
         lag = 0.0 if pending == 0 or row["last_archived_at"] is None else \
             round(now - row["last_archived_at"], 1)
     state = pitr.load_state(state_dir) if state_dir else None
-    repos = {}
+    repos = {} if state_dir else None
     for repo, seen in ((state or {}).get("repos") or {}).items():
         stop = seen.get("newest_backup_stop")
         repos[repo] = {"newest_backup": seen.get("newest_backup"),

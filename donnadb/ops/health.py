@@ -141,6 +141,8 @@ def _archiving(arch: dict[str, Any], settings: Settings) -> list[Check]:
                             f"{arch['pending_segments']} WAL segments waiting; archiving "
                             "behind by"))
     repos = arch["physical"]
+    if repos is None:
+        return checks
     if not repos or any(r["age_hours"] is None for r in repos.values()):
         sev = Severity.WARNING if settings.health_backup_required else Severity.OK
         checks.append(Check("physical_backup_age", sev, None,

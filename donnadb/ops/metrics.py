@@ -109,6 +109,8 @@ def _archiving(arch: dict[str, Any]) -> Iterator[GaugeMetricFamily]:
         family = _gauge(name, doc, value)
         if family is not None:
             yield family
+    if arch["physical"] is None:
+        return
     age = GaugeMetricFamily(PREFIX + "physical_backup_age_hours",
                             "Hours since each pgBackRest repository's newest backup ended.",
                             labels=["repo"])

@@ -13,7 +13,7 @@ from donnadb.ops.checks import Severity
 from tests.backup.pgbackrest_cluster import drill_cluster
 from tests.support import superuser_psql
 
-PORT = 5482
+PORT = 5453
 
 
 def archiver_row(port: int) -> dict:
@@ -71,3 +71,7 @@ def test_lag_counts_the_segments_between_the_archived_and_the_current_one():
     assert (caught_up["pending_segments"], caught_up["lag_seconds"]) == (0, 0.0)
     off = archiving.summary(row | {"mode": "off"}, None)
     assert not off["enabled"] and off["pending_segments"] is None
+    # archive_mode on for another archiver (no pgBackRest here): no physical backups graded
+    assert report["physical"] is None
+    assert "physical_backup_age" not in {c.name for c in health._archiving(
+        report, Settings.model_construct())}

@@ -22,7 +22,7 @@ from tests.backup.conftest import TLS_BUCKET as BUCKET
 from tests.backup.pgbackrest_cluster import drill_cluster
 from tests.support import superuser_psql
 
-PORT, COPY_PORT = 5480, 5481
+PORT, COPY_PORT = 5451, 5452
 DONNACTL = str(Path(sys.executable).with_name("donnactl"))
 
 
@@ -136,7 +136,7 @@ def test_a_repository_that_is_not_configured_is_refused(s3_engine):
 ])
 def test_a_bad_target_is_refused_before_anything_runs(args, message):
     done = subprocess.run([DONNACTL, "backup", "pitr", *args, "--data-dir", "/nonexistent/x",
-                           "--port", "5489"], capture_output=True, text=True, check=False,
+                           "--port", "5454"], capture_output=True, text=True, check=False,
                           env=dict(os.environ, PGBACKREST_ENABLED="true"))
     assert done.returncode != 0 and message in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1

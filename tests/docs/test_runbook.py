@@ -114,6 +114,9 @@ def deployment(settings, tmp_path_factory):
            "DB_NAME": name, "OPS_LOG_FILE": str(tmp / "donnactl.jsonl"),
            "BACKUP_REPO_DIR": str(tmp / "backups"), "LOG_ARCHIVE_DIR": str(tmp / "archive"),
            "METRICS_TEXTFILE": str(tmp / "donnadb.prom"), "BACKUP_S3_BUCKET": "",
+           # The host's own physical backups are not the scratch database's business
+           # (tests/backup/test_pitr*.py drill them on clusters of their own).
+           "PGBACKREST_ENABLED": "false",
            "BACKUP_JOBS": "1", "RUNBOOK_USER_ID": user_id, "RUNBOOK_CHAT_ID": chat_id,
            "COLUMNS": "120"}
     try:
