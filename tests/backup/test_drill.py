@@ -190,7 +190,6 @@ def test_physical_drill_replays_wal_to_just_after_the_marker(bs, tmp_path):
 
     with drill_cluster(PHYSICAL_PORT) as (eng, work):
         pitr.stanza_create(eng)
-        pitr.physical_backup(eng, "full")
         superuser_psql("CREATE DATABASE drilldb", port=PHYSICAL_PORT)
         superuser_psql(SYSTEM_LOGS_SQL, dbname="drilldb", port=PHYSICAL_PORT)
         s = bs.model_copy(update={
@@ -199,6 +198,10 @@ def test_physical_drill_replays_wal_to_just_after_the_marker(bs, tmp_path):
             "pg_data_dir": eng.cluster.data_dir, "db_port": PHYSICAL_PORT,
             "db_name": "drilldb", "backup_drill_port": PHYSICAL_COPY_PORT,
             "backup_drill_dir": work / "copy-drills"})
+        # before the first physical backup (a fresh host): skipped, not failed
+        early = drill.physical_drill(s, archive_timeout=120)
+        assert early.ok and "no pgBackRest backup yet" in early.skipped
+        pitr.physical_backup(eng, "full")
 
         result = drill.physical_drill(s, archive_timeout=120)
         assert result.ok, result.problems
