@@ -444,7 +444,7 @@ def _install_pgbackrest(cfg: BackupDeploy, settings) -> None:
     server.shell(name=f"Restart cluster {cluster.version}/{cluster.name} (archiving changed)",
                  commands=[f"pg_ctlcluster {int(cluster.version)} {cluster.name} restart"],
                  _if=archive.did_change)
-    stanza = " ".join(shlex.quote(a) for a in engine.command("stanza-create"))
+    stanza = stanza_create_command(engine)
     # stanza-create leaves the stanza's backup.info in the repository; run again when the
     # repositories changed (a new repo2 needs its stanza; pgBackRest accepts the rerun).
     made_unless_present(name=f"pgBackRest stanza {cfg.pgbackrest_stanza}", command=stanza,
@@ -452,6 +452,14 @@ def _install_pgbackrest(cfg: BackupDeploy, settings) -> None:
                                             cfg.pgbackrest_stanza, "backup.info"))
     server.shell(name=f"pgBackRest stanza {cfg.pgbackrest_stanza} in every repository",
                  commands=[stanza], _if=config.did_change)
+
+
+def stanza_create_command(engine: pitr.Engine) -> str:
+    """``pgbackrest stanza-create`` as the cluster owner on the target, which the deploy
+    reaches as root. Built here, not by Engine.command: that one asks this machine for
+    the owner's account, and the deploy may run where PostgreSQL is not installed yet."""
+    cmd = ["runuser", "-u", JOB_USER, "--", "pgbackrest", *engine.options(), "stanza-create"]
+    return " ".join(shlex.quote(a) for a in cmd)
 
 
 def _install_s3_secrets(cfg: BackupDeploy) -> None:

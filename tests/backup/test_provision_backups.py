@@ -27,6 +27,7 @@ from donnadb.provision.backups import (
     env_text,
     load_backup_deploy,
     service_unit,
+    stanza_create_command,
     timer_unit,
 )
 from tests.backup.conftest import TLS_BUCKET
@@ -114,6 +115,20 @@ def test_repo2_follows_the_logical_backups_bucket(elsewhere):
                  "repo2-retention-full=8", "repo2-s3-key-type=shared", "repo2-bundle=y"):
         assert f"\n{line}\n" in text, line
     assert "cipher-pass" not in text and "key-secret" not in text
+
+
+def test_the_stanza_command_does_not_ask_this_machine_for_the_postgres_user(monkeypatch):
+    """A fresh machine deploys itself before PostgreSQL (and its user) is installed."""
+    def no_such_user(name):
+        raise KeyError(name)
+
+    monkeypatch.setattr(pwd, "getpwnam", no_such_user)
+    engine = pitr.Engine(Path("/etc/pgbackrest/pgbackrest.conf"), "donna",
+                         pitr.Cluster(15, "main", 5432, Path("/d")),
+                         include=Path("/etc/pgbackrest/conf.d"))
+    assert stanza_create_command(engine) == (
+        "runuser -u postgres -- pgbackrest --config=/etc/pgbackrest/pgbackrest.conf "
+        "--config-include-path=/etc/pgbackrest/conf.d --stanza=donna stanza-create")
 
 
 @pytest.mark.parametrize("data, match", [
