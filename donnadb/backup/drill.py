@@ -305,7 +305,8 @@ def record(settings: Settings, results: list[DrillResult]) -> None:
             "last_success_at": r.started_at if r.ok else previous.get("last_success_at"),
         }
     repo = storage_local.ensure_repo(settings.backup_repo_dir)
-    mf.write_private(repo / STATE_NAME, json.dumps(state, indent=2, sort_keys=True) + "\n")
+    storage_local.write_group_readable(repo, repo / STATE_NAME,
+                                       json.dumps(state, indent=2, sort_keys=True) + "\n")
     for r in ran:
         query = sql.SQL(SQL_INSERT_LOG).format(
             level=sql.Literal("info" if r.ok else "error"),

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -33,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from donnadb import db
+from donnadb.backup import storage_local
 from donnadb.backup.errors import BackupError, RestoreRefused
 from donnadb.config import Settings, debian_bin_dir, debian_data_dir
 from donnadb.errors import ConfigError
@@ -312,12 +312,8 @@ def save_state(directory: Path, report: dict) -> None:
                               ("backups", "newest_backup", "newest_backup_stop")}
                        for repo, seen in report["repos"].items()}}
     path = Path(directory) / STATE_FILE
-    new = path.with_name(f".{STATE_FILE}.new")
     try:
-        fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
-        with os.fdopen(fd, "w") as out:
-            json.dump(state, out)
-        os.replace(new, path)
+        storage_local.write_group_readable(Path(directory), path, json.dumps(state))
     except OSError as exc:
         log.warning("cannot save pgBackRest's state in %s: %s", path, exc)
 

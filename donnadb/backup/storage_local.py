@@ -308,10 +308,17 @@ def resolve(repo: Path, backup_id: str) -> LocalBackup:
     raise BackupNotFound(f"no backup {backup_id!r} in {repo}; see `donnactl backup list`")
 
 
+def write_group_readable(repo: Path, path: Path, text: str) -> None:
+    """Write ``path`` in ``repo`` atomically, 0640, the repository owner's: the files the
+    metrics job reads as its own user (verify results, drill and pgBackRest state)."""
+    mf.write_private(path, text)
+    os.chmod(path, GROUP_READABLE)
+    adopt(repo, path)
+
+
 def record_verify(backup: LocalBackup, result: dict) -> None:
-    mf.write_private(backup.path / VERIFY_NAME, json.dumps(result, indent=2, sort_keys=True))
-    os.chmod(backup.path / VERIFY_NAME, GROUP_READABLE)
-    adopt(backup.path.parent, backup.path / VERIFY_NAME)
+    write_group_readable(backup.path.parent, backup.path / VERIFY_NAME,
+                         json.dumps(result, indent=2, sort_keys=True))
 
 
 def delete(backup: LocalBackup) -> None:

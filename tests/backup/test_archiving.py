@@ -53,6 +53,8 @@ def test_a_failing_archive_command_is_critical_until_it_works(tmp_path):
                        and r["last_archived_at"] > (r["last_failed_at"] or 0))
         [taken] = pitr.physical_backup(eng, "full")
         pitr.save_state(work, pitr.check(eng))
+        # the metrics job reads it as its own user, in the repository's group
+        assert (work / pitr.STATE_FILE).stat().st_mode & 0o777 == 0o640
         report, checks = graded(archiver_row(PORT), work)
         assert not report["failing"] and checks["wal_archive"] == Severity.OK
         assert report["physical"]["1"]["newest_backup"] == taken["label"]

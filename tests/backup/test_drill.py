@@ -214,6 +214,8 @@ def test_physical_drill_replays_wal_to_just_after_the_marker(bs, tmp_path):
                               port=PHYSICAL_PORT) == "2"
 
         drill.record(s, [result])
+        # the metrics job reads it as its own user, in the repository's group
+        assert (s.backup_repo_dir / drill.STATE_NAME).stat().st_mode & 0o777 == 0o640
         assert superuser_psql("SELECT level || ' ' || message FROM system_logs WHERE "
                               "message LIKE 'backup drill physical%'", dbname="drilldb",
                               port=PHYSICAL_PORT) == "info backup drill physical passed"
