@@ -242,10 +242,21 @@ def check(engine: Engine, *, verify: bool = False) -> dict:
             if verify else None
     except BackupError as exc:
         return {"ok": False, "error": str(exc)}
+    report = overview(engine, info)
+    if verified is not None:
+        report["verified"] = verified
+        bad = [f"repo{repo}: {error}" for repo, error in verified.items() if error]
+        if bad:
+            report.update(ok=False, error="pgbackrest verify failed: " + "; ".join(bad))
+    return report
+
+
+def overview(engine: Engine, info: dict) -> dict:
+    """What ``info`` says of the stanza: its backups, archived WAL, each repository."""
     backups = info.get("backup", [])
     archive = (info.get("archive") or [{}])[-1]
     newest = backups[-1] if backups else None
-    report = {
+    return {
         "ok": True,
         "backups": len(backups),
         "newest_backup": newest["label"] if newest else None,
@@ -254,12 +265,6 @@ def check(engine: Engine, *, verify: bool = False) -> dict:
         "wal_max": archive.get("max"),
         "repos": repo_summary(info, engine.repos),
     }
-    if verified is not None:
-        report["verified"] = verified
-        bad = [f"repo{repo}: {error}" for repo, error in verified.items() if error]
-        if bad:
-            report.update(ok=False, error="pgbackrest verify failed: " + "; ".join(bad))
-    return report
 
 
 def _age_hours(backup: dict | None) -> float | None:

@@ -617,7 +617,8 @@ def physical(
     engine = pitr.engine_from_settings(settings)
     with console.status(f"pgbackrest {kind} backup ...") if not json_out else nullcontext():
         taken = pitr.physical_backup(engine, kind, repo)
-    pitr.save_state(settings.backup_repo_dir, pitr.check(engine))
+    # What monitoring reads: pgBackRest's info alone (`check` would switch WAL again).
+    pitr.save_state(settings.backup_repo_dir, pitr.overview(engine, pitr.stanza_info(engine)))
     if json_out:
         emit_json({"backups": taken})
         return
