@@ -247,6 +247,9 @@ class Settings(BaseSettings):
     #: The stanza has repo2 in S3 besides the local repo1 (the deploy sets it with
     #: group_data backup_s3).
     pgbackrest_s3: bool = False
+    #: The stanza has repo1 on this host's disk (not on a cluster, whose members share
+    #: the S3 repository only).
+    pgbackrest_local_repo: bool = True
     # The cluster (group_data pg_version, pg_cluster; the deploy writes PG_VERSION and
     # PG_CLUSTER to donnadb.env): the paths below follow them unless set.
     pg_version: int = Field(15, ge=10, le=99)

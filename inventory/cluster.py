@@ -37,6 +37,11 @@ def _member(address: str) -> dict:
         "host_cpus": None,
         # ["loadtest"]: Locust beside the ops tools, for `donnactl cluster drill`.
         "app_extras": [],
+        # The bucket the members share: pgBackRest's repository (WAL from whichever member
+        # leads, backups from a replica) and the logical backups' off-site copies.
+        # Without it pgBackRest stays off on a cluster. Keys: the instance role ("auto").
+        "backup_s3": {"bucket": "donna-backups", "region": "eu-west-1"},
+        "pgbackrest_s3_key_type": "auto",
     }
 
 

@@ -86,6 +86,28 @@ class S3Repo:
     retention_diff: int = 6
 
 
+@dataclass(frozen=True)
+class Peers:
+    """The other members of a Patroni cluster, for the stanza of one member.
+
+    Each member runs pgBackRest's TLS server (``pgbackrest server``) with the deploy's
+    certificate; pgBackRest reaches the others through theirs (``pgN-host-type=tls``),
+    so a replica backs up its own files (``--backup-standby``) while the leader starts
+    and stops the backup. Host names, not addresses: pgBackRest 2.45 matches a server
+    certificate's DNS entries only.
+    """
+
+    #: Where this member's TLS server listens.
+    address: str
+    #: The other members' names (entries of their certificates) and data directories.
+    hosts: tuple[str, ...]
+    #: The certificate CNs allowed to connect (every member's).
+    clients: tuple[str, ...]
+    cert: str
+    key: str
+    ca: str
+
+
 #: The include file holding repo2's passphrase (generated once on the host).
 CIPHER_FILE = "donna-repo2-cipher.conf"
 #: The include file the operator writes with repo2-s3-key/-key-secret (key_type shared).
@@ -104,7 +126,7 @@ class Engine:
     stanza: str
     cluster: Cluster
     include: Path | None = None
-    #: The repositories configured: (1,) or (1, 2).
+    #: The repositories configured: (1,), (1, 2), or (2,) on a cluster (S3 only).
     repos: tuple[int, ...] = (1,)
 
     def options(self) -> list[str]:
@@ -147,7 +169,14 @@ def engine_from_settings(settings: Settings) -> Engine:
                                                               settings.pg_cluster))
     return Engine(settings.pgbackrest_config, settings.pgbackrest_stanza, cluster,
                   include=settings.pgbackrest_include_path,
-                  repos=(1, 2) if settings.pgbackrest_s3 else (1,))
+                  repos=repositories(local=settings.pgbackrest_local_repo,
+                                     s3=settings.pgbackrest_s3))
+
+
+def repositories(*, local: bool, s3: bool) -> tuple[int, ...]:
+    """repo1 on the host's own disk (not on a cluster: a member's disk is not shared),
+    repo2 in S3."""
+    return tuple(number for number, on in ((1, local), (2, s3)) if on)
 
 
 def _s3_lines(repo: S3Repo) -> list[str]:
@@ -174,21 +203,23 @@ def _s3_lines(repo: S3Repo) -> list[str]:
     return lines
 
 
-def config_text(*, stanza: str, repo_path: Path, cluster: Cluster, retention_full: int = 2,
-                retention_diff: int = 6, process_max: int = 2, log_path: Path | None = None,
-                lock_path: Path | None = None, s3: S3Repo | None = None) -> str:
-    """pgbackrest.conf for a local repository (and an S3 one) and one cluster.
+def config_text(*, stanza: str, repo_path: Path | None, cluster: Cluster,
+                retention_full: int = 2, retention_diff: int = 6, process_max: int = 2,
+                log_path: Path | None = None, lock_path: Path | None = None,
+                s3: S3Repo | None = None, peers: Peers | None = None) -> str:
+    """pgbackrest.conf for a local repository (``repo_path``) and/or an S3 one, and one
+    cluster (with ``peers``: a member of a Patroni cluster, see :class:`Peers`).
 
     Retention counts backups, and pgBackRest expires WAL only up to the oldest kept
     backup, so every kept backup stays restorable to any moment after it. No secret is
     written here (see ``cipher_file_command``).
     """
+    local = [f"repo1-path={repo_path}", f"repo1-retention-full={retention_full}",
+             f"repo1-retention-diff={retention_diff}"] if repo_path else []
     lines = [
         "# Managed by donnadb (donnadb/backup/pitr.py).",
         "[global]",
-        f"repo1-path={repo_path}",
-        f"repo1-retention-full={retention_full}",
-        f"repo1-retention-diff={retention_diff}",
+        *local,
         *(_s3_lines(s3) if s3 else ()),
         "compress-type=zst",
         "compress-level=3",
@@ -202,15 +233,49 @@ def config_text(*, stanza: str, repo_path: Path, cluster: Cluster, retention_ful
         lines.append(f"log-path={log_path}")
     if lock_path:
         lines.append(f"lock-path={lock_path}")
+    if peers:
+        lines += _tls_server_lines(peers, stanza)
     lines += [
         "",
         f"[{stanza}]",
         f"pg1-path={cluster.data_dir}",
         f"pg1-port={cluster.port}",
         f"pg1-socket-path={SOCKET_DIR}",
+        *(_peer_lines(peers, cluster) if peers else ()),
         "",
     ]
     return "\n".join(lines)
+
+
+def _tls_server_lines(peers: Peers, stanza: str) -> list[str]:
+    """This member's ``pgbackrest server``: the deploy's certificate, clients with a
+    certificate of the deploy's CA whose CN is a member's, for this stanza only."""
+    return [f"tls-server-address={peers.address}",
+            f"tls-server-cert-file={peers.cert}",
+            f"tls-server-key-file={peers.key}",
+            f"tls-server-ca-file={peers.ca}",
+            *(f"tls-server-auth={client}={stanza}" for client in peers.clients)]
+
+
+def _peer_lines(peers: Peers, cluster: Cluster) -> list[str]:
+    """pg2.. : the other members, through their TLS servers."""
+    lines = []
+    for index, name in enumerate(peers.hosts, start=2):
+        lines += [f"pg{index}-host={name}", f"pg{index}-host-type=tls",
+                  f"pg{index}-host-cert-file={peers.cert}",
+                  f"pg{index}-host-key-file={peers.key}",
+                  f"pg{index}-host-ca-file={peers.ca}",
+                  f"pg{index}-path={cluster.data_dir}", f"pg{index}-port={cluster.port}",
+                  f"pg{index}-socket-path={SOCKET_DIR}"]
+    return lines
+
+
+#: Seconds after which a quiet server switches WAL anyway: the most a restore can lose.
+ARCHIVE_TIMEOUT = 60
+
+
+def archive_command(engine: Engine) -> str:
+    return f"pgbackrest {' '.join(engine.options())} archive-push %p"
 
 
 def archive_conf_text(engine: Engine) -> str:
@@ -219,8 +284,8 @@ def archive_conf_text(engine: Engine) -> str:
         "# Managed by donnadb: WAL archiving to pgBackRest (needs a restart to change).\n"
         "wal_level = replica\n"
         "archive_mode = on\n"
-        f"archive_command = 'pgbackrest {' '.join(engine.options())} archive-push %p'\n"
-        "archive_timeout = 60\n"
+        f"archive_command = '{archive_command(engine)}'\n"
+        f"archive_timeout = {ARCHIVE_TIMEOUT}\n"
     )
 
 
@@ -348,8 +413,12 @@ def physical_backup(engine: Engine, kind: str = "full", repo: int | None = None)
     if not set(repos) <= set(engine.repos):
         raise BackupError(f"repository {repo} is not configured; this stanza has "
                           + ", ".join(f"repo{r}" for r in engine.repos))
+    # A replica (a cluster's member) copies its own files; the leader, which pgBackRest
+    # finds among the stanza's other hosts, starts and stops the backup.
+    standby = ["--backup-standby"] if _psql(SQL_IN_RECOVERY, engine.cluster.port) == "t" \
+        else []
     for each in repos:
-        engine.run("backup", f"--repo={each}", f"--type={kind}")
+        engine.run("backup", f"--repo={each}", f"--type={kind}", *standby)
     engine.run("expire")
     summary = stanza_info(engine).get("backup", [])
     return [next(b for b in reversed(summary) if b["database"]["repo-key"] == each)

@@ -610,10 +610,14 @@ RepoNumberOpt = typer.Option(None, "--repo", min=1, max=2,
 def physical(
     kind: str = typer.Option("full", "--type", help="full, diff or incr."),
     repo: int | None = RepoNumberOpt,
+    if_backup_member: bool = BackupMemberOpt,
     json_out: JsonOpt = False,
 ) -> None:
-    """Take a pgBackRest physical backup (the base for point-in-time recovery)."""
+    """Take a pgBackRest physical backup (the base for point-in-time recovery); on a
+    cluster's replica, from its own files."""
     settings = load_settings()
+    if if_backup_member:
+        backup_member_only(settings, "backup physical", json=json_out)
     engine = pitr.engine_from_settings(settings)
     with console.status(f"pgbackrest {kind} backup ...") if not json_out else nullcontext():
         taken = pitr.physical_backup(engine, kind, repo)

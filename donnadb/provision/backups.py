@@ -32,7 +32,9 @@ and where the schedule goes, ``backup_unit_dir``, ``backup_unit_prefix`` and
 
 from __future__ import annotations
 
+import ipaddress
 import posixpath
+import re
 import shlex
 from dataclasses import dataclass
 from io import StringIO
@@ -42,15 +44,17 @@ from urllib.parse import urlsplit
 
 from pyinfra import host
 from pyinfra.api import deploy, operation
+from pyinfra.api.host import Host
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import File
 from pyinfra.facts.server import Command
-from pyinfra.operations import apt, files, server
+from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations.util import any_changed
 
 from donnadb import config
 from donnadb.backup import agecrypt, pitr
 from donnadb.errors import ConfigError
-from donnadb.provision import consumers, install, logs, scheduler
+from donnadb.provision import consumers, ha, hostcopy, install, logs, scheduler, tls
 from donnadb.provision.settings import DeploySettings
 
 #: job -> (systemd OnCalendar, cron schedule, what it does)
@@ -150,20 +154,21 @@ def _age_recipients(data: Any) -> tuple[str, ...]:
 
 
 def _pgbackrest_on(data: Any, settings: DeploySettings) -> bool:
-    """group_data pgbackrest_enabled: None (the default) is on, except on a cluster.
+    """group_data pgbackrest_enabled: None (the default) is on, except on a cluster
+    without a bucket in backup_s3.
 
-    :raises ConfigError: asked for on a cluster.
+    :raises ConfigError: asked for on a cluster without a bucket.
     """
     wanted = data.get("pgbackrest_enabled")
-    if wanted is None:
-        return not settings.ha
-    if str(wanted).lower() in ("false", "0", "no", "off", ""):
+    if wanted is not None and str(wanted).lower() in ("false", "0", "no", "off", ""):
         return False
-    if settings.ha:
-        # Its stanza would name this member only: a replica's physical backups would
-        # fail and each new leader would archive WAL into a repository of its own.
-        raise ConfigError("group_data pgbackrest_enabled is not supported with ha = True "
-                          "yet: turn it off (the logical backups run on every member)")
+    if settings.ha and not (data.get("backup_s3") or {}).get("bucket"):
+        if wanted is None:
+            return False
+        # A member's own disk is no repository for the cluster: each new leader would
+        # archive WAL where the others never look, and it is lost with the member.
+        raise ConfigError("group_data pgbackrest_enabled with ha = True needs a bucket in "
+                          "backup_s3: the members share their pgBackRest repository there")
     return True
 
 
@@ -248,7 +253,29 @@ def load_backup_deploy(data: Any, settings: DeploySettings) -> BackupDeploy:
                    PGBACKREST_INCLUDE_PATH=cfg.pgbackrest_include)
         if cfg.pgbackrest_s3:
             env["PGBACKREST_S3"] = "true"
+        if settings.ha:
+            env["PGBACKREST_LOCAL_REPO"] = "false"
     return cfg
+
+
+def engine_of(cfg: BackupDeploy, settings: DeploySettings) -> pitr.Engine:
+    """The stanza the deploy configures on this host."""
+    cluster = pitr.Cluster(settings.pg_version, settings.pg_cluster, settings.pg_port,
+                           pitr_data_dir(settings))
+    return pitr.Engine(Path(cfg.pgbackrest_config), cfg.pgbackrest_stanza, cluster,
+                       include=Path(cfg.pgbackrest_include),
+                       repos=pitr.repositories(local=not settings.ha,
+                                               s3=cfg.pgbackrest_s3 is not None))
+
+
+def archive_parameters(data: Any, settings: DeploySettings) -> dict[str, str]:
+    """A cluster member's WAL archiving, as Patroni's PostgreSQL parameters (Patroni
+    writes postgresql.conf there); empty without pgBackRest."""
+    cfg = load_backup_deploy(data, settings)
+    if not cfg.pgbackrest:
+        return {}
+    return {"archive_mode": "on", "archive_command": pitr.archive_command(engine_of(cfg, settings)),
+            "archive_timeout": str(pitr.ARCHIVE_TIMEOUT)}
 
 
 def env_text(cfg: BackupDeploy) -> str:
@@ -335,12 +362,15 @@ def owned_by(path: str, user: str, group: str):
 
 
 @deploy("Install backups")
-def install_backups(settings: DeploySettings) -> None:
-    """Repository (0700), settings file (0600), timers or cron jobs for every job."""
+def install_backups(settings: DeploySettings, leader: Host | None = None) -> None:
+    """Repository (0700), settings file (0600), timers or cron jobs for every job.
+    ``leader``: on a cluster, the member that runs the writing steps (ha.leader)."""
     cfg = load_backup_deploy(host.data, settings)
     apt.packages(name="Install pgBackRest", packages=["pgbackrest"],
                  update=host.get_fact(DebPackages).get("pgbackrest") is None)
-    if cfg.pgbackrest:
+    if cfg.pgbackrest and leader is not None:
+        _install_pgbackrest_member(cfg, settings, leader)
+    elif cfg.pgbackrest:
         _install_pgbackrest(cfg, settings)
     # The jobs' user owns it; the consumers' group lists backups and reads manifests
     # (the metrics job); the dumps inside stay the owner's (storage_local.ensure_repo).
@@ -414,27 +444,35 @@ def key_file_command(path: str) -> str:
             f"&& mv {new} {quoted}")
 
 
-def _install_pgbackrest(cfg: BackupDeploy, settings) -> None:
-    """pgbackrest.conf, its repositories and secrets, WAL archiving and the stanza."""
-    cluster = pitr.Cluster(settings.pg_version, settings.pg_cluster, settings.pg_port,
-                           pitr_data_dir(settings))
-    engine = pitr.Engine(Path(cfg.pgbackrest_config), cfg.pgbackrest_stanza, cluster,
-                         include=Path(cfg.pgbackrest_include),
-                         repos=(1, 2) if cfg.pgbackrest_s3 else (1,))
-    files.directory(name=f"pgBackRest repository {cfg.pgbackrest_repo}",
-                    path=cfg.pgbackrest_repo, user="postgres", group="postgres", mode="750")
+def _pgbackrest_dirs(cfg: BackupDeploy) -> None:
     files.directory(name="pgBackRest log directory", path="/var/log/pgbackrest",
                     user="postgres", group="postgres", mode="750")
     for directory in (posixpath.dirname(cfg.pgbackrest_config), cfg.pgbackrest_include):
         files.directory(name=f"Create {directory}", path=directory, user="root",
                         group="postgres", mode="750")
+
+
+def _write_pgbackrest_config(cfg: BackupDeploy, engine: pitr.Engine,
+                             peers: pitr.Peers | None = None):
+    text = pitr.config_text(stanza=cfg.pgbackrest_stanza,
+                            repo_path=Path(cfg.pgbackrest_repo) if 1 in engine.repos else None,
+                            cluster=engine.cluster, retention_full=cfg.pgbackrest_retention_full,
+                            retention_diff=cfg.pgbackrest_retention_diff, s3=cfg.pgbackrest_s3,
+                            peers=peers)
+    return files.put(name=f"Write {cfg.pgbackrest_config}", src=StringIO(text),
+                     dest=cfg.pgbackrest_config, user="root", group="postgres", mode="640")
+
+
+def _install_pgbackrest(cfg: BackupDeploy, settings) -> None:
+    """pgbackrest.conf, its repositories and secrets, WAL archiving and the stanza."""
+    engine = engine_of(cfg, settings)
+    cluster = engine.cluster
+    files.directory(name=f"pgBackRest repository {cfg.pgbackrest_repo}",
+                    path=cfg.pgbackrest_repo, user="postgres", group="postgres", mode="750")
+    _pgbackrest_dirs(cfg)
     if cfg.pgbackrest_s3:
         _install_s3_secrets(cfg)
-    text = pitr.config_text(stanza=cfg.pgbackrest_stanza, repo_path=Path(cfg.pgbackrest_repo),
-                            cluster=cluster, retention_full=cfg.pgbackrest_retention_full,
-                            retention_diff=cfg.pgbackrest_retention_diff, s3=cfg.pgbackrest_s3)
-    config = files.put(name=f"Write {cfg.pgbackrest_config}", src=StringIO(text),
-                       dest=cfg.pgbackrest_config, user="root", group="postgres", mode="640")
+    config = _write_pgbackrest_config(cfg, engine)
     archive = files.put(
         name="Archive WAL to pgBackRest (conf.d/donna-archive.conf)",
         src=StringIO(pitr.archive_conf_text(engine)),
@@ -462,13 +500,19 @@ def stanza_create_command(engine: pitr.Engine) -> str:
     return " ".join(shlex.quote(a) for a in cmd)
 
 
-def _install_s3_secrets(cfg: BackupDeploy) -> None:
+def _install_s3_secrets(cfg: BackupDeploy, source: Host | None = None) -> None:
     """repo2's passphrase: generated on the host once (never replaced: the backups in
-    the bucket need it), the cluster owner's alone. Shared S3 keys are the operator's
-    file: the deploy only checks it is there and keeps it private."""
+    the bucket need it), the cluster owner's alone; a cluster member other than
+    ``source`` (the leader) copies the leader's (they share the repository). Shared
+    S3 keys are the operator's file: the deploy only checks it is there and keeps it
+    private."""
     cipher = posixpath.join(cfg.pgbackrest_include, pitr.CIPHER_FILE)
-    made_unless_present(name=f"Generate the S3 repository passphrase {cipher} (once)",
-                        path=cipher, command=cipher_file_command(cipher))
+    if source is None or source.name == host.name:
+        made_unless_present(name=f"Generate the S3 repository passphrase {cipher} (once)",
+                            path=cipher, command=cipher_file_command(cipher))
+    else:
+        hostcopy.copied(name=f"The leader's S3 repository passphrase {cipher}",
+                        source=source, source_path=cipher, dest=cipher, owner="postgres")
     files.file(name=f"{cipher} is postgres' alone", path=cipher, user="postgres",
                group="postgres", mode="600")
     if cfg.pgbackrest_s3.key_type != "shared":
@@ -497,3 +541,67 @@ def cipher_file_command(path: str) -> str:
 
 def pitr_data_dir(settings) -> Path:
     return config.debian_data_dir(settings.pg_version, settings.pg_cluster)
+
+
+#: Debian's unit for ``pgbackrest server``; the deploy's drop-in points it at our files.
+SERVER_UNIT = "pgbackrest.service"
+
+
+def member_peers(settings: DeploySettings, target: Host) -> pitr.Peers:
+    """``target``'s view of the other members (:class:`pitr.Peers`), from the inventory.
+
+    :raises ConfigError: a member is named by an address (pgBackRest checks names).
+    """
+    members = ha.members(target)
+    for member in members:
+        try:
+            ipaddress.ip_address(member.name)
+        except ValueError:
+            continue
+        raise ConfigError(f"db_servers host {member.name} is named by its address: pgBackRest "
+                          "checks a member's certificate by host name; name it (e.g. db1) and "
+                          "give the address in ssh_hostname and db_host")
+    return pitr.Peers(address=settings.db_host,
+                      hosts=tuple(m.name for m in members if m.name != target.name),
+                      clients=tuple(dict.fromkeys(m.address for m in members)),
+                      cert=tls.SERVER_CERT, key=tls.SERVER_KEY, ca=tls.CA_FILE)
+
+
+def _install_pgbackrest_member(cfg: BackupDeploy, settings: DeploySettings,
+                               leader: Host) -> None:
+    """A Patroni member's stanza: the S3 repository the members share (no repo1), every
+    other member reachable through its pgBackRest TLS server, the leader's passphrase.
+    Patroni sets archive_command (patroni.yml, :func:`archive_parameters`)."""
+    engine = engine_of(cfg, settings)
+    peers = member_peers(settings, host)
+    _pgbackrest_dirs(cfg)
+    _install_s3_secrets(cfg, source=leader)
+    for member in ha.members(host):
+        if member.name != host.name:
+            files.line(name=f"/etc/hosts: {member.name} is {member.address}",
+                       path="/etc/hosts", line=rf".*\s{re.escape(member.name)}$",
+                       replace=f"{member.address} {member.name}")
+    config = _write_pgbackrest_config(cfg, engine, peers)
+    dropin = files.put(
+        name=f"{SERVER_UNIT} reads {cfg.pgbackrest_config}",
+        src=StringIO("# Managed by the donnadb deploy.\n[Service]\nExecStart=\n"
+                     f"ExecStart=/usr/bin/pgbackrest {' '.join(engine.options()[:-1])} "
+                     "server\n"),
+        dest=f"{UNIT_DIR}/{SERVER_UNIT}.d/donna.conf", user="root", group="root",
+        mode="644", create_remote_dir=True)
+    systemd.daemon_reload(name=f"systemd reads {SERVER_UNIT}'s drop-in", _if=dropin.did_change)
+    started = systemd.service(name=f"pgBackRest's TLS server ({SERVER_UNIT}) runs",
+                              service=SERVER_UNIT, running=True, enabled=True)
+    systemd.service(name=f"Restart {SERVER_UNIT} (its settings changed)", service=SERVER_UNIT,
+                    restarted=True,
+                    _if=lambda: not started.did_change() and any_changed(config, dropin)())
+    if leader.name != host.name:
+        return
+    # On the leader only (the stanza is the cluster's); run again when the settings
+    # changed, and until it succeeded once here (the marker).
+    marker = f"/var/lib/pgbackrest/donna-stanza-{cfg.pgbackrest_stanza}.created"
+    create = f"{stanza_create_command(engine)} && touch {shlex.quote(marker)}"
+    made_unless_present(name=f"pgBackRest stanza {cfg.pgbackrest_stanza} (the cluster's)",
+                        command=create, path=marker)
+    server.shell(name=f"pgBackRest stanza {cfg.pgbackrest_stanza}: its settings changed",
+                 commands=[create], _if=config.did_change)

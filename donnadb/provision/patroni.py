@@ -18,7 +18,7 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import apt, files, server, systemd
 
 from donnadb import config
-from donnadb.provision import bootstrap, ha, hba, tls, tuning
+from donnadb.provision import backups, bootstrap, ha, hba, tls, tuning
 from donnadb.provision.settings import DeploySettings
 from donnadb.provision.tls import listen_names
 
@@ -46,7 +46,8 @@ def render_config(settings: DeploySettings, target: Host, secrets: dict[str, str
         data_dir=config.debian_data_dir(settings.pg_version, settings.pg_cluster),
         bin_dir=config.debian_bin_dir(settings.pg_version),
         rest_user=ha.REST_USER, replication_user=ha.REPLICATION_USER,
-        rewind_user=ha.REWIND_USER, hba_file=hba.hba_file(settings))
+        rewind_user=ha.REWIND_USER, hba_file=hba.hba_file(settings),
+        archive=backups.archive_parameters(target.data, settings))
 
 
 @deploy("Patroni settings")

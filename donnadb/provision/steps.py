@@ -109,7 +109,7 @@ def converge_member(settings: DeploySettings, target: Host) -> None:
                 lambda: changed() or tls_changed())
     ha.rendezvous(name="Cluster: every member runs")
     scheduler.ensure_cron(settings)
-    backups.install_backups(settings)
+    backups.install_backups(settings, leader=target.inventory.get_host(leader.name))
     pgbouncer.install_pgbouncer(settings, tls_changed=tls_changed, own_password=False)
     opsjobs.install_ops_jobs(settings)
     logs.rotate_logs(settings)

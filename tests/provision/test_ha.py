@@ -182,10 +182,64 @@ def test_pg_hba_lets_the_members_replicate_and_rewind_over_tls_only():
     assert json.dumps(lines).count("trust") == 0
 
 
-def test_pgbackrest_on_a_cluster_is_refused_before_anything_changes():
-    """One member's stanza cannot follow the leader: refused at load, not half-deployed."""
+BUCKET = {"bucket": "donna-backups", "endpoint_url": "https://s3.example.net:9000",
+          "ca_file": "/etc/donnadb/s3-ca.crt"}
+
+
+def test_pgbackrest_on_a_cluster_needs_the_shared_bucket_before_anything_changes():
+    """A member's own disk is no repository for the cluster: without a bucket, the
+    default is off and asking for it is refused at load, not half-deployed."""
+    bare = data()
+    assert not load_backup_deploy(bare, load_deploy_settings(bare)).pgbackrest
     cluster = data(pgbackrest_enabled=True)
-    with pytest.raises(ConfigError, match="pgbackrest_enabled is not supported with ha"):
+    with pytest.raises(ConfigError, match="needs a bucket in backup_s3"):
         load_backup_deploy(cluster, load_deploy_settings(cluster))
+    shared = data(backup_s3=BUCKET)
+    cfg = load_backup_deploy(shared, load_deploy_settings(shared))
+    assert cfg.pgbackrest and cfg.pgbackrest_s3.bucket == "donna-backups"
+    assert cfg.env["PGBACKREST_LOCAL_REPO"] == "false"
     single = GroupData({**load_group_data(), "pgbackrest_enabled": True})
     assert load_backup_deploy(single, load_deploy_settings(single)).pgbackrest
+
+
+def test_a_members_stanza_reaches_the_others_by_tls_and_shares_the_s3_repository(tmp_path):
+    from donnadb.backup import pitr
+    from donnadb.provision import backups, tls
+    hosts = inventory(tmp_path)
+    for host in hosts.values():
+        host.data = GroupData({**host.data, "backup_s3": BUCKET})
+    me = hosts["db2"]
+    settings = load_deploy_settings(me.data)
+    cfg = load_backup_deploy(me.data, settings)
+    engine = backups.engine_of(cfg, settings)
+    assert engine.repos == (2,)
+    text = pitr.config_text(stanza="donna", repo_path=None, cluster=engine.cluster,
+                            s3=cfg.pgbackrest_s3, peers=backups.member_peers(settings, me))
+    options = [line.split("=", 1) for line in text.splitlines() if "=" in line]
+    names = [k for k, _ in options]
+    assert not any(k.startswith("repo1-") for k in names) and "repo2-type" in names
+    values = dict(options)
+    # The other members by name (pgBackRest checks DNS entries), over TLS.
+    assert (values["pg2-host"], values["pg3-host"]) == ("db1", "db3")
+    assert values["pg2-host-type"] == values["pg3-host-type"] == "tls"
+    assert values["pg2-host-cert-file"] == tls.SERVER_CERT
+    assert values["tls-server-address"] == "10.0.1.12"
+    assert [v for k, v in options if k == "tls-server-auth"] == \
+        [f"{a}=donna" for a in ADDRESSES.values()]
+    # Patroni archives into it.
+    conf = yaml.safe_load(patroni.render_config(settings, me, ha.cluster_secrets(settings)))
+    parameters = conf["postgresql"]["parameters"]
+    assert parameters["archive_mode"] == "on"
+    assert parameters["archive_command"] == pitr.archive_command(engine)
+    assert "archive_mode" not in yaml.safe_load(patroni.render_config(
+        load_deploy_settings(data(db_host="10.0.1.11", tls_ca_dir=str(tmp_path))),
+        inventory(tmp_path)["db1"], ha.cluster_secrets(settings)))["postgresql"]["parameters"]
+
+
+def test_members_named_by_their_address_are_refused_for_pgbackrest(tmp_path):
+    from donnadb.provision import backups
+    hosts = inventory(tmp_path, {"10.0.1.11": "10.0.1.11", "10.0.1.12": "10.0.1.12",
+                                 "10.0.1.13": "10.0.1.13"})
+    me = hosts["10.0.1.11"]
+    with pytest.raises(ConfigError, match="named by its address"):
+        backups.member_peers(load_deploy_settings(me.data), me)

@@ -106,7 +106,8 @@ def test_the_example_cluster_inventory_has_the_tested_clusters_groups_and_keys(t
     spec.write_text(json.dumps({
         "db": [["db1", "127.0.0.21"], ["db2", "127.0.0.22"], ["db3", "127.0.0.23"]],
         "app": ["app2", "127.0.0.24"], "ssh_user": "deploy", "ssh_key": "/k",
-        "known_hosts": "/kh", "ca_dir": "/ca", "memory_mb": 2048, "cpus": 1}))
+        "known_hosts": "/kh", "ca_dir": "/ca", "memory_mb": 2048, "cpus": 1,
+        "s3": {"bucket": "b", "endpoint_url": "https://127.0.0.1:9000"}}))
     monkeypatch.setenv("DONNADB_CLUSTER_FILE", str(spec))
     tested = groups_of(ROOT / "tests" / "fleet" / "ha" / "inventory.py")
     example = groups_of(ROOT / "inventory" / "cluster.py")

@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
+import boto3
 import pytest
 
+from tests import s3tls
 from tests.hosts import machine
 from tests.provision.deployrun import DeployRun, deploy_twice
 
@@ -73,10 +76,47 @@ def all_streaming(state: list[dict]) -> bool:
             and any(m["Role"] == "Sync Standby" for m in others))
 
 
+#: The cluster's bucket (moto's S3 over TLS in this process, which the test hosts reach
+#: at 127.0.0.1: they share this machine's network): pgBackRest's shared repository and
+#: the logical backups' off-site copies.
+S3_BUCKET = "donna-cluster-backups"
+#: On every member: the CA of that server, and the operator's key file for pgBackRest
+#: (moto takes any key).
+S3_CA_FILE = "/etc/ssl/donna-test-s3-ca.crt"
+S3_KEY_FILE = "/etc/pgbackrest/conf.d/donna-repo2-s3-key.conf"
+S3_KEY = "testing"
+
+
 @pytest.fixture(scope="package")
-def cluster(tmp_path_factory) -> Cluster:
+def cluster_s3(tmp_path_factory):
+    """The bucket's server, for the whole directory: (endpoint, boto3 client)."""
+    server = s3tls.Server(tmp_path_factory.mktemp("cluster-s3"))
+    endpoint = server.start()
+    client = boto3.client("s3", endpoint_url=endpoint.url, region_name="us-east-1",
+                          verify=str(endpoint.ca_file), aws_access_key_id=S3_KEY,
+                          aws_secret_access_key=S3_KEY)
+    client.create_bucket(Bucket=S3_BUCKET)
+    yield endpoint, client
+    server.stop()
+
+
+def carry_s3_files(member: machine.Host, ca_file: Path) -> None:
+    """What the operator puts on a member before the deploy: the S3 server's CA and
+    pgBackRest's key file (the deploy makes it postgres' own)."""
+    (member.root / S3_CA_FILE.lstrip("/")).write_bytes(ca_file.read_bytes())
+    keys = member.root / S3_KEY_FILE.lstrip("/")
+    keys.parent.mkdir(parents=True, exist_ok=True)
+    keys.touch(mode=0o600)
+    keys.write_text(f"[global]\nrepo2-s3-key={S3_KEY}\nrepo2-s3-key-secret={S3_KEY}\n")
+
+
+@pytest.fixture(scope="package")
+def cluster(tmp_path_factory, cluster_s3) -> Cluster:
+    endpoint, _ = cluster_s3
     with machine.fleet([*DB, APP]) as hosts:
         *members, app = hosts
+        for member in members:
+            carry_s3_files(member, endpoint.ca_file)
         state = machine.STATE_DIR
         spec = {
             "db": DB, "app": APP, "ssh_user": machine.SSH_USER,
@@ -84,6 +124,7 @@ def cluster(tmp_path_factory) -> Cluster:
             "known_hosts": str(machine.known_hosts(hosts, "known_hosts-cluster")),
             "ca_dir": str(tmp_path_factory.mktemp("cluster-ca")),
             "memory_mb": MEMORY_MB, "cpus": CPUS,
+            "s3": {"bucket": S3_BUCKET, "endpoint_url": endpoint.url, "ca_file": S3_CA_FILE},
         }
         spec_file = state / "cluster.json"
         spec_file.write_text(json.dumps(spec))

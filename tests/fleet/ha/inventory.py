@@ -27,6 +27,10 @@ _shared = {
     "host_cpus": _spec["cpus"],
     # The failure drill runs on the leader with Locust.
     "app_extras": ["loadtest"],
+    # The members' shared pgBackRest repository and the logical backups' copies: moto's
+    # S3 in the test process, keys in the operator's file (conftest.carry_s3_files).
+    "backup_s3": _spec["s3"],
+    "pgbackrest_s3_key_type": "shared",
 }
 
 db_servers = [(name, {**_ssh, **_shared, **dict.fromkeys(_OWN_ADDRESS, address)})

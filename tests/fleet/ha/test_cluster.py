@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import uuid
 
-from tests.fleet.ha.conftest import DB, PATRONICTL, Cluster, all_streaming
+import pytest
+
+from tests.fleet.ha.conftest import DB, PATRONICTL, S3_BUCKET, Cluster, all_streaming
 from tests.fleet.test_app import run_script
 
 CA = "/etc/donnadb/tls/ca.crt"
@@ -83,7 +85,56 @@ def test_the_routers_ports_reach_the_leader_and_a_replica(cluster: Cluster):
     assert ports["5001"]["member"] in {address for name, address in DB if name != leader}
 
 
-def test_one_member_takes_the_scheduled_backup_a_healthy_replica(cluster: Cluster):
+@pytest.fixture(scope="module")
+def jobs_reach_s3(cluster: Cluster) -> None:
+    """The backup jobs' own S3 credentials for the logical copies (boto3's chain: the
+    cluster owner's ~/.aws; in production, the instance role)."""
+    for member in cluster.members:
+        member.run("install -d -o postgres -g postgres -m 700 /var/lib/postgresql/.aws && "
+                   "umask 077 && printf '[default]\\naws_access_key_id = %s\\n"
+                   "aws_secret_access_key = %s\\n' testing testing "
+                   "> /var/lib/postgresql/.aws/credentials && "
+                   "chown postgres:postgres /var/lib/postgresql/.aws/credentials")
+
+
+def pgbackrest_info(member) -> dict:
+    out = member.run("runuser -u postgres -- pgbackrest --stanza=donna info --output=json")
+    return json.loads(out.stdout)[0]
+
+
+def test_physical_backups_come_from_a_replica_into_the_shared_encrypted_bucket(
+        cluster: Cluster, cluster_s3, jobs_reach_s3):
+    state = cluster.wait(all_streaming)
+    leader = cluster.leader()
+    chosen = min(m["Member"] for m in state if m["Member"] != leader)
+    for member in cluster.members:
+        assert member.run("systemctl is-active pgbackrest.service").stdout.strip() == "active"
+        # No repository on a member's own disk: only the bucket the members share.
+        assert "repo1-" not in member.run("cat /etc/pgbackrest/pgbackrest.conf").stdout
+    # The leader archives into the bucket; a replica checks it through the leader's server.
+    cluster.member(chosen).run("runuser -u postgres -- pgbackrest --stanza=donna check")
+    for member in cluster.members:
+        member.run("systemctl start donna-backup-physical-full.service", timeout=900)
+    (backup,) = pgbackrest_info(cluster.member(chosen))["backup"]
+    assert backup["type"] == "full" and backup["database"]["repo-key"] == 2
+    log = cluster.member(chosen).run("cat /var/log/pgbackrest/donna-backup.log").stdout
+    # pgBackRest copied the replica's files, after the leader's start of the backup.
+    assert "replay on the standby reached" in log, log[-3000:]
+    skipped = cluster.member(leader).run(
+        "journalctl -u donna-backup-physical-full.service -o cat").stdout
+    assert f"skipped: {chosen} takes the cluster's backups" in skipped
+    # Every member shares one passphrase and the bucket holds ciphertext only.
+    sums = {m.run("sha256sum /etc/pgbackrest/conf.d/donna-repo2-cipher.conf").stdout.split()[0]
+            for m in cluster.members}
+    assert len(sums) == 1
+    _, client = cluster_s3
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=S3_BUCKET)["Contents"]]
+    assert any("/pgbackrest/backup/donna/" in k for k in keys)
+    assert any("/pgbackrest/archive/donna/" in k for k in keys)
+
+
+def test_one_member_takes_the_scheduled_backup_a_healthy_replica(cluster: Cluster,
+                                                                 jobs_reach_s3):
     state = cluster.wait(all_streaming)
     leader = cluster.leader()
     chosen = min(m["Member"] for m in state if m["Member"] != leader)
@@ -140,3 +191,14 @@ def test_patronictl_runs_for_the_operator_on_every_member(cluster: Cluster):
     for member in cluster.members:
         listed = member.run(f"{PATRONICTL} list --format json")
         assert len(json.loads(listed.stdout)) == len(DB)
+
+
+def test_after_a_failover_the_new_leader_archives_into_the_same_repository(cluster: Cluster):
+    state = cluster.wait(all_streaming)
+    leader = cluster.member(cluster.leader())
+    # pgBackRest's check switches WAL on the leader and waits for the segment in the
+    # bucket, on the timeline the failovers above made.
+    leader.run("runuser -u postgres -- pgbackrest --stanza=donna check", timeout=300)
+    archive = pgbackrest_info(leader)["archive"][-1]
+    timeline = max(int(m["TL"]) for m in state)
+    assert int(archive["max"][:8], 16) == timeline, archive
