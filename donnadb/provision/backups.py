@@ -33,6 +33,7 @@ and where the schedule goes, ``backup_unit_dir``, ``backup_unit_prefix`` and
 from __future__ import annotations
 
 import ipaddress
+import json
 import posixpath
 import re
 import shlex
@@ -43,7 +44,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pyinfra import host
-from pyinfra.api import deploy, operation
+from pyinfra.api import FactBase, deploy, operation
 from pyinfra.api.host import Host
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import File
@@ -490,14 +491,50 @@ def _install_pgbackrest(cfg: BackupDeploy, settings) -> None:
                                             cfg.pgbackrest_stanza, "backup.info"))
     server.shell(name=f"pgBackRest stanza {cfg.pgbackrest_stanza} in every repository",
                  commands=[stanza], _if=config.did_change)
+    first_full_backup(name="A first full backup into every repository (PITR from now on)",
+                      engine=engine)
+
+
+def _owner_pgbackrest(engine: pitr.Engine, *args: str) -> str:
+    cmd = ["runuser", "-u", JOB_USER, "--", "pgbackrest", *engine.options(), *args]
+    return " ".join(shlex.quote(a) for a in cmd)
+
+
+class BackedUpRepos(FactBase):
+    """The repositories of a stanza holding at least one backup (pgBackRest's info, as
+    the cluster owner); empty before the stanza or the owner exist."""
+
+    def command(self, info: str) -> str:
+        return f"{info} 2>/dev/null || true"
+
+    def process(self, output):
+        try:
+            info = json.loads("\n".join(output) or "[]")
+        except ValueError:
+            return []
+        return sorted({b["database"]["repo-key"] for stanza in info
+                       for b in stanza.get("backup", [])})
+
+
+@operation()
+def first_full_backup(engine: pitr.Engine):
+    """A full backup into each repository that has none: without a base backup there
+    is nothing to recover to a moment from until the weekly job runs. Monitoring sees it
+    at the next hourly ``backup check``, which records pgBackRest's state."""
+    done = host.get_fact(BackedUpRepos, info=_owner_pgbackrest(engine, "info", "--output=json"))
+    missing = [repo for repo in engine.repos if repo not in done]
+    if not missing:
+        host.noop("every repository holds a backup")
+        return
+    for repo in missing:
+        yield _owner_pgbackrest(engine, "backup", "--type=full", f"--repo={repo}")
 
 
 def stanza_create_command(engine: pitr.Engine) -> str:
     """``pgbackrest stanza-create`` as the cluster owner on the target, which the deploy
     reaches as root. Built here, not by Engine.command: that one asks this machine for
     the owner's account, and the deploy may run where PostgreSQL is not installed yet."""
-    cmd = ["runuser", "-u", JOB_USER, "--", "pgbackrest", *engine.options(), "stanza-create"]
-    return " ".join(shlex.quote(a) for a in cmd)
+    return _owner_pgbackrest(engine, "stanza-create")
 
 
 def _install_s3_secrets(cfg: BackupDeploy, source: Host | None = None) -> None:
@@ -605,3 +642,5 @@ def _install_pgbackrest_member(cfg: BackupDeploy, settings: DeploySettings,
                         command=create, path=marker)
     server.shell(name=f"pgBackRest stanza {cfg.pgbackrest_stanza}: its settings changed",
                  commands=[create], _if=config.did_change)
+    first_full_backup(name="A first full backup into the bucket (PITR from now on)",
+                      engine=engine)

@@ -62,6 +62,10 @@ def test_point_in_time_recovery_is_on_and_its_jobs_run_under_systemd(fleet: Flee
     """pgBackRest by default: WAL archived, the physical backup job works in its
     sandbox, and the hourly check then sees the backup and archiving healthy."""
     assert fleet.db.run("sudo -u postgres psql -XAtc 'SHOW archive_mode'").stdout.strip() == "on"
+    # The deploy took the first full backup: a fresh host recovers to a moment at once.
+    info = json.loads(fleet.db.run("sudo -u postgres pgbackrest --stanza=donna info "
+                                   "--output=json").stdout)
+    assert [b["type"] for b in info[0]["backup"]][:1] == ["full"], info
     for job in ("physical-full", "physical-diff", "physical-verify"):
         unit = f"donna-backup-{job}.timer"
         assert fleet.db.run(f"systemctl is-enabled {unit}").stdout.strip() == "enabled"
