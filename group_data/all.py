@@ -222,8 +222,9 @@ backup_age_recipients_file = "/etc/donnadb/backup-age-recipients.txt"
 # missing (0600, root), never replaced; escrow a copy with the encryption key.
 backup_signing_key_file = "/etc/donnadb/backup-signing.key"
 # pgBackRest physical backups + WAL archiving for point-in-time recovery (docs/backup.md).
-# None: on, except with ha = True (not supported on a cluster yet); False: off. The
-# first deploy with it restarts the cluster once (archive_mode). repo1 is on this host;
+# None: on (with ha = True: on when backup_s3 names a bucket, the members' shared and
+# only repository; off without one); False: off. The first deploy with it restarts the
+# cluster once (archive_mode) and takes a first full backup. repo1 is on this host;
 # with a bucket in backup_s3, repo2 is in it (under <prefix>pgbackrest), encrypted with
 # a passphrase the deploy generates in <include dir>/donna-repo2-cipher.conf (0600
 # postgres): escrow a copy, restores from the bucket on another host need it.

@@ -7,13 +7,15 @@ to /etc/cron.d/donna-backup. Every job runs ``<donnadb_install_dir>/bin/donna-ba
 JOB`` (shipped by provision/install.py), which calls ``donnactl backup ...``.
 
 pgBackRest is always installed and, unless ``pgbackrest_enabled = False`` (or on a
-Patroni cluster, not supported yet), configured: pgbackrest.conf with repo1 on this
+Patroni cluster without a bucket), configured: pgbackrest.conf with repo1 on this
 host and, when ``backup_s3`` names a bucket, repo2 in it encrypted by pgBackRest with
 a passphrase generated on the host (a 0600 include file of the cluster owner's, never
 in pgbackrest.conf), WAL archiving in the cluster's conf.d (a restart, done here only
 when that file changed), the stanza (created when new or when the repositories
-changed), weekly full + daily differential backups into every repository and a weekly
-``pgbackrest verify``.
+changed), a first full backup into every repository without one, weekly full + daily
+differential backups into every repository and a weekly ``pgbackrest verify``. On a
+cluster the members share repo2 alone and reach each other through pgBackRest's TLS
+server (:func:`_install_pgbackrest_member`); Patroni archives (:func:`archive_parameters`).
 
 Settings (group_data/all.py, all optional here): ``backup_repo_dir``, ``backup_jobs``,
 ``backup_compress_level``, ``backup_keep_{last,daily,weekly,monthly}``,
