@@ -613,8 +613,9 @@ def physical(
     if_backup_member: bool = BackupMemberOpt,
     json_out: JsonOpt = False,
 ) -> None:
-    """Take a pgBackRest physical backup (the base for point-in-time recovery); on a
-    cluster's replica, from its own files."""
+    """Take a pgBackRest physical backup (the base for point-in-time recovery).
+
+    On a cluster's replica pgBackRest copies the replica's own files."""
     settings = load_settings()
     if if_backup_member:
         backup_member_only(settings, "backup physical", json=json_out)
