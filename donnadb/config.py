@@ -26,7 +26,7 @@ import stat
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -71,6 +71,14 @@ MIB = 1024 * 1024
 #: Chosen by bench/backup_compression.py (see docs/backup.md): gzip level 1 keeps
 #: most of level 6's size saving at a fraction of its CPU time.
 DEFAULT_COMPRESS_LEVEL = 1
+
+
+class Tier(NamedTuple):
+    """An alert's two thresholds (ALERT_*): the `warning` rule's, then the `critical`
+    rule's. In the environment a JSON pair: ``ALERT_DEADLOCKS='[1, 5]'``."""
+
+    warn: float
+    crit: float
 
 
 class Settings(BaseSettings):
@@ -166,6 +174,27 @@ class Settings(BaseSettings):
     health_bloat_crit_pct: float = Field(60.0, ge=0)
     health_wraparound_warn_pct: float = Field(50.0, ge=0)
     health_wraparound_crit_pct: float = Field(80.0, ge=0)
+    # Alert rules (`donnactl metrics rules`, docs/monitoring.md) beyond the health checks:
+    # each Tier is the threshold of the `warning` rule, then of the `critical` one.
+    #: Base of every alert's runbook_url (the alert's section anchor is appended): the
+    #: repository-relative runbook, or its address on your git server.
+    alert_runbook_url: str = "docs/runbook.md"
+    #: Age of METRICS_TEXTFILE (the metrics timer rewrites it every minute).
+    alert_textfile_stale_seconds: Tier = Tier(300.0, 900.0)
+    #: A session idle in a transaction, seconds.
+    alert_idle_xact_seconds: Tier = Tier(120.0, 600.0)
+    #: Clients of one PgBouncer pool waiting for a server connection.
+    alert_pgbouncer_waiting: Tier = Tier(1, 10)
+    #: Free share of the data and WAL volumes (lower is worse).
+    alert_disk_free_ratio: Tier = Tier(0.2, 0.1)
+    #: How far ahead the disk fill-up forecast looks.
+    alert_disk_fill_horizon_hours: float = Field(24.0, gt=0)
+    #: Deadlocks in one database within 10 minutes.
+    alert_deadlocks: Tier = Tier(1, 5)
+    #: Share of transactions rolled back (5-minute rates) in a database doing at least
+    #: ALERT_ROLLBACK_MIN_TPS transactions per second.
+    alert_rollback_ratio: Tier = Tier(0.05, 0.2)
+    alert_rollback_min_tps: float = Field(1.0, ge=0)
     #: system_logs partitions made ahead, and how long log rows are kept.
     partition_premake: int = Field(4, ge=1)
     log_retention_months: int = Field(6, ge=1)
@@ -288,6 +317,14 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         # PATRONI_CONFIG= (empty) in donnadb.env means "not in a cluster", like no line.
         return None if value == "" else value
+
+    @field_validator("*")
+    @classmethod
+    def _tier_not_negative(cls, value: object) -> object:
+        if isinstance(value, Tier) and min(value) < 0:
+            raise PydanticCustomError("tier", "{value} must be two numbers >= 0 (warning, "
+                                      "critical)", {"value": list(value)})
+        return value
 
     @field_validator("*")
     @classmethod

@@ -67,7 +67,7 @@ def serve_cmd(
 @app.command("rules")
 @logged("metrics rules")
 def rules_cmd() -> None:
-    """Print the Prometheus alert rules for this host's HEALTH_* thresholds."""
+    """Print the Prometheus rules for this host's HEALTH_* and ALERT_* thresholds."""
     from donnadb.ops import alerts
 
     typer.echo(alerts.render_yaml(settings()), nl=False)

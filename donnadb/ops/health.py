@@ -1,7 +1,7 @@
 """`donnactl health`: the status figures graded against the thresholds in settings.
 
 Each check's ``name`` is stable: `donnactl metrics` exports it as a label and
-``monitoring/alerts.yml`` has one rule per CRITICAL threshold named after it.
+``monitoring/alerts.yml`` has a warning and a critical rule per threshold labelled with it.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ exported: the alert rules key on that rather than on missing series.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from donnadb.ops import health, status
 log = logging.getLogger(__name__)
 
 PREFIX = "donnadb_"
+HOUR, DAY = 3600.0, 86400.0
 
 
 def _gauge(name: str, doc: str, value: float | None, labels: dict[str, str] | None = None
@@ -35,6 +37,11 @@ def _gauge(name: str, doc: str, value: float | None, labels: dict[str, str] | No
     return family
 
 
+def _scaled(value: float | None, factor: float) -> float | None:
+    """``value`` in base units (seconds, ratios); ``None`` stays unknown."""
+    return None if value is None else value * factor
+
+
 def families(report: dict[str, Any], settings: Settings) -> Iterator[GaugeMetricFamily]:
     """Every gauge of a status report (figures that are unknown are left out)."""
     s, c = report["server"], report["connections"]
@@ -44,10 +51,10 @@ def families(report: dict[str, Any], settings: Settings) -> Iterator[GaugeMetric
         ("in_recovery", "1 on a replica, 0 on the primary.", int(s["role"] == "replica")),
         ("database_size_bytes", "Size of the database.", s["size_bytes"]),
         ("connections_max", "Connections available to non-superusers.", c["max"]),
-        ("connections_used_pct", "Client connections as a percentage of the maximum.",
-         c["used_pct"]),
-        ("cache_hit_pct", "Buffer cache hit ratio of the database, percent.",
-         report["cache_hit_pct"]),
+        ("connections_used_ratio", "Client connections as a share of the maximum.",
+         _scaled(c["used_pct"], 0.01)),
+        ("cache_hit_ratio", "Buffer cache hit ratio of the database.",
+         _scaled(report["cache_hit_pct"], 0.01)),
         ("longest_query_seconds", "Age of the longest running query.",
          (report["longest_query"] or {}).get("seconds", 0.0)),
         ("longest_transaction_seconds", "Age of the longest open transaction.",
@@ -56,21 +63,23 @@ def families(report: dict[str, Any], settings: Settings) -> Iterator[GaugeMetric
          report["replication"]["lag_seconds"]),
         ("backup_known", "1 when a successful backup is found in the local repository.",
          int(report["backup"]["age_hours"] is not None)),
-        ("backup_age_hours", "Hours since the last successful backup finished.",
-         report["backup"]["age_hours"]),
+        ("backup_age_seconds", "Seconds since the last successful backup finished.",
+         _scaled(report["backup"]["age_hours"], HOUR)),
         ("partitions_ahead", "system_logs partitions starting after now.",
          report["partitions"].get("ahead")),
         ("partition_current_covered", "1 when a system_logs partition covers now.",
          None if not report["partitions"]["present"]
          else int(report["partitions"]["current_covered"])),
-        ("dead_tuples_pct", "Dead tuples as a percentage of all tuples (bloat estimate).",
-         report["bloat"]["dead_pct"]),
-        ("xid_wraparound_pct", "Age of the oldest unfrozen transaction id, percent of 2^31.",
-         report["wraparound"]["pct"]),
+        ("partition_default_rows", "Rows in the default partition of system_logs (outside "
+         "every monthly range).", report["partitions"].get("default_rows")),
+        ("dead_tuples_ratio", "Dead tuples as a share of all tuples (bloat estimate).",
+         _scaled(report["bloat"]["dead_pct"], 0.01)),
+        ("xid_wraparound_ratio", "Age of the oldest unfrozen transaction id, share of 2^31.",
+         _scaled(report["wraparound"]["pct"], 0.01)),
         ("schema_migrations_applied", "Number of applied schema migrations.",
          report["schema"]["applied"]),
-        ("tls_cert_days_left", "Days until the server's TLS certificate expires.",
-         report["tls"]["days_left"]),
+        ("tls_cert_remaining_seconds", "Seconds until the server's TLS certificate expires.",
+         _scaled(report["tls"]["days_left"], DAY)),
     ]
     for name, doc, value in simple:
         family = _gauge(name, doc, value)
@@ -82,6 +91,7 @@ def families(report: dict[str, Any], settings: Settings) -> Iterator[GaugeMetric
         by_state.add_metric([state], n)
     yield by_state
     yield from _drills(report["drill"])
+    yield from _volumes(settings)
     yield from _pgbouncer(report["pgbouncer"])
     if report["archiving"]["enabled"]:
         yield from _archiving(report["archiving"])
@@ -111,12 +121,12 @@ def _archiving(arch: dict[str, Any]) -> Iterator[GaugeMetricFamily]:
             yield family
     if arch["physical"] is None:
         return
-    age = GaugeMetricFamily(PREFIX + "physical_backup_age_hours",
-                            "Hours since each pgBackRest repository's newest backup ended.",
+    age = GaugeMetricFamily(PREFIX + "physical_backup_age_seconds",
+                            "Seconds since each pgBackRest repository's newest backup ended.",
                             labels=["repo"])
     for repo, seen in sorted(arch["physical"].items()):
         if seen["age_hours"] is not None:
-            age.add_metric([repo], seen["age_hours"])
+            age.add_metric([repo], seen["age_hours"] * HOUR)
     yield age
 
 
@@ -190,6 +200,37 @@ def _pgbouncer(bouncer: dict[str, Any]) -> Iterator[GaugeMetricFamily]:
         for pool in bouncer["pools"]:
             family.add_metric([pool["database"], pool["user"]], float(pool[column] or 0))
         yield family
+
+
+#: The volumes PostgreSQL writes to: volume label -> directory under the data directory.
+VOLUMES = {"data": ".", "wal": "pg_wal"}
+MOUNTS_FILE = Path("/proc/self/mounts")
+
+
+def mountpoint(path: Path, mounts: list[str]) -> str:
+    """The mount point holding ``path`` (already resolved): the longest that contains it."""
+    held = [m for m in mounts if path == Path(m) or Path(m) in path.parents]
+    return max(held, key=len, default="/")
+
+
+def _volumes(settings: Settings) -> Iterator[GaugeMetricFamily]:
+    """``volume_info{volume, mountpoint}`` 1: which of node_exporter's filesystems hold
+    the data directory and pg_wal, for the disk-space alerts to join on. A pg_wal the
+    metrics user cannot resolve (the data directory is 0700) counts as the data volume."""
+    if settings.pg_data_dir is None:
+        return
+    try:
+        mounts = [line.split()[1].replace("\\040", " ")
+                  for line in MOUNTS_FILE.read_text().splitlines()]
+    except OSError:
+        return
+    info = GaugeMetricFamily(PREFIX + "volume_info",
+                             "1 for each volume PostgreSQL writes to, and its mount point.",
+                             labels=["volume", "mountpoint"])
+    for volume, sub in VOLUMES.items():
+        real = Path(os.path.realpath(settings.pg_data_dir / sub))
+        info.add_metric([volume, mountpoint(real, mounts)], 1)
+    yield info
 
 
 class StatusCollector(Collector):

@@ -41,8 +41,8 @@ def test_a_certificate_close_to_expiry_warns_in_health_and_shows_in_status(cli, 
     doc = json.loads(cli("status", "--json", env=env).stdout)
     assert doc["tls"]["configured"] and 9 < doc["tls"]["days_left"] <= 10
     metrics = cli("metrics", env=env)
-    days = re.search(r"^donnadb_tls_cert_days_left (\S+)$", metrics.stdout, re.M)
-    assert days and 9 < float(days.group(1)) <= 10, metrics.stdout
+    left = re.search(r"^donnadb_tls_cert_remaining_seconds (\S+)$", metrics.stdout, re.M)
+    assert left and 9 * 86400 < float(left.group(1)) <= 10 * 86400, metrics.stdout
     assert 'donnadb_health_status{check="tls_expiry"} 1.0' in metrics.stdout
 
 
