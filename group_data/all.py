@@ -241,6 +241,13 @@ pgbackrest_s3_retention_diff = 6
 pgbackrest_s3_key_type = "auto"
 
 
+# --- Monitoring (donnadb/provision/monitoring.py; docs/monitoring.md) ---------------
+# Prometheus, Alertmanager and node_exporter on each database host, on its own address
+# (the first of pg_listen_addresses). Alertmanager delivers to this webhook (e.g. a
+# chat integration's incoming URL); None keeps alerts in Alertmanager only.
+alertmanager_webhook_url = None
+
+
 # --- PgBouncer (donnadb/provision/pgbouncer.py; docs/loadtest.md) --------------------
 # Transaction pooling on its own port. The deploy writes PGBOUNCER_PORT to donnadb.env,
 # so the app role connects through it by default (donnadb/db.py); migrations, backups

@@ -25,6 +25,7 @@ from donnadb.provision import (
     hba,
     install,
     logs,
+    monitoring,
     opsjobs,
     packages,
     passwords,
@@ -64,7 +65,7 @@ def converge_postgresql(settings: DeploySettings) -> Callable[[], bool]:
 
 def converge_host(settings: DeploySettings) -> None:
     """Everything: :func:`converge_postgresql`, then cron (without systemd), backups,
-    PgBouncer and the ops jobs.
+    PgBouncer, the ops jobs and monitoring (Prometheus, Alertmanager, node_exporter).
 
     A later step that edits postgresql settings should use group_data
     pg_extra_settings, or call service.ensure_running(settings,
@@ -75,6 +76,7 @@ def converge_host(settings: DeploySettings) -> None:
     backups.install_backups(settings)
     pgbouncer.install_pgbouncer(settings, tls_changed=tls_changed)
     opsjobs.install_ops_jobs(settings)
+    monitoring.install_monitoring(settings)
     logs.rotate_logs(settings)
 
 

@@ -41,6 +41,21 @@ def test_postgresql_and_pgbouncer_listen_on_the_hosts_own_address_only(fleet: Fl
     assert {"127.0.0.11:5432", "127.0.0.11:6432"} <= ports
     assert not [p for p in ports if p.endswith((":5432", ":6432")) and
                 not p.startswith("127.0.0.11:")], ports
+    # Monitoring too: Prometheus, Alertmanager and node_exporter have no login.
+    monitoring = {"127.0.0.11:9090", "127.0.0.11:9093", "127.0.0.11:9100"}
+    assert monitoring <= ports
+    assert not [p for p in ports if p.endswith((":9090", ":9093", ":9100", ":9094"))
+                and p not in monitoring], ports
+
+
+def test_prometheus_scrapes_every_target_of_the_host(fleet: Fleet):
+    probe = ("for i in $(seq 60); do curl -fsS http://127.0.0.11:9090/api/v1/targets "
+             "| python3 -c 'import json,sys; t=json.load(sys.stdin)[\"data\"][\"activeTargets\"]; "
+             "sys.exit(0 if len(t) == 3 and all(x[\"health\"] == \"up\" for x in t) else 1)' "
+             "&& exit 0; sleep 2; done; exit 1")
+    done = fleet.db.run(probe, check=False, timeout=200)
+    assert done.returncode == 0, fleet.db.run(
+        "curl -sS http://127.0.0.11:9090/api/v1/targets").stdout[-3000:]
 
 
 def test_the_jobs_are_systemd_timers_and_a_backup_runs_under_systemd(fleet: Fleet):

@@ -1,0 +1,112 @@
+"""Monitoring as the deploy writes it: the daemons' settings, checked by the tools of
+the packages the deploy installs (promtool, amtool), and, under systemd, the running
+Prometheus scraping every target and holding our rules and series."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from donnadb.ops import alerts
+from donnadb.provision import monitoring
+from donnadb.provision.settings import load_deploy_settings
+from tests.provision.deployrun import load_group_data
+from tests.support import GroupData, with_systemd
+
+
+def settings(**extra):
+    return load_deploy_settings(GroupData({**load_group_data(), **extra}))
+
+
+def test_every_daemon_listens_on_the_hosts_own_address_never_a_wildcard():
+    own = monitoring.daemon_args(settings(pg_listen_addresses="10.0.1.11"))
+    assert all("--web.listen-address=10.0.1.11:" in args for args in own.values())
+    assert "--cluster.listen-address= " in own["prometheus-alertmanager"] + " "
+    local = monitoring.daemon_args(settings(pg_listen_addresses="localhost"))
+    assert all("=127.0.0.1:" in args for args in local.values())
+    wildcard = monitoring.daemon_args(settings(pg_listen_addresses="*"))
+    assert all("=127.0.0.1:" in args for args in wildcard.values())
+
+
+def test_prometheus_settings_and_rules_pass_promtool(tmp_path):
+    config = yaml.safe_load(monitoring.prometheus_config(settings()))
+    assert {job["job_name"] for job in config["scrape_configs"]} == {
+        alerts.JOB_PROMETHEUS, alerts.JOB_ALERTMANAGER, alerts.JOB_NODE}
+    rules = tmp_path / "donnadb.yml"
+    rules.write_text(monitoring.RULES_SOURCE.read_text())
+    config["rule_files"] = [str(rules)]
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    done = subprocess.run(["promtool", "check", "config", str(path)], capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("webhook", [None, "https://chat.example.net/hooks/donna"])
+def test_alertmanager_settings_pass_amtool(tmp_path, webhook):
+    path = tmp_path / "alertmanager.yml"
+    path.write_text(monitoring.alertmanager_config(webhook))
+    done = subprocess.run(["amtool", "check-config", str(path)], capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    config = yaml.safe_load(path.read_text())
+    assert config["inhibit_rules"] == alerts.inhibit_rules()
+    hooks = config["receivers"][0].get("webhook_configs", [])
+    assert [h["url"] for h in hooks] == ([webhook] if webhook else [])
+
+
+def _get(url: str):
+    with urllib.request.urlopen(url, timeout=10) as answer:  # noqa: S310 - our loopback
+        return json.loads(answer.read())["data"]
+
+
+def _wait(what: str, probe, timeout: float = 120.0):
+    """Poll ``probe()`` until it returns something true (bounded)."""
+    deadline = time.monotonic() + timeout
+    seen = None
+    while time.monotonic() < deadline:
+        try:
+            seen = probe()
+        except OSError as exc:
+            seen = exc
+        else:
+            if seen:
+                return seen
+        time.sleep(2)
+    raise AssertionError(f"{what} not reached in {timeout:.0f} s: {seen}")
+
+
+@pytest.mark.deploy
+@with_systemd
+def test_the_deployed_prometheus_scrapes_every_target_and_holds_our_rules_and_series(
+        deployed, deploy_settings):
+    base = f"http://{monitoring.listen_address(deploy_settings)}:{monitoring.PROMETHEUS_PORT}"
+
+    def all_up():
+        targets = _get(f"{base}/api/v1/targets")["activeTargets"]
+        up = {t["labels"]["job"]: t["health"] for t in targets}
+        return up if set(up.values()) == {"up"} and len(up) == 3 else None
+
+    assert set(_wait("every target up", all_up)) == {
+        alerts.JOB_PROMETHEUS, alerts.JOB_ALERTMANAGER, alerts.JOB_NODE}
+    groups = _get(f"{base}/api/v1/rules")["groups"]
+    loaded = sum(len(g["rules"]) for g in groups)
+    shipped = yaml.safe_load(Path(monitoring.RULES_SOURCE).read_text())
+    assert loaded == sum(len(g["rules"]) for g in shipped["groups"])
+    # The metrics timer's textfile, through node_exporter, as job "node".
+    subprocess.run(["systemctl", "start", "donna-ops-metrics.service"], check=True,
+                   capture_output=True, timeout=120)
+    query = f"{base}/api/v1/query?query=donnadb_up"
+    series = _wait("donnadb_up in Prometheus", lambda: _get(query)["result"])
+    assert series[0]["metric"]["job"] == alerts.JOB_NODE and series[0]["value"][1] == "1"
+    # Alertmanager has its inhibit rules and Prometheus sends to it.
+    managers = _get(f"{base}/api/v1/alertmanagers")["activeAlertmanagers"]
+    assert [m["url"] for m in managers] == [
+        f"http://{monitoring.listen_address(deploy_settings)}:"
+        f"{monitoring.ALERTMANAGER_PORT}/api/v2/alerts"]
