@@ -5,6 +5,8 @@ its role needs."""
 from __future__ import annotations
 
 import json
+import shlex
+import textwrap
 
 import paramiko
 import pytest
@@ -49,13 +51,20 @@ def test_postgresql_and_pgbouncer_listen_on_the_hosts_own_address_only(fleet: Fl
 
 
 def test_prometheus_scrapes_every_target_of_the_host(fleet: Fleet):
-    probe = ("for i in $(seq 60); do curl -fsS http://127.0.0.11:9090/api/v1/targets "
-             "| python3 -c 'import json,sys; t=json.load(sys.stdin)[\"data\"][\"activeTargets\"]; "
-             "sys.exit(0 if len(t) == 3 and all(x[\"health\"] == \"up\" for x in t) else 1)' "
-             "&& exit 0; sleep 2; done; exit 1")
-    done = fleet.db.run(probe, check=False, timeout=200)
-    assert done.returncode == 0, fleet.db.run(
-        "curl -sS http://127.0.0.11:9090/api/v1/targets").stdout[-3000:]
+    """Its own, Alertmanager's and node_exporter's (which carries our textfile)."""
+    probe = textwrap.dedent("""
+        import json, time, urllib.request
+        for _ in range(60):
+            with urllib.request.urlopen("http://127.0.0.11:9090/api/v1/targets") as r:
+                targets = json.load(r)["data"]["activeTargets"]
+            health = {t["labels"]["job"]: t["health"] for t in targets}
+            if len(health) == 3 and set(health.values()) == {"up"}:
+                break
+            time.sleep(2)
+        print(json.dumps(health))
+    """)
+    done = fleet.db.run(f"python3 -c {shlex.quote(probe)}", timeout=200)
+    assert json.loads(done.stdout) == {"prometheus": "up", "alertmanager": "up", "node": "up"}
 
 
 def test_the_jobs_are_systemd_timers_and_a_backup_runs_under_systemd(fleet: Fleet):
