@@ -21,29 +21,34 @@ def _repository() -> Path:
     return get_settings().backup_repo_dir
 
 
-def latest(*, now: datetime | None = None, repo: Path | None = None) -> dict[str, Any]:
-    """``{"status": "ok"|"unknown", "finished_at", "age_hours", "backup_id", "repository"}``
-    of the newest good (complete, not failed by verify) backup in the local repository.
-    """
-    now = now or datetime.now(UTC)
-    repo = repo or _repository()
-    unknown = {"status": "unknown", "finished_at": None, "age_hours": None, "backup_id": None,
-               "repository": str(repo) if repo else None}
+def good_backups(repo: Path | None) -> list[Any]:
+    """The good (complete, not failed by verify) backups in ``repo``, reading every
+    manifest once; [] when there is no repository or it cannot be read (logged).
+    ``status`` lists once and hands the list to :func:`latest` and :func:`drills`."""
     if repo is None:
-        return unknown
+        return []
     try:
         from donnadb.backup.storage_local import list_backups
 
-        good = [b for b in list_backups(repo) if b.good]
+        return [b for b in list_backups(repo) if b.good]
     except (ImportError, OSError) as exc:
         log.warning("cannot list backups in %s: %s", repo, exc)
-        return unknown
+        return []
+
+
+def latest(*, now: datetime | None = None, repo: Path | None = None,
+           good: list[Any] | None = None) -> dict[str, Any]:
+    """``{"status": "ok"|"unknown", "finished_at", "age_hours", "backup_id", "repository"}``
+    of the newest of ``good`` (default: :func:`good_backups` of ``repo``).
+    """
+    now = now or datetime.now(UTC)
+    repo = repo or _repository()
+    good = good_backups(repo) if good is None else good
     if not good:
-        return unknown
+        return {"status": "unknown", "finished_at": None, "age_hours": None,
+                "backup_id": None, "repository": str(repo) if repo else None}
     newest = max(good, key=lambda b: b.manifest.finished)
-    finished = newest.manifest.finished
-    if finished.tzinfo is None:
-        finished = finished.replace(tzinfo=UTC)
+    finished = _aware(newest.manifest.finished)
     return {
         "status": "ok",
         "finished_at": finished,
@@ -53,11 +58,17 @@ def latest(*, now: datetime | None = None, repo: Path | None = None) -> dict[str
     }
 
 
-def drills(*, now: datetime | None = None, repo: Path | None = None) -> dict[str, Any]:
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def drills(*, now: datetime | None = None, repo: Path | None = None,
+           good: list[Any] | None = None) -> dict[str, Any]:
     """The last restore drill of each kind (``backup drill``), read from the repository's
     drill-state.json: ``{"kinds": {kind: {..., "age_seconds", "last_success_ts"}},
-    "oldest_backup_age_hours"}`` (the age of the oldest good backup, so a host whose
-    backups are younger than the drill interval is not yet expected to have drilled)."""
+    "oldest_backup_age_hours"}``, and the age of the oldest of ``good`` (default:
+    :func:`good_backups` of ``repo``), so a host whose backups are younger than the
+    drill interval is not yet expected to have drilled."""
     now = now or datetime.now(UTC)
     repo = repo or _repository()
     view: dict[str, Any] = {"kinds": {}, "oldest_backup_age_hours": None}
@@ -65,26 +76,21 @@ def drills(*, now: datetime | None = None, repo: Path | None = None) -> dict[str
         return view
     try:
         from donnadb.backup.drill import read_state
-        from donnadb.backup.storage_local import list_backups
-
-        state = read_state(repo)
-        good = [b for b in list_backups(repo) if b.good]
-    except (ImportError, OSError) as exc:
+    except ImportError as exc:
         log.warning("cannot read the drill state in %s: %s", repo, exc)
         return view
+    good = good_backups(repo) if good is None else good
     if good:
-        oldest = min(b.manifest.finished for b in good)
-        oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
+        oldest = _aware(min(b.manifest.finished for b in good))
         view["oldest_backup_age_hours"] = round((now - oldest).total_seconds() / 3600, 2)
-    for kind, last in state.items():
+    for key, last in read_state(repo).items():
         success = last.get("last_success_at")
-        when = datetime.fromisoformat(success) if isinstance(success, str) else None
-        if when is not None and when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        view["kinds"][kind] = {
+        when = _aware(datetime.fromisoformat(success)) if isinstance(success, str) else None
+        view["kinds"][key] = {
             **last,
             "failed": not last.get("ok", False),
             "last_success_ts": when.timestamp() if when else None,
             "age_seconds": round((now - when).total_seconds(), 1) if when else None,
         }
     return view
+

@@ -189,6 +189,8 @@ def collect(settings: Settings, *, dbname: str | None = None) -> dict[str, Any]:
         bloat = _bloat(cur)
         archiver = cur.execute(archiving.ARCHIVER_SQL).fetchone()
     total = sum(states.values())
+    # Every manifest is read once per scrape: the newest backup and the drills share it.
+    good = backups.good_backups(settings.backup_repo_dir)
     usable = server["max_connections"] - server["reserved_connections"]
     hits = cache["hit"] + cache["read"]
     return {
@@ -217,11 +219,11 @@ def collect(settings: Settings, *, dbname: str | None = None) -> dict[str, Any]:
         },
         "partitions": {"table": PARTITIONED_PARENT, **partitions},
         "bloat": bloat,
-        "backup": backups.latest(now=now, repo=settings.backup_repo_dir),
+        "backup": backups.latest(now=now, repo=settings.backup_repo_dir, good=good),
         "archiving": archiving.summary(
             archiver, settings.backup_repo_dir if settings.pgbackrest_enabled else None,
             now.timestamp()),
-        "drill": backups.drills(now=now, repo=settings.backup_repo_dir),
+        "drill": backups.drills(now=now, repo=settings.backup_repo_dir, good=good),
         "pgbouncer": pgbouncer.pools(settings, dbname=dbname),
         "tls": tls.certificate(settings.tls_server_cert_file, now=now),
         # None on a single host; the members as Patroni sees them in a cluster.

@@ -1,6 +1,7 @@
 import json
 from datetime import UTC, datetime, timedelta
 
+from donnadb.backup import storage_local
 from donnadb.backup.storage_local import new_backup_id
 from donnadb.ops import backups, status
 
@@ -30,6 +31,17 @@ def test_collect_reads_every_figure_of_the_deployed_database(settings):
     assert report["connections"]["max"] > report["connections"]["total"]
     assert report["partitions"]["present"] and report["partitions"]["current_covered"]
     assert report["wraparound"]["xid_age"] > 0
+
+
+def test_one_scrape_reads_the_backup_manifests_once(settings, monkeypatch, tmp_path):
+    """The newest backup and the drills' "oldest backup" come from one listing."""
+    listed = []
+    real = storage_local.list_backups
+    monkeypatch.setattr(storage_local, "list_backups",
+                        lambda repo: listed.append(repo) or real(repo))
+    report = status.collect(settings.model_copy(update={"backup_repo_dir": tmp_path}))
+    assert listed == [tmp_path]
+    assert report["backup"]["status"] == "unknown" and report["drill"]["kinds"] == {}
 
 
 def test_status_json_and_screen(cli):
