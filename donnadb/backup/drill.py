@@ -45,7 +45,7 @@ from donnadb.backup import manifest as mf
 from donnadb.backup.errors import BackupError
 from donnadb.config import Settings
 from donnadb.errors import DonnaError
-from donnadb.ops import eventlog
+from donnadb.ops import archiving, eventlog
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,6 @@ SQL_INSERT_LOG = ("INSERT INTO public.system_logs (level, message, context, trac
 SQL_NOW = "SELECT now()"
 #: The segment holding everything written so far, closed so it is archived now.
 SQL_SWITCH_WAL = "SELECT pg_walfile_name(pg_switch_wal())"
-SQL_ARCHIVER = ("SELECT coalesce(last_archived_wal, ''), coalesce(last_failed_wal, '') "
-                "FROM pg_stat_archiver")
 SQL_MARKERS = ("SELECT count(*) FILTER (WHERE trace_id = {before}), "
                "count(*) FILTER (WHERE trace_id = {after}) FROM public.system_logs "
                "WHERE trace_id IN ({before}, {after})")
@@ -188,7 +186,8 @@ def _wait_archived(settings: Settings, segment: str, timeout: float) -> None:
     """
     deadline = time.monotonic() + timeout
     while True:
-        archived, failed = _live_sql(settings, sql.SQL(SQL_ARCHIVER)).split("|")
+        row = _archiver(settings)
+        archived, failed = row["last_archived_wal"] or "", row["last_failed_wal"]
         # WAL file names sort in the order they are written (timeline, then position).
         if archived >= segment:
             return
@@ -198,6 +197,12 @@ def _wait_archived(settings: Settings, segment: str, timeout: float) -> None:
                               f"{failed or 'none'}); fix archiving, see `donnactl backup "
                               "check`")
         time.sleep(0.5)
+
+
+def _archiver(settings: Settings) -> dict[str, Any]:
+    """pg_stat_archiver as monitoring reads it (archiving.ARCHIVER_SQL), one JSON row."""
+    query = f"SELECT row_to_json(a) FROM ({archiving.ARCHIVER_SQL}) a"
+    return json.loads(db.superuser_psql(query, dbname=settings.db_name, port=settings.db_port))
 
 
 def physical_drill(settings: Settings, *, port: int | None = None,

@@ -16,7 +16,7 @@ import pytest
 from donnadb.backup import drill, pitr, signing, snapshot
 from donnadb.backup import manifest as mf
 from donnadb.backup.errors import BackupError
-from donnadb.ops import backups, health, metrics
+from donnadb.ops import archiving, backups, health, metrics
 from donnadb.ops.checks import Severity
 from tests.support import superuser_psql
 
@@ -166,6 +166,16 @@ def test_no_drill_yet_warns_only_once_backups_are_older_than_the_interval(ds):
     assert health.backup_drill(view, ds).severity == Severity.OK
     view["oldest_backup_age_hours"] = ds.backup_drill_max_age_hours
     assert health.backup_drill(view, ds).severity == Severity.WARNING
+
+
+def test_the_wait_for_archiving_reads_what_monitoring_reads(ds, monkeypatch):
+    """One query of pg_stat_archiver (archiving.ARCHIVER_SQL) for status and the drill."""
+    monkeypatch.setattr(archiving, "ARCHIVER_SQL",
+                        "SELECT '00000001000000FF00000010' AS last_archived_wal, "
+                        "'00000001000000FF00000011' AS last_failed_wal")
+    drill._wait_archived(ds, "00000001000000FF00000010", timeout=0)
+    with pytest.raises(BackupError, match="last failed 00000001000000FF00000011"):
+        drill._wait_archived(ds, "00000001000000FF00000011", timeout=0)
 
 
 def test_physical_without_pgbackrest_says_so_in_one_line(ds):
