@@ -19,6 +19,7 @@ Each run measures RTO (seconds to restore and check) and RPO (the age of the res
 data: the drill's end minus the snapshot, or minus the target moment), writes one
 ``system_logs`` row per kind and keeps the last result per kind in
 ``BACKUP_REPO_DIR/drill-state.json``, which `donnactl metrics` and `health` read.
+What killed drills left behind is removed first (drillclean).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import psycopg
 from psycopg import sql
 
 from donnadb import db
-from donnadb.backup import bootstrap, dbfacts, pitr, restore, storage_local
+from donnadb.backup import bootstrap, dbfacts, drillclean, pitr, restore, storage_local
 from donnadb.backup import manifest as mf
 from donnadb.backup.errors import BackupError
 from donnadb.config import Settings
@@ -51,7 +52,6 @@ log = logging.getLogger(__name__)
 
 KINDS = ("logical", "physical")
 STATE_NAME = "drill-state.json"
-SCRATCH_PREFIX = "donna_drill_"
 MARKER_MESSAGE = "backup drill marker"
 #: Markers and results are written as the superuser: the backup jobs' user holds only
 #: the backup role's password, and that role may read, not write.
@@ -120,7 +120,7 @@ def logical_drill(settings: Settings, backup: storage_local.LocalBackup) -> Dril
     expected_parts = manifest.partition_counts
     result.checksums_available = expected_sums is not None
     restore.decryption(settings, manifest)  # no key here: an error before any work
-    scratch = f"{SCRATCH_PREFIX}{secrets.token_hex(4)}"
+    scratch = f"{drillclean.SCRATCH_PREFIX}{secrets.token_hex(4)}"
     started = time.monotonic()
     try:
         try:
@@ -284,13 +284,11 @@ def _private_dir(path: Path) -> None:
 
 
 def _remove_copy(engine: pitr.Engine, data_dir: Path) -> None:
-    if (data_dir / "postmaster.pid").exists():
-        try:
-            pitr.stop_copy(engine.cluster, data_dir)
-        except DonnaError as exc:
-            log.error("could not stop the drill's copy in %s (%s)", data_dir, exc)
-            return  # deleting files under a running server would only add damage
-    shutil.rmtree(data_dir, ignore_errors=True)
+    try:
+        drillclean.remove_copy(engine.cluster, data_dir)
+    except DonnaError as exc:
+        log.error("could not stop the drill's copy in %s (%s); the next drill removes it",
+                  data_dir, exc)
 
 
 def record(settings: Settings, results: list[DrillResult]) -> None:

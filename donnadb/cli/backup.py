@@ -293,10 +293,12 @@ def drill(
 
     Logical: row counts per table and per partition and a content checksum per table,
     against those taken in the backup's snapshot. Physical: a marker row written just
-    before a target moment is restored by WAL replay. Reports RTO and RPO; the result
-    goes to system_logs and to the metrics (docs/backup.md, Restore drills).
+    before a target moment is restored by WAL replay. First removes what killed drills
+    left behind. Reports RTO and RPO; the result goes to system_logs and to the metrics
+    (docs/backup.md, Restore drills).
     """
     from donnadb.backup import drill as drills
+    from donnadb.backup import drillclean
     from donnadb.cli import drill_view
 
     if logical + physical + both > 1:
@@ -309,29 +311,34 @@ def drill(
     # Restores need a writable server and markers go to the live database: the leader's.
     leader_only(settings, "backup drill", json=json_out, kind="backup")
     results = []
-    if not physical:
-        results.append(_logical_drill(settings, drills, if_key=if_key, json_out=json_out,
-                                      allow_unsigned=allow_unsigned))
-    if not logical:
-        if settings.pgbackrest_enabled:
-            busy = nullcontext() if json_out else console.status(
-                "physical drill: marker rows, WAL archive, restore to a moment ...")
-            with busy:
-                results.append(drills.physical_drill(settings))
-        else:
-            results.append(drills.DrillResult(
-                "physical", True, skipped="skipped: pgBackRest is not enabled "
-                "(group_data pgbackrest_enabled)"))
+    with drillclean.session(settings) as leftovers:
+        if not physical:
+            results.append(_logical_drill(settings, drills, if_key=if_key, json_out=json_out,
+                                          allow_unsigned=allow_unsigned))
+        if not logical:
+            results.append(_physical_drill(settings, drills, json_out=json_out))
     drills.record(settings, results)
     failed = [r for r in results if not r.ok]
     if json_out:
-        emit_json({"ok": not failed, "results": [r.to_dict() for r in results]})
+        emit_json({"ok": not failed, "results": [r.to_dict() for r in results],
+                   "leftovers": None if leftovers is None
+                   else [item.to_dict() for item in leftovers]})
     else:
-        drill_view.render(results)
+        drill_view.render(results, leftovers)
     if failed:
         first = failed[0]
         raise DrillFailed(f"{first.kind} drill of {first.backup_id or 'the newest backup'} "
                           f"failed: {first.problems[0]}")
+
+
+def _physical_drill(settings: Settings, drills, *, json_out: bool):
+    if not settings.pgbackrest_enabled:
+        return drills.DrillResult("physical", True, skipped="skipped: pgBackRest is not "
+                                  "enabled (group_data pgbackrest_enabled)")
+    busy = nullcontext() if json_out else console.status(
+        "physical drill: marker rows, WAL archive, restore to a moment ...")
+    with busy:
+        return drills.physical_drill(settings)
 
 
 def _logical_drill(settings: Settings, drills, *, if_key: bool, json_out: bool,
@@ -378,8 +385,9 @@ def restore_(
                                help="Replace a non-empty target (it is kept as "
                                     "<target>_before_<stamp>)."),
     cleanup: bool = typer.Option(False, "--cleanup",
-                                 help="Drop the kept <target>_before_* copies and the "
-                                      "<target>_restoring_* leftovers of killed restores."),
+                                 help="Drop the kept <target>_before_* copies, the "
+                                      "<target>_restoring_* leftovers of killed restores "
+                                      "and those of killed drills (donna_drill_*)."),
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
     jobs: int | None = JobsOpt,
@@ -459,20 +467,30 @@ def _restore_plan(settings: Settings, backup_id: str, target_db: str, *, force: 
 
 def _cleanup(settings: Settings, target_db: str, *, dry_run: bool, yes: bool,
              json_out: bool) -> None:
+    from donnadb.backup import drillclean
+
     if not restore.DBNAME_RE.match(target_db):
         raise UsageError(f"--target-db {target_db!r} is not a plain database name")
     # Resuming deletes nothing, so it needs no question (and a "no" must not block it).
     resumed = False if dry_run else swap.resume_if_left_paused(settings, target_db)
     found = swap.leftovers(settings, target_db)
     doomed = [f for f in found if not f.in_use]
-    if doomed and not dry_run:
-        confirm(f"Drop {len(doomed)} database(s) left by restores of {target_db}: "
-                + ", ".join(f.name for f in doomed) + "?", yes)
+    # A drill's copies are anybody's leftovers only while no drill runs.
+    with drillclean.removing(settings) as drill_found:
+        drill_doomed = [d for d in drill_found or () if d.kept_because is None]
+    names = [f.name for f in doomed] + [d.name for d in drill_doomed]
+    if names and not dry_run:
+        confirm(f"Drop {len(names)} database(s) or drill copies left by restores of "
+                f"{target_db} and by restore drills: " + ", ".join(names) + "?", yes)
     dropped = [] if dry_run else swap.drop_leftovers(settings, target_db, doomed)
+    if drill_doomed and not dry_run:
+        drill_found = drillclean.remove_named(settings, {d.name for d in drill_doomed})
     if json_out:
         emit_json({"target_db": target_db, "dry_run": dry_run,
                    "found": [f.to_dict() for f in found], "dropped": dropped,
-                   "pgbouncer_resumed": resumed})
+                   "pgbouncer_resumed": resumed,
+                   "drill_leftovers": None if drill_found is None
+                   else [d.to_dict() for d in drill_found]})
         return
     if resumed:
         console.print(f"{target_db} was left paused on PgBouncer (a killed restore): resumed")
@@ -485,6 +503,17 @@ def _cleanup(settings: Settings, target_db: str, *, dry_run: bool, yes: bool,
         state = ("[yellow]in use by a running restore, kept[/]" if f.in_use
                  else f"[yellow]{verb}[/]")
         console.print(f"{f.name} ({what}): {state}")
+    _print_drill_leftovers(drill_found, verb)
+
+
+def _print_drill_leftovers(found: list | None, verb: str) -> None:
+    if found is None:
+        console.print("[yellow]a restore drill is running: its copies are not touched[/]")
+    for d in found or ():
+        state = (f"[yellow]kept[/] ({d.kept_because})" if d.kept_because
+                 else f"[yellow]{'dropped' if d.removed else verb}[/]")
+        console.print(f"{d.name} ({d.kind} left by a killed restore drill): {state}",
+                      highlight=False)
 
 
 @app.command()

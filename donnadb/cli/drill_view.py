@@ -1,10 +1,12 @@
-"""What `donnactl backup drill` prints for people: one summary table per kind."""
+"""What `donnactl backup drill` prints for people: the leftovers of earlier drills it
+removed, then one summary table per kind."""
 
 from __future__ import annotations
 
 from rich.table import Table
 
 from donnadb.backup.drill import DrillResult
+from donnadb.backup.drillclean import Leftover
 from donnadb.cli.output import console
 
 
@@ -16,7 +18,19 @@ def _bytes(value: int | None) -> str:
     return "-" if value is None else f"{value / 1024 / 1024:.1f} MiB"
 
 
-def render(results: list[DrillResult]) -> None:
+def _leftovers(leftovers: list[Leftover] | None) -> None:
+    if leftovers is None:
+        console.print("[yellow]another drill is running: leftovers of earlier drills not "
+                      "looked for[/]")
+    for item in leftovers or ():
+        state = ("removed" if item.removed
+                 else f"[yellow]kept[/] ({item.kept_because})")
+        console.print(f"leftover of an earlier drill, {item.kind} {item.name}: {state}",
+                      highlight=False)
+
+
+def render(results: list[DrillResult], leftovers: list[Leftover] | None) -> None:
+    _leftovers(leftovers)
     for r in results:
         if r.skipped:
             console.print(f"{r.kind}: [yellow]{r.skipped}[/]", highlight=False)

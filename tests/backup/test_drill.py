@@ -6,19 +6,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from donnadb.backup import drill, pitr, signing, snapshot
+from donnadb.backup import drill, drillclean, pitr, signing, snapshot
 from donnadb.backup import manifest as mf
 from donnadb.backup.errors import BackupError
 from donnadb.ops import archiving, backups, health, metrics
 from donnadb.ops.checks import Severity
-from tests.support import superuser_psql
+from tests.support import drop_database, superuser_psql
 
 DONNACTL = str(Path(sys.executable).with_name("donnactl"))
 
@@ -168,6 +170,86 @@ def test_no_drill_yet_warns_only_once_backups_are_older_than_the_interval(ds):
     assert health.backup_drill(view, ds).severity == Severity.WARNING
 
 
+def _database_exists(name: str) -> bool:
+    return superuser_psql(f"SELECT count(*) FROM pg_database WHERE datname = '{name}'") == "1"
+
+
+def test_a_drill_first_removes_the_databases_killed_drills_left(ds):
+    snapshot.create_backup(ds)
+    leftover = "donna_drill_0badc0de"
+    try:
+        # While another drill runs (it holds the drills' lock shared) no copy is surely a
+        # leftover: that drill's own must not be dropped under it.
+        with drillclean.session(ds):
+            superuser_psql(f"CREATE DATABASE {leftover}")
+            busy = subprocess.run([DONNACTL, "backup", "drill", "--logical", "--json"],
+                                  env=_env(ds), capture_output=True, text=True, check=False)
+        assert busy.returncode == 0, busy.stderr
+        assert json.loads(busy.stdout)["leftovers"] is None and _database_exists(leftover)
+
+        done = subprocess.run([DONNACTL, "backup", "drill", "--logical", "--json"],
+                              env=_env(ds), capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+        doc = json.loads(done.stdout)
+        assert doc["ok"] and doc["leftovers"] == [
+            {"kind": "database", "name": leftover, "removed": True, "kept_because": None}]
+        assert not _database_exists(leftover)
+        audit = [json.loads(line) for line in ds.ops_log_file.read_text().splitlines()]
+        assert [a["context"]["audit"] for a in audit
+                if a["message"] == "restore drill leftover removed"] == [
+            {"kind": "database", "name": leftover}]
+    finally:
+        drop_database(leftover)
+
+
+def test_restore_cleanup_drops_what_killed_drills_left_too(ds):
+    leftover = "donna_drill_feedf00d"
+    superuser_psql(f"CREATE DATABASE {leftover}")
+
+    def cleanup(*flags: str) -> dict:
+        done = subprocess.run([DONNACTL, "backup", "restore", "--cleanup", "--json", *flags],
+                              env=_env(ds), capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+        return {d["name"]: d for d in json.loads(done.stdout)["drill_leftovers"]}
+
+    try:
+        assert cleanup("--dry-run")[leftover] == {
+            "kind": "database", "name": leftover, "removed": False, "kept_because": None}
+        assert _database_exists(leftover)
+        assert cleanup("--yes")[leftover]["removed"] and not _database_exists(leftover)
+    finally:
+        drop_database(leftover)
+
+
+@pytest.fixture
+def drill_dir():
+    """BACKUP_DRILL_DIR where the cluster owner can look, like /var/tmp/donna-drill."""
+    path = Path(tempfile.mkdtemp(prefix="donna-drills-", dir="/var/tmp"))  # noqa: S108
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_leftover_copies_of_physical_drills_are_removed_and_others_kept(bs, drill_dir):
+    s = bs.model_copy(update={"pgbackrest_enabled": True, "backup_drill_dir": drill_dir})
+    killed = drill_dir / "drill-20260101T040000"
+    (killed / "base").mkdir(parents=True)
+    # a machine that died with the copy running leaves a stale pid file behind
+    (killed / "PG_VERSION").write_text("15\n")
+    (killed / "postmaster.pid").write_text("999999\n")
+    for path in (killed, killed / "base", killed / "PG_VERSION", killed / "postmaster.pid"):
+        shutil.chown(path, "postgres", "postgres")
+    killed.chmod(0o700)
+    stranger = drill_dir / "drill-notes"
+    stranger.mkdir()
+    with drillclean.session(s) as removed:
+        assert [(i.kind, i.name, i.removed) for i in removed if i.kind == "directory"] == [
+            ("directory", str(killed), True)]
+        # the running drill's session: a cleanup now finds nothing it may touch
+        with drillclean.removing(s) as found:
+            assert found is None
+    assert not killed.exists() and stranger.exists()
+
+
 def test_the_wait_for_archiving_reads_what_monitoring_reads(ds, monkeypatch):
     """One query of pg_stat_archiver (archiving.ARCHIVER_SQL) for status and the drill."""
     monkeypatch.setattr(archiving, "ARCHIVER_SQL",
@@ -230,7 +312,7 @@ def test_physical_drill_replays_wal_to_just_after_the_marker(bs, tmp_path):
                               "message LIKE 'backup drill physical%'", dbname="drilldb",
                               port=PHYSICAL_PORT) == "info backup drill physical passed"
         state = drill.read_state(s.backup_repo_dir)
-        assert state["physical"]["ok"] and state["physical"]["rto_seconds"] > 0
+        assert state["physical-repo1"]["ok"] and state["physical-repo1"]["rto_seconds"] > 0
 
 
 def test_the_copy_directory_must_be_private(tmp_path):
