@@ -6,10 +6,11 @@ table's content checksum and every partition's row count are taken again in the 
 and compared with those the manifest recorded in the dump's own snapshot
 (dbfacts.table_facts). One byte changed in one row fails the drill, naming the table.
 
-Physical (pgBackRest): a marker row is written to the live database just before a
-target moment and one just after it, their WAL is switched out and waited for in the
-archive, and the cluster is restored to that moment into a throwaway data directory
-on a scratch port: the first marker must be there and the second must not. The
+Physical (pgBackRest), once per repository (every configured one unless one is named):
+a marker row is written to the live database just before a target moment and one just
+after it, their WAL is switched out and waited for in the archive, and the cluster is
+restored from that repository's newest backup to that moment into a throwaway data
+directory on a scratch port: the first marker must be there and the second must not. The
 markers go to ``system_logs``: the audit trail already takes the drill's result, the
 application role may not change it (so nothing else writes there under our trace id),
 it is indexed by ``trace_id`` and its partitions age out with log retention, so no
@@ -17,9 +18,9 @@ migration and no table of the drill's own are needed.
 
 Each run measures RTO (seconds to restore and check) and RPO (the age of the restored
 data: the drill's end minus the snapshot, or minus the target moment), writes one
-``system_logs`` row per kind and keeps the last result per kind in
-``BACKUP_REPO_DIR/drill-state.json``, which `donnactl metrics` and `health` read.
-What killed drills left behind is removed first (drillclean).
+``system_logs`` row per drill and keeps the last result of each (``logical``,
+``physical-repo<N>``) in ``BACKUP_REPO_DIR/drill-state.json``, which `donnactl metrics`
+and `health` read. What killed drills left behind is removed first (drillclean).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import json
 import logging
 import os
 import pwd
+import re
 import secrets
 import shutil
 import stat
@@ -45,13 +47,14 @@ from donnadb.backup import bootstrap, dbfacts, drillclean, pitr, restore, storag
 from donnadb.backup import manifest as mf
 from donnadb.backup.errors import BackupError
 from donnadb.config import Settings
-from donnadb.errors import DonnaError
+from donnadb.errors import DonnaError, UsageError
 from donnadb.ops import archiving, eventlog
 
 log = logging.getLogger(__name__)
 
-KINDS = ("logical", "physical")
 STATE_NAME = "drill-state.json"
+#: drill-state.json's key of a physical drill: one per repository.
+PHYSICAL_KEY_RE = re.compile(r"^physical-repo([0-9]+)$")
 MARKER_MESSAGE = "backup drill marker"
 #: Markers and results are written as the superuser: the backup jobs' user holds only
 #: the backup role's password, and that role may read, not write.
@@ -87,6 +90,13 @@ class DrillResult:
     problems: list[str] = field(default_factory=list)
     skipped: str | None = None
     target_time: str | None = None
+    #: The pgBackRest repository a physical drill restored from.
+    repo: int | None = None
+
+    @property
+    def key(self) -> str:
+        """Its entry in drill-state.json: the kind, per repository for physical drills."""
+        return self.kind if self.repo is None else f"{self.kind}-repo{self.repo}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -205,47 +215,64 @@ def _archiver(settings: Settings) -> dict[str, Any]:
     return json.loads(db.superuser_psql(query, dbname=settings.db_name, port=settings.db_port))
 
 
-def physical_drill(settings: Settings, *, port: int | None = None,
+def drill_repos(settings: Settings, repo: int | None = None) -> tuple[int, ...]:
+    """The repositories a physical drill goes through: ``repo``, or every configured one
+    (the local one first: a broken local copy shows before the long download).
+
+    :raises ConfigError: pgBackRest is not enabled.
+    :raises UsageError: ``repo`` is not configured.
+    """
+    configured = pitr.engine_from_settings(settings).repos
+    if repo is not None and repo not in configured:
+        raise UsageError(f"repository {repo} is not configured; this host's pgBackRest has "
+                         + ", ".join(f"repo{r}" for r in configured) + " only")
+    return configured if repo is None else (repo,)
+
+
+def physical_drills(settings: Settings, *, repo: int | None = None,
+                    **options: Any) -> list[DrillResult]:
+    """:func:`physical_drill` of each of :func:`drill_repos`, one after the other.
+
+    :raises ConfigError, UsageError: as :func:`drill_repos`.
+    """
+    return [physical_drill(settings, repo=each, **options)
+            for each in drill_repos(settings, repo)]
+
+
+def physical_drill(settings: Settings, *, repo: int | None = None, port: int | None = None,
                    work_dir: Path | None = None, archive_timeout: float = 300) -> DrillResult:
-    """Restore the newest pgBackRest backup to a moment just after a marker row, into a
-    throwaway data directory on a scratch port; check the marker; remove the copy.
+    """Restore the newest pgBackRest backup of ``repo`` (default: the first configured)
+    to a moment just after a marker row, into a throwaway data directory on a scratch
+    port; check the marker; remove the copy.
 
     Never raises for a failed restore or a missing marker: the result says so.
 
     :raises ConfigError: pgBackRest is not enabled.
     """
     engine = pitr.engine_from_settings(settings)
-    result = DrillResult("physical", True)
+    repo = repo or engine.repos[0]
+    result = DrillResult("physical", True, repo=repo)
     port = port or settings.backup_drill_port
     stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}"
-    data_dir = (work_dir or settings.backup_drill_dir) / f"drill-{stamp}"
+    data_dir = (work_dir or settings.backup_drill_dir) / f"drill-{stamp}-repo{repo}"
     try:
-        backups = pitr.stanza_info(engine).get("backup", [])
+        backups = [b for b in pitr.stanza_info(engine).get("backup", [])
+                   if b.get("database", {}).get("repo-key") == repo]
         if not backups:
             # A fresh host before its first physical-diff run: nothing to prove yet. The
             # missing backup is `backup check`'s and health's (physical_backup_age) to report.
-            result.skipped = ("skipped: no pgBackRest backup yet (`donnactl backup physical` "
-                              "takes one)")
+            result.skipped = (f"skipped: no pgBackRest backup in repo{repo} yet (`donnactl "
+                              "backup physical` takes one)")
             return result
         newest = backups[-1]
         result.backup_id = newest.get("label")
         result.backup_size_bytes = newest.get("info", {}).get("repository", {}).get("size")
         result.database_size_bytes = newest.get("info", {}).get("size")
-        # pgBackRest restores to a moment only from a backup that stopped before it, and
-        # keeps stop times to the second: a backup taken just now must be left behind.
-        stopped = newest.get("timestamp", {}).get("stop", 0)
-        time.sleep(max(0.0, stopped + 1.1 - time.time()))
-        marker = f"drill-{secrets.token_hex(8)}"
-        _write_marker(settings, marker, "before the target: must be restored")
-        target = datetime.fromisoformat(_live_sql(settings, sql.SQL(SQL_NOW)))
-        # Recovery stops at the first commit after the target, so one must follow it.
-        _write_marker(settings, f"{marker}-after", "after the target: must not be restored")
+        target, marker = _mark_target(settings, newest, archive_timeout)
         result.target_time = target.isoformat()
-        segment = _live_sql(settings, sql.SQL(SQL_SWITCH_WAL))
-        _wait_archived(settings, segment, archive_timeout)
         _private_dir(data_dir.parent)
         started = time.monotonic()
-        pitr.restore_to_time(engine, target, data_dir=data_dir, port=port)
+        pitr.restore_to_time(engine, target, repo=repo, data_dir=data_dir, port=port)
         found = db.superuser_psql(sql.SQL(SQL_MARKERS).format(
             before=sql.Literal(marker), after=sql.Literal(f"{marker}-after")).as_string(None),
             dbname=settings.db_name, port=port)
@@ -260,6 +287,27 @@ def physical_drill(settings: Settings, *, port: int | None = None,
     finally:
         _remove_copy(engine, data_dir)
     return result
+
+
+def _mark_target(settings: Settings, newest: dict[str, Any],
+                 archive_timeout: float) -> tuple[datetime, str]:
+    """Write the marker rows around a target moment after ``newest`` (a backup's
+    ``info`` entry) stopped and wait until their WAL is archived: (target, marker).
+
+    :raises DonnaError: the live database or archiving failed.
+    """
+    # pgBackRest restores to a moment only from a backup that stopped before it, and
+    # keeps stop times to the second: a backup taken just now must be left behind.
+    stopped = newest.get("timestamp", {}).get("stop", 0)
+    time.sleep(max(0.0, stopped + 1.1 - time.time()))
+    marker = f"drill-{secrets.token_hex(8)}"
+    _write_marker(settings, marker, "before the target: must be restored")
+    target = datetime.fromisoformat(_live_sql(settings, sql.SQL(SQL_NOW)))
+    # Recovery stops at the first commit after the target, so one must follow it.
+    _write_marker(settings, f"{marker}-after", "after the target: must not be restored")
+    segment = _live_sql(settings, sql.SQL(SQL_SWITCH_WAL))
+    _wait_archived(settings, segment, archive_timeout)
+    return target, marker
 
 
 def _private_dir(path: Path) -> None:
@@ -292,28 +340,34 @@ def _remove_copy(engine: pitr.Engine, data_dir: Path) -> None:
 
 
 def record(settings: Settings, results: list[DrillResult]) -> None:
-    """Keep each result that ran as its kind's last (drill-state.json) and write it to
-    ``system_logs``; a database that cannot take the row is logged, not raised: the
-    state file, which the metrics read, is what must not be lost."""
+    """Keep each result that ran as the last of its kind and repository
+    (drill-state.json) and write it to ``system_logs``; a database that cannot take the
+    row is logged, not raised: the state file, which the metrics read, is what must
+    not be lost."""
     ran = [r for r in results if r.skipped is None]
     if not ran:
         return
     state = read_state(settings.backup_repo_dir)
     for r in ran:
-        previous = state.get(r.kind, {})
-        state[r.kind] = {
+        previous = state.get(r.key, {})
+        state[r.key] = {
+            "kind": r.kind, "repo": r.repo,
             "last_run_at": r.started_at, "ok": r.ok, "backup_id": r.backup_id,
             "rto_seconds": r.rto_seconds, "rpo_seconds": r.rpo_seconds,
             "problem": r.problems[0] if r.problems else None,
             "last_success_at": r.started_at if r.ok else previous.get("last_success_at"),
         }
+    if any(r.kind == "physical" for r in ran):
+        _forget_unconfigured(settings, state, keep={r.key for r in ran})
     repo = storage_local.ensure_repo(settings.backup_repo_dir)
     storage_local.write_group_readable(repo, repo / STATE_NAME,
                                        json.dumps(state, indent=2, sort_keys=True) + "\n")
     for r in ran:
+        where = f" repo{r.repo}" if r.repo is not None else ""
         query = sql.SQL(SQL_INSERT_LOG).format(
             level=sql.Literal("info" if r.ok else "error"),
-            message=sql.Literal(f"backup drill {r.kind} " + ("passed" if r.ok else "FAILED")),
+            message=sql.Literal(f"backup drill {r.kind}{where} "
+                                + ("passed" if r.ok else "FAILED")),
             context=sql.Literal(json.dumps(r.to_dict(), default=str)),
             trace_id=sql.Literal(eventlog.trace_id()))
         try:
@@ -322,11 +376,36 @@ def record(settings: Settings, results: list[DrillResult]) -> None:
             log.warning("could not write the drill's result to system_logs: %s", exc)
 
 
+def _forget_unconfigured(settings: Settings, state: dict[str, dict[str, Any]],
+                         keep: set[str]) -> None:
+    """Drop the physical drills of repositories not configured here any more (the bucket
+    went, or an entry from before drills were per repository was taken for repo1's on
+    a cluster, which has repo2 only): nothing would refresh them, and health would call
+    them stale for ever."""
+    configured = pitr.engine_from_settings(settings).repos if settings.pgbackrest_enabled \
+        else ()
+    for key in [k for k, v in state.items() if v["kind"] == "physical"
+                and v["repo"] not in configured and k not in keep]:
+        del state[key]
+
+
 def read_state(repo: Path) -> dict[str, dict[str, Any]]:
-    """The last drill result per kind (empty when none ran or the file is unreadable)."""
+    """The last drill result of each kind and repository, keyed ``logical`` and
+    ``physical-repo<N>`` (empty when none ran or the file is unreadable). A ``physical``
+    entry written before drills were per repository is repo1's: pgBackRest restored
+    from its first repository then."""
     try:
         data = json.loads((repo / STATE_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return {k: v for k, v in data.items() if k in KINDS and isinstance(v, dict)} \
-        if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        return {}
+    state = {k: v for k, v in data.items() if isinstance(v, dict)
+             and (k == "logical" or PHYSICAL_KEY_RE.match(k))}
+    legacy = data.get("physical")
+    if isinstance(legacy, dict) and "physical-repo1" not in state:
+        state["physical-repo1"] = {**legacy, "kind": "physical", "repo": 1}
+    for key, entry in state.items():
+        entry.setdefault("kind", key.split("-")[0])
+        entry.setdefault("repo", None)
+    return state

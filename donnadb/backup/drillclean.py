@@ -1,7 +1,7 @@
 """What killed restore drills leave behind, found and removed.
 
 A drill killed half-way leaves its throwaway database ``donna_drill_<hex>`` and, for a
-physical drill, its copy of the cluster ``BACKUP_DRILL_DIR/drill-<stamp>``
+physical drill, its copy of the cluster ``BACKUP_DRILL_DIR/drill-<stamp>-repo<N>``
 (perhaps still running on ``BACKUP_DRILL_PORT``). The next drill removes them before
 it starts, and ``backup restore --cleanup`` lists and drops them on demand.
 
@@ -35,7 +35,7 @@ audit = logging.getLogger("donnadb.audit")
 
 SCRATCH_PREFIX = "donna_drill_"
 SCRATCH_RE = re.compile(r"^donna_drill_[0-9a-f]{8}$")
-COPY_RE = re.compile(r"^drill-[0-9]{8}T[0-9]{6}$")
+COPY_RE = re.compile(r"^drill-[0-9]{8}T[0-9]{6}(-repo[0-9]+)?$")
 #: The drill databases and how many sessions each has.
 SQL_SCRATCH_DATABASES = r"""
 SET search_path = pg_catalog, pg_temp;

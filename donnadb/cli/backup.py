@@ -272,30 +272,40 @@ def verify_(
         console.print("[green]ok[/]")
 
 
+#: `backup drill` names the pgBackRest repository with --repo, like `backup physical`
+#: and `backup pitr` beside it; the local repository is --repo-dir there.
+RepoDirOpt = typer.Option(None, "--repo-dir",
+                          help="Local repository (default: BACKUP_REPO_DIR).")
+
+
 @app.command()
 @logged("backup drill")
 def drill(
     logical: bool = typer.Option(False, "--logical", help="Only the newest logical backup."),
     physical: bool = typer.Option(False, "--physical",
-                                  help="Only the newest pgBackRest backup (needs it enabled)."),
+                                  help="Only the newest pgBackRest backups (needs it enabled)."),
     both: bool = typer.Option(False, "--both", help="Both kinds (the default); without "
                               "pgBackRest the physical drill is skipped with a reason."),
+    pgbackrest_repo: int | None = typer.Option(
+        None, "--repo", min=1, max=2,
+        help="Physical drill of pgBackRest repository 1 (this host) or 2 (S3) only; "
+             "default: every configured one, in turn."),
     if_key: bool = typer.Option(
         False, "--if-key",
         help="An age backup and no identity here: check its files only and say the "
              "restore was skipped, instead of an error. The scheduled drill passes it."),
     allow_unsigned: bool = UnsignedOpt,
     identity: str | None = IdentityOpt,
-    repo: str | None = RepoOpt,
+    repo_dir: str | None = RepoDirOpt,
     json_out: JsonOpt = False,
 ) -> None:
     """Restore the newest backups into throwaway copies and prove the data (exit 1 if not).
 
     Logical: row counts per table and per partition and a content checksum per table,
-    against those taken in the backup's snapshot. Physical: a marker row written just
-    before a target moment is restored by WAL replay. First removes what killed drills
-    left behind. Reports RTO and RPO; the result goes to system_logs and to the metrics
-    (docs/backup.md, Restore drills).
+    against those taken in the backup's snapshot. Physical, per pgBackRest repository:
+    a marker row written just before a target moment is restored by WAL replay. First
+    removes what killed drills left behind. Reports RTO and RPO; the result goes to
+    system_logs and to the metrics (docs/backup.md, Restore drills).
     """
     from donnadb.backup import drill as drills
     from donnadb.backup import drillclean
@@ -303,11 +313,18 @@ def drill(
 
     if logical + physical + both > 1:
         raise UsageError("choose one of --logical, --physical and --both")
-    settings = load_settings(backup_repo_dir=repo, backup_age_identity_file=_path(identity))
+    if logical and pgbackrest_repo is not None:
+        raise UsageError("--repo names the pgBackRest repository of the physical drill; "
+                         "drop --logical")
+    settings = load_settings(backup_repo_dir=repo_dir, backup_age_identity_file=_path(identity))
     if physical and not settings.pgbackrest_enabled:
         raise UsageError("--physical needs pgBackRest, which is not enabled here: set "
                          "pgbackrest_enabled in group_data and run `make deploy`, or use "
                          "--logical")
+    if pgbackrest_repo is not None:
+        if not settings.pgbackrest_enabled:
+            raise UsageError("--repo needs pgBackRest, which is not enabled here")
+        drills.drill_repos(settings, pgbackrest_repo)  # an unknown one: before any work
     # Restores need a writable server and markers go to the live database: the leader's.
     leader_only(settings, "backup drill", json=json_out, kind="backup")
     results = []
@@ -316,7 +333,7 @@ def drill(
             results.append(_logical_drill(settings, drills, if_key=if_key, json_out=json_out,
                                           allow_unsigned=allow_unsigned))
         if not logical:
-            results.append(_physical_drill(settings, drills, json_out=json_out))
+            results += _physical_drills(settings, drills, pgbackrest_repo, json_out=json_out)
     drills.record(settings, results)
     failed = [r for r in results if not r.ok]
     if json_out:
@@ -327,18 +344,18 @@ def drill(
         drill_view.render(results, leftovers)
     if failed:
         first = failed[0]
-        raise DrillFailed(f"{first.kind} drill of {first.backup_id or 'the newest backup'} "
-                          f"failed: {first.problems[0]}")
+        raise DrillFailed(f"{drill_view.name(first)} drill of "
+                          f"{first.backup_id or 'the newest backup'} failed: {first.problems[0]}")
 
 
-def _physical_drill(settings: Settings, drills, *, json_out: bool):
+def _physical_drills(settings: Settings, drills, repo: int | None, *, json_out: bool):
     if not settings.pgbackrest_enabled:
-        return drills.DrillResult("physical", True, skipped="skipped: pgBackRest is not "
-                                  "enabled (group_data pgbackrest_enabled)")
+        return [drills.DrillResult("physical", True, skipped="skipped: pgBackRest is not "
+                                   "enabled (group_data pgbackrest_enabled)")]
     busy = nullcontext() if json_out else console.status(
         "physical drill: marker rows, WAL archive, restore to a moment ...")
     with busy:
-        return drills.physical_drill(settings)
+        return drills.physical_drills(settings, repo=repo)
 
 
 def _logical_drill(settings: Settings, drills, *, if_key: bool, json_out: bool,

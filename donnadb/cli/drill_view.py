@@ -1,5 +1,5 @@
 """What `donnactl backup drill` prints for people: the leftovers of earlier drills it
-removed, then one summary table per kind."""
+removed, then one summary table per kind (and pgBackRest repository)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,11 @@ def _bytes(value: int | None) -> str:
     return "-" if value is None else f"{value / 1024 / 1024:.1f} MiB"
 
 
+def name(r: DrillResult) -> str:
+    """``logical``, or ``physical repo2``: which drill a line is about."""
+    return r.kind if r.repo is None else f"{r.kind} repo{r.repo}"
+
+
 def _leftovers(leftovers: list[Leftover] | None) -> None:
     if leftovers is None:
         console.print("[yellow]another drill is running: leftovers of earlier drills not "
@@ -33,10 +38,10 @@ def render(results: list[DrillResult], leftovers: list[Leftover] | None) -> None
     _leftovers(leftovers)
     for r in results:
         if r.skipped:
-            console.print(f"{r.kind}: [yellow]{r.skipped}[/]", highlight=False)
+            console.print(f"{name(r)}: [yellow]{r.skipped}[/]", highlight=False)
             continue
         state = "[green]passed[/]" if r.ok else "[red]FAILED[/]"
-        console.print(f"{r.kind} drill of {r.backup_id or '-'}: {state}; RTO "
+        console.print(f"{name(r)} drill of {r.backup_id or '-'}: {state}; RTO "
                       f"{_seconds(r.rto_seconds)}, RPO {_seconds(r.rpo_seconds)}, backup "
                       f"{_bytes(r.backup_size_bytes)}, database {_bytes(r.database_size_bytes)}",
                       highlight=False)

@@ -9,6 +9,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from donnadb.ops import backups
 from donnadb.ops.checks import Check, Severity
 
 STYLE = {Severity.OK: "green", Severity.WARNING: "yellow", Severity.CRITICAL: "bold red"}
@@ -126,8 +127,9 @@ def _drills(drill: dict) -> str:
     if not drill["kinds"]:
         return "none recorded (`donnactl backup drill`)"
     parts = []
-    for kind, last in sorted(drill["kinds"].items()):
+    for _, last in sorted(drill["kinds"].items()):
+        name = backups.drill_name(last)
         age = last["age_seconds"]
         success = "never passed" if age is None else f"passed {age / 3600:.1f} h ago"
-        parts.append(f"{kind} FAILED ({success})" if last["failed"] else f"{kind} {success}")
+        parts.append(f"{name} FAILED ({success})" if last["failed"] else f"{name} {success}")
     return ", ".join(parts)

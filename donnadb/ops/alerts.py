@@ -91,7 +91,8 @@ HEALTH_RULES: dict[str, HealthRule] = {
     "backup_drill": HealthRule("backups", "DonnaBackupDrillStale",
                                "donnadb_backup_drill_age_seconds", ">=", _HOURS,
                                "no successful restore drill for too long",
-                               where=" {{ $labels.kind }} drill"),
+                               where=" {{ $labels.kind }} drill"
+                                     "{{ with $labels.repo }} of repo {{ . }}{{ end }}"),
     "partitions_ahead": HealthRule("storage", "DonnaPartitionsRunningOut",
                                    "donnadb_partitions_ahead", "<=", 1,
                                    "system_logs partitions are running out", _NUMBER),

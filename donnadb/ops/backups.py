@@ -64,9 +64,10 @@ def _aware(moment: datetime) -> datetime:
 
 def drills(*, now: datetime | None = None, repo: Path | None = None,
            good: list[Any] | None = None) -> dict[str, Any]:
-    """The last restore drill of each kind (``backup drill``), read from the repository's
-    drill-state.json: ``{"kinds": {kind: {..., "age_seconds", "last_success_ts"}},
-    "oldest_backup_age_hours"}``, and the age of the oldest of ``good`` (default:
+    """The last restore drill of each kind and repository (``backup drill``), read from
+    the repository's drill-state.json: ``{"kinds": {key: {..., "kind", "repo",
+    "age_seconds", "last_success_ts"}}, "oldest_backup_age_hours"}``, keyed ``logical``
+    and ``physical-repo<N>``, and the age of the oldest of ``good`` (default:
     :func:`good_backups` of ``repo``), so a host whose backups are younger than the
     drill interval is not yet expected to have drilled."""
     now = now or datetime.now(UTC)
@@ -94,3 +95,7 @@ def drills(*, now: datetime | None = None, repo: Path | None = None,
         }
     return view
 
+
+def drill_name(last: dict[str, Any]) -> str:
+    """How people read one entry of :func:`drills`: ``logical``, ``physical repo2``."""
+    return f"{last['kind']} repo{last['repo']}" if last.get("repo") else last["kind"]

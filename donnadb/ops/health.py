@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from donnadb.config import Settings
-from donnadb.ops import cluster
+from donnadb.ops import backups, cluster
 from donnadb.ops.checks import Check, Severity, grade_high, grade_low, worst
 
 #: check name -> (warning setting, critical setting); used by docs and the alert-rule test.
@@ -156,24 +156,27 @@ def _archiving(arch: dict[str, Any], settings: Settings) -> list[Check]:
 
 
 def backup_drill(drill: dict[str, Any], settings: Settings) -> Check:
-    """The restore drills: CRITICAL when the last drill of a kind failed, else graded on
-    the age of the oldest last success. No drill yet warns only where backups are
+    """The restore drills: CRITICAL when the last drill of a kind (per pgBackRest
+    repository for the physical one) failed, else graded on the age of the oldest last
+    success. No drill yet warns only where backups are
     required and older than BACKUP_DRILL_MAX_AGE_HOURS (the weekly drill had its turn)."""
     kinds = drill["kinds"]
     failed = sorted(k for k, v in kinds.items() if v["failed"])
     if failed:
         last = kinds[failed[0]]
         return Check("backup_drill", Severity.CRITICAL, None,
-                     f"the last {failed[0]} restore drill failed: {last.get('problem')} "
-                     "(see docs/runbook.md, DonnaBackupDrillFailed)")
-    ages = [v["age_seconds"] / 3600 for v in kinds.values() if v["age_seconds"] is not None]
-    if not ages:
+                     f"the last {backups.drill_name(last)} restore drill failed: "
+                     f"{last.get('problem')} (see docs/runbook.md, DonnaBackupDrillFailed)")
+    aged = [v for v in kinds.values() if v["age_seconds"] is not None]
+    if not aged:
         warn = settings.backup_drill_max_age_hours
         due = (settings.health_backup_required and drill["oldest_backup_age_hours"] is not None
                and drill["oldest_backup_age_hours"] >= warn)
         return Check("backup_drill", Severity.WARNING if due else Severity.OK, None,
                      "no restore drill recorded: run `donnactl backup drill`")
-    return _high(settings, "backup_drill", round(max(ages), 2), "h", "last restore drill")
+    oldest = max(aged, key=lambda v: v["age_seconds"])
+    return _high(settings, "backup_drill", round(oldest["age_seconds"] / 3600, 2), "h",
+                 f"last {backups.drill_name(oldest)} restore drill")
 
 
 def _partitions(parts: dict[str, Any], settings: Settings) -> Check:

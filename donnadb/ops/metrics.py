@@ -157,7 +157,7 @@ def _cluster(view: dict[str, Any]) -> Iterator[GaugeMetricFamily]:
             yield family
 
 
-#: (drill-state field, gauge suffix, help) of donnadb_backup_drill_<suffix>{kind}.
+#: (drill-state field, gauge suffix, help) of donnadb_backup_drill_<suffix>{kind,repo}.
 DRILL_GAUGES = [
     ("last_success_ts", "last_success_timestamp_seconds",
      "Unix time of the last successful restore drill."),
@@ -169,14 +169,17 @@ DRILL_GAUGES = [
 
 
 def _drills(drill: dict[str, Any]) -> Iterator[GaugeMetricFamily]:
-    """Per kind of restore drill that has run (``backup drill``)."""
+    """Per kind of restore drill that has run (``backup drill``) and, for the physical
+    one, per pgBackRest repository (label ``repo``, empty for the logical drill)."""
     if not drill["kinds"]:
         return
     for key, suffix, doc in DRILL_GAUGES:
-        family = GaugeMetricFamily(PREFIX + "backup_drill_" + suffix, doc, labels=["kind"])
-        for kind, last in sorted(drill["kinds"].items()):
+        family = GaugeMetricFamily(PREFIX + "backup_drill_" + suffix, doc,
+                                   labels=["kind", "repo"])
+        for _, last in sorted(drill["kinds"].items()):
             if last.get(key) is not None:
-                family.add_metric([kind], float(last[key]))
+                family.add_metric([last["kind"], str(last.get("repo") or "")],
+                                  float(last[key]))
         yield family
 
 

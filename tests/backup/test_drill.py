@@ -118,7 +118,7 @@ def test_one_byte_changed_in_the_dump_fails_the_drill_naming_the_table(ds):
 
     # metrics say it failed, health is CRITICAL, the alert rule fires
     text = metrics.exposition(ds)
-    assert 'donnadb_backup_drill_failed{kind="logical"} 1.0' in text
+    assert 'donnadb_backup_drill_failed{kind="logical",repo=""} 1.0' in text
     check = health.backup_drill(backups.drills(repo=ds.backup_repo_dir), ds)
     assert check.severity == Severity.CRITICAL and "public.messages" in check.summary
 
@@ -146,7 +146,7 @@ def test_health_warns_when_the_drill_is_stale_and_metrics_show_it(ds):
         "rto_seconds": 12.5, "rpo_seconds": 60.0, "problem": None}}))
     view = backups.drills(repo=repo)
     check = health.backup_drill(view, ds)
-    assert check.severity == Severity.WARNING and "last restore drill" in check.summary
+    assert check.severity == Severity.WARNING and "last logical restore drill" in check.summary
     fresh = ds.model_copy(update={"backup_drill_max_age_hours": 1e6,
                                   "health_backup_drill_crit_age_hours": 2e6})
     assert health.backup_drill(view, fresh).severity == Severity.OK
@@ -154,8 +154,8 @@ def test_health_warns_when_the_drill_is_stale_and_metrics_show_it(ds):
     text = metrics.exposition(ds)
     for name in ("last_success_timestamp_seconds", "age_seconds", "rto_seconds",
                  "rpo_seconds"):
-        assert f'donnadb_backup_drill_{name}{{kind="logical"}}' in text
-    assert 'donnadb_backup_drill_failed{kind="logical"} 0.0' in text
+        assert f'donnadb_backup_drill_{name}{{kind="logical",repo=""}}' in text
+    assert 'donnadb_backup_drill_failed{kind="logical",repo=""} 0.0' in text
 
     done = subprocess.run([DONNACTL, "health", "--json"], env=_env(ds),
                           capture_output=True, text=True, check=False)
@@ -231,7 +231,7 @@ def drill_dir():
 
 def test_leftover_copies_of_physical_drills_are_removed_and_others_kept(bs, drill_dir):
     s = bs.model_copy(update={"pgbackrest_enabled": True, "backup_drill_dir": drill_dir})
-    killed = drill_dir / "drill-20260101T040000"
+    killed = drill_dir / "drill-20260101T040000-repo2"
     (killed / "base").mkdir(parents=True)
     # a machine that died with the copy running leaves a stale pid file behind
     (killed / "PG_VERSION").write_text("15\n")
@@ -258,6 +258,63 @@ def test_the_wait_for_archiving_reads_what_monitoring_reads(ds, monkeypatch):
     drill._wait_archived(ds, "00000001000000FF00000010", timeout=0)
     with pytest.raises(BackupError, match="last failed 00000001000000FF00000011"):
         drill._wait_archived(ds, "00000001000000FF00000011", timeout=0)
+
+
+def test_physical_drills_are_kept_per_repository(ds):
+    """drill-state.json keeps each repository's last physical drill; metrics label it,
+    health names it; a state file from before, with one "physical" entry, is repo1's."""
+    repo = ds.backup_repo_dir
+    repo.mkdir(mode=0o700, parents=True)
+    now = datetime.now(UTC).isoformat()
+    (repo / drill.STATE_NAME).write_text(json.dumps({"physical": {
+        "ok": True, "last_run_at": now, "last_success_at": now, "backup_id": "old",
+        "rto_seconds": 3.0, "rpo_seconds": 2.0, "problem": None}}))
+    assert drill.read_state(repo)["physical-repo1"]["repo"] == 1
+    results = [drill.DrillResult("physical", True, backup_id="b1", repo=1, rto_seconds=4.0),
+               drill.DrillResult("physical", False, backup_id="b2", repo=2,
+                                 problems=["restore: the bucket said no"])]
+    drill.record(ds, results)
+    state = json.loads((repo / drill.STATE_NAME).read_text())
+    assert sorted(state) == ["physical-repo1", "physical-repo2"]
+    assert state["physical-repo2"]["repo"] == 2 and not state["physical-repo2"]["ok"]
+    assert _drill_logs(ds) == ["info backup drill physical repo1 passed",
+                               "error backup drill physical repo2 FAILED"]
+
+    text = metrics.exposition(ds)
+    assert 'donnadb_backup_drill_failed{kind="physical",repo="1"} 0.0' in text
+    assert 'donnadb_backup_drill_failed{kind="physical",repo="2"} 1.0' in text
+    assert 'donnadb_backup_drill_rto_seconds{kind="physical",repo="1"} 4.0' in text
+    check = health.backup_drill(backups.drills(repo=repo), ds)
+    assert check.severity == Severity.CRITICAL
+    assert "physical repo2 restore drill failed: restore: the bucket said no" in check.summary
+
+
+def test_a_repository_no_longer_configured_leaves_the_drill_state(ds):
+    """On a cluster (repo2 only) the entry from before drills were per repository, read
+    as repo1's, goes with the first physical drill instead of turning stale."""
+    repo = ds.backup_repo_dir
+    repo.mkdir(mode=0o700, parents=True)
+    then = datetime.now(UTC).isoformat()
+    (repo / drill.STATE_NAME).write_text(json.dumps({"physical": {
+        "ok": True, "last_run_at": then, "last_success_at": then, "backup_id": "old"}}))
+    cluster = ds.model_copy(update={"pgbackrest_enabled": True, "pgbackrest_s3": True,
+                                    "pgbackrest_local_repo": False})
+    drill.record(cluster, [drill.DrillResult("physical", True, backup_id="b2", repo=2)])
+    assert sorted(drill.read_state(repo)) == ["physical-repo2"]
+
+
+@pytest.mark.parametrize(("args", "env", "message"), [
+    (("--repo", "2"), {"PGBACKREST_ENABLED": "true", "PGBACKREST_S3": "false"},
+     "repository 2 is not configured; this host's pgBackRest has repo1 only"),
+    (("--logical", "--repo", "1"), {}, "drop --logical"),
+    (("--repo", "1"), {}, "--repo needs pgBackRest"),
+])
+def test_a_repository_that_cannot_be_drilled_is_refused_in_one_line(ds, args, env, message):
+    done = subprocess.run([DONNACTL, "backup", "drill", *args], capture_output=True,
+                          text=True, check=False, env={**_env(ds), **env})
+    assert done.returncode == 3, done.stdout
+    [line] = done.stderr.strip().splitlines()
+    assert message in line
 
 
 def test_physical_without_pgbackrest_says_so_in_one_line(ds):
@@ -292,7 +349,7 @@ def test_physical_drill_replays_wal_to_just_after_the_marker(bs, tmp_path):
             "backup_drill_dir": work / "copy-drills"})
         # before the first physical backup (a fresh host): skipped, not failed
         early = drill.physical_drill(s, archive_timeout=120)
-        assert early.ok and "no pgBackRest backup yet" in early.skipped
+        assert early.ok and "no pgBackRest backup in repo1 yet" in early.skipped
         pitr.physical_backup(eng, "full")
 
         result = drill.physical_drill(s, archive_timeout=120)
@@ -310,7 +367,7 @@ def test_physical_drill_replays_wal_to_just_after_the_marker(bs, tmp_path):
         assert (s.backup_repo_dir / drill.STATE_NAME).stat().st_mode & 0o777 == 0o640
         assert superuser_psql("SELECT level || ' ' || message FROM system_logs WHERE "
                               "message LIKE 'backup drill physical%'", dbname="drilldb",
-                              port=PHYSICAL_PORT) == "info backup drill physical passed"
+                              port=PHYSICAL_PORT) == "info backup drill physical repo1 passed"
         state = drill.read_state(s.backup_repo_dir)
         assert state["physical-repo1"]["ok"] and state["physical-repo1"]["rto_seconds"] > 0
 

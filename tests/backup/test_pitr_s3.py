@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -16,24 +15,30 @@ from pathlib import Path
 
 import pytest
 
-from donnadb.backup import pitr
+from donnadb.backup import drill, pitr
 from donnadb.backup.errors import RestoreRefused
 from tests.backup.conftest import TLS_BUCKET as BUCKET
 from tests.backup.pgbackrest_cluster import drill_cluster
+from tests.backup.test_drill import SYSTEM_LOGS_SQL
 from tests.support import superuser_psql
 
 PORT, COPY_PORT = 5451, 5452
 DONNACTL = str(Path(sys.executable).with_name("donnactl"))
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def s3_engine(tls_s3):
+    """One cluster for the module, with one full backup in each repository (taken once:
+    the tests share it; the one that loses repo1 puts it back)."""
     endpoint, client = tls_s3
     repo = pitr.S3Repo(bucket=BUCKET, path=f"/t-{uuid.uuid4().hex[:8]}/pgbackrest",
                        region="us-east-1", endpoint=endpoint.host, port=endpoint.port,
                        uri_style="path", ca_file=str(endpoint.ca_file), key_type="shared")
     keys = "repo2-s3-key=testing\nrepo2-s3-key-secret=testing\n"
     with drill_cluster(PORT, s3=repo, s3_keys=keys) as (eng, work):
+        pitr.stanza_create(eng)
+        taken = pitr.physical_backup(eng, "full")
+        assert [b["database"]["repo-key"] for b in taken] == [1, 2]
         yield eng, work, repo, client
 
 
@@ -62,11 +67,33 @@ def restored_notes(port: int) -> str:
                           "FROM drill", port=port)
 
 
+def test_the_drill_restores_from_each_repository_in_turn(s3_engine, bs):
+    """The weekly drill (no --repo) proves the bucket's copy too, not only the host's."""
+    eng, work, _, _ = s3_engine
+    superuser_psql("CREATE DATABASE drilldb", port=PORT)
+    superuser_psql(SYSTEM_LOGS_SQL, dbname="drilldb", port=PORT)
+    s = bs.model_copy(update={
+        "pgbackrest_enabled": True, "pgbackrest_config": eng.config,
+        "pgbackrest_include_path": eng.include, "pgbackrest_s3": True,
+        "pgbackrest_stanza": eng.stanza, "pg_cluster": eng.cluster.name,
+        "pg_data_dir": eng.cluster.data_dir, "db_port": PORT, "db_name": "drilldb",
+        "backup_drill_port": COPY_PORT, "backup_drill_dir": work / "copy-drills"})
+    results = drill.physical_drills(s, archive_timeout=120)
+    assert [(r.repo, r.ok) for r in results] == [(1, True), (2, True)], \
+        [r.problems for r in results]
+    assert all(r.backup_id and r.rto_seconds > 0 for r in results)
+    assert not any((work / "copy-drills").iterdir())
+    drill.record(s, results)
+    state = drill.read_state(s.backup_repo_dir)
+    assert {k: (v["repo"], v["ok"]) for k, v in state.items()} == {
+        "physical-repo1": (1, True), "physical-repo2": (2, True)}
+
+    # `backup drill --repo 2`: that one only
+    assert drill.drill_repos(s, 2) == (2,) and drill.drill_repos(s) == (1, 2)
+
+
 def test_pitr_from_the_s3_repository_alone(s3_engine):
     eng, work, repo, client = s3_engine
-    pitr.stanza_create(eng)
-    taken = pitr.physical_backup(eng, "full")
-    assert [b["database"]["repo-key"] for b in taken] == [1, 2]
     needle = f"needle-{uuid.uuid4().hex}"
     superuser_psql("CREATE TABLE drill (id int PRIMARY KEY, note text);"
                    f"INSERT INTO drill SELECT g, 'before' FROM generate_series(1, 100) g;"
@@ -96,8 +123,17 @@ def test_pitr_from_the_s3_repository_alone(s3_engine):
     assert (eng.include / pitr.CIPHER_FILE).stat().st_mode & 0o777 == 0o600
     assert all(passphrase not in log.read_text() for log in work.glob("*.log"))
 
-    # The host's repository is lost: WAL and backups come from the bucket.
-    shutil.rmtree(work / "repo")
+    # The host's repository is lost: WAL and backups come from the bucket. (Moved aside
+    # and put back after: the module's other tests use it.)
+    (work / "repo").rename(work / "repo-lost")
+    try:
+        _restore_from_the_bucket(eng, work, noted, xid, lsn)
+    finally:
+        (work / "repo-lost").rename(work / "repo")
+
+
+def _restore_from_the_bucket(eng: pitr.Engine, work: Path, noted: datetime, xid: str,
+                             lsn: str) -> None:
     result = pitr.restore_to(eng, pitr.Target.at_time(noted), repo=2,
                              data_dir=work / "copy-time", port=COPY_PORT)
     assert result.repo == 2 and result.target.startswith("time ")
