@@ -136,7 +136,9 @@ def logical_drill(settings: Settings, backup: storage_local.LocalBackup) -> Dril
         try:
             restored = restore.restore_backup(settings, backup, scratch)
             with db.connection("backup", settings=settings, dbname=scratch) as conn:
-                got = dbfacts.table_facts(conn)
+                # the method the manifest names: older backups keep theirs
+                got = dbfacts.table_facts(
+                    conn, algorithm=manifest.checksum_algorithm or dbfacts.CHECKSUM_ALGORITHM)
         except (DonnaError, psycopg.Error) as exc:
             result.fail(f"restore: {exc}")
             return result

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from donnadb.backup.dbfacts import CHECKSUM_ALGORITHM, TableFacts
+from donnadb.backup.dbfacts import CHECKSUM_ALGORITHMS, TableFacts
 from donnadb.backup.errors import BackupCorrupt
 
 MANIFEST_NAME = "manifest.json"
@@ -84,10 +84,18 @@ class Manifest:
         return _str_map(self.extra.get("partition_counts"), int)
 
     @property
+    def checksum_algorithm(self) -> str | None:
+        """How :attr:`checksums` were made (dbfacts.CHECKSUM_ALGORITHMS); None when
+        this version does not know the method or the manifest predates drills."""
+        algorithm = self.extra.get("checksum_algorithm")
+        return algorithm if algorithm in CHECKSUM_ALGORITHMS else None
+
+    @property
     def checksums(self) -> dict[str, str] | None:
-        """Content checksum per table at snapshot time (``checksum_algorithm``); None in
-        manifests older than drills, or made with a method this version does not know."""
-        if self.extra.get("checksum_algorithm") != CHECKSUM_ALGORITHM:
+        """Content checksum per table at snapshot time (:attr:`checksum_algorithm`);
+        None in manifests older than drills, or made with a method this version does
+        not know."""
+        if self.checksum_algorithm is None:
             return None
         return _str_map(self.extra.get("checksums"), str)
 
@@ -175,7 +183,7 @@ def _str_map(value: object, kind: type) -> dict | None:
 def drill_facts(facts: TableFacts, seconds: float) -> dict[str, object]:
     """The manifest's ``extra`` for a snapshot's :class:`~donnadb.backup.dbfacts.TableFacts`."""
     return {"partition_counts": facts.partition_counts, "checksums": facts.checksums,
-            "checksum_algorithm": CHECKSUM_ALGORITHM, "facts_seconds": seconds}
+            "checksum_algorithm": facts.checksum_algorithm, "facts_seconds": seconds}
 
 
 def now_utc() -> str:

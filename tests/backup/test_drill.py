@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from donnadb.backup import drill, drillclean, pitr, signing, snapshot
+from donnadb import db
+from donnadb.backup import dbfacts, drill, drillclean, pitr, signing, snapshot
 from donnadb.backup import manifest as mf
 from donnadb.backup.errors import BackupError
 from donnadb.ops import archiving, backups, health, metrics
@@ -135,6 +136,34 @@ def test_old_manifest_without_checksums_drills_on_counts(ds):
     assert result.ok, result.problems
     assert not result.checksums_available and not result.partitions
     assert all(t["checksum_equal"] is None for t in result.tables)
+
+
+def test_manifest_of_the_first_checksum_method_is_drilled_with_it(ds):
+    """Backups in retention name "sum-md5-64": the drill checks them with md5 still, and
+    a method this version does not know is drilled on counts."""
+    backup = snapshot.create_backup(ds, compress_level=0)
+    assert backup.manifest.checksum_algorithm == dbfacts.CHECKSUM_ALGORITHM
+    with db.connection("backup", settings=ds, dbname=ds.db_name) as conn:
+        old = dbfacts.table_facts(conn, algorithm=dbfacts.LEGACY_MD5_ALGORITHM)
+    assert old.checksums != backup.manifest.checksums
+
+    def rewrite(m: mf.Manifest, algorithm: str):
+        m.extra = {**m.extra, "checksums": old.checksums, "checksum_algorithm": algorithm}
+        signing.sign(m, signing.load_keys(ds))
+        mf.write_private(backup.path / mf.MANIFEST_NAME, m.to_json())
+        return type(backup)(backup.backup_id, backup.path, mf.load(backup.path), None)
+
+    result = drill.logical_drill(ds, rewrite(backup.manifest, dbfacts.LEGACY_MD5_ALGORITHM))
+    assert result.ok and result.checksums_available, result.problems
+    assert all(t["checksum_equal"] for t in result.tables)
+
+    unknown = drill.logical_drill(ds, rewrite(backup.manifest, "sum-sha-999"))
+    assert unknown.ok and not unknown.checksums_available
+
+    m = _flip_one_byte_of_a_message(backup)
+    failed = drill.logical_drill(ds, rewrite(m, dbfacts.LEGACY_MD5_ALGORITHM))
+    assert not failed.ok
+    assert any("public.messages: content checksum differs" in p for p in failed.problems)
 
 
 def test_health_warns_when_the_drill_is_stale_and_metrics_show_it(ds):
