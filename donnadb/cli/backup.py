@@ -494,7 +494,7 @@ def _cleanup(settings: Settings, target_db: str, *, dry_run: bool, yes: bool,
     doomed = [f for f in found if not f.in_use]
     # A drill's copies are anybody's leftovers only while no drill runs.
     with drillclean.removing(settings) as drill_found:
-        drill_doomed = [d for d in drill_found or () if d.kept_because is None]
+        drill_doomed = [d for d in (drill_found or ()) if d.kept_because is None]
     names = [f.name for f in doomed] + [d.name for d in drill_doomed]
     if names and not dry_run:
         confirm(f"Drop {len(names)} database(s) or drill copies left by restores of "
@@ -506,21 +506,29 @@ def _cleanup(settings: Settings, target_db: str, *, dry_run: bool, yes: bool,
         emit_json({"target_db": target_db, "dry_run": dry_run,
                    "found": [f.to_dict() for f in found], "dropped": dropped,
                    "pgbouncer_resumed": resumed,
-                   "drill_leftovers": None if drill_found is None
-                   else [d.to_dict() for d in drill_found]})
+                   "drill_leftovers": _dicts(drill_found)})
         return
+    verb = "would drop" if dry_run else "dropped"
+    _print_restore_leftovers(target_db, found, resumed, verb)
+    _print_drill_leftovers(drill_found, verb)
+
+
+def _dicts(found: list | None) -> list[dict] | None:
+    """None (a drill is running: nothing was looked at) stays None."""
+    return None if found is None else [d.to_dict() for d in found]
+
+
+def _print_restore_leftovers(target_db: str, found: list, resumed: bool, verb: str) -> None:
     if resumed:
         console.print(f"{target_db} was left paused on PgBouncer (a killed restore): resumed")
     if not found:
         console.print(f"no copies left by restores of {target_db}")
-    verb = "would drop" if dry_run else "dropped"
     for f in found:
         what = ("the database it replaced" if f.kind == "kept"
                 else "left by a killed restore")
         state = ("[yellow]in use by a running restore, kept[/]" if f.in_use
                  else f"[yellow]{verb}[/]")
         console.print(f"{f.name} ({what}): {state}")
-    _print_drill_leftovers(drill_found, verb)
 
 
 def _print_drill_leftovers(found: list | None, verb: str) -> None:
