@@ -37,7 +37,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import posixpath
-import re
 import shlex
 from dataclasses import dataclass
 from io import StringIO
@@ -617,9 +616,7 @@ def _install_pgbackrest_member(cfg: BackupDeploy, settings: DeploySettings,
     _install_s3_secrets(cfg, source=leader)
     for member in ha.members(host):
         if member.name != host.name:
-            files.line(name=f"/etc/hosts: {member.name} is {member.address}",
-                       path="/etc/hosts", line=rf".*\s{re.escape(member.name)}$",
-                       replace=f"{member.address} {member.name}")
+            ha.hosts_entry(member.name, member.address, "a cluster member")
     config = _write_pgbackrest_config(cfg, engine, peers)
     dropin = files.put(
         name=f"{SERVER_UNIT} reads {cfg.pgbackrest_config}",

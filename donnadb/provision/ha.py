@@ -15,6 +15,7 @@ db_servers, whose Patroni is started (and bootstraps) before the others'.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from pathlib import Path
 from typing import NamedTuple
@@ -22,6 +23,7 @@ from typing import NamedTuple
 from pyinfra import host as current_host
 from pyinfra.api import FactBase, operation
 from pyinfra.api.host import Host
+from pyinfra.operations import files
 
 from donnadb.errors import ConfigError
 from donnadb.provision import ca, tls
@@ -134,3 +136,9 @@ def rendezvous():
     current_host.noop("every member reached this point")
     return
     yield  # an operation is a generator
+
+
+def hosts_entry(name: str, address: str, why: str) -> None:
+    """/etc/hosts: ``name`` is ``address`` (one line per name, replaced when it moves)."""
+    files.line(name=f"/etc/hosts: {name} is {address} ({why})", path="/etc/hosts",
+               line=rf".*\s{re.escape(name)}$", replace=f"{address} {name}")

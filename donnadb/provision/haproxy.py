@@ -43,6 +43,4 @@ def install_router(settings: DeploySettings, target: Host, address: str) -> None
 
 def name_this_host(settings: DeploySettings, address: str) -> None:
     """/etc/hosts: the cluster's name is this host's address (its router listens there)."""
-    files.line(name=f"/etc/hosts: {settings.ha.service_name} is this host ({address})",
-               path="/etc/hosts", line=rf".*\s{settings.ha.service_name}$",
-               replace=f"{address} {settings.ha.service_name}")
+    ha.hosts_entry(settings.ha.service_name, address, "this host's router")

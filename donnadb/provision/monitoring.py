@@ -27,6 +27,7 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import apt, files, systemd
 
 from donnadb.ops import alerts
+from donnadb.provision import opsjobs
 from donnadb.provision.facts import SystemdRunning
 from donnadb.provision.settings import DeploySettings
 from donnadb.provision.tls import listen_names
@@ -55,18 +56,12 @@ def daemon_args(settings: DeploySettings) -> dict[str, str]:
     return {
         "prometheus-node-exporter": f"--web.listen-address={address}:{NODE_PORT} "
                                     "--collector.textfile.directory="
-                                    f"{Path(alerts_textfile()).parent}",
+                                    f"{opsjobs.textfile_dir(settings)}",
         "prometheus-alertmanager": f"--web.listen-address={address}:{ALERTMANAGER_PORT} "
                                    "--cluster.listen-address=",
         "prometheus": f"--web.listen-address={address}:{PROMETHEUS_PORT} "
                       "--storage.tsdb.retention.time=15d",
     }
-
-
-def alerts_textfile() -> str:
-    from donnadb import config
-
-    return str(config.Settings.model_fields["metrics_textfile"].default)
 
 
 def prometheus_config(settings: DeploySettings) -> str:

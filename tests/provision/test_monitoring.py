@@ -34,6 +34,14 @@ def test_every_daemon_listens_on_the_hosts_own_address_never_a_wildcard():
     assert all("=127.0.0.1:" in args for args in wildcard.values())
 
 
+def test_node_exporter_reads_the_directory_the_metrics_timer_writes():
+    default = monitoring.daemon_args(settings())["prometheus-node-exporter"]
+    assert "--collector.textfile.directory=/var/lib/prometheus/node-exporter" in default
+    moved = settings(ops_env={"METRICS_TEXTFILE": "/srv/metrics/donnadb.prom"})
+    assert "--collector.textfile.directory=/srv/metrics" in \
+        monitoring.daemon_args(moved)["prometheus-node-exporter"]
+
+
 def test_prometheus_settings_and_rules_pass_promtool(tmp_path):
     config = yaml.safe_load(monitoring.prometheus_config(settings()))
     assert {job["job_name"] for job in config["scrape_configs"]} == {
