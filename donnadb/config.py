@@ -58,6 +58,7 @@ ROLE_MIGRATOR = "donna_migrator"
 ROLE_APP = "donna_app"
 ROLE_READONLY = "donna_readonly"
 ROLE_BACKUP = "donna_backup"
+ROLE_MONITOR = "donna_monitor"
 
 #: A role name the SQL templates may use unquoted: lower-case, like PostgreSQL folds it.
 ROLE_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -133,6 +134,7 @@ class Settings(BaseSettings):
     db_role_app: str = ROLE_APP
     db_role_readonly: str = ROLE_READONLY
     db_role_backup: str = ROLE_BACKUP
+    db_role_monitor: str = ROLE_MONITOR
 
     # Storage selection and migration of the legacy files.
     data_storage_type: Literal["file", "postgresql", "dual"] = "file"
@@ -195,6 +197,10 @@ class Settings(BaseSettings):
     #: ALERT_ROLLBACK_MIN_TPS transactions per second.
     alert_rollback_ratio: Tier = Tier(0.05, 0.2)
     alert_rollback_min_tps: float = Field(1.0, ge=0)
+    #: Mean execution seconds of one statement (pg_stat_statements, 5-minute deltas) run
+    #: at least ALERT_STATEMENT_MIN_RATE times a second.
+    alert_statement_mean_seconds: Tier = Tier(0.1, 0.5)
+    alert_statement_min_rate: float = Field(0.1, ge=0)
     #: system_logs partitions made ahead, and how long log rows are kept.
     partition_premake: int = Field(4, ge=1)
     log_retention_months: int = Field(6, ge=1)
@@ -301,7 +307,7 @@ class Settings(BaseSettings):
     update_wait_timeout_s: float = Field(120.0, gt=0)
 
     @field_validator("db_user", "db_role_owner", "db_role_migrator", "db_role_app",
-                     "db_role_readonly", "db_role_backup")
+                     "db_role_readonly", "db_role_backup", "db_role_monitor")
     @classmethod
     def _plain_role_name(cls, value: str) -> str:
         # The bootstrap SQL, pg_hba and the passfiles use role names as they are.
@@ -354,12 +360,13 @@ class Settings(BaseSettings):
         return bool(self.backup_s3_bucket)
 
     def role(self, kind: str) -> str:
-        """Role name for ``kind`` in owner|migrator|app|readonly|backup."""
+        """Role name for ``kind`` in owner|migrator|app|readonly|backup|monitor."""
         try:
             return getattr(self, f"db_role_{kind}")
         except AttributeError:
             raise ConfigError(
-                f"unknown role kind {kind!r}; use owner, migrator, app, readonly or backup"
+                f"unknown role kind {kind!r}; use owner, migrator, app, readonly, backup or "
+                "monitor"
             ) from None
 
 

@@ -37,8 +37,9 @@ pg_hba_networks = ["127.0.0.1/32", "::1/128"]
 # Role kinds that may connect over TCP only from this host (loopback and every IP of
 # pg_listen_addresses), then `reject`
 # from anywhere, pg_hba_networks included: the migrator and backup role run here, and
-# the application reaches the database through PgBouncer (which runs here too).
-pg_hba_local_only_kinds = ["migrator", "backup", "app"]
+# the application reaches the database through PgBouncer (which runs here too), and
+# postgres_exporter (monitor) runs on every database host.
+pg_hba_local_only_kinds = ["migrator", "backup", "app", "monitor"]
 # Networks from which the application role may still connect directly, bypassing
 # PgBouncer (e.g. ["10.0.2.0/24"] for app servers with a pool of their own). Empty: none.
 pg_app_direct_networks = []
@@ -118,6 +119,8 @@ db_role_migrator = _config.ROLE_MIGRATOR  # LOGIN, member of the owner, runs mig
 db_role_app = _config.ROLE_APP  # LOGIN, reads and writes rows, no DDL, no TRUNCATE
 db_role_readonly = _config.ROLE_READONLY  # LOGIN, SELECT only
 db_role_backup = _config.ROLE_BACKUP  # LOGIN, what pg_dump needs
+# LOGIN, pg_monitor only: postgres_exporter's role (statistics, never table data)
+db_role_monitor = _config.ROLE_MONITOR
 # Most connections each LOGIN role may hold at once (-1: no limit).
 pg_role_connection_limits = {
     # Migrations, pg_partman's worker, partition maintenance, and pg_restore -j N of a
@@ -128,6 +131,8 @@ pg_role_connection_limits = {
     "app": 100,
     "readonly": 20,
     "backup": 5,
+    # postgres_exporter holds one; a scrape that overlaps a slow one may open another.
+    "monitor": 3,
 }
 # Server settings each role always gets (ALTER ROLE ... SET), so that no session of it
 # can hold a connection, a lock or a transaction for ever: statement_timeout,
@@ -138,6 +143,9 @@ pg_role_settings = {
     "app": {"statement_timeout": "30s", "lock_timeout": "5s",
             "idle_in_transaction_session_timeout": "60s"},
     "readonly": {"statement_timeout": "5min", "idle_in_transaction_session_timeout": "10min"},
+    # A scrape must never queue behind a lock: it gives up and the next one tries again.
+    "monitor": {"statement_timeout": "10s", "lock_timeout": "1s",
+                "idle_in_transaction_session_timeout": "60s"},
 }
 
 # --- The database and its host files ------------------------------------------------

@@ -76,7 +76,7 @@ def test_absolute_paths_and_the_defaults_pass(monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["DB_USER", "DB_ROLE_OWNER", "DB_ROLE_MIGRATOR", "DB_ROLE_APP",
-                                  "DB_ROLE_READONLY", "DB_ROLE_BACKUP"])
+                                  "DB_ROLE_READONLY", "DB_ROLE_BACKUP", "DB_ROLE_MONITOR"])
 @pytest.mark.parametrize("value", ['donna_app"; DROP ROLE postgres; --', "Donna_App",
                                    "donna app", "1donna", "pg_monitor", "", "a" * 64])
 def test_a_role_name_must_be_a_plain_identifier(monkeypatch, name, value):

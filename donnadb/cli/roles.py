@@ -18,7 +18,7 @@ app = typer.Typer(no_args_is_help=True)
 @app.command("rotate")
 @logged("roles rotate")
 def rotate_cmd(
-    role: Annotated[str, typer.Argument(help="app, readonly, migrator or backup.")],
+    role: Annotated[str, typer.Argument(help="app, readonly, migrator, backup or monitor.")],
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
     json: JsonOpt = False,

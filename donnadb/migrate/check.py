@@ -19,7 +19,7 @@ from donnadb.migrate.runner import get_status
 log = logging.getLogger(__name__)
 
 #: The login roles the deploy creates (the owner role is NOLOGIN).
-LOGIN_KINDS = ("migrator", "app", "readonly", "backup")
+LOGIN_KINDS = ("migrator", "app", "readonly", "backup", "monitor")
 #: pg_partman must keep at least this many whole months premade after the current one.
 MIN_MONTHS_AHEAD = 3
 

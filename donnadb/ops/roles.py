@@ -27,7 +27,7 @@ from donnadb.errors import CredentialsError, DatabaseError, DonnaError, UsageErr
 
 log = logging.getLogger(__name__)
 
-ROTATABLE = ("app", "readonly", "migrator", "backup")
+ROTATABLE = ("app", "readonly", "migrator", "backup", "monitor")
 PGBOUNCER_PIDFILE = Path("/var/run/postgresql/pgbouncer.pid")
 ALTER_PASSWORD = "ALTER ROLE {} PASSWORD {}"  # noqa: S105 - a statement, filled with a verifier
 
@@ -103,7 +103,7 @@ def _reload_pgbouncer() -> str:
 def rotate(settings: Settings, kind: str, *, dbname: str | None = None) -> dict[str, Any]:
     """Give the role of ``kind`` a new random password everywhere it is stored.
 
-    :raises UsageError: ``kind`` is not app, readonly, migrator or backup.
+    :raises UsageError: ``kind`` is not app, readonly, migrator, backup or monitor.
     :raises CredentialsError: the passfile is unreadable or lacks the role.
     :raises DatabaseError: the role cannot log in with its current password.
     :raises RotationError: the new files could not be written (nothing changed), or the

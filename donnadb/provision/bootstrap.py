@@ -18,7 +18,7 @@ import jinja2
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 #: Role names the bootstrap needs, one per role kind.
-ROLE_KINDS = ("owner", "migrator", "app", "readonly", "backup")
+ROLE_KINDS = ("owner", "migrator", "app", "readonly", "backup", "monitor")
 #: PgBouncer's lookup role and the role kinds it may log in (group_data documents them).
 AUTH_USER = "donna_pgbouncer"
 AUTH_USER_CONNLIMIT = 10

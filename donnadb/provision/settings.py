@@ -18,8 +18,8 @@ from donnadb.provision import bootstrap
 #: Role and database names are pasted into SQL as identifiers; keep them boring.
 IDENT_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 #: The kinds of role the deploy manages, in creation order (the owner first).
-ROLE_KINDS = ("owner", "migrator", "app", "readonly", "backup")
-LOGIN_KINDS = ("migrator", "app", "readonly", "backup")
+ROLE_KINDS = ("owner", "migrator", "app", "readonly", "backup", "monitor")
+LOGIN_KINDS = ("migrator", "app", "readonly", "backup", "monitor")
 #: Tuning formulas group_data must define: f(memory_mb, cpus, max_connections).
 FORMULAS = (
     "pg_shared_buffers_mb",
@@ -110,7 +110,7 @@ class DeploySettings:
     #: pgaudit.log: the statement classes audited (provision/tuning.py writes it).
     pg_audit_log: str = "role, ddl"
     #: Role kinds allowed over TCP from loopback only (provision/hba.py).
-    pg_hba_local_only_kinds: tuple[str, ...] = ("migrator", "backup", "app")
+    pg_hba_local_only_kinds: tuple[str, ...] = ("migrator", "backup", "app", "monitor")
     #: Networks the application role may still connect from directly, bypassing PgBouncer.
     pg_app_direct_networks: tuple[str, ...] = ()
     #: OS user -> the role kinds its own passfile holds (provision/consumers.py).

@@ -43,28 +43,34 @@ def test_postgresql_and_pgbouncer_listen_on_the_hosts_own_address_only(fleet: Fl
     assert {"127.0.0.11:5432", "127.0.0.11:6432"} <= ports
     assert not [p for p in ports if p.endswith((":5432", ":6432")) and
                 not p.startswith("127.0.0.11:")], ports
-    # Monitoring too: Prometheus, Alertmanager and node_exporter have no login.
-    monitoring = {"127.0.0.11:9090", "127.0.0.11:9093", "127.0.0.11:9100"}
+    # Monitoring too: Prometheus, Alertmanager and the exporters have no login.
+    monitoring = {"127.0.0.11:9090", "127.0.0.11:9093", "127.0.0.11:9100", "127.0.0.11:9187"}
     assert monitoring <= ports
-    assert not [p for p in ports if p.endswith((":9090", ":9093", ":9100", ":9094"))
+    assert not [p for p in ports if p.endswith((":9090", ":9093", ":9100", ":9094", ":9187"))
                 and p not in monitoring], ports
 
 
 def test_prometheus_scrapes_every_target_of_the_host(fleet: Fleet):
-    """Its own, Alertmanager's and node_exporter's (which carries our textfile)."""
+    """Its own, Alertmanager's, node_exporter's (which carries our textfile) and
+    postgres_exporter's, which logs in as the monitor role over TLS (pg_up 1)."""
     probe = textwrap.dedent("""
         import json, time, urllib.request
         for _ in range(60):
             with urllib.request.urlopen("http://127.0.0.11:9090/api/v1/targets") as r:
                 targets = json.load(r)["data"]["activeTargets"]
             health = {t["labels"]["job"]: t["health"] for t in targets}
-            if len(health) == 3 and set(health.values()) == {"up"}:
+            query = "http://127.0.0.11:9090/api/v1/query?query=pg_up"
+            with urllib.request.urlopen(query) as r:
+                pg_up = [s["value"][1] for s in json.load(r)["data"]["result"]]
+            if len(health) == 4 and set(health.values()) == {"up"} and pg_up == ["1"]:
                 break
             time.sleep(2)
-        print(json.dumps(health))
+        print(json.dumps({"targets": health, "pg_up": pg_up}))
     """)
     done = fleet.db.run(f"python3 -c {shlex.quote(probe)}", timeout=200)
-    assert json.loads(done.stdout) == {"prometheus": "up", "alertmanager": "up", "node": "up"}
+    assert json.loads(done.stdout) == {
+        "targets": {"prometheus": "up", "alertmanager": "up", "node": "up", "postgres": "up"},
+        "pg_up": ["1"]}
 
 
 def test_the_jobs_are_systemd_timers_and_a_backup_runs_under_systemd(fleet: Fleet):

@@ -128,7 +128,7 @@ def test_the_thresholds_come_from_settings():
 def test_up_rules_name_the_deploy_s_jobs():
     up = {r["expr"] for r in alerts.alert_rules(DEFAULTS) if r["alert"] == "DonnaTargetDown"}
     assert up == {f'up{{job=~"{"|".join(alerts.JOBS)}"}} == 0'}
-    assert {"postgres", "node", "pgbouncer"} <= set(alerts.JOBS)
+    assert {"postgres", "node"} <= set(alerts.JOBS)
 
 
 def test_every_runbook_url_points_at_a_runbook_section():

@@ -125,7 +125,8 @@ def test_env_file_matches_runtime_settings(deployed):
     env = Settings(_env_file="/etc/donnadb/donnadb.env")
     defaults = Settings(_env_file=None)
     for field in ("db_host", "db_port", "db_name", "db_passfile", "db_role_owner",
-                  "db_role_migrator", "db_role_app", "db_role_readonly", "db_role_backup"):
+                  "db_role_migrator", "db_role_app", "db_role_readonly", "db_role_backup",
+                  "db_role_monitor"):
         assert getattr(env, field) == getattr(defaults, field), field
     lines = Path("/etc/donnadb/donnadb.env").read_text().splitlines()
     settings_lines = [line for line in lines if line and not line.startswith("#")]

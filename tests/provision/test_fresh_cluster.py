@@ -79,7 +79,7 @@ def test_generated_passwords_work_and_never_showed(fresh, helper):
     s = Settings(_env_file=str(env_file))
     assert s.db_port == PORT
     assert set(passwords) == {s.db_role_migrator, s.db_role_app, s.db_role_readonly,
-                              s.db_role_backup}
+                              s.db_role_backup, s.db_role_monitor}
     for role, password in passwords.items():
         assert password not in first.output + second.output, role
         assert not [a for a in first.ps_samples if password in a], role

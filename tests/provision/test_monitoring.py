@@ -5,6 +5,8 @@ Prometheus scraping every target and holding our rules and series."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import time
 import urllib.request
@@ -42,10 +44,25 @@ def test_node_exporter_reads_the_directory_the_metrics_timer_writes():
         monitoring.daemon_args(moved)["prometheus-node-exporter"]
 
 
+def test_postgres_exporter_logs_in_as_the_monitor_role_over_verified_tls_with_a_passfile():
+    text = monitoring.default_file("prometheus-postgres-exporter",
+                                   settings(pg_listen_addresses="10.0.1.11"))
+    env = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    dsn = dict(pair.split("=", 1) for pair in env["DATA_SOURCE_NAME"].strip("'").split())
+    assert dsn["user"] == "donna_monitor" and dsn["host"] == "10.0.1.11"
+    assert dsn["sslmode"] == "verify-full" and dsn["sslrootcert"] == "/etc/donnadb/tls/ca.crt"
+    assert env["PGPASSFILE"].strip("'") == "/etc/donnadb/pgpass.d/prometheus"
+    assert "password" not in text.lower()
+    assert "--web.listen-address=10.0.1.11:9187" in env["ARGS"]
+    # The other packages' files carry their ARGS only.
+    other = monitoring.default_file("prometheus", settings()).splitlines()
+    assert [line.split("=")[0] for line in other if not line.startswith("#")] == ["ARGS"]
+
+
 def test_prometheus_settings_and_rules_pass_promtool(tmp_path):
     config = yaml.safe_load(monitoring.prometheus_config(settings()))
-    assert {job["job_name"] for job in config["scrape_configs"]} == {
-        alerts.JOB_PROMETHEUS, alerts.JOB_ALERTMANAGER, alerts.JOB_NODE}
+    # Every job the rules watch (DonnaTargetDown), and nothing they do not.
+    assert {job["job_name"] for job in config["scrape_configs"]} == set(alerts.JOBS)
     rules = tmp_path / "donnadb.yml"
     rules.write_text(monitoring.RULES_SOURCE.read_text())
     config["rule_files"] = [str(rules)]
@@ -91,6 +108,23 @@ def _wait(what: str, probe, timeout: float = 120.0):
 
 
 @pytest.mark.deploy
+@pytest.mark.both_hosts
+def test_prometheus_holds_the_rules_of_this_hosts_thresholds(deployed):
+    """The deploy writes `donnactl metrics rules` of the host (its ALERT_*/HEALTH_*
+    settings), not the defaults' file; the exporter's passfile is its own, 0600."""
+    rendered = subprocess.run(["donnactl", "metrics", "rules"], capture_output=True,
+                              text=True, check=True, timeout=60).stdout
+    assert Path(monitoring.RULES_FILE).read_text() == rendered
+    done = subprocess.run(["donnactl", "metrics", "rules"], capture_output=True, text=True,
+                          check=True, timeout=60, env={**os.environ, "ALERT_DEADLOCKS": "[2, 7]"})
+    assert "increase(pg_stat_database_deadlocks[10m]) >= 7" in done.stdout
+    passfile = Path("/etc/donnadb/pgpass.d/prometheus")
+    assert passfile.owner() == "prometheus" and stat.S_IMODE(passfile.stat().st_mode) == 0o600
+    assert [line.split(":")[3] for line in passfile.read_text().splitlines()] == [
+        "donna_monitor"]
+
+
+@pytest.mark.deploy
 @with_systemd
 def test_the_deployed_prometheus_scrapes_every_target_and_holds_our_rules_and_series(
         deployed, deploy_settings):
@@ -99,10 +133,9 @@ def test_the_deployed_prometheus_scrapes_every_target_and_holds_our_rules_and_se
     def all_up():
         targets = _get(f"{base}/api/v1/targets")["activeTargets"]
         up = {t["labels"]["job"]: t["health"] for t in targets}
-        return up if set(up.values()) == {"up"} and len(up) == 3 else None
+        return up if set(up.values()) == {"up"} and len(up) == len(alerts.JOBS) else None
 
-    assert set(_wait("every target up", all_up)) == {
-        alerts.JOB_PROMETHEUS, alerts.JOB_ALERTMANAGER, alerts.JOB_NODE}
+    assert set(_wait("every target up", all_up)) == set(alerts.JOBS)
     groups = _get(f"{base}/api/v1/rules")["groups"]
     loaded = sum(len(g["rules"]) for g in groups)
     shipped = yaml.safe_load(Path(monitoring.RULES_SOURCE).read_text())

@@ -77,6 +77,24 @@ def test_backup_reads_everything_and_writes_nothing(connect_as, scratch_table):
         _try(conn, "INSERT INTO notes (body) VALUES ('x')")
 
 
+@pytest.mark.parametrize("statement", [
+    "SELECT count(*) FROM notes",
+    "INSERT INTO notes (body) VALUES ('x')",
+    "SELECT * FROM pg_catalog.pg_authid",
+    "CREATE TABLE mon_made (id int)",
+])
+def test_monitor_reads_statistics_never_data(connect_as, scratch_table, statement):
+    conn = connect_as("monitor", dbname=scratch_table)
+    # What postgres_exporter and its custom query read (pg_monitor) ...
+    assert conn.execute("SELECT count(*) >= 1 FROM pg_stat_activity "
+                        "WHERE query IS NOT NULL AND usename IS NOT NULL").fetchone()[0]
+    assert conn.execute("SELECT count(*) >= 0 FROM public.pg_stat_statements").fetchone()[0]
+    assert conn.execute("SELECT pg_is_in_recovery() IS NOT NULL").fetchone()[0]
+    # ... and not one row of a table, nor the password verifiers.
+    with pytest.raises(DENIED):
+        _try(conn, statement)
+
+
 def test_migrator_creates_objects_owned_by_owner(settings, connect_as, empty_db):
     conn = connect_as("migrator", dbname=empty_db)
     conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(settings.db_role_owner)))
@@ -90,7 +108,7 @@ def test_migrator_creates_objects_owned_by_owner(settings, connect_as, empty_db)
     app.execute("INSERT INTO made_by_migration VALUES (1)")
 
 
-@pytest.mark.parametrize("kind", ["app", "readonly", "backup"])
+@pytest.mark.parametrize("kind", ["app", "readonly", "backup", "monitor"])
 def test_login_roles_cannot_create_in_deployed_database(connect_as, kind):
     conn = connect_as(kind)
     with pytest.raises(DENIED):
@@ -122,7 +140,7 @@ def test_no_login_without_the_password(settings, password, host):
 
 
 def test_each_login_role_connects_with_the_passfile(settings, connect_as):
-    for kind in ("migrator", "app", "readonly", "backup"):
+    for kind in ("migrator", "app", "readonly", "backup", "monitor"):
         conn = connect_as(kind)
         assert conn.execute("SELECT current_user").fetchone()[0] == settings.role(kind)
 

@@ -18,9 +18,8 @@ class _Data(dict):
 def test_group_data_defaults_match_the_runtime():
     s = load_deploy_settings(_Data(load_group_data()))
     defaults = config.Settings(_env_file=None)
-    assert [s.role(k) for k in ("owner", "migrator", "app", "readonly", "backup")] == [
-        defaults.db_role_owner, defaults.db_role_migrator, defaults.db_role_app,
-        defaults.db_role_readonly, defaults.db_role_backup]
+    kinds = ("owner", "migrator", "app", "readonly", "backup", "monitor")
+    assert [s.role(k) for k in kinds] == [getattr(defaults, f"db_role_{k}") for k in kinds]
     assert (s.db_host, s.pg_port, s.db_name, s.db_passfile) == (
         defaults.db_host, defaults.db_port, defaults.db_name, str(defaults.db_passfile))
     assert s.roles["migrator"].member_of == (s.role("owner"),)
