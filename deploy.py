@@ -4,13 +4,22 @@ A host's inventory group says what it gets: ``db_servers`` the database and
 everything around it (each step is a @deploy function in donnadb/provision/, listed
 once in donnadb/provision/steps.py; with group_data ``ha = True`` the db_servers hosts
 form one Patroni cluster), ``app_servers`` the application's package, settings and
-credential (donnadb/provision/app.py). Every setting is in group_data/all.py. Running
-it again changes nothing. See docs/deploy.md and docs/ha.md.
+credential (donnadb/provision/app.py), ``monitor_servers`` Prometheus and Alertmanager
+scraping every database host (donnadb/provision/monitoring.py; without that group a
+single database host monitors itself). Every setting is in group_data/all.py. Running
+it again changes nothing. See docs/deploy.md, docs/ha.md and docs/monitoring.md.
 """
 
 from pyinfra import host
 
-from donnadb.provision.app import converge_app, database_server, hand_over_credential, roles_of
+from donnadb.provision.app import (
+    MONITOR_GROUP,
+    converge_app,
+    database_server,
+    hand_over_credential,
+    roles_of,
+)
+from donnadb.provision.monitoring import install_monitor
 from donnadb.provision.settings import load_deploy_settings
 from donnadb.provision.steps import converge_host, converge_member
 
@@ -23,5 +32,7 @@ elif is_db:
 elif is_app:
     # A database host already has the package and settings an application needs.
     converge_app(settings, database_server(settings, host))
+if MONITOR_GROUP in host.groups:
+    install_monitor(settings)
 # Every host, from this one line, after every host's own steps (see hand_over_credential).
 hand_over_credential(settings, host)

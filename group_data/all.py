@@ -250,10 +250,15 @@ pgbackrest_s3_key_type = "auto"
 
 
 # --- Monitoring (donnadb/provision/monitoring.py; docs/monitoring.md) ---------------
-# Prometheus, Alertmanager and node_exporter on each database host, on its own address
-# (the first of pg_listen_addresses). Alertmanager delivers to this webhook (e.g. a
-# chat integration's incoming URL); None keeps alerts in Alertmanager only.
+# node_exporter and postgres_exporter on every database host, on its own address (the
+# first of pg_listen_addresses); Prometheus and Alertmanager on the inventory's
+# monitor_servers host, which scrapes them over TLS with a client certificate (without
+# that group a single database host runs them itself). Alertmanager delivers to this
+# webhook (e.g. a chat integration's incoming URL); None keeps alerts in Alertmanager.
 alertmanager_webhook_url = None
+# Where Prometheus and Alertmanager listen on the monitor host (None: the first of its
+# pg_listen_addresses, localhost meaning 127.0.0.1).
+monitor_listen_address = None
 
 
 # --- PgBouncer (donnadb/provision/pgbouncer.py; docs/loadtest.md) --------------------
@@ -307,7 +312,7 @@ ops_schedule = {
     # user_memory.expires_at). Daily, after the partitions and before the snapshot.
     "retention": ("*-*-* 01:40:00", "40 1 * * *"),
     # `donnactl metrics textfile`: one scrape for node_exporter's textfile
-    # collector every minute (or run `donnactl metrics serve --port 9187` as a service).
+    # collector every minute (or run `donnactl metrics serve --port 9189` as a service).
     "metrics": ("*-*-* *:*:00", "* * * * *"),
 }
 # Ops settings written to donnadb.env (NAME=value; names are donnadb/config.py's fields,

@@ -47,15 +47,18 @@ def _member(address: str) -> dict:
 
 db_servers = [(name, _member(address)) for name, address in _members.items()]
 
-app_servers = [
-    (
-        "app1",
-        {
-            **_ssh,
-            "ssh_hostname": "10.0.2.21",
-            # The application's router (HAProxy) listens on this host's address.
-            "app_address": "10.0.2.21",
-            "app_extras": [],
-        },
-    ),
-]
+_app1 = {
+    **_ssh,
+    "ssh_hostname": "10.0.2.21",
+    # The application's router (HAProxy) listens on this host's address.
+    "app_address": "10.0.2.21",
+    "app_extras": [],
+    # Prometheus and Alertmanager listen here too; they scrape every member's exporters
+    # over TLS with this host's certificate (docs/monitoring.md).
+    "monitor_listen_address": "10.0.2.21",
+}
+
+app_servers = [("app1", _app1)]
+# The monitor host: a host off the database members (here the application host), so
+# that losing a member never loses the alerts about it.
+monitor_servers = [("app1", _app1)]

@@ -53,7 +53,8 @@ def textfile_cmd(
 @app.command("serve")
 @logged("metrics serve")
 def serve_cmd(
-    port: Annotated[int, typer.Option(help="Port to serve /metrics on.")] = 9187,
+    port: Annotated[int, typer.Option(
+        help="Port to serve /metrics on (9187 is postgres_exporter's).")] = 9189,
     addr: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     dbname: DbOpt = None,
 ) -> None:

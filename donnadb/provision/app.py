@@ -28,18 +28,19 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 #: Inventory groups (deploy.py): what each host runs.
 DB_GROUP = "db_servers"
 APP_GROUP = "app_servers"
+MONITOR_GROUP = "monitor_servers"
 
 
 def roles_of(target: Host) -> tuple[bool, bool]:
     """(database host, application host) from the inventory groups of ``target``.
 
-    :raises ConfigError: the host is in neither group.
+    :raises ConfigError: the host is in none of the groups (``monitor_servers`` too).
     """
     groups = set(target.groups)
     is_db, is_app = DB_GROUP in groups, APP_GROUP in groups
-    if not (is_db or is_app):
-        raise ConfigError(f"host {target.name} is in neither {DB_GROUP} nor {APP_GROUP}; "
-                          "list it in one of them in the inventory")
+    if not (is_db or is_app or MONITOR_GROUP in groups):
+        raise ConfigError(f"host {target.name} is in none of {DB_GROUP}, {APP_GROUP} and "
+                          f"{MONITOR_GROUP}; list it in one of them in the inventory")
     return is_db, is_app
 
 

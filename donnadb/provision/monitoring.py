@@ -1,22 +1,26 @@
-"""Monitoring on a database host: Prometheus, Alertmanager, node_exporter and
-postgres_exporter from Debian's packages, on the host's own address.
+"""Monitoring from Debian's packages: exporters on every database host, Prometheus and
+Alertmanager on the monitor host.
 
-postgres_exporter logs in as the deploy's monitor role (pg_monitor only: statistics,
-never a row of data) over TLS (verify-full against the deploy's CA) with the password
-from its own passfile (``pgpass.d/prometheus``, 0600, cut from the root passfile on
-the host like every consumer's), and adds pg_stat_statements' top statements
-(``monitoring/postgres_exporter.yml``).
+Every database host (a single host or a Patroni member) runs node_exporter, whose
+textfile collector reads the directory the metrics timer writes (``donnactl metrics
+textfile``, provision/opsjobs.py: the ``donnadb_*`` series come as job ``node``), and
+postgres_exporter, which logs in as the deploy's monitor role (pg_monitor only:
+statistics, never a row of data) over TLS (verify-full against the deploy's CA) with the
+password from its own passfile (``pgpass.d/prometheus``, 0600, cut from the root
+passfile on the host like every consumer's) and adds pg_stat_statements' top statements
+(``monitoring/postgres_exporter/queries.yml``).
 
-node_exporter's textfile collector reads the directory the metrics timer writes
-(``donnactl metrics textfile``, provision/opsjobs.py): the ``donnadb_*`` series reach
-Prometheus as job ``node``. Prometheus evaluates the rules of ``monitoring/alerts.yml``
-(donnadb/ops/alerts.py, the default thresholds) and sends alerts to Alertmanager,
-which inhibits a warning while the critical of the same alert fires and delivers to the
-receiver of group_data ``alertmanager_webhook_url`` (none: alerts are kept in
-Alertmanager's own page and API only).
+The monitor host runs Prometheus, which scrapes every database host of the inventory
+and evaluates the rules of ``monitoring/alerts.yml``, and Alertmanager, which inhibits a
+warning while the critical of the same alert fires and delivers to the receiver of
+group_data ``alertmanager_webhook_url``. It is the inventory's ``monitor_servers``
+host; without that group a single database host is its own monitor. When the monitor
+is another host, the exporters speak TLS only and require a client certificate of the
+deploy's CA (Prometheus presents its host's), so nothing else on the network reads them.
 
-Every setting file is written BEFORE its package is installed: the packages start
-their daemon at once, and dpkg keeps a configuration file that is already there
+Every setting file is written BEFORE its package is installed (the deploy creates the
+packages' ``prometheus`` user itself, as their maintainer scripts would): the packages
+start their daemon at once, and dpkg keeps a configuration file that is already there
 (pyinfra installs with ``--force-confold``), so no daemon ever listens on a wildcard
 address with the package's defaults.
 """
@@ -24,6 +28,7 @@ address with the package's defaults.
 from __future__ import annotations
 
 import posixpath
+from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
 
@@ -31,50 +36,83 @@ import yaml
 from pyinfra import host
 from pyinfra.api import deploy, operation
 from pyinfra.api.operation import OperationMeta
-from pyinfra.facts.server import Command
-from pyinfra.operations import apt, files, systemd
+from pyinfra.facts.server import Command, Hostname
+from pyinfra.operations import apt, files, server, systemd
 
 from donnadb.ops import alerts
 from donnadb.provision import consumers, install, opsjobs, passwords, tls
+from donnadb.provision.app import DB_GROUP, MONITOR_GROUP
 from donnadb.provision.facts import SystemdRunning
-from donnadb.provision.settings import DeploySettings
+from donnadb.provision.settings import DeploySettings, load_deploy_settings
 from donnadb.provision.tls import listen_names
 
 RULES_SOURCE = Path(__file__).resolve().parents[2] / "monitoring" / "alerts.yml"
+QUERIES_SOURCE = RULES_SOURCE.parent / "postgres_exporter" / "queries.yml"
 CONFIG_DIR = "/etc/prometheus"
 RULES_FILE = f"{CONFIG_DIR}/rules/donnadb.yml"
-QUERIES_SOURCE = RULES_SOURCE.parent / "postgres_exporter" / "queries.yml"
 QUERIES_FILE = f"{CONFIG_DIR}/postgres_exporter.yml"
+#: The exporters' TLS settings (exporter-toolkit's web config) and their certificate.
+WEB_CONFIG = f"{CONFIG_DIR}/exporter-web.yml"
+EXPORTER_CERT, EXPORTER_KEY = f"{CONFIG_DIR}/tls/exporter.crt", f"{CONFIG_DIR}/tls/exporter.key"
+#: Prometheus's client certificate, presented to remote exporters.
+CLIENT_CERT, CLIENT_KEY = f"{CONFIG_DIR}/tls/client.crt", f"{CONFIG_DIR}/tls/client.key"
 PROMETHEUS_PORT = 9090
 ALERTMANAGER_PORT = 9093
 NODE_PORT = 9100
 POSTGRES_EXPORTER_PORT = 9187
 #: Debian's packages; each one's unit has its name and reads ARGS from /etc/default/<it>.
-SERVICES = ("prometheus-node-exporter", "prometheus-postgres-exporter",
-            "prometheus-alertmanager", "prometheus")
+EXPORTERS = ("prometheus-node-exporter", "prometheus-postgres-exporter")
+SERVERS = ("prometheus-alertmanager", "prometheus")
+SERVICES = EXPORTERS + SERVERS
 #: The packages' daemons run as this user; postgres_exporter's passfile is its.
 EXPORTER_USER = "prometheus"
+EXPORTER_HOME = "/var/lib/prometheus"
 EXPORTER_KINDS = ("monitor",)
 
 
-def listen_address(settings: DeploySettings) -> str:
-    """The host's own address: the first of pg_listen_addresses (``localhost``, or only
-    a wildcard, is 127.0.0.1: the monitoring pages have no login)."""
+@dataclass(frozen=True)
+class Target:
+    """One database host's exporters as Prometheus dials them."""
+
+    name: str
+    address: str
+
+
+def listen_address(settings: DeploySettings, data=None) -> str:
+    """The host's own address: group_data ``monitor_listen_address``, else the first of
+    pg_listen_addresses (``localhost``, or only a wildcard, is 127.0.0.1: the
+    monitoring pages have no login)."""
+    chosen = data.get("monitor_listen_address") if data is not None else None
+    if chosen:
+        return str(chosen)
     names = listen_names(settings.pg_listen_addresses)
     first = names[0] if names else "localhost"
     return "127.0.0.1" if first == "localhost" else first
 
 
-def daemon_args(settings: DeploySettings) -> dict[str, str]:
+def has_monitor_host(inventory) -> bool:
+    return MONITOR_GROUP in inventory.groups and bool(inventory.get_group(MONITOR_GROUP))
+
+
+def targets(inventory) -> list[Target]:
+    """Every database host of the inventory, at the address its exporters listen on."""
+    hosts = inventory.get_group(DB_GROUP) if DB_GROUP in inventory.groups else []
+    return [Target(h.name, listen_address(load_deploy_settings(h.data), h.data))
+            for h in hosts]
+
+
+def daemon_args(settings: DeploySettings, address: str | None = None,
+                web_tls: bool = False) -> dict[str, str]:
     """package -> its ARGS line (the /etc/default file Debian's units read)."""
-    address = listen_address(settings)
+    address = address or listen_address(settings)
+    web = f" --web.config.file={WEB_CONFIG}" if web_tls else ""
     return {
         "prometheus-node-exporter": f"--web.listen-address={address}:{NODE_PORT} "
                                     "--collector.textfile.directory="
-                                    f"{opsjobs.textfile_dir(settings)}",
+                                    f"{opsjobs.textfile_dir(settings)}{web}",
         "prometheus-postgres-exporter": f"--web.listen-address={address}:"
                                         f"{POSTGRES_EXPORTER_PORT} "
-                                        f"--extend.query-path={QUERIES_FILE}",
+                                        f"--extend.query-path={QUERIES_FILE}{web}",
         "prometheus-alertmanager": f"--web.listen-address={address}:{ALERTMANAGER_PORT} "
                                    "--cluster.listen-address=",
         "prometheus": f"--web.listen-address={address}:{PROMETHEUS_PORT} "
@@ -93,31 +131,55 @@ def exporter_environment(settings: DeploySettings) -> dict[str, str]:
             "PGPASSFILE": consumers.passfile_of(settings, EXPORTER_USER)}
 
 
-def default_file(package: str, settings: DeploySettings) -> str:
+def default_file(package: str, settings: DeploySettings, address: str | None = None,
+                 web_tls: bool = False) -> str:
     """/etc/default/<package>: its ARGS (and postgres_exporter's connection)."""
     lines = ["# Managed by the donnadb deploy (provision/monitoring.py)."]
     if package == "prometheus-postgres-exporter":
         lines += [f"{key}='{value}'" for key, value in exporter_environment(settings).items()]
-    lines.append(f'ARGS="{daemon_args(settings)[package]}"')
+    lines.append(f'ARGS="{daemon_args(settings, address, web_tls)[package]}"')
     return "\n".join(lines) + "\n"
 
 
-def prometheus_config(settings: DeploySettings, interval: str = "15s") -> str:
-    """Scrape every exporter of the host and evaluate the rules every ``interval``."""
-    address = listen_address(settings)
+def web_config() -> str:
+    """The exporters' TLS: their host's certificate, and a client certificate of the
+    deploy's CA required from whoever scrapes them."""
+    config = {"tls_server_config": {
+        "cert_file": EXPORTER_CERT, "key_file": EXPORTER_KEY,
+        "client_auth_type": "RequireAndVerifyClientCert", "client_ca_file": tls.CA_FILE,
+        "min_version": "TLS12"}}
+    return "# Managed by the donnadb deploy (provision/monitoring.py).\n" + \
+        yaml.safe_dump(config, sort_keys=False)
 
-    def job(name: str, port: int) -> dict:
-        return {"job_name": name, "static_configs": [{"targets": [f"{address}:{port}"]}]}
 
+def prometheus_config(settings: DeploySettings, interval: str = "15s", *,
+                      address: str | None = None, scraped: list[Target] | None = None,
+                      over_tls: bool = False) -> str:
+    """Scrape Prometheus, Alertmanager (here, at ``address``) and the exporters of every
+    database host in ``scraped`` (default: this host alone), over TLS with a client
+    certificate when ``over_tls``; evaluate the rules every ``interval``."""
+    address = address or listen_address(settings)
+    scraped = scraped if scraped is not None else [Target("self", address)]
+
+    def job(name: str, addresses: list[str], port: int, remote: bool = False) -> dict:
+        entry = {"job_name": name,
+                 "static_configs": [{"targets": [f"{a}:{port}" for a in addresses]}]}
+        if remote:
+            entry["scheme"] = "https"
+            entry["tls_config"] = {"ca_file": tls.CA_FILE, "cert_file": CLIENT_CERT,
+                                   "key_file": CLIENT_KEY}
+        return entry
+
+    dbs = [t.address for t in scraped]
     config = {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "alerting": {"alertmanagers": [
             {"static_configs": [{"targets": [f"{address}:{ALERTMANAGER_PORT}"]}]}]},
         "rule_files": [RULES_FILE],
-        "scrape_configs": [job(alerts.JOB_PROMETHEUS, PROMETHEUS_PORT),
-                           job(alerts.JOB_ALERTMANAGER, ALERTMANAGER_PORT),
-                           job(alerts.JOB_NODE, NODE_PORT),
-                           job(alerts.JOB_POSTGRES, POSTGRES_EXPORTER_PORT)],
+        "scrape_configs": [job(alerts.JOB_PROMETHEUS, [address], PROMETHEUS_PORT),
+                           job(alerts.JOB_ALERTMANAGER, [address], ALERTMANAGER_PORT),
+                           job(alerts.JOB_NODE, dbs, NODE_PORT, over_tls),
+                           job(alerts.JOB_POSTGRES, dbs, POSTGRES_EXPORTER_PORT, over_tls)],
     }
     return "# Managed by the donnadb deploy (provision/monitoring.py).\n" + \
         yaml.safe_dump(config, sort_keys=False)
@@ -161,16 +223,44 @@ def rules_rendered(donnactl: str, dest: str):
                f"promtool check rules {dest}.new > /dev/null && mv {dest}.new {dest}")
 
 
-def _exporter_credentials(settings: DeploySettings) -> list[OperationMeta]:
-    """The packages' user (made by their install) reaches /etc/donnadb (group donnadb)
-    and gets its own passfile holding the monitor role only."""
+def _packages_user() -> None:
+    """The ``prometheus`` user as the packages' maintainer scripts make it (they keep an
+    existing one), so the files it reads can be its before the daemons first start."""
+    server.group(name=f"Group {EXPORTER_USER}", group=EXPORTER_USER, system=True)
+    server.user(name=f"System user {EXPORTER_USER} (the packages' daemons)",
+                user=EXPORTER_USER, group=EXPORTER_USER, system=True,
+                shell=consumers.NOLOGIN, home=EXPORTER_HOME, create_home=False,
+                ensure_home=False, comment="Prometheus daemon")
+
+
+def _certificate(settings: DeploySettings, cert: str, key: str) -> list[OperationMeta]:
+    """This host's certificate (the one its PostgreSQL has, same names: one kept
+    certificate per host on the control machine) for the prometheus user."""
+    files.directory(name=f"Create {posixpath.dirname(cert)}", path=posixpath.dirname(cert),
+                    user="root", group=EXPORTER_USER, mode="750")
+    names = tls.server_names(settings, host.name, host.get_fact(Hostname))
+    return list(tls.put_certificate(settings, names, cert, key, EXPORTER_USER))
+
+
+def _exporter_tls(settings: DeploySettings) -> list[OperationMeta]:
+    """The exporters' web config and certificate (TLS only, client certificate required)."""
+    return [_put("Exporters: TLS only, a client certificate of the deploy's CA required",
+                 web_config(), WEB_CONFIG),
+            *_certificate(settings, EXPORTER_CERT, EXPORTER_KEY)]
+
+
+def _postgres_exporter_files(settings: DeploySettings) -> list[OperationMeta]:
+    """What postgres_exporter reads: its custom query, its own passfile (the monitor
+    role only) and the CA (group donnadb reaches /etc/donnadb)."""
     target = consumers.passfile_of(settings, EXPORTER_USER)
-    kinds = ", ".join(EXPORTER_KINDS)
     return [
+        _put("postgres_exporter: the pg_stat_statements query", QUERIES_SOURCE.read_text(),
+             QUERIES_FILE),
         consumers.member_of(name=f"{EXPORTER_USER} reads the CA and its passfile "
                                  f"(group {consumers.GROUP})",
                             user=EXPORTER_USER, group=consumers.GROUP),
-        consumers.passfile_shared(name=f"Passfile {target} ({kinds} only)",
+        consumers.passfile_shared(name=f"Passfile {target} ({', '.join(EXPORTER_KINDS)} "
+                                       "only)",
                                   helper=passwords.helper_path(settings),
                                   passfile=settings.db_passfile, target=target,
                                   owner=EXPORTER_USER,
@@ -178,37 +268,11 @@ def _exporter_credentials(settings: DeploySettings) -> list[OperationMeta]:
     ]
 
 
-@deploy("Monitoring")
-def install_monitoring(settings: DeploySettings) -> None:
-    """Settings files first, then the packages, then (under systemd) the services,
-    restarted when their settings changed."""
-    webhook = host.data.get("alertmanager_webhook_url")
-    changed: dict[str, list[OperationMeta]] = {package: [] for package in SERVICES}
-    for package in SERVICES:
-        changed[package].append(_put(f"{package}: listen on {listen_address(settings)}",
-                                     default_file(package, settings),
-                                     f"/etc/default/{package}"))
-    changed["prometheus-postgres-exporter"].append(_put(
-        "postgres_exporter: the pg_stat_statements query", QUERIES_SOURCE.read_text(),
-        QUERIES_FILE))
-    changed["prometheus"].append(_put("Prometheus: scrape and alert settings",
-                                      prometheus_config(settings),
-                                      f"{CONFIG_DIR}/prometheus.yml"))
-    changed["prometheus-alertmanager"].append(_put(
-        "Alertmanager: route, receiver and inhibit rules", alertmanager_config(webhook),
-        f"{CONFIG_DIR}/alertmanager.yml"))
-    apt.packages(name="Install Prometheus, Alertmanager and node_exporter",
-                 packages=list(SERVICES), extra_install_args="--no-install-recommends")
-    changed["prometheus-postgres-exporter"] += _exporter_credentials(settings)
-    files.directory(name=f"Create {posixpath.dirname(RULES_FILE)}",
-                    path=posixpath.dirname(RULES_FILE), user="root", group="root",
-                    mode="755")
-    changed["prometheus"].append(rules_rendered(
-        name="Prometheus: the alert rules for this host's thresholds",
-        donnactl=install.donnactl_path(settings), dest=RULES_FILE))
+def _services(units: tuple[str, ...], changed: dict[str, list[OperationMeta]]) -> None:
+    """Under systemd: each unit runs, enabled, and restarts when its settings changed."""
     if not host.get_fact(SystemdRunning):
         return
-    for unit in SERVICES:
+    for unit in units:
         started = systemd.service(name=f"{unit} runs and starts at boot", service=unit,
                                   running=True, enabled=True)
         ops = changed[unit]
@@ -216,3 +280,79 @@ def install_monitoring(settings: DeploySettings) -> None:
                         restarted=True,
                         _if=lambda ops=ops, started=started: not started.did_change()
                         and any(op.did_change() for op in ops))
+
+
+@deploy("Monitoring: exporters")
+def install_exporters(settings: DeploySettings, *, web_tls: bool = False) -> None:
+    """node_exporter and postgres_exporter on this database host's own address; with
+    ``web_tls`` (the monitor is another host) TLS only, a client certificate required."""
+    address = listen_address(settings)
+    _packages_user()
+    changed: dict[str, list[OperationMeta]] = {package: [] for package in EXPORTERS}
+    for package in EXPORTERS:
+        changed[package].append(_put(f"{package}: listen on {address}",
+                                     default_file(package, settings, address, web_tls),
+                                     f"/etc/default/{package}"))
+    changed["prometheus-postgres-exporter"] += _postgres_exporter_files(settings)
+    if web_tls:
+        secured = _exporter_tls(settings)
+        for package in EXPORTERS:
+            changed[package] += secured
+    apt.packages(name="Install node_exporter and postgres_exporter", packages=list(EXPORTERS),
+                 extra_install_args="--no-install-recommends")
+    _services(EXPORTERS, changed)
+
+
+@deploy("Monitoring: Prometheus and Alertmanager")
+def install_server(settings: DeploySettings, *, scraped: list[Target] | None = None,
+                   over_tls: bool = False, rules_from_host: bool = True) -> None:
+    """Prometheus (scraping ``scraped``, default this host) and Alertmanager on this
+    host's own address. ``rules_from_host``: the rules are ``donnactl metrics rules`` of
+    this host (a database host's thresholds), else the shipped defaults."""
+    address = listen_address(settings, host.data)
+    webhook = host.data.get("alertmanager_webhook_url")
+    _packages_user()
+    changed: dict[str, list[OperationMeta]] = {package: [] for package in SERVERS}
+    for package in SERVERS:
+        changed[package].append(_put(f"{package}: listen on {address}",
+                                     default_file(package, settings, address),
+                                     f"/etc/default/{package}"))
+    changed["prometheus"].append(_put(
+        "Prometheus: scrape and alert settings",
+        prometheus_config(settings, address=address, scraped=scraped, over_tls=over_tls),
+        f"{CONFIG_DIR}/prometheus.yml"))
+    if over_tls:
+        changed["prometheus"] += _certificate(settings, CLIENT_CERT, CLIENT_KEY)
+    changed["prometheus-alertmanager"].append(_put(
+        "Alertmanager: route, receiver and inhibit rules", alertmanager_config(webhook),
+        f"{CONFIG_DIR}/alertmanager.yml"))
+    apt.packages(name="Install Prometheus and Alertmanager", packages=list(SERVERS),
+                 extra_install_args="--no-install-recommends")
+    if rules_from_host:
+        files.directory(name=f"Create {posixpath.dirname(RULES_FILE)}",
+                        path=posixpath.dirname(RULES_FILE), user="root", group="root",
+                        mode="755")
+        changed["prometheus"].append(rules_rendered(
+            name="Prometheus: the alert rules for this host's thresholds",
+            donnactl=install.donnactl_path(settings), dest=RULES_FILE))
+    else:
+        changed["prometheus"].append(_put("Prometheus: the alert rules (defaults)",
+                                          RULES_SOURCE.read_text(), RULES_FILE))
+    _services(SERVERS, changed)
+
+
+def install_monitoring(settings: DeploySettings) -> None:
+    """A database host's part: its exporters, and Prometheus and Alertmanager too when
+    the inventory has no monitor host (a single host monitors itself)."""
+    remote = has_monitor_host(host.inventory)
+    install_exporters(settings, web_tls=remote)
+    if not remote and settings.ha is None:
+        install_server(settings)
+
+
+def install_monitor(settings: DeploySettings) -> None:
+    """The monitor host: Prometheus scraping every database host over TLS (a client
+    certificate of the deploy's CA), and Alertmanager."""
+    tls.install_ca(settings)
+    install_server(settings, scraped=targets(host.inventory), over_tls=True,
+                   rules_from_host=DB_GROUP in host.groups)

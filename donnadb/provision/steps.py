@@ -114,6 +114,7 @@ def converge_member(settings: DeploySettings, target: Host) -> None:
     backups.install_backups(settings, leader=target.inventory.get_host(leader.name))
     pgbouncer.install_pgbouncer(settings, tls_changed=tls_changed, own_password=False)
     opsjobs.install_ops_jobs(settings)
+    monitoring.install_monitoring(settings)
     logs.rotate_logs(settings)
     haproxy.install_router(settings, target, settings.db_host)
 

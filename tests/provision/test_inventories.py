@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def groups_of(path: Path) -> dict[str, list[tuple[str, dict]]]:
     found = runpy.run_path(str(path))
     return {name: value for name, value in found.items()
-            if name in (app.DB_GROUP, app.APP_GROUP)}
+            if name in (app.DB_GROUP, app.APP_GROUP, app.MONITOR_GROUP)}
 
 
 def test_the_example_inventory_has_the_tested_fleets_groups_and_keys(tmp_path, monkeypatch):
@@ -62,7 +62,8 @@ def fake_inventory(db_names: list[str]):
 def test_a_host_in_no_role_group_is_refused():
     assert app.roles_of(fake_host("h", [app.DB_GROUP])) == (True, False)
     assert app.roles_of(fake_host("h", [app.APP_GROUP, "production"])) == (False, True)
-    with pytest.raises(ConfigError, match="neither db_servers nor app_servers"):
+    assert app.roles_of(fake_host("h", [app.MONITOR_GROUP])) == (False, False)
+    with pytest.raises(ConfigError, match="none of db_servers, app_servers and monitor_servers"):
         app.roles_of(fake_host("h", ["production"]))
 
 
@@ -111,7 +112,7 @@ def test_the_example_cluster_inventory_has_the_tested_clusters_groups_and_keys(t
     monkeypatch.setenv("DONNADB_CLUSTER_FILE", str(spec))
     tested = groups_of(ROOT / "tests" / "fleet" / "ha" / "inventory.py")
     example = groups_of(ROOT / "inventory" / "cluster.py")
-    assert set(tested) == set(example) == {app.DB_GROUP, app.APP_GROUP}
+    assert set(tested) == set(example) == {app.DB_GROUP, app.APP_GROUP, app.MONITOR_GROUP}
     for group in tested:
         assert [set(data) for _, data in tested[group]] == \
             [set(data) for _, data in example[group]], group

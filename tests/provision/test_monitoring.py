@@ -11,6 +11,7 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -151,3 +152,38 @@ def test_the_deployed_prometheus_scrapes_every_target_and_holds_our_rules_and_se
     assert [m["url"] for m in managers] == [
         f"http://{monitoring.listen_address(deploy_settings)}:"
         f"{monitoring.ALERTMANAGER_PORT}/api/v2/alerts"]
+
+
+def _inventory(addresses: dict[str, str]) -> SimpleNamespace:
+    hosts = [SimpleNamespace(name=name, data=GroupData({**load_group_data(),
+                                                        "pg_listen_addresses": address}))
+             for name, address in addresses.items()]
+    return SimpleNamespace(groups={"db_servers": hosts}, get_group=lambda name: hosts)
+
+
+def test_a_monitor_host_scrapes_every_database_host_over_tls_with_a_client_certificate():
+    inventory = _inventory({"pg1": "10.0.1.11", "pg2": "localhost,10.0.1.12"})
+    scraped = monitoring.targets(inventory)
+    assert scraped == [monitoring.Target("pg1", "10.0.1.11"),
+                       monitoring.Target("pg2", "127.0.0.1")]
+    config = yaml.safe_load(monitoring.prometheus_config(
+        settings(), address="10.0.3.5", scraped=scraped, over_tls=True))
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["node"]["static_configs"][0]["targets"] == ["10.0.1.11:9100", "127.0.0.1:9100"]
+    assert jobs["postgres"]["static_configs"][0]["targets"] == [
+        "10.0.1.11:9187", "127.0.0.1:9187"]
+    for name in ("node", "postgres"):
+        assert jobs[name]["scheme"] == "https"
+        assert jobs[name]["tls_config"] == {"ca_file": "/etc/donnadb/tls/ca.crt",
+                                            "cert_file": monitoring.CLIENT_CERT,
+                                            "key_file": monitoring.CLIENT_KEY}
+    # Prometheus and Alertmanager are the monitor host's own, on its address.
+    assert jobs["prometheus"]["static_configs"][0]["targets"] == ["10.0.3.5:9090"]
+    # The exporters then demand a client certificate of the deploy's CA.
+    web = yaml.safe_load(monitoring.web_config())["tls_server_config"]
+    assert web["client_auth_type"] == "RequireAndVerifyClientCert"
+    assert web["client_ca_file"] == "/etc/donnadb/tls/ca.crt"
+    args = monitoring.daemon_args(settings(), web_tls=True)
+    assert all(f"--web.config.file={monitoring.WEB_CONFIG}" in args[p]
+               for p in monitoring.EXPORTERS)
+    assert not any("--web.config.file" in args[p] for p in monitoring.SERVERS)

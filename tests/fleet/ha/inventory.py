@@ -36,6 +36,8 @@ _shared = {
 db_servers = [(name, {**_ssh, **_shared, **dict.fromkeys(_OWN_ADDRESS, address)})
               for name, address in _spec["db"]]
 
-app_servers = [
-    (_app_name, {**_ssh, "ssh_hostname": _app, "app_address": _app, "app_extras": ["loadtest"]}),
-]
+_app_host = {**_ssh, "ssh_hostname": _app, "app_address": _app, "app_extras": ["loadtest"],
+             "monitor_listen_address": _app}
+
+app_servers = [(_app_name, _app_host)]
+monitor_servers = [(_app_name, _app_host)]

@@ -4,6 +4,8 @@ contract through the router, and what an outage costs (the failure drill)."""
 from __future__ import annotations
 
 import json
+import shlex
+import textwrap
 import uuid
 
 import pytest
@@ -59,6 +61,52 @@ def test_patronis_api_is_tls_and_its_changing_endpoints_need_the_password(cluste
     # The file holding the passwords is the postgres user's alone.
     mode = leader.run("stat -c '%U %a' /etc/patroni/15-main.yml").stdout.split()
     assert mode == ["postgres", "600"]
+
+
+def test_the_monitor_host_scrapes_every_members_exporters_over_mutual_tls(cluster: Cluster):
+    """Prometheus on the monitor host (the application host here) has every member's
+    node_exporter and postgres_exporter up, each member's PostgreSQL answering the
+    monitor role; the exporters take no plain HTTP and no client without a certificate
+    of the deploy's CA."""
+    monitor = cluster.app
+    probe = textwrap.dedent(f"""
+        import json, time, urllib.request
+        base = "http://{monitor.address}:9090/api/v1"
+        for _ in range(90):
+            with urllib.request.urlopen(base + "/targets") as r:
+                targets = json.load(r)["data"]["activeTargets"]
+            health = sorted((t["labels"]["job"], t["labels"]["instance"], t["health"])
+                            for t in targets)
+            with urllib.request.urlopen(base + "/query?query=pg_up") as r:
+                pg_up = sorted((s["metric"]["instance"], s["value"][1])
+                               for s in json.load(r)["data"]["result"])
+            if len(health) == 8 and {{h for *_, h in health}} == {{"up"}} and \
+                    [v for _, v in pg_up] == ["1"] * 3:
+                break
+            time.sleep(2)
+        print(json.dumps({{"targets": health, "pg_up": pg_up}}))
+    """)
+    seen = json.loads(monitor.run(f"python3 -c {shlex.quote(probe)}", timeout=240).stdout)
+    members = [m.address for m in cluster.members]
+    expected = sorted([("alertmanager", f"{monitor.address}:9093", "up"),
+                       ("prometheus", f"{monitor.address}:9090", "up"),
+                       *(("node", f"{a}:9100", "up") for a in members),
+                       *(("postgres", f"{a}:9187", "up") for a in members)])
+    assert [tuple(t) for t in seen["targets"]] == expected
+    assert [tuple(v) for v in seen["pg_up"]] == [(f"{a}:9187", "1") for a in sorted(members)]
+    member = members[0]
+    for port in (9100, 9187):
+        plain = monitor.run(f"curl -fsS --max-time 5 http://{member}:{port}/metrics",
+                            check=False)
+        assert plain.returncode != 0
+        anonymous = monitor.run(f"curl -fsS --max-time 5 --cacert {CA} "
+                                f"https://{member}:{port}/metrics", check=False)
+        assert anonymous.returncode != 0
+        with_cert = monitor.run(f"curl -fsS --max-time 5 --cacert {CA} "
+                                "--cert /etc/prometheus/tls/client.crt "
+                                "--key /etc/prometheus/tls/client.key "
+                                f"https://{member}:{port}/metrics")
+        assert "go_goroutines" in with_cert.stdout
 
 
 def run_as_app(cluster: Cluster, script: str, *args: str, env: str = "") -> dict:
