@@ -77,22 +77,18 @@ def test_backup_reads_everything_and_writes_nothing(connect_as, scratch_table):
         _try(conn, "INSERT INTO notes (body) VALUES ('x')")
 
 
-@pytest.mark.parametrize("statement", [
-    "SELECT count(*) FROM notes",
-    "INSERT INTO notes (body) VALUES ('x')",
-    "SELECT * FROM pg_catalog.pg_authid",
-    "CREATE TABLE mon_made (id int)",
-])
-def test_monitor_reads_statistics_never_data(connect_as, scratch_table, statement):
+def test_monitor_reads_statistics_never_data(connect_as, scratch_table):
     conn = connect_as("monitor", dbname=scratch_table)
     # What postgres_exporter and its custom query read (pg_monitor) ...
     assert conn.execute("SELECT count(*) >= 1 FROM pg_stat_activity "
                         "WHERE query IS NOT NULL AND usename IS NOT NULL").fetchone()[0]
     assert conn.execute("SELECT count(*) >= 0 FROM public.pg_stat_statements").fetchone()[0]
     assert conn.execute("SELECT pg_is_in_recovery() IS NOT NULL").fetchone()[0]
-    # ... and not one row of a table, nor the password verifiers.
-    with pytest.raises(DENIED):
-        _try(conn, statement)
+    # ... and not one row of a table, nor the password verifiers, nor a write.
+    for statement in ("SELECT count(*) FROM notes", "INSERT INTO notes (body) VALUES ('x')",
+                      "SELECT * FROM pg_catalog.pg_authid", "CREATE TABLE mon_made (id int)"):
+        with pytest.raises(DENIED):
+            _try(conn, statement)
 
 
 def test_migrator_creates_objects_owned_by_owner(settings, connect_as, empty_db):
