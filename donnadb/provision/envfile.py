@@ -8,13 +8,24 @@ from io import StringIO
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
-from donnadb.provision import bootstrap, consumers, tls
+from donnadb.config import Settings
+from donnadb.provision import bootstrap, consumers, monitoring, tls
 from donnadb.provision.settings import DeploySettings
+
+
+def prometheus_url(settings: DeploySettings) -> str | None:
+    """The host's own Prometheus (a single host's deploy runs one), when it is not the
+    runtime default; a cluster member has none yet."""
+    if settings.ha:
+        return None
+    url = f"http://{monitoring.listen_address(settings)}:{monitoring.PROMETHEUS_PORT}"
+    return None if url == Settings.model_fields["prometheus_url"].default else url
 
 
 def render_env(settings: DeploySettings) -> str:
     """The file's text for ``settings`` (what the deploy writes, and the tests read)."""
-    return bootstrap.render("donnadb.env.j2", cfg=settings, tls=tls)
+    return bootstrap.render("donnadb.env.j2", cfg=settings, tls=tls,
+                            prometheus_url=prometheus_url(settings))
 
 
 @deploy("Host settings file")

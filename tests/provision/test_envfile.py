@@ -32,3 +32,16 @@ def test_group_data_s_own_cluster_is_written(deploy_settings):
     lines = _env_lines(envfile.render_env(deploy_settings))
     assert lines["PG_VERSION"] == str(deploy_settings.pg_version)
     assert lines["PG_CLUSTER"] == deploy_settings.pg_cluster
+
+
+def test_a_prometheus_on_the_host_s_own_address_is_what_the_dashboard_reads(deploy_settings,
+                                                                            tmp_path):
+    own = dataclasses.replace(deploy_settings, pg_listen_addresses="10.0.0.5,localhost")
+    text = envfile.render_env(own)
+    assert _env_lines(text)["PROMETHEUS_URL"] == "http://10.0.0.5:9090"
+    env_file = tmp_path / "donnadb.env"
+    env_file.write_text(text)
+    assert Settings(_env_file=env_file).prometheus_url == "http://10.0.0.5:9090"
+    # On loopback the runtime default is right: no line.
+    loopback = dataclasses.replace(deploy_settings, pg_listen_addresses="localhost")
+    assert "PROMETHEUS_URL" not in _env_lines(envfile.render_env(loopback))
