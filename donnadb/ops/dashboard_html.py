@@ -24,22 +24,22 @@ MAX_QUIET_SERIES = 4
 
 CSS = """
 body{font-family:DejaVu Sans,Liberation Sans,Arial,sans-serif;margin:16px;background:#f6f6f4;
-color:#222}
-h1{font-size:20px;margin:0 0 4px}p.meta{margin:0 0 14px;color:#555;font-size:13px}
+color:#222222}
+h1{font-size:20px;margin:0 0 4px}p.meta{margin:0 0 14px;color:#555555;font-size:13px}
 main{display:grid;grid-template-columns:repeat(auto-fill,minmax(620px,1fr));gap:14px}
 section.panel{background:#fff;border:1px solid #ddd;border-radius:6px;padding:10px 12px}
 section.wide{grid-column:1/-1}h2{font-size:15px;margin:0 0 6px}
-p.empty{color:#888;font-style:italic;margin:24px 0;text-align:center}
+p.empty{color:#888888;font-style:italic;margin:24px 0;text-align:center}
 p.error{color:#b00020;font-size:13px}
 ul.legend{list-style:none;margin:4px 0 0;padding:0;font-size:12px;display:flex;
 flex-wrap:wrap;gap:4px 14px}
 ul.legend span.swatch{display:inline-block;width:10px;height:10px;margin-right:4px}
-p.note{font-size:11px;color:#777;margin:2px 0 0}
+p.note{font-size:11px;color:#777777;margin:2px 0 0}
 table{border-collapse:collapse;width:100%;font-size:12px}
 th,td{text-align:left;padding:3px 6px;border-bottom:1px solid #eee}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 td code{font-size:12px;white-space:pre-wrap;word-break:break-all}
-svg text{font-size:10px;fill:#555}
+svg text{font-size:10px;fill:#555555}
 """
 
 

@@ -1,11 +1,12 @@
 """A real monitoring stack for the dashboard tests, on 127.0.0.1 only: a throwaway
 PostgreSQL 15 cluster with pg_stat_statements, Debian's prometheus-postgres-exporter
 and prometheus-node-exporter scraping it and a textfile, and Debian's Prometheus
-scraping both every second. Everything started here is stopped on exit.
+scraping both every 2 seconds. Everything started here is stopped on exit.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -122,7 +123,8 @@ def _daemon(argv: list[str], log: Path, ready: str, **popen) -> Iterator[None]:
 
 def _prometheus_config(targets: dict[str, int]) -> str:
     return yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        # scrape_timeout is the interval: 2 s lets postgres_exporter answer on a busy host.
+        "global": {"scrape_interval": "2s", "evaluation_interval": "2s"},
         "rule_files": [str(RULES)],
         "scrape_configs": [{"job_name": job, "static_configs": [
             {"targets": [f"127.0.0.1:{port}"]}]} for job, port in targets.items()]})
@@ -168,7 +170,23 @@ def monitoring_stack(textfile: str) -> Iterator[Stack]:
              f"--storage.tsdb.path={work / 'tsdb'}",
              f"--web.listen-address=127.0.0.1:{ports[alerts.JOB_PROMETHEUS]}"],
             work / "prometheus.log", f"{url}/-/ready"))
+        _wait_scraped(url, len(ports), work / "prometheus.log")
         yield Stack(url, pg_port, work)
+
+
+def _wait_scraped(url: str, targets: int, log: Path, timeout: float = 60) -> None:
+    """Until every target's first scrape is in: Prometheus holds its targets back for
+    about 5 s after it is ready, and a load driven before would be one flat sample."""
+    deadline = time.monotonic() + timeout
+    query = f"{url}/api/v1/query?query=sum(up)"
+    while True:
+        with urllib.request.urlopen(query, timeout=5) as answer:  # noqa: S310
+            result = json.load(answer)["data"]["result"]
+        if result and float(result[0]["value"][1]) == targets:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"targets never all up:\n{log.read_text()[-2000:]}")
+        time.sleep(0.5)
 
 
 def drive_load(port: int, transactions: int = 300) -> None:
