@@ -30,18 +30,9 @@ PG_PORTS = range(5470, 5480)
 DB = "donna"
 RULES = Path(__file__).resolve().parents[2] / "monitoring" / "alerts.yml"
 
-#: postgres_exporter's custom query for the statements' counters (labels queryid and
-#: the statement's first 60 characters), as the deploy gives the exporter.
-STATEMENTS_QUERIES = {"pg_stat_statements": {
-    "query": "SELECT queryid::text AS queryid, left(min(query), 60) AS query, "
-             "sum(calls) AS calls, sum(total_exec_time) / 1000 AS exec_seconds "
-             "FROM pg_stat_statements GROUP BY queryid",
-    "metrics": [
-        {"queryid": {"usage": "LABEL", "description": "pg_stat_statements queryid"}},
-        {"query": {"usage": "LABEL", "description": "the statement's first 60 characters"}},
-        {"calls": {"usage": "COUNTER", "description": "times executed"}},
-        {"exec_seconds": {"usage": "COUNTER", "description": "time spent executing"}},
-    ]}}
+#: postgres_exporter's custom query, as the deploy gives it to the exporter.
+QUERIES = Path(__file__).resolve().parents[2] / "monitoring" / "postgres_exporter" / \
+    "queries.yml"
 
 
 @dataclass(frozen=True)
@@ -140,8 +131,8 @@ def monitoring_stack(textfile: str) -> Iterator[Stack]:
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, work, ignore_errors=True)
         pg_port = stack.enter_context(pg_cluster())
-        queries = work / "queries.yaml"
-        queries.write_text(yaml.safe_dump(STATEMENTS_QUERIES, sort_keys=False))
+        queries = work / "queries.yml"
+        shutil.copyfile(QUERIES, queries)  # the exporter runs as postgres
         (work / "textfile").mkdir()
         (work / "textfile" / "donnadb.prom").write_text(textfile)
         ports: dict[str, int] = {}
