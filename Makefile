@@ -44,12 +44,16 @@ deploy: venv
 	$(VENV)/bin/pyinfra -y $(INVENTORY) deploy.py
 
 # The suite checks the checkout itself with git (no secret in the repository), sniffs
-# loopback traffic with tcpdump (nothing readable on the wire) and decrypts age backups
-# with the stock tool.
+# loopback traffic with tcpdump (nothing readable on the wire), decrypts age backups
+# with the stock tool and loads the dashboard in headless Chromium (the headless shell
+# alone: without recommends it starts no service).
 test: deploy
 	@command -v git >/dev/null || { apt-get update -qq && apt-get install -y -qq git; }
 	@command -v tcpdump >/dev/null || { apt-get update -qq && apt-get install -y -qq tcpdump; }
 	@command -v age >/dev/null || { apt-get update -qq && apt-get install -y -qq age; }
+	@command -v chromium >/dev/null || command -v chromium-headless-shell >/dev/null || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends chromium-headless-shell; }
 	@# tests/cluster boots its own etcd and Patroni nodes: the packages' services must not
 	@# start (etcd-server's would hold 127.0.0.1:2379/2380), so a policy-rc.d denies them
 	@# for the install (an existing one is kept as it is).

@@ -210,6 +210,10 @@ class Settings(BaseSettings):
     ops_log_file: Path = Path("/var/log/donnadb/donnactl.jsonl")
     #: Textfile for node_exporter's textfile collector (`donnactl metrics`).
     metrics_textfile: Path = Path("/var/lib/prometheus/node-exporter/donnadb.prom")
+    #: The Prometheus `donnactl dashboard` reads (the deploy writes the one scraping the
+    #: host, the monitor host's or its own, when it is not on 127.0.0.1).
+    prometheus_url: str = Field("http://127.0.0.1:9090",
+                                pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
     #: PgBouncer's auth_file; `roles rotate` rewrites the role's line when the file exists.
     pgbouncer_auth_file: Path = Path("/etc/pgbouncer/userlist.txt")
 

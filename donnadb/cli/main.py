@@ -31,6 +31,7 @@ GROUPS: list[tuple[str, str, str]] = [
     ("loadtest", "loadtest", "Load test: seed, run Locust, SLO gate, smoke test."),
     ("monitor", "", "Top-level status, health and shell."),
     ("metrics", "metrics", "Prometheus metrics: show, textfile, serve, rules."),
+    ("dashboard", "", "The dashboard page of Prometheus's figures."),
     ("partitions", "partitions", "system_logs partitions: status, maintain (pg_partman)."),
     ("retention", "retention", "Retention: expired memory, old log partitions."),
     ("queries", "queries", "Statements (pg_stat_statements); cancel or terminate a backend."),

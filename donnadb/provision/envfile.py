@@ -5,16 +5,26 @@ from __future__ import annotations
 import posixpath
 from io import StringIO
 
+from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
-from donnadb.provision import bootstrap, consumers, tls
+from donnadb.config import Settings
+from donnadb.provision import bootstrap, consumers, monitoring, tls
 from donnadb.provision.settings import DeploySettings
 
 
-def render_env(settings: DeploySettings) -> str:
-    """The file's text for ``settings`` (what the deploy writes, and the tests read)."""
-    return bootstrap.render("donnadb.env.j2", cfg=settings, tls=tls)
+def prometheus_url(address: str | None) -> str | None:
+    """``address`` (:func:`monitoring.prometheus_address`) unless it is the runtime
+    default, which needs no line."""
+    return None if address == Settings.model_fields["prometheus_url"].default else address
+
+
+def render_env(settings: DeploySettings, prometheus: str | None = None) -> str:
+    """The file's text for ``settings`` (what the deploy writes, and the tests read);
+    ``prometheus``: the Prometheus `donnactl dashboard` reads."""
+    return bootstrap.render("donnadb.env.j2", cfg=settings, tls=tls,
+                            prometheus_url=prometheus_url(prometheus))
 
 
 @deploy("Host settings file")
@@ -22,5 +32,7 @@ def write_env_file(settings: DeploySettings) -> None:
     directory = posixpath.dirname(settings.donnadb_env_file)
     consumers.settings_dir(f"Create {directory}", directory)
     # No secret inside; the consumers (the donnadb group) read it, nobody else.
-    files.put(name=f"Write {settings.donnadb_env_file}", src=StringIO(render_env(settings)),
+    prometheus = monitoring.prometheus_address(settings, host.inventory, host.data)
+    files.put(name=f"Write {settings.donnadb_env_file}",
+              src=StringIO(render_env(settings, prometheus)),
               dest=settings.donnadb_env_file, user="root", group=consumers.GROUP, mode="640")

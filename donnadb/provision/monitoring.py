@@ -94,6 +94,19 @@ def has_monitor_host(inventory) -> bool:
     return MONITOR_GROUP in inventory.groups and bool(inventory.get_group(MONITOR_GROUP))
 
 
+def prometheus_address(settings: DeploySettings, inventory, data=None) -> str | None:
+    """Where a database host's Prometheus listens: the monitor host's, else its own
+    (a single host monitors itself); None on a cluster member without a monitor host."""
+    if has_monitor_host(inventory):
+        monitor = inventory.get_group(MONITOR_GROUP)[0]
+        address = listen_address(load_deploy_settings(monitor.data), monitor.data)
+    elif settings.ha is None:
+        address = listen_address(settings, data)
+    else:
+        return None
+    return f"http://{address}:{PROMETHEUS_PORT}"
+
+
 def targets(inventory) -> list[Target]:
     """Every database host of the inventory, at the address its exporters listen on."""
     hosts = inventory.get_group(DB_GROUP) if DB_GROUP in inventory.groups else []

@@ -32,3 +32,38 @@ def test_group_data_s_own_cluster_is_written(deploy_settings):
     lines = _env_lines(envfile.render_env(deploy_settings))
     assert lines["PG_VERSION"] == str(deploy_settings.pg_version)
     assert lines["PG_CLUSTER"] == deploy_settings.pg_cluster
+
+
+class _Inventory:
+    """What monitoring.prometheus_address reads of pyinfra's inventory."""
+
+    def __init__(self, groups: dict[str, list]) -> None:
+        self.groups = groups
+
+    def get_group(self, name: str) -> list:
+        return self.groups[name]
+
+
+def test_the_env_file_names_the_prometheus_the_dashboard_reads(deploy_settings, tmp_path):
+    from types import SimpleNamespace
+
+    from donnadb.provision import monitoring
+    from tests.provision.deployrun import load_group_data
+    from tests.support import GroupData
+
+    own = dataclasses.replace(deploy_settings, pg_listen_addresses="10.0.0.5,localhost")
+    single = monitoring.prometheus_address(own, _Inventory({}))
+    text = envfile.render_env(own, single)
+    assert _env_lines(text)["PROMETHEUS_URL"] == "http://10.0.0.5:9090"
+    env_file = tmp_path / "donnadb.env"
+    env_file.write_text(text)
+    assert Settings(_env_file=env_file).prometheus_url == "http://10.0.0.5:9090"
+    # A monitor host's Prometheus serves every database host.
+    monitor = SimpleNamespace(data=GroupData({**load_group_data(),
+                                              "monitor_listen_address": "10.0.0.9"}))
+    inventory = _Inventory({"monitor_servers": [monitor]})
+    assert monitoring.prometheus_address(own, inventory) == "http://10.0.0.9:9090"
+    # On loopback the runtime default is right: no line.
+    loopback = dataclasses.replace(deploy_settings, pg_listen_addresses="localhost")
+    assert "PROMETHEUS_URL" not in _env_lines(envfile.render_env(
+        loopback, monitoring.prometheus_address(loopback, _Inventory({}))))
