@@ -86,6 +86,10 @@ def test_every_panel_has_data_from_the_real_exporters(stack):
     assert {ln.name for ln in by_key["backups"].lines} == {
         "WAL archive lag", "logical backup age", "physical backup age (repo 1)"}
     assert any("dash_load" in row.query for row in by_key["statements"].rows)
+    # The p95 estimate (computed from the statements' calls and seconds) is drawn.
+    latency = {ln.name: ln for ln in by_key["latency"].lines}
+    p95 = [v for _, v in latency["p95 (estimate)"].samples]
+    assert p95 and max(p95) > 0
     html = dashboard_html.page(snap)
     assert _points(html)["replication"] == 0 and "no replicas" in html
 
@@ -162,6 +166,15 @@ def test_page_escapes_every_text_it_is_given():
         PanelData(panel, error=HOSTILE)])
     html = dashboard_html.page(snap)
     assert "<script" not in html and html.count("&lt;script&gt;") == 8  # the title twice
+
+
+def test_the_p95_estimate_weighs_each_statement_by_its_calls():
+    # 90 calls at 1 ms, 10 calls at 200 ms: the 95th call is a slow one.
+    assert dashboard.weighted_quantile([(0.001, 90.0), (0.2, 10.0)], 0.95) == 0.2
+    # 99 calls at 1 ms, 1 at 2 s: p95 is fast, the mean (21 ms) would not say so.
+    assert dashboard.weighted_quantile([(2.0, 1.0), (0.001, 99.0)], 0.95) == 0.001
+    assert dashboard.weighted_quantile([], 0.95) is None
+    assert dashboard.weighted_quantile([(0.5, 0.0)], 0.95) is None
 
 
 @pytest.mark.parametrize(("value", "unit", "shown"), [
