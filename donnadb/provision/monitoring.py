@@ -217,9 +217,20 @@ def alertmanager_config(webhook_url: str | None, group_wait: str = "10s",
         yaml.safe_dump(config, sort_keys=False)
 
 
-def _put(name: str, text: str, dest: str, mode: str = "644") -> OperationMeta:
-    return files.put(name=name, src=StringIO(text), dest=dest, user="root", group="root",
+def _put(name: str, text: str, dest: str, mode: str = "644", owner: str = "root") -> OperationMeta:
+    return files.put(name=name, src=StringIO(text), dest=dest, user=owner, group=owner,
                      mode=mode, create_remote_dir=True)
+
+
+#: Files a package's maintainer script chowns on every configure: written as it leaves
+#: them (postgres_exporter's may hold a DSN with a password elsewhere; ours holds none).
+PACKAGE_OWNED = {"/etc/default/prometheus-postgres-exporter": (EXPORTER_USER, "640")}
+
+
+def _put_default(package: str, text: str, address: str) -> OperationMeta:
+    dest = f"/etc/default/{package}"
+    owner, mode = PACKAGE_OWNED.get(dest, ("root", "644"))
+    return _put(f"{package}: listen on {address}", text, dest, mode=mode, owner=owner)
 
 
 @operation()
@@ -303,9 +314,8 @@ def install_exporters(settings: DeploySettings, *, web_tls: bool = False) -> Non
     _packages_user()
     changed: dict[str, list[OperationMeta]] = {package: [] for package in EXPORTERS}
     for package in EXPORTERS:
-        changed[package].append(_put(f"{package}: listen on {address}",
-                                     default_file(package, settings, address, web_tls),
-                                     f"/etc/default/{package}"))
+        changed[package].append(_put_default(
+            package, default_file(package, settings, address, web_tls), address))
     changed["prometheus-postgres-exporter"] += _postgres_exporter_files(settings)
     if web_tls:
         secured = _exporter_tls(settings)
@@ -327,9 +337,8 @@ def install_server(settings: DeploySettings, *, scraped: list[Target] | None = N
     _packages_user()
     changed: dict[str, list[OperationMeta]] = {package: [] for package in SERVERS}
     for package in SERVERS:
-        changed[package].append(_put(f"{package}: listen on {address}",
-                                     default_file(package, settings, address),
-                                     f"/etc/default/{package}"))
+        changed[package].append(_put_default(package, default_file(package, settings, address),
+                                             address))
     changed["prometheus"].append(_put(
         "Prometheus: scrape and alert settings",
         prometheus_config(settings, address=address, scraped=scraped, over_tls=over_tls),
