@@ -48,12 +48,13 @@ deploy: venv
 # with the stock tool and loads the dashboard in headless Chromium (the headless shell
 # alone: without recommends it starts no service).
 test: deploy
-	@command -v git >/dev/null || { apt-get update -qq && apt-get install -y -qq git; }
-	@command -v tcpdump >/dev/null || { apt-get update -qq && apt-get install -y -qq tcpdump; }
-	@command -v age >/dev/null || { apt-get update -qq && apt-get install -y -qq age; }
-	@command -v chromium >/dev/null || command -v chromium-headless-shell >/dev/null || { \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-		--no-install-recommends chromium-headless-shell; }
+	@# One apt-get update for whatever is missing (Chromium without its recommends, which
+	@# would start services).
+	@need=; for tool in git tcpdump age; do command -v $$tool >/dev/null || need="$$need $$tool"; done; \
+		command -v chromium >/dev/null || command -v chromium-headless-shell >/dev/null || \
+		need="$$need chromium-headless-shell"; \
+		[ -z "$$need" ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends $$need; }
 	@# tests/cluster boots its own etcd and Patroni nodes: the packages' services must not
 	@# start (etcd-server's would hold 127.0.0.1:2379/2380), so a policy-rc.d denies them
 	@# for the install (an existing one is kept as it is).
@@ -63,7 +64,7 @@ test: deploy
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq patroni etcd-server; \
 		rc=$$?; [ -z "$$own" ] || rm -f /usr/sbin/policy-rc.d; exit $$rc; }
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest --durations=25 $(PYTEST_ARGS)
 
 # The fleet suite: fresh Debian 12 hosts with systemd booted here (debootstrap +
 # systemd-nspawn, tests/hosts), a database host and an application host on their own
