@@ -54,8 +54,11 @@ QUERIES_FILE = f"{CONFIG_DIR}/postgres_exporter.yml"
 #: The exporters' TLS settings (exporter-toolkit's web config) and their certificate.
 WEB_CONFIG = f"{CONFIG_DIR}/exporter-web.yml"
 EXPORTER_CERT, EXPORTER_KEY = f"{CONFIG_DIR}/tls/exporter.crt", f"{CONFIG_DIR}/tls/exporter.key"
-#: Prometheus's client certificate, presented to remote exporters.
+#: Prometheus's client certificate, presented to remote exporters, and the deploy's CA
+#: it verifies them with (a copy: /etc/donnadb is the donnadb group's, which a monitor
+#: host need not have).
 CLIENT_CERT, CLIENT_KEY = f"{CONFIG_DIR}/tls/client.crt", f"{CONFIG_DIR}/tls/client.key"
+CLIENT_CA = f"{CONFIG_DIR}/tls/ca.crt"
 PROMETHEUS_PORT = 9090
 ALERTMANAGER_PORT = 9093
 NODE_PORT = 9100
@@ -179,7 +182,7 @@ def prometheus_config(settings: DeploySettings, interval: str = "15s", *,
                  "static_configs": [{"targets": [f"{a}:{port}" for a in addresses]}]}
         if remote:
             entry["scheme"] = "https"
-            entry["tls_config"] = {"ca_file": tls.CA_FILE, "cert_file": CLIENT_CERT,
+            entry["tls_config"] = {"ca_file": CLIENT_CA, "cert_file": CLIENT_CERT,
                                    "key_file": CLIENT_KEY}
         return entry
 
@@ -344,7 +347,10 @@ def install_server(settings: DeploySettings, *, scraped: list[Target] | None = N
         prometheus_config(settings, address=address, scraped=scraped, over_tls=over_tls),
         f"{CONFIG_DIR}/prometheus.yml"))
     if over_tls:
-        changed["prometheus"] += _certificate(settings, CLIENT_CERT, CLIENT_KEY)
+        changed["prometheus"] += [
+            *_certificate(settings, CLIENT_CERT, CLIENT_KEY),
+            _put("Prometheus: the deploy's CA certificate", tls.authority(settings).cert_pem,
+                 CLIENT_CA)]
     changed["prometheus-alertmanager"].append(_put(
         "Alertmanager: route, receiver and inhibit rules", alertmanager_config(webhook),
         f"{CONFIG_DIR}/alertmanager.yml"))

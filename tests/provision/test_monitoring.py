@@ -174,7 +174,7 @@ def test_a_monitor_host_scrapes_every_database_host_over_tls_with_a_client_certi
         "10.0.1.11:9187", "127.0.0.1:9187"]
     for name in ("node", "postgres"):
         assert jobs[name]["scheme"] == "https"
-        assert jobs[name]["tls_config"] == {"ca_file": "/etc/donnadb/tls/ca.crt",
+        assert jobs[name]["tls_config"] == {"ca_file": monitoring.CLIENT_CA,
                                             "cert_file": monitoring.CLIENT_CERT,
                                             "key_file": monitoring.CLIENT_KEY}
     # Prometheus and Alertmanager are the monitor host's own, on its address.
