@@ -17,8 +17,10 @@ import pytest
 from donnadb.ops import dashboard, dashboard_html
 from donnadb.ops.dashboard import Line, Panel, PanelData, Query, Snapshot, Statement
 from donnadb.ops.prometheus import Prometheus, PrometheusError, QueryRefused
+from donnadb.provision import monitoring
 from tests.ops.conftest import DONNACTL
 from tests.ops.promstack import drive_load, free_port, monitoring_stack, psql
+from tests.support import with_systemd
 
 #: What the metrics timer would write for node_exporter's textfile collector on a
 #: single host with PgBouncer and backups (the test cluster has neither).
@@ -228,3 +230,21 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path) -> None:
         except OSError:
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.3)
+
+
+@pytest.mark.deploy
+@with_systemd
+def test_the_deployed_prometheus_fills_the_dashboard(deployed, deploy_settings):
+    """On the deployed host, after the suite's own traffic (its load test among it): the
+    page `donnactl dashboard` shows by default reads the deployed Prometheus and every
+    panel a single host can fill has data."""
+    done = subprocess.run([DONNACTL, "dashboard", "--range", "30m", "--json"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["prometheus"] == (f"http://{monitoring.listen_address(deploy_settings)}:"
+                                  f"{monitoring.PROMETHEUS_PORT}")
+    points = {p["panel"]: p["points"] for p in data["panels"]}
+    filled = {"throughput", "latency", "connections", "pgbouncer", "backups", "disk", "locks",
+              "statements"}
+    assert {k for k, n in points.items() if n > 0} >= filled, points
