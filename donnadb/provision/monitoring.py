@@ -97,13 +97,19 @@ def has_monitor_host(inventory) -> bool:
     return MONITOR_GROUP in inventory.groups and bool(inventory.get_group(MONITOR_GROUP))
 
 
+def monitors_itself(settings: DeploySettings, inventory) -> bool:
+    """A database host runs Prometheus and Alertmanager itself: a single host in an
+    inventory without a monitor host (a cluster member never does)."""
+    return not has_monitor_host(inventory) and settings.ha is None
+
+
 def prometheus_address(settings: DeploySettings, inventory, data=None) -> str | None:
     """Where a database host's Prometheus listens: the monitor host's, else its own
     (a single host monitors itself); None on a cluster member without a monitor host."""
     if has_monitor_host(inventory):
         monitor = inventory.get_group(MONITOR_GROUP)[0]
         address = listen_address(load_deploy_settings(monitor.data), monitor.data)
-    elif settings.ha is None:
+    elif monitors_itself(settings, inventory):
         address = listen_address(settings, data)
     else:
         return None
@@ -372,9 +378,8 @@ def install_server(settings: DeploySettings, *, scraped: list[Target] | None = N
 def install_monitoring(settings: DeploySettings) -> None:
     """A database host's part: its exporters, and Prometheus and Alertmanager too when
     the inventory has no monitor host (a single host monitors itself)."""
-    remote = has_monitor_host(host.inventory)
-    install_exporters(settings, web_tls=remote)
-    if not remote and settings.ha is None:
+    install_exporters(settings, web_tls=has_monitor_host(host.inventory))
+    if monitors_itself(settings, host.inventory):
         install_server(settings)
 
 
