@@ -1,16 +1,20 @@
-"""The DAL's history read vs. pgbench running the same SQL: how close to the limit?
+"""The DAL's hot calls vs. the psycopg floor and pgbench running the same SQL.
 
     .venv/bin/python bench/vs_pgbench.py --clients 10 --seconds 10 --rounds 3 \
-        [--pgbouncer-port 6432]
+        [--pgbouncer-port 6432] [--query history|append]
+
+``--query history`` (the default) is the history read, ``append`` the message append
+(``add_message`` into chats of the benchmark's own, ``lt-run-vsbench-*``, made before
+and deleted after the run).
 
 1. picks the seeded chats (`donnactl loadtest seed` first) of DB_NAME (or --dbname);
-2. baseline: ``pgbench -M prepared -n -c N -j 2 -T S -f history.sql`` as the app role,
-   the DAL's SELECT_HISTORY with the chat id drawn by pgbench (``random()`` over the
-   seeded chats; the id is built in SQL, so the statement is the same and the
-   parameter differs only in where it is computed);
+2. baseline: ``pgbench -M prepared -n -c N -j 2 -T S -f query.sql`` as the app role,
+   the DAL's statement with the chat id drawn by pgbench (``random()`` over the
+   chats; the id is built in SQL, so the statement is the same and the parameter
+   differs only in where it is computed);
 3. the DAL: N threads each looping ``PostgresDataAccess.get_chat_history(chat, 20)``
-   over random seeded chats for S seconds (psycopg prepares after 5 executions, the
-   same protocol as -M prepared; through PgBouncer it cannot, as the DAL disables it),
+   (or ``add_message``) over random chats for S seconds (the DAL prepares after 5
+   executions, the same protocol as -M prepared; through PgBouncer it cannot),
    spread over ``--processes`` processes (default 2: pgbench's ``-j 2`` gives its
    clients two threads, i.e. two cores; one Python process uses at most one, as an app
    server runs several worker processes for the same reason);
@@ -24,8 +28,9 @@
    can reach on this host;
 6. repeats 2-5 ``--rounds`` times interleaved (the host is shared: a neighbour's load
    hits every side of a round alike) and prints each round, then the min-max (and
-   median) over the rounds of the DAL's share of pgbench's throughput (goal: >= 0.7)
-   and of the floor's, the CPU per query on each side and the load average.
+   median) over the rounds of the DAL's throughput over the floor's (goal: >= 0.8),
+   the DAL's, the bare pool's and the floor's shares of pgbench's, the CPU per query
+   on each side and the load average.
 
 Runs as root on the deployed host (the passfile is root's); nothing is written.
 """
@@ -58,9 +63,71 @@ from donnadb.config import load_settings
 from donnadb.dal import PostgresDataAccess
 from donnadb.dal import postgres_sql as q
 from donnadb.dal.postgres import dal_adapters
-from donnadb.loadtest.seed import CHAT_PREFIX
+from donnadb.loadtest.seed import CHAT_PREFIX, RUN_CHAT_PREFIX
 
 CHATS_SQL = "SELECT count(*) FROM chat_sessions WHERE chat_id LIKE %s"
+APPEND_PREFIX = f"{RUN_CHAT_PREFIX}vsbench-"
+APPEND_CHATS = 1000
+APPEND_TEXT = "Could you move the dentist appointment to Thursday afternoon, please?"
+DELETE_APPEND_CHATS = "DELETE FROM chat_sessions WHERE chat_id LIKE %s"
+
+
+class Workload:
+    """One hot call: its DAL statement with every parameter's value for a chat, the
+    DAL's own call, and the chats it draws from (``prefix`` + a zero-padded number)."""
+
+    def __init__(self, kind: str, prefix: str, width: int, n_chats: int) -> None:
+        self.kind, self.prefix, self.width, self.n_chats = kind, prefix, width, n_chats
+        self.query = q.SELECT_HISTORY if kind == "history" else q.ADD_MESSAGE
+        self.chats = [f"{prefix}{i:0{width}d}" for i in range(n_chats)]
+
+    def params(self, chat: str) -> dict:
+        if self.kind == "history":
+            return {"chat_id": chat, "limit": 20, "offset": 0}
+        return {"chat_id": chat, "role": "user", "content": APPEND_TEXT, "metadata": "{}",
+                "token_count": None, "abuse_flagged": False}
+
+    def dal_call(self, dal: PostgresDataAccess, chat: str) -> None:
+        if self.kind == "history":
+            dal.get_chat_history(chat, 20)
+        else:
+            dal.add_message(chat, "user", APPEND_TEXT)
+
+    def positional(self) -> tuple[bytes, list[str]]:
+        """The statement with ``$n`` placeholders, and the parameters' names in order."""
+        names = list(self.params(self.chats[0]))
+        text = self.query
+        for n, name in enumerate(names, 1):
+            text = text.replace(f"%({name})s", f"${n}")
+        return text.encode(), names
+
+    def text_values(self, chat: str) -> list[bytes | None]:
+        """The parameters in the text format libpq sends."""
+        out: list[bytes | None] = []
+        for value in self.params(chat).values():
+            if value is None:
+                out.append(None)
+            elif isinstance(value, bool):
+                out.append(b"t" if value else b"f")
+            else:
+                out.append(str(value).encode())
+        return out
+
+    def pgbench_script(self) -> str:
+        """The statement with its parameters filled by pgbench (the chat drawn by it)."""
+        sql = self.query
+        for name, value in self.params(self.chats[0]).items():
+            if name == "chat_id":
+                literal = f"'{self.prefix}' || lpad(:n::text, {self.width}, '0')"
+            elif value is None:
+                literal = "NULL"
+            elif isinstance(value, bool | int):
+                literal = str(value).lower()
+            else:
+                literal = "'" + str(value).replace("'", "''") + "'"
+            sql = sql.replace(f"%({name})s", literal)
+        body = " ".join(sql.split())
+        return f"\\set n random(0, {self.n_chats - 1})\n{body};\n"
 # The backends serving the benchmark: the app role's in the benchmark's database.
 BACKENDS_SQL = "SELECT pid FROM pg_stat_activity WHERE datname = %s AND usename = %s"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -143,19 +210,10 @@ class Run:
         self.server_us = server_cpu / max(queries, 1) * 1e6
 
 
-def pgbench_script(n_chats: int) -> str:
-    """SELECT_HISTORY with its two named parameters filled by pgbench."""
-    sql = q.SELECT_HISTORY.replace("%(chat_id)s",
-                                   f"'{CHAT_PREFIX}' || lpad(:n::text, 7, '0')")
-    sql = sql.replace("%(limit)s", "20").replace("%(offset)s", "0")
-    body = " ".join(sql.split())
-    return f"\\set n random(0, {n_chats - 1})\n{body};\n"
-
-
 def run_pgbench(settings, dbname: str, port: int, clients: int, seconds: int,
-                n_chats: int, prepared: bool) -> Run:
+                work: Workload, prepared: bool) -> Run:
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
-        f.write(pgbench_script(n_chats))
+        f.write(work.pgbench_script())
         script = f.name
     try:
         env = dict(os.environ, PGPASSFILE=str(settings.db_passfile),
@@ -201,21 +259,21 @@ def _loop(clients: int, seconds: int, call) -> tuple[int, float, float]:
     return sum(counts), time.perf_counter() - start, time.process_time() - cpu0
 
 
-def _side(kind: str, settings, dbname: str, clients: int, seconds: int, chats: list[str],
+def _side(kind: str, settings, dbname: str, clients: int, seconds: int, work: Workload,
           ready) -> tuple[int, float, float]:
     """One process's share of a side: ``kind`` "dal" (PostgresDataAccess.get_chat_history),
     "bare" (psycopg_pool, tuples, no checkout check, no DAL code) or "floor" (see
     :func:`_floor`). Warms up (every connection open, the statement prepared where it
     may be), calls ``ready()``, then runs :func:`_loop`."""
     if kind == "floor":
-        call, close = _floor(settings, dbname, clients, chats)
+        call, close = _floor(settings, dbname, clients, work)
     elif kind == "dal":
         s = settings.model_copy(update={"db_max_connections": clients})
         dal = PostgresDataAccess(s, dbname=dbname, min_size=clients)
         close = dal.close
 
         def call(rng: random.Random) -> None:
-            dal.get_chat_history(rng.choice(chats), 20)
+            work.dal_call(dal, rng.choice(work.chats))
     else:
         kwargs: dict = {"autocommit": True}
         if settings.pgbouncer_port is not None:
@@ -227,8 +285,7 @@ def _side(kind: str, settings, dbname: str, clients: int, seconds: int, chats: l
 
         def call(rng: random.Random) -> None:
             with pool.connection() as conn:
-                conn.execute(q.SELECT_HISTORY,
-                             {"chat_id": rng.choice(chats), "limit": 20, "offset": 0}).fetchall()
+                conn.execute(work.query, work.params(rng.choice(work.chats))).fetchall()
     try:
         # The floor warmed each of its connections itself: a call from this thread would
         # keep one of them for itself.
@@ -242,13 +299,12 @@ def _side(kind: str, settings, dbname: str, clients: int, seconds: int, chats: l
         close()
 
 
-def _floor(settings, dbname: str, clients: int, chats: list[str]):
+def _floor(settings, dbname: str, clients: int, work: Workload):
     """The psycopg floor's ``(call, close)``: ``clients`` connections, each warmed up and
     then taken by the first thread that calls; a call is one libpq round trip
     (PGconn.exec_prepared, or exec_params through PgBouncer, which cannot keep prepared
-    statements) and psycopg's C loaders making the 20 rows into tuples."""
-    statement = (q.SELECT_HISTORY.replace("%(chat_id)s", "$1").replace("%(limit)s", "$2")
-                 .replace("%(offset)s", "$3").encode())
+    statements) and psycopg's C loaders making the rows into tuples."""
+    statement, _ = work.positional()
     prepared = settings.pgbouncer_port is None
     info = db.conninfo("app", settings=settings, dbname=dbname)
     idle: queue.SimpleQueue = queue.SimpleQueue()
@@ -256,8 +312,8 @@ def _floor(settings, dbname: str, clients: int, chats: list[str]):
     local = threading.local()
 
     def run(pgconn, tx: Transformer, chat: str) -> None:
-        params = [chat.encode(), b"20", b"0"]
-        res = (pgconn.exec_prepared(b"history", params) if prepared
+        params = work.text_values(chat)
+        res = (pgconn.exec_prepared(b"floor", params) if prepared
                else pgconn.exec_params(statement, params))
         if res.status != ExecStatus.TUPLES_OK:
             raise SystemExit(f"floor query failed: {res.error_message.decode()}")
@@ -269,17 +325,17 @@ def _floor(settings, dbname: str, clients: int, chats: list[str]):
         conn = psycopg.connect(info, autocommit=True, context=dal_adapters())
         opened.append(conn)
         if prepared:
-            conn.pgconn.prepare(b"history", statement)
+            conn.pgconn.prepare(b"floor", statement)
         pair = (conn.pgconn, Transformer(conn))
         for _ in range(10):
-            run(*pair, warm.choice(chats))
+            run(*pair, warm.choice(work.chats))
         idle.put(pair)
 
     def call(rng: random.Random) -> None:
         pair = getattr(local, "pair", None)
         if pair is None:
             pair = local.pair = idle.get()
-        run(*pair, rng.choice(chats))
+        run(*pair, rng.choice(work.chats))
 
     def close() -> None:
         for conn in opened:
@@ -288,17 +344,17 @@ def _floor(settings, dbname: str, clients: int, chats: list[str]):
     return call, close
 
 
-def _child(kind, settings, dbname, clients, seconds, chats, barrier, results) -> None:
-    results.put(_side(kind, settings, dbname, clients, seconds, chats, barrier.wait))
+def _child(kind, settings, dbname, clients, seconds, work, barrier, results) -> None:
+    results.put(_side(kind, settings, dbname, clients, seconds, work, barrier.wait))
 
 
 def run_side(kind: str, settings, dbname: str, clients: int, seconds: int,
-             chats: list[str], processes: int) -> Run:
+             work: Workload, processes: int) -> Run:
     """The side ``kind`` with ``clients`` threads spread over ``processes`` processes
     (pgbench's ``-j`` counterpart: one Python process uses at most one core)."""
     server = ServerCpu(settings, dbname)
     if processes <= 1:
-        n, wall, client = _side(kind, settings, dbname, clients, seconds, chats,
+        n, wall, client = _side(kind, settings, dbname, clients, seconds, work,
                                 server.__enter__)
         server.__exit__()
         return Run(n / wall, n, client, server.seconds)
@@ -307,7 +363,7 @@ def run_side(kind: str, settings, dbname: str, clients: int, seconds: int,
     shares = [clients // processes + (1 if i < clients % processes else 0)
               for i in range(processes)]
     children = [ctx.Process(target=_child, args=(kind, settings, dbname, share, seconds,
-                                                 chats, barrier, results))
+                                                 work, barrier, results))
                 for share in shares]
     for child in children:
         child.start()
@@ -335,6 +391,8 @@ def main() -> int:
     parser.add_argument("--dbname", default=None)
     parser.add_argument("--pgbouncer-port", type=int, default=0,
                         help="run both through PgBouncer (0: direct)")
+    parser.add_argument("--query", choices=("history", "append"), default="history",
+                        help="the history read (default) or the message append")
     args = parser.parse_args()
     settings = load_settings(pgbouncer_port=args.pgbouncer_port or None)
     if not args.pgbouncer_port:
@@ -344,43 +402,72 @@ def main() -> int:
         n_chats = conn.execute(CHATS_SQL, (CHAT_PREFIX + "%",)).fetchone()[0]
     if n_chats == 0:
         raise SystemExit("no seeded chats: run `donnactl loadtest seed` first")
+    if args.query == "history":
+        work = Workload("history", CHAT_PREFIX, 7, n_chats)
+    else:
+        work = Workload("append", APPEND_PREFIX, 4, APPEND_CHATS)
+        _append_chats(settings, dbname, work)
+    try:
+        return _rounds(args, settings, dbname, work)
+    finally:
+        if args.query == "append":
+            _delete_append_chats(settings, dbname)
+
+
+def _append_chats(settings, dbname: str, work: Workload) -> None:
+    """The append's own chats, empty (any left by an interrupted run deleted first)."""
+    _delete_append_chats(settings, dbname)
+    with PostgresDataAccess(settings, dbname=dbname) as dal:
+        for chat in work.chats:
+            dal.create_chat_session(chat, None, {})
+
+
+def _delete_append_chats(settings, dbname: str) -> None:
+    with db.connection("migrator", settings=settings, dbname=dbname) as conn:
+        conn.execute(DELETE_APPEND_CHATS, (APPEND_PREFIX + "%",))
+
+
+def _rounds(args, settings, dbname: str, work: Workload) -> int:
     port = args.pgbouncer_port or settings.db_port
     # Through PgBouncer (transaction pooling) neither side may use prepared statements.
     prepared = not args.pgbouncer_port
-    chats = [f"{CHAT_PREFIX}{i:07d}" for i in range(n_chats)]
     print(header("bench/vs_pgbench.py", args.rounds))
     via = f"PgBouncer :{port}" if args.pgbouncer_port else f"PostgreSQL :{port}"
-    print(f"history read, {args.clients} clients, {args.seconds} s per run, {n_chats:,} chats, "
+    what = "history read" if work.kind == "history" else "message append"
+    print(f"{what}, {args.clients} clients, {args.seconds} s per run, {work.n_chats:,} chats, "
           f"via {via}, pgbench -M {'prepared' if prepared else 'extended'} "
-          f"-j {min(args.clients, 2)}, DAL and bare pool in {args.processes} process(es), "
-          f"load average at start {os.getloadavg()[0]:.1f}", flush=True)
+          f"-j {min(args.clients, 2)}, DAL, bare pool and floor in {args.processes} "
+          f"process(es), load average at start {os.getloadavg()[0]:.1f}", flush=True)
     print("CPU columns: microseconds of CPU per query, client process(es) / server side "
           "(the app role's backends in the database, plus PgBouncer's process through it)")
     print("| round | pgbench tps | pgbench CPU µs | DAL qps | DAL CPU µs | bare pool qps "
-          "| bare CPU µs | psycopg floor qps | floor CPU µs | DAL / pgbench | bare / pgbench "
-          "| floor / pgbench | load avg |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
-    ratios, bare_ratios, floor_ratios, dal_rates = [], [], [], []
+          "| bare CPU µs | psycopg floor qps | floor CPU µs | DAL / floor | DAL / pgbench "
+          "| bare / pgbench | floor / pgbench | load avg |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+    to_floor, ratios, bare_ratios, floor_ratios, dal_rates = [], [], [], [], []
+    sides = ("dal", "bare", "floor")
     for r in range(1, args.rounds + 1):
-        base = run_pgbench(settings, dbname, port, args.clients, args.seconds, n_chats,
+        base = run_pgbench(settings, dbname, port, args.clients, args.seconds, work,
                            prepared)
-        dal = run_side("dal", settings, dbname, args.clients, args.seconds, chats,
-                       args.processes)
-        bare = run_side("bare", settings, dbname, args.clients, args.seconds, chats,
-                        args.processes)
-        floor = run_side("floor", settings, dbname, args.clients, args.seconds, chats,
-                         args.processes)
+        # The Python sides in a different order each round: none always runs first.
+        order = sides[(r - 1) % 3:] + sides[:(r - 1) % 3]
+        runs = {kind: run_side(kind, settings, dbname, args.clients, args.seconds, work,
+                               args.processes) for kind in order}
+        dal, bare, floor = runs["dal"], runs["bare"], runs["floor"]
+        to_floor.append(dal.rate / floor.rate)
         ratios.append(dal.rate / base.rate)
         bare_ratios.append(bare.rate / base.rate)
         floor_ratios.append(floor.rate / base.rate)
         print(f"| {r} | {base.rate:,.0f} | {cpu(base)} | {dal.rate:,.0f} | {cpu(dal)} | "
               f"{bare.rate:,.0f} | {cpu(bare)} | {floor.rate:,.0f} | {cpu(floor)} | "
-              f"{dal.rate / base.rate:.2f} | {bare.rate / base.rate:.2f} | "
-              f"{floor.rate / base.rate:.2f} | {os.getloadavg()[0]:.1f} |", flush=True)
+              f"{dal.rate / floor.rate:.2f} | {dal.rate / base.rate:.2f} | "
+              f"{bare.rate / base.rate:.2f} | {floor.rate / base.rate:.2f} | "
+              f"{os.getloadavg()[0]:.1f} |", flush=True)
         dal_rates.append(dal.rate)
-    print(f"min-max over {args.rounds} rounds (median): DAL / pgbench {span(ratios)} "
-          f"({statistics.median(ratios):.2f}; goal >= 0.70), DAL "
-          f"{span(dal_rates, '{:,.0f}')} qps; bare psycopg_pool / pgbench "
+    print(f"min-max over {args.rounds} rounds (median): DAL / psycopg floor {span(to_floor)} "
+          f"({statistics.median(to_floor):.2f}; goal >= 0.80), DAL "
+          f"{span(dal_rates, '{:,.0f}')} qps; DAL / pgbench {span(ratios)} "
+          f"({statistics.median(ratios):.2f}); bare psycopg_pool / pgbench "
           f"{span(bare_ratios)} ({statistics.median(bare_ratios):.2f}); psycopg floor / "
           f"pgbench {span(floor_ratios)} ({statistics.median(floor_ratios):.2f}; what any "
           "psycopg client reaches here)")

@@ -74,9 +74,11 @@ def import_cmd(data_dir: DataDirOpt = None, dry_run: DryRunOpt = False,
         batch_size: Annotated[int | None, typer.Option(
             "--batch-size", help="Rows per transaction (default: MIGRATION_BATCH_SIZE).")] = None,
         report_dir: ReportDirOpt = DEFAULT_REPORT_DIR,
-        defer_indexes: Annotated[bool, typer.Option(
-            "--defer-indexes", help="Initial load into an EMPTY messages table only: drop the "
-            "secondary messages indexes and rebuild them at the end (kill-safe).")] = False,
+        defer_indexes: Annotated[bool | None, typer.Option(
+            "--defer-indexes/--keep-indexes", help="Drop the secondary messages indexes for "
+            "the load and rebuild them at the end (kill-safe); --defer-indexes is refused on "
+            "a messages table holding rows. Default: defer when messages is empty.",
+            show_default=False)] = None,
         workers: Annotated[int | None, typer.Option(
             "--workers", min=0, help="Processes parsing the chat files (0: none, parse in "
             "this one; default: one per core for a directory of 256+ chats).")] = None,

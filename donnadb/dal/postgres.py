@@ -24,8 +24,8 @@ from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from donnadb.config import Settings, get_settings
+from donnadb.dal import fastpath, routing
 from donnadb.dal import postgres_sql as q
-from donnadb.dal import routing
 from donnadb.dal.errors import (
     ConflictError,
     FailoverError,
@@ -56,6 +56,7 @@ from donnadb.dal.values import (
     check_timestamp,
     check_user_names,
     check_window,
+    dump_json,
     escape_text,
     is_uuid,
     load_json,
@@ -74,6 +75,12 @@ READ_ONLY = ("the database is read-only: a failover/switchover is in progress; r
 LOST = ("the database connection was lost during a write (failover/switchover or "
         "restart?): retry; it may have been applied, so retry only idempotent writes "
         "(docs/dal.md, During a failover)")
+
+# The per-message calls, on the fast path (see fastpath.py).
+HISTORY = fastpath.Statement("history", q.SELECT_HISTORY, ("chat_id", "limit", "offset"))
+_APPEND_PARAMS = ("chat_id", "role", "content", "metadata", "token_count", "abuse_flagged")
+APPEND = fastpath.Statement("add_message", q.ADD_MESSAGE, _APPEND_PARAMS)
+APPEND_OWNER = fastpath.Statement("add_message_owner", q.ADD_MESSAGE_OWNER, _APPEND_PARAMS)
 
 
 class PostgresDataAccess(TransactionMixin, LogWriterMixin):
@@ -105,6 +112,7 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
             # PgBouncer in transaction mode hands each transaction to any server
             # connection: server-side prepared statements would be lost between them.
             kwargs["prepare_threshold"] = None
+        self._prepare = not self.via_pgbouncer
         self.pool_timeout = pool_timeout
         self._local = threading.local()
 
@@ -145,7 +153,7 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
                 with self._leaving_old_leader(pinned):
                     yield pinned
             else:
-                with self._pool.connection() as conn, self._leaving_old_leader(conn):
+                with _checkout(self._pool) as conn, self._leaving_old_leader(conn):
                     yield conn
         except DonnaError:
             raise
@@ -195,7 +203,7 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
                 pool = router.pool
         for attempt in (1, 2):
             try:
-                with pool.connection() as conn:
+                with _checkout(pool) as conn:
                     try:
                         return work(conn)
                     except psycopg.OperationalError:
@@ -420,13 +428,14 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         content, meta = _escape(content, check_json_object(metadata, "metadata"))
         # Reading from replicas: also the chat's owner, whose chat list and search the
         # new message changes (read-your-writes).
-        query = q.ADD_MESSAGE if self._router is None else q.ADD_MESSAGE_OWNER
+        statement = APPEND if self._router is None else APPEND_OWNER
+        metadata = dump_json(meta)
         with self._single() as conn:
-            row = conn.execute(query, {
-                "chat_id": chat_id, "role": role, "content": content,
-                "metadata": Jsonb(meta), "token_count": token_count,
-                "abuse_flagged": bool(abuse_flagged),
-            }).fetchone()
+            row = fastpath.fetch(conn, statement, (
+                fastpath.text(chat_id), role.encode(), content.encode(),
+                metadata if isinstance(metadata, bytes) else metadata.encode(),
+                None if token_count is None else str(token_count).encode(),
+                b"t" if abuse_flagged else b"f"), prepare=self._prepare)[0]
         if row["id"] is None:
             raise NotFoundError(f"no chat {chat_id!r}: create the session first")
         self._wrote(chat=chat_id, user=row.get("user_id"))
@@ -467,9 +476,9 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
 
     def get_chat_history(self, chat_id: str, limit: int = 20, offset: int = 0) -> list[Message]:
         check_window(limit, offset)
-        params = {"chat_id": chat_id, "limit": limit, "offset": offset}
-        rows = self._read(lambda c: c.execute(q.SELECT_HISTORY, params).fetchall(),
-                          chat=chat_id)
+        rows = self._read(lambda c: fastpath.fetch(
+            c, HISTORY, (fastpath.text(chat_id), b"%d" % limit, b"%d" % offset),
+            prepare=self._prepare), chat=chat_id)
         rows.reverse()  # the page comes newest first
         return _unescaped(rows)
 
@@ -719,6 +728,18 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextmanager
+def _checkout(pool: ConnectionPool) -> Iterator[psycopg.Connection]:
+    """A connection of ``pool``, put back after use. Not ``pool.connection()``: its
+    ``with conn`` commits on the way out, in autocommit a no-op that costs a few µs of
+    every call; what a failure leaves open is rolled back by ``putconn``."""
+    conn = pool.getconn()
+    try:
+        yield conn
+    finally:
+        pool.putconn(conn)
 
 
 def dal_adapters() -> AdaptersMap:

@@ -321,7 +321,7 @@ class Importer:
 
     def __init__(self, conn: psycopg.Connection | None, *, batch_size: int,
                  progress: ProgressFn | None = None, dry_run: bool = False,
-                 defer_indexes: bool = False, owner_role: str = "donna_owner",
+                 defer_indexes: bool | None = None, owner_role: str = "donna_owner",
                  workers: int | None = None) -> None:
         self.conn = conn
         self.workers = workers
@@ -360,8 +360,10 @@ class Importer:
             if self.conn.execute(SCHEMA_PRESENT).fetchone()[0] is None:
                 raise MigrationError("the schema is not applied in this database: run "
                                      "`donnactl migrate apply` first")
-            deferred = (indexes.defer(self.conn, self.owner_role) if self.defer_indexes
-                        else indexes.pending(self.conn))
+            # None: defer when messages is empty (a first load), True: insist, False: keep.
+            deferred = (indexes.pending(self.conn) if self.defer_indexes is False
+                        else indexes.defer(self.conn, self.owner_role,
+                                           required=bool(self.defer_indexes)))
             self.conn.execute(SESSION_SETTINGS)
             self._thread = threading.Thread(target=self._writer, name="legacy-import-writer",
                                             daemon=True)
@@ -668,9 +670,13 @@ def default_workers(reader: LegacyReader) -> int:
 
 def import_data_dir(reader: LegacyReader, conn: psycopg.Connection | None, *, batch_size: int,
                     dry_run: bool = False, progress: ProgressFn | None = None,
-                    defer_indexes: bool = False, owner_role: str = "donna_owner",
+                    defer_indexes: bool | None = None, owner_role: str = "donna_owner",
                     workers: int | None = None) -> ImportSummary:
     """Run one import (or a dry run when ``dry_run``: ``conn`` is not written).
+
+    ``defer_indexes``: None builds the secondary messages indexes once at the end when
+    ``messages`` is empty (:mod:`donnadb.legacy.indexes`), True insists on it, False keeps
+    them (an unfinished deferral of an earlier run is still completed).
 
     ``workers``: processes parsing the chat files (:mod:`donnadb.legacy.parallel`); None
     chooses (:func:`default_workers`), 0 parses in this process.

@@ -1,10 +1,12 @@
-"""Deferring the messages indexes during an initial load (``import --defer-indexes``).
+"""Deferring the messages indexes during an initial load.
 
 Maintaining the six secondary indexes of ``messages`` (one of them GIN full-text) row by
 row costs about twice as much as building them once afterwards. For a first load into an
-EMPTY ``messages`` table the import may drop them and rebuild them at the end. The
-constraint indexes (primary key, unique sequence per chat) always stay: the upserts
-need them.
+EMPTY ``messages`` table the import drops them and rebuilds them at the end: by default
+whenever it finds the table empty (nothing can read what is not there yet), and
+``--defer-indexes`` insists on it (refused on a table holding rows). The constraint
+indexes (primary key, unique sequence per chat) always stay: the upserts need them, and
+no index is ever needed for correctness, so a reader during the load is only slower.
 
 Kill-safety: the index definitions are saved, in the same transaction as the drops, in
 the table's comment (a transactional place every later import looks at). Any later
@@ -60,17 +62,20 @@ def _set_comment(conn: psycopg.Connection, text: str | None, owner: str) -> None
         sql.Literal(text) if text is not None else sql.SQL("NULL")))
 
 
-def defer(conn: psycopg.Connection, owner: str) -> dict:
-    """Drop the secondary messages indexes (saving them first); returns the saved state.
+def defer(conn: psycopg.Connection, owner: str, *, required: bool = True) -> dict | None:
+    """Drop the secondary messages indexes (saving them first); returns the saved state,
+    or None when ``messages`` holds rows and not ``required`` (they stay).
 
-    :raises UsageError: ``messages`` is not empty (an incremental import into a live
-        database must keep its indexes).
+    :raises UsageError: ``required`` and ``messages`` is not empty (an incremental import
+        into a live database must keep its indexes).
     """
     state = pending(conn)
     if state is not None:
         return state
     with conn.transaction():
         if not conn.execute(MESSAGES_EMPTY).fetchone()[0]:
+            if not required:
+                return None
             raise UsageError("--defer-indexes is only for an initial load: messages is not "
                              "empty; run the import without it")
         indexes = conn.execute(SECONDARY_INDEXES).fetchall()

@@ -169,3 +169,67 @@ def test_one_statement_writes_are_one_round_trip(settings, pg_db, tmp_path):
             dal.add_message("c_rt", "user", "four")
         assert [m["content"] for m in dal.get_chat_history("c_rt")] == [
             "one", "two", "three", "four"]
+
+
+def _prepared_statements(dal: PostgresDataAccess) -> list[str]:
+    with dal._pool.connection() as conn:
+        return [r["name"] for r in conn.execute(
+            "SELECT name FROM pg_prepared_statements ORDER BY name").fetchall()]
+
+
+def test_the_hot_calls_are_prepared_after_a_few_runs_directly_and_never_via_pgbouncer(
+        settings, pg_db, tmp_path):
+    """The fast path (dal/fastpath.py) prepares the history read and the append after
+    PREPARE_AFTER runs on a connection, under names of its own; through PgBouncer it
+    never does (a later call may reach a server connection without the name)."""
+    from donnadb.dal.fastpath import PREPARE_AFTER
+
+    direct = settings.model_copy(update={"db_max_connections": 1, "pgbouncer_port": None})
+    with PostgresDataAccess(direct, dbname=pg_db) as dal:
+        dal.create_chat_session("c_fast", None, {})
+        for i in range(PREPARE_AFTER):
+            dal.add_message("c_fast", "user", f"m{i}")
+            assert len(dal.get_chat_history("c_fast", 2)) == min(i + 1, 2)
+        assert not [n for n in _prepared_statements(dal) if n.startswith("donnadb_")]
+        dal.add_message("c_fast", "user", "prepared", {"k": [1, "x"]}, token_count=7,
+                        abuse_flagged=True)
+        last = dal.get_chat_history("c_fast", 1)
+        assert [n for n in _prepared_statements(dal) if n.startswith("donnadb_")] == [
+            "donnadb_add_message", "donnadb_history"]
+        assert [(m["content"], m["metadata"], m["token_count"], m["abuse_flagged"],
+                 m["sequence_number"], m["chat_id"]) for m in last] == [
+            ("prepared", {"k": [1, "x"]}, 7, True, PREPARE_AFTER + 1, "c_fast")]
+
+    via = settings.model_copy(update={"db_max_connections": 1})
+    assert via.pgbouncer_port is not None
+    with PostgresDataAccess(via, dbname=pg_db) as dal:
+        trace = tmp_path / "libpq.trace"
+
+        def calls() -> None:
+            for i in range(3 * PREPARE_AFTER):
+                dal.add_message("c_fast", "assistant", f"b{i}")
+                dal.get_chat_history("c_fast")
+
+        sent = sent_messages(dal, trace, calls)
+        assert sent.count("Sync") == 6 * PREPARE_AFTER, sent
+        parses = [line for line in trace.read_text().splitlines() if "\tParse\t" in line]
+        assert parses and not [line for line in parses if "donnadb_" in line], parses[:3]
+        assert len(dal.get_chat_history("c_fast", 100)) == 4 * PREPARE_AFTER + 1
+
+
+def test_a_chat_id_with_a_nul_is_refused_not_cut_short(settings, pg_db):
+    """libpq sends a text parameter up to its first NUL: "c_nul\\0x" must not read or
+    write the chat "c_nul"."""
+    from donnadb.errors import DataError
+
+    direct = settings.model_copy(update={"pgbouncer_port": None})
+    with PostgresDataAccess(direct, dbname=pg_db) as dal:
+        dal.create_chat_session("c_nul", None, {})
+        dal.add_message("c_nul", "user", "secret")
+        with pytest.raises(DataError, match="NUL"):
+            dal.get_chat_history("c_nul\x00x")
+        with pytest.raises(DataError, match="NUL"):
+            dal.add_message("c_nul\x00x", "user", "planted")
+        with pytest.raises(DataError, match="not int"):
+            dal.get_chat_history(7)
+        assert [m["content"] for m in dal.get_chat_history("c_nul")] == ["secret"]

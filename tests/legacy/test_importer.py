@@ -124,10 +124,12 @@ def _messages_indexes(settings, dbname) -> tuple[list[str], str | None]:
         return defs, comment
 
 
-@pytest.mark.parametrize(("defer", "workers"), [(False, "0"), (True, "0"), (False, "2")],
-                         ids=["upsert", "defer-indexes", "parallel"])
+@pytest.mark.parametrize(("flags", "defer", "workers"),
+                         [(["--keep-indexes"], False, "0"), ([], True, "0"),
+                          (["--defer-indexes"], True, "2")],
+                         ids=["upsert", "default-defers", "parallel"])
 def test_kill_9_mid_import_then_rerun_equals_uninterrupted(settings, scratch_db, second_db,
-                                                            tmp_path, defer, workers):
+                                                            tmp_path, flags, defer, workers):
     root = tmp_path / "data"
     info = generate(root, users=10, chats=30, messages_per_chat=10, logs=300,
                     long_chat_messages=15_000, large_message_bytes=256 * 1024)
@@ -139,7 +141,7 @@ def test_kill_9_mid_import_then_rerun_equals_uninterrupted(settings, scratch_db,
     total = expected["messages"][0]
     assert total >= info.messages
 
-    first = [*args, "--workers", workers] + (["--defer-indexes"] if defer else [])
+    first = [*args, "--workers", workers, *flags]
     before = set(parser_processes())
     proc = subprocess.Popen([DONNACTL, *first, "--dbname", scratch_db],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -155,9 +157,11 @@ def test_kill_9_mid_import_then_rerun_equals_uninterrupted(settings, scratch_db,
     while set(parser_processes()) - before and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not set(parser_processes()) - before, "worker processes outlived a killed import"
+    defs, comment = _messages_indexes(settings, scratch_db)
     if defer:
-        defs, comment = _messages_indexes(settings, scratch_db)
         assert len(defs) == 2 and comment.startswith("donnadb legacy import")
+    else:
+        assert len(defs) == 8 and comment is None
 
     # The re-run needs no flag: a deferred-index marker is found and finished.
     done = run_cli(*args, "--dbname", scratch_db)
@@ -171,11 +175,20 @@ def test_defer_indexes_refuses_a_non_empty_messages_table(settings, scratch_db, 
     generate(root, users=3, chats=4, deviations=False)
     args = ["migrate-data", "import", "--data-dir", str(root), "--dbname", scratch_db,
             "--report-dir", str(tmp_path / "r")]
-    assert run_cli(*args).returncode == 0
+    first = run_cli(*args, "--json")
+    assert first.returncode == 0
+    # Into the empty table the default path built the indexes once, at the end.
+    assert json.loads(first.stdout)["summary"]["indexes_rebuilt"] == 6
     refused = run_cli(*args, "--defer-indexes")
     assert refused.returncode == 3
     assert "initial load" in refused.stderr
     assert len(_messages_indexes(settings, scratch_db)[0]) == 8
+    # Into a table holding rows the default path keeps them (the app may be reading).
+    again = run_cli(*args, "--json")
+    assert again.returncode == 0
+    assert json.loads(again.stdout)["summary"]["indexes_rebuilt"] == 0
+    defs, comment = _messages_indexes(settings, scratch_db)
+    assert len(defs) == 8 and comment is None
 
 
 def _import_in_process(settings, dbname: str, root, batch_size: int):
