@@ -175,10 +175,10 @@ def test_defer_indexes_refuses_a_non_empty_messages_table(settings, scratch_db, 
     generate(root, users=3, chats=4, deviations=False)
     args = ["migrate-data", "import", "--data-dir", str(root), "--dbname", scratch_db,
             "--report-dir", str(tmp_path / "r")]
-    first = run_cli(*args, "--json")
+    first = run_cli(*args)
     assert first.returncode == 0
     # Into the empty table the default path built the indexes once, at the end.
-    assert json.loads(first.stdout)["summary"]["indexes_rebuilt"] == 6
+    assert "6 messages indexes built once at the end" in " ".join(first.stdout.split())
     refused = run_cli(*args, "--defer-indexes")
     assert refused.returncode == 3
     assert "initial load" in refused.stderr
