@@ -128,7 +128,7 @@ class ChatUser(DonnaUser):
                    "Could you " + wl.search_words(self.rng) + " for me tomorrow?",
                    token_count=12)
         self.timed("message.add_assistant", dal.add_message, self.chat_id, "assistant",
-                   "Sure. " + " ".join(self.rng.choices(wl.WORDS, k=60)) + ".",
+                   "Sure. " + wl.answer_words(self.rng, 60) + ".",
                    token_count=90)
 
     @task(3)

@@ -2,11 +2,14 @@
 
 The shape follows a chat assistant's traffic: a few heavy users own many chats and
 most users few (Zipf), most chats are short and a few very long (Pareto), user
-messages are short and assistant answers several times longer (log-normal lengths).
-Everything comes from one seeded random generator, so a given scale always produces the
-same rows, and re-seeding the same scale is a no-op (the seeded rows are recognised by
-their ``lt-`` ids). A different scale replaces the seeded rows. VACUUM ANALYZE runs at
-the end so the planner sees the new tables at once.
+messages are short and assistant answers several times longer (log-normal lengths),
+and their words follow Zipf's law over a vocabulary of 25,000 words
+(:mod:`donnadb.loadtest.chattext`). Everything comes from one seeded random generator,
+so a given scale always produces the same rows, and re-seeding the same scale is a
+no-op (the seeded rows are recognised by their ``lt-`` ids and a marker row naming the
+scale and the text's version). A different scale, or a seed of an older text version,
+replaces the seeded rows. VACUUM ANALYZE runs at the end so the planner sees the new
+tables at once.
 
 Seeding is a bulk administrative load, not application traffic: it runs as the
 migrator role, directly (not through PgBouncer).
@@ -30,6 +33,7 @@ from psycopg import sql
 from donnadb import db
 from donnadb.config import Settings
 from donnadb.errors import UsageError
+from donnadb.loadtest import chattext
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,8 @@ RUN_CHAT_PREFIX = "lt-run-"
 SEED = 20261125
 #: The longest chat: a long tail, but no chat the size of a whole table.
 MAX_PER_CHAT = 1000
+#: Bounds of the number of words in the text stream messages are cut from.
+STREAM_TOKENS = (200_000, 4_000_000)
 
 
 @dataclass(frozen=True)
@@ -86,42 +92,16 @@ COPY_MESSAGES = ("COPY messages (chat_session_id, role, content, created_at, "
 COPY_MEMORY = "COPY user_memory (user_id, memory_type, key, value) FROM STDIN"
 TABLES = ("users", "chat_sessions", "messages", "user_memory")
 
-WORDS = (  # noqa: SIM905 - a word list reads better as text
-    "the be to of and a in that have it for not on with as you do at this but his by "
-    "from they we say her she or an will my one all would there their what so up out if "
-    "about who get which go me when make can like time no just him know take people into "
-    "year your good some could them see other than then now look only come its over think "
-    "also back after use two how our work first well way even new want because any these "
-    "give day most us recipe travel budget meeting schedule email draft summary project "
-    "deadline python database invoice flight hotel weather garden workout dinner report "
-    "letter birthday gift holiday translate explain compare plan review remind calendar "
-    "doctor appointment insurance mortgage contract lease interview resume salary tax "
-    "postgres query index backup restore migration latency pool connection transaction "
-    "vacation museum concert ticket train station airport coffee breakfast lunch groceries"
-).split()
-
-
 def marker_for(scale: Scale) -> str:
-    return f"{USER_PREFIX}scale-{scale.users}-{scale.sessions}-{scale.messages}"
+    """The clerk_id of the row that says which scale (and text) is seeded."""
+    return (f"{USER_PREFIX}scale-{scale.users}-{scale.sessions}-{scale.messages}"
+            f"-text{chattext.TEXT_VERSION}")
 
 
-def _sentences(rng: random.Random, n: int = 4000) -> list[str]:
-    out = []
-    for _ in range(n):
-        words = rng.choices(WORDS, k=rng.randint(5, 18))
-        out.append(" ".join(words).capitalize() + rng.choice((".", ".", ".", "?", "!")))
-    return out
-
-
-def _text(rng: random.Random, sentences: list[str], mean_chars: float) -> str:
-    # Log-normal length: most messages near the mean, a long tail of long ones.
-    target = max(8, int(rng.lognormvariate(0, 0.8) * mean_chars))
-    parts, size = [], 0
-    while size < target:
-        s = rng.choice(sentences)
-        parts.append(s)
-        size += len(s) + 1
-    return " ".join(parts)[: max(target, 8)]
+def _stream_tokens(scale: Scale) -> int:
+    """How many words the text stream holds: about two per message, so at larger
+    scales a window of it is repeated fewer times."""
+    return min(STREAM_TOKENS[1], max(STREAM_TOKENS[0], 2 * scale.messages))
 
 
 def zipf_picker(rng: random.Random, n: int, s: float = 1.0, offset: int = 10
@@ -174,7 +154,7 @@ def _uuid(rng: random.Random) -> uuid.UUID:
 def _rows(scale: Scale, now: datetime) -> dict[str, Iterator[tuple]]:
     """Generators of the COPY rows of each table, all from one seeded generator."""
     rng = random.Random(SEED)  # noqa: S311 - a reproducible data set, not a secret
-    sentences = _sentences(rng)
+    text = chattext.ChatText(rng, _stream_tokens(scale))
     user_ids = [_uuid(rng) for _ in range(scale.users)]
     session_ids = [_uuid(rng) for _ in range(scale.sessions)]
     pick_user = zipf_picker(rng, scale.users)
@@ -195,7 +175,7 @@ def _rows(scale: Scale, now: datetime) -> dict[str, Iterator[tuple]]:
 
     def sessions() -> Iterator[tuple]:
         for i, (sid, uid) in enumerate(zip(session_ids, owners, strict=True)):
-            yield (sid, f"{CHAT_PREFIX}{i:07d}", uid, _text(rng, sentences, 30)[:200],
+            yield (sid, f"{CHAT_PREFIX}{i:07d}", uid, text.title(rng)[:200],
                    rng.choice(("general", "general", "coding", "travel")),
                    now - horizon * rng.random())
 
@@ -204,14 +184,14 @@ def _rows(scale: Scale, now: datetime) -> dict[str, Iterator[tuple]]:
             start = now - horizon * rng.random()
             for seq in range(1, n + 1):
                 role = "user" if seq % 2 else "assistant"
-                text = _text(rng, sentences, 90 if role == "user" else 450)
-                yield (sid, role, text, start + timedelta(seconds=30 * seq), seq,
-                       len(text) // 4)
+                content = text.message(rng, role)
+                yield (sid, role, content, start + timedelta(seconds=30 * seq), seq,
+                       len(content) // 4)
 
     def memory() -> Iterator[tuple]:
         for uid in user_ids:
             for k in range(rng.randint(1, 4)):
-                yield (uid, "context", f"fact_{k}", f'"{rng.choice(sentences)}"')
+                yield (uid, "context", f"fact_{k}", f'"{text.note(rng)}"')
 
     return {"users": users(), "chat_sessions": sessions(), "messages": messages(),
             "user_memory": memory()}

@@ -6,7 +6,9 @@
 * a small pool with exactly the DAL's connection settings for the gevent smoke test's
   ``pg_sleep`` (not an application query);
 * the catalogue of seeded users and their chats, drawn with the seed's power law, so
-  the busiest users are also the most active ones.
+  the busiest users are also the most active ones;
+* the words of new messages and searches, from the seeded text's vocabulary
+  (:mod:`donnadb.loadtest.chattext`).
 
 Import this module after gevent's monkey patching (``import locust`` does it): psycopg
 picks its gevent-friendly wait function at import time.
@@ -28,7 +30,8 @@ from donnadb import db
 from donnadb.config import Settings, load_settings
 from donnadb.dal import PostgresDataAccess
 from donnadb.errors import DataError
-from donnadb.loadtest.seed import CHAT_PREFIX, RUN_CHAT_PREFIX, USER_PREFIX, WORDS, zipf_picker
+from donnadb.loadtest import chattext
+from donnadb.loadtest.seed import CHAT_PREFIX, RUN_CHAT_PREFIX, USER_PREFIX, zipf_picker
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +98,13 @@ def new_chat_id() -> str:
 
 
 def search_words(rng: random.Random) -> str:
-    return " ".join(rng.sample(WORDS[100:], 2))
+    """What a user types in the search box: one or two middle-frequency words."""
+    return " ".join(chattext.search_terms(rng, 1 if rng.random() < 0.6 else 2))
+
+
+def answer_words(rng: random.Random, k: int) -> str:
+    """``k`` words of an answer, with the seeded text's word frequencies."""
+    return " ".join(chattext.zipf_words(rng, k))
 
 
 def load_catalogue(settings: Settings, dbname: str | None, rng: random.Random) -> Catalogue:
