@@ -3,21 +3,12 @@ two measured sizes."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-BENCH = Path(__file__).resolve().parent.parent.parent / "bench"
 
 
 @pytest.fixture
-def bench_restore(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    import restore as module  # bench/restore.py, beside its helpers
-
-    yield module
-    sys.modules.pop("restore", None)
+def bench_restore(bench_script):
+    return bench_script("restore")
 
 
 def test_the_line_through_two_sizes_gives_fixed_cost_and_rate(bench_restore):
