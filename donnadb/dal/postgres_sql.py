@@ -179,7 +179,9 @@ SELECT {SESSION_COLUMNS} FROM chat_sessions AS s
 """
 
 # plainto_tsquery: every word of the query, english stemming, stop words ignored. The
-# expression is idx_messages_content_fts's; LIMIT NULL (chats=None) means every chat.
+# expression is idx_messages_chat_fts's, a GIN index on (chat_session_id, expression):
+# the planner scans it once per chat with both conditions, never running to_tsvector
+# on the chats' messages. LIMIT NULL (chats=None) means every chat.
 SEARCH_MESSAGES = f"""
 SELECT m.id::text AS id, s.chat_id, m.role, m.content, m.metadata, m.created_at,
        m.sequence_number, m.token_count, m.abuse_flagged

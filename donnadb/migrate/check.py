@@ -49,6 +49,13 @@ SELECT max((regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \\(''([^'']+)''
 """
 #: Rows outside every monthly partition; informational (old imported logs end up there).
 DEFAULT_ROWS = "SELECT count(*) FROM ONLY public.system_logs_default"
+#: Indexes a failed or killed CREATE INDEX CONCURRENTLY left behind: never used for
+#: reads, still maintained on every write.
+INVALID_INDEXES = """
+SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'public' AND NOT i.indisvalid ORDER BY 1
+"""
 
 
 @dataclass(frozen=True)
@@ -163,6 +170,15 @@ def _check_partitions(conn: psycopg.Connection) -> CheckResult:
     return CheckResult(name, not problems, detail)
 
 
+def _check_indexes(conn: psycopg.Connection) -> CheckResult:
+    invalid = [r[0] for r in conn.execute(INVALID_INDEXES).fetchall()]
+    if invalid:
+        return CheckResult("indexes", False, f"INVALID (an interrupted concurrent build): "
+                           f"{', '.join(invalid)}; run `donnactl migrate apply` again if a "
+                           "migration was interrupted, else DROP and re-create them")
+    return CheckResult("indexes", True, "every index valid")
+
+
 def run_checks(*, settings: Settings | None = None, dbname: str | None = None) -> CheckReport:
     """Connect as each login role and check schema version, grants and partitions.
 
@@ -194,4 +210,5 @@ def run_checks(*, settings: Settings | None = None, dbname: str | None = None) -
     with db.connection("migrator", settings=s, dbname=name, autocommit=True) as conn:
         report.checks += _check_privileges(conn, s)
         report.checks.append(_check_partitions(conn))
+        report.checks.append(_check_indexes(conn))
     return report

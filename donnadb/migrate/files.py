@@ -16,6 +16,8 @@ from donnadb.errors import MigrationError
 
 #: ``0001_initial_schema.sql`` -> version ``0001``, name ``initial_schema``.
 FILENAME_RE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9][a-z0-9_]*)\.sql$")
+#: First line of a migration run statement by statement, outside a transaction.
+NO_TRANSACTION = "-- donnadb: no-transaction"
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,29 @@ class MigrationFile:
 
     def read_sql(self) -> str:
         return self.path.read_text(encoding="utf-8")
+
+    @property
+    def transactional(self) -> bool:
+        """False for a file whose first line is :data:`NO_TRANSACTION` (for statements
+        PostgreSQL refuses inside a transaction, as ``CREATE INDEX CONCURRENTLY``)."""
+        return self.read_sql().split("\n", 1)[0].strip() != NO_TRANSACTION
+
+    def statements(self) -> list[str]:
+        """The statements of a file run outside a transaction, one by one: each ends with
+        a semicolon at the end of a line (no function bodies in such a file)."""
+        out: list[list[str]] = [[]]
+        for line in self.read_sql().splitlines():
+            out[-1].append(line)
+            if line.rstrip().endswith(";"):
+                out.append([])
+        if _has_sql(out[-1]):
+            raise MigrationError(f"migration {self.path.name}: its last statement does not "
+                                 "end with ';' at the end of a line: add it")
+        return ["\n".join(lines) for lines in out if _has_sql(lines)]
+
+
+def _has_sql(lines: list[str]) -> bool:
+    return any(ln.strip() and not ln.strip().startswith("--") for ln in lines)
 
 
 def checksum_bytes(data: bytes) -> str:

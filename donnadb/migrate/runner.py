@@ -1,5 +1,13 @@
 """Applying migrations: checksums, advisory lock, one transaction per migration.
 
+A migration whose first line is ``-- donnadb: no-transaction`` (files.NO_TRANSACTION)
+runs statement by statement outside a transaction instead, for what PostgreSQL refuses
+inside one (``CREATE INDEX CONCURRENTLY``, which builds an index without blocking
+writes). It is recorded after its last statement, so a failure or a kill half-way
+reruns the whole file: such a file is written to be rerun (``IF EXISTS``, and an index
+dropped before it is built again, since an interrupted concurrent build leaves an
+INVALID index behind).
+
 Every function connects as the migrator role. Migrations run after ``SET LOCAL ROLE``
 to the owner role, so all objects they create belong to the owner and pick up the
 default grants of the database bootstrap (database.sql.j2).
@@ -54,9 +62,11 @@ INSERT INTO public.schema_migrations (version, name, checksum, duration_ms)
 VALUES (%s, %s, %s, %s)
 """
 SET_ROLE = "SET LOCAL ROLE {owner}"
+SET_SESSION_ROLE = "SET ROLE {owner}"
 SET_LOCAL_LOCK_TIMEOUT = "SET LOCAL lock_timeout = {timeout}"
 SET_SESSION_LOCK_TIMEOUT = "SET lock_timeout = {timeout}"
-ADVISORY_LOCK = "SELECT pg_advisory_lock(%s)"
+TRY_ADVISORY_LOCK = "SELECT pg_try_advisory_lock(%s)"
+LOCK_POLL_S = 0.2
 ADVISORY_UNLOCK = "SELECT pg_advisory_unlock(%s)"
 
 
@@ -171,6 +181,8 @@ def _ensure_table(conn: psycopg.Connection, s: Settings) -> None:
 
 def _run_one(conn: psycopg.Connection, s: Settings, mig: MigrationFile) -> float:
     """Run ``mig`` and record it in one transaction; return its duration in ms."""
+    if not mig.transactional:
+        return _run_outside_transaction(conn, s, mig)
     text = mig.read_sql()
     started = time.monotonic()
     try:
@@ -191,6 +203,51 @@ def _run_one(conn: psycopg.Connection, s: Settings, mig: MigrationFile) -> float
             " (fix the file and rerun `donnactl migrate apply`)"
         ) from exc
     return duration_ms
+
+
+def _run_outside_transaction(conn: psycopg.Connection, s: Settings,
+                             mig: MigrationFile) -> float:
+    """Run ``mig``'s statements one by one in autocommit, as the owner role with the
+    migration lock timeout, then record it; return its duration in ms."""
+    statements = mig.statements()
+    started = time.monotonic()
+    owner = sql.Identifier(s.role("owner"))
+    try:
+        conn.execute(sql.SQL(SET_SESSION_ROLE).format(owner=owner))
+        conn.execute(sql.SQL(SET_SESSION_LOCK_TIMEOUT).format(
+            timeout=sql.Literal(MIGRATION_LOCK_TIMEOUT)))
+        for statement in statements:
+            conn.execute(statement.encode("utf-8"))
+        duration_ms = (time.monotonic() - started) * 1000
+        conn.execute(INSERT_APPLIED, (mig.version, mig.name, mig.checksum, duration_ms))
+    except psycopg.Error as exc:
+        diag = exc.diag.message_primary or str(exc).strip().splitlines()[0]
+        raise MigrationError(
+            f"migration {mig.path.name} failed: {diag}; it runs outside a transaction, so "
+            "the statements before this one stay applied and the file is written to be "
+            "rerun (fix the cause and rerun `donnactl migrate apply`)"
+        ) from exc
+    finally:
+        if not conn.closed and not conn.broken:
+            conn.execute("RESET ROLE")
+            conn.execute("RESET lock_timeout")
+    return duration_ms
+
+
+def _take_lock(conn: psycopg.Connection, lock_wait_s: int) -> None:
+    """Take the runners' advisory lock, polling (bounded) rather than waiting inside a
+    statement: a ``CREATE INDEX CONCURRENTLY`` of the runner holding it waits for every
+    open transaction to end, a waiting ``pg_advisory_lock`` call included (a deadlock).
+
+    :raises MigrationError: the lock stayed taken for ``lock_wait_s`` seconds.
+    """
+    deadline = time.monotonic() + lock_wait_s
+    while not conn.execute(TRY_ADVISORY_LOCK, (LOCK_KEY,)).fetchone()[0]:
+        if time.monotonic() >= deadline:
+            raise MigrationError(
+                f"another migration runner held the lock for over {lock_wait_s}s;"
+                " wait for it to finish (see pg_stat_activity) and rerun")
+        time.sleep(LOCK_POLL_S)
 
 
 def apply_migrations(
@@ -214,17 +271,7 @@ def apply_migrations(
     files = discover(s.schema_dir)
     done: list[MigrationFile] = []
     with db.connection("migrator", settings=s, dbname=dbname, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL(SET_SESSION_LOCK_TIMEOUT).format(timeout=sql.Literal(f"{lock_wait_s}s"))
-        )
-        try:
-            conn.execute(ADVISORY_LOCK, (LOCK_KEY,))
-        except psycopg.errors.LockNotAvailable:
-            raise MigrationError(
-                f"another migration runner held the lock for over {lock_wait_s}s;"
-                " wait for it to finish (see pg_stat_activity) and rerun"
-            ) from None
-        conn.execute("RESET lock_timeout")
+        _take_lock(conn, lock_wait_s)
         try:
             _ensure_table(conn, s)
             status = compare(_fetch_applied(conn), files)

@@ -58,3 +58,14 @@ def test_the_written_messages_alternate_user_and_assistant(bench_search):
     messages = bench_search.texts(random.Random(1), 4)
     assert [role for role, _ in messages] == ["user", "assistant"] * 2
     assert len(messages[1][1]) > len(messages[0][1])
+
+
+def test_the_base_schema_is_the_migrations_own(bench_search, settings):
+    """B, seeded first, is what the migrations make; the others are derived from it."""
+    from donnadb.migrate import discover
+
+    text = "\n".join(f.read_sql() for f in discover(settings.schema_dir))
+    base = bench_search.SCHEMAS[0]
+    assert base.base is None and base.indexes == ("idx_messages_chat_fts",)
+    assert ("CREATE INDEX CONCURRENTLY idx_messages_chat_fts\n    ON messages USING gin "
+            "(chat_session_id, to_tsvector('english', content));") in text

@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
+import pytest
+
 from donnadb.migrate import check
 
 DONNACTL = Path(sys.executable).parent / "donnactl"
@@ -89,3 +92,17 @@ def test_edited_migration_exits_5_with_one_line(tmp_path, settings, empty_db):
         assert done.returncode == 5, (cmd, done.stderr)
         assert "was edited after it was applied" in done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_db_check_names_an_index_an_interrupted_concurrent_build_left(scratch_db, connect_as,
+                                                                      settings):
+    owner = connect_as("migrator", dbname=scratch_db, autocommit=True)
+    owner.execute(f"SET ROLE {settings.db_role_owner}")
+    owner.execute("INSERT INTO users (clerk_id) VALUES ('a'), ('b')")
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        owner.execute("CREATE UNIQUE INDEX CONCURRENTLY idx_half_built ON users (name)"
+                      " NULLS NOT DISTINCT")
+    done = donnactl("db", "check", "--json", "--dbname", scratch_db)
+    assert done.returncode == 1
+    failed = {c["name"]: c["detail"] for c in json.loads(done.stdout)["checks"] if not c["ok"]}
+    assert list(failed) == ["indexes"] and "idx_half_built" in failed["indexes"]

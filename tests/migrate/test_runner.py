@@ -141,3 +141,71 @@ def test_dead_database_is_a_database_error(settings, empty_db):
     dead = settings.model_copy(update={"db_port": 1})
     with pytest.raises(DatabaseError, match="cannot connect"):
         apply_migrations(settings=dead, dbname=empty_db)
+
+
+def test_a_no_transaction_migration_runs_statement_by_statement_and_reruns(
+        schema_copy, empty_db, connect_as):
+    """CREATE INDEX CONCURRENTLY is refused inside a transaction: a file marked
+    ``-- donnadb: no-transaction`` runs its statements one by one, as the owner, and is
+    recorded only after the last, so a failure half-way leaves the statements before it
+    applied and the whole file is rerun once the cause is fixed."""
+    target, s = schema_copy
+    apply_migrations(settings=s, dbname=empty_db)
+    migrator = connect_as("migrator", dbname=empty_db, autocommit=True)
+    migrator.execute("CREATE TABLE gate (id int)")  # the migrator's, not the owner's
+    (target / "9999_concurrent.sql").write_text(
+        "-- donnadb: no-transaction\n"
+        "-- one statement\n-- over two lines\n"
+        "DROP INDEX CONCURRENTLY IF EXISTS idx_users_name_test;\n"
+        "CREATE INDEX CONCURRENTLY idx_users_name_test\n    ON users (name);\n"
+        "INSERT INTO gate VALUES (1);\n")
+    with pytest.raises(MigrationError, match="outside a transaction.*rerun"):
+        apply_migrations(settings=s, dbname=empty_db)
+    assert migrator.execute("SELECT to_regclass('public.idx_users_name_test')"
+                            ).fetchone()[0] == "idx_users_name_test"
+    assert [p.version for p in get_status(settings=s, dbname=empty_db).pending] == ["9999"]
+    # The session's role and lock timeout are put back after the failure.
+    migrator.execute(f"GRANT INSERT ON gate TO {s.db_role_owner}")
+    assert [m.version for m in apply_migrations(settings=s, dbname=empty_db)] == ["9999"]
+    assert migrator.execute("SELECT count(*) FROM gate").fetchone()[0] == 1
+    owner = migrator.execute("SELECT pg_get_userbyid(relowner) FROM pg_class "
+                             "WHERE relname = 'idx_users_name_test'").fetchone()[0]
+    assert owner == s.db_role_owner
+
+
+def test_a_no_transaction_file_without_a_final_semicolon_is_refused(schema_copy, empty_db):
+    target, s = schema_copy
+    (target / "9999_unended.sql").write_text(
+        "-- donnadb: no-transaction\nCREATE INDEX CONCURRENTLY i ON users (name)\n")
+    with pytest.raises(MigrationError, match="does not end with ';'"):
+        apply_migrations(settings=s, dbname=empty_db)
+
+
+def test_the_search_index_migration_replaces_an_interrupted_build(
+        settings, empty_db, connect_as, tmp_path):
+    """A concurrent build killed half-way leaves an INVALID index under the new name:
+    the migration drops it and builds the real one (and drops the plan's index)."""
+    for f in discover(settings.schema_dir):
+        if f.version < "0006":
+            shutil.copy(f.path, tmp_path / f.path.name)
+    apply_migrations(settings=settings.model_copy(update={"schema_dir": tmp_path}),
+                     dbname=empty_db)
+    migrator = connect_as("migrator", dbname=empty_db, autocommit=True)
+    owner = connect_as("migrator", dbname=empty_db, autocommit=True)
+    owner.execute(f"SET ROLE {settings.db_role_owner}")
+    owner.execute("INSERT INTO chat_sessions (chat_id) VALUES ('c1')")
+    owner.execute("INSERT INTO messages (chat_session_id, role, content, sequence_number) "
+                  "SELECT id, 'user', 'x', n FROM chat_sessions, generate_series(1, 2) n")
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        owner.execute("CREATE UNIQUE INDEX CONCURRENTLY idx_messages_chat_fts "
+                      "ON messages (role)")
+    assert migrator.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = "
+                            "'idx_messages_chat_fts'::regclass").fetchone()[0] is False
+    apply_migrations(settings=settings, dbname=empty_db)
+    row = migrator.execute(
+        "SELECT i.indisvalid, pg_get_indexdef(i.indexrelid) FROM pg_index i "
+        "WHERE i.indexrelid = 'idx_messages_chat_fts'::regclass").fetchone()
+    assert row[0] is True
+    assert "USING gin (chat_session_id, to_tsvector('english'::regconfig, content))" in row[1]
+    assert migrator.execute("SELECT to_regclass('public.idx_messages_content_fts')"
+                            ).fetchone()[0] is None

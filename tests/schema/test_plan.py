@@ -82,16 +82,29 @@ def test_keys_unique_constraints_and_foreign_keys(catalog, table):
             assert fks.get(col.name) == col.references, f"{table}.{col.name} foreign key"
 
 
+#: Indexes of the plan replaced by a measured better one (a migration says why): the
+#: replacement has the same method and the plan's keys after leading columns of its own.
+SUPERSEDED = {
+    # 0006: the search looks in a user's chats; bench/search.py, docs/benchmarks.md.
+    "idx_messages_content_fts": "idx_messages_chat_fts",
+}
+
+
 @pytest.mark.parametrize("name", sorted(INDEXES))
 def test_index_exists_with_the_plans_definition(catalog, name):
     want = INDEXES[name]
-    row = catalog.execute(INDEXDEF, (name,)).fetchone()
+    row = catalog.execute(INDEXDEF, (SUPERSEDED.get(name, name),)).fetchone()
     assert row is not None, f"index {name} missing"
     tablename, indexdef = row
     assert tablename == want.table
     method, keys = indexdef.split(" USING ", 1)[1].split(" ", 1)
     assert method == want.method
-    assert plan.normalise_keys(keys)[1:-1] == want.keys, indexdef
+    keys = plan.normalise_keys(keys)[1:-1]
+    if name in SUPERSEDED:
+        assert keys.endswith("," + want.keys), indexdef
+        assert catalog.execute(INDEXDEF, (name,)).fetchone() is None, "both indexes kept"
+    else:
+        assert keys == want.keys, indexdef
 
 
 def test_parser_rejects_what_it_does_not_understand():
