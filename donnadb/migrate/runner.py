@@ -15,6 +15,7 @@ default grants of the database bootstrap (database.sql.j2).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -62,9 +63,6 @@ INSERT INTO public.schema_migrations (version, name, checksum, duration_ms)
 VALUES (%s, %s, %s, %s)
 """
 SET_ROLE = "SET LOCAL ROLE {owner}"
-SET_SESSION_ROLE = "SET ROLE {owner}"
-SET_LOCAL_LOCK_TIMEOUT = "SET LOCAL lock_timeout = {timeout}"
-SET_SESSION_LOCK_TIMEOUT = "SET lock_timeout = {timeout}"
 TRY_ADVISORY_LOCK = "SELECT pg_try_advisory_lock(%s)"
 LOCK_POLL_S = 0.2
 ADVISORY_UNLOCK = "SELECT pg_advisory_unlock(%s)"
@@ -180,55 +178,37 @@ def _ensure_table(conn: psycopg.Connection, s: Settings) -> None:
 
 
 def _run_one(conn: psycopg.Connection, s: Settings, mig: MigrationFile) -> float:
-    """Run ``mig`` and record it in one transaction; return its duration in ms."""
-    if not mig.transactional:
-        return _run_outside_transaction(conn, s, mig)
-    text = mig.read_sql()
+    """Run ``mig`` as the owner role and record it; return its duration in ms. In one
+    transaction, or statement by statement outside one (files.NO_TRANSACTION)."""
+    outside = not mig.transactional
+    # No parameters: psycopg sends a file with the simple query protocol, so a file run
+    # in a transaction may hold many statements.
+    parts = mig.statements() if outside else [mig.read_sql()]
+    scope = "" if outside else "LOCAL "
     started = time.monotonic()
     try:
-        with conn.transaction():
-            conn.execute(sql.SQL(SET_ROLE).format(owner=sql.Identifier(s.role("owner"))))
-            conn.execute(
-                sql.SQL(SET_LOCAL_LOCK_TIMEOUT).format(timeout=sql.Literal(MIGRATION_LOCK_TIMEOUT))
-            )
-            # No parameters: psycopg sends the file with the simple query protocol, so
-            # a file may hold many statements.
-            conn.execute(text.encode("utf-8"))
+        with contextlib.nullcontext() if outside else conn.transaction():
+            conn.execute(sql.SQL(f"SET {scope}ROLE {{owner}}").format(
+                owner=sql.Identifier(s.role("owner"))))
+            conn.execute(sql.SQL(f"SET {scope}lock_timeout = {{timeout}}").format(
+                timeout=sql.Literal(MIGRATION_LOCK_TIMEOUT)))
+            for part in parts:
+                conn.execute(part.encode("utf-8"))
             duration_ms = (time.monotonic() - started) * 1000
             conn.execute(INSERT_APPLIED, (mig.version, mig.name, mig.checksum, duration_ms))
     except psycopg.Error as exc:
         diag = exc.diag.message_primary or str(exc).strip().splitlines()[0]
+        if outside:
+            raise MigrationError(
+                f"migration {mig.path.name} failed: {diag}; it runs outside a transaction, "
+                "so the statements before this one stay applied and the file is written to "
+                "be rerun (fix the cause and rerun `donnactl migrate apply`)") from exc
         raise MigrationError(
             f"migration {mig.path.name} failed and was rolled back: {diag}"
             " (fix the file and rerun `donnactl migrate apply`)"
         ) from exc
-    return duration_ms
-
-
-def _run_outside_transaction(conn: psycopg.Connection, s: Settings,
-                             mig: MigrationFile) -> float:
-    """Run ``mig``'s statements one by one in autocommit, as the owner role with the
-    migration lock timeout, then record it; return its duration in ms."""
-    statements = mig.statements()
-    started = time.monotonic()
-    owner = sql.Identifier(s.role("owner"))
-    try:
-        conn.execute(sql.SQL(SET_SESSION_ROLE).format(owner=owner))
-        conn.execute(sql.SQL(SET_SESSION_LOCK_TIMEOUT).format(
-            timeout=sql.Literal(MIGRATION_LOCK_TIMEOUT)))
-        for statement in statements:
-            conn.execute(statement.encode("utf-8"))
-        duration_ms = (time.monotonic() - started) * 1000
-        conn.execute(INSERT_APPLIED, (mig.version, mig.name, mig.checksum, duration_ms))
-    except psycopg.Error as exc:
-        diag = exc.diag.message_primary or str(exc).strip().splitlines()[0]
-        raise MigrationError(
-            f"migration {mig.path.name} failed: {diag}; it runs outside a transaction, so "
-            "the statements before this one stay applied and the file is written to be "
-            "rerun (fix the cause and rerun `donnactl migrate apply`)"
-        ) from exc
     finally:
-        if not conn.closed and not conn.broken:
+        if outside and not conn.closed and not conn.broken:
             conn.execute("RESET ROLE")
             conn.execute("RESET lock_timeout")
     return duration_ms
