@@ -60,7 +60,7 @@ from report import header, span
 
 from donnadb import db
 from donnadb.config import load_settings
-from donnadb.dal import PostgresDataAccess
+from donnadb.dal import PostgresDataAccess, fastpath
 from donnadb.dal import postgres_sql as q
 from donnadb.dal.postgres import dal_adapters
 from donnadb.loadtest.seed import CHAT_PREFIX, RUN_CHAT_PREFIX
@@ -96,10 +96,7 @@ class Workload:
     def positional(self) -> tuple[bytes, list[str]]:
         """The statement with ``$n`` placeholders, and the parameters' names in order."""
         names = list(self.params(self.chats[0]))
-        text = self.query
-        for n, name in enumerate(names, 1):
-            text = text.replace(f"%({name})s", f"${n}")
-        return text.encode(), names
+        return fastpath.Statement(self.kind, self.query, names).sql, names
 
     def text_values(self, chat: str) -> list[bytes | None]:
         """The parameters in the text format libpq sends."""
