@@ -15,6 +15,8 @@ _ssh = {
     "ssh_key": "~/.ssh/id_ed25519",
     "ssh_known_hosts_file": "~/.ssh/known_hosts",
     "ssh_strict_host_key_checking": "yes",
+    # A host booted a moment ago may drop the first logins.
+    "ssh_connect_retries": 3,
     "_sudo": True,
     "tls_ca_dir": "~/.local/share/donnadb/ca",
     "ha": True,

@@ -18,6 +18,8 @@ db_servers = [
             "ssh_key": "~/.ssh/id_ed25519",
             "ssh_known_hosts_file": "~/.ssh/known_hosts",
             "ssh_strict_host_key_checking": "yes",
+            # A host booted a moment ago may drop the first logins.
+            "ssh_connect_retries": 3,
             "_sudo": True,
             # Listen on the private address too; the app hosts dial the host's name,
             # which the server certificate carries with these addresses.
@@ -42,6 +44,8 @@ app_servers = [
             "ssh_key": "~/.ssh/id_ed25519",
             "ssh_known_hosts_file": "~/.ssh/known_hosts",
             "ssh_strict_host_key_checking": "yes",
+            # A host booted a moment ago may drop the first logins.
+            "ssh_connect_retries": 3,
             "_sudo": True,
             # ["loadtest"] on a host that drives the load test; [] for the DAL alone.
             "app_extras": [],

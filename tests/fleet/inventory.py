@@ -17,6 +17,8 @@ _ssh = {
     "ssh_strict_host_key_checking": "yes",
     # Log in as the operator account, act as root through sudo (no root login).
     "_sudo": True,
+    # A host booted seconds ago on a loaded machine can drop the first login.
+    "ssh_connect_retries": 3,
 }
 _db, _app = _fleet["db"], _fleet["app"]
 

@@ -333,17 +333,20 @@ def control_key(root: Path) -> Path:
     needs no SSH tools of its own.
     """
     key = STATE_DIR / "ssh" / "id_ed25519"
-    if key.is_file():
-        return key
     key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    inside = "/root/donnadb-control-key"
-    subprocess.run(["chroot", str(root), "ssh-keygen", "-q", "-t", "ed25519", "-N", "",
-                    "-C", "donnadb-test-control", "-f", inside], check=True,
-                   capture_output=True)
-    made = root / inside.lstrip("/")
-    shutil.move(made.with_suffix(".pub"), key.with_suffix(".pub"))
-    shutil.move(made, key)
-    key.chmod(0o600)
+    # Under a lock: CI boots the README host while the fleet's hosts are booting.
+    with _locked(key.parent / "key.lock"):
+        if key.is_file():
+            return key
+        inside = "/root/donnadb-control-key"
+        subprocess.run(["chroot", str(root), "ssh-keygen", "-q", "-t", "ed25519", "-N", "",
+                        "-C", "donnadb-test-control", "-f", inside], check=True,
+                       capture_output=True)
+        made = root / inside.lstrip("/")
+        # The public half first: a key file seen by another run is always complete.
+        shutil.move(made.with_suffix(".pub"), key.with_suffix(".pub"))
+        made.chmod(0o600)
+        shutil.move(made, key)
     return key
 
 

@@ -25,6 +25,9 @@ COMMAND_TIMEOUT = 45 * 60
 #: Ports the README's deploy listens on at 127.0.0.1 (PostgreSQL, PgBouncer): the host
 #: shares this machine's network, so they must be free here first.
 PORTS = (5432, 6432)
+#: The host's own address (its sshd): apart from the fleet's (127.0.0.11-24), which CI
+#: runs at the same time.
+ADDRESS = "127.0.0.31"
 
 
 def readme_commands(readme: Path) -> list[str]:
@@ -67,7 +70,7 @@ def busy_ports(address: str = "127.0.0.1", wait: float = 15.0) -> list[int]:
         time.sleep(0.5)
 
 
-def run_readme(checkout: Path, *, name: str = "readme", address: str = "127.0.0.11") -> int:
+def run_readme(checkout: Path, *, name: str = "readme", address: str = ADDRESS) -> int:
     """Boot a host, clone ``checkout`` into it, run the README's commands; an exit code."""
     commands = readme_commands(checkout / "README.md")
     busy = busy_ports()

@@ -14,7 +14,9 @@ _spec = json.loads(open(os.environ["DONNADB_CLUSTER_FILE"]).read())  # noqa: SIM
 # The operator account through sudo, strict host keys, the test CA: like the fleet's.
 _ssh = {"ssh_user": _spec["ssh_user"], "ssh_key": _spec["ssh_key"],
         "ssh_known_hosts_file": _spec["known_hosts"], "ssh_strict_host_key_checking": "yes",
-        "_sudo": True, "tls_ca_dir": _spec["ca_dir"], "ha": True}
+        "_sudo": True, "tls_ca_dir": _spec["ca_dir"], "ha": True,
+        # A host booted seconds ago on a loaded machine can drop the first login.
+        "ssh_connect_retries": 3}
 _addresses = [address for _, address in _spec["db"]]
 _app_name, _app = _spec["app"]
 #: Each member listens on its own address only (the test hosts share one network), and
