@@ -2,6 +2,7 @@
 database, same process.
 
     .venv/bin/python bench/backup.py [--messages 3000000] [--jobs 2] [--rounds 3] \
+        [--big-file-mib 256] \
         [--results bench/results/backup.json]
 
 Seeds a scratch database with the real schema and indexes (bench/backup_compression.py),
@@ -16,7 +17,14 @@ once per round for ``--rounds`` interleaved rounds:
   bytes of the backup ours just made; ours: ``S3Store.upload_backup`` of that backup
   (each file re-hashed against the manifest first, our TransferConfig: parts of
   ``BACKUP_S3_MIN_PART_SIZE`` or more, ``BACKUP_S3_CONCURRENCY`` at a time, a SHA-256
-  per part). Every upload goes to keys of its own (the backup id is new each round).
+  per part). Every upload goes to keys of its own (the backup id is new each round);
+- the same two uploads of one file of ``--big-file-mib`` random bytes (default 256 MiB),
+  where both go up in parts (boto3's default: 8 MiB parts, 10 at a time).
+
+The machine's busy CPU seconds during each backup (all processes, from /proc/stat)
+show what bounds the backup's ratio on this machine: pg_dump -j2 already keeps both
+cores busy, so the checksum scan our snapshot runs beside it (its seconds alone are
+printed too) adds its CPU to the dump's wall time.
 
 Prints each round, the ranges of the ratios (backup: goal <= 1.15 of pg_dump's time;
 upload: goal >= 1.0 of boto3's default speed, i.e. ours not slower; each ratio from one
@@ -47,10 +55,13 @@ from report import header, interleaved, ratios, save_raw, span
 from scratch import busy_if_turned_away
 
 from donnadb.backup import bootstrap, pgtools, restore, snapshot
-from donnadb.backup.storage_s3 import S3Store
+from donnadb.backup import manifest as mf
+from donnadb.backup.storage_s3 import S3Store, part_size_for
 from donnadb.config import load_settings
 
 RTO_SECONDS = 300
+#: The fields of /proc/stat's cpu line that count busy time (not idle, not iowait).
+BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user nice system irq softirq steal
 BUCKET = "donna-bench"
 RESULTS = Path(__file__).resolve().parent / "results" / "backup.json"
 
@@ -85,10 +96,35 @@ def moto_s3() -> Iterator[str]:
         server.wait(timeout=30)
 
 
+def busy_cpu_seconds() -> float:
+    """CPU seconds every core of this machine has spent busy since boot (/proc/stat)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    return sum(int(fields[i]) for i in BUSY_FIELDS) / os.sysconf("SC_CLK_TCK")
+
+
+def with_busy_cpu(fn, spent: list[float]):
+    """``fn`` that also appends the machine's busy CPU seconds during it to ``spent``."""
+    def run():
+        before = busy_cpu_seconds()
+        fn()
+        spent.append(busy_cpu_seconds() - before)
+    return run
+
+
+def random_file(path: Path, mib: int) -> Path:
+    """``mib`` MiB of random bytes (nothing compresses or deduplicates them)."""
+    with path.open("wb") as out:
+        for _ in range(mib):
+            out.write(os.urandom(2**20))
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=3_000_000)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--big-file-mib", type=int, default=256,
+                        help="size of the one-file upload pair (MiB)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved rounds, every side once per round")
     parser.add_argument("--results", type=Path, default=RESULTS,
@@ -160,6 +196,19 @@ def main() -> None:
             def ours_upload():
                 store.upload_backup(made[-1])
 
+            big = random_file(work / "big.dat", args.big_file_mib)
+            digest, size = mf.sha256_file(big)
+            big_entry = mf.FileEntry("big.dat", size, digest)
+            big_sent: list[str] = []
+
+            def plain_big():
+                big_sent.append(f"plain-big/{len(big_sent)}")
+                plain_client.upload_file(str(big), BUCKET, big_sent[-1])
+
+            def ours_big():
+                big_sent.append(f"ours-big/{len(big_sent)}")
+                store.upload_file(big, big_sent[-1], big_entry)
+
             phases = []
 
             def ours_restore():
@@ -172,25 +221,42 @@ def main() -> None:
                 print(f"round {r}: " + ", ".join(f"{k} {v:.2f} s" for k, v in this.items()),
                       flush=True)
 
-            t = interleaved({"pg_dump": busy_if_turned_away(plain_dump),
-                             "ours backup": busy_if_turned_away(ours_dump),
+            cpu: dict[str, list[float]] = {"pg_dump": [], "ours backup": []}
+            t = interleaved({"pg_dump": busy_if_turned_away(
+                                 with_busy_cpu(plain_dump, cpu["pg_dump"])),
+                             "ours backup": busy_if_turned_away(
+                                 with_busy_cpu(ours_dump, cpu["ours backup"])),
                              "boto3 upload_file": plain_upload, "ours S3 upload": ours_upload,
+                             "boto3 big file": plain_big, "ours big file": ours_big,
                              "pg_restore": plain_restore, "ours restore": ours_restore},
                             args.rounds, each)
+            cores = os.cpu_count() or 1
+            facts = [b.manifest.extra["facts_seconds"] for b in made]
             gib = db_size / 2**30
             print(f"database {db_size / 2**20:.0f} MiB, jobs {args.jobs}, gzip "
                   f"{settings.backup_compress_level}; min-max over {args.rounds} rounds, "
                   "ratios per round")
             print(f"backup : pg_dump {span(t['pg_dump'])} s  ours {span(t['ours backup'])} s"
                   f"  ratio {span(ratios(t['ours backup'], t['pg_dump']), '{:.3f}')}")
+            for side in cpu:
+                share = [c / (w * cores) for c, w in zip(cpu[side], t[side], strict=True)]
+                print(f"backup : {side}: machine busy {span(cpu[side])} CPU s, "
+                      f"{span([x * 100 for x in share], '{:.0f}')}% of {cores} cores")
+            print(f"backup : ours' checksum scan alone {span(facts)} s (beside the dump, on "
+                  "its own connection)")
             mib = uploaded[-1] / 2**20
             speedup = ratios(t["boto3 upload_file"], t["ours S3 upload"])
+            big_speedup = ratios(t["boto3 big file"], t["ours big file"])
             print(f"upload : {mib:.0f} MiB in {len(backup_files())} files to moto on 127.0.0.1; "
                   f"boto3 default {span(t['boto3 upload_file'])} s  ours "
                   f"{span(t['ours S3 upload'])} s  speed ratio ours/boto3 "
                   f"{span(speedup, '{:.3f}')} (time boto3 / time ours; part >= "
                   f"{settings.backup_s3_min_part_size // 2**20} MiB, concurrency "
                   f"{settings.backup_s3_concurrency})")
+            print(f"upload : one {args.big_file_mib} MiB file; boto3 default "
+                  f"{span(t['boto3 big file'])} s  ours {span(t['ours big file'])} s  speed "
+                  f"ratio ours/boto3 {span(big_speedup, '{:.3f}')} (part "
+                  f"{part_size_for(size, settings.backup_s3_min_part_size) // 2**20} MiB)")
             print(f"restore: pg_restore {span(t['pg_restore'])} s  ours "
                   f"{span(t['ours restore'])} s  ratio "
                   f"{span(ratios(t['ours restore'], t['pg_restore']), '{:.3f}')}")
@@ -208,7 +274,8 @@ def main() -> None:
                 "args": {"messages": args.messages, "jobs": args.jobs},
                 "database_bytes": db_size, "uploaded_bytes": uploaded,
                 "seconds": t, "backup_ratio": ratios(t["ours backup"], t["pg_dump"]),
-                "upload_speed_ratio": speedup,
+                "upload_speed_ratio": speedup, "big_file_upload_speed_ratio": big_speedup,
+                "busy_cpu_seconds": cpu, "checksum_scan_seconds": facts,
                 "restore_ratio": ratios(t["ours restore"], t["pg_restore"]),
                 "restore_phases_last_round": phases[-1],
                 "settings": {"compress_level": settings.backup_compress_level,

@@ -27,6 +27,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +43,11 @@ log = logging.getLogger(__name__)
 PG_OWNER = db.CLUSTER_OWNER
 SOCKET_DIR = "/var/run/postgresql"
 SQL_IN_RECOVERY = "SELECT pg_is_in_recovery()"
+SQL_REPLAY = "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()"
+#: A restored server replays as much WAL as lies between its backup and the target (up
+#: to a day's with daily differentials), at whatever speed the machine has: it has failed
+#: only when replay stops moving for this long (seconds).
+REPLAY_STALL_TIMEOUT = 300.0
 SQL_SANITY = ("SELECT now(), (SELECT count(*) FROM pg_database WHERE datallowconn), "
               "pg_is_in_recovery()")
 
@@ -526,14 +532,28 @@ def stop_copy(cluster: Cluster, data_dir: Path) -> None:
     _pg_ctl(cluster, data_dir, "-m", "fast", "-w", "stop")
 
 
-def _wait_promoted(port: int, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _psql(SQL_IN_RECOVERY, port) == "f":
+def _wait_promoted(port: int, stall_timeout: float = REPLAY_STALL_TIMEOUT,
+                   probe: Callable[[], list[str]] | None = None) -> None:
+    """Wait until the restored server on ``port`` has left recovery, however long its
+    replay takes, as long as it moves: no new WAL replayed for ``stall_timeout`` seconds
+    fails. ``probe`` gives ``[in recovery 't'|'f', replay LSN]`` (default: ask the server).
+
+    :raises BackupError: replay stalled, or the server went away (its log says why: a
+        target past the end of the WAL stops it).
+    """
+    probe = probe or (lambda: _psql(SQL_REPLAY, port).split("|"))
+    replayed, deadline = None, time.monotonic() + stall_timeout
+    while True:
+        recovering, lsn = probe()
+        if recovering == "f":
             return
+        if lsn != replayed:
+            replayed, deadline = lsn, time.monotonic() + stall_timeout
+        elif time.monotonic() > deadline:
+            raise BackupError(f"the restored server on port {port} has replayed no WAL for "
+                              f"{stall_timeout:.0f} s (still at {lsn or 'its start'}); "
+                              "see its pitr.log")
         time.sleep(0.2)
-    raise BackupError(f"the restored server on port {port} is still recovering after "
-                      f"{timeout:.0f} s; see its pitr.log")
 
 
 def restore_to_time(engine: Engine, target_time: datetime, **where) -> PitrResult:

@@ -130,7 +130,9 @@ def _dump(
         key = crypto.load_keys(settings.backup_encryption_key_file)[0]
         crypto.encrypt_tree(partial, DUMP_DIR, key, backup_id)
         encryption = {"algorithm": crypto.ALGORITHM, "key_id": key.key_id}
-    files = mf.hash_tree(partial)
+    # Hashed and flushed on every job's core at once: commit_partial's fsync then finds
+    # nothing left to write.
+    files = mf.hash_tree(partial, workers=jobs, sync=True)
     return mf.Manifest(
         backup_id=backup_id,
         database=dbname,

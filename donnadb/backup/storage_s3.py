@@ -3,8 +3,8 @@
 ``<prefix><id>/dump/...``, ``<prefix><id>/SHA256SUMS``, then
 ``<prefix><id>/manifest.json`` LAST, so a backup
 whose upload was interrupted has no manifest there and is never taken for whole.
-Files go through boto3's transfer manager: a file is checked against the manifest
-(size, sha256) before anything is sent, large ones go up in parallel multipart
+Files go through boto3's transfer manager, the dump's side by side: a file is checked
+against the manifest (size, sha256) before it is sent, large ones go up in parallel multipart
 uploads whose part size grows with the file (S3 allows 5 MiB..5 GiB parts and at
 most 10,000 of them), every part carries its own SHA-256 which S3 checks, and a
 failure aborts the multipart upload so no invisible, billed fragments stay behind
@@ -17,6 +17,7 @@ Credentials come from boto3's usual chain (environment, profile, instance role).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from donnadb.backup import manifest as mf
 from donnadb.backup import signing, storage_local, sums
@@ -54,6 +56,16 @@ def part_size_for(size: int, min_part: int = S3_MIN_PART) -> int:
     if part > S3_MAX_PART:
         raise BackupError(f"a {size}-byte file exceeds S3's multipart limit (10,000 x 5 GiB)")
     return part
+
+
+def _check_local(path: Path, entry: mf.FileEntry) -> None:
+    """:raises BackupCorrupt: ``path`` differs from ``entry`` (size or sha256)."""
+    size = path.stat().st_size
+    if size != entry.size:
+        raise BackupCorrupt(f"{path}: size {size} != {entry.size} in the manifest")
+    digest, _ = mf.sha256_file(path)
+    if digest != entry.sha256:
+        raise BackupCorrupt(f"{path}: sha256 differs from the manifest; not uploading")
 
 
 def check_backup_id(backup_id: str) -> str:
@@ -140,11 +152,11 @@ class S3Store:
             sums.require(sums_path.read_text(encoding="utf-8"), backup.manifest,
                          where=str(sums_path))
             meta.insert(0, sums.NAME)
-        sent = 0
-        for entry in backup.manifest.files:
-            self.upload_file(backup.path / entry.path, self.key(backup.backup_id, entry.path),
-                             entry, progress)
-            sent += entry.size
+        # The dump's files side by side (pg_dump -Fd writes one per table), then the
+        # checksums, then the manifest, each alone, in that order.
+        self.upload_files([(backup.path / entry.path, self.key(backup.backup_id, entry.path),
+                            entry) for entry in backup.manifest.files], progress)
+        sent = sum(entry.size for entry in backup.manifest.files)
         for name in meta:
             path = backup.path / name
             digest, size = mf.sha256_file(path)
@@ -155,26 +167,62 @@ class S3Store:
 
     def upload_file(self, path: Path, key: str, entry: mf.FileEntry,
                     progress: Progress | None = None) -> None:
-        """Upload one file that matches ``entry`` (size and sha256, checked first) through
-        boto3's transfer manager: parallel parts, each with a SHA-256 that S3 checks, and
-        a failed multipart upload aborted by the manager itself.
+        """Upload one file that matches ``entry``: :meth:`upload_files` of it alone."""
+        self.upload_files([(path, key, entry)], progress)
 
-        :raises BackupCorrupt: the file differs from ``entry`` (nothing was sent).
+    def upload_files(self, files: list[tuple[Path, str, mf.FileEntry]],
+                     progress: Progress | None = None) -> None:
+        """Upload ``(path, key, entry)`` files side by side through boto3's transfer
+        manager: ``BACKUP_S3_CONCURRENCY`` requests at a time across all of them (small
+        files no longer wait for each other), large files in parallel parts, each part
+        with a SHA-256 that S3 checks; a failed multipart upload is aborted by the
+        manager itself, and a failure cancels what is still queued.
+
+        Each file is checked against its entry (size and sha256) while the ones before
+        it are sent: a file sent in one request before it is queued (the object is
+        visible at once), a multipart one while its parts go up (nothing of it is
+        visible before its last request; a mismatch cancels it, the manager aborts the
+        upload, and the object is deleted should it have finished first).
+
+        :raises BackupCorrupt: a file differs from its entry (it is not left in S3).
         :raises BackupError: S3 refused or failed.
         """
-        size = path.stat().st_size
-        if size != entry.size:
-            raise BackupCorrupt(f"{path}: size {size} != {entry.size} in the manifest")
-        digest, _ = mf.sha256_file(path)
-        if digest != entry.sha256:
-            raise BackupCorrupt(f"{path}: sha256 differs from the manifest; not uploading")
-        extra = {"ChecksumAlgorithm": "SHA256", "Metadata": {"sha256": entry.sha256},
-                 **self._put_args()}
+        from boto3.s3.transfer import ProgressCallbackInvoker, create_transfer_manager
+
+        subscribers = [ProgressCallbackInvoker(progress)] if progress else None
+        checking = None
         try:
-            self.client.upload_file(str(path), self.bucket, key, ExtraArgs=extra,
-                                    Config=self._transfer_config(size), Callback=progress)
-        except Exception as exc:  # botocore's ClientError, connection errors ...
-            raise BackupError(f"upload of s3://{self.bucket}/{key} failed: {exc}") from exc
+            with contextlib.ExitStack() as stack:
+                managers: dict[int, Any] = {}
+                queued = []
+                for path, key, entry in files:
+                    part = part_size_for(entry.size, self.settings.backup_s3_min_part_size)
+                    multipart = entry.size >= part  # the transfer manager's own rule
+                    if not multipart:
+                        _check_local(path, entry)
+                    if part not in managers:
+                        managers[part] = stack.enter_context(create_transfer_manager(
+                            self.client, self._transfer_config(entry.size)))
+                    extra = {"ChecksumAlgorithm": "SHA256",
+                             "Metadata": {"sha256": entry.sha256}, **self._put_args()}
+                    queued.append((key, managers[part].upload(
+                        str(path), self.bucket, key, extra_args=extra,
+                        subscribers=subscribers)))
+                    if multipart:
+                        checking = key
+                        _check_local(path, entry)
+                        checking = None
+                for key, future in queued:
+                    try:
+                        future.result()
+                    except Exception as exc:  # botocore's ClientError, connection errors
+                        raise BackupError(f"upload of s3://{self.bucket}/{key} failed: "
+                                          f"{exc}") from exc
+        except BackupCorrupt:
+            if checking is not None:
+                # Leaving the block cancelled it; it may have completed first all the same.
+                self.client.delete_object(Bucket=self.bucket, Key=checking)
+            raise
 
     def _transfer_config(self, size: int):
         """Parts of :func:`part_size_for`, ``BACKUP_S3_CONCURRENCY`` of them at a time."""

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from donnadb.config import get_settings
+from donnadb.config import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,17 @@ def drills(*, now: datetime | None = None, repo: Path | None = None,
             "age_seconds": round((now - when).total_seconds(), 1) if when else None,
         }
     return view
+
+
+def configured_physical_drills(settings: Settings) -> list[str]:
+    """The :func:`drills` keys the weekly physical drill fills on this host: one per
+    pgBackRest repository configured (none without pgBackRest)."""
+    if not settings.pgbackrest_enabled:
+        return []
+    from donnadb.backup.pitr import repositories
+
+    return [f"physical-repo{number}" for number in
+            repositories(local=settings.pgbackrest_local_repo, s3=settings.pgbackrest_s3)]
 
 
 def drill_name(last: dict[str, Any]) -> str:

@@ -158,8 +158,9 @@ def _archiving(arch: dict[str, Any], settings: Settings) -> list[Check]:
 def backup_drill(drill: dict[str, Any], settings: Settings) -> Check:
     """The restore drills: CRITICAL when the last drill of a kind (per pgBackRest
     repository for the physical one) failed, else graded on the age of the oldest last
-    success. No drill yet warns only where backups are
-    required and older than BACKUP_DRILL_MAX_AGE_HOURS (the weekly drill had its turn)."""
+    success. No drill yet of a kind, or of a configured pgBackRest repository, warns
+    only where backups are required and older than BACKUP_DRILL_MAX_AGE_HOURS (the
+    weekly drill had its turn)."""
     kinds = drill["kinds"]
     failed = sorted(k for k, v in kinds.items() if v["failed"])
     if failed:
@@ -167,16 +168,24 @@ def backup_drill(drill: dict[str, Any], settings: Settings) -> Check:
         return Check("backup_drill", Severity.CRITICAL, None,
                      f"the last {backups.drill_name(last)} restore drill failed: "
                      f"{last.get('problem')} (see docs/runbook.md, DonnaBackupDrillFailed)")
+    due = (settings.health_backup_required and drill["oldest_backup_age_hours"] is not None
+           and drill["oldest_backup_age_hours"] >= settings.backup_drill_max_age_hours)
     aged = [v for v in kinds.values() if v["age_seconds"] is not None]
     if not aged:
-        warn = settings.backup_drill_max_age_hours
-        due = (settings.health_backup_required and drill["oldest_backup_age_hours"] is not None
-               and drill["oldest_backup_age_hours"] >= warn)
         return Check("backup_drill", Severity.WARNING if due else Severity.OK, None,
                      "no restore drill recorded: run `donnactl backup drill`")
     oldest = max(aged, key=lambda v: v["age_seconds"])
-    return _high(settings, "backup_drill", round(oldest["age_seconds"] / 3600, 2), "h",
-                 f"last {backups.drill_name(oldest)} restore drill")
+    graded = _high(settings, "backup_drill", round(oldest["age_seconds"] / 3600, 2), "h",
+                   f"last {backups.drill_name(oldest)} restore drill")
+    # A repository added later (the bucket) is drilled by nobody until the weekly job
+    # runs: the others' fresh drills must not hide that it never was.
+    never = [k for k in backups.configured_physical_drills(settings) if k not in kinds]
+    if never and due and graded.severity == Severity.OK:
+        repo = never[0].rsplit("-", 1)[-1]
+        return Check("backup_drill", Severity.WARNING, graded.value,
+                     f"no restore drill recorded for pgBackRest {repo}: run `donnactl "
+                     f"backup drill --physical --repo {repo[len('repo'):]}`")
+    return graded
 
 
 def _partitions(parts: dict[str, Any], settings: Settings) -> Check:

@@ -411,3 +411,26 @@ def test_the_copy_directory_must_be_private(tmp_path):
     made = tmp_path / "made"
     drill._private_dir(made)
     assert made.stat().st_mode & 0o777 == 0o700 and made.owner() == "postgres"
+
+
+def test_a_configured_repository_never_drilled_warns_beside_fresh_drills(ds):
+    """repo2 (the bucket) added after the drills began: the logical and repo1 drills are
+    fresh, repo2's is missing; once the backups are older than the interval, health says
+    so."""
+    both = ds.model_copy(update={"pgbackrest_enabled": True, "pgbackrest_local_repo": True,
+                                 "pgbackrest_s3": True})
+    fresh = {"failed": False, "age_seconds": 3600.0}
+    view = {"kinds": {"logical": {**fresh, "kind": "logical", "repo": None},
+                      "physical-repo1": {**fresh, "kind": "physical", "repo": 1}},
+            "oldest_backup_age_hours": both.backup_drill_max_age_hours}
+    check = health.backup_drill(view, both)
+    assert check.severity == Severity.WARNING
+    assert "pgBackRest repo2" in check.summary and "--repo 2" in check.summary
+    assert health.backup_drill({**view, "oldest_backup_age_hours": 1.0}, both).severity \
+        == Severity.OK
+    view["kinds"]["physical-repo2"] = {**fresh, "kind": "physical", "repo": 2}
+    assert health.backup_drill(view, both).severity == Severity.OK
+    # Without pgBackRest no physical drill is expected.
+    view["kinds"] = {"logical": view["kinds"]["logical"]}
+    assert health.backup_drill(view, ds.model_copy(
+        update={"pgbackrest_enabled": False})).severity == Severity.OK

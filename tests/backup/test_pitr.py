@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from donnadb.backup import pitr
-from donnadb.backup.errors import RestoreRefused
+from donnadb.backup.errors import BackupError, RestoreRefused
 from tests.backup.pgbackrest_cluster import drill_cluster
 from tests.support import superuser_psql
 
@@ -118,3 +118,31 @@ def test_in_place_pitr_replaces_the_cluster_and_keeps_its_old_data(in_place_engi
     assert pitr.check(eng)["ok"]
     [aside] = cluster.data_dir.parent.glob(f"{cluster.name}.before-pitr-*")
     assert (aside / "PG_VERSION").exists() and not (aside / "postmaster.pid").exists()
+
+
+def _replay(steps: int, *, lsn_moves: bool):
+    """A restored server's answers: ``steps`` polls in recovery (the replay LSN moving on
+    each, or stuck), then promoted."""
+    polls = iter(range(10_000))
+
+    def probe() -> list[str]:
+        n = next(polls)
+        if n >= steps:
+            return ["f", "0/9000000"]
+        return ["t", f"0/{(n if lsn_moves else 1) * 0x1000000:X}"]
+    return probe
+
+
+def test_a_long_replay_is_waited_for_while_it_moves():
+    # Replay goes on for about 3 s (15 polls) against a 1 s stall limit: a copy that has
+    # a day of WAL to replay must not fail the drill for taking long.
+    started = time.monotonic()
+    pitr._wait_promoted(0, stall_timeout=1.0, probe=_replay(15, lsn_moves=True))
+    assert time.monotonic() - started > 2.0
+
+
+def test_a_stuck_replay_fails_after_the_stall_limit():
+    started = time.monotonic()
+    with pytest.raises(BackupError, match=r"replayed no WAL for 1 s \(still at 0/1000000\)"):
+        pitr._wait_promoted(0, stall_timeout=1.0, probe=_replay(10_000, lsn_moves=False))
+    assert 1.0 <= time.monotonic() - started < 3.0

@@ -27,13 +27,17 @@ from donnadb.config import MIB
 from tests.backup.conftest import BUCKET, table_checksums
 
 
-def _big_file_backup(repo, settings, size=11 * MIB) -> storage_local.LocalBackup:
-    """A finished backup holding one 11 MiB file: three 5 MiB multipart parts."""
+def _big_file_backup(repo, settings, size=11 * MIB, *,
+                     more: int = 0) -> storage_local.LocalBackup:
+    """A finished backup holding one 11 MiB file (three 5 MiB multipart parts) and
+    ``more`` small files of 2 MiB."""
     backup_id = storage_local.new_backup_id()
     storage_local.ensure_repo(repo)
     partial = storage_local.start_partial(repo, backup_id)
     (partial / "dump").mkdir()
     (partial / "dump" / "big.dat").write_bytes(os.urandom(size))
+    for n in range(more):
+        (partial / "dump" / f"small{n}.dat").write_bytes(os.urandom(2 * MIB))
     files = mf.hash_tree(partial)
     manifest = mf.Manifest(backup_id=backup_id, database="x", started_at=mf.now_utc(),
                            finished_at=mf.now_utc(), server_version="15", schema_version=None,
@@ -193,3 +197,29 @@ def test_cli_uploads_then_restores_from_s3_only(s3_bs, source_db, target_name, t
     assert restored["backup_id"] == second["backup_id"]
     assert table_checksums(target_name) == table_checksums(source_db)
     store.abort_unfinished()
+
+
+def test_the_files_of_a_backup_go_up_side_by_side(s3_bs, tmp_path):
+    """pg_dump -Fd writes a file per table: small ones are not sent one after another."""
+    backup = _big_file_backup(tmp_path / "repo3d", s3_bs, more=8)
+    store = S3Store(s3_bs)
+    lock, in_flight, most = threading.Lock(), [0], [0]
+
+    def sending(**_):
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+
+    def answered(**_):
+        with lock:
+            in_flight[0] -= 1
+
+    store.client.meta.events.register("before-send.s3.PutObject", sending)
+    store.client.meta.events.register("after-call.s3.PutObject", answered)
+    store.upload_backup(backup)
+    assert most[0] > 1
+    assert store.list_backups()[0].good
+    for entry in backup.manifest.files:
+        head = store.client.head_object(Bucket=BUCKET, Key=store.key(backup.backup_id,
+                                                                      entry.path))
+        assert head["Metadata"]["sha256"] == entry.sha256

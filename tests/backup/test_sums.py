@@ -130,9 +130,10 @@ class _Recording(S3Store):
         super().__init__(*args, **kwargs)
         self.sent: list[str] = []
 
-    def upload_file(self, path, key, entry, progress=None):
-        super().upload_file(path, key, entry, progress)
-        self.sent.append(key.rsplit("/", 1)[-1] if "/dump/" not in key else "dump")
+    def upload_files(self, files, progress=None):
+        super().upload_files(files, progress)
+        self.sent.extend(key.rsplit("/", 1)[-1] if "/dump/" not in key else "dump"
+                         for _, key, _ in files)
 
 
 def test_a_backup_from_s3_checks_with_the_stock_tool(s3_bs, source_db, tmp_path):
