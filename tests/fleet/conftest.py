@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fleet.logins import wait_for_logins
 from tests.hosts import machine
 from tests.provision.deployrun import DeployRun, deploy_twice
 
@@ -73,6 +74,7 @@ def fleet(tmp_path_factory) -> Fleet:
         }
         spec_file = state / "fleet.json"
         spec_file.write_text(json.dumps(spec))
+        wait_for_logins([db, app], key_file=spec["ssh_key"], known_hosts=spec["known_hosts"])
         env = {"DONNADB_FLEET_FILE": str(spec_file)}
         first, second = deploy_twice(inventory=INVENTORY, env=env,
                                      hosts=[db.address, app.address], log_dir=state,

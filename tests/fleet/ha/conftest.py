@@ -16,6 +16,7 @@ import boto3
 import pytest
 
 from tests import s3tls
+from tests.fleet.logins import wait_for_logins
 from tests.hosts import machine
 from tests.provision.deployrun import DeployRun, deploy_twice
 
@@ -128,6 +129,7 @@ def cluster(tmp_path_factory, cluster_s3) -> Cluster:
         }
         spec_file = state / "cluster.json"
         spec_file.write_text(json.dumps(spec))
+        wait_for_logins(hosts, key_file=spec["ssh_key"], known_hosts=spec["known_hosts"])
         env = {"DONNADB_CLUSTER_FILE": str(spec_file)}
         runs = deploy_twice(inventory=INVENTORY, env=env,
                             hosts=[name for name, _ in [*DB, APP]], log_dir=state,
