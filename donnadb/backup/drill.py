@@ -49,6 +49,7 @@ from donnadb.backup.errors import BackupError
 from donnadb.config import Settings
 from donnadb.errors import DonnaError, UsageError
 from donnadb.ops import archiving, eventlog
+from donnadb.ops.backups import pgbackrest_repos
 
 log = logging.getLogger(__name__)
 
@@ -384,8 +385,7 @@ def _forget_unconfigured(settings: Settings, state: dict[str, dict[str, Any]],
     went, or an entry from before drills were per repository was taken for repo1's on
     a cluster, which has repo2 only): nothing would refresh them, and health would call
     them stale for ever."""
-    configured = pitr.engine_from_settings(settings).repos if settings.pgbackrest_enabled \
-        else ()
+    configured = pgbackrest_repos(settings)
     for key in [k for k, v in state.items() if v["kind"] == "physical"
                 and v["repo"] not in configured and k not in keep]:
         del state[key]

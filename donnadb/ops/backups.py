@@ -96,15 +96,14 @@ def drills(*, now: datetime | None = None, repo: Path | None = None,
     return view
 
 
-def configured_physical_drills(settings: Settings) -> list[str]:
-    """The :func:`drills` keys the weekly physical drill fills on this host: one per
-    pgBackRest repository configured (none without pgBackRest)."""
+def pgbackrest_repos(settings: Settings) -> tuple[int, ...]:
+    """The pgBackRest repositories configured on this host (none without pgBackRest):
+    the ones the weekly physical drill goes through."""
     if not settings.pgbackrest_enabled:
-        return []
-    from donnadb.backup.pitr import repositories
+        return ()
+    from donnadb.backup import pitr
 
-    return [f"physical-repo{number}" for number in
-            repositories(local=settings.pgbackrest_local_repo, s3=settings.pgbackrest_s3)]
+    return pitr.engine_from_settings(settings).repos
 
 
 def drill_name(last: dict[str, Any]) -> str:

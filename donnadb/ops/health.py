@@ -179,12 +179,12 @@ def backup_drill(drill: dict[str, Any], settings: Settings) -> Check:
                    f"last {backups.drill_name(oldest)} restore drill")
     # A repository added later (the bucket) is drilled by nobody until the weekly job
     # runs: the others' fresh drills must not hide that it never was.
-    never = [k for k in backups.configured_physical_drills(settings) if k not in kinds]
+    drilled = {v["repo"] for v in kinds.values() if v["kind"] == "physical"}
+    never = [r for r in backups.pgbackrest_repos(settings) if r not in drilled]
     if never and due and graded.severity == Severity.OK:
-        repo = never[0].rsplit("-", 1)[-1]
         return Check("backup_drill", Severity.WARNING, graded.value,
-                     f"no restore drill recorded for pgBackRest {repo}: run `donnactl "
-                     f"backup drill --physical --repo {repo[len('repo'):]}`")
+                     f"no restore drill recorded for pgBackRest repo{never[0]}: run "
+                     f"`donnactl backup drill --physical --repo {never[0]}`")
     return graded
 
 

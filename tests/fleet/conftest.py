@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fleet.logins import wait_for_logins
+from tests.fleet.logins import connect, wait_for_logins
 from tests.hosts import machine
 from tests.provision.deployrun import DeployRun, deploy_twice
 
@@ -45,20 +45,12 @@ class Fleet:
 
         :raises paramiko.SSHException: the login was refused.
         """
-        import paramiko
-
         spec = json.loads(Path(self.env["DONNADB_FLEET_FILE"]).read_text())
-        client = paramiko.SSHClient()
-        client.load_host_keys(spec["known_hosts"])
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        try:
-            client.connect(host.address, username=user, key_filename=spec["ssh_key"],
-                           allow_agent=False, look_for_keys=False, timeout=30)
+        with connect(host.address, key_file=spec["ssh_key"], known_hosts=spec["known_hosts"],
+                     user=user, timeout=30) as client:
             _, stdout, _ = client.exec_command(command + " 2>&1", timeout=timeout)
             output = stdout.read().decode()
             return stdout.channel.recv_exit_status(), output
-        finally:
-            client.close()
 
 
 @pytest.fixture(scope="session")
