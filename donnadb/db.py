@@ -168,6 +168,9 @@ def describe_connect_error(exc: psycopg.OperationalError, info: str) -> str:
     elif any(w in text for w in ("Connection refused", "could not connect", "timeout",
                                  "server running")):
         hint = "is PostgreSQL running? try `pg_lsclusters` and `make deploy`"
+    elif "too many connections" in text:
+        hint = ("the role's CONNECTION LIMIT (group_data's pg_role_connection_limits) or "
+                "max_connections is reached: see pg_stat_activity, raise it and `make deploy`")
     elif "does not exist" in text:
         hint = "run `make deploy` to create roles and the database"
     else:

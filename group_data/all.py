@@ -131,8 +131,9 @@ pg_role_connection_limits = {
     "app": 100,
     "readonly": 20,
     "backup": 5,
-    # postgres_exporter holds one; a scrape that overlaps a slow one may open another.
-    "monitor": 3,
+    # postgres_exporter holds one and its collectors open more during a scrape; a scrape
+    # that overlaps a slow one doubles that; `donnactl db check` needs one too.
+    "monitor": 5,
 }
 # Server settings each role always gets (ALTER ROLE ... SET), so that no session of it
 # can hold a connection, a lock or a transaction for ever: statement_timeout,

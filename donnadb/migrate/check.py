@@ -6,6 +6,7 @@ Read-only: the checks connect and query catalogs; they change nothing.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -20,6 +21,12 @@ log = logging.getLogger(__name__)
 
 #: The login roles the deploy creates (the owner role is NOLOGIN).
 LOGIN_KINDS = ("migrator", "app", "readonly", "backup", "monitor")
+#: How long a login may wait for a role that is at its connection limit (its own
+#: clients, e.g. postgres_exporter's scrapes, come and go) before the check fails.
+BUSY_ROLE_WAIT = 15.0
+#: libpq's text for a login refused by a role's CONNECTION LIMIT (no SQLSTATE is
+#: available on a failed connection attempt).
+ROLE_FULL = "too many connections for role"
 #: pg_partman must keep at least this many whole months premade after the current one.
 MIN_MONTHS_AHEAD = 3
 
@@ -91,16 +98,41 @@ def _check_connections(s: Settings, dbname: str, report: CheckReport) -> list[Do
     for kind in LOGIN_KINDS:
         name = f"connect as {s.role(kind)}"
         try:
-            with db.connection(kind, settings=s, dbname=dbname, autocommit=True) as conn:
-                user, version = conn.execute(WHOAMI).fetchone()
+            user, version, waited = _login(s, kind, dbname)
         except (DatabaseError, CredentialsError) as exc:
             errors.append(exc)
             report.checks.append(CheckResult(name, False, str(exc)))
             continue
         report.server_version = version
         ok = user == s.role(kind)
-        report.checks.append(CheckResult(name, ok, f"logged in as {user}, server {version}"))
+        detail = f"logged in as {user}, server {version}"
+        if waited:
+            detail += f" (after {waited:.1f} s: the role was at its connection limit)"
+        report.checks.append(CheckResult(name, ok, detail))
     return errors
+
+
+def _login(s: Settings, kind: str, dbname: str,
+           wait: float | None = None) -> tuple[str, str, float]:
+    """Log in as ``kind``: (current_user, server version, seconds spent waiting).
+
+    A role at its connection limit is busy, not broken: the monitor role's slots are
+    held for moments by postgres_exporter's scrapes. The login is tried again until a
+    slot frees up, for ``wait`` seconds at most.
+    """
+    wait = BUSY_ROLE_WAIT if wait is None else wait
+    started = time.monotonic()
+    waited = 0.0
+    while True:
+        try:
+            with db.connection(kind, settings=s, dbname=dbname, autocommit=True) as conn:
+                user, version = conn.execute(WHOAMI).fetchone()
+            return user, version, waited
+        except DatabaseError as exc:
+            if ROLE_FULL not in str(exc) or waited >= wait:
+                raise
+        time.sleep(0.25)
+        waited = time.monotonic() - started
 
 
 def _table_grant_problems(has: Callable[[str, str, str], bool], table: str, app: str,

@@ -6,11 +6,13 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from donnadb.errors import DatabaseError
 from donnadb.migrate import check
 
 DONNACTL = Path(sys.executable).parent / "donnactl"
@@ -106,3 +108,40 @@ def test_db_check_names_an_index_an_interrupted_concurrent_build_left(scratch_db
     assert done.returncode == 1
     failed = {c["name"]: c["detail"] for c in json.loads(done.stdout)["checks"] if not c["ok"]}
     assert list(failed) == ["indexes"] and "idx_half_built" in failed["indexes"]
+
+
+def _fill_role(connect_as, settings, kind: str, dbname: str) -> list:
+    """Every free slot of ``kind``'s CONNECTION LIMIT, held (bounded by the limit)."""
+    held = []
+    limit = connect_as("migrator", dbname=dbname, autocommit=True).execute(
+        "SELECT rolconnlimit FROM pg_roles WHERE rolname = %s", [settings.role(kind)]).fetchone()[0]
+    assert 0 < limit <= 20, limit
+    for _ in range(limit):
+        try:
+            held.append(connect_as(kind, dbname=dbname, autocommit=True))
+        except DatabaseError as exc:
+            assert check.ROLE_FULL in str(exc)
+            break
+    return held
+
+
+def test_db_check_waits_for_a_role_at_its_connection_limit(scratch_db, connect_as, settings):
+    """postgres_exporter's scrapes hold the monitor role's slots for moments: a login
+    refused for the role's limit is tried again, not reported as a broken role."""
+    held = _fill_role(connect_as, settings, "monitor", scratch_db)
+    threading.Timer(1.5, held[-1].close).start()
+    report = check.run_checks(settings=settings, dbname=scratch_db)
+    monitor = next(c for c in report.checks if c.name == f"connect as {settings.role('monitor')}")
+    assert monitor.ok and "connection limit" in monitor.detail, monitor
+    assert report.ok, [c for c in report.checks if not c.ok]
+
+
+def test_db_check_names_the_limit_of_a_role_that_stays_full(scratch_db, connect_as, settings,
+                                                          monkeypatch):
+    _fill_role(connect_as, settings, "monitor", scratch_db)
+    monkeypatch.setattr(check, "BUSY_ROLE_WAIT", 1.0)
+    report = check.run_checks(settings=settings, dbname=scratch_db)
+    monitor = next(c for c in report.checks if c.name == f"connect as {settings.role('monitor')}")
+    assert not monitor.ok and not report.ok
+    assert "too many connections" in monitor.detail
+    assert "pg_role_connection_limits" in monitor.detail
