@@ -51,6 +51,7 @@ from pathlib import Path
 
 import boto3
 from backup_compression import seeded_database
+from cpushare import busy_cpu_seconds
 from report import header, interleaved, ratios, save_raw, span
 from scratch import busy_if_turned_away
 
@@ -60,8 +61,6 @@ from donnadb.backup.storage_s3 import S3Store, part_size_for
 from donnadb.config import load_settings
 
 RTO_SECONDS = 300
-#: The fields of /proc/stat's cpu line that count busy time (not idle, not iowait).
-BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user nice system irq softirq steal
 BUCKET = "donna-bench"
 RESULTS = Path(__file__).resolve().parent / "results" / "backup.json"
 
@@ -94,12 +93,6 @@ def moto_s3() -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(timeout=30)
-
-
-def busy_cpu_seconds() -> float:
-    """CPU seconds every core of this machine has spent busy since boot (/proc/stat)."""
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    return sum(int(fields[i]) for i in BUSY_FIELDS) / os.sysconf("SC_CLK_TCK")
 
 
 def with_busy_cpu(fn, spent: list[float]):

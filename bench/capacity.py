@@ -12,19 +12,42 @@ rounds (default 3) and the table gives min-max ranges; the highest step whose p9
 stays under ``--p95-ms`` with no failure in every round is marked. The goal: 1,000+
 users at p95 < 20 ms on 2 cores with Locust, PgBouncer and PostgreSQL all on the host.
 Results go to --out/round-R/step-N/.
+
+Each step also reports who used the 2 cores (bench/cpushare.py): Locust's share, the
+server's (PostgreSQL and PgBouncer) and the machine's busy share, of the step's wall
+time on all cores; and, for the statements with the most server time, the mean planning
+and execution milliseconds per call (pg_stat_statements with track_planning on for the
+run: through PgBouncer in transaction mode every statement is planned on each call).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from cpushare import Shares, StatementTimes, Timing, planning_tracked
 from report import header, span
 
 from donnadb.config import load_settings
 from donnadb.loadtest import runner
 from donnadb.loadtest.slo import AGGREGATED
+
+
+@dataclass
+class Step:
+    """One step of one round."""
+
+    rps: float
+    p95: float | None
+    p99: float | None
+    failures: int
+    efficiency: float | None
+    slowest: str
+    passed: bool
+    shares: Shares
+    statements: list[Timing]
 
 
 def main() -> int:
@@ -44,40 +67,52 @@ def main() -> int:
     settings = load_settings()
     steps = [int(s) for s in args.steps.split(",")]
     print(header("bench/capacity.py", args.rounds), flush=True)
-    runs: dict[int, list[tuple]] = {users: [] for users in steps}
-    for r in range(1, args.rounds + 1):
-        for users in steps:
-            row = _step(args, settings, users, r)
-            runs[users].append(row)
-            print(f"round {r} step {users:>5} users: {row[0]:8.1f} req/s  p95 {row[1]} ms  "
-                  f"p99 {row[2]} ms  failures {row[3]}", flush=True)
+    runs: dict[int, list[Step]] = {users: [] for users in steps}
+    with planning_tracked():
+        for r in range(1, args.rounds + 1):
+            for users in steps:
+                step = _step(args, settings, users, r)
+                runs[users].append(step)
+                _print_step(r, users, step)
     base_users = steps[0]
     # A step passes only when it passed in every round.
-    passed = {users: all(row[6] for row in runs[users]) for users in steps}
+    passed = {users: all(step.passed for step in runs[users]) for users in steps}
     best = max((users for users in steps if passed[users]), default=None)
     print(f"\ncapacity (p95 < {args.p95_ms:g} ms, no failures), "
           f"{args.processes} Locust process(es), {args.seconds} s steady per step; "
-          f"min-max over {args.rounds} rounds, scaling per round")
+          f"min-max over {args.rounds} rounds, scaling per round; CPU shares of the step's "
+          "wall time on all cores")
     print("| users | req/s | p95 ms | p99 ms | failures | pool eff. | slowest query p95 ms "
-          "| scaling vs first | SLO |")
-    print("|---:|---:|---:|---:|---:|---:|---|---:|:---:|")
+          "| scaling vs first | Locust CPU | server CPU | machine busy | SLO |")
+    print("|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|:---:|")
     for users in steps:
         rows = runs[users]
-        scaling = [(row[0] / base[0]) / (users / base_users) if base[0] else 0.0
+        scaling = [(row.rps / base.rps) / (users / base_users) if base.rps else 0.0
                    for row, base in zip(rows, runs[base_users], strict=True)]
-        effs = [row[4] for row in rows if row[4] is not None]
+        effs = [row.efficiency for row in rows if row.efficiency is not None]
         mark = "pass" + (" (highest)" if users == best else "") if passed[users] else "FAIL"
-        print(f"| {users:,} | {span([row[0] for row in rows], '{:,.0f}')} | "
-              f"{span([row[1] or 0.0 for row in rows], '{:g}')} | "
-              f"{span([row[2] or 0.0 for row in rows], '{:g}')} | "
-              f"{span([row[3] for row in rows], '{:d}')} | "
+        print(f"| {users:,} | {span([row.rps for row in rows], '{:,.0f}')} | "
+              f"{span([row.p95 or 0.0 for row in rows], '{:g}')} | "
+              f"{span([row.p99 or 0.0 for row in rows], '{:g}')} | "
+              f"{span([row.failures for row in rows], '{:d}')} | "
               f"{span(effs, '{:.1%}') if effs else '-'} | "
-              f"{'; '.join(sorted({row[5] for row in rows}))} | {span(scaling)} | {mark} |")
+              f"{'; '.join(sorted({row.slowest for row in rows}))} | {span(scaling)} | "
+              f"{span([row.shares.load for row in rows], '{:.0%}')} | "
+              f"{span([row.shares.server for row in rows], '{:.0%}')} | "
+              f"{span([row.shares.busy for row in rows], '{:.0%}')} | {mark} |")
     return 0 if best is not None else 1
 
 
-def _step(args, settings, users: int, r: int) -> tuple:
-    """One capacity step: (req/s, p95, p99, failures, pool efficiency, slowest, passed)."""
+def _print_step(r: int, users: int, step: Step) -> None:
+    print(f"round {r} step {users:>5} users: {step.rps:8.1f} req/s  p95 {step.p95} ms  "
+          f"p99 {step.p99} ms  failures {step.failures}  CPU: Locust {step.shares.load:.0%}"
+          f" server {step.shares.server:.0%} busy {step.shares.busy:.0%}", flush=True)
+    for t in step.statements:
+        print(f"    {t.calls:>8,} calls  plan {t.plan_ms:.3f} ms  execute {t.exec_ms:.3f} ms"
+              f"  ({t.plan_share:.0%} planning)  {t.query}", flush=True)
+
+
+def _step(args, settings, users: int, r: int) -> Step:
     spawn = max(25.0, users / 10)  # ramp in ~10 s
     opts = runner.RunOptions(
         users=users, spawn_rate=spawn, duration=f"{int(args.seconds + users / spawn)}s",
@@ -85,15 +120,19 @@ def _step(args, settings, users: int, r: int) -> tuple:
         pgbouncer_port=args.pgbouncer_port or None, pool_size=args.pool_size,
         processes=args.processes if args.processes > 1 else None,
         p95_limit_ms=args.p95_ms)
-    result = runner.run(opts, settings)
+    statements = StatementTimes(settings, args.dbname or settings.db_name)
+    statements.start()
+    with Shares().measure() as shares:
+        result = runner.run(opts, settings)
     total = next(q for q in result.verdict.queries if q.name == AGGREGATED)
     worst = max((q for q in result.verdict.queries if q.name != AGGREGATED),
                 key=lambda q: q.p95_ms or 0.0)
-    eff = (result.pool or {}).get("efficiency")
     # The capacity goal is on the overall p95 (the per-query gate is `loadtest run`'s).
     ok = total.p95_ms is not None and total.p95_ms < args.p95_ms and total.failures == 0
-    return (total.rps, total.p95_ms, total.p99_ms, total.failures, eff,
-            f"{worst.name} {worst.p95_ms:g}", ok)
+    return Step(total.rps, total.p95_ms, total.p99_ms, total.failures,
+                (result.pool or {}).get("efficiency"), f"{worst.name} {worst.p95_ms:g}", ok,
+                shares, statements.top())
+
 
 if __name__ == "__main__":
     sys.exit(main())

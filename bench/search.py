@@ -58,6 +58,7 @@ from donnadb import db
 from donnadb.backup import bootstrap
 from donnadb.config import load_settings
 from donnadb.dal import postgres_sql as q
+from donnadb.dal import ranking
 from donnadb.errors import DatabaseError
 from donnadb.loadtest import seed, workload
 from donnadb.migrate import apply_migrations
@@ -67,23 +68,22 @@ PREFIX = "donna_searchbench"
 EXPRESSION = "to_tsvector('english', m.content)"
 COLUMN = "m.content_tsv"
 #: The user's recent chats, as SEARCH_MESSAGES picks them.
-RECENT = q.SEARCH_MESSAGES.split("FROM (", 1)[1].split(") AS s", 1)[0]
+RECENT = q.RECENT_CHATS
 # The same search with the messages restricted to an array of the recent chats and no join
 # on them (the chat's name is looked up per row found): the planner's only way to the
 # messages is one index scan for all the chats, which a GIN index with chat_session_id as
 # its first column serves with both conditions. Today's join instead lets it scan such an
 # index chat by chat (chat_session_id = s.id).
-SEARCH_IN_CHATS = f"""
+SEARCH_IN_CHATS = q.ranked_page(f"""
 WITH s AS MATERIALIZED ({RECENT})
 SELECT m.id::text AS id, (SELECT chat_id FROM s WHERE s.id = m.chat_session_id) AS chat_id,
        m.role, m.content, m.metadata, m.created_at, m.sequence_number, m.token_count,
-       m.abuse_flagged
+       m.abuse_flagged, {q.SEARCH_RANK}
   FROM messages AS m
  WHERE m.chat_session_id = ANY (ARRAY(SELECT id FROM s))
    AND {EXPRESSION} @@ plainto_tsquery('english', %(query)s)
- ORDER BY m.created_at DESC, chat_id, m.sequence_number DESC
- LIMIT %(limit)s
-"""
+ ORDER BY {q.SEARCH_ORDER}
+ LIMIT %(limit)s""")
 EXPLAIN = "EXPLAIN (ANALYZE, BUFFERS off, TIMING off, FORMAT JSON) "
 PLAN = "EXPLAIN (COSTS off) "
 
@@ -138,13 +138,25 @@ class Variant:
     key: str
     schema: str
     query: str
+    #: Returns A's rows (False: a yardstick that orders differently).
+    same_rows: bool = True
 
 
 COLUMN_SEARCH = q.SEARCH_MESSAGES.replace(EXPRESSION, COLUMN)
+# B's plan without ranking or snippets, newest first: what the relevance order costs.
+NEWEST_FIRST = f"""
+SELECT m.id::text AS id, s.chat_id, m.role, m.content, m.metadata, m.created_at,
+       m.sequence_number, m.token_count, m.abuse_flagged
+  FROM ({q.RECENT_CHATS}) AS s
+  JOIN messages AS m ON m.chat_session_id = s.id
+ WHERE {EXPRESSION} @@ plainto_tsquery('english', %(query)s)
+ ORDER BY m.created_at DESC, s.chat_id, m.sequence_number DESC
+ LIMIT %(limit)s"""
 VARIANTS = (
     Variant("A", "A", q.SEARCH_MESSAGES),
     Variant("B", "B", q.SEARCH_MESSAGES),
     Variant("B any", "B", SEARCH_IN_CHATS),
+    Variant("B newest", "B", NEWEST_FIRST, same_rows=False),
     Variant("C", "C", COLUMN_SEARCH),
     Variant("C+B", "C+B", COLUMN_SEARCH),
     Variant("C+B any", "C+B", SEARCH_IN_CHATS.replace(EXPRESSION, COLUMN)),
@@ -235,7 +247,8 @@ def server_ms(conn: psycopg.Connection, query: str, params: dict) -> float:
 
 def params_for(user: str, words: str) -> dict:
     # What the load test's search asks the DAL for.
-    return {"user_id": user, "query": words, "limit": 20, "chats": workload.SEARCH_CHATS}
+    return {"user_id": user, "query": words, "limit": 20, "chats": workload.SEARCH_CHATS,
+            "headline": ranking.HEADLINE_OPTIONS}
 
 
 def search_times(conn, variant: Variant, sample: list[tuple[str, str]]) -> list[float]:
@@ -243,11 +256,12 @@ def search_times(conn, variant: Variant, sample: list[tuple[str, str]]) -> list[
 
 
 def mismatches(conns: dict, sample: list[tuple[str, str]]) -> dict[str, int]:
-    """Searches (of ``sample``) whose rows differ from A's, per variant."""
-    bad = {v.key: 0 for v in VARIANTS}
+    """Searches (of ``sample``) whose rows differ from A's, per variant meant to match."""
+    same = [v for v in VARIANTS if v.same_rows]
+    bad = {v.key: 0 for v in same}
     for user, words in sample:
         rows = {v.key: conns[v.schema].execute(v.query, params_for(user, words)).fetchall()
-                for v in VARIANTS}
+                for v in same}
         for key, got in rows.items():
             bad[key] += got != rows["A"]
     return bad

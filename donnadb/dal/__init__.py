@@ -22,6 +22,7 @@ from donnadb.dal.protocol import (
     DataAccess,
     MemoryEntry,
     Message,
+    SearchHit,
     User,
 )
 from donnadb.dal.reconcile import ReconcileResult, reconcile
@@ -43,6 +44,7 @@ __all__ = [
     "PostgresDataAccess",
     "ReconcileQueue",
     "ReconcileResult",
+    "SearchHit",
     "TransactionError",
     "User",
     "create_data_access",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -82,7 +81,6 @@ def check_key(key: object) -> None:
 
 
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
-_WORD_RE = re.compile(r"\w+")
 
 
 def recent_first(sessions: list[ChatSession]) -> list[ChatSession]:
@@ -102,8 +100,3 @@ def newest_first(messages: list[Message]) -> list[Message]:
     ordered.sort(key=lambda m: m["created_at"] or _EARLIEST, reverse=True)
     return ordered
 
-
-def words(text: str) -> set[str]:
-    """The file store's search terms: lower-cased runs of letters and digits (no stemming,
-    no stop words; PostgreSQL's english configuration also finds other forms)."""
-    return set(_WORD_RE.findall(text.lower()))

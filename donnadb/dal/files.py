@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from donnadb.dal import fileio
+from donnadb.dal import fileio, ranking
 from donnadb.dal.errors import ConflictError, NotFoundError, TransactionError
 from donnadb.dal.fileio import check_file_name
 from donnadb.dal.filelog import LogFile, read_line
@@ -38,7 +38,6 @@ from donnadb.dal.filerecords import (
     recent_first,
     session_record,
     user_record,
-    words,
 )
 from donnadb.dal.logwriter import LogWriterMixin
 from donnadb.dal.protocol import (
@@ -48,6 +47,7 @@ from donnadb.dal.protocol import (
     ChatSession,
     MemoryEntry,
     Message,
+    SearchHit,
     TransactionMixin,
     User,
 )
@@ -381,9 +381,10 @@ class FileDataAccess(TransactionMixin, LogWriterMixin):
 
     def search_messages(
         self, user_id: str, query: str, *, limit: int = 20, recent_chats: int | None = None
-    ) -> list[Message]:
-        """Messages holding every word of ``query`` as a whole word, case-insensitively."""
-        terms = words(check_search(query, limit, recent_chats))
+    ) -> list[SearchHit]:
+        """Messages holding every word of ``query`` as a whole word, case-insensitively,
+        by cover density then newest first (:mod:`~donnadb.dal.ranking`)."""
+        terms = ranking.words(check_search(query, limit, recent_chats))
         if not terms:
             return []
         chats = [(s, raw) for s, raw in self._user_chats(user_id) if s["message_count"]]
@@ -393,9 +394,11 @@ class FileDataAccess(TransactionMixin, LogWriterMixin):
         for session, raw in chats:
             for i, entry in enumerate(raw.get("messages") or []):
                 message = message_record(session["chat_id"], i + 1, entry)
-                if terms <= words(message["content"]):
+                if terms <= ranking.words(message["content"]):
                     hits.append(message)
-        return newest_first(hits)[:limit]
+        ranks = {id(m): ranking.cover_density(m["content"], terms) for m in hits}
+        page = sorted(newest_first(hits), key=lambda m: ranks[id(m)], reverse=True)[:limit]
+        return [{**m, "snippet": ranking.snippet(m["content"], terms)} for m in page]
 
     def _user_chats(self, user_id: str) -> list[tuple[ChatSession, dict[str, Any]]]:
         """The user's chats (records and documents) in list_chat_sessions' order; a chat

@@ -24,7 +24,7 @@ from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from donnadb.config import Settings, get_settings
-from donnadb.dal import fastpath, routing
+from donnadb.dal import fastpath, ranking, routing
 from donnadb.dal import postgres_sql as q
 from donnadb.dal.errors import (
     ConflictError,
@@ -40,6 +40,7 @@ from donnadb.dal.protocol import (
     ChatSession,
     MemoryEntry,
     Message,
+    SearchHit,
     TransactionMixin,
     User,
 )
@@ -497,13 +498,20 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
 
     def search_messages(
         self, user_id: str, query: str, *, limit: int = 20, recent_chats: int | None = None
-    ) -> list[Message]:
+    ) -> list[SearchHit]:
         check_search(query, limit, recent_chats)
         if not is_uuid(user_id) or needs_escape(query):
             return []  # stored text never holds NUL or a lone surrogate: nothing matches
-        params = {"user_id": user_id, "query": query, "limit": limit, "chats": recent_chats}
+        params = {"user_id": user_id, "query": query, "limit": limit, "chats": recent_chats,
+                  "headline": ranking.HEADLINE_OPTIONS}
         rows = self._read(lambda c: c.execute(q.SEARCH_MESSAGES, params).fetchall(),
                           user=user_id)
+        for row in rows:
+            if row["metadata"].get(ESCAPE_MARKER):
+                # The snippet of escaped text would show the escapes: mark the text as
+                # written the way the file store does.
+                row["snippet"] = ranking.snippet(unescape_text(row["content"]),
+                                                 ranking.words(query))
         return _unescaped(rows)
 
     # ------------------------------------------------------------------ system logs

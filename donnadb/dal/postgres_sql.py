@@ -178,22 +178,44 @@ SELECT {SESSION_COLUMNS} FROM chat_sessions AS s
  LIMIT %(limit)s
 """
 
+# The user's chats a search looks in: the most recently active with messages first.
+# LIMIT NULL (chats=None) means every chat.
+RECENT_CHATS = f"""SELECT id, chat_id FROM chat_sessions
+                 WHERE user_id = %(user_id)s AND message_count > 0
+                 ORDER BY {RECENT_ORDER}
+                 LIMIT %(chats)s"""
+#: A hit's rank (ts_rank_cd needs the hit's tsvector: computed for the hits only).
+SEARCH_RANK = ("ts_rank_cd(to_tsvector('english', m.content), "
+               "plainto_tsquery('english', %(query)s)) AS rank")
+SEARCH_ORDER = "rank DESC, created_at DESC, chat_id, sequence_number DESC"
+
+
+def ranked_page(hits: str) -> str:
+    """The page of ``hits`` (a query returning a message's columns and ``rank``, ordered
+    by :data:`SEARCH_ORDER` and limited) with each hit's snippet: ts_headline parses the
+    whole text again, so it runs on the page returned only."""
+    return f"""
+SELECT h.id, h.chat_id, h.role, h.content, h.metadata, h.created_at, h.sequence_number,
+       h.token_count, h.abuse_flagged,
+       ts_headline('english', h.content, plainto_tsquery('english', %(query)s),
+                   %(headline)s) AS snippet
+  FROM ({hits}) AS h
+ ORDER BY {SEARCH_ORDER}
+"""
+
+
 # plainto_tsquery: every word of the query, english stemming, stop words ignored. The
 # expression is idx_messages_chat_fts's, a GIN index on (chat_session_id, expression):
 # the planner scans it once per chat with both conditions, never running to_tsvector
-# on the chats' messages. LIMIT NULL (chats=None) means every chat.
-SEARCH_MESSAGES = f"""
+# on the chats' messages that do not match.
+SEARCH_MESSAGES = ranked_page(f"""
 SELECT m.id::text AS id, s.chat_id, m.role, m.content, m.metadata, m.created_at,
-       m.sequence_number, m.token_count, m.abuse_flagged
-  FROM (SELECT id, chat_id FROM chat_sessions
-         WHERE user_id = %(user_id)s AND message_count > 0
-         ORDER BY {RECENT_ORDER}
-         LIMIT %(chats)s) AS s
+       m.sequence_number, m.token_count, m.abuse_flagged, {SEARCH_RANK}
+  FROM ({RECENT_CHATS}) AS s
   JOIN messages AS m ON m.chat_session_id = s.id
  WHERE to_tsvector('english', m.content) @@ plainto_tsquery('english', %(query)s)
- ORDER BY m.created_at DESC, s.chat_id, m.sequence_number DESC
- LIMIT %(limit)s
-"""
+ ORDER BY {SEARCH_ORDER}
+ LIMIT %(limit)s""")
 
 INSERT_LOG = """
 INSERT INTO system_logs (id, level, message, context, trace_id, ip_address, user_agent,

@@ -69,6 +69,13 @@ class Message(TypedDict):
     abuse_flagged: bool
 
 
+class SearchHit(Message):
+    """A message found by search_messages, with the words of the query marked in a
+    short piece of it (``**word**``; the whole message when it is short)."""
+
+    snippet: str
+
+
 class MemoryEntry(TypedDict):
     """One user_memory row, expired or not (used to copy memory between stores)."""
 
@@ -144,11 +151,14 @@ class DataAccess(Protocol):
 
     def search_messages(
         self, user_id: str, query: str, *, limit: int = 20, recent_chats: int | None = None
-    ) -> list[Message]:
-        """The user's messages holding every word of ``query``, newest first (ties:
-        chat_id, then position from the end), at most ``limit``; only in the user's
-        ``recent_chats`` most recently active chats (:meth:`list_chat_sessions`' order,
-        chats without a message left out) when given.
+    ) -> list[SearchHit]:
+        """The user's messages holding every word of ``query``, most relevant first:
+        by cover density (the query's words appearing often and close together,
+        PostgreSQL's ``ts_rank_cd``), then newest first (ties: chat_id, then position
+        from the end); at most ``limit``; only in the user's ``recent_chats`` most
+        recently active chats (:meth:`list_chat_sessions`' order, chats without a
+        message left out) when given. Each hit's ``snippet`` marks the query's words
+        (:mod:`donnadb.dal.ranking`), computed for the returned page only.
 
         Every store finds a message that holds each word as a whole word in any case.
         PostgreSQL (english full-text search) also finds other forms of a word

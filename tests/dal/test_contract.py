@@ -15,6 +15,7 @@ from donnadb.dal import (
     FileDataAccess,
     NotFoundError,
     TransactionError,
+    ranking,
 )
 from donnadb.dal.values import legacy_log_id
 from donnadb.errors import DataError
@@ -331,7 +332,7 @@ def test_list_chat_sessions_most_recent_first(dal):
         dal.list_chat_sessions(ana, limit=-1)
 
 
-def test_search_messages_finds_every_word_newest_first(dal):
+def test_search_messages_finds_every_word(dal):
     ana, bob = new_user(dal), new_user(dal, "user_bob")
     dal.create_chat_session("c_trip", ana, {})
     dal.create_chat_session("c_work", ana, {})
@@ -345,10 +346,12 @@ def test_search_messages_finds_every_word_newest_first(dal):
     dal.add_message("c_trip", "user", awkward)
 
     hits = dal.search_messages(ana, "lisbon hotel")
+    # The words side by side first; the others as close (one word apart), newest first.
     assert [(m["chat_id"], m["sequence_number"]) for m in hits] == [
         ("c_trip", 3), ("c_work", 1), ("c_trip", 1)]
-    assert all(set(m) == MESSAGE_KEYS for m in hits)
+    assert all(set(m) == MESSAGE_KEYS | {"snippet"} for m in hits)
     assert hits[0]["content"] == awkward  # stored escaped, returned as written
+    assert hits[0]["snippet"] == "**hotel** **lisbon** with a nul \x00 inside"
     assert hits[2]["id"] == dal.get_chat_history("c_trip")[0]["id"]
     assert [m["sequence_number"] for m in dal.search_messages(ana, "Hotel Lisbon", limit=1)] == [3]
     # Only the most recently active chat: c_trip got the last message. A new chat without
@@ -365,6 +368,42 @@ def test_search_messages_finds_every_word_newest_first(dal):
         dal.search_messages(ana, None)
     with pytest.raises(DataError, match="recent_chats"):
         dal.search_messages(ana, "lisbon", recent_chats=-1)
+
+
+def test_search_ranks_by_cover_density_then_newest(dal):
+    """The query's words often and close together rank first (ts_rank_cd); equal
+    ranks newest first."""
+    ana = new_user(dal)
+    dal.create_chat_session("c_a", ana, {})
+    filler = " ".join(f"word{i}" for i in range(10))
+    spread = dal.add_message("c_a", "user", f"lisbon {filler} hotel")
+    adjacent = dal.add_message("c_a", "user", "lisbon hotel")
+    twice = dal.add_message("c_a", "assistant", "lisbon hotel, hotel lisbon")
+    apart = dal.add_message("c_a", "user", "lisbon and then hotel")
+    newest = dal.add_message("c_a", "user", "Hotel Lisbon")
+    assert [m["id"] for m in dal.search_messages(ana, "lisbon hotel")] == [
+        twice, newest, adjacent, apart, spread]
+    assert [m["id"] for m in dal.search_messages(ana, "hotel lisbon", limit=2)] == [
+        twice, newest]
+
+
+def test_search_snippets_mark_the_query_words(dal):
+    ana = new_user(dal)
+    dal.create_chat_session("c_a", ana, {})
+    short = "Book a hotel in Lisbon, for May!"
+    before = " ".join(f"before{i}" for i in range(30))
+    after = " ".join(f"after{i}" for i in range(30))
+    long = f"{before} the hotel near Lisbon station {after}."
+    dal.add_message("c_a", "user", short)
+    dal.add_message("c_a", "assistant", long)
+    hits = {m["content"]: m["snippet"] for m in dal.search_messages(ana, "lisbon hotel")}
+    # A short message is its own snippet, every query word marked as written.
+    assert hits[short] == "Book a **hotel** in **Lisbon**, for May!"
+    # A long one is a piece of it around the words, no longer than MAX_WORDS words.
+    piece = hits[long]
+    assert "**hotel** near **Lisbon**" in piece
+    assert piece.replace(ranking.MARK, "") in long
+    assert len(piece.split()) <= ranking.MAX_WORDS
 
 
 # ---------------------------------------------------------------- system logs

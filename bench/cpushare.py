@@ -1,0 +1,153 @@
+"""Who used the cores during a load step, and how much of the server's time went to
+planning.
+
+``Shares`` measures, around one step: the load generator's CPU (this process's waited
+children: Locust and the workers it forks and reaps), the server's (every ``postgres``
+and ``pgbouncer`` process, plus what the postmaster's exited backends used: the kernel
+adds a reaped child's time to its parent's ``cutime``/``cstime``), and the machine's
+busy time (/proc/stat). Each is reported as a share of the step's wall time on all cores.
+
+``StatementTimes`` diffs pg_stat_statements' planning and execution totals per statement
+over the step. Planning is counted only while ``pg_stat_statements.track_planning`` is
+on: ``planning_tracked()`` turns it on for the run (ALTER SYSTEM, reload) and restores
+the previous value after.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from donnadb import db
+
+TICK = os.sysconf("SC_CLK_TCK")
+CORES = os.cpu_count() or 1
+#: Processes that make up the database server (their /proc comm).
+SERVER_COMMS = ("postgres", "pgbouncer")
+#: /proc/stat's cpu fields that count busy time: user nice system irq softirq steal.
+BUSY_FIELDS = (0, 1, 2, 5, 6, 7)
+
+
+def server_cpu_seconds(comms: tuple[str, ...] = SERVER_COMMS) -> float:
+    """utime + stime + reaped children's time of every process named in ``comms``."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # exited while we looked: its parent's cutime has it now
+        name, rest = text.split(" (", 1)[1].rsplit(")", 1)
+        if name in comms:
+            fields = rest.split()
+            total += sum(int(fields[i]) for i in (11, 12, 13, 14))
+    return total / TICK
+
+
+def load_cpu_seconds() -> float:
+    """CPU of this process's children that have been waited for (the load generator)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds every core of this machine has spent busy since boot."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    return sum(int(fields[i]) for i in BUSY_FIELDS) / TICK
+
+
+@dataclass
+class Shares:
+    """Shares of the step's CPU capacity (wall seconds x cores), 0-1 each."""
+
+    load: float = 0.0
+    server: float = 0.0
+    busy: float = 0.0
+
+    @contextmanager
+    def measure(self) -> Iterator[Shares]:
+        wall, load, server, busy = (time.monotonic(), load_cpu_seconds(),
+                                    server_cpu_seconds(), busy_cpu_seconds())
+        yield self
+        capacity = (time.monotonic() - wall) * CORES
+        self.load = (load_cpu_seconds() - load) / capacity
+        self.server = (server_cpu_seconds() - server) / capacity
+        self.busy = (busy_cpu_seconds() - busy) / capacity
+
+
+STATEMENTS = """
+SELECT s.queryid, left(regexp_replace(s.query, '\\s+', ' ', 'g'), 60), s.calls,
+       s.total_plan_time, s.total_exec_time
+  FROM pg_stat_statements AS s JOIN pg_database AS d ON d.oid = s.dbid
+ WHERE d.datname = %s
+"""
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One statement's calls and mean planning / execution milliseconds over a step."""
+
+    query: str
+    calls: int
+    plan_ms: float
+    exec_ms: float
+
+    @property
+    def plan_share(self) -> float:
+        total = self.plan_ms + self.exec_ms
+        return self.plan_ms / total if total else 0.0
+
+
+class StatementTimes:
+    """pg_stat_statements over one step, read as the monitor role (pg_read_all_stats)."""
+
+    def __init__(self, settings, dbname: str) -> None:
+        self.settings, self.dbname = settings, dbname
+        self.before: dict[int, tuple] = {}
+
+    def _read(self) -> dict[int, tuple]:
+        with db.connection("monitor", settings=self.settings, dbname=self.dbname,
+                           autocommit=True) as conn:
+            return {row[0]: row[1:] for row in conn.execute(STATEMENTS, (self.dbname,))}
+
+    def start(self) -> None:
+        self.before = self._read()
+
+    def top(self, n: int = 5) -> list[Timing]:
+        """The ``n`` statements with the most planning + execution time since start()."""
+        timings = []
+        for queryid, (query, calls, plan, execute) in self._read().items():
+            _, calls0, plan0, exec0 = self.before.get(queryid, (query, 0, 0.0, 0.0))
+            done = calls - calls0
+            if done > 0:
+                timings.append(Timing(query, done, (plan - plan0) / done,
+                                      (execute - exec0) / done))
+        timings.sort(key=lambda t: (t.plan_ms + t.exec_ms) * t.calls, reverse=True)
+        return timings[:n]
+
+
+TRACK_PLANNING = "pg_stat_statements.track_planning"
+
+
+#: The value ALTER SYSTEM gave it, if any (psql's unaligned output: empty when none).
+AUTO_VALUE = (f"SELECT setting FROM pg_settings WHERE name = '{TRACK_PLANNING}' "
+              "AND sourcefile LIKE '%/postgresql.auto.conf'")
+
+
+@contextmanager
+def planning_tracked() -> Iterator[None]:
+    """pg_stat_statements counts planning time for the duration (server-wide: every
+    backend, PgBouncer's included, picks the reload up); then the former setting: the
+    value an earlier ALTER SYSTEM gave, or the configuration files' own."""
+    was = db.superuser_psql(AUTO_VALUE)
+    db.superuser_psql(f"ALTER SYSTEM SET {TRACK_PLANNING} = on; SELECT pg_reload_conf();")
+    try:
+        yield
+    finally:
+        restore = (f"ALTER SYSTEM SET {TRACK_PLANNING} = {'on' if was == 'on' else 'off'}"
+                   if was else f"ALTER SYSTEM RESET {TRACK_PLANNING}")
+        db.superuser_psql(f"{restore}; SELECT pg_reload_conf();")
