@@ -27,12 +27,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from cpushare import Shares, StatementTimes, Timing, planning_tracked
+from cpushare import Shares, planning_tracked
 from report import header, span
 
 from donnadb.config import load_settings
 from donnadb.loadtest import runner
 from donnadb.loadtest.slo import AGGREGATED
+
+#: Statements printed per step: those with the most planning + execution time.
+STATEMENTS = 5
 
 
 @dataclass
@@ -47,7 +50,7 @@ class Step:
     slowest: str
     passed: bool
     shares: Shares
-    statements: list[Timing]
+    statements: list[dict]
 
 
 def main() -> int:
@@ -107,9 +110,11 @@ def _print_step(r: int, users: int, step: Step) -> None:
     print(f"round {r} step {users:>5} users: {step.rps:8.1f} req/s  p95 {step.p95} ms  "
           f"p99 {step.p99} ms  failures {step.failures}  CPU: Locust {step.shares.load:.0%}"
           f" server {step.shares.server:.0%} busy {step.shares.busy:.0%}", flush=True)
-    for t in step.statements:
-        print(f"    {t.calls:>8,} calls  plan {t.plan_ms:.3f} ms  execute {t.exec_ms:.3f} ms"
-              f"  ({t.plan_share:.0%} planning)  {t.query}", flush=True)
+    for s in step.statements:
+        plan, execute = float(s["plan_ms"]), float(s["mean_ms"])
+        share = plan / (plan + execute) if plan + execute else 0.0
+        print(f"    {s['calls']:>8,} calls  plan {plan:.3f} ms  execute {execute:.3f} ms"
+              f"  ({share:.0%} planning)  {s['query'][:70]}", flush=True)
 
 
 def _step(args, settings, users: int, r: int) -> Step:
@@ -120,8 +125,6 @@ def _step(args, settings, users: int, r: int) -> Step:
         pgbouncer_port=args.pgbouncer_port or None, pool_size=args.pool_size,
         processes=args.processes if args.processes > 1 else None,
         p95_limit_ms=args.p95_ms)
-    statements = StatementTimes(settings, args.dbname or settings.db_name)
-    statements.start()
     with Shares().measure() as shares:
         result = runner.run(opts, settings)
     total = next(q for q in result.verdict.queries if q.name == AGGREGATED)
@@ -131,7 +134,7 @@ def _step(args, settings, users: int, r: int) -> Step:
     ok = total.p95_ms is not None and total.p95_ms < args.p95_ms and total.failures == 0
     return Step(total.rps, total.p95_ms, total.p99_ms, total.failures,
                 (result.pool or {}).get("efficiency"), f"{worst.name} {worst.p95_ms:g}", ok,
-                shares, statements.top())
+                shares, result.statements["top"][:STATEMENTS])
 
 
 if __name__ == "__main__":

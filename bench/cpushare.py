@@ -7,16 +7,17 @@ and ``pgbouncer`` process, plus what the postmaster's exited backends used: the 
 adds a reaped child's time to its parent's ``cutime``/``cstime``), and the machine's
 busy time (/proc/stat). Each is reported as a share of the step's wall time on all cores.
 
-``StatementTimes`` diffs pg_stat_statements' planning and execution totals per statement
-over the step. Planning is counted only while ``pg_stat_statements.track_planning`` is
-on: ``planning_tracked()`` turns it on for the run (ALTER SYSTEM, reload) and restores
-the previous value after.
+The load test's runner resets pg_stat_statements before a step and reads its top
+statements after; their planning time is counted only while
+``pg_stat_statements.track_planning`` is on: ``planning_tracked()`` turns it on for the
+run (ALTER SYSTEM, reload) and restores the previous value after.
 """
 
 from __future__ import annotations
 
 import os
 import resource
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -79,57 +80,6 @@ class Shares:
         self.busy = (busy_cpu_seconds() - busy) / capacity
 
 
-STATEMENTS = """
-SELECT s.queryid, left(regexp_replace(s.query, '\\s+', ' ', 'g'), 60), s.calls,
-       s.total_plan_time, s.total_exec_time
-  FROM pg_stat_statements AS s JOIN pg_database AS d ON d.oid = s.dbid
- WHERE d.datname = %s
-"""
-
-
-@dataclass(frozen=True)
-class Timing:
-    """One statement's calls and mean planning / execution milliseconds over a step."""
-
-    query: str
-    calls: int
-    plan_ms: float
-    exec_ms: float
-
-    @property
-    def plan_share(self) -> float:
-        total = self.plan_ms + self.exec_ms
-        return self.plan_ms / total if total else 0.0
-
-
-class StatementTimes:
-    """pg_stat_statements over one step, read as the monitor role (pg_read_all_stats)."""
-
-    def __init__(self, settings, dbname: str) -> None:
-        self.settings, self.dbname = settings, dbname
-        self.before: dict[int, tuple] = {}
-
-    def _read(self) -> dict[int, tuple]:
-        with db.connection("monitor", settings=self.settings, dbname=self.dbname,
-                           autocommit=True) as conn:
-            return {row[0]: row[1:] for row in conn.execute(STATEMENTS, (self.dbname,))}
-
-    def start(self) -> None:
-        self.before = self._read()
-
-    def top(self, n: int = 5) -> list[Timing]:
-        """The ``n`` statements with the most planning + execution time since start()."""
-        timings = []
-        for queryid, (query, calls, plan, execute) in self._read().items():
-            _, calls0, plan0, exec0 = self.before.get(queryid, (query, 0, 0.0, 0.0))
-            done = calls - calls0
-            if done > 0:
-                timings.append(Timing(query, done, (plan - plan0) / done,
-                                      (execute - exec0) / done))
-        timings.sort(key=lambda t: (t.plan_ms + t.exec_ms) * t.calls, reverse=True)
-        return timings[:n]
-
-
 TRACK_PLANNING = "pg_stat_statements.track_planning"
 
 
@@ -144,10 +94,18 @@ def planning_tracked() -> Iterator[None]:
     backend, PgBouncer's included, picks the reload up); then the former setting: the
     value an earlier ALTER SYSTEM gave, or the configuration files' own."""
     was = db.superuser_psql(AUTO_VALUE)
+    # A run stopped with SIGTERM (kill, a CI timeout) must restore it too: as SystemExit,
+    # the signal unwinds through the finally below.
+    default = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     db.superuser_psql(f"ALTER SYSTEM SET {TRACK_PLANNING} = on; SELECT pg_reload_conf();")
     try:
         yield
     finally:
+        signal.signal(signal.SIGTERM, default)
         restore = (f"ALTER SYSTEM SET {TRACK_PLANNING} = {'on' if was == 'on' else 'off'}"
                    if was else f"ALTER SYSTEM RESET {TRACK_PLANNING}")
         db.superuser_psql(f"{restore}; SELECT pg_reload_conf();")
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)

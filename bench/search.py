@@ -106,7 +106,8 @@ class Schema:
 
 
 SCHEMAS = (
-    Schema("B", "today (migration 0006): composite GIN (chat_session_id, to_tsvector)",
+    Schema("B", "today (migrations 0006, 0008): composite GIN (chat_session_id, to_tsvector), "
+                "fastupdate off",
            ("idx_messages_chat_fts",)),
     Schema("A", "the plan's: GIN on to_tsvector('english', content)",
            ("idx_messages_content_fts",), "B", (

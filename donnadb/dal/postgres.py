@@ -79,6 +79,7 @@ LOST = ("the database connection was lost during a write (failover/switchover or
 
 # The per-message calls, on the fast path (see fastpath.py).
 HISTORY = fastpath.Statement("history", q.SELECT_HISTORY, ("chat_id", "limit", "offset"))
+CALL_HISTORY = fastpath.Statement("call_history", q.CALL_HISTORY, ("chat_id", "limit", "offset"))
 _APPEND_PARAMS = ("chat_id", "role", "content", "metadata", "token_count", "abuse_flagged")
 APPEND = fastpath.Statement("add_message", q.ADD_MESSAGE, _APPEND_PARAMS)
 APPEND_OWNER = fastpath.Statement("add_message_owner", q.ADD_MESSAGE_OWNER, _APPEND_PARAMS)
@@ -114,6 +115,10 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
             # connection: server-side prepared statements would be lost between them.
             kwargs["prepare_threshold"] = None
         self._prepare = not self.via_pgbouncer
+        # Through PgBouncer nothing stays prepared: the hot reads go through functions
+        # whose plans the server keeps; direct, the plain statements are prepared.
+        self._history = CALL_HISTORY if self.via_pgbouncer else HISTORY
+        self._session_sql = q.CALL_SESSION if self.via_pgbouncer else q.SELECT_SESSION
         self.pool_timeout = pool_timeout
         self._local = threading.local()
 
@@ -363,7 +368,7 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         return session_id
 
     def get_chat_session(self, chat_id: str) -> ChatSession | None:
-        return self._read(lambda c: c.execute(q.SELECT_SESSION, (chat_id,)).fetchone(),
+        return self._read(lambda c: c.execute(self._session_sql, (chat_id,)).fetchone(),
                           chat=chat_id)
 
     def update_chat_session(self, chat_id: str, updates: Mapping[str, Any]) -> bool:
@@ -478,7 +483,7 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
     def get_chat_history(self, chat_id: str, limit: int = 20, offset: int = 0) -> list[Message]:
         check_window(limit, offset)
         rows = self._read(lambda c: fastpath.fetch(
-            c, HISTORY, (fastpath.text(chat_id), b"%d" % limit, b"%d" % offset),
+            c, self._history, (fastpath.text(chat_id), b"%d" % limit, b"%d" % offset),
             prepare=self._prepare), chat=chat_id)
         rows.reverse()  # the page comes newest first
         return _unescaped(rows)

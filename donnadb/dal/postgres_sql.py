@@ -122,6 +122,10 @@ RETURNING id::text AS id
 """
 
 SELECT_SESSION = f"SELECT {SESSION_COLUMNS} FROM chat_sessions AS s WHERE s.chat_id = %s"
+# The same through PgBouncer: chat_session() (migration 0007) keeps its plan per server
+# connection, where PgBouncer's transaction pooling would have the statement planned on
+# every call.
+CALL_SESSION = "SELECT * FROM chat_session(%s)"
 
 # add_message() (migration 0004) serialises writers of one chat: it locks the chat's row,
 # then inserts at max + 1 in a second statement, which under READ COMMITTED takes a fresh
@@ -164,6 +168,9 @@ SELECT m.id::text AS id, %(chat_id)s::varchar AS chat_id, m.role, m.content, m.m
  ORDER BY m.sequence_number DESC
  LIMIT %(limit)s OFFSET %(offset)s
 """
+
+# The same through PgBouncer, planned once per server connection (migration 0007).
+CALL_HISTORY = "SELECT * FROM chat_history(%(chat_id)s, %(limit)s, %(offset)s)"
 
 SELECT_MESSAGE_COUNT = "SELECT message_count FROM chat_sessions WHERE chat_id = %s"
 

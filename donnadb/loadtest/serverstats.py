@@ -40,15 +40,19 @@ RESET_SQL = """
 SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database
                                      WHERE datname = current_database()), 0)
 """
+# Planning is counted only while pg_stat_statements.track_planning is on (plan_ms 0
+# otherwise); through PgBouncer's transaction pooling every statement is planned on each
+# call, so with it on the top statements are ranked by planning + execution.
 STATEMENTS_SQL = """
 SELECT left(regexp_replace(s.query, '\\s+', ' ', 'g'), 90) AS query,
        s.calls, round(s.mean_exec_time::numeric, 3) AS mean_ms,
        round(s.max_exec_time::numeric, 3) AS max_ms,
-       round(s.total_exec_time::numeric, 1) AS total_ms, s.rows
+       round(s.total_exec_time::numeric, 1) AS total_ms, s.rows,
+       round(s.mean_plan_time::numeric, 3) AS plan_ms
   FROM pg_stat_statements AS s
   JOIN pg_database AS d ON d.oid = s.dbid
  WHERE d.datname = current_database()
- ORDER BY s.total_exec_time DESC
+ ORDER BY s.total_exec_time + s.total_plan_time DESC
  LIMIT %(limit)s
 """
 STATEMENTS_TOTAL_SQL = """

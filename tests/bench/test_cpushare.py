@@ -7,10 +7,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from donnadb import db
+from donnadb.loadtest import serverstats
 
 #: Enough work to measure above a clock tick's resolution (about 0.3-1 s of one core).
 BURN_SQL = "SELECT count(*) FROM generate_series(1, 4000000) AS g WHERE g % 7 = 3"
@@ -58,18 +60,43 @@ def test_shares_are_fractions_of_the_cores(cpushare):
 
 
 def test_planning_is_tracked_for_the_run_then_restored(cpushare, settings):
+    """With track_planning on, the load test's statement report has each statement's
+    planning time beside its execution time."""
     name = cpushare.TRACK_PLANNING
     was = _wait_setting(settings, name, "off")
     with cpushare.planning_tracked():
         assert _wait_setting(settings, name, "on") == "on"
-        times = cpushare.StatementTimes(settings, settings.db_name)
-        times.start()
         with db.connection("readonly", settings=settings) as conn:
             for i in range(20):
-                conn.execute("SELECT count(*) FROM chat_sessions WHERE chat_id = %s",
+                conn.execute("SELECT count(*) FROM chat_sessions WHERE title = %s",
                              [f"cpushare-{i}"])
-        top = [t for t in times.top(50) if "FROM chat_sessions WHERE chat_id" in t.query]
-        assert top and top[0].calls >= 20, times.top(50)
-        assert top[0].plan_ms > 0 and 0 < top[0].plan_share < 1
+        top = [s for s in serverstats.statements(settings, settings.db_name,
+                                                  limit=5000)["top"]
+               if "FROM chat_sessions WHERE title" in s["query"]]
+        assert top and top[0]["calls"] >= 20
+        assert float(top[0]["plan_ms"]) > 0
     assert _wait_setting(settings, name, was) == was
+    assert db.superuser_psql(cpushare.AUTO_VALUE) == ""
+
+
+def test_a_run_killed_with_sigterm_restores_the_setting(cpushare, settings, tmp_path):
+    """`kill` (or a timeout) of a capacity run must not leave planning tracked."""
+    ready = tmp_path / "ready"
+    bench = str(Path(cpushare.__file__).parent)
+    script = (f"import sys, time; sys.path.insert(0, {bench!r})\n"
+              "import cpushare\n"
+              "with cpushare.planning_tracked():\n"
+              f"    open({str(ready)!r}, 'w').close()\n"
+              "    time.sleep(60)\n")
+    run = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ready.exists()
+        assert db.superuser_psql(cpushare.AUTO_VALUE) == "on"
+        run.terminate()
+        assert run.wait(timeout=30) == 128 + 15
+    finally:
+        run.kill()
     assert db.superuser_psql(cpushare.AUTO_VALUE) == ""
