@@ -2,8 +2,9 @@
 
 Exit codes: 0 ok; 1 verify found differences / reconcile left entries failing / import
 quarantined records the database refused; 3 bad arguments (import with
-DATA_STORAGE_TYPE=postgresql without --i-know-postgresql-is-primary); 4 database
-unreachable; 6 a batch failed for another reason than a record's values.
+DATA_STORAGE_TYPE=postgresql, or an entity in postgresql, without
+--i-know-postgresql-is-primary); 4 database unreachable; 6 a batch failed for another
+reason than a record's values.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from donnadb.cli.opsrun import logged
 from donnadb.cli.options import DbOpt, DryRunOpt, JsonOpt
 from donnadb.cli.output import console, emit_json, err_console
 from donnadb.config import load_settings
+from donnadb.dal.factory import entity_phases
 from donnadb.errors import DatabaseError
 from donnadb.legacy.export import DEFAULT_LOG_GAP_MARGIN, export_data_dir
 from donnadb.legacy.importer import CONFLICT_EXAMPLES, check_storage_type, import_data_dir
@@ -94,7 +96,7 @@ def import_cmd(data_dir: DataDirOpt = None, dry_run: DryRunOpt = False,
     settings = load_settings(db_name=dbname, data_dir=data_dir,
                              migration_batch_size=batch_size)
     if not dry_run:
-        check_storage_type(settings.data_storage_type, postgresql_is_primary)
+        check_storage_type(entity_phases(settings), postgresql_is_primary)
     reader = LegacyReader.open(settings.data_dir)
     conn = None if dry_run else _connect("migrator", settings, dbname)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from donnadb.config import Settings
+from donnadb.config import Settings, get_settings
 from donnadb.dal.dualwrite import DualWriteDataAccess
 from donnadb.errors import DatabaseError, DonnaError, UsageError
 
@@ -43,12 +43,11 @@ def reconcile(dal: DualWriteDataAccess | None = None, *,
     everything not yet replayed.
 
     :raises UsageError: another reconcile is running, or ``dal`` is not a dual-write DAL.
+    :raises ConfigError: the settings' phases per entity cannot stay consistent.
     """
     own = dal is None
     if dal is None:
-        from donnadb.dal.factory import create_dual_write
-
-        dal = create_dual_write(settings)
+        dal = _configured(settings)
     if not isinstance(dal, DualWriteDataAccess):
         raise UsageError("reconcile needs the dual-write data access (DATA_STORAGE_TYPE=dual)")
     try:
@@ -56,6 +55,19 @@ def reconcile(dal: DualWriteDataAccess | None = None, *,
     finally:
         if own:
             dal.close()
+
+
+def _configured(settings: Settings | None) -> DualWriteDataAccess:
+    """The store the application copies with: with a store per entity, its own (a
+    user's copy then carries memory only where memory is copied), else dual-write
+    whatever DATA_STORAGE_TYPE says (a queue may outlive a switch back to files)."""
+    from donnadb.dal.factory import create_dual_write, create_mixed, entity_phases
+
+    s = settings or get_settings()
+    phases = entity_phases(s)
+    if len(set(phases.values())) > 1:
+        return create_mixed(s, phases)
+    return create_dual_write(s)
 
 
 def _run(dal: DualWriteDataAccess) -> ReconcileResult:

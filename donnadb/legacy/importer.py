@@ -40,7 +40,7 @@ import os
 import queue
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -689,13 +689,19 @@ def import_data_dir(reader: LegacyReader, conn: psycopg.Connection | None, *, ba
                     workers=workers).run(reader)
 
 
-def check_storage_type(storage_type: str, postgresql_is_primary: bool) -> None:
+def check_storage_type(phases: Mapping[str, str], postgresql_is_primary: bool) -> None:
     """Refuse an import into the store the app already writes to, unless the operator
     says they know (then no newer row is replaced anyway: conflicts are reported).
 
-    :raises UsageError: ``storage_type`` is ``postgresql`` and not ``postgresql_is_primary``.
+    ``phases`` is each entity's store (``donnadb.dal.entity_phases``): an entity in
+    ``postgresql`` is written to PostgreSQL alone, so its files are older.
+
+    :raises UsageError: some entity is in ``postgresql`` and not ``postgresql_is_primary``.
     """
-    if storage_type == "postgresql" and not postgresql_is_primary:
-        raise UsageError("DATA_STORAGE_TYPE is postgresql: the app writes to PostgreSQL, so the "
-                         "files are older; pass --i-know-postgresql-is-primary to import anyway "
-                         "(newer rows are kept, differences reported as conflicts)")
+    alone = [entity for entity, phase in phases.items() if phase == "postgresql"]
+    if alone and not postgresql_is_primary:
+        what = ("DATA_STORAGE_TYPE is postgresql" if len(alone) == len(phases) else
+                f"{', '.join(alone)} in postgresql (DATA_STORAGE_<ENTITY>)")
+        raise UsageError(f"{what}: the app writes to PostgreSQL, so the files are older; "
+                         "pass --i-know-postgresql-is-primary to import anyway (newer rows "
+                         "are kept, differences reported as conflicts)")
