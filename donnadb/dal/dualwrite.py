@@ -406,6 +406,7 @@ class DualWriteDataAccess(TransactionMixin, LogWriterMixin):
             PostgreSQL alone (a mixed store): the file writes are rolled back too.
         """
         tx = self._end()
+        undo = False
         try:
             # PostgreSQL first, while the transaction still holds the file locks: no
             # other writer's copy of these entities can overtake this one.
@@ -414,14 +415,18 @@ class DualWriteDataAccess(TransactionMixin, LogWriterMixin):
                     self.pg.commit()
                 except DonnaError as exc:
                     self._failed("commit", exc)
-                    if tx.pg_only:
-                        self.files.rollback()  # all or nothing: nothing
+                    # PostgreSQL alone held some writes: all or nothing, so nothing.
+                    undo = tx.pg_only
+                    if undo:
                         raise
                     tx.pg_ok, tx.error = False, str(exc)
             if not tx.pg_ok and tx.entries:
                 self._queue(tx.entries, "+".join(dict.fromkeys(tx.ops)), tx.error)
         finally:
-            self.files.commit()  # the file writes are already durable; this frees the locks
+            if undo:
+                self.files.rollback()
+            else:
+                self.files.commit()  # the file writes are already durable; frees the locks
         return True
 
     def rollback(self) -> bool:

@@ -13,6 +13,7 @@ from donnadb.dal import FileDataAccess, MixedDataAccess, PostgresDataAccess, rec
 from donnadb.errors import DatabaseError
 from tests.dal.conftest import ENTITIES
 from tests.dal.test_dualwrite import closed_port
+from tests.support import superuser_psql
 
 BOTH, FILE, PG = {"file", "postgresql"}, {"file"}, {"postgresql"}
 
@@ -209,3 +210,31 @@ def test_reconcile_copies_as_the_configured_store_does(settings, tmp_path, pg_db
     assert (result.ok, result.replayed) == (True, 1)
     tables = in_tables(settings, pg_db)
     assert (tables["users"], tables["memory"]) == (True, False)
+
+
+def test_a_failed_commit_undoes_the_files_when_postgresql_alone_held_writes(settings,
+                                                                            tmp_path, pg_db):
+    """All or nothing: PostgreSQL's commit fails (its connection killed), so the chat's
+    file and the message written to it are rolled back too, and nothing is queued."""
+    direct = settings.model_copy(update={"pgbouncer_port": None})
+    late = ("postgresql", "postgresql", "postgresql", "dual", "file")
+    dal = mixed(direct, tmp_path / "data", late, "file", dbname=pg_db)
+    try:
+        dal.create_user({"clerk_id": "user_ana"})
+        dal.begin_transaction()
+        dal.create_chat_session("c_tx", "user_ana", {})
+        dal.add_message("c_tx", "user", "one")
+        assert dal.files.get_message_count("c_tx") == 1
+        pid = dal.pg._one("SELECT pg_backend_pid() AS pid")["pid"]  # the pinned connection
+        superuser_psql(f"SELECT pg_terminate_backend({int(pid)})")
+        with pytest.raises(DatabaseError):
+            dal.commit()
+        assert dal.files.get_chat_session("c_tx") is None
+        assert dal.queue.count() == 0
+        assert dal.get_chat_session("c_tx") is None
+        # Usable afterwards.
+        dal.create_chat_session("c_tx", "user_ana", {})
+        dal.add_message("c_tx", "user", "again")
+        assert [m["content"] for m in dal.get_chat_history("c_tx")] == ["again"]
+    finally:
+        dal.close()
