@@ -37,6 +37,9 @@ DataDirOpt = Annotated[Path | None, typer.Option("--data-dir",
 ReportDirOpt = Annotated[Path, typer.Option(
     "--report-dir", help="Where the import writes its summary/quarantine report (0700).")]
 DEFAULT_REPORT_DIR = Path("migrate-data-reports")
+EntityOpt = Annotated[str | None, typer.Option(
+    "--entity", help="Only this entity: users, memory, chats, messages or logs (default: "
+    "all).", show_default=False)]
 
 
 def _quarantine_table(report: Report) -> Table | None:
@@ -162,13 +165,17 @@ def _print_conflicts(conflicts: list[dict], path: Path | None) -> None:
 
 @app.command("verify")
 @logged("migrate-data verify")
-def verify_cmd(data_dir: DataDirOpt = None, json: JsonOpt = False, dbname: DbOpt = None) -> None:
-    """Compare DATA_DIR with the database chat by chat, user by user; exit 1 on a difference."""
+def verify_cmd(data_dir: DataDirOpt = None, json: JsonOpt = False, dbname: DbOpt = None,
+               entity: EntityOpt = None) -> None:
+    """Compare DATA_DIR with the database chat by chat, user by user; exit 1 on a difference.
+
+    With --entity, only the differences of that entity.
+    """
     settings = load_settings(db_name=dbname, data_dir=data_dir)
     reader = LegacyReader.open(settings.data_dir)
     with _connect("readonly", settings, dbname) as conn:
         try:
-            result = verify_dir(reader, conn)
+            result = verify_dir(reader, conn, entity=entity)
         except psycopg.OperationalError as exc:
             raise DatabaseError(f"verify lost the database: {exc}") from exc
     if json:
@@ -215,15 +222,16 @@ def export_cmd(
 @app.command("reconcile")
 @logged("migrate-data reconcile")
 def reconcile_cmd(data_dir: DataDirOpt = None, json: JsonOpt = False,
-                  dbname: DbOpt = None) -> None:
+                  dbname: DbOpt = None, entity: EntityOpt = None) -> None:
     """Replay what dual-write failed to write to PostgreSQL (idempotent).
 
-    Exit 1 if some entries still fail (they stay queued).
+    Exit 1 if some entries still fail (they stay queued). With --entity, only that
+    entity's entries (users and memory share theirs); the others stay queued.
     """
     from donnadb.dal import reconcile
 
     settings = load_settings(db_name=dbname, data_dir=data_dir)
-    result = reconcile(settings=settings)
+    result = reconcile(settings=settings, entity=entity)
     if json:
         emit_json(result.as_dict())
     else:
