@@ -91,15 +91,18 @@ def import_cmd(data_dir: DataDirOpt = None, dry_run: DryRunOpt = False,
             "--i-know-postgresql-is-primary", help="Import although DATA_STORAGE_TYPE is "
             "postgresql (rows newer in PostgreSQL are still kept; differences are reported "
             "as conflicts).")] = False,
+        entity: EntityOpt = None,
         ) -> None:
     """Load DATA_DIR into PostgreSQL (idempotent; re-run after any interruption).
 
     A stored row is replaced only by a newer file; the others are reported as conflicts.
+    With --entity, one entity's files: users and memory load together (one memory
+    file), messages bring their chat sessions, chats alone load without messages.
     """
     settings = load_settings(db_name=dbname, data_dir=data_dir,
                              migration_batch_size=batch_size)
     if not dry_run:
-        check_storage_type(entity_phases(settings), postgresql_is_primary)
+        check_storage_type(entity_phases(settings), postgresql_is_primary, entity=entity)
     reader = LegacyReader.open(settings.data_dir)
     conn = None if dry_run else _connect("migrator", settings, dbname)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -112,7 +115,7 @@ def import_cmd(data_dir: DataDirOpt = None, dry_run: DryRunOpt = False,
                 reader, conn, batch_size=settings.migration_batch_size, dry_run=dry_run,
                 progress=lambda phase, n: bar.advance(tasks[phase], n),
                 defer_indexes=defer_indexes, owner_role=settings.db_role_owner,
-                workers=workers)
+                workers=workers, entity=entity)
     finally:
         if conn is not None:
             conn.close()
@@ -207,11 +210,16 @@ def export_cmd(
              "numbers; a row further out stops the export.")] = DEFAULT_LOG_GAP_MARGIN,
     json: JsonOpt = False,
     dbname: DbOpt = None,
+    entity: EntityOpt = None,
 ) -> None:
-    """Write the database back into the legacy layout (rollback path; files 0600, dirs 0700)."""
+    """Write the database back into the legacy layout (rollback path; files 0600, dirs 0700).
+
+    With --entity, the files holding that entity: memory files for users or memory, chat
+    files (sessions with their messages) for chats or messages, or the logs.
+    """
     settings = load_settings(db_name=dbname)
     with _connect("readonly", settings, dbname) as conn:
-        summary = export_data_dir(conn, out, log_gap_margin=log_gap_margin)
+        summary = export_data_dir(conn, out, log_gap_margin=log_gap_margin, entity=entity)
     if json:
         emit_json(summary.as_dict())
         return
