@@ -61,6 +61,9 @@ class DualWriteDataAccess(TransactionMixin, LogWriterMixin):
     store = "dual"
     #: Each entity's phase (see phases.py); MixedDataAccess sets other values.
     phases: Mapping[str, str] = dict.fromkeys(ENTITIES, "dual")
+    #: Whether some entity lives in PostgreSQL alone: then a transaction always tries
+    #: to open PostgreSQL's part, even while copies are being queued.
+    _needs_pg = False
 
     def __init__(
         self,
@@ -125,10 +128,6 @@ class DualWriteDataAccess(TransactionMixin, LogWriterMixin):
             else:
                 tx.pg_ok, tx.error = False, str(exc)
                 self._pg_rollback()
-
-    #: Whether some entity lives in PostgreSQL alone: then a transaction always tries
-    #: to open PostgreSQL's part, even while copies are being queued.
-    _needs_pg = False
 
     def _mirrors(self, kind: str) -> bool:
         """Whether a file write of this kind of entity ("user", "chat", "message", "log")
