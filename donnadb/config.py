@@ -145,6 +145,15 @@ class Settings(BaseSettings):
     migration_primary_store: Literal["file", "postgresql"] = "file"
     #: Dual-write failures wait here for reconcile (default DATA_DIR/.dualwrite/pending.jsonl).
     migration_reconcile_queue: Path | None = None
+    #: One entity's store (file | dual | postgresql), for a pilot and a cut-over one
+    #: entity at a time (docs/dal.md, "A store per entity"); unset (or empty) follows
+    #: DATA_STORAGE_TYPE and MIGRATION_ENABLE_DUAL_WRITE.
+    data_storage_users: Literal["file", "postgresql", "dual"] | None = None
+    data_storage_memory: Literal["file", "postgresql", "dual"] | None = None
+    #: Chat session metadata (its messages are DATA_STORAGE_MESSAGES).
+    data_storage_chats: Literal["file", "postgresql", "dual"] | None = None
+    data_storage_messages: Literal["file", "postgresql", "dual"] | None = None
+    data_storage_logs: Literal["file", "postgresql", "dual"] | None = None
 
     # Where the migration files live: the checkout's schema/, or in a deployed install
     # (<donnadb_install_dir>/venv) the copy the deploy ships beside the venv.
@@ -324,10 +333,13 @@ class Settings(BaseSettings):
                 "or _, starting with a letter or _ (and not pg_)", {"value": repr(value)})
         return value
 
-    @field_validator("patroni_config", mode="before")
+    @field_validator("patroni_config", "data_storage_users", "data_storage_memory",
+                     "data_storage_chats", "data_storage_messages", "data_storage_logs",
+                     mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
-        # PATRONI_CONFIG= (empty) in donnadb.env means "not in a cluster", like no line.
+        # PATRONI_CONFIG= (empty) in donnadb.env means "not in a cluster", like no line;
+        # DATA_STORAGE_MEMORY= means "as DATA_STORAGE_TYPE says".
         return None if value == "" else value
 
     @field_validator("*")

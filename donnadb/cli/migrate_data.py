@@ -2,8 +2,9 @@
 
 Exit codes: 0 ok; 1 verify found differences / reconcile left entries failing / import
 quarantined records the database refused; 3 bad arguments (import with
-DATA_STORAGE_TYPE=postgresql without --i-know-postgresql-is-primary); 4 database
-unreachable; 6 a batch failed for another reason than a record's values.
+DATA_STORAGE_TYPE=postgresql, or an entity in postgresql, without
+--i-know-postgresql-is-primary); 4 database unreachable; 6 a batch failed for another
+reason than a record's values.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from donnadb.cli.opsrun import logged
 from donnadb.cli.options import DbOpt, DryRunOpt, JsonOpt
 from donnadb.cli.output import console, emit_json, err_console
 from donnadb.config import load_settings
+from donnadb.dal.factory import entity_phases
 from donnadb.errors import DatabaseError
 from donnadb.legacy.export import DEFAULT_LOG_GAP_MARGIN, export_data_dir
 from donnadb.legacy.importer import CONFLICT_EXAMPLES, check_storage_type, import_data_dir
@@ -35,6 +37,9 @@ DataDirOpt = Annotated[Path | None, typer.Option("--data-dir",
 ReportDirOpt = Annotated[Path, typer.Option(
     "--report-dir", help="Where the import writes its summary/quarantine report (0700).")]
 DEFAULT_REPORT_DIR = Path("migrate-data-reports")
+EntityOpt = Annotated[str | None, typer.Option(
+    "--entity", help="Only this entity: users, memory, chats, messages or logs (default: "
+    "all).", show_default=False)]
 
 
 def _quarantine_table(report: Report) -> Table | None:
@@ -86,15 +91,18 @@ def import_cmd(data_dir: DataDirOpt = None, dry_run: DryRunOpt = False,
             "--i-know-postgresql-is-primary", help="Import although DATA_STORAGE_TYPE is "
             "postgresql (rows newer in PostgreSQL are still kept; differences are reported "
             "as conflicts).")] = False,
+        entity: EntityOpt = None,
         ) -> None:
     """Load DATA_DIR into PostgreSQL (idempotent; re-run after any interruption).
 
     A stored row is replaced only by a newer file; the others are reported as conflicts.
+    With --entity, one entity's files: users and memory load together (one memory
+    file), messages bring their chat sessions, chats alone load without messages.
     """
     settings = load_settings(db_name=dbname, data_dir=data_dir,
                              migration_batch_size=batch_size)
     if not dry_run:
-        check_storage_type(settings.data_storage_type, postgresql_is_primary)
+        check_storage_type(entity_phases(settings), postgresql_is_primary, entity=entity)
     reader = LegacyReader.open(settings.data_dir)
     conn = None if dry_run else _connect("migrator", settings, dbname)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -107,7 +115,7 @@ def import_cmd(data_dir: DataDirOpt = None, dry_run: DryRunOpt = False,
                 reader, conn, batch_size=settings.migration_batch_size, dry_run=dry_run,
                 progress=lambda phase, n: bar.advance(tasks[phase], n),
                 defer_indexes=defer_indexes, owner_role=settings.db_role_owner,
-                workers=workers)
+                workers=workers, entity=entity)
     finally:
         if conn is not None:
             conn.close()
@@ -160,13 +168,17 @@ def _print_conflicts(conflicts: list[dict], path: Path | None) -> None:
 
 @app.command("verify")
 @logged("migrate-data verify")
-def verify_cmd(data_dir: DataDirOpt = None, json: JsonOpt = False, dbname: DbOpt = None) -> None:
-    """Compare DATA_DIR with the database chat by chat, user by user; exit 1 on a difference."""
+def verify_cmd(data_dir: DataDirOpt = None, json: JsonOpt = False, dbname: DbOpt = None,
+               entity: EntityOpt = None) -> None:
+    """Compare DATA_DIR with the database chat by chat, user by user; exit 1 on a difference.
+
+    With --entity, only the differences of that entity.
+    """
     settings = load_settings(db_name=dbname, data_dir=data_dir)
     reader = LegacyReader.open(settings.data_dir)
     with _connect("readonly", settings, dbname) as conn:
         try:
-            result = verify_dir(reader, conn)
+            result = verify_dir(reader, conn, entity=entity)
         except psycopg.OperationalError as exc:
             raise DatabaseError(f"verify lost the database: {exc}") from exc
     if json:
@@ -198,11 +210,16 @@ def export_cmd(
              "numbers; a row further out stops the export.")] = DEFAULT_LOG_GAP_MARGIN,
     json: JsonOpt = False,
     dbname: DbOpt = None,
+    entity: EntityOpt = None,
 ) -> None:
-    """Write the database back into the legacy layout (rollback path; files 0600, dirs 0700)."""
+    """Write the database back into the legacy layout (rollback path; files 0600, dirs 0700).
+
+    With --entity, the files holding that entity: memory files for users or memory, chat
+    files (sessions with their messages) for chats or messages, or the logs.
+    """
     settings = load_settings(db_name=dbname)
     with _connect("readonly", settings, dbname) as conn:
-        summary = export_data_dir(conn, out, log_gap_margin=log_gap_margin)
+        summary = export_data_dir(conn, out, log_gap_margin=log_gap_margin, entity=entity)
     if json:
         emit_json(summary.as_dict())
         return
@@ -213,15 +230,16 @@ def export_cmd(
 @app.command("reconcile")
 @logged("migrate-data reconcile")
 def reconcile_cmd(data_dir: DataDirOpt = None, json: JsonOpt = False,
-                  dbname: DbOpt = None) -> None:
+                  dbname: DbOpt = None, entity: EntityOpt = None) -> None:
     """Replay what dual-write failed to write to PostgreSQL (idempotent).
 
-    Exit 1 if some entries still fail (they stay queued).
+    Exit 1 if some entries still fail (they stay queued). With --entity, only that
+    entity's entries (users and memory share theirs); the others stay queued.
     """
     from donnadb.dal import reconcile
 
     settings = load_settings(db_name=dbname, data_dir=data_dir)
-    result = reconcile(settings=settings)
+    result = reconcile(settings=settings, entity=entity)
     if json:
         emit_json(result.as_dict())
     else:

@@ -1,4 +1,5 @@
-"""The data-access layer: one interface, three stores (files, PostgreSQL, dual-write).
+"""The data-access layer: one interface, three stores (files, PostgreSQL, dual-write),
+and a store per entity (mixed) built on dual-write.
 
 See docs/dal.md. Applications call :func:`create_data_access`.
 """
@@ -11,8 +12,15 @@ from donnadb.dal.errors import (
     NotFoundError,
     TransactionError,
 )
-from donnadb.dal.factory import STORAGE_TYPES, create_data_access, create_dual_write
+from donnadb.dal.factory import (
+    STORAGE_TYPES,
+    create_data_access,
+    create_dual_write,
+    create_mixed,
+    entity_phases,
+)
 from donnadb.dal.files import FileDataAccess
+from donnadb.dal.mixed import MixedDataAccess
 from donnadb.dal.pending import ReconcileQueue
 from donnadb.dal.postgres import PostgresDataAccess
 from donnadb.dal.protocol import (
@@ -39,6 +47,7 @@ __all__ = [
     "FileDataAccess",
     "LockTimeout",
     "MemoryEntry",
+    "MixedDataAccess",
     "Message",
     "NotFoundError",
     "PostgresDataAccess",
@@ -49,5 +58,7 @@ __all__ = [
     "User",
     "create_data_access",
     "create_dual_write",
+    "create_mixed",
+    "entity_phases",
     "reconcile",
 ]

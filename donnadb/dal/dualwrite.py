@@ -22,8 +22,9 @@ from donnadb.dal.errors import NotFoundError, TransactionError
 from donnadb.dal.files import FileDataAccess
 from donnadb.dal.logwriter import LogWriterMixin
 from donnadb.dal.pending import ReconcileQueue
+from donnadb.dal.phases import ENTITIES
 from donnadb.dal.postgres import PostgresDataAccess
-from donnadb.dal.protocol import ChatSession, Message, TransactionMixin, User
+from donnadb.dal.protocol import ChatSession, MemoryEntry, Message, TransactionMixin, User
 from donnadb.dal.values import (
     LEGACY_KEY,
     check_reserved_keys,
@@ -44,6 +45,9 @@ class _Tx:
     ops: list[str] = field(default_factory=list)
     pg_ok: bool = True
     error: str = ""
+    #: A write went to PostgreSQL alone (a mixed store): losing PostgreSQL's part of the
+    #: transaction would lose it, so the transaction fails instead.
+    pg_only: bool = False
 
 
 class DualWriteDataAccess(TransactionMixin, LogWriterMixin):
@@ -55,6 +59,11 @@ class DualWriteDataAccess(TransactionMixin, LogWriterMixin):
     """
 
     store = "dual"
+    #: Each entity's phase (see phases.py); MixedDataAccess sets other values.
+    phases: Mapping[str, str] = dict.fromkeys(ENTITIES, "dual")
+    #: Whether some entity lives in PostgreSQL alone: then a transaction always tries
+    #: to open PostgreSQL's part, even while copies are being queued.
+    _needs_pg = False
 
     def __init__(
         self,
@@ -95,6 +104,8 @@ class DualWriteDataAccess(TransactionMixin, LogWriterMixin):
 
         Inside a transaction the copy joins it, unless ``outside_tx`` (a log entry).
         """
+        if not self._mirrors(entries[0]["kind"]):
+            return
         tx: _Tx | None = None if outside_tx else getattr(self._local, "tx", None)
         if tx is not None:
             tx.entries.extend(entries)
@@ -108,11 +119,20 @@ class DualWriteDataAccess(TransactionMixin, LogWriterMixin):
             copy()
         except Exception as exc:  # any failure: the file write stands, reconcile repairs
             self._failed(op, exc)
+            if tx is not None and tx.pg_only:
+                # Dropping PostgreSQL's part would drop writes only it holds: fail the
+                # call (its statement ran in a savepoint) and let the caller roll back.
+                raise
             if tx is None:
                 self._queue(entries, op, str(exc))
             else:
                 tx.pg_ok, tx.error = False, str(exc)
                 self._pg_rollback()
+
+    def _mirrors(self, kind: str) -> bool:
+        """Whether a file write of this kind of entity ("user", "chat", "message", "log")
+        is copied to PostgreSQL: always, in dual-write."""
+        return True
 
     def _failed(self, op: str, exc: Exception) -> None:
         if isinstance(exc, DatabaseError):
@@ -140,7 +160,11 @@ class DualWriteDataAccess(TransactionMixin, LogWriterMixin):
         user = self.files.get_user_by_id(clerk_id)
         if user is None:
             return None
-        return self.pg.upsert_user(user, self.files.memory_entries(clerk_id))
+        return self.pg.upsert_user(user, self._memory_to_copy(clerk_id))
+
+    def _memory_to_copy(self, clerk_id: str) -> list[MemoryEntry]:
+        """The memory entries a copy of the user carries: all of them in dual-write."""
+        return self.files.memory_entries(clerk_id)
 
     def pg_user_id(self, clerk_id: str) -> str:
         """The PostgreSQL id of a Clerk id, copying the user over when missing (a chat of a
@@ -169,8 +193,18 @@ class DualWriteDataAccess(TransactionMixin, LogWriterMixin):
             return self.pg.insert_messages(chat_id, messages)
 
     # ------------------------------------------------------------------ reads
-    def _read(self, from_pg: Callable[[], Any], from_files: Callable[[], Any]) -> Any:
+    def _read(self, entity: str, from_pg: Callable[[], Any], from_files: Callable[[], Any]
+              ) -> Any:
+        """Read ``entity`` from where its phase says: files, PostgreSQL, or the primary."""
         tx: _Tx | None = getattr(self._local, "tx", None)
+        phase = self.phases[entity]
+        if phase == "file":
+            return from_files()
+        if phase == "postgresql":
+            # Only PostgreSQL holds it: no falling back to the files.
+            if tx is not None and not tx.pg_ok:
+                raise DatabaseError(f"PostgreSQL left this transaction: {tx.error}")
+            return from_pg()
         if self.primary == "file" or (tx is not None and not tx.pg_ok):
             # In a transaction PostgreSQL dropped, only the files hold its writes.
             return from_files()
@@ -186,7 +220,8 @@ class DualWriteDataAccess(TransactionMixin, LogWriterMixin):
         return {**row, "id": row["clerk_id"]}
 
     def get_user_by_id(self, user_id: str) -> User | None:
-        return self._read(lambda: self._pg_user(self.pg.get_user_by_clerk_id(user_id)),
+        return self._read("users",
+                          lambda: self._pg_user(self.pg.get_user_by_clerk_id(user_id)),
                           lambda: self.files.get_user_by_id(user_id))
 
     def get_user_by_clerk_id(self, clerk_id: str) -> User | None:
@@ -201,14 +236,14 @@ class DualWriteDataAccess(TransactionMixin, LogWriterMixin):
                 owner = self.pg.get_user_by_id(row["user_id"])
                 row["user_id"] = owner["clerk_id"] if owner else None
             return {**row, "id": row["chat_id"]}
-        return self._read(from_pg, lambda: self.files.get_chat_session(chat_id))
+        return self._read("chats", from_pg, lambda: self.files.get_chat_session(chat_id))
 
     def get_chat_history(self, chat_id: str, limit: int = 20, offset: int = 0) -> list[Message]:
-        return self._read(lambda: self.pg.get_chat_history(chat_id, limit, offset),
+        return self._read("messages", lambda: self.pg.get_chat_history(chat_id, limit, offset),
                           lambda: self.files.get_chat_history(chat_id, limit, offset))
 
     def get_message_count(self, chat_id: str) -> int:
-        return self._read(lambda: self.pg.get_message_count(chat_id),
+        return self._read("messages", lambda: self.pg.get_message_count(chat_id),
                           lambda: self.files.get_message_count(chat_id))
 
     def list_chat_sessions(self, user_id: str, limit: int = 20) -> list[ChatSession]:
@@ -218,7 +253,8 @@ class DualWriteDataAccess(TransactionMixin, LogWriterMixin):
                 return []
             return [{**s, "id": s["chat_id"], "user_id": user_id}
                     for s in self.pg.list_chat_sessions(row["id"], limit)]
-        return self._read(from_pg, lambda: self.files.list_chat_sessions(user_id, limit))
+        return self._read("chats", from_pg,
+                          lambda: self.files.list_chat_sessions(user_id, limit))
 
     def search_messages(
         self, user_id: str, query: str, *, limit: int = 20, recent_chats: int | None = None
@@ -229,7 +265,7 @@ class DualWriteDataAccess(TransactionMixin, LogWriterMixin):
                 return []
             return self.pg.search_messages(row["id"], query, limit=limit,
                                            recent_chats=recent_chats)
-        return self._read(from_pg, lambda: self.files.search_messages(
+        return self._read("messages", from_pg, lambda: self.files.search_messages(
             user_id, query, limit=limit, recent_chats=recent_chats))
 
     def get_user_memory(
@@ -238,7 +274,8 @@ class DualWriteDataAccess(TransactionMixin, LogWriterMixin):
         def from_pg() -> dict[str, Any]:
             row = self.pg.get_user_by_clerk_id(user_id)
             return {} if row is None else self.pg.get_user_memory(row["id"], memory_type, key)
-        return self._read(from_pg, lambda: self.files.get_user_memory(user_id, memory_type, key))
+        return self._read("memory", from_pg,
+                          lambda: self.files.get_user_memory(user_id, memory_type, key))
 
     # ------------------------------------------------------------------ writes
     def create_user(self, user_data: Mapping[str, Any]) -> str:
@@ -349,7 +386,7 @@ class DualWriteDataAccess(TransactionMixin, LogWriterMixin):
             raise TransactionError("a transaction is already open on this thread")
         self.files.begin_transaction()
         tx = _Tx()
-        if time.monotonic() < self._down_until:
+        if time.monotonic() < self._down_until and not self._needs_pg:
             tx.pg_ok, tx.error = False, "PostgreSQL unavailable (retrying later)"
         else:
             try:
@@ -362,8 +399,13 @@ class DualWriteDataAccess(TransactionMixin, LogWriterMixin):
 
     def commit(self) -> bool:
         """Commit the files, then PostgreSQL; if PostgreSQL failed at any point of the
-        transaction, every entity it touched is queued for reconcile."""
+        transaction, every entity it touched is queued for reconcile.
+
+        :raises DatabaseError: PostgreSQL's commit failed in a transaction that wrote to
+            PostgreSQL alone (a mixed store): the file writes are rolled back too.
+        """
         tx = self._end()
+        undo = False
         try:
             # PostgreSQL first, while the transaction still holds the file locks: no
             # other writer's copy of these entities can overtake this one.
@@ -372,11 +414,18 @@ class DualWriteDataAccess(TransactionMixin, LogWriterMixin):
                     self.pg.commit()
                 except DonnaError as exc:
                     self._failed("commit", exc)
+                    # PostgreSQL alone held some writes: all or nothing, so nothing.
+                    undo = tx.pg_only
+                    if undo:
+                        raise
                     tx.pg_ok, tx.error = False, str(exc)
             if not tx.pg_ok and tx.entries:
                 self._queue(tx.entries, "+".join(dict.fromkeys(tx.ops)), tx.error)
         finally:
-            self.files.commit()  # the file writes are already durable; this frees the locks
+            if undo:
+                self.files.rollback()
+            else:
+                self.files.commit()  # the file writes are already durable; frees the locks
         return True
 
     def rollback(self) -> bool:
@@ -410,6 +459,7 @@ class DualWriteDataAccess(TransactionMixin, LogWriterMixin):
         else:
             status = "ok"
         return {"status": status, "store": self.store, "primary": self.primary,
+                "phases": dict(self.phases),
                 "file": files, "postgresql": pg, "reconcile_pending": pending,
                 "reconcile_queue": str(self.queue.path)}
 

@@ -299,6 +299,25 @@ class FileDataAccess(TransactionMixin, LogWriterMixin):
             self._write(path, raw)
         return True
 
+    def put_chat_session(self, session: Mapping[str, Any]) -> None:
+        """Create or overwrite a chat's metadata from another store's copy (``user_id``
+        a Clerk id), keeping its messages. A store with chat sessions in PostgreSQL and
+        their messages still in files keeps the file as the messages' container; the
+        owner need not have a memory file (the legacy format allows that too).
+
+        :raises DataError: the chat id cannot be a file name.
+        """
+        chat_id = check_name(session["chat_id"], "chat_id")
+        path = self.chat_path(chat_id)
+        with self.locked(path):
+            raw = self._read_chat(chat_id) or {"chat_id": chat_id, "messages": []}
+            for field in ("user_id", "title", "profile", "status"):
+                raw[field] = session.get(field)
+            raw["metadata"] = check_json_object(session.get("metadata"), "metadata")
+            for field in ("created_at", "updated_at"):
+                raw[field] = format_timestamp(session.get(field))
+            self._write(path, raw)
+
     # ------------------------------------------------------------------ messages
     def add_message(
         self,

@@ -10,11 +10,16 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from donnadb.config import Settings
+from donnadb.config import Settings, get_settings
 from donnadb.dal.dualwrite import DualWriteDataAccess
 from donnadb.errors import DatabaseError, DonnaError, UsageError
 
 log = logging.getLogger(__name__)
+
+#: The queue entries of each entity. Users and memory share theirs: a write to either
+#: queues the memory file, which is copied whole.
+ENTITY_KINDS = {"users": "user", "memory": "user", "chats": "chat", "messages": "message",
+                "logs": "log"}
 
 
 @dataclass
@@ -36,31 +41,50 @@ class ReconcileResult:
 
 
 def reconcile(dal: DualWriteDataAccess | None = None, *,
-              settings: Settings | None = None) -> ReconcileResult:
-    """Replay the queue of ``dal`` (built from ``settings`` when not given).
+              settings: Settings | None = None, entity: str | None = None
+              ) -> ReconcileResult:
+    """Replay the queue of ``dal`` (built from ``settings`` when not given); only the
+    entries of ``entity`` (:data:`ENTITY_KINDS`) when given, keeping the others queued.
 
     Entities that still fail stay queued; a connection failure stops the run and keeps
     everything not yet replayed.
 
-    :raises UsageError: another reconcile is running, or ``dal`` is not a dual-write DAL.
+    :raises UsageError: another reconcile is running, ``dal`` is not a dual-write DAL,
+        or ``entity`` is unknown.
+    :raises ConfigError: the settings' phases per entity cannot stay consistent.
     """
+    if entity is not None and entity not in ENTITY_KINDS:
+        raise UsageError(f"unknown entity {entity!r}; use one of {', '.join(ENTITY_KINDS)}")
     own = dal is None
     if dal is None:
-        from donnadb.dal.factory import create_dual_write
-
-        dal = create_dual_write(settings)
+        dal = _configured(settings)
     if not isinstance(dal, DualWriteDataAccess):
         raise UsageError("reconcile needs the dual-write data access (DATA_STORAGE_TYPE=dual)")
     try:
-        return _run(dal)
+        return _run(dal, None if entity is None else ENTITY_KINDS[entity])
     finally:
         if own:
             dal.close()
 
 
-def _run(dal: DualWriteDataAccess) -> ReconcileResult:
+def _configured(settings: Settings | None) -> DualWriteDataAccess:
+    """The store the application copies with: with a store per entity, its own (a
+    user's copy then carries memory only where memory is copied), else dual-write
+    whatever DATA_STORAGE_TYPE says (a queue may outlive a switch back to files)."""
+    from donnadb.dal.factory import create_dual_write, create_mixed, entity_phases
+
+    s = settings or get_settings()
+    phases = entity_phases(s)
+    if len(set(phases.values())) > 1:
+        return create_mixed(s, phases)
+    return create_dual_write(s)
+
+
+def _run(dal: DualWriteDataAccess, kind: str | None) -> ReconcileResult:
     result = ReconcileResult()
-    with dal.queue.claim() as entries:
+    with dal.queue.claim() as claimed:
+        entries = [e for e in claimed if kind is None or e.get("kind") == kind]
+        _keep_unchosen(dal, [e for e in claimed if kind is not None and e.get("kind") != kind])
         result.entries = len(entries)
         groups = _group(entries)
         keep: list[dict[str, Any]] = []
@@ -87,6 +111,16 @@ def _run(dal: DualWriteDataAccess) -> ReconcileResult:
     log.info("reconcile: %d queued entries, %d entities replayed, %d still failing",
              result.entries, result.replayed, result.failed)
     return result
+
+
+def _keep_unchosen(dal: DualWriteDataAccess, entries: list[dict[str, Any]]) -> None:
+    """Queue again, as they were, the entries of the entities not reconciled this run
+    (the claimed batch is deleted when the run ends)."""
+    by_cause: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for e in entries:
+        by_cause.setdefault((str(e.get("op", "")), str(e.get("error", ""))), []).append(e)
+    for (op, error), group in by_cause.items():
+        dal.queue.append(_strip(group), op=op, error=error)
 
 
 def _group(entries: list[dict[str, Any]]) -> list[tuple[tuple[str, str], list[dict]]]:

@@ -483,19 +483,30 @@ def _export_logs(conn: psycopg.Connection, out: _OutDir, summary: ExportSummary,
             fh.close()
 
 
+#: What an export of one entity writes: whole legacy files, so users and memory (one
+#: memory file) come together, and so do chat sessions and their messages (one chat file).
+ENTITY_FILES = {"users": "memory", "memory": "memory", "chats": "chats",
+                "messages": "chats", "logs": "logs"}
+
+
 def export_data_dir(conn: psycopg.Connection, out_dir: Path, *,
-                    log_gap_margin: int = DEFAULT_LOG_GAP_MARGIN) -> ExportSummary:
-    """Write the database into ``out_dir`` in the legacy layout.
+                    log_gap_margin: int = DEFAULT_LOG_GAP_MARGIN,
+                    entity: str | None = None) -> ExportSummary:
+    """Write the database into ``out_dir`` in the legacy layout; only the files holding
+    ``entity`` (:data:`ENTITY_FILES`) when given.
 
     A log file gets at most ``log_gap_margin`` blank lines beyond its rows.
 
     :raises UsageError: ``out_dir`` exists and is not empty (an export never overwrites),
-        or it is a symlink.
+        or it is a symlink; ``entity`` is unknown.
     :raises UnsafeNameError: a record's name cannot be a file name (``out_dir`` is then
         left empty).
     :raises DataError: two records would write the same file, or a log row's line lies
         beyond its file's rows plus ``log_gap_margin`` (``out_dir`` left empty).
     """
+    if entity is not None and entity not in ENTITY_FILES:
+        raise UsageError(f"unknown entity {entity!r}; use one of {', '.join(ENTITY_FILES)}")
+    files = None if entity is None else ENTITY_FILES[entity]
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"export directory {out} is not empty; choose a new --out path")
@@ -519,9 +530,12 @@ def export_data_dir(conn: psycopg.Connection, out_dir: Path, *,
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         try:
             with conn.transaction():
-                _export_users(conn, target, summary)
-                _export_chats(conn, target, summary)
-                _export_logs(conn, target, summary, log_gap_margin)
+                if files in (None, "memory"):
+                    _export_users(conn, target, summary)
+                if files in (None, "chats"):
+                    _export_chats(conn, target, summary)
+                if files in (None, "logs"):
+                    _export_logs(conn, target, summary, log_gap_margin)
         except BaseException:
             target.discard()
             raise

@@ -40,7 +40,7 @@ import os
 import queue
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -313,6 +313,16 @@ class _Batch:
     size: int = 0
 
 
+#: What an import of one entity loads: whole legacy files, and the parents their rows
+#: need. Users and memory come from one memory file; messages bring their chat sessions
+#: (a message row needs its session's); sessions alone are loaded without messages.
+ENTITY_IMPORTS = {"users": ("users",), "memory": ("users",), "chats": ("chats",),
+                  "messages": ("chats", "messages"), "logs": ("logs",)}
+#: The entities whose rows an import of one entity writes (whose phase must allow it).
+ENTITY_WRITES = {"users": ("users", "memory"), "memory": ("users", "memory"),
+                 "chats": ("chats",), "messages": ("chats", "messages"), "logs": ("logs",)}
+
+
 class Importer:
     """Streams a :class:`LegacyReader` into the database in committed batches.
 
@@ -322,7 +332,13 @@ class Importer:
     def __init__(self, conn: psycopg.Connection | None, *, batch_size: int,
                  progress: ProgressFn | None = None, dry_run: bool = False,
                  defer_indexes: bool | None = None, owner_role: str = "donna_owner",
-                 workers: int | None = None) -> None:
+                 workers: int | None = None, entity: str | None = None) -> None:
+        """:raises UsageError: ``entity`` is not one of :data:`ENTITY_IMPORTS`."""
+        if entity is not None and entity not in ENTITY_IMPORTS:
+            raise UsageError(f"unknown entity {entity!r}; use one of "
+                             f"{', '.join(ENTITY_IMPORTS)}")
+        self.parts = ENTITY_IMPORTS[entity] if entity else ("users", "chats", "messages",
+                                                            "logs")
         self.conn = conn
         self.workers = workers
         self.defer_indexes = defer_indexes
@@ -380,6 +396,14 @@ class Importer:
         return self.summary
 
     def _read_all(self, reader: LegacyReader) -> None:
+        if "users" in self.parts:
+            self._read_users(reader)
+        if "chats" in self.parts:
+            self._read_chats(reader)
+        if "logs" in self.parts:
+            self._read_logs(reader)
+
+    def _read_users(self, reader: LegacyReader) -> None:
         totals = reader.totals
         done = 0
         for user in reader.users():
@@ -391,24 +415,32 @@ class Importer:
             done += len(user.source_paths)
         self._flush()
         self.progress("users", max(0, totals["users"] - done))  # quarantined files
+
+    def _read_chats(self, reader: LegacyReader) -> None:
+        totals = reader.totals
         done = 0
+        messages = "messages" in self.parts
         workers = self.workers
         if workers is None:
             workers = 0 if self.summary.dry_run else default_workers(reader)
         for part in iter_parts(reader, workers):
             self._count("chat_sessions")
-            self._count("messages", part.n_messages)
-            if self._batch.rows and self._batch.rows + 1 + part.n_messages > self.batch_size:
+            n_messages = part.n_messages if messages else 0
+            self._count("messages", n_messages)
+            if self._batch.rows and self._batch.rows + 1 + n_messages > self.batch_size:
                 # A chat is never split between batches: a batch's chats are either all
                 # fresh or all stored (see BATCH_CHATS), even after a kill.
                 self._flush()
             self._batch.chats[part.chat_id] = part.chat
-            self._batch.parts.append(part)
-            self._grow(1 + part.n_messages, part.size)
+            if messages:  # sessions alone: the rows without their messages
+                self._batch.parts.append(part)
+            self._grow(1 + n_messages, part.size if messages else 0)
             self.progress("chats", 1)
             done += 1
         self._flush()
         self.progress("chats", max(0, totals["chats"] - done))
+
+    def _read_logs(self, reader: LegacyReader) -> None:
         for path in reader.inventory.logs:
             for row in iter_log_file(path, reader.inventory, reader.report):
                 self._count("system_logs")
@@ -671,8 +703,9 @@ def default_workers(reader: LegacyReader) -> int:
 def import_data_dir(reader: LegacyReader, conn: psycopg.Connection | None, *, batch_size: int,
                     dry_run: bool = False, progress: ProgressFn | None = None,
                     defer_indexes: bool | None = None, owner_role: str = "donna_owner",
-                    workers: int | None = None) -> ImportSummary:
-    """Run one import (or a dry run when ``dry_run``: ``conn`` is not written).
+                    workers: int | None = None, entity: str | None = None) -> ImportSummary:
+    """Run one import (or a dry run when ``dry_run``: ``conn`` is not written); of one
+    entity's files (:data:`ENTITY_IMPORTS`) when ``entity`` is given.
 
     ``defer_indexes``: None builds the secondary messages indexes once at the end when
     ``messages`` is empty (:mod:`donnadb.legacy.indexes`), True insists on it, False keeps
@@ -682,20 +715,32 @@ def import_data_dir(reader: LegacyReader, conn: psycopg.Connection | None, *, ba
     chooses (:func:`default_workers`), 0 parses in this process.
 
     :raises DataError: a batch failed for another reason than one record's values.
-    :raises UsageError: ``defer_indexes`` on a non-empty messages table.
+    :raises UsageError: ``defer_indexes`` on a non-empty messages table; an unknown
+        ``entity``.
     """
     return Importer(conn, batch_size=batch_size, progress=progress, dry_run=dry_run,
                     defer_indexes=defer_indexes, owner_role=owner_role,
-                    workers=workers).run(reader)
+                    workers=workers, entity=entity).run(reader)
 
 
-def check_storage_type(storage_type: str, postgresql_is_primary: bool) -> None:
+def check_storage_type(phases: Mapping[str, str], postgresql_is_primary: bool, *,
+                       entity: str | None = None) -> None:
     """Refuse an import into the store the app already writes to, unless the operator
     says they know (then no newer row is replaced anyway: conflicts are reported).
 
-    :raises UsageError: ``storage_type`` is ``postgresql`` and not ``postgresql_is_primary``.
+    ``phases`` is each entity's store (``donnadb.dal.entity_phases``): an entity in
+    ``postgresql`` is written to PostgreSQL alone, so its files are older. With
+    ``entity``, only the entities an import of it writes (:data:`ENTITY_WRITES`) count.
+
+    :raises UsageError: an entity the import writes is in ``postgresql`` and not
+        ``postgresql_is_primary``.
     """
-    if storage_type == "postgresql" and not postgresql_is_primary:
-        raise UsageError("DATA_STORAGE_TYPE is postgresql: the app writes to PostgreSQL, so the "
-                         "files are older; pass --i-know-postgresql-is-primary to import anyway "
-                         "(newer rows are kept, differences reported as conflicts)")
+    written = phases if entity is None else ENTITY_WRITES.get(entity, ())
+    alone = [e for e in phases if e in written and phases[e] == "postgresql"]
+    if alone and not postgresql_is_primary:
+        everything = all(phase == "postgresql" for phase in phases.values())
+        what = ("DATA_STORAGE_TYPE is postgresql" if everything else
+                f"{', '.join(alone)} in postgresql (DATA_STORAGE_<ENTITY>)")
+        raise UsageError(f"{what}: the app writes to PostgreSQL, so the files are older; "
+                         "pass --i-know-postgresql-is-primary to import anyway (newer rows "
+                         "are kept, differences reported as conflicts)")

@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from donnadb.errors import UsageError
 from donnadb.legacy.model import ChatRow, MessageRow, UserRow
 from donnadb.legacy.normalise import LEGACY_KEY, iso
 from donnadb.legacy.reader import LegacyReader
@@ -233,25 +234,57 @@ def _ip(value: str | None) -> str | None:
     return str(ipaddress.ip_address(value)) if value else None
 
 
-def verify(reader: LegacyReader, conn: psycopg.Connection) -> VerifyResult:
-    """Compare everything ``reader`` yields with the database behind ``conn``.
+#: The differences each entity owns, by the start of their kind.
+ENTITY_DIFFERENCES = {
+    "users": ("user_",),
+    "memory": ("memory_",),
+    "chats": ("chat_", "session_counters"),
+    "messages": ("message_count", "messages_differ"),
+    "logs": ("log_",),
+}
+
+
+def verify(reader: LegacyReader, conn: psycopg.Connection, *, entity: str | None = None
+           ) -> VerifyResult:
+    """Compare everything ``reader`` yields with the database behind ``conn``; only what
+    belongs to ``entity`` (:data:`ENTITY_DIFFERENCES`) when given.
 
     :raises psycopg.Error: the database cannot be read (the CLI maps it to one line).
+    :raises UsageError: ``entity`` is unknown.
     """
+    if entity is not None and entity not in ENTITY_DIFFERENCES:
+        raise UsageError(f"unknown entity {entity!r}; use one of "
+                         f"{', '.join(ENTITY_DIFFERENCES)}")
     result = VerifyResult()
     orphans: dict[str, Any] = {}
     # One transaction: a consistent view, and the server-side cursor needs one.
     with conn.transaction():
-        _compare_chats(reader, conn, result, orphans)
-        memory_users = _user_keys(reader)
-        for clerk in list(orphans):
-            if clerk in memory_users:
-                del orphans[clerk]
-        _compare_users(reader, conn, result, orphans)
-        _compare_logs(reader, conn, result)
+        if entity in (None, "chats", "messages"):
+            _compare_chats(reader, conn, result, orphans)
+        elif entity in ("users", "memory"):
+            _chat_owners(reader, orphans)  # users made from chats are compared too
+        if entity in (None, "users", "memory"):
+            memory_users = _user_keys(reader)
+            for clerk in list(orphans):
+                if clerk in memory_users:
+                    del orphans[clerk]
+            _compare_users(reader, conn, result, orphans)
+        if entity in (None, "logs"):
+            _compare_logs(reader, conn, result)
     result.quarantined = sorted(reader.report.quarantined, key=lambda q: q["path"])
     result.differences = _unique(result.differences)
+    if entity is not None:
+        owned = ENTITY_DIFFERENCES[entity]
+        result.differences = [d for d in result.differences if d["kind"].startswith(owned)]
     return result
+
+
+def _chat_owners(reader: LegacyReader, orphans: dict[str, Any]) -> None:
+    """The chats' owners and their first chat's time, as _compare_chats collects them,
+    without reading the database's messages."""
+    for chat in reader.chats():
+        if chat.clerk_id and chat.clerk_id not in orphans:
+            orphans[chat.clerk_id] = chat.created_at
 
 
 def _user_keys(reader: LegacyReader) -> set[str]:

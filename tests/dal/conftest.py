@@ -5,12 +5,34 @@ from __future__ import annotations
 import pytest
 
 from donnadb import db
-from donnadb.dal import DualWriteDataAccess, FileDataAccess, PostgresDataAccess
+from donnadb.dal import (
+    DualWriteDataAccess,
+    FileDataAccess,
+    MixedDataAccess,
+    PostgresDataAccess,
+)
 from donnadb.migrate import apply_migrations
 from tests.dal import replicas
 from tests.support import create_scratch_database, drop_database
 
-STORES = ["file", "postgresql", "dual-file", "dual-postgresql"]
+#: Stores per entity the contract also holds for: (users, memory, chats, messages, logs)
+#: phases and the primary store. The plan's pilot, reading memory from either store; a
+#: middle step reading from PostgreSQL; a late step with every session in PostgreSQL
+#: and messages still copied.
+MIXED = {
+    "mixed-pilot": (("file", "dual", "file", "file", "file"), "file"),
+    "mixed-pilot-pg": (("file", "dual", "file", "file", "file"), "postgresql"),
+    "mixed-middle": (("dual", "dual", "dual", "dual", "postgresql"), "postgresql"),
+    "mixed-late": (("postgresql", "postgresql", "postgresql", "dual", "file"), "file"),
+}
+STORES = ["file", "postgresql", "dual-file", "dual-postgresql", *MIXED]
+ENTITIES = ("users", "memory", "chats", "messages", "logs")
+
+
+def make_mixed(settings, dbname, data_dir, kind: str) -> MixedDataAccess:
+    phases, primary = MIXED[kind]
+    return MixedDataAccess(FileDataAccess(data_dir), make_pg(settings, dbname),
+                           phases=dict(zip(ENTITIES, phases, strict=True)), primary=primary)
 
 
 def make_pg(settings, dbname, **kwargs) -> PostgresDataAccess:
@@ -74,6 +96,9 @@ def dal(request, tmp_path, settings):
         pg = make_pg(settings, dbname)
         if kind == "postgresql":
             store = pg
+        elif kind in MIXED:
+            pg.close()
+            store = make_mixed(settings, dbname, tmp_path / "data", kind)
         else:
             store = DualWriteDataAccess(FileDataAccess(tmp_path / "data"), pg,
                                         primary=kind.removeprefix("dual-"))

@@ -1,5 +1,5 @@
-"""The one contract every store keeps. Runs unchanged against file, postgresql and
-dual-write (reading from either store); see tests/dal/conftest.py."""
+"""The one contract every store keeps. Runs unchanged against file, postgresql,
+dual-write (reading from either store) and stores per entity; see tests/dal/conftest.py."""
 
 from __future__ import annotations
 
@@ -431,10 +431,18 @@ def test_write_log_returns_an_id_and_checks_its_input(dal):
             dal.write_log(level, message, **args)
 
 
+def log_stores(dal) -> list:
+    """Where ``dal`` keeps log entries: dual-write and mixed stores by the logs' phase."""
+    if not isinstance(dal, DualWriteDataAccess):
+        return [dal]
+    return {"file": [dal.files], "dual": [dal.files, dal.pg],
+            "postgresql": [dal.pg]}[dal.phases["logs"]]
+
+
 def logged(dal, log_id: str) -> list[tuple[str, str]]:
     """(level, message) of entry ``log_id`` in each store behind ``dal``, read back from
     where that store keeps it: a ``logs/*.jsonl`` line, a ``system_logs`` row."""
-    stores = [dal.files, dal.pg] if isinstance(dal, DualWriteDataAccess) else [dal]
+    stores = log_stores(dal)
     found = []
     for store in stores:
         if isinstance(store, FileDataAccess):
@@ -458,7 +466,7 @@ def test_write_log_outlives_a_rollback(dal):
         log_id = dal.write_log("ERROR", "what went wrong")
         raise RuntimeError("boom")
     assert dal.get_chat_session("c_tx") is None
-    copies = 2 if isinstance(dal, DualWriteDataAccess) else 1
+    copies = len(log_stores(dal))
     assert logged(dal, log_id) == [("error", "what went wrong")] * copies
     later = dal.write_log("info", "still writable")
     assert logged(dal, later) == [("info", "still writable")] * copies
@@ -469,4 +477,4 @@ def test_health_check(dal):
     assert isinstance(dal, DataAccess)
     health = dal.health_check()
     assert health["status"] == "ok", health
-    assert health["store"] in ("file", "postgresql", "dual")
+    assert health["store"] in ("file", "postgresql", "dual", "mixed")

@@ -242,3 +242,28 @@ def test_a_log_written_while_the_database_is_down_is_reconciled_once(settings, d
         rows = conn.execute("SELECT id::text, level, context FROM system_logs").fetchall()
     assert rows == [(log_id, "critical",
                      {"attempt": 1, "_donnadb_legacy": {"source": lines[0]["source"]}})]
+
+
+def test_reconcile_one_entity_keeps_the_others_queued(down, up):
+    write_some(down)
+    queued = [json.loads(x) for x in down.queue.path.read_text().splitlines()]
+    # Memory: the memory file's entries (users share them); chats and messages wait.
+    result = reconcile(up, entity="memory")
+    assert (result.ok, result.replayed, result.entries) == (True, 1, 2)
+    user = up.pg.get_user_by_clerk_id("user_ana")
+    assert up.pg.get_user_memory(user["id"], "context") == {"pet": "cat"}
+    assert up.pg.get_chat_session("c_1") is None
+    left = [json.loads(x) for x in up.queue.path.read_text().splitlines()]
+    assert [(e["kind"], e["op"], e["error"]) for e in left] == [
+        (e["kind"], e["op"], e["error"]) for e in queued if e["kind"] != "user"]
+    # Messages bring their chat's row along (as a live copy does); the chat's own
+    # entries stay queued until chats are reconciled.
+    assert reconcile(up, entity="messages").replayed == 1
+    assert up.pg.get_message_count("c_1") == 3
+    assert {e["kind"] for e in map(json.loads, up.queue.path.read_text().splitlines())} == {
+        "chat"}
+    assert reconcile(up, entity="chats").ok
+    assert up.pg.get_chat_session("c_1")["title"] == "Lisbon"
+    assert up.queue.count() == 0
+    with pytest.raises(UsageError, match="unknown entity 'files'"):
+        reconcile(up, entity="files")

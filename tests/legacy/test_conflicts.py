@@ -8,9 +8,13 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from donnadb import db
 from donnadb.dal.postgres import PostgresDataAccess
+from donnadb.errors import UsageError
 from donnadb.legacy.fixtures import generate
+from donnadb.legacy.importer import check_storage_type
 from tests.legacy.conftest import DONNACTL, run_cli
 
 COUNTS = """SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM chat_sessions),
@@ -124,6 +128,18 @@ def test_a_file_without_updated_at_never_replaces_a_stored_row(settings, scratch
     with db.connect("migrator", settings=settings, dbname=scratch_db) as conn:
         assert conn.execute("SELECT title FROM chat_sessions WHERE chat_id = 'c_7000000'"
                             ).fetchone()[0] != "Edited in the file, no version"
+
+
+def test_import_refuses_when_one_entity_is_in_postgresql_alone():
+    pilot = {"users": "file", "memory": "dual", "chats": "file", "messages": "file",
+             "logs": "file"}
+    check_storage_type(pilot, False)  # files still take every write
+    late = {**pilot, "users": "postgresql", "memory": "postgresql"}
+    with pytest.raises(UsageError, match="users, memory in postgresql .*--i-know"):
+        check_storage_type(late, False)
+    check_storage_type(late, True)
+    with pytest.raises(UsageError, match="^DATA_STORAGE_TYPE is postgresql"):
+        check_storage_type(dict.fromkeys(pilot, "postgresql"), False)
 
 
 def test_import_refuses_when_postgresql_is_the_primary_store(settings, scratch_db, tmp_path):

@@ -201,3 +201,26 @@ def test_timestamps_at_the_edges_import_and_round_trip(settings, scratch_db, sec
     with db.connect("migrator", settings=settings, dbname=second_db, autocommit=True) as conn:
         import_data_dir(LegacyReader.open(tmp_path / "out"), conn, batch_size=10)
     assert checksums(settings, second_db) == checksums(settings, scratch_db)
+
+
+def test_export_one_entity_writes_the_files_holding_it(settings, scratch_db, tmp_path):
+    root = tmp_path / "data"
+    generate(root, users=5, chats=8, messages_per_chat=3, logs=10, deviations=False)
+    with db.connect("migrator", settings=settings, dbname=scratch_db, autocommit=True) as conn:
+        import_data_dir(LegacyReader.open(root), conn, batch_size=100)
+    for entity, folder in (("memory", "memory"), ("users", "memory"),
+                           ("chats", "chat_sessions"), ("messages", "chat_sessions"),
+                           ("logs", "logs")):
+        out = tmp_path / f"out-{entity}"
+        done = run_cli("migrate-data", "export", "--out", str(out), "--dbname", scratch_db,
+                       "--entity", entity)
+        assert done.returncode == 0, done.stderr
+        assert [p.name for p in out.iterdir()] == [folder], entity
+        assert any((out / folder).iterdir())
+    # Chat files keep their messages: exported chats verify against the database's.
+    with db.connect("readonly", settings=settings, dbname=scratch_db) as conn:
+        result = verify(LegacyReader.open(tmp_path / "out-messages"), conn, entity="messages")
+    assert result.ok, result.differences[:3]
+    with db.connect("readonly", settings=settings, dbname=scratch_db) as conn, \
+            pytest.raises(UsageError, match="unknown entity"):
+        export_data_dir(conn, tmp_path / "out-bad", entity="files")

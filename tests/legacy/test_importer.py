@@ -10,6 +10,7 @@ import time
 import pytest
 
 from donnadb import db
+from donnadb.errors import UsageError
 from donnadb.legacy import importer
 from donnadb.legacy.fixtures import generate
 from donnadb.legacy.importer import import_data_dir
@@ -234,3 +235,39 @@ def test_a_growing_first_load_analyses_its_tables(settings, scratch_db, tmp_path
     # Analysed at the last power of four the table passed: between a quarter and all of it.
     for table, n in counts.items():
         assert n / 4 <= rows[table] <= n, (table, rows[table], n)
+
+
+def test_importing_one_entity_at_a_time_gives_the_full_import(settings, scratch_db, second_db,
+                                                              tmp_path):
+    root = tmp_path / "data"
+    generate(root, users=8, chats=20, messages_per_chat=4, logs=30, deviations=False)
+    with db.connect("migrator", settings=settings, dbname=second_db, autocommit=True) as conn:
+        import_data_dir(LegacyReader.open(root), conn, batch_size=50)
+    counts = []
+    with db.connect("migrator", settings=settings, dbname=scratch_db, autocommit=True) as conn:
+        for entity in ("memory", "chats", "messages", "logs"):
+            summary = import_data_dir(LegacyReader.open(root), conn, batch_size=50,
+                                      entity=entity)
+            assert summary.conflicts == [], entity
+            counts.append(conn.execute(COUNT_ALL).fetchone())
+        assert verify(LegacyReader.open(root), conn).ok
+    users, memory = counts[0][0], counts[0][3]
+    assert users and memory and counts[0][1:3] + counts[0][4:] == (0, 0, 0)
+    # Sessions alone: no message (and their counters say so), owners made bare users.
+    assert counts[1][1] and counts[1][2] == 0 and counts[1][4] == 0
+    assert counts[2][2] and counts[2][4] == 0
+    assert counts[3][4] == 30
+    assert checksums(settings, scratch_db) == checksums(settings, second_db)
+    with pytest.raises(UsageError, match="unknown entity 'files'"):
+        import_data_dir(LegacyReader.open(root), None, batch_size=50, dry_run=True,
+                        entity="files")
+
+
+def test_importing_one_entity_is_refused_only_when_postgresql_alone_holds_it():
+    late = {"users": "postgresql", "memory": "postgresql", "chats": "postgresql",
+            "messages": "dual", "logs": "file"}
+    importer.check_storage_type(late, False, entity="logs")
+    with pytest.raises(UsageError, match="^chats in postgresql"):
+        importer.check_storage_type(late, False, entity="messages")  # its sessions come too
+    with pytest.raises(UsageError, match="^users, memory in postgresql"):
+        importer.check_storage_type(late, False, entity="memory")

@@ -35,3 +35,21 @@ def test_import_into_an_unmigrated_database_says_what_to_do(empty_db, tmp_path):
                    "--dbname", empty_db, "--report-dir", str(tmp_path / "r"))
     assert done.returncode == 5
     assert "migrate apply" in done.stderr
+
+
+def test_reconcile_one_entity_leaves_the_others_queued(scratch_db, tmp_path):
+    from donnadb.dal import ReconcileQueue
+
+    data = tmp_path / "data"
+    queue = ReconcileQueue(data / ".dualwrite" / "pending.jsonl")
+    queue.append([{"kind": "user", "clerk_id": "user_gone"},
+                  {"kind": "log", "source": "donnadb-gone.jsonl:1"}], op="test", error="down")
+    done = run_cli("migrate-data", "reconcile", "--data-dir", str(data), "--dbname",
+                   scratch_db, "--json", "--entity", "users")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["entries"] == 1
+    assert [json.loads(x)["kind"] for x in queue.path.read_text().splitlines()] == ["log"]
+    bad = run_cli("migrate-data", "reconcile", "--data-dir", str(data), "--dbname",
+                  scratch_db, "--entity", "files")
+    assert bad.returncode == 3 and "unknown entity 'files'" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1

@@ -37,3 +37,34 @@ def test_verify_detects_a_changed_message_a_missing_chat_and_a_changed_memory_va
     assert ("chat_missing", "c_7000005") in found
     assert any(kind == "memory_differs" and key.endswith("/context/pet") for kind, key in found)
     assert len(found) == 3
+
+
+def test_verify_one_entity_reports_only_its_differences(settings, scratch_db, tmp_path):
+    root = tmp_path / "data"
+    generate(root, users=6, chats=12, deviations=False)
+    with db.connect("migrator", settings=settings, dbname=scratch_db, autocommit=True) as conn:
+        import_data_dir(LegacyReader.open(root), conn, batch_size=100)
+    with db.connect("migrator", settings=settings, dbname=scratch_db) as conn:
+        conn.execute(
+            "UPDATE messages SET content = content || '!' WHERE sequence_number = 2 AND "
+            "chat_session_id = (SELECT id FROM chat_sessions WHERE chat_id = 'c_7000003')")
+        conn.execute("UPDATE chat_sessions SET title = 'changed' WHERE chat_id = 'c_7000004'")
+        conn.execute("UPDATE user_memory SET value = '\"fish\"' WHERE key = 'pet' AND user_id = "
+                     "(SELECT id FROM users WHERE email = 'u0@example.com')")
+        conn.execute("UPDATE users SET name = 'changed' WHERE email = 'u1@example.com'")
+        conn.commit()
+
+    def kinds(entity: str) -> tuple[int, set[str]]:
+        done = run_cli("migrate-data", "verify", "--data-dir", str(root), "--dbname",
+                       scratch_db, "--json", "--entity", entity)
+        found = json.loads(done.stdout)["differences"] if done.stdout else []
+        return done.returncode, {d["kind"] for d in found}
+
+    assert kinds("messages") == (1, {"messages_differ"})
+    assert kinds("chats") == (1, {"chat_differs"})
+    assert kinds("memory") == (1, {"memory_differs"})
+    assert kinds("users") == (1, {"user_differs"})
+    assert kinds("logs") == (0, set())
+    unknown = run_cli("migrate-data", "verify", "--data-dir", str(root), "--dbname",
+                      scratch_db, "--entity", "files")
+    assert unknown.returncode == 3 and "unknown entity 'files'" in unknown.stderr
