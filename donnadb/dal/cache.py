@@ -312,6 +312,27 @@ def open_cache(settings: Settings, dbname: str) -> Cache | None:
                  retry=settings.cache_retry_seconds)
 
 
+def forget(settings: Settings, dbname: str, keys: Iterable[tuple[str, str]]) -> bool:
+    """New versions for ``keys`` ((kind, id) pairs) changed outside the DAL (`donnactl
+    users forget`), so that no application host serves their cached values. True when
+    done or the cache is off; False (and a warning) when Redis could not be reached:
+    the values then expire within CACHE_TTL_SECONDS.
+
+    :raises ConfigError: CACHE_PASSWORD_FILE is unreadable or readable by others.
+    """
+    store = open_cache(settings, dbname)
+    if store is None:
+        return True
+    try:
+        store.bump(keys)
+        if store.failed_bumps:
+            log.warning("could not drop the cached values of what was changed: they "
+                        "expire within %gs (CACHE_TTL_SECONDS)", settings.cache_ttl_seconds)
+        return store.failed_bumps == 0
+    finally:
+        store.close()
+
+
 def read_password(path: Path | None) -> str | None:
     """The password in ``path`` (its first line), None without a file.
 

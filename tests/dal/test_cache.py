@@ -364,3 +364,22 @@ def test_with_replicas_a_miss_reads_the_leader(settings, replica_db, redis_serve
             assert counts(here) == {"hits": 1, "misses": 2, "bypassed": 0}
     finally:
         rs.standby.sql("SELECT pg_wal_replay_resume()")
+
+
+def test_an_erased_user_is_not_served_from_the_cache(fast, pg_db):
+    """`donnactl users forget` erases in PostgreSQL directly, then drops the versions."""
+    from donnadb.ops import users
+
+    s = fast.model_copy(update={"cache_ttl_seconds": 60.0})
+    with open_dal(s, pg_db) as dal:
+        uid = seed(dal)
+        for _ in range(2):
+            dal.get_chat_session("c_1")
+            dal.get_chat_history("c_1")
+            dal.get_user_memory(uid, "context")
+        assert counts(dal)["hits"] == 3
+        assert users.forget_user(s, uid, dbname=pg_db)["sessions"] == 1
+        assert dal.get_chat_session("c_1") is None
+        assert dal.get_chat_history("c_1") == []
+        assert dal.get_user_memory(uid, "context") == {}
+        assert counts(dal)["hits"] == 3
