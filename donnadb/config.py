@@ -128,6 +128,29 @@ class Settings(BaseSettings):
     health_tls_expiry_warn_days: float = Field(30.0, ge=0)
     health_tls_expiry_crit_days: float = Field(0.0, ge=0)
 
+    # The DAL's read-through cache in Redis (donnadb/dal/cache.py; docs/dal.md, "Cache").
+    cache_enabled: bool = False
+    #: redis://host:port/db, or rediss:// for TLS; never credentials (CACHE_USERNAME and
+    #: CACHE_PASSWORD_FILE hold them, so no password reaches a URL, argv or a log).
+    cache_url: str = Field("redis://127.0.0.1:6379/0",
+                           pattern=r"^rediss?://[^\s/?#@]+(/\d{1,2})?$")
+    #: The Redis ACL user (unset: the default user).
+    cache_username: str | None = None
+    #: A file holding the Redis password alone (mode 0600; unset: no AUTH).
+    cache_password_file: Path | None = None
+    #: How long a cached value lives, and so the staleness bound when a write could not
+    #: reach Redis (docs/dal.md, "Cache").
+    cache_ttl_seconds: float = Field(60.0, gt=0)
+    #: Each Redis call's socket timeout (connect and reply): a slow Redis costs a request
+    #: this much at most, once per CACHE_RETRY_SECONDS.
+    cache_timeout_seconds: float = Field(0.1, gt=0)
+    #: After a Redis failure the DAL leaves it alone this long, then tries again.
+    cache_retry_seconds: float = Field(1.0, gt=0)
+    #: get_chat_history is cached for offset 0 and a limit up to this.
+    cache_history_max_limit: int = Field(100, ge=1)
+    #: CA of a rediss:// server (unset: the system's trust store).
+    cache_sslrootcert: Path | None = None
+
     # Roles created by the deploy.
     db_role_owner: str = ROLE_OWNER
     db_role_migrator: str = ROLE_MIGRATOR
@@ -335,11 +358,13 @@ class Settings(BaseSettings):
 
     @field_validator("patroni_config", "data_storage_users", "data_storage_memory",
                      "data_storage_chats", "data_storage_messages", "data_storage_logs",
+                     "cache_password_file", "cache_sslrootcert", "cache_username",
                      mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # PATRONI_CONFIG= (empty) in donnadb.env means "not in a cluster", like no line;
-        # DATA_STORAGE_MEMORY= means "as DATA_STORAGE_TYPE says".
+        # DATA_STORAGE_MEMORY= means "as DATA_STORAGE_TYPE says"; an empty CACHE_* file
+        # or user likewise means none.
         return None if value == "" else value
 
     @field_validator("*")

@@ -24,7 +24,7 @@ from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from donnadb.config import Settings, get_settings
-from donnadb.dal import fastpath, ranking, routing
+from donnadb.dal import cache, fastpath, ranking, routing
 from donnadb.dal import postgres_sql as q
 from donnadb.dal.errors import (
     ConflictError,
@@ -144,6 +144,8 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         self._router: routing.ReadRouter | None = None
         if read_info is not None:
             self._router = routing.ReadRouter(s, pool(read_info, "donnadb-dal-read"))
+        # The read-through cache (CACHE_ENABLED; donnadb/dal/cache.py): None when off.
+        self._cache = cache.open_cache(s, dbname or s.db_name)
 
     # ------------------------------------------------------------------ plumbing
     @contextmanager
@@ -189,20 +191,33 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
             raise FailoverError(LOST) from exc
 
     def _read(self, work, *, chat: str | None = None, user: str | None = None,
-              clerk: str | None = None):
+              clerk: str | None = None, cached: cache.Entry | None = None):
         """``work(conn)`` for a read of one statement: on the thread's transaction
         connection if one is open, else on the replicas' pool when routing allows it
         (see :mod:`donnadb.dal.routing`), else the leader's. A connection lost midway is
         retried once on a fresh one (reads have no effect to repeat).
 
+        With ``cached`` and the cache on, outside a transaction (whose reads must see
+        its own uncommitted writes), the result may come from the cache; a miss reads
+        the leader: a lagging replica's older copy would be cached under the current
+        version and served until the next write.
+
         :raises DatabaseError: no connection, or lost twice.
         """
+        in_tx = getattr(self._local, "conn", None) is not None
+        if cached is not None and self._cache is not None and not in_tx:
+            return self._cache.read_through(cached, lambda: self._read_db(work, leader=True))
+        return self._read_db(work, chat=chat, user=user, clerk=clerk)
+
+    def _read_db(self, work, *, chat: str | None = None, user: str | None = None,
+                 clerk: str | None = None, leader: bool = False):
+        """:meth:`_read` without the cache; ``leader`` keeps it off the replicas."""
         if getattr(self._local, "conn", None) is not None:
             with self._conn() as conn:
                 return work(conn)
         pool = self._pool
         router = self._router
-        if router is not None:
+        if router is not None and not leader:
             keys = [(kind, key) for kind, key in
                     (("chat", chat), ("user", user), ("clerk", clerk)) if key is not None]
             if not router.written_recently(keys) and router.replicas_usable():
@@ -225,14 +240,19 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
     def _wrote(self, *, chat: str | None = None, user: str | None = None,
                clerk: str | None = None) -> None:
         """Note a write for read-your-writes (again at commit when inside a transaction:
-        the window starts when others can see it)."""
-        if self._router is None:
+        the window starts when others can see it) and give what it changed new cache
+        versions: now, or at commit inside a transaction (until then others still see
+        the old rows, and may cache them)."""
+        if self._router is None and self._cache is None:
             return
         keys = [(kind, key) for kind, key in
                 (("chat", chat), ("user", user), ("clerk", clerk)) if key is not None]
-        self._router.wrote(keys)
+        if self._router is not None:
+            self._router.wrote(keys)
         if getattr(self._local, "conn", None) is not None:
             self._local.wrote = [*getattr(self._local, "wrote", []), *keys]
+        elif self._cache is not None:
+            self._cache.bump(keys)
 
     @contextmanager
     def _atomic(self) -> Iterator[psycopg.Connection]:
@@ -369,7 +389,7 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
 
     def get_chat_session(self, chat_id: str) -> ChatSession | None:
         return self._read(lambda c: c.execute(self._session_sql, (chat_id,)).fetchone(),
-                          chat=chat_id)
+                          chat=chat_id, cached=cache.Entry("chat", chat_id, ("session",)))
 
     def update_chat_session(self, chat_id: str, updates: Mapping[str, Any]) -> bool:
         check_fields(updates, SESSION_FIELDS, "chat session")
@@ -482,9 +502,12 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
 
     def get_chat_history(self, chat_id: str, limit: int = 20, offset: int = 0) -> list[Message]:
         check_window(limit, offset)
+        # The last page only: the one every turn of a conversation reads.
+        last_page = offset == 0 and limit <= self.settings.cache_history_max_limit
         rows = self._read(lambda c: fastpath.fetch(
             c, self._history, (fastpath.text(chat_id), b"%d" % limit, b"%d" % offset),
-            prepare=self._prepare), chat=chat_id)
+            prepare=self._prepare), chat=chat_id,
+            cached=cache.Entry("chat", chat_id, ("history", limit)) if last_page else None)
         rows.reverse()  # the page comes newest first
         return _unescaped(rows)
 
@@ -576,7 +599,9 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
             return {}
         params = {"user_id": user_id, "memory_type": memory_type, "key": key}
         query = q.SELECT_MEMORY if key is None else q.SELECT_MEMORY_KEY
-        rows = self._read(lambda c: c.execute(query, params).fetchall(), user=user_id)
+        rows = self._read(lambda c: c.execute(query, params).fetchall(), user=user_id,
+                          cached=cache.Entry("user", user_id, ("memory", memory_type, key),
+                                             _first_expiry))
         return {r["key"]: r["value"] for r in rows}
 
     def memory_entries(self, user_id: str) -> list[MemoryEntry]:
@@ -680,6 +705,10 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
             raise _translate(exc, self.pool_timeout) from exc
         finally:
             self._pool.putconn(conn)
+            if self._cache is not None:
+                # Even when the commit failed: a commit whose connection broke may have
+                # happened, and a needless new version costs one cache miss.
+                self._cache.bump(wrote)
         if self._router is not None:
             self._router.wrote(wrote)
         return True
@@ -712,6 +741,9 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
             # The last lag measurement (None before the first read) and its verdict.
             result["replicas"] = {"lag_seconds": self._router.lag,
                                   "reads_to": "leader" if self._router.lagging else "replicas"}
+        if self._cache is not None:
+            # Informative only: a cache that is down costs speed, never an answer.
+            result["cache"] = self._cache.health()
         started = time.perf_counter()
         try:
             with self._pool.connection(timeout=min(self.pool_timeout, 5.0)) as conn:
@@ -734,6 +766,8 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
     def close(self) -> None:
         if self._router is not None:
             self._router.close()
+        if self._cache is not None:
+            self._cache.close()
         self._pool.close()
 
     def __enter__(self) -> PostgresDataAccess:
@@ -792,6 +826,12 @@ def _check_idle_connection(conn: psycopg.Connection) -> None:
         readable = True
     if readable:
         ConnectionPool.check_connection(conn)
+
+
+def _first_expiry(rows: list[dict[str, Any]]) -> float | None:
+    """Seconds until the first of ``rows`` (memory entries) expires: a cached copy must
+    not outlive it."""
+    return min((r["expires_in"] for r in rows if r["expires_in"] is not None), default=None)
 
 
 def _section_sql(template: str, memory_type: str) -> sql.Composed:

@@ -67,14 +67,17 @@ REMOVE_SECTION_KEYS = """
 UPDATE users SET {column} = {column} - %(keys)s::text[] WHERE id = %(user_id)s
 """
 
+# expires_in (seconds, by the server's clock): how long the cache may keep the answer.
 SELECT_MEMORY = """
-SELECT key, value FROM user_memory
+SELECT key, value, extract(epoch FROM expires_at - now())::float8 AS expires_in
+  FROM user_memory
  WHERE user_id = %(user_id)s AND memory_type = %(memory_type)s
    AND (expires_at IS NULL OR expires_at > now())
  ORDER BY key
 """
 SELECT_MEMORY_KEY = """
-SELECT key, value FROM user_memory
+SELECT key, value, extract(epoch FROM expires_at - now())::float8 AS expires_in
+  FROM user_memory
  WHERE user_id = %(user_id)s AND memory_type = %(memory_type)s AND key = %(key)s
    AND (expires_at IS NULL OR expires_at > now())
 """

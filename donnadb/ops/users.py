@@ -18,6 +18,7 @@ from psycopg.rows import dict_row
 
 from donnadb import db
 from donnadb.config import Settings
+from donnadb.dal import cache
 from donnadb.errors import NotFound
 from donnadb.ops import eventlog
 
@@ -63,7 +64,7 @@ ORDER BY sequence_number DESC LIMIT %(limit)s
 
 LOCK_USER_SQL = "SELECT id FROM users WHERE id = %(id)s FOR UPDATE"
 COUNT_MEMORY_SQL = "SELECT count(*) FROM user_memory WHERE user_id = %(id)s"
-DELETE_SESSIONS_SQL = "DELETE FROM chat_sessions WHERE user_id = %(id)s"
+DELETE_SESSIONS_SQL = "DELETE FROM chat_sessions WHERE user_id = %(id)s RETURNING chat_id"
 DELETE_MEMORY_SQL = "DELETE FROM user_memory WHERE user_id = %(id)s"
 # Application logs that name the user in their context go too (only the erasure records
 # stay): through the owner's function, the application role has no DELETE on system_logs.
@@ -133,7 +134,9 @@ def forget_user(settings: Settings, ident: str, *, dbname: str | None = None) ->
     """Erase a user and everything that belongs to them, in one transaction, with a record.
 
     Sessions are deleted explicitly (the schema would only null their user_id) and their
-    messages go by cascade; memory and logs naming the user go too.
+    messages go by cascade; memory and logs naming the user go too. With the DAL's cache
+    on (CACHE_ENABLED), the user's and their chats' cached values are dropped after the
+    commit (Redis unreachable: they expire within CACHE_TTL_SECONDS).
 
     :raises NotFound: no such user (nothing changed).
     :raises DatabaseError: the database cannot be reached (nothing changed).
@@ -145,11 +148,14 @@ def forget_user(settings: Settings, ident: str, *, dbname: str | None = None) ->
         cur.execute(LOCK_USER_SQL, args)
         totals = cur.execute(SESSION_TOTALS_SQL, args).fetchone()
         memory = cur.execute(COUNT_MEMORY_SQL, args).fetchone()["count"]
-        sessions = cur.execute(DELETE_SESSIONS_SQL, args).rowcount
+        chats = [r["chat_id"] for r in cur.execute(DELETE_SESSIONS_SQL, args).fetchall()]
+        sessions = len(chats)
         cur.execute(DELETE_MEMORY_SQL, args)
         logs = cur.execute(DELETE_LOGS_SQL, args).fetchone()["deleted"]
         cur.execute(DELETE_USER_SQL, args)
         result = {"user_id": str(user["id"]), "sessions": sessions,
                   "messages": totals["messages"], "memory": memory, "logs": logs}
         eventlog.record_event(conn, "notice", "user erased (GDPR)", {**result, ERASURE_KEY: True})
+    cache.forget(settings, dbname or settings.db_name,
+                 [("user", result["user_id"]), *(("chat", c) for c in chats)])
     return result

@@ -1,4 +1,5 @@
-"""Fixtures of the DAL tests: one ``dal`` fixture per store, real PostgreSQL for two."""
+"""Fixtures of the DAL tests: one ``dal`` fixture per store, real PostgreSQL for three
+(one of them with the Redis cache on)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from donnadb.dal import (
 )
 from donnadb.migrate import apply_migrations
 from tests.dal import replicas
+from tests.dal.redisserver import RedisServer, cache_settings
 from tests.support import create_scratch_database, drop_database
 
 #: Stores per entity the contract also holds for: (users, memory, chats, messages, logs)
@@ -25,7 +27,7 @@ MIXED = {
     "mixed-middle": (("dual", "dual", "dual", "dual", "postgresql"), "postgresql"),
     "mixed-late": (("postgresql", "postgresql", "postgresql", "dual", "file"), "file"),
 }
-STORES = ["file", "postgresql", "dual-file", "dual-postgresql", *MIXED]
+STORES = ["file", "postgresql", "postgresql+cache", "dual-file", "dual-postgresql", *MIXED]
 ENTITIES = ("users", "memory", "chats", "messages", "logs")
 
 
@@ -77,6 +79,25 @@ def replica_db(settings, replica_set):
     return replica_set
 
 
+@pytest.fixture(scope="session")
+def redis_session(tmp_path_factory):
+    """A redis-server for the session's cache tests (tests/dal/redisserver.py)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_server(redis_session):
+    """``redis_session`` running and empty for this test (a test may kill or pause it)."""
+    if redis_session.proc.poll() is not None:
+        redis_session.start()
+    redis_session.resume()
+    redis_session.flush()
+    return redis_session
+
+
 @pytest.fixture
 def pg_db(settings, dal_db):
     """``dal_db`` emptied for this test."""
@@ -93,8 +114,10 @@ def dal(request, tmp_path, settings):
         store = FileDataAccess(tmp_path / "data")
     else:
         dbname = request.getfixturevalue("pg_db")
+        if kind == "postgresql+cache":
+            settings = cache_settings(settings, request.getfixturevalue("redis_server"))
         pg = make_pg(settings, dbname)
-        if kind == "postgresql":
+        if kind.startswith("postgresql"):
             store = pg
         elif kind in MIXED:
             pg.close()
@@ -106,4 +129,8 @@ def dal(request, tmp_path, settings):
     if isinstance(store, DualWriteDataAccess):
         # A contract test never expects dual-write to fall behind.
         assert store.queue.count() == 0
+    if kind == "postgresql+cache":
+        # The cache answered without a failure, and was used.
+        health = store.health_check()["cache"]
+        assert health["status"] == "ok" and health["errors"] == 0, health
     store.close()
