@@ -64,13 +64,15 @@ test: deploy
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq patroni etcd-server; \
 		rc=$$?; [ -z "$$own" ] || rm -f /usr/sbin/policy-rc.d; exit $$rc; }
 	@# The DAL cache's tests start their own redis-server (tests/dal/redisserver.py): the
-	@# package's service must not start either.
+	@# package's service, passwordless on loopback, must not start, now or at boot.
 	@command -v redis-server >/dev/null || { \
 		own=; [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; \
 		chmod 755 /usr/sbin/policy-rc.d; own=1; }; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 		--no-install-recommends redis-server; \
-		rc=$$?; [ -z "$$own" ] || rm -f /usr/sbin/policy-rc.d; exit $$rc; }
+		rc=$$?; [ -z "$$own" ] || rm -f /usr/sbin/policy-rc.d; \
+		! command -v systemctl >/dev/null || systemctl mask -q redis-server.service; \
+		exit $$rc; }
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest --durations=25 $(PYTEST_ARGS)
 

@@ -2,7 +2,8 @@
 --
 -- Through PgBouncer in transaction mode (Debian 12's 1.18 keeps no prepared statements)
 -- every statement a client sends is planned afresh: in the load test's mix the history
--- read spent about as long planning as executing, and the chat session read longer.
+-- read spent about as long planning as executing, as do other one-row lookups such as
+-- the chat session read.
 -- A PL/pgSQL function keeps the plans of its statements for the life of the server
 -- connection (custom plans for the first five calls, then the generic plan unless it is
 -- dearer), and a call to it costs next to nothing to plan. The DAL calls them through
