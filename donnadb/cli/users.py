@@ -10,6 +10,7 @@ from rich.table import Table
 from donnadb.cli.opsrun import confirm, logged, settings
 from donnadb.cli.options import DbOpt, DryRunOpt, JsonOpt, YesOpt
 from donnadb.cli.output import console, emit_json
+from donnadb.dal import cache
 from donnadb.ops import users
 
 app = typer.Typer(no_args_is_help=True)
@@ -68,7 +69,10 @@ def forget_cmd(ident: IdentArg, dry_run: DryRunOpt = False, yes: YesOpt = False,
             console.print(f"dry run: would {plan}", highlight=False)
         return
     confirm(f"{plan[0].upper()}{plan[1:]}? This cannot be undone", yes)
-    result = users.forget_user(s, ident, dbname=dbname)
+    # With the DAL's cache on, no application host may serve the erased user's data
+    # from it (Redis unreachable: the values expire within CACHE_TTL_SECONDS).
+    result = users.forget_user(s, ident, dbname=dbname, erased=lambda keys: cache.forget(
+        s, dbname or s.db_name, keys))
     if json:
         emit_json(result)
     else:

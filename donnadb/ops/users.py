@@ -11,6 +11,7 @@ not delete from system_logs: the user's log rows go through ``forget_user_logs()
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -18,7 +19,6 @@ from psycopg.rows import dict_row
 
 from donnadb import db
 from donnadb.config import Settings
-from donnadb.dal import cache
 from donnadb.errors import NotFound
 from donnadb.ops import eventlog
 
@@ -130,13 +130,15 @@ def inspect_chat(settings: Settings, ident: str, *, limit: int = 10,
     return {"chat": chat, "by_role": by_role, "recent_messages": recent}
 
 
-def forget_user(settings: Settings, ident: str, *, dbname: str | None = None) -> dict[str, Any]:
+def forget_user(settings: Settings, ident: str, *, dbname: str | None = None,
+                erased: Callable[[list[tuple[str, str]]], object] | None = None,
+                ) -> dict[str, Any]:
     """Erase a user and everything that belongs to them, in one transaction, with a record.
 
     Sessions are deleted explicitly (the schema would only null their user_id) and their
-    messages go by cascade; memory and logs naming the user go too. With the DAL's cache
-    on (CACHE_ENABLED), the user's and their chats' cached values are dropped after the
-    commit (Redis unreachable: they expire within CACHE_TTL_SECONDS).
+    messages go by cascade; memory and logs naming the user go too. After the commit
+    ``erased`` gets what changed as (kind, id) pairs (``("user", id)``, ``("chat",
+    chat_id)``): the caller drops the DAL's cached copies of them.
 
     :raises NotFound: no such user (nothing changed).
     :raises DatabaseError: the database cannot be reached (nothing changed).
@@ -156,6 +158,6 @@ def forget_user(settings: Settings, ident: str, *, dbname: str | None = None) ->
         result = {"user_id": str(user["id"]), "sessions": sessions,
                   "messages": totals["messages"], "memory": memory, "logs": logs}
         eventlog.record_event(conn, "notice", "user erased (GDPR)", {**result, ERASURE_KEY: True})
-    cache.forget(settings, dbname or settings.db_name,
-                 [("user", result["user_id"]), *(("chat", c) for c in chats)])
+    if erased is not None:
+        erased([("user", result["user_id"]), *(("chat", c) for c in chats)])
     return result

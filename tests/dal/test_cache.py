@@ -4,9 +4,12 @@ session (tests/dal/redisserver.py) and the real PostgreSQL; nothing mocked."""
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -21,6 +24,7 @@ from tests.dal import cacherace
 from tests.dal.conftest import sent_messages
 from tests.dal.redisserver import cache_settings
 
+DONNACTL = Path(sys.executable).with_name("donnactl")
 #: What one call may cost with Redis dead or hung: the socket timeout (0.1 s) plus the
 #: PostgreSQL read, with room for a busy machine.
 CALL_BOUND = 1.0
@@ -368,8 +372,6 @@ def test_with_replicas_a_miss_reads_the_leader(settings, replica_db, redis_serve
 
 def test_an_erased_user_is_not_served_from_the_cache(fast, pg_db):
     """`donnactl users forget` erases in PostgreSQL directly, then drops the versions."""
-    from donnadb.ops import users
-
     s = fast.model_copy(update={"cache_ttl_seconds": 60.0})
     with open_dal(s, pg_db) as dal:
         uid = seed(dal)
@@ -378,7 +380,14 @@ def test_an_erased_user_is_not_served_from_the_cache(fast, pg_db):
             dal.get_chat_history("c_1")
             dal.get_user_memory(uid, "context")
         assert counts(dal)["hits"] == 3
-        assert users.forget_user(s, uid, dbname=pg_db)["sessions"] == 1
+        env = {**os.environ, "CACHE_ENABLED": "true", "CACHE_URL": s.cache_url,
+               "CACHE_USERNAME": s.cache_username,
+               "CACHE_PASSWORD_FILE": str(s.cache_password_file)}
+        done = subprocess.run([str(DONNACTL), "users", "forget", uid, "--yes", "--json",
+                               "--dbname", pg_db], capture_output=True, text=True,
+                              env=env, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["sessions"] == 1
         assert dal.get_chat_session("c_1") is None
         assert dal.get_chat_history("c_1") == []
         assert dal.get_user_memory(uid, "context") == {}
