@@ -6,8 +6,10 @@ once in donnadb/provision/steps.py; with group_data ``ha = True`` the db_servers
 form one Patroni cluster), ``app_servers`` the application's package, settings and
 credential (donnadb/provision/app.py), ``monitor_servers`` Prometheus and Alertmanager
 scraping every database host (donnadb/provision/monitoring.py; without that group a
-single database host monitors itself). Every setting is in group_data/all.py. Running
-it again changes nothing. See docs/deploy.md, docs/ha.md and docs/monitoring.md.
+single database host monitors itself). With group_data ``cache_enabled`` one host runs
+Redis for the DAL's cache (donnadb/provision/cacheserver.py). Every setting is in
+group_data/all.py. Running it again changes nothing. See docs/deploy.md, docs/ha.md and
+docs/monitoring.md.
 """
 
 from pyinfra import host
@@ -15,9 +17,15 @@ from pyinfra import host
 from donnadb.provision.app import (
     MONITOR_GROUP,
     converge_app,
+    dal_users,
     database_server,
     hand_over_credential,
     roles_of,
+)
+from donnadb.provision.cacheserver import (
+    hand_over_cache_password,
+    install_cache_server,
+    is_cache_host,
 )
 from donnadb.provision.monitoring import install_monitor
 from donnadb.provision.settings import load_deploy_settings
@@ -34,5 +42,8 @@ elif is_app:
     converge_app(settings, database_server(settings, host))
 if MONITOR_GROUP in host.groups:
     install_monitor(settings)
-# Every host, from this one line, after every host's own steps (see hand_over_credential).
+if is_cache_host(settings, host):
+    install_cache_server(settings)
+# Every host, from these lines, after every host's own steps (see hand_over_credential).
 hand_over_credential(settings, host)
+hand_over_cache_password(settings, host, dal_users(settings, host))

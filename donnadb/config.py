@@ -49,6 +49,14 @@ DEFAULT_SSLROOTCERT = DEFAULT_TLS_DIR / "ca.crt"
 DEFAULT_TLS_SERVER_CERT_FILE = DEFAULT_TLS_DIR / "server.crt"
 #: The folder beside DB_PASSFILE holding each consumer's own passfile (pgpass.d/<user>).
 CONSUMER_PASSFILE_DIR = "pgpass.d"
+#: The folder beside DB_PASSFILE holding the cache's password, one copy per user
+#: (cache.d/<user>, 0600; root's for donnactl): donnadb/provision/cacheserver.py.
+CACHE_PASSWORD_DIR = "cache.d"  # noqa: S105 - a folder name, not a password
+#: The Redis ACL of the DAL's cache user: its own keys, the few commands it sends
+#: (scripts run with the caller's rights, so GET/SET/PEXPIRE for them too), no pub/sub.
+#: The deploy writes it (provision/cacheserver.py); docs/dal.md, "Cache".
+CACHE_REDIS_ACL = ("~donnadb:* resetchannels -@all +get +set +pexpire +evalsha "
+                   "+script|load +ping +select")
 #: Where the deploy generates the backup manifests' HMAC key (0600).
 DEFAULT_SIGNING_KEY_FILE = Path("/etc/donnadb/backup-signing.key")
 

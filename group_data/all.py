@@ -374,6 +374,25 @@ host_cpus = None
 app_extras = []
 app_db_server = None
 
+# --- The DAL's cache (donnadb/provision/cacheserver.py; docs/deploy.md "Cache") -------
+# True: one host runs Redis (Debian's redis-server) and every database and application
+# host's settings turn the DAL's read-through cache on (CACHE_* in donnadb.env/app.env).
+# Redis runs on cache_server (an inventory name; None: the first app_servers host, else
+# the first db_servers host). Loopback only when it is the only host; otherwise TLS only,
+# with the deploy's CA, on the cache host's address: its inventory name, or
+# cache_listen_addr set in that host's own data (every client dials it, its own too).
+# The ACL user's password is generated on the cache host and copied to the others over
+# the deploy's connections. Turning it off again leaves Redis installed and unused.
+cache_enabled = False
+cache_server = None
+cache_port = 6379
+cache_tls_port = 6380
+cache_listen_addr = None
+# Redis's memory for cached values (least recently used evicted first).
+cache_maxmemory_mb = 256
+# How long a cached value lives: the staleness bound of a lost invalidation.
+cache_ttl_seconds = 60
+
 
 # --- High availability (donnadb/provision/ha.py; docs/ha.md) -------------------------
 # ha = True turns the db_servers hosts (three, or another odd number) into one Patroni

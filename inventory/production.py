@@ -32,6 +32,8 @@ db_servers = [
             "host_memory_mb": None,
             "host_cpus": None,
             "tls_ca_dir": "~/.local/share/donnadb/ca",
+            # True on every host: Redis on app1 for the DAL's cache, reached over TLS.
+            "cache_enabled": False,
         },
     ),
 ]
@@ -51,6 +53,8 @@ app_servers = [
             "app_extras": [],
             "app_db_server": "db1.internal.example.org",
             "tls_ca_dir": "~/.local/share/donnadb/ca",
+            # True on every host: this host runs Redis (TLS on its name, port 6380).
+            "cache_enabled": False,
         },
     ),
 ]

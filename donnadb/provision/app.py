@@ -20,15 +20,17 @@ from pyinfra.api.host import Host
 from pyinfra.operations import files, server
 
 from donnadb.errors import ConfigError
-from donnadb.provision import consumers, haproxy, install, tls
+from donnadb.provision import cacheserver, consumers, haproxy, install, tls
 from donnadb.provision.hostcopy import copied
-from donnadb.provision.settings import DeploySettings, load_deploy_settings
+from donnadb.provision.settings import (
+    APP_GROUP,
+    DB_GROUP,
+    MONITOR_GROUP,
+    DeploySettings,
+    load_deploy_settings,
+)
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-#: Inventory groups (deploy.py): what each host runs.
-DB_GROUP = "db_servers"
-APP_GROUP = "app_servers"
-MONITOR_GROUP = "monitor_servers"
 
 
 def roles_of(target: Host) -> tuple[bool, bool]:
@@ -103,6 +105,15 @@ def hand_over_credential(settings: DeploySettings, target: Host) -> None:
            dest=consumers.passfile_of(settings, user), owner=user or "root")
 
 
+def dal_users(settings: DeploySettings, target: Host) -> list[str]:
+    """The consumers that run the DAL on ``target``: an application host's application
+    user; on a database host, every consumer holding the application role."""
+    is_db, is_app = roles_of(target)
+    if is_app and not is_db:
+        return list(app_users(settings))
+    return [user for user, kinds in settings.db_consumers.items() if "app" in kinds]
+
+
 @deploy("Application host")
 def converge_app(settings: DeploySettings, database: Host) -> None:
     """The DAL's venv, the CA certificate, donnadb.env and the application's passfile."""
@@ -129,7 +140,7 @@ def converge_app(settings: DeploySettings, database: Host) -> None:
                    src=str(TEMPLATES / "app.env.j2"), dest=settings.donnadb_env_file,
                    user="root", group=consumers.GROUP, mode="640", cfg=settings, db=db,
                    db_host=db_host, port=port, read_port=read_port, passfile=passfile,
-                   tls=tls)
+                   tls=tls, cache_env=cacheserver.client_env(settings, host, user))
     if db.ha is not None:
         haproxy.name_this_host(db, address_of(host))
         haproxy.install_router(db, host, address_of(host))

@@ -10,7 +10,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import files
 
 from donnadb.config import Settings
-from donnadb.provision import bootstrap, consumers, monitoring, tls
+from donnadb.provision import bootstrap, cacheserver, consumers, monitoring, tls
 from donnadb.provision.settings import DeploySettings
 
 
@@ -20,11 +20,14 @@ def prometheus_url(address: str | None) -> str | None:
     return None if address == Settings.model_fields["prometheus_url"].default else address
 
 
-def render_env(settings: DeploySettings, prometheus: str | None = None) -> str:
+def render_env(settings: DeploySettings, prometheus: str | None = None,
+               cache_env: dict[str, str] | None = None) -> str:
     """The file's text for ``settings`` (what the deploy writes, and the tests read);
-    ``prometheus``: the Prometheus `donnactl dashboard` reads."""
+    ``prometheus``: the Prometheus `donnactl dashboard` reads; ``cache_env``: the
+    CACHE_* lines (provision/cacheserver.py)."""
     return bootstrap.render("donnadb.env.j2", cfg=settings, tls=tls,
-                            prometheus_url=prometheus_url(prometheus))
+                            prometheus_url=prometheus_url(prometheus),
+                            cache_env=cache_env or {})
 
 
 @deploy("Host settings file")
@@ -34,5 +37,6 @@ def write_env_file(settings: DeploySettings) -> None:
     # No secret inside; the consumers (the donnadb group) read it, nobody else.
     prometheus = monitoring.prometheus_address(settings, host.inventory, host.data)
     files.put(name=f"Write {settings.donnadb_env_file}",
-              src=StringIO(render_env(settings, prometheus)),
+              src=StringIO(render_env(settings, prometheus,
+                                      cacheserver.client_env(settings, host))),
               dest=settings.donnadb_env_file, user="root", group=consumers.GROUP, mode="640")

@@ -47,6 +47,21 @@ class SystemdRunning(FactBase[bool]):
         return False
 
 
+class PidfileRunning(FactBase[bool]):
+    """True when the pidfile names a live process (daemons run without systemd)."""
+
+    def command(self, pidfile: str) -> str:
+        return (f'if [ -f {pidfile} ] && kill -0 "$(cat {pidfile})" 2>/dev/null; '
+                "then echo yes; else echo no; fi")
+
+    def process(self, output):
+        return output[0].strip() == "yes"
+
+    @staticmethod
+    def default():
+        return False
+
+
 class PgClusters(FactBase[dict]):
     """Every Debian cluster: ``{"15/main": {"port": 5432, "status": "online"}}``."""
 

@@ -27,9 +27,13 @@ from pyinfra.operations import files
 
 from donnadb.errors import ConfigError
 from donnadb.provision import ca, tls
-from donnadb.provision.settings import DeploySettings, HaSettings, load_deploy_settings
+from donnadb.provision.settings import (
+    DB_GROUP,
+    DeploySettings,
+    HaSettings,
+    load_deploy_settings,
+)
 
-DB_GROUP = "db_servers"
 #: Patroni's roles for the cluster's own connections (created by Patroni at bootstrap).
 REPLICATION_USER = "replicator"
 REWIND_USER = "rewinder"

@@ -36,7 +36,12 @@ from pyinfra.operations.util import any_changed
 
 from donnadb.errors import ConfigError
 from donnadb.provision import bootstrap
-from donnadb.provision.facts import PassfileRoles, StalePasswords, SystemdRunning
+from donnadb.provision.facts import (
+    PassfileRoles,
+    PidfileRunning,
+    StalePasswords,
+    SystemdRunning,
+)
 from donnadb.provision.passwords import helper_path as password_helper_path
 from donnadb.provision.psql import guarded
 from donnadb.provision.settings import IDENT_RE, DeploySettings, load_deploy_settings
@@ -176,21 +181,6 @@ def dropin_text(cfg: PgBouncerSettings) -> str:
 
 
 # --- facts ----------------------------------------------------------------------------
-class PgBouncerRunning(FactBase[bool]):
-    """True when the pidfile names a live process."""
-
-    def command(self, pidfile: str) -> str:
-        return (f'if [ -f {pidfile} ] && kill -0 "$(cat {pidfile})" 2>/dev/null; '
-                "then echo yes; else echo no; fi")
-
-    def process(self, output):
-        return output[0].strip() == "yes"
-
-    @staticmethod
-    def default():
-        return False
-
-
 class PgBouncerOpenFiles(FactBase):
     """The running PgBouncer's soft open-file limit; None when it does not run."""
 
@@ -294,7 +284,7 @@ def _stop_command(pidfile: str) -> str:
 @operation()
 def daemon_started(ini: str, pidfile: str, nofile: int):
     """Start PgBouncer as postgres (no systemd) unless it runs."""
-    if host.get_fact(PgBouncerRunning, pidfile=pidfile):
+    if host.get_fact(PidfileRunning, pidfile=pidfile):
         host.noop("pgbouncer is running")
     else:
         yield _start_command(ini, nofile)
@@ -317,7 +307,7 @@ def daemon_signalled(ini: str, pidfile: str, nofile: int, action: str):
     """``reload`` (SIGHUP: re-read ini and auth_file) or ``restart`` a running PgBouncer."""
     if action not in ("reload", "restart"):
         raise ValueError(f"action must be reload or restart, not {action!r}")
-    if not host.get_fact(PgBouncerRunning, pidfile=pidfile):
+    if not host.get_fact(PidfileRunning, pidfile=pidfile):
         host.noop(f"pgbouncer is not running: nothing to {action}")
     elif action == "reload":
         yield f'kill -HUP "$(cat {pidfile})"'

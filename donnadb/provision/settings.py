@@ -15,6 +15,10 @@ from donnadb import config
 from donnadb.errors import ConfigError
 from donnadb.provision import bootstrap
 
+#: Inventory groups (deploy.py): what each host runs.
+DB_GROUP = "db_servers"
+APP_GROUP = "app_servers"
+MONITOR_GROUP = "monitor_servers"
 #: Role and database names are pasted into SQL as identifiers; keep them boring.
 IDENT_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 #: The kinds of role the deploy manages, in creation order (the owner first).
@@ -73,6 +77,26 @@ class HaSettings:
     ttl: int = 30
     loop_wait: int = 10
     retry_timeout: int = 10
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """group_data ``cache_*``: the DAL's Redis cache (provision/cacheserver.py), present
+    when ``cache_enabled``. Every host reads its own copy; ``listen_addr`` is the cache
+    host's own (an inventory override), ``server`` the same on every host."""
+
+    #: Inventory name of the host running Redis (None: the first application host,
+    #: else the first database host).
+    server: str | None = None
+    #: Plain port on loopback, used when every client is on the cache host itself.
+    port: int = 6379
+    #: TLS port, used (by every client, local ones too) when other hosts use the cache.
+    tls_port: int = 6380
+    #: The cache host's address other hosts dial (None: its inventory name).
+    listen_addr: str | None = None
+    maxmemory_mb: int = 256
+    #: CACHE_TTL_SECONDS of every host (the staleness bound; docs/dal.md, "Cache").
+    ttl_seconds: int = 60
 
 
 @dataclass(frozen=True)
@@ -137,6 +161,8 @@ class DeploySettings:
     tls_server_names: tuple[str, ...] = ()
     #: The high-availability cluster (group_data ``ha = True``), None on a single host.
     ha: HaSettings | None = None
+    #: The DAL's Redis cache (group_data ``cache_enabled = True``), None when off.
+    cache: CacheSettings | None = None
 
     @property
     def pg_packages(self) -> tuple[str, ...]:
@@ -213,6 +239,7 @@ def load_deploy_settings(data: Any) -> DeploySettings:
         **_pgbouncer_fields(data),
         **_tls_fields(data),
         ha=_ha(data),
+        cache=_cache(data),
     )
 
 
@@ -238,6 +265,40 @@ def _ha(data: Any) -> HaSettings | None:
                               "(a-z, 0-9, . and -)")
         values[name] = value
     return HaSettings(**values)
+
+
+def _cache(data: Any) -> CacheSettings | None:
+    """``cache_enabled`` and its ``cache_*`` settings, checked; None when it is off.
+
+    :raises ConfigError: a value of the wrong kind (the message names it).
+    """
+    enabled = data.get("cache_enabled")
+    if not isinstance(enabled, bool | None):
+        raise ConfigError(f"group_data cache_enabled={enabled!r} must be True or False")
+    if not enabled:
+        return None
+    values: dict[str, Any] = {}
+    for name in ("server", "listen_addr"):
+        value = data.get(f"cache_{name}")
+        if value is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,252}$",
+                                              str(value)):
+            raise ConfigError(f"group_data cache_{name}={value!r} must be a host name or "
+                              "an address")
+        values[name] = value
+    for name in ("port", "tls_port", "maxmemory_mb", "ttl_seconds"):
+        value = data.get(f"cache_{name}")
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1 or \
+                (name.endswith("port") and value > 65535):
+            raise ConfigError(f"group_data cache_{name}={value!r} must be a positive whole "
+                              "number" + (" up to 65535" if name.endswith("port") else ""))
+        values[name] = value
+    cache = CacheSettings(**values)
+    if cache.port == cache.tls_port:
+        raise ConfigError(f"group_data cache_port and cache_tls_port are both {cache.port}; "
+                          "give them different ports")
+    return cache
 
 
 def _required(data: Any, key: str) -> Any:

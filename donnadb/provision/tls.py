@@ -10,8 +10,8 @@ The CA and the certificates are made on the machine running the deploy
 
 The certificate's subjectAltName holds every name a client may dial: the inventory
 name, the host's hostname, localhost, 127.0.0.1, ::1, the IPs and names of
-``pg_listen_addresses``, ``db_host``, ``pgbouncer_listen_addr`` and group_data
-``tls_server_names``.
+``pg_listen_addresses``, ``db_host``, ``pgbouncer_listen_addr``, ``cache_listen_addr``
+and group_data ``tls_server_names``.
 """
 
 from __future__ import annotations
@@ -84,6 +84,9 @@ def server_names(settings: DeploySettings, inventory_name: str, hostname: str | 
         names += [a.strip() for a in settings.pgbouncer_listen_addr.split(",")
                   if a.strip() not in WILDCARDS]
     names += list(settings.tls_server_names)
+    if settings.cache is not None and settings.cache.listen_addr:
+        # The cache host's Redis serves this certificate too (provision/cacheserver.py).
+        names.append(settings.cache.listen_addr)
     if settings.ha is not None:
         names.append(settings.ha.service_name)
     canonical = []

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import redis
 
+from donnadb.config import CACHE_REDIS_ACL
+
 REDIS_SERVER = "/usr/bin/redis-server"
-#: What the DAL's user may do: the documented ACL (docs/dal.md, "Cache"). Scripts run
-#: with the caller's rights, so GET/SET/PEXPIRE are needed for them too.
-APP_ACL = ("~donnadb:* resetchannels -@all +get +set +pexpire +evalsha +script|load +ping "
-           "+select")
+#: What the DAL's user may do: the ACL the deploy writes too.
+APP_ACL = CACHE_REDIS_ACL
 
 
 def free_port() -> int:

@@ -31,6 +31,8 @@ def main(marker: str) -> dict:
             dal.add_message(chat, "user" if n % 2 else "assistant", f"{marker} message {n}")
         history = dal.get_chat_history(chat, limit=3)
         assert [m["content"] for m in history] == [f"{marker} message {n}" for n in (3, 4, 5)]
+        # Read again: from the cache where the host's settings turn it on.
+        assert dal.get_chat_history(chat, limit=3) == history
         assert dal.get_message_count(chat) == 5
         assert [s["chat_id"] for s in dal.list_chat_sessions(user_id)] == [chat]
         found = dal.search_messages(user_id, marker)
@@ -47,7 +49,7 @@ def main(marker: str) -> dict:
             wire = {"ssl_in_use": bool(pgconn.ssl_in_use), "port": int(pgconn.port.decode()),
                     "host": pgconn.host.decode()}
         return {"user_id": str(user_id), "chat": chat, "health": health.get("status"),
-                "wire": wire}
+                "wire": wire, "cache": health.get("cache")}
     finally:
         dal.close()
 

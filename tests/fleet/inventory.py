@@ -21,6 +21,8 @@ _ssh = {
     "ssh_connect_retries": 3,
 }
 _db, _app = _fleet["db"], _fleet["app"]
+# The DAL's cache: Redis on the app host, which the database host reaches over TLS.
+_cache = {"cache_enabled": True}
 
 db_servers = [
     (
@@ -39,6 +41,7 @@ db_servers = [
             "host_memory_mb": _fleet["memory_mb"],
             "host_cpus": _fleet["cpus"],
             "tls_ca_dir": _fleet["ca_dir"],
+            **_cache,
         },
     ),
 ]
@@ -52,6 +55,7 @@ app_servers = [
             "app_extras": ["loadtest"],
             "app_db_server": _db,
             "tls_ca_dir": _fleet["ca_dir"],
+            **_cache,
         },
     ),
 ]
