@@ -64,15 +64,18 @@ KEY = "/etc/redis/tls.key"
 CA = "/etc/redis/ca.crt"
 #: The file name of root's copy in the password folder (donnactl's).
 ROOT_COPY = "root"
-#: apt-get install with the package's services held back: Debian's policy-rc.d protocol
-#: (101 = action forbidden), removed again unless the host had one of its own.
-HELD_BACK_INSTALL = (
-    "own=; [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\\nexit 101\\n' > "
-    "/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && own=1; }; "
-    "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
-    "--no-install-recommends {packages}; rc=$?; [ -z \"$own\" ] || rm -f /usr/sbin/policy-rc.d; "
-    "exit $rc"
-)
+#: Debian's policy-rc.d protocol: 101 = "action forbidden" for every service.
+POLICY_RC_D = "/usr/sbin/policy-rc.d"
+
+
+def held_back_install(package: str) -> str:
+    """The shell command installing ``package`` while its maintainer scripts may start
+    no service: a policy-rc.d for that apt run, removed again unless the host had one."""
+    return (f"own=; [ -e {POLICY_RC_D} ] || {{ printf '#!/bin/sh\\nexit 101\\n' > "
+            f"{POLICY_RC_D} && chmod 755 {POLICY_RC_D} && own=1; }}; "
+            "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+            f"--no-install-recommends {shlex.quote(package)}; rc=$?; "
+            f'[ -z "$own" ] || rm -f {POLICY_RC_D}; exit $rc')
 
 
 def users_of_cache(target: Host) -> list[Host]:
@@ -157,7 +160,7 @@ def package_held_back(package: str):
     if package in (host.get_fact(DebPackages) or {}):
         host.noop(f"{package} is installed")
     else:
-        yield HELD_BACK_INSTALL.format(packages=shlex.quote(package))
+        yield held_back_install(package)
 
 
 @operation()

@@ -192,3 +192,19 @@ def test_the_cache_host_is_known_by_name_not_by_object():
     assert not cacheserver.is_cache_host(settings, inv.get_host("db1"))
     assert cacheserver.cache_host(settings, twin).name == "app1"
     assert not cacheserver.is_cache_host(settings_of(), inv.get_host("app1"))
+
+
+def test_the_package_installs_with_every_service_start_forbidden(tmp_path):
+    # A stand-in apt-get records what Debian's invoke-rc.d would be told by policy-rc.d.
+    if Path(cacheserver.POLICY_RC_D).exists():
+        pytest.skip("this host has a policy-rc.d of its own (the command keeps it)")
+    fake = tmp_path / "apt-get"
+    fake.write_text(f"#!/bin/sh\n[ \"$1\" = update ] && exit 0\n"
+                    f"{cacheserver.POLICY_RC_D} redis-server start; echo $? > {tmp_path}/rc\n")
+    fake.chmod(0o755)
+    done = subprocess.run(["sh", "-c", cacheserver.held_back_install("redis-server")],
+                          env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"},
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "rc").read_text().strip() == "101"
+    assert not Path(cacheserver.POLICY_RC_D).exists()
