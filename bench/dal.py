@@ -414,7 +414,7 @@ def main() -> None:
     if baseline is None:
         print("no verdict: the history read's limit is for the postgresql mode")
         sys.exit(0)
-    on = "" if len(names) == 1 else f" ({baseline})"
+    on = "" if names == [BASELINE] else f" ({baseline})"
     print(f"{'PASS' if ok else 'FAIL'}: get_chat_history (latest 20){on} p95 "
           + ", ".join(f"{t} threads {span(v['p95_ms'])} ms"
                       for t, v in history.items())
