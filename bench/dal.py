@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/dal.py                 # 200,000 messages (about 4,000 chats)
     .venv/bin/python bench/dal.py --full          # 1,000,000 messages
+    .venv/bin/python bench/dal.py --modes file,dual,postgresql --cache both
 
 1. generates a legacy data directory (donnadb.legacy.fixtures, no deviations) and loads
    it with the importer into a fresh migrated scratch database, then ANALYZE;
@@ -22,6 +23,19 @@
    once per round, and prints the min-max of each figure over the rounds; the verdict
    takes each thread count's worst round;
 5. drops the scratch database. ``--json`` prints the table as one document.
+
+``--modes file,dual,postgresql`` (any of them; default postgresql alone, as above) runs
+the same operations against each storage mode side by side: the file store over a
+working copy of the generated data directory, dual-write over that copy and the scratch
+database, PostgreSQL over the database. Each mode works on its own share of the users
+and chats (bench/dalsides.py), runs every operation once per round right after the
+others, in an order rotated each round, and the output adds each operation's p50/p95
+per mode with its ratio to the postgresql mode's in the same round (dual/postgresql,
+file/postgresql) as a range over the rounds, and dual-write's copies per entity as its
+``health_check()`` reports them. ``--cache on`` puts the Redis read-through cache on
+the postgresql mode (a throwaway redis-server on 127.0.0.1), ``--cache both`` runs it
+with and without: the hit ratio per round and the history read's p95 with and without
+the cache are added.
 
 ``--read-from replicas`` reads from a streaming hot standby (``DB_READ_FROM=replicas``,
 ``DB_READ_PORT`` its port): after loading the data it makes a throwaway standby of the
@@ -52,7 +66,24 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from report import header, span
+from dalsides import (
+    BASELINE,
+    CACHE_CHOICES,
+    CACHED,
+    Side,
+    cache_report,
+    comparison,
+    open_store,
+    parse_modes,
+    print_cache,
+    print_comparison,
+    print_mirror,
+    share,
+    sides,
+    throwaway_redis,
+    working_copy,
+)
+from report import header, rotated, span
 from scratch import create_scratch_database, drop_database, hot_standby
 
 from donnadb import db
@@ -172,24 +203,23 @@ def measure(fn: Callable[[int], object], calls: int, threads: int,
         return [x for part in pool.map(worker, range(threads)) for x in part]
 
 
-def load_dataset(settings, dbname: str, messages: int, data_dir: Path | None) -> dict:
+def load_dataset(settings, dbname: str, messages: int, root: Path) -> dict:
+    """Generate the legacy data directory at ``root`` (unless it exists) and import it."""
     chats = max(1, messages // 50)
-    with tempfile.TemporaryDirectory() as tmp:
-        root = data_dir or Path(tmp) / "data"
-        if not root.exists():
-            generate(root, users=max(100, chats // 4), chats=chats, messages_per_chat=50,
-                     logs=0, deviations=False)
-        with db.connect("migrator", settings=settings, dbname=dbname, autocommit=True) as conn:
-            t = time.perf_counter()
-            summary = import_data_dir(LegacyReader.open(root), conn,
-                                      batch_size=settings.migration_batch_size)
-            took = time.perf_counter() - t
-            conn.execute("SET ROLE " + settings.db_role_owner)
-            conn.execute(ANALYZE)
+    if not root.exists():
+        generate(root, users=max(100, chats // 4), chats=chats, messages_per_chat=50,
+                 logs=0, deviations=False)
+    with db.connect("migrator", settings=settings, dbname=dbname, autocommit=True) as conn:
+        t = time.perf_counter()
+        summary = import_data_dir(LegacyReader.open(root), conn,
+                                  batch_size=settings.migration_batch_size)
+        took = time.perf_counter() - t
+        conn.execute("SET ROLE " + settings.db_role_owner)
+        conn.execute(ANALYZE)
     return {**summary.read, "import_seconds": round(took, 1)}
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--messages", type=int, default=200_000)
     ap.add_argument("--full", action="store_true", help="1,000,000 messages")
@@ -197,7 +227,8 @@ def main() -> None:
                     help="calls per operation and thread count (default 500)")
     ap.add_argument("--threads", type=int, nargs="+", default=list(THREADS))
     ap.add_argument("--data-dir", type=Path, default=None,
-                    help="generate here (reused when it already exists)")
+                    help="generate here (reused when it already exists; the file and dual "
+                         "modes write to a copy)")
     ap.add_argument("--interval-ms", type=float, default=DEFAULT_INTERVAL_MS,
                     help="each thread starts a call every N ms (default %(default)s: 50 "
                          "threads offer 1,000 calls/s); latency counts from the scheduled "
@@ -208,6 +239,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3,
                     help="repeat every thread count and operation this many times, "
                          "interleaved; ranges are min-max over the rounds")
+    ap.add_argument("--modes", default=BASELINE,
+                    help="storage modes side by side, any of file,dual,postgresql "
+                         "(default postgresql); every mode runs each operation once per "
+                         "round, in an order rotated each round")
+    ap.add_argument("--cache", choices=CACHE_CHOICES, default="off",
+                    help="the Redis read-through cache on the postgresql mode (a "
+                         "throwaway redis-server): on, or both with and without")
     ap.add_argument("--read-from", choices=("primary", "replicas"), default="primary",
                     help="replicas: reads from a throwaway hot standby (DB_READ_FROM)")
     ap.add_argument("--standby-port", type=int, default=5491)
@@ -216,6 +254,76 @@ def main() -> None:
                          "by --read-from replicas)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    try:
+        args.sides = sides(parse_modes(args.modes), args.cache)
+    except ValueError as exc:
+        ap.error(str(exc))
+    return args
+
+
+def side_rows(side: Side, k: int, n: int, users: list[tuple[str, str]], chats: list[str],
+              data_dir: Path) -> tuple[list[tuple[str, str]], list[str]]:
+    """``side``'s share of the users and chats; a user's id is its Clerk id where the
+    files serve it, and only users with a memory file count there."""
+    mine = share(users, n, k)
+    if side.files:
+        mine = [(clerk, clerk) for _, clerk in mine
+                if (data_dir / "memory" / f"{clerk}.json").exists()]
+    return mine, share(chats, n, k)
+
+
+def cache_counts(dal) -> tuple[int, int]:
+    """Hits and misses of the store's cache so far (0, 0 without one)."""
+    cache = dal.health_check().get("cache") or {}
+    return cache.get("hits", 0), cache.get("misses", 0)
+
+
+def run_rounds(args, stores: dict, shares: dict, interval: float) -> tuple[list, dict]:
+    """Every round, thread count, operation and side; the rows, and each cached side's
+    hit ratio per round."""
+    results: list[dict] = []
+    hit_ratios: dict[str, list[float]] = {s.name: [] for s in args.sides if s.cache}
+    # Rows name their mode unless only today's default ran.
+    several = list(stores) != [BASELINE]
+    for r in range(1, args.rounds + 1):
+        counts = {name: cache_counts(stores[name]) for name in hit_ratios}
+        for threads in args.threads:
+            works = {}
+            for name, dal in stores.items():
+                users, chats = shares[name]
+                run = f"r{r}t{threads}" + (f"-{name}" if several else "")
+                works[name] = Workload(dal, users, chats, run=run).operations()
+                # Warm up: the pool opens connections only as callers start to wait
+                # for one, which would land on the first operation measured.
+                for op in ("get_chat_history", "get_user_by_id"):
+                    measure(works[name][op], max(200, threads * 20), threads)
+            for op in works[next(iter(works))]:
+                for name in rotated(tuple(stores), r):
+                    began = time.perf_counter()
+                    lat = measure(works[name][op], args.calls, threads, interval)
+                    rate = len(lat) / (time.perf_counter() - began)
+                    row = {"round": r, "operation": op, "threads": threads,
+                           "calls": len(lat), "calls_per_s": round(rate),
+                           "p50_ms": round(statistics.median(lat), 2),
+                           "p95_ms": round(percentile(lat, 95), 2),
+                           "p99_ms": round(percentile(lat, 99), 2)}
+                    if several:
+                        row["mode"] = name
+                    results.append(row)
+                    if not args.json:
+                        side = f"{name:<17}" if several else ""
+                        print(f"round {r} {threads:>3} threads  {side}{op:<30} p50 "
+                              f"{row['p50_ms']:7.2f}  p95 {row['p95_ms']:7.2f}  p99 "
+                              f"{row['p99_ms']:7.2f} ms  {rate:7,.0f} calls/s", flush=True)
+        for name, (hits, misses) in counts.items():
+            now_hits, now_misses = cache_counts(stores[name])
+            reads = now_hits - hits + now_misses - misses
+            hit_ratios[name].append((now_hits - hits) / reads if reads else 0.0)
+    return results, hit_ratios
+
+
+def main() -> None:
+    args = arguments()
     interval = 0.0 if args.closed_loop else args.interval_ms
     messages = 1_000_000 if args.full else args.messages
     os.environ["DATA_STORAGE_TYPE"] = "postgresql"
@@ -225,55 +333,50 @@ def main() -> None:
     if not args.json:
         print(header("bench/dal.py", args.rounds), flush=True)
     dbname = create_scratch_database(settings, prefix="donna_bench")
-    results: list[dict] = []
+    mirror: dict = {}
     try:
-        apply_migrations(settings=settings, dbname=dbname)
-        dataset = load_dataset(settings, dbname, messages, args.data_dir)
-        if not args.json:
-            print(f"dataset: {dataset}", flush=True)
-        with db.connect("migrator", settings=settings, dbname=dbname) as conn:
-            users = [tuple(r) for r in conn.execute(SAMPLE_USERS)]
-            chats = [r[0] for r in conn.execute(SAMPLE_CHATS)]
-        standby = contextlib.ExitStack()
-        if args.direct or args.read_from == "replicas":
-            settings = settings.model_copy(update={"pgbouncer_port": None})
-        if args.read_from == "replicas":
-            port = standby.enter_context(hot_standby(settings, args.standby_port))
-            settings = settings.model_copy(update={"db_read_from": "replicas",
-                                                   "db_read_port": port})
-        dal = create_data_access(settings, dbname=dbname)
-        try:
-            for r in range(1, args.rounds + 1):
-                for threads in args.threads:
-                    work = Workload(dal, users, chats, run=f"r{r}t{threads}")
-                    # Warm up: the pool opens connections only as callers start to wait
-                    # for one, which would land on the first operation measured.
-                    warm = work.operations()
-                    for name in ("get_chat_history", "get_user_by_id"):
-                        measure(warm[name], max(200, threads * 20), threads)
-                    for name, fn in work.operations().items():
-                        began = time.perf_counter()
-                        lat = measure(fn, args.calls, threads, interval)
-                        rate = len(lat) / (time.perf_counter() - began)
-                        row = {"round": r, "operation": name, "threads": threads,
-                               "calls": len(lat), "calls_per_s": round(rate),
-                               "p50_ms": round(statistics.median(lat), 2),
-                               "p95_ms": round(percentile(lat, 95), 2),
-                               "p99_ms": round(percentile(lat, 99), 2)}
-                        results.append(row)
-                        if not args.json:
-                            print(f"round {r} {threads:>3} threads  {name:<30} p50 "
-                                  f"{row['p50_ms']:7.2f}  p95 {row['p95_ms']:7.2f}  p99 "
-                                  f"{row['p99_ms']:7.2f} ms  {rate:7,.0f} calls/s",
-                                  flush=True)
-        finally:
-            dal.close()
-            standby.close()
+        with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+            apply_migrations(settings=settings, dbname=dbname)
+            root = args.data_dir or Path(tmp) / "data"
+            dataset = load_dataset(settings, dbname, messages, root)
+            if not args.json:
+                print(f"dataset: {dataset}", flush=True)
+            with db.connect("migrator", settings=settings, dbname=dbname) as conn:
+                users = [tuple(r) for r in conn.execute(SAMPLE_USERS)]
+                chats = [r[0] for r in conn.execute(SAMPLE_CHATS)]
+            if args.direct or args.read_from == "replicas":
+                settings = settings.model_copy(update={"pgbouncer_port": None})
+            if args.read_from == "replicas":
+                port = stack.enter_context(hot_standby(settings, args.standby_port))
+                settings = settings.model_copy(update={"db_read_from": "replicas",
+                                                       "db_read_port": port})
+            files_dir = root
+            if any(s.files for s in args.sides):
+                files_dir = working_copy(root, Path(tmp), given=args.data_dir is not None)
+            cache_url = (stack.enter_context(throwaway_redis(Path(tmp) / "redis"))
+                         if args.cache != "off" else None)
+            stores, shares = {}, {}
+            for k, side in enumerate(args.sides):
+                if len(args.sides) == 1 and side.name == BASELINE:
+                    # Today's default: the store the environment configures.
+                    dal = create_data_access(settings, dbname=dbname)
+                else:
+                    dal = open_store(settings, side, dbname, files_dir, cache_url)
+                stores[side.name] = stack.enter_context(contextlib.closing(dal))
+                shares[side.name] = side_rows(side, k, len(args.sides), users, chats,
+                                              files_dir)
+            results, hit_ratios = run_rounds(args, stores, shares, interval)
+            for name, dal in stores.items():
+                if "mirror" in (health := dal.health_check()):
+                    mirror[name] = health["mirror"]
     finally:
         drop_database(dbname)
     load_after = os.getloadavg()
     summary = summarise(results)
-    history = {t: v for (op, t), v in summary.items() if op == "get_chat_history"}
+    names = [s.name for s in args.sides]
+    baseline = next((n for n in (BASELINE, CACHED) if n in names), None)
+    history = {t: v for (op, t, mode), v in summary.items()
+               if op == "get_chat_history" and mode in (baseline, None)}
     # The verdict takes each thread count's worst round.
     ok = all(max(v["p95_ms"]) < HISTORY_P95_LIMIT_MS for v in history.values())
     mode = "closed loop" if not interval else f"one call per thread every {interval:g} ms"
@@ -282,36 +385,55 @@ def main() -> None:
     verdict = {"history_p95_ms": {t: [min(v["p95_ms"]), max(v["p95_ms"])]
                                   for t, v in history.items()},
                "limit_ms": HISTORY_P95_LIMIT_MS, "mode": mode, "pass": ok}
+    compared = comparison(summary, names, baseline) if len(names) > 1 else None
+    cache = cache_report(summary, hit_ratios)
     if args.json:
-        print(json.dumps({"dataset": dataset, "pool_size": settings.db_max_connections,
-                          "rounds": args.rounds,
-                          "load_average": [load_before[0], load_after[0]],
-                          "results": results, "history_read": verdict}, indent=2))
-    else:
-        print(f"\nmin-max over {args.rounds} rounds ({mode}):")
-        for (op, threads), v in summary.items():
-            print(f"{threads:>3} threads  {op:<30} p50 {span(v['p50_ms']):>11}  "
-                  f"p95 {span(v['p95_ms']):>11}  p99 {span(v['p99_ms']):>11} ms  "
-                  f"{span(v['calls_per_s'], '{:,.0f}'):>13} calls/s")
-        print(f"pool size {settings.db_max_connections}; load average {load_before[0]:.2f} "
-              f"before, {load_after[0]:.2f} after (1 min)")
-        print(f"{'PASS' if ok else 'FAIL'}: get_chat_history (latest 20) p95 "
-              + ", ".join(f"{t} threads {span(v['p95_ms'])} ms"
-                          for t, v in history.items())
-              + f" (limit {HISTORY_P95_LIMIT_MS:.0f} ms, worst round; {mode})")
+        doc = {"dataset": dataset, "pool_size": settings.db_max_connections,
+               "rounds": args.rounds, "load_average": [load_before[0], load_after[0]],
+               "results": results, "history_read": verdict}
+        if len(names) > 1:
+            doc.update(modes=names, side_by_side=compared, dual_write_mirror=mirror)
+        if cache:
+            doc["cache"] = cache
+        print(json.dumps(doc, indent=2))
+        sys.exit(0 if ok else 1)
+    print(f"\nmin-max over {args.rounds} rounds ({mode}):")
+    for (op, threads, side), v in summary.items():
+        label = f"{side:<17}" if side else ""
+        print(f"{threads:>3} threads  {label}{op:<30} p50 {span(v['p50_ms']):>11}  "
+              f"p95 {span(v['p95_ms']):>11}  p99 {span(v['p99_ms']):>11} ms  "
+              f"{span(v['calls_per_s'], '{:,.0f}'):>13} calls/s")
+    if compared:
+        print_comparison(compared, baseline, args.rounds)
+    if mirror:
+        print_mirror(mirror)
+    if cache:
+        print_cache(cache)
+    print(f"pool size {settings.db_max_connections}; load average {load_before[0]:.2f} "
+          f"before, {load_after[0]:.2f} after (1 min)")
+    if baseline is None:
+        print("no verdict: the history read's limit is for the postgresql mode")
+        sys.exit(0)
+    on = "" if names == [BASELINE] else f" ({baseline})"
+    print(f"{'PASS' if ok else 'FAIL'}: get_chat_history (latest 20){on} p95 "
+          + ", ".join(f"{t} threads {span(v['p95_ms'])} ms"
+                      for t, v in history.items())
+          + f" (limit {HISTORY_P95_LIMIT_MS:.0f} ms, worst round; {mode})")
     sys.exit(0 if ok else 1)
 
 
-def summarise(results: list[dict]) -> dict[tuple[str, int], dict[str, list[float]]]:
-    """Per (operation, threads): each figure's values over the rounds."""
-    out: dict[tuple[str, int], dict[str, list[float]]] = {}
+def summarise(results: list[dict]) -> dict[tuple[str, int, str | None], dict[str, list[float]]]:
+    """Per (operation, threads, mode): each figure's values over the rounds (mode None
+    when one mode ran)."""
+    out: dict[tuple[str, int, str | None], dict[str, list[float]]] = {}
     for row in results:
-        key = (row["operation"], row["threads"])
+        key = (row["operation"], row["threads"], row.get("mode"))
         entry = out.setdefault(key, {"p50_ms": [], "p95_ms": [], "p99_ms": [],
                                      "calls_per_s": []})
         for name, values in entry.items():
             values.append(row[name])
     return out
+
 
 if __name__ == "__main__":
     main()

@@ -45,6 +45,12 @@ def ratios(ours: list[float], base: list[float]) -> list[float]:
     return [a / b for a, b in zip(ours, base, strict=True)]
 
 
+def rotated(items: tuple, r: int) -> tuple:
+    """``items`` starting at the ``r``-th (round 1 keeps the order): none always runs first."""
+    k = (r - 1) % len(items)
+    return items[k:] + items[:k]
+
+
 def timed(fn: Callable[[], object]) -> float:
     """Seconds ``fn()`` took."""
     t = time.perf_counter()

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
-from report import header, span
+from report import header, rotated, span
 from scratch import create_scratch_database, drop_database
 
 from donnadb import db
@@ -181,12 +181,6 @@ def percentile(values: list[float], pct: float) -> float:
     ordered = sorted(values)
     rank = max(1, -(-len(ordered) * pct // 100))
     return ordered[int(rank) - 1]
-
-
-def rotated(items: tuple, r: int) -> tuple:
-    """``items`` starting at the ``r``-th (round 1 keeps the order): none always runs first."""
-    k = (r - 1) % len(items)
-    return items[k:] + items[:k]
 
 
 def texts(rng: random.Random, n: int) -> list[tuple[str, str]]:

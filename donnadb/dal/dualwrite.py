@@ -21,6 +21,7 @@ from typing import Any
 from donnadb.dal.errors import NotFoundError, TransactionError
 from donnadb.dal.files import FileDataAccess
 from donnadb.dal.logwriter import LogWriterMixin
+from donnadb.dal.mirrorstats import MirrorStats
 from donnadb.dal.pending import ReconcileQueue
 from donnadb.dal.phases import ENTITIES
 from donnadb.dal.postgres import PostgresDataAccess
@@ -84,6 +85,7 @@ class DualWriteDataAccess(TransactionMixin, LogWriterMixin):
         self.retry_after = retry_after
         self._down_until = 0.0
         self._local = threading.local()
+        self.mirror_stats = MirrorStats()
 
     # ------------------------------------------------------------------ replication
     def chat_lock(self, chat_id: object) -> AbstractContextManager[None]:
@@ -113,21 +115,25 @@ class DualWriteDataAccess(TransactionMixin, LogWriterMixin):
             if not tx.pg_ok:
                 return
         elif time.monotonic() < self._down_until:
-            self._queue(entries, op, "PostgreSQL unavailable (retrying later)")
+            self._queue(entries, [op], "PostgreSQL unavailable (retrying later)")
             return
+        started = time.perf_counter()
         try:
             copy()
         except Exception as exc:  # any failure: the file write stands, reconcile repairs
+            self.mirror_stats.copied(op, time.perf_counter() - started)
             self._failed(op, exc)
             if tx is not None and tx.pg_only:
                 # Dropping PostgreSQL's part would drop writes only it holds: fail the
                 # call (its statement ran in a savepoint) and let the caller roll back.
                 raise
             if tx is None:
-                self._queue(entries, op, str(exc))
+                self._queue(entries, [op], str(exc))
             else:
                 tx.pg_ok, tx.error = False, str(exc)
                 self._pg_rollback()
+        else:
+            self.mirror_stats.copied(op, time.perf_counter() - started)
 
     def _mirrors(self, kind: str) -> bool:
         """Whether a file write of this kind of entity ("user", "chat", "message", "log")
@@ -140,9 +146,12 @@ class DualWriteDataAccess(TransactionMixin, LogWriterMixin):
         log.warning("dual-write: %s not written to PostgreSQL, queued for reconcile: %s",
                     op, exc, exc_info=not isinstance(exc, DonnaError))
 
-    def _queue(self, entries: list[dict[str, Any]], op: str, error: str) -> None:
-        """Queue for reconcile. A queue that cannot be written (disk full) must not fail
-        a call whose file write succeeded: a retry would store the message twice."""
+    def _queue(self, entries: list[dict[str, Any]], ops: list[str], error: str) -> None:
+        """Queue for reconcile the entities the writes ``ops`` (one per call) touched. A
+        queue that cannot be written (disk full) must not fail a call whose file write
+        succeeded: a retry would store the message twice."""
+        self.mirror_stats.queued(ops)
+        op = "+".join(dict.fromkeys(ops))
         try:
             self.queue.append(entries, op=op, error=error)
         except OSError as exc:
@@ -420,7 +429,7 @@ class DualWriteDataAccess(TransactionMixin, LogWriterMixin):
                         raise
                     tx.pg_ok, tx.error = False, str(exc)
             if not tx.pg_ok and tx.entries:
-                self._queue(tx.entries, "+".join(dict.fromkeys(tx.ops)), tx.error)
+                self._queue(tx.entries, tx.ops, tx.error)
         finally:
             if undo:
                 self.files.rollback()
@@ -461,7 +470,8 @@ class DualWriteDataAccess(TransactionMixin, LogWriterMixin):
         return {"status": status, "store": self.store, "primary": self.primary,
                 "phases": dict(self.phases),
                 "file": files, "postgresql": pg, "reconcile_pending": pending,
-                "reconcile_queue": str(self.queue.path)}
+                "reconcile_queue": str(self.queue.path),
+                "mirror": self.mirror_stats.snapshot()}
 
     def close(self) -> None:
         self.files.close()

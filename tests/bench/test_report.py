@@ -13,10 +13,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 BENCH = ROOT / "bench"
-#: Scripts that compare or measure (report.py and cpushare.py are their helpers, scratch.py
-#: a fixture).
+#: Scripts that compare or measure (report.py, cpushare.py and dalsides.py are their
+#: helpers, scratch.py a fixture).
 SCRIPTS = sorted(p for p in BENCH.glob("*.py")
-                 if p.stem not in {"report", "scratch", "cpushare"})
+                 if p.stem not in {"report", "scratch", "cpushare", "dalsides"})
 HEADER = re.compile(r"^# bench/(\w+)\.py: \d{4}-\d\d-\d\d \d\d:\d\d UTC; host \S+, \d+ cores, "
                     r"\d+ GiB RAM, .*; (\d+) interleaved rounds$", re.M)
 

@@ -15,7 +15,7 @@ from donnadb.dal import (
 from donnadb.migrate import apply_migrations
 from tests.dal import replicas
 from tests.dal.redisserver import RedisServer, cache_settings
-from tests.support import create_scratch_database, drop_database
+from tests.support import create_scratch_database, drop_database, superuser_psql
 
 #: Stores per entity the contract also holds for: (users, memory, chats, messages, logs)
 #: phases and the primary store. The plan's pilot, reading memory from either store; a
@@ -104,6 +104,16 @@ def pg_db(settings, dal_db):
     with db.connection("migrator", settings=settings, dbname=dal_db) as conn:
         conn.execute("TRUNCATE users, chat_sessions, messages, user_memory, system_logs")
     return dal_db
+
+
+@pytest.fixture
+def no_inserts_into_messages(settings, pg_db):
+    """The application role loses INSERT on messages in ``pg_db`` (given back after):
+    PostgreSQL refuses every copy of a message, and nothing else."""
+    role = settings.db_role_app
+    superuser_psql(f"REVOKE INSERT ON messages FROM {role}", pg_db)
+    yield
+    superuser_psql(f"GRANT INSERT ON messages TO {role}", pg_db)
 
 
 @pytest.fixture(params=STORES)

@@ -12,6 +12,7 @@ import pytest
 
 from donnadb.dal import DualWriteDataAccess, FileDataAccess, PostgresDataAccess, reconcile
 from donnadb.errors import UsageError
+from tests.dal.conftest import ENTITIES
 
 
 def closed_port() -> int:
@@ -267,3 +268,48 @@ def test_reconcile_one_entity_keeps_the_others_queued(down, up):
     assert up.queue.count() == 0
     with pytest.raises(UsageError, match="unknown entity 'files'"):
         reconcile(up, entity="files")
+
+
+def mirror_figures(dal, figure: str) -> dict[str, int]:
+    """``health_check()["mirror"]``'s ``figure`` (copies, failures) per entity."""
+    return {entity: m[figure] for entity, m in dal.health_check()["mirror"].items()}
+
+
+def test_each_copy_is_timed_under_its_entity(up):
+    up.create_user({"clerk_id": "user_ana"})
+    up.set_user_memory("user_ana", "context", "pet", "cat")
+    up.create_chat_session("c_1", "user_ana", {})
+    for i in range(3):
+        up.add_message("c_1", "user", f"m{i}")
+    up.write_log("info", "hello")
+    mirror = up.health_check()["mirror"]
+    assert {e: m["copies"] for e, m in mirror.items()} == {
+        "users": 1, "memory": 1, "chats": 1, "messages": 3, "logs": 1}
+    assert all(m["failures"] == 0 for m in mirror.values())
+    msg = mirror["messages"]
+    assert 0 < msg["seconds_p95"] <= msg["seconds_sum"] < 10
+
+
+def test_a_refused_copy_counts_against_its_entity_only(up, no_inserts_into_messages):
+    up.create_user({"clerk_id": "user_ana"})
+    up.set_user_memory("user_ana", "context", "pet", "cat")
+    up.create_chat_session("c_1", "user_ana", {})
+    assert mirror_figures(up, "failures") == dict.fromkeys(ENTITIES, 0)
+    up.add_message("c_1", "user", "PostgreSQL may not store this")
+    assert mirror_figures(up, "failures") == {"users": 0, "memory": 0, "chats": 0,
+                                              "messages": 1, "logs": 0}
+    assert mirror_figures(up, "copies")["messages"] == 1  # the refused attempt is timed too
+    assert up.queue.count() == 1
+    assert up.files.get_message_count("c_1") == 1
+
+
+def test_writes_while_postgresql_is_unreachable_count_per_entity(down):
+    down.create_user({"clerk_id": "user_ana"})     # tried: the pool times out
+    down.update_user("user_ana", {"name": "Ana"})  # skipped: PostgreSQL is down
+    down.create_chat_session("c_1", "user_ana", {})
+    with down.transaction():                       # queued at commit
+        down.add_message("c_1", "user", "one")
+        down.add_message("c_1", "assistant", "two")
+    assert mirror_figures(down, "failures") == {"users": 2, "memory": 0, "chats": 1,
+                                                "messages": 2, "logs": 0}
+    assert mirror_figures(down, "copies")["users"] == 1  # the one that waited for PostgreSQL

@@ -12,7 +12,7 @@ from donnadb import db
 from donnadb.dal import FileDataAccess, MixedDataAccess, PostgresDataAccess, reconcile
 from donnadb.errors import DatabaseError
 from tests.dal.conftest import ENTITIES
-from tests.dal.test_dualwrite import closed_port
+from tests.dal.test_dualwrite import closed_port, mirror_figures
 from tests.support import superuser_psql
 
 BOTH, FILE, PG = {"file", "postgresql"}, {"file"}, {"postgresql"}
@@ -236,5 +236,22 @@ def test_a_failed_commit_undoes_the_files_when_postgresql_alone_held_writes(sett
         dal.create_chat_session("c_tx", "user_ana", {})
         dal.add_message("c_tx", "user", "again")
         assert [m["content"] for m in dal.get_chat_history("c_tx")] == ["again"]
+    finally:
+        dal.close()
+
+
+def test_a_mixed_store_counts_only_what_it_copies(settings, tmp_path, pg_db,
+                                                  no_inserts_into_messages):
+    """The pilot copies the memory file (user and memory writes); chats and messages
+    stay in files and are never counted."""
+    dal = mixed(settings, tmp_path / "data", PLACES["pilot"][0], "file", dbname=pg_db)
+    try:
+        dal.create_user({"clerk_id": "user_ana"})
+        dal.set_user_memory("user_ana", "context", "pet", "cat")
+        dal.create_chat_session("c_1", "user_ana", {})
+        dal.add_message("c_1", "user", "files only")
+        assert mirror_figures(dal, "copies") == {"users": 1, "memory": 1, "chats": 0,
+                                                 "messages": 0, "logs": 0}
+        assert mirror_figures(dal, "failures") == dict.fromkeys(ENTITIES, 0)
     finally:
         dal.close()

@@ -1,0 +1,64 @@
+"""bench/dal.py: the storage modes side by side and the cache, run for real on a tiny
+data set (a scratch database, the legacy files, a throwaway redis-server)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.bench.conftest import BENCH
+
+OPERATIONS = ("get_chat_history", "add_message", "set_user_memory", "write_log")
+
+
+@pytest.fixture
+def dalsides(bench_script):
+    return bench_script("dalsides")
+
+
+def test_modes_are_checked_and_the_cache_goes_on_the_postgresql_mode(dalsides):
+    assert dalsides.parse_modes("postgresql,file") == ("file", "postgresql")
+    with pytest.raises(ValueError, match="--modes"):
+        dalsides.parse_modes("file,sqlite")
+    names = [s.name for s in dalsides.sides(("file", "dual", "postgresql"), "both")]
+    assert names == ["file", "dual", "postgresql", "postgresql+cache"]
+    assert [s.name for s in dalsides.sides(("postgresql",), "on")] == ["postgresql+cache"]
+    with pytest.raises(ValueError, match="add it to --modes"):
+        dalsides.sides(("file",), "on")
+
+
+def test_each_side_gets_its_own_rows(dalsides):
+    shares = [dalsides.share(list(range(10)), 3, k) for k in range(3)]
+    assert sorted(x for s in shares for x in s) == list(range(10))
+    assert dalsides.share([1, 2], 1, 0) == [1, 2]
+    with pytest.raises(ValueError, match="more --messages"):
+        dalsides.share([1, 2], 3, 0)
+
+
+def test_three_modes_and_the_cache_side_by_side():
+    """One round, a few calls: every operation per mode, the ratios to postgresql,
+    dual-write's copies per entity and the cache's hit ratio are printed."""
+    env = {**os.environ, "PYTHONPATH": str(BENCH.parent)}
+    run = subprocess.run(
+        [sys.executable, str(BENCH / "dal.py"), "--messages", "400", "--calls", "2",
+         "--threads", "1", "--rounds", "1", "--closed-loop",
+         "--modes", "file,dual,postgresql", "--cache", "both"],
+        capture_output=True, text=True, env=env, timeout=120, check=False)
+    out = run.stdout
+    assert run.returncode in (0, 1), run.stderr[-3000:]  # 1: the history verdict failed
+    side_by_side = out.split("side by side", 1)[1]
+    for op in OPERATIONS:
+        for mode in ("file", "dual", "postgresql", "postgresql+cache"):
+            assert re.search(rf"round 1   1 threads  {re.escape(mode)} +{op} ", out), (op, mode)
+        for ratio in ("file/postgresql", "dual/postgresql", "postgresql+cache/postgresql"):
+            assert re.search(rf"{op} .* {re.escape(ratio)} p50 [0-9.]+ +p95 [0-9.]+",
+                             side_by_side), (op, ratio)
+    assert re.search(r"^  messages +copies +2 +p95 +[0-9.]+ ms  failures 0$", out, re.M), out
+    assert re.search(r"postgresql\+cache: cache hit ratio [0-9.]+", out)
+    assert re.search(r"get_chat_history p95 with the cache [0-9.]+ ms, without [0-9.]+ ms, "
+                     r"ratio [0-9.]+", out)
+    assert re.search(r"^(PASS|FAIL): get_chat_history \(latest 20\) \(postgresql\)", out, re.M)
