@@ -18,17 +18,29 @@ server's (PostgreSQL and PgBouncer) and the machine's busy share, of the step's 
 time on all cores; and, for the statements with the most server time, the mean planning
 and execution milliseconds per call (pg_stat_statements with track_planning on for the
 run: through PgBouncer in transaction mode every statement is planned on each call).
+
+``--cache both`` runs every step twice per round, without and with the DAL's Redis
+cache (a throwaway redis-server on 127.0.0.1 for the whole run; the Locust processes
+get CACHE_ENABLED and CACHE_URL), in an order rotated each round, and reports for each
+side the server's CPU milliseconds per request (its share of the cores over req/s),
+Redis's CPU share, and Redis's keyspace hit ratio (version and value lookups together).
+``--user-class ReaderUser`` runs the read-heavy mix (donnadb/loadtest/locustfile.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import redis
 from cpushare import Shares, planning_tracked
-from report import header, span
+from dalsides import throwaway_redis
+from report import header, rotated, span
 
 from donnadb.config import load_settings
 from donnadb.loadtest import runner
@@ -51,6 +63,12 @@ class Step:
     passed: bool
     shares: Shares
     statements: list[dict]
+    #: Redis keyspace hits / lookups during the step (None without the cache).
+    hit_ratio: float | None = None
+
+    @property
+    def server_ms(self) -> float | None:
+        return self.shares.ms_per_request(self.shares.server, self.rps)
 
 
 def main() -> int:
@@ -66,50 +84,86 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("bench-results/capacity"))
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved rounds, every step once per round")
+    parser.add_argument("--cache", choices=("off", "on", "both"), default="off",
+                        help="the DAL's Redis cache in the Locust processes (both: each "
+                             "step without and with it, interleaved)")
+    parser.add_argument("--user-class", default="ChatUser",
+                        help="the Locust mix: ChatUser, or ReaderUser (read-heavy)")
     args = parser.parse_args()
     settings = load_settings()
     steps = [int(s) for s in args.steps.split(",")]
+    sides = {"off": ["off"], "on": ["on"], "both": ["off", "on"]}[args.cache]
     print(header("bench/capacity.py", args.rounds), flush=True)
-    runs: dict[int, list[Step]] = {users: [] for users in steps}
-    with planning_tracked():
+    runs: dict[tuple[int, str], list[Step]] = {(u, side): [] for u in steps for side in sides}
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(planning_tracked())
+        cache = None
+        if "on" in sides:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            cache = stack.enter_context(throwaway_redis(tmp / "redis"))
         for r in range(1, args.rounds + 1):
             for users in steps:
-                step = _step(args, settings, users, r)
-                runs[users].append(step)
-                _print_step(r, users, step)
+                for side in rotated(sides, r - 1):
+                    step = _step(args, settings, users, r, cache if side == "on" else None)
+                    runs[(users, side)].append(step)
+                    _print_step(r, users, side, step)
+    _print_table(args, steps, sides, runs)
+    passed = {key: all(step.passed for step in rows) for key, rows in runs.items()}
+    return 0 if any(passed.values()) else 1
+
+
+def _print_table(args, steps: list[int], sides: list[str],
+                 runs: dict[tuple[int, str], list[Step]]) -> None:
     base_users = steps[0]
-    # A step passes only when it passed in every round.
-    passed = {users: all(step.passed for step in runs[users]) for users in steps}
-    best = max((users for users in steps if passed[users]), default=None)
-    print(f"\ncapacity (p95 < {args.p95_ms:g} ms, no failures), "
+    print(f"\ncapacity (p95 < {args.p95_ms:g} ms, no failures), {args.user_class} mix, "
           f"{args.processes} Locust process(es), {args.seconds} s steady per step; "
           f"min-max over {args.rounds} rounds, scaling per round; CPU shares of the step's "
-          "wall time on all cores")
-    print("| users | req/s | p95 ms | p99 ms | failures | pool eff. | slowest query p95 ms "
-          "| scaling vs first | Locust CPU | server CPU | machine busy | SLO |")
-    print("|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|:---:|")
-    for users in steps:
-        rows = runs[users]
-        scaling = [(row.rps / base.rps) / (users / base_users) if base.rps else 0.0
-                   for row, base in zip(rows, runs[base_users], strict=True)]
-        effs = [row.efficiency for row in rows if row.efficiency is not None]
-        mark = "pass" + (" (highest)" if users == best else "") if passed[users] else "FAIL"
-        print(f"| {users:,} | {span([row.rps for row in rows], '{:,.0f}')} | "
-              f"{span([row.p95 or 0.0 for row in rows], '{:g}')} | "
-              f"{span([row.p99 or 0.0 for row in rows], '{:g}')} | "
-              f"{span([row.failures for row in rows], '{:d}')} | "
-              f"{span(effs, '{:.1%}') if effs else '-'} | "
-              f"{'; '.join(sorted({row.slowest for row in rows}))} | {span(scaling)} | "
-              f"{span([row.shares.load for row in rows], '{:.0%}')} | "
-              f"{span([row.shares.server for row in rows], '{:.0%}')} | "
-              f"{span([row.shares.busy for row in rows], '{:.0%}')} | {mark} |")
-    return 0 if best is not None else 1
+          "wall time on all cores; server CPU per request = its share x cores / req/s")
+    print("| users | cache | req/s | p95 ms | p99 ms | failures | pool eff. | slowest query "
+          "p95 ms | scaling vs first | Locust CPU | server CPU | server CPU ms/req "
+          "| Redis CPU | Redis hit ratio | machine busy | SLO |")
+    print("|---:|:---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|:---:|")
+    for side in sides:
+        # A step passes only when it passed in every round.
+        passed = {u: all(step.passed for step in runs[(u, side)]) for u in steps}
+        best = max((u for u in steps if passed[u]), default=None)
+        for users in steps:
+            rows = runs[(users, side)]
+            base = runs[(base_users, side)]
+            scaling = [(row.rps / b.rps) / (users / base_users) if b.rps else 0.0
+                       for row, b in zip(rows, base, strict=True)]
+            effs = [row.efficiency for row in rows if row.efficiency is not None]
+            hits = [row.hit_ratio for row in rows if row.hit_ratio is not None]
+            mark = "pass" + (" (highest)" if users == best else "") if passed[users] else \
+                "FAIL"
+            print(f"| {users:,} | {side} | {span([row.rps for row in rows], '{:,.0f}')} | "
+                  f"{span([row.p95 or 0.0 for row in rows], '{:g}')} | "
+                  f"{span([row.p99 or 0.0 for row in rows], '{:g}')} | "
+                  f"{span([row.failures for row in rows], '{:d}')} | "
+                  f"{span(effs, '{:.1%}') if effs else '-'} | "
+                  f"{'; '.join(sorted({row.slowest for row in rows}))} | {span(scaling)} | "
+                  f"{span([row.shares.load for row in rows], '{:.0%}')} | "
+                  f"{span([row.shares.server for row in rows], '{:.0%}')} | "
+                  f"{span([row.server_ms or 0.0 for row in rows], '{:.3f}')} | "
+                  f"{span([row.shares.cache for row in rows], '{:.0%}')} | "
+                  f"{span(hits, '{:.1%}') if hits else '-'} | "
+                  f"{span([row.shares.busy for row in rows], '{:.0%}')} | {mark} |")
+    if len(sides) == 2:
+        print("\nserver CPU per request, cache on / off, per round (lower is better):")
+        for users in steps:
+            ratios = [on.server_ms / off.server_ms
+                      for off, on in zip(runs[(users, "off")], runs[(users, "on")], strict=True)
+                      if on.server_ms and off.server_ms]
+            print(f"  {users:>6,} users  {span(ratios) if ratios else '-'}")
 
 
-def _print_step(r: int, users: int, step: Step) -> None:
-    print(f"round {r} step {users:>5} users: {step.rps:8.1f} req/s  p95 {step.p95} ms  "
-          f"p99 {step.p99} ms  failures {step.failures}  CPU: Locust {step.shares.load:.0%}"
-          f" server {step.shares.server:.0%} busy {step.shares.busy:.0%}", flush=True)
+def _print_step(r: int, users: int, side: str, step: Step) -> None:
+    hits = "" if step.hit_ratio is None else f" Redis {step.shares.cache:.0%} hits " \
+        f"{step.hit_ratio:.1%}"
+    print(f"round {r} step {users:>5} users cache {side}: {step.rps:8.1f} req/s  p95 "
+          f"{step.p95} ms  p99 {step.p99} ms  failures {step.failures}  CPU: Locust "
+          f"{step.shares.load:.0%} server {step.shares.server:.0%} "
+          f"({step.server_ms or 0:.3f} ms/req){hits} busy {step.shares.busy:.0%}", flush=True)
     for s in step.statements:
         plan, execute = float(s["plan_ms"]), float(s["mean_ms"])
         share = plan / (plan + execute) if plan + execute else 0.0
@@ -117,24 +171,45 @@ def _print_step(r: int, users: int, step: Step) -> None:
               f"  ({share:.0%} planning)  {s['query'][:70]}", flush=True)
 
 
-def _step(args, settings, users: int, r: int) -> Step:
+def _step(args, settings, users: int, r: int, cache_url: str | None) -> Step:
     spawn = max(25.0, users / 10)  # ramp in ~10 s
+    side = "cache" if cache_url else "nocache"
     opts = runner.RunOptions(
         users=users, spawn_rate=spawn, duration=f"{int(args.seconds + users / spawn)}s",
-        out_dir=args.out / f"round-{r}" / f"step-{users}", dbname=args.dbname,
+        out_dir=args.out / f"round-{r}" / f"step-{users}-{side}", dbname=args.dbname,
         pgbouncer_port=args.pgbouncer_port or None, pool_size=args.pool_size,
         processes=args.processes if args.processes > 1 else None,
-        p95_limit_ms=args.p95_ms)
+        p95_limit_ms=args.p95_ms, user_class=args.user_class)
+    # The Locust processes inherit this environment (settings read it before the files).
+    os.environ["CACHE_ENABLED"] = "true" if cache_url else "false"
+    if cache_url:
+        os.environ["CACHE_URL"] = cache_url
+    before = _keyspace(cache_url)
     with Shares().measure() as shares:
         result = runner.run(opts, settings)
+    after = _keyspace(cache_url)
     total = next(q for q in result.verdict.queries if q.name == AGGREGATED)
     worst = max((q for q in result.verdict.queries if q.name != AGGREGATED),
                 key=lambda q: q.p95_ms or 0.0)
     # The capacity goal is on the overall p95 (the per-query gate is `loadtest run`'s).
     ok = total.p95_ms is not None and total.p95_ms < args.p95_ms and total.failures == 0
+    lookups = after[0] + after[1] - before[0] - before[1]
     return Step(total.rps, total.p95_ms, total.p99_ms, total.failures,
                 (result.pool or {}).get("efficiency"), f"{worst.name} {worst.p95_ms:g}", ok,
-                shares, result.statements["top"][:STATEMENTS])
+                shares, result.statements["top"][:STATEMENTS],
+                (after[0] - before[0]) / lookups if cache_url and lookups else None)
+
+
+def _keyspace(url: str | None) -> tuple[int, int]:
+    """Redis's keyspace (hits, misses) so far; zeros without a cache."""
+    if url is None:
+        return 0, 0
+    client = redis.Redis.from_url(url, socket_timeout=5)
+    try:
+        stats = client.info("stats")
+        return int(stats["keyspace_hits"]), int(stats["keyspace_misses"])
+    finally:
+        client.close()
 
 
 if __name__ == "__main__":

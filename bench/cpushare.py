@@ -30,6 +30,8 @@ TICK = os.sysconf("SC_CLK_TCK")
 CORES = os.cpu_count() or 1
 #: Processes that make up the database server (their /proc comm).
 SERVER_COMMS = ("postgres", "pgbouncer")
+#: The DAL's cache (a redis-server the bench keeps alive for the whole run).
+CACHE_COMMS = ("redis-server",)
 #: /proc/stat's cpu fields that count busy time: user nice system irq softirq steal.
 BUSY_FIELDS = (0, 1, 2, 5, 6, 7)
 
@@ -67,17 +69,25 @@ class Shares:
 
     load: float = 0.0
     server: float = 0.0
+    cache: float = 0.0
     busy: float = 0.0
 
     @contextmanager
     def measure(self) -> Iterator[Shares]:
-        wall, load, server, busy = (time.monotonic(), load_cpu_seconds(),
-                                    server_cpu_seconds(), busy_cpu_seconds())
+        wall, load, server, cache, busy = (
+            time.monotonic(), load_cpu_seconds(), server_cpu_seconds(),
+            server_cpu_seconds(CACHE_COMMS), busy_cpu_seconds())
         yield self
         capacity = (time.monotonic() - wall) * CORES
         self.load = (load_cpu_seconds() - load) / capacity
         self.server = (server_cpu_seconds() - server) / capacity
+        self.cache = (server_cpu_seconds(CACHE_COMMS) - cache) / capacity
         self.busy = (busy_cpu_seconds() - busy) / capacity
+
+    def ms_per_request(self, share: float, rps: float) -> float | None:
+        """CPU milliseconds per request of a ``share`` at ``rps`` requests per second
+        (the share is of the whole step, ramp included: a steady-state estimate)."""
+        return share * CORES * 1000 / rps if rps else None
 
 
 TRACK_PLANNING = "pg_stat_statements.track_planning"

@@ -164,6 +164,14 @@ class ChatUser(DonnaUser):
                    {"user_id": self.user_id, "chat_id": self.chat_id})
 
 
+class ReaderUser(ChatUser):
+    """The read-heavy mix: people scrolling back through their chats and the assistant
+    reading their memory far more often than anything is written (where a cache pays)."""
+
+    tasks = {ChatUser.read_history: 30, ChatUser.get_memory: 6, ChatUser.list_sessions: 3,
+             ChatUser.converse: 1, ChatUser.set_memory: 1}
+
+
 class SleepUser(DonnaUser):
     """The gevent smoke test: each user runs ``pg_sleep(1)`` once (``--class-picker``
     or ``SleepUser`` on the command line); with cooperation N users take ~1 s, not N s."""
@@ -175,4 +183,4 @@ class SleepUser(DonnaUser):
         self.timed("smoke.pg_sleep_1", _workload(self.environment).sleep, 1.0)
 
 
-__all__ = ["ChatUser", "SleepUser", "QUERY_NAMES", "locust"]
+__all__ = ["ChatUser", "ReaderUser", "SleepUser", "QUERY_NAMES", "locust"]

@@ -112,7 +112,7 @@ def preflight(opts: RunOptions, settings: Settings) -> None:
         raise PreconditionError("Locust is not installed in this environment: "
                                 "pip install 'donnadb[loadtest]'")
     dbname = opts.dbname or settings.db_name
-    if opts.user_class == "ChatUser":
+    if opts.user_class != "SleepUser":  # the chat mixes read the seeded users and chats
         # As the role the run itself uses: an application host holds no other credential.
         with db.connection("app", settings=settings, dbname=opts.dbname) as conn:
             try:
