@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from donnadb import db
+from donnadb.crypto import keyfile
 from donnadb.dal import (
     DualWriteDataAccess,
     FileDataAccess,
@@ -27,7 +28,11 @@ MIXED = {
     "mixed-middle": (("dual", "dual", "dual", "dual", "postgresql"), "postgresql"),
     "mixed-late": (("postgresql", "postgresql", "postgresql", "dual", "file"), "file"),
 }
-STORES = ["file", "postgresql", "postgresql+cache", "dual-file", "dual-postgresql", *MIXED]
+STORES = ["file", "postgresql", "postgresql+cache", "postgresql+crypto", "postgresql+crypto+cache",
+          "dual-file", "dual-postgresql", *MIXED]
+#: What the test fixtures empty between tests (user_keys: the data keys of field
+#: encryption; erasures: the ledger of `users forget`).
+TABLES = "users, user_keys, erasures, chat_sessions, messages, user_memory, system_logs"
 ENTITIES = ("users", "memory", "chats", "messages", "logs")
 
 
@@ -102,8 +107,21 @@ def redis_server(redis_session):
 def pg_db(settings, dal_db):
     """``dal_db`` emptied for this test."""
     with db.connection("migrator", settings=settings, dbname=dal_db) as conn:
-        conn.execute("TRUNCATE users, chat_sessions, messages, user_memory, system_logs")
+        conn.execute(f"TRUNCATE {TABLES}")
     return dal_db
+
+
+@pytest.fixture(scope="session")
+def kek_file(tmp_path_factory):
+    """A field-encryption key file (0600) for the session."""
+    path = tmp_path_factory.mktemp("keys") / "fields.key"
+    keyfile.generate(path)
+    return path
+
+
+def crypto_settings(settings, kek_file):
+    """``settings`` with field encryption on, with the keys of ``kek_file``."""
+    return settings.model_copy(update={"crypto_enabled": True, "crypto_kek_file": kek_file})
 
 
 @pytest.fixture(params=STORES)
@@ -114,7 +132,9 @@ def dal(request, tmp_path, settings):
         store = FileDataAccess(tmp_path / "data")
     else:
         dbname = request.getfixturevalue("pg_db")
-        if kind == "postgresql+cache":
+        if "+crypto" in kind:
+            settings = crypto_settings(settings, request.getfixturevalue("kek_file"))
+        if kind.endswith("+cache"):
             settings = cache_settings(settings, request.getfixturevalue("redis_server"))
         pg = make_pg(settings, dbname)
         if kind.startswith("postgresql"):
@@ -129,7 +149,7 @@ def dal(request, tmp_path, settings):
     if isinstance(store, DualWriteDataAccess):
         # A contract test never expects dual-write to fall behind.
         assert store.queue.count() == 0
-    if kind == "postgresql+cache":
+    if kind.endswith("+cache"):
         # The cache answered without a failure, and was used.
         health = store.health_check()["cache"]
         assert health["status"] == "ok" and health["errors"] == 0, health
