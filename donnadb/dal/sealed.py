@@ -114,7 +114,8 @@ class Sealer:
         if settings.crypto_kek_file is None:
             raise KeyFileError("CRYPTO_ENABLED is on but CRYPTO_KEK_FILE is not set: point "
                                "it at the key file (`donnactl keys init` makes one)")
-        self.keys = keyfile.load(settings.crypto_kek_file)
+        self._path = settings.crypto_kek_file
+        self.keys = keyfile.load(self._path)
 
     def new_key(self, user_id: str) -> DataKey:
         """A new data key for a user about to be inserted (then :meth:`save_key`)."""
@@ -152,7 +153,16 @@ class Sealer:
             raise DecryptError(f"user {user_id} has sealed values but no data key: it "
                                "was erased (`users forget`), so they cannot be read")
         raw = bytes.fromhex(wrapped) if isinstance(wrapped, str) else bytes(wrapped)
-        return DataKey(user_id, envelope.unwrap(self.keys, user_id, kek_id, raw))
+        try:
+            return DataKey(user_id, envelope.unwrap(self.keys, user_id, kek_id, raw))
+        except KeyFileError:
+            # A KEK added since this process read the file (`keys add-kek`, then `keys
+            # rotate` while the application runs): read it again, once per such key.
+            fresh = keyfile.load(self._path)
+            if fresh.kek(kek_id) is None:
+                raise
+            self.keys = fresh
+            return DataKey(user_id, envelope.unwrap(fresh, user_id, kek_id, raw))
 
     def lookup_hash(self, email: str | None) -> bytes | None:
         return envelope.lookup_hash(self.keys, email)
