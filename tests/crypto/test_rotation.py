@@ -24,18 +24,6 @@ DONNACTL = str(Path(sys.executable).parent / "donnactl")
 BULK = 3000
 
 
-@pytest.fixture
-def kek_file(tmp_path):
-    path = tmp_path / "fields.key"
-    keyfile.generate(path)
-    return path
-
-
-@pytest.fixture
-def sealed(settings, kek_file):
-    return settings.model_copy(update={"crypto_enabled": True, "crypto_kek_file": kek_file})
-
-
 def _bulk_keys(dbname: str, keys: keyfile.KeySet) -> None:
     """BULK users with a data key each, under the key set's current KEK."""
     rows = []
@@ -57,8 +45,8 @@ def _donnactl(*args: str, kek_file: Path, **kwargs) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
 
-def test_a_rotation_killed_half_way_finishes_when_run_again(sealed, scratch_db, kek_file):
-    with PostgresDataAccess(sealed, dbname=scratch_db) as early:
+def test_a_rotation_killed_half_way_finishes_when_run_again(sealed_settings, scratch_db, kek_file):
+    with PostgresDataAccess(sealed_settings, dbname=scratch_db) as early:
         ids = [early.create_user({"clerk_id": f"c{n}", "email": f"u{n}@example.org",
                                   "name": f"User {n}", "profile": {"n": n}})
                for n in range(5)]
@@ -77,13 +65,13 @@ def test_a_rotation_killed_half_way_finishes_when_run_again(sealed, scratch_db, 
             time.sleep(0.01)
         run.send_signal(signal.SIGKILL)
         run.communicate()
-        half = rotation.status(sealed, dbname=scratch_db)
+        half = rotation.status(sealed_settings, dbname=scratch_db)
         assert 0 < half["to_rewrap"] < BULK + 5, half
         # Every key opens meanwhile, for a DAL that read the key file before the new KEK.
         for uid in ids:
             assert early.get_user_by_id(uid)["name"].startswith("User ")
         with pytest.raises(KeyFileError, match="still wrapped by KEK"):
-            rotation.retire(sealed, old, dbname=scratch_db)
+            rotation.retire(sealed_settings, old, dbname=scratch_db)
 
         again = _donnactl("keys", "rotate", "--json", "--dbname", scratch_db,
                           kek_file=kek_file)
@@ -96,10 +84,10 @@ def test_a_rotation_killed_half_way_finishes_when_run_again(sealed, scratch_db, 
         assert doc["to_rewrap"] == 0 and doc["current"] == new and doc["missing"] == []
         assert {k["kek_id"]: k["data_keys"] for k in doc["key_file"]} == {new: BULK + 5, old: 0}
 
-        rotation.retire(sealed, old, dbname=scratch_db)
+        rotation.retire(sealed_settings, old, dbname=scratch_db)
         assert [k.kek_id for k in keyfile.load(kek_file).keks] == [new]
         for uid in ids:
             assert early.get_user_memory(uid, "context") == {"k": {"v": uid}}
-    with PostgresDataAccess(sealed, dbname=scratch_db) as late:
+    with PostgresDataAccess(sealed_settings, dbname=scratch_db) as late:
         assert [late.get_user_by_id(uid)["email"] for uid in ids] == [
             f"u{n}@example.org" for n in range(5)]

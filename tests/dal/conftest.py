@@ -16,7 +16,7 @@ from donnadb.dal import (
 from donnadb.migrate import apply_migrations
 from tests.dal import replicas
 from tests.dal.redisserver import RedisServer, cache_settings
-from tests.support import create_scratch_database, drop_database
+from tests.support import create_scratch_database, crypto_settings, drop_database
 
 #: Stores per entity the contract also holds for: (users, memory, chats, messages, logs)
 #: phases and the primary store. The plan's pilot, reading memory from either store; a
@@ -113,15 +113,10 @@ def pg_db(settings, dal_db):
 
 @pytest.fixture(scope="session")
 def kek_file(tmp_path_factory):
-    """A field-encryption key file (0600) for the session."""
+    """A field-encryption key file (0600) for the session (tests/conftest.py's, once)."""
     path = tmp_path_factory.mktemp("keys") / "fields.key"
     keyfile.generate(path)
     return path
-
-
-def crypto_settings(settings, kek_file):
-    """``settings`` with field encryption on, with the keys of ``kek_file``."""
-    return settings.model_copy(update={"crypto_enabled": True, "crypto_kek_file": kek_file})
 
 
 @pytest.fixture(params=STORES)

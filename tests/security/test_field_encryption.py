@@ -23,18 +23,6 @@ def _marker(what: str) -> str:
     return f"zq{what}{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture
-def kek_file(tmp_path):
-    path = tmp_path / "fields.key"
-    keyfile.generate(path)
-    return path
-
-
-@pytest.fixture
-def sealed_settings(settings, kek_file):
-    return settings.model_copy(update={"crypto_enabled": True, "crypto_kek_file": kek_file})
-
-
 class Person:
     """A user written through the DAL with a marker in every personal field."""
 
