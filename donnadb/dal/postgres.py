@@ -65,7 +65,7 @@ from donnadb.dal.values import (
     needs_escape,
     unescape_text,
 )
-from donnadb.errors import DatabaseError, DataError, DonnaError
+from donnadb.errors import ConfigError, DatabaseError, DataError, DonnaError
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +115,12 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         # cryptography library is not in the base package yet.
         self._sealer = None
         if s.crypto_enabled:
-            from donnadb.dal.sealed import Sealer
-
+            try:
+                from donnadb.dal.sealed import Sealer
+            except ImportError as exc:
+                raise ConfigError(f"CRYPTO_ENABLED needs the cryptography library ({exc}): "
+                                  "install it beside donnadb, or turn CRYPTO_ENABLED off"
+                                  ) from None
             self._sealer = Sealer(s)
         self._user_by_id_sql = q.SELECT_USER_BY_ID if self._sealer is None \
             else q.SELECT_SEALED_USER_BY_ID
