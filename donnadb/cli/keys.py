@@ -1,4 +1,4 @@
-"""`donnactl keys init|add-kek|status|rotate|retire|reapply-erasures`."""
+"""`donnactl keys init|add-kek|status|rotate|retire|seal-existing|reapply-erasures`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from donnadb.cli.opsrun import confirm, logged, settings
 from donnadb.cli.options import DbOpt, JsonOpt, YesOpt
 from donnadb.cli.output import console, emit_json
 from donnadb.crypto import keyfile, rotation
+from donnadb.dal import cache, sealed
 from donnadb.errors import ConfigError
 from donnadb.ops import users
 
@@ -118,6 +119,29 @@ def retire_cmd(kek_id: Annotated[str, typer.Argument(help="The old KEK's id.")],
         emit_json({"key_file": str(path), "retired": kek_id})
     else:
         console.print(f"removed KEK {kek_id} from {path}", highlight=False)
+
+
+@app.command("seal-existing")
+@logged("keys seal-existing")
+def seal_existing_cmd(
+    batch: Annotated[int, typer.Option(min=1, help="Users per transaction.")] = 200,
+    json: JsonOpt = False,
+    dbname: DbOpt = None,
+) -> None:
+    """Seal the personal values stored in clear (written with encryption off).
+
+    Run it once after turning CRYPTO_ENABLED on over existing data (the legacy import),
+    and again after an interruption. Cached copies of the users changed are dropped.
+    """
+    s = settings()
+    db_name = dbname or s.db_name
+    changed = sealed.seal_plain_rows(
+        s, dbname=db_name, batch=batch,
+        sealed=lambda ids: cache.forget(s, db_name, [("user", i) for i in ids]))
+    if json:
+        emit_json({"users_sealed": changed})
+    else:
+        console.print(f"sealed the personal values of {changed} users", highlight=False)
 
 
 @app.command("reapply-erasures")

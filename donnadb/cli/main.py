@@ -40,7 +40,7 @@ GROUPS: list[tuple[str, str, str]] = [
     ("chats", "chats", "Support: inspect a chat session."),
     ("roles", "roles", "Role passwords: rotate."),
     ("keys", "keys", "Field encryption keys: init, add-kek, status, rotate, retire, "
-                     "reapply-erasures."),
+                     "seal-existing, reapply-erasures."),
     ("backup", "backup", "Backups: create, list, show, verify, restore, prune, check."),
     ("cluster", "cluster", "HA cluster (Patroni): list, history, switchover, failover, "
                            "restart, reinit, pause, resume, drill."),

@@ -657,10 +657,11 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
             query = q.SELECT_MEMORY if key is None else q.SELECT_MEMORY_KEY
         else:
             query = q.SELECT_SEALED_MEMORY if key is None else q.SELECT_SEALED_MEMORY_KEY
-        # Sealed, the cache keeps the rows as read: ciphertext and the wrapped data key.
+        # Sealed, the cache keeps the rows as read: ciphertext and the wrapped data key,
+        # under an item of their own (a plain store's rows have no key to open them).
+        item = ("memory" if self._sealer is None else "sealed-memory", memory_type, key)
         rows = self._read(lambda c: c.execute(query, params).fetchall(), user=user_id,
-                          cached=cache.Entry("user", user_id, ("memory", memory_type, key),
-                                             _first_expiry))
+                          cached=cache.Entry("user", user_id, item, _first_expiry))
         if self._sealer is not None:
             rows = self._sealer.open_memory(user_id, rows, memory_type)
         return {r["key"]: r["value"] for r in rows}

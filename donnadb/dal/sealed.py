@@ -22,7 +22,7 @@ plaintext, and a cache hit opens without a query. Imported only when CRYPTO_ENAB
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from donnadb.config import Settings
@@ -223,4 +223,92 @@ class Sealer:
         return out
 
 
-__all__ = ["DataKey", "DecryptError", "KeyFileError", "Sealer"]
+__all__ = ["DataKey", "DecryptError", "KeyFileError", "Sealer", "seal_plain_rows"]
+
+
+# Users with a personal value in clear: written with encryption off (the legacy import,
+# a store before CRYPTO_ENABLED). A sealed JSON value is a string with the envelope's
+# prefix; the batch's users are locked, SKIP LOCKED lets two runs share the work.
+PLAIN_VALUE = ("NOT (jsonb_typeof({v}) = 'string' AND "
+               f"starts_with({{v}} #>> '{{{{}}}}', '{envelope.TEXT_PREFIX}'))")
+PLAIN_USERS_SQL = f"""
+SELECT u.id::text AS id, u.email, u.name, u.profile, u.preferences
+  FROM users AS u
+ WHERE u.email IS NOT NULL OR u.name IS NOT NULL
+    OR EXISTS (SELECT 1 FROM jsonb_each(u.profile) AS e WHERE {PLAIN_VALUE.format(v="e.value")})
+    OR EXISTS (SELECT 1 FROM jsonb_each(u.preferences) AS e
+                WHERE {PLAIN_VALUE.format(v="e.value")})
+    OR EXISTS (SELECT 1 FROM user_memory AS m
+                WHERE m.user_id = u.id AND {PLAIN_VALUE.format(v="m.value")})
+ ORDER BY u.id
+ LIMIT %s
+   FOR UPDATE OF u SKIP LOCKED
+"""
+PLAIN_MEMORY_SQL = f"""
+SELECT memory_type, key, value FROM user_memory
+ WHERE user_id = %s AND {PLAIN_VALUE.format(v="value")}
+"""
+SEAL_USER_SQL = """
+UPDATE users SET email = NULL, name = NULL,
+       email_sealed = COALESCE(%(email_sealed)s, email_sealed),
+       name_sealed = COALESCE(%(name_sealed)s, name_sealed),
+       email_hmac = COALESCE(%(email_hmac)s, email_hmac),
+       profile = %(profile)s, preferences = %(preferences)s
+ WHERE id = %(id)s
+"""
+SEAL_MEMORY_SQL = """
+UPDATE user_memory SET value = %(value)s
+ WHERE user_id = %(user_id)s AND memory_type = %(memory_type)s AND key = %(key)s
+"""
+
+
+def seal_plain_rows(settings: Settings, *, dbname: str | None = None, batch: int = 200,
+                    sealed: Callable[[list[str]], object] | None = None) -> int:
+    """Seal every personal value stored in clear (rows written with encryption off), a
+    batch of users per transaction; how many users were changed. Run it again after an
+    interruption. ``sealed(user_ids)`` is told after each batch's commit (the caller
+    drops their cached values).
+
+    :raises KeyFileError: no usable key file.
+    :raises DatabaseError: the database cannot be reached.
+    """
+    from psycopg.rows import dict_row
+    from psycopg.types.json import Jsonb
+
+    from donnadb import db
+
+    sealer = Sealer(settings)
+    done = 0
+    with db.connection("app", settings=settings, dbname=dbname) as conn:
+        conn.row_factory = dict_row
+        while True:
+            with conn.transaction():
+                users = conn.execute(PLAIN_USERS_SQL, (batch,)).fetchall()
+                for user in users:
+                    _seal_user(conn, sealer, user, Jsonb)
+            if not users:
+                return done
+            done += len(users)
+            if sealed is not None:
+                sealed([u["id"] for u in users])
+
+
+def _seal_user(conn, sealer: Sealer, user: dict[str, Any], jsonb) -> None:
+    dk = sealer.key_for_write(conn, user["id"])
+    cols = {"email_sealed": None, "name_sealed": None, "email_hmac": None}
+    if user["email"] is not None or user["name"] is not None:
+        cols = sealer.user_columns(dk, {f: user[f] for f in TEXT_FIELDS
+                                        if user[f] is not None})
+    for section in SECTIONS:
+        cols[section] = jsonb({k: v if _is_sealed(v) else dk.seal_value(section, k, v)
+                               for k, v in user[section].items()})
+    conn.execute(SEAL_USER_SQL, {"email_sealed": None, "name_sealed": None,
+                                 "email_hmac": None, **cols, "id": user["id"]})
+    for row in conn.execute(PLAIN_MEMORY_SQL, (user["id"],)).fetchall():
+        conn.execute(SEAL_MEMORY_SQL, {
+            "user_id": user["id"], "memory_type": row["memory_type"], "key": row["key"],
+            "value": jsonb(dk.seal_value(row["memory_type"], row["key"], row["value"]))})
+
+
+def _is_sealed(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(envelope.TEXT_PREFIX)
