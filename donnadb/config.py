@@ -159,6 +159,13 @@ class Settings(BaseSettings):
     #: CA of a rediss:// server (unset: the system's trust store).
     cache_sslrootcert: Path | None = None
 
+    # Field-level encryption of personal data in the PostgreSQL store (donnadb/crypto/;
+    # docs/security.md, "Field encryption"). Off by default until the deploy makes a key
+    # file; once on, every store of the deployment must have it on.
+    crypto_enabled: bool = False
+    #: The key file (0600, the application's user): KEKs and the e-mail lookup key.
+    crypto_kek_file: Path | None = None
+
     # Roles created by the deploy.
     db_role_owner: str = ROLE_OWNER
     db_role_migrator: str = ROLE_MIGRATOR
@@ -367,7 +374,7 @@ class Settings(BaseSettings):
     @field_validator("patroni_config", "data_storage_users", "data_storage_memory",
                      "data_storage_chats", "data_storage_messages", "data_storage_logs",
                      "cache_password_file", "cache_sslrootcert", "cache_username",
-                     mode="before")
+                     "crypto_kek_file", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # PATRONI_CONFIG= (empty) in donnadb.env means "not in a cluster", like no line;

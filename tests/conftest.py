@@ -8,7 +8,7 @@ import pytest
 
 from donnadb import db
 from donnadb.config import Settings, load_settings
-from tests.support import create_scratch_database, drop_database
+from tests.support import create_scratch_database, crypto_settings, drop_database
 
 #: The fleet suite boots test hosts: `make test-hosts` runs it, the plain suite does not.
 collect_ignore = [] if os.environ.get("DONNADB_FLEET") == "1" else ["fleet"]
@@ -70,6 +70,22 @@ def scratch_db(settings, empty_db):
 
     apply_migrations(settings=settings, dbname=empty_db)
     return empty_db
+
+
+@pytest.fixture
+def kek_file(tmp_path):
+    """A field-encryption key file (CRYPTO_KEK_FILE, 0600) for one test."""
+    from donnadb.crypto import keyfile
+
+    path = tmp_path / "fields.key"
+    keyfile.generate(path)
+    return path
+
+
+@pytest.fixture
+def sealed_settings(settings, kek_file):
+    """``settings`` with field encryption on, with the keys of ``kek_file``."""
+    return crypto_settings(settings, kek_file)
 
 
 @pytest.fixture(scope="session")

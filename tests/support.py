@@ -86,6 +86,11 @@ def create_scratch_database(settings: Settings, prefix: str = "donna_test") -> s
     return name
 
 
+def crypto_settings(settings: Settings, kek_file: Path) -> Settings:
+    """``settings`` with field encryption on (CRYPTO_ENABLED), with ``kek_file``'s keys."""
+    return settings.model_copy(update={"crypto_enabled": True, "crypto_kek_file": kek_file})
+
+
 def drop_database(name: str) -> None:
     superuser_psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

@@ -39,6 +39,8 @@ GROUPS: list[tuple[str, str, str]] = [
     ("users", "users", "Support: inspect a user; GDPR erasure (forget)."),
     ("chats", "chats", "Support: inspect a chat session."),
     ("roles", "roles", "Role passwords: rotate."),
+    ("keys", "keys", "Field encryption keys: init, add-kek, status, rotate, retire, "
+                     "seal-existing, reapply-erasures."),
     ("backup", "backup", "Backups: create, list, show, verify, restore, prune, check."),
     ("cluster", "cluster", "HA cluster (Patroni): list, history, switchover, failover, "
                            "restart, reinit, pause, resume, drill."),

@@ -78,4 +78,4 @@ def forget_cmd(ident: IdentArg, dry_run: DryRunOpt = False, yes: YesOpt = False,
     else:
         console.print(f"erased user {result['user_id']}: {result['sessions']} sessions, "
                       f"{result['messages']} messages, {result['memory']} memory rows, "
-                      f"{result['logs']} log rows")
+                      f"{result['logs']} log rows, {result['data_key']} data key")

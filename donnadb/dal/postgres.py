@@ -11,6 +11,7 @@ import logging
 import select
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -64,12 +65,14 @@ from donnadb.dal.values import (
     needs_escape,
     unescape_text,
 )
-from donnadb.errors import DatabaseError, DataError, DonnaError
+from donnadb.errors import ConfigError, DatabaseError, DataError, DonnaError
 
 log = logging.getLogger(__name__)
 
 #: Memory types mirrored in a users column (the legacy file has one object for both).
 SECTION_COLUMNS = {"profile": "profile", "preferences": "preferences"}
+#: The users fields sealed with CRYPTO_ENABLED (donnadb/dal/sealed.py).
+PERSONAL_USER_FIELDS = frozenset({"email", "name", "profile", "preferences"})
 
 READ_ONLY = ("the database is read-only: a failover/switchover is in progress; retry "
              "(nothing was written)")
@@ -103,10 +106,26 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         background: a down server is reported by the first call).
 
         :raises CredentialsError: no password for the application role.
-        :raises ConfigError: DB_READ_FROM=replicas with nowhere to read from.
+        :raises ConfigError: DB_READ_FROM=replicas with nowhere to read from; with
+            CRYPTO_ENABLED, no usable key file (:class:`KeyFileError`).
         """
         s = settings or get_settings()
         self.settings = s
+        # Field encryption (CRYPTO_ENABLED): None when off. Imported only then: the
+        # cryptography library is not in the base package yet.
+        self._sealer = None
+        if s.crypto_enabled:
+            try:
+                from donnadb.dal.sealed import Sealer
+            except ImportError as exc:
+                raise ConfigError(f"CRYPTO_ENABLED needs the cryptography library ({exc}): "
+                                  "install it beside donnadb, or turn CRYPTO_ENABLED off"
+                                  ) from None
+            self._sealer = Sealer(s)
+        self._user_by_id_sql = q.SELECT_USER_BY_ID if self._sealer is None \
+            else q.SELECT_SEALED_USER_BY_ID
+        self._user_by_clerk_sql = q.SELECT_USER_BY_CLERK_ID if self._sealer is None \
+            else q.SELECT_SEALED_USER_BY_CLERK_ID
         self.via_pgbouncer = s.pgbouncer_port is not None
         kwargs: dict[str, Any] = {"autocommit": True, "row_factory": dict_row,
                                   "context": dal_adapters()}
@@ -297,7 +316,10 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         }
         try:
             with self._atomic() as conn:
-                user_id = conn.execute(q.INSERT_USER, params).fetchone()["id"]
+                if self._sealer is None:
+                    user_id = conn.execute(q.INSERT_USER, params).fetchone()["id"]
+                else:
+                    user_id, profile, preferences = self._insert_sealed_user(conn, params)
                 self._sync_section_rows(conn, user_id, "profile", profile)
                 self._sync_section_rows(conn, user_id, "preferences", preferences)
         except ConflictError:
@@ -305,20 +327,39 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         self._wrote(user=user_id, clerk=params["clerk_id"])
         return user_id
 
+    def _insert_sealed_user(self, conn, params: dict[str, Any]) -> tuple[str, dict, dict]:
+        """Insert a new user with its personal fields sealed under a new data key:
+        (its id, the sealed profile and preferences for the mirror rows)."""
+        user_id = str(uuid.uuid4())
+        dk = self._sealer.new_key(user_id)
+        cols = self._sealer.user_columns(dk, {
+            "email": params["email"], "name": params["name"],
+            "profile": params["profile"].obj, "preferences": params["preferences"].obj})
+        conn.execute(q.INSERT_SEALED_USER, {
+            **params, **cols, "id": user_id, "profile": Jsonb(cols["profile"]),
+            "preferences": Jsonb(cols["preferences"])})
+        self._sealer.save_key(conn, dk)
+        return user_id, cols["profile"], cols["preferences"]
+
+    def _open_user(self, row: dict[str, Any] | None) -> User | None:
+        return row if self._sealer is None else self._sealer.open_user(row)
+
     def get_user_by_id(self, user_id: str) -> User | None:
+        """:raises DecryptError: with CRYPTO_ENABLED, a sealed field does not open."""
         if not is_uuid(user_id):
             return None
-        return self._read(lambda c: c.execute(q.SELECT_USER_BY_ID, (user_id,)).fetchone(),
-                          user=user_id)
+        return self._open_user(self._read(
+            lambda c: c.execute(self._user_by_id_sql, (user_id,)).fetchone(), user=user_id))
 
     def get_user_by_clerk_id(self, clerk_id: str) -> User | None:
-        row = self._read(lambda c: c.execute(q.SELECT_USER_BY_CLERK_ID, (clerk_id,)).fetchone(),
-                         clerk=clerk_id)
+        """:raises DecryptError: with CRYPTO_ENABLED, a sealed field does not open."""
+        query = self._user_by_clerk_sql
+        row = self._read(lambda c: c.execute(query, (clerk_id,)).fetchone(), clerk=clerk_id)
         if row is not None and self._router is not None and \
                 self._router.written_recently([("user", str(row["id"]))]):
             # Written here under another clerk id (an update renamed it): the leader's copy.
-            row = self._one(q.SELECT_USER_BY_CLERK_ID, (clerk_id,))
-        return row
+            row = self._one(query, (clerk_id,))
+        return self._open_user(row)
 
     def update_user(self, user_id: str, updates: Mapping[str, Any]) -> bool:
         check_fields(updates, USER_FIELDS, "user")
@@ -326,28 +367,36 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         if not is_uuid(user_id):
             return False
         values: dict[str, Any] = {}
+        sections: dict[str, dict[str, Any]] = {}
         for field, value in updates.items():
             if field in SECTION_COLUMNS:
-                values[field] = Jsonb(check_json_object(value, field))
+                sections[field] = check_json_object(value, field)
+                values[field] = Jsonb(sections[field])
             elif field == "last_active_at":
                 values[field] = check_timestamp(value, "last_active_at")
             elif field == "status":
                 values[field] = value or "active"
             else:
                 values[field] = value
-        assignments = [sql.SQL("{} = {}").format(sql.Identifier(f), sql.Placeholder(f))
-                       for f in values]
-        assignments.append(sql.SQL("updated_at = now()"))
-        query = sql.SQL("UPDATE users SET {} WHERE id = {} RETURNING id").format(
-            sql.SQL(", ").join(assignments), sql.Placeholder("user_id"))
         try:
             with self._atomic() as conn:
+                if self._sealer is not None and set(updates) & PERSONAL_USER_FIELDS:
+                    dk = self._sealer.key_for_write(conn, user_id)
+                    if dk is None:
+                        return False
+                    cols = self._sealer.user_columns(
+                        dk, {f: updates[f] for f in PERSONAL_USER_FIELDS if f in updates})
+                    sections = {f: cols[f] for f in sections}
+                    values.update(cols, **{f: Jsonb(v) for f, v in sections.items()})
+                assignments = [sql.SQL("{} = {}").format(sql.Identifier(f), sql.Placeholder(f))
+                               for f in values]
+                assignments.append(sql.SQL("updated_at = now()"))
+                query = sql.SQL("UPDATE users SET {} WHERE id = {} RETURNING id").format(
+                    sql.SQL(", ").join(assignments), sql.Placeholder("user_id"))
                 if conn.execute(query, {**values, "user_id": user_id}).fetchone() is None:
                     return False
-                for section in SECTION_COLUMNS:
-                    if section in updates:
-                        self._sync_section_rows(conn, user_id, section,
-                                                check_json_object(updates[section], section))
+                for section, content in sections.items():
+                    self._sync_section_rows(conn, user_id, section, content)
         except ConflictError:
             raise ConflictError(f"user {updates.get('clerk_id')!r} already exists") from None
         self._wrote(user=user_id, clerk=updates.get("clerk_id"))
@@ -580,9 +629,15 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         params = {"user_id": user_id, "memory_type": memory_type, "key": key,
                   "value": Jsonb(value), "expires_at": check_timestamp(expires_at, "expires_at")}
         try:
-            # Profile and preferences keys are mirrored in a users column: two statements.
+            # Profile and preferences keys are mirrored in a users column: two statements
+            # (sealed: the user's data key is read first).
             section = memory_type in SECTION_COLUMNS
-            with self._atomic() if section else self._single() as conn:
+            with self._atomic() if section or self._sealer else self._single() as conn:
+                if self._sealer is not None:
+                    dk = self._sealer.key_for_write(conn, user_id)
+                    if dk is None:
+                        raise NotFoundError(user_id)
+                    params["value"] = Jsonb(dk.seal_value(memory_type, key, value))
                 conn.execute(q.UPSERT_MEMORY, params)
                 if section:
                     conn.execute(_section_sql(q.MERGE_SECTION_KEY, memory_type), params)
@@ -598,19 +653,27 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         if not is_uuid(user_id):
             return {}
         params = {"user_id": user_id, "memory_type": memory_type, "key": key}
-        query = q.SELECT_MEMORY if key is None else q.SELECT_MEMORY_KEY
+        if self._sealer is None:
+            query = q.SELECT_MEMORY if key is None else q.SELECT_MEMORY_KEY
+        else:
+            query = q.SELECT_SEALED_MEMORY if key is None else q.SELECT_SEALED_MEMORY_KEY
+        # Sealed, the cache keeps the rows as read: ciphertext and the wrapped data key,
+        # under an item of their own (a plain store's rows have no key to open them).
+        item = ("memory" if self._sealer is None else "sealed-memory", memory_type, key)
         rows = self._read(lambda c: c.execute(query, params).fetchall(), user=user_id,
-                          cached=cache.Entry("user", user_id, ("memory", memory_type, key),
-                                             _first_expiry))
+                          cached=cache.Entry("user", user_id, item, _first_expiry))
+        if self._sealer is not None:
+            rows = self._sealer.open_memory(user_id, rows, memory_type)
         return {r["key"]: r["value"] for r in rows}
 
     def memory_entries(self, user_id: str) -> list[MemoryEntry]:
         """Every stored entry of the user, expired ones included."""
         if not is_uuid(user_id):
             return []
-        return self._read(
-            lambda c: c.execute(q.SELECT_ALL_MEMORY, {"user_id": user_id}).fetchall(),
-            user=user_id)
+        query = q.SELECT_ALL_MEMORY if self._sealer is None else q.SELECT_SEALED_ALL_MEMORY
+        rows = self._read(lambda c: c.execute(query, {"user_id": user_id}).fetchall(),
+                          user=user_id)
+        return rows if self._sealer is None else self._sealer.open_memory(user_id, rows)
 
     def delete_user_memory(self, user_id: str, memory_type: str, key: str | None = None) -> bool:
         check_memory_type(memory_type)
@@ -644,7 +707,11 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
             "updated_at": user.get("updated_at"), "last_active_at": user.get("last_active_at"),
         }
         with self._atomic() as conn:
-            user_id = conn.execute(q.UPSERT_USER, params).fetchone()["id"]
+            dk = None
+            if self._sealer is None:
+                user_id = conn.execute(q.UPSERT_USER, params).fetchone()["id"]
+            else:
+                user_id, dk = self._upsert_sealed_user(conn, user, params)
             conn.execute(q.DELETE_MEMORY_NOT_LISTED, {
                 "user_id": user_id,
                 "types": [e["memory_type"] for e in memory],
@@ -653,11 +720,26 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
             with conn.cursor() as cur:
                 cur.executemany(q.UPSERT_MEMORY, [
                     {"user_id": user_id, "memory_type": e["memory_type"], "key": e["key"],
-                     "value": Jsonb(e["value"]), "expires_at": e["expires_at"]}
+                     "value": Jsonb(e["value"] if dk is None else
+                                    dk.seal_value(e["memory_type"], e["key"], e["value"])),
+                     "expires_at": e["expires_at"]}
                     for e in memory
                 ])
         self._wrote(user=user_id, clerk=user["clerk_id"])
         return user_id
+
+    def _upsert_sealed_user(self, conn, user: Mapping[str, Any], params: dict[str, Any]):
+        """upsert_user's row, sealed: (its id, its data key)."""
+        user_id = conn.execute(q.CLAIM_USER, {**params, "id": str(uuid.uuid4())}
+                               ).fetchone()["id"]
+        dk = self._sealer.key_for_write(conn, user_id)
+        cols = self._sealer.user_columns(dk, {
+            "email": user.get("email"), "name": user.get("name"),
+            "profile": user.get("profile") or {}, "preferences": user.get("preferences") or {}})
+        conn.execute(q.UPDATE_SEALED_USER, {
+            **params, **cols, "id": user_id, "profile": Jsonb(cols["profile"]),
+            "preferences": Jsonb(cols["preferences"])})
+        return user_id, dk
 
     def ensure_user(self, clerk_id: str) -> str:
         """Our id for ``clerk_id``, creating a bare user when there is none.

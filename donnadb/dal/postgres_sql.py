@@ -101,6 +101,64 @@ DELETE FROM user_memory AS m
                     WHERE k.t = m.memory_type AND k.k = m.key)
 """
 
+# ---- field encryption (CRYPTO_ENABLED; donnadb/dal/sealed.py) ----------------------
+# Rows carry their sealed columns and the user's wrapped data key (hex in the memory
+# reads: the cache keeps text, not bytes); the DAL opens them. A user's id is chosen by
+# the DAL before the insert, as every sealed value is bound to it.
+SEALED_USER_SELECT = """
+SELECT u.id::text AS id, u.clerk_id, u.email, u.name, u.profile, u.preferences,
+       u.created_at, u.updated_at, u.last_active_at, u.status,
+       u.email_sealed, u.name_sealed, k.kek_id, k.wrapped_key
+  FROM users AS u LEFT JOIN user_keys AS k ON k.user_id = u.id
+"""
+SELECT_SEALED_USER_BY_ID = SEALED_USER_SELECT + " WHERE u.id = %s"
+SELECT_SEALED_USER_BY_CLERK_ID = SEALED_USER_SELECT + " WHERE u.clerk_id = %s"
+
+INSERT_SEALED_USER = """
+INSERT INTO users (id, clerk_id, email_sealed, name_sealed, email_hmac, profile,
+                   preferences, status, last_active_at)
+VALUES (%(id)s, %(clerk_id)s, %(email_sealed)s, %(name_sealed)s, %(email_hmac)s,
+        %(profile)s, %(preferences)s, COALESCE(%(status)s, 'active'), %(last_active_at)s)
+RETURNING id::text AS id
+"""
+
+# A replicated user (upsert_user): its row claimed by clerk id (made bare, or locked),
+# then every field written sealed under the id it has.
+CLAIM_USER = """
+INSERT INTO users (id, clerk_id, created_at)
+VALUES (%(id)s, %(clerk_id)s, COALESCE(%(created_at)s, now()))
+ON CONFLICT (clerk_id) DO UPDATE SET clerk_id = EXCLUDED.clerk_id
+RETURNING id::text AS id
+"""
+UPDATE_SEALED_USER = """
+UPDATE users
+   SET email = NULL, name = NULL, email_sealed = %(email_sealed)s,
+       name_sealed = %(name_sealed)s, email_hmac = %(email_hmac)s, profile = %(profile)s,
+       preferences = %(preferences)s, status = COALESCE(%(status)s, 'active'),
+       updated_at = COALESCE(%(updated_at)s, now()), last_active_at = %(last_active_at)s
+ WHERE id = %(id)s
+"""
+
+SEALED_MEMORY_KEY_COLUMNS = """k.kek_id, encode(k.wrapped_key, 'hex') AS wrapped_key
+  FROM user_memory AS m LEFT JOIN user_keys AS k ON k.user_id = m.user_id"""
+SELECT_SEALED_MEMORY = f"""
+SELECT m.key, m.value, extract(epoch FROM m.expires_at - now())::float8 AS expires_in,
+       {SEALED_MEMORY_KEY_COLUMNS}
+ WHERE m.user_id = %(user_id)s AND m.memory_type = %(memory_type)s
+   AND (m.expires_at IS NULL OR m.expires_at > now())
+ ORDER BY m.key
+"""
+SELECT_SEALED_MEMORY_KEY = f"""
+SELECT m.key, m.value, extract(epoch FROM m.expires_at - now())::float8 AS expires_in,
+       {SEALED_MEMORY_KEY_COLUMNS}
+ WHERE m.user_id = %(user_id)s AND m.memory_type = %(memory_type)s AND m.key = %(key)s
+   AND (m.expires_at IS NULL OR m.expires_at > now())
+"""
+SELECT_SEALED_ALL_MEMORY = f"""
+SELECT m.memory_type, m.key, m.value, m.expires_at, {SEALED_MEMORY_KEY_COLUMNS}
+ WHERE m.user_id = %(user_id)s ORDER BY m.memory_type, m.key
+"""
+
 SESSION_COLUMNS = """s.id::text AS id, s.chat_id, s.user_id::text AS user_id, s.title,
     s.profile, s.metadata, s.created_at, s.updated_at, s.last_message_at, s.message_count,
     s.status"""

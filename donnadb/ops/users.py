@@ -3,9 +3,13 @@
 Inspection reads through the readonly role and shows what support needs (sessions,
 message counts, memory *keys*), never message contents or memory values. Erasure runs
 as the application role in ONE transaction and records itself in system_logs (the
-record holds the user's id and the counts, no personal data). The application role may
-not delete from system_logs: the user's log rows go through ``forget_user_logs()``
-(migration 0005), which never deletes an erasure record.
+record holds the user's id and the counts, no personal data) and in the ``erasures``
+ledger (the id and the time). The application role may not delete from system_logs:
+the user's log rows go through ``forget_user_logs()`` (migration 0005), which never
+deletes an erasure record. The user's data key (field encryption, ``user_keys``) goes in
+the same transaction: whatever copy of their sealed values a backup holds, nothing can
+open it once the key is gone from every database restored from it, which
+:func:`reapply_erasures` sees to for a restored backup.
 """
 
 from __future__ import annotations
@@ -72,6 +76,13 @@ DELETE_LOGS_SQL = "SELECT public.forget_user_logs(%(id)s) AS deleted"
 #: The reserved context key that marks an erasure record (forget_user_logs keeps them).
 ERASURE_KEY = "_donnadb_erasure"
 DELETE_USER_SQL = "DELETE FROM users WHERE id = %(id)s"
+# The user's data key (the FK would cascade; explicit, so the erasure counts it).
+DELETE_KEY_SQL = "DELETE FROM user_keys WHERE user_id = %(id)s"
+RECORD_ERASURE_SQL = """
+INSERT INTO erasures (user_id, erased_at) VALUES (%(id)s, COALESCE(%(at)s, now()))
+ON CONFLICT (user_id) DO NOTHING
+"""
+LEDGER_SQL = "SELECT user_id::text AS id, erased_at FROM erasures ORDER BY erased_at, user_id"
 
 
 def _is_uuid(value: str) -> bool:
@@ -146,18 +157,53 @@ def forget_user(settings: Settings, ident: str, *, dbname: str | None = None,
     with db.connection("app", settings=settings, dbname=dbname) as conn, conn.transaction():
         cur = conn.cursor(row_factory=dict_row)
         user = _find_user(cur, ident)
-        args = {"id": user["id"]}
-        cur.execute(LOCK_USER_SQL, args)
-        totals = cur.execute(SESSION_TOTALS_SQL, args).fetchone()
-        memory = cur.execute(COUNT_MEMORY_SQL, args).fetchone()["count"]
-        chats = [r["chat_id"] for r in cur.execute(DELETE_SESSIONS_SQL, args).fetchall()]
-        sessions = len(chats)
-        cur.execute(DELETE_MEMORY_SQL, args)
-        logs = cur.execute(DELETE_LOGS_SQL, args).fetchone()["deleted"]
-        cur.execute(DELETE_USER_SQL, args)
-        result = {"user_id": str(user["id"]), "sessions": sessions,
-                  "messages": totals["messages"], "memory": memory, "logs": logs}
+        result, chats = _erase(cur, str(user["id"]))
         eventlog.record_event(conn, "notice", "user erased (GDPR)", {**result, ERASURE_KEY: True})
     if erased is not None:
         erased([("user", result["user_id"]), *(("chat", c) for c in chats)])
     return result
+
+
+def _erase(cur: psycopg.Cursor, user_id: str, at: Any = None,
+           ) -> tuple[dict[str, Any], list[str]]:
+    """Delete a user (who exists) and all that is theirs, key included, and add them to
+    the ledger: (the counts, their chat ids). In the caller's transaction."""
+    args = {"id": user_id, "at": at}
+    cur.execute(LOCK_USER_SQL, args)
+    totals = cur.execute(SESSION_TOTALS_SQL, args).fetchone()
+    memory = cur.execute(COUNT_MEMORY_SQL, args).fetchone()["count"]
+    chats = [r["chat_id"] for r in cur.execute(DELETE_SESSIONS_SQL, args).fetchall()]
+    cur.execute(DELETE_MEMORY_SQL, args)
+    logs = cur.execute(DELETE_LOGS_SQL, args).fetchone()["deleted"]
+    keys = cur.execute(DELETE_KEY_SQL, args).rowcount
+    cur.execute(DELETE_USER_SQL, args)
+    cur.execute(RECORD_ERASURE_SQL, args)
+    return {"user_id": user_id, "sessions": len(chats), "messages": totals["messages"],
+            "memory": memory, "logs": logs, "data_key": keys}, chats
+
+
+def reapply_erasures(settings: Settings, *, ledger_db: str, dbname: str) -> dict[str, Any]:
+    """Erase again, in ``dbname`` (a database restored from a backup), every user that
+    the ledger of ``ledger_db`` (the database it replaces, or a copy of its ledger) says
+    was erased, and complete ``dbname``'s ledger. One transaction per user, each
+    recorded in system_logs like `users forget`; users already gone are only added to
+    the ledger. Rerunning it changes nothing more.
+
+    :raises DatabaseError: either database cannot be reached.
+    """
+    with db.connection("readonly", settings=settings, dbname=ledger_db,
+                       autocommit=True) as conn:
+        ledger = conn.cursor(row_factory=dict_row).execute(LEDGER_SQL).fetchall()
+    erased = []
+    with db.connection("app", settings=settings, dbname=dbname) as conn:
+        for entry in ledger:
+            with conn.transaction():
+                cur = conn.cursor(row_factory=dict_row)
+                if cur.execute(USER_BY_ID_SQL, entry).fetchone() is None:
+                    cur.execute(RECORD_ERASURE_SQL, {**entry, "at": entry["erased_at"]})
+                    continue
+                result, _ = _erase(cur, entry["id"], entry["erased_at"])
+                eventlog.record_event(conn, "notice", "user erased again (restored backup)",
+                                      {**result, ERASURE_KEY: True})
+                erased.append(entry["id"])
+    return {"ledger": len(ledger), "erased_again": erased}

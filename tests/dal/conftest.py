@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from donnadb import db
+from donnadb.crypto import keyfile
 from donnadb.dal import (
     DualWriteDataAccess,
     FileDataAccess,
@@ -15,7 +16,12 @@ from donnadb.dal import (
 from donnadb.migrate import apply_migrations
 from tests.dal import replicas
 from tests.dal.redisserver import RedisServer, cache_settings
-from tests.support import create_scratch_database, drop_database, superuser_psql
+from tests.support import (
+    create_scratch_database,
+    crypto_settings,
+    drop_database,
+    superuser_psql,
+)
 
 #: Stores per entity the contract also holds for: (users, memory, chats, messages, logs)
 #: phases and the primary store. The plan's pilot, reading memory from either store; a
@@ -27,7 +33,11 @@ MIXED = {
     "mixed-middle": (("dual", "dual", "dual", "dual", "postgresql"), "postgresql"),
     "mixed-late": (("postgresql", "postgresql", "postgresql", "dual", "file"), "file"),
 }
-STORES = ["file", "postgresql", "postgresql+cache", "dual-file", "dual-postgresql", *MIXED]
+STORES = ["file", "postgresql", "postgresql+cache", "postgresql+crypto", "postgresql+crypto+cache",
+          "dual-file", "dual-postgresql", *MIXED]
+#: What the test fixtures empty between tests (user_keys: the data keys of field
+#: encryption; erasures: the ledger of `users forget`).
+TABLES = "users, user_keys, erasures, chat_sessions, messages, user_memory, system_logs"
 ENTITIES = ("users", "memory", "chats", "messages", "logs")
 
 
@@ -102,7 +112,7 @@ def redis_server(redis_session):
 def pg_db(settings, dal_db):
     """``dal_db`` emptied for this test."""
     with db.connection("migrator", settings=settings, dbname=dal_db) as conn:
-        conn.execute("TRUNCATE users, chat_sessions, messages, user_memory, system_logs")
+        conn.execute(f"TRUNCATE {TABLES}")
     return dal_db
 
 
@@ -116,6 +126,14 @@ def no_inserts_into_messages(settings, pg_db):
     superuser_psql(f"GRANT INSERT ON messages TO {role}", pg_db)
 
 
+@pytest.fixture(scope="session")
+def kek_file(tmp_path_factory):
+    """A field-encryption key file (0600) for the session (tests/conftest.py's, once)."""
+    path = tmp_path_factory.mktemp("keys") / "fields.key"
+    keyfile.generate(path)
+    return path
+
+
 @pytest.fixture(params=STORES)
 def dal(request, tmp_path, settings):
     """Each store, empty. PostgreSQL-backed ones get a fresh migrated database."""
@@ -124,7 +142,9 @@ def dal(request, tmp_path, settings):
         store = FileDataAccess(tmp_path / "data")
     else:
         dbname = request.getfixturevalue("pg_db")
-        if kind == "postgresql+cache":
+        if "+crypto" in kind:
+            settings = crypto_settings(settings, request.getfixturevalue("kek_file"))
+        if kind.endswith("+cache"):
             settings = cache_settings(settings, request.getfixturevalue("redis_server"))
         pg = make_pg(settings, dbname)
         if kind.startswith("postgresql"):
@@ -139,7 +159,7 @@ def dal(request, tmp_path, settings):
     if isinstance(store, DualWriteDataAccess):
         # A contract test never expects dual-write to fall behind.
         assert store.queue.count() == 0
-    if kind == "postgresql+cache":
+    if kind.endswith("+cache"):
         # The cache answered without a failure, and was used.
         health = store.health_check()["cache"]
         assert health["status"] == "ok" and health["errors"] == 0, health

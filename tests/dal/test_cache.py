@@ -23,6 +23,7 @@ from donnadb.errors import ConfigError
 from tests.dal import cacherace
 from tests.dal.conftest import sent_messages
 from tests.dal.redisserver import cache_settings
+from tests.support import crypto_settings
 
 DONNACTL = Path(sys.executable).with_name("donnactl")
 #: What one call may cost with Redis dead or hung: the socket timeout (0.1 s) plus the
@@ -392,3 +393,30 @@ def test_an_erased_user_is_not_served_from_the_cache(fast, pg_db):
         assert dal.get_chat_history("c_1") == []
         assert dal.get_user_memory(uid, "context") == {}
         assert counts(dal)["hits"] == 3
+
+
+def _everything_in(server) -> bytes:
+    """Every value in Redis (the cache stores strings only: anything else fails here)."""
+    admin = server.admin()
+    keys = list(admin.scan_iter(count=1000))
+    assert keys and {admin.type(k) for k in keys} == {b"string"}
+    return b"\n".join(admin.get(k) or b"" for k in keys)
+
+
+def test_with_field_encryption_redis_holds_ciphertext_only(fast, pg_db, redis_server,
+                                                           kek_file):
+    for sealed in (False, True):
+        redis_server.flush()
+        s = crypto_settings(fast, kek_file) if sealed else fast
+        with open_dal(s, pg_db) as dal:
+            uid = dal.create_user({"clerk_id": f"user_sealed_{sealed}"})
+            marker = f"zqsecret{uid[:8]}"
+            dal.set_user_memory(uid, "context", "note", {"text": marker})
+            dal.set_user_memory(uid, "profile", "city", marker + "city")
+            for _ in range(2):
+                assert dal.get_user_memory(uid, "context") == {"note": {"text": marker}}
+                assert dal.get_user_memory(uid, "profile", "city") == {"city": marker + "city"}
+            assert counts(dal)["hits"] == 2
+        # Without encryption the cache holds the value (the scan's control); with it,
+        # only the sealed value and the wrapped data key.
+        assert (marker.encode() in _everything_in(redis_server)) is not sealed

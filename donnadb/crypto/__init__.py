@@ -1,0 +1,6 @@
+"""Field-level encryption at rest: the key file, per-user data keys wrapped by a key
+encryption key, and the sealed-value envelope the PostgreSQL store writes.
+
+See docs/security.md, "Field encryption". Only :mod:`donnadb.crypto.errors` is imported
+without the ``cryptography`` library; the DAL imports the rest when CRYPTO_ENABLED.
+"""

@@ -1,0 +1,178 @@
+"""The key file (CRYPTO_KEK_FILE): the key encryption keys and the e-mail lookup key.
+
+A text file, mode 0600, owned by the application's OS user, never in the database or
+its backups. One key a line, a purpose then 32 random bytes in base64::
+
+    kek 3q2+7w...=        wraps new data keys: the FIRST kek line
+    kek Zm9vYmFy...=      an older KEK: unwraps only (kept until `keys rotate` is done)
+    lookup q83vEj...=     the HMAC key of users.email_hmac (exactly one)
+
+A KEK is known by its id, 16 hex characters of a hash of the key (not the key): a
+wrapped data key records the id of its KEK, so a missing or wrong key file is named in
+one line. The lookup key is a secret of its own, not derived from a KEK, so that a KEK
+rotation leaves every email_hmac valid; replacing it means recomputing the column.
+Lines starting with ``#`` and blank lines are ignored.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import secrets
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from donnadb.crypto.errors import KeyFileError
+
+KEY_BYTES = 32
+HEADER = ("# donnadb field-encryption keys (docs/security.md): keep a copy in escrow;\n"
+          "# the first kek line wraps new data keys, every kek line unwraps.\n")
+
+
+@dataclass(frozen=True)
+class Kek:
+    """A key encryption key and its id."""
+
+    kek_id: str
+    secret: bytes = b""
+
+    def __repr__(self) -> str:  # never the secret, in a log or a traceback
+        return f"Kek({self.kek_id})"
+
+
+@dataclass(frozen=True)
+class KeySet:
+    """What a key file holds: KEKs, the current (first) one first, and the lookup key."""
+
+    keks: tuple[Kek, ...]
+    lookup: bytes
+
+    @property
+    def current(self) -> Kek:
+        return self.keks[0]
+
+    def kek(self, kek_id: str) -> Kek | None:
+        return next((k for k in self.keks if k.kek_id == kek_id), None)
+
+    def __repr__(self) -> str:
+        return f"KeySet({', '.join(k.kek_id for k in self.keks)})"
+
+
+def kek_id_of(secret: bytes) -> str:
+    return hashlib.sha256(b"donnadb-field-kek-id:" + secret).hexdigest()[:16]
+
+
+def load(path: Path) -> KeySet:
+    """The keys of ``path``.
+
+    :raises KeyFileError: missing, not a regular file, readable or writable by group or
+        others, malformed, no kek line, or not exactly one lookup line.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise KeyFileError(f"cannot open the key file {path} ({exc.strerror}): restore it "
+                           "from escrow, or set CRYPTO_KEK_FILE") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"key file {path} is not a regular file")
+        if st.st_mode & 0o077:
+            raise KeyFileError(f"key file {path} is open to group or others "
+                               f"(mode {stat.S_IMODE(st.st_mode):04o}): chmod 600 it")
+        raw = fh.read(64 * 1024)
+    keks: list[Kek] = []
+    lookups: list[bytes] = []
+    for n, line in enumerate(raw.decode("ascii", "replace").splitlines(), 1):
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        secret = _secret(words[1]) if len(words) == 2 else None
+        if words[0] not in ("kek", "lookup") or secret is None:
+            raise KeyFileError(f"key file {path} line {n} is not 'kek <key>' or "
+                               "'lookup <key>' (32 bytes in base64)")
+        if words[0] == "kek":
+            keks.append(Kek(kek_id_of(secret), secret))
+        else:
+            lookups.append(secret)
+    if not keks or len(lookups) != 1:
+        raise KeyFileError(f"key file {path} needs at least one kek line and exactly one "
+                           f"lookup line (has {len(keks)} and {len(lookups)})")
+    return KeySet(tuple(keks), lookups[0])
+
+
+def _secret(text: str) -> bytes | None:
+    try:
+        secret = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return secret if len(secret) == KEY_BYTES else None
+
+
+def generate(path: Path) -> KeySet:
+    """Write a new key file (one KEK, one lookup key) at ``path``, mode 0600.
+
+    :raises KeyFileError: the file exists already (it is never overwritten).
+    """
+    keys = KeySet((_new_kek(),), secrets.token_bytes(KEY_BYTES))
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        raise KeyFileError(f"{path} exists: it is never overwritten (add a KEK with "
+                           "`donnactl keys add-kek`)") from None
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(_text(keys))
+    return keys
+
+
+def add_kek(path: Path) -> Kek:
+    """Put a new KEK on top of ``path`` (it wraps new data keys from now on; the others
+    stay to unwrap). The file is replaced atomically, mode 0600.
+
+    :raises KeyFileError: as :func:`load`.
+    """
+    keys = load(path)
+    kek = _new_kek()
+    _replace(path, KeySet((kek, *keys.keks), keys.lookup))
+    return kek
+
+
+def drop_kek(path: Path, kek_id: str) -> None:
+    """Remove an old KEK from ``path`` (the caller checked that no data key needs it).
+
+    :raises KeyFileError: no such KEK, or it is the only one.
+    """
+    keys = load(path)
+    kept = tuple(k for k in keys.keks if k.kek_id != kek_id)
+    if len(kept) == len(keys.keks) or not kept:
+        raise KeyFileError(f"key file {path} has no other KEK than {kek_id}, or none "
+                           f"with that id")
+    _replace(path, KeySet(kept, keys.lookup))
+
+
+def _new_kek() -> Kek:
+    secret = secrets.token_bytes(KEY_BYTES)
+    return Kek(kek_id_of(secret), secret)
+
+
+def _text(keys: KeySet) -> str:
+    lines = [f"kek {base64.b64encode(k.secret).decode()}" for k in keys.keks]
+    lines.append(f"lookup {base64.b64encode(keys.lookup).decode()}")
+    return HEADER + "\n".join(lines) + "\n"
+
+
+def _replace(path: Path, keys: KeySet) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(_text(keys))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

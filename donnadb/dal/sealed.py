@@ -1,0 +1,314 @@
+"""The PostgreSQL store's field encryption (CRYPTO_ENABLED; docs/security.md).
+
+What is sealed, each with its user's data key and the place it is bound to:
+
+========================================  ==========================================
+users.email, users.name                   ``email_sealed`` / ``name_sealed`` (bytea);
+                                          the plain columns stay NULL
+users.profile, users.preferences          each value, as a sealed JSON string (the keys
+                                          stay plain: the mirror rows are found by them)
+user_memory.value                         a sealed JSON string
+========================================  ==========================================
+
+A value of a profile or preferences key is sealed for its user_memory row's place
+(user, memory type, key): the users column and the row are one value kept twice, and
+the SQL that keeps them in step copies it without reading it.
+
+The rows read carry the user's wrapped data key (``kek_id``, ``wrapped_key``: joined by
+the query), so that a cached answer holds ciphertext and the wrapped key only, never a
+plaintext, and a cache hit opens without a query. Imported only when CRYPTO_ENABLED
+(the ``cryptography`` library is not in the base package yet).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from donnadb.config import Settings
+from donnadb.crypto import envelope, keyfile
+from donnadb.crypto.errors import DecryptError, KeyFileError
+from donnadb.dal.values import dump_json, load_json
+from donnadb.errors import DataError
+
+#: users columns sealed as text, and their bytea column.
+TEXT_FIELDS = {"email": "email_sealed", "name": "name_sealed"}
+#: The plan's width of users.email and users.name, kept when they are sealed.
+TEXT_MAX = 255
+#: users JSON columns whose values are sealed one by one.
+SECTIONS = ("profile", "preferences")
+
+# The user's wrapped data key (a bare user has none until its first personal value).
+SELECT_KEY = """
+SELECT u.id::text AS id, k.kek_id, k.wrapped_key
+  FROM users AS u LEFT JOIN user_keys AS k ON k.user_id = u.id
+ WHERE u.id = %s
+"""
+INSERT_KEY = """
+INSERT INTO user_keys (user_id, kek_id, wrapped_key) VALUES (%s, %s, %s)
+ON CONFLICT (user_id) DO NOTHING
+"""
+
+
+class DataKey:
+    """One user's data key, ready to seal and open that user's values."""
+
+    def __init__(self, user_id: str, key: bytes, kek_id: str = "",
+                 wrapped: bytes = b"") -> None:
+        self.user_id = user_id
+        self._key = key
+        #: Set for a key just made: what :meth:`Sealer.save_key` stores.
+        self.kek_id, self.wrapped = kek_id, wrapped
+
+    def __repr__(self) -> str:
+        return f"DataKey({self.user_id})"
+
+    def seal_text(self, field: str, value: str | None) -> bytes | None:
+        """:raises DataError: longer than the plan's column allows."""
+        if value is None:
+            return None
+        if len(value) > TEXT_MAX:
+            raise DataError(f"the database rejected the value: {field} is longer than "
+                            f"{TEXT_MAX} characters")
+        return envelope.seal(self._key, value.encode(), self._text_place(field))
+
+    def open_text(self, field: str, sealed: bytes | None) -> str | None:
+        """:raises DecryptError: altered or moved."""
+        if sealed is None:
+            return None
+        return envelope.open_sealed(self._key, bytes(sealed), self._text_place(field),
+                                    f"users.{field} of user {self.user_id}").decode()
+
+    def seal_value(self, memory_type: str, key: str, value: Any) -> str:
+        data = dump_json(value)
+        data = data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass")
+        return envelope.to_text(envelope.seal(self._key, data,
+                                              self._value_place(memory_type, key)))
+
+    def open_value(self, memory_type: str, key: str, stored: Any) -> Any:
+        """:raises DecryptError: not sealed, altered or moved."""
+        what = f"the {memory_type} value {key!r} of user {self.user_id}"
+        data = envelope.open_sealed(self._key, envelope.from_text(stored, what),
+                                    self._value_place(memory_type, key), what)
+        return load_json(data)
+
+    def seal_section(self, memory_type: str, section: Mapping[str, Any]) -> dict[str, str]:
+        return {k: self.seal_value(memory_type, k, v) for k, v in section.items()}
+
+    def open_section(self, memory_type: str, section: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: self.open_value(memory_type, k, v) for k, v in section.items()}
+
+    def _text_place(self, field: str) -> bytes:
+        return envelope.place("users", self.user_id, field)
+
+    def _value_place(self, memory_type: str, key: str) -> bytes:
+        return envelope.place("user_memory", self.user_id, memory_type, key)
+
+
+class Sealer:
+    """The store's keys (read once from CRYPTO_KEK_FILE) and what it does with them."""
+
+    def __init__(self, settings: Settings) -> None:
+        """:raises KeyFileError: CRYPTO_KEK_FILE unset, unreadable, open to others or
+        malformed."""
+        if settings.crypto_kek_file is None:
+            raise KeyFileError("CRYPTO_ENABLED is on but CRYPTO_KEK_FILE is not set: point "
+                               "it at the key file (`donnactl keys init` makes one)")
+        self._path = settings.crypto_kek_file
+        self.keys = keyfile.load(self._path)
+
+    def new_key(self, user_id: str) -> DataKey:
+        """A new data key for a user about to be inserted (then :meth:`save_key`)."""
+        kek_id, wrapped, dek = envelope.wrap(self.keys, user_id)
+        return DataKey(user_id, dek, kek_id, wrapped)
+
+    @staticmethod
+    def save_key(conn, dk: DataKey) -> None:
+        """Store a key of :meth:`new_key`, after its user's row, in the same transaction."""
+        conn.execute(INSERT_KEY, (dk.user_id, dk.kek_id, dk.wrapped))
+
+    def key_for_write(self, conn, user_id: str) -> DataKey | None:
+        """The user's data key, made now if the user has none yet (a bare user, or one
+        written before encryption was on); None when there is no such user. Call it
+        inside the write's transaction."""
+        row = conn.execute(SELECT_KEY, (user_id,)).fetchone()
+        if row is None:
+            return None
+        if row["wrapped_key"] is None:
+            conn.execute(INSERT_KEY, (user_id, *envelope.wrap(self.keys, user_id)[:2]))
+            row = conn.execute(SELECT_KEY, (user_id,)).fetchone()
+            if row is None or row["wrapped_key"] is None:
+                return None
+        return self.key_of(user_id, row["kek_id"], row["wrapped_key"])
+
+    def key_of(self, user_id: str, kek_id: str | None, wrapped: Any) -> DataKey:
+        """The data key from a row's ``kek_id`` and ``wrapped_key`` (bytes, or hex text
+        as the cached rows hold it).
+
+        :raises DecryptError: the user has no data key (erased, or never made while the
+            row holds sealed values).
+        :raises KeyFileError: its KEK is not in the key file.
+        """
+        if wrapped is None or kek_id is None:
+            raise DecryptError(f"user {user_id} has sealed values but no data key: it "
+                               "was erased (`users forget`), so they cannot be read")
+        raw = bytes.fromhex(wrapped) if isinstance(wrapped, str) else bytes(wrapped)
+        try:
+            return DataKey(user_id, envelope.unwrap(self.keys, user_id, kek_id, raw))
+        except KeyFileError:
+            # A KEK added since this process read the file (`keys add-kek`, then `keys
+            # rotate` while the application runs): read it again, once per such key.
+            fresh = keyfile.load(self._path)
+            if fresh.kek(kek_id) is None:
+                raise
+            self.keys = fresh
+            return DataKey(user_id, envelope.unwrap(fresh, user_id, kek_id, raw))
+
+    def lookup_hash(self, email: str | None) -> bytes | None:
+        return envelope.lookup_hash(self.keys, email)
+
+    def user_columns(self, dk: DataKey, user: Mapping[str, Any]) -> dict[str, Any]:
+        """The sealed columns for the personal fields present in ``user``: email and name
+        go to their bytea columns (the plain ones get NULL), with email_hmac."""
+        out: dict[str, Any] = {}
+        for field, column in TEXT_FIELDS.items():
+            if field in user:
+                out[field] = None
+                out[column] = dk.seal_text(field, user[field])
+        if "email" in user:
+            out["email_hmac"] = self.lookup_hash(user["email"])
+        for section in SECTIONS:
+            if section in user:
+                out[section] = dk.seal_section(section, user[section] or {})
+        return out
+
+    def open_user(self, row: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A users row read with its sealed columns and wrapped key, as the DAL returns
+        it (the extra columns removed).
+
+        :raises DecryptError: a value does not open, or a plain personal value is
+            stored (written in clear, or planted).
+        """
+        if row is None:
+            return None
+        kek_id, wrapped = row.pop("kek_id"), row.pop("wrapped_key")
+        sealed = {f: row.pop(c) for f, c in TEXT_FIELDS.items()}
+        user_id = row["id"]
+        for field in TEXT_FIELDS:
+            if row[field] is not None:
+                raise DecryptError(f"users.{field} of user {user_id} is stored in clear "
+                                   "while CRYPTO_ENABLED is on")
+        if all(v is None for v in sealed.values()) and not any(row[s] for s in SECTIONS):
+            return row  # nothing personal stored yet (a bare user)
+        dk = self.key_of(user_id, kek_id, wrapped)
+        for field in TEXT_FIELDS:
+            row[field] = dk.open_text(field, sealed[field])
+        for section in SECTIONS:
+            row[section] = dk.open_section(section, row[section])
+        return row
+
+    def open_memory(self, user_id: str, rows: list[dict[str, Any]],
+                    memory_type: str | None = None) -> list[dict[str, Any]]:
+        """Memory rows read with the user's wrapped key: their values opened (new dicts,
+        the cached ones untouched), the key columns removed."""
+        if not rows:
+            return []
+        dk = self.key_of(user_id, rows[0]["kek_id"], rows[0]["wrapped_key"])
+        out = []
+        for row in rows:
+            opened = {k: v for k, v in row.items() if k not in ("kek_id", "wrapped_key")}
+            opened["value"] = dk.open_value(memory_type or row["memory_type"], row["key"],
+                                            row["value"])
+            out.append(opened)
+        return out
+
+
+__all__ = ["DataKey", "DecryptError", "KeyFileError", "Sealer", "seal_plain_rows"]
+
+
+# Users with a personal value in clear: written with encryption off (the legacy import,
+# a store before CRYPTO_ENABLED). A sealed JSON value is a string with the envelope's
+# prefix; the batch's users are locked, SKIP LOCKED lets two runs share the work.
+PLAIN_VALUE = ("NOT (jsonb_typeof({v}) = 'string' AND "
+               f"starts_with({{v}} #>> '{{{{}}}}', '{envelope.TEXT_PREFIX}'))")
+PLAIN_USERS_SQL = f"""
+SELECT u.id::text AS id, u.email, u.name, u.profile, u.preferences
+  FROM users AS u
+ WHERE u.email IS NOT NULL OR u.name IS NOT NULL
+    OR EXISTS (SELECT 1 FROM jsonb_each(u.profile) AS e WHERE {PLAIN_VALUE.format(v="e.value")})
+    OR EXISTS (SELECT 1 FROM jsonb_each(u.preferences) AS e
+                WHERE {PLAIN_VALUE.format(v="e.value")})
+    OR EXISTS (SELECT 1 FROM user_memory AS m
+                WHERE m.user_id = u.id AND {PLAIN_VALUE.format(v="m.value")})
+ ORDER BY u.id
+ LIMIT %s
+   FOR UPDATE OF u SKIP LOCKED
+"""
+PLAIN_MEMORY_SQL = f"""
+SELECT memory_type, key, value FROM user_memory
+ WHERE user_id = %s AND {PLAIN_VALUE.format(v="value")}
+"""
+SEAL_USER_SQL = """
+UPDATE users SET email = NULL, name = NULL,
+       email_sealed = COALESCE(%(email_sealed)s, email_sealed),
+       name_sealed = COALESCE(%(name_sealed)s, name_sealed),
+       email_hmac = COALESCE(%(email_hmac)s, email_hmac),
+       profile = %(profile)s, preferences = %(preferences)s
+ WHERE id = %(id)s
+"""
+SEAL_MEMORY_SQL = """
+UPDATE user_memory SET value = %(value)s
+ WHERE user_id = %(user_id)s AND memory_type = %(memory_type)s AND key = %(key)s
+"""
+
+
+def seal_plain_rows(settings: Settings, *, dbname: str | None = None, batch: int = 200,
+                    sealed: Callable[[list[str]], object] | None = None) -> int:
+    """Seal every personal value stored in clear (rows written with encryption off), a
+    batch of users per transaction; how many users were changed. Run it again after an
+    interruption. ``sealed(user_ids)`` is told after each batch's commit (the caller
+    drops their cached values).
+
+    :raises KeyFileError: no usable key file.
+    :raises DatabaseError: the database cannot be reached.
+    """
+    from psycopg.rows import dict_row
+    from psycopg.types.json import Jsonb
+
+    from donnadb import db
+
+    sealer = Sealer(settings)
+    done = 0
+    with db.connection("app", settings=settings, dbname=dbname) as conn:
+        conn.row_factory = dict_row
+        while True:
+            with conn.transaction():
+                users = conn.execute(PLAIN_USERS_SQL, (batch,)).fetchall()
+                for user in users:
+                    _seal_user(conn, sealer, user, Jsonb)
+            if not users:
+                return done
+            done += len(users)
+            if sealed is not None:
+                sealed([u["id"] for u in users])
+
+
+def _seal_user(conn, sealer: Sealer, user: dict[str, Any], jsonb) -> None:
+    dk = sealer.key_for_write(conn, user["id"])
+    cols = {"email_sealed": None, "name_sealed": None, "email_hmac": None}
+    if user["email"] is not None or user["name"] is not None:
+        cols = sealer.user_columns(dk, {f: user[f] for f in TEXT_FIELDS
+                                        if user[f] is not None})
+    for section in SECTIONS:
+        cols[section] = jsonb({k: v if _is_sealed(v) else dk.seal_value(section, k, v)
+                               for k, v in user[section].items()})
+    conn.execute(SEAL_USER_SQL, {"email_sealed": None, "name_sealed": None,
+                                 "email_hmac": None, **cols, "id": user["id"]})
+    for row in conn.execute(PLAIN_MEMORY_SQL, (user["id"],)).fetchall():
+        conn.execute(SEAL_MEMORY_SQL, {
+            "user_id": user["id"], "memory_type": row["memory_type"], "key": row["key"],
+            "value": jsonb(dk.seal_value(row["memory_type"], row["key"], row["value"]))})
+
+
+def _is_sealed(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(envelope.TEXT_PREFIX)

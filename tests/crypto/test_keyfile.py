@@ -1,0 +1,77 @@
+"""The key file: made private, refused when others can read it or it is malformed, and a
+new KEK added on top without losing the old ones."""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+
+import pytest
+
+from donnadb.crypto import envelope, keyfile
+from donnadb.crypto.errors import DecryptError, KeyFileError
+
+
+def test_a_new_key_file_is_private_and_never_overwritten(tmp_path):
+    path = tmp_path / "k"
+    keys = keyfile.generate(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert keyfile.load(path) == keys and len(keys.current.kek_id) == 16
+    assert base64.b64encode(keys.current.secret).decode() not in repr(keys)
+    with pytest.raises(KeyFileError, match="never overwritten"):
+        keyfile.generate(path)
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o620])
+def test_a_key_file_open_to_others_is_refused(tmp_path, mode):
+    path = tmp_path / "k"
+    keyfile.generate(path)
+    os.chmod(path, mode)
+    with pytest.raises(KeyFileError, match=f"mode {mode:04o}"):
+        keyfile.load(path)
+
+
+def test_a_symlinked_key_file_is_refused(tmp_path):
+    keyfile.generate(tmp_path / "real")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(KeyFileError, match="cannot open"):
+        keyfile.load(tmp_path / "link")
+
+
+@pytest.mark.parametrize("text", [
+    "kek abc\nlookup " + base64.b64encode(b"x" * 32).decode() + "\n",
+    "lookup " + base64.b64encode(b"x" * 32).decode() + "\n",
+    "kek " + base64.b64encode(b"x" * 32).decode() + "\n",
+    "key " + base64.b64encode(b"x" * 32).decode() + "\n",
+])
+def test_a_malformed_key_file_is_refused(tmp_path, text):
+    path = tmp_path / "k"
+    path.write_text(text)
+    path.chmod(0o600)
+    with pytest.raises(KeyFileError):
+        keyfile.load(path)
+
+
+def test_an_added_kek_wraps_new_keys_and_the_old_one_still_unwraps(tmp_path):
+    path = tmp_path / "k"
+    old = keyfile.generate(path)
+    kek_id, wrapped, dek = envelope.wrap(old, "u1")
+    new = keyfile.add_kek(path)
+    keys = keyfile.load(path)
+    assert keys.current == new and keys.keks[1] == old.current and keys.lookup == old.lookup
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert envelope.unwrap(keys, "u1", kek_id, wrapped) == dek
+    new_id, rewrapped = envelope.rewrap(keys, "u1", kek_id, wrapped)
+    assert new_id == new.kek_id and envelope.unwrap(keys, "u1", new_id, rewrapped) == dek
+    with pytest.raises(DecryptError, match="the data key of user u2"):
+        envelope.unwrap(keys, "u2", new_id, rewrapped)
+    keyfile.drop_kek(path, old.current.kek_id)
+    with pytest.raises(KeyFileError, match=f"wrapped by KEK {old.current.kek_id}"):
+        envelope.unwrap(keyfile.load(path), "u1", kek_id, wrapped)
+
+
+def test_the_lookup_hash_ignores_case_and_spaces_and_needs_the_key(tmp_path):
+    a, b = keyfile.generate(tmp_path / "a"), keyfile.generate(tmp_path / "b")
+    assert envelope.lookup_hash(a, " Ann@Example.org") == envelope.lookup_hash(a, "ann@example.org")
+    assert envelope.lookup_hash(a, "ann@example.org") != envelope.lookup_hash(b, "ann@example.org")
