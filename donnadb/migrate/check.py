@@ -38,8 +38,9 @@ SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
    AND c.relname <> 'schema_migrations'
  ORDER BY 1
 """
-#: Tables the application role may read and insert into, not change: the audit trail.
-APPEND_ONLY_TABLES = ("system_logs",)
+#: Tables the application role may read and insert into, not change: the audit trail
+#: and the erasure ledger.
+APPEND_ONLY_TABLES = ("system_logs", "erasures")
 APPEND_ONLY = ("SELECT", "INSERT")
 APP_WRITES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 TABLE_PRIVILEGE = "SELECT has_table_privilege(%s, format('public.%%I', %s::text), %s)"

@@ -171,3 +171,28 @@ def test_the_checks_report_a_right_given_back(settings, scratch_db):
     privileges = next(c for c in run_checks(settings=settings, dbname=scratch_db).checks
                       if c.name == "role privileges")
     assert not privileges.ok and f"{app} may UPDATE system_logs" in privileges.detail
+
+
+def test_the_erasure_ledger_is_append_only_for_the_app_role_even_after_a_bootstrap(
+        settings, scratch_db):
+    """A deleted erasure record would let a restore bring a forgotten user back."""
+    for rerun in (False, True):
+        if rerun:  # what a re-run deploy and every restore do
+            superuser_psql(render_database_sql(settings), scratch_db)
+        with db.connect("app", settings=settings, dbname=scratch_db, autocommit=True) as conn:
+            conn.execute("INSERT INTO erasures (user_id) VALUES (gen_random_uuid())")
+            for statement in ("UPDATE erasures SET erased_at = now()", "DELETE FROM erasures",
+                              "TRUNCATE erasures"):
+                with pytest.raises(DENIED, match="permission denied"):
+                    conn.execute(statement)
+    assert superuser_psql("SELECT count(*) FROM erasures", scratch_db) == "2"
+
+
+def test_the_checks_report_an_app_role_that_may_delete_erasure_records(settings, scratch_db):
+    assert _deploy_check(settings, scratch_db) == []
+    app = settings.role("app")
+    superuser_psql(f"GRANT DELETE ON erasures TO {app}", scratch_db)
+    assert _deploy_check(settings, scratch_db) == [f"{app} may DELETE public.erasures"]
+    privileges = next(c for c in run_checks(settings=settings, dbname=scratch_db).checks
+                      if c.name == "role privileges")
+    assert not privileges.ok and f"{app} may DELETE erasures" in privileges.detail
