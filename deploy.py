@@ -7,7 +7,9 @@ form one Patroni cluster), ``app_servers`` the application's package, settings a
 credential (donnadb/provision/app.py), ``monitor_servers`` Prometheus and Alertmanager
 scraping every database host (donnadb/provision/monitoring.py; without that group a
 single database host monitors itself). With group_data ``cache_enabled`` one host runs
-Redis for the DAL's cache (donnadb/provision/cacheserver.py). Every setting is in
+Redis for the DAL's cache (donnadb/provision/cacheserver.py); with ``crypto_enabled``
+every host running the DAL gets field encryption's key file (provision/fieldkeys.py).
+Every setting is in
 group_data/all.py. Running it again changes nothing. See docs/deploy.md, docs/ha.md and
 docs/monitoring.md.
 """
@@ -27,6 +29,7 @@ from donnadb.provision.cacheserver import (
     install_cache_server,
     is_cache_host,
 )
+from donnadb.provision.fieldkeys import hand_over_key_file, is_key_origin, make_key_file
 from donnadb.provision.monitoring import install_monitor
 from donnadb.provision.settings import load_deploy_settings
 from donnadb.provision.steps import converge_host, converge_member
@@ -44,6 +47,9 @@ if MONITOR_GROUP in host.groups:
     install_monitor(settings)
 if is_cache_host(settings, host):
     install_cache_server(settings)
+if is_key_origin(settings, host):
+    make_key_file(settings)
 # Every host, from these lines, after every host's own steps (see hand_over_credential).
 hand_over_credential(settings, host)
 hand_over_cache_password(settings, host, dal_users(settings, host))
+hand_over_key_file(settings, host, dal_users(settings, host))

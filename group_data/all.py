@@ -393,6 +393,15 @@ cache_maxmemory_mb = 256
 # How long a cached value lives: the staleness bound of a lost invalidation.
 cache_ttl_seconds = 60
 
+# --- Field encryption (donnadb/provision/fieldkeys.py; docs/security.md) -------------
+# True: the first app_servers host (else the first db_servers host) makes the key file
+# once (a key encryption key and the e-mail look-up key) and every database and
+# application host gets a 0600 copy per user running the DAL, with CRYPTO_ENABLED=true
+# and CRYPTO_KEK_FILE in its settings file. Keep a copy of /etc/donnadb/keys.d/root in
+# escrow: without it nothing sealed can be read. A database holding personal data in
+# clear needs `donnactl keys seal-existing` once the setting is on.
+crypto_enabled = False
+
 
 # --- High availability (donnadb/provision/ha.py; docs/ha.md) -------------------------
 # ha = True turns the db_servers hosts (three, or another odd number) into one Patroni

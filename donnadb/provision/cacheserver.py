@@ -13,7 +13,7 @@ With ``cache_enabled = True``:
   the deploy's CA. Its ACL turns the ``default`` user off and
   lets in one user for the DAL (:data:`USER`, limited to
   :data:`donnadb.config.CACHE_REDIS_ACL`), whose password is generated on the cache
-  host by files/cachepassword.py and kept in the ACL file as a SHA-256 only;
+  host by files/secretfiles.py and kept in the ACL file as a SHA-256 only;
 * every host using it (database hosts, for `donnactl users forget`; application hosts):
   root's copy of the password (copied from the cache host over the deploy's own
   connections, like the application's passfile: never argv, a log or the control
@@ -27,10 +27,8 @@ CACHE_ENABLED=false lines no more and leaves Redis installed.
 
 from __future__ import annotations
 
-import posixpath
 import shlex
 from io import StringIO
-from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import deploy, operation
@@ -42,17 +40,10 @@ from pyinfra.operations.util import any_changed
 
 from donnadb.config import CACHE_PASSWORD_DIR, CACHE_REDIS_ACL
 from donnadb.errors import ConfigError
-from donnadb.provision import bootstrap, consumers, tls
+from donnadb.provision import bootstrap, sharedfile, tls
 from donnadb.provision.facts import PidfileRunning, SystemdRunning
-from donnadb.provision.hostcopy import copied
-from donnadb.provision.settings import (
-    APP_GROUP,
-    DB_GROUP,
-    DeploySettings,
-    load_deploy_settings,
-)
+from donnadb.provision.settings import APP_GROUP, DB_GROUP, DeploySettings
 
-HELPER_SRC = Path(__file__).resolve().parent / "files" / "cachepassword.py"
 #: The Redis ACL user the DAL logs in as (CACHE_USERNAME).
 USER = "donnadb"
 CONF = "/etc/redis/redis.conf"
@@ -62,8 +53,6 @@ PIDFILE = "/run/redis/redis-server.pid"
 CERT = "/etc/redis/tls.crt"
 KEY = "/etc/redis/tls.key"
 CA = "/etc/redis/ca.crt"
-#: The file name of root's copy in the password folder (donnactl's).
-ROOT_COPY = "root"
 #: Debian's policy-rc.d protocol: 101 = "action forbidden" for every service.
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
 
@@ -78,35 +67,19 @@ def held_back_install(package: str) -> str:
             f'[ -z "$own" ] || rm -f {POLICY_RC_D}; exit $rc')
 
 
-def users_of_cache(target: Host) -> list[Host]:
-    """The hosts whose DAL or donnactl uses the cache: database and application hosts."""
-    inventory = target.inventory
-    hosts = []
-    for group in (DB_GROUP, APP_GROUP):
-        if group in inventory.groups:
-            hosts += [h for h in inventory.get_group(group) if h not in hosts]
-    return hosts
-
-
 def cache_host(settings: DeploySettings, target: Host) -> Host:
     """The host that runs Redis for ``target``'s inventory.
 
     :raises ConfigError: ``cache_server`` names no database or application host.
     """
     assert settings.cache is not None
-    candidates = users_of_cache(target)
     if settings.cache.server is not None:
-        for candidate in candidates:
+        for candidate in sharedfile.dal_hosts(target):
             if candidate.name == settings.cache.server:
                 return candidate
         raise ConfigError(f"group_data cache_server={settings.cache.server!r} is not a host "
                           f"of the inventory's {DB_GROUP} or {APP_GROUP}")
-    inventory = target.inventory
-    if APP_GROUP in inventory.groups and inventory.get_group(APP_GROUP):
-        return inventory.get_group(APP_GROUP)[0]
-    if not candidates:
-        raise ConfigError(f"cache_enabled needs a host in {DB_GROUP} or {APP_GROUP}")
-    return candidates[0]
+    return sharedfile.default_origin(target, "cache_enabled")
 
 
 def is_cache_host(settings: DeploySettings, target: Host) -> bool:
@@ -117,7 +90,7 @@ def is_cache_host(settings: DeploySettings, target: Host) -> bool:
 
 def uses_tls(target: Host) -> bool:
     """Other hosts than the cache host use it: TLS only."""
-    return len(users_of_cache(target)) > 1
+    return len(sharedfile.dal_hosts(target)) > 1
 
 
 def dial_address(server: Host) -> str:
@@ -126,12 +99,12 @@ def dial_address(server: Host) -> str:
     return str(server.data.get("cache_listen_addr") or server.name)
 
 
-def password_file(settings: DeploySettings, user: str = ROOT_COPY) -> str:
+def password_file(settings: DeploySettings, user: str = sharedfile.ROOT_COPY) -> str:
     """``user``'s copy of the password (root's by default)."""
-    return posixpath.join(posixpath.dirname(settings.db_passfile), CACHE_PASSWORD_DIR, user)
+    return sharedfile.secret_path(settings, CACHE_PASSWORD_DIR, user)
 
 
-def client_env(settings: DeploySettings, target: Host, user: str = ROOT_COPY
+def client_env(settings: DeploySettings, target: Host, user: str = sharedfile.ROOT_COPY
                ) -> dict[str, str]:
     """The CACHE_* lines of ``target``'s settings file, for ``user``'s password copy
     (none when the cache is off)."""
@@ -150,10 +123,6 @@ def client_env(settings: DeploySettings, target: Host, user: str = ROOT_COPY
     return env
 
 
-def helper_path(settings: DeploySettings) -> str:
-    return f"{settings.donnadb_lib_dir}/cachepassword.py"
-
-
 @operation()
 def package_held_back(package: str):
     """``package`` installed without letting its maintainer scripts start its service."""
@@ -161,17 +130,6 @@ def package_held_back(package: str):
         host.noop(f"{package} is installed")
     else:
         yield held_back_install(package)
-
-
-@operation()
-def helper_converged(helper: str, args: str):
-    """Run ``helper args`` when its ``--check`` says something is out of date."""
-    # Any output (what to change, or an error) means run it; the real run fails loudly.
-    stale = host.get_fact(Command, command=f"python3 {helper} {args} --check 2>&1 || true")
-    if stale:
-        yield f"python3 {helper} {args}"
-    else:
-        host.noop("up to date")
 
 
 @operation()
@@ -203,14 +161,13 @@ def install_cache_server(settings: DeploySettings) -> None:
     assert settings.cache is not None
     package_held_back(name="Install redis-server (its service held back until configured)",
                       package="redis-server")
-    upload_helper(settings)
-    root_copy = password_file(settings)
-    consumers.settings_dir(f"Create {posixpath.dirname(root_copy)}",
-                           posixpath.dirname(root_copy))
-    args = (f"ensure --password-file {root_copy} --acl-file {ACL_FILE} --user {USER} "
-            f"--acl {shlex.quote(CACHE_REDIS_ACL)}")
-    acl = helper_converged(name=f"Redis users: default off, {USER} with a password made here",
-                           helper=helper_path(settings), args=args)
+    sharedfile.upload_helper(settings)
+    sharedfile.secret_dir(settings, CACHE_PASSWORD_DIR)
+    args = (f"ensure --password-file {password_file(settings)} --acl-file {ACL_FILE} "
+            f"--user {USER} --acl {shlex.quote(CACHE_REDIS_ACL)}")
+    acl = sharedfile.helper_converged(
+        name=f"Redis users: default off, {USER} with a password made here",
+        helper=sharedfile.helper_path(settings), args=args)
     changes = [acl]
     tls_addr = None
     if uses_tls(host):
@@ -241,34 +198,11 @@ def install_cache_server(settings: DeploySettings) -> None:
     redis_signalled(name="Start redis-server (no systemd: its init script)", action="start")
 
 
-def upload_helper(settings: DeploySettings) -> None:
-    files.directory(name=f"Create {settings.donnadb_lib_dir} (root only)",
-                    path=settings.donnadb_lib_dir, user="root", group="root", mode="700")
-    files.put(name="Upload the cache password helper", src=str(HELPER_SRC),
-              dest=helper_path(settings), user="root", group="root", mode="700")
-
-
 @deploy("Cache password")
 def hand_over_cache_password(settings: DeploySettings, target: Host,
                              users: list[str]) -> None:
-    """Root's copy of the cache password from the cache host, and ``users``' copies.
-
-    deploy.py calls this for EVERY host from one line, after every host's own steps
-    (as app.hand_over_credential, for the same reason): the cache host has made the
-    password by then.
-    """
-    server = cache_host(settings, target) if settings.cache is not None else None
-    source = None if server is None or is_cache_host(settings, target) else server
-    root_copy = password_file(settings)
-    if server is not None:
-        upload_helper(settings)
-        consumers.settings_dir(f"Create {posixpath.dirname(root_copy)}",
-                               posixpath.dirname(root_copy))
-    copied(name="Copy the cache password from the cache host", source=source,
-           source_path=password_file(load_deploy_settings(server.data)) if source else "",
-           dest=root_copy, owner="root")
-    for user in users if server is not None else []:
-        helper_converged(name=f"Cache password for {user} (0600, its own)",
-                         helper=helper_path(settings),
-                         args=f"share --from {root_copy} --to {password_file(settings, user)} "
-                              f"--owner {shlex.quote(user)}")
+    """Root's copy of the cache password from the cache host, and ``users``' copies
+    (deploy.py: every host, from one line, after every host's own steps)."""
+    origin = cache_host(settings, target) if settings.cache is not None else None
+    sharedfile.hand_over(settings, target, origin=origin, folder=CACHE_PASSWORD_DIR,
+                         what="The cache password", users=users)

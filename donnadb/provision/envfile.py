@@ -10,7 +10,14 @@ from pyinfra.api import deploy
 from pyinfra.operations import files
 
 from donnadb.config import Settings
-from donnadb.provision import bootstrap, cacheserver, consumers, monitoring, tls
+from donnadb.provision import (
+    bootstrap,
+    cacheserver,
+    consumers,
+    fieldkeys,
+    monitoring,
+    tls,
+)
 from donnadb.provision.settings import DeploySettings
 
 
@@ -21,13 +28,13 @@ def prometheus_url(address: str | None) -> str | None:
 
 
 def render_env(settings: DeploySettings, prometheus: str | None = None,
-               cache_env: dict[str, str] | None = None) -> str:
+               dal_env: dict[str, str] | None = None) -> str:
     """The file's text for ``settings`` (what the deploy writes, and the tests read);
-    ``prometheus``: the Prometheus `donnactl dashboard` reads; ``cache_env``: the
-    CACHE_* lines (provision/cacheserver.py)."""
+    ``prometheus``: the Prometheus `donnactl dashboard` reads; ``dal_env``: the DAL's
+    CACHE_* and CRYPTO_* lines (provision/cacheserver.py, fieldkeys.py)."""
     return bootstrap.render("donnadb.env.j2", cfg=settings, tls=tls,
                             prometheus_url=prometheus_url(prometheus),
-                            cache_env=cache_env or {})
+                            dal_env=dal_env or {})
 
 
 @deploy("Host settings file")
@@ -38,5 +45,6 @@ def write_env_file(settings: DeploySettings) -> None:
     prometheus = monitoring.prometheus_address(settings, host.inventory, host.data)
     files.put(name=f"Write {settings.donnadb_env_file}",
               src=StringIO(render_env(settings, prometheus,
-                                      cacheserver.client_env(settings, host))),
+                                      {**cacheserver.client_env(settings, host),
+                                       **fieldkeys.client_env(settings)})),
               dest=settings.donnadb_env_file, user="root", group=consumers.GROUP, mode="640")

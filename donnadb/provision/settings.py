@@ -163,6 +163,8 @@ class DeploySettings:
     ha: HaSettings | None = None
     #: The DAL's Redis cache (group_data ``cache_enabled = True``), None when off.
     cache: CacheSettings | None = None
+    #: Field encryption's key file on every host running the DAL (provision/fieldkeys.py).
+    crypto_enabled: bool = False
 
     @property
     def pg_packages(self) -> tuple[str, ...]:
@@ -272,10 +274,7 @@ def _cache(data: Any) -> CacheSettings | None:
 
     :raises ConfigError: a value of the wrong kind (the message names it).
     """
-    enabled = data.get("cache_enabled")
-    if not isinstance(enabled, bool | None):
-        raise ConfigError(f"group_data cache_enabled={enabled!r} must be True or False")
-    if not enabled:
+    if not _flag(data, "cache_enabled"):
         return None
     values: dict[str, Any] = {}
     for name in ("server", "listen_addr"):
@@ -391,7 +390,19 @@ def _host_fields(data: Any) -> dict[str, Any]:
         "host_cpus": _budget("host_cpus", data.get("host_cpus"), 1),
         "app_extras": _app_extras(data.get("app_extras") or ()),
         "app_db_server": data.get("app_db_server") or None,
+        "crypto_enabled": _flag(data, "crypto_enabled"),
     }
+
+
+def _flag(data: Any, key: str) -> bool:
+    """A True/False setting (unset: False).
+
+    :raises ConfigError: any other value.
+    """
+    value = data.get(key)
+    if not isinstance(value, bool | None):
+        raise ConfigError(f"group_data {key}={value!r} must be True or False")
+    return bool(value)
 
 
 #: What an application host may install beside the DAL (requirements/<name>.lock).

@@ -21,8 +21,9 @@ _ssh = {
     "ssh_connect_retries": 3,
 }
 _db, _app = _fleet["db"], _fleet["app"]
-# The DAL's cache: Redis on the app host, which the database host reaches over TLS.
-_cache = {"cache_enabled": True}
+# The DAL's cache (Redis on the app host, which the database host reaches over TLS) and
+# field encryption (the key file made on the app host, copied to the database host).
+_dal = {"cache_enabled": True, "crypto_enabled": True}
 
 db_servers = [
     (
@@ -41,7 +42,7 @@ db_servers = [
             "host_memory_mb": _fleet["memory_mb"],
             "host_cpus": _fleet["cpus"],
             "tls_ca_dir": _fleet["ca_dir"],
-            **_cache,
+            **_dal,
         },
     ),
 ]
@@ -55,7 +56,7 @@ app_servers = [
             "app_extras": ["loadtest"],
             "app_db_server": _db,
             "tls_ca_dir": _fleet["ca_dir"],
-            **_cache,
+            **_dal,
         },
     ),
 ]

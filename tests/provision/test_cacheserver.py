@@ -1,8 +1,10 @@
-"""The cache deploy (provision/cacheserver.py): where Redis runs and what every host's
-settings say, and the real steps on this host — Redis configured before it first
-starts, the default user off, the DAL's user limited to its keys and commands, its
-password only in 0600 files and as a SHA-256 in the ACL file, a second run changing
-nothing. Fresh hosts with systemd, a remote client and TLS: tests/fleet/test_cache.py."""
+"""The deploy of the DAL's secrets (provision/cacheserver.py, fieldkeys.py): where Redis
+runs and what every host's settings say, and the real steps on this host — Redis
+configured before it first starts, the default user off, the DAL's user limited to its
+keys and commands, its password only in 0600 files and as a SHA-256 in the ACL file;
+the field-encryption key file made once, private, copied to each consumer, and the
+DAL sealing with it; a second run changing nothing. Fresh hosts with systemd, a remote
+client and TLS: tests/fleet/test_cache.py."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from donnadb.errors import ConfigError
 from donnadb.provision import cacheserver, tls
 from donnadb.provision.settings import load_deploy_settings
 from tests.provision.deployrun import load_group_data, run_deploy
+from tests.support import superuser_psql
 
 
 def settings_of(**data):
@@ -102,8 +105,9 @@ def cache_deploy(tmp_path_factory):
     """Two runs of tests/provision/cache_deploy.py; Redis stopped again at the end."""
     env_file = tmp_path_factory.mktemp("cache-env") / "donnadb.env"
     port = _free_port()
-    data = {"cache_enabled": True, "cache_port": port, "donnadb_env_file": str(env_file)}
-    deploy = "tests/provision/cache_deploy.py"
+    data = {"cache_enabled": True, "crypto_enabled": True, "cache_port": port,
+            "donnadb_env_file": str(env_file)}
+    deploy = "tests/provision/dal_deploy.py"
     first = run_deploy(deploy_file=deploy, data=data, timeout=600)
     second = run_deploy(deploy_file=deploy, data=data, timeout=300)
     try:
@@ -208,3 +212,34 @@ def test_the_package_installs_with_every_service_start_forbidden(tmp_path):
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "rc").read_text().strip() == "101"
     assert not Path(cacheserver.POLICY_RC_D).exists()
+
+
+def test_the_key_file_is_made_once_private_and_the_dal_seals_with_it(cache_deploy, settings,
+                                                                   scratch_db):
+    from donnadb.crypto import keyfile
+    from donnadb.dal.postgres import PostgresDataAccess
+
+    first, second, _, env_file = cache_deploy
+    root = Path("/etc/donnadb/keys.d/root")
+    keyfile.load(root)  # a valid key file
+    for user in ("root", "donna-app", "donna-ops"):
+        copy = Path(f"/etc/donnadb/keys.d/{user}")
+        assert stat.S_IMODE(os.stat(copy).st_mode) == 0o600 and copy.owner() == user
+        assert copy.read_bytes() == root.read_bytes()
+    secret = root.read_text()
+    assert all(line.split()[-1] not in first.output + second.output
+               for line in secret.splitlines() if line and not line.startswith("#"))
+    lines = dict(line.split("=", 1) for line in env_file.read_text().splitlines()
+                 if line.startswith("CRYPTO_"))
+    assert lines == {"CRYPTO_ENABLED": "true", "CRYPTO_KEK_FILE": str(root)}
+    sealed = settings.model_copy(update={"crypto_enabled": True, "crypto_kek_file": root})
+    dal = PostgresDataAccess(sealed, dbname=scratch_db)
+    try:
+        user_id = dal.create_user({"clerk_id": "sealed-1", "email": "ada@example.org",
+                                   "name": "Ada"})
+        assert dal.get_user_by_id(user_id)["email"] == "ada@example.org"
+    finally:
+        dal.close()
+    row = superuser_psql("SELECT coalesce(email, '-') || ' ' || (email_sealed IS NOT NULL)"
+                         " FROM users", scratch_db)
+    assert row == "- true"

@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
-"""The cache's password, run on the host by the deploy with the system python3.
+"""Secret files on the host (the cache's password, the field-encryption keys), run by
+the deploy with the system python3.
 
-    cachepassword.py ensure --password-file P --acl-file A --user U --acl RULES [--check]
-    cachepassword.py share --from P --to T --owner U [--check]
+    secretfiles.py ensure --password-file P --acl-file A --user U --acl RULES [--check]
+    secretfiles.py share --from P --to T --owner U [--check]
 
 ``ensure`` (on the cache host): P holds a password (generated here when missing, 0600
 root) and the ACL file A turns Redis's ``default`` user off and lets U in with that
-password, given as its SHA-256 only, and RULES. ``share``: T holds P's password,
-owned by U, 0600. With ``--check`` nothing is written; what would change is printed
-(nothing printed: up to date). The password never reaches argv, stdout or a log.
+password, given as its SHA-256 only, and RULES. ``share``: T holds P's content, owned
+by U, 0600. With ``--check`` nothing is written; what would change is printed (nothing
+printed: up to date). A secret never reaches argv, stdout or a log.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def _owned(path: str, uid: int, gid: int, mode: int) -> bool:
 
 def _write(path: str, text: str, uid: int, gid: int, mode: int) -> None:
     """``text`` to ``path`` whole or not at all, private from the first byte."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".cachepassword.")
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".secretfiles.")
     try:
         os.fchown(fd, uid, gid)
         os.fchmod(fd, mode)
@@ -77,20 +78,20 @@ def ensure(args: argparse.Namespace) -> list[str]:
 
 
 def share(args: argparse.Namespace) -> list[str]:
-    password = _read(args.source)
-    if not password:
-        raise SystemExit(f"cachepassword: {args.source} is missing or empty; deploy the "
-                         "cache host first")
+    secret = _read(args.source)
+    if not secret:
+        raise SystemExit(f"secretfiles: {args.source} is missing or empty; deploy the "
+                         "host that makes it first")
     user = pwd.getpwnam(args.owner)
-    if _read(args.to) == password and _owned(args.to, user.pw_uid, user.pw_gid, 0o600):
+    if _read(args.to) == secret and _owned(args.to, user.pw_uid, user.pw_gid, 0o600):
         return []
     if not args.check:
-        _write(args.to, password, user.pw_uid, user.pw_gid, 0o600)
+        _write(args.to, secret, user.pw_uid, user.pw_gid, 0o600)
     return [f"write {args.to} ({args.owner}, 0600)"]
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="cachepassword.py")
+    parser = argparse.ArgumentParser(prog="secretfiles.py")
     modes = parser.add_subparsers(dest="mode", required=True)
     one = modes.add_parser("ensure")
     one.add_argument("--password-file", required=True)

@@ -1,0 +1,77 @@
+"""Field encryption's key file on every host that runs the DAL (group_data
+``crypto_enabled``; docs/security.md, "Field encryption"; docs/deploy.md).
+
+The origin (the first application host, else the first database host) makes the key
+file once, with the shipped code (:func:`donnadb.crypto.keyfile.generate`: a KEK and
+the e-mail look-up key, 0600 root), as ``<passfile dir>/keys.d/root``; it is never
+overwritten. provision/sharedfile.py hands it to every other database and application
+host and to each consumer that runs the DAL (``keys.d/USER``, 0600, its own): the keys
+cross the deploy's own connections only. The settings files get CRYPTO_ENABLED=true
+and CRYPTO_KEK_FILE (:func:`client_env`). A new KEK (`donnactl keys add-kek`) is
+added on the origin; the next deploy carries the file everywhere.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from pyinfra import host
+from pyinfra.api import deploy, operation
+from pyinfra.api.host import Host
+from pyinfra.facts.files import File
+
+from donnadb.provision import sharedfile
+from donnadb.provision.settings import DeploySettings
+
+#: The key file's folder beside DB_PASSFILE (root's copy and one per consumer).
+KEYS_DIR = "keys.d"
+#: Run by the shipped venv's python with the path as its argument.
+GENERATE = ("import pathlib, sys; from donnadb.crypto import keyfile; "
+            "keyfile.generate(pathlib.Path(sys.argv[1]))")
+
+
+def key_origin(target: Host) -> Host:
+    return sharedfile.default_origin(target, "crypto_enabled")
+
+
+def is_key_origin(settings: DeploySettings, target: Host) -> bool:
+    """``target`` makes the key file (by name: deploy.py's ``host`` is a proxy)."""
+    return settings.crypto_enabled and key_origin(target).name == target.name
+
+
+def key_file(settings: DeploySettings, user: str = sharedfile.ROOT_COPY) -> str:
+    return sharedfile.secret_path(settings, KEYS_DIR, user)
+
+
+def client_env(settings: DeploySettings, user: str = sharedfile.ROOT_COPY) -> dict[str, str]:
+    """The CRYPTO_* lines of a host's settings file, for ``user``'s copy (none when off)."""
+    if not settings.crypto_enabled:
+        return {}
+    return {"CRYPTO_ENABLED": "true", "CRYPTO_KEK_FILE": key_file(settings, user)}
+
+
+@operation()
+def key_file_made(python: str, path: str):
+    """``path`` exists (made by the shipped code when missing; never overwritten)."""
+    if host.get_fact(File, path=path):
+        host.noop(f"{path} exists")
+    else:
+        yield f"umask 077 && {python} -c {shlex.quote(GENERATE)} {shlex.quote(path)}"
+
+
+@deploy("Field-encryption keys")
+def make_key_file(settings: DeploySettings) -> None:
+    """The key file on the origin (after the shipped code is installed)."""
+    sharedfile.secret_dir(settings, KEYS_DIR)
+    key_file_made(name=f"Make {key_file(settings)} once (a KEK and the look-up key, 0600)",
+                  python=f"{settings.donnadb_install_dir}/venv/bin/python",
+                  path=key_file(settings))
+
+
+@deploy("Field-encryption keys")
+def hand_over_key_file(settings: DeploySettings, target: Host, users: list[str]) -> None:
+    """Root's copy of the key file from the origin, and ``users``' copies (deploy.py:
+    every host, from one line, after every host's own steps)."""
+    origin = key_origin(target) if settings.crypto_enabled else None
+    sharedfile.hand_over(settings, target, origin=origin, folder=KEYS_DIR,
+                         what="The field-encryption keys", users=users)
