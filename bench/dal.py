@@ -3,6 +3,7 @@
     .venv/bin/python bench/dal.py                 # 200,000 messages (about 4,000 chats)
     .venv/bin/python bench/dal.py --full          # 1,000,000 messages
     .venv/bin/python bench/dal.py --modes file,dual,postgresql --cache both
+    .venv/bin/python bench/dal.py --crypto both   # with and without field encryption
 
 1. generates a legacy data directory (donnadb.legacy.fixtures, no deviations) and loads
    it with the importer into a fresh migrated scratch database, then ANALYZE;
@@ -37,6 +38,16 @@ the postgresql mode (a throwaway redis-server on 127.0.0.1), ``--cache both`` ru
 with and without: the hit ratio per round and the history read's p95 with and without
 the cache are added.
 
+``--crypto on`` turns field encryption on for the postgresql mode (``CRYPTO_ENABLED``,
+with a throwaway key file made 0600 in the run's temporary directory), ``--crypto
+both`` runs it beside the plain one as a ``postgresql+crypto`` side. The importer
+writes in clear, so that side's share of the users is sealed in place first with the
+function of ``donnactl keys seal-existing`` (the other sides' users left in clear).
+The output adds, for the memory and profile operations, each side's p50/p95 and the
+ratio sealed/plain per round, then PASS/FAIL for the goal: a p95 ratio of at most 1.2
+for every one of them at every thread count in every round. The exit status is 1 when
+either verdict fails.
+
 ``--read-from replicas`` reads from a streaming hot standby (``DB_READ_FROM=replicas``,
 ``DB_READ_PORT`` its port): after loading the data it makes a throwaway standby of the
 deployed cluster (bench/scratch.py: pg_basebackup of the whole cluster) on
@@ -70,16 +81,23 @@ from dalsides import (
     BASELINE,
     CACHE_CHOICES,
     CACHED,
+    CRYPTED,
+    CRYPTO_CHOICES,
     Side,
     cache_report,
     comparison,
+    crypto_report,
     open_store,
     parse_modes,
     print_cache,
     print_comparison,
+    print_crypto,
     print_mirror,
+    seal_share,
     share,
     sides,
+    store_settings,
+    throwaway_key_file,
     throwaway_redis,
     working_copy,
 )
@@ -105,6 +123,8 @@ THREADS = (1, 10, 50)
 SAMPLE_USERS = "SELECT id::text, clerk_id FROM users WHERE clerk_id IS NOT NULL"
 SAMPLE_CHATS = "SELECT chat_id FROM chat_sessions WHERE message_count > 0"
 ANALYZE = "ANALYZE users, chat_sessions, messages, user_memory"
+#: The side's column in the rows: the longest name (postgresql+crypto) and a space.
+SIDE_WIDTH = len(CRYPTED) + 1
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -246,6 +266,10 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--cache", choices=CACHE_CHOICES, default="off",
                     help="the Redis read-through cache on the postgresql mode (a "
                          "throwaway redis-server): on, or both with and without")
+    ap.add_argument("--crypto", choices=CRYPTO_CHOICES, default="off",
+                    help="field encryption on the postgresql mode (a throwaway key file; "
+                         "its users sealed with seal-existing): on, or both with and "
+                         "without")
     ap.add_argument("--read-from", choices=("primary", "replicas"), default="primary",
                     help="replicas: reads from a throwaway hot standby (DB_READ_FROM)")
     ap.add_argument("--standby-port", type=int, default=5491)
@@ -255,7 +279,7 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     try:
-        args.sides = sides(parse_modes(args.modes), args.cache)
+        args.sides = sides(parse_modes(args.modes), args.cache, args.crypto)
     except ValueError as exc:
         ap.error(str(exc))
     return args
@@ -311,7 +335,7 @@ def run_rounds(args, stores: dict, shares: dict, interval: float) -> tuple[list,
                         row["mode"] = name
                     results.append(row)
                     if not args.json:
-                        side = f"{name:<17}" if several else ""
+                        side = f"{name:<{SIDE_WIDTH}}" if several else ""
                         print(f"round {r} {threads:>3} threads  {side}{op:<30} p50 "
                               f"{row['p50_ms']:7.2f}  p95 {row['p95_ms']:7.2f}  p99 "
                               f"{row['p99_ms']:7.2f} ms  {rate:7,.0f} calls/s", flush=True)
@@ -355,16 +379,32 @@ def main() -> None:
                 files_dir = working_copy(root, Path(tmp), given=args.data_dir is not None)
             cache_url = (stack.enter_context(throwaway_redis(Path(tmp) / "redis"))
                          if args.cache != "off" else None)
-            stores, shares = {}, {}
-            for k, side in enumerate(args.sides):
+            kek_file = (throwaway_key_file(Path(tmp)) if args.crypto != "off" else None)
+            shares = {side.name: side_rows(side, k, len(args.sides), users, chats, files_dir)
+                      for k, side in enumerate(args.sides)}
+            for side in args.sides:
+                if side.crypto:
+                    # The encrypted side reads the same imported rows as the plain one
+                    # (same generator, an interleaved share of the same users: same
+                    # sizes, same age on disk), sealed by the path an operator takes
+                    # after turning CRYPTO_ENABLED on over imported data. Users it made
+                    # itself would be new rows of another shape, and would measure that
+                    # too. Its own writes (create_user, update_user, set_user_memory)
+                    # seal as the application's would.
+                    sealed = seal_share(
+                        store_settings(settings, side, files_dir, None, kek_file), dbname,
+                        [user_id for user_id, _ in shares[side.name][0]])
+                    if not args.json:
+                        print(f"{side.name}: sealed the imported rows of {sealed} users "
+                              "(keys seal-existing)", flush=True)
+            stores = {}
+            for side in args.sides:
                 if len(args.sides) == 1 and side.name == BASELINE:
                     # Today's default: the store the environment configures.
                     dal = create_data_access(settings, dbname=dbname)
                 else:
-                    dal = open_store(settings, side, dbname, files_dir, cache_url)
+                    dal = open_store(settings, side, dbname, files_dir, cache_url, kek_file)
                 stores[side.name] = stack.enter_context(contextlib.closing(dal))
-                shares[side.name] = side_rows(side, k, len(args.sides), users, chats,
-                                              files_dir)
             results, hit_ratios = run_rounds(args, stores, shares, interval)
             for name, dal in stores.items():
                 if "mirror" in (health := dal.health_check()):
@@ -374,7 +414,7 @@ def main() -> None:
     load_after = os.getloadavg()
     summary = summarise(results)
     names = [s.name for s in args.sides]
-    baseline = next((n for n in (BASELINE, CACHED) if n in names), None)
+    baseline = next((n for n in (BASELINE, CACHED, CRYPTED) if n in names), None)
     history = {t: v for (op, t, mode), v in summary.items()
                if op == "get_chat_history" and mode in (baseline, None)}
     # The verdict takes each thread count's worst round.
@@ -387,6 +427,8 @@ def main() -> None:
                "limit_ms": HISTORY_P95_LIMIT_MS, "mode": mode, "pass": ok}
     compared = comparison(summary, names, baseline) if len(names) > 1 else None
     cache = cache_report(summary, hit_ratios)
+    crypto = crypto_report(summary, names)
+    status = 0 if ok and (crypto is None or crypto["pass"]) else 1
     if args.json:
         doc = {"dataset": dataset, "pool_size": settings.db_max_connections,
                "rounds": args.rounds, "load_average": [load_before[0], load_after[0]],
@@ -395,11 +437,13 @@ def main() -> None:
             doc.update(modes=names, side_by_side=compared, dual_write_mirror=mirror)
         if cache:
             doc["cache"] = cache
+        if crypto:
+            doc["crypto"] = crypto
         print(json.dumps(doc, indent=2))
-        sys.exit(0 if ok else 1)
+        sys.exit(status)
     print(f"\nmin-max over {args.rounds} rounds ({mode}):")
     for (op, threads, side), v in summary.items():
-        label = f"{side:<17}" if side else ""
+        label = f"{side:<{SIDE_WIDTH}}" if side else ""
         print(f"{threads:>3} threads  {label}{op:<30} p50 {span(v['p50_ms']):>11}  "
               f"p95 {span(v['p95_ms']):>11}  p99 {span(v['p99_ms']):>11} ms  "
               f"{span(v['calls_per_s'], '{:,.0f}'):>13} calls/s")
@@ -409,17 +453,22 @@ def main() -> None:
         print_mirror(mirror)
     if cache:
         print_cache(cache)
+    if crypto:
+        print_crypto(crypto, args.rounds)
+    elif args.crypto == "on":
+        print(f"\nno field-encryption verdict: --crypto both measures {CRYPTED} against "
+              f"{BASELINE}")
     print(f"pool size {settings.db_max_connections}; load average {load_before[0]:.2f} "
           f"before, {load_after[0]:.2f} after (1 min)")
     if baseline is None:
         print("no verdict: the history read's limit is for the postgresql mode")
-        sys.exit(0)
+        sys.exit(status)
     on = "" if names == [BASELINE] else f" ({baseline})"
     print(f"{'PASS' if ok else 'FAIL'}: get_chat_history (latest 20){on} p95 "
           + ", ".join(f"{t} threads {span(v['p95_ms'])} ms"
                       for t, v in history.items())
           + f" (limit {HISTORY_P95_LIMIT_MS:.0f} ms, worst round; {mode})")
-    sys.exit(0 if ok else 1)
+    sys.exit(status)
 
 
 def summarise(results: list[dict]) -> dict[tuple[str, int, str | None], dict[str, list[float]]]:

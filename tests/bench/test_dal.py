@@ -1,5 +1,6 @@
-"""bench/dal.py: the storage modes side by side and the cache, run for real on a tiny
-data set (a scratch database, the legacy files, a throwaway redis-server)."""
+"""bench/dal.py: the storage modes side by side, the cache and field encryption, run
+for real on a tiny data set (a scratch database, the legacy files, a throwaway
+redis-server, a throwaway key file)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,12 @@ def test_modes_are_checked_and_the_cache_goes_on_the_postgresql_mode(dalsides):
     assert [s.name for s in dalsides.sides(("postgresql",), "on")] == ["postgresql+cache"]
     with pytest.raises(ValueError, match="add it to --modes"):
         dalsides.sides(("file",), "on")
+    names = [s.name for s in dalsides.sides(("postgresql",), "off", "both")]
+    assert names == ["postgresql", "postgresql+crypto"]
+    assert [s.name for s in dalsides.sides(("postgresql",), "off", "on")] == [
+        "postgresql+crypto"]
+    with pytest.raises(ValueError, match="--crypto on/both .* add it to --modes"):
+        dalsides.sides(("dual",), "off", "both")
 
 
 def test_each_side_gets_its_own_rows(dalsides):
@@ -62,3 +69,30 @@ def test_three_modes_and_the_cache_side_by_side():
     assert re.search(r"get_chat_history p95 with the cache [0-9.]+ ms, without [0-9.]+ ms, "
                      r"ratio [0-9.]+", out)
     assert re.search(r"^(PASS|FAIL): get_chat_history \(latest 20\) \(postgresql\)", out, re.M)
+
+
+def test_field_encryption_beside_the_plain_store():
+    """One round, a few calls: the encrypted side's rows, its ratio to the plain side
+    per memory and profile operation, and the goal's verdict are printed."""
+    env = {**os.environ, "PYTHONPATH": str(BENCH.parent)}
+    run = subprocess.run(
+        [sys.executable, str(BENCH / "dal.py"), "--messages", "400", "--calls", "2",
+         "--threads", "1", "--rounds", "1", "--closed-loop", "--crypto", "both"],
+        capture_output=True, text=True, env=env, timeout=60, check=False)
+    out = run.stdout
+    assert run.returncode in (0, 1), run.stderr[-3000:]  # 1: a verdict failed
+    assert re.search(r"^postgresql\+crypto: sealed the imported rows of [1-9][0-9]* users",
+                     out, re.M), out
+    report = out.split("field encryption: postgresql+crypto against postgresql", 1)[1]
+    for op in ("get_user_memory", "set_user_memory", "delete_user_memory", "get_user_by_id",
+               "get_user_by_clerk_id", "create_user", "update_user"):
+        for side in ("postgresql", "postgresql+crypto"):
+            assert re.search(rf"round 1   1 threads  {re.escape(side)} +{op} ", out), (op, side)
+        assert re.search(rf"^  1 threads  {op} +plain p50 +[0-9.]+  p95 +[0-9.]+ ms  sealed "
+                         rf"p50 +[0-9.]+  p95 +[0-9.]+ ms  ratio p50 [0-9.]+  p95 [0-9.]+$",
+                         report, re.M), op
+    assert "threads  get_chat_history" not in report  # no sealed field: not in the goal
+    assert re.search(r"^(PASS: field encryption p95 ratio <= 1\.2 on every|FAIL: field "
+                     r"encryption p95 ratio above 1\.2: )", report, re.M), report
+    assert re.search(r"^(PASS|FAIL): get_chat_history \(latest 20\) \(postgresql\)", out,
+                     re.M)
