@@ -1,10 +1,14 @@
 """The per-entity cut-over of docs/runbook.md, run under load: several application
-processes call the DAL without pause while every step of the runbook is taken (a
-rolling restart into the step's settings, then the step's `donnactl migrate-data`
-commands), from the files alone to PostgreSQL alone. No call may fail, no acknowledged
-write may be missing from PostgreSQL at the end, and each process's longest gap between
-two answered calls is measured (the downtime of a switch). Real PostgreSQL, real
-processes, the real CLI."""
+processes call the DAL continuously while every step of the runbook is taken (a
+rolling restart into the step's settings, or a stop-start where the runbook says so,
+then the step's `donnactl migrate-data` commands), from the files alone to PostgreSQL
+alone. No call may fail, no acknowledged write may be missing from PostgreSQL at the
+end, and each process's longest gap between two answered calls is measured (the
+downtime of a switch). Real PostgreSQL, real processes, the real CLI.
+
+Made rolling, the two stop-start steps lose writes: a process still in dual-write
+copies its stale memory file over PostgreSQL, or numbers a message from a chat file
+that misses the messages written to PostgreSQL alone."""
 
 from __future__ import annotations
 
