@@ -6,9 +6,8 @@ shares and on its own, and appends one JSON line per acknowledged write, failed 
 store switch to OUT. CONTROL (JSON, written by the test) holds the settings of the
 current step; when its ``step`` grows the worker re-creates its store with them after a
 random short delay of its own, as one process of a rolling restart does, so old and new
-phases serve side by side for a while; while CONTROL says ``pause`` it serves nothing
-(its store closed), as during a stop-start of every process. It stops when CONTROL
-says ``stop`` or at its ``deadline`` (a wall-clock time), whichever comes first.
+phases serve side by side for a while. It stops when CONTROL says ``stop`` or at its
+``deadline`` (a wall-clock time), whichever comes first.
 """
 
 from __future__ import annotations
@@ -55,25 +54,18 @@ class Worker:
         self.out.write(json.dumps({"w": self.worker, "t": time.time(), **fields}) + "\n")
 
     # ------------------------------------------------------------------ the restart
-    def poll(self) -> str:
-        """Follow the control file: "stop", "wait" (paused: the store is closed) or "go"."""
+    def poll(self) -> bool:
+        """Follow the control file; False once the worker should stop."""
         with contextlib.suppress(OSError, ValueError):  # being replaced: keep the last one
             self.control = read_control(self.control_path)
         if self.control.get("stop") or time.time() > self.control["deadline"]:
-            return "stop"
-        if self.control.get("pause"):
-            # Every process stops serving before the switch (a stop-start, not rolling).
-            if self.dal is not None:
-                self.dal.close()
-                self.dal = None
-                self.record(kind="paused", step=self.step)
-            return "wait"
+            return False
         if self.control["step"] > self.step and self.switch_at is None:
             delay = 0.0 if self.dal is None else self.rng.uniform(0.0, RESTART_SPREAD)
             self.switch_at = time.monotonic() + delay
         if self.switch_at is not None and time.monotonic() >= self.switch_at:
             self.restart()
-        return "go"
+        return True
 
     def restart(self) -> None:
         step = self.control["step"]
@@ -153,9 +145,8 @@ class Worker:
 
     def run(self) -> None:
         try:
-            while (state := self.poll()) != "stop":
-                if state == "go":
-                    self.call()
+            while self.poll():
+                self.call()
                 time.sleep(PACE)
         finally:
             if self.dal is not None:

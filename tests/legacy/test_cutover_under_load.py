@@ -1,14 +1,15 @@
 """The per-entity cut-over of docs/runbook.md, run under load: several application
 processes call the DAL continuously while every step of the runbook is taken (a
-rolling restart into the step's settings, or a stop-start where the runbook says so,
-then the step's `donnactl migrate-data` commands), from the files alone to PostgreSQL
-alone. No call may fail, no acknowledged write may be missing from PostgreSQL at the
-end, and each process's longest gap between two answered calls is measured (the
-downtime of a switch). Real PostgreSQL, real processes, the real CLI.
+rolling restart into the step's settings, then the step's `donnactl migrate-data`
+commands), from the files alone to PostgreSQL alone. No call may fail, no
+acknowledged write may be missing from PostgreSQL at the end, and each process's
+longest gap between two answered calls is measured (the downtime of a switch). Real
+PostgreSQL, real processes, the real CLI.
 
-Made rolling, the two stop-start steps lose writes: a process still in dual-write
-copies its stale memory file over PostgreSQL, or numbers a message from a chat file
-that misses the messages written to PostgreSQL alone."""
+Without the per-entity store keeping the legacy files of what PostgreSQL alone holds,
+the moves of users and memory, and of messages, to PostgreSQL lose writes here: a
+process still in dual-write copies its stale memory file over PostgreSQL, or numbers a
+message from a chat file that misses the messages written to PostgreSQL alone."""
 
 from __future__ import annotations
 
@@ -36,26 +37,26 @@ HOLD = 1.0
 #: rather than restart one by one).
 STEPS: list[tuple[str, dict[str, str], str, list[list[str]], bool]] = [
     ("files", dict.fromkeys(("users", "memory", "chats", "messages", "logs"), "file"),
-     "file", [["import"]], False),
+     "file", [["import"]]),
     ("pilot: memory dual", {"memory": "dual"}, "file",
      [["import", "--entity", "memory"], ["reconcile", "--entity", "memory"],
-      ["verify", "--entity", "memory"]], False),
+      ["verify", "--entity", "memory"]]),
     ("users dual", {"users": "dual"}, "file",
      [["import", "--entity", "users"], ["reconcile", "--entity", "users"],
-      ["verify", "--entity", "users"]], False),
+      ["verify", "--entity", "users"]]),
     ("chats and messages dual", {"chats": "dual", "messages": "dual"}, "file",
      [["import", "--entity", "messages"], ["reconcile", "--entity", "chats"],
       ["reconcile", "--entity", "messages"], ["verify", "--entity", "chats"],
-      ["verify", "--entity", "messages"]], False),
+      ["verify", "--entity", "messages"]]),
     ("logs dual", {"logs": "dual"}, "file",
      [["import", "--entity", "logs"], ["reconcile", "--entity", "logs"],
-      ["verify", "--entity", "logs"]], False),
-    ("reads from postgresql", {}, "postgresql", [["verify"]], False),
-    ("chats postgresql", {"chats": "postgresql"}, "postgresql", [], False),
+      ["verify", "--entity", "logs"]]),
+    ("reads from postgresql", {}, "postgresql", [["verify"]]),
+    ("chats postgresql", {"chats": "postgresql"}, "postgresql", []),
     ("users and memory postgresql", {"users": "postgresql", "memory": "postgresql"},
-     "postgresql", [], True),
-    ("messages postgresql", {"messages": "postgresql"}, "postgresql", [], True),
-    ("logs postgresql", {"logs": "postgresql"}, "postgresql", [], False),
+     "postgresql", []),
+    ("messages postgresql", {"messages": "postgresql"}, "postgresql", []),
+    ("logs postgresql", {"logs": "postgresql"}, "postgresql", []),
 ]
 #: Runs of a `verify` taken under load (see Cutover.verify).
 VERIFY_TRIES = 4
@@ -64,7 +65,7 @@ VERIFY_TRIES = 4
 def phases_after(step: int) -> tuple[dict[str, str], str]:
     phases: dict[str, str] = {}
     primary = "file"
-    for _, changes, primary_now, _, _ in STEPS[:step + 1]:
+    for _, changes, primary_now, _ in STEPS[:step + 1]:
         phases.update(changes)
         primary = primary_now
     return phases, primary
@@ -114,12 +115,9 @@ class Cutover:
                 cwd=ROOT, env=self.env(), stderr=(self.tmp / f"worker-{i}.err").open("w")))
         self.wait_switched()
 
-    def next_step(self, *, at_once: bool = False) -> None:
-        self.switched_at[self.step + 1] = time.time()
-        if at_once:
-            self.write_control(pause=True)
-            self.wait_for("paused", self.step)
+    def next_step(self) -> None:
         self.step += 1
+        self.switched_at[self.step] = time.time()
         self.write_control()
 
     def records(self) -> list[dict[str, Any]]:
@@ -229,9 +227,9 @@ def test_every_step_of_the_cutover_under_load(settings, scratch_db, legacy_data,
     failed_commands = []
     try:
         cut.start()
-        for step, (name, _, _, commands, at_once) in enumerate(STEPS):
+        for step, (name, _, _, commands) in enumerate(STEPS):
             if step:
-                cut.next_step(at_once=at_once)
+                cut.next_step()
                 cut.wait_switched()
             for args in commands:
                 if args[0] == "verify":
