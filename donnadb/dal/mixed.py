@@ -13,9 +13,8 @@ What the legacy files keep together moves together:
 
 - a user's memory file holds its profile, preferences and memory, so a write to either
   half is copied as a whole (``sync_user``) when users or memory are in dual-write;
-- a chat file holds a session and its messages, so while messages still go to files,
-  a session written to PostgreSQL alone keeps a copy of its metadata in its file (the
-  messages' container).
+- a chat file holds a session and its messages, so a session written to PostgreSQL
+  keeps a copy of its metadata in its file (the messages' container).
 
 And what PostgreSQL alone holds is also written to the legacy files after it (the
 same call on the file store, under the file's lock; a failure is logged, PostgreSQL
