@@ -318,6 +318,28 @@ class FileDataAccess(TransactionMixin, LogWriterMixin):
                 raw[field] = format_timestamp(session.get(field))
             self._write(path, raw)
 
+    def put_message(self, message: Message) -> None:
+        """Append another store's copy of a message (its id and time kept) as the chat
+        file's next one. :raises NotFoundError: no such chat file.
+        :raises DataError: the file does not hold the messages before it."""
+        chat_id = message["chat_id"]
+        path = self.chat_path(chat_id)
+        with self.locked(path):
+            raw = self._read_chat(chat_id)
+            if raw is None:
+                raise NotFoundError(f"no chat file {chat_id!r}")
+            messages = raw.setdefault("messages", [])
+            if message["sequence_number"] != len(messages) + 1:
+                raise DataError(f"chat file {chat_id!r} holds {len(messages)} messages, not "
+                                f"the {message['sequence_number'] - 1} before this one")
+            stamp = format_timestamp(message["created_at"])
+            messages.append({"id": message["id"], "role": message["role"],
+                             "content": message["content"], "timestamp": stamp,
+                             "metadata": message["metadata"], "tokens": message["token_count"],
+                             "flagged": message["abuse_flagged"]})
+            raw["updated_at"] = stamp
+            self._write(path, raw)
+
     # ------------------------------------------------------------------ messages
     def add_message(
         self,

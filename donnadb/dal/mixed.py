@@ -13,13 +13,22 @@ What the legacy files keep together moves together:
 
 - a user's memory file holds its profile, preferences and memory, so a write to either
   half is copied as a whole (``sync_user``) when users or memory are in dual-write;
-- a chat file holds a session and its messages, so while messages still go to files,
-  a session written to PostgreSQL alone keeps a copy of its metadata in its file (the
-  messages' container).
+- a chat file holds a session and its messages, so a session written to PostgreSQL
+  keeps a copy of its metadata in its file (the messages' container).
+
+And what PostgreSQL alone holds is also written to the legacy files after it (the
+same call on the file store, under the file's lock; a failure is logged, PostgreSQL
+holds the write). During a rolling restart a process still in dual-write writes the
+same entity to the files first and copies what the file then holds to PostgreSQL: a
+whole memory file, a message numbered from its chat file. Kept this way, those files
+are PostgreSQL's state, so such a copy loses nothing; and a rollback to dual-write
+finds them complete. The store of every entity in PostgreSQL (PostgresDataAccess)
+no longer writes them: the files are retired.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -32,7 +41,9 @@ from donnadb.dal.phases import check_phases
 from donnadb.dal.postgres import PostgresDataAccess
 from donnadb.dal.protocol import USER_FIELDS, MemoryEntry
 from donnadb.dal.values import check_fields, check_memory_type, check_name, is_valid_name
-from donnadb.errors import DatabaseError, DataError
+from donnadb.errors import DatabaseError, DataError, DonnaError
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -97,6 +108,14 @@ class MixedDataAccess(DualWriteDataAccess):
         tx.pg_only = True
         return result
 
+    def _keep_file(self, op: str, work: Callable[[], object]) -> None:
+        """Make in the legacy files a write PostgreSQL alone took (module docstring).
+        Call with the file's lock held since before PostgreSQL's write."""
+        try:
+            work()
+        except (DonnaError, OSError) as exc:
+            log.warning("per-entity store: %s not kept in the legacy files: %s", op, exc)
+
     def _pg_id(self, clerk_id: object) -> str | None:
         """PostgreSQL's id of the user with this Clerk id (None: no such user there)."""
         if not is_valid_name(clerk_id):
@@ -125,7 +144,9 @@ class MixedDataAccess(DualWriteDataAccess):
             return super().create_user(user_data)
         check_fields(user_data, USER_FIELDS, "user")
         clerk_id = check_name(user_data.get("clerk_id"), "clerk_id")  # the user's id here
-        self._pg_write(lambda: self.pg.create_user(user_data))
+        with self.user_lock(clerk_id):
+            self._pg_write(lambda: self.pg.create_user(user_data))
+            self._keep_file("create_user", lambda: self.files.create_user(user_data))
         return clerk_id
 
     def update_user(self, user_id: str, updates: Mapping[str, Any]) -> bool:
@@ -139,7 +160,11 @@ class MixedDataAccess(DualWriteDataAccess):
         def work() -> bool:
             found = self._pg_id(user_id)
             return found is not None and self.pg.update_user(found, updates)
-        return self._pg_write(work)
+        with self.user_lock(user_id):
+            found = self._pg_write(work)
+            if found:
+                self._keep_file("update_user", lambda: self.files.update_user(user_id, updates))
+        return found
 
     def set_user_memory(
         self,
@@ -158,7 +183,11 @@ class MixedDataAccess(DualWriteDataAccess):
             if found is None:
                 raise NotFoundError(f"no user {user_id!r}: create it first")
             return self.pg.set_user_memory(found, memory_type, key, value, expires_at)
-        return self._pg_write(work)
+        with self.user_lock(user_id):
+            done = self._pg_write(work)
+            self._keep_file("set_user_memory", lambda: self.files.set_user_memory(
+                user_id, memory_type, key, value, expires_at))
+        return done
 
     def delete_user_memory(self, user_id: str, memory_type: str, key: str | None = None) -> bool:
         if not self._in_pg("memory"):
@@ -168,14 +197,17 @@ class MixedDataAccess(DualWriteDataAccess):
         def work() -> bool:
             found = self._pg_id(user_id)
             return found is not None and self.pg.delete_user_memory(found, memory_type, key)
-        return self._pg_write(work)
+        with self.user_lock(user_id):
+            deleted = self._pg_write(work)
+            if deleted:
+                self._keep_file("delete_user_memory", lambda: self.files.delete_user_memory(
+                    user_id, memory_type, key))
+        return deleted
 
     # ------------------------------------------------------------------ chat sessions
     def _contain(self, chat_id: str) -> None:
-        """While messages still go to files, keep the chat file (their container) in
-        step with the session PostgreSQL alone holds. Call with the chat's lock held."""
-        if self._in_pg("messages"):
-            return
+        """Keep the chat file (the messages' container) in step with the session
+        PostgreSQL alone holds. Call with the chat's lock held."""
         session = self.get_chat_session(chat_id)
         if session is None:
             raise NotFoundError(f"no chat {chat_id!r}: create the session first")
@@ -226,9 +258,12 @@ class MixedDataAccess(DualWriteDataAccess):
         abuse_flagged: bool = False,
     ) -> str:
         if self._in_pg("messages"):
-            return self._pg_write(lambda: self.pg.add_message(
-                chat_id, role, content, metadata, token_count=token_count,
-                abuse_flagged=abuse_flagged))
+            with self.chat_lock(chat_id):
+                message_id = self._pg_write(lambda: self.pg.add_message(
+                    chat_id, role, content, metadata, token_count=token_count,
+                    abuse_flagged=abuse_flagged))
+                self._keep_file("add_message", lambda: self._keep_message(chat_id, message_id))
+            return message_id
         with self.chat_lock(chat_id):
             if self._in_pg("chats") and is_valid_name(chat_id) and \
                     self.files.get_chat_session(chat_id) is None:
@@ -236,6 +271,16 @@ class MixedDataAccess(DualWriteDataAccess):
                 self._contain(chat_id)
             return super().add_message(chat_id, role, content, metadata,
                                        token_count=token_count, abuse_flagged=abuse_flagged)
+
+    def _keep_message(self, chat_id: str, message_id: str) -> None:
+        """Append to the chat file the message PostgreSQL just stored (same id, time and
+        position). Call with the chat's lock held."""
+        if self.files.get_chat_session(chat_id) is None:
+            self._contain(chat_id)
+        last = self.pg.get_chat_history(chat_id, limit=1)
+        if not last or last[0]["id"] != message_id:
+            raise DataError(f"message {message_id} is not the last of chat {chat_id!r}")
+        self.files.put_message(last[0])
 
     # ------------------------------------------------------------------ system logs
     def _store_log(self, line: dict[str, Any]) -> str:

@@ -67,7 +67,12 @@ def _entries(folder: Path, inv: Inventory, report: Report, suffix: str) -> list[
     with os.scandir(folder) as it:
         for entry in sorted(it, key=lambda e: e.name):
             path = Path(entry.path)
-            st = entry.stat(follow_symlinks=False)
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                # Gone since the listing: the application's atomic write renamed its
+                # temporary file into place (import or verify while the app runs).
+                continue
             _check_perms(path, st, inv, report)
             if entry.is_dir(follow_symlinks=False):
                 continue

@@ -5,6 +5,12 @@ is expected to be missing) and every row is reduced to a canonical text on both 
 per chat a count and a SHA-256 of the chat row and its messages in order (plus the
 session's message_count/last_message_at against the messages), per user the user row,
 and per memory entry its own checksum; logs per file and line.
+
+``updated_at`` (users, chat sessions) and a memory entry's ``created_at``/``updated_at``
+are not compared: the schema's trigger stamps ``updated_at`` at every write, so a
+dual-write copy of a file (or a message added to its chat) gives the row the time of
+the copy, not the file's; and a memory file holds one time for all its entries, which
+PostgreSQL keeps per entry. What they record is when, not what: the content is compared.
 """
 
 from __future__ import annotations
@@ -25,8 +31,8 @@ from donnadb.legacy.normalise import LEGACY_KEY, iso
 from donnadb.legacy.reader import LegacyReader
 
 DB_CHATS = """
-SELECT c.chat_id, u.clerk_id, c.title, c.profile, c.metadata, c.created_at, c.updated_at,
-       c.status, c.message_count, c.last_message_at
+SELECT c.chat_id, u.clerk_id, c.title, c.profile, c.metadata, c.created_at, c.status,
+       c.message_count, c.last_message_at
   FROM chat_sessions AS c LEFT JOIN users AS u ON u.id = c.user_id
 """
 DB_MESSAGES = """
@@ -36,13 +42,11 @@ SELECT c.chat_id, m.id, m.sequence_number, m.role, m.content, m.metadata, m.crea
  ORDER BY c.chat_id COLLATE "C", m.sequence_number
 """
 DB_USERS = """
-SELECT id, clerk_id, email, name, profile, preferences, created_at, updated_at, status,
-       last_active_at
+SELECT id, clerk_id, email, name, profile, preferences, created_at, status, last_active_at
   FROM users
 """
 DB_MEMORY = """
-SELECT u.id, u.clerk_id, um.memory_type, um.key, um.value, um.created_at, um.updated_at,
-       um.expires_at
+SELECT u.id, u.clerk_id, um.memory_type, um.key, um.value, um.expires_at
   FROM user_memory AS um JOIN users AS u ON u.id = um.user_id
 """
 DB_LOGS = """
@@ -86,13 +90,12 @@ def message_digest(m: MessageRow) -> str:
 
 
 def chat_digest(c: ChatRow) -> str:
-    return _h(c.chat_id, c.clerk_id, c.title, c.profile, c.metadata, c.created_at, c.updated_at,
-              c.status)
+    return _h(c.chat_id, c.clerk_id, c.title, c.profile, c.metadata, c.created_at, c.status)
 
 
 def user_digest(u: UserRow) -> str:
-    return _h(u.clerk_id, u.email, u.name, u.profile, u.preferences, u.created_at, u.updated_at,
-              u.status, u.last_active_at)
+    """Without ``created_at``: see :func:`_compare_users`."""
+    return _h(u.clerk_id, u.email, u.name, u.profile, u.preferences, u.status, u.last_active_at)
 
 
 @dataclass
@@ -117,10 +120,9 @@ class VerifyResult:
 
 def _db_chats(conn: psycopg.Connection) -> dict[str, dict[str, Any]]:
     chats: dict[str, dict[str, Any]] = {}
-    for chat_id, clerk, title, profile, meta, created, updated, status, count, last in \
+    for chat_id, clerk, title, profile, meta, created, status, count, last in \
             conn.execute(DB_CHATS):
-        chats[chat_id] = {"digest": _h(chat_id, clerk, title, profile, meta, created, updated,
-                                       status),
+        chats[chat_id] = {"digest": _h(chat_id, clerk, title, profile, meta, created, status),
                           "message_count": count, "last_message_at": last,
                           "messages": 0, "newest": None, "hash": hashlib.sha256()}
     with conn.cursor(name="verify_messages") as cur:
@@ -168,14 +170,16 @@ def _compare_chats(reader: LegacyReader, conn: psycopg.Connection, result: Verif
 
 def _compare_users(reader: LegacyReader, conn: psycopg.Connection, result: VerifyResult,
                    orphans: dict[str, Any]) -> None:
-    db_users = {}
-    for uid, clerk, email, name, profile, prefs, created, updated, status, last_active in \
+    # A memory file without created_at gives the time of its last write instead (the
+    # import's rule), which each write through the DAL moves on: the row's may be earlier.
+    db_users: dict[str, tuple[str, Any]] = {}
+    for uid, clerk, email, name, profile, prefs, created, status, last_active in \
             conn.execute(DB_USERS):
-        db_users[clerk or str(uid)] = _h(clerk, email, name, profile, prefs, created, updated,
-                                         status, last_active)
+        db_users[clerk or str(uid)] = (_h(clerk, email, name, profile, prefs, status,
+                                          last_active), created)
     db_memory: dict[tuple[str, str, str], str] = {}
-    for uid, clerk, mtype, key, value, created, updated, expires in conn.execute(DB_MEMORY):
-        db_memory[(clerk or str(uid), mtype, key)] = _h(value, created, updated, expires)
+    for uid, clerk, mtype, key, value, expires in conn.execute(DB_MEMORY):
+        db_memory[(clerk or str(uid), mtype, key)] = _h(value, expires)
     users = memory = 0
     for user in reader.users():
         users += 1
@@ -183,21 +187,21 @@ def _compare_users(reader: LegacyReader, conn: psycopg.Connection, result: Verif
         got = db_users.pop(ukey, None)
         if got is None:
             result.diff("user_missing", ukey, f"{', '.join(user.source_paths)} not imported")
-        elif got != user_digest(user):
+        elif got[0] != user_digest(user) or got[1] > user.created_at:
             result.diff("user_differs", ukey, "user row differs from the memory file(s)")
         for m in user.memory:
             memory += 1
             got = db_memory.pop((ukey, m.memory_type, m.key), None)
-            want = _h(m.value, m.created_at, m.updated_at, m.expires_at)
+            want = _h(m.value, m.expires_at)
             if got is None:
                 result.diff("memory_missing", f"{ukey}/{m.memory_type}/{m.key}", "not imported")
             elif got != want:
                 result.diff("memory_differs", f"{ukey}/{m.memory_type}/{m.key}",
-                            "value or timestamps differ")
+                            "value or expiry differs")
     for clerk, first_created in orphans.items():
         if clerk in db_users:
             got = db_users.pop(clerk)
-            want = _h(clerk, None, None, {}, {}, first_created, first_created, "active", None)
+            want = (_h(clerk, None, None, {}, {}, "active", None), first_created)
             if got != want:
                 result.diff("user_differs", clerk, "user created from chats differs")
         elif not any(d["key"] == clerk for d in result.differences):

@@ -27,13 +27,13 @@ PLACES = {
     "chats-first": (("file", "file", "dual", "file", "dual"), "file",
                     {"users": BOTH, "memory": FILE, "chats": BOTH, "messages": FILE,
                      "logs": BOTH}),
-    # Sessions and messages in PostgreSQL alone; users still copied.
+    # Sessions and messages in PostgreSQL, kept in the files after it; users still copied.
     "sessions-cut-over": (("dual", "dual", "postgresql", "postgresql", "postgresql"), "file",
-                          {"users": BOTH, "memory": BOTH, "chats": PG, "messages": PG,
+                          {"users": BOTH, "memory": BOTH, "chats": BOTH, "messages": BOTH,
                            "logs": PG}),
-    # Messages still copied: their chat file keeps a copy of the session (container).
+    # Users and memory in PostgreSQL, kept in their memory file; messages still copied.
     "late": (("postgresql", "postgresql", "postgresql", "dual", "file"), "postgresql",
-             {"users": PG, "memory": PG, "chats": BOTH, "messages": BOTH, "logs": FILE}),
+             {"users": BOTH, "memory": BOTH, "chats": BOTH, "messages": BOTH, "logs": FILE}),
 }
 
 
@@ -127,13 +127,15 @@ def test_memory_in_files_alone_leaves_no_memory_row(settings, tmp_path, pg_db):
 
 def test_messages_find_their_container_for_a_session_made_in_postgresql(settings, tmp_path,
                                                                         pg_db):
-    """A session PostgreSQL alone holds (written before messages were copied) gets its
-    chat file when its first message goes to the files."""
+    """A session PostgreSQL alone holds (written by the store of every entity in
+    PostgreSQL, which keeps no file) gets its chat file when its first message goes
+    to the files."""
     phases = ("postgresql", "postgresql", "postgresql", "postgresql", "file")
     dal = mixed(settings, tmp_path / "data", phases, "file", dbname=pg_db)
     try:
         dal.create_user({"clerk_id": "user_ana"})
-        dal.create_chat_session("c_old", "user_ana", {"m": 1}, title="Old")
+        owner = dal.pg.get_user_by_clerk_id("user_ana")["id"]
+        dal.pg.create_chat_session("c_old", owner, {"m": 1}, title="Old")
     finally:
         dal.close()
     assert not (tmp_path / "data" / "chat_sessions" / "c_old.json").exists()
@@ -255,3 +257,37 @@ def test_a_mixed_store_counts_only_what_it_copies(settings, tmp_path, pg_db,
         assert mirror_figures(dal, "failures") == dict.fromkeys(ENTITIES, 0)
     finally:
         dal.close()
+
+
+def test_a_rolling_restart_to_postgresql_loses_no_write(settings, tmp_path, pg_db):
+    """Users, memory and messages written by a process in PostgreSQL alone and by one
+    still in dual-write, side by side on the same user and chat: the dual-write one
+    copies its memory file whole and numbers its messages from the chat file, which the
+    other keeps as PostgreSQL has them, so PostgreSQL and the files end up holding
+    everything."""
+    data = tmp_path / "data"
+    before = mixed(settings, data, ("dual", "dual", "postgresql", "dual", "file"),
+                   "postgresql", dbname=pg_db)
+    after = mixed(settings, data, ("postgresql", "postgresql", "postgresql", "postgresql",
+                                   "file"), "postgresql", dbname=pg_db)
+    try:
+        before.create_user({"clerk_id": "user_ana"})
+        before.create_chat_session("c_1", "user_ana", {})
+        for n in range(3):
+            after.set_user_memory("user_ana", "context", f"after{n}", n)
+            before.set_user_memory("user_ana", "context", f"before{n}", n)
+            after.add_message("c_1", "user", f"after {n}")
+            before.add_message("c_1", "user", f"before {n}")
+        after.create_user({"clerk_id": "user_bo"})
+        before.set_user_memory("user_bo", "context", "pet", "cat")
+        assert before.queue.count() == 0
+        everything = {f"{w}{n}": n for w in ("before", "after") for n in range(3)}
+        assert after.get_user_memory("user_ana", "context") == everything
+        assert after.files.get_user_memory("user_ana", "context") == everything
+        assert after.get_user_memory("user_bo", "context") == {"pet": "cat"}
+        contents = [m["content"] for m in after.get_chat_history("c_1")]
+        assert contents == [f"{w} {n}" for n in range(3) for w in ("after", "before")]
+        assert after.files.get_chat_history("c_1") == after.get_chat_history("c_1")
+    finally:
+        before.close()
+        after.close()

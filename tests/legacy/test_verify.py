@@ -68,3 +68,32 @@ def test_verify_one_entity_reports_only_its_differences(settings, scratch_db, tm
     unknown = run_cli("migrate-data", "verify", "--data-dir", str(root), "--dbname",
                       scratch_db, "--entity", "files")
     assert unknown.returncode == 3 and "unknown entity 'files'" in unknown.stderr
+
+
+def test_verify_is_clean_after_dual_write_wrote_to_legacy_records(settings, scratch_db,
+                                                                   tmp_path):
+    """Dual-write copies give rows the time of the copy (the schema's trigger) and a
+    memory file one time for all its entries: only content counts, so a memory value
+    changed behind the files' back is still found."""
+    from donnadb.dal import DualWriteDataAccess, FileDataAccess, PostgresDataAccess
+    from donnadb.legacy.verify import verify
+
+    root = tmp_path / "data"
+    generate(root, users=3, chats=3, messages_per_chat=2, logs=2, deviations=False)
+    clerk = sorted(p.stem for p in (root / "memory").glob("*.json"))[0]
+    with db.connect("migrator", settings=settings, dbname=scratch_db, autocommit=True) as conn:
+        import_data_dir(LegacyReader.open(root), conn, batch_size=100)
+    dual = DualWriteDataAccess(FileDataAccess(root), PostgresDataAccess(settings,
+                                                                        dbname=scratch_db))
+    try:
+        dual.set_user_memory(clerk, "context", "added", {"a": 1})
+        dual.update_user(clerk, {"name": "Renamed"})
+        dual.add_message("c_7000000", "user", "hello")
+        dual.update_chat_session("c_7000001", {"title": "Renamed chat"})
+    finally:
+        dual.close()
+    with db.connect("migrator", settings=settings, dbname=scratch_db, autocommit=True) as conn:
+        assert verify(LegacyReader.open(root), conn).differences == []
+        conn.execute("UPDATE user_memory SET value = '\"fish\"' WHERE key = 'added'")
+        assert [d["kind"] for d in verify(LegacyReader.open(root), conn).differences] == [
+            "memory_differs"]
