@@ -91,20 +91,3 @@ def test_a_sniffed_wire_shows_no_password_and_no_cached_value(fleet: Fleet, tmp_
     for clear in (marker.encode(), password.encode(), b"AUTH", b"EVALSHA"):
         assert clear not in seen, f"{clear!r} crossed the wire in clear"
 
-
-def test_personal_fields_reach_the_database_host_sealed_with_the_app_hosts_key(fleet: Fleet):
-    """Field encryption as deployed: the key file made on the application host, the same
-    file on the database host (for `donnactl keys`), 0600 per user; the application's
-    profile and memory arrive sealed."""
-    key = fleet.app.run("cat /etc/donnadb/keys.d/root").stdout
-    assert "kek " in key and fleet.db.run("cat /etc/donnadb/keys.d/root").stdout == key
-    for host in (fleet.app, fleet.db):
-        listing = host.run("stat -c '%U %a' /etc/donnadb/keys.d/donna-app").stdout.split()
-        assert listing == ["donna-app", "600"], (host.name, listing)
-    result = run_contract(fleet, f"m{uuid.uuid4().hex[:10]}")
-    sql = ("SELECT coalesce(u.email, '-'), u.email_sealed IS NOT NULL, "
-           "bool_and(m.value #>> '{}' LIKE '$dnc1$%') FROM users u "
-           f"JOIN user_memory m ON m.user_id = u.id WHERE u.id = '{result['user_id']}' "
-           "GROUP BY 1, 2")
-    row = fleet.db.run(f"runuser -u postgres -- psql -d donna -Atc {shlex.quote(sql)}").stdout
-    assert row.strip() == "-|t|t", row
