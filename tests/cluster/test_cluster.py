@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -106,8 +107,13 @@ def test_switchover_moves_the_leader_to_the_sync_standby(cli, in_cluster, health
     assert result["old_leader"] == old and result["new_leader"] == sync
     assert 0 < result["seconds"] < 40
     assert healthy.leader() == sync
+    # Patroni's history is what its leader last recorded, in its next cycle (loop_wait).
+    deadline = time.monotonic() + 30
     history = _json(cli("cluster", "history", "--json", env=in_cluster))["history"]
-    assert history[-1]["new_leader"] == sync
+    while not history and time.monotonic() < deadline:
+        time.sleep(1)
+        history = _json(cli("cluster", "history", "--json", env=in_cluster))["history"]
+    assert history and history[-1]["new_leader"] == sync, history
     audit = [json.loads(ln) for ln in cli.log_file.read_text().splitlines()]
     assert any(a.get("context", {}).get("command") == "cluster switchover"
                and a["context"].get("exit_code") == 0 for a in audit)
