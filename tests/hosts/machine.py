@@ -306,6 +306,13 @@ def prepare_root(base: Path, name: str, address: str) -> Path:
         unit = root / "etc/systemd/system" / timer
         unit.unlink(missing_ok=True)
         unit.symlink_to("/dev/null")
+    # systemd-tmpfiles writes /run/nologin at boot and systemd-user-sessions removes it;
+    # when that unit fails (seen on a loaded machine), sshd refuses the operator's login
+    # until the test gives up. A test host never needs the boot-time lock-out.
+    nologin = root / "etc/tmpfiles.d/systemd-nologin.conf"
+    nologin.parent.mkdir(parents=True, exist_ok=True)
+    nologin.unlink(missing_ok=True)
+    nologin.symlink_to("/dev/null")
     return root
 
 
