@@ -24,7 +24,7 @@ _db, _app = _fleet["db"], _fleet["app"]
 # The DAL's cache: Redis on the app host, which the database host reaches over TLS. (Not
 # field encryption: the load test's seed writes personal fields in clear, which a sealed
 # store refuses to read; tests/provision/test_cacheserver.py deploys the key file.)
-_dal = {"cache_enabled": True}
+_dal = {"cache_enabled": True, "crypto_enabled": False}
 
 db_servers = [
     (
