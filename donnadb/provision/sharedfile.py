@@ -5,7 +5,7 @@ Its origin host makes root's copy (``<passfile dir>/<folder>/root``, 0600); ever
 database and application host gets root's copy over the deploy's own connections
 (:func:`donnadb.provision.hostcopy.copied`: never argv, a log or the control machine),
 and each consumer that runs the DAL its own 0600 copy beside it, cut on the host by
-files/secretfiles.py. Changed at the origin (a new password, a new key), every copy
+files/filecopies.py. Changed at the origin (a new password, a new key), every copy
 follows at the next deploy.
 """
 
@@ -31,7 +31,7 @@ from donnadb.provision.settings import (
     load_deploy_settings,
 )
 
-HELPER_SRC = Path(__file__).resolve().parent / "files" / "secretfiles.py"
+HELPER_SRC = Path(__file__).resolve().parent / "files" / "filecopies.py"
 #: The file name of root's copy (donnactl's) in a secret's folder.
 ROOT_COPY = "root"
 
@@ -66,7 +66,7 @@ def secret_path(settings: DeploySettings, folder: str, user: str = ROOT_COPY) ->
 
 
 def helper_path(settings: DeploySettings) -> str:
-    return f"{settings.donnadb_lib_dir}/secretfiles.py"
+    return f"{settings.donnadb_lib_dir}/filecopies.py"
 
 
 def upload_helper(settings: DeploySettings) -> None:

@@ -2,8 +2,8 @@
 """Secret files on the host (the cache's password, the field-encryption keys), run by
 the deploy with the system python3.
 
-    secretfiles.py ensure --password-file P --acl-file A --user U --acl RULES [--check]
-    secretfiles.py share --from P --to T --owner U [--check]
+    filecopies.py ensure --password-file P --acl-file A --user U --acl RULES [--check]
+    filecopies.py share --from P --to T --owner U [--check]
 
 ``ensure`` (on the cache host): P holds a password (generated here when missing, 0600
 root) and the ACL file A turns Redis's ``default`` user off and lets U in with that
@@ -39,7 +39,7 @@ def _owned(path: str, uid: int, gid: int, mode: int) -> bool:
 
 def _write(path: str, text: str, uid: int, gid: int, mode: int) -> None:
     """``text`` to ``path`` whole or not at all, private from the first byte."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".secretfiles.")
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".filecopies.")
     try:
         os.fchown(fd, uid, gid)
         os.fchmod(fd, mode)
@@ -80,7 +80,7 @@ def ensure(args: argparse.Namespace) -> list[str]:
 def share(args: argparse.Namespace) -> list[str]:
     secret = _read(args.source)
     if not secret:
-        raise SystemExit(f"secretfiles: {args.source} is missing or empty; deploy the "
+        raise SystemExit(f"filecopies: {args.source} is missing or empty; deploy the "
                          "host that makes it first")
     user = pwd.getpwnam(args.owner)
     if _read(args.to) == secret and _owned(args.to, user.pw_uid, user.pw_gid, 0o600):
@@ -91,7 +91,7 @@ def share(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="secretfiles.py")
+    parser = argparse.ArgumentParser(prog="filecopies.py")
     modes = parser.add_subparsers(dest="mode", required=True)
     one = modes.add_parser("ensure")
     one.add_argument("--password-file", required=True)
