@@ -13,7 +13,7 @@ With ``cache_enabled = True``:
   the deploy's CA. Its ACL turns the ``default`` user off and
   lets in one user for the DAL (:data:`USER`, limited to
   :data:`donnadb.config.CACHE_REDIS_ACL`), whose password is generated on the cache
-  host by files/secretfiles.py and kept in the ACL file as a SHA-256 only;
+  host by files/filecopies.py and kept in the ACL file as a SHA-256 only;
 * every host using it (database hosts, for `donnactl users forget`; application hosts):
   root's copy of the password (copied from the cache host over the deploy's own
   connections, like the application's passfile: never argv, a log or the control
@@ -42,7 +42,12 @@ from donnadb.config import CACHE_PASSWORD_DIR, CACHE_REDIS_ACL
 from donnadb.errors import ConfigError
 from donnadb.provision import bootstrap, sharedfile, tls
 from donnadb.provision.facts import PidfileRunning, SystemdRunning
-from donnadb.provision.settings import APP_GROUP, DB_GROUP, DeploySettings
+from donnadb.provision.settings import (
+    APP_GROUP,
+    DB_GROUP,
+    DeploySettings,
+    load_deploy_settings,
+)
 
 #: The Redis ACL user the DAL logs in as (CACHE_USERNAME).
 USER = "donnadb"
@@ -94,9 +99,10 @@ def uses_tls(target: Host) -> bool:
 
 
 def dial_address(server: Host) -> str:
-    """The name other hosts dial: the cache host's ``cache_listen_addr``, else its
-    inventory name (both are in its certificate)."""
-    return str(server.data.get("cache_listen_addr") or server.name)
+    """The name other hosts dial: the cache host's ``cache_listen_addr`` (its own,
+    validated settings), else its inventory name (both are in its certificate)."""
+    cache = load_deploy_settings(server.data).cache
+    return (cache.listen_addr if cache is not None else None) or server.name
 
 
 def password_file(settings: DeploySettings, user: str = sharedfile.ROOT_COPY) -> str:
@@ -111,14 +117,12 @@ def client_env(settings: DeploySettings, target: Host, user: str = sharedfile.RO
     if settings.cache is None:
         return {}
     server = cache_host(settings, target)
-    if uses_tls(target):
-        url = f"rediss://{dial_address(server)}:{settings.cache.tls_port}/0"
-    else:
-        url = f"redis://127.0.0.1:{settings.cache.port}/0"
-    env = {"CACHE_ENABLED": "true", "CACHE_URL": url, "CACHE_USERNAME": USER,
-           "CACHE_PASSWORD_FILE": password_file(settings, user),
+    env = {"CACHE_ENABLED": "true",
+           "CACHE_URL": f"redis://127.0.0.1:{settings.cache.port}/0",
+           "CACHE_USERNAME": USER, "CACHE_PASSWORD_FILE": password_file(settings, user),
            "CACHE_TTL_SECONDS": str(settings.cache.ttl_seconds)}
-    if url.startswith("rediss://"):
+    if uses_tls(target):
+        env["CACHE_URL"] = f"rediss://{dial_address(server)}:{settings.cache.tls_port}/0"
         env["CACHE_SSLROOTCERT"] = tls.CA_FILE
     return env
 

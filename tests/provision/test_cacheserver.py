@@ -33,7 +33,9 @@ def settings_of(**data):
 
 
 def inventory(db: list[str], app: list[str]) -> Inventory:
-    return Inventory((db + app, {}), db_servers=(db, {}), app_servers=(app, {}))
+    """Hosts carrying group_data, as pyinfra gives it to a deploy."""
+    data = {k: v for k, v in load_group_data().items() if not k.startswith("__")}
+    return Inventory((db + app, data), db_servers=(db, {}), app_servers=(app, {}))
 
 
 def test_off_by_default_and_no_lines_in_the_settings_file():
