@@ -8,7 +8,8 @@ credential (donnadb/provision/app.py), ``monitor_servers`` Prometheus and Alertm
 scraping every database host (donnadb/provision/monitoring.py; without that group a
 single database host monitors itself). With group_data ``cache_enabled`` one host runs
 Redis for the DAL's cache (donnadb/provision/cacheserver.py); with ``crypto_enabled``
-every host running the DAL gets field encryption's key file (provision/fieldkeys.py).
+every host running the DAL gets field encryption's key file and what a database held
+in clear is sealed (provision/fieldkeys.py).
 Every setting is in
 group_data/all.py. Running it again changes nothing. See docs/deploy.md, docs/ha.md and
 docs/monitoring.md.
@@ -29,7 +30,12 @@ from donnadb.provision.cacheserver import (
     install_cache_server,
     is_cache_host,
 )
-from donnadb.provision.fieldkeys import hand_over_key_file, is_key_origin, make_key_file
+from donnadb.provision.fieldkeys import (
+    hand_over_key_file,
+    is_key_origin,
+    make_key_file,
+    seal_existing,
+)
 from donnadb.provision.monitoring import install_monitor
 from donnadb.provision.settings import load_deploy_settings
 from donnadb.provision.steps import converge_host, converge_member
@@ -53,3 +59,5 @@ if is_key_origin(settings, host):
 hand_over_credential(settings, host)
 hand_over_cache_password(settings, host, dal_users(settings, host))
 hand_over_key_file(settings, host, dal_users(settings, host))
+if is_db:
+    seal_existing(settings, host)

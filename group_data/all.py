@@ -394,13 +394,14 @@ cache_maxmemory_mb = 256
 cache_ttl_seconds = 60
 
 # --- Field encryption (donnadb/provision/fieldkeys.py; docs/security.md) -------------
-# True: the first app_servers host (else the first db_servers host) makes the key file
-# once (a key encryption key and the e-mail look-up key) and every database and
+# On by default. The first app_servers host (else the first db_servers host) makes the
+# key file once (a key encryption key and the e-mail look-up key) and every database and
 # application host gets a 0600 copy per user running the DAL, with CRYPTO_ENABLED=true
 # and CRYPTO_KEK_FILE in its settings file. Keep a copy of /etc/donnadb/keys.d/root in
-# escrow: without it nothing sealed can be read. A database holding personal data in
-# clear needs `donnactl keys seal-existing` once the setting is on.
-crypto_enabled = False
+# escrow: without it nothing sealed can be read. Personal values a database already
+# holds in clear are sealed by the deploy (`donnactl keys seal-existing`). False turns it
+# off (the key file stays; sealed values then cannot be read by the DAL).
+crypto_enabled = True
 
 
 # --- High availability (donnadb/provision/ha.py; docs/ha.md) -------------------------

@@ -20,6 +20,8 @@ _ssh = {
     "_sudo": True,
     "tls_ca_dir": "~/.local/share/donnadb/ca",
     "ha": True,
+    # Field encryption (on by default): the key file made on app1, copied to every member.
+    "crypto_enabled": True,
 }
 _members = {"db1": "10.0.1.11", "db2": "10.0.1.12", "db3": "10.0.1.13"}
 

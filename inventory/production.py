@@ -34,8 +34,8 @@ db_servers = [
             "tls_ca_dir": "~/.local/share/donnadb/ca",
             # True on every host: Redis on app1 for the DAL's cache, reached over TLS.
             "cache_enabled": False,
-            # True on every host: field encryption, the key file made on app1.
-            "crypto_enabled": False,
+            # Field encryption (on by default), the key file made on app1.
+            "crypto_enabled": True,
         },
     ),
 ]
@@ -57,8 +57,8 @@ app_servers = [
             "tls_ca_dir": "~/.local/share/donnadb/ca",
             # True on every host: this host runs Redis (TLS on its name, port 6380).
             "cache_enabled": False,
-            # True on every host: this host makes field encryption's key file.
-            "crypto_enabled": False,
+            # Field encryption (on by default): this host makes the key file.
+            "crypto_enabled": True,
         },
     ),
 ]

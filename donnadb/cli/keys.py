@@ -61,11 +61,14 @@ def add_kek_cmd(json: JsonOpt = False, yes: YesOpt = False) -> None:
 @app.command("status")
 @logged("keys status")
 def status_cmd(json: JsonOpt = False, dbname: DbOpt = None) -> None:
-    """The key file's KEKs and how many data keys each wraps.
+    """The key file's KEKs, how many data keys each wraps, and how many users still have
+    personal values in clear (`keys seal-existing` seals them).
 
     Exit 1 when a data key's KEK is missing from the key file.
     """
-    result = rotation.status(settings(), dbname=dbname)
+    s = settings()
+    result = rotation.status(s, dbname=dbname)
+    result["users_in_clear"] = sealed.count_plain_users(s, dbname=dbname)
     if json:
         emit_json(result)
     else:
@@ -76,6 +79,8 @@ def status_cmd(json: JsonOpt = False, dbname: DbOpt = None) -> None:
             table.add_row(k["kek_id"], "yes" if k["current"] else "", str(k["data_keys"]))
         console.print(table)
         console.print(f"{result['to_rewrap']} data keys to re-wrap", highlight=False)
+        console.print(f"{result['users_in_clear']} users with personal values in clear",
+                      highlight=False)
         if result["missing"]:
             console.print("[red]missing from the key file:[/] " + ", ".join(result["missing"]))
     if result["missing"]:

@@ -223,7 +223,8 @@ class Sealer:
         return out
 
 
-__all__ = ["DataKey", "DecryptError", "KeyFileError", "Sealer", "seal_plain_rows"]
+__all__ = ["DataKey", "DecryptError", "KeyFileError", "Sealer", "count_plain_users",
+           "seal_plain_rows"]
 
 
 # Users with a personal value in clear: written with encryption off (the legacy import,
@@ -231,19 +232,23 @@ __all__ = ["DataKey", "DecryptError", "KeyFileError", "Sealer", "seal_plain_rows
 # prefix; the batch's users are locked, SKIP LOCKED lets two runs share the work.
 PLAIN_VALUE = ("NOT (jsonb_typeof({v}) = 'string' AND "
                f"starts_with({{v}} #>> '{{{{}}}}', '{envelope.TEXT_PREFIX}'))")
-PLAIN_USERS_SQL = f"""
-SELECT u.id::text AS id, u.email, u.name, u.profile, u.preferences
-  FROM users AS u
- WHERE u.email IS NOT NULL OR u.name IS NOT NULL
+PLAIN_USER = f"""
+       u.email IS NOT NULL OR u.name IS NOT NULL
     OR EXISTS (SELECT 1 FROM jsonb_each(u.profile) AS e WHERE {PLAIN_VALUE.format(v="e.value")})
     OR EXISTS (SELECT 1 FROM jsonb_each(u.preferences) AS e
                 WHERE {PLAIN_VALUE.format(v="e.value")})
     OR EXISTS (SELECT 1 FROM user_memory AS m
                 WHERE m.user_id = u.id AND {PLAIN_VALUE.format(v="m.value")})
+"""
+PLAIN_USERS_SQL = f"""
+SELECT u.id::text AS id, u.email, u.name, u.profile, u.preferences
+  FROM users AS u
+ WHERE {PLAIN_USER}
  ORDER BY u.id
  LIMIT %s
    FOR UPDATE OF u SKIP LOCKED
 """
+COUNT_PLAIN_USERS_SQL = f"SELECT count(*) FROM users AS u WHERE {PLAIN_USER}"
 PLAIN_MEMORY_SQL = f"""
 SELECT memory_type, key, value FROM user_memory
  WHERE user_id = %s AND {PLAIN_VALUE.format(v="value")}
@@ -291,6 +296,18 @@ def seal_plain_rows(settings: Settings, *, dbname: str | None = None, batch: int
             done += len(users)
             if sealed is not None:
                 sealed([u["id"] for u in users])
+
+
+def count_plain_users(settings: Settings, *, dbname: str | None = None) -> int:
+    """How many users have a personal value in clear (what :func:`seal_plain_rows` would
+    seal): the deploy seals when this is not 0, and `keys status` shows it.
+
+    :raises DatabaseError: the database cannot be reached.
+    """
+    from donnadb import db
+
+    with db.connection("readonly", settings=settings, dbname=dbname, autocommit=True) as conn:
+        return conn.execute(COUNT_PLAIN_USERS_SQL).fetchone()[0]
 
 
 def _seal_user(conn, sealer: Sealer, user: dict[str, Any], jsonb) -> None:

@@ -212,3 +212,27 @@ class PendingMigrations(FactBase):
         if text == self.ABSENT:
             return None
         return list(json.loads(text).get("pending") or [])
+
+
+class UsersInClear(FactBase):
+    """``donnactl keys status --json``'s ``users_in_clear`` with ``kek_file``; None when it
+    cannot be asked yet (code or key file not there before this run, an older donnactl,
+    the database not answering): the step then seals, which changes nothing when all is
+    sealed."""
+
+    ABSENT = "#donnadb:no-key-status"
+
+    def command(self, donnactl, env_file, kek_file) -> str:
+        return (
+            f"cd / && if [ -x {donnactl} ] && [ -f {kek_file} ]; "
+            f"then DONNADB_HOST_ENV={env_file} CRYPTO_KEK_FILE={kek_file} "
+            f"{donnactl} keys status --json 2>/dev/null || echo '{self.ABSENT}'; "
+            f"else echo '{self.ABSENT}'; fi"
+        )
+
+    def process(self, output):
+        text = "\n".join(output).strip()
+        if self.ABSENT in text:
+            return None
+        count = json.loads(text).get("users_in_clear")
+        return None if count is None else int(count)

@@ -9,6 +9,11 @@ host and to each consumer that runs the DAL (``keys.d/USER``, 0600, its own): th
 cross the deploy's own connections only. The settings files get CRYPTO_ENABLED=true
 and CRYPTO_KEK_FILE (:func:`client_env`). A new KEK (`donnactl keys add-kek`) is
 added on the origin; the next deploy carries the file everywhere.
+
+A database that already holds personal values in clear (deployed before encryption was
+on) is sealed by the deploy (`donnactl keys seal-existing`, on the database host, or the
+leader of a Patroni cluster): with CRYPTO_ENABLED the DAL refuses a clear value where a
+sealed one belongs, so leaving them would turn the application's reads into errors.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from pyinfra.api import deploy, operation
 from pyinfra.api.host import Host
 from pyinfra.facts.files import File
 
-from donnadb.provision import sharedfile
+from donnadb.provision import ha, install, sharedfile
+from donnadb.provision.facts import UsersInClear
 from donnadb.provision.settings import DeploySettings
 
 #: The key file's folder beside DB_PASSFILE (root's copy and one per consumer).
@@ -75,3 +81,28 @@ def hand_over_key_file(settings: DeploySettings, target: Host, users: list[str])
     origin = key_origin(target) if settings.crypto_enabled else None
     sharedfile.hand_over(settings, target, origin=origin, folder=KEYS_DIR,
                          what="The field-encryption keys", users=users)
+
+
+@operation()
+def personal_values_sealed(donnactl: str, env_file: str, kek_file: str):
+    """No user keeps a personal value in clear (`keys seal-existing` when one does)."""
+    in_clear = host.get_fact(UsersInClear, donnactl=donnactl, env_file=env_file,
+                             kek_file=kek_file)
+    if in_clear == 0:
+        host.noop("no personal value in clear")
+    else:
+        yield (f"cd / && DONNADB_HOST_ENV={shlex.quote(env_file)} CRYPTO_ENABLED=true "
+               f"CRYPTO_KEK_FILE={shlex.quote(kek_file)} {donnactl} keys seal-existing --json")
+
+
+@deploy("Field-encryption keys")
+def seal_existing(settings: DeploySettings, target: Host) -> None:
+    """On a database host (a cluster's leader), after its key file has arrived: seal what
+    was stored in clear before encryption was on."""
+    if not settings.crypto_enabled:
+        return
+    if settings.ha is not None and ha.leader(target).name != target.name:
+        return
+    personal_values_sealed(name="Seal personal values stored in clear (keys seal-existing)",
+                           donnactl=install.donnactl_path(settings),
+                           env_file=settings.donnadb_env_file, kek_file=key_file(settings))
