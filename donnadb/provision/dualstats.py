@@ -30,9 +30,9 @@ def dual_anywhere(settings: DeploySettings) -> bool:
     """Whether the settings lines the deploy writes (group_data ops_env, then
     donnadb_env_extra, which is written last and wins) put some entity in dual-write,
     as donnadb.dal.factory.entity_phases reads them."""
-    lines = {str(k).upper(): str(v).strip().lower()
+    lines = {str(k).upper(): str(v).strip()
              for k, v in {**settings.ops_env, **settings.donnadb_env_extra}.items()}
-    dual = lines.get("MIGRATION_ENABLE_DUAL_WRITE", "") in TRUE
+    dual = lines.get("MIGRATION_ENABLE_DUAL_WRITE", "").lower() in TRUE
     default = "dual" if dual else lines.get("DATA_STORAGE_TYPE") or "file"
     return any((lines.get(name) or default) == "dual" for name in ENTITY_SETTINGS)
 
