@@ -45,7 +45,8 @@ def default_path(data_dir: Path) -> Path:
 
 def entry_entity(entry: dict[str, Any]) -> str | None:
     """The entity (phases.ENTITIES) a queued entry belongs to; None for an unknown kind."""
-    entity = KIND_ENTITY.get(entry.get("kind"))  # type: ignore[arg-type]
+    kind = entry.get("kind")
+    entity = KIND_ENTITY.get(kind) if isinstance(kind, str) else None
     if entity == "users":
         ops = {OP_ENTITY.get(op) for op in str(entry.get("op", "")).split("+")}
         if "memory" in ops and "users" not in ops:
@@ -175,7 +176,7 @@ def _tally(handles: list[Any]) -> dict[str, dict[str, Any]]:
                 continue
             try:
                 entry = json.loads(line)
-            except json.JSONDecodeError:
+            except ValueError:  # not JSON, or not UTF-8
                 continue
             entity = entry_entity(entry) if isinstance(entry, dict) else None
             if entity is None:

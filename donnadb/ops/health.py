@@ -104,8 +104,8 @@ def reconcile_backlog(storage: dict[str, Any], settings: Settings) -> Check:
         dual = cutover.in_dual(storage)
         return Check("reconcile_backlog", Severity.WARNING if dual else Severity.OK, None,
                      queue["error"] + ("; run donnactl as the application's user or "
-                                            "root to see the backlog" if dual
-                                            else " (no entity in dual-write)"))
+                                       "root to see the backlog" if dual
+                                       else " (no entity in dual-write)"))
     oldest = queue["oldest_seconds"]
     if oldest is None:
         return Check("reconcile_backlog", Severity.OK, 0.0,

@@ -22,6 +22,7 @@ from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
+    Metric,
 )
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -52,7 +53,7 @@ def _scaled(value: float | None, factor: float) -> float | None:
     return None if value is None else value * factor
 
 
-def families(report: dict[str, Any], settings: Settings) -> Iterator[GaugeMetricFamily]:
+def families(report: dict[str, Any], settings: Settings) -> Iterator[Metric]:
     """Every gauge of a status report (figures that are unknown are left out)."""
     s, c = report["server"], report["connections"]
     simple = [
@@ -116,7 +117,7 @@ def families(report: dict[str, Any], settings: Settings) -> Iterator[GaugeMetric
     yield checks
 
 
-def storage_families(storage: dict[str, Any]) -> Iterator[GaugeMetricFamily]:
+def storage_families(storage: dict[str, Any]) -> Iterator[Metric]:
     """Each entity's phase (this host's settings), the reconcile backlog (when the queue
     can be read) and, with MIGRATION_MIRROR_STATS_DIR, dual-write's copies added up over
     the application's processes. Labels are entity and phase names only."""
@@ -143,7 +144,7 @@ def storage_families(storage: dict[str, Any]) -> Iterator[GaugeMetricFamily]:
         yield from _mirror(mirror["entities"])
 
 
-def _mirror(entities: dict[str, dict[str, Any]]) -> Iterator[GaugeMetricFamily]:
+def _mirror(entities: dict[str, dict[str, Any]]) -> Iterator[Metric]:
     copies = CounterMetricFamily(PREFIX + "mirror_copies", "Dual-write copies to "
                                  "PostgreSQL tried, per entity.", labels=["entity"])
     failures = CounterMetricFamily(PREFIX + "mirror_failures", "Dual-write writes "
@@ -299,7 +300,7 @@ class StatusCollector(Collector):
         self.settings = settings
         self.dbname = dbname
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         started = time.monotonic()
         try:
             report = status.collect(self.settings, dbname=self.dbname)
