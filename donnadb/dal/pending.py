@@ -110,17 +110,14 @@ class ReconcileQueue:
 
         :raises OSError: the folder or a file cannot be read (permissions).
         """
-        handles = []
-        try:
-            with contextlib.ExitStack() as stack:
+        with contextlib.ExitStack() as stack:
+            handles = []
+            with contextlib.suppress(FileNotFoundError):
+                handles.append(stack.enter_context(self.path.open("rb")))
+            for path in self._batch_files():
                 with contextlib.suppress(FileNotFoundError):
-                    handles.append(stack.enter_context(self.path.open("rb")))
-                for path in self._batch_files():
-                    with contextlib.suppress(FileNotFoundError):
-                        handles.append(stack.enter_context(path.open("rb")))
-                return _tally(handles)
-        except FileNotFoundError:  # the folder itself went away meanwhile
-            return {}
+                    handles.append(stack.enter_context(path.open("rb")))
+            return _tally(handles)
 
     def _batch_files(self) -> list[Path]:
         if not self.folder.exists():
