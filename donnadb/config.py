@@ -192,6 +192,13 @@ class Settings(BaseSettings):
     data_storage_chats: Literal["file", "postgresql", "dual"] | None = None
     data_storage_messages: Literal["file", "postgresql", "dual"] | None = None
     data_storage_logs: Literal["file", "postgresql", "dual"] | None = None
+    #: Each DAL process writes its dual-write copy figures per entity here (one small
+    #: file per process, dal/mirrorstats.py) and `donnactl metrics` adds them up; unset:
+    #: off. The deploy sets it where some entity is in dual-write.
+    migration_mirror_stats_dir: Path | None = None
+    #: `health` warns (reconcile_backlog, and its alert) when an entry of the reconcile
+    #: queue has waited longer than this: PostgreSQL is missing writes nobody replays.
+    reconcile_backlog_max_age_minutes: float = Field(30.0, gt=0)
 
     # Where the migration files live: the checkout's schema/, or in a deployed install
     # (<donnadb_install_dir>/venv) the copy the deploy ships beside the venv.

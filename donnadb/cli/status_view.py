@@ -117,9 +117,32 @@ def render_status(report: dict[str, Any], checks: list[Check] | None = None) -> 
         rows.append(("pgbouncer", _pools(report["pgbouncer"]), None))
     if report.get("cluster") is not None:
         rows.append(("cluster", _cluster(report["cluster"]), "cluster"))
+    rows.append(("storage", _phases(report["storage"]), None))
+    rows.append(("reconcile backlog", _backlog(report["storage"]["backlog"]),
+                 "reconcile_backlog"))
     for what, value, check in rows:
         table.add_row(what, value, mark(check) if check else "")
     return Group(table)
+
+
+def _phases(storage: dict[str, Any]) -> str:
+    """Each entity's phase by this host's settings, and the read store in dual-write."""
+    phases = storage["phases"]
+    text = ", ".join(f"{entity} {phase}" for entity, phase in phases.items())
+    if "dual" in phases.values():
+        text += f" (dual reads from {storage['primary']})"
+    if storage["problem"]:
+        text += f"; REFUSED by the DAL: {storage['problem']}"
+    return text
+
+
+def _backlog(queue: dict[str, Any]) -> str:
+    if queue["error"]:
+        return queue["error"]
+    if not queue["total"]:
+        return "none"
+    return ", ".join(f"{entity} {e['entries']} (oldest {human_seconds(e['oldest_seconds'])})"
+                     for entity, e in queue["entities"].items() if e["entries"])
 
 
 def _drills(drill: dict) -> str:

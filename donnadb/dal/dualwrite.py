@@ -22,7 +22,7 @@ from donnadb.dal.errors import NotFoundError, TransactionError
 from donnadb.dal.files import FileDataAccess
 from donnadb.dal.logwriter import LogWriterMixin
 from donnadb.dal.mirrorstats import MirrorStats
-from donnadb.dal.pending import ReconcileQueue
+from donnadb.dal.pending import ReconcileQueue, default_path
 from donnadb.dal.phases import ENTITIES
 from donnadb.dal.postgres import PostgresDataAccess
 from donnadb.dal.protocol import ChatSession, MemoryEntry, Message, TransactionMixin, User
@@ -74,18 +74,22 @@ class DualWriteDataAccess(TransactionMixin, LogWriterMixin):
         primary: str = "file",
         queue_path: Path | None = None,
         retry_after: float = 30.0,
+        stats_dir: Path | None = None,
     ) -> None:
-        """:raises ValueError: ``primary`` is not file or postgresql."""
+        """``stats_dir``: where the copy figures go for `donnactl metrics` (None: kept
+        in this process only; mirrorstats.py).
+
+        :raises ValueError: ``primary`` is not file or postgresql."""
         if primary not in PRIMARY_STORES:
             raise ValueError(f"primary must be one of {PRIMARY_STORES}, not {primary!r}")
         self.files = files
         self.pg = pg
         self.primary = primary
-        self.queue = ReconcileQueue(queue_path or files.data_dir / ".dualwrite" / "pending.jsonl")
+        self.queue = ReconcileQueue(queue_path or default_path(files.data_dir))
         self.retry_after = retry_after
         self._down_until = 0.0
         self._local = threading.local()
-        self.mirror_stats = MirrorStats()
+        self.mirror_stats = MirrorStats(stats_dir)
 
     # ------------------------------------------------------------------ replication
     def chat_lock(self, chat_id: object) -> AbstractContextManager[None]:
@@ -474,6 +478,7 @@ class DualWriteDataAccess(TransactionMixin, LogWriterMixin):
                 "mirror": self.mirror_stats.snapshot()}
 
     def close(self) -> None:
+        self.mirror_stats.close()
         self.files.close()
         self.pg.close()
 

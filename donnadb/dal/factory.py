@@ -11,7 +11,8 @@ file or postgresql     true                            DualWriteDataAccess
 
 Dual-write reads come from MIGRATION_PRIMARY_STORE (file | postgresql, default file)
 and queues failures in MIGRATION_RECONCILE_QUEUE (default
-``DATA_DIR/.dualwrite/pending.jsonl``).
+``DATA_DIR/.dualwrite/pending.jsonl``); with MIGRATION_MIRROR_STATS_DIR its copy
+figures go there for `donnactl metrics`.
 
 DATA_STORAGE_USERS, _MEMORY, _CHATS, _MESSAGES and _LOGS override that choice for one
 entity (unset: the choice above). When every entity ends up in the same phase the
@@ -21,10 +22,13 @@ phases.py has accepted the combination.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from donnadb.config import Settings, get_settings
 from donnadb.dal.dualwrite import PRIMARY_STORES, DualWriteDataAccess
 from donnadb.dal.files import FileDataAccess
 from donnadb.dal.mixed import MixedDataAccess
+from donnadb.dal.pending import default_path
 from donnadb.dal.phases import ENTITIES, check_phases, setting
 from donnadb.dal.postgres import PostgresDataAccess
 from donnadb.dal.protocol import DataAccess
@@ -74,6 +78,11 @@ def entity_phases(settings: Settings) -> dict[str, str]:
     return phases
 
 
+def reconcile_queue_path(settings: Settings) -> Path:
+    """The reconcile queue dual-write uses with these settings."""
+    return settings.migration_reconcile_queue or default_path(settings.data_dir)
+
+
 def _primary(settings: Settings) -> str:
     primary = settings.migration_primary_store
     if primary not in PRIMARY_STORES:
@@ -96,7 +105,8 @@ def create_mixed(settings: Settings, phases: dict[str, str], *, dbname: str | No
     pg = PostgresDataAccess(settings, dbname=dbname,
                             pool_timeout=float(settings.db_connect_timeout))
     return MixedDataAccess(FileDataAccess(settings.data_dir), pg, phases=phases,
-                           primary=primary, queue_path=settings.migration_reconcile_queue)
+                           primary=primary, queue_path=settings.migration_reconcile_queue,
+                           stats_dir=settings.migration_mirror_stats_dir)
 
 
 def create_dual_write(settings: Settings | None = None, *, dbname: str | None = None
@@ -111,5 +121,5 @@ def create_dual_write(settings: Settings | None = None, *, dbname: str | None = 
     pg = PostgresDataAccess(s, dbname=dbname, pool_timeout=float(s.db_connect_timeout))
     return DualWriteDataAccess(
         FileDataAccess(s.data_dir), pg, primary=primary,
-        queue_path=s.migration_reconcile_queue,
+        queue_path=s.migration_reconcile_queue, stats_dir=s.migration_mirror_stats_dir,
     )

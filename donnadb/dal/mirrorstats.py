@@ -4,16 +4,34 @@ metrics: how long each copy took and how many writes were queued for reconcile.
 Counts and sums run from the DAL's start (per process, like the cache's hit counters);
 the p95 is over each entity's last :data:`WINDOW` copies, so it follows the present
 load rather than the whole life of the process.
+
+With MIGRATION_MIRROR_STATS_DIR set, each process also writes its figures to
+``<dir>/<pid>.json`` (atomically, at most once per :data:`FLUSH_SECONDS`, from a timer
+thread, never from a write) and `donnactl metrics` adds the files up (:func:`read_dir`).
+Not prometheus_client's multiprocess mode, though it is made for this: an application
+host installs the DAL alone, without prometheus_client; and that mode is switched on for
+a whole process by PROMETHEUS_MULTIPROC_DIR in its environment before the import, so it
+would also change the host application's own metrics, and could not follow our
+settings file. Like that mode, a file outlives its process: its totals stay part of the
+counters (a new process with the same pid starts its file again, a counter reset).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import math
+import os
+import tempfile
 import threading
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 from donnadb.dal.phases import ENTITIES
+
+log = logging.getLogger(__name__)
 
 #: The entity each mirrored write belongs to (the ``op`` of dual-write's ``_mirror``).
 OP_ENTITY = {
@@ -25,6 +43,13 @@ OP_ENTITY = {
 }
 #: Copies per entity the p95 is computed over.
 WINDOW = 1000
+#: Upper bounds (seconds) of the copy-time histogram's buckets (+Inf is implied): a copy
+#: is one or a few statements through PgBouncer, a few milliseconds when well.
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+#: A process's stats file is rewritten at most this often, this long after a change.
+FLUSH_SECONDS = 1.0
+#: The stats files' format; a reader skips other versions.
+FORMAT = 1
 
 
 class _Entity:
@@ -33,14 +58,20 @@ class _Entity:
         self.seconds = 0.0
         self.failures = 0
         self.recent: deque[float] = deque(maxlen=WINDOW)
+        #: Copies per bucket of BUCKETS, the last one over every bound (not cumulative).
+        self.buckets = [0] * (len(BUCKETS) + 1)
 
 
 class MirrorStats:
-    """Thread-safe counters per entity; ``copied(op, seconds)``, ``queued(ops)``."""
+    """Thread-safe counters per entity; ``copied(op, seconds)``, ``queued(ops)``.
+    ``stats_dir``: also write them there for `donnactl metrics` (module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, stats_dir: Path | None = None) -> None:
         self._lock = threading.Lock()
         self._entities = {entity: _Entity() for entity in ENTITIES}
+        self.stats_dir = stats_dir
+        self._timer: threading.Timer | None = None
+        self._warned = False
 
     def copied(self, op: str, seconds: float) -> None:
         """A copy of ``op``'s write to PostgreSQL ran for ``seconds`` (it may have failed).
@@ -52,6 +83,9 @@ class MirrorStats:
             e.copies += 1
             e.seconds += seconds
             e.recent.append(seconds)
+            e.buckets[next((i for i, bound in enumerate(BUCKETS) if seconds <= bound),
+                           len(BUCKETS))] += 1
+        self._changed()
 
     def queued(self, ops: list[str]) -> None:
         """These writes (one op each) were queued for reconcile: PostgreSQL missed them."""
@@ -60,6 +94,7 @@ class MirrorStats:
                 e = self._entity(op)
                 if e is not None:
                     e.failures += 1
+        self._changed()
 
     def _entity(self, op: str) -> _Entity | None:
         entity = OP_ENTITY.get(op)
@@ -72,6 +107,108 @@ class MirrorStats:
             return {name: {"copies": e.copies, "seconds_sum": round(e.seconds, 6),
                            "seconds_p95": p95(e.recent), "failures": e.failures}
                     for name, e in self._entities.items()}
+
+
+    # ------------------------------------------------------------------ the stats file
+    def _changed(self) -> None:
+        """Have the file rewritten within FLUSH_SECONDS (one timer at a time; a timer
+        of the parent is not alive in a forked child, which starts its own)."""
+        if self.stats_dir is None:
+            return
+        with self._lock:
+            if self._timer is not None and self._timer.is_alive():
+                return
+            self._timer = threading.Timer(FLUSH_SECONDS, self.flush)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def flush(self) -> None:
+        """Write this process's figures to ``<stats_dir>/<pid>.json`` now. A failure is
+        logged (once) and dropped: figures never fail the application."""
+        if self.stats_dir is None:
+            return
+        with self._lock:
+            document = {"v": FORMAT, "pid": os.getpid(), "buckets": list(BUCKETS),
+                        "entities": {name: {"copies": e.copies, "seconds_sum": e.seconds,
+                                            "failures": e.failures, "buckets": list(e.buckets)}
+                                     for name, e in self._entities.items()}}
+        try:
+            _write(self.stats_dir / f"{os.getpid()}.json",
+                   json.dumps(document).encode("ascii"))
+        except OSError as exc:
+            if not self._warned:
+                log.warning("cannot write the dual-write figures to %s (metrics miss this "
+                            "process): %s", self.stats_dir, exc)
+                self._warned = True
+
+    def close(self) -> None:
+        """Write the last figures (the DAL's close)."""
+        with self._lock:
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        self.flush()
+
+
+def _write(path: Path, payload: bytes) -> None:
+    """Replace ``path`` atomically (a reader sees the old or the new file). 0640: the
+    metrics job reads it through the folder's group; no fsync, figures may be lost in a
+    crash. The folder is made (0750) when missing."""
+    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o640)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def read_dir(stats_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every process's figures added up: ``{entity: {"copies", "seconds_sum",
+    "failures", "buckets"}}`` (buckets cumulative, one per BUCKETS bound then +Inf), for
+    every entity. A missing folder is no figures; an unreadable file (being replaced,
+    another format) is skipped.
+
+    :raises OSError: the folder cannot be listed (permissions).
+    """
+    total = {name: {"copies": 0, "seconds_sum": 0.0, "failures": 0,
+                    "buckets": [0] * (len(BUCKETS) + 1)} for name in ENTITIES}
+    try:
+        names = sorted(os.listdir(stats_dir))
+    except FileNotFoundError:
+        names = []
+    for name in names:
+        if name.startswith(".") or not name.endswith(".json"):
+            continue
+        try:
+            document = json.loads((stats_dir / name).read_bytes())
+            if document.get("v") != FORMAT or document.get("buckets") != list(BUCKETS):
+                continue
+            # Read the whole file before adding any of it: a bad file counts for nothing.
+            figures = {entity: (int(f["copies"]), float(f["seconds_sum"]), int(f["failures"]),
+                                [int(n) for n in f["buckets"]])
+                       for entity, f in document["entities"].items() if entity in total}
+            if any(len(f[3]) != len(BUCKETS) + 1 for f in figures.values()):
+                raise ValueError("a bucket count is missing")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("skipping the dual-write figures in %s: %s", stats_dir / name, exc)
+            continue
+        for entity, (copies, seconds, failures, buckets) in figures.items():
+            t = total[entity]
+            t["copies"] += copies
+            t["seconds_sum"] += seconds
+            t["failures"] += failures
+            t["buckets"] = [a + b for a, b in zip(t["buckets"], buckets, strict=True)]
+    for t in total.values():
+        running = 0
+        for i, n in enumerate(t["buckets"]):
+            running += n
+            t["buckets"][i] = running
+    return total
 
 
 def p95(values: deque[float] | list[float]) -> float | None:

@@ -65,12 +65,13 @@ class MixedDataAccess(DualWriteDataAccess):
         primary: str = "file",
         queue_path: Path | None = None,
         retry_after: float = 30.0,
+        stats_dir: Path | None = None,
     ) -> None:
         """:raises ConfigError: ``phases`` cannot stay consistent (phases.py).
         :raises ValueError: ``primary`` is not file or postgresql."""
         check_phases(phases, primary)
         super().__init__(files, pg, primary=primary, queue_path=queue_path,
-                         retry_after=retry_after)
+                         retry_after=retry_after, stats_dir=stats_dir)
         self.phases = dict(phases)
         self._needs_pg = "postgresql" in self.phases.values()
 

@@ -27,10 +27,31 @@ from typing import Any
 
 from donnadb.dal import fileio
 from donnadb.dal.errors import LockTimeout
-from donnadb.dal.values import format_timestamp, now_utc
+from donnadb.dal.mirrorstats import OP_ENTITY
+from donnadb.dal.values import format_timestamp, now_utc, parse_timestamp
 from donnadb.errors import UsageError
 
 log = logging.getLogger(__name__)
+
+#: The entity a queued entry holds back, by its kind; a "user" entry is a whole memory
+#: file, counted as memory when only memory writes queued it (see :func:`entry_entity`).
+KIND_ENTITY = {"user": "users", "chat": "chats", "message": "messages", "log": "logs"}
+
+
+def default_path(data_dir: Path) -> Path:
+    """Where dual-write queues when MIGRATION_RECONCILE_QUEUE is not set."""
+    return Path(data_dir) / ".dualwrite" / "pending.jsonl"
+
+
+def entry_entity(entry: dict[str, Any]) -> str | None:
+    """The entity (phases.ENTITIES) a queued entry belongs to; None for an unknown kind."""
+    kind = entry.get("kind")
+    entity = KIND_ENTITY.get(kind) if isinstance(kind, str) else None
+    if entity == "users":
+        ops = {OP_ENTITY.get(op) for op in str(entry.get("op", "")).split("+")}
+        if "memory" in ops and "users" not in ops:
+            return "memory"
+    return entity
 
 
 class ReconcileQueue:
@@ -77,6 +98,27 @@ class ReconcileQueue:
                 total += sum(1 for line in fh if line.strip())
         return total
 
+    def backlog(self) -> dict[str, dict[str, Any]]:
+        """``{entity: {"entries": n, "oldest": datetime | None}}`` of every waiting entry
+        (pending plus unfinished batches); entities with none are left out, and a
+        missing folder or file is an empty queue.
+
+        Read without the queue's lock, so no write of the application ever waits for a
+        reader: the pending file is opened before the batches are listed, and a file
+        met twice (a reconcile renamed it in between) is read once; a batch deleted
+        meanwhile was replayed; a last line without its newline is an append under way.
+
+        :raises OSError: the folder or a file cannot be read (permissions).
+        """
+        with contextlib.ExitStack() as stack:
+            handles = []
+            with contextlib.suppress(FileNotFoundError):
+                handles.append(stack.enter_context(self.path.open("rb")))
+            for path in self._batch_files():
+                with contextlib.suppress(FileNotFoundError):
+                    handles.append(stack.enter_context(path.open("rb")))
+            return _tally(handles)
+
     def _batch_files(self) -> list[Path]:
         if not self.folder.exists():
             return []
@@ -116,6 +158,32 @@ class ReconcileQueue:
                 fileio.remove(path)
         finally:
             fileio.release(run_fd)
+
+
+def _tally(handles: list[Any]) -> dict[str, dict[str, Any]]:
+    tally: dict[str, dict[str, Any]] = {}
+    seen = set()
+    for fh in handles:
+        st = os.fstat(fh.fileno())
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        for line in fh:
+            if not line.endswith(b"\n") or not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:  # not JSON, or not UTF-8
+                continue
+            entity = entry_entity(entry) if isinstance(entry, dict) else None
+            if entity is None:
+                continue
+            at = parse_timestamp(entry.get("queued_at"))
+            seen_for = tally.setdefault(entity, {"entries": 0, "oldest": None})
+            seen_for["entries"] += 1
+            if at is not None and (seen_for["oldest"] is None or at < seen_for["oldest"]):
+                seen_for["oldest"] = at
+    return tally
 
 
 def _read_lines(path: Path) -> list[dict[str, Any]]:

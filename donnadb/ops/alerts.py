@@ -283,6 +283,14 @@ def _storage(s: Settings) -> list[dict]:
         _alert(s, "DonnaDefaultPartitionRows", "donnadb_partition_default_rows > 0", WARNING,
                "rows fell into the default partition of system_logs", wait="15m",
                check="partition_default"),
+        # Health's reconcile_backlog: one threshold, a warning (the files hold the writes).
+        _alert(s, "DonnaReconcileBacklogOld",
+               "donnadb_reconcile_oldest_seconds >= "
+               + _num(s.reconcile_backlog_max_age_minutes * 60), WARNING,
+               "dual-write writes PostgreSQL missed have waited too long for reconcile",
+               shown=_DURATION, wait="0m", check="reconcile_backlog",
+               limit=_num(s.reconcile_backlog_max_age_minutes * 60),
+               where=" {{ $labels.entity }}"),
         *_health(s, "storage"),
     ]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from donnadb.config import Settings
-from donnadb.ops import backups, cluster
+from donnadb.ops import backups, cluster, cutover
 from donnadb.ops.checks import Check, Severity, grade_high, grade_low, worst
 
 #: check name -> (warning setting, critical setting); used by docs and the alert-rule test.
@@ -90,7 +90,36 @@ def evaluate(report: dict[str, Any], settings: Settings) -> list[Check]:
     checks.append(tls_expiry(report["tls"], settings))
     if report.get("cluster") is not None:
         checks.append(_cluster(report["cluster"], settings))
+    checks.append(reconcile_backlog(report["storage"], settings))
     return checks
+
+
+def reconcile_backlog(storage: dict[str, Any], settings: Settings) -> Check:
+    """WARNING when an entry of the reconcile queue has waited longer than
+    RECONCILE_BACKLOG_MAX_AGE_MINUTES (PostgreSQL misses writes nobody replayed), or
+    when the queue cannot be read while some entity is in dual-write."""
+    queue = storage["backlog"]
+    limit = settings.reconcile_backlog_max_age_minutes
+    if queue["error"]:
+        dual = cutover.in_dual(storage)
+        return Check("reconcile_backlog", Severity.WARNING if dual else Severity.OK, None,
+                     queue["error"] + ("; run donnactl as the application's user or "
+                                       "root to see the backlog" if dual
+                                       else " (no entity in dual-write)"))
+    oldest = queue["oldest_seconds"]
+    if oldest is None:
+        return Check("reconcile_backlog", Severity.OK, 0.0,
+                     f"reconcile queue empty ({queue['queue']})")
+    waiting = ", ".join(f"{entity} {e['entries']}" for entity, e in
+                        queue["entities"].items() if e["entries"])
+    minutes = round(oldest / 60, 1)
+    summary = (f"{queue['total']} entries waiting for reconcile ({waiting}), oldest "
+               f"{minutes:g} min (warn at {limit:g})")
+    if oldest < limit * 60:  # the alert's comparison, in seconds
+        return Check("reconcile_backlog", Severity.OK, minutes, summary)
+    return Check("reconcile_backlog", Severity.WARNING, minutes,
+                 f"{summary}: run `donnactl migrate-data reconcile` (docs/runbook.md, "
+                 "DonnaReconcileBacklogOld)")
 
 
 def _cluster(view: dict[str, Any], settings: Settings) -> Check:

@@ -1,8 +1,11 @@
 """`donnactl metrics`: the status figures in Prometheus exposition format.
 
 A custom collector reads the database on every scrape (``--serve``) or once (the
-node_exporter textfile). When the database cannot be read, only ``donnadb_up 0`` is
-exported: the alert rules key on that rather than on missing series.
+node_exporter textfile). When the database cannot be read, only ``donnadb_up 0`` and
+the figures of this host's files are exported (each entity's storage phase, the
+reconcile backlog, dual-write's copies: ops/cutover.py): the alert rules key on
+``donnadb_up`` rather than on missing series, and the backlog grows while PostgreSQL is
+down.
 """
 
 from __future__ import annotations
@@ -15,12 +18,20 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from donnadb.config import Settings
+from donnadb.dal import mirrorstats
+from donnadb.dal.phases import PHASES
 from donnadb.errors import DonnaError
-from donnadb.ops import health, status
+from donnadb.ops import cutover, health, status
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +53,7 @@ def _scaled(value: float | None, factor: float) -> float | None:
     return None if value is None else value * factor
 
 
-def families(report: dict[str, Any], settings: Settings) -> Iterator[GaugeMetricFamily]:
+def families(report: dict[str, Any], settings: Settings) -> Iterator[Metric]:
     """Every gauge of a status report (figures that are unknown are left out)."""
     s, c = report["server"], report["connections"]
     simple = [
@@ -97,12 +108,58 @@ def families(report: dict[str, Any], settings: Settings) -> Iterator[GaugeMetric
         yield from _archiving(report["archiving"])
     if report.get("cluster") is not None:
         yield from _cluster(report["cluster"])
+    yield from storage_families(report["storage"])
     checks = GaugeMetricFamily(PREFIX + "health_status",
                                "Health check state: 0 OK, 1 WARNING, 2 CRITICAL.",
                                labels=["check"])
     for check in health.evaluate(report, settings):
         checks.add_metric([check.name], int(check.severity))
     yield checks
+
+
+def storage_families(storage: dict[str, Any]) -> Iterator[Metric]:
+    """Each entity's phase (this host's settings), the reconcile backlog (when the queue
+    can be read) and, with MIGRATION_MIRROR_STATS_DIR, dual-write's copies added up over
+    the application's processes. Labels are entity and phase names only."""
+    phase = GaugeMetricFamily(PREFIX + "storage_phase", "1 for the store each entity is "
+                              "in (file, dual or postgresql) by this host's settings, else 0.",
+                              labels=["entity", "phase"])
+    for entity, current in storage["phases"].items():
+        for name in PHASES:
+            phase.add_metric([entity, name], int(name == current))
+    yield phase
+    queue = storage["backlog"]
+    if queue["error"] is None:
+        size = GaugeMetricFamily(PREFIX + "reconcile_backlog", "Entries of each entity "
+                                 "waiting in the dual-write reconcile queue.", labels=["entity"])
+        age = GaugeMetricFamily(PREFIX + "reconcile_oldest_seconds", "Age of each entity's "
+                                "oldest entry in the reconcile queue (0 when none waits).",
+                                labels=["entity"])
+        for entity, waiting in queue["entities"].items():
+            size.add_metric([entity], waiting["entries"])
+            age.add_metric([entity], waiting["oldest_seconds"] or 0.0)
+        yield from (size, age)
+    mirror = storage["mirror"]
+    if mirror is not None and mirror["error"] is None:
+        yield from _mirror(mirror["entities"])
+
+
+def _mirror(entities: dict[str, dict[str, Any]]) -> Iterator[Metric]:
+    copies = CounterMetricFamily(PREFIX + "mirror_copies", "Dual-write copies to "
+                                 "PostgreSQL tried, per entity.", labels=["entity"])
+    failures = CounterMetricFamily(PREFIX + "mirror_failures", "Dual-write writes "
+                                   "PostgreSQL missed (queued for reconcile), per entity.",
+                                   labels=["entity"])
+    seconds = HistogramMetricFamily(PREFIX + "mirror_copy_seconds", "Time of each "
+                                    "dual-write copy to PostgreSQL, per entity.",
+                                    labels=["entity"])
+    bounds = [*(floatToGoString(b) for b in mirrorstats.BUCKETS), "+Inf"]
+    for entity, figures in entities.items():
+        copies.add_metric([entity], figures["copies"])
+        failures.add_metric([entity], figures["failures"])
+        seconds.add_metric([entity], list(zip(bounds, figures["buckets"], strict=True)),
+                           sum_value=figures["seconds_sum"])
+    yield from (copies, failures, seconds)
 
 
 def _archiving(arch: dict[str, Any]) -> Iterator[GaugeMetricFamily]:
@@ -243,13 +300,14 @@ class StatusCollector(Collector):
         self.settings = settings
         self.dbname = dbname
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         started = time.monotonic()
         try:
             report = status.collect(self.settings, dbname=self.dbname)
         except DonnaError as exc:
             log.warning("metrics scrape failed: %s", exc)
             yield _gauge("up", "1 when the database answered the last scrape.", 0)
+            yield from storage_families(cutover.collect(self.settings))
         else:
             yield from families(report, self.settings)
         yield _gauge("scrape_duration_seconds", "Time spent reading the database.",

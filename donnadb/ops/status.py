@@ -18,7 +18,7 @@ from psycopg.rows import dict_row
 
 from donnadb import db
 from donnadb.config import Settings
-from donnadb.ops import archiving, backups, cluster, pgbouncer, tls
+from donnadb.ops import archiving, backups, cluster, cutover, pgbouncer, tls
 
 log = logging.getLogger(__name__)
 
@@ -228,4 +228,6 @@ def collect(settings: Settings, *, dbname: str | None = None) -> dict[str, Any]:
         "tls": tls.certificate(settings.tls_server_cert_file, now=now),
         # None on a single host; the members as Patroni sees them in a cluster.
         "cluster": cluster.summary(settings),
+        # Each entity's phase, the reconcile backlog and dual-write's copy figures.
+        "storage": cutover.collect(settings, now=now),
     }

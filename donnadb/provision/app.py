@@ -20,7 +20,15 @@ from pyinfra.api.host import Host
 from pyinfra.operations import files, server
 
 from donnadb.errors import ConfigError
-from donnadb.provision import cacheserver, consumers, fieldkeys, haproxy, install, tls
+from donnadb.provision import (
+    cacheserver,
+    consumers,
+    dualstats,
+    fieldkeys,
+    haproxy,
+    install,
+    tls,
+)
 from donnadb.provision.hostcopy import copied
 from donnadb.provision.settings import (
     APP_GROUP,
@@ -141,7 +149,9 @@ def converge_app(settings: DeploySettings, database: Host) -> None:
                    user="root", group=consumers.GROUP, mode="640", cfg=settings, db=db,
                    db_host=db_host, port=port, read_port=read_port, passfile=passfile,
                    tls=tls, dal_env={**cacheserver.client_env(settings, host, user),
-                                     **fieldkeys.client_env(settings, user)})
+                                     **fieldkeys.client_env(settings, user)},
+                   stats_dir=dualstats.stats_dir(settings))
+    dualstats.make_stats_dir(settings, user)
     if db.ha is not None:
         haproxy.name_this_host(db, address_of(host))
         haproxy.install_router(db, host, address_of(host))

@@ -11,9 +11,11 @@ from pyinfra.operations import files
 
 from donnadb.config import Settings
 from donnadb.provision import (
+    app,
     bootstrap,
     cacheserver,
     consumers,
+    dualstats,
     fieldkeys,
     monitoring,
     tls,
@@ -34,7 +36,7 @@ def render_env(settings: DeploySettings, prometheus: str | None = None,
     CACHE_* and CRYPTO_* lines (provision/cacheserver.py, fieldkeys.py)."""
     return bootstrap.render("donnadb.env.j2", cfg=settings, tls=tls,
                             prometheus_url=prometheus_url(prometheus),
-                            dal_env=dal_env or {})
+                            dal_env=dal_env or {}, stats_dir=dualstats.stats_dir(settings))
 
 
 @deploy("Host settings file")
@@ -48,3 +50,5 @@ def write_env_file(settings: DeploySettings) -> None:
                                       {**cacheserver.client_env(settings, host),
                                        **fieldkeys.client_env(settings)})),
               dest=settings.donnadb_env_file, user="root", group=consumers.GROUP, mode="640")
+    if dualstats.stats_dir(settings) is not None:
+        dualstats.make_stats_dir(settings, next(iter(app.app_users(settings))))

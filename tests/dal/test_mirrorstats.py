@@ -1,16 +1,30 @@
 """The per-entity figures of dual-write's copies (mirrorstats.py): every mirrored write
-has an entity, the p95 follows a bounded window. What the stores count is tested in
-test_dualwrite.py and test_mixed.py."""
+has an entity, the p95 follows a bounded window, and each process's figures reach its
+file for `donnactl metrics`. What the stores count is tested in test_dualwrite.py and
+test_mixed.py; the metrics of a real dual-write store in tests/ops/test_cutover.py."""
 
 from __future__ import annotations
 
 import inspect
+import json
+import os
 import re
+import subprocess
+import sys
+import time
 
 import pytest
 
 from donnadb.dal import dualwrite
-from donnadb.dal.mirrorstats import OP_ENTITY, WINDOW, MirrorStats, p95
+from donnadb.dal.mirrorstats import (
+    BUCKETS,
+    FLUSH_SECONDS,
+    OP_ENTITY,
+    WINDOW,
+    MirrorStats,
+    p95,
+    read_dir,
+)
 from tests.dal.conftest import ENTITIES
 
 
@@ -33,3 +47,60 @@ def test_the_p95_is_over_the_last_window_of_copies():
     assert stats.snapshot()["logs"] == {"copies": 0, "seconds_sum": 0.0,
                                         "seconds_p95": None, "failures": 0}
     assert p95([float(v) for v in range(1, 101)]) == 95.0
+
+
+def test_each_process_s_file_is_added_up(tmp_path):
+    """Two processes (this one and a child) write their own files; the reader adds them
+    up per entity, cumulative buckets included, and a torn or foreign file counts for
+    nothing."""
+    stats_dir = tmp_path / "stats"
+    child = ("import sys; from pathlib import Path; from donnadb.dal.mirrorstats import "
+             "MirrorStats; s = MirrorStats(Path(sys.argv[1])); s.copied('add_message', 0.002); "
+             "s.queued(['add_message']); s.close()")
+    subprocess.run([sys.executable, "-c", child, str(stats_dir)], check=True, timeout=60)
+    ours = MirrorStats(stats_dir)
+    ours.copied("add_message", 0.2)
+    ours.copied("set_user_memory", 9.0)
+    ours.close()
+    (stats_dir / "123.json").write_text('{"v": 1, "buckets": [')  # cut mid-write
+    (stats_dir / "124.json").write_text(json.dumps(
+        {"v": 1, "buckets": list(BUCKETS), "entities": {"messages": {
+            "copies": 5, "seconds_sum": 1, "failures": 5, "buckets": [5]}}}))
+    total = read_dir(stats_dir)
+    assert len(list(stats_dir.glob("*.json"))) == 4  # the child's, ours and the two bad
+    m = total["messages"]
+    assert (m["copies"], m["failures"]) == (2, 1)
+    assert m["seconds_sum"] == pytest.approx(0.202)
+    assert m["buckets"][BUCKETS.index(0.0025)] == 1 and m["buckets"][BUCKETS.index(0.25)] == 2
+    assert m["buckets"][-1] == 2  # +Inf: every copy
+    assert total["memory"]["buckets"][-2:] == [0, 1]  # 9 s: over every bound
+    assert total["users"] == {"copies": 0, "seconds_sum": 0.0, "failures": 0,
+                              "buckets": [0] * (len(BUCKETS) + 1)}
+    assert (stats_dir / f"{os.getpid()}.json").stat().st_mode & 0o777 == 0o640
+
+
+def test_a_live_process_s_figures_reach_its_file_within_the_flush_interval(tmp_path):
+    stats = MirrorStats(tmp_path / "stats")
+    stats.copied("write_log", 0.01)
+    deadline = time.monotonic() + FLUSH_SECONDS + 5
+    while read_dir(tmp_path / "stats")["logs"]["copies"] == 0:
+        assert time.monotonic() < deadline, "the timer never wrote the file"
+        time.sleep(0.05)
+    stats.close()
+
+
+def test_no_stats_dir_writes_nothing_and_a_missing_folder_reads_as_none(tmp_path):
+    stats = MirrorStats()
+    stats.copied("add_message", 0.01)
+    stats.close()
+    assert list(tmp_path.iterdir()) == []
+    assert read_dir(tmp_path / "absent")["messages"]["copies"] == 0
+
+
+def test_a_folder_it_cannot_write_never_fails_a_write(tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    stats = MirrorStats(blocker / "stats")  # under a regular file: mkdir fails
+    stats.copied("add_message", 0.01)
+    stats.close()
+    assert "cannot write the dual-write figures" in caplog.text

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
+
 from donnadb.config import Settings
 from donnadb.provision import envfile
 
@@ -67,3 +69,34 @@ def test_the_env_file_names_the_prometheus_the_dashboard_reads(deploy_settings, 
     loopback = dataclasses.replace(deploy_settings, pg_listen_addresses="localhost")
     assert "PROMETHEUS_URL" not in _env_lines(envfile.render_env(
         loopback, monitoring.prometheus_address(loopback, _Inventory({}))))
+
+
+@pytest.mark.parametrize(("lines", "expected"), [
+    ({}, False),
+    ({"DATA_STORAGE_MEMORY": "dual"}, True),
+    ({"DATA_STORAGE_TYPE": "dual"}, True),
+    ({"DATA_STORAGE_TYPE": "postgresql", "DATA_STORAGE_MESSAGES": "dual"}, True),
+    ({"MIGRATION_ENABLE_DUAL_WRITE": "True"}, True),
+    # Every entity named: the global choice applies to none of them.
+    ({"MIGRATION_ENABLE_DUAL_WRITE": "true", "DATA_STORAGE_USERS": "postgresql",
+      "DATA_STORAGE_MEMORY": "postgresql", "DATA_STORAGE_CHATS": "postgresql",
+      "DATA_STORAGE_MESSAGES": "postgresql", "DATA_STORAGE_LOGS": "file"}, False),
+])
+def test_the_mirror_stats_folder_is_set_where_some_entity_is_in_dual(deploy_settings,
+                                                                     tmp_path, lines, expected):
+    """Both settings files name MIGRATION_MIRROR_STATS_DIR exactly when the lines the deploy
+    writes put an entity in dual-write, and the runtime reads it from there."""
+    from donnadb.provision import bootstrap, dualstats, tls
+
+    ours = dataclasses.replace(deploy_settings, donnadb_env_extra=lines)
+    db_host_text = envfile.render_env(ours)
+    app_text = bootstrap.render("app.env.j2", cfg=ours, db=ours, db_host="db1", port=6432,
+                                read_port=None, passfile="/etc/donnadb/pgpass.d/donna-app",
+                                tls=tls, dal_env={}, stats_dir=dualstats.stats_dir(ours))
+    for text in (db_host_text, app_text):
+        assert ("MIGRATION_MIRROR_STATS_DIR" in _env_lines(text)) is expected
+        env_file = tmp_path / "donnadb.env"
+        env_file.write_text(text)
+        runtime = Settings(_env_file=env_file)
+        assert runtime.migration_mirror_stats_dir == (
+            Path(dualstats.STATS_DIR) if expected else None)
