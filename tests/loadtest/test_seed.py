@@ -132,11 +132,11 @@ def _copied_rows(dump: str, table: str) -> list[dict[str, str]]:
 
 
 def test_a_sealed_seed_holds_no_personal_plaintext_and_the_dal_reads_it(
-        settings, sealed_settings, scratch_db, connect_as):
+        clear_settings, sealed_settings, scratch_db, connect_as):
     ci = seed.SCALES["ci"]
     first = seed.seed(sealed_settings, ci, dbname=scratch_db)
     # The marker names the mode: a seed made the other way is replaced, each time.
-    clear = seed.seed(settings, ci, dbname=scratch_db)
+    clear = seed.seed(clear_settings, ci, dbname=scratch_db)
     sealed = seed.seed(sealed_settings, ci, dbname=scratch_db)
     assert first["sealed"] and clear["seeded"] and not clear["sealed"]
     assert sealed["seeded"] is True and sealed["sealed"] is True
@@ -180,13 +180,13 @@ def test_a_sealed_seed_holds_no_personal_plaintext_and_the_dal_reads_it(
         assert f'"language": "{lang}"' not in dump
 
 
-def test_a_bad_key_file_stops_the_seed_before_anything_is_written(settings, scratch_db,
+def test_a_bad_key_file_stops_the_seed_before_anything_is_written(clear_settings, scratch_db,
                                                                    kek_file, connect_as):
-    seed.seed(settings, TEST_SCALE, dbname=scratch_db)
+    seed.seed(clear_settings, TEST_SCALE, dbname=scratch_db)
     os.chmod(kek_file, 0o644)  # a key file others may read is refused
     with pytest.raises(KeyFileError, match="chmod 600"):
-        seed.seed(crypto_settings(settings, kek_file), TEST_SCALE, dbname=scratch_db)
-    missing = crypto_settings(settings, kek_file.with_name("absent.key"))
+        seed.seed(crypto_settings(clear_settings, kek_file), TEST_SCALE, dbname=scratch_db)
+    missing = crypto_settings(clear_settings, kek_file.with_name("absent.key"))
     with pytest.raises(KeyFileError, match="cannot open the key file"):
         seed.seed(missing, TEST_SCALE, dbname=scratch_db)
     # The seed in clear is still there, whole.
