@@ -61,12 +61,12 @@ def test_seed_loads_the_scale_with_a_power_law_then_is_a_no_op(settings, scratch
     # seeded again at the same scale.
     old = f"{seed.USER_PREFIX}scale-{TEST_SCALE.users}-{TEST_SCALE.sessions}-{TEST_SCALE.messages}"
     assert seed.marker_for(TEST_SCALE) == f"{old}-text{chattext.TEXT_VERSION}"
+    marker = seed.marker_for(TEST_SCALE, sealed=settings.crypto_enabled)  # the host's mode
     with connect_as("migrator", dbname=scratch_db, autocommit=True) as owner:
-        owner.execute("UPDATE users SET clerk_id = %s WHERE clerk_id = %s",
-                      (old, seed.marker_for(TEST_SCALE)))
+        owner.execute("UPDATE users SET clerk_id = %s WHERE clerk_id = %s", (old, marker))
     assert seed.seed(settings, TEST_SCALE, dbname=scratch_db)["seeded"] is True
     assert conn.execute("SELECT count(*) FROM users WHERE clerk_id = %s",
-                        (seed.marker_for(TEST_SCALE),)).fetchone()[0] == 1
+                        (marker,)).fetchone()[0] == 1
 
 
 def test_a_different_scale_replaces_the_seeded_rows(settings, scratch_db, connect_as):
