@@ -113,6 +113,7 @@ SEALED_LOAD = (("users", COPY_SEALED_USERS), ("user_keys", COPY_KEYS), *PLAIN_LO
 #: The tables every seed loads (and then analyzes).
 TABLES = tuple(table for table, _ in PLAIN_LOAD)
 
+
 def marker_for(scale: Scale, *, sealed: bool = False) -> str:
     """The clerk_id of the row that says which scale (and text, and whether sealed) is
     seeded."""
