@@ -207,8 +207,8 @@ def worker(
                                 "pip install 'donnadb[loadtest]'")
     cmd = runner.worker_command(master_host, master_port, processes)
     started = time.monotonic()
-    done = subprocess.run(cmd, env=runner._env(), cwd=str(runner.ROOT), check=False,
-                          stdout=subprocess.DEVNULL if json_out else None)
+    done = subprocess.run(cmd, env=runner._env(load_settings()), cwd=str(runner.ROOT),
+                          check=False, stdout=subprocess.DEVNULL if json_out else None)
     result = {"master": f"{master_host}:{master_port}", "processes": processes,
               "locust_exit": done.returncode,
               "seconds": round(time.monotonic() - started, 1)}

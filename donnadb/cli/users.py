@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from donnadb.cli.opsrun import confirm, logged, settings
@@ -31,9 +32,15 @@ def inspect_cmd(ident: IdentArg, json: JsonOpt = False, dbname: DbOpt = None) ->
         emit_json(r)
         return
     u = r["user"]
-    console.print(f"[bold]{u['id']}[/] clerk_id={u['clerk_id']} email={u['email']} "
-                  f"status={u['status']} created {_when(u['created_at'])} "
-                  f"last active {_when(u['last_active_at'])}", highlight=False)
+    # A name is the user's text: never read as rich markup.
+    shown = {f: "(sealed)" if f in u["sealed"] else escape(str(u[f])) for f in ("email", "name")}
+    console.print(f"[bold]{u['id']}[/] clerk_id={escape(u['clerk_id'])} email={shown['email']} "
+                  f"name={shown['name']} status={u['status']} created "
+                  f"{_when(u['created_at'])} last active {_when(u['last_active_at'])}",
+                  highlight=False)
+    if u["sealed"]:
+        console.print(f"{' and '.join(u['sealed'])} sealed: {u['sealed_reason']}",
+                      highlight=False, markup=False)
     console.print(f"{r['sessions']} sessions, {r['messages']} messages, "
                   f"{len(r['memory_keys'])} memory keys")
     table = Table(title="recent sessions", title_justify="left")

@@ -49,6 +49,12 @@ SEEDED_SQL = """
 SELECT EXISTS (SELECT 1 FROM users AS u JOIN chat_sessions AS s ON s.user_id = u.id
                 WHERE u.clerk_id LIKE %(users)s AND s.chat_id LIKE %(chats)s)
 """
+#: Whether the seeded users' personal fields are sealed (a seed is all one way).
+SEEDED_SEALED_SQL = """
+SELECT email_sealed IS NOT NULL FROM users
+ WHERE clerk_id LIKE %(users)s AND (email IS NOT NULL OR email_sealed IS NOT NULL)
+ LIMIT 1
+"""
 _SPAN = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
@@ -106,7 +112,9 @@ def preflight(opts: RunOptions, settings: Settings) -> None:
     database, and PgBouncer answering on its port (unless the run goes direct).
 
     :raises PreconditionError: Locust is not installed, or the database is not seeded
-        (or not migrated). :raises DatabaseError: PostgreSQL or PgBouncer cannot be reached.
+        (or not migrated, or seeded sealed/in clear against CRYPTO_ENABLED).
+    :raises KeyFileError: CRYPTO_ENABLED with no usable key file.
+    :raises DatabaseError: PostgreSQL or PgBouncer cannot be reached.
     """
     if importlib.util.find_spec("locust") is None:
         raise PreconditionError("Locust is not installed in this environment: "
@@ -122,9 +130,18 @@ def preflight(opts: RunOptions, settings: Settings) -> None:
                 raise PreconditionError(f"{dbname} has no schema: run `donnactl migrate apply "
                                         f"--dbname {dbname}`, then `donnactl loadtest seed`"
                                         ) from None
+            row = conn.execute(SEEDED_SEALED_SQL, {"users": USER_PREFIX + "0%"}).fetchone()
         if not seeded:
             raise PreconditionError(f"{dbname} holds no seeded users: run `donnactl loadtest "
                                     f"seed --dbname {dbname}` first")
+        if row is not None and row[0] != settings.crypto_enabled:
+            # Every memory read would be refused (or return ciphertext): no test at all.
+            raise PreconditionError(
+                f"{dbname} was seeded with personal fields {'sealed' if row[0] else 'in clear'}"
+                f" but CRYPTO_ENABLED is {'on' if settings.crypto_enabled else 'off'}: run "
+                f"`donnactl loadtest seed --dbname {dbname}` with the run's settings")
+    if settings.crypto_enabled:
+        _check_key_file(settings)
     if opts.pgbouncer_port:
         via = settings.model_copy(update={"pgbouncer_port": opts.pgbouncer_port})
         try:
@@ -133,6 +150,14 @@ def preflight(opts: RunOptions, settings: Settings) -> None:
             raise DatabaseError(f"PgBouncer on port {opts.pgbouncer_port} does not let the app "
                                 f"role into {dbname} ({str(exc).strip().splitlines()[0]}); "
                                 "start PgBouncer, or run with --direct") from None
+
+
+def _check_key_file(settings: Settings) -> None:
+    """:raises KeyFileError: CRYPTO_KEK_FILE unset or unusable (the DAL of every Locust
+    process would refuse to start)."""
+    from donnadb.dal.sealed import Sealer  # as the DAL: only with CRYPTO_ENABLED
+
+    Sealer(settings)
 
 
 def donna_args(dbname: str | None, pgbouncer_port: int | None, pool_size: int) -> list[str]:
@@ -170,15 +195,27 @@ def worker_command(master_host: str, master_port: int, processes: int | None = N
     return [*cmd, user_class]
 
 
-def start(cmd: list[str], logf: Any) -> subprocess.Popen:
-    """Start a Locust command (:func:`locust_command`) writing its output to ``logf``."""
-    return subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=_env(),
+def start(cmd: list[str], logf: Any, settings: Settings | None = None) -> subprocess.Popen:
+    """Start a Locust command (:func:`locust_command`) writing its output to ``logf``;
+    its DAL seals as ``settings`` say (see :func:`_env`)."""
+    return subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=_env(settings),
                             cwd=str(ROOT))
 
 
-def _env() -> dict[str, str]:
+def _env(settings: Settings | None = None) -> dict[str, str]:
+    """The environment of a Locust process: the package importable and, given
+    ``settings``, their field encryption.
+
+    Locust's processes build their settings again from the environment and the env
+    files (in ROOT, not the caller's directory), so a CRYPTO_ENABLED this process got
+    from a flag or its own ./.env would be lost: their DAL would then write in clear
+    into a sealed store, and hand back ciphertext as if it were the values.
+    """
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    if settings is not None:
+        env["CRYPTO_ENABLED"] = "true" if settings.crypto_enabled else "false"
+        env["CRYPTO_KEK_FILE"] = str(settings.crypto_kek_file or "")
     return env
 
 
@@ -221,7 +258,7 @@ def run(opts: RunOptions, settings: Settings,
         if sampler:
             sampler.__enter__()
         try:
-            proc = start(cmd, logf)
+            proc = start(cmd, logf, settings)
             while proc.poll() is None:
                 if tick:
                     tick(time.monotonic() - started, expected)

@@ -11,6 +11,13 @@ scale and the text's version). A different scale, or a seed of an older text ver
 replaces the seeded rows. VACUUM ANALYZE runs at the end so the planner sees the new
 tables at once.
 
+With CRYPTO_ENABLED the personal fields are written sealed, exactly as the DAL writes
+them (:mod:`donnadb.dal.sealed`): each seeded user gets a data key (COPYed into
+user_keys in the same transaction), e-mail and name go to their sealed columns, and
+each preferences and memory value is a sealed JSON string. The marker names the mode,
+so turning encryption on (or off) and seeding again replaces a seed written the other
+way, which the application could not read (or would read as ciphertext).
+
 Seeding is a bulk administrative load, not application traffic: it runs as the
 migrator role, directly (not through PgBouncer).
 """
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import json
 import logging
 import random
 import time
@@ -26,6 +34,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
@@ -34,6 +43,9 @@ from donnadb import db
 from donnadb.config import Settings
 from donnadb.errors import UsageError
 from donnadb.loadtest import chattext
+
+if TYPE_CHECKING:
+    from donnadb.dal.sealed import DataKey, Sealer
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +102,23 @@ COPY_SESSIONS = ("COPY chat_sessions (id, chat_id, user_id, title, profile, crea
 COPY_MESSAGES = ("COPY messages (chat_session_id, role, content, created_at, "
                  "sequence_number, token_count) FROM STDIN")
 COPY_MEMORY = "COPY user_memory (user_id, memory_type, key, value) FROM STDIN"
-TABLES = ("users", "chat_sessions", "messages", "user_memory")
+# With CRYPTO_ENABLED: the plain email and name columns stay NULL, as the DAL leaves them.
+COPY_SEALED_USERS = ("COPY users (id, clerk_id, email_sealed, name_sealed, email_hmac, "
+                     "preferences, created_at, last_active_at) FROM STDIN")
+COPY_KEYS = "COPY user_keys (user_id, kek_id, wrapped_key) FROM STDIN"
+#: The COPYs in order (a data key after its user, memory after its key is known).
+PLAIN_LOAD = (("users", COPY_USERS), ("chat_sessions", COPY_SESSIONS),
+              ("messages", COPY_MESSAGES), ("user_memory", COPY_MEMORY))
+SEALED_LOAD = (("users", COPY_SEALED_USERS), ("user_keys", COPY_KEYS), *PLAIN_LOAD[1:])
+#: The tables every seed loads (and then analyzes).
+TABLES = tuple(table for table, _ in PLAIN_LOAD)
 
-def marker_for(scale: Scale) -> str:
-    """The clerk_id of the row that says which scale (and text) is seeded."""
+
+def marker_for(scale: Scale, *, sealed: bool = False) -> str:
+    """The clerk_id of the row that says which scale (and text, and whether sealed) is
+    seeded."""
     return (f"{USER_PREFIX}scale-{scale.users}-{scale.sessions}-{scale.messages}"
-            f"-text{chattext.TEXT_VERSION}")
+            f"-text{chattext.TEXT_VERSION}{'-sealed' if sealed else ''}")
 
 
 def _stream_tokens(scale: Scale) -> int:
@@ -135,9 +158,11 @@ def _message_counts(rng: random.Random, sessions: int, messages: int) -> list[in
     return counts
 
 
-def seeded_state(conn: psycopg.Connection, scale: Scale) -> tuple[int, int, int, int]:
+def seeded_state(conn: psycopg.Connection, scale: Scale, *, sealed: bool = False
+                 ) -> tuple[int, int, int, int]:
     """(seeded users incl. the marker, seeded chats, their messages, marker rows)."""
-    return tuple(conn.execute(COUNT_SEEDED, {"marker": marker_for(scale)}).fetchone())
+    marker = marker_for(scale, sealed=sealed)
+    return tuple(conn.execute(COUNT_SEEDED, {"marker": marker}).fetchone())
 
 
 def is_seeded(state: tuple[int, int, int, int], scale: Scale) -> bool:
@@ -151,8 +176,10 @@ def _uuid(rng: random.Random) -> uuid.UUID:
     return uuid.UUID(int=rng.getrandbits(128), version=4)
 
 
-def _rows(scale: Scale, now: datetime) -> dict[str, Iterator[tuple]]:
-    """Generators of the COPY rows of each table, all from one seeded generator."""
+def _rows(scale: Scale, now: datetime, *, sealed: bool = False) -> dict[str, Iterator[tuple]]:
+    """Generators of each table's rows, all from one seeded generator; users' preferences
+    and memory values as Python values (:func:`_plain` or :func:`_sealed` turns them
+    into COPY rows)."""
     rng = random.Random(SEED)  # noqa: S311 - a reproducible data set, not a secret
     text = chattext.ChatText(rng, _stream_tokens(scale))
     user_ids = [_uuid(rng) for _ in range(scale.users)]
@@ -166,12 +193,13 @@ def _rows(scale: Scale, now: datetime) -> dict[str, Iterator[tuple]]:
     horizon = timedelta(days=90)
 
     def users() -> Iterator[tuple]:
-        yield (uuid.uuid4(), marker_for(scale), None, "load-test scale marker", "{}", now, None)
+        yield (uuid.uuid4(), marker_for(scale, sealed=sealed), None, "load-test scale marker",
+               {}, now, None)
         for i, uid in enumerate(user_ids):
             created = now - horizon * rng.random()
             lang = rng.choice(("en", "en", "en", "fr", "de", "es"))
             yield (uid, f"{USER_PREFIX}{i:07d}", f"user{i}@example.test", f"Load User {i}",
-                   f'{{"language": "{lang}"}}', created, now - timedelta(hours=rng.random() * 72))
+                   {"language": lang}, created, now - timedelta(hours=rng.random() * 72))
 
     def sessions() -> Iterator[tuple]:
         for i, (sid, uid) in enumerate(zip(session_ids, owners, strict=True)):
@@ -191,10 +219,58 @@ def _rows(scale: Scale, now: datetime) -> dict[str, Iterator[tuple]]:
     def memory() -> Iterator[tuple]:
         for uid in user_ids:
             for k in range(rng.randint(1, 4)):
-                yield (uid, "context", f"fact_{k}", f'"{text.note(rng)}"')
+                yield (uid, "context", f"fact_{k}", text.note(rng))
 
     return {"users": users(), "chat_sessions": sessions(), "messages": messages(),
             "user_memory": memory()}
+
+
+def _plain(rows: dict[str, Iterator[tuple]]) -> dict[str, Iterator[tuple]]:
+    """The COPY rows with the personal fields in clear (CRYPTO_ENABLED off)."""
+    users = ((uid, clerk, email, name, json.dumps(prefs), *times)
+             for uid, clerk, email, name, prefs, *times in rows["users"])
+    memory = ((uid, memory_type, key, json.dumps(value))
+              for uid, memory_type, key, value in rows["user_memory"])
+    return {**rows, "users": users, "user_memory": memory}
+
+
+def _sealed(rows: dict[str, Iterator[tuple]], sealer: Sealer) -> dict[str, Iterator[tuple]]:
+    """The COPY rows with the personal fields sealed as the DAL seals them, and each
+    user's new data key for user_keys (CRYPTO_ENABLED on)."""
+    keys: dict[uuid.UUID, DataKey] = {}
+
+    def users() -> Iterator[tuple]:
+        for uid, clerk, email, name, prefs, *times in rows["users"]:
+            dk = keys[uid] = sealer.new_key(str(uid))
+            cols = sealer.user_columns(dk, {"email": email, "name": name,
+                                            "preferences": prefs})
+            yield (uid, clerk, cols["email_sealed"], cols["name_sealed"], cols["email_hmac"],
+                   json.dumps(cols["preferences"]), *times)
+
+    def user_keys() -> Iterator[tuple]:
+        # Read only after the users' COPY has made every key.
+        for uid, dk in keys.items():
+            yield (uid, dk.kek_id, dk.wrapped)
+
+    def memory() -> Iterator[tuple]:
+        for uid, memory_type, key, value in rows["user_memory"]:
+            yield (uid, memory_type, key,
+                   json.dumps(keys[uid].seal_value(memory_type, key, value)))
+
+    return {**rows, "users": users(), "user_keys": user_keys(), "user_memory": memory()}
+
+
+def _sealer(settings: Settings) -> Sealer | None:
+    """The DAL's sealer when CRYPTO_ENABLED is on, else None.
+
+    :raises KeyFileError: CRYPTO_KEK_FILE unset, unreadable, open to others or malformed.
+    """
+    if not settings.crypto_enabled:
+        return None
+    # Imported only when on, as the DAL does.
+    from donnadb.dal.sealed import Sealer
+
+    return Sealer(settings)
 
 
 def seed(
@@ -209,23 +285,27 @@ def seed(
 
     ``progress(table, rows_so_far)`` is called every 10,000 rows.
 
-    :returns: ``{"seeded": bool, "seconds": float, "rows": {table: n}}``.
+    :returns: ``{"seeded": bool, "sealed": bool, "seconds": float, "rows": {table: n}}``.
     :raises UsageError: the scale is impossible.
+    :raises KeyFileError: CRYPTO_ENABLED with no usable key file (nothing written).
     :raises DatabaseError: the database cannot be reached.
     """
     scale.check()
+    sealer = _sealer(settings)  # before the database: a bad key file changes nothing
+    sealed = sealer is not None
     started = time.perf_counter()
     with db.connection("migrator", settings=settings, dbname=dbname, autocommit=True) as conn:
-        if not force and is_seeded(seeded_state(conn, scale), scale):
-            return {"seeded": False, "seconds": time.perf_counter() - started, "rows": {}}
+        if not force and is_seeded(seeded_state(conn, scale, sealed=sealed), scale):
+            return {"seeded": False, "sealed": sealed,
+                    "seconds": time.perf_counter() - started, "rows": {}}
         rows: dict[str, int] = {}
         now = datetime.now(UTC).replace(microsecond=0)
-        generators = _rows(scale, now)
+        generators = _rows(scale, now, sealed=sealed)
+        generators = _sealed(generators, sealer) if sealer else _plain(generators)
         with conn.transaction():
             for statement in DELETE_SEEDED:
                 conn.execute(statement)
-            for table, copy_sql in (("users", COPY_USERS), ("chat_sessions", COPY_SESSIONS),
-                                    ("messages", COPY_MESSAGES), ("user_memory", COPY_MEMORY)):
+            for table, copy_sql in SEALED_LOAD if sealed else PLAIN_LOAD:
                 n = 0
                 with conn.cursor().copy(copy_sql) as copy:
                     for row in generators[table]:
@@ -237,6 +317,7 @@ def seed(
                 if progress:
                     progress(table, n)
         # Outside the load's transaction: VACUUM cannot run inside one.
-        for table in TABLES:
+        for table in rows:
             conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(table)))
-    return {"seeded": True, "seconds": time.perf_counter() - started, "rows": rows}
+    return {"seeded": True, "sealed": sealed, "seconds": time.perf_counter() - started,
+            "rows": rows}

@@ -180,7 +180,7 @@ def _start_load(plan: DrillPlan, settings: Settings, out: Path) -> _Load:
                              pgbouncer_port=settings.pgbouncer_port,
                              extra_args=["--donna-request-log", str(requests)])
     logf = (out / "locust.log").open("w", encoding="utf-8")
-    return _Load(runner.start(runner.locust_command(opts), logf), logf, requests)
+    return _Load(runner.start(runner.locust_command(opts), logf, settings), logf, requests)
 
 
 def _stop_load(load: _Load) -> None:

@@ -1,7 +1,9 @@
 """Support and GDPR commands: `users inspect|forget`, `chats inspect`.
 
 Inspection reads through the readonly role and shows what support needs (sessions,
-message counts, memory *keys*), never message contents or memory values. Erasure runs
+message counts, memory *keys*), never message contents or memory values. A user's
+e-mail and name stored sealed (field encryption) are opened with the key file when
+CRYPTO_KEK_FILE names a usable one; otherwise the result says they are sealed, and why. Erasure runs
 as the application role in ONE transaction and records itself in system_logs (the
 record holds the user's id and the counts, no personal data) and in the ``erasures``
 ledger (the id and the time). The application role may not delete from system_logs:
@@ -43,6 +45,11 @@ LIMIT %(limit)s
 SESSION_TOTALS_SQL = """
 SELECT count(*)::int AS sessions, coalesce(sum(message_count), 0)::bigint AS messages
 FROM chat_sessions WHERE user_id = %(id)s
+"""
+# The sealed e-mail and name, with the user's wrapped data key to open them.
+SEALED_FIELDS_SQL = """
+SELECT u.email_sealed, u.name_sealed, k.kek_id, k.wrapped_key
+FROM users AS u LEFT JOIN user_keys AS k ON k.user_id = u.id WHERE u.id = %(id)s
 """
 MEMORY_SQL = """
 SELECT memory_type, key, updated_at, expires_at
@@ -118,7 +125,32 @@ def inspect_user(settings: Settings, ident: str, *, limit: int = 20,
         totals = cur.execute(SESSION_TOTALS_SQL, args).fetchone()
         sessions = cur.execute(SESSIONS_SQL, args).fetchall()
         memory = cur.execute(MEMORY_SQL, args).fetchall()
+        sealed = cur.execute(SEALED_FIELDS_SQL, args).fetchone()
+    user.update(_open_sealed_fields(settings, str(user["id"]), sealed))
     return {"user": user, **totals, "recent_sessions": sessions, "memory_keys": memory}
+
+
+def _open_sealed_fields(settings: Settings, user_id: str, row: dict[str, Any]
+                        ) -> dict[str, Any]:
+    """The user's sealed e-mail and name opened with the key file; ``sealed`` lists the
+    ones that stay sealed and ``sealed_reason`` says why (no key file, a key file that
+    does not open them, an erased data key)."""
+    stored = {f: row[f"{f}_sealed"] for f in ("email", "name") if row[f"{f}_sealed"]}
+    if not stored:
+        return {"sealed": [], "sealed_reason": None}
+    if settings.crypto_kek_file is None:
+        return {"sealed": list(stored),
+                "sealed_reason": "no key file: set CRYPTO_KEK_FILE to open them"}
+    from donnadb.crypto.errors import DecryptError, KeyFileError
+    from donnadb.dal.sealed import Sealer  # only for sealed rows: as the DAL does
+
+    try:
+        dk = Sealer(settings).key_of(user_id, row["kek_id"], row["wrapped_key"])
+        opened = {f: dk.open_text(f, value) for f, value in stored.items()}
+    except (KeyFileError, DecryptError) as exc:
+        # Support still sees the rest of the user; the reason names the fix.
+        return {"sealed": list(stored), "sealed_reason": str(exc)}
+    return {**opened, "sealed": [], "sealed_reason": None}
 
 
 def inspect_chat(settings: Settings, ident: str, *, limit: int = 10,

@@ -10,7 +10,13 @@ import sysconfig
 import time
 from pathlib import Path
 
-from tests.loadtest.conftest import PGBOUNCER_PORT
+import pytest
+
+from donnadb.crypto.errors import KeyFileError
+from donnadb.errors import PreconditionError
+from donnadb.loadtest import runner, seed
+from tests.loadtest.conftest import PGBOUNCER_PORT, TEST_SCALE
+from tests.support import crypto_settings
 
 DONNACTL = str(Path(sys.executable).parent / "donnactl")
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,3 +75,36 @@ def test_locust_missing_fails_with_the_install_line(seeded_db, tmp_path):
     assert done.returncode == 11, done.stderr
     assert seconds < 30
     assert "pip install 'donnadb[loadtest]'" in done.stderr
+
+
+def test_a_seed_in_clear_under_encryption_fails_with_the_fix(clear_settings, sealed_settings,
+                                                             scratch_db):
+    seed.seed(clear_settings, TEST_SCALE, dbname=scratch_db)
+    opts = runner.RunOptions(dbname=scratch_db, pgbouncer_port=None)
+    runner.preflight(opts, clear_settings)
+    # Every memory read of the run would be refused: no run at all.
+    with pytest.raises(PreconditionError, match="in clear but CRYPTO_ENABLED is on.*"
+                       "loadtest seed"):
+        runner.preflight(opts, sealed_settings)
+
+
+def test_a_sealed_seed_needs_encryption_and_a_usable_key_file(clear_settings,
+                                                              sealed_settings, scratch_db,
+                                                              kek_file):
+    seed.seed(sealed_settings, TEST_SCALE, dbname=scratch_db)
+    opts = runner.RunOptions(dbname=scratch_db, pgbouncer_port=None)
+    runner.preflight(opts, sealed_settings)
+    with pytest.raises(PreconditionError, match="sealed but CRYPTO_ENABLED is off"):
+        runner.preflight(opts, clear_settings)
+    # Locust's processes would each fail to open their DAL: one line before the run.
+    with pytest.raises(KeyFileError, match="cannot open the key file"):
+        runner.preflight(opts, crypto_settings(clear_settings,
+                                               kek_file.with_name("absent.key")))
+
+
+def test_locust_processes_get_the_runs_field_encryption(clear_settings, sealed_settings):
+    # They read their settings again: a flag or the caller's ./.env would be lost.
+    env = runner._env(sealed_settings)
+    assert env["CRYPTO_ENABLED"] == "true"
+    assert env["CRYPTO_KEK_FILE"] == str(sealed_settings.crypto_kek_file)
+    assert runner._env(clear_settings)["CRYPTO_ENABLED"] == "false"

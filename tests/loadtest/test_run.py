@@ -12,10 +12,14 @@ import json
 
 import pytest
 
+from donnadb.dal.sealed import PLAIN_VALUE
 from donnadb.errors import UsageError
 from donnadb.loadtest import runner
 from donnadb.loadtest.names import QUERY_NAMES
 from tests.loadtest.conftest import PGBOUNCER_PORT
+
+#: Memory values stored in clear (not a sealed JSON string).
+CLEAR_MEMORY_SQL = f"SELECT count(*) FROM user_memory WHERE {PLAIN_VALUE.format(v='value')}"
 
 
 def test_short_run_passes_the_gate_and_reports_every_query(settings, seeded_db, tmp_path):
@@ -45,6 +49,28 @@ def test_short_run_passes_the_gate_and_reports_every_query(settings, seeded_db, 
     with (tmp_path / "locust_stats_history.csv").open(encoding="utf-8") as f:
         history = [r for r in csv.DictReader(f) if r["Name"] == "Aggregated"]
     assert max(int(r["User Count"]) for r in history) == 120
+
+
+def test_a_sealed_store_takes_the_load_without_failures_and_stays_sealed(
+        sealed_settings, sealed_seeded_db, tmp_path, connect_as):
+    conn = connect_as("readonly", dbname=sealed_seeded_db)
+    started = conn.execute("SELECT now()").fetchone()[0]
+    # Bounded: 30 users for 30 s on this host, through PgBouncer on 127.0.0.1.
+    opts = runner.RunOptions(users=30, spawn_rate=30, duration="30s", out_dir=tmp_path,
+                             dbname=sealed_seeded_db, pgbouncer_port=PGBOUNCER_PORT,
+                             pool_size=10)
+    result = runner.run(opts, sealed_settings)
+
+    queries = {q.name: q for q in result.verdict.queries}
+    failures = {q.name: q.failures for q in result.verdict.queries if q.failures}
+    assert not failures, (failures, (tmp_path / "locust.log").read_text()[-2000:])
+    assert queries["memory.get"].requests > 0 and queries["memory.set"].requests > 0
+    # The run's own writes were sealed: its Locust processes had the run's encryption
+    # (with it off they would read ciphertext without failing, and write in clear).
+    written = conn.execute("SELECT count(*) FROM user_memory WHERE updated_at >= %s",
+                           (started,)).fetchone()[0]
+    assert written > 0
+    assert conn.execute(CLEAR_MEMORY_SQL).fetchone()[0] == 0
 
 
 @pytest.mark.parametrize("bad", ["", "5x", "0", "m"])

@@ -1,6 +1,7 @@
 """Support inspection and GDPR erasure against a migrated scratch database."""
 
 import json
+import uuid
 
 import pytest
 
@@ -37,6 +38,53 @@ def test_inspect_user_shows_counts_and_keys_not_contents(cli, ops_db, alice):
     assert "secret words" not in done.stdout and "Paris" not in done.stdout
     screen = cli("users", "inspect", alice, "--dbname", ops_db)
     assert "2 sessions, 3 messages, 1 memory keys" in screen.stdout
+
+
+@pytest.fixture
+def sealed_bea(sealed_settings, ops_db):
+    """A user written by the DAL with field encryption on: e-mail and name sealed."""
+    from donnadb.dal import PostgresDataAccess
+
+    clerk_id = f"bea-{uuid.uuid4().hex[:8]}"  # the module's database is shared
+    with PostgresDataAccess(sealed_settings, dbname=ops_db, min_size=1) as dal:
+        dal.create_user({"clerk_id": clerk_id, "email": "bea@example.org",
+                         "name": "Bea Sealed"})
+    return clerk_id
+
+
+def test_inspect_opens_sealed_fields_with_the_key_file(cli, ops_db, sealed_bea, kek_file):
+    with_key = {"CRYPTO_ENABLED": "true", "CRYPTO_KEK_FILE": str(kek_file)}
+    done = cli("users", "inspect", sealed_bea, "--json", "--dbname", ops_db, env=with_key)
+    assert done.returncode == 0, done.stderr
+    user = json.loads(done.stdout)["user"]
+    assert (user["email"], user["name"], user["sealed"]) == ("bea@example.org",
+                                                            "Bea Sealed", [])
+    screen = cli("users", "inspect", sealed_bea, "--dbname", ops_db, env=with_key)
+    assert "email=bea@example.org name=Bea Sealed " in screen.stdout, screen.stdout
+
+
+def test_inspect_says_sealed_fields_are_sealed_without_the_key_file(cli, ops_db, sealed_bea,
+                                                                    tmp_path):
+    no_key = {"CRYPTO_ENABLED": "false", "CRYPTO_KEK_FILE": ""}
+    done = cli("users", "inspect", sealed_bea, "--json", "--dbname", ops_db, env=no_key)
+    assert done.returncode == 0, done.stderr
+    user = json.loads(done.stdout)["user"]
+    assert (user["email"], user["name"], user["sealed"]) == (None, None, ["email", "name"])
+    assert "CRYPTO_KEK_FILE" in user["sealed_reason"]
+    screen = cli("users", "inspect", sealed_bea, "--dbname", ops_db, env=no_key).stdout
+    assert "email=(sealed) name=(sealed) " in screen and "email=None" not in screen
+    assert "email and name sealed: no key file" in screen
+
+    # Another deployment's key file does not open them: sealed, and the reason says why.
+    from donnadb.crypto import keyfile
+
+    other = tmp_path / "other.key"
+    keyfile.generate(other)
+    done = cli("users", "inspect", sealed_bea, "--json", "--dbname", ops_db,
+               env={"CRYPTO_ENABLED": "true", "CRYPTO_KEK_FILE": str(other)})
+    user = json.loads(done.stdout)["user"]
+    assert user["sealed"] == ["email", "name"] and "bea@" not in done.stdout
+    assert "does not hold" in user["sealed_reason"]
 
 
 def test_inspect_chat(settings, ops_db, alice):
