@@ -21,10 +21,10 @@ _ssh = {
     "ssh_connect_retries": 3,
 }
 _db, _app = _fleet["db"], _fleet["app"]
-# The DAL's cache: Redis on the app host, which the database host reaches over TLS. (Not
-# field encryption: the load test's seed writes personal fields in clear, which a sealed
-# store refuses to read; tests/provision/test_cacheserver.py deploys the key file.)
-_dal = {"cache_enabled": True, "crypto_enabled": False}
+# The DAL's cache: Redis on the app host, which the database host reaches over TLS; field
+# encryption (the default), its key file made on the app host and copied to the database
+# host, where the load test's seed and the application's memory are sealed.
+_dal = {"cache_enabled": True, "crypto_enabled": True}
 
 db_servers = [
     (
