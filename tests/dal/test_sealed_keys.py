@@ -98,9 +98,24 @@ def test_a_user_erased_and_made_again_elsewhere_gets_no_value_under_the_old_key(
         assert new != old and a._sealer.cached_key(uid).wrapped == old
 
         put(a, uid, "after")
+        with PostgresDataAccess(sealed, dbname=pg_db) as reader:
+            assert get(reader, uid) == "after"
         assert a._sealer.cached_key(uid).wrapped == new  # the stale key was replaced
-    with PostgresDataAccess(sealed, dbname=pg_db) as reader:
-        assert get(reader, uid) == "after"
+
+
+def test_a_read_meeting_another_wrapped_key_than_the_cached_one_unwraps_it(
+        settings, pg_db, kek_file, tmp_path):
+    sealed = crypto_settings(settings, kek_file)
+    env = _env(kek_file, tmp_path)
+    with PostgresDataAccess(sealed, dbname=pg_db) as a:
+        uid = _user_with_cached_key(a)
+        _run([DONNACTL, "users", "forget", uid, "--yes", "--dbname", pg_db], env)
+        _run([sys.executable, "-c", RECREATE, uid, pg_db], env)
+        with PostgresDataAccess(sealed, dbname=pg_db) as writer:
+            for put, _ in WRITES.values():
+                put(writer, uid, "new key")
+        assert [get(a, uid) for _, get in WRITES.values()] == ["new key"] * 3
+        assert a._sealer.cached_key(uid).wrapped == _wrapped(pg_db, uid)
 
 
 @pytest.mark.parametrize("write", ["memory", "user"])
