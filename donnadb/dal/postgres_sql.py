@@ -143,10 +143,12 @@ UPDATE users
 # only while the user's stored key is still the one it was unwrapped from: not after
 # `keys rotate` re-wrapped it (the DAL then reads it afresh), nor after the user was
 # erased, perhaps made again under the same id with a new key (a value sealed under the
-# old key could never be read). The users row is locked (FOR KEY SHARE, as the foreign
-# key's check does) before the row is written: an erasure that committed meanwhile
-# deleted it, so the lock finds no row and nothing is written; one still running waits
-# for this statement (it locks the users row first, as this does: no deadlock).
+# old key could never be read). The users row is locked first (the UPDATE of update_user
+# does it; the memory upsert with FOR KEY SHARE, as its foreign key's check would): an
+# erasure in flight is waited for, and the row it deleted is then skipped, so nothing is
+# written, though the foreign key's check, on a fresh snapshot, would find the row of an
+# id made again. An erasure starting later waits for this statement (it locks the users
+# row first too: no deadlock).
 KEY_IS_CURRENT = """EXISTS (SELECT 1 FROM user_keys
                 WHERE user_id = %(user_id)s AND wrapped_key = %(wrapped)s)"""
 # keyed: whether the key was current (no row is written otherwise).
