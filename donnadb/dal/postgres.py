@@ -73,6 +73,10 @@ log = logging.getLogger(__name__)
 SECTION_COLUMNS = {"profile": "profile", "preferences": "preferences"}
 #: The users fields sealed with CRYPTO_ENABLED (donnadb/dal/sealed.py).
 PERSONAL_USER_FIELDS = frozenset({"email", "name", "profile", "preferences"})
+#: Sealed writes of one call, each reading the user's key afresh, before it gives up: a
+#: key changes between the read and the write only when `keys rotate` or `users forget`
+#: commits just then.
+KEY_ATTEMPTS = 3
 
 READ_ONLY = ("the database is read-only: a failover/switchover is in progress; retry "
              "(nothing was written)")
@@ -379,28 +383,77 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
             else:
                 values[field] = value
         try:
-            with self._atomic() as conn:
-                if self._sealer is not None and set(updates) & PERSONAL_USER_FIELDS:
-                    dk = self._sealer.key_for_write(conn, user_id)
-                    if dk is None:
-                        return False
-                    cols = self._sealer.user_columns(
-                        dk, {f: updates[f] for f in PERSONAL_USER_FIELDS if f in updates})
-                    sections = {f: cols[f] for f in sections}
-                    values.update(cols, **{f: Jsonb(v) for f, v in sections.items()})
-                assignments = [sql.SQL("{} = {}").format(sql.Identifier(f), sql.Placeholder(f))
-                               for f in values]
-                assignments.append(sql.SQL("updated_at = now()"))
-                query = sql.SQL("UPDATE users SET {} WHERE id = {} RETURNING id").format(
-                    sql.SQL(", ").join(assignments), sql.Placeholder("user_id"))
-                if conn.execute(query, {**values, "user_id": user_id}).fetchone() is None:
+            if self._sealer is not None and set(updates) & PERSONAL_USER_FIELDS:
+                if not self._sealed_write(user_id, lambda conn, dk: self._update_sealed_user(
+                        conn, dk, updates, values, sections), several=bool(sections)):
                     return False
-                for section, content in sections.items():
-                    self._sync_section_rows(conn, user_id, section, content)
+            else:
+                with self._atomic() as conn:
+                    if not self._update_user_row(conn, user_id, values, sections):
+                        return False
         except ConflictError:
             raise ConflictError(f"user {updates.get('clerk_id')!r} already exists") from None
         self._wrote(user=user_id, clerk=updates.get("clerk_id"))
         return True
+
+    def _update_user_row(self, conn, user_id: str, values: dict[str, Any],
+                         sections: dict[str, dict[str, Any]],
+                         wrapped: bytes | None = None) -> bool:
+        """update_user's statements; False when no row was updated (no such user; with
+        ``wrapped``, also when that is not the user's stored key)."""
+        assignments = [sql.SQL("{} = {}").format(sql.Identifier(f), sql.Placeholder(f))
+                       for f in values]
+        assignments.append(sql.SQL("updated_at = now()"))
+        guard = sql.SQL("" if wrapped is None else f" AND {q.KEY_IS_CURRENT}")
+        query = sql.SQL("UPDATE users SET {} WHERE id = {}{} RETURNING id").format(
+            sql.SQL(", ").join(assignments), sql.Placeholder("user_id"), guard)
+        params = {**values, "user_id": user_id, "wrapped": wrapped}
+        if conn.execute(query, params).fetchone() is None:
+            return False
+        for section, content in sections.items():
+            self._sync_section_rows(conn, user_id, section, content)
+        return True
+
+    def _update_sealed_user(self, conn, dk, updates: Mapping[str, Any], values: dict[str, Any],
+                            sections: dict[str, dict[str, Any]]) -> bool:
+        """update_user's statements with the personal fields sealed under ``dk``."""
+        cols = self._sealer.user_columns(
+            dk, {f: updates[f] for f in PERSONAL_USER_FIELDS if f in updates})
+        sealed_sections = {f: cols[f] for f in sections}
+        sealed = {**values, **cols, **{f: Jsonb(v) for f, v in sealed_sections.items()}}
+        return self._update_user_row(conn, dk.user_id, sealed, sealed_sections, dk.wrapped)
+
+    def _sealed_write(self, user_id: str, write, *, several: bool) -> bool:
+        """``write(conn, dk)`` with the user's data key ``dk``, its statements guarded by
+        ``dk.wrapped`` (postgres_sql.KEY_IS_CURRENT): False when they wrote nothing.
+
+        With the key cached, ``write`` runs at once: ONE statement outside a transaction
+        unless ``several``. When it writes nothing (the key was re-wrapped, or the user
+        erased, perhaps made again with a new key) the key is dropped and the write done
+        as without a cache: in a transaction that reads the key first, making one for a
+        user who has none yet.
+
+        :returns: False when there is no such user.
+        :raises DatabaseError: the user's key changed during every attempt.
+        """
+        dk = self._sealer.cached_key(user_id)
+        if dk is not None:
+            with self._atomic() if several else self._single() as conn:
+                if write(conn, dk):
+                    return True
+            self._sealer.drop_key(dk)
+        for _ in range(KEY_ATTEMPTS):
+            with self._atomic() as conn:
+                dk = self._sealer.key_for_write(conn, user_id)
+                if dk is None:
+                    return False
+                if write(conn, dk):
+                    return True
+            # Re-wrapped or erased between the read of the key and the write: again.
+            self._sealer.drop_key(dk)
+        raise DatabaseError(f"user {user_id}'s data key changed during each of "
+                            f"{KEY_ATTEMPTS} attempts to write (`keys rotate` or `users "
+                            "forget` running?): retry")
 
     @staticmethod
     def _sync_section_rows(conn, user_id: str, memory_type: str, section: dict) -> None:
@@ -629,21 +682,32 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         params = {"user_id": user_id, "memory_type": memory_type, "key": key,
                   "value": Jsonb(value), "expires_at": check_timestamp(expires_at, "expires_at")}
         try:
-            # Profile and preferences keys are mirrored in a users column: two statements
-            # (sealed: the user's data key is read first).
+            # Profile and preferences keys are mirrored in a users column: two statements.
             section = memory_type in SECTION_COLUMNS
-            with self._atomic() if section or self._sealer else self._single() as conn:
-                if self._sealer is not None:
-                    dk = self._sealer.key_for_write(conn, user_id)
-                    if dk is None:
-                        raise NotFoundError(user_id)
-                    params["value"] = Jsonb(dk.seal_value(memory_type, key, value))
-                conn.execute(q.UPSERT_MEMORY, params)
-                if section:
-                    conn.execute(_section_sql(q.MERGE_SECTION_KEY, memory_type), params)
+            if self._sealer is not None:
+                if not self._sealed_write(user_id, lambda conn, dk: self._set_sealed_memory(
+                        conn, dk, params, value), several=section):
+                    raise NotFoundError(user_id)
+            else:
+                with self._atomic() if section else self._single() as conn:
+                    conn.execute(q.UPSERT_MEMORY, params)
+                    if section:
+                        conn.execute(_section_sql(q.MERGE_SECTION_KEY, memory_type), params)
         except NotFoundError:
             raise NotFoundError(f"no user {user_id!r}: create it first") from None
         self._wrote(user=user_id)
+        return True
+
+    @staticmethod
+    def _set_sealed_memory(conn, dk, params: dict[str, Any], value: Any) -> bool:
+        """set_user_memory's statements with the value sealed under ``dk``."""
+        memory_type = params["memory_type"]
+        sealed = {**params, "wrapped": dk.wrapped,
+                  "value": Jsonb(dk.seal_value(memory_type, params["key"], value))}
+        if not conn.execute(q.UPSERT_SEALED_MEMORY, sealed).fetchone()["keyed"]:
+            return False
+        if memory_type in SECTION_COLUMNS:
+            conn.execute(_section_sql(q.MERGE_SECTION_KEY, memory_type), sealed)
         return True
 
     def get_user_memory(

@@ -139,6 +139,32 @@ UPDATE users
  WHERE id = %(id)s
 """
 
+# A sealed write with a data key this process has cached is ONE statement again, true
+# only while the user's stored key is still the one it was unwrapped from: not after
+# `keys rotate` re-wrapped it (the DAL then reads it afresh), nor after the user was
+# erased, perhaps made again under the same id with a new key (a value sealed under the
+# old key could never be read). The users row is locked first (the UPDATE of update_user
+# does it; the memory upsert with FOR KEY SHARE, as its foreign key's check would): an
+# erasure in flight is waited for, and the row it deleted is then skipped, so nothing is
+# written, though the foreign key's check, on a fresh snapshot, would find the row of an
+# id made again. An erasure starting later waits for this statement (it locks the users
+# row first too: no deadlock).
+KEY_IS_CURRENT = """EXISTS (SELECT 1 FROM user_keys
+                WHERE user_id = %(user_id)s AND wrapped_key = %(wrapped)s)"""
+# keyed: whether the key was current (no row is written otherwise).
+UPSERT_SEALED_MEMORY = f"""
+WITH keyed AS (
+    SELECT id FROM users WHERE id = %(user_id)s AND {KEY_IS_CURRENT} FOR KEY SHARE
+), written AS (
+    INSERT INTO user_memory (user_id, memory_type, key, value, expires_at)
+    SELECT keyed.id, %(memory_type)s, %(key)s, %(value)s, %(expires_at)s::timestamptz
+      FROM keyed
+    ON CONFLICT (user_id, memory_type, key) DO UPDATE
+       SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at
+)
+SELECT EXISTS (SELECT 1 FROM keyed) AS keyed
+"""
+
 SEALED_MEMORY_KEY_COLUMNS = """k.kek_id, encode(k.wrapped_key, 'hex') AS wrapped_key
   FROM user_memory AS m LEFT JOIN user_keys AS k ON k.user_id = m.user_id"""
 SELECT_SEALED_MEMORY = f"""

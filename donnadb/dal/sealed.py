@@ -28,6 +28,7 @@ from typing import Any
 from donnadb.config import Settings
 from donnadb.crypto import envelope, keyfile
 from donnadb.crypto.errors import DecryptError, KeyFileError
+from donnadb.crypto.keycache import KeyCache
 from donnadb.dal.values import dump_json, load_json
 from donnadb.errors import DataError
 
@@ -57,7 +58,8 @@ class DataKey:
                  wrapped: bytes = b"") -> None:
         self.user_id = user_id
         self._key = key
-        #: Set for a key just made: what :meth:`Sealer.save_key` stores.
+        #: The wrapped form: of a key just made, what :meth:`Sealer.save_key` stores; of
+        #: a key read, the row's (a cached sealed write is guarded by it).
         self.kek_id, self.wrapped = kek_id, wrapped
 
     def __repr__(self) -> str:
@@ -116,11 +118,28 @@ class Sealer:
                                "it at the key file (`donnactl keys init` makes one)")
         self._path = settings.crypto_kek_file
         self.keys = keyfile.load(self._path)
+        # Unwrapped data keys by user (donnadb/crypto/keycache.py): a read or a write of
+        # a user met lately unwraps nothing.
+        self._cache: KeyCache[DataKey] = KeyCache()
 
     def new_key(self, user_id: str) -> DataKey:
         """A new data key for a user about to be inserted (then :meth:`save_key`)."""
         kek_id, wrapped, dek = envelope.wrap(self.keys, user_id)
-        return DataKey(user_id, dek, kek_id, wrapped)
+        dk = DataKey(user_id, dek, kek_id, wrapped)
+        # Cached before it is stored: if the insert never commits, no row carries this
+        # wrapped key, so no read matches it and a write guarded by it writes nothing.
+        self._cache.put(user_id, wrapped, dk)
+        return dk
+
+    def cached_key(self, user_id: str) -> DataKey | None:
+        """The user's data key if this process holds it, unverified: write with it only
+        guarded by its ``wrapped`` (the row may have been re-wrapped, or the user erased
+        and made again with another key), and :meth:`drop_key` it when the guard fails."""
+        return self._cache.get(user_id)
+
+    def drop_key(self, dk: DataKey) -> None:
+        """Forget a cached key found stale (its wrapped form is no longer the user's)."""
+        self._cache.drop(dk.user_id, dk.wrapped)
 
     @staticmethod
     def save_key(conn, dk: DataKey) -> None:
@@ -150,11 +169,15 @@ class Sealer:
         :raises KeyFileError: its KEK is not in the key file.
         """
         if wrapped is None or kek_id is None:
+            self._cache.drop(user_id)  # erased by another process
             raise DecryptError(f"user {user_id} has sealed values but no data key: it "
                                "was erased (`users forget`), so they cannot be read")
         raw = bytes.fromhex(wrapped) if isinstance(wrapped, str) else bytes(wrapped)
+        cached = self._cache.get(user_id, raw)
+        if cached is not None:
+            return cached
         try:
-            return DataKey(user_id, envelope.unwrap(self.keys, user_id, kek_id, raw))
+            dek = envelope.unwrap(self.keys, user_id, kek_id, raw)
         except KeyFileError:
             # A KEK added since this process read the file (`keys add-kek`, then `keys
             # rotate` while the application runs): read it again, once per such key.
@@ -162,7 +185,12 @@ class Sealer:
             if fresh.kek(kek_id) is None:
                 raise
             self.keys = fresh
-            return DataKey(user_id, envelope.unwrap(fresh, user_id, kek_id, raw))
+            dek = envelope.unwrap(fresh, user_id, kek_id, raw)
+        # Replaces a key cached from another wrapped form: the same data key re-wrapped
+        # (rotation), or the old key of a user erased and made again.
+        dk = DataKey(user_id, dek, kek_id, raw)
+        self._cache.put(user_id, raw, dk)
+        return dk
 
     def lookup_hash(self, email: str | None) -> bytes | None:
         return envelope.lookup_hash(self.keys, email)

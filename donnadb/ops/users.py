@@ -25,6 +25,7 @@ from psycopg.rows import dict_row
 
 from donnadb import db
 from donnadb.config import Settings
+from donnadb.crypto import keycache
 from donnadb.errors import NotFound
 from donnadb.ops import eventlog
 
@@ -83,8 +84,9 @@ DELETE_LOGS_SQL = "SELECT public.forget_user_logs(%(id)s) AS deleted"
 #: The reserved context key that marks an erasure record (forget_user_logs keeps them).
 ERASURE_KEY = "_donnadb_erasure"
 DELETE_USER_SQL = "DELETE FROM users WHERE id = %(id)s"
-# The user's data key (the FK would cascade; explicit, so the erasure counts it).
-DELETE_KEY_SQL = "DELETE FROM user_keys WHERE user_id = %(id)s"
+# The user's data key (the FK would cascade; explicit, so the erasure counts it, and this
+# process's key caches refuse the wrapped key from then on).
+DELETE_KEY_SQL = "DELETE FROM user_keys WHERE user_id = %(id)s RETURNING wrapped_key"
 RECORD_ERASURE_SQL = """
 INSERT INTO erasures (user_id, erased_at) VALUES (%(id)s, COALESCE(%(at)s, now()))
 ON CONFLICT (user_id) DO NOTHING
@@ -181,7 +183,8 @@ def forget_user(settings: Settings, ident: str, *, dbname: str | None = None,
     Sessions are deleted explicitly (the schema would only null their user_id) and their
     messages go by cascade; memory and logs naming the user go too. After the commit
     ``erased`` gets what changed as (kind, id) pairs (``("user", id)``, ``("chat",
-    chat_id)``): the caller drops the DAL's cached copies of them.
+    chat_id)``): the caller drops the DAL's cached copies of them. The user's data key
+    leaves this process's key caches (donnadb/crypto/keycache.py).
 
     :raises NotFound: no such user (nothing changed).
     :raises DatabaseError: the database cannot be reached (nothing changed).
@@ -189,17 +192,19 @@ def forget_user(settings: Settings, ident: str, *, dbname: str | None = None,
     with db.connection("app", settings=settings, dbname=dbname) as conn, conn.transaction():
         cur = conn.cursor(row_factory=dict_row)
         user = _find_user(cur, ident)
-        result, chats = _erase(cur, str(user["id"]))
+        result, chats, wrapped = _erase(cur, str(user["id"]))
         eventlog.record_event(conn, "notice", "user erased (GDPR)", {**result, ERASURE_KEY: True})
+    keycache.forget([result["user_id"]], wrapped)
     if erased is not None:
         erased([("user", result["user_id"]), *(("chat", c) for c in chats)])
     return result
 
 
 def _erase(cur: psycopg.Cursor, user_id: str, at: Any = None,
-           ) -> tuple[dict[str, Any], list[str]]:
+           ) -> tuple[dict[str, Any], list[str], list[bytes]]:
     """Delete a user (who exists) and all that is theirs, key included, and add them to
-    the ledger: (the counts, their chat ids). In the caller's transaction."""
+    the ledger: (the counts, their chat ids, their wrapped data keys). In the caller's
+    transaction."""
     args = {"id": user_id, "at": at}
     cur.execute(LOCK_USER_SQL, args)
     totals = cur.execute(SESSION_TOTALS_SQL, args).fetchone()
@@ -207,11 +212,11 @@ def _erase(cur: psycopg.Cursor, user_id: str, at: Any = None,
     chats = [r["chat_id"] for r in cur.execute(DELETE_SESSIONS_SQL, args).fetchall()]
     cur.execute(DELETE_MEMORY_SQL, args)
     logs = cur.execute(DELETE_LOGS_SQL, args).fetchone()["deleted"]
-    keys = cur.execute(DELETE_KEY_SQL, args).rowcount
+    wrapped = [r["wrapped_key"] for r in cur.execute(DELETE_KEY_SQL, args).fetchall()]
     cur.execute(DELETE_USER_SQL, args)
     cur.execute(RECORD_ERASURE_SQL, args)
     return {"user_id": user_id, "sessions": len(chats), "messages": totals["messages"],
-            "memory": memory, "logs": logs, "data_key": keys}, chats
+            "memory": memory, "logs": logs, "data_key": len(wrapped)}, chats, wrapped
 
 
 def reapply_erasures(settings: Settings, *, ledger_db: str, dbname: str) -> dict[str, Any]:
@@ -234,8 +239,9 @@ def reapply_erasures(settings: Settings, *, ledger_db: str, dbname: str) -> dict
                 if cur.execute(USER_BY_ID_SQL, entry).fetchone() is None:
                     cur.execute(RECORD_ERASURE_SQL, {**entry, "at": entry["erased_at"]})
                     continue
-                result, _ = _erase(cur, entry["id"], entry["erased_at"])
+                result, _, wrapped = _erase(cur, entry["id"], entry["erased_at"])
                 eventlog.record_event(conn, "notice", "user erased again (restored backup)",
                                       {**result, ERASURE_KEY: True})
-                erased.append(entry["id"])
+            keycache.forget([entry["id"]], wrapped)
+            erased.append(entry["id"])
     return {"ledger": len(ledger), "erased_again": erased}
