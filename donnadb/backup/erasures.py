@@ -7,7 +7,8 @@ must go again (donnadb/ops/users.py erases them as `users forget` does):
 - ``backup restore`` reads the ledgers of the databases its copy stands for (the one it
   replaces, and the backup's source database when it exists on this server) after the
   copy is checked and before it is swapped in, and erases those users in the copy: the
-  target's name never points at a database that holds them;
+  target's name never points at a database that holds them (one forgotten during the
+  swap is in the replaced database's ledger after it, and erased then);
 - ``backup pitr --in-place`` reads the ledger before it stops the cluster (afterwards
   only the restored, older ledger is left) and applies it once the cluster is up again;
 - a PITR copy beside the cluster (socket only, its own port) is not written to: the
@@ -29,6 +30,7 @@ import psycopg
 from donnadb.backup import bootstrap, pitr
 from donnadb.backup.errors import BackupError
 from donnadb.config import Settings
+from donnadb.errors import DonnaError
 from donnadb.ops import users
 
 audit = logging.getLogger("donnadb.audit")
@@ -57,9 +59,13 @@ class Reapplied:
     erased_again: list[str] = field(default_factory=list)
     #: Set when nothing was applied: why, and what the operator runs instead (one line).
     note: str | None = None
+    #: The users of the ledgers applied (a later pass applies only the others).
+    applied: set[str] = field(default_factory=set, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "erased_again": len(self.erased_again)}
+        done = asdict(self)
+        del done["applied"]
+        return {**done, "erased_again": len(self.erased_again)}
 
 
 def read_ledgers(settings: Settings, names: list[str]) -> Ledger:
@@ -125,7 +131,34 @@ def apply_to(settings: Settings, ledger: Ledger, dbname: str, *, serves_as: str,
                                 "ledger_from": ledger.read_from,
                                 "ledger_entries": len(ledger.entries),
                                 "erased_again": len(erased)}})
-    return Reapplied(ledger.read_from, len(ledger.entries), erased)
+    return Reapplied(ledger.read_from, len(ledger.entries), erased,
+                     applied={e["id"] for e in ledger.entries})
+
+
+def apply_late(settings: Settings, names: list[str], dbname: str, done: Reapplied) -> None:
+    """After a swap: erase in ``dbname`` the users that the ledgers of ``names`` (the
+    replaced database, the source) gained since ``done`` read them (a `users forget`
+    that committed during the swap), and add them to ``done``.
+
+    :raises BackupError: they cannot be read or applied (the restore itself is done).
+    """
+    try:
+        ledger = read_ledgers(settings, names)
+        late = [e for e in ledger.entries if e["id"] not in done.applied]
+        if not late:
+            return
+        direct = settings.model_copy(update={"pgbouncer_port": None})
+        erased = users.apply_ledger(direct, late, dbname)
+    except DonnaError as exc:
+        raise BackupError(
+            f"{dbname} is restored, but erasures made during the restore are not applied "
+            f"({exc}); run `{REAPPLY_COMMAND.format(ledger=names[0], dbname=dbname)}`"
+        ) from None
+    done.erased_again += erased
+    done.ledger_entries += len(late)
+    done.applied.update(e["id"] for e in late)
+    audit.info("erasures made during a restore applied", extra={"audit": {
+        "database": dbname, "ledger_from": ledger.read_from, "erased_again": len(erased)}})
 
 
 def restore_cluster(settings: Settings, engine: pitr.Engine, target: pitr.Target,

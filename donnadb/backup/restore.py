@@ -195,6 +195,12 @@ def restore_backup(
                 # A killed process cannot do this; --cleanup recognises the name.
                 _drop_quietly(settings, temp_db)
                 raise
+            if result.erasures is not None and result.erasures.ledger_from:
+                # A `users forget` that committed after the ledgers were read and before
+                # the swap is in the replaced database's (or the source's) ledger now.
+                late_from = [n for n in (result.kept_as, manifest.database)
+                             if n and n != target_db]
+                erasures.apply_late(settings, late_from, target_db, result.erasures)
     result.target_db = target_db
     result.seconds = round(time.monotonic() - started, 3)
     result.phases = phases

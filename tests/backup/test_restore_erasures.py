@@ -147,3 +147,22 @@ def test_a_ledger_that_cannot_be_read_stops_the_restore_with_the_target_untouche
     assert superuser_psql("SELECT count(*) FROM pg_database WHERE starts_with(datname, "
                           f"'{scratch_db}_')") == "0"
     assert superuser_psql(LEFT_SQL.format(id=alice.id), scratch_db) == "0"
+
+
+def test_a_user_forgotten_while_the_restore_swaps_is_erased_in_the_restored_database(
+        sealed_settings, bs, scratch_db, forgotten, monkeypatch):
+    backup, alice, bob, _ = forgotten
+    real_swap_in = swap.swap_in
+
+    def forget_bob_then_swap(*args, **kwargs):
+        # After the ledgers were read and the copy erased: the live database still serves.
+        users.forget_user(sealed_settings, bob.id, dbname=scratch_db)
+        return real_swap_in(*args, **kwargs)
+
+    monkeypatch.setattr(swap, "swap_in", forget_bob_then_swap)
+    result = restore.restore_backup(bs, backup, scratch_db, force=True)
+
+    assert sorted(result.erasures.erased_again) == sorted([alice.id, bob.id])
+    for person in (alice, bob):
+        assert superuser_psql(LEFT_SQL.format(id=person.id), scratch_db) == "0"
+    assert superuser_psql("SELECT count(*) FROM erasures", scratch_db) == "2"
