@@ -29,6 +29,7 @@ import psycopg
 
 from donnadb.backup import bootstrap, pitr
 from donnadb.backup.errors import BackupError
+from donnadb.backup.manifest import Manifest
 from donnadb.config import Settings
 from donnadb.errors import DonnaError
 from donnadb.ops import users
@@ -105,6 +106,22 @@ def no_ledger_note(names: list[str], dbname: str) -> str:
             "gone or without a ledger): run `"
             + REAPPLY_COMMAND.format(ledger="<a copy of the ledger>", dbname=dbname)
             + "` when you have one")
+
+
+def restore_plan(settings: Settings, target_db: str,
+                 manifest: Manifest | None) -> dict[str, Any]:
+    """What a restore of ``manifest``'s backup into ``target_db`` would erase again, read
+    only (``backup restore --dry-run``): the ledgers' erasures later than the backup's
+    start (those before it are not in it); every entry without the manifest (in S3).
+    """
+    names = [target_db] + ([manifest.database] if manifest else [])
+    ledger = read_ledgers(settings, names)
+    if not ledger.read_from:
+        return {"ledger_from": [], "ledger_entries": 0, "erased_again": 0,
+                "note": no_ledger_note(names, target_db)}
+    later = ledger.since(manifest.started) if manifest else len(ledger.entries)
+    return {"ledger_from": ledger.read_from, "ledger_entries": len(ledger.entries),
+            "erased_again": later, "note": None}
 
 
 def apply_to(settings: Settings, ledger: Ledger, dbname: str, *, serves_as: str,

@@ -480,7 +480,7 @@ def _restore_plan(settings: Settings, backup_id: str, target_db: str, *, force: 
         if not settings.s3_enabled:
             raise
         resolved, source = backup_id, "s3"
-    plan = _erasures_plan(settings, target_db, manifest)
+    plan = erasures.restore_plan(settings, target_db, manifest)
     has_data = restore.target_has_data(settings, target_db)
     if not has_data:
         action = f"restore {resolved} ({source}) into a new database and name it {target_db}"
@@ -496,19 +496,6 @@ def _restore_plan(settings: Settings, backup_id: str, target_db: str, *, force: 
     else:
         console.print(f"dry run: would {action}", highlight=False)
         console.print(f"  {_plan_line(plan)}", highlight=False)
-
-
-def _erasures_plan(settings: Settings, target_db: str, manifest) -> dict:
-    """Whom a restore would erase again: the ledgers' erasures later than the backup
-    (those before it are not in it); every entry when the manifest is not here (S3)."""
-    names = [target_db] + ([manifest.database] if manifest else [])
-    ledger = erasures.read_ledgers(settings, names)
-    if not ledger.read_from:
-        return {"ledger_from": [], "ledger_entries": 0, "erased_again": 0,
-                "note": erasures.no_ledger_note(names, target_db)}
-    later = ledger.since(manifest.started) if manifest else len(ledger.entries)
-    return {"ledger_from": ledger.read_from, "ledger_entries": len(ledger.entries),
-            "erased_again": later, "note": None}
 
 
 def _plan_line(plan: dict) -> str:
