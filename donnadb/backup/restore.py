@@ -28,12 +28,14 @@ from donnadb.backup import (
     bootstrap,
     crypto,
     dbfacts,
+    erasures,
     pgtools,
     signing,
     storage_local,
     swap,
 )
 from donnadb.backup import manifest as mf
+from donnadb.backup.erasures import Reapplied
 from donnadb.backup.errors import BackupCorrupt, BackupError, RestoreRefused
 from donnadb.backup.snapshot import DUMP_DIR
 from donnadb.config import Settings
@@ -65,6 +67,8 @@ class RestoreResult:
     phases: dict[str, float] = field(default_factory=dict)
     #: The name the replaced database keeps (``<target>_before_<stamp>``), if one existed.
     kept_as: str | None = None
+    #: The erasures applied again to the copy before it took the target's name.
+    erasures: Reapplied | None = None
 
     @property
     def ok(self) -> bool:
@@ -108,9 +112,13 @@ def restore_backup(
     force: bool = False,
     jobs: int | None = None,
     allow_unencrypted: bool = False,
+    apply_erasures: bool = True,
 ) -> RestoreResult:
-    """Restore ``backup`` into a new database, check it against the manifest, then give
-    it the name ``target_db`` (an existing ``target_db`` is kept as ``result.kept_as``).
+    """Restore ``backup`` into a new database, check it against the manifest, erase again
+    the users the erasures ledgers of ``target_db`` and of the backup's source database
+    name (``result.erasures``; ``apply_erasures=False`` only for a throwaway copy that is
+    compared with the backup and dropped), then give it the name ``target_db`` (an
+    existing ``target_db`` is kept as ``result.kept_as``).
 
     :raises BackupCorrupt: the backup's files do not match (target untouched).
     :raises RestoreRefused: the target holds data and ``force`` is off, or the backup is
@@ -118,6 +126,8 @@ def restore_backup(
         (target untouched).
     :raises BackupError: pg_restore failed, the restored data differs from the manifest,
         or the swap failed (target untouched, the new copy dropped).
+    :raises DatabaseError: an existing ledger, or the copy, cannot be reached to erase
+        again (target untouched, the new copy dropped).
     """
     started = time.monotonic()
     if not DBNAME_RE.match(target_db):
@@ -168,6 +178,14 @@ def restore_backup(
             try:
                 result = _restore_and_check(settings, backup, manifest, decrypt, temp_db,
                                             jobs or settings.backup_jobs, lap)
+                if apply_erasures:
+                    # Read now, the latest the ledgers can be before the swap; the copy
+                    # is nobody's yet, so the erased never show under the target's name.
+                    names = [target_db, manifest.database]
+                    result.erasures = erasures.apply_to(
+                        settings, erasures.read_ledgers(settings, names), temp_db,
+                        serves_as=target_db, names=names)
+                    lap("erasures")
                 # Checked: only now does the target change, in one step.
                 result.kept_as = swap.swap_in(settings, temp_db, target_db, replace=exists,
                                               when=swap.stamp())
@@ -177,6 +195,12 @@ def restore_backup(
                 # A killed process cannot do this; --cleanup recognises the name.
                 _drop_quietly(settings, temp_db)
                 raise
+            if result.erasures is not None and result.erasures.ledger_from:
+                # A `users forget` that committed after the ledgers were read and before
+                # the swap is in the replaced database's (or the source's) ledger now.
+                late_from = [n for n in (result.kept_as, manifest.database)
+                             if n and n != target_db]
+                erasures.apply_late(settings, late_from, target_db, result.erasures)
     result.target_db = target_db
     result.seconds = round(time.monotonic() - started, 3)
     result.phases = phases

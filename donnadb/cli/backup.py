@@ -16,6 +16,7 @@ from donnadb.backup import (
     agecrypt,
     catalog,
     crypto,
+    erasures,
     pitr,
     restore,
     snapshot,
@@ -443,7 +444,7 @@ def restore_(
         emit_json({"backup_id": result.backup_id, "target_db": result.target_db,
                    "seconds": result.seconds, "schema_version": result.schema_version,
                    "row_counts": result.row_counts, "phases": result.phases,
-                   "kept_as": result.kept_as})
+                   "kept_as": result.kept_as, "erasures": result.erasures.to_dict()})
         return
     with console.status(f"restoring {backup.backup_id} into a new copy of {target_db} ..."):
         result = restore.restore_backup(settings, backup, target_db, **options)
@@ -452,21 +453,34 @@ def restore_(
                   f"{sum(result.row_counts.values())} rows in {len(result.row_counts)} "
                   "tables, all matching the manifest")
     console.print("  " + ", ".join(f"{k} {v:.1f} s" for k, v in result.phases.items()))
+    _print_erasures(result.erasures)
     if result.kept_as:
         console.print(f"  the previous {target_db} is kept as [bold]{result.kept_as}[/]; "
                       "`donnactl backup restore --cleanup` drops it")
 
 
+def _print_erasures(done: erasures.Reapplied) -> None:
+    if done.note:
+        console.print(f"  [yellow]{done.note}[/]", highlight=False)
+    else:
+        console.print(f"  erased again: {len(done.erased_again)} (the erasures ledger of "
+                      f"{' and '.join(done.ledger_from)}: {done.ledger_entries} entries)",
+                      highlight=False)
+
+
 def _restore_plan(settings: Settings, backup_id: str, target_db: str, *, force: bool,
                   json_out: bool) -> None:
-    """What `restore` would do, read only: which backup from where, and the target's fate."""
+    """What `restore` would do, read only: which backup from where, the target's fate and
+    whom the erasures ledgers would erase again."""
+    manifest = None
     try:
-        resolved, source = storage_local.resolve(settings.backup_repo_dir, backup_id).backup_id, \
-            "local"
+        local = storage_local.resolve(settings.backup_repo_dir, backup_id)
+        resolved, source, manifest = local.backup_id, "local", local.manifest
     except BackupNotFound:
         if not settings.s3_enabled:
             raise
         resolved, source = backup_id, "s3"
+    plan = erasures.restore_plan(settings, target_db, manifest)
     has_data = restore.target_has_data(settings, target_db)
     if not has_data:
         action = f"restore {resolved} ({source}) into a new database and name it {target_db}"
@@ -477,9 +491,19 @@ def _restore_plan(settings: Settings, backup_id: str, target_db: str, *, force: 
         action = f"refuse: {target_db} holds data (--force replaces it)"
     if json_out:
         emit_json({"dry_run": True, "backup_id": resolved, "source": source,
-                   "target_db": target_db, "target_has_data": has_data, "action": action})
+                   "target_db": target_db, "target_has_data": has_data, "action": action,
+                   "erasures": plan})
     else:
         console.print(f"dry run: would {action}", highlight=False)
+        console.print(f"  {_plan_line(plan)}", highlight=False)
+
+
+def _plan_line(plan: dict) -> str:
+    if plan["note"]:
+        return plan["note"]
+    return (f"would erase again {plan['erased_again']} users erased since the backup (the "
+            f"erasures ledger of {' and '.join(plan['ledger_from'])}: "
+            f"{plan['ledger_entries']} entries)")
 
 
 def _cleanup(settings: Settings, target_db: str, *, dry_run: bool, yes: bool,
@@ -745,18 +769,24 @@ def pitr_(
         else:
             console.print(f"dry run: would restore the cluster up to {target} from {source} "
                           f"{where}", highlight=False)
+            console.print("  then erase again the users the erasures ledger of "
+                          f"{settings.db_name} lists" if in_place else
+                          "  and print the command that erases again, in what you load "
+                          f"from it, the users the erasures ledger of {settings.db_name} "
+                          "lists", highlight=False)
         return
     if in_place:
         confirm(f"Stop the cluster and restore it up to {target} from {source} {where}?", yes)
-    result = pitr.restore_to(engine, target, repo=repo,
-                             data_dir=Path(data_dir) if data_dir else None, port=port,
-                             in_place=in_place)
+    result, reapplied = erasures.restore_cluster(
+        settings, engine, target, repo=repo, data_dir=Path(data_dir) if data_dir else None,
+        port=port, in_place=in_place)
     if json_out:
-        emit_json(result.to_dict())
+        emit_json({**result.to_dict(), "erasures": reapplied.to_dict()})
         return
     console.print(f"restored up to {result.target} in {result.seconds} s: "
                   f"{result.data_dir} on port {result.port} (server time {result.server_now})",
                   highlight=False)
+    _print_erasures(reapplied)
 
 
 @app.command()

@@ -91,6 +91,7 @@ RECORD_ERASURE_SQL = """
 INSERT INTO erasures (user_id, erased_at) VALUES (%(id)s, COALESCE(%(at)s, now()))
 ON CONFLICT (user_id) DO NOTHING
 """
+LEDGER_TABLE_SQL = "SELECT to_regclass('public.erasures') AS ledger"
 LEDGER_SQL = "SELECT user_id::text AS id, erased_at FROM erasures ORDER BY erased_at, user_id"
 
 
@@ -222,15 +223,40 @@ def _erase(cur: psycopg.Cursor, user_id: str, at: Any = None,
 def reapply_erasures(settings: Settings, *, ledger_db: str, dbname: str) -> dict[str, Any]:
     """Erase again, in ``dbname`` (a database restored from a backup), every user that
     the ledger of ``ledger_db`` (the database it replaces, or a copy of its ledger) says
-    was erased, and complete ``dbname``'s ledger. One transaction per user, each
-    recorded in system_logs like `users forget`; users already gone are only added to
-    the ledger. Rerunning it changes nothing more.
+    was erased, and complete ``dbname``'s ledger: :func:`read_ledger`, then
+    :func:`apply_ledger`. Rerunning it changes nothing more.
 
+    :raises NotFound: ``ledger_db`` has no erasures ledger (nothing changed).
     :raises DatabaseError: either database cannot be reached.
     """
-    with db.connection("readonly", settings=settings, dbname=ledger_db,
+    ledger = read_ledger(settings, ledger_db)
+    if ledger is None:
+        raise NotFound(f"database {ledger_db} has no erasures ledger; --ledger-db names the "
+                       "database the restore replaced, or a copy of its ledger")
+    return {"ledger": len(ledger), "erased_again": apply_ledger(settings, ledger, dbname)}
+
+
+def read_ledger(settings: Settings, dbname: str) -> list[dict[str, Any]] | None:
+    """The erasures ledger of ``dbname`` (``{"id", "erased_at"}`` oldest first), or None
+    when it has no ledger table (not a donnadb database, or older than the ledger).
+
+    :raises DatabaseError: the database cannot be reached.
+    """
+    with db.connection("readonly", settings=settings, dbname=dbname,
                        autocommit=True) as conn:
-        ledger = conn.cursor(row_factory=dict_row).execute(LEDGER_SQL).fetchall()
+        cur = conn.cursor(row_factory=dict_row)
+        if cur.execute(LEDGER_TABLE_SQL).fetchone()["ledger"] is None:
+            return None
+        return cur.execute(LEDGER_SQL).fetchall()
+
+
+def apply_ledger(settings: Settings, ledger: list[dict[str, Any]], dbname: str) -> list[str]:
+    """Erase in ``dbname`` every user ``ledger`` (:func:`read_ledger`) names, one
+    transaction per user, each recorded in system_logs like `users forget`; users
+    already gone are only added to ``dbname``'s ledger. Returns the ids erased again.
+
+    :raises DatabaseError: the database cannot be reached (users done so far stay done).
+    """
     erased = []
     with db.connection("app", settings=settings, dbname=dbname) as conn:
         for entry in ledger:
@@ -244,4 +270,4 @@ def reapply_erasures(settings: Settings, *, ledger_db: str, dbname: str) -> dict
                                       {**result, ERASURE_KEY: True})
             keycache.forget([entry["id"]], wrapped)
             erased.append(entry["id"])
-    return {"ledger": len(ledger), "erased_again": erased}
+    return erased

@@ -148,3 +148,10 @@ def test_forget_is_one_transaction(settings, ops_db, alice):
         superuser_psql("GRANT INSERT ON system_logs TO donna_app", ops_db)
     assert superuser_psql(f"SELECT count(*) FROM chat_sessions WHERE user_id = '{alice}'",
                           ops_db) == "2"
+
+
+def test_reapply_erasures_refuses_a_ledger_db_without_a_ledger(cli, ops_db):
+    done = cli("keys", "reapply-erasures", "--ledger-db", "postgres", "--dbname", ops_db)
+    assert done.returncode == 12
+    assert "database postgres has no erasures ledger; --ledger-db names the database the " \
+           "restore replaced" in " ".join(done.stderr.split())
