@@ -27,7 +27,7 @@ def clear_user(settings, scratch_db):
     try:
         user_id = dal.create_user({"clerk_id": "clear-1", "email": "grace@example.org",
                                    "name": "Grace", "preferences": {"tone": "dry"}})
-        dal.set_user_memory(user_id, "facts", "city", "Arlington")
+        dal.set_user_memory(user_id, "context", "city", "Arlington")
     finally:
         dal.close()
     return user_id
@@ -73,7 +73,7 @@ def test_the_deploy_seals_values_stored_in_clear_once(settings, scratch_db, clea
         user = dal.get_user_by_id(clear_user)
         assert (user["email"], user["name"], user["preferences"]) == (
             "grace@example.org", "Grace", {"tone": "dry"})
-        assert dal.get_user_memory(clear_user, "facts") == {"city": "Arlington"}
+        assert dal.get_user_memory(clear_user, "context") == {"city": "Arlington"}
     finally:
         dal.close()
 
