@@ -64,6 +64,8 @@ SELECT context -> '_donnadb_legacy' ->> 'source', level, message, context, trace
 TABLE_CHECKSUM = """
 SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY {order}), '')) FROM {table} AS t
 """
+#: In place of a digest: a row whose sealed values do not open (reported as such).
+UNREADABLE = "unreadable"
 IN_CLEAR = ("a personal value is stored in clear while CRYPTO_ENABLED is on: run "
             "`donnactl keys seal-existing`")
 TABLE_ORDER = {"users": "id", "chat_sessions": "id", "messages": "id", "user_memory": "id",
@@ -172,6 +174,7 @@ def _compare_users(reader: LegacyReader, conn: psycopg.Connection, result: Verif
                                kek_id, wrapped)
         except DecryptError as exc:
             result.diff("user_unreadable", ukey, str(exc))
+            db_users[ukey] = (UNREADABLE, created)
             continue
         if user.in_clear:
             result.diff("user_in_clear", ukey, IN_CLEAR)
@@ -184,6 +187,7 @@ def _compare_users(reader: LegacyReader, conn: psycopg.Connection, result: Verif
             value, in_clear = opener.memory(uid, mtype, key, value, kek_id, wrapped)
         except DecryptError as exc:
             result.diff("memory_unreadable", "/".join(mkey), str(exc))
+            db_memory[mkey] = UNREADABLE
             continue
         if in_clear:
             result.diff("memory_in_clear", "/".join(mkey), IN_CLEAR)
@@ -195,6 +199,8 @@ def _compare_users(reader: LegacyReader, conn: psycopg.Connection, result: Verif
         got = db_users.pop(ukey, None)
         if got is None:
             result.diff("user_missing", ukey, f"{', '.join(user.source_paths)} not imported")
+        elif got[0] == UNREADABLE:
+            pass  # reported as such
         elif got[0] != user_digest(user) or got[1] > user.created_at:
             result.diff("user_differs", ukey, "user row differs from the memory file(s)")
         for m in user.memory:
@@ -203,7 +209,7 @@ def _compare_users(reader: LegacyReader, conn: psycopg.Connection, result: Verif
             want = _h(m.value, m.expires_at)
             if got is None:
                 result.diff("memory_missing", f"{ukey}/{m.memory_type}/{m.key}", "not imported")
-            elif got != want:
+            elif got != want and got != UNREADABLE:
                 result.diff("memory_differs", f"{ukey}/{m.memory_type}/{m.key}",
                             "value or expiry differs")
     for clerk, first_created in orphans.items():
