@@ -199,6 +199,10 @@ def verify_cmd(data_dir: DataDirOpt = None, json: JsonOpt = False, dbname: DbOpt
                 table.add_row(d["kind"], d["key"], d["detail"])
             console.print(table)
             console.print(f"[red]verify failed[/]: compared {compared}", highlight=False)
+        if result.in_clear:
+            console.print(f"[yellow]{result.in_clear} users or memory entries hold personal "
+                          "values in clear[/] while CRYPTO_ENABLED is on: `donnactl keys "
+                          "seal-existing` seals them", highlight=False)
         _print_report(reader.report)
     if not result.ok:
         raise typer.Exit(1)
