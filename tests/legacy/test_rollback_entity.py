@@ -17,7 +17,6 @@ from donnadb.dal import FileDataAccess, MixedDataAccess, PostgresDataAccess
 from donnadb.legacy.fixtures import generate
 from donnadb.legacy.importer import import_data_dir
 from donnadb.legacy.reader import LegacyReader
-from donnadb.legacy.sealing import sealer_for
 from tests.dal.conftest import ENTITIES
 from tests.legacy.conftest import run_cli
 
@@ -38,9 +37,7 @@ def legacy_dir(settings, dbname, tmp_path):
     data = tmp_path / "data"
     generate(data, users=6, chats=8, messages_per_chat=3, logs=5, deviations=False)
     with db.connect("migrator", settings=settings, dbname=dbname, autocommit=True) as conn:
-        # Sealed when the settings say so, as `migrate-data import` does.
-        import_data_dir(LegacyReader.open(data), conn, batch_size=100,
-                        sealer=sealer_for(settings))
+        import_data_dir(LegacyReader.open(data), conn, batch_size=100)
     return data, sorted(p.stem for p in (data / "memory").glob("*.json"))[0]
 
 

@@ -175,8 +175,7 @@ def test_a_changed_file_is_an_update_or_a_conflict_as_in_clear(
         ("users", older), ("user_memory", f"{older}/context/pet")}
     assert again["conflicts"] == 2
 
-    clear = settings.model_copy(update={"crypto_enabled": False})
-    with PostgresDataAccess(sealed_settings if sealed else clear, dbname=scratch_db) as dal:
+    with PostgresDataAccess(sealed_settings if sealed else settings, dbname=scratch_db) as dal:
         user = dal.get_user_by_clerk_id(newer)
         assert user["name"] == "Renamed in the file"
         assert dal.get_user_memory(user["id"], "context", "pet") == {

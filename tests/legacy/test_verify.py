@@ -8,7 +8,6 @@ from donnadb import db
 from donnadb.legacy.fixtures import generate
 from donnadb.legacy.importer import import_data_dir
 from donnadb.legacy.reader import LegacyReader
-from donnadb.legacy.sealing import sealer_for
 from tests.legacy.conftest import run_cli
 
 
@@ -82,9 +81,8 @@ def test_verify_is_clean_after_dual_write_wrote_to_legacy_records(settings, scra
     root = tmp_path / "data"
     generate(root, users=3, chats=3, messages_per_chat=2, logs=2, deviations=False)
     clerk = sorted(p.stem for p in (root / "memory").glob("*.json"))[0]
-    sealer = sealer_for(settings)  # sealed when the DAL below seals too
     with db.connect("migrator", settings=settings, dbname=scratch_db, autocommit=True) as conn:
-        import_data_dir(LegacyReader.open(root), conn, batch_size=100, sealer=sealer)
+        import_data_dir(LegacyReader.open(root), conn, batch_size=100)
     dual = DualWriteDataAccess(FileDataAccess(root), PostgresDataAccess(settings,
                                                                         dbname=scratch_db))
     try:
@@ -95,7 +93,7 @@ def test_verify_is_clean_after_dual_write_wrote_to_legacy_records(settings, scra
     finally:
         dual.close()
     with db.connect("migrator", settings=settings, dbname=scratch_db, autocommit=True) as conn:
-        assert verify(LegacyReader.open(root), conn, sealer=sealer).differences == []
+        assert verify(LegacyReader.open(root), conn).differences == []
         conn.execute("UPDATE user_memory SET value = '\"fish\"' WHERE key = 'added'")
-        assert [d["kind"] for d in verify(LegacyReader.open(root), conn,
-                                          sealer=sealer).differences] == ["memory_differs"]
+        assert [d["kind"] for d in verify(LegacyReader.open(root), conn).differences] == [
+            "memory_differs"]
