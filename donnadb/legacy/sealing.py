@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from psycopg.rows import dict_row
@@ -64,14 +64,11 @@ def sealer_for(settings: Settings) -> Sealer | None:
 class SealedUser:
     """One user of a batch as the import stages it with encryption on."""
 
-    #: The user's id in the database (the stored row's; the import's for a new user):
-    #: every value is sealed for it.
-    db_id: uuid.UUID
     #: The users columns: email and name (NULL unless kept in clear), email_sealed,
     #: name_sealed, email_hmac, profile, preferences.
     columns: dict[str, Any]
     #: The staged value of each memory row, by (memory type, key).
-    memory: dict[tuple[str, str], Any] = field(default_factory=dict)
+    memory: dict[tuple[str, str], Any]
     #: The data key made for a user not stored yet (saved after the user's row).
     new_key: DataKey | None = None
 
@@ -105,31 +102,32 @@ def seal_users(conn, sealer: Sealer, users: list[UserRow]) -> dict[uuid.UUID, Se
 
 def _seal_user(conn, sealer: Sealer, user: UserRow, stored: Mapping[str, Any] | None,
                stored_memory: Mapping[tuple[str, str], Any]) -> SealedUser:
+    """Sealed for the user's id in the database: the stored row's (the app may have made
+    the user first, under another id than the import's), else the import's."""
+    new_key = None
     if stored is None:
-        dk = sealer.new_key(str(user.id))
-        sealed = SealedUser(user.id, {}, new_key=dk)
+        dk = new_key = sealer.new_key(str(user.id))
     else:
         user_id = str(stored["id"])
         dk = sealer.key_of(user_id, stored["kek_id"], stored["wrapped_key"]) \
             if stored["wrapped_key"] is not None else sealer.key_for_write(conn, user_id)
-        sealed = SealedUser(stored["id"], {})
     sections = {"profile": user.profile, "preferences": user.preferences}
     cols = sealer.user_columns(dk, {"email": user.email, "name": user.name, **sections})
     if stored is not None:
         _keep_equal_columns(dk, cols, user, stored)
-    sealed.columns = cols
+    memory: dict[tuple[str, str], Any] = {}
     for m in user.memory:
         place = (m.memory_type, m.key)
         if place in stored_memory and \
                 _same(_stored_value(dk, *place, stored_memory[place]), m.value):
-            sealed.memory[place] = stored_memory[place]
+            memory[place] = stored_memory[place]
         elif m.memory_type in sections and m.key in cols[m.memory_type] and \
                 _same(sections[m.memory_type][m.key], m.value):
             # The users column's copy of the same value, as the DAL keeps them.
-            sealed.memory[place] = cols[m.memory_type][m.key]
+            memory[place] = cols[m.memory_type][m.key]
         else:
-            sealed.memory[place] = dk.seal_value(m.memory_type, m.key, m.value)
-    return sealed
+            memory[place] = dk.seal_value(m.memory_type, m.key, m.value)
+    return SealedUser(cols, memory, new_key)
 
 
 def _keep_equal_columns(dk: DataKey, cols: dict[str, Any], user: UserRow,
