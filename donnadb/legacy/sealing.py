@@ -69,15 +69,15 @@ class SealedUser:
     columns: dict[str, Any]
     #: The staged value of each memory row, by (memory type, key).
     memory: dict[tuple[str, str], Any]
-    #: The data key made for a user not stored yet (saved after the user's row).
+    #: The data key made for a user who had none (saved after the user's row).
     new_key: DataKey | None = None
 
 
 def seal_users(conn, sealer: Sealer, users: list[UserRow]) -> dict[uuid.UUID, SealedUser]:
     """The batch's users sealed, by their :attr:`UserRow.id`; in the batch's transaction.
 
-    A stored user keeps its data key (one is made now for a stored user without any);
-    a new one gets a new key, which :func:`save_new_keys` stores after the users upsert.
+    A stored user keeps its data key; a new user, or a stored one without a key, gets a
+    new one, which :func:`save_new_keys` stores after the users upsert.
 
     :raises KeyFileError: a stored data key's KEK is not in the key file.
     :raises DecryptError: a stored data key does not unwrap (altered, or another user's).
@@ -95,22 +95,22 @@ def seal_users(conn, sealer: Sealer, users: list[UserRow]) -> dict[uuid.UUID, Se
     for user in users:
         stored = by_clerk.get(user.clerk_id) if user.clerk_id is not None \
             else by_id.get(user.id)
-        out[user.id] = _seal_user(conn, sealer, user, stored,
+        out[user.id] = _seal_user(sealer, user, stored,
                                   memory.get(stored["id"], {}) if stored else {})
     return out
 
 
-def _seal_user(conn, sealer: Sealer, user: UserRow, stored: Mapping[str, Any] | None,
+def _seal_user(sealer: Sealer, user: UserRow, stored: Mapping[str, Any] | None,
                stored_memory: Mapping[tuple[str, str], Any]) -> SealedUser:
     """Sealed for the user's id in the database: the stored row's (the app may have made
     the user first, under another id than the import's), else the import's."""
     new_key = None
-    if stored is None:
-        dk = new_key = sealer.new_key(str(user.id))
+    if stored is None or stored["wrapped_key"] is None:
+        # A new user, or one stored without a key (bare, or written in clear): no one
+        # else can give it one meanwhile, as its row is locked (the key's foreign key).
+        dk = new_key = sealer.new_key(str(stored["id"] if stored else user.id))
     else:
-        user_id = str(stored["id"])
-        dk = sealer.key_of(user_id, stored["kek_id"], stored["wrapped_key"]) \
-            if stored["wrapped_key"] is not None else sealer.key_for_write(conn, user_id)
+        dk = sealer.key_of(str(stored["id"]), stored["kek_id"], stored["wrapped_key"])
     sections = {"profile": user.profile, "preferences": user.preferences}
     cols = sealer.user_columns(dk, {"email": user.email, "name": user.name, **sections})
     if stored is not None:
@@ -169,7 +169,8 @@ def _same(stored: Any, incoming: Any) -> bool:
 
 
 def save_new_keys(conn, sealer: Sealer, users: Iterable[SealedUser]) -> None:
-    """Store the data keys of the batch's new users, after their rows (same transaction).
+    """Store the data keys made for the batch's users, after their rows (same
+    transaction).
 
     :raises DataError: a user got another key meanwhile (another import of the same
         user at the same time): the batch rolls back, and a re-run resumes.

@@ -305,3 +305,17 @@ def test_kill_9_in_the_users_phase_then_rerun_completes_sealed(
     assert _assert_dal_reads_the_files(sealed_settings, scratch_db, root) == total
     again = _import(kek_file, root, scratch_db, tmp_path / "r")
     assert again["written"] == {} and again["conflicts"] == 0
+
+
+def test_rows_imported_in_clear_are_compared_as_they_are_and_counted(
+        settings, kek_file, scratch_db, tmp_path):
+    root = tmp_path / "data"
+    generate(root, users=4, chats=4, messages_per_chat=2, logs=0, deviations=False)
+    _import(None, root, scratch_db, tmp_path / "r")  # encryption off
+    done = _verify(kek_file, root, scratch_db)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["stored_in_clear"] > 0
+    # Turning encryption on later and importing again: the clear rows are equal to the
+    # files, so nothing is written or reported (`keys seal-existing` seals them).
+    again = _import(kek_file, root, scratch_db, tmp_path / "r")
+    assert again["written"] == {} and again["conflicts"] == 0
