@@ -11,6 +11,9 @@ Why a kill -9 at any moment is harmless (the resumable, idempotent design):
   every row and changes nothing. The messages of a chat with no message stored yet
   (checked inside the batch's transaction) skip the staging table and are COPYed straight
   into ``messages`` — the fast path of a first load, equally safe to kill and replay;
+* with CRYPTO_ENABLED, users and memory are staged sealed and a user's new data key is
+  written in the same transaction (:mod:`donnadb.legacy.sealing`); a value the stored row
+  already holds is staged as its stored ciphertext, so a replay still changes nothing;
 * ``chat_sessions.message_count``/``last_message_at`` are kept by the schema's
   statement-level triggers, which only see rows actually inserted, so a replay never
   counts a message twice;
