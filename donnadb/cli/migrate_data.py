@@ -3,8 +3,9 @@
 Exit codes: 0 ok; 1 verify found differences / reconcile left entries failing / import
 quarantined records the database refused; 3 bad arguments (import with
 DATA_STORAGE_TYPE=postgresql, or an entity in postgresql, without
---i-know-postgresql-is-primary); 4 database unreachable; 6 a batch failed for another
-reason than a record's values.
+--i-know-postgresql-is-primary; CRYPTO_ENABLED with no usable key file; sealed values
+without CRYPTO_ENABLED); 4 database unreachable; 6 a batch failed for another reason
+than a record's values, or export met a sealed value that does not open.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from donnadb.legacy.export import DEFAULT_LOG_GAP_MARGIN, export_data_dir
 from donnadb.legacy.importer import CONFLICT_EXAMPLES, check_storage_type, import_data_dir
 from donnadb.legacy.reader import LegacyReader
 from donnadb.legacy.report import Report, write_private_jsonl
+from donnadb.legacy.sealing import sealer_for
 from donnadb.legacy.verify import verify as verify_dir
 
 app = typer.Typer(no_args_is_help=True)
@@ -103,6 +105,7 @@ def import_cmd(data_dir: DataDirOpt = None, dry_run: DryRunOpt = False,
                              migration_batch_size=batch_size)
     if not dry_run:
         check_storage_type(entity_phases(settings), postgresql_is_primary, entity=entity)
+    sealer = sealer_for(settings)  # a bad key file stops the import before any write
     reader = LegacyReader.open(settings.data_dir)
     conn = None if dry_run else _connect("migrator", settings, dbname)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -115,7 +118,7 @@ def import_cmd(data_dir: DataDirOpt = None, dry_run: DryRunOpt = False,
                 reader, conn, batch_size=settings.migration_batch_size, dry_run=dry_run,
                 progress=lambda phase, n: bar.advance(tasks[phase], n),
                 defer_indexes=defer_indexes, owner_role=settings.db_role_owner,
-                workers=workers, entity=entity)
+                workers=workers, entity=entity, sealer=sealer)
     finally:
         if conn is not None:
             conn.close()
@@ -175,10 +178,11 @@ def verify_cmd(data_dir: DataDirOpt = None, json: JsonOpt = False, dbname: DbOpt
     With --entity, only the differences of that entity.
     """
     settings = load_settings(db_name=dbname, data_dir=data_dir)
+    sealer = sealer_for(settings)
     reader = LegacyReader.open(settings.data_dir)
     with _connect("readonly", settings, dbname) as conn:
         try:
-            result = verify_dir(reader, conn, entity=entity)
+            result = verify_dir(reader, conn, entity=entity, sealer=sealer)
         except psycopg.OperationalError as exc:
             raise DatabaseError(f"verify lost the database: {exc}") from exc
     if json:
@@ -195,6 +199,10 @@ def verify_cmd(data_dir: DataDirOpt = None, json: JsonOpt = False, dbname: DbOpt
                 table.add_row(d["kind"], d["key"], d["detail"])
             console.print(table)
             console.print(f"[red]verify failed[/]: compared {compared}", highlight=False)
+        if result.in_clear:
+            console.print(f"[yellow]{result.in_clear} users or memory entries hold personal "
+                          "values in clear[/] while CRYPTO_ENABLED is on: `donnactl keys "
+                          "seal-existing` seals them", highlight=False)
         _print_report(reader.report)
     if not result.ok:
         raise typer.Exit(1)
@@ -215,11 +223,14 @@ def export_cmd(
     """Write the database back into the legacy layout (rollback path; files 0600, dirs 0700).
 
     With --entity, the files holding that entity: memory files for users or memory, chat
-    files (sessions with their messages) for chats or messages, or the logs.
+    files (sessions with their messages) for chats or messages, or the logs. Sealed values
+    (CRYPTO_ENABLED) are written opened: the key file is needed.
     """
     settings = load_settings(db_name=dbname)
+    sealer = sealer_for(settings)
     with _connect("readonly", settings, dbname) as conn:
-        summary = export_data_dir(conn, out, log_gap_margin=log_gap_margin, entity=entity)
+        summary = export_data_dir(conn, out, log_gap_margin=log_gap_margin, entity=entity,
+                                  sealer=sealer)
     if json:
         emit_json(summary.as_dict())
         return

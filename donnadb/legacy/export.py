@@ -33,6 +33,7 @@ from typing import Any
 import psycopg
 
 from donnadb.dal.fileio import UnsafeNameError, check_file_name, create_under
+from donnadb.dal.sealed import Sealer
 from donnadb.errors import DataError, UsageError
 from donnadb.legacy.chats import format_transcript
 from donnadb.legacy.normalise import (
@@ -44,6 +45,7 @@ from donnadb.legacy.normalise import (
     unescape_str,
     unwrap_memory_value,
 )
+from donnadb.legacy.sealing import Opener
 from donnadb.legacy.users import LEGACY_TYPE, SECTIONS
 
 EXPORT_CHATS = """
@@ -58,15 +60,19 @@ SELECT c.chat_id, m.id, m.sequence_number, m.role, m.content, m.metadata, m.crea
   FROM messages AS m JOIN chat_sessions AS c ON c.id = m.chat_session_id
  ORDER BY c.chat_id COLLATE "C", m.sequence_number
 """
+# With the user's wrapped data key: sealed values are opened (the files are plain).
 EXPORT_USERS = """
-SELECT id, clerk_id, email, name, profile, preferences, created_at, updated_at, status,
-       last_active_at,
-       EXISTS (SELECT 1 FROM chat_sessions AS c WHERE c.user_id = users.id) AS has_chats
-  FROM users ORDER BY id
+SELECT u.id, u.clerk_id, u.email, u.name, u.profile, u.preferences, u.created_at,
+       u.updated_at, u.status, u.last_active_at,
+       EXISTS (SELECT 1 FROM chat_sessions AS c WHERE c.user_id = u.id) AS has_chats,
+       u.email_sealed, u.name_sealed, k.kek_id, k.wrapped_key
+  FROM users AS u LEFT JOIN user_keys AS k ON k.user_id = u.id
+ ORDER BY u.id
 """
 EXPORT_MEMORY = """
-SELECT user_id, memory_type, key, value, expires_at FROM user_memory
- ORDER BY user_id, memory_type, key
+SELECT m.user_id, m.memory_type, m.key, m.value, m.expires_at, k.kek_id, k.wrapped_key
+  FROM user_memory AS m LEFT JOIN user_keys AS k ON k.user_id = m.user_id
+ ORDER BY m.user_id, m.memory_type, m.key
 """
 EXPORT_LOGS = """
 SELECT context -> '_donnadb_legacy' ->> 'source' AS source, level, message, context, trace_id,
@@ -327,12 +333,18 @@ def _export_chats(conn: psycopg.Connection, out: _OutDir, summary: ExportSummary
             summary.add("messages", len(msgs))
 
 
-def _export_users(conn: psycopg.Connection, out: _OutDir, summary: ExportSummary) -> None:
+def _export_users(conn: psycopg.Connection, out: _OutDir, summary: ExportSummary,
+                  opener: Opener) -> None:
     memory: dict[Any, list[tuple[str, str, Any, Any]]] = {}
-    for user_id, mtype, key, value, expires in conn.execute(EXPORT_MEMORY):
+    for user_id, mtype, key, value, expires, kek_id, wrapped in conn.execute(EXPORT_MEMORY):
+        value = opener.memory(user_id, mtype, key, value, kek_id, wrapped)[0]
         memory.setdefault(user_id, []).append((mtype, key, value, expires))
     for uid, clerk, email, name, profile, prefs, created, updated, status, last_active, \
-            has_chats in conn.execute(EXPORT_USERS):
+            has_chats, email_sealed, name_sealed, kek_id, wrapped in conn.execute(EXPORT_USERS):
+        opened = opener.user(uid, email, name, email_sealed, name_sealed, profile, prefs,
+                             kek_id, wrapped)
+        email, name, profile, prefs = (opened.email, opened.name, opened.profile,
+                                       opened.preferences)
         rows = memory.get(uid, [])
         if has_chats and not (rows or email or name or profile or prefs):
             continue  # known only from its chats: the import recreates it from them
@@ -491,11 +503,13 @@ ENTITY_FILES = {"users": "memory", "memory": "memory", "chats": "chats",
 
 def export_data_dir(conn: psycopg.Connection, out_dir: Path, *,
                     log_gap_margin: int = DEFAULT_LOG_GAP_MARGIN,
-                    entity: str | None = None) -> ExportSummary:
+                    entity: str | None = None, sealer: Sealer | None = None) -> ExportSummary:
     """Write the database into ``out_dir`` in the legacy layout; only the files holding
     ``entity`` (:data:`ENTITY_FILES`) when given.
 
-    A log file gets at most ``log_gap_margin`` blank lines beyond its rows.
+    A log file gets at most ``log_gap_margin`` blank lines beyond its rows. Sealed values
+    are written opened, with ``sealer`` (CRYPTO_ENABLED): the files are plain, as the
+    legacy app reads them.
 
     :raises UsageError: ``out_dir`` exists and is not empty (an export never overwrites),
         or it is a symlink; ``entity`` is unknown.
@@ -503,6 +517,10 @@ def export_data_dir(conn: psycopg.Connection, out_dir: Path, *,
         left empty).
     :raises DataError: two records would write the same file, or a log row's line lies
         beyond its file's rows plus ``log_gap_margin`` (``out_dir`` left empty).
+    :raises DecryptError: a sealed value does not open: its user's data key was erased,
+        or the value altered (``out_dir`` left empty).
+    :raises ConfigError: the database holds sealed values and no ``sealer`` was given;
+        a data key's KEK is not in the key file (``out_dir`` left empty).
     """
     if entity is not None and entity not in ENTITY_FILES:
         raise UsageError(f"unknown entity {entity!r}; use one of {', '.join(ENTITY_FILES)}")
@@ -531,7 +549,7 @@ def export_data_dir(conn: psycopg.Connection, out_dir: Path, *,
         try:
             with conn.transaction():
                 if files in (None, "memory"):
-                    _export_users(conn, target, summary)
+                    _export_users(conn, target, summary, Opener(sealer))
                 if files in (None, "chats"):
                     _export_chats(conn, target, summary)
                 if files in (None, "logs"):

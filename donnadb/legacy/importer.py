@@ -11,6 +11,9 @@ Why a kill -9 at any moment is harmless (the resumable, idempotent design):
   every row and changes nothing. The messages of a chat with no message stored yet
   (checked inside the batch's transaction) skip the staging table and are COPYed straight
   into ``messages`` — the fast path of a first load, equally safe to kill and replay;
+* with CRYPTO_ENABLED, users and memory are staged sealed and a user's new data key is
+  written in the same transaction (:mod:`donnadb.legacy.sealing`); a value the stored row
+  already holds is staged as its stored ciphertext, so a replay still changes nothing;
 * ``chat_sessions.message_count``/``last_message_at`` are kept by the schema's
   statement-level triggers, which only see rows actually inserted, so a replay never
   counts a message twice;
@@ -49,6 +52,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb, set_json_dumps
 
 from donnadb import db
+from donnadb.dal.sealed import Sealer
 from donnadb.dal.values import dump_json
 from donnadb.errors import DatabaseError, DataError, MigrationError, UsageError
 from donnadb.legacy import indexes
@@ -59,6 +63,7 @@ from donnadb.legacy.normalise import iso, user_uuid
 from donnadb.legacy.parallel import ChatPart, iter_parts
 from donnadb.legacy.reader import LegacyReader
 from donnadb.legacy.report import Report
+from donnadb.legacy.sealing import SealedUser, save_new_keys, seal_users
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +81,8 @@ STAGE_DDL = {
 CREATE TEMP TABLE IF NOT EXISTS stage_users (
     id uuid, clerk_id text, email text, name text, profile jsonb, preferences jsonb,
     created_at timestamptz, updated_at timestamptz, status text, last_active_at timestamptz,
-    versioned bool) ON COMMIT DELETE ROWS;
+    versioned bool, email_sealed bytea, name_sealed bytea, email_hmac bytea)
+    ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_memory (
     id uuid, user_uuid uuid, clerk_id text, memory_type text, key text, value jsonb,
     created_at timestamptz, updated_at timestamptz, expires_at timestamptz, versioned bool)
@@ -103,7 +109,7 @@ STAGE_TABLES = {"users": ("stage_users", "stage_memory"),
 
 COPY_USERS = ("COPY stage_users FROM STDIN (FORMAT BINARY)",
               ["uuid", "text", "text", "text", "jsonb", "jsonb", "timestamptz", "timestamptz",
-               "text", "timestamptz", "bool"])
+               "text", "timestamptz", "bool", "bytea", "bytea", "bytea"])
 COPY_MEMORY = ("COPY stage_memory FROM STDIN (FORMAT BINARY)",
                ["uuid", "uuid", "text", "text", "text", "jsonb", "timestamptz", "timestamptz",
                 "timestamptz", "bool"])
@@ -120,10 +126,13 @@ COPY_LOGS = ("COPY stage_logs FROM STDIN (FORMAT BINARY)",
 # versioned (it carries an updated_at) and that version is newer than the row's; files
 # without one (``versioned`` false) only insert what is missing. Rows that differ but are
 # not replaced are conflicts (the *_CONFLICTS queries, run before the writes, find them).
+# The sealed columns are NULL in clear (CRYPTO_ENABLED off), as they are in its rows.
 _USER_COLUMNS = "id, clerk_id, email, name, profile, preferences, created_at, updated_at, " \
-    "status, last_active_at"
+    "status, last_active_at, email_sealed, name_sealed, email_hmac"
 _USER_SET = """
     DO UPDATE SET email = EXCLUDED.email, name = EXCLUDED.name, profile = EXCLUDED.profile,
+                  email_sealed = EXCLUDED.email_sealed, name_sealed = EXCLUDED.name_sealed,
+                  email_hmac = EXCLUDED.email_hmac,
                   preferences = EXCLUDED.preferences, created_at = EXCLUDED.created_at,
                   updated_at = EXCLUDED.updated_at, status = EXCLUDED.status,
                   last_active_at = EXCLUDED.last_active_at
@@ -139,8 +148,9 @@ def _users_upsert(target: str, where: str) -> tuple[str, str]:
 UPSERT_USERS_BY_CLERK = _users_upsert("clerk_id", "clerk_id IS NOT NULL")
 UPSERT_USERS_BY_ID = _users_upsert("id", "clerk_id IS NULL")
 _USER_DIFFERS = """NOT (s.versioned AND s.updated_at > u.updated_at)
-   AND (u.email, u.name, u.profile, u.preferences, u.status)
-       IS DISTINCT FROM (s.email, s.name, s.profile, s.preferences, s.status)"""
+   AND (u.email, u.name, u.email_sealed, u.name_sealed, u.profile, u.preferences, u.status)
+       IS DISTINCT FROM (s.email, s.name, s.email_sealed, s.name_sealed, s.profile,
+                         s.preferences, s.status)"""
 USER_CONFLICTS = f"""
 SELECT s.id, s.versioned, s.updated_at, u.updated_at
   FROM stage_users AS s JOIN users AS u ON u.clerk_id = s.clerk_id
@@ -326,13 +336,16 @@ ENTITY_WRITES = {"users": ("users", "memory"), "memory": ("users", "memory"),
 class Importer:
     """Streams a :class:`LegacyReader` into the database in committed batches.
 
-    ``conn`` must be in autocommit mode (each batch opens its own transaction).
+    ``conn`` must be in autocommit mode (each batch opens its own transaction). With a
+    ``sealer`` (CRYPTO_ENABLED), users and memory are written sealed
+    (:mod:`donnadb.legacy.sealing`).
     """
 
     def __init__(self, conn: psycopg.Connection | None, *, batch_size: int,
                  progress: ProgressFn | None = None, dry_run: bool = False,
                  defer_indexes: bool | None = None, owner_role: str = "donna_owner",
-                 workers: int | None = None, entity: str | None = None) -> None:
+                 workers: int | None = None, entity: str | None = None,
+                 sealer: Sealer | None = None) -> None:
         """:raises UsageError: ``entity`` is not one of :data:`ENTITY_IMPORTS`."""
         if entity is not None and entity not in ENTITY_IMPORTS:
             raise UsageError(f"unknown entity {entity!r}; use one of "
@@ -340,6 +353,7 @@ class Importer:
         self.parts = ENTITY_IMPORTS[entity] if entity else ("users", "chats", "messages",
                                                             "logs")
         self.conn = conn
+        self.sealer = sealer
         self.workers = workers
         self.defer_indexes = defer_indexes
         self.owner_role = owner_role
@@ -589,12 +603,15 @@ class Importer:
 
     def _write(self, batch: _Batch) -> None:
         if batch.users:
-            self._copy(COPY_USERS, (
-                (u.id, u.clerk_id, u.email, u.name, u.profile, u.preferences, u.created_at,
-                 u.updated_at, u.status, u.last_active_at, u.versioned) for u in batch.users))
+            sealed = None if self.sealer is None else \
+                seal_users(self.conn, self.sealer, batch.users)
+            self._copy(COPY_USERS, (_staged_user(u, sealed) for u in batch.users))
             self._copy(COPY_MEMORY, (
-                (m.id, u.id, u.clerk_id, m.memory_type, m.key, Jsonb(m.value), m.created_at,
-                 m.updated_at, m.expires_at, u.versioned) for u in batch.users for m in u.memory))
+                (m.id, u.id, u.clerk_id, m.memory_type, m.key,
+                 Jsonb(m.value if sealed is None else
+                       sealed[u.id].memory[(m.memory_type, m.key)]),
+                 m.created_at, m.updated_at, m.expires_at, u.versioned)
+                for u in batch.users for m in u.memory))
             users = {u.id: u for u in batch.users}
             self._conflicts(USER_CONFLICTS, "users", lambda uid, versioned, ours, theirs: _conflict(
                 users[uid].clerk_id or users[uid].email or str(uid), versioned, ours, theirs,
@@ -606,6 +623,8 @@ class Importer:
             self._exec(UPSERT_USERS_BY_CLERK, "users")
             self._exec(UPSERT_USERS_BY_ID, "users")
             self._exec(UPSERT_MEMORY, "user_memory")
+            if sealed is not None:
+                save_new_keys(self.conn, self.sealer, sealed.values())
         if batch.chats:
             self._copy(COPY_CHATS, (
                 (c.id, c.chat_id, c.clerk_id, _owner_uuid(c), c.title, c.profile, c.metadata,
@@ -658,6 +677,21 @@ class Importer:
         return [chat_id for chat_id, (_cid, _fresh, owned) in stored.items() if owned]
 
 
+def _staged_user(u: UserRow, sealed: dict[uuid.UUID, SealedUser] | None) -> tuple:
+    """The stage_users row of ``u``: as read, or its sealed columns."""
+    if sealed is None:
+        email, name, profile, preferences = u.email, u.name, u.profile, u.preferences
+        email_sealed = name_sealed = email_hmac = None
+    else:
+        cols = sealed[u.id].columns
+        email, name, profile, preferences = (cols["email"], cols["name"], cols["profile"],
+                                             cols["preferences"])
+        email_sealed, name_sealed, email_hmac = (cols["email_sealed"], cols["name_sealed"],
+                                                 cols["email_hmac"])
+    return (u.id, u.clerk_id, email, name, profile, preferences, u.created_at, u.updated_at,
+            u.status, u.last_active_at, u.versioned, email_sealed, name_sealed, email_hmac)
+
+
 def _conflict(key: str, versioned: bool, ours, theirs, path: str) -> dict[str, Any]:
     reason = ("the stored row is newer than the file" if versioned
               else "the file has no updated_at to compare with the stored row")
@@ -703,7 +737,8 @@ def default_workers(reader: LegacyReader) -> int:
 def import_data_dir(reader: LegacyReader, conn: psycopg.Connection | None, *, batch_size: int,
                     dry_run: bool = False, progress: ProgressFn | None = None,
                     defer_indexes: bool | None = None, owner_role: str = "donna_owner",
-                    workers: int | None = None, entity: str | None = None) -> ImportSummary:
+                    workers: int | None = None, entity: str | None = None,
+                    sealer: Sealer | None = None) -> ImportSummary:
     """Run one import (or a dry run when ``dry_run``: ``conn`` is not written); of one
     entity's files (:data:`ENTITY_IMPORTS`) when ``entity`` is given.
 
@@ -714,13 +749,16 @@ def import_data_dir(reader: LegacyReader, conn: psycopg.Connection | None, *, ba
     ``workers``: processes parsing the chat files (:mod:`donnadb.legacy.parallel`); None
     chooses (:func:`default_workers`), 0 parses in this process.
 
+    ``sealer``: field encryption's keys (:func:`donnadb.legacy.sealing.sealer_for`): users
+    and memory are then written sealed, never in clear.
+
     :raises DataError: a batch failed for another reason than one record's values.
     :raises UsageError: ``defer_indexes`` on a non-empty messages table; an unknown
         ``entity``.
     """
     return Importer(conn, batch_size=batch_size, progress=progress, dry_run=dry_run,
                     defer_indexes=defer_indexes, owner_role=owner_role,
-                    workers=workers, entity=entity).run(reader)
+                    workers=workers, entity=entity, sealer=sealer).run(reader)
 
 
 def check_storage_type(phases: Mapping[str, str], postgresql_is_primary: bool, *,

@@ -8,7 +8,9 @@ import idempotent and the import -> export -> import round trip exact.
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
+from decimal import Decimal
 from typing import Any
 
 from donnadb.dal.values import (
@@ -29,6 +31,7 @@ from donnadb.dal.values import unescape_text as _unescape_text
 __all__ = [
     "ESCAPE_MARKER",
     "LEGACY_KEY",
+    "canon",
     "chat_uuid",
     "escape_all",
     "escape_json",
@@ -176,3 +179,22 @@ def unwrap_memory_value(value: Any) -> Any:
     if isinstance(value, dict) and set(value) == {ESCAPED_VALUE_KEY}:
         return unescape_json(value[ESCAPED_VALUE_KEY])
     return value
+
+
+def _norm(value: Any) -> Any:
+    # jsonb keeps 1e20 as an integer: compare integral floats as integers on both sides,
+    # the integer jsonb reads from the float's shortest text (3.394737036895895e+16 is
+    # 33947370368958950 there, not the float's exact 33947370368958952).
+    if isinstance(value, float) and value.is_integer():
+        return int(Decimal(repr(value)))
+    if isinstance(value, dict):
+        return {k: _norm(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_norm(v) for v in value]
+    return value
+
+
+def canon(value: Any) -> str:
+    """One text per JSON value, as jsonb keeps it (verify's checksums; the sealed import
+    comparing a stored value with the file's)."""
+    return json.dumps(_norm(value), sort_keys=True, ensure_ascii=False, separators=(",", ":"))

@@ -17,18 +17,19 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import json
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from donnadb.crypto.errors import DecryptError
+from donnadb.dal.sealed import Sealer
 from donnadb.errors import UsageError
 from donnadb.legacy.model import ChatRow, MessageRow, UserRow
-from donnadb.legacy.normalise import LEGACY_KEY, iso
+from donnadb.legacy.normalise import LEGACY_KEY, canon, iso
 from donnadb.legacy.reader import LegacyReader
+from donnadb.legacy.sealing import Opener
 
 DB_CHATS = """
 SELECT c.chat_id, u.clerk_id, c.title, c.profile, c.metadata, c.created_at, c.status,
@@ -41,13 +42,18 @@ SELECT c.chat_id, m.id, m.sequence_number, m.role, m.content, m.metadata, m.crea
   FROM messages AS m JOIN chat_sessions AS c ON c.id = m.chat_session_id
  ORDER BY c.chat_id COLLATE "C", m.sequence_number
 """
+# With the user's wrapped data key: sealed values are opened before they are compared.
 DB_USERS = """
-SELECT id, clerk_id, email, name, profile, preferences, created_at, status, last_active_at
-  FROM users
+SELECT u.id, u.clerk_id, u.email, u.name, u.profile, u.preferences, u.created_at, u.status,
+       u.last_active_at, u.email_sealed, u.name_sealed, k.kek_id, k.wrapped_key
+  FROM users AS u LEFT JOIN user_keys AS k ON k.user_id = u.id
 """
 DB_MEMORY = """
-SELECT u.id, u.clerk_id, um.memory_type, um.key, um.value, um.expires_at
+SELECT u.id, u.clerk_id, um.memory_type, um.key, um.value, um.expires_at, k.kek_id,
+       k.wrapped_key
   FROM user_memory AS um JOIN users AS u ON u.id = um.user_id
+  LEFT JOIN user_keys AS k ON k.user_id = u.id
+ ORDER BY u.id
 """
 DB_LOGS = """
 SELECT context -> '_donnadb_legacy' ->> 'source', level, message, context, trace_id,
@@ -58,25 +64,10 @@ SELECT context -> '_donnadb_legacy' ->> 'source', level, message, context, trace
 TABLE_CHECKSUM = """
 SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY {order}), '')) FROM {table} AS t
 """
+#: In place of a digest: a row whose sealed values do not open (reported as such).
+UNREADABLE = "unreadable"
 TABLE_ORDER = {"users": "id", "chat_sessions": "id", "messages": "id", "user_memory": "id",
                "system_logs": "id, created_at"}
-
-
-def _norm(value: Any) -> Any:
-    # jsonb keeps 1e20 as an integer: compare integral floats as integers on both sides,
-    # the integer jsonb reads from the float's shortest text (3.394737036895895e+16 is
-    # 33947370368958950 there, not the float's exact 33947370368958952).
-    if isinstance(value, float) and value.is_integer():
-        return int(Decimal(repr(value)))
-    if isinstance(value, dict):
-        return {k: _norm(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_norm(v) for v in value]
-    return value
-
-
-def canon(value: Any) -> str:
-    return json.dumps(_norm(value), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 def _h(*parts: Any) -> str:
@@ -105,6 +96,9 @@ class VerifyResult:
     compared: dict[str, int] = field(default_factory=dict)
     differences: list[dict[str, str]] = field(default_factory=list)
     quarantined: list[dict[str, str]] = field(default_factory=list)
+    #: With CRYPTO_ENABLED, users and memory rows holding a personal value in clear
+    #: (compared as they are; the DAL refuses them until `keys seal-existing`).
+    in_clear: int = 0
 
     @property
     def ok(self) -> bool:
@@ -115,7 +109,7 @@ class VerifyResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "compared": self.compared, "differences": self.differences,
-                "quarantined": self.quarantined}
+                "quarantined": self.quarantined, "stored_in_clear": self.in_clear}
 
 
 def _db_chats(conn: psycopg.Connection) -> dict[str, dict[str, Any]]:
@@ -169,17 +163,34 @@ def _compare_chats(reader: LegacyReader, conn: psycopg.Connection, result: Verif
 
 
 def _compare_users(reader: LegacyReader, conn: psycopg.Connection, result: VerifyResult,
-                   orphans: dict[str, Any]) -> None:
+                   orphans: dict[str, Any], opener: Opener) -> None:
     # A memory file without created_at gives the time of its last write instead (the
     # import's rule), which each write through the DAL moves on: the row's may be earlier.
     db_users: dict[str, tuple[str, Any]] = {}
-    for uid, clerk, email, name, profile, prefs, created, status, last_active in \
-            conn.execute(DB_USERS):
-        db_users[clerk or str(uid)] = (_h(clerk, email, name, profile, prefs, status,
-                                          last_active), created)
+    for uid, clerk, email, name, profile, prefs, created, status, last_active, \
+            email_sealed, name_sealed, kek_id, wrapped in conn.execute(DB_USERS):
+        ukey = clerk or str(uid)
+        try:
+            user = opener.user(uid, email, name, email_sealed, name_sealed, profile, prefs,
+                               kek_id, wrapped)
+        except DecryptError as exc:
+            result.diff("user_unreadable", ukey, str(exc))
+            db_users[ukey] = (UNREADABLE, created)
+            continue
+        result.in_clear += user.in_clear
+        db_users[ukey] = (_h(clerk, user.email, user.name, user.profile, user.preferences,
+                             status, last_active), created)
     db_memory: dict[tuple[str, str, str], str] = {}
-    for uid, clerk, mtype, key, value, expires in conn.execute(DB_MEMORY):
-        db_memory[(clerk or str(uid), mtype, key)] = _h(value, expires)
+    for uid, clerk, mtype, key, value, expires, kek_id, wrapped in conn.execute(DB_MEMORY):
+        mkey = (clerk or str(uid), mtype, key)
+        try:
+            value, in_clear = opener.memory(uid, mtype, key, value, kek_id, wrapped)
+        except DecryptError as exc:
+            result.diff("memory_unreadable", "/".join(mkey), str(exc))
+            db_memory[mkey] = UNREADABLE
+            continue
+        result.in_clear += in_clear
+        db_memory[mkey] = _h(value, expires)
     users = memory = 0
     for user in reader.users():
         users += 1
@@ -187,6 +198,8 @@ def _compare_users(reader: LegacyReader, conn: psycopg.Connection, result: Verif
         got = db_users.pop(ukey, None)
         if got is None:
             result.diff("user_missing", ukey, f"{', '.join(user.source_paths)} not imported")
+        elif got[0] == UNREADABLE:
+            pass  # reported as such
         elif got[0] != user_digest(user) or got[1] > user.created_at:
             result.diff("user_differs", ukey, "user row differs from the memory file(s)")
         for m in user.memory:
@@ -195,7 +208,7 @@ def _compare_users(reader: LegacyReader, conn: psycopg.Connection, result: Verif
             want = _h(m.value, m.expires_at)
             if got is None:
                 result.diff("memory_missing", f"{ukey}/{m.memory_type}/{m.key}", "not imported")
-            elif got != want:
+            elif got != want and got != UNREADABLE:
                 result.diff("memory_differs", f"{ukey}/{m.memory_type}/{m.key}",
                             "value or expiry differs")
     for clerk, first_created in orphans.items():
@@ -248,13 +261,19 @@ ENTITY_DIFFERENCES = {
 }
 
 
-def verify(reader: LegacyReader, conn: psycopg.Connection, *, entity: str | None = None
-           ) -> VerifyResult:
+def verify(reader: LegacyReader, conn: psycopg.Connection, *, entity: str | None = None,
+           sealer: Sealer | None = None) -> VerifyResult:
     """Compare everything ``reader`` yields with the database behind ``conn``; only what
     belongs to ``entity`` (:data:`ENTITY_DIFFERENCES`) when given.
 
+    With a ``sealer`` (CRYPTO_ENABLED) sealed values are opened and compared as the files
+    hold them, values stored in clear as they are (counted in ``in_clear``); a value
+    that does not open (its user's data key erased, or altered) is a difference.
+
     :raises psycopg.Error: the database cannot be read (the CLI maps it to one line).
     :raises UsageError: ``entity`` is unknown.
+    :raises ConfigError: the database holds sealed values and no ``sealer`` was given.
+    :raises KeyFileError: a data key's KEK is not in the key file.
     """
     if entity is not None and entity not in ENTITY_DIFFERENCES:
         raise UsageError(f"unknown entity {entity!r}; use one of "
@@ -272,7 +291,7 @@ def verify(reader: LegacyReader, conn: psycopg.Connection, *, entity: str | None
             for clerk in list(orphans):
                 if clerk in memory_users:
                     del orphans[clerk]
-            _compare_users(reader, conn, result, orphans)
+            _compare_users(reader, conn, result, orphans, Opener(sealer))
         if entity in (None, "logs"):
             _compare_logs(reader, conn, result)
     result.quarantined = sorted(reader.report.quarantined, key=lambda q: q["path"])

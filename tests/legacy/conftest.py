@@ -18,6 +18,20 @@ DONNACTL = str(Path(sys.executable).with_name("donnactl"))
 
 
 @pytest.fixture(scope="session")
+def settings(settings):
+    """The host's settings with field encryption off, whatever its settings file says
+    today: these tests are of the import in clear (test_sealed_import.py turns it on)."""
+    return settings.model_copy(update={"crypto_enabled": False})
+
+
+@pytest.fixture(autouse=True)
+def _cli_in_clear(monkeypatch):
+    """``donnactl`` as these tests run it: field encryption off unless a test says
+    otherwise (the environment beats the host's settings file)."""
+    monkeypatch.setenv("CRYPTO_ENABLED", "false")
+
+
+@pytest.fixture(scope="session")
 def deviant_dir(tmp_path_factory) -> tuple[Path, object]:
     """A small data directory with every deviation (read-only for the tests)."""
     root = tmp_path_factory.mktemp("legacy") / "data"
