@@ -8,7 +8,7 @@ import pytest
 
 from donnadb import db
 from donnadb.config import Settings, load_settings
-from tests.support import create_scratch_database, crypto_settings, drop_database
+from tests.support import create_scratch_database, crypto_settings, drop_database, plain_settings
 
 #: The fleet suite boots test hosts: `make test-hosts` runs it, the plain suite does not.
 collect_ignore = [] if os.environ.get("DONNADB_FLEET") == "1" else ["fleet"]
@@ -80,6 +80,12 @@ def kek_file(tmp_path):
     path = tmp_path / "fields.key"
     keyfile.generate(path)
     return path
+
+
+@pytest.fixture
+def clear_settings(settings):
+    """``settings`` with field encryption off (tests/support.py ``plain_settings``)."""
+    return plain_settings(settings)
 
 
 @pytest.fixture

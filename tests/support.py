@@ -86,6 +86,12 @@ def create_scratch_database(settings: Settings, prefix: str = "donna_test") -> s
     return name
 
 
+def plain_settings(settings: Settings) -> Settings:
+    """``settings`` with field encryption off, whatever the host's settings file says (the
+    deploy turns it on by default): for tests of the storage in clear."""
+    return settings.model_copy(update={"crypto_enabled": False, "crypto_kek_file": None})
+
+
 def crypto_settings(settings: Settings, kek_file: Path) -> Settings:
     """``settings`` with field encryption on (CRYPTO_ENABLED), with ``kek_file``'s keys."""
     return settings.model_copy(update={"crypto_enabled": True, "crypto_kek_file": kek_file})

@@ -20,6 +20,7 @@ from tests.support import (
     create_scratch_database,
     crypto_settings,
     drop_database,
+    plain_settings,
     superuser_psql,
 )
 
@@ -62,6 +63,13 @@ def sent_messages(dal: PostgresDataAccess, trace_file, work) -> list[str]:
             conn.pgconn.untrace()
     return [line.split("\t")[3] for line in trace_file.read_text().splitlines()
             if line.split("\t")[1:2] == ["F"]]
+
+
+@pytest.fixture(scope="session")
+def settings(settings):
+    """The host's settings with field encryption off, whatever its settings file says: a
+    store named ``postgresql`` here is the store in clear (``+crypto`` turns it on)."""
+    return plain_settings(settings)
 
 
 @pytest.fixture(scope="session")

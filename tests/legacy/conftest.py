@@ -12,7 +12,7 @@ import pytest
 from donnadb import db
 from donnadb.legacy.fixtures import generate
 from donnadb.legacy.verify import table_checksums
-from tests.support import create_scratch_database, drop_database
+from tests.support import create_scratch_database, drop_database, plain_settings
 
 DONNACTL = str(Path(sys.executable).with_name("donnactl"))
 
@@ -21,7 +21,7 @@ DONNACTL = str(Path(sys.executable).with_name("donnactl"))
 def settings(settings):
     """The host's settings with field encryption off, whatever its settings file says
     today: these tests are of the import in clear (test_sealed_import.py turns it on)."""
-    return settings.model_copy(update={"crypto_enabled": False})
+    return plain_settings(settings)
 
 
 @pytest.fixture(autouse=True)

@@ -30,12 +30,6 @@ def seeded_db(settings, scratch_db):
 
 
 @pytest.fixture
-def clear_settings(settings):
-    """``settings`` with field encryption off, whatever the host's env file says."""
-    return settings.model_copy(update={"crypto_enabled": False, "crypto_kek_file": None})
-
-
-@pytest.fixture
 def sealed_seeded_db(settings, sealed_settings, scratch_db):
     """A migrated scratch database with the lookup function and the ``ci`` scale seeded
     with field encryption on (``sealed_settings``' key file)."""

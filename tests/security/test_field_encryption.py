@@ -67,7 +67,7 @@ def _plain_dump(dbname: str) -> str:
 
 
 def test_a_dump_read_without_the_key_file_holds_no_personal_plaintext(
-        settings, scratch_db, people):
+        clear_settings, scratch_db, people):
     dump = _plain_dump(scratch_db)
     rows = superuser_psql("SELECT json_agg(t)::text FROM (SELECT * FROM users) t "
                           "UNION ALL SELECT json_agg(t)::text FROM user_memory t", scratch_db)
@@ -81,7 +81,7 @@ def test_a_dump_read_without_the_key_file_holds_no_personal_plaintext(
     assert superuser_psql("SELECT count(*) FROM users WHERE email_hmac IS NOT NULL "
                           "AND email IS NULL AND name IS NULL", scratch_db) == "2"
     # Without encryption the same writes are in the dump in clear (the test's control).
-    with PostgresDataAccess(settings, dbname=scratch_db) as plain:
+    with PostgresDataAccess(clear_settings, dbname=scratch_db) as plain:
         carol = plain.create_user({"clerk_id": "clerk_carol", "email": "carol@x.org",
                                    "name": _marker("carol")})
         plain.set_user_memory(carol, "context", "note", _marker("carolnote"))
