@@ -159,9 +159,11 @@ def chats_served_from_the_files(settings, data, dbname, last: dict[str, str]) ->
                 held_messages, chat
         for chat, message_id in last.items():
             assert back.get_chat_history(chat, limit=1)[0]["id"] == message_id
-        after = back.add_message("c_retired", "user", "after the rollback")
+        for chat in last:
+            after = back.add_message(chat, "user", "after the rollback")
+            assert pg.get_chat_history(chat, limit=1)[0]["id"] == after
+        back.update_chat_session(TRANSCRIPT_CHAT, {"title": "Titled after the rollback"})
         assert back.queue.count() == 0
-        assert pg.get_chat_history("c_retired", limit=1)[0]["id"] == after
         assert back.get_chat_session("c_7000003")["title"] == "Renamed"
     finally:
         back.close()
