@@ -173,11 +173,18 @@ def chats_served_from_the_files(settings, data, dbname, last: dict[str, str]) ->
         assert done.returncode == 0, done.stdout[-3000:]
 
 
-def put_in_place(data, exported, folder: str, aside) -> None:
-    """The runbook's two moves: the retired folder aside, the exported one in."""
-    if (data / folder).exists():
-        os.rename(data / folder, aside / f"{folder}.before-rollback")
-    shutil.move(exported / folder, data / folder)
+def roll_chats_back(data, work) -> None:
+    """The runbook's commands once every process is stopped: export memory and chats
+    (chats in dual-write need their users' memory files, so users and memory come back
+    too) into new directories under ``work``, put the retired folders aside there, and
+    the exported ones in their place."""
+    work.mkdir(exist_ok=True)
+    for entity, folder in (("memory", "memory"), ("chats", "chat_sessions")):
+        out = work / f"rollback-{entity}"
+        done = run_cli("migrate-data", "export", "--entity", entity, "--out", str(out))
+        assert done.returncode == 0, done.stdout + done.stderr
+        os.rename(data / folder, work / f"{folder}.before-rollback")
+        shutil.move(out / folder, data / folder)
 
 
 @pytest.fixture
@@ -231,12 +238,28 @@ def test_chats_and_messages_roll_back_after_the_files_were_retired(settings, scr
         retired.close()  # the stop of the runbook's stop-start
     assert FileDataAccess(data).get_chat_session("c_retired") is None
 
-    # Chats in dual-write need their users' memory files: users and memory come back too.
-    for entity in ("memory", "chats"):
-        done = run_cli("migrate-data", "export", "--entity", entity,
-                       "--out", str(tmp_path / f"rollback-{entity}"))
-        assert done.returncode == 0, done.stdout + done.stderr
-    put_in_place(data, tmp_path / "rollback-memory", "memory", tmp_path)
-    put_in_place(data, tmp_path / "rollback-chats", "chat_sessions", tmp_path)
+    roll_chats_back(data, tmp_path / "rollback")
     chats_served_from_the_files(settings, data, scratch_db, last)
     served_from_the_files(settings, data, scratch_db, legacy, CHATS_ROLLED_BACK_FROM_RETIRED)
+
+
+def test_a_write_the_stop_missed_is_found_and_a_second_export_takes_it(settings, scratch_db,
+                                                                       tmp_path, cli_env):
+    """An export is one snapshot: a process still writing PostgreSQL alone meanwhile
+    (one the stop missed) makes writes the exported files lack. `verify` of the entity
+    names the chat; stopping that process and exporting again takes its writes."""
+    data, legacy = legacy_dir(settings, scratch_db, tmp_path, older_layouts=True)
+    straggler = PostgresDataAccess(settings, dbname=scratch_db)
+    try:
+        last = write_chats_while_retired(straggler, legacy)
+        roll_chats_back(data, tmp_path / "first")
+        last["c_7000000"] = straggler.add_message("c_7000000", "user", "after the export")
+    finally:
+        straggler.close()
+    done = run_cli("migrate-data", "verify", "--entity", "messages", "--json")
+    assert done.returncode == 1, done.stdout[-3000:]
+    assert [(d["kind"], d["key"]) for d in json.loads(done.stdout)["differences"]] == [
+        ("message_count", "c_7000000")]
+
+    roll_chats_back(data, tmp_path / "second")
+    chats_served_from_the_files(settings, data, scratch_db, last)
