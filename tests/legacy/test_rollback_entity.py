@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 
 import pytest
 
@@ -25,6 +26,7 @@ from donnadb.legacy.importer import import_data_dir
 from donnadb.legacy.reader import LegacyReader
 from tests.dal.conftest import ENTITIES
 from tests.legacy.conftest import run_cli
+from tests.legacy.test_cutover_under_load import HOLD, Cutover, ack_key, stored
 
 #: Users and memory in PostgreSQL (sessions too, which that needs); messages still
 #: copied. Then users and memory rolled back to dual-write, read from the files; from
@@ -35,6 +37,13 @@ ROLLED_BACK_FROM_RETIRED = ("dual", "dual", "postgresql", "postgresql", "postgre
 #: Chat sessions and messages back in dual-write: users and memory with them (a chat
 #: file needs its user's memory file), logs left in PostgreSQL.
 CHATS_ROLLED_BACK_FROM_RETIRED = ("dual", "dual", "dual", "dual", "postgresql")
+#: The load test's steps (test_cutover_under_load.STEPS) of the stop-start: the files
+#: retired, then chats and messages (with users and memory) back in dual-write.
+RETIRED_THEN_CHATS_BACK = [
+    ("retired", dict.fromkeys(ENTITIES, "postgresql"), "postgresql", []),
+    ("chats rolled back", dict(zip(ENTITIES, CHATS_ROLLED_BACK_FROM_RETIRED, strict=True)),
+     "file", []),
+]
 
 
 def store(settings, data, dbname, phases, primary) -> MixedDataAccess:
@@ -69,7 +78,7 @@ def move_to_older_layouts(data) -> None:
     owner = json.loads((chats / f"{CONVERSATIONS_CHAT}.json").read_text())["user_id"]
     (data / "conversations" / owner).mkdir(parents=True, exist_ok=True)
     os.replace(chats / f"{CONVERSATIONS_CHAT}.json",
-              data / "conversations" / owner / f"{CONVERSATIONS_CHAT}.json")
+               data / "conversations" / owner / f"{CONVERSATIONS_CHAT}.json")
     (data / "chat_history").mkdir(exist_ok=True)
     (data / "chat_history" / f"{TRANSCRIPT_CHAT}.txt").write_text(
         "an old export\n[2024-05-01 10:00:00] User: hello\n"
@@ -120,8 +129,8 @@ def write_chats_while_retired(pg: PostgresDataAccess, legacy: str) -> dict[str, 
     owner = pg.get_user_by_clerk_id(legacy)["id"]
     pg.create_chat_session("c_retired", owner, {"client": "web"}, title="Retired chat")
     last = {"c_retired": pg.add_message("c_retired", "user", "first, after the files retired")}
-    last["c_retired"] = pg.add_message("c_retired", "assistant", "an answer", {"latency_ms": 7},
-                                    token_count=3)
+    last["c_retired"] = pg.add_message("c_retired", "assistant", "an answer",
+                                       {"latency_ms": 7}, token_count=3)
     for chat in ("c_7000000", CONVERSATIONS_CHAT, TRANSCRIPT_CHAT):
         last[chat] = pg.add_message(chat, "user", f"later in {chat}", {"client": "app"},
                                     token_count=4, abuse_flagged=chat == "c_7000000")
@@ -263,3 +272,50 @@ def test_a_write_the_stop_missed_is_found_and_a_second_export_takes_it(settings,
 
     roll_chats_back(data, tmp_path / "second")
     chats_served_from_the_files(settings, data, scratch_db, last)
+
+
+def served_by(files: FileDataAccess, ack: dict) -> bool:
+    """Whether the files serve what a worker's acknowledged write wrote."""
+    entity = ack["entity"]
+    if entity == "users":
+        return files.get_user_by_id(ack["clerk"]) is not None
+    if entity == "memory":
+        return ack["key"] in files.get_user_memory(ack["clerk"], "context")
+    if entity == "chats":
+        return files.get_chat_session(ack["chat"]) is not None
+    return (ack["id"], ack["content"]) in {
+        (m["id"], m["content"]) for m in files.get_all_messages(ack["chat"])}
+
+
+def test_the_stop_start_rollback_of_chats_loses_no_write_of_the_load(settings, scratch_db,
+                                                                      tmp_path, cli_env):
+    """The runbook's sequence with the load test's application processes: they write
+    with every entity in PostgreSQL, all stop, the exports are put in place, they start
+    with chats and messages (and users and memory) in dual-write and write on. Every
+    write acknowledged on either side of the stop is in PostgreSQL and served from the
+    files, and `verify` is clean."""
+    data, _ = legacy_dir(settings, scratch_db, tmp_path, older_layouts=True)
+    cut = Cutover(tmp_path, scratch_db, data, steps=RETIRED_THEN_CHATS_BACK)
+    try:
+        cut.start(seed=1000)
+        time.sleep(HOLD)
+        cut.stop()
+        roll_chats_back(data, tmp_path / "rollback")
+        cut.start(seed=2000)
+        time.sleep(HOLD)
+    finally:
+        cut.stop()
+    records = cut.records()
+    assert not [r for r in records if r["kind"] == "failed"], \
+        [r for r in records if r["kind"] == "failed"][:3]
+    acks = [r for r in records if r["kind"] == "ack" and r["entity"] != "logs"]
+    # Each side of the stop wrote messages (a write's name has its worker's seed in it).
+    for seed in ("s100", "s200"):
+        assert any(a["entity"] == "messages" and seed in a["content"] for a in acks), seed
+    held = stored(settings, scratch_db)
+    assert [a for a in acks if ack_key(a)[1] not in held[a["entity"]]] == []
+    files = FileDataAccess(data)
+    assert [a for a in acks if not served_by(files, a)] == []
+    for entity in ("chats", "messages", "users", "memory"):
+        done = run_cli("migrate-data", "verify", "--entity", entity)
+        assert done.returncode == 0, done.stdout[-3000:]
