@@ -37,6 +37,10 @@ ROLLED_BACK_FROM_RETIRED = ("dual", "dual", "postgresql", "postgresql", "postgre
 #: Chat sessions and messages back in dual-write: users and memory with them (a chat
 #: file needs its user's memory file), logs left in PostgreSQL.
 CHATS_ROLLED_BACK_FROM_RETIRED = ("dual", "dual", "dual", "dual", "postgresql")
+#: Messages alone back in dual-write: chat sessions stay in PostgreSQL (their chat files
+#: the messages' containers), and users and memory with them.
+MESSAGES_ROLLED_BACK_FROM_RETIRED = ("postgresql", "postgresql", "postgresql", "dual",
+                                     "postgresql")
 #: The load test's steps (test_cutover_under_load.STEPS) of the stop-start: the files
 #: retired, then chats and messages (with users and memory) back in dual-write.
 RETIRED_THEN_CHATS_BACK = [
@@ -146,12 +150,13 @@ def without_legacy(record: dict) -> dict:
                                    if k != LEGACY_KEY}}
 
 
-def chats_served_from_the_files(settings, data, dbname, last: dict[str, str]) -> None:
-    """Every chat session and message PostgreSQL holds is served the same from the
-    files by a store with chats and messages in dual-write reading the files, and the
-    next message, written to the files first, is copied at its place."""
+def chats_served_from_the_files(settings, data, dbname, last: dict[str, str],
+                                phases=CHATS_ROLLED_BACK_FROM_RETIRED) -> None:
+    """Every chat session and message PostgreSQL holds is served the same by a store in
+    ``phases`` reading the files, and the next message, written to the files first, is
+    copied at its place."""
     pg = PostgresDataAccess(settings, dbname=dbname)
-    back = store(settings, data, dbname, CHATS_ROLLED_BACK_FROM_RETIRED, "file")
+    back = store(settings, data, dbname, phases, "file")
     try:
         with db.connect("readonly", settings=settings, dbname=dbname, autocommit=True) as conn:
             chat_ids = [r[0] for r in conn.execute("SELECT chat_id FROM chat_sessions")]
@@ -177,18 +182,23 @@ def chats_served_from_the_files(settings, data, dbname, last: dict[str, str]) ->
     finally:
         back.close()
         pg.close()
-    for entity in ("chats", "messages", "users", "memory"):
+    for entity in ("chats", "messages"):
         done = run_cli("migrate-data", "verify", "--entity", entity)
         assert done.returncode == 0, done.stdout[-3000:]
 
 
-def roll_chats_back(data, work) -> None:
-    """The runbook's commands once every process is stopped: export memory and chats
-    (chats in dual-write need their users' memory files, so users and memory come back
-    too) into new directories under ``work``, put the retired folders aside there, and
-    the exported ones in their place."""
+#: The folder of DATA_DIR an entity's export writes.
+FOLDER = {"memory": "memory", "chats": "chat_sessions", "messages": "chat_sessions"}
+
+
+def roll_back(data, work, entities=("memory", "chats")) -> None:
+    """The runbook's commands once every process is stopped: export the entities (by
+    default memory and chats: chats in dual-write need their users' memory files, so
+    users and memory come back too) into new directories under ``work``, put the
+    retired folders aside there, and the exported ones in their place."""
     work.mkdir(exist_ok=True)
-    for entity, folder in (("memory", "memory"), ("chats", "chat_sessions")):
+    for entity in entities:
+        folder = FOLDER[entity]
         out = work / f"rollback-{entity}"
         done = run_cli("migrate-data", "export", "--entity", entity, "--out", str(out))
         assert done.returncode == 0, done.stdout + done.stderr
@@ -247,9 +257,22 @@ def test_chats_and_messages_roll_back_after_the_files_were_retired(settings, scr
         retired.close()  # the stop of the runbook's stop-start
     assert FileDataAccess(data).get_chat_session("c_retired") is None
 
-    roll_chats_back(data, tmp_path / "rollback")
+    roll_back(data, tmp_path / "rollback")
     chats_served_from_the_files(settings, data, scratch_db, last)
     served_from_the_files(settings, data, scratch_db, legacy, CHATS_ROLLED_BACK_FROM_RETIRED)
+
+
+def test_messages_alone_roll_back_while_chat_sessions_stay_in_postgresql(
+        settings, scratch_db, tmp_path, cli_env):
+    data, legacy = legacy_dir(settings, scratch_db, tmp_path, older_layouts=True)
+    retired = PostgresDataAccess(settings, dbname=scratch_db)
+    try:
+        last = write_chats_while_retired(retired, legacy)
+    finally:
+        retired.close()
+    roll_back(data, tmp_path / "rollback", entities=("messages",))
+    chats_served_from_the_files(settings, data, scratch_db, last,
+                                MESSAGES_ROLLED_BACK_FROM_RETIRED)
 
 
 def test_a_write_the_stop_missed_is_found_and_a_second_export_takes_it(settings, scratch_db,
@@ -261,7 +284,7 @@ def test_a_write_the_stop_missed_is_found_and_a_second_export_takes_it(settings,
     straggler = PostgresDataAccess(settings, dbname=scratch_db)
     try:
         last = write_chats_while_retired(straggler, legacy)
-        roll_chats_back(data, tmp_path / "first")
+        roll_back(data, tmp_path / "first")
         last["c_7000000"] = straggler.add_message("c_7000000", "user", "after the export")
     finally:
         straggler.close()
@@ -270,7 +293,7 @@ def test_a_write_the_stop_missed_is_found_and_a_second_export_takes_it(settings,
     assert [(d["kind"], d["key"]) for d in json.loads(done.stdout)["differences"]] == [
         ("message_count", "c_7000000")]
 
-    roll_chats_back(data, tmp_path / "second")
+    roll_back(data, tmp_path / "second")
     chats_served_from_the_files(settings, data, scratch_db, last)
 
 
@@ -300,7 +323,7 @@ def test_the_stop_start_rollback_of_chats_loses_no_write_of_the_load(settings, s
         cut.start(seed=1000)
         time.sleep(HOLD)
         cut.stop()
-        roll_chats_back(data, tmp_path / "rollback")
+        roll_back(data, tmp_path / "rollback")
         cut.start(seed=2000)
         time.sleep(HOLD)
     finally:
