@@ -40,7 +40,13 @@ from donnadb.dal.files import FileDataAccess
 from donnadb.dal.phases import check_phases
 from donnadb.dal.postgres import PostgresDataAccess
 from donnadb.dal.protocol import USER_FIELDS, MemoryEntry
-from donnadb.dal.values import check_fields, check_memory_type, check_name, is_valid_name
+from donnadb.dal.values import (
+    LEGACY_KEY,
+    check_fields,
+    check_memory_type,
+    check_name,
+    is_valid_name,
+)
 from donnadb.errors import DatabaseError, DataError, DonnaError
 
 log = logging.getLogger(__name__)
@@ -212,7 +218,11 @@ class MixedDataAccess(DualWriteDataAccess):
         session = self.get_chat_session(chat_id)
         if session is None:
             raise NotFoundError(f"no chat {chat_id!r}: create the session first")
-        self.files.put_chat_session(session)
+        # The legacy import's record of how the chat's file spelled it (where the chat
+        # was, raw values) is PostgreSQL's alone: the file is that spelling, and the file
+        # store refuses the reserved key.
+        metadata = {k: v for k, v in session["metadata"].items() if k != LEGACY_KEY}
+        self.files.put_chat_session({**session, "metadata": metadata})
 
     def create_chat_session(
         self,

@@ -53,7 +53,9 @@ def _chats_and_users(p: Mapping[str, str], primary: str) -> str | None:
     if p["users"] == "postgresql" and p["chats"] != "postgresql":
         # The file store refuses a chat whose user has no memory file.
         return (f"{_is(p, 'users')} with {_is(p, 'chats')}: a chat session file needs its "
-                "user's memory file; set DATA_STORAGE_CHATS=postgresql first")
+                "user's memory file; set DATA_STORAGE_CHATS=postgresql first, or to roll "
+                "chats back to the files, DATA_STORAGE_USERS and DATA_STORAGE_MEMORY to "
+                "dual with them")
     return None
 
 

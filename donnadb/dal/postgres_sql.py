@@ -195,6 +195,10 @@ VALUES (%(chat_id)s, %(user_id)s, %(title)s, COALESCE(%(profile)s, 'general'), %
 RETURNING id::text AS id
 """
 
+# A copy keeps the chat's origin, where the legacy import found it (chat_history/ or
+# conversations/<user>/, with a transcript's preamble): the chat file holds it outside
+# its metadata (a rollback export's "_donnadb_origin"), so a copy's metadata lacks it,
+# and the import of that file, which `verify` compares with, gives it back.
 UPSERT_SESSION = """
 INSERT INTO chat_sessions (chat_id, user_id, title, profile, metadata, status,
                            created_at, updated_at)
@@ -203,8 +207,14 @@ VALUES (%(chat_id)s, %(user_id)s, %(title)s, COALESCE(%(profile)s, 'general'), %
         COALESCE(%(updated_at)s, now()))
 ON CONFLICT (chat_id) DO UPDATE
    SET user_id = EXCLUDED.user_id, title = EXCLUDED.title, profile = EXCLUDED.profile,
-       metadata = EXCLUDED.metadata, status = EXCLUDED.status,
-       updated_at = EXCLUDED.updated_at
+       metadata = CASE
+         WHEN chat_sessions.metadata -> '_donnadb_legacy' ?| ARRAY['source', 'preamble']
+         THEN EXCLUDED.metadata || jsonb_build_object('_donnadb_legacy', jsonb_strip_nulls(
+                jsonb_build_object(
+                  'source', chat_sessions.metadata #> '{_donnadb_legacy,source}',
+                  'preamble', chat_sessions.metadata #> '{_donnadb_legacy,preamble}')))
+         ELSE EXCLUDED.metadata END,
+       status = EXCLUDED.status, updated_at = EXCLUDED.updated_at
 RETURNING id::text AS id
 """
 

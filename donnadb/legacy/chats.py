@@ -33,6 +33,12 @@ from donnadb.legacy.normalise import (
     parse_timestamp,
 )
 
+#: A chat_sessions file's record of where the chat was before (``{"source":
+#: "chat_history" or "conversations/<user>", "preamble": ...}``): an export for the
+#: application's file store puts every chat in chat_sessions/, and the import gives the
+#: chat its origin back from this, so the database it rebuilds is the same.
+ORIGIN_KEY = "_donnadb_origin"
+ORIGIN_FIELDS = ("source", "preamble")
 CHAT_FIELDS = ("chat_id", "user_id", "title", "profile", "created_at", "updated_at",
                "metadata", "messages", "status")
 STATUS_MAX = 50
@@ -215,7 +221,8 @@ def chat_from_json(doc: dict[str, Any], chat_id: str, source_path: str, source: 
     profile = _profile(doc, legacy, escaped)
     metadata = json_object_field(doc, "metadata", legacy, escaped)
     status = _status(doc.get("status"), legacy)
-    extra = {k: v for k, v in doc.items() if k not in CHAT_FIELDS}
+    known = CHAT_FIELDS if source or _origin(doc) is None else (*CHAT_FIELDS, ORIGIN_KEY)
+    extra = {k: v for k, v in doc.items() if k not in known}
     if extra:
         legacy["extra"] = extra
 
@@ -251,11 +258,23 @@ def _chat_origin(doc: dict[str, Any], chat_id: str, source: str | None) -> dict[
     legacy: dict[str, Any] = {}
     if source:
         legacy["source"] = source
+    elif _origin(doc) is not None:
+        legacy.update(_origin(doc))
     if "messages" not in doc:
         legacy["messages"] = "missing"
     if doc.get("chat_id") != chat_id:
         legacy["chat_id"] = doc.get("chat_id", "missing")
     return legacy
+
+
+def _origin(doc: dict[str, Any]) -> dict[str, str] | None:
+    """The chat's earlier place recorded by an export (:data:`ORIGIN_KEY`); None when
+    the file has none, or something else under that name (then an extra field)."""
+    origin = doc.get(ORIGIN_KEY)
+    if isinstance(origin, dict) and origin and set(origin) <= set(ORIGIN_FIELDS) and \
+            all(isinstance(v, str) for v in origin.values()):
+        return origin
+    return None
 
 
 def _clerk_id(clerk: Any, legacy: dict[str, Any]) -> str | None:

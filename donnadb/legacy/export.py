@@ -35,7 +35,7 @@ import psycopg
 from donnadb.dal.fileio import UnsafeNameError, check_file_name, create_under
 from donnadb.dal.sealed import Sealer
 from donnadb.errors import DataError, UsageError
-from donnadb.legacy.chats import format_transcript
+from donnadb.legacy.chats import ORIGIN_FIELDS, ORIGIN_KEY, format_transcript
 from donnadb.legacy.normalise import (
     ESCAPE_MARKER,
     LEGACY_KEY,
@@ -272,12 +272,12 @@ def _transcript(doc: dict[str, Any], legacy: dict[str, Any]) -> bytes:
     return format_transcript(lines, legacy.get("preamble", "")).encode()
 
 
-def _chat_parts(chat_id: str, legacy: dict[str, Any]) -> tuple[str, ...]:
-    """Where the chat goes below --out.
+def _chat_parts(chat_id: str, legacy: dict[str, Any], app_layout: bool) -> tuple[str, ...]:
+    """Where the chat goes below --out: in ``app_layout``, chat_sessions/ always.
 
     :raises UnsafeNameError: the chat id or the legacy source folder cannot be a file name.
     """
-    source = legacy.get("source")
+    source = None if app_layout else legacy.get("source")
     record = f"chat {chat_id[:80]!r}" if isinstance(chat_id, str) else f"chat {chat_id!r}"
     suffix = ".txt" if source == "chat_history" else ".json"
     name = check_file_name(chat_id, f"{record}: chat_id", suffix) + suffix
@@ -308,7 +308,13 @@ def _grouped_messages(conn: psycopg.Connection) -> Iterator[tuple[str, list[Any]
             yield current, batch
 
 
-def _export_chats(conn: psycopg.Connection, out: _OutDir, summary: ExportSummary) -> None:
+def _export_chats(conn: psycopg.Connection, out: _OutDir, summary: ExportSummary,
+                  app_layout: bool) -> None:
+    """Every chat with its messages. In ``app_layout`` each goes to chat_sessions/ as
+    JSON, the one folder the application's file store serves, with its earlier place
+    recorded (ORIGIN_KEY) for the import: a chat the import found only in
+    conversations/ or chat_history/ was served from PostgreSQL and may have taken
+    messages there, which a transcript could not even hold (ids, metadata, tokens)."""
     messages = _grouped_messages(conn)
     pending = next(messages, None)
     with conn.cursor(name="export_chats") as cur:
@@ -323,7 +329,10 @@ def _export_chats(conn: psycopg.Connection, out: _OutDir, summary: ExportSummary
                 doc["status"] = legacy["status_raw"]
             elif status != "active":
                 doc["status"] = status
-            parts = _chat_parts(chat_id, legacy)
+            parts = _chat_parts(chat_id, legacy, app_layout)
+            origin = {k: legacy[k] for k in ORIGIN_FIELDS if k in legacy}
+            if app_layout and origin:
+                doc[ORIGIN_KEY] = origin
             data = _transcript(doc, legacy) if parts[0] == "chat_history" else _dumps(doc)
             # The import took created_at from the file's mtime: give it back.
             stamp = created.astimezone(UTC).timestamp() \
@@ -497,6 +506,8 @@ def _export_logs(conn: psycopg.Connection, out: _OutDir, summary: ExportSummary,
 
 #: What an export of one entity writes: whole legacy files, so users and memory (one
 #: memory file) come together, and so do chat sessions and their messages (one chat file).
+#: An entity's export rolls the application back to its file store, so its chats are
+#: all written where that store reads them (_export_chats).
 ENTITY_FILES = {"users": "memory", "memory": "memory", "chats": "chats",
                 "messages": "chats", "logs": "logs"}
 
@@ -551,7 +562,7 @@ def export_data_dir(conn: psycopg.Connection, out_dir: Path, *,
                 if files in (None, "memory"):
                     _export_users(conn, target, summary, Opener(sealer))
                 if files in (None, "chats"):
-                    _export_chats(conn, target, summary)
+                    _export_chats(conn, target, summary, app_layout=files is not None)
                 if files in (None, "logs"):
                     _export_logs(conn, target, summary, log_gap_margin)
         except BaseException:

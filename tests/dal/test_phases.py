@@ -32,7 +32,8 @@ REFUSED = [
     # A chat file needs its user's memory file.
     (phases("postgresql", "postgresql", "dual", "dual"), "file",
      r"DATA_STORAGE_USERS=postgresql with DATA_STORAGE_CHATS=dual: .*"
-     r"DATA_STORAGE_CHATS=postgresql first"),
+     r"DATA_STORAGE_CHATS=postgresql first, or to roll chats back to the files, "
+     r"DATA_STORAGE_USERS and DATA_STORAGE_MEMORY to dual with them$"),
     (phases("postgresql", "postgresql"), "file",
      r"DATA_STORAGE_USERS=postgresql with DATA_STORAGE_CHATS=file"),
     # Messages further along than their chat sessions.

@@ -39,6 +39,7 @@ class Worker:
     def __init__(self, control: Path, out: Path, worker: int, seed: int) -> None:
         self.control_path, self.worker = control, worker
         self.rng = random.Random(seed)  # noqa: S311 - test load, not secrets
+        self.seed = seed
         self.out = out.open("a", buffering=1)
         self.control = read_control(control)
         self.step = -1
@@ -101,7 +102,8 @@ class Worker:
 
     def call(self) -> None:
         self.n += 1
-        tag = f"lw{self.worker}n{self.n}"
+        # The seed too: workers started again after a stop make new names.
+        tag = f"lw{self.worker}s{self.seed}n{self.n}"
         op = self.rng.choices(
             ("create_user", "set_memory", "get_memory", "create_chat", "add_message",
              "history", "write_log"), weights=(1, 4, 3, 1, 6, 4, 2))[0]

@@ -62,10 +62,10 @@ STEPS: list[tuple[str, dict[str, str], str, list[list[str]], bool]] = [
 VERIFY_TRIES = 4
 
 
-def phases_after(step: int) -> tuple[dict[str, str], str]:
+def phases_after(step: int, steps=STEPS) -> tuple[dict[str, str], str]:
     phases: dict[str, str] = {}
     primary = "file"
-    for _, changes, primary_now, _ in STEPS[:step + 1]:
+    for _, changes, primary_now, _ in steps[:step + 1]:
         phases.update(changes)
         primary = primary_now
     return phases, primary
@@ -74,8 +74,8 @@ def phases_after(step: int) -> tuple[dict[str, str], str]:
 class Cutover:
     """The test's side of the load: the control file, the workers, the commands."""
 
-    def __init__(self, tmp: Path, dbname: str, data: Path) -> None:
-        self.tmp, self.dbname, self.data = tmp, dbname, data
+    def __init__(self, tmp: Path, dbname: str, data: Path, steps=STEPS) -> None:
+        self.tmp, self.dbname, self.data, self.steps = tmp, dbname, data, steps
         self.control = tmp / "control.json"
         self.procs: list[subprocess.Popen] = []
         self.outs = [tmp / f"worker-{i}.jsonl" for i in range(WORKERS)]
@@ -86,7 +86,7 @@ class Cutover:
         self.step = -1
 
     def env(self) -> dict[str, str]:
-        phases, primary = phases_after(self.step)
+        phases, primary = phases_after(self.step, self.steps)
         env = {**os.environ, "PYTHONPATH": str(ROOT), "DB_NAME": self.dbname,
                "DATA_DIR": str(self.data), "DATA_STORAGE_TYPE": "file",
                "MIGRATION_ENABLE_DUAL_WRITE": "false", "MIGRATION_PRIMARY_STORE": primary,
@@ -95,7 +95,7 @@ class Cutover:
         return env
 
     def write_control(self, **extra: Any) -> None:
-        phases, primary = phases_after(self.step)
+        phases, primary = phases_after(self.step, self.steps)
         settings = {"data_dir": str(self.data), "db_name": self.dbname,
                     "data_storage_type": "file", "migration_enable_dual_write": False,
                     "migration_primary_store": primary,
@@ -106,12 +106,15 @@ class Cutover:
         part.write_text(json.dumps(doc))
         part.replace(self.control)
 
-    def start(self) -> None:
+    def start(self, seed: int = 1000) -> None:
+        """Start the workers into the next step (after a stop too: a stop-start; each
+        start needs its own ``seed``, which the workers' writes are named by)."""
         self.next_step()
+        self.procs = []
         for i, out in enumerate(self.outs):
             self.procs.append(subprocess.Popen(
                 [sys.executable, "-m", "tests.legacy.cutover_worker", str(self.control),
-                 str(out), str(i), str(1000 + i)],
+                 str(out), str(i), str(seed + i)],
                 cwd=ROOT, env=self.env(), stderr=(self.tmp / f"worker-{i}.err").open("w")))
         self.wait_switched()
 

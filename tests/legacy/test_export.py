@@ -203,6 +203,31 @@ def test_timestamps_at_the_edges_import_and_round_trip(settings, scratch_db, sec
     assert checksums(settings, second_db) == checksums(settings, scratch_db)
 
 
+def test_an_entity_export_puts_every_chat_where_the_file_store_reads_it(
+        settings, scratch_db, second_db, tmp_path):
+    """The export of chats rolls the application back to its file store, which reads
+    chat_sessions/ alone: chats the import found only in conversations/ or chat_history/
+    go there too, and the import gives them their origin back."""
+    root = tmp_path / "data"
+    generate(root, users=8, chats=25, long_chat_messages=500, large_message_bytes=64 * 1024)
+    with db.connect("migrator", settings=settings, dbname=scratch_db, autocommit=True) as conn:
+        import_data_dir(LegacyReader.open(root), conn, batch_size=100)
+    out = tmp_path / "exported"
+    done = run_cli("migrate-data", "export", "--out", str(out), "--dbname", scratch_db,
+                   "--entity", "chats")
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in out.iterdir()] == ["chat_sessions"]
+    for chat in ("c_transcript_only", "c_conv_only"):
+        assert json.loads((out / "chat_sessions" / f"{chat}.json").read_text())["messages"]
+
+    with db.connect("migrator", settings=settings, dbname=second_db, autocommit=True) as conn:
+        import_data_dir(LegacyReader.open(out), conn, batch_size=100)
+        assert verify(LegacyReader.open(out), conn, entity="chats").ok
+    before, after = checksums(settings, scratch_db), checksums(settings, second_db)
+    for table in ("chat_sessions", "messages"):
+        assert after[table] == before[table], table
+
+
 def test_export_one_entity_writes_the_files_holding_it(settings, scratch_db, tmp_path):
     root = tmp_path / "data"
     generate(root, users=5, chats=8, messages_per_chat=3, logs=10, deviations=False)
