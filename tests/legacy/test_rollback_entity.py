@@ -6,8 +6,8 @@ the phases allow back in dual-write only with users and memory). Either way ever
 made while the entity was in PostgreSQL is then served from the files, the next
 dual-write copy keeps it, and `verify` is clean. Real PostgreSQL, the real CLI.
 
-The stores here keep personal values in clear (CRYPTO_ENABLED off): the legacy import
-and export read and write them as they are (docs/security.md)."""
+The stores here keep personal values in clear (tests/legacy/conftest.py turns field
+encryption off); the sealed import, verify and export: test_sealed_import.py."""
 
 from __future__ import annotations
 
@@ -53,12 +53,6 @@ RETIRED_THEN_CHATS_BACK = [
 def store(settings, data, dbname, phases, primary) -> MixedDataAccess:
     return MixedDataAccess(FileDataAccess(data), PostgresDataAccess(settings, dbname=dbname),
                            phases=dict(zip(ENTITIES, phases, strict=True)), primary=primary)
-
-
-@pytest.fixture
-def settings(settings):
-    """The host's settings with field encryption off (see the module docstring)."""
-    return settings.model_copy(update={"crypto_enabled": False})
 
 
 def legacy_dir(settings, dbname, tmp_path, *, older_layouts: bool = False):
@@ -211,7 +205,6 @@ def cli_env(monkeypatch, tmp_path, scratch_db):
     monkeypatch.setenv("DB_NAME", scratch_db)
     monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("OPS_LOG_FILE", str(tmp_path / "donnactl.jsonl"))
-    monkeypatch.setenv("CRYPTO_ENABLED", "false")
 
 
 def test_a_rollback_while_the_files_are_kept_is_a_restart(settings, scratch_db, tmp_path,
