@@ -61,8 +61,9 @@ def add_kek_cmd(json: JsonOpt = False, yes: YesOpt = False) -> None:
 @app.command("status")
 @logged("keys status")
 def status_cmd(json: JsonOpt = False, dbname: DbOpt = None) -> None:
-    """The key file's KEKs, how many data keys each wraps, and how many users still have
-    personal values in clear (`keys seal-existing` seals them).
+    """The key file's KEKs, their data keys, and the users with personal values in clear.
+
+    `keys seal-existing` seals the values in clear.
 
     Exit 1 when a data key's KEK is missing from the key file.
     """

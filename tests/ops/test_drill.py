@@ -106,12 +106,15 @@ def _install_donna(port: int, tmp: Path, settings, deploy_settings, env: str, **
     passfile = tmp / "pgpass"
     passfile.write_text("".join(f"*:*:*:{r}:{p}\n" for r, p in passwords.items()))
     passfile.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    own = load_settings(db_port=port, db_name=DB, db_passfile=passfile,
+                        **over).model_copy(update={"pgbouncer_port": None})
+    # The drill's field encryption is the seed's (the host's settings file, as deployed).
+    crypto = (f"CRYPTO_ENABLED=true\nCRYPTO_KEK_FILE={own.crypto_kek_file}\n"
+              if own.crypto_enabled else "CRYPTO_ENABLED=false\n")
     env_file = tmp / "donnadb.env"
     env_file.write_text(f"DB_HOST=127.0.0.1\nDB_PORT={port}\nDB_NAME={DB}\n"
                         f"DB_PASSFILE={passfile}\nDB_SSLROOTCERT={settings.db_sslrootcert}\n"
-                        + env)
-    own = load_settings(db_port=port, db_name=DB, db_passfile=passfile,
-                        **over).model_copy(update={"pgbouncer_port": None})
+                        + crypto + env)
     superuser_psql(render_database_sql(own), dbname=DB, port=port)
     apply_migrations(settings=own, dbname=DB)
     seed.seed(own, SCALE, dbname=DB)
