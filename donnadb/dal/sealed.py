@@ -252,7 +252,7 @@ class Sealer:
 
 
 __all__ = ["DataKey", "DecryptError", "KeyFileError", "Sealer", "count_plain_users",
-           "seal_plain_rows"]
+           "is_sealed", "seal_plain_rows"]
 
 
 # Users with a personal value in clear: written with encryption off (the legacy import,
@@ -345,7 +345,7 @@ def _seal_user(conn, sealer: Sealer, user: dict[str, Any], jsonb) -> None:
         cols = sealer.user_columns(dk, {f: user[f] for f in TEXT_FIELDS
                                         if user[f] is not None})
     for section in SECTIONS:
-        cols[section] = jsonb({k: v if _is_sealed(v) else dk.seal_value(section, k, v)
+        cols[section] = jsonb({k: v if is_sealed(v) else dk.seal_value(section, k, v)
                                for k, v in user[section].items()})
     conn.execute(SEAL_USER_SQL, {"email_sealed": None, "name_sealed": None,
                                  "email_hmac": None, **cols, "id": user["id"]})
@@ -355,5 +355,6 @@ def _seal_user(conn, sealer: Sealer, user: dict[str, Any], jsonb) -> None:
             "value": jsonb(dk.seal_value(row["memory_type"], row["key"], row["value"]))})
 
 
-def _is_sealed(value: Any) -> bool:
+def is_sealed(value: Any) -> bool:
+    """``value`` (a JSON value read from a sealed column) holds a sealed value."""
     return isinstance(value, str) and value.startswith(envelope.TEXT_PREFIX)

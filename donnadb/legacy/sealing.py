@@ -25,9 +25,8 @@ from typing import Any
 from psycopg.rows import dict_row
 
 from donnadb.config import Settings
-from donnadb.crypto import envelope
 from donnadb.crypto.errors import DecryptError
-from donnadb.dal.sealed import SECTIONS, TEXT_FIELDS, DataKey, Sealer
+from donnadb.dal.sealed import SECTIONS, TEXT_FIELDS, DataKey, Sealer, is_sealed
 from donnadb.errors import ConfigError, DataError
 from donnadb.legacy.model import UserRow
 from donnadb.legacy.normalise import canon
@@ -156,7 +155,7 @@ def _stored_text(dk: DataKey, stored: Mapping[str, Any], name: str) -> Any:
 
 
 def _stored_value(dk: DataKey, memory_type: str, key: str, value: Any) -> Any:
-    if not looks_sealed(value):
+    if not is_sealed(value):
         return value
     try:
         return dk.open_value(memory_type, key, value)
@@ -187,11 +186,6 @@ def save_new_keys(conn, sealer: Sealer, users: Iterable[SealedUser]) -> None:
                             "batch ran (two imports at once?): run the import again")
 
 
-def looks_sealed(value: Any) -> bool:
-    """``value`` (a JSON value read from a sealed column) holds a sealed value."""
-    return isinstance(value, str) and value.startswith(envelope.TEXT_PREFIX)
-
-
 @dataclass
 class Opened:
     """A user's personal fields as verify and export compare and write them."""
@@ -211,7 +205,6 @@ class Opener:
 
     def __init__(self, sealer: Sealer | None) -> None:
         self.sealer = sealer
-        self._last: DataKey | None = None
 
     def user(self, user_id: Any, email: str | None, name: str | None,
              email_sealed: bytes | None, name_sealed: bytes | None,
@@ -223,7 +216,7 @@ class Opener:
         texts = {"email": email_sealed, "name": name_sealed}
         sections = {"profile": profile or {}, "preferences": preferences or {}}
         sealed = any(v is not None for v in texts.values()) or any(
-            looks_sealed(v) for section in sections.values() for v in section.values())
+            is_sealed(v) for section in sections.values() for v in section.values())
         if self.sealer is None:
             # A plain value may start like a sealed one: with a data key it is not plain.
             if any(v is not None for v in texts.values()) or sealed and kek_id is not None:
@@ -236,7 +229,7 @@ class Opener:
                 setattr(opened, text, dk.open_text(text, value))
         for section, values in sections.items():
             for k, v in values.items():
-                if looks_sealed(v):
+                if is_sealed(v):
                     getattr(opened, section)[k] = dk.open_value(section, k, v)
                 else:
                     getattr(opened, section)[k] = v
@@ -249,19 +242,17 @@ class Opener:
 
         :raises DecryptError, ConfigError: as :meth:`user`."""
         if self.sealer is None:
-            if kek_id is not None and looks_sealed(value):
+            if kek_id is not None and is_sealed(value):
                 raise _needs_key(user_id)
             return value, False
-        if not looks_sealed(value):
+        if not is_sealed(value):
             return value, True
         return self._key(user_id, kek_id, wrapped).open_value(memory_type, key, value), False
 
     def _key(self, user_id: Any, kek_id: str | None, wrapped: bytes | None) -> DataKey:
-        """:raises DecryptError: the user has no data key (erased)."""
-        # Rows come user by user: keep the last user's key instead of unwrapping per row.
-        if self._last is None or self._last.user_id != str(user_id):
-            self._last = self.sealer.key_of(str(user_id), kek_id, wrapped)
-        return self._last
+        """:raises DecryptError: the user has no data key (erased). Unwrapped once per
+        user: the Sealer keeps the keys it unwrapped (donnadb/crypto/keycache.py)."""
+        return self.sealer.key_of(str(user_id), kek_id, wrapped)
 
 
 def _needs_key(user_id: Any) -> ConfigError:
