@@ -187,13 +187,7 @@ def remove_copy(cluster: pitr.Cluster, data_dir: Path) -> None:
     :raises BackupError: the server would not stop (deleting files under a running
         server would only add damage).
     """
-    if (data_dir / "postmaster.pid").exists() and _running(cluster, data_dir):
+    if (data_dir / "postmaster.pid").exists() and pitr.copy_running(cluster, data_dir):
         pitr.stop_copy(cluster, data_dir)
     shutil.rmtree(data_dir, ignore_errors=True)
 
-
-def _running(cluster: pitr.Cluster, data_dir: Path) -> bool:
-    """A server runs in ``data_dir`` (a machine that died leaves a stale postmaster.pid
-    behind, which pg_ctl status tells apart)."""
-    cmd = db.as_cluster_owner([str(cluster.bin_dir / "pg_ctl"), "-D", str(data_dir), "status"])
-    return subprocess.run(cmd, capture_output=True, check=False, cwd="/").returncode == 0

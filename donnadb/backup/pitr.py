@@ -514,7 +514,12 @@ def _pg_ctlcluster(cluster: Cluster, action: str, *options: str) -> None:
 
 def start_copy(cluster: Cluster, data_dir: Path, port: int) -> None:
     """Start a restored data directory with the cluster's own config, on ``port``,
-    socket only, not archiving (it must never push WAL into the cluster's repository)."""
+    socket only, not archiving (it must never push WAL into the cluster's repository).
+
+    pg_partman's worker is given no database: its maintenance would add partitions to a
+    copy a drill is comparing, and a worker launching its per-database job when the
+    copy is told to stop can keep the postmaster from ever exiting.
+    """
     options = " ".join([
         f"-c config_file={cluster.conf_dir / 'postgresql.conf'}",
         f"-c data_directory={data_dir}",
@@ -523,13 +528,32 @@ def start_copy(cluster: Cluster, data_dir: Path, port: int) -> None:
         f"-c external_pid_file={data_dir / 'pitr.pid'}",
         f"-c cluster_name={cluster.name}-pitr",
         "-c archive_mode=off",
+        "-c pg_partman_bgw.dbname=''",
     ])
     _pg_ctl(cluster, data_dir, "-o", options, "-l", str(data_dir / "pitr.log"),
             "-w", "-t", "300", "start")
 
 
-def stop_copy(cluster: Cluster, data_dir: Path) -> None:
-    _pg_ctl(cluster, data_dir, "-m", "fast", "-w", "stop")
+def stop_copy(cluster: Cluster, data_dir: Path, *, fast_timeout: int = 60) -> None:
+    """Stop a copy: fast, then immediate if it has not stopped within ``fast_timeout``
+    seconds (a copy is throwaway; a stop that never returns would hold up every later
+    drill on this host).
+
+    :raises BackupError: not even the immediate stop worked.
+    """
+    try:
+        _pg_ctl(cluster, data_dir, "-m", "fast", "-w", "-t", str(fast_timeout), "stop")
+    except BackupError:
+        if not copy_running(cluster, data_dir):  # it stopped just after the wait ended
+            return
+        _pg_ctl(cluster, data_dir, "-m", "immediate", "-w", "-t", "60", "stop")
+
+
+def copy_running(cluster: Cluster, data_dir: Path) -> bool:
+    """A server runs in ``data_dir`` (a machine that died leaves a stale postmaster.pid
+    behind, which pg_ctl status tells apart)."""
+    cmd = db.as_cluster_owner([str(cluster.bin_dir / "pg_ctl"), "-D", str(data_dir), "status"])
+    return subprocess.run(cmd, capture_output=True, check=False, cwd="/").returncode == 0
 
 
 def _wait_promoted(port: int, stall_timeout: float = REPLAY_STALL_TIMEOUT,

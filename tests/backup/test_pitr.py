@@ -65,7 +65,11 @@ def test_restore_to_a_moment_has_exactly_the_rows_before_it(engine):
     assert result.seconds > 0 and not result.in_place
     # the copy does not archive into the cluster's repository
     assert superuser_psql("SHOW archive_mode", port=COPY_PORT) == "off"
-    pitr.stop_copy(eng.cluster, work / "copy")
+    # nor does pg_partman's worker run maintenance in it
+    assert superuser_psql("SHOW pg_partman_bgw.dbname", port=COPY_PORT) == ""
+    # a copy that does not stop in time is stopped immediately, not waited for forever
+    pitr.stop_copy(eng.cluster, work / "copy", fast_timeout=0)
+    assert not pitr.copy_running(eng.cluster, work / "copy")
 
     with pytest.raises(RestoreRefused, match="not empty"):
         pitr.restore_to_time(eng, noted, data_dir=work / "copy", port=COPY_PORT)
