@@ -20,6 +20,7 @@ import binascii
 import hashlib
 import hmac
 import os
+from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -44,32 +45,40 @@ def place(*parts: str) -> bytes:
     return bytes(out)
 
 
-def seal(key: bytes, plaintext: bytes, where: bytes) -> bytes:
+def seal(key: bytes | AESGCM, plaintext: bytes, where: bytes) -> bytes:
+    """``key``: the key, or an AESGCM made from it once (a data key's many values)."""
+    aead = key if isinstance(key, AESGCM) else AESGCM(key)
     nonce = os.urandom(NONCE_BYTES)
-    return VERSION + nonce + AESGCM(key).encrypt(nonce, plaintext, where)
+    return VERSION + nonce + aead.encrypt(nonce, plaintext, where)
 
 
-def open_sealed(key: bytes, envelope: bytes, where: bytes, what: str) -> bytes:
-    """The plaintext of ``envelope``.
+def open_sealed(key: bytes | AESGCM, envelope: bytes, where: bytes,
+                what: str | Callable[[], str]) -> bytes:
+    """The plaintext of ``envelope``; ``key`` as :func:`seal`.
 
     :raises DecryptError: not a version-1 envelope, or it fails authentication (altered,
-        or sealed for another place or with another key); ``what`` names it.
+        or sealed for another place or with another key); ``what`` names it (or makes
+        the name, when the error happens: the hot path builds no string).
     """
+    aead = key if isinstance(key, AESGCM) else AESGCM(key)
     if envelope[:1] != VERSION or len(envelope) < 1 + NONCE_BYTES + 16:
-        raise DecryptError(f"{what} is not a sealed value of a known version")
+        raise DecryptError(f"{_name(what)} is not a sealed value of a known version")
     try:
-        return AESGCM(key).decrypt(envelope[1:1 + NONCE_BYTES], envelope[1 + NONCE_BYTES:],
-                                   where)
+        return aead.decrypt(envelope[1:1 + NONCE_BYTES], envelope[1 + NONCE_BYTES:], where)
     except InvalidTag:
-        raise DecryptError(f"{what} does not decrypt with its user's data key: it was "
-                           "altered or moved from another row or field") from None
+        raise DecryptError(f"{_name(what)} does not decrypt with its user's data key: it "
+                           "was altered or moved from another row or field") from None
+
+
+def _name(what: str | Callable[[], str]) -> str:
+    return what if isinstance(what, str) else what()
 
 
 def to_text(envelope: bytes) -> str:
     return TEXT_PREFIX + base64.b64encode(envelope).decode("ascii")
 
 
-def from_text(value: object, what: str) -> bytes:
+def from_text(value: object, what: str | Callable[[], str]) -> bytes:
     """The envelope inside a JSON value read from a sealed column.
 
     :raises DecryptError: the value is not a sealed one (written in clear).
@@ -79,7 +88,7 @@ def from_text(value: object, what: str) -> bytes:
             return base64.b64decode(value[len(TEXT_PREFIX):], validate=True)
         except (binascii.Error, ValueError):
             pass
-    raise DecryptError(f"{what} is not sealed (written in clear, or altered) while "
+    raise DecryptError(f"{_name(what)} is not sealed (written in clear, or altered) while "
                        "CRYPTO_ENABLED is on")
 
 

@@ -142,6 +142,8 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         # whose plans the server keeps; direct, the plain statements are prepared.
         self._history = CALL_HISTORY if self.via_pgbouncer else HISTORY
         self._session_sql = q.CALL_SESSION if self.via_pgbouncer else q.SELECT_SESSION
+        self._sealed_memory_sql = (q.CALL_SET_SEALED_MEMORY if self.via_pgbouncer
+                                   else q.UPSERT_SEALED_MEMORY)
         self.pool_timeout = pool_timeout
         self._local = threading.local()
 
@@ -319,13 +321,18 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
                                               "last_active_at"),
         }
         try:
-            with self._atomic() as conn:
+            # Without profile or preferences keys to mirror: one statement.
+            with self._atomic() if profile or preferences else self._single() as conn:
                 if self._sealer is None:
                     user_id = conn.execute(q.INSERT_USER, params).fetchone()["id"]
                 else:
                     user_id, profile, preferences = self._insert_sealed_user(conn, params)
-                self._sync_section_rows(conn, user_id, "profile", profile)
-                self._sync_section_rows(conn, user_id, "preferences", preferences)
+                for memory_type, section in (("profile", profile),
+                                             ("preferences", preferences)):
+                    if section:  # a new user has no mirror rows to remove
+                        conn.execute(q.UPSERT_SECTION_ROWS, {
+                            "user_id": user_id, "memory_type": memory_type,
+                            "section": Jsonb(section)})
         except ConflictError:
             raise ConflictError(f"user {params['clerk_id']!r} already exists") from None
         self._wrote(user=user_id, clerk=params["clerk_id"])
@@ -341,19 +348,30 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
             "profile": params["profile"].obj, "preferences": params["preferences"].obj})
         conn.execute(q.INSERT_SEALED_USER, {
             **params, **cols, "id": user_id, "profile": Jsonb(cols["profile"]),
-            "preferences": Jsonb(cols["preferences"])})
-        self._sealer.save_key(conn, dk)
+            "preferences": Jsonb(cols["preferences"]), "kek_id": dk.kek_id,
+            "wrapped_key": dk.wrapped})
         return user_id, cols["profile"], cols["preferences"]
 
     def _open_user(self, row: dict[str, Any] | None) -> User | None:
-        return row if self._sealer is None else self._sealer.open_user(row)
+        if self._sealer is None or row is None:
+            return row
+        return self._sealer.open_user(row, self._key_reader(row["id"]))
+
+    def _key_reader(self, user_id: str):
+        """Reads the user's stored data key, for a process that does not hold it yet: on
+        the leader (a replica may not have a user made a moment ago)."""
+        return lambda: self._read_db(
+            lambda c: c.execute(q.SELECT_USER_KEY, (user_id,)).fetchone(), leader=True)
 
     def get_user_by_id(self, user_id: str) -> User | None:
         """:raises DecryptError: with CRYPTO_ENABLED, a sealed field does not open."""
         if not is_uuid(user_id):
             return None
+        query = self._user_by_id_sql
+        if self._sealer is not None and self._sealer.cached_key(user_id) is None:
+            query = q.SELECT_KEYED_USER_BY_ID
         return self._open_user(self._read(
-            lambda c: c.execute(self._user_by_id_sql, (user_id,)).fetchone(), user=user_id))
+            lambda c: c.execute(query, (user_id,)).fetchone(), user=user_id))
 
     def get_user_by_clerk_id(self, clerk_id: str) -> User | None:
         """:raises DecryptError: with CRYPTO_ENABLED, a sealed field does not open."""
@@ -698,13 +716,12 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         self._wrote(user=user_id)
         return True
 
-    @staticmethod
-    def _set_sealed_memory(conn, dk, params: dict[str, Any], value: Any) -> bool:
+    def _set_sealed_memory(self, conn, dk, params: dict[str, Any], value: Any) -> bool:
         """set_user_memory's statements with the value sealed under ``dk``."""
         memory_type = params["memory_type"]
         sealed = {**params, "wrapped": dk.wrapped,
                   "value": Jsonb(dk.seal_value(memory_type, params["key"], value))}
-        if not conn.execute(q.UPSERT_SEALED_MEMORY, sealed).fetchone()["keyed"]:
+        if not conn.execute(self._sealed_memory_sql, sealed).fetchone()["keyed"]:
             return False
         if memory_type in SECTION_COLUMNS:
             conn.execute(_section_sql(q.MERGE_SECTION_KEY, memory_type), sealed)
@@ -717,27 +734,28 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         if not is_uuid(user_id):
             return {}
         params = {"user_id": user_id, "memory_type": memory_type, "key": key}
-        if self._sealer is None:
-            query = q.SELECT_MEMORY if key is None else q.SELECT_MEMORY_KEY
-        else:
-            query = q.SELECT_SEALED_MEMORY if key is None else q.SELECT_SEALED_MEMORY_KEY
-        # Sealed, the cache keeps the rows as read: ciphertext and the wrapped data key,
-        # under an item of their own (a plain store's rows have no key to open them).
+        query = q.SELECT_MEMORY if key is None else q.SELECT_MEMORY_KEY
+        if self._sealer is not None and self._sealer.cached_key(user_id) is None:
+            query = q.SELECT_KEYED_MEMORY if key is None else q.SELECT_KEYED_MEMORY_KEY
+        # Sealed, the cache keeps the rows as read (ciphertext, perhaps the wrapped
+        # key), under an item of their own: a plain store's cached rows are no sealed ones.
         item = ("memory" if self._sealer is None else "sealed-memory", memory_type, key)
         rows = self._read(lambda c: c.execute(query, params).fetchall(), user=user_id,
                           cached=cache.Entry("user", user_id, item, _first_expiry))
         if self._sealer is not None:
-            rows = self._sealer.open_memory(user_id, rows, memory_type)
+            rows = self._sealer.open_memory(user_id, rows, self._key_reader(user_id),
+                                            memory_type)
         return {r["key"]: r["value"] for r in rows}
 
     def memory_entries(self, user_id: str) -> list[MemoryEntry]:
         """Every stored entry of the user, expired ones included."""
         if not is_uuid(user_id):
             return []
-        query = q.SELECT_ALL_MEMORY if self._sealer is None else q.SELECT_SEALED_ALL_MEMORY
-        rows = self._read(lambda c: c.execute(query, {"user_id": user_id}).fetchall(),
-                          user=user_id)
-        return rows if self._sealer is None else self._sealer.open_memory(user_id, rows)
+        rows = self._read(lambda c: c.execute(q.SELECT_ALL_MEMORY,
+                                              {"user_id": user_id}).fetchall(), user=user_id)
+        if self._sealer is None:
+            return rows
+        return self._sealer.open_memory(user_id, rows, self._key_reader(user_id))
 
     def delete_user_memory(self, user_id: str, memory_type: str, key: str | None = None) -> bool:
         check_memory_type(memory_type)

@@ -105,21 +105,37 @@ DELETE FROM user_memory AS m
 # Rows carry their sealed columns and the user's wrapped data key (hex in the memory
 # reads: the cache keeps text, not bytes); the DAL opens them. A user's id is chosen by
 # the DAL before the insert, as every sealed value is bound to it.
-SEALED_USER_SELECT = """
+# Sealed, a row carries its sealed columns; the user's data key comes from the keys the
+# process holds. The KEYED reads, for a user it has not met yet, also join the wrapped
+# key (hex in the memory reads: the cache keeps text, not bytes); a user read by clerk
+# id, or all of a user's memory, costs one more query then (SELECT_USER_KEY). A user's
+# id is chosen by the DAL before the insert, as every sealed value is bound to it.
+SEALED_USER_SELECT = f"SELECT {USER_COLUMNS}, email_sealed, name_sealed FROM users"
+SELECT_SEALED_USER_BY_ID = SEALED_USER_SELECT + " WHERE id = %s"
+SELECT_SEALED_USER_BY_CLERK_ID = SEALED_USER_SELECT + " WHERE clerk_id = %s"
+SELECT_KEYED_USER_BY_ID = """
 SELECT u.id::text AS id, u.clerk_id, u.email, u.name, u.profile, u.preferences,
        u.created_at, u.updated_at, u.last_active_at, u.status,
        u.email_sealed, u.name_sealed, k.kek_id, k.wrapped_key
   FROM users AS u LEFT JOIN user_keys AS k ON k.user_id = u.id
+ WHERE u.id = %s
 """
-SELECT_SEALED_USER_BY_ID = SEALED_USER_SELECT + " WHERE u.id = %s"
-SELECT_SEALED_USER_BY_CLERK_ID = SEALED_USER_SELECT + " WHERE u.clerk_id = %s"
+SELECT_USER_KEY = "SELECT kek_id, wrapped_key FROM user_keys WHERE user_id = %s"
 
+# The new user and its data key in one statement (the key's foreign key is checked at
+# the statement's end, when the users row is there).
 INSERT_SEALED_USER = """
-INSERT INTO users (id, clerk_id, email_sealed, name_sealed, email_hmac, profile,
-                   preferences, status, last_active_at)
-VALUES (%(id)s, %(clerk_id)s, %(email_sealed)s, %(name_sealed)s, %(email_hmac)s,
-        %(profile)s, %(preferences)s, COALESCE(%(status)s, 'active'), %(last_active_at)s)
-RETURNING id::text AS id
+WITH made AS (
+    INSERT INTO users (id, clerk_id, email_sealed, name_sealed, email_hmac, profile,
+                       preferences, status, last_active_at)
+    VALUES (%(id)s, %(clerk_id)s, %(email_sealed)s, %(name_sealed)s, %(email_hmac)s,
+            %(profile)s, %(preferences)s, COALESCE(%(status)s, 'active'), %(last_active_at)s)
+    RETURNING id
+), keyed AS (
+    INSERT INTO user_keys (user_id, kek_id, wrapped_key)
+    SELECT id, %(kek_id)s, %(wrapped_key)s FROM made
+)
+SELECT id::text AS id FROM made
 """
 
 # A replicated user (upsert_user): its row claimed by clerk id (made bare, or locked),
@@ -165,24 +181,26 @@ WITH keyed AS (
 SELECT EXISTS (SELECT 1 FROM keyed) AS keyed
 """
 
-SEALED_MEMORY_KEY_COLUMNS = """k.kek_id, encode(k.wrapped_key, 'hex') AS wrapped_key
+# The same through PgBouncer: a function, planned once per server connection (0012).
+CALL_SET_SEALED_MEMORY = """
+SELECT set_sealed_memory(%(user_id)s, %(memory_type)s, %(key)s, %(value)s,
+                         %(expires_at)s, %(wrapped)s) AS keyed
+"""
+
+KEYED_MEMORY_COLUMNS = """k.kek_id, encode(k.wrapped_key, 'hex') AS wrapped_key
   FROM user_memory AS m LEFT JOIN user_keys AS k ON k.user_id = m.user_id"""
-SELECT_SEALED_MEMORY = f"""
+SELECT_KEYED_MEMORY = f"""
 SELECT m.key, m.value, extract(epoch FROM m.expires_at - now())::float8 AS expires_in,
-       {SEALED_MEMORY_KEY_COLUMNS}
+       {KEYED_MEMORY_COLUMNS}
  WHERE m.user_id = %(user_id)s AND m.memory_type = %(memory_type)s
    AND (m.expires_at IS NULL OR m.expires_at > now())
  ORDER BY m.key
 """
-SELECT_SEALED_MEMORY_KEY = f"""
+SELECT_KEYED_MEMORY_KEY = f"""
 SELECT m.key, m.value, extract(epoch FROM m.expires_at - now())::float8 AS expires_in,
-       {SEALED_MEMORY_KEY_COLUMNS}
+       {KEYED_MEMORY_COLUMNS}
  WHERE m.user_id = %(user_id)s AND m.memory_type = %(memory_type)s AND m.key = %(key)s
    AND (m.expires_at IS NULL OR m.expires_at > now())
-"""
-SELECT_SEALED_ALL_MEMORY = f"""
-SELECT m.memory_type, m.key, m.value, m.expires_at, {SEALED_MEMORY_KEY_COLUMNS}
- WHERE m.user_id = %(user_id)s ORDER BY m.memory_type, m.key
 """
 
 SESSION_COLUMNS = """s.id::text AS id, s.chat_id, s.user_id::text AS user_id, s.title,

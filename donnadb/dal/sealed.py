@@ -14,16 +14,20 @@ A value of a profile or preferences key is sealed for its user_memory row's plac
 (user, memory type, key): the users column and the row are one value kept twice, and
 the SQL that keeps them in step copies it without reading it.
 
-The rows read carry the user's wrapped data key (``kek_id``, ``wrapped_key``: joined by
-the query), so that a cached answer holds ciphertext and the wrapped key only, never a
-plaintext, and a cache hit opens without a query. Imported only when CRYPTO_ENABLED
-(the ``cryptography`` library is not in the base package yet).
+A sealed read of a user this process has met is the plain store's query: the data key
+comes from the keys it holds (donnadb/crypto/keycache.py). For a user not met yet the
+query joins the wrapped key, or the key is read by one more query
+(:meth:`Sealer.opened`). A cached answer holds ciphertext (and perhaps the wrapped key),
+never a plaintext. Imported only when CRYPTO_ENABLED (the ``cryptography`` library is not in
+the base package yet).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from donnadb.config import Settings
 from donnadb.crypto import envelope, keyfile
@@ -38,6 +42,10 @@ TEXT_FIELDS = {"email": "email_sealed", "name": "name_sealed"}
 TEXT_MAX = 255
 #: users JSON columns whose values are sealed one by one.
 SECTIONS = ("profile", "preferences")
+#: The wrapped key's columns, which memory rows cached by earlier versions still carry.
+KEY_COLUMNS = ("kek_id", "wrapped_key")
+
+T = TypeVar("T")
 
 # The user's wrapped data key (a bare user has none until its first personal value).
 SELECT_KEY = """
@@ -57,7 +65,7 @@ class DataKey:
     def __init__(self, user_id: str, key: bytes, kek_id: str = "",
                  wrapped: bytes = b"") -> None:
         self.user_id = user_id
-        self._key = key
+        self._key = AESGCM(key)  # made once: a user's values are many
         #: The wrapped form: of a key just made, what :meth:`Sealer.save_key` stores; of
         #: a key read, the row's (a cached sealed write is guarded by it).
         self.kek_id, self.wrapped = kek_id, wrapped
@@ -89,7 +97,9 @@ class DataKey:
 
     def open_value(self, memory_type: str, key: str, stored: Any) -> Any:
         """:raises DecryptError: not sealed, altered or moved."""
-        what = f"the {memory_type} value {key!r} of user {self.user_id}"
+        def what() -> str:
+            return f"the {memory_type} value {key!r} of user {self.user_id}"
+
         data = envelope.open_sealed(self._key, envelope.from_text(stored, what),
                                     self._value_place(memory_type, key), what)
         return load_json(data)
@@ -210,16 +220,43 @@ class Sealer:
                 out[section] = dk.seal_section(section, user[section] or {})
         return out
 
-    def open_user(self, row: dict[str, Any] | None) -> dict[str, Any] | None:
-        """A users row read with its sealed columns and wrapped key, as the DAL returns
-        it (the extra columns removed).
+    def opened(self, user_id: str, read_key: Callable[[], Mapping[str, Any] | None],
+               open_with: Callable[[DataKey], T]) -> T:
+        """``open_with(dk)`` with the user's data key: the one this process holds, else
+        the stored one (``read_key()``: the user's user_keys row, or None).
+
+        A held key that does not open the values is dropped and the stored key read: the
+        user may have been erased and made again with a new key since it was cached (a
+        re-wrapped key still opens: rotation keeps the data key).
+
+        :raises DecryptError: a value does not open with the stored key either, or the
+            user has no data key (erased).
+        :raises KeyFileError: its KEK is not in the key file.
+        """
+        held = self._cache.get(user_id)
+        if held is not None:
+            try:
+                return open_with(held)
+            except DecryptError:
+                self._cache.drop(user_id, held.wrapped)
+        row = read_key()
+        kek_id, wrapped = (row["kek_id"], row["wrapped_key"]) if row else (None, None)
+        return open_with(self.key_of(user_id, kek_id, wrapped))
+
+    def open_user(self, row: dict[str, Any] | None,
+                  read_key: Callable[[], Mapping[str, Any] | None]) -> dict[str, Any] | None:
+        """A users row read with its sealed columns (and perhaps the wrapped key), as the
+        DAL returns it (those columns removed); ``read_key`` as :meth:`opened`, unless
+        the row carries the key.
 
         :raises DecryptError: a value does not open, or a plain personal value is
             stored (written in clear, or planted).
         """
         if row is None:
             return None
-        kek_id, wrapped = row.pop("kek_id"), row.pop("wrapped_key")
+        read_key = _joined_key(row, read_key)
+        for column in KEY_COLUMNS:
+            row.pop(column, None)
         sealed = {f: row.pop(c) for f, c in TEXT_FIELDS.items()}
         user_id = row["id"]
         for field in TEXT_FIELDS:
@@ -228,27 +265,40 @@ class Sealer:
                                    "while CRYPTO_ENABLED is on")
         if all(v is None for v in sealed.values()) and not any(row[s] for s in SECTIONS):
             return row  # nothing personal stored yet (a bare user)
-        dk = self.key_of(user_id, kek_id, wrapped)
-        for field in TEXT_FIELDS:
-            row[field] = dk.open_text(field, sealed[field])
-        for section in SECTIONS:
-            row[section] = dk.open_section(section, row[section])
+
+        def open_with(dk: DataKey) -> dict[str, Any]:
+            return {**{f: dk.open_text(f, sealed[f]) for f in TEXT_FIELDS},
+                    **{s: dk.open_section(s, row[s]) for s in SECTIONS}}
+
+        row.update(self.opened(user_id, read_key, open_with))
         return row
 
     def open_memory(self, user_id: str, rows: list[dict[str, Any]],
+                    read_key: Callable[[], Mapping[str, Any] | None],
                     memory_type: str | None = None) -> list[dict[str, Any]]:
-        """Memory rows read with the user's wrapped key: their values opened (new dicts,
-        the cached ones untouched), the key columns removed."""
+        """Memory rows with their values opened (new dicts: cached ones stay sealed);
+        ``read_key`` as :meth:`opened`, unless the rows carry the key."""
         if not rows:
             return []
-        dk = self.key_of(user_id, rows[0]["kek_id"], rows[0]["wrapped_key"])
-        out = []
-        for row in rows:
-            opened = {k: v for k, v in row.items() if k not in ("kek_id", "wrapped_key")}
-            opened["value"] = dk.open_value(memory_type or row["memory_type"], row["key"],
-                                            row["value"])
-            out.append(opened)
-        return out
+        read_key = _joined_key(rows[0], read_key)
+
+        def open_with(dk: DataKey) -> list[dict[str, Any]]:
+            return [{**{k: v for k, v in row.items() if k not in KEY_COLUMNS},
+                     "value": dk.open_value(memory_type or row["memory_type"], row["key"],
+                                            row["value"])}
+                    for row in rows]
+
+        return self.opened(user_id, read_key, open_with)
+
+
+def _joined_key(row: dict[str, Any], read_key: Callable[[], Mapping[str, Any] | None]
+                ) -> Callable[[], Mapping[str, Any] | None]:
+    """The row's own wrapped key when its query joined it (None there: the user has
+    none), else ``read_key``."""
+    if "wrapped_key" not in row:
+        return read_key
+    key = {c: row[c] for c in KEY_COLUMNS}
+    return lambda: key if key["wrapped_key"] is not None else None
 
 
 __all__ = ["DataKey", "DecryptError", "KeyFileError", "Sealer", "count_plain_users",

@@ -118,14 +118,19 @@ def test_a_read_meeting_another_wrapped_key_than_the_cached_one_unwraps_it(
         assert a._sealer.cached_key(uid).wrapped == _wrapped(pg_db, uid)
 
 
+@pytest.mark.parametrize("route", ["pgbouncer", "direct"])
 @pytest.mark.parametrize("write", ["memory", "user"])
 def test_a_write_racing_an_erasure_that_makes_the_id_again_is_not_sealed_under_the_old_key(
-        settings, pg_db, kek_file, connect_as, write):
+        settings, pg_db, kek_file, connect_as, write, route):
     """B's erasure is in flight (its users row locked and deleted, the id made again with
     a new key) when A's cached-key write starts: A waits for it, then must not write
     under the old key, though the foreign key's check (a fresh snapshot) finds the new
-    users row."""
+    users row. Through PgBouncer the memory write is a function (0012), direct a CTE."""
     sealed = crypto_settings(settings, kek_file)
+    if route == "direct":
+        sealed = sealed.model_copy(update={"pgbouncer_port": None})
+    else:
+        assert sealed.pgbouncer_port is not None
     put, get = WRITES[write]
     with PostgresDataAccess(sealed, dbname=pg_db) as a:
         uid = _user_with_cached_key(a)
@@ -194,7 +199,13 @@ def test_a_cached_sealed_write_is_one_statement(settings, pg_db, kek_file, tmp_p
     one = crypto_settings(settings, kek_file).model_copy(
         update={"db_max_connections": 1, "pgbouncer_port": None})
     with PostgresDataAccess(one, dbname=pg_db) as dal:
-        uid = dal.create_user({"clerk_id": "rt", "email": "rt@example.org"})
+        made: list[str] = []
+        # A new user and its data key: one statement too.
+        sent = sent_messages(dal, tmp_path / "create.trace", lambda: made.append(
+            dal.create_user({"clerk_id": "rt", "email": "rt@example.org"})))
+        assert "Query" not in sent and sent.count("Sync") == 1, sent
+        uid = made[0]
+        assert _wrapped(pg_db, uid) == dal._sealer.cached_key(uid).wrapped
         dal._sealer.drop_key(dal._sealer.cached_key(uid))
 
         cold = sent_messages(dal, tmp_path / "cold.trace",
@@ -210,6 +221,39 @@ def test_a_cached_sealed_write_is_one_statement(settings, pg_db, kek_file, tmp_p
         assert sent.count("Sync") == 2, sent
         assert dal.get_user_memory(uid, "context") == {"a": 1, "b": 2}
         assert dal.get_user_by_id(uid)["name"] == "Round Trip"
+
+
+def test_a_read_with_the_cached_key_is_the_plain_query(settings, pg_db, kek_file, tmp_path):
+    """A user this process has met is read with one statement that does not join the
+    keys. For one it has not met, a read by id joins the key; by clerk id, one more
+    statement reads it."""
+    one = crypto_settings(settings, kek_file).model_copy(
+        update={"db_max_connections": 1, "pgbouncer_port": None})
+    with PostgresDataAccess(one, dbname=pg_db) as dal:
+        uid = _user_with_cached_key(dal)
+
+        def reads() -> None:
+            assert dal.get_user_by_id(uid)["email"] == "kc@example.org"
+            assert dal.get_user_memory(uid, "context") == {"note": "before"}
+
+        def traced(name: str, work) -> tuple[int, str]:
+            trace = tmp_path / f"{name}.trace"
+            return sent_messages(dal, trace, work).count("Sync"), trace.read_text()
+
+        syncs, text = traced("warm", reads)
+        assert syncs == 2 and "user_keys" not in text
+
+        for cold in (reads, lambda: dal.get_user_memory(uid, "context")):
+            dal._sealer.drop_key(dal._sealer.cached_key(uid))
+            syncs, text = traced("cold", cold)
+            assert text.count("user_keys") == 1  # joined by the first read only
+            assert syncs == (2 if cold is reads else 1)
+
+        dal._sealer.drop_key(dal._sealer.cached_key(uid))
+        syncs, text = traced("clerk", lambda: dal.get_user_by_clerk_id("kc"))
+        assert syncs == 2 and text.count("FROM user_keys") == 1
+        syncs, text = traced("clerk-warm", lambda: dal.get_user_by_clerk_id("kc"))
+        assert syncs == 1 and "user_keys" not in text
 
 
 def test_a_read_with_the_cached_key_unwraps_nothing(settings, pg_db, kek_file, monkeypatch):
