@@ -544,9 +544,12 @@ def stop_copy(cluster: Cluster, data_dir: Path, *, fast_timeout: int = 60) -> No
     try:
         _pg_ctl(cluster, data_dir, "-m", "fast", "-w", "-t", str(fast_timeout), "stop")
     except BackupError:
-        if not copy_running(cluster, data_dir):  # it stopped just after the wait ended
-            return
-        _pg_ctl(cluster, data_dir, "-m", "immediate", "-w", "-t", "60", "stop")
+        try:
+            _pg_ctl(cluster, data_dir, "-m", "immediate", "-w", "-t", "60", "stop")
+        except BackupError:
+            # pg_ctl fails too when the fast stop ended just before it: no server left.
+            if copy_running(cluster, data_dir):
+                raise
 
 
 def copy_running(cluster: Cluster, data_dir: Path) -> bool:
