@@ -331,12 +331,9 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
                     user_id = conn.execute(q.INSERT_USER, params).fetchone()["id"]
                 else:
                     user_id, profile, preferences = self._insert_sealed_user(conn, params)
-                for memory_type, section in (("profile", profile),
-                                             ("preferences", preferences)):
-                    if section:  # a new user has no mirror rows to remove
-                        conn.execute(q.UPSERT_SECTION_ROWS, {
-                            "user_id": user_id, "memory_type": memory_type,
-                            "section": Jsonb(section)})
+                self._sync_section_rows(conn, user_id, "profile", profile, new_user=True)
+                self._sync_section_rows(conn, user_id, "preferences", preferences,
+                                        new_user=True)
         except ConflictError:
             raise ConflictError(f"user {params['clerk_id']!r} already exists") from None
         self._wrote(user=user_id, clerk=params["clerk_id"])
@@ -478,9 +475,13 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
                             "forget` running?): retry")
 
     @staticmethod
-    def _sync_section_rows(conn, user_id: str, memory_type: str, section: dict) -> None:
+    def _sync_section_rows(conn, user_id: str, memory_type: str, section: dict, *,
+                           new_user: bool = False) -> None:
+        """The user's mirror rows of ``memory_type`` made ``section``'s (a new user has
+        none to remove: no statement for an empty section)."""
         params = {"user_id": user_id, "memory_type": memory_type, "section": Jsonb(section)}
-        conn.execute(q.DELETE_SECTION_ROWS_NOT_IN, params)
+        if not new_user:
+            conn.execute(q.DELETE_SECTION_ROWS_NOT_IN, params)
         if section:
             conn.execute(q.UPSERT_SECTION_ROWS, params)
 

@@ -42,7 +42,8 @@ TEXT_FIELDS = {"email": "email_sealed", "name": "name_sealed"}
 TEXT_MAX = 255
 #: users JSON columns whose values are sealed one by one.
 SECTIONS = ("profile", "preferences")
-#: The wrapped key's columns, which memory rows cached by earlier versions still carry.
+#: The wrapped key's columns, which the rows of a KEYED read (a user the process has not
+#: met yet; postgres_sql) carry, and so may the memory rows in the cache.
 KEY_COLUMNS = ("kek_id", "wrapped_key")
 
 T = TypeVar("T")
