@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
-from donnadb.backup import catalog, storage_local
+from donnadb.backup import catalog, ledgercopy, storage_local
 from donnadb.backup.storage_s3 import S3Store
 from donnadb.config import Settings
+from donnadb.errors import DonnaError
 
 
 @dataclass
@@ -27,6 +28,8 @@ class CheckReport:
     partials: list[str] = field(default_factory=list)
     unfinished_uploads: list[dict] = field(default_factory=list)
     engine: dict | None = None  # pgBackRest's own check, when configured
+    #: Erasures of DB_NAME not yet copied to S3 (None: no S3, or not checked).
+    erasures_not_copied: int | None = None
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -76,6 +79,8 @@ def check_backups(settings: Settings, *, now: datetime | None = None,
             report.problems.append(
                 f"newest good {where} backup {newest.backup_id} is {newest.age_hours:.1f} h "
                 f"old (limit {limit:g} h); is the backup timer running?")
+    if store:
+        _check_ledger_copy(settings, store, report)
     report.partials = [p.name for p in storage_local.partials(settings.backup_repo_dir)]
     if report.partials:
         report.warnings.append(f"{len(report.partials)} unfinished backup directories "
@@ -89,3 +94,20 @@ def check_backups(settings: Settings, *, now: datetime | None = None,
         report.problems += _physical_problems(engine["repos"], limit)
     report.ok = not report.problems
     return report
+
+
+def _check_ledger_copy(settings: Settings, store: S3Store, report: CheckReport) -> None:
+    """Erasures missing from the bucket are a problem: a restore after losing the host
+    would bring those users back. A database that cannot be read is a warning (the
+    backups themselves were checked)."""
+    try:
+        missing = ledgercopy.not_copied(settings, settings.db_name, store=store)
+    except DonnaError as exc:
+        report.warnings.append(f"the erasures ledger's copy in S3 was not checked: {exc}")
+        return
+    report.erasures_not_copied = missing
+    if missing:
+        report.problems.append(
+            f"{missing} erasures of {settings.db_name} are not copied to S3 (a restore after "
+            "losing the host would bring those users back); run `donnactl backup "
+            "push-erasures`")

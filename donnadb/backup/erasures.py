@@ -14,8 +14,15 @@ must go again (donnadb/ops/users.py erases them as `users forget` does):
 - a PITR copy beside the cluster (socket only, its own port) is not written to: the
   result says which command to run on whatever is loaded from it.
 
-When no ledger can be read (the host was lost with the database) the restore goes on
-and its result says so in one line: the ledger since the backup exists nowhere here.
+With S3 configured, each database's ledger also has a copy in the bucket
+(donnadb/backup/ledgercopy.py), read beside the live one: a restore after losing the
+host erases again whoever was forgotten up to the last copy. An entry there that fails
+authentication is not applied, and the result names it. S3 unreachable is a warning,
+not a stop: the live ledgers, when there are any, were read.
+
+When no ledger can be read (the host was lost with the database, and no copy in S3) the
+restore goes on and its result says so in one line: the ledger since the backup exists
+nowhere here.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from typing import Any
 
 import psycopg
 
-from donnadb.backup import bootstrap, pitr
+from donnadb.backup import bootstrap, ledgercopy, pitr
 from donnadb.backup.errors import BackupError
 from donnadb.backup.manifest import Manifest
 from donnadb.config import Settings
@@ -45,6 +52,8 @@ class Ledger:
 
     entries: list[dict[str, Any]] = field(default_factory=list)
     read_from: list[str] = field(default_factory=list)
+    #: What could not be read or was refused (S3 unreachable, a forged entry): one line each.
+    warnings: list[str] = field(default_factory=list)
 
     def since(self, moment: datetime) -> int:
         """How many erasures are later than ``moment`` (a backup's start)."""
@@ -60,6 +69,7 @@ class Reapplied:
     erased_again: list[str] = field(default_factory=list)
     #: Set when nothing was applied: why, and what the operator runs instead (one line).
     note: str | None = None
+    warnings: list[str] = field(default_factory=list)
     #: The users of the ledgers applied (a later pass applies only the others).
     applied: set[str] = field(default_factory=set, repr=False)
 
@@ -78,6 +88,14 @@ def read_ledgers(settings: Settings, names: list[str]) -> Ledger:
     :raises DatabaseError: an existing database cannot be reached.
     """
     ledger, earliest = Ledger(), {}
+
+    def merge(where: str, entries: list[dict[str, Any]]) -> None:
+        ledger.read_from.append(where)
+        for entry in entries:
+            known = earliest.get(entry["id"])
+            if known is None or entry["erased_at"] < known["erased_at"]:
+                earliest[entry["id"]] = entry
+
     for name in dict.fromkeys(names):
         if not bootstrap.database_exists(name, port=settings.db_port):
             continue
@@ -89,13 +107,21 @@ def read_ledgers(settings: Settings, names: list[str]) -> Ledger:
                               "restore must not bring erased users back: give "
                               f"{settings.db_role_readonly} SELECT on it again (`make "
                               "deploy`) and restore again") from None
-        if entries is None:
-            continue
-        ledger.read_from.append(name)
-        for entry in entries:
-            known = earliest.get(entry["id"])
-            if known is None or entry["erased_at"] < known["erased_at"]:
-                earliest[entry["id"]] = entry
+        if entries is not None:
+            merge(name, entries)
+    if settings.s3_enabled:
+        for name in dict.fromkeys(names):
+            try:
+                copy = ledgercopy.pull(settings, name)
+            except DonnaError as exc:
+                ledger.warnings.append(f"the erasures ledger's copy in S3 was not read: {exc}")
+                continue
+            if copy.found:
+                merge(copy.where, copy.entries)
+            ledger.warnings.extend(f"{where} is not an authentic erasure of {name} (not "
+                                   "signed with BACKUP_SIGNING_KEY_FILE, or altered): not "
+                                   "applied; delete it if you did not write it"
+                                   for where in copy.refused)
     ledger.entries = sorted(earliest.values(), key=lambda e: (e["erased_at"], e["id"]))
     return ledger
 
@@ -118,10 +144,10 @@ def restore_plan(settings: Settings, target_db: str,
     ledger = read_ledgers(settings, names)
     if not ledger.read_from:
         return {"ledger_from": [], "ledger_entries": 0, "erased_again": 0,
-                "note": no_ledger_note(names, target_db)}
+                "note": no_ledger_note(names, target_db), "warnings": ledger.warnings}
     later = ledger.since(manifest.started) if manifest else len(ledger.entries)
     return {"ledger_from": ledger.read_from, "ledger_entries": len(ledger.entries),
-            "erased_again": later, "note": None}
+            "erased_again": later, "note": None, "warnings": ledger.warnings}
 
 
 def apply_to(settings: Settings, ledger: Ledger, dbname: str, *, serves_as: str,
@@ -136,10 +162,11 @@ def apply_to(settings: Settings, ledger: Ledger, dbname: str, *, serves_as: str,
     :raises DatabaseError: ``dbname`` cannot be reached.
     """
     if not ledger.read_from:
-        done = Reapplied([], 0, note=no_ledger_note(names, serves_as))
+        done = Reapplied([], 0, note=no_ledger_note(names, serves_as),
+                         warnings=ledger.warnings)
         audit.warning("restored without an erasures ledger",
                       extra={"audit": {"database": serves_as, "restored_copy": dbname,
-                                       "looked_in": names}})
+                                       "looked_in": names, "warnings": ledger.warnings}})
         return done
     direct = settings.model_copy(update={"pgbouncer_port": None})
     erased = users.apply_ledger(direct, ledger.entries, dbname)
@@ -147,8 +174,8 @@ def apply_to(settings: Settings, ledger: Ledger, dbname: str, *, serves_as: str,
                extra={"audit": {"database": serves_as, "restored_copy": dbname,
                                 "ledger_from": ledger.read_from,
                                 "ledger_entries": len(ledger.entries),
-                                "erased_again": len(erased)}})
-    return Reapplied(ledger.read_from, len(ledger.entries), erased,
+                                "erased_again": len(erased), "warnings": ledger.warnings}})
+    return Reapplied(ledger.read_from, len(ledger.entries), erased, warnings=ledger.warnings,
                      applied={e["id"] for e in ledger.entries})
 
 
@@ -204,4 +231,5 @@ def restore_cluster(settings: Settings, engine: pitr.Engine, target: pitr.Target
             f"after {target}; on whatever you load from it, run `{command}`")
     if not ledger.read_from:
         note = no_ledger_note(names, settings.db_name)
-    return result, Reapplied(ledger.read_from, len(ledger.entries), note=note)
+    return result, Reapplied(ledger.read_from, len(ledger.entries), note=note,
+                             warnings=ledger.warnings)

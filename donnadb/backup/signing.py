@@ -49,8 +49,14 @@ def load_keys(settings: Settings) -> list[crypto.Key]:
 def _mac(manifest: mf.Manifest, key: crypto.Key) -> str:
     body = asdict(manifest)
     body.pop("signature", None)
+    return record_mac(body, key, _CONTEXT)
+
+
+def record_mac(body: dict, key: crypto.Key, context: bytes) -> str:
+    """The MAC of ``body`` (a JSON object, canonical form) under ``key``; ``context``
+    separates the kinds of record signed with the same key."""
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hmac.new(key.secret, _CONTEXT + canonical.encode("ascii"),
+    return hmac.new(key.secret, context + canonical.encode("ascii"),
                     hashlib.sha256).hexdigest()
 
 

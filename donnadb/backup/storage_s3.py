@@ -17,7 +17,9 @@ Credentials come from boto3's usual chain (environment, profile, instance role).
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -135,6 +137,19 @@ class S3Store:
         return args
 
     # -- upload ---------------------------------------------------------------
+    def put_small(self, key: str, body: bytes) -> None:
+        """One small object in one request (its own SHA-256 checked by S3), with the
+        bucket's storage class and server-side encryption.
+
+        :raises BackupError: S3 refused or failed.
+        """
+        digest = base64.b64encode(hashlib.sha256(body).digest()).decode("ascii")
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=body,
+                                   ChecksumSHA256=digest, **self._put_args())
+        except Exception as exc:
+            raise BackupError(f"cannot write s3://{self.bucket}/{key}: {exc}") from None
+
     def upload_backup(self, backup: storage_local.LocalBackup,
                       progress: Progress | None = None) -> int:
         """Upload every file of ``backup``, then its SHA256SUMS (if it has one), then its
@@ -242,7 +257,13 @@ class S3Store:
 
     # -- listing --------------------------------------------------------------
     def list_backups(self) -> list[RemoteBackup]:
-        """Backups under the prefix, oldest first; unfinished ones have no manifest."""
+        """Backups under the prefix, oldest first; unfinished ones have no manifest.
+
+        Only folders named like a backup id: the prefix also holds pgBackRest's
+        repository (``pgbackrest/``) and the erasures ledger's copy (``erasures/``),
+        which are no backups, unfinished or otherwise (a prune would time them as new
+        and a listing call them failed).
+        """
         found = []
         paginator = self.client.get_paginator("list_objects_v2")
         try:
@@ -250,6 +271,8 @@ class S3Store:
                                            Delimiter="/"):
                 for common in page.get("CommonPrefixes", []):
                     backup_id = common["Prefix"][len(self.prefix):].rstrip("/")
+                    if not mf.BACKUP_ID_RE.match(backup_id):
+                        continue
                     found.append(RemoteBackup(backup_id, self._read_manifest(backup_id)))
         except Exception as exc:
             raise BackupError(f"cannot list s3://{self.bucket}/{self.prefix}: {exc}") from exc

@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
@@ -17,6 +18,7 @@ from donnadb.backup import (
     catalog,
     crypto,
     erasures,
+    ledgercopy,
     pitr,
     restore,
     snapshot,
@@ -28,11 +30,12 @@ from donnadb.backup.check import check_backups
 from donnadb.backup.errors import BackupCorrupt, BackupNotFound, BackupStale, DrillFailed
 from donnadb.backup.prune import prune as run_prune
 from donnadb.backup.storage_s3 import S3Store, check_backup_id
+from donnadb.cli.erasurecopy import ledger_copy, print_ledger_copy
 from donnadb.cli.opsrun import backup_member_only, confirm, leader_only, logged, skip_job
 from donnadb.cli.options import DbOpt, DryRunOpt, JsonOpt, YesOpt
 from donnadb.cli.output import console, emit_json
 from donnadb.config import Settings, load_settings
-from donnadb.errors import UsageError
+from donnadb.errors import ConfigError, UsageError
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -141,17 +144,38 @@ def create(
             store.upload_backup(backup)
         uploaded = True
     m = backup.manifest
+    # The ledger since the previous copy goes off the host with the backup.
+    ledger = ledger_copy(settings, m.database) if uploaded else None
     seconds = round(time.monotonic() - started, 2)
     if json_out:
         emit_json({"backup_id": backup.backup_id, "path": str(backup.path), "size": m.total_size,
                    "files": len(m.files), "row_counts": m.row_counts,
                    "schema_version": m.schema_version, "uploaded": uploaded,
-                   "seconds": seconds})
+                   "erasures_copy": ledger, "seconds": seconds})
         return
     console.print(f"backup [bold]{backup.backup_id}[/] of {m.database}: {len(m.files)} files, "
                   f"{_human(m.total_size)} (database {_human(m.database_size)}), "
                   f"{sum(m.row_counts.values())} rows, schema {m.schema_version or 'none'}, "
                   f"{seconds} s{', uploaded to S3' if uploaded else ''}")
+    print_ledger_copy(ledger)
+
+
+@app.command("push-erasures")
+@logged("backup push-erasures")
+def push_erasures(dbname: DbOpt = None, json_out: JsonOpt = False) -> None:
+    """Copy the erasures ledger's new entries to S3, for restores after losing the host.
+
+    `users forget` and `backup create` copy them too; this makes good a copy that failed."""
+    settings = load_settings(db_name=dbname)
+    if not settings.s3_enabled:
+        raise ConfigError("S3 is not configured (BACKUP_S3_BUCKET): the erasures ledger has "
+                          "no copy to push to")
+    pushed = ledgercopy.push(settings, settings.db_name)
+    if json_out:
+        emit_json(pushed.to_dict())
+        return
+    console.print(f"erasures ledger of {pushed.database}: {pushed.ledger} entries, "
+                  f"{pushed.pushed} copied now to {pushed.where}", highlight=False)
 
 
 @app.command("list")
@@ -461,11 +485,13 @@ def restore_(
 
 def _print_erasures(done: erasures.Reapplied) -> None:
     if done.note:
-        console.print(f"  [yellow]{done.note}[/]", highlight=False)
+        console.print(f"  [yellow]{escape(done.note)}[/]", highlight=False)
     else:
         console.print(f"  erased again: {len(done.erased_again)} (the erasures ledger of "
                       f"{' and '.join(done.ledger_from)}: {done.ledger_entries} entries)",
                       highlight=False)
+    for warning in done.warnings:
+        console.print(f"  [yellow]{escape(warning)}[/]", highlight=False)
 
 
 def _restore_plan(settings: Settings, backup_id: str, target_db: str, *, force: bool,
@@ -479,7 +505,14 @@ def _restore_plan(settings: Settings, backup_id: str, target_db: str, *, force: 
     except BackupNotFound:
         if not settings.s3_enabled:
             raise
-        resolved, source = backup_id, "s3"
+        # The manifest names the source database, whose ledger (and its copy) counts too.
+        good = [b for b in S3Store(settings).list_backups() if b.good]
+        chosen = good[-1:] if backup_id == "latest" else \
+            [b for b in good if b.backup_id == backup_id]
+        if not chosen:
+            raise BackupNotFound(f"no good backup {backup_id!r} locally or in S3; `donnactl "
+                                 "backup list` shows them") from None
+        resolved, source, manifest = chosen[0].backup_id, "s3", chosen[0].manifest
     plan = erasures.restore_plan(settings, target_db, manifest)
     has_data = restore.target_has_data(settings, target_db)
     if not has_data:
@@ -496,6 +529,8 @@ def _restore_plan(settings: Settings, backup_id: str, target_db: str, *, force: 
     else:
         console.print(f"dry run: would {action}", highlight=False)
         console.print(f"  {_plan_line(plan)}", highlight=False)
+        for warning in plan["warnings"]:
+            console.print(f"  [yellow]{escape(warning)}[/]", highlight=False)
 
 
 def _plan_line(plan: dict) -> str:
@@ -632,8 +667,9 @@ def check(repo: str | None = RepoOpt, if_backup_member: bool = BackupMemberOpt,
           json_out: JsonOpt = False) -> None:
     """Exit 8 when a newest good backup is too old or missing, or pgBackRest's check fails.
 
-    The limit is BACKUP_MAX_AGE_HOURS, for the logical backups and (with pgBackRest) for
-    each repository's newest physical backup."""
+    With S3, also when erasures are not copied to the bucket. The limit is
+    BACKUP_MAX_AGE_HOURS, for the logical backups and (with pgBackRest) for each
+    repository's newest physical backup."""
     settings = load_settings(backup_repo_dir=repo)
     if if_backup_member:
         backup_member_only(settings, "backup check", json=json_out)

@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from donnadb.cli.erasurecopy import ledger_copy, print_ledger_copy
 from donnadb.cli.opsrun import confirm, logged, settings
 from donnadb.cli.options import DbOpt, DryRunOpt, JsonOpt, YesOpt
 from donnadb.cli.output import console, emit_json
@@ -80,9 +81,12 @@ def forget_cmd(ident: IdentArg, dry_run: DryRunOpt = False, yes: YesOpt = False,
     # from it (Redis unreachable: the values expire within CACHE_TTL_SECONDS).
     result = users.forget_user(s, ident, dbname=dbname, erased=lambda keys: cache.forget(
         s, dbname or s.db_name, keys))
+    # Off the host at once: a restore after losing it must erase this user again.
+    copied = ledger_copy(s, dbname or s.db_name)
     if json:
-        emit_json(result)
+        emit_json({**result, "erasures_copy": copied})
     else:
         console.print(f"erased user {result['user_id']}: {result['sessions']} sessions, "
                       f"{result['messages']} messages, {result['memory']} memory rows, "
                       f"{result['logs']} log rows, {result['data_key']} data key")
+        print_ledger_copy(copied)

@@ -236,13 +236,15 @@ def reapply_erasures(settings: Settings, *, ledger_db: str, dbname: str) -> dict
     return {"ledger": len(ledger), "erased_again": apply_ledger(settings, ledger, dbname)}
 
 
-def read_ledger(settings: Settings, dbname: str) -> list[dict[str, Any]] | None:
+def read_ledger(settings: Settings, dbname: str, *, role: str = "readonly",
+                ) -> list[dict[str, Any]] | None:
     """The erasures ledger of ``dbname`` (``{"id", "erased_at"}`` oldest first), or None
     when it has no ledger table (not a donnadb database, or older than the ledger).
+    ``role``: the role kind to read it as (the backup jobs hold only theirs).
 
     :raises DatabaseError: the database cannot be reached.
     """
-    with db.connection("readonly", settings=settings, dbname=dbname,
+    with db.connection(role, settings=settings, dbname=dbname,
                        autocommit=True) as conn:
         cur = conn.cursor(row_factory=dict_row)
         if cur.execute(LEDGER_TABLE_SQL).fetchone()["ledger"] is None:

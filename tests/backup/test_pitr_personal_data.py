@@ -137,7 +137,8 @@ def test_pitr_to_before_an_erasure_erases_again_in_place_and_says_so_for_a_copy(
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
     assert doc["in_place"] and doc["erasures"] == {
-        "ledger_from": [dbname], "ledger_entries": 1, "erased_again": 1, "note": None}
+        "ledger_from": [dbname], "ledger_entries": 1, "erased_again": 1, "note": None,
+        "warnings": []}
     assert superuser_psql(left, dbname=dbname, port=PORT) == "0"
     assert superuser_psql(f"SELECT count(*) FROM users WHERE id = '{alice.id}'",
                           dbname=dbname, port=PORT) == "0"

@@ -82,7 +82,8 @@ def test_a_restore_over_the_live_database_erases_again_before_the_swap(
     plan = donnactl(bs, tmp_path, scratch_db, *args, "--dry-run", "--json")
     assert plan.returncode == 0, plan.stderr
     assert json.loads(plan.stdout)["erasures"] == {
-        "ledger_from": [scratch_db], "ledger_entries": 1, "erased_again": 1, "note": None}
+        "ledger_from": [scratch_db], "ledger_entries": 1, "erased_again": 1, "note": None,
+        "warnings": []}
     screen = donnactl(bs, tmp_path, scratch_db, *args, "--dry-run")
     assert f"would erase again 1 users erased since the backup (the erasures ledger of " \
            f"{scratch_db}: 1 entries)" in screen.stdout
@@ -91,7 +92,7 @@ def test_a_restore_over_the_live_database_erases_again_before_the_swap(
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["erasures"] == {"ledger_from": [scratch_db], "ledger_entries": 1,
-                                  "erased_again": 1, "note": None}
+                                  "erased_again": 1, "note": None, "warnings": []}
     assert result["kept_as"].startswith(f"{scratch_db}{swap.KEPT_TAG}")
     assert_erased_again(sealed_settings, scratch_db, alice, bob, sealed_email)
     # Erased in the copy, under its temporary name: never visible under the live one.

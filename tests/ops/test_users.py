@@ -121,7 +121,8 @@ def test_forget_erases_everything_and_records_it(cli, ops_db, alice):
     done = cli("users", "forget", alice, "--yes", "--json", "--dbname", ops_db)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"user_id": alice, "sessions": 2, "messages": 3,
-                                       "memory": 1, "logs": 1, "data_key": 0}
+                                       "memory": 1, "logs": 1, "data_key": 0,
+                                       "erasures_copy": None}  # no S3 here
     left = superuser_psql(
         f"SELECT (SELECT count(*) FROM users WHERE id = '{alice}') + "
         f"(SELECT count(*) FROM chat_sessions WHERE id IN ({sessions})) + "
