@@ -125,10 +125,16 @@ def run_as_app(cluster: Cluster, script: str, *args: str, env: str = "") -> dict
     return run_script(cluster.app, script, *args, env=env)
 
 
+#: Users the contract wrote sealed (field encryption is on): read again after the drills.
+SEALED: dict[str, str] = {}
+
+
 def test_the_dal_contract_holds_through_the_router_with_reads_on_replicas(cluster: Cluster):
     for read_from in ("primary", "replicas"):
-        result = run_as_app(cluster, "app_contract.py", f"m{uuid.uuid4().hex[:10]}",
+        marker = f"m{uuid.uuid4().hex[:10]}"
+        result = run_as_app(cluster, "app_contract.py", marker,
                             env=f"DB_READ_FROM={read_from}")
+        SEALED[result["user_id"]] = marker
         assert result["health"] == "ok"
         assert result["wire"]["host"] == "donna-db"
         assert result["wire"]["port"] == 5000
@@ -247,6 +253,29 @@ def test_losing_the_leader_under_load_loses_no_committed_write(cluster: Cluster)
     assert {m["Member"]: m["Role"] for m in state}[before] != "Leader"
     # Kept for the reader: the figures docs/ha.md reports.
     (cluster.app.root.parent / "cluster-drill.json").write_text(json.dumps(report, indent=1))
+
+
+def test_sealed_users_open_after_the_failovers_on_every_route(cluster: Cluster):
+    """The key file is the same on every member and the app host; what the application
+    sealed before the switchover and the failover opens after them, from the new leader
+    and from a replica, and the leader's donnactl finds nothing in clear."""
+    assert SEALED, "the contract test wrote no user"
+    digests = {host.run("sha256sum /etc/donnadb/keys.d/root").stdout.split()[0]
+               for host in (*cluster.members, cluster.app)}
+    assert len(digests) == 1, "the hosts hold different key files"
+    cluster.wait(all_streaming)
+    for user_id, marker in SEALED.items():
+        for read_from in ("primary", "replicas"):
+            seen = run_as_app(cluster, "ha/sealed_read.py", user_id,
+                              env=f"DB_READ_FROM={read_from}")
+            assert seen["name"] == "Fleet User" and seen["email"].endswith("@example.org")
+            assert seen["memory"] == {"tone": {"value": marker}}, seen
+    leader = cluster.member(cluster.leader())
+    in_clear = leader.run("sudo -u postgres psql -XAtd donna -c \"SELECT count(*) FROM users "
+                          "WHERE email IS NOT NULL OR name IS NOT NULL\"").stdout.strip()
+    assert in_clear == "0"
+    status = json.loads(leader.run("donnactl keys status --json").stdout)
+    assert status["users_in_clear"] == 0 and status["missing"] == [], status
 
 
 def test_patronictl_runs_for_the_operator_on_every_member(cluster: Cluster):
