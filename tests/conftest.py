@@ -8,7 +8,12 @@ import pytest
 
 from donnadb import db
 from donnadb.config import Settings, load_settings
-from tests.support import create_scratch_database, crypto_settings, drop_database, plain_settings
+from tests.support import (
+    create_scratch_database,
+    crypto_settings,
+    drop_database_and_copies,
+    plain_settings,
+)
 
 #: The fleet suite boots test hosts: `make test-hosts` runs it, the plain suite does not.
 collect_ignore = [] if os.environ.get("DONNADB_FLEET") == "1" else ["fleet"]
@@ -60,7 +65,7 @@ def empty_db(settings):
     """A bootstrapped database with no migrations applied; dropped afterwards."""
     name = create_scratch_database(settings)
     yield name
-    drop_database(name)
+    drop_database_and_copies(name)
 
 
 @pytest.fixture

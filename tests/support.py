@@ -101,6 +101,15 @@ def drop_database(name: str) -> None:
     superuser_psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def drop_database_and_copies(name: str) -> None:
+    """``name`` and the copies restores made of it (the replaced ``NAME_before_<stamp>``,
+    a half-made ``NAME_restoring_<stamp>``): a test that restored over it leaves them."""
+    drop_database(name)
+    for copy in superuser_psql("SELECT datname FROM pg_database WHERE "
+                               f"starts_with(datname, '{name}_')").splitlines():
+        drop_database(copy)
+
+
 #: The server's packages a minor update moves (libpq-dev follows libpq5's version).
 SERVER_PACKAGES = ("postgresql-15", "postgresql-client-15", "libpq5", "libpq-dev")
 

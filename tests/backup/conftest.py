@@ -15,7 +15,7 @@ from moto.server import ThreadedMotoServer
 from donnadb.backup import crypto
 from donnadb.backup.storage_s3 import S3_MIN_PART
 from tests import s3tls
-from tests.support import drop_database, superuser_psql
+from tests.support import drop_database_and_copies, superuser_psql
 
 # Every table of the plan gets rows, including two partitions of system_logs and
 # values that only survive a faithful round trip (NULLs, JSON, unicode, inet).
@@ -75,11 +75,7 @@ def target_name():
     """A database name for a restore; dropped after the test whatever happened."""
     name = f"donna_test_restore_{uuid.uuid4().hex[:8]}"
     yield name
-    drop_database(name)
-    # ... and the copies restores made of it (kept _before_ and half-made _restoring_).
-    for copy in superuser_psql("SELECT datname FROM pg_database WHERE "
-                               f"starts_with(datname, '{name}_')").splitlines():
-        drop_database(copy)
+    drop_database_and_copies(name)
 
 
 BUCKET = "donna-backups-test"
