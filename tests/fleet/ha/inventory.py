@@ -15,6 +15,8 @@ _spec = json.loads(open(os.environ["DONNADB_CLUSTER_FILE"]).read())  # noqa: SIM
 _ssh = {"ssh_user": _spec["ssh_user"], "ssh_key": _spec["ssh_key"],
         "ssh_known_hosts_file": _spec["known_hosts"], "ssh_strict_host_key_checking": "yes",
         "_sudo": True, "tls_ca_dir": _spec["ca_dir"], "ha": True,
+        # As the example inventory states it (the default): the drills run sealed.
+        "crypto_enabled": True,
         # A host booted seconds ago on a loaded machine can drop the first login.
         "ssh_connect_retries": 3}
 _addresses = [address for _, address in _spec["db"]]
