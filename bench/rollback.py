@@ -11,7 +11,8 @@ Rolling chats and messages back after the files were retired is a stop-start
 
 1. generates a data directory (donnadb.legacy.fixtures, no deviations; ``--data-dir``
    keeps it and reuses it) and imports it into a migrated scratch database with the
-   host's settings (sealed when CRYPTO_ENABLED is on, as a deployment's database is);
+   host's settings (sealed when CRYPTO_ENABLED is on, as a deployment's database is),
+   then vacuums and analyses it (as autovacuum has a live database);
 2. per round, in an order rotated each round: the two exports into new, empty
    directories, as the command runs them (readonly role, one snapshot each, sealed
    values opened); and the baseline: ``COPY ... TO STDOUT`` of the rows they read
@@ -98,6 +99,10 @@ def main() -> None:
                                           batch_size=settings.migration_batch_size,
                                           owner_role=settings.db_role_owner,
                                           sealer=sealer_for(settings))
+                # A live database's rows are vacuumed and analysed; a fresh import's are
+                # not, and autovacuum would otherwise take them on during the rounds.
+                conn.execute(f"SET ROLE {settings.db_role_owner}")
+                conn.execute("VACUUM (ANALYZE)")
             print(f"imported {summary.read['messages']:,} messages, "
                   f"{summary.read['chat_sessions']:,} chats, {summary.read['users']:,} users "
                   f"(field encryption {'on' if settings.crypto_enabled else 'off'})",

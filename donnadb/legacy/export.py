@@ -158,7 +158,9 @@ class _OutDir:
 
 def _dumps(doc: Any) -> bytes:
     # ensure_ascii writes NUL and lone surrogates as \u escapes: valid JSON, exact text.
-    return json.dumps(doc, ensure_ascii=True, indent=1).encode()
+    # Compact, as the application's file store writes (dal/fileio.py), and through
+    # json's C encoder (an indent takes its pure-Python one).
+    return json.dumps(doc, ensure_ascii=True).encode("ascii")
 
 
 def _pop_legacy(meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
