@@ -19,7 +19,6 @@ bucket as one object, ``<BACKUP_S3_PREFIX>erasures/<database>/<user id>.json``, 
 
 from __future__ import annotations
 
-import hmac
 import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -88,23 +87,15 @@ def push(settings: Settings, dbname: str, *, store: S3Store | None = None) -> Pu
     store = store or S3Store(settings)
     key = signing.load_keys(settings)[0]
     ledger, missing = _missing(settings, dbname, store)
-    where = _where(store, dbname)
-    try:
-        for entry in missing:
-            body = _body(dbname, entry)
-            body["signature"] = {"algorithm": signing.ALGORITHM, "key_id": key.key_id,
-                                 "mac": signing.record_mac(body, key, _CONTEXT)}
-            store.put_small(f"{_folder(store, dbname)}{entry['id']}.json",
-                            json.dumps(body, sort_keys=True).encode("ascii"))
-        store.put_small(f"{_folder(store, dbname)}{PUSHED}", json.dumps(
-            {"database": dbname, "entries": len(ledger),
-             "at": datetime.now(UTC).isoformat()}).encode("ascii"))
-    except BackupError:
-        raise
-    except Exception as exc:
-        raise BackupError(f"cannot copy the erasures ledger of {dbname} to {where}: "
-                          f"{exc}") from None
-    return Pushed(dbname, where, len(ledger), len(missing))
+    for entry in missing:
+        body = _body(dbname, entry)
+        body["signature"] = signing.record_signature(body, key, _CONTEXT)
+        store.put_small(f"{_folder(store, dbname)}{entry['id']}.json",
+                        json.dumps(body, sort_keys=True).encode("ascii"))
+    store.put_small(f"{_folder(store, dbname)}{PUSHED}", json.dumps(
+        {"database": dbname, "entries": len(ledger),
+         "at": datetime.now(UTC).isoformat()}).encode("ascii"))
+    return Pushed(dbname, _where(store, dbname), len(ledger), len(missing))
 
 
 def not_copied(settings: Settings, dbname: str, *, store: S3Store | None = None) -> int:
@@ -179,10 +170,7 @@ def _authentic(raw: bytes, name: str, dbname: str, keys) -> dict[str, Any] | Non
             or not name.endswith(f"/{user_id}.json") or erased_at.tzinfo is None
             or not isinstance(signature, dict)):
         return None
-    key = next((k for k in keys if k.key_id == signature.get("key_id")), None)
-    if key is None or signature.get("algorithm") != signing.ALGORITHM:
-        return None
-    if not hmac.compare_digest(str(signature.get("mac", "")),
-                               signing.record_mac(body, key, _CONTEXT)):
+    key = signing.signer(signature, keys)
+    if key is None or not signing.mac_holds(signature, body, key, _CONTEXT):
         return None
     return {"id": user_id, "erased_at": erased_at}

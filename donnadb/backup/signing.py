@@ -46,10 +46,10 @@ def load_keys(settings: Settings) -> list[crypto.Key]:
     return crypto.load_keys(path)
 
 
-def _mac(manifest: mf.Manifest, key: crypto.Key) -> str:
+def _body(manifest: mf.Manifest) -> dict:
     body = asdict(manifest)
     body.pop("signature", None)
-    return record_mac(body, key, _CONTEXT)
+    return body
 
 
 def record_mac(body: dict, key: crypto.Key, context: bytes) -> str:
@@ -60,11 +60,28 @@ def record_mac(body: dict, key: crypto.Key, context: bytes) -> str:
                     hashlib.sha256).hexdigest()
 
 
+def record_signature(body: dict, key: crypto.Key, context: bytes) -> dict:
+    """``body``'s signature under ``key``, as a record carries it."""
+    return {"algorithm": ALGORITHM, "key_id": key.key_id,
+            "mac": record_mac(body, key, context)}
+
+
+def signer(signature: dict, keys: list[crypto.Key]) -> crypto.Key | None:
+    """The key of ``keys`` that ``signature`` names, or None (another key, or another
+    algorithm than ours)."""
+    if signature.get("algorithm") != ALGORITHM:
+        return None
+    return next((k for k in keys if k.key_id == signature.get("key_id")), None)
+
+
+def mac_holds(signature: dict, body: dict, key: crypto.Key, context: bytes) -> bool:
+    """Whether ``signature``'s MAC is ``body``'s under ``key`` (compared in constant time)."""
+    return hmac.compare_digest(str(signature.get("mac", "")), record_mac(body, key, context))
+
+
 def sign(manifest: mf.Manifest, keys: list[crypto.Key]) -> None:
     """Set ``manifest.signature`` with the current key."""
-    key = keys[0]
-    manifest.signature = {"algorithm": ALGORITHM, "key_id": key.key_id,
-                          "mac": _mac(manifest, key)}
+    manifest.signature = record_signature(_body(manifest), keys[0], _CONTEXT)
 
 
 def check(manifest: mf.Manifest, keys: list[crypto.Key], *, where: str) -> None:
@@ -76,12 +93,12 @@ def check(manifest: mf.Manifest, keys: list[crypto.Key], *, where: str) -> None:
     if not signature:
         raise BackupCorrupt(f"{where} is not signed; refusing it (a manifest from S3 must "
                             f"carry a signature made with BACKUP_SIGNING_KEY_FILE)")
-    key = next((k for k in keys if k.key_id == signature.get("key_id")), None)
-    if signature.get("algorithm") != ALGORITHM or key is None:
+    key = signer(signature, keys)
+    if key is None:
         raise BackupCorrupt(f"{where} is signed with key id {signature.get('key_id')!r}, "
                             f"not a key of BACKUP_SIGNING_KEY_FILE; refusing it (add the "
                             f"old key to the file if it is yours)")
-    if not hmac.compare_digest(str(signature.get("mac", "")), _mac(manifest, key)):
+    if not mac_holds(signature, _body(manifest), key, _CONTEXT):
         raise BackupCorrupt(f"{where} fails authentication: it was altered after signing; "
                             f"refusing it")
 

@@ -29,7 +29,7 @@ from donnadb.backup import (
 from donnadb.backup.check import check_backups
 from donnadb.backup.errors import BackupCorrupt, BackupNotFound, BackupStale, DrillFailed
 from donnadb.backup.prune import prune as run_prune
-from donnadb.backup.storage_s3 import S3Store, check_backup_id
+from donnadb.backup.storage_s3 import RemoteBackup, S3Store, check_backup_id
 from donnadb.cli.erasurecopy import ledger_copy, print_ledger_copy
 from donnadb.cli.opsrun import backup_member_only, confirm, leader_only, logged, skip_job
 from donnadb.cli.options import DbOpt, DryRunOpt, JsonOpt, YesOpt
@@ -94,18 +94,25 @@ def _local_or_download(settings: Settings, backup_id: str, quiet: bool, *,
     if backup_id != "latest":
         check_backup_id(backup_id)
     store = S3Store(settings, allow_unsigned=allow_unsigned)
-    if backup_id == "latest":
-        good = [b for b in store.list_backups() if b.good]
-        if not good:
-            raise BackupNotFound("no good backup locally or in S3; run `donnactl backup create`")
-        backup_id = good[-1].backup_id
-    remote = next((b for b in store.list_backups() if b.backup_id == backup_id), None)
+    remote = _remote(store, backup_id)
+    if remote is None and backup_id == "latest":
+        raise BackupNotFound("no good backup locally or in S3; run `donnactl backup create`")
+    backup_id = remote.backup_id if remote else backup_id
     total = remote.manifest.total_size if remote and remote.manifest else 0
     progress, advance = _transfer(total, f"download {backup_id}", quiet)
     if progress:
         with progress:
             return store.download_backup(backup_id, settings.backup_repo_dir, advance)
     return store.download_backup(backup_id, settings.backup_repo_dir)
+
+
+def _remote(store: S3Store, backup_id: str) -> RemoteBackup | None:
+    """The S3 backup ``backup_id`` names (good or not), or for ``latest`` the newest good
+    one; None when there is none. One listing (each manifest read once)."""
+    listed = store.list_backups()
+    if backup_id == "latest":
+        return next((b for b in reversed(listed) if b.good), None)
+    return next((b for b in listed if b.backup_id == backup_id), None)
 
 
 @app.command()
@@ -506,13 +513,11 @@ def _restore_plan(settings: Settings, backup_id: str, target_db: str, *, force: 
         if not settings.s3_enabled:
             raise
         # The manifest names the source database, whose ledger (and its copy) counts too.
-        good = [b for b in S3Store(settings).list_backups() if b.good]
-        chosen = good[-1:] if backup_id == "latest" else \
-            [b for b in good if b.backup_id == backup_id]
-        if not chosen:
+        remote = _remote(S3Store(settings), backup_id)
+        if remote is None or not remote.good:
             raise BackupNotFound(f"no good backup {backup_id!r} locally or in S3; `donnactl "
                                  "backup list` shows them") from None
-        resolved, source, manifest = chosen[0].backup_id, "s3", chosen[0].manifest
+        resolved, source, manifest = remote.backup_id, "s3", remote.manifest
     plan = erasures.restore_plan(settings, target_db, manifest)
     has_data = restore.target_has_data(settings, target_db)
     if not has_data:

@@ -122,8 +122,7 @@ def test_entries_planted_in_the_bucket_are_not_applied(
     crypto.generate_key_file(theirs)
     key = crypto.load_keys(theirs)[0]
     forged = {"database": scratch_db, "id": bob.id, "erased_at": real["erased_at"]}
-    forged["signature"] = {"algorithm": signing.ALGORITHM, "key_id": key.key_id,
-                           "mac": signing.record_mac(forged, key, ledgercopy._CONTEXT)}
+    forged["signature"] = signing.record_signature(forged, key, ledgercopy._CONTEXT)
     store.put_small(f"{folder}{bob.id}.json", json.dumps(forged).encode())
     store.put_small(f"{store.prefix}erasures/{target_name}/{bob.id}.json",
                     json.dumps({**real, "id": bob.id}).encode())
