@@ -45,12 +45,12 @@ deploy: venv
 
 # The suite checks the checkout itself with git (no secret in the repository), sniffs
 # loopback traffic with tcpdump (nothing readable on the wire), decrypts age backups
-# with the stock tool and loads the dashboard in headless Chromium (the headless shell
-# alone: without recommends it starts no service).
+# with the stock tool, injects disk faults with strace and loads the dashboard in
+# headless Chromium (the headless shell alone: without recommends it starts no service).
 test: deploy
 	@# One apt-get update for whatever is missing (Chromium without its recommends, which
 	@# would start services).
-	@need=; for tool in git tcpdump age; do command -v $$tool >/dev/null || need="$$need $$tool"; done; \
+	@need=; for tool in git tcpdump age strace; do command -v $$tool >/dev/null || need="$$need $$tool"; done; \
 		command -v chromium >/dev/null || command -v chromium-headless-shell >/dev/null || \
 		need="$$need chromium-headless-shell"; \
 		[ -z "$$need" ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import boto3
 from backup_compression import seeded_database
-from cpushare import busy_cpu_seconds
+from cpushare import with_busy_cpu
 from report import header, interleaved, ratios, save_raw, span
 from scratch import busy_if_turned_away
 
@@ -93,15 +93,6 @@ def moto_s3() -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(timeout=30)
-
-
-def with_busy_cpu(fn, spent: list[float]):
-    """``fn`` that also appends the machine's busy CPU seconds during it to ``spent``."""
-    def run():
-        before = busy_cpu_seconds()
-        fn()
-        spent.append(busy_cpu_seconds() - before)
-    return run
 
 
 def random_file(path: Path, mib: int) -> Path:

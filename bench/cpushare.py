@@ -63,6 +63,16 @@ def busy_cpu_seconds() -> float:
     return sum(int(fields[i]) for i in BUSY_FIELDS) / TICK
 
 
+def with_busy_cpu(fn, spent: list[float]):
+    """``fn`` that also appends the machine's busy CPU seconds during it to ``spent``."""
+    def run():
+        before = busy_cpu_seconds()
+        result = fn()
+        spent.append(busy_cpu_seconds() - before)
+        return result
+    return run
+
+
 @dataclass
 class Shares:
     """Shares of the step's CPU capacity (wall seconds x cores), 0-1 each."""

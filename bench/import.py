@@ -9,15 +9,22 @@
 2. times ``migrate-data import`` (read + normalise the JSON files, write) into an empty
    migrated scratch database: the default path (an empty ``messages``, so the import
    defers its secondary indexes and builds them at the end), then ``--keep-indexes``
-   (every index maintained row by row, as an import into a table holding rows does);
+   (every index maintained row by row, as an import into a table holding rows does),
+   and the same files read and parsed as the import does, written nowhere ("parse
+   only": the work the baseline, whose rows are already in memory, never does);
 3. times the baseline in another scratch database: the same rows, already in memory,
    COPYed straight into the same empty tables (a) with the non-constraint indexes
    dropped and built afterwards (the physical limit) and (b) with every index in place;
 4. repeats 2-3 ``--rounds`` times (default 3), each round with fresh databases, so a
-   neighbour's load hits every side of a round alike;
+   neighbour's load hits every side of a round alike; before each side, untimed, a
+   CHECKPOINT and the WAL archiver's backlog taken (bench/scratch.py ``settle``), so
+   what one side wrote is not compressed and archived during the next;
 5. prints each round, then messages/s and the ratios (each from one round) as min-max
-   ranges, and the load average before/after. Run as root on the deployed host (scratch
-   databases are created through the postgres superuser: bench/scratch.py).
+   ranges, the load average before/after, and what bounds the default path: its
+   loading and index-build seconds, and the machine's busy CPU seconds (/proc/stat)
+   of the default path, the physical limit and the parse alone. Run as root on the
+   deployed host (scratch databases are created through the postgres superuser:
+   bench/scratch.py).
 """
 
 from __future__ import annotations
@@ -28,13 +35,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from cpushare import CORES, busy_cpu_seconds, with_busy_cpu
 from report import header, ratios, span
-from scratch import create_scratch_database, drop_database
+from scratch import create_scratch_database, drop_database, settle
 
 from donnadb import db
 from donnadb.config import load_settings
 from donnadb.legacy.fixtures import generate
 from donnadb.legacy.importer import default_workers, import_data_dir
+from donnadb.legacy.logs import iter_log_file
+from donnadb.legacy.parallel import iter_parts
 from donnadb.legacy.reader import LegacyReader
 from donnadb.migrate import apply_migrations
 
@@ -135,8 +145,25 @@ def _import(settings, root: Path, batch: int, *, defer: bool | None
         drop_database(name)
 
 
-def _baseline(settings, rows) -> tuple[float, float, float]:
-    """COPY alone, COPY + index builds (the physical limit), COPY with indexes in place."""
+def _parse_only(root: Path, workers: int) -> float:
+    """Seconds to read and parse ``root`` as the import does (users, then chats
+    normalised and COPY-encoded by ``workers`` processes, then logs), writing nothing:
+    the work the physical limit, whose rows are already in memory, does not do."""
+    t = time.perf_counter()
+    reader = LegacyReader.open(root)
+    for _ in reader.users():
+        pass
+    for _ in iter_parts(reader, workers):
+        pass
+    for path in reader.inventory.logs:
+        for _ in iter_log_file(path, reader.inventory, reader.report):
+            pass
+    return time.perf_counter() - t
+
+
+def _baseline(settings, rows) -> tuple[float, float, float, float]:
+    """COPY alone, COPY + index builds (the physical limit), COPY with indexes in place,
+    and the machine's busy CPU seconds during the physical limit."""
     name = create_scratch_database(settings, prefix="donna_bench")
     try:
         apply_migrations(settings=settings, dbname=name)
@@ -145,16 +172,18 @@ def _baseline(settings, rows) -> tuple[float, float, float]:
             indexes = conn.execute(INDEXES, [list(TABLES)]).fetchall()
             for index, _ in indexes:
                 conn.execute(f'DROP INDEX "{index}"')
+            cpu = busy_cpu_seconds()
             t = time.perf_counter()
             plain_copy(conn, rows)
             copy_only = time.perf_counter() - t
             for _, definition in indexes:
                 conn.execute(definition)
             limit = time.perf_counter() - t
+            cpu = busy_cpu_seconds() - cpu
             truncate(conn)
             t = time.perf_counter()
             plain_copy(conn, rows)
-            return copy_only, limit, time.perf_counter() - t
+            return copy_only, limit, time.perf_counter() - t, cpu
     finally:
         drop_database(name)
 
@@ -179,7 +208,9 @@ def main() -> None:
     print(header("bench/import.py", args.rounds), flush=True)
     load_before = os.getloadavg()
     sides: dict[str, list[float]] = {"default": [], "keep": [], "copy": [], "limit": [],
-                                     "indexed": []}
+                                     "indexed": [], "parse": [], "builds": []}
+    busy: dict[str, list[float]] = {"default": [], "parse": [], "limit": []}
+    waited: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = args.data_dir or Path(tmp) / "data"
         if not root.exists():
@@ -191,14 +222,24 @@ def main() -> None:
         workers = default_workers(LegacyReader.open(root))
         rows = materialise(root)
         for r in range(1, args.rounds + 1):
-            ours, summary = _import(settings, root, batch, defer=None)
+            # Each side starts on a server done with the last one's writes (settle).
+            waited.append(settle())
+            ours, summary = with_busy_cpu(
+                lambda: _import(settings, root, batch, defer=None), busy["default"])()
+            waited.append(settle())
+            parsed = with_busy_cpu(lambda: _parse_only(root, workers), busy["parse"])()
+            waited.append(settle())
             kept, _ = _import(settings, root, batch, defer=False)
-            copy_only, limit, with_indexes = _baseline(settings, rows)
+            waited.append(settle())
+            copy_only, limit, with_indexes, limit_cpu = _baseline(settings, rows)
+            busy["limit"].append(limit_cpu)
             for key, value in (("default", ours), ("keep", kept), ("copy", copy_only),
-                               ("limit", limit), ("indexed", with_indexes)):
+                               ("limit", limit), ("indexed", with_indexes),
+                               ("parse", parsed), ("builds", summary.index_build_seconds)):
                 sides[key].append(value)
             print(f"round {r}: import {ours:.2f}s (indexes deferred: "
-                  f"{summary.indexes_rebuilt}), --keep-indexes {kept:.2f}s, "
+                  f"{summary.indexes_rebuilt}, built in {summary.index_build_seconds:.2f}s),"
+                  f" parse only {parsed:.2f}s, --keep-indexes {kept:.2f}s, "
                   f"COPY {copy_only:.2f}s + index builds {limit - copy_only:.2f}s, "
                   f"COPY with indexes {with_indexes:.2f}s", flush=True)
     load_after = os.getloadavg()
@@ -212,8 +253,9 @@ def main() -> None:
           f"{summary.read.get('users', 0):,} users, {summary.read.get('system_logs', 0):,} "
           f"logs; batch size {batch}; parser workers {workers}; "
           f"load average {load_before[0]:.2f} before, "
-          f"{load_after[0]:.2f} after (1 min); min-max over {args.rounds} rounds, "
-          "ratios per round")
+          f"{load_after[0]:.2f} after (1 min); before each side a CHECKPOINT and the WAL "
+          f"archiver's backlog taken ({span(waited, '{:.1f}')}s, not timed); min-max over "
+          f"{args.rounds} rounds, ratios per round")
     print(f"our import, default path:              {span(sides['default']):>13}s  "
           f"{rate('default')} msg/s")
     print(f"our import --keep-indexes:             {span(sides['keep']):>13}s  "
@@ -226,6 +268,28 @@ def main() -> None:
           f" (target 1.5x); --keep-indexes / physical limit: "
           f"{span(ratios(sides['keep'], sides['limit']))}x; default path / COPY with "
           f"indexes: {span(ratios(sides['default'], sides['indexed']))}x")
+    _print_limit(sides, busy, workers)
+
+
+def _print_limit(sides: dict[str, list[float]], busy: dict[str, list[float]],
+                 workers: int) -> None:
+    """What bounds the default path on this machine: the parsing the physical limit
+    does not do, in CPU seconds of the whole machine (the import's processes, the
+    parser workers and the server alike; ``/proc/stat``)."""
+    loads = [a - b for a, b in zip(sides["default"], sides["builds"], strict=True)]
+    share = [c / (w * CORES) for c, w in zip(busy["default"], sides["default"],
+                                            strict=True)]
+    print(f"the default path: loading {span(loads)}s, then the deferred index builds "
+          f"{span(sides['builds'])}s (the GIN beside the B-trees); machine busy "
+          f"{span(busy['default'], '{:.1f}')} CPU s, {span(share, '{:.0%}')} of "
+          f"{CORES} cores")
+    print(f"parse only (read, normalise, COPY-encode; {workers} parser workers, no "
+          f"database): {span(sides['parse'])}s, machine busy "
+          f"{span(busy['parse'], '{:.1f}')} CPU s")
+    extra = [d - lim for d, lim in zip(busy["default"], busy["limit"], strict=True)]
+    print(f"busy CPU beyond the physical limit's ({span(busy['limit'], '{:.1f}')} CPU s): "
+          f"{span(extra, '{:.1f}')} CPU s, against parse only's "
+          f"{span(busy['parse'], '{:.1f}')}")
 
 if __name__ == "__main__":
     main()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from report import Busy
 
+from donnadb import db
 from donnadb.backup import bootstrap
 from donnadb.config import Settings
 from donnadb.errors import DonnaError
@@ -48,6 +49,28 @@ def busy_if_turned_away(fn: Callable[[], object]) -> Callable[[], object]:
 def drop_database(name: str) -> None:
     """Drop ``name`` (disconnecting its sessions) if it exists."""
     bootstrap.drop_database(name)
+
+
+#: WAL segments the archiver has not taken yet (pgBackRest compresses each one).
+WAL_WAITING = "SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'"
+#: How long :func:`settle` waits for the archiver before it lets the next side start.
+SETTLE_TIMEOUT = 180.0
+
+
+def settle(timeout: float = SETTLE_TIMEOUT) -> float:
+    """Let the server finish what the side before wrote, so that it does not land on the
+    next side: a CHECKPOINT, then the archiver's backlog taken (after a load of a million
+    rows pgBackRest compresses gigabytes of WAL: seconds of CPU on the same cores).
+    Returns the seconds it took; after ``timeout`` it stops waiting and says so."""
+    started = time.monotonic()
+    db.superuser_psql("CHECKPOINT")
+    while int(db.superuser_psql(WAL_WAITING)) > 0:
+        if time.monotonic() - started > timeout:
+            print(f"(the archiver still had WAL to take after {timeout:.0f} s: "
+                  "the next side shares the cores with it)", flush=True)
+            break
+        time.sleep(0.5)
+    return time.monotonic() - started
 
 
 def _run(*cmd: str) -> str:

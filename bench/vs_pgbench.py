@@ -18,14 +18,19 @@ and deleted after the run).
    spread over ``--processes`` processes (default 2: pgbench's ``-j 2`` gives its
    clients two threads, i.e. two cores; one Python process uses at most one, as an app
    server runs several worker processes for the same reason);
-4. a bare ``psycopg_pool`` loop (same threads, same SQL, default row tuples, no DAL
-   code) separates the DAL's own cost from psycopg's and Python threads';
+4. a bare ``psycopg_pool`` loop (same threads, same SQL, psycopg's cursor API, default
+   row tuples, no DAL code): what a plain psycopg application pays;
 5. the psycopg floor: the least any client built on psycopg can do to hand Python
    values to an app. Each thread makes one libpq call per query on a connection of its
    own (``PGconn.exec_prepared``, the statement prepared once; through PgBouncer
    ``exec_params``) and psycopg's C loaders, with the DAL's json loader, turn the rows
    into tuples: no cursor, no pool, no DAL code. What it reaches bounds what the DAL
    can reach on this host;
+5b. the API floor: the floor plus what the DAL's public API asks of any implementation,
+   a connection from one shared ``psycopg_pool`` per call (threads do not own
+   connections; with the DAL's checkout check) and rows as dicts: the DAL's own
+   lower-layer call (``fastpath.fetch``) and nothing of the DAL around it. DAL / API
+   floor is the cost of the DAL's own code, API floor / floor the cost of the API;
 6. repeats 2-5 ``--rounds`` times interleaved (the host is shared: a neighbour's load
    hits every side of a round alike) and prints each round, then the min-max (and
    median) over the rounds of the DAL's throughput over the floor's (goal: >= 0.8),
@@ -56,13 +61,13 @@ import psycopg
 from psycopg.adapt import Transformer
 from psycopg.pq import ExecStatus
 from psycopg_pool import ConnectionPool
-from report import header, span
+from report import header, rotated, span
 
 from donnadb import db
 from donnadb.config import load_settings
 from donnadb.dal import PostgresDataAccess, fastpath
 from donnadb.dal import postgres_sql as q
-from donnadb.dal.postgres import dal_adapters
+from donnadb.dal.postgres import _check_idle_connection, dal_adapters
 from donnadb.loadtest.seed import CHAT_PREFIX, RUN_CHAT_PREFIX
 
 CHATS_SQL = "SELECT count(*) FROM chat_sessions WHERE chat_id LIKE %s"
@@ -264,6 +269,8 @@ def _side(kind: str, settings, dbname: str, clients: int, seconds: int, work: Wo
     may be), calls ``ready()``, then runs :func:`_loop`."""
     if kind == "floor":
         call, close = _floor(settings, dbname, clients, work)
+    elif kind == "api":
+        call, close = _api_floor(settings, dbname, clients, work)
     elif kind == "dal":
         s = settings.model_copy(update={"db_max_connections": clients})
         dal = PostgresDataAccess(s, dbname=dbname, min_size=clients)
@@ -339,6 +346,30 @@ def _floor(settings, dbname: str, clients: int, work: Workload):
             conn.close()
 
     return call, close
+
+
+def _api_floor(settings, dbname: str, clients: int, work: Workload):
+    """The API floor's ``(call, close)`` (see the module's docstring, 5b)."""
+    names = list(work.params(work.chats[0]))
+    statement = fastpath.Statement(f"bench_{work.kind}", work.query, names)
+    prepared = settings.pgbouncer_port is None
+    kwargs: dict = {"autocommit": True, "context": dal_adapters()}
+    if not prepared:
+        kwargs["prepare_threshold"] = None
+    pool = ConnectionPool(db.conninfo("app", settings=settings, dbname=dbname),
+                          min_size=clients, max_size=clients, kwargs=kwargs,
+                          check=_check_idle_connection, open=True)
+    pool.wait()
+
+    def call(rng: random.Random) -> list[dict]:
+        conn = pool.getconn()
+        try:
+            return fastpath.fetch(conn, statement, work.text_values(rng.choice(work.chats)),
+                                  prepare=prepared)
+        finally:
+            pool.putconn(conn)
+
+    return call, pool.close
 
 
 def _child(kind, settings, dbname, clients, seconds, work, barrier, results) -> None:
@@ -433,41 +464,49 @@ def _rounds(args, settings, dbname: str, work: Workload) -> int:
     what = "history read" if work.kind == "history" else "message append"
     print(f"{what}, {args.clients} clients, {args.seconds} s per run, {work.n_chats:,} chats, "
           f"via {via}, pgbench -M {'prepared' if prepared else 'extended'} "
-          f"-j {min(args.clients, 2)}, DAL, bare pool and floor in {args.processes} "
+          f"-j {min(args.clients, 2)}, DAL, bare pool, API floor and floor in {args.processes} "
           f"process(es), load average at start {os.getloadavg()[0]:.1f}", flush=True)
     print("CPU columns: microseconds of CPU per query, client process(es) / server side "
           "(the app role's backends in the database, plus PgBouncer's process through it)")
     print("| round | pgbench tps | pgbench CPU µs | DAL qps | DAL CPU µs | bare pool qps "
-          "| bare CPU µs | psycopg floor qps | floor CPU µs | DAL / floor | DAL / pgbench "
-          "| bare / pgbench | floor / pgbench | load avg |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
-    to_floor, ratios, bare_ratios, floor_ratios, dal_rates = [], [], [], [], []
-    sides = ("dal", "bare", "floor")
+          "| bare CPU µs | API floor qps | API floor CPU µs | psycopg floor qps "
+          "| floor CPU µs | DAL / floor | DAL / API floor | API floor / floor "
+          "| DAL / pgbench | bare / pgbench | floor / pgbench | load avg |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:"
+          "|---:|---:|", flush=True)
+    figures: dict[str, list[float]] = {k: [] for k in (
+        "to_floor", "to_api", "api_to_floor", "ratios", "bare", "floor", "dal_rates")}
     for r in range(1, args.rounds + 1):
         base = run_pgbench(settings, dbname, port, args.clients, args.seconds, work,
                            prepared)
         # The Python sides in a different order each round: none always runs first.
-        order = sides[(r - 1) % 3:] + sides[:(r - 1) % 3]
         runs = {kind: run_side(kind, settings, dbname, args.clients, args.seconds, work,
-                               args.processes) for kind in order}
-        dal, bare, floor = runs["dal"], runs["bare"], runs["floor"]
-        to_floor.append(dal.rate / floor.rate)
-        ratios.append(dal.rate / base.rate)
-        bare_ratios.append(bare.rate / base.rate)
-        floor_ratios.append(floor.rate / base.rate)
+                               args.processes)
+                for kind in rotated(("dal", "bare", "api", "floor"), r)}
+        dal, bare, api, floor = runs["dal"], runs["bare"], runs["api"], runs["floor"]
+        for key, value in (("to_floor", dal.rate / floor.rate),
+                           ("to_api", dal.rate / api.rate),
+                           ("api_to_floor", api.rate / floor.rate),
+                           ("ratios", dal.rate / base.rate),
+                           ("bare", bare.rate / base.rate),
+                           ("floor", floor.rate / base.rate), ("dal_rates", dal.rate)):
+            figures[key].append(value)
         print(f"| {r} | {base.rate:,.0f} | {cpu(base)} | {dal.rate:,.0f} | {cpu(dal)} | "
-              f"{bare.rate:,.0f} | {cpu(bare)} | {floor.rate:,.0f} | {cpu(floor)} | "
-              f"{dal.rate / floor.rate:.2f} | {dal.rate / base.rate:.2f} | "
-              f"{bare.rate / base.rate:.2f} | {floor.rate / base.rate:.2f} | "
-              f"{os.getloadavg()[0]:.1f} |", flush=True)
-        dal_rates.append(dal.rate)
-    print(f"min-max over {args.rounds} rounds (median): DAL / psycopg floor {span(to_floor)} "
-          f"({statistics.median(to_floor):.2f}; goal >= 0.80), DAL "
-          f"{span(dal_rates, '{:,.0f}')} qps; DAL / pgbench {span(ratios)} "
-          f"({statistics.median(ratios):.2f}); bare psycopg_pool / pgbench "
-          f"{span(bare_ratios)} ({statistics.median(bare_ratios):.2f}); psycopg floor / "
-          f"pgbench {span(floor_ratios)} ({statistics.median(floor_ratios):.2f}; what any "
-          "psycopg client reaches here)")
+              f"{bare.rate:,.0f} | {cpu(bare)} | {api.rate:,.0f} | {cpu(api)} | "
+              f"{floor.rate:,.0f} | {cpu(floor)} | {dal.rate / floor.rate:.2f} | "
+              f"{dal.rate / api.rate:.2f} | {api.rate / floor.rate:.2f} | "
+              f"{dal.rate / base.rate:.2f} | {bare.rate / base.rate:.2f} | "
+              f"{floor.rate / base.rate:.2f} | {os.getloadavg()[0]:.1f} |", flush=True)
+
+    def med(key: str) -> str:
+        return f"{span(figures[key])} ({statistics.median(figures[key]):.2f}"
+
+    print(f"min-max over {args.rounds} rounds (median): DAL / psycopg floor "
+          f"{med('to_floor')}; goal >= 0.80), DAL {span(figures['dal_rates'], '{:,.0f}')} "
+          f"qps; DAL / API floor {med('to_api')}; the DAL's own code), API floor / floor "
+          f"{med('api_to_floor')}; a shared pool and dict rows); DAL / pgbench "
+          f"{med('ratios')}); bare psycopg_pool / pgbench {med('bare')}); psycopg floor / "
+          f"pgbench {med('floor')}; what any psycopg client reaches here)")
     return 0
 
 

@@ -146,8 +146,8 @@ def import_cmd(data_dir: DataDirOpt = None, dry_run: DryRunOpt = False,
     _print_report(reader.report)
     _print_conflicts(summary.conflicts, conflicts_file)
     console.print(f"{summary.batches} batches of up to {settings.migration_batch_size} rows"
-                  + (f"; {summary.indexes_rebuilt} messages indexes built once at the end"
-                     if summary.indexes_rebuilt else "")
+                  + (f"; {summary.indexes_rebuilt} messages indexes built once at the end "
+                     f"({summary.index_build_seconds:.1f} s)" if summary.indexes_rebuilt else "")
                   + (f"; report: {report_file}" if report_file else ""), highlight=False)
     if summary.rejected:
         err_console.print(f"[red]{summary.rejected} records refused by the database[/]: "

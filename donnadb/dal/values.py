@@ -351,6 +351,10 @@ def is_uuid(value: object) -> bool:
 
 
 def needs_escape(text: str) -> bool:
+    # An ASCII string (str.isascii() reads a flag, it does not scan) has no surrogate:
+    # only NUL is left to find, by memchr; the character class is 10-20x slower per byte.
+    if text.isascii():
+        return "\x00" in text
     return bool(_UNSTORABLE_RE.search(text))
 
 

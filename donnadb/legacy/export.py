@@ -32,7 +32,7 @@ from typing import Any
 
 import psycopg
 
-from donnadb.dal.fileio import UnsafeNameError, check_file_name, create_under
+from donnadb.dal.fileio import UnsafeNameError, check_file_name, create_under, sync_filesystem
 from donnadb.dal.sealed import Sealer
 from donnadb.errors import DataError, UsageError
 from donnadb.legacy.chats import ORIGIN_FIELDS, ORIGIN_KEY, format_transcript
@@ -145,6 +145,13 @@ class _OutDir:
             fh.flush()
             if mtime is not None:
                 os.utime(fh.fileno(), (mtime, mtime))
+
+    def sync(self) -> None:
+        """Every file and folder written below --out on disk.
+
+        :raises OSError: the file system reports a write that failed.
+        """
+        sync_filesystem(self.fd)
 
     def discard(self) -> None:
         """Remove everything below --out (it was empty when the export began)."""
@@ -530,6 +537,8 @@ def export_data_dir(conn: psycopg.Connection, out_dir: Path, *,
         left empty).
     :raises DataError: two records would write the same file, or a log row's line lies
         beyond its file's rows plus ``log_gap_margin`` (``out_dir`` left empty).
+    :raises DataError: a write failed, or the disk reported one at the final flush (a
+        full or failing disk; ``out_dir`` left empty).
     :raises DecryptError: a sealed value does not open: its user's data key was erased,
         or the value altered (``out_dir`` left empty).
     :raises ConfigError: the database holds sealed values and no ``sealer`` was given;
@@ -567,6 +576,14 @@ def export_data_dir(conn: psycopg.Connection, out_dir: Path, *,
                     _export_chats(conn, target, summary, app_layout=files is not None)
                 if files in (None, "logs"):
                     _export_logs(conn, target, summary, log_gap_margin)
+            # On disk before the export says it is done: a rollback puts these files in
+            # place of the database, and a crash just after must not leave them empty.
+            target.sync()
+        except OSError as exc:  # a full or failing disk, at a write or at the flush
+            target.discard()
+            raise DataError(f"cannot write the export into {out}: {exc.strerror}; free "
+                            "space or fix the disk, then export again into a new --out "
+                            "path") from None
         except BaseException:
             target.discard()
             raise

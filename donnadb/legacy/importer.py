@@ -42,6 +42,7 @@ import logging
 import os
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -299,6 +300,8 @@ class ImportSummary:
     written: dict[str, int] = field(default_factory=dict)
     batches: int = 0
     indexes_rebuilt: int = 0
+    #: Wall seconds of that rebuild (0 when nothing was deferred).
+    index_build_seconds: float = 0.0
     #: Stored rows the files differ from and were not allowed to replace (see
     #: :data:`CONFLICT_EXAMPLES`); each a dict: table, key, reason, file/db versions, path.
     conflicts: list[dict[str, Any]] = field(default_factory=list)
@@ -308,6 +311,7 @@ class ImportSummary:
     def as_dict(self) -> dict:
         return {"dry_run": self.dry_run, "read": self.read, "written": self.written,
                 "batches": self.batches, "indexes_rebuilt": self.indexes_rebuilt,
+                "index_build_seconds": self.index_build_seconds,
                 "conflicts": len(self.conflicts),
                 "conflict_examples": self.conflicts[:CONFLICT_EXAMPLES],
                 "rejected": self.rejected}
@@ -406,7 +410,9 @@ class Importer:
                 self._thread.join()
         self._raise_writer_error()
         if deferred is not None:
+            started = time.monotonic()
             self.summary.indexes_rebuilt = indexes.rebuild(self.conn, deferred, self.owner_role)
+            self.summary.index_build_seconds = round(time.monotonic() - started, 2)
         return self.summary
 
     def _read_all(self, reader: LegacyReader) -> None:

@@ -35,3 +35,28 @@ def test_the_append_sends_sql_literals_and_text_values(vs):
     script = work.pgbench_script()
     assert "'user'" in script and "NULL" in script and "false" in script
     assert work.text_values(work.chats[0])[3:] == [b"{}", None, b"f"]
+
+
+def test_the_api_floor_returns_the_dal_rows_as_dicts_from_a_shared_pool(
+        vs, settings, scratch_db):
+    from donnadb.dal import PostgresDataAccess
+
+    plain = settings.model_copy(update={"pgbouncer_port": None, "crypto_enabled": False})
+    with PostgresDataAccess(plain, dbname=scratch_db) as dal:
+        for n in range(2):
+            dal.create_chat_session(f"lt-x-{n:04d}", None, {})
+            for i in range(3):
+                dal.add_message(f"lt-x-{n:04d}", "user", f"message {n}.{i}")
+        expected = {f"lt-x-{n:04d}": [m["content"] for m in dal.get_chat_history(
+            f"lt-x-{n:04d}", 20)] for n in range(2)}
+    work = vs.Workload("history", "lt-x-", 4, 2)
+    call, close = vs._api_floor(plain, scratch_db, 1, work)
+    try:
+        for seed in range(6):  # past fastpath.PREPARE_AFTER: the prepared statement too
+            rng = vs.random.Random(seed)
+            chat = vs.random.Random(seed).choice(work.chats)
+            rows = call(rng)
+            assert all(isinstance(r, dict) for r in rows)
+            assert [r["content"] for r in reversed(rows)] == expected[chat]
+    finally:
+        close()

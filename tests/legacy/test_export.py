@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import stat
+import subprocess
 import uuid
 from datetime import UTC, datetime
 
@@ -18,7 +21,7 @@ from donnadb.legacy.importer import import_data_dir
 from donnadb.legacy.normalise import message_uuid
 from donnadb.legacy.reader import LegacyReader
 from donnadb.legacy.verify import verify
-from tests.legacy.conftest import checksums, run_cli
+from tests.legacy.conftest import DONNACTL, checksums, run_cli
 
 
 def test_import_export_import_gives_the_same_database(settings, scratch_db, second_db,
@@ -249,3 +252,59 @@ def test_export_one_entity_writes_the_files_holding_it(settings, scratch_db, tmp
     with db.connect("readonly", settings=settings, dbname=scratch_db) as conn, \
             pytest.raises(UsageError, match="unknown entity"):
         export_data_dir(conn, tmp_path / "out-bad", entity="files")
+
+
+def _traced_export(out, dbname: str, trace, *inject: str):
+    """``migrate-data export`` under strace, its syncfs and file creations traced."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed (make test installs it)")
+    cmd = [strace, "-f", "-qq", "-o", str(trace), "-e", "trace=openat,syncfs", *inject,
+           DONNACTL, "migrate-data", "export", "--out", str(out), "--dbname", dbname]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "COLUMNS": "200"})
+
+
+def test_the_export_is_on_disk_before_it_says_done(settings, scratch_db, tmp_path):
+    generate(tmp_path / "data", users=3, chats=6, deviations=False)
+    with db.connect("migrator", settings=settings, dbname=scratch_db, autocommit=True) as conn:
+        import_data_dir(LegacyReader.open(tmp_path / "data"), conn, batch_size=100)
+
+    out, trace = tmp_path / "exported", tmp_path / "trace.txt"
+    done = _traced_export(out, scratch_db, trace)
+    assert done.returncode == 0, done.stderr
+    lines = trace.read_text().splitlines()
+    opened = next(re.search(r"= (\d+)$", ln).group(1) for ln in lines
+                  if f'"{out}", O_RDONLY' in ln and "O_DIRECTORY" in ln)
+    created = [i for i, ln in enumerate(lines) if "O_CREAT|O_EXCL" in ln]
+    synced = [i for i, ln in enumerate(lines) if re.search(rf"syncfs\({opened}\)\s+= 0", ln)]
+    assert created and synced and synced[-1] > created[-1], "no syncfs after the last file"
+
+    # The disk reports a failed write at that flush: the export fails in one line and
+    # leaves nothing to put in place.
+    failed_out = tmp_path / "failed"
+    failed = _traced_export(failed_out, scratch_db, tmp_path / "trace2.txt",
+                            "-e", "inject=syncfs:error=EIO")
+    assert failed.returncode != 0
+    assert f"cannot write the export into {failed_out}: Input/output error" in failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1, failed.stderr
+    assert not any(failed_out.iterdir())
+
+
+def test_a_full_disk_stops_the_export_and_leaves_nothing(settings, scratch_db, tmp_path):
+    generate(tmp_path / "data", users=3, chats=10, messages_per_chat=200, deviations=False)
+    with db.connect("migrator", settings=settings, dbname=scratch_db, autocommit=True) as conn:
+        import_data_dir(LegacyReader.open(tmp_path / "data"), conn, batch_size=100)
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(small)],
+                   check=True)
+    try:
+        out = small / "exported"
+        done = run_cli("migrate-data", "export", "--out", str(out), "--dbname", scratch_db)
+        assert done.returncode == 6, done.stderr
+        assert f"cannot write the export into {out}: No space left on device" in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert not any(out.iterdir())
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
