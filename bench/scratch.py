@@ -24,12 +24,41 @@ from donnadb.backup import bootstrap
 from donnadb.config import Settings
 from donnadb.errors import DonnaError
 
+#: A benchmark's scratch databases write gigabytes into the deployed cluster, and their
+#: WAL stays in pgBackRest's repo1 until a later full backup lets it expire: below this
+#: much free space on either file system a benchmark does not start.
+MIN_FREE_BYTES = 10 * 2**30
+PGBACKREST_CONF = Path("/etc/pgbackrest/pgbackrest.conf")
+
 
 def create_scratch_database(settings: Settings, prefix: str = "donna_bench") -> str:
-    """Create an empty database with the deploy's bootstrap (no migrations); its name."""
+    """Create an empty database with the deploy's bootstrap (no migrations); its name.
+
+    :raises SystemExit: too little free space for a benchmark (check_free_space).
+    """
+    check_free_space()
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     bootstrap.create_database(settings, name)
     return name
+
+
+def check_free_space(minimum: int | None = None) -> None:
+    """Stop, in one line, when the cluster's data directory or pgBackRest's repo1 has
+    less than ``minimum`` bytes free (default :data:`MIN_FREE_BYTES`)."""
+    minimum = MIN_FREE_BYTES if minimum is None else minimum
+    paths = [db.superuser_psql("SHOW data_directory")]
+    if PGBACKREST_CONF.is_file():
+        paths += [line.split("=", 1)[1].strip()
+                  for line in PGBACKREST_CONF.read_text().splitlines()
+                  if line.startswith("repo1-path=")]
+    for path in paths:
+        free = shutil.disk_usage(path).free
+        if free < minimum:
+            raise SystemExit(
+                f"{path} has {free / 2**30:.1f} GiB free, under the {minimum / 2**30:.0f} "
+                "GiB a benchmark needs (its scratch databases and their archived WAL): "
+                "free space first (`donnactl backup physical --type full` lets the WAL "
+                "older than the kept full backups expire)")
 
 
 def busy_if_turned_away(fn: Callable[[], object]) -> Callable[[], object]:
