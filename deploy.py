@@ -4,8 +4,10 @@ A host's inventory group says what it gets: ``db_servers`` the database and
 everything around it (each step is a @deploy function in donnadb/provision/, listed
 once in donnadb/provision/steps.py; with group_data ``ha = True`` the db_servers hosts
 form one Patroni cluster), ``app_servers`` the application's package, settings and
-credential (donnadb/provision/app.py), ``monitor_servers`` Prometheus and Alertmanager
-scraping every database host (donnadb/provision/monitoring.py; without that group a
+credential (donnadb/provision/app.py; where it puts an entity in dual-write, also
+node_exporter and a metrics job for its copy figures: provision/appmetrics.py),
+``monitor_servers`` Prometheus and Alertmanager scraping every database host (and those
+application hosts' node_exporter; donnadb/provision/monitoring.py; without that group a
 single database host monitors itself). With group_data ``cache_enabled`` one host runs
 Redis for the DAL's cache (donnadb/provision/cacheserver.py); with ``crypto_enabled``
 every host running the DAL gets field encryption's key file and what a database held
@@ -25,6 +27,7 @@ from donnadb.provision.app import (
     hand_over_credential,
     roles_of,
 )
+from donnadb.provision.appmetrics import install_app_metrics
 from donnadb.provision.cacheserver import (
     hand_over_cache_password,
     install_cache_server,
@@ -49,6 +52,7 @@ elif is_db:
 elif is_app:
     # A database host already has the package and settings an application needs.
     converge_app(settings, database_server(settings, host))
+    install_app_metrics(settings)
 if MONITOR_GROUP in host.groups:
     install_monitor(settings)
 if is_cache_host(settings, host):

@@ -59,6 +59,10 @@ app_servers = [
             "cache_enabled": False,
             # Field encryption (on by default): this host makes the key file.
             "crypto_enabled": True,
+            # Lines for this host's donnadb.env; while moving an entity to PostgreSQL, e.g.
+            # {"DATA_STORAGE_LOGS": "dual"} (docs/dal.md): this host then exports
+            # its dual-write figures to Prometheus (docs/monitoring.md).
+            "donnadb_env_extra": {},
         },
     ),
 ]

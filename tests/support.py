@@ -8,6 +8,7 @@ the deploy does, so the tests need no superuser password either.
 from __future__ import annotations
 
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -157,3 +158,23 @@ def one_line_error(run: subprocess.CompletedProcess, code: int, *needles: str) -
     for needle in needles:
         assert needle in lines[0], lines[0]
     return lines[0]
+
+
+def wait_for(what: str, probe, timeout: float = 120.0, interval: float = 2.0):
+    """Poll ``probe()`` until it returns something true (bounded); an OSError counts as
+    not yet (a server still starting).
+
+    :raises AssertionError: ``timeout`` seconds passed (names ``what`` and the last answer).
+    """
+    deadline = time.monotonic() + timeout
+    seen = None
+    while time.monotonic() < deadline:
+        try:
+            seen = probe()
+        except OSError as exc:
+            seen = exc
+        else:
+            if seen:
+                return seen
+        time.sleep(interval)
+    raise AssertionError(f"{what} not reached in {timeout:.0f} s: {seen}")

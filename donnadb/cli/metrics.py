@@ -11,10 +11,14 @@ from typing import Annotated
 import typer
 
 from donnadb.cli.opsrun import logged, settings
-from donnadb.cli.options import DbOpt
-from donnadb.cli.output import console
+from donnadb.cli.options import DbOpt, JsonOpt
+from donnadb.cli.output import console, emit_json
 
 app = typer.Typer()
+
+HostOnlyOpt = Annotated[bool, typer.Option(
+    "--host-only", help="Only this host's own figures (storage phases, reconcile backlog, "
+    "dual-write's copies); never read the database (an application host).")]
 
 
 @app.callback(invoke_without_command=True)
@@ -26,14 +30,15 @@ def _default(ctx: typer.Context, dbname: DbOpt = None) -> None:
 
 @app.command("show")
 @logged("metrics show")
-def show_cmd(dbname: DbOpt = None) -> None:
+def show_cmd(dbname: DbOpt = None, host_only: HostOnlyOpt = False) -> None:
     """Print one scrape in Prometheus exposition format.
 
-    When the database is down only `donnadb_up 0` is exported (exit 0), for the alert rule.
+    When the database is down only `donnadb_up 0` and this host's own figures are
+    exported (exit 0), for the alert rule.
     """
     from donnadb.ops import metrics
 
-    typer.echo(metrics.exposition(settings(), dbname=dbname), nl=False)
+    typer.echo(metrics.exposition(settings(), dbname=dbname, host_only=host_only), nl=False)
 
 
 @app.command("textfile")
@@ -42,12 +47,20 @@ def textfile_cmd(
     path: Annotated[Path | None, typer.Argument(
         help="File to write (default: METRICS_TEXTFILE).")] = None,
     dbname: DbOpt = None,
+    host_only: HostOnlyOpt = False,
+    json: JsonOpt = False,
 ) -> None:
     """Write one scrape to a node_exporter textfile, atomically (the timer's job)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     from donnadb.ops import metrics
 
     s = settings()
-    metrics.write_textfile(path or s.metrics_textfile, s, dbname=dbname)
+    target = path or s.metrics_textfile
+    text = metrics.write_textfile(target, s, dbname=dbname, host_only=host_only)
+    if json:
+        emit_json({"path": str(target), "host_only": host_only,
+                   "families": sorted(f.name for f in text_string_to_metric_families(text))})
 
 
 @app.command("serve")

@@ -5,7 +5,8 @@ node_exporter textfile). When the database cannot be read, only ``donnadb_up 0``
 the figures of this host's files are exported (each entity's storage phase, the
 reconcile backlog, dual-write's copies: ops/cutover.py): the alert rules key on
 ``donnadb_up`` rather than on missing series, and the backlog grows while PostgreSQL is
-down.
+down. ``host_only`` exports those figures of the host's files alone and never reads the
+database (an application host, which has no database and no credential for one).
 """
 
 from __future__ import annotations
@@ -293,6 +294,17 @@ def _volumes(settings: Settings) -> Iterator[GaugeMetricFamily]:
     yield info
 
 
+class HostCollector(Collector):
+    """This host's own figures (storage phases, reconcile backlog, dual-write's copies):
+    no database is read, so no ``donnadb_up`` either."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def collect(self) -> Iterator[Metric]:
+        yield from storage_families(cutover.collect(self.settings))
+
+
 class StatusCollector(Collector):
     """Reads the database at collection time; never raises into the HTTP server."""
 
@@ -314,23 +326,29 @@ class StatusCollector(Collector):
                      round(time.monotonic() - started, 4))
 
 
-def registry(settings: Settings, *, dbname: str | None = None) -> CollectorRegistry:
+def registry(settings: Settings, *, dbname: str | None = None,
+             host_only: bool = False) -> CollectorRegistry:
+    """The collector of a scrape: :class:`HostCollector` with ``host_only``, else
+    :class:`StatusCollector`."""
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(StatusCollector(settings, dbname=dbname))
+    reg.register(HostCollector(settings) if host_only
+                 else StatusCollector(settings, dbname=dbname))
     return reg
 
 
-def exposition(settings: Settings, *, dbname: str | None = None) -> str:
-    """One scrape in the text exposition format."""
-    return generate_latest(registry(settings, dbname=dbname)).decode()
+def exposition(settings: Settings, *, dbname: str | None = None,
+               host_only: bool = False) -> str:
+    """One scrape in the text exposition format (``host_only``: :class:`HostCollector`)."""
+    return generate_latest(registry(settings, dbname=dbname, host_only=host_only)).decode()
 
 
-def write_textfile(path: Path, settings: Settings, *, dbname: str | None = None) -> str:
+def write_textfile(path: Path, settings: Settings, *, dbname: str | None = None,
+                   host_only: bool = False) -> str:
     """Write one scrape to ``path`` atomically (node_exporter may read at any moment).
 
     :raises OSError: the directory is missing or not writable.
     """
-    text = exposition(settings, dbname=dbname)
+    text = exposition(settings, dbname=dbname, host_only=host_only)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.chmod(0o644)  # node_exporter runs as its own user; metrics hold no secrets

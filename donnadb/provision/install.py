@@ -18,7 +18,9 @@ night. So the deploy
 
 A database host gets ``requirements/host.lock`` (the ``[ops]`` extra: donnactl and
 what its commands need), the migrations and the backup script; an application host
-gets ``requirements/app.lock`` (the DAL alone) or the lock of its ``app_extras``.
+gets ``requirements/app.lock`` (the DAL alone) or the lock of its ``app_extras``, and
+``host.lock`` where its settings put some entity in dual-write (its metrics job runs
+donnactl: provision/appmetrics.py).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files
 
 from donnadb.errors import ConfigError
+from donnadb.provision import dualstats
 from donnadb.provision.settings import DeploySettings
 
 #: What goes into the wheel, and what else the host needs from the tree.
@@ -187,12 +190,23 @@ def install_code(settings: DeploySettings) -> None:
                target=donnactl_path(settings))
 
 
+def app_host_lock(settings: DeploySettings) -> str:
+    """An application host's lock file: :func:`app_lock`, or :data:`HOST_LOCK` (the
+    ``[ops]`` extra: donnactl for the metrics job of its dual-write figures) where some
+    entity is in dual-write and no extra brings donnactl already."""
+    if not settings.app_extras and dualstats.stats_dir(settings) is not None:
+        return HOST_LOCK
+    return app_lock(settings)
+
+
 @deploy("Install the application's code")
 def install_app_code(settings: DeploySettings) -> None:
-    """An application host's venv: the DAL and its settings (and ``app_extras``)."""
-    install_venv(settings, app_lock(settings))
-    if settings.app_extras:
-        # The extras bring donnactl (the load test's commands).
+    """An application host's venv: the DAL and its settings (and ``app_extras``, or the
+    ``[ops]`` extra: :func:`app_host_lock`)."""
+    lock = app_host_lock(settings)
+    install_venv(settings, lock)
+    if settings.app_extras or lock == HOST_LOCK:
+        # The extras bring donnactl (the load test's commands; the metrics job).
         files.link(name=f"donnactl on PATH ({PATH_LINK})", path=PATH_LINK,
                    target=donnactl_path(settings))
 

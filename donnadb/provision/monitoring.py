@@ -10,7 +10,12 @@ password from its own passfile (``pgpass.d/prometheus``, 0600, cut from the root
 passfile on the host like every consumer's) and adds pg_stat_statements' top statements
 (``monitoring/postgres_exporter/queries.yml``).
 
+An application host (not also a database host) whose settings put some entity in
+dual-write runs node_exporter alone, TLS only, for its metrics job's textfile (its own
+dual-write figures: provision/appmetrics.py).
+
 The monitor host runs Prometheus, which scrapes every database host of the inventory
+(and those application hosts' node_exporter, job ``node`` with the label ``role="app"``)
 and evaluates the rules of ``monitoring/alerts.yml``, and Alertmanager, which inhibits a
 warning while the critical of the same alert fires and delivers to the receiver of
 group_data ``alertmanager_webhook_url``. It is the inventory's ``monitor_servers``
@@ -40,8 +45,8 @@ from pyinfra.facts.server import Command, Hostname
 from pyinfra.operations import apt, files, server, systemd
 
 from donnadb.ops import alerts
-from donnadb.provision import consumers, install, opsjobs, passwords, tls
-from donnadb.provision.app import DB_GROUP, MONITOR_GROUP
+from donnadb.provision import consumers, dualstats, install, opsjobs, passwords, tls
+from donnadb.provision.app import APP_GROUP, DB_GROUP, MONITOR_GROUP, address_of
 from donnadb.provision.facts import SystemdRunning
 from donnadb.provision.settings import DeploySettings, load_deploy_settings
 from donnadb.provision.tls import listen_names
@@ -64,7 +69,12 @@ ALERTMANAGER_PORT = 9093
 NODE_PORT = 9100
 POSTGRES_EXPORTER_PORT = 9187
 #: Debian's packages; each one's unit has its name and reads ARGS from /etc/default/<it>.
-EXPORTERS = ("prometheus-node-exporter", "prometheus-postgres-exporter")
+NODE_EXPORTER = "prometheus-node-exporter"
+EXPORTERS = (NODE_EXPORTER, "prometheus-postgres-exporter")
+#: What each exporter package is called in the deploy's operation names.
+SHORT_NAMES = {NODE_EXPORTER: "node_exporter", "prometheus-postgres-exporter": "postgres_exporter"}
+#: The label Prometheus gives an application host's node_exporter (job ``node``).
+APP_LABELS = {"role": "app"}
 SERVERS = ("prometheus-alertmanager", "prometheus")
 SERVICES = EXPORTERS + SERVERS
 #: The packages' daemons run as this user; postgres_exporter's passfile is its.
@@ -123,6 +133,16 @@ def targets(inventory) -> list[Target]:
             for h in hosts]
 
 
+def app_targets(inventory) -> list[Target]:
+    """Every application host of the inventory that runs node_exporter for its
+    dual-write figures (not a database host; some entity in dual-write), at its own
+    address (``app_address``, else its name)."""
+    hosts = inventory.get_group(APP_GROUP) if APP_GROUP in inventory.groups else []
+    return [Target(h.name, address_of(h)) for h in hosts
+            if DB_GROUP not in h.groups
+            and dualstats.stats_dir(load_deploy_settings(h.data)) is not None]
+
+
 def daemon_args(settings: DeploySettings, address: str | None = None,
                 web_tls: bool = False) -> dict[str, str]:
     """package -> its ARGS line (the /etc/default file Debian's units read)."""
@@ -176,23 +196,34 @@ def web_config() -> str:
 
 def prometheus_config(settings: DeploySettings, interval: str = "15s", *,
                       address: str | None = None, scraped: list[Target] | None = None,
-                      over_tls: bool = False) -> str:
+                      over_tls: bool = False, apps: list[Target] | None = None) -> str:
     """Scrape Prometheus, Alertmanager (here, at ``address``) and the exporters of every
     database host in ``scraped`` (default: this host alone), over TLS with a client
-    certificate when ``over_tls``; evaluate the rules every ``interval``."""
+    certificate when ``over_tls``, and the node_exporter of every application host in
+    ``apps`` (labelled :data:`APP_LABELS`; always TLS: another host's); evaluate the
+    rules every ``interval``."""
     address = address or listen_address(settings)
     scraped = scraped if scraped is not None else [Target("self", address)]
+    client_tls = {"ca_file": CLIENT_CA, "cert_file": CLIENT_CERT, "key_file": CLIENT_KEY}
 
     def job(name: str, addresses: list[str], port: int, remote: bool = False) -> dict:
         entry = {"job_name": name,
                  "static_configs": [{"targets": [f"{a}:{port}" for a in addresses]}]}
         if remote:
             entry["scheme"] = "https"
-            entry["tls_config"] = {"ca_file": CLIENT_CA, "cert_file": CLIENT_CERT,
-                                   "key_file": CLIENT_KEY}
+            entry["tls_config"] = client_tls
         return entry
 
     dbs = [t.address for t in scraped]
+    node = job(alerts.JOB_NODE, dbs, NODE_PORT, over_tls)
+    if apps:
+        # One job for every node_exporter, so the rules on job "node" cover these too; a
+        # target's __scheme__ label wins over the job's scheme (a database host that
+        # monitors itself scrapes its own exporter over plain HTTP).
+        labels = APP_LABELS if over_tls else {**APP_LABELS, "__scheme__": "https"}
+        node["static_configs"].append({"targets": [f"{t.address}:{NODE_PORT}" for t in apps],
+                                       "labels": labels})
+        node["tls_config"] = client_tls
     config = {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "alerting": {"alertmanagers": [
@@ -200,7 +231,7 @@ def prometheus_config(settings: DeploySettings, interval: str = "15s", *,
         "rule_files": [RULES_FILE],
         "scrape_configs": [job(alerts.JOB_PROMETHEUS, [address], PROMETHEUS_PORT),
                            job(alerts.JOB_ALERTMANAGER, [address], ALERTMANAGER_PORT),
-                           job(alerts.JOB_NODE, dbs, NODE_PORT, over_tls),
+                           node,
                            job(alerts.JOB_POSTGRES, dbs, POSTGRES_EXPORTER_PORT, over_tls)],
     }
     return "# Managed by the donnadb deploy (provision/monitoring.py).\n" + \
@@ -282,16 +313,22 @@ def _exporter_tls(settings: DeploySettings) -> list[OperationMeta]:
             *_certificate(settings, EXPORTER_CERT, EXPORTER_KEY)]
 
 
+def _reads_donnadb_files() -> OperationMeta:
+    """The exporters' user reads the CA and its passfile (group donnadb reaches
+    /etc/donnadb)."""
+    return consumers.member_of(name=f"{EXPORTER_USER} reads the CA and its passfile "
+                                    f"(group {consumers.GROUP})",
+                               user=EXPORTER_USER, group=consumers.GROUP)
+
+
 def _postgres_exporter_files(settings: DeploySettings) -> list[OperationMeta]:
     """What postgres_exporter reads: its custom query, its own passfile (the monitor
-    role only) and the CA (group donnadb reaches /etc/donnadb)."""
+    role only) and the CA."""
     target = consumers.passfile_of(settings, EXPORTER_USER)
     return [
         _put("postgres_exporter: the pg_stat_statements query", QUERIES_SOURCE.read_text(),
              QUERIES_FILE),
-        consumers.member_of(name=f"{EXPORTER_USER} reads the CA and its passfile "
-                                 f"(group {consumers.GROUP})",
-                            user=EXPORTER_USER, group=consumers.GROUP),
+        _reads_donnadb_files(),
         consumers.passfile_shared(name=f"Passfile {target} ({', '.join(EXPORTER_KINDS)} "
                                        "only)",
                                   helper=passwords.helper_path(settings),
@@ -316,31 +353,39 @@ def _services(units: tuple[str, ...], changed: dict[str, list[OperationMeta]]) -
 
 
 @deploy("Monitoring: exporters")
-def install_exporters(settings: DeploySettings, *, web_tls: bool = False) -> None:
-    """node_exporter and postgres_exporter on this database host's own address; with
-    ``web_tls`` (the monitor is another host) TLS only, a client certificate required."""
-    address = listen_address(settings)
+def install_exporters(settings: DeploySettings, *, web_tls: bool = False,
+                      address: str | None = None,
+                      packages: tuple[str, ...] = EXPORTERS) -> None:
+    """``packages`` (node_exporter and postgres_exporter) on this host's own address (a
+    database host's, else ``address``); with ``web_tls`` (the monitor is another host)
+    TLS only, a client certificate required."""
+    address = address or listen_address(settings)
     _packages_user()
-    changed: dict[str, list[OperationMeta]] = {package: [] for package in EXPORTERS}
-    for package in EXPORTERS:
+    changed: dict[str, list[OperationMeta]] = {package: [] for package in packages}
+    for package in packages:
         changed[package].append(_put_default(
             package, default_file(package, settings, address, web_tls), address))
-    changed["prometheus-postgres-exporter"] += _postgres_exporter_files(settings)
+    if "prometheus-postgres-exporter" in packages:
+        changed["prometheus-postgres-exporter"] += _postgres_exporter_files(settings)
+    elif web_tls:
+        changed[NODE_EXPORTER].append(_reads_donnadb_files())
     if web_tls:
         secured = _exporter_tls(settings)
-        for package in EXPORTERS:
+        for package in packages:
             changed[package] += secured
-    apt.packages(name="Install node_exporter and postgres_exporter", packages=list(EXPORTERS),
-                 extra_install_args="--no-install-recommends")
-    _services(EXPORTERS, changed)
+    apt.packages(name=f"Install {' and '.join(SHORT_NAMES[p] for p in packages)}",
+                 packages=list(packages), extra_install_args="--no-install-recommends")
+    _services(packages, changed)
 
 
 @deploy("Monitoring: Prometheus and Alertmanager")
 def install_server(settings: DeploySettings, *, scraped: list[Target] | None = None,
                    over_tls: bool = False, rules_from_host: bool = True) -> None:
-    """Prometheus (scraping ``scraped``, default this host) and Alertmanager on this
-    host's own address. ``rules_from_host``: the rules are ``donnactl metrics rules`` of
-    this host (a database host's thresholds), else the shipped defaults."""
+    """Prometheus (scraping ``scraped``, default this host, and the inventory's
+    :func:`app_targets`) and Alertmanager on this host's own address.
+    ``rules_from_host``: the rules are ``donnactl metrics rules`` of this host (a
+    database host's thresholds), else the shipped defaults."""
+    apps = app_targets(host.inventory)
     address = listen_address(settings, host.data)
     webhook = host.data.get("alertmanager_webhook_url")
     _packages_user()
@@ -350,9 +395,10 @@ def install_server(settings: DeploySettings, *, scraped: list[Target] | None = N
                                              address))
     changed["prometheus"].append(_put(
         "Prometheus: scrape and alert settings",
-        prometheus_config(settings, address=address, scraped=scraped, over_tls=over_tls),
+        prometheus_config(settings, address=address, scraped=scraped, over_tls=over_tls,
+                          apps=apps),
         f"{CONFIG_DIR}/prometheus.yml"))
-    if over_tls:
+    if over_tls or apps:
         changed["prometheus"] += [
             *_certificate(settings, CLIENT_CERT, CLIENT_KEY),
             _put("Prometheus: the deploy's CA certificate", tls.authority(settings).cert_pem,

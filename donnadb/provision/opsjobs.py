@@ -9,6 +9,10 @@ its own passfile (provision/consumers.py), never as root; the units add systemd'
 sandboxing and a failure report. donnactl reads /etc/donnadb/donnadb.env itself and
 logs one JSON line per run to the user's own OPS_LOG_FILE.
 
+An application host in dual-write (no database) gets the metrics job alone, as the
+same user without a passfile: ``donnactl metrics textfile --host-only`` writes that
+host's own figures (:func:`install_host_metrics_job`).
+
 Settings (group_data/all.py): ``ops_schedule`` (job -> (OnCalendar, cron) or None to
 leave a job out), ``ops_env`` (thresholds and paths, written to donnadb.env by
 provision/envfile.py).
@@ -16,6 +20,7 @@ provision/envfile.py).
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 import shlex
 from dataclasses import dataclass
@@ -89,20 +94,34 @@ def load_jobs(data: Any) -> tuple[dict[str, Job], list[str]]:
     return jobs, dropped
 
 
-def job_environment(settings: DeploySettings) -> dict[str, str]:
-    """What the jobs' user needs besides donnadb.env: its passfile, its log, the
-    migrations shipped with the code (status compares against them)."""
-    return {"DB_PASSFILE": consumers.passfile_of(settings, OPS_USER),
-            "OPS_LOG_FILE": JOB_LOG, "SCHEMA_DIR": install.schema_dir(settings)}
+def host_metrics_job(settings: DeploySettings, job: Job) -> Job:
+    """The metrics ``job`` of a host without a database: this host's own figures only,
+    to the textfile node_exporter reads (named, as that host's settings file has no
+    METRICS_TEXTFILE)."""
+    return dataclasses.replace(
+        job, what="Write this host's dual-write figures for node_exporter's textfile "
+                  "collector",
+        args=("metrics", "textfile", "--host-only", textfile_path(settings)))
+
+
+def job_environment(settings: DeploySettings, *, login: bool = True) -> dict[str, str]:
+    """What the jobs' user needs besides donnadb.env: its log and, where the jobs log in
+    (``login``), its passfile and the migrations shipped with the code (status compares
+    against them)."""
+    env = {"OPS_LOG_FILE": JOB_LOG}
+    if login:
+        env |= {"DB_PASSFILE": consumers.passfile_of(settings, OPS_USER),
+                "SCHEMA_DIR": install.schema_dir(settings)}
+    return env
 
 
 def command(settings: DeploySettings, job: Job) -> str:
     return " ".join(shlex.quote(a) for a in (install.donnactl_path(settings), *job.args))
 
 
-def service_unit(settings: DeploySettings, job: Job) -> str:
+def service_unit(settings: DeploySettings, job: Job, *, login: bool = True) -> str:
     sandbox = scheduler.hardening(read_write=[textfile_dir(settings), LOG_DIR], user=OPS_USER,
-                                  environment=job_environment(settings))
+                                  environment=job_environment(settings, login=login))
     return f"""# Managed by the donnadb deploy (group_data ops_schedule).
 [Unit]
 Description={job.what}
@@ -133,10 +152,10 @@ WantedBy=timers.target
 """
 
 
-def cron_text(settings: DeploySettings, jobs: dict[str, Job]) -> str:
+def cron_text(settings: DeploySettings, jobs: dict[str, Job], *, login: bool = True) -> str:
     lines = ["# Managed by the donnadb deploy: used where systemd is not running.",
              "SHELL=/bin/sh", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
-    lines += [f"{k}={v}" for k, v in sorted(job_environment(settings).items())]
+    lines += [f"{k}={v}" for k, v in sorted(job_environment(settings, login=login).items())]
     for job in jobs.values():
         lock = f"/run/lock/{PREFIX}{job.name}.lock"
         lines.append(f"# {job.what}")
@@ -145,11 +164,15 @@ def cron_text(settings: DeploySettings, jobs: dict[str, Job]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def textfile_path(settings: DeploySettings) -> str:
+    """METRICS_TEXTFILE (group_data ops_env, else the runtime default)."""
+    return str(settings.ops_env.get("METRICS_TEXTFILE")
+               or config.Settings.model_fields["metrics_textfile"].default)
+
+
 def textfile_dir(settings: DeploySettings) -> str:
-    """The directory of METRICS_TEXTFILE (group_data ops_env, else the runtime default)."""
-    path = settings.ops_env.get("METRICS_TEXTFILE") or str(
-        config.Settings.model_fields["metrics_textfile"].default)
-    return posixpath.dirname(path)
+    """The directory of METRICS_TEXTFILE."""
+    return posixpath.dirname(textfile_path(settings))
 
 
 @deploy("Operations jobs")
@@ -166,6 +189,28 @@ def install_ops_jobs(settings: DeploySettings) -> None:
     # Where the jobs logged while they ran as root.
     files.file(name="Remove the former root-run cron log", path=f"{LOG_DIR}/ops-cron.log",
                present=False)
+    _schedule(settings, jobs, dropped, login=True)
+
+
+@deploy("Operations jobs: this host's metrics")
+def install_host_metrics_job(settings: DeploySettings) -> None:
+    """The metrics job alone (:func:`host_metrics_job`) on a host without a database, as
+    :data:`OPS_USER` (made here, in the consumers' group, which reads the dual-write
+    figures; no passfile), unless group_data ops_schedule leaves metrics out.
+
+    :raises ConfigError: group_data ops_schedule is malformed.
+    """
+    jobs, dropped = load_jobs(host.data)
+    consumers.system_user(OPS_USER)
+    logs.log_directory()
+    scheduled = {"metrics": host_metrics_job(settings, jobs["metrics"])} \
+        if "metrics" in jobs else {}
+    _schedule(settings, scheduled, [job for job in dropped if job == "metrics"], login=False)
+
+
+def _schedule(settings: DeploySettings, jobs: dict[str, Job], dropped: list[str], *,
+              login: bool) -> None:
+    """The jobs' logs, the textfile directory and the jobs' units or cron file."""
     for path in (CRON_LOG, JOB_LOG):
         files.file(name=f"{path} is {OPS_USER}'s", path=path, user=OPS_USER, group=OPS_USER,
                    mode="600")
@@ -176,5 +221,7 @@ def install_ops_jobs(settings: DeploySettings) -> None:
                         mode="755")
     scheduler.install_jobs(
         label="ops", prefix=PREFIX, unit_dir=UNIT_DIR,
-        units={j.name: (service_unit(settings, j), timer_unit(j)) for j in jobs.values()},
-        removed=list(dropped), cron_file=CRON_FILE, cron_text=cron_text(settings, jobs))
+        units={j.name: (service_unit(settings, j, login=login), timer_unit(j))
+               for j in jobs.values()},
+        removed=list(dropped), cron_file=CRON_FILE,
+        cron_text=cron_text(settings, jobs, login=login))

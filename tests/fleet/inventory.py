@@ -58,6 +58,9 @@ app_servers = [
             "app_db_server": _db,
             "tls_ca_dir": _fleet["ca_dir"],
             **_dal,
+            # The application logs in dual-write: node_exporter and the metrics job export
+            # its copy figures, which the database host's Prometheus scrapes.
+            "donnadb_env_extra": {"DATA_STORAGE_LOGS": "dual"},
         },
     ),
 ]

@@ -121,9 +121,12 @@ def test_the_app_host_holds_the_application_credential_only(fleet: Fleet):
     assert passfile == ["donna-app", "600"]
     lines = app.run("cat /etc/donnadb/pgpass.d/donna-app").stdout.splitlines()
     assert [line.split(":")[3] for line in lines] == ["donna_app"]
-    # No database server, no ops jobs, no other role's settings.
+    # No database server, no ops job but the metrics job of its dual-write figures
+    # (test_app_metrics.py), no other role's settings.
     assert app.run("dpkg -s postgresql-15", check=False).returncode != 0
-    assert "donna-" not in app.run("systemctl list-timers --all --no-legend --plain").stdout
+    timers = app.run("systemctl list-timers --all --no-legend --plain").stdout.split()
+    assert [t for t in timers if t.startswith("donna-") and t.endswith(".timer")] == [
+        "donna-ops-metrics.timer"]
     env = dict(line.split("=", 1) for line in app.run(
         "grep -v '^#' /etc/donnadb/donnadb.env").stdout.split("\n") if "=" in line)
     assert env["DB_HOST"] == fleet.db.address

@@ -1,5 +1,6 @@
 """`donnactl metrics`: the exposition, the textfile and the HTTP server."""
 
+import json
 import socket
 import subprocess
 import time
@@ -40,6 +41,31 @@ def test_textfile_is_written_atomically(cli, tmp_path):
     assert done.returncode == 0, done.stderr
     assert _samples(target.read_text())["donnadb_up"] == 1
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_host_only_writes_this_hosts_figures_and_never_reads_the_database(cli, tmp_path):
+    """An application host's metrics job: its storage phases and dual-write figures, no
+    `donnadb_up` (there is no database to be down), whatever DB_* say."""
+    from donnadb.dal.mirrorstats import MirrorStats
+
+    stats = MirrorStats(tmp_path / "stats")
+    stats.copied("write_log", 0.003)
+    stats.queued(["write_log"])
+    stats.close()
+    target = tmp_path / "donnadb.prom"
+    done = cli("metrics", "textfile", "--host-only", str(target), "--json",
+               env={"DB_PORT": "1", "DB_PASSFILE": str(tmp_path / "none"),
+                    "DATA_DIR": str(tmp_path / "data"), "DATA_STORAGE_LOGS": "dual",
+                    "MIGRATION_MIRROR_STATS_DIR": str(tmp_path / "stats")}, timeout=20)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["families"] == [
+        "donnadb_mirror_copies", "donnadb_mirror_copy_seconds", "donnadb_mirror_failures",
+        "donnadb_reconcile_backlog", "donnadb_reconcile_oldest_seconds",
+        "donnadb_storage_phase"]
+    samples = _samples(target.read_text())
+    assert samples["donnadb_mirror_failures_total[('entity', 'logs')]"] == 1
+    assert samples["donnadb_storage_phase[('entity', 'logs'), ('phase', 'dual')]"] == 1
+    assert not [name for name in samples if name.startswith("donnadb_up")]
 
 
 def test_serve_answers_scrapes(tmp_path):

@@ -94,6 +94,15 @@ def test_an_app_host_gets_the_application_users_and_lock_only():
         settings(app_extras=["ops"])
 
 
+def test_an_app_host_in_dual_write_gets_donnactl_for_its_metrics_job():
+    dual = {"donnadb_env_extra": {"DATA_STORAGE_LOGS": "dual"}}
+    assert install.app_host_lock(settings()) == "requirements/app.lock"
+    assert install.app_host_lock(settings(**dual)) == install.HOST_LOCK
+    # The load test's lock holds the [ops] packages already.
+    assert install.app_host_lock(settings(app_extras=["loadtest"], **dual)) == \
+        "requirements/app-loadtest.lock"
+
+
 def test_the_tuning_budget_must_be_a_sane_number():
     assert settings(host_memory_mb=2048, host_cpus=1).host_memory_mb == 2048
     for bad in ({"host_memory_mb": 10}, {"host_cpus": 0}, {"host_cpus": "2"}):

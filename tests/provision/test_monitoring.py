@@ -8,7 +8,6 @@ import json
 import os
 import stat
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -21,7 +20,7 @@ from donnadb.ops import alerts
 from donnadb.provision import monitoring
 from donnadb.provision.settings import load_deploy_settings
 from tests.provision.deployrun import load_group_data
-from tests.support import GroupData, with_systemd
+from tests.support import GroupData, wait_for, with_systemd
 
 
 def settings(**extra):
@@ -93,22 +92,6 @@ def _get(url: str):
         return json.loads(answer.read())["data"]
 
 
-def _wait(what: str, probe, timeout: float = 120.0):
-    """Poll ``probe()`` until it returns something true (bounded)."""
-    deadline = time.monotonic() + timeout
-    seen = None
-    while time.monotonic() < deadline:
-        try:
-            seen = probe()
-        except OSError as exc:
-            seen = exc
-        else:
-            if seen:
-                return seen
-        time.sleep(2)
-    raise AssertionError(f"{what} not reached in {timeout:.0f} s: {seen}")
-
-
 @pytest.mark.deploy
 @pytest.mark.both_hosts
 def test_prometheus_holds_the_rules_of_this_hosts_thresholds(deployed):
@@ -137,7 +120,7 @@ def test_the_deployed_prometheus_scrapes_every_target_and_holds_our_rules_and_se
         up = {t["labels"]["job"]: t["health"] for t in targets}
         return up if set(up.values()) == {"up"} and len(up) == len(alerts.JOBS) else None
 
-    assert set(_wait("every target up", all_up)) == set(alerts.JOBS)
+    assert set(wait_for("every target up", all_up)) == set(alerts.JOBS)
     groups = _get(f"{base}/api/v1/rules")["groups"]
     loaded = sum(len(g["rules"]) for g in groups)
     shipped = yaml.safe_load(Path(monitoring.RULES_SOURCE).read_text())
@@ -148,7 +131,7 @@ def test_the_deployed_prometheus_scrapes_every_target_and_holds_our_rules_and_se
     # Prometheus may still hold the file of an earlier run (an earlier test stopped the
     # server): wait for a scrape of the new one rather than read the first sample.
     query = f"{base}/api/v1/query?query={urllib.parse.quote('donnadb_up == 1')}"
-    series = _wait("donnadb_up 1 in Prometheus", lambda: _get(query)["result"])
+    series = wait_for("donnadb_up 1 in Prometheus", lambda: _get(query)["result"])
     assert series[0]["metric"]["job"] == alerts.JOB_NODE
     # Alertmanager has its inhibit rules and Prometheus sends to it.
     managers = _get(f"{base}/api/v1/alertmanagers")["activeAlertmanagers"]
@@ -190,3 +173,66 @@ def test_a_monitor_host_scrapes_every_database_host_over_tls_with_a_client_certi
     assert all(f"--web.config.file={monitoring.WEB_CONFIG}" in args[p]
                for p in monitoring.EXPORTERS)
     assert not any("--web.config.file" in args[p] for p in monitoring.SERVERS)
+
+
+def _fleet_inventory() -> SimpleNamespace:
+    """A database host, an application host in dual-write, one without it, and a host
+    in both groups (its database host's metrics job covers it)."""
+    base = load_group_data()
+    dual = {"donnadb_env_extra": {"DATA_STORAGE_LOGS": "dual"}}
+
+    def made(name: str, groups: list[str], **data):
+        return SimpleNamespace(name=name, groups=groups, data=GroupData({**base, **data}))
+
+    hosts = [made("db1", ["db_servers"], pg_listen_addresses="10.0.1.11"),
+             made("app1", ["app_servers"], app_address="10.0.2.21", **dual),
+             made("app2", ["app_servers"]),
+             made("both", ["db_servers", "app_servers"], **dual)]
+    groups = {g: [h for h in hosts if g in h.groups] for g in ("db_servers", "app_servers")}
+    return SimpleNamespace(groups=groups, get_group=groups.__getitem__)
+
+
+def test_prometheus_scrapes_the_app_hosts_in_dual_write_labelled_over_tls(tmp_path):
+    apps = monitoring.app_targets(_fleet_inventory())
+    assert apps == [monitoring.Target("app1", "10.0.2.21")]
+    client = {"ca_file": monitoring.CLIENT_CA, "cert_file": monitoring.CLIENT_CERT,
+              "key_file": monitoring.CLIENT_KEY}
+    # A database host that monitors itself: its own exporter over HTTP, the app host's
+    # over TLS with the client certificate (the target's __scheme__).
+    config = yaml.safe_load(monitoring.prometheus_config(settings(), address="10.0.1.11",
+                                                         apps=apps))
+    node = {job["job_name"]: job for job in config["scrape_configs"]}["node"]
+    assert "scheme" not in node and node["tls_config"] == client
+    assert node["static_configs"] == [
+        {"targets": ["10.0.1.11:9100"]},
+        {"targets": ["10.0.2.21:9100"], "labels": {"role": "app", "__scheme__": "https"}}]
+    # A monitor host: every exporter over TLS already.
+    remote = yaml.safe_load(monitoring.prometheus_config(
+        settings(), address="10.0.3.5", scraped=[monitoring.Target("db1", "10.0.1.11")],
+        over_tls=True, apps=apps))
+    node = {job["job_name"]: job for job in remote["scrape_configs"]}["node"]
+    assert node["scheme"] == "https" and node["tls_config"] == client
+    assert node["static_configs"][1] == {"targets": ["10.0.2.21:9100"],
+                                         "labels": {"role": "app"}}
+    # Without such an app host the settings are what they were.
+    assert monitoring.prometheus_config(settings(), apps=[]) == \
+        monitoring.prometheus_config(settings())
+    # promtool looks for the client certificate's files: stand-ins here.
+    for key in client:
+        (tmp_path / key).write_text("")
+    node = {job["job_name"]: job for job in config["scrape_configs"]}["node"]
+    node["tls_config"] = {key: str(tmp_path / key) for key in client}
+    config["rule_files"] = []
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    done = subprocess.run(["promtool", "check", "config", str(path)], capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_an_app_hosts_node_exporter_listens_on_its_address_over_tls_for_the_textfile():
+    text = monitoring.default_file(monitoring.NODE_EXPORTER, settings(), "10.0.2.21",
+                                   web_tls=True)
+    assert ("--web.listen-address=10.0.2.21:9100 --collector.textfile.directory="
+            f"/var/lib/prometheus/node-exporter --web.config.file={monitoring.WEB_CONFIG}") \
+        in text

@@ -72,9 +72,36 @@ def test_units_and_cron_run_the_installed_donnactl_as_the_ops_user(group_data):
     assert "%" not in cron  # cron would turn it into a newline
 
 
-@pytest.mark.parametrize("job", sorted(opsjobs.DEFAULT_JOBS))
-def test_every_job_is_a_real_donnactl_command(job):
-    args = opsjobs.DEFAULT_JOBS[job].args
+def test_an_app_hosts_metrics_job_writes_its_own_figures_without_a_login(group_data):
+    """The metrics job of a host without a database: `--host-only` to the textfile
+    node_exporter reads, as donna-ops with no passfile (it has none there)."""
+    settings = load_deploy_settings(group_data)
+    jobs, _ = opsjobs.load_jobs(group_data)
+    job = opsjobs.host_metrics_job(settings, jobs["metrics"])
+    donnactl = f"{settings.donnadb_install_dir}/venv/bin/donnactl"
+    unit = opsjobs.service_unit(settings, job, login=False)
+    assert (f"ExecStart={donnactl} metrics textfile --host-only "
+            "/var/lib/prometheus/node-exporter/donnadb.prom\n") in unit
+    for line in ("User=donna-ops", "ProtectSystem=strict", "Environment=OPS_LOG_FILE="
+                 "/var/log/donnadb/donna-ops.jsonl",
+                 "ReadWritePaths=/var/lib/prometheus/node-exporter /var/log/donnadb"):
+        assert f"{line}\n" in unit, line
+    cron = opsjobs.cron_text(settings, {"metrics": job}, login=False)
+    for text in (unit, cron):
+        assert "DB_PASSFILE" not in text and "SCHEMA_DIR" not in text
+    assert opsjobs.timer_unit(job) == opsjobs.timer_unit(jobs["metrics"]).replace(
+        jobs["metrics"].what, job.what)
+    moved = load_deploy_settings(_Data(group_data, ops_env={
+        **group_data["ops_env"], "METRICS_TEXTFILE": "/srv/metrics/donnadb.prom"}))
+    assert opsjobs.host_metrics_job(moved, jobs["metrics"]).args[-1] == \
+        "/srv/metrics/donnadb.prom"
+
+
+@pytest.mark.parametrize("job", sorted(opsjobs.DEFAULT_JOBS) + ["host metrics"])
+def test_every_job_is_a_real_donnactl_command(job, group_data):
+    args = opsjobs.DEFAULT_JOBS[job].args if job in opsjobs.DEFAULT_JOBS else \
+        opsjobs.host_metrics_job(load_deploy_settings(group_data),
+                                 opsjobs.DEFAULT_JOBS["metrics"]).args
     words = [a for a in args if not a.startswith("-")]
     done = subprocess.run([str(ROOT / ".venv" / "bin" / "donnactl"), *words, "--help"],
                           capture_output=True, text=True, check=False, cwd="/",
