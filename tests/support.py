@@ -7,8 +7,10 @@ the deploy does, so the tests need no superuser password either.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -157,3 +159,24 @@ def one_line_error(run: subprocess.CompletedProcess, code: int, *needles: str) -
     for needle in needles:
         assert needle in lines[0], lines[0]
     return lines[0]
+
+
+@contextlib.contextmanager
+def full_disk(parent: Path, files: dict[str, str] | None = None) -> Iterator[Path]:
+    """A new folder under ``parent`` holding a 64 KiB tmpfs with ``files`` (name: text),
+    then filled up: any write to it fails with ENOSPC. Unmounted on exit."""
+    disk = parent / "full-disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(disk)],
+                   check=True)
+    try:
+        for name, text in (files or {}).items():
+            (disk / name).parent.mkdir(exist_ok=True)
+            (disk / name).write_text(text)
+        with (disk / "filler").open("wb", buffering=0) as filler, \
+                contextlib.suppress(OSError):
+            while True:
+                filler.write(b"\0" * 4096)
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

@@ -115,7 +115,10 @@ def _secret(text: str) -> bytes | None:
 def generate(path: Path) -> KeySet:
     """Write a new key file (one KEK, one lookup key) at ``path``, mode 0600.
 
-    :raises KeyFileError: the file exists already (it is never overwritten).
+    :raises KeyFileError: the file exists already (it is never overwritten), or its
+        folder does not.
+    :raises OSError: the write failed (a full disk): no file is left, so `keys init`
+        can run again.
     """
     keys = KeySet((_new_kek(),), secrets.token_bytes(KEY_BYTES))
     try:
@@ -123,8 +126,21 @@ def generate(path: Path) -> KeySet:
     except FileExistsError:
         raise KeyFileError(f"{path} exists: it is never overwritten (add a KEK with "
                            "`donnactl keys add-kek`)") from None
-    with os.fdopen(fd, "w", encoding="ascii") as fh:
-        fh.write(_text(keys))
+    except FileNotFoundError:
+        raise KeyFileError(f"cannot create the key file {path}: its folder does not "
+                           "exist; create it (0700) or set CRYPTO_KEK_FILE") from None
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(_text(keys))
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException as exc:
+        # An empty or torn key file would be refused by every later command and by
+        # `keys init` itself (it never overwrites).
+        os.unlink(path)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)
+        raise
     return keys
 
 

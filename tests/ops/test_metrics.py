@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from donnadb.ops import metrics
 from tests.ops.conftest import DONNACTL
+from tests.support import full_disk, one_line_error
 
 
 def _samples(text: str) -> dict[str, float]:
@@ -40,6 +41,17 @@ def test_textfile_is_written_atomically(cli, tmp_path):
     assert done.returncode == 0, done.stderr
     assert _samples(target.read_text())["donnadb_up"] == 1
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_full_disk_keeps_the_last_textfile_whole(cli, tmp_path):
+    last = "donnadb_up 1\n"
+    with full_disk(tmp_path, {"donnadb.prom": last}) as disk:
+        target = disk / "donnadb.prom"
+        done = cli("metrics", "textfile", str(target))
+        one_line_error(done, 1, f"cannot write {target}: No space left on device",
+                       "free space")
+        assert target.read_text() == last
+        assert sorted(p.name for p in disk.iterdir()) == ["donnadb.prom", "filler"]
 
 
 def test_serve_answers_scrapes(tmp_path):
