@@ -162,21 +162,31 @@ def one_line_error(run: subprocess.CompletedProcess, code: int, *needles: str) -
 
 
 @contextlib.contextmanager
-def full_disk(parent: Path, files: dict[str, str] | None = None) -> Iterator[Path]:
-    """A new folder under ``parent`` holding a 64 KiB tmpfs with ``files`` (name: text),
-    then filled up: any write to it fails with ENOSPC. Unmounted on exit."""
-    disk = parent / "full-disk"
+def small_disk(parent: Path, size: str = "64k") -> Iterator[Path]:
+    """A new folder under ``parent`` holding a tmpfs of ``size``; unmounted on exit."""
+    disk = parent / "small-disk"
     disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(disk)],
-                   check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
+                    str(disk)], check=True)
     try:
-        for name, text in (files or {}).items():
-            (disk / name).parent.mkdir(exist_ok=True)
-            (disk / name).write_text(text)
-        with (disk / "filler").open("wb", buffering=0) as filler, \
-                contextlib.suppress(OSError):
-            while True:
-                filler.write(b"\0" * 4096)
         yield disk
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+def fill_up(disk: Path) -> None:
+    """Fill ``disk`` (a :func:`small_disk`): any write to it then fails with ENOSPC."""
+    with (disk / "filler").open("wb", buffering=0) as filler, contextlib.suppress(OSError):
+        while True:
+            filler.write(b"\0" * 65536)
+
+
+@contextlib.contextmanager
+def full_disk(parent: Path, files: dict[str, str] | None = None) -> Iterator[Path]:
+    """A 64 KiB :func:`small_disk` holding ``files`` (name: text), then filled up."""
+    with small_disk(parent) as disk:
+        for name, text in (files or {}).items():
+            (disk / name).parent.mkdir(exist_ok=True)
+            (disk / name).write_text(text)
+        fill_up(disk)
+        yield disk
