@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from donnadb.crypto.errors import KeyFileError
+from donnadb.dal.fileio import write_new
 
 KEY_BYTES = 32
 HEADER = ("# donnadb field-encryption keys (docs/security.md): keep a copy in escrow;\n"
@@ -122,25 +123,13 @@ def generate(path: Path) -> KeySet:
     """
     keys = KeySet((_new_kek(),), secrets.token_bytes(KEY_BYTES))
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        write_new(path, _text(keys).encode("ascii"), 0o600)
     except FileExistsError:
         raise KeyFileError(f"{path} exists: it is never overwritten (add a KEK with "
                            "`donnactl keys add-kek`)") from None
     except FileNotFoundError:
         raise KeyFileError(f"cannot create the key file {path}: its folder does not "
                            "exist; create it (0700) or set CRYPTO_KEK_FILE") from None
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as fh:
-            fh.write(_text(keys))
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException as exc:
-        # An empty or torn key file would be refused by every later command and by
-        # `keys init` itself (it never overwrites).
-        os.unlink(path)
-        if isinstance(exc, OSError) and exc.filename is None:
-            exc.filename = str(path)
-        raise
     return keys
 
 

@@ -216,10 +216,36 @@ def write_atomic(path: Path, payload: bytes, mode: int = FILE_MODE) -> None:
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(exc, OSError) and exc.filename is None:
-            exc.filename = str(path)  # a failed write() names no file
+        _name(exc, path)
         raise
     fsync_dir(path.parent)
+
+
+def write_new(path: Path, payload: bytes, mode: int = FILE_MODE) -> None:
+    """Create ``path`` holding ``payload`` (fsync'd); an existing file is never replaced.
+
+    :raises FileExistsError: ``path`` exists (left alone).
+    :raises OSError: the folder is missing, or the write failed (a full disk): then no
+        file is left (an empty one would pass for a made one), and the error names
+        ``path``.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException as exc:
+        os.unlink(path)
+        _name(exc, path)
+        raise
+
+
+def _name(exc: BaseException, path: Path) -> None:
+    """Name ``path`` in an OSError of a failed write(), which names no file."""
+    if isinstance(exc, OSError) and exc.filename is None:
+        exc.filename = str(path)
 
 
 def remove(path: Path) -> None:
