@@ -10,6 +10,8 @@ renders it for the README and the runbook, between :data:`TABLE_BEGIN` and
 
 from __future__ import annotations
 
+import errno
+
 import psycopg
 
 #: Every exit code of ``donnactl`` and its one meaning.
@@ -105,6 +107,26 @@ class NotInCluster(ClusterError, ConfigError):
     """PATRONI_CONFIG is unset or names no file: this host is not in a Patroni cluster."""
 
     exit_code = ConfigError.exit_code
+
+
+class DiskWriteError(DonnaError):
+    """The file system refused a write: full, over quota, or failing. ``donnactl``
+    raises it for any such :class:`OSError` a command lets through; the writers
+    remove what they had half written."""
+
+    exit_code = 1
+
+    #: The errnos of a write the disk refused; any other OSError is a bug to see whole.
+    ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG})
+
+    @classmethod
+    def of(cls, exc: OSError) -> DiskWriteError | None:
+        """The error to report for ``exc``, or None when the disk did not refuse a write."""
+        if exc.errno not in cls.ERRNOS:
+            return None
+        where = f" {exc.filename}" if exc.filename else ""
+        return cls(f"cannot write{where}: {exc.strerror}; free space on that file system "
+                   "(or fix the disk), then run the command again")
 
 
 class NotFound(DonnaError):

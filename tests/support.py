@@ -7,9 +7,11 @@ the deploy does, so the tests need no superuser password either.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -178,3 +180,34 @@ def wait_for(what: str, probe, timeout: float = 120.0, interval: float = 2.0):
                 return seen
         time.sleep(interval)
     raise AssertionError(f"{what} not reached in {timeout:.0f} s: {seen}")
+
+
+@contextlib.contextmanager
+def small_disk(parent: Path, size: str = "64k") -> Iterator[Path]:
+    """A new folder under ``parent`` holding a tmpfs of ``size``; unmounted on exit."""
+    disk = parent / "small-disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
+                    str(disk)], check=True)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def fill_up(disk: Path) -> None:
+    """Fill ``disk`` (a :func:`small_disk`): any write to it then fails with ENOSPC."""
+    with (disk / "filler").open("wb", buffering=0) as filler, contextlib.suppress(OSError):
+        while True:
+            filler.write(b"\0" * 65536)
+
+
+@contextlib.contextmanager
+def full_disk(parent: Path, files: dict[str, str] | None = None) -> Iterator[Path]:
+    """A 64 KiB :func:`small_disk` holding ``files`` (name: text), then filled up."""
+    with small_disk(parent) as disk:
+        for name, text in (files or {}).items():
+            (disk / name).parent.mkdir(exist_ok=True)
+            (disk / name).write_text(text)
+        fill_up(disk)
+        yield disk

@@ -28,6 +28,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from donnadb.backup.errors import BackupCorrupt, BackupError
+from donnadb.dal.fileio import write_new
 from donnadb.errors import ConfigError
 
 MAGIC = b"DONNAENC2"
@@ -59,14 +60,13 @@ def generate_key_file(path: Path) -> Key:
     """Write a new random key to ``path`` (0600; refuses to overwrite).
 
     :raises ConfigError: the file exists already.
+    :raises OSError: the write failed (a full disk): no file is left.
     """
     secret = secrets.token_bytes(32)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_new(path, (secret.hex() + "\n").encode("ascii"), 0o600)
     except FileExistsError:
         raise ConfigError(f"{path} exists; add a new key as its first line to rotate") from None
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secret.hex() + "\n")
     return Key(key_id_of(secret), secret)
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from donnadb.backup.dbfacts import CHECKSUM_ALGORITHMS, TableFacts
 from donnadb.backup.errors import BackupCorrupt
+from donnadb.dal.fileio import write_atomic
 
 MANIFEST_NAME = "manifest.json"
 #: The backup's files in ``sha256sum`` format (donnadb/backup/sums.py).
@@ -250,14 +251,12 @@ def check_files(root: Path, manifest: Manifest) -> list[str]:
 
 
 def write_private(path: Path, text: str) -> None:
-    """Write ``text`` atomically (temp file, fsync, rename) with mode 0600."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Write ``text`` atomically (temp file, fsync, rename) with mode 0600.
+
+    :raises OSError: the write failed (a full disk): ``path`` is as it was, no temp file
+        is left.
+    """
+    write_atomic(path, text.encode("utf-8"))
 
 
 def load(backup_dir: Path) -> Manifest:

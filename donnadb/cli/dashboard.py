@@ -49,6 +49,7 @@ def dashboard_cmd(
     once, `--json` prints its data; exit 1 when Prometheus does not answer.
     """
     from donnadb.config import load_settings
+    from donnadb.dal.fileio import write_atomic
     from donnadb.ops import dashboard, dashboard_html
     from donnadb.ops.prometheus import Prometheus, PrometheusError
 
@@ -59,7 +60,8 @@ def dashboard_cmd(
         if json:
             typer.echo(jsonlib.dumps(snap.as_json(), indent=2))
         if once:
-            once.write_text(dashboard_html.page(snap), encoding="utf-8")
+            # The old page stays whole if the disk is full.
+            write_atomic(once, dashboard_html.page(snap).encode("utf-8"), mode=0o644)
         return
 
     def page() -> tuple[int, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+from typing import NoReturn
 
 try:
     import typer
@@ -19,7 +20,7 @@ from rich.markup import escape
 
 from donnadb.cli import options  # noqa: F401  (flags show no "<bool>" in help)
 from donnadb.cli.output import err_console
-from donnadb.errors import DonnaError, UsageError
+from donnadb.errors import DiskWriteError, DonnaError, UsageError
 
 log = logging.getLogger("donnadb")
 
@@ -79,18 +80,28 @@ def _register() -> None:
 _register()
 
 
+def _fail(exc: DonnaError) -> NoReturn:
+    log.debug("command failed", exc_info=True)
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
+                      soft_wrap=True)
+    sys.exit(exc.exit_code)
+
+
 def main() -> None:
-    """Run donnactl; a :class:`DonnaError` becomes one line on stderr and its exit code."""
+    """Run donnactl; a :class:`DonnaError`, or an :class:`OSError` of a full or failing
+    disk, becomes one line on stderr and its exit code."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         # Non-standalone click returns the code of ctx.exit()/typer.Exit.
         rc = app(standalone_mode=False)
         sys.exit(rc if isinstance(rc, int) else 0)
     except DonnaError as exc:
-        log.debug("command failed", exc_info=True)
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
-                          soft_wrap=True)
-        sys.exit(exc.exit_code)
+        _fail(exc)
+    except OSError as exc:  # a full or failing disk under any writer: one line, not a trace
+        disk = DiskWriteError.of(exc)
+        if disk is None:
+            raise
+        _fail(disk)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:

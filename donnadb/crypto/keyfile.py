@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from donnadb.crypto.errors import KeyFileError
+from donnadb.dal.fileio import write_new
 
 KEY_BYTES = 32
 HEADER = ("# donnadb field-encryption keys (docs/security.md): keep a copy in escrow;\n"
@@ -115,16 +116,20 @@ def _secret(text: str) -> bytes | None:
 def generate(path: Path) -> KeySet:
     """Write a new key file (one KEK, one lookup key) at ``path``, mode 0600.
 
-    :raises KeyFileError: the file exists already (it is never overwritten).
+    :raises KeyFileError: the file exists already (it is never overwritten), or its
+        folder does not.
+    :raises OSError: the write failed (a full disk): no file is left, so `keys init`
+        can run again.
     """
     keys = KeySet((_new_kek(),), secrets.token_bytes(KEY_BYTES))
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        write_new(path, _text(keys).encode("ascii"), 0o600)
     except FileExistsError:
         raise KeyFileError(f"{path} exists: it is never overwritten (add a KEK with "
                            "`donnactl keys add-kek`)") from None
-    with os.fdopen(fd, "w", encoding="ascii") as fh:
-        fh.write(_text(keys))
+    except FileNotFoundError:
+        raise KeyFileError(f"cannot create the key file {path}: its folder does not "
+                           "exist; create it (0700) or set CRYPTO_KEK_FILE") from None
     return keys
 
 

@@ -197,23 +197,55 @@ def dump_json(document: Any) -> bytes:
         raise DataError(f"value cannot be stored as JSON: {exc}") from None
 
 
-def write_atomic(path: Path, payload: bytes) -> None:
+def write_atomic(path: Path, payload: bytes, mode: int = FILE_MODE) -> None:
     """Replace ``path`` with ``payload``: temp file in the same folder, fsync, rename,
     fsync of the folder. Readers see the old or the new file, never a torn one; the new
-    file is 0600 whatever the old one was."""
+    file has ``mode`` (0600 unless told) whatever the old one had.
+
+    :raises OSError: the write failed (a full disk...): ``path`` is as it was, no temp
+        file is left, and the error names ``path``.
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, FILE_MODE)
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        _name(exc, path)
         raise
     fsync_dir(path.parent)
+
+
+def write_new(path: Path, payload: bytes, mode: int = FILE_MODE) -> None:
+    """Create ``path`` holding ``payload`` (fsync'd); an existing file is never replaced.
+
+    :raises FileExistsError: ``path`` exists (left alone).
+    :raises OSError: the folder is missing, or the write failed (a full disk): then no
+        file is left (an empty one would pass for a made one), and the error names
+        ``path``.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException as exc:
+        os.unlink(path)
+        _name(exc, path)
+        raise
+
+
+def _name(exc: BaseException, path: Path) -> None:
+    """Name ``path`` in an OSError of a failed write(), which names no file."""
+    if isinstance(exc, OSError) and exc.filename is None:
+        exc.filename = str(path)
 
 
 def remove(path: Path) -> None:

@@ -7,11 +7,12 @@ each file (or ``file:line``) and why it was not imported.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from donnadb.dal.fileio import write_atomic
 
 #: At most this many world-writable paths are listed one by one (all are counted).
 WORLD_WRITABLE_LISTED = 200
@@ -77,23 +78,22 @@ class Report:
 
 
 def write_private_json(path: Path, payload: Any) -> Path:
-    """Write JSON readable by its owner only (the report names users' files)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=2, default=str, sort_keys=True)
-        fh.write("\n")
-    os.chmod(path, 0o600)
-    return path
+    """Write JSON readable by its owner only (the report names users' files).
+
+    :raises OSError: the folder cannot be made or the write failed (nothing is left).
+    """
+    text = json.dumps(payload, indent=2, default=str, sort_keys=True) + "\n"
+    return _write_private(path, text.encode("utf-8"))
 
 
 def write_private_jsonl(path: Path, rows: list[Any]) -> Path:
     """Write one JSON document a line, readable by its owner only (like
     :func:`write_private_json`)."""
+    text = "".join(json.dumps(row, default=str, sort_keys=True) + "\n" for row in rows)
+    return _write_private(path, text.encode("utf-8"))
+
+
+def _write_private(path: Path, payload: bytes) -> Path:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, default=str, sort_keys=True) + "\n")
-    os.chmod(path, 0o600)
+    write_atomic(path, payload)  # 0600; a full disk leaves no partial report
     return path

@@ -75,6 +75,10 @@ def plot(history_csv: Path, png: Path, *, target_users: int,
     ax_users.set_ylabel("users")
     ax_users.set_xlabel("seconds since start")
     fig.tight_layout()
-    fig.savefig(png, dpi=100)
+    try:
+        fig.savefig(png, dpi=100)
+    except OSError as exc:  # a full disk: matplotlib's write names no file
+        exc.filename = exc.filename or str(png)
+        raise
     plt.close(fig)
     return png

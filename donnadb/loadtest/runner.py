@@ -8,6 +8,7 @@ the SLO gate. Locust is a subprocess: importing it here would monkey-patch donna
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import logging
@@ -25,6 +26,7 @@ import psycopg
 
 from donnadb import db
 from donnadb.config import Settings
+from donnadb.dal.fileio import write_atomic
 from donnadb.errors import DatabaseError, DonnaError, PreconditionError, UsageError
 from donnadb.loadtest import plot, serverstats, slo
 from donnadb.loadtest.names import QUERY_NAMES
@@ -268,7 +270,8 @@ def run(opts: RunOptions, settings: Settings,
                 sampler.__exit__()
     after = _safe(lambda: serverstats.pgbouncer_stats(settings, port, dbname)) if port else None
     stats_csv = opts.out_dir / f"{CSV_PREFIX}_stats.csv"
-    if not stats_csv.exists():
+    if not stats_csv.exists() or stats_csv.stat().st_size == 0:
+        _raise_if_full(opts.out_dir)
         tail = log_path.read_text(encoding="utf-8").strip().splitlines()[-1:]
         raise LocustFailed(f"locust exited {proc.returncode} without statistics: {tail} "
                            f"(see {log_path})")
@@ -297,9 +300,21 @@ def run(opts: RunOptions, settings: Settings,
                                 "duration": opts.duration, "processes": opts.processes,
                                 "workers": opts.expect_workers, "dbname": dbname,
                                 "pgbouncer_port": port, "pool_size": opts.pool_size})
-    (opts.out_dir / "verdict.json").write_text(json.dumps(result.to_dict(), indent=2,
-                                                          default=str), encoding="utf-8")
+    # Whole or not at all: a full disk leaves the previous run's verdict, not a torn one.
+    write_atomic(opts.out_dir / "verdict.json",
+                 json.dumps(result.to_dict(), indent=2, default=str).encode("utf-8"),
+                 mode=0o644)
     return result
+
+
+def _raise_if_full(directory: Path) -> None:
+    """Locust does not fail when its CSV writes do: a full disk under ``--out`` is told
+    as such rather than as a Locust failure or an empty run.
+
+    :raises OSError: ENOSPC, naming ``directory``, when its file system has no room left.
+    """
+    if os.statvfs(directory).f_bavail == 0:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
 
 
 def _safe(fn: Callable[[], Any]) -> Any:

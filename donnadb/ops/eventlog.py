@@ -9,10 +9,12 @@ caller wants to correlate, otherwise it is new per command.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
 import os
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -64,6 +66,39 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str, sort_keys=True)
 
 
+class _JsonLinesHandler(logging.FileHandler):
+    """The ``OPS_LOG_FILE`` handler. A line the disk refuses (full, failing) turns the
+    log off for the rest of the command with one warning, rather than a traceback a
+    record, and the file is cut back to its last whole line."""
+
+    _size = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.stream is not None:
+            self._size = os.fstat(self.stream.fileno()).st_size
+        super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, OSError):
+            super().handleError(record)  # a bug (a bad format): logging's own report
+            return
+        logger = logging.getLogger("donnadb")
+        logger.removeHandler(self)
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            # Close the descriptor under the buffer first: what it holds is dropped, not
+            # written after the truncate as a torn line.
+            with contextlib.suppress(OSError):
+                os.close(stream.fileno())
+            with contextlib.suppress(OSError, ValueError):
+                stream.close()
+        with contextlib.suppress(OSError):
+            os.truncate(self.baseFilename, self._size)
+        logger.warning("structured log disabled: cannot write %s (%s)", self.baseFilename,
+                       exc.strerror)
+
+
 def _open_private(path: Path) -> None:
     """Create ``path`` (0600) and its directory (0700) if missing."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -85,7 +120,7 @@ def configure(log_file: Path, *, level: int = logging.INFO) -> str:
             handler.close()
     try:
         _open_private(log_file)
-        handler = logging.FileHandler(log_file, encoding="utf-8")
+        handler = _JsonLinesHandler(log_file, encoding="utf-8")
     except OSError as exc:
         logger.warning("structured log disabled: cannot write %s (%s)", log_file, exc.strerror)
         return trace_id()

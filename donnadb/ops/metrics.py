@@ -30,6 +30,7 @@ from prometheus_client.utils import floatToGoString
 
 from donnadb.config import Settings
 from donnadb.dal import mirrorstats
+from donnadb.dal.fileio import write_atomic
 from donnadb.dal.phases import PHASES
 from donnadb.errors import DonnaError
 from donnadb.ops import cutover, health, status
@@ -346,13 +347,12 @@ def write_textfile(path: Path, settings: Settings, *, dbname: str | None = None,
                    host_only: bool = False) -> str:
     """Write one scrape to ``path`` atomically (node_exporter may read at any moment).
 
-    :raises OSError: the directory is missing or not writable.
+    :raises OSError: the directory is missing or not writable, or the disk is full.
     """
     text = exposition(settings, dbname=dbname, host_only=host_only)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.chmod(0o644)  # node_exporter runs as its own user; metrics hold no secrets
-    tmp.replace(path)
+    # 0644: node_exporter runs as its own user; metrics hold no secrets. A failed write
+    # (a full disk) leaves the last scrape in place and no temp file.
+    write_atomic(path, text.encode("utf-8"), mode=0o644)
     return text
 
 

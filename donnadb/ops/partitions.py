@@ -100,16 +100,23 @@ def _archive(conn: psycopg.Connection, schema: str, name: str, target: Path) -> 
     tmp = target.with_name(f".{target.name}.partial")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     lines = 0
-    with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
-        copy_sql = sql.SQL("COPY (SELECT * FROM {} ORDER BY created_at) TO STDOUT "
-                           "WITH (FORMAT csv, HEADER)").format(table)
-        with conn.cursor().copy(copy_sql) as copy:
-            for chunk in copy:
-                out.write(chunk)
-                lines += bytes(chunk).count(b"\n")
-        out.flush()
-        raw.flush()
-        os.fsync(raw.fileno())
+    try:
+        with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb",
+                                                       mtime=0) as out:
+            copy_sql = sql.SQL("COPY (SELECT * FROM {} ORDER BY created_at) TO STDOUT "
+                               "WITH (FORMAT csv, HEADER)").format(table)
+            with conn.cursor().copy(copy_sql) as copy:
+                for chunk in copy:
+                    out.write(chunk)
+                    lines += bytes(chunk).count(b"\n")
+            out.flush()
+            raw.flush()
+            os.fsync(raw.fileno())
+    except BaseException as exc:  # a full disk: no partial archive; nothing is dropped
+        os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(target)
+        raise
     # CSV fields may contain newlines, so lines >= rows + header; equality is the common case
     # and fewer lines than rows means a short write.
     if lines < expected + 1:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support import superuser_psql
+from tests.support import fill_up, one_line_error, small_disk, superuser_psql
 
 DONNACTL = str(Path(sys.executable).with_name("donnactl"))
 
@@ -99,3 +99,25 @@ def test_the_prune_timer_deletes_without_a_terminal(bs, source_db):
     assert [a["context"]["command"] for a in audit] == [
         "backup create", "backup create", "backup prune"]
     assert audit[2]["context"]["params"]["yes"] is True
+
+
+def test_a_full_repository_stops_create_and_verify_in_one_line(bs, source_db, tmp_path):
+    with small_disk(tmp_path, "8m") as disk:
+        repo = disk / "repo"
+        env = dict(os.environ, BACKUP_REPO_DIR=str(repo), DB_NAME=source_db,
+                   BACKUP_S3_BUCKET="", PGBACKREST_ENABLED="false",
+                   BACKUP_SIGNING_KEY_FILE=str(bs.backup_signing_key_file),
+                   OPS_LOG_FILE=str(tmp_path / "ops.jsonl"))
+        backup_id = json.loads(run(env, "create", "--json").stdout)["backup_id"]
+        def files():  # the lock files of readers and writers stay, as after any command
+            return sorted(p.relative_to(repo) for p in repo.rglob("*") if p.suffix != ".lock")
+
+        before = files()
+        fill_up(disk)
+
+        verify = run(env, "verify", "latest", check=False)
+        one_line_error(verify, 1, f"cannot write {repo / backup_id / 'verify.json'}: No "
+                       "space left on device", "free space")
+        create = run(env, "create", check=False)
+        one_line_error(create, 1, "No space left on device")
+        assert files() == before

@@ -6,11 +6,17 @@ from __future__ import annotations
 import base64
 import os
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from donnadb.crypto import envelope, keyfile
 from donnadb.crypto.errors import DecryptError, KeyFileError
+from tests.support import full_disk, one_line_error
+
+DONNACTL = str(Path(sys.executable).with_name("donnactl"))
 
 
 def test_a_new_key_file_is_private_and_never_overwritten(tmp_path):
@@ -75,3 +81,18 @@ def test_the_lookup_hash_ignores_case_and_spaces_and_needs_the_key(tmp_path):
     a, b = keyfile.generate(tmp_path / "a"), keyfile.generate(tmp_path / "b")
     assert envelope.lookup_hash(a, " Ann@Example.org") == envelope.lookup_hash(a, "ann@example.org")
     assert envelope.lookup_hash(a, "ann@example.org") != envelope.lookup_hash(b, "ann@example.org")
+
+
+def test_keys_init_on_a_full_disk_leaves_no_key_file(tmp_path):
+    with full_disk(tmp_path) as disk:
+        path = disk / "root"
+        done = subprocess.run([DONNACTL, "keys", "init"], capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "CRYPTO_KEK_FILE": str(path),
+                                               "OPS_LOG_FILE": str(tmp_path / "ops.jsonl")})
+        one_line_error(done, 1, f"cannot write {path}: No space left on device", "free space")
+        assert not path.exists()  # so `keys init` runs again once there is room
+
+
+def test_keys_init_names_a_missing_folder(tmp_path):
+    with pytest.raises(KeyFileError, match="folder does not exist"):
+        keyfile.generate(tmp_path / "nowhere" / "root")

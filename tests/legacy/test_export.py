@@ -22,6 +22,7 @@ from donnadb.legacy.normalise import message_uuid
 from donnadb.legacy.reader import LegacyReader
 from donnadb.legacy.verify import verify
 from tests.legacy.conftest import DONNACTL, checksums, run_cli
+from tests.support import small_disk
 
 
 def test_import_export_import_gives_the_same_database(settings, scratch_db, second_db,
@@ -295,16 +296,10 @@ def test_a_full_disk_stops_the_export_and_leaves_nothing(settings, scratch_db, t
     generate(tmp_path / "data", users=3, chats=10, messages_per_chat=200, deviations=False)
     with db.connect("migrator", settings=settings, dbname=scratch_db, autocommit=True) as conn:
         import_data_dir(LegacyReader.open(tmp_path / "data"), conn, batch_size=100)
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(small)],
-                   check=True)
-    try:
+    with small_disk(tmp_path) as small:
         out = small / "exported"
         done = run_cli("migrate-data", "export", "--out", str(out), "--dbname", scratch_db)
         assert done.returncode == 6, done.stderr
         assert f"cannot write the export into {out}: No space left on device" in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert not any(out.iterdir())
-    finally:
-        subprocess.run(["umount", str(small)], check=True)

@@ -18,6 +18,7 @@ from donnadb.legacy.importer import import_data_dir
 from donnadb.legacy.reader import LegacyReader
 from donnadb.legacy.verify import verify
 from tests.legacy.conftest import DONNACTL, checksums, parser_processes, run_cli
+from tests.support import full_disk
 
 COUNT_ALL = """SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM chat_sessions),
                       (SELECT count(*) FROM messages), (SELECT count(*) FROM user_memory),
@@ -274,3 +275,17 @@ def test_importing_one_entity_is_refused_only_when_postgresql_alone_holds_it():
         importer.check_storage_type(late, False, entity="messages")  # its sessions come too
     with pytest.raises(UsageError, match="^users, memory in postgresql"):
         importer.check_storage_type(late, False, entity="memory")
+
+
+def test_a_full_report_dir_fails_in_one_line_and_leaves_no_partial_report(scratch_db,
+                                                                          tmp_path):
+    generate(tmp_path / "data", users=2, chats=3, deviations=False)
+    with full_disk(tmp_path, {"reports/.keep": ""}) as disk:
+        reports = disk / "reports"
+        done = run_cli("migrate-data", "import", "--data-dir", str(tmp_path / "data"),
+                       "--dbname", scratch_db, "--report-dir", str(reports))
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        last = done.stderr.strip().splitlines()[-1]  # after the progress bars
+        assert last.startswith(f"error: cannot write {reports}/import-"), last
+        assert "No space left on device; free space" in last
+        assert [p.name for p in reports.iterdir()] == [".keep"]

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +21,7 @@ from donnadb.errors import UsageError
 from donnadb.loadtest import runner
 from donnadb.loadtest.names import QUERY_NAMES
 from tests.loadtest.conftest import PGBOUNCER_PORT
+from tests.support import full_disk, one_line_error
 
 #: Memory values stored in clear (not a sealed JSON string).
 CLEAR_MEMORY_SQL = f"SELECT count(*) FROM user_memory WHERE {PLAIN_VALUE.format(v='value')}"
@@ -95,3 +100,17 @@ def test_locust_command_excludes_ramp_up_and_passes_options_to_workers():
     assert cmd[cmd.index("--expect-workers") + 1] == "2"
     assert cmd[cmd.index("--donna-dbname") + 1] == "x"
     assert cmd[-1] == "ChatUser"
+
+
+def test_a_full_out_dir_is_one_line_naming_it_and_keeps_the_last_verdict(seeded_db, tmp_path):
+    last = '{"verdict": "the previous run"}'
+    with full_disk(tmp_path, {"out/verdict.json": last}) as disk:
+        out = disk / "out"
+        done = subprocess.run(
+            [str(Path(sys.executable).with_name("donnactl")), "loadtest", "run", "--out",
+             str(out), "--users", "2", "--spawn-rate", "2", "--duration", "3s", "--dbname",
+             seeded_db], capture_output=True, text=True, timeout=60,
+            env={**os.environ, "OPS_LOG_FILE": str(tmp_path / "ops.jsonl")})
+        assert "locust" in done.stdout  # it ran: Locust's own writes failed, not a check
+        one_line_error(done, 1, f"cannot write {out}: No space left on device", "free space")
+        assert (out / "verdict.json").read_text() == last

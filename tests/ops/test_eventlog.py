@@ -2,6 +2,8 @@
 
 import json
 
+from tests.support import full_disk
+
 
 def test_each_command_logs_json_lines_with_one_trace_id(cli):
     done = cli("status", "--json", env={"DONNADB_TRACE_ID": "trace-abc"})
@@ -29,3 +31,18 @@ def test_unwritable_log_file_does_not_break_commands(cli):
     done = cli("status", "--json", env={"OPS_LOG_FILE": "/proc/donnadb/nope.jsonl"})
     assert done.returncode == 0
     assert "structured log disabled: cannot write /proc/donnadb/nope.jsonl" in done.stderr
+
+
+def test_a_full_disk_turns_the_log_off_in_one_line_and_leaves_no_torn_line(cli, tmp_path):
+    # The older line ends just short of a page: the next line is half written, then the
+    # disk is full.
+    older = '{"message": "older", "pad": "' + "x" * 4000 + '"}\n'
+    with full_disk(tmp_path, {"ops.jsonl": older}) as disk:
+        log_file = disk / "ops.jsonl"
+        done = cli("metrics", "textfile", str(tmp_path / "donnadb.prom"),
+                   env={"OPS_LOG_FILE": str(log_file)})
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.splitlines() == [
+            f"WARNING donnadb: structured log disabled: cannot write {log_file} "
+            "(No space left on device)"]
+        assert log_file.read_text() == older

@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from donnadb.ops import metrics
 from tests.ops.conftest import DONNACTL
+from tests.support import full_disk, one_line_error
 
 
 def _samples(text: str) -> dict[str, float]:
@@ -66,6 +67,17 @@ def test_host_only_writes_this_hosts_figures_and_never_reads_the_database(cli, t
     assert samples["donnadb_mirror_failures_total[('entity', 'logs')]"] == 1
     assert samples["donnadb_storage_phase[('entity', 'logs'), ('phase', 'dual')]"] == 1
     assert not [name for name in samples if name.startswith("donnadb_up")]
+
+
+def test_a_full_disk_keeps_the_last_textfile_whole(cli, tmp_path):
+    last = "donnadb_up 1\n"
+    with full_disk(tmp_path, {"donnadb.prom": last}) as disk:
+        target = disk / "donnadb.prom"
+        done = cli("metrics", "textfile", str(target))
+        one_line_error(done, 1, f"cannot write {target}: No space left on device",
+                       "free space")
+        assert target.read_text() == last
+        assert sorted(p.name for p in disk.iterdir()) == ["donnadb.prom", "filler"]
 
 
 def test_serve_answers_scrapes(tmp_path):

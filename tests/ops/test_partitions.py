@@ -7,7 +7,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from donnadb.ops import partitions, retention
-from tests.support import superuser_psql
+from tests.support import full_disk, one_line_error, superuser_psql
 
 INSERT_LOG = ("INSERT INTO system_logs (level, message, created_at) "
               "SELECT 'info', 'old ' || g, %s::timestamptz + g * interval '1 minute' "
@@ -61,6 +61,24 @@ def test_maintain_archives_then_drops_old_partitions(settings, ops_db, connect_a
     recorded = superuser_psql("SELECT count(*) FROM system_logs "
                               "WHERE message = 'partitions maintained'", ops_db)
     assert recorded == "1"
+
+
+def test_a_full_archive_disk_drops_nothing_and_leaves_no_partial_archive(scratch_db,
+                                                                        connect_as, tmp_path,
+                                                                        cli):
+    ops_db = scratch_db  # its own: the module's ops_db has its old partitions dropped
+    old_month = _month_start(3)
+    with connect_as("app", dbname=ops_db) as conn:
+        conn.execute(INSERT_LOG, (old_month, 25))
+    name = f"system_logs_p{old_month:%Y_%m}"
+    with full_disk(tmp_path, {"archive/.keep": ""}) as disk:
+        archive = disk / "archive"
+        done = cli("partitions", "maintain", "--yes", "--dbname", ops_db,
+                   env={"LOG_RETENTION_MONTHS": "1", "LOG_ARCHIVE_DIR": str(archive)})
+        one_line_error(done, 1, f"cannot write {archive}/system_logs_p",
+                       ".csv.gz: No space left", "free space")
+        assert [p.name for p in archive.iterdir()] == [".keep"]
+    assert superuser_psql(f"SELECT count(*) FROM {name}", ops_db) == "25"
 
 
 def test_maintain_premakes_and_fills_gaps(settings, ops_db):
