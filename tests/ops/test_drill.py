@@ -33,6 +33,7 @@ from tests.support import (
     give_deploy_tls,
     render_database_sql,
     superuser_psql,
+    wait_for,
     without_systemd,
 )
 
@@ -303,7 +304,11 @@ def test_on_a_patroni_leader_patroni_restarts_the_killed_postmaster(patroni_lead
     assert r["restart_s"] is None and r["downtime_s"] > 0 and r["acknowledged"] > 50
     assert r["leader_before"] == r["leader_after"] == "m1"
     assert r["rejoined"] is True and r["rejoin_s"] > 0
-    (member,) = drillfault.members(patroni_leader["settings"].patroni_config)
+    # Patroni publishes the restarted member's timeline (TL) a moment after it leads
+    # again: wait for it (bounded) before reading it.
+    (member,) = wait_for("the member's timeline in patronictl list", lambda: next(
+        (ms for ms in [drillfault.members(patroni_leader["settings"].patroni_config)]
+         if ms and ms[0].timeline is not None), None), timeout=30, interval=1)
     assert member.timeline >= 2  # crash recovery, then promoted again: a new timeline
 
 
