@@ -98,10 +98,13 @@ class Workload:
         else:
             dal.add_message(chat, "user", APPEND_TEXT)
 
+    def statement(self, name: str) -> fastpath.Statement:
+        """The query as the DAL's fast path runs it (``$n`` placeholders), as ``name``."""
+        return fastpath.Statement(name, self.query, list(self.params(self.chats[0])))
+
     def positional(self) -> tuple[bytes, list[str]]:
         """The statement with ``$n`` placeholders, and the parameters' names in order."""
-        names = list(self.params(self.chats[0]))
-        return fastpath.Statement(self.kind, self.query, names).sql, names
+        return self.statement(self.kind).sql, list(self.params(self.chats[0]))
 
     def text_values(self, chat: str) -> list[bytes | None]:
         """The parameters in the text format libpq sends."""
@@ -350,8 +353,7 @@ def _floor(settings, dbname: str, clients: int, work: Workload):
 
 def _api_floor(settings, dbname: str, clients: int, work: Workload):
     """The API floor's ``(call, close)`` (see the module's docstring, 5b)."""
-    names = list(work.params(work.chats[0]))
-    statement = fastpath.Statement(f"bench_{work.kind}", work.query, names)
+    statement = work.statement(f"bench_{work.kind}")
     prepared = settings.pgbouncer_port is None
     kwargs: dict = {"autocommit": True, "context": dal_adapters()}
     if not prepared:

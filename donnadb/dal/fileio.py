@@ -216,7 +216,7 @@ def write_atomic(path: Path, payload: bytes, mode: int = FILE_MODE) -> None:
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        _name(exc, path)
+        name_path(exc, path)
         raise
     fsync_dir(path.parent)
 
@@ -238,11 +238,11 @@ def write_new(path: Path, payload: bytes, mode: int = FILE_MODE) -> None:
             os.fsync(fh.fileno())
     except BaseException as exc:
         os.unlink(path)
-        _name(exc, path)
+        name_path(exc, path)
         raise
 
 
-def _name(exc: BaseException, path: Path) -> None:
+def name_path(exc: BaseException, path: Path) -> None:
     """Name ``path`` in an OSError of a failed write(), which names no file."""
     if isinstance(exc, OSError) and exc.filename is None:
         exc.filename = str(path)

@@ -22,6 +22,7 @@ from psycopg.rows import dict_row
 
 from donnadb import db
 from donnadb.config import Settings
+from donnadb.dal.fileio import name_path
 from donnadb.errors import DonnaError
 from donnadb.ops import eventlog
 from donnadb.ops.status import PARTITIONED_PARENT, PARTITIONS_SQL, partition_coverage
@@ -114,8 +115,7 @@ def _archive(conn: psycopg.Connection, schema: str, name: str, target: Path) -> 
             os.fsync(raw.fileno())
     except BaseException as exc:  # a full disk: no partial archive; nothing is dropped
         os.unlink(tmp)
-        if isinstance(exc, OSError) and exc.filename is None:
-            exc.filename = str(target)
+        name_path(exc, target)
         raise
     # CSV fields may contain newlines, so lines >= rows + header; equality is the common case
     # and fewer lines than rows means a short write.

@@ -306,9 +306,12 @@ def test_on_a_patroni_leader_patroni_restarts_the_killed_postmaster(patroni_lead
     assert r["rejoined"] is True and r["rejoin_s"] > 0
     # Patroni publishes the restarted member's timeline (TL) a moment after it leads
     # again: wait for it (bounded) before reading it.
-    (member,) = wait_for("the member's timeline in patronictl list", lambda: next(
-        (ms for ms in [drillfault.members(patroni_leader["settings"].patroni_config)]
-         if ms and ms[0].timeline is not None), None), timeout=30, interval=1)
+    def timeline_published():
+        (member,) = drillfault.members(patroni_leader["settings"].patroni_config)
+        return member if member.timeline is not None else None
+
+    member = wait_for("the member's timeline in patronictl list", timeline_published,
+                      timeout=30, interval=1)
     assert member.timeline >= 2  # crash recovery, then promoted again: a new timeline
 
 
