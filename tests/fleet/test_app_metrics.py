@@ -52,10 +52,7 @@ def test_the_metrics_job_runs_as_the_ops_user_and_writes_host_figures_only(fleet
         "enabled"
     shown = fleet.app.run("systemctl show -p User -p ExecStart donna-ops-metrics.service").stdout
     assert "User=donna-ops" in shown and "--host-only" in shown, shown
-    started = fleet.app.run("systemctl start donna-ops-metrics.service", check=False,
-                            timeout=120)
-    assert started.returncode == 0, fleet.app.run(
-        "journalctl -u donna-ops-metrics.service --no-pager | tail -30").stdout
+    fleet.app.start_unit("donna-ops-metrics.service", timeout=120)
     assert fleet.app.run(f"stat -c '%U %a' {TEXTFILE}").stdout.split() == ["donna-ops", "644"]
     samples = textfile_samples(fleet)
     assert samples['donnadb_storage_phase{entity="logs",phase="dual"}'] == 1
@@ -71,7 +68,7 @@ def test_a_copy_the_app_host_failed_reaches_prometheus_with_its_entity(fleet: Fl
                           f"DATA_DIR=/var/tmp/{marker}")
     assert made["phases"]["logs"] == "dual"
     assert (made["copies"], made["failures"]) == (1, 1), made
-    fleet.app.run("systemctl start donna-ops-metrics.service", timeout=120)
+    fleet.app.start_unit("donna-ops-metrics.service", timeout=120)
     samples = textfile_samples(fleet)
     failures = samples['donnadb_mirror_failures_total{entity="logs"}']
     assert failures >= 1

@@ -80,10 +80,7 @@ def test_the_jobs_are_systemd_timers_and_a_backup_runs_under_systemd(fleet: Flee
         assert unit in timers
         assert fleet.db.run(f"systemctl is-enabled {unit}").stdout.strip() == "enabled"
     assert fleet.db.run("test ! -e /etc/cron.d/donna-backup", check=False).returncode == 0
-    started = fleet.db.run("systemctl start donna-backup-snapshot.service", check=False,
-                           timeout=900)
-    assert started.returncode == 0, fleet.db.run(
-        "journalctl -u donna-backup-snapshot.service --no-pager | tail -40").stdout
+    fleet.db.start_unit("donna-backup-snapshot.service")
     listed = json.loads(fleet.db.run("donnactl backup list --json").stdout)
     assert listed, "the snapshot job made no backup"
 
@@ -100,10 +97,7 @@ def test_point_in_time_recovery_is_on_and_its_jobs_run_under_systemd(fleet: Flee
         unit = f"donna-backup-{job}.timer"
         assert fleet.db.run(f"systemctl is-enabled {unit}").stdout.strip() == "enabled"
     for job in ("physical-full", "physical-verify"):
-        started = fleet.db.run(f"systemctl start donna-backup-{job}.service", check=False,
-                               timeout=900)
-        assert started.returncode == 0, fleet.db.run(
-            f"journalctl -u donna-backup-{job}.service --no-pager | tail -40").stdout
+        fleet.db.start_unit(f"donna-backup-{job}.service")
     checked = fleet.db.run("donnactl backup check --json", check=False)
     report = json.loads(checked.stdout)
     assert report["engine"]["ok"], report["engine"]

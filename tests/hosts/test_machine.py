@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,44 @@ def test_only_trees_under_the_state_directory_are_ever_deleted(tmp_path):
     with pytest.raises(machine.HostError, match="refusing to delete"):
         machine._remove_tree(victim)
     assert victim.is_dir()
+
+
+class ScriptedHost(machine.Host):
+    """A host whose commands answer from a script: what start_unit does with systemd's
+    answers, without booting one."""
+
+    def __init__(self, answers: dict[str, list[tuple[int, str]]]):
+        super().__init__("h1", "127.0.0.11", Path("/nonexistent"))
+        self.answers = answers
+        self.ran: list[str] = []
+
+    def run(self, script, **_):
+        self.ran.append(script)
+        key = script.split()[1]
+        code, out = self.answers[key].pop(0) if len(self.answers[key]) > 1 \
+            else self.answers[key][0]
+        return subprocess.CompletedProcess(script, code, out, "")
+
+
+def test_a_unit_that_could_not_join_its_cgroup_is_started_again(monkeypatch):
+    monkeypatch.setattr(machine.time, "sleep", lambda _: None)
+    host = ScriptedHost({"start": [(1, ""), (0, "")], "show": [(0, "219\n")]})
+    assert host.start_unit("donna-x.service").returncode == 0
+    assert host.ran.count("systemctl start donna-x.service") == 2
+
+
+def test_a_unit_that_fails_on_its_own_is_not_started_again():
+    host = ScriptedHost({"start": [(1, "")], "show": [(0, "1\n")],
+                         "-u": [(0, "donna-x.service: failed\n")]})
+    with pytest.raises(machine.HostError, match="donna-x.service failed to start"):
+        host.start_unit("donna-x.service")
+    assert host.ran.count("systemctl start donna-x.service") == 1
+
+
+def test_a_unit_that_keeps_failing_its_cgroup_is_an_error_after_the_retries(monkeypatch):
+    monkeypatch.setattr(machine.time, "sleep", lambda _: None)
+    host = ScriptedHost({"start": [(1, "")], "show": [(0, "219\n")],
+                         "-u": [(0, "")]})
+    with pytest.raises(machine.HostError):
+        host.start_unit("donna-x.service")
+    assert host.ran.count("systemctl start donna-x.service") == machine.CGROUP_RETRIES

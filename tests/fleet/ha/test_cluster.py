@@ -180,7 +180,7 @@ def test_physical_backups_come_from_a_replica_into_the_shared_encrypted_bucket(
     # The leader archives into the bucket; a replica checks it through the leader's server.
     cluster.member(chosen).run("runuser -u postgres -- pgbackrest --stanza=donna check")
     for member in cluster.members:
-        member.run("systemctl start donna-backup-physical-full.service", timeout=900)
+        member.start_unit("donna-backup-physical-full.service")
     # The deploy's first full backup (from the leader), then the job's.
     first, backup = pgbackrest_info(cluster.member(chosen))["backup"]
     assert first["type"] == backup["type"] == "full"
@@ -208,9 +208,9 @@ def test_one_member_takes_the_scheduled_backup_a_healthy_replica(cluster: Cluste
     chosen = min(m["Member"] for m in state if m["Member"] != leader)
     # The units the timers start, on every member, the snapshot before the check.
     for member in cluster.members:
-        member.run("systemctl start donna-backup-snapshot.service")
+        member.start_unit("donna-backup-snapshot.service")
     for member in cluster.members:
-        member.run("systemctl start donna-backup-check.service")
+        member.start_unit("donna-backup-check.service")
     for member in cluster.members:
         rows = json.loads(member.run("donnactl backup list --no-s3 --json").stdout)
         good = [r for r in rows if r["good"]]
