@@ -251,6 +251,8 @@ class Settings(BaseSettings):
     #: ALERT_ROLLBACK_MIN_TPS transactions per second.
     alert_rollback_ratio: Tier = Tier(0.05, 0.2)
     alert_rollback_min_tps: float = Field(1.0, ge=0)
+    #: Share of one entity's dual-write copies to PostgreSQL that failed within 10 minutes.
+    alert_mirror_failure_ratio: Tier = Tier(0.01, 0.5)
     #: Mean execution seconds of one statement (pg_stat_statements, 5-minute deltas) run
     #: at least ALERT_STATEMENT_MIN_RATE times a second.
     alert_statement_mean_seconds: Tier = Tier(0.1, 0.5)

@@ -40,7 +40,7 @@ WARNING, CRITICAL = "warning", "critical"
 #: volume, a repository, a drill kind, a statement); absent labels compare equal in
 #: Alertmanager.
 DISTINCT_LABELS = ["alertname", "instance", "datname", "database", "user", "volume", "repo",
-                   "kind", "queryid"]
+                   "kind", "queryid", "entity"]
 
 _PCT, _HOURS, _DAYS = 0.01, 3600.0, 86400.0
 _DURATION, _RATIO, _NUMBER = "humanizeDuration", "humanizePercentage", "humanize"
@@ -291,6 +291,15 @@ def _storage(s: Settings) -> list[dict]:
                shown=_DURATION, wait="0m", check="reconcile_backlog",
                limit=_num(s.reconcile_backlog_max_age_minutes * 60),
                where=" {{ $labels.entity }}"),
+        # Seen at once, where the backlog's age takes RECONCILE_BACKLOG_MAX_AGE_MINUTES, and
+        # on an application host whose queue donna-ops cannot read (no backlog series).
+        # A 0/0 ratio (no copy tried) is NaN and never fires.
+        *_tiers(s, "DonnaDualWriteCopiesFailing",
+                "increase(donnadb_mirror_failures_total[10m]) / "
+                "increase(donnadb_mirror_copies_total[10m]) >= {t}",
+                s.alert_mirror_failure_ratio,
+                "dual-write copies to PostgreSQL are failing", shown=_RATIO, wait="0m",
+                where=" {{ $labels.entity }}"),
         *_health(s, "storage"),
     ]
 
