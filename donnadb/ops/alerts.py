@@ -293,10 +293,12 @@ def _storage(s: Settings) -> list[dict]:
                where=" {{ $labels.entity }}"),
         # Seen at once, where the backlog's age takes RECONCILE_BACKLOG_MAX_AGE_MINUTES, and
         # on an application host whose queue donna-ops cannot read (no backlog series).
-        # A 0/0 ratio (no copy tried) is NaN and never fires.
+        # Writes missed per copy tried, at most 1: after a connection failure a process
+        # skips the copy for a while (dual-write's retry_after) and those writes count as
+        # failures only. A 0/0 ratio (no copy tried) is NaN and never fires.
         *_tiers(s, "DonnaDualWriteCopiesFailing",
-                "increase(donnadb_mirror_failures_total[10m]) / "
-                "increase(donnadb_mirror_copies_total[10m]) >= {t}",
+                "clamp_max(increase(donnadb_mirror_failures_total[10m]) / "
+                "increase(donnadb_mirror_copies_total[10m]), 1) >= {t}",
                 s.alert_mirror_failure_ratio,
                 "dual-write copies to PostgreSQL are failing", shown=_RATIO, wait="0m",
                 where=" {{ $labels.entity }}"),

@@ -2,7 +2,8 @@
 logs in dual-write): node_exporter on its own address, TLS only; the metrics job as
 donna-ops, which never reads the database; the database host's Prometheus (the fleet's
 monitor: it has no monitor host) scrapes it in job ``node``, labelled ``role="app"``,
-and holds a copy PostgreSQL missed on the app host, with its entity."""
+and holds a copy PostgreSQL missed on the app host, with its entity; its
+DonnaDualWriteCopiesFailing alert fires."""
 
 from __future__ import annotations
 
@@ -87,3 +88,19 @@ def test_a_copy_the_app_host_failed_reaches_prometheus_with_its_entity(fleet: Fl
     assert [s["value"][1] for s in up] == ["1"]
     phase = query(f'donnadb_storage_phase{{instance="{instance}",entity="logs",phase="dual"}}')
     assert [s["value"][1] for s in phase] == ["1"]
+
+    # Five more writes missed (one copy tried, four skipped while PostgreSQL is down):
+    # once Prometheus sees the counters move, the alert fires, naming host and entity.
+    again = run_script(fleet.app, "mirror_failure.py", f"{marker}-again", "5",
+                       env=f"PGBOUNCER_PORT={DEAD_PORT} DB_CONNECT_TIMEOUT=2 "
+                           f"DATA_DIR=/var/tmp/{marker}")
+    assert (again["copies"], again["failures"]) == (1, 5), again
+    fleet.app.start_unit("donna-ops-metrics.service", timeout=120)
+
+    def firing():
+        return query('ALERTS{alertname="DonnaDualWriteCopiesFailing",alertstate="firing",'
+                     f'instance="{instance}",entity="logs"}}')
+
+    alerts = wait_for("DonnaDualWriteCopiesFailing firing for the app host", firing,
+                      timeout=150, interval=3)
+    assert {a["metric"]["role"] for a in alerts} == {"app"}
