@@ -144,6 +144,8 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         self._session_sql = q.CALL_SESSION if self.via_pgbouncer else q.SELECT_SESSION
         self._sealed_memory_sql = (q.CALL_SET_SEALED_MEMORY if self.via_pgbouncer
                                    else q.UPSERT_SEALED_MEMORY)
+        self._sealed_user_sql = (q.CALL_CREATE_SEALED_USER if self.via_pgbouncer
+                                 else q.INSERT_SEALED_USER)
         self.pool_timeout = pool_timeout
         self._local = threading.local()
 
@@ -347,7 +349,7 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         cols = self._sealer.user_columns(dk, {
             "email": params["email"], "name": params["name"],
             "profile": params["profile"].obj, "preferences": params["preferences"].obj})
-        conn.execute(q.INSERT_SEALED_USER, {
+        conn.execute(self._sealed_user_sql, {
             **params, **cols, "id": user_id, "profile": Jsonb(cols["profile"]),
             "preferences": Jsonb(cols["preferences"]), "kek_id": dk.kek_id,
             "wrapped_key": dk.wrapped})

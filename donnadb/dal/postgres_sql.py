@@ -137,6 +137,12 @@ WITH made AS (
 )
 SELECT id::text AS id FROM made
 """
+# The same through PgBouncer: a function, planned once per server connection (0013).
+CALL_CREATE_SEALED_USER = """
+SELECT create_sealed_user(%(id)s, %(clerk_id)s, %(email_sealed)s, %(name_sealed)s,
+                          %(email_hmac)s, %(profile)s, %(preferences)s, %(status)s,
+                          %(last_active_at)s, %(kek_id)s, %(wrapped_key)s) AS id
+"""
 
 # A replicated user (upsert_user): its row claimed by clerk id (made bare, or locked),
 # then every field written sealed under the id it has.

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from donnadb.crypto import keyfile
-from donnadb.dal import PostgresDataAccess
+from donnadb.dal import ConflictError, PostgresDataAccess
 from donnadb.dal.sealed import Sealer
 from donnadb.ops import users
 from tests.dal.conftest import sent_messages
@@ -282,3 +282,28 @@ def test_forget_in_this_process_drops_the_key_and_a_late_read_does_not_bring_it_
         assert dal._sealer.key_of(uid, dk.kek_id, dk.wrapped).wrapped == dk.wrapped
         assert dal._sealer.cached_key(uid) is None
         assert dal.get_user_by_id(uid) is None
+
+
+@pytest.mark.parametrize("route", ["pgbouncer", "direct"])
+def test_a_new_user_and_its_key_are_written_together_or_not_at_all(settings, pg_db, kek_file,
+                                                                   route):
+    """Through PgBouncer the sealed insert is a function (0013), direct a CTE: either way
+    the users row and its data key, and a taken clerk id leaves neither."""
+    sealed = crypto_settings(settings, kek_file)
+    if route == "direct":
+        sealed = sealed.model_copy(update={"pgbouncer_port": None})
+    with PostgresDataAccess(sealed, dbname=pg_db) as dal:
+        assert dal.via_pgbouncer is (route == "pgbouncer")
+        uid = dal.create_user({"clerk_id": f"new-{route}", "email": "ann@example.com",
+                               "name": "Ann", "status": "trial"})
+        with pytest.raises(ConflictError, match="already exists"):
+            dal.create_user({"clerk_id": f"new-{route}", "name": "Other"})
+    row = superuser_psql(
+        "SELECT u.email IS NULL AND u.name IS NULL AND u.email_sealed IS NOT NULL, "
+        "u.status, (SELECT count(*) FROM user_keys k WHERE k.user_id = u.id), "
+        f"(SELECT count(*) FROM user_keys) FROM users u WHERE u.clerk_id = 'new-{route}'",
+        pg_db)
+    assert row.split("|") == ["t", "trial", "1", "1"]
+    with PostgresDataAccess(sealed, dbname=pg_db) as reader:
+        user = reader.get_user_by_id(uid)
+    assert (user["email"], user["name"]) == ("ann@example.com", "Ann")
