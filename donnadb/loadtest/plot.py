@@ -18,6 +18,7 @@ matplotlib.use("Agg")  # no display on a server
 
 import matplotlib.pyplot as plt  # noqa: E402
 
+from donnadb.dal.fileio import name_path  # noqa: E402
 from donnadb.loadtest.slo import AGGREGATED, P95_LIMIT_MS  # noqa: E402
 
 
@@ -78,7 +79,7 @@ def plot(history_csv: Path, png: Path, *, target_users: int,
     try:
         fig.savefig(png, dpi=100)
     except OSError as exc:  # a full disk: matplotlib's write names no file
-        exc.filename = exc.filename or str(png)
+        name_path(exc, png)
         raise
     plt.close(fig)
     return png
