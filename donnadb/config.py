@@ -165,6 +165,12 @@ class Settings(BaseSettings):
     crypto_enabled: bool = False
     #: The key file (0600, the application's user): KEKs and the e-mail lookup key.
     crypto_kek_file: Path | None = None
+    #: A KMS key (id, ARN or alias) that seals the key file: on disk it is then KMS
+    #: ciphertext, opened once by each process that reads it (donnadb/crypto/kms.py).
+    crypto_kms_key_id: str | None = None
+    #: The KMS region, and an endpoint other than AWS's (a KMS-compatible server).
+    crypto_kms_region: str | None = None
+    crypto_kms_endpoint_url: str | None = None
 
     # Roles created by the deploy.
     db_role_owner: str = ROLE_OWNER
@@ -383,7 +389,8 @@ class Settings(BaseSettings):
     @field_validator("patroni_config", "data_storage_users", "data_storage_memory",
                      "data_storage_chats", "data_storage_messages", "data_storage_logs",
                      "cache_password_file", "cache_sslrootcert", "cache_username",
-                     "crypto_kek_file", mode="before")
+                     "crypto_kek_file", "crypto_kms_key_id", "crypto_kms_region",
+                     "crypto_kms_endpoint_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # PATRONI_CONFIG= (empty) in donnadb.env means "not in a cluster", like no line;

@@ -402,6 +402,13 @@ cache_ttl_seconds = 60
 # holds in clear are sealed by the deploy (`donnactl keys seal-existing`). False turns it
 # off (the key file stays; sealed values then cannot be read by the DAL).
 crypto_enabled = True
+# A KMS key (id, ARN or alias) that seals the key file: on disk it is then KMS
+# ciphertext, which each process opens once through KMS with its host's own credentials
+# (an instance role allowed to decrypt with the key). None: the file is in clear, 0600.
+# The region, and an endpoint for a KMS-compatible server other than AWS's.
+crypto_kms_key_id = None
+crypto_kms_region = None
+crypto_kms_endpoint_url = None
 
 
 # --- High availability (donnadb/provision/ha.py; docs/ha.md) -------------------------

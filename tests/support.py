@@ -8,6 +8,7 @@ the deploy does, so the tests need no superuser password either.
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import time
 import uuid
@@ -211,3 +212,28 @@ def full_disk(parent: Path, files: dict[str, str] | None = None) -> Iterator[Pat
             (disk / name).write_text(text)
         fill_up(disk)
         yield disk
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """moto's server on 127.0.0.1 (S3, KMS and the rest on one port), with boto3's
+    credentials set for it: its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                            "AWS_DEFAULT_REGION")}
+    # moto accepts any credentials; these exist only for this in-process server.
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                      AWS_DEFAULT_REGION="us-east-1")
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -1,4 +1,4 @@
-"""`donnactl keys init|add-kek|status|rotate|retire|seal-existing|reapply-erasures`."""
+"""`donnactl keys init|add-kek|seal|status|rotate|retire|seal-existing|reapply-erasures`."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import typer
 from rich.table import Table
 
 from donnadb.cli.opsrun import confirm, logged, settings
-from donnadb.cli.options import DbOpt, JsonOpt, YesOpt
+from donnadb.cli.options import DbOpt, DryRunOpt, JsonOpt, YesOpt
 from donnadb.cli.output import console, emit_json
-from donnadb.crypto import keyfile, rotation
+from donnadb.crypto import keyfile, kms, rotation
 from donnadb.dal import cache, sealed
 from donnadb.errors import ConfigError
 from donnadb.ops import users
@@ -30,10 +30,11 @@ def _key_file():
 def init_cmd(json: JsonOpt = False) -> None:
     """Make the key file CRYPTO_KEK_FILE (0600): a KEK and the e-mail lookup key.
 
-    Never overwrites a file. Keep a copy in escrow: without it nothing sealed can be read.
+    Sealed by CRYPTO_KMS_KEY_ID when it is set. Never overwrites a file. Keep a copy in
+    escrow: without it nothing sealed can be read.
     """
-    _, path = _key_file()
-    keys = keyfile.generate(path)
+    s, path = _key_file()
+    keys = keyfile.generate(path, kms.seal_of(s))
     if json:
         emit_json({"key_file": str(path), "kek_id": keys.current.kek_id})
     else:
@@ -48,14 +49,49 @@ def add_kek_cmd(json: JsonOpt = False, yes: YesOpt = False) -> None:
 
     Then restart the application and run `keys rotate`.
     """
-    _, path = _key_file()
+    s, path = _key_file()
     confirm(f"Add a new KEK to {path}?", yes)
-    kek = keyfile.add_kek(path)
+    kek = keyfile.add_kek(path, kms.seal_of(s))
     if json:
         emit_json({"key_file": str(path), "kek_id": kek.kek_id})
     else:
         console.print(f"added KEK {kek.kek_id} to {path}: copy the file to your escrow, "
                       "restart the application, then `donnactl keys rotate`", highlight=False)
+
+
+@app.command("seal")
+@logged("keys seal")
+def seal_cmd(dry_run: DryRunOpt = False, yes: YesOpt = False, json: JsonOpt = False) -> None:
+    """Write the key file again sealed by the KMS key CRYPTO_KMS_KEY_ID.
+
+    A file in clear, or one sealed by another KMS key (opened with that key), gets the
+    same keys sealed; one sealed by this key already is left alone. Then escrow the new
+    file and hand it to every host (the next deploy does).
+    """
+    s, path = _key_file()
+    seal = kms.seal_of(s)
+    if seal is None:
+        raise ConfigError("CRYPTO_KMS_KEY_ID is not set: name the KMS key to seal the key "
+                          "file with")
+    before = keyfile.load(path, seal).sealed_by  # opens it, as the application would
+    target = seal.arn()
+    if dry_run or before == target:
+        result = {"key_file": str(path), "sealed_by": before, "seal_with": target,
+                  "changed": False, "dry_run": dry_run}
+        line = (f"{path} is sealed by {target} already" if before == target else
+                f"would seal {path} with {target} (now "
+                f"{'sealed by ' + before if before else 'in clear'})")
+    else:
+        confirm(f"Replace {path} with a copy sealed by {target}?", yes)
+        before, target = keyfile.seal_with(path, seal)
+        result = {"key_file": str(path), "sealed_by": target, "was_sealed_by": before,
+                  "changed": True, "dry_run": False}
+        line = (f"sealed {path} with {target}: copy it to your escrow and deploy, so every "
+                "host gets it")
+    if json:
+        emit_json(result)
+    else:
+        console.print(line, highlight=False)
 
 
 @app.command("status")
@@ -70,6 +106,7 @@ def status_cmd(json: JsonOpt = False, dbname: DbOpt = None) -> None:
     s = settings()
     result = rotation.status(s, dbname=dbname)
     result["users_in_clear"] = sealed.count_plain_users(s, dbname=dbname)
+    result["kms_key_id"] = s.crypto_kms_key_id
     if json:
         emit_json(result)
     else:
@@ -79,6 +116,11 @@ def status_cmd(json: JsonOpt = False, dbname: DbOpt = None) -> None:
         for k in result["key_file"]:
             table.add_row(k["kek_id"], "yes" if k["current"] else "", str(k["data_keys"]))
         console.print(table)
+        console.print(f"key file sealed by {result['sealed_by'] or 'nothing (in clear)'}",
+                      highlight=False)
+        if s.crypto_kms_key_id and not result["sealed_by"]:
+            console.print("[yellow]CRYPTO_KMS_KEY_ID is set but the key file is in clear:[/] "
+                          "run `donnactl keys seal`")
         console.print(f"{result['to_rewrap']} data keys to re-wrap", highlight=False)
         console.print(f"{result['users_in_clear']} users with personal values in clear",
                       highlight=False)

@@ -12,6 +12,10 @@ wrapped data key records the id of its KEK, so a missing or wrong key file is na
 one line. The lookup key is a secret of its own, not derived from a KEK, so that a KEK
 rotation leaves every email_hmac valid; replacing it means recomputing the column.
 Lines starting with ``#`` and blank lines are ignored.
+
+With CRYPTO_KMS_KEY_ID set, the file is written sealed by that KMS key
+(donnadb/crypto/kms.py) and every read asks KMS to open it; a sealed file is refused,
+with the setting to fix named, where no KMS key is set.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ import hashlib
 import os
 import secrets
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from donnadb.crypto import kms
 from donnadb.crypto.errors import KeyFileError
 from donnadb.dal.fileio import write_new
 
@@ -50,6 +55,8 @@ class KeySet:
 
     keks: tuple[Kek, ...]
     lookup: bytes
+    #: The KMS key that sealed the file it was read from (None: the file is in clear).
+    sealed_by: str | None = field(default=None, compare=False)
 
     @property
     def current(self) -> Kek:
@@ -66,11 +73,12 @@ def kek_id_of(secret: bytes) -> str:
     return hashlib.sha256(b"donnadb-field-kek-id:" + secret).hexdigest()[:16]
 
 
-def load(path: Path) -> KeySet:
-    """The keys of ``path``.
+def load(path: Path, seal: kms.KmsSeal | None = None) -> KeySet:
+    """The keys of ``path`` (opened through ``seal`` when the file is KMS-sealed).
 
     :raises KeyFileError: missing, not a regular file, readable or writable by group or
-        others, malformed, no kek line, or not exactly one lookup line.
+        others, malformed, no kek line, or not exactly one lookup line; sealed by KMS
+        with no ``seal`` given, or KMS did not open it.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -85,6 +93,13 @@ def load(path: Path) -> KeySet:
             raise KeyFileError(f"key file {path} is open to group or others "
                                f"(mode {stat.S_IMODE(st.st_mode):04o}): chmod 600 it")
         raw = fh.read(64 * 1024)
+    sealed_by = kms.sealed_by(raw)
+    if sealed_by is not None:
+        if seal is None:
+            raise KeyFileError(f"key file {path} is sealed by KMS key {sealed_by}: set "
+                               "CRYPTO_KMS_KEY_ID (and CRYPTO_KMS_REGION or "
+                               "CRYPTO_KMS_ENDPOINT_URL) to open it")
+        raw = seal.open(raw, path)
     keks: list[Kek] = []
     lookups: list[bytes] = []
     for n, line in enumerate(raw.decode("ascii", "replace").splitlines(), 1):
@@ -102,7 +117,7 @@ def load(path: Path) -> KeySet:
     if not keks or len(lookups) != 1:
         raise KeyFileError(f"key file {path} needs at least one kek line and exactly one "
                            f"lookup line (has {len(keks)} and {len(lookups)})")
-    return KeySet(tuple(keks), lookups[0])
+    return KeySet(tuple(keks), lookups[0], sealed_by)
 
 
 def _secret(text: str) -> bytes | None:
@@ -113,17 +128,18 @@ def _secret(text: str) -> bytes | None:
     return secret if len(secret) == KEY_BYTES else None
 
 
-def generate(path: Path) -> KeySet:
-    """Write a new key file (one KEK, one lookup key) at ``path``, mode 0600.
+def generate(path: Path, seal: kms.KmsSeal | None = None) -> KeySet:
+    """Write a new key file (one KEK, one lookup key) at ``path``, mode 0600, sealed by
+    ``seal`` when given.
 
     :raises KeyFileError: the file exists already (it is never overwritten), or its
-        folder does not.
+        folder does not; KMS refused to seal it (nothing is written).
     :raises OSError: the write failed (a full disk): no file is left, so `keys init`
         can run again.
     """
     keys = KeySet((_new_kek(),), secrets.token_bytes(KEY_BYTES))
     try:
-        write_new(path, _text(keys).encode("ascii"), 0o600)
+        write_new(path, _content(keys, seal), 0o600)
     except FileExistsError:
         raise KeyFileError(f"{path} exists: it is never overwritten (add a KEK with "
                            "`donnactl keys add-kek`)") from None
@@ -133,29 +149,45 @@ def generate(path: Path) -> KeySet:
     return keys
 
 
-def add_kek(path: Path) -> Kek:
+def add_kek(path: Path, seal: kms.KmsSeal | None = None) -> Kek:
     """Put a new KEK on top of ``path`` (it wraps new data keys from now on; the others
-    stay to unwrap). The file is replaced atomically, mode 0600.
+    stay to unwrap). The file is replaced atomically, mode 0600, sealed by ``seal`` when
+    given.
 
     :raises KeyFileError: as :func:`load`.
     """
-    keys = load(path)
+    keys = load(path, seal)
     kek = _new_kek()
-    _replace(path, KeySet((kek, *keys.keks), keys.lookup))
+    _replace(path, KeySet((kek, *keys.keks), keys.lookup), seal)
     return kek
 
 
-def drop_kek(path: Path, kek_id: str) -> None:
+def drop_kek(path: Path, kek_id: str, seal: kms.KmsSeal | None = None) -> None:
     """Remove an old KEK from ``path`` (the caller checked that no data key needs it).
 
     :raises KeyFileError: no such KEK, or it is the only one.
     """
-    keys = load(path)
+    keys = load(path, seal)
     kept = tuple(k for k in keys.keks if k.kek_id != kek_id)
     if len(kept) == len(keys.keks) or not kept:
         raise KeyFileError(f"key file {path} has no other KEK than {kek_id}, or none "
                            f"with that id")
-    _replace(path, KeySet(kept, keys.lookup))
+    _replace(path, KeySet(kept, keys.lookup), seal)
+
+
+def seal_with(path: Path, seal: kms.KmsSeal) -> tuple[str | None, str]:
+    """Write ``path`` again sealed by ``seal``'s key, the same keys inside: a file in
+    clear, or one sealed by another KMS key (read through the key its header names).
+    Nothing is written when it is sealed by that key already.
+
+    :returns: the KMS key that sealed it before (None: in clear) and the one now.
+    :raises KeyFileError: as :func:`load`; KMS refused to seal (the file is unchanged).
+    """
+    keys = load(path, seal)
+    target = seal.arn()
+    if keys.sealed_by != target:
+        _replace(path, keys, seal)
+    return keys.sealed_by, target
 
 
 def _new_kek() -> Kek:
@@ -169,12 +201,18 @@ def _text(keys: KeySet) -> str:
     return HEADER + "\n".join(lines) + "\n"
 
 
-def _replace(path: Path, keys: KeySet) -> None:
+def _content(keys: KeySet, seal: kms.KmsSeal | None) -> bytes:
+    text = _text(keys).encode("ascii")
+    return seal.seal(text) if seal is not None else text
+
+
+def _replace(path: Path, keys: KeySet, seal: kms.KmsSeal | None = None) -> None:
+    content = _content(keys, seal)  # KMS asked before anything is written
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        with os.fdopen(fd, "w", encoding="ascii") as fh:
-            fh.write(_text(keys))
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(content)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

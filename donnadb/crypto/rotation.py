@@ -21,7 +21,7 @@ from typing import Any
 
 from donnadb import db
 from donnadb.config import Settings
-from donnadb.crypto import envelope, keyfile
+from donnadb.crypto import envelope, keyfile, kms
 from donnadb.crypto.errors import KeyFileError
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ DEFAULT_BATCH = 500
 def _keys(settings: Settings) -> keyfile.KeySet:
     if settings.crypto_kek_file is None:
         raise KeyFileError("CRYPTO_KEK_FILE is not set: point it at the key file")
-    return keyfile.load(settings.crypto_kek_file)
+    return keyfile.load(settings.crypto_kek_file, kms.seal_of(settings))
 
 
 def status(settings: Settings, *, dbname: str | None = None) -> dict[str, Any]:
@@ -65,6 +65,7 @@ def status(settings: Settings, *, dbname: str | None = None) -> dict[str, Any]:
     file_ids = [k.kek_id for k in keys.keks]
     return {
         "current": keys.current.kek_id,
+        "sealed_by": keys.sealed_by,
         "key_file": [{"kek_id": i, "current": i == keys.current.kek_id,
                       "data_keys": in_db.get(i, 0)} for i in file_ids],
         "missing": sorted(i for i in in_db if i not in file_ids),
@@ -121,4 +122,4 @@ def retire(settings: Settings, kek_id: str, *, dbname: str | None = None) -> Non
     if used:
         raise KeyFileError(f"{used} data keys are still wrapped by KEK {kek_id}: run "
                            "`donnactl keys rotate` to the end first")
-    keyfile.drop_kek(settings.crypto_kek_file, kek_id)
+    keyfile.drop_kek(settings.crypto_kek_file, kek_id, kms.seal_of(settings))

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from donnadb.config import Settings
-from donnadb.crypto import envelope, keyfile
+from donnadb.crypto import envelope, keyfile, kms
 from donnadb.crypto.errors import DecryptError, KeyFileError
 from donnadb.crypto.keycache import KeyCache
 from donnadb.dal.values import dump_json, load_json
@@ -128,7 +128,10 @@ class Sealer:
             raise KeyFileError("CRYPTO_ENABLED is on but CRYPTO_KEK_FILE is not set: point "
                                "it at the key file (`donnactl keys init` makes one)")
         self._path = settings.crypto_kek_file
-        self.keys = keyfile.load(self._path)
+        # A KMS-sealed key file is opened here, once per process (and again only for a
+        # KEK added since): no sealed read or write waits on KMS.
+        self._seal = kms.seal_of(settings)
+        self.keys = keyfile.load(self._path, self._seal)
         # Unwrapped data keys by user (donnadb/crypto/keycache.py): a read or a write of
         # a user met lately unwraps nothing.
         self._cache: KeyCache[DataKey] = KeyCache()
@@ -192,7 +195,7 @@ class Sealer:
         except KeyFileError:
             # A KEK added since this process read the file (`keys add-kek`, then `keys
             # rotate` while the application runs): read it again, once per such key.
-            fresh = keyfile.load(self._path)
+            fresh = keyfile.load(self._path, self._seal)
             if fresh.kek(kek_id) is None:
                 raise
             self.keys = fresh

@@ -26,6 +26,7 @@ import psycopg
 
 from donnadb import db
 from donnadb.config import Settings
+from donnadb.crypto import kms
 from donnadb.dal.fileio import write_atomic
 from donnadb.errors import DatabaseError, DonnaError, PreconditionError, UsageError
 from donnadb.loadtest import plot, serverstats, slo
@@ -218,6 +219,8 @@ def _env(settings: Settings | None = None) -> dict[str, str]:
     if settings is not None:
         env["CRYPTO_ENABLED"] = "true" if settings.crypto_enabled else "false"
         env["CRYPTO_KEK_FILE"] = str(settings.crypto_kek_file or "")
+        for name in kms.SETTINGS:
+            env[name.upper()] = getattr(settings, name) or ""
     return env
 
 

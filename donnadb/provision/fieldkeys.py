@@ -7,8 +7,11 @@ the e-mail look-up key, 0600 root), as ``<passfile dir>/keys.d/root``; it is nev
 overwritten. provision/sharedfile.py hands it to every other database and application
 host and to each consumer that runs the DAL (``keys.d/USER``, 0600, its own): the keys
 cross the deploy's own connections only. The settings files get CRYPTO_ENABLED=true
-and CRYPTO_KEK_FILE (:func:`client_env`). A new KEK (`donnactl keys add-kek`) is
-added on the origin; the next deploy carries the file everywhere.
+and CRYPTO_KEK_FILE (:func:`client_env`). With group_data ``crypto_kms_key_id`` the key
+file is made sealed by that KMS key (donnadb/crypto/kms.py), the host's own KMS
+credentials (its instance role) opening it, and CRYPTO_KMS_* join the settings files;
+a file made in clear before is sealed by `donnactl keys seal`. A new KEK (`donnactl keys
+add-kek`) is added on the origin; the next deploy carries the file everywhere.
 
 A database that already holds personal values in clear (deployed before encryption was
 on) is sealed by the deploy (`donnactl keys seal-existing`, on the database host, or the
@@ -25,15 +28,17 @@ from pyinfra.api import deploy, operation
 from pyinfra.api.host import Host
 from pyinfra.facts.files import File
 
+from donnadb.crypto import kms
 from donnadb.provision import ha, install, sharedfile
 from donnadb.provision.facts import UsersInClear
 from donnadb.provision.settings import DeploySettings
 
 #: The key file's folder beside DB_PASSFILE (root's copy and one per consumer).
 KEYS_DIR = "keys.d"
-#: Run by the shipped venv's python with the path as its argument.
-GENERATE = ("import pathlib, sys; from donnadb.crypto import keyfile; "
-            "keyfile.generate(pathlib.Path(sys.argv[1]))")
+#: Run by the shipped venv's python with the path as its argument (CRYPTO_KMS_* in its
+#: environment: sealed by that KMS key).
+GENERATE = ("import pathlib, sys; from donnadb.crypto import keyfile, kms; "
+            "keyfile.generate(pathlib.Path(sys.argv[1]), kms.seal_from_env())")
 
 
 def key_origin(target: Host) -> Host:
@@ -53,16 +58,33 @@ def client_env(settings: DeploySettings, user: str = sharedfile.ROOT_COPY) -> di
     """The CRYPTO_* lines of a host's settings file, for ``user``'s copy (none when off)."""
     if not settings.crypto_enabled:
         return {}
-    return {"CRYPTO_ENABLED": "true", "CRYPTO_KEK_FILE": key_file(settings, user)}
+    return {"CRYPTO_ENABLED": "true", "CRYPTO_KEK_FILE": key_file(settings, user),
+            **kms_env(settings)}
+
+
+def kms_env(settings: DeploySettings) -> dict[str, str]:
+    """CRYPTO_KMS_* for the KMS key that seals the key file (none when there is none)."""
+    if not settings.crypto_kms_key_id:
+        return {}
+    return {name.upper(): getattr(settings, name) for name in kms.SETTINGS
+            if getattr(settings, name)}
 
 
 @operation()
-def key_file_made(python: str, path: str):
-    """``path`` exists (made by the shipped code when missing; never overwritten)."""
+def key_file_made(python: str, path: str, env: dict[str, str]):
+    """``path`` exists (made by the shipped code when missing, sealed by the KMS key
+    ``env`` names if any; never overwritten)."""
     if host.get_fact(File, path=path):
         host.noop(f"{path} exists")
     else:
-        yield f"umask 077 && {python} -c {shlex.quote(GENERATE)} {shlex.quote(path)}"
+        yield generate_command(python, path, env)
+
+
+def generate_command(python: str, path: str, env: dict[str, str]) -> str:
+    """The shell command that makes the key file at ``path`` (0600), with ``env``."""
+    words = [f"{k}={shlex.quote(v)}" for k, v in env.items()]
+    words += [python, "-c", shlex.quote(GENERATE), shlex.quote(path)]
+    return "umask 077 && " + " ".join(words)
 
 
 @deploy("Field-encryption keys")
@@ -71,7 +93,7 @@ def make_key_file(settings: DeploySettings) -> None:
     sharedfile.secret_dir(settings, KEYS_DIR)
     key_file_made(name=f"Make {key_file(settings)} once (a KEK and the look-up key, 0600)",
                   python=f"{settings.donnadb_install_dir}/venv/bin/python",
-                  path=key_file(settings))
+                  path=key_file(settings), env=kms_env(settings))
 
 
 @deploy("Field-encryption keys")

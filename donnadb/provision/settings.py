@@ -165,6 +165,10 @@ class DeploySettings:
     cache: CacheSettings | None = None
     #: Field encryption's key file on every host running the DAL (provision/fieldkeys.py).
     crypto_enabled: bool = False
+    #: The KMS key that seals that key file, its region and endpoint (None: in clear).
+    crypto_kms_key_id: str | None = None
+    crypto_kms_region: str | None = None
+    crypto_kms_endpoint_url: str | None = None
 
     @property
     def pg_packages(self) -> tuple[str, ...]:
@@ -391,7 +395,22 @@ def _host_fields(data: Any) -> dict[str, Any]:
         "app_extras": _app_extras(data.get("app_extras") or ()),
         "app_db_server": data.get("app_db_server") or None,
         "crypto_enabled": _flag(data, "crypto_enabled"),
+        **{key: _word(data, key) for key in ("crypto_kms_key_id", "crypto_kms_region",
+                                             "crypto_kms_endpoint_url")},
     }
+
+
+def _word(data: Any, key: str) -> str | None:
+    """A one-word text setting (unset or empty: None): it goes into a settings file line.
+
+    :raises ConfigError: not text, or it holds white space.
+    """
+    value = data.get(key)
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or value.split() != [value]:
+        raise ConfigError(f"group_data {key}={value!r} must be one word of text, or None")
+    return value
 
 
 def _flag(data: Any, key: str) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import uuid
@@ -10,12 +9,11 @@ from pathlib import Path
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from donnadb.backup import crypto
 from donnadb.backup.storage_s3 import S3_MIN_PART
 from tests import s3tls
-from tests.support import drop_database_and_copies, superuser_psql
+from tests.support import drop_database_and_copies, moto_server, superuser_psql
 
 # Every table of the plan gets rows, including two partitions of system_logs and
 # values that only survive a faithful round trip (NULLs, JSON, unicode, inet).
@@ -83,21 +81,8 @@ BUCKET = "donna-backups-test"
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                            "AWS_DEFAULT_REGION")}
-    # moto accepts any credentials; these exist only for this in-process server.
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                      AWS_DEFAULT_REGION="us-east-1")
-    yield f"http://{host}:{port}"
-    server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture
