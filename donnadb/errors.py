@@ -110,9 +110,9 @@ class NotInCluster(ClusterError, ConfigError):
 
 
 class DiskWriteError(DonnaError):
-    """The file system refused a write: full, over quota, or failing. ``donnactl``
-    raises it for any such :class:`OSError` a command lets through; the writers
-    remove what they had half written."""
+    """The file system refused a write (full, over quota) or failed (EIO, on a read as
+    well). ``donnactl`` raises it for any such :class:`OSError` a command lets through;
+    the writers remove what they had half written."""
 
     exit_code = 1
 
@@ -125,6 +125,10 @@ class DiskWriteError(DonnaError):
         if exc.errno not in cls.ERRNOS:
             return None
         where = f" {exc.filename}" if exc.filename else ""
+        if exc.errno == errno.EIO:  # a read as much as a write: name the disk, not space
+            where = f" under {exc.filename}" if exc.filename else ""
+            return cls(f"the disk failed{where}: {exc.strerror}; check the disk (the kernel "
+                       "log names it), then run the command again")
         return cls(f"cannot write{where}: {exc.strerror}; free space on that file system "
                    "(or fix the disk), then run the command again")
 

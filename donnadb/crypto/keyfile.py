@@ -31,7 +31,7 @@ from pathlib import Path
 
 from donnadb.crypto import kms
 from donnadb.crypto.errors import KeyFileError
-from donnadb.dal.fileio import write_new
+from donnadb.dal.fileio import name_path, write_new
 
 KEY_BYTES = 32
 HEADER = ("# donnadb field-encryption keys (docs/security.md): keep a copy in escrow;\n"
@@ -92,7 +92,11 @@ def load(path: Path, seal: kms.KmsSeal | None = None) -> KeySet:
         if st.st_mode & 0o077:
             raise KeyFileError(f"key file {path} is open to group or others "
                                f"(mode {stat.S_IMODE(st.st_mode):04o}): chmod 600 it")
-        raw = fh.read(64 * 1024)
+        try:
+            raw = fh.read(64 * 1024)
+        except OSError as exc:  # a failing disk: say which file
+            name_path(exc, path)
+            raise
     sealed_by = kms.sealed_by(raw)
     if sealed_by is not None:
         if seal is None:

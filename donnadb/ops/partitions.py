@@ -9,6 +9,7 @@ so a partition is never dropped unless its archive was written and counted.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import os
@@ -114,7 +115,8 @@ def _archive(conn: psycopg.Connection, schema: str, name: str, target: Path) -> 
             raw.flush()
             os.fsync(raw.fileno())
     except BaseException as exc:  # a full disk: no partial archive; nothing is dropped
-        os.unlink(tmp)
+        with contextlib.suppress(OSError):  # the first error is the one to report
+            os.unlink(tmp)
         name_path(exc, target)
         raise
     # CSV fields may contain newlines, so lines >= rows + header; equality is the common case

@@ -70,9 +70,10 @@ NODE_PORT = 9100
 POSTGRES_EXPORTER_PORT = 9187
 #: Debian's packages; each one's unit has its name and reads ARGS from /etc/default/<it>.
 NODE_EXPORTER = "prometheus-node-exporter"
-EXPORTERS = (NODE_EXPORTER, "prometheus-postgres-exporter")
+POSTGRES_EXPORTER = "prometheus-postgres-exporter"
+EXPORTERS = (NODE_EXPORTER, POSTGRES_EXPORTER)
 #: What each exporter package is called in the deploy's operation names.
-SHORT_NAMES = {NODE_EXPORTER: "node_exporter", "prometheus-postgres-exporter": "postgres_exporter"}
+SHORT_NAMES = {NODE_EXPORTER: "node_exporter", POSTGRES_EXPORTER: "postgres_exporter"}
 #: The label Prometheus gives an application host's node_exporter (job ``node``).
 APP_LABELS = {"role": "app"}
 SERVERS = ("prometheus-alertmanager", "prometheus")
@@ -149,12 +150,11 @@ def daemon_args(settings: DeploySettings, address: str | None = None,
     address = address or listen_address(settings)
     web = f" --web.config.file={WEB_CONFIG}" if web_tls else ""
     return {
-        "prometheus-node-exporter": f"--web.listen-address={address}:{NODE_PORT} "
-                                    "--collector.textfile.directory="
-                                    f"{opsjobs.textfile_dir(settings)}{web}",
-        "prometheus-postgres-exporter": f"--web.listen-address={address}:"
-                                        f"{POSTGRES_EXPORTER_PORT} "
-                                        f"--extend.query-path={QUERIES_FILE}{web}",
+        NODE_EXPORTER: f"--web.listen-address={address}:{NODE_PORT} "
+                       "--collector.textfile.directory="
+                       f"{opsjobs.textfile_dir(settings)}{web}",
+        POSTGRES_EXPORTER: f"--web.listen-address={address}:{POSTGRES_EXPORTER_PORT} "
+                           f"--extend.query-path={QUERIES_FILE}{web}",
         "prometheus-alertmanager": f"--web.listen-address={address}:{ALERTMANAGER_PORT} "
                                    "--cluster.listen-address=",
         "prometheus": f"--web.listen-address={address}:{PROMETHEUS_PORT} "
@@ -177,7 +177,7 @@ def default_file(package: str, settings: DeploySettings, address: str | None = N
                  web_tls: bool = False) -> str:
     """/etc/default/<package>: its ARGS (and postgres_exporter's connection)."""
     lines = ["# Managed by the donnadb deploy (provision/monitoring.py)."]
-    if package == "prometheus-postgres-exporter":
+    if package == POSTGRES_EXPORTER:
         lines += [f"{key}='{value}'" for key, value in exporter_environment(settings).items()]
     lines.append(f'ARGS="{daemon_args(settings, address, web_tls)[package]}"')
     return "\n".join(lines) + "\n"
@@ -365,8 +365,8 @@ def install_exporters(settings: DeploySettings, *, web_tls: bool = False,
     for package in packages:
         changed[package].append(_put_default(
             package, default_file(package, settings, address, web_tls), address))
-    if "prometheus-postgres-exporter" in packages:
-        changed["prometheus-postgres-exporter"] += _postgres_exporter_files(settings)
+    if POSTGRES_EXPORTER in packages:
+        changed[POSTGRES_EXPORTER] += _postgres_exporter_files(settings)
     elif web_tls:
         changed[NODE_EXPORTER].append(_reads_donnadb_files())
     if web_tls:

@@ -96,3 +96,18 @@ def test_keys_init_on_a_full_disk_leaves_no_key_file(tmp_path):
 def test_keys_init_names_a_missing_folder(tmp_path):
     with pytest.raises(KeyFileError, match="folder does not exist"):
         keyfile.generate(tmp_path / "nowhere" / "root")
+
+
+def test_a_disk_failing_under_the_key_file_is_named_as_such(tmp_path):
+    """EIO on the key file's read (strace injects it): one line naming the file and the
+    disk, not a full disk and not a traceback."""
+    path = tmp_path / "root"
+    keyfile.generate(path)
+    env = {**os.environ, "CRYPTO_KEK_FILE": str(path), "OPS_LOG_FILE": str(tmp_path / "o")}
+    done = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(path),
+                           "-e", "trace=read", "-e", "inject=read:error=EIO",
+                           DONNACTL, "keys", "status"],
+                          capture_output=True, text=True, timeout=60, env=env, cwd="/")
+    line = one_line_error(done, 1, f"the disk failed under {path}: Input/output error",
+                          "check the disk")
+    assert "free space" not in line

@@ -11,18 +11,15 @@ import pytest
 from donnadb import db
 from donnadb.dal import FailoverError, PostgresDataAccess
 from tests.dal import replicas
-from tests.support import superuser_psql
+from tests.support import superuser_psql, wait_for
 
 WHERE = "SELECT pg_backend_pid() AS pid, inet_server_addr()::text AS addr, " \
         "pg_is_in_recovery() AS standby"
 
 
-def wait_for(predicate, what: str, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while not (found := predicate()):
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
-    return found
+def soon(what: str, probe):
+    """:func:`tests.support.wait_for` polled every 50 ms, for up to 15 s."""
+    return wait_for(what, probe, timeout=15.0, interval=0.05)
 
 
 def waiting_pids(dbname: str) -> set[int]:
@@ -77,14 +74,13 @@ def test_a_write_on_a_demoted_leader_discards_the_connection_and_the_next_reache
             rs.primary.sql("ALTER SYSTEM SET default_transaction_read_only = on")
             rs.primary.sql("SELECT pg_reload_conf()")
             rs.twin.ctl("promote")
-            wait_for(lambda: rs.twin.sql("SELECT pg_is_in_recovery()") == "f", "no promotion")
+            soon("the promotion", lambda: rs.twin.sql("SELECT pg_is_in_recovery()") == "f")
             time.sleep(0.3)  # the reload reaches the idle backend
             with pytest.raises(FailoverError, match=r"^the database is read-only: a "
                                r"failover/switchover is in progress; retry"):
                 dal.add_message("c_1", "user", "refused")
-            wait_for(lambda: str(old["pid"]) not in
-                     rs.primary.sql("SELECT pid FROM pg_stat_activity").split(),
-                     "the connection to the old leader was kept")
+            soon("the old leader's connection dropped", lambda: str(old["pid"]) not in
+                 rs.primary.sql("SELECT pid FROM pg_stat_activity").split())
             dal.add_message("c_1", "user", "accepted")
             new = dal._one(WHERE)
             assert new["addr"].startswith("::1") and not new["standby"]
@@ -104,7 +100,7 @@ def test_a_write_whose_connection_dies_fails_clearly_and_is_not_retried(direct, 
         with locker.transaction():
             locker.execute("SELECT 1 FROM chat_sessions WHERE chat_id = 'c_1' FOR UPDATE")
             write = in_thread(lambda: dal.add_message("c_1", "user", "hello"))
-            wait_for(lambda: pid in waiting_pids(pg_db), "the write did not wait")
+            soon("the write waiting", lambda: pid in waiting_pids(pg_db))
             superuser_psql(f"SELECT pg_terminate_backend({int(pid)})")
             with pytest.raises(FailoverError, match=r"^the database connection was lost "
                                r"during a write .* it may have been applied"):
@@ -126,8 +122,8 @@ def test_a_read_whose_connection_dies_is_retried_once_on_a_fresh_one(direct, pg_
             db.set_local_role(locker, direct.db_role_owner)
             locker.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
             read = in_thread(lambda: dal.get_chat_history("c_1"))
-            wait_for(lambda: pid in waiting_pids(pg_db), "the read did not wait")
+            soon("the read waiting", lambda: pid in waiting_pids(pg_db))
             superuser_psql(f"SELECT pg_terminate_backend({int(pid)})")
-            retried = wait_for(lambda: waiting_pids(pg_db) - {pid}, "no retry")
+            retried = soon("the retry", lambda: waiting_pids(pg_db) - {pid})
         assert [m["content"] for m in read()] == ["hello"]
         assert dal._one(WHERE)["pid"] in retried
