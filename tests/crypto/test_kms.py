@@ -203,7 +203,7 @@ def test_keys_seal_turns_a_file_in_clear_into_a_sealed_one(tmp_path, kms_endpoin
 def test_the_deploy_makes_the_key_file_sealed_and_names_the_kms_key(tmp_path, kms_endpoint,
                                                                     kms_key):
     from donnadb.provision import fieldkeys
-    from tests.provision.deployrun import load_group_data
+    from tests.provision.deployrun import load_group_data, run_deploy
 
     data = {**load_group_data(), "crypto_kms_key_id": kms_key,
             "crypto_kms_region": "us-east-1", "crypto_kms_endpoint_url": kms_endpoint}
@@ -217,11 +217,17 @@ def test_the_deploy_makes_the_key_file_sealed_and_names_the_kms_key(tmp_path, km
     with pytest.raises(ConfigError, match="crypto_kms_key_id.*one word"):
         load_deploy_settings({**data, "crypto_kms_key_id": "alias/a b"})
 
-    # The command the deploy runs on the key origin, run here with this venv's python.
-    path = tmp_path / "root"
-    command = fieldkeys.generate_command(sys.executable, str(path),
-                                         fieldkeys.kms_env(deploy))
-    subprocess.run(["sh", "-c", command], check=True, timeout=120, cwd="/")
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert kms.sealed_by(path.read_bytes()) == kms_key
+    # The real step on this host, into a scratch folder: made sealed once, then left alone.
+    passfile = tmp_path / "secrets" / "pgpass"
+    for n in (1, 2):
+        run = run_deploy(deploy_file="tests/provision/kms_deploy.py", timeout=300, data={
+            "db_passfile": str(passfile), "crypto_kms_key_id": kms_key,
+            "crypto_kms_region": "us-east-1", "crypto_kms_endpoint_url": kms_endpoint})
+        assert run.returncode == 0, run.output[-3000:]
+        if n == 1:
+            path = tmp_path / "secrets" / "keys.d" / "root"
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600
+            assert kms.sealed_by(path.read_bytes()) == kms_key
+            made = path.read_bytes()
+    assert run.changed_operations() == [] and path.read_bytes() == made
     keyfile.load(path, _seal(kms_endpoint, kms_key))
