@@ -19,9 +19,11 @@ from donnadb.dal import dualwrite
 from donnadb.dal.mirrorstats import (
     BUCKETS,
     FLUSH_SECONDS,
+    FOLDED,
     OP_ENTITY,
     WINDOW,
     MirrorStats,
+    fold_dead,
     p95,
     read_dir,
 )
@@ -104,3 +106,86 @@ def test_a_folder_it_cannot_write_never_fails_a_write(tmp_path, caplog):
     stats.copied("add_message", 0.01)
     stats.close()
     assert "cannot write the dual-write figures" in caplog.text
+
+
+#: A process that copies ``argv[2]`` messages (one failed), writes its file and exits,
+#: or, with ``argv[3]``, waits for its stdin to close first (a live process).
+WRITER = ("import sys; from pathlib import Path; from donnadb.dal.mirrorstats import "
+          "MirrorStats; s = MirrorStats(Path(sys.argv[1])); s._folded = True\n"
+          "for _ in range(int(sys.argv[2])): s.copied('add_message', 0.003)\n"
+          "s.queued(['write_log']); s.flush()\n"
+          "if len(sys.argv) > 3: print('ready', flush=True); sys.stdin.read()")
+
+
+def _writer(stats_dir, copies: int) -> None:
+    subprocess.run([sys.executable, "-c", WRITER, str(stats_dir), str(copies)], check=True,
+                   timeout=60)
+
+
+def test_the_files_of_processes_gone_fold_into_one_and_no_sum_changes(tmp_path):
+    stats_dir = tmp_path / "stats"
+    live = subprocess.Popen([sys.executable, "-c", WRITER, str(stats_dir), "7", "live"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert live.stdout.readline() == "ready\n"
+        for copies in (1, 2, 3):
+            _writer(stats_dir, copies)
+        before = read_dir(stats_dir)
+        assert before["messages"]["copies"] == 13 and before["logs"]["failures"] == 4
+        assert fold_dead(stats_dir) == 3
+        assert {p.name for p in stats_dir.glob("*.json")} == {FOLDED, f"{live.pid}.json"}
+        assert read_dir(stats_dir) == before
+        assert fold_dead(stats_dir) == 0  # nothing new: nothing written
+        # Processes that go later are added to what was folded before.
+        _writer(stats_dir, 5)
+        assert fold_dead(stats_dir) == 1
+        after = read_dir(stats_dir)
+        assert after["messages"]["copies"] == 18 and after["logs"]["failures"] == 5
+        assert after["messages"]["buckets"][BUCKETS.index(0.005)] == 18
+    finally:
+        live.communicate(timeout=30)
+    # A new process folds at its first write: the live one has gone since.
+    ours = MirrorStats(stats_dir)
+    ours.copied("add_message", 0.003)
+    ours.close()
+    assert {p.name for p in stats_dir.glob("*.json")} == {FOLDED, f"{os.getpid()}.json"}
+    assert read_dir(stats_dir)["messages"]["copies"] == 19
+
+
+def test_a_fold_killed_half_way_changes_no_sum_and_the_next_one_finishes(tmp_path):
+    """SIGKILL at the fold's first removal (strace injects it): the folded file lists
+    the files it holds, which are still there; the reader counts each once."""
+    stats_dir = tmp_path / "stats"
+    for copies in (1, 2):
+        _writer(stats_dir, copies)
+    before = read_dir(stats_dir)
+    fold = ("import sys; from pathlib import Path; from donnadb.dal.mirrorstats import "
+            "fold_dead; fold_dead(Path(sys.argv[1]))")
+    killed = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null",
+                             "-e", "trace=unlink,unlinkat", "-e",
+                             "inject=unlink,unlinkat:signal=KILL",
+                             sys.executable, "-c", fold, str(stats_dir)], timeout=60)
+    assert killed.returncode != 0
+    assert len(list(stats_dir.glob("*.json"))) == 3  # the two and the folded one
+    assert read_dir(stats_dir) == before
+    assert fold_dead(stats_dir) == 0  # already folded: only their removal was left
+    assert [p.name for p in stats_dir.glob("*.json")] == [FOLDED]
+    assert read_dir(stats_dir) == before
+
+
+def test_a_folded_pid_used_again_counts_the_new_process(tmp_path):
+    stats_dir = tmp_path / "stats"
+    _writer(stats_dir, 2)
+    name = next(stats_dir.glob("*.json")).name
+    old = (stats_dir / name).read_bytes()
+    killed = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null", "-e",
+                             "trace=unlink,unlinkat", "-e", "inject=unlink,unlinkat:signal=KILL",
+                             sys.executable, "-c", "import sys; from pathlib import Path; "
+                             "from donnadb.dal.mirrorstats import fold_dead; "
+                             "fold_dead(Path(sys.argv[1]))", str(stats_dir)], timeout=60)
+    assert killed.returncode != 0 and (stats_dir / name).read_bytes() == old
+    # A new process with that pid writes its own file: counted, not taken as folded.
+    fresh = json.loads(old)
+    fresh["entities"]["messages"]["copies"] = 40
+    (stats_dir / name).write_text(json.dumps(fresh))
+    assert read_dir(stats_dir)["messages"]["copies"] == 2 + 40
