@@ -34,7 +34,7 @@ import psycopg
 
 from donnadb.dal.fileio import UnsafeNameError, check_file_name, create_under, sync_filesystem
 from donnadb.dal.sealed import Sealer
-from donnadb.errors import DataError, UsageError
+from donnadb.errors import DataError, DiskWriteError, UsageError
 from donnadb.legacy.chats import ORIGIN_FIELDS, ORIGIN_KEY, format_transcript
 from donnadb.legacy.normalise import (
     ESCAPE_MARKER,
@@ -537,8 +537,8 @@ def export_data_dir(conn: psycopg.Connection, out_dir: Path, *,
         left empty).
     :raises DataError: two records would write the same file, or a log row's line lies
         beyond its file's rows plus ``log_gap_margin`` (``out_dir`` left empty).
-    :raises DataError: a write failed, or the disk reported one at the final flush (a
-        full or failing disk; ``out_dir`` left empty).
+    :raises DiskWriteError: a write failed, or the disk reported one at the final flush
+        (a full or failing disk; ``out_dir`` left empty).
     :raises DecryptError: a sealed value does not open: its user's data key was erased,
         or the value altered (``out_dir`` left empty).
     :raises ConfigError: the database holds sealed values and no ``sealer`` was given;
@@ -581,9 +581,10 @@ def export_data_dir(conn: psycopg.Connection, out_dir: Path, *,
             target.sync()
         except OSError as exc:  # a full or failing disk, at a write or at the flush
             target.discard()
-            raise DataError(f"cannot write the export into {out}: {exc.strerror}; free "
-                            "space or fix the disk, then export again into a new --out "
-                            "path") from None
+            # Exit 1 as any full disk (DiskWriteError), not 6: the data are not at fault.
+            raise DiskWriteError(f"cannot write the export into {out}: {exc.strerror}; "
+                                 "free space or fix the disk, then export again into a "
+                                 "new --out path") from None
         except BaseException:
             target.discard()
             raise
