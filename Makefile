@@ -5,7 +5,7 @@ PY    := $(VENV)/bin/python
 PIP   := $(VENV)/bin/pip
 INVENTORY ?= inventory/local.py
 
-.PHONY: deploy test test-hosts venv lock lint clean-venv loadtest bench
+.PHONY: deploy test test-tools test-hosts venv lock lint clean-venv loadtest bench
 
 # `make loadtest`: the gated load test (docs/loadtest.md); results in loadtest-results/.
 LOADTEST_ARGS ?= --users 150 --spawn-rate 25 --duration 5m
@@ -46,8 +46,17 @@ deploy: venv
 # The suite checks the checkout itself with git (no secret in the repository), sniffs
 # loopback traffic with tcpdump (nothing readable on the wire), decrypts age backups
 # with the stock tool, injects disk faults with strace and loads the dashboard in
-# headless Chromium (the headless shell alone: without recommends it starts no service).
-test: deploy
+# headless Chromium (the headless shell alone: without recommends it starts no service):
+# test-tools installs what is missing. CI's run of the deploy's own checks on a machine
+# without systemd needs none of it (TEST_TOOLS= skips it there).
+TEST_TOOLS ?= test-tools
+test: deploy $(TEST_TOOLS)
+	$(VENV)/bin/ruff check .
+	@# DONNADB_MINOR_UPDATE=1: tests/ops/test_update.py may change this host's PostgreSQL
+	@# packages (a partial pytest run without it skips that module).
+	DONNADB_MINOR_UPDATE=1 $(VENV)/bin/pytest --durations=25 $(PYTEST_ARGS)
+
+test-tools:
 	@# One apt-get update for whatever is missing (Chromium without its recommends, which
 	@# would start services).
 	@need=; for tool in git tcpdump age strace; do command -v $$tool >/dev/null || need="$$need $$tool"; done; \
@@ -73,10 +82,6 @@ test: deploy
 		rc=$$?; [ -z "$$own" ] || rm -f /usr/sbin/policy-rc.d; \
 		! command -v systemctl >/dev/null || systemctl mask -q redis-server.service; \
 		exit $$rc; }
-	$(VENV)/bin/ruff check .
-	@# DONNADB_MINOR_UPDATE=1: tests/ops/test_update.py may change this host's PostgreSQL
-	@# packages (a partial pytest run without it skips that module).
-	DONNADB_MINOR_UPDATE=1 $(VENV)/bin/pytest --durations=25 $(PYTEST_ARGS)
 
 # The fleet suite: fresh Debian 12 hosts with systemd booted here (debootstrap +
 # systemd-nspawn, tests/hosts), a database host and an application host on their own
