@@ -268,14 +268,13 @@ class _Folded(NamedTuple):
     figures: Figures
     #: Each process file added into ``figures``: its name and content's SHA-256.
     files: dict[str, str]
+    #: The file is there but does not read: a fold must not write over it.
+    unreadable: bool = False
 
 
 def _read_folded(stats_dir: Path) -> _Folded:
-    """:data:`FOLDED`'s figures (none when there is no such file).
-
-    :raises ValueError: it is there but unreadable: a fold must not write over it (a
-        reader skips it, with a warning, as any bad file).
-    """
+    """:data:`FOLDED`'s figures (none when there is no such file, or it does not read:
+    a reader skips it, with a warning, as any bad file, and marks it ``unreadable``)."""
     try:
         raw = (stats_dir / FOLDED).read_bytes()
     except FileNotFoundError:
@@ -287,7 +286,7 @@ def _read_folded(stats_dir: Path) -> _Folded:
         return _Folded(_figures(raw), files)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         log.warning("skipping the dual-write figures in %s: %s", stats_dir / FOLDED, exc)
-        return _Folded({}, {"": "unreadable"})
+        return _Folded({}, {}, unreadable=True)
 
 
 def fold_dead(stats_dir: Path) -> int:
@@ -302,7 +301,7 @@ def fold_dead(stats_dir: Path) -> int:
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
         folded = _read_folded(stats_dir)
-        if "" in folded.files:
+        if folded.unreadable:
             raise ValueError(f"{stats_dir / FOLDED} is unreadable; move it aside")
         files = _process_files(stats_dir)
         # A listed file that is gone, or rewritten by a new process with its pid, is
