@@ -120,13 +120,15 @@ class DiskWriteError(DonnaError):
     ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG})
 
     @classmethod
-    def of(cls, exc: OSError) -> DiskWriteError | None:
-        """The error to report for ``exc``, or None when the disk did not refuse a write."""
+    def of(cls, exc: OSError, path: object = None) -> DiskWriteError | None:
+        """The error to report for ``exc``, or None when the disk did not refuse a write.
+        ``path`` names the file when ``exc`` does not (a write through a file object)."""
         if exc.errno not in cls.ERRNOS:
             return None
-        where = f" {exc.filename}" if exc.filename else ""
+        filename = exc.filename or path
+        where = f" {filename}" if filename else ""
         if exc.errno == errno.EIO:  # a read as much as a write: name the disk, not space
-            where = f" under {exc.filename}" if exc.filename else ""
+            where = f" under {filename}" if filename else ""
             return cls(f"the disk failed{where}: {exc.strerror}; check the disk (the kernel "
                        "log names it), then run the command again")
         return cls(f"cannot write{where}: {exc.strerror}; free space on that file system "

@@ -14,6 +14,7 @@ anything is decrypted.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from donnadb.backup.errors import BackupError
 from donnadb.backup.manifest import AGE_RECIPIENT_RE
-from donnadb.errors import ConfigError, PreconditionError
+from donnadb.errors import ConfigError, DiskWriteError, PreconditionError
 
 ALGORITHM = "age"
 SUFFIX = ".age"
@@ -31,6 +32,12 @@ HEADER = b"age-encryption.org/v1"
 RECIPIENT_RE = AGE_RECIPIENT_RE
 IDENTITY_PREFIX = "AGE-SECRET-KEY-1"
 IDENTITY_HINT = "pass --identity FILE or set BACKUP_AGE_IDENTITY_FILE"
+#: How age (Go) words the errnos of a disk that refused its output
+#: ("age: error: write /dev/stdout: no space left on device").
+GO_DISK_ERRORS = {"no space left on device": errno.ENOSPC,
+                  "disk quota exceeded": errno.EDQUOT,
+                  "file too large": errno.EFBIG,
+                  "input/output error": errno.EIO}
 
 
 def binary(name: str = "age") -> str:
@@ -117,8 +124,12 @@ def _run(cmd: list[str], src: Path, dest: Path, what: str) -> None:
                               check=False)
     if done.returncode != 0:
         dest.unlink(missing_ok=True)
-        raise BackupError(f"{what} {src.name} failed: "
-                          f"{_first_line(done.stderr.decode(errors='replace'))}")
+        stderr = done.stderr.decode(errors="replace")
+        # Its output is our file: a full disk is named as any other writer's would be.
+        code = next((c for text, c in GO_DISK_ERRORS.items() if text in stderr), None)
+        if code is not None:
+            raise DiskWriteError.of(OSError(code, os.strerror(code), str(dest)))
+        raise BackupError(f"{what} {src.name} failed: {_first_line(stderr)}")
 
 
 def encrypt_tree(backup_dir: Path, sub: str, recipients_file: Path) -> None:

@@ -16,7 +16,9 @@ passphrase kept only in a 0600 file of the cluster owner's in the include direct
 A PITR restore goes into a NEW data directory and is started there on another port
 (socket only), checked, and left running for the operator to inspect or dump from;
 ``in_place`` (``--force``) instead stops the cluster, keeps its old data directory
-aside (renamed, never deleted) and restores over the original path.
+aside (renamed, never deleted) and restores over the original path; when the restore
+fails before its server is promoted, the old directory goes back and the cluster
+starts on it.
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NoReturn
 
 from donnadb import db
 from donnadb.backup import storage_local
 from donnadb.backup.errors import BackupError, RestoreRefused
-from donnadb.config import Settings, debian_bin_dir, debian_data_dir
-from donnadb.errors import ConfigError
+from donnadb.config import MIB, Settings, debian_bin_dir, debian_data_dir
+from donnadb.errors import ConfigError, DiskWriteError
 
 log = logging.getLogger(__name__)
 
@@ -156,10 +159,26 @@ class Engine:
             raise BackupError("pgbackrest is not installed; `apt-get install pgbackrest` "
                               "or run `make deploy`") from None
         if done.returncode != 0:
-            text = (done.stderr.strip() or done.stdout.strip()).splitlines()
-            first = next((ln for ln in text if "ERROR" in ln), text[0] if text else "")
-            raise BackupError(f"pgbackrest {args[0]} failed (exit {done.returncode}): {first}")
+            error = _error_of(done.stderr.strip() or done.stdout.strip())
+            raise BackupError(f"pgbackrest {args[0]} failed (exit {done.returncode}): {error}")
         return done.stdout
+
+
+def _error_of(output: str) -> str:
+    """pgBackRest's ERROR line with its indented cause lines (the errno of a write often
+    comes on the next one), without its retry notes; a full disk says what to do."""
+    lines = output.splitlines()
+    start = next((i for i, ln in enumerate(lines) if "ERROR" in ln), 0)
+    parts = lines[start:start + 1]
+    for line in lines[start + 1:]:
+        if not line[:1].isspace():
+            break
+        if "on retry after" not in line:
+            parts.append(line.strip())
+    error = " ".join(parts)
+    if "No space left on device" in error:
+        error += "; free space on that file system, then run the command again"
+    return error
 
 
 def engine_from_settings(settings: Settings) -> Engine:
@@ -431,6 +450,11 @@ def physical_backup(engine: Engine, kind: str = "full", repo: int | None = None)
             for each in repos]
 
 
+#: A time target as pgBackRest takes it (always in UTC).
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f+00"
+#: Room a restored server needs beyond the backup's files: the WAL segments it fetches
+#: and makes while it replays and promotes.
+RESTORE_HEADROOM = 64 * MIB
 LSN_RE = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
 
 
@@ -446,7 +470,7 @@ class Target:
         if moment.tzinfo is None:
             raise RestoreRefused("give the PITR target with a time zone, e.g. "
                                  "'2026-11-25 10:00:00+00'")
-        return cls("time", moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00"))
+        return cls("time", moment.astimezone(UTC).strftime(TIME_FORMAT))
 
     @classmethod
     def at_lsn(cls, lsn: str) -> Target:
@@ -583,6 +607,70 @@ def _wait_promoted(port: int, stall_timeout: float = REPLAY_STALL_TIMEOUT,
         time.sleep(0.2)
 
 
+def _chosen_backup(engine: Engine, target: Target, repo: int | None) -> dict | None:
+    """The backup a restore to ``target`` starts from, as pgBackRest chooses it: for a
+    time, the newest (of ``repo``, or of any) that ended before it; else the newest.
+    None: the stanza has no backup (pgBackRest says so itself).
+
+    :raises RestoreRefused: every backup ended after the target time.
+    """
+    backups = [b for b in stanza_info(engine).get("backup", [])
+               if repo is None or b.get("database", {}).get("repo-key") == repo]
+    if backups and target.kind == "time":
+        moment = datetime.strptime(target.value, TIME_FORMAT).replace(tzinfo=UTC)
+        before = [b for b in backups if b["timestamp"]["stop"] <= moment.timestamp()]
+        if not before:
+            oldest = datetime.fromtimestamp(backups[0]["timestamp"]["stop"], UTC)
+            raise RestoreRefused(f"no backup ended before {target.value}: the oldest "
+                                 f"ended at {oldest:%Y-%m-%d %H:%M:%S}+00; choose a later "
+                                 "time; nothing was changed")
+        backups = before
+    return backups[-1] if backups else None
+
+
+def _require_room(engine: Engine, target: Target, repo: int | None, where: Path) -> None:
+    """Refuse a restore that cannot succeed, before anything is stopped or written: no
+    backup before the target, or a copy that cannot fit on the file system of ``where``
+    (found now, not as a full disk half-way through).
+
+    :raises RestoreRefused: no backup ended before the target time.
+    :raises DiskWriteError: less free space than the backup plus
+        :data:`RESTORE_HEADROOM`.
+    """
+    backup = _chosen_backup(engine, target, repo)
+    if backup is None:
+        return
+    size = backup["info"]["size"]
+    free = shutil.disk_usage(where).free
+    if free < size + RESTORE_HEADROOM:
+        raise DiskWriteError(
+            f"{where} has {free / MIB:.0f} MiB free, the restore needs about "
+            f"{(size + RESTORE_HEADROOM) / MIB:.0f} MiB (the backup's {size / MIB:.0f} MiB "
+            f"and {RESTORE_HEADROOM // MIB} MiB of WAL); free space there or restore "
+            "into a --data-dir on a larger disk; nothing was changed")
+
+
+def _put_back(cluster: Cluster, dest: Path, aside: Path, cause: BackupError) -> NoReturn:
+    """An in-place restore that failed before its server was promoted (pgBackRest failed,
+    a full disk, a target before the oldest backup: the server stops at start): the old
+    data directory goes back in place and the cluster starts on it, as if nothing ran.
+
+    :raises BackupError: always: ``cause``, and what became of the cluster.
+    """
+    try:
+        _pg_ctlcluster(cluster, "stop", "-m", "immediate")
+        if (dest / "postmaster.pid").exists():
+            raise BackupError("the restored server did not stop (postmaster.pid remains)")
+        shutil.rmtree(dest)  # only what the failed restore wrote (dest was new)
+        aside.rename(dest)
+        _pg_ctlcluster(cluster, "start")
+    except (BackupError, OSError) as exc:
+        raise BackupError(f"{cause}; putting the cluster back failed too ({exc}): its data "
+                          f"before the restore is kept in {aside}") from None
+    raise BackupError(f"{cause}; nothing was changed: the cluster runs again on its data "
+                      "from before the restore") from None
+
+
 def restore_to_time(engine: Engine, target_time: datetime, **where) -> PitrResult:
     """Restore the cluster as it was at ``target_time``: :func:`restore_to`."""
     return restore_to(engine, Target.at_time(target_time), **where)
@@ -595,8 +683,10 @@ def restore_to(engine: Engine, target: Target, *, repo: int | None = None,
     first repository holding a backup before the target) and check it answers queries.
 
     :raises RestoreRefused: ``data_dir`` is not empty, or in place without a data dir plan;
-        ``repo`` is not configured.
-    :raises BackupError: pgBackRest or the restored server failed.
+        ``repo`` is not configured; no backup ended before the target time.
+    :raises DiskWriteError: the copy would not fit (checked before anything changes).
+    :raises BackupError: pgBackRest or the restored server failed (in place: the
+        cluster is back on its old data when that happened before promotion).
     """
     if repo is not None and repo not in engine.repos:
         raise RestoreRefused(f"repository {repo} is not configured; this stanza has "
@@ -609,6 +699,8 @@ def restore_to(engine: Engine, target: Target, *, repo: int | None = None,
         if not (dest / "PG_VERSION").exists():
             raise RestoreRefused(f"{dest} is not a data directory; check PG_CLUSTER and "
                                  "PG_DATA_DIR")
+        # The old directory stays beside the new one: check before the cluster stops.
+        _require_room(engine, target, repo, dest.parent)
         _pg_ctlcluster(cluster, "stop", "-m", "fast")
         if (dest / "postmaster.pid").exists():
             # Renaming the directory under a running server would corrupt it.
@@ -625,19 +717,22 @@ def restore_to(engine: Engine, target: Target, *, repo: int | None = None,
             raise RestoreRefused(f"--data-dir {dest} must not contain spaces or quotes")
         if dest.exists() and any(dest.iterdir()):
             raise RestoreRefused(f"{dest} is not empty; choose an empty --data-dir")
+        _require_room(engine, target, repo,
+                      next(p for p in (dest, *dest.parents) if p.exists()))
     dest.mkdir(mode=0o700, parents=True, exist_ok=True)
     shutil.chown(dest, PG_OWNER, PG_OWNER)
-    engine.run("restore", f"--pg1-path={dest}", f"--type={target.kind}",
+    restore = ("restore", f"--pg1-path={dest}", f"--type={target.kind}",
                f"--target={target.value}", "--target-action=promote",
                *(() if repo is None else (f"--repo={repo}",)),
                *(() if in_place else ("--archive-mode=off",)))
     if in_place:
         try:
+            engine.run(*restore)
             _pg_ctlcluster(cluster, "start")
         except BackupError as exc:
-            raise BackupError(f"{exc}; the data before the restore is kept in {aside}") \
-                from None
+            _put_back(cluster, dest, aside, exc)
     else:
+        engine.run(*restore)
         start_copy(cluster, dest, port)
     _wait_promoted(port)
     now = _psql(SQL_SANITY, port).split("|")[0]

@@ -35,7 +35,7 @@ from donnadb.backup import manifest as mf
 from donnadb.backup import signing, storage_local, sums
 from donnadb.backup.errors import BackupCorrupt, BackupError, BackupNotFound
 from donnadb.config import MIB, Settings
-from donnadb.errors import ConfigError, UsageError
+from donnadb.errors import ConfigError, DiskWriteError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -410,6 +410,13 @@ class S3Store:
             with os.fdopen(fd, "w+b") as out:
                 self.client.download_fileobj(self.bucket, key, out, Callback=progress,
                                              Config=self._transfer_config(entry.size))
+        except OSError as exc:
+            # A full repository disk is not a download failure: say where, and what to do
+            # (the transfer manager's writes carry no file name).
+            disk = DiskWriteError.of(exc, dest)
+            if disk is not None:
+                raise disk from exc
+            raise BackupError(f"download of s3://{self.bucket}/{key} failed: {exc}") from exc
         except Exception as exc:
             raise BackupError(f"download of s3://{self.bucket}/{key} failed: {exc}") from exc
         digest, size = mf.sha256_file(dest)

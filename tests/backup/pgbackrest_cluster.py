@@ -20,16 +20,19 @@ def sh(*cmd: str) -> None:
 
 
 @contextmanager
-def drill_cluster(port: int, s3: pitr.S3Repo | None = None, s3_keys: str = ""):
+def drill_cluster(port: int, s3: pitr.S3Repo | None = None, s3_keys: str = "",
+                  data_dir: Path | None = None):
     """A new cluster on ``port`` archiving to its own pgBackRest repositories; dropped
-    after. ``s3_keys``: the include file's repo2-s3-key lines (moto takes any)."""
+    after. ``s3_keys``: the include file's repo2-s3-key lines (moto takes any);
+    ``data_dir``: where its data go (default: Debian's)."""
     name = f"pitr{uuid.uuid4().hex[:6]}"
     # Not pytest's tmp_path: the postgres user must reach it (/tmp/pytest-of-root is 0700).
     work = Path(tempfile.mkdtemp(prefix=f"donna-{name}-", dir="/var/tmp"))  # noqa: S108
     shutil.chown(work, "postgres", "postgres")
-    sh("pg_createcluster", "15", name, "-p", str(port))
+    data_dir = data_dir or Path(f"/var/lib/postgresql/15/{name}")
+    sh("pg_createcluster", "15", name, "-p", str(port), "-d", str(data_dir))
     give_deploy_tls(15, name)
-    cluster = pitr.Cluster(15, name, port, Path(f"/var/lib/postgresql/15/{name}"))
+    cluster = pitr.Cluster(15, name, port, data_dir)
     config, include = work / "pgbackrest.conf", work / "conf.d"
     include.mkdir(mode=0o750)
     shutil.chown(include, "postgres", "postgres")

@@ -16,9 +16,9 @@ import pytest
 from donnadb.backup import agecrypt, crypto, restore, snapshot, verify
 from donnadb.backup import manifest as mf
 from donnadb.backup.errors import BackupCorrupt, BackupError
-from donnadb.errors import ConfigError
+from donnadb.errors import ConfigError, DiskWriteError
 from tests.backup.conftest import BUCKET, table_checksums
-from tests.support import superuser_psql
+from tests.support import fill_up, small_disk, superuser_psql
 
 DONNACTL = str(Path(sys.executable).with_name("donnactl"))
 
@@ -119,6 +119,22 @@ def test_a_wrong_identity_fails_cleanly(host_bs, source_db, target_name, tmp_pat
     with pytest.raises(BackupError, match="no identity matched any of the recipients"):
         agecrypt.decrypt_tree(backup.path, mf.DUMP_DIR, tmp_path / "out", other)
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+
+
+def test_a_restore_whose_disk_fills_while_decrypting_says_where(host_bs, age_keys, source_db,
+                                                                target_name, tmp_path):
+    with small_disk(tmp_path, "8m") as disk:
+        repo_bs = host_bs.model_copy(update={"backup_repo_dir": disk / "repo",
+                                            "backup_age_identity_file": age_keys[0]})
+        backup = snapshot.create_backup(repo_bs, dbname=source_db)
+        fill_up(disk)
+        with pytest.raises(DiskWriteError) as failed:
+            restore.restore_backup(repo_bs, backup, target_name)
+        assert f"cannot write {disk}/repo/" in str(failed.value), failed.value
+        assert "free space" in str(failed.value)
+        assert absent(target_name)
+        assert not list((disk / "repo").glob(".decrypted-*"))  # no plaintext left
+        assert mf.hash_tree(backup.path) == backup.manifest.files  # the backup untouched
 
 
 def test_identity_file_rules(host_bs, age_keys, source_db, target_name, tmp_path):

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -16,11 +18,13 @@ import pytest
 from donnadb.backup import pitr
 from donnadb.backup.errors import BackupError, RestoreRefused
 from tests.backup.pgbackrest_cluster import drill_cluster
-from tests.support import superuser_psql
+from tests.support import one_line_error, small_disk, superuser_psql
 
 PORT, COPY_PORT = 5447, 5448
 #: The in-place drill's own throwaway cluster.
 IN_PLACE_PORT = 5450
+#: The full-disk drill's own throwaway cluster.
+FULL_DISK_PORT = 5456
 DONNACTL = str(Path(sys.executable).with_name("donnactl"))
 
 
@@ -122,6 +126,71 @@ def test_in_place_pitr_replaces_the_cluster_and_keeps_its_old_data(in_place_engi
     assert pitr.check(eng)["ok"]
     [aside] = cluster.data_dir.parent.glob(f"{cluster.name}.before-pitr-*")
     assert (aside / "PG_VERSION").exists() and not (aside / "postmaster.pid").exists()
+
+
+def _pitr_in_place(eng: pitr.Engine, port: int, to: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PGBACKREST_ENABLED="true", PGBACKREST_CONFIG=str(eng.config),
+               PGBACKREST_INCLUDE_PATH=str(eng.include), PGBACKREST_STANZA="drill",
+               PG_CLUSTER=eng.cluster.name, PG_DATA_DIR=str(eng.cluster.data_dir),
+               DB_PORT=str(port),
+               # pgBackRest's own option: no retry of a failed file 15 s later.
+               PGBACKREST_JOB_RETRY="0")
+    return subprocess.run([DONNACTL, "backup", "pitr", "--to", to, "--in-place", "--force",
+                           "--yes"], env=env, capture_output=True, text=True, check=False)
+
+
+def _as_before(cluster: pitr.Cluster, port: int) -> None:
+    """The cluster runs on its own data again, writable, nothing kept aside."""
+    assert superuser_psql("SELECT count(*) FROM drill", port=port) == "150"
+    superuser_psql("INSERT INTO drill VALUES (151, 'after the failed restore')", port=port)
+    assert not list(cluster.data_dir.parent.glob(f"{cluster.name}.before-pitr-*"))
+
+
+@pytest.fixture
+def full_disk_engine():
+    """A drill cluster with its data directory on a file system of its own."""
+    parent = Path(tempfile.mkdtemp(prefix="donna-pitr-disk-", dir="/var/tmp"))  # noqa: S108
+    parent.chmod(0o755)
+    try:
+        with small_disk(parent, "512m") as disk:
+            disk.chmod(0o755)  # pg_createcluster makes the data directory as postgres
+            with drill_cluster(FULL_DISK_PORT, data_dir=disk / "data") as made:
+                yield made, disk
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def test_an_in_place_pitr_bound_to_fail_is_refused_before_any_stop(full_disk_engine):
+    """A time before the oldest backup, then a file system without room for the copy:
+    each refused in one line, the server never stopped."""
+    (eng, _), disk = full_disk_engine
+    write_before_and_after(eng, FULL_DISK_PORT)
+    up_since = superuser_psql("SELECT pg_postmaster_start_time()", port=FULL_DISK_PORT)
+
+    too_early = _pitr_in_place(eng, FULL_DISK_PORT, "2001-01-01T00:00:00+00:00")
+    one_line_error(too_early, 3, "no backup ended before 2001-01-01", "choose a later time")
+
+    # Room for the cluster to go on (a few WAL segments), not for a second copy of it.
+    used = shutil.disk_usage(disk).used
+    subprocess.run(["mount", "-o", f"remount,size={used + 36 * 2**20}", str(disk)],
+                   check=True)
+    no_room = _pitr_in_place(eng, FULL_DISK_PORT, datetime.now(UTC).isoformat())
+    one_line_error(no_room, 1, f"{disk} has ", "MiB free", "nothing was changed")
+
+    assert superuser_psql("SELECT pg_postmaster_start_time()", port=FULL_DISK_PORT) == up_since
+    _as_before(eng.cluster, FULL_DISK_PORT)
+
+
+def test_an_in_place_pitr_that_fails_half_way_puts_the_cluster_back(in_place_engine):
+    """A file of the backup lost from the repository: pgBackRest fails after the
+    cluster stopped and part of the copy was written; the old data go back."""
+    eng, work = in_place_engine
+    noted = write_before_and_after(eng, IN_PLACE_PORT)
+    [lost] = list((work / "repo" / "backup" / "drill").glob("*F/pg_data/PG_VERSION*"))
+    lost.unlink()
+    done = _pitr_in_place(eng, IN_PLACE_PORT, noted.isoformat())
+    one_line_error(done, 1, "pgbackrest restore failed", "nothing was changed")
+    _as_before(eng.cluster, IN_PLACE_PORT)
 
 
 def _replay(steps: int, *, lsn_moves: bool):

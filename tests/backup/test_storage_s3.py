@@ -24,7 +24,9 @@ from donnadb.backup.storage_s3 import (
     part_size_for,
 )
 from donnadb.config import MIB
+from donnadb.errors import DiskWriteError
 from tests.backup.conftest import BUCKET, table_checksums
+from tests.support import full_disk, one_line_error, small_disk, superuser_psql
 
 
 def _big_file_backup(repo, settings, size=11 * MIB, *,
@@ -191,12 +193,37 @@ def test_cli_uploads_then_restores_from_s3_only(s3_bs, source_db, target_name, t
     assert pruned["s3"]["delete"] == [first["backup_id"]]
     assert [b.backup_id for b in store.list_backups()] == [second["backup_id"]]
 
+    # A restore whose repository disk is full: one line naming it, nothing restored.
+    with full_disk(tmp_path) as disk:
+        env["BACKUP_REPO_DIR"] = str(disk / "repo")
+        failed = run("restore", "latest", "--target-db", target_name, check=False)
+        one_line_error(failed, 1, f"cannot write {disk}/repo/", "free space")
+    env["BACKUP_REPO_DIR"] = str(tmp_path / "cli-repo")
+    assert not superuser_psql(f"SELECT 1 FROM pg_database WHERE datname = '{target_name}'")
+
     # lose the local repository entirely: restore comes from S3, checksums verified
     shutil.rmtree(tmp_path / "cli-repo")
     restored = json.loads(run("restore", "latest", "--target-db", target_name).stdout)
     assert restored["backup_id"] == second["backup_id"]
     assert table_checksums(target_name) == table_checksums(source_db)
     store.abort_unfinished()
+
+
+def test_a_download_onto_a_full_disk_says_where_and_leaves_nothing(s3_bs, tmp_path):
+    backup = _big_file_backup(tmp_path / "src", s3_bs)
+    store = S3Store(s3_bs)
+    store.upload_backup(backup)
+    with small_disk(tmp_path, "4m") as disk:
+        repo = disk / "repo"
+        with pytest.raises(DiskWriteError) as failed:
+            store.download_backup(backup.backup_id, repo)
+        message = str(failed.value)
+        assert f"cannot write {repo}/" in message and "free space" in message, message
+        assert not [p for p in repo.iterdir() if p.name != storage_local.LOCK_NAME]
+        # Room made: the same download goes through, checked against the manifest.
+        subprocess.run(["mount", "-o", "remount,size=32m", str(disk)], check=True)
+        fetched = store.download_backup(backup.backup_id, repo)
+        assert mf.hash_tree(fetched.path) == backup.manifest.files
 
 
 def test_the_files_of_a_backup_go_up_side_by_side(s3_bs, tmp_path):
