@@ -14,8 +14,10 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +42,10 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 CSV_PREFIX = "locust"
+REPORT_HTML = "report.html"
+#: Locust writes its reports here under ``--out`` (``.run-<random>``); they replace the
+#: previous run's only once it has written them all.
+STAGING_PREFIX = ".run-"
 DEFAULT_MASTER_PORT = 5557
 class LocustFailed(DonnaError):
     """Locust itself failed (not the SLO): bad options, crash, no statistics written."""
@@ -170,12 +176,14 @@ def donna_args(dbname: str | None, pgbouncer_port: int | None, pool_size: int) -
             *(["--donna-dbname", dbname] if dbname else [])]
 
 
-def locust_command(opts: RunOptions) -> list[str]:
-    prefix = opts.out_dir / CSV_PREFIX
+def locust_command(opts: RunOptions, reports: Path | None = None) -> list[str]:
+    """Locust's command line, its CSV files and HTML report going to ``reports``
+    (default: ``--out``)."""
+    reports = reports or opts.out_dir
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
            "-u", str(opts.users), "-r", f"{opts.spawn_rate:g}", "-t", opts.duration,
-           "--csv", str(prefix), "--csv-full-history", "--html", str(opts.out_dir /
-                                                                       "report.html"),
+           "--csv", str(reports / CSV_PREFIX), "--csv-full-history",
+           "--html", str(reports / REPORT_HTML),
            # The verdict must not count the ramp-up: stats restart once all users run.
            "--reset-stats", "--only-summary", "--stop-timeout", "10",
            *donna_args(opts.dbname, opts.pgbouncer_port, opts.pool_size)]
@@ -256,28 +264,36 @@ def run(opts: RunOptions, settings: Settings,
     before = _safe(lambda: serverstats.pgbouncer_stats(settings, port, dbname)) if port else None
     expected = parse_duration(opts.duration) + 15
     log_path = opts.out_dir / "locust.log"
-    cmd = locust_command(opts)
-    sampler = serverstats.PoolSampler(settings, port, dbname) if port else None
-    with log_path.open("w", encoding="utf-8") as logf:
-        started = time.monotonic()
-        if sampler:
-            sampler.__enter__()
-        try:
-            proc = start(cmd, logf, settings)
-            while proc.poll() is None:
-                if tick:
-                    tick(time.monotonic() - started, expected)
-                time.sleep(0.5)
-        finally:
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=opts.out_dir))
+    try:
+        cmd = locust_command(opts, staging)
+        sampler = serverstats.PoolSampler(settings, port, dbname) if port else None
+        with log_path.open("w", encoding="utf-8") as logf:
+            started = time.monotonic()
             if sampler:
-                sampler.__exit__()
+                sampler.__enter__()
+            try:
+                proc = start(cmd, logf, settings)
+                while proc.poll() is None:
+                    if tick:
+                        tick(time.monotonic() - started, expected)
+                    time.sleep(0.5)
+            finally:
+                if sampler:
+                    sampler.__exit__()
+        staged_csv = staging / f"{CSV_PREFIX}_stats.csv"
+        if not staged_csv.exists() or staged_csv.stat().st_size == 0:
+            _raise_if_full(opts.out_dir)
+            tail = log_path.read_text(encoding="utf-8").strip().splitlines()[-1:]
+            raise LocustFailed(f"locust exited {proc.returncode} without statistics: "
+                               f"{tail} (see {log_path})")
+        _raise_if_full(opts.out_dir)  # Locust says nothing when a later write failed
+        for each in staging.iterdir():  # renames: no room needed, each file whole
+            os.replace(each, opts.out_dir / each.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     after = _safe(lambda: serverstats.pgbouncer_stats(settings, port, dbname)) if port else None
     stats_csv = opts.out_dir / f"{CSV_PREFIX}_stats.csv"
-    if not stats_csv.exists() or stats_csv.stat().st_size == 0:
-        _raise_if_full(opts.out_dir)
-        tail = log_path.read_text(encoding="utf-8").strip().splitlines()[-1:]
-        raise LocustFailed(f"locust exited {proc.returncode} without statistics: {tail} "
-                           f"(see {log_path})")
     pool = serverstats.pool_report(before, after, sampler.samples) if sampler else None
     if pool is not None and sampler and sampler.error:
         pool["sampling_error"] = sampler.error
@@ -290,7 +306,7 @@ def run(opts: RunOptions, settings: Settings,
         p95_limit_ms=opts.p95_limit_ms,
         pool_efficiency=pool.get("efficiency") if pool else None,
     )
-    files = {"stats_csv": str(stats_csv), "html": str(opts.out_dir / "report.html"),
+    files = {"stats_csv": str(stats_csv), "html": str(opts.out_dir / REPORT_HTML),
              "log": str(log_path)}
     history = opts.out_dir / f"{CSV_PREFIX}_stats_history.csv"
     if history.exists():

@@ -102,9 +102,11 @@ def test_locust_command_excludes_ramp_up_and_passes_options_to_workers():
     assert cmd[-1] == "ChatUser"
 
 
-def test_a_full_out_dir_is_one_line_naming_it_and_keeps_the_last_verdict(seeded_db, tmp_path):
-    last = '{"verdict": "the previous run"}'
-    with full_disk(tmp_path, {"out/verdict.json": last}) as disk:
+def test_a_full_out_dir_is_one_line_naming_it_and_keeps_the_last_run(seeded_db, tmp_path):
+    last = {"out/verdict.json": '{"verdict": "the previous run"}',
+            "out/report.html": "<html>the previous run</html>",
+            "out/locust_stats.csv": "Type,Name\nthe previous run,\n"}
+    with full_disk(tmp_path, last) as disk:
         out = disk / "out"
         done = subprocess.run(
             [str(Path(sys.executable).with_name("donnactl")), "loadtest", "run", "--out",
@@ -113,4 +115,6 @@ def test_a_full_out_dir_is_one_line_naming_it_and_keeps_the_last_verdict(seeded_
             env={**os.environ, "OPS_LOG_FILE": str(tmp_path / "ops.jsonl")})
         assert "locust" in done.stdout  # it ran: Locust's own writes failed, not a check
         one_line_error(done, 1, f"cannot write {out}: No space left on device", "free space")
-        assert (out / "verdict.json").read_text() == last
+        # Every report of the previous run whole, none of this one's half-written.
+        assert {f"out/{p.name}": p.read_text() for p in out.iterdir()
+                if p.name != "locust.log"} == last
