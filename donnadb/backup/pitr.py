@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import NoReturn
 
 from donnadb import db
-from donnadb.backup import storage_local
+from donnadb.backup import room, storage_local
 from donnadb.backup.errors import BackupError, RestoreRefused
-from donnadb.config import MIB, Settings, debian_bin_dir, debian_data_dir
-from donnadb.errors import ConfigError, DiskWriteError
+from donnadb.config import Settings, debian_bin_dir, debian_data_dir
+from donnadb.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -452,9 +452,6 @@ def physical_backup(engine: Engine, kind: str = "full", repo: int | None = None)
 
 #: A time target as pgBackRest takes it (always in UTC).
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f+00"
-#: Room a restored server needs beyond the backup's files: the WAL segments it fetches
-#: and makes while it replays and promotes.
-RESTORE_HEADROOM = 64 * MIB
 LSN_RE = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
 
 
@@ -634,20 +631,12 @@ def _require_room(engine: Engine, target: Target, repo: int | None, where: Path)
     (found now, not as a full disk half-way through).
 
     :raises RestoreRefused: no backup ended before the target time.
-    :raises DiskWriteError: less free space than the backup plus
-        :data:`RESTORE_HEADROOM`.
+    :raises DiskWriteError: less free space than the backup plus :data:`room.MARGIN`.
     """
     backup = _chosen_backup(engine, target, repo)
-    if backup is None:
-        return
-    size = backup["info"]["size"]
-    free = shutil.disk_usage(where).free
-    if free < size + RESTORE_HEADROOM:
-        raise DiskWriteError(
-            f"{where} has {free / MIB:.0f} MiB free, the restore needs about "
-            f"{(size + RESTORE_HEADROOM) / MIB:.0f} MiB (the backup's {size / MIB:.0f} MiB "
-            f"and {RESTORE_HEADROOM // MIB} MiB of WAL); free space there or restore "
-            "into a --data-dir on a larger disk; nothing was changed")
+    if backup is not None:
+        room.require(where, backup["info"]["size"] + room.MARGIN,
+                     f"the restore of backup {backup['label']} (and its WAL)")
 
 
 def _put_back(cluster: Cluster, dest: Path, aside: Path, cause: BackupError) -> NoReturn:

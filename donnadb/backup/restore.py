@@ -30,6 +30,7 @@ from donnadb.backup import (
     dbfacts,
     erasures,
     pgtools,
+    room,
     signing,
     storage_local,
     swap,
@@ -124,6 +125,7 @@ def restore_backup(
     :raises RestoreRefused: the target holds data and ``force`` is off, or the backup is
         not encrypted while a key is configured and ``allow_unencrypted`` is off
         (target untouched).
+    :raises DiskWriteError: the server's disk has no room for the copy (nothing made).
     :raises BackupError: pg_restore failed, the restored data differs from the manifest,
         or the swap failed (target untouched, the new copy dropped).
     :raises DatabaseError: an existing ledger, or the copy, cannot be reached to erase
@@ -170,6 +172,8 @@ def restore_backup(
                 f"database {target_db} exists and is not empty; pass --force to replace it "
                 "or choose another --target-db"
             )
+        # The copy is built beside the live databases: never fill the server's disk.
+        room.for_logical_restore(settings, backup.backup_id, manifest.database_size)
         with storage_local.restore_lock(settings.backup_repo_dir, target_db) as alone:
             if not alone:
                 raise RestoreRefused(f"another restore into {target_db} is running; wait "

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
 import pytest
 
 from donnadb.backup import restore, snapshot, storage_local
 from donnadb.backup.errors import BackupCorrupt, RestoreRefused
-from donnadb.errors import UsageError
+from donnadb.errors import DiskWriteError, UsageError
 from tests.backup.conftest import table_checksums
-from tests.support import render_database_sql, superuser_psql
+from tests.support import render_database_sql, small_disk, superuser_psql
+
+#: The small-disk server's port.
+ROOM_PORT = 5457
 
 
 def test_round_trip_every_row_identical(settings, bs, source_db, target_name):
@@ -101,3 +110,43 @@ def test_postgresql_s_own_databases_are_never_replaced(bs, source_db, name):
     with pytest.raises(RestoreRefused, match="never replaces it"):
         restore.restore_backup(bs, backup, name, force=True)
     assert superuser_psql(f"SELECT count(*) FROM pg_database WHERE datname = '{name}'") == "1"
+
+
+@pytest.fixture
+def small_server():
+    """A throwaway cluster on ``ROOM_PORT`` with its data directory on a tmpfs of its
+    own; yields that file system's mount point."""
+    parent = Path(tempfile.mkdtemp(prefix="donna-room-", dir="/var/tmp"))  # noqa: S108
+    parent.chmod(0o755)  # the postgres user walks through it
+    name = f"room{uuid.uuid4().hex[:6]}"
+    try:
+        with small_disk(parent, "256m") as disk:
+            disk.chmod(0o755)
+            subprocess.run(["pg_createcluster", "15", name, "-p", str(ROOM_PORT), "-d",
+                            str(disk / "data"), "--start"], check=True, capture_output=True)
+            try:
+                yield disk
+            finally:
+                subprocess.run(["pg_dropcluster", "--stop", "15", name], check=False,
+                               capture_output=True)
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def test_a_restore_without_room_on_the_server_s_disk_is_refused_before_anything(
+        bs, source_db, target_name, small_server):
+    backup = snapshot.create_backup(bs, dbname=source_db)
+    # Room for the server to go on, not for the copy: the database, the WAL its load
+    # writes and a margin.
+    used = shutil.disk_usage(small_server).used
+    subprocess.run(["mount", "-o", f"remount,size={used + 48 * 2**20}", str(small_server)],
+                   check=True)
+    aimed = bs.model_copy(update={"db_port": ROOM_PORT})
+    with pytest.raises(DiskWriteError) as refused:
+        restore.restore_backup(aimed, backup, target_name)
+    message = str(refused.value)
+    assert message.startswith(f"{small_server}/data has "), message
+    assert f"restoring backup {backup.backup_id}" in message
+    assert message.endswith("nothing was changed"), message
+    assert superuser_psql("SELECT count(*) FROM pg_database WHERE datname LIKE "
+                          f"'{target_name}%'", port=ROOM_PORT) == "0"
