@@ -688,6 +688,10 @@ def restore_to(engine: Engine, target: Target, *, repo: int | None = None,
         if not (dest / "PG_VERSION").exists():
             raise RestoreRefused(f"{dest} is not a data directory; check PG_CLUSTER and "
                                  "PG_DATA_DIR")
+        if dest.is_mount():
+            raise RestoreRefused(f"{dest} is a mount point, which cannot be renamed aside: "
+                                 "restore into a --data-dir, then move the data over; "
+                                 "nothing was changed")
         # The old directory stays beside the new one: check before the cluster stops.
         _require_room(engine, target, repo, dest.parent)
         _pg_ctlcluster(cluster, "stop", "-m", "fast")
@@ -696,7 +700,12 @@ def restore_to(engine: Engine, target: Target, *, repo: int | None = None,
             raise BackupError(f"cluster {cluster.version}/{cluster.name} did not stop "
                               "(postmaster.pid remains); nothing was changed")
         aside = dest.with_name(f"{dest.name}.before-pitr-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
-        dest.rename(aside)  # kept, never deleted: the operator removes it when satisfied
+        try:
+            dest.rename(aside)  # kept, never deleted: the operator removes it when satisfied
+        except OSError as exc:
+            _pg_ctlcluster(cluster, "start")
+            raise BackupError(f"cannot rename {dest} aside ({exc.strerror}); nothing was "
+                              "changed: the cluster runs again") from None
     else:
         if data_dir is None or port is None:
             raise RestoreRefused("a PITR copy needs --data-dir and --port (or --in-place)")

@@ -8,6 +8,7 @@ refuse, in one line, when the file system has less free space than that.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 from donnadb import db
 from donnadb.config import MIB, Settings
 from donnadb.errors import DiskWriteError
+
+log = logging.getLogger(__name__)
 
 #: Kept free beyond the estimate: the WAL segments a server fetches and makes as it
 #: works (four of 16 MiB).
@@ -51,8 +54,16 @@ def for_logical_restore(settings: Settings, backup_id: str, database_size: int) 
     wal_need = min(database_size, int(max_wal))
     what = (f"restoring backup {backup_id} ({database_size / MIB:.0f} MiB of database "
             "when it was taken, and the WAL its load writes)")
-    if os.stat(data).st_dev == os.stat(wal).st_dev:
-        require(data, database_size + wal_need + MARGIN, what)
-    else:
-        require(data, database_size + MARGIN, what)
-        require(wal, wal_need + MARGIN, what)
+    try:
+        own_wal = os.stat(wal).st_dev != os.stat(data).st_dev
+    except PermissionError:  # the data directory is the cluster owner's: one disk, then
+        own_wal = False
+    try:
+        if own_wal:
+            require(data, database_size + MARGIN, what)
+            require(wal, wal_need + MARGIN, what)
+        else:
+            require(data, database_size + wal_need + MARGIN, what)
+    except PermissionError:
+        log.warning("cannot see the free space under %s (not readable by this user): "
+                    "restoring without checking it", data)

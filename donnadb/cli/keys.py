@@ -1,7 +1,9 @@
-"""`donnactl keys init|add-kek|seal|status|rotate|retire|seal-existing|reapply-erasures`."""
+"""`donnactl keys init|add-kek|seal|escrow|status|rotate|retire|seal-existing|
+reapply-erasures`."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -9,7 +11,7 @@ from rich.table import Table
 
 from donnadb.cli.opsrun import confirm, logged, settings
 from donnadb.cli.options import DbOpt, DryRunOpt, JsonOpt, YesOpt
-from donnadb.cli.output import console, emit_json
+from donnadb.cli.output import console, emit, emit_json
 from donnadb.crypto import keyfile, kms, rotation
 from donnadb.dal import cache, sealed
 from donnadb.errors import ConfigError
@@ -88,10 +90,33 @@ def seal_cmd(dry_run: DryRunOpt = False, yes: YesOpt = False, json: JsonOpt = Fa
                   "changed": True, "dry_run": False}
         line = (f"sealed {path} with {target}: copy it to your escrow and deploy, so every "
                 "host gets it")
-    if json:
-        emit_json(result)
+    emit(result, line, json)
+
+
+@app.command("escrow")
+@logged("keys escrow")
+def escrow_cmd(out: Annotated[Path, typer.Argument(help="A new file for the copy (0600).")],
+               dry_run: DryRunOpt = False, yes: YesOpt = False,
+               json: JsonOpt = False) -> None:
+    """Write the key file's keys in clear to OUT, a new 0600 file, for your escrow.
+
+    Sealed by KMS, the key file opens only with its KMS key: this copy opens the data
+    without it (a KMS key deleted or out of reach). Keep it offline, away from the
+    backups; never on a host. Never overwrites a file.
+    """
+    s, path = _key_file()
+    keys = keyfile.load(path, kms.seal_of(s))  # opened first: a dry run proves it opens
+    result = {"key_file": str(path), "out": str(out), "sealed_by": keys.sealed_by,
+              "kek_ids": [k.kek_id for k in keys.keks], "dry_run": dry_run}
+    if dry_run:
+        line = f"would write the {len(keys.keks)} KEK(s) of {path} in clear to {out}"
     else:
-        console.print(line, highlight=False)
+        confirm(f"Write the keys of {path} in clear to {out}? Whoever reads it can read "
+                "every sealed value", yes)
+        keyfile.write_clear_copy(keys, out)
+        line = (f"wrote the {len(keys.keks)} KEK(s) of {path} in clear to {out} (0600): "
+                "move it to your escrow, offline, and remove it here")
+    emit(result, line, json)
 
 
 @app.command("status")

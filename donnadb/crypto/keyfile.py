@@ -142,15 +142,31 @@ def generate(path: Path, seal: kms.KmsSeal | None = None) -> KeySet:
         can run again.
     """
     keys = KeySet((_new_kek(),), secrets.token_bytes(KEY_BYTES))
+    _write_new_file(path, _content(keys, seal), "add a KEK with `donnactl keys add-kek`",
+                    "or set CRYPTO_KEK_FILE")
+    return keys
+
+
+def write_clear_copy(keys: KeySet, out: Path) -> None:
+    """Write ``keys`` in clear to the new file ``out``, mode 0600: the escrow copy of a
+    KMS-sealed file, which opens the data without the KMS key.
+
+    :raises KeyFileError: ``out`` exists (never overwritten) or its folder does not.
+    :raises OSError: the write failed (a full disk): no file is left.
+    """
+    _write_new_file(out, _content(keys, None), "choose a new name", "")
+
+
+def _write_new_file(path: Path, content: bytes, exists_hint: str, folder_hint: str) -> None:
     try:
-        write_new(path, _content(keys, seal), 0o600)
+        write_new(path, content, 0o600)
     except FileExistsError:
-        raise KeyFileError(f"{path} exists: it is never overwritten (add a KEK with "
-                           "`donnactl keys add-kek`)") from None
+        raise KeyFileError(f"{path} exists: it is never overwritten ({exists_hint})") \
+            from None
     except FileNotFoundError:
         raise KeyFileError(f"cannot create the key file {path}: its folder does not "
-                           "exist; create it (0700) or set CRYPTO_KEK_FILE") from None
-    return keys
+                           f"exist; create it (0700){' ' + folder_hint if folder_hint else ''}"
+                           ) from None
 
 
 def add_kek(path: Path, seal: kms.KmsSeal | None = None) -> Kek:

@@ -181,6 +181,18 @@ def test_an_in_place_pitr_bound_to_fail_is_refused_before_any_stop(full_disk_eng
     _as_before(eng.cluster, FULL_DISK_PORT)
 
 
+def test_an_in_place_pitr_of_a_data_directory_that_is_a_mount_point_is_refused(tmp_path):
+    """It could not be renamed aside: refused before the cluster is touched (this one
+    does not even exist, so any stop or pgBackRest call would fail otherwise)."""
+    with small_disk(tmp_path, "1m") as mount:
+        (mount / "PG_VERSION").write_text("15\n")
+        cluster = pitr.Cluster(15, "nosuchcluster", 5999, mount)
+        engine = pitr.Engine(tmp_path / "none.conf", "none", cluster)
+        with pytest.raises(RestoreRefused, match="is a mount point.*nothing was changed"):
+            pitr.restore_to(engine, pitr.Target.at_time(datetime.now(UTC)), in_place=True)
+        assert (mount / "PG_VERSION").exists()
+
+
 def test_an_in_place_pitr_that_fails_half_way_puts_the_cluster_back(in_place_engine):
     """A file of the backup lost from the repository: pgBackRest fails after the
     cluster stopped and part of the copy was written; the old data go back."""

@@ -231,3 +231,35 @@ def test_the_deploy_makes_the_key_file_sealed_and_names_the_kms_key(tmp_path, km
             made = path.read_bytes()
     assert run.changed_operations() == [] and path.read_bytes() == made
     keyfile.load(path, _seal(kms_endpoint, kms_key))
+
+
+def test_keys_escrow_writes_a_clear_copy_that_opens_without_kms(tmp_path, kms_endpoint,
+                                                                kms_key):
+    path, out = tmp_path / "fields.key", tmp_path / "escrow" / "fields.key"
+    out.parent.mkdir(mode=0o700)
+    run = {"kek_file": path, "endpoint": kms_endpoint, "key": kms_key}
+    assert _donnactl("keys", "init", **run).returncode == 0
+    assert _donnactl("keys", "add-kek", "--yes", **run).returncode == 0
+    sealed = keyfile.load(path, _seal(kms_endpoint, kms_key))
+
+    dry = _donnactl("keys", "escrow", str(out), "--dry-run", "--json", **run)
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["kek_ids"] == [k.kek_id for k in sealed.keks]
+    assert not out.exists()
+    said_nothing = _donnactl("keys", "escrow", str(out), **run)  # no terminal: no answer
+    assert said_nothing.returncode == 130 and not out.exists()
+
+    done = _donnactl("keys", "escrow", str(out), "--yes", "--json", **run)
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    copy = keyfile.load(out)  # in clear: no KMS key needed
+    assert copy.keks == sealed.keks and copy.lookup == sealed.lookup
+    assert copy.sealed_by is None
+    audit = (tmp_path / "donnactl.jsonl").read_text()
+    assert '"keys escrow"' in audit and sealed.current.secret.hex() not in audit
+
+    # Never over a file: the copy stays as it was.
+    before = out.read_bytes()
+    one_line_error(_donnactl("keys", "escrow", str(out), "--yes", **run), 3,
+                   "never overwritten")
+    assert out.read_bytes() == before
