@@ -47,8 +47,8 @@ def for_logical_restore(settings: Settings, backup_id: str, database_size: int) 
     :raises DiskWriteError: not enough room (nothing was created).
     :raises DatabaseError: the server cannot be asked.
     """
-    if database_size <= 0:
-        return
+    if not isinstance(database_size, int) or database_size <= 0:
+        return  # a manifest without the figure: pg_restore will tell
     data_dir, max_wal = db.superuser_psql(SQL_SERVER_DISK, port=settings.db_port).split("|")
     data, wal = Path(data_dir), Path(data_dir) / "pg_wal"
     wal_need = min(database_size, int(max_wal))
