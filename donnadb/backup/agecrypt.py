@@ -14,7 +14,6 @@ anything is decrypted.
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import subprocess
@@ -32,12 +31,9 @@ HEADER = b"age-encryption.org/v1"
 RECIPIENT_RE = AGE_RECIPIENT_RE
 IDENTITY_PREFIX = "AGE-SECRET-KEY-1"
 IDENTITY_HINT = "pass --identity FILE or set BACKUP_AGE_IDENTITY_FILE"
-#: How age (Go) words the errnos of a disk that refused its output
-#: ("age: error: write /dev/stdout: no space left on device").
-GO_DISK_ERRORS = {"no space left on device": errno.ENOSPC,
-                  "disk quota exceeded": errno.EDQUOT,
-                  "file too large": errno.EFBIG,
-                  "input/output error": errno.EIO}
+#: How age (Go) words the errnos of a disk that refused its output: the C library's
+#: text in lower case ("age: error: write /dev/stdout: no space left on device").
+GO_DISK_ERRORS = {os.strerror(code).lower(): code for code in DiskWriteError.ERRNOS}
 
 
 def binary(name: str = "age") -> str:

@@ -640,9 +640,10 @@ def _require_room(engine: Engine, target: Target, repo: int | None, where: Path)
 
 
 def _put_back(cluster: Cluster, dest: Path, aside: Path, cause: BackupError) -> NoReturn:
-    """An in-place restore that failed before its server was promoted (pgBackRest failed,
-    a full disk, a target before the oldest backup: the server stops at start): the old
-    data directory goes back in place and the cluster starts on it, as if nothing ran.
+    """An in-place restore that failed before its server was promoted (pgBackRest failed:
+    a file missing from the repository, a full disk; or the restored server did not
+    start): the old data directory goes back in place and the cluster starts on it, as
+    if nothing ran.
 
     :raises BackupError: always: ``cause``, and what became of the cluster.
     """

@@ -410,15 +410,12 @@ class S3Store:
             with os.fdopen(fd, "w+b") as out:
                 self.client.download_fileobj(self.bucket, key, out, Callback=progress,
                                              Config=self._transfer_config(entry.size))
-        except OSError as exc:
+        except Exception as exc:
             # A full repository disk is not a download failure: say where, and what to do
             # (the transfer manager's writes carry no file name).
-            disk = DiskWriteError.of(exc, dest)
-            if disk is not None:
-                raise disk from exc
-            raise BackupError(f"download of s3://{self.bucket}/{key} failed: {exc}") from exc
-        except Exception as exc:
-            raise BackupError(f"download of s3://{self.bucket}/{key} failed: {exc}") from exc
+            disk = DiskWriteError.of(exc, dest) if isinstance(exc, OSError) else None
+            raise disk or BackupError(f"download of s3://{self.bucket}/{key} failed: "
+                                      f"{exc}") from exc
         digest, size = mf.sha256_file(dest)
         if size != entry.size or digest != entry.sha256:
             raise BackupCorrupt(f"s3://{self.bucket}/{key} does not match its manifest "

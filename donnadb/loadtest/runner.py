@@ -281,13 +281,12 @@ def run(opts: RunOptions, settings: Settings,
             finally:
                 if sampler:
                     sampler.__exit__()
+        _raise_if_full(opts.out_dir)  # before "no statistics": Locust's writes failed
         staged_csv = staging / f"{CSV_PREFIX}_stats.csv"
         if not staged_csv.exists() or staged_csv.stat().st_size == 0:
-            _raise_if_full(opts.out_dir)
             tail = log_path.read_text(encoding="utf-8").strip().splitlines()[-1:]
             raise LocustFailed(f"locust exited {proc.returncode} without statistics: "
                                f"{tail} (see {log_path})")
-        _raise_if_full(opts.out_dir)  # Locust says nothing when a later write failed
         for each in staging.iterdir():  # renames: no room needed, each file whole
             os.replace(each, opts.out_dir / each.name)
     finally:
