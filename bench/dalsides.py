@@ -144,7 +144,8 @@ SELECT (SELECT count(*) FROM users
          WHERE id::text = ANY(%(ours)s) AND (email IS NOT NULL OR name IS NOT NULL))
      + (SELECT count(*) FROM user_memory
          WHERE user_id::text = ANY(%(ours)s) AND {plain}) AS in_clear,
-       (SELECT count(*) FROM user_keys WHERE NOT (user_id::text = ANY(%(ours)s))) AS others
+       (SELECT count(*) FROM users
+         WHERE wrapped_key IS NOT NULL AND NOT (id::text = ANY(%(ours)s))) AS others
 """
 
 

@@ -10,7 +10,9 @@ table, row and field (:func:`place`). A value copied to another row or field, or
 another user's, does not open: its place differs, and so does its user's data key.
 
 A data key (one per user, 32 random bytes) is wrapped the same way by a KEK, its
-place being ``user_keys``, the user's id and the KEK's id.
+place being ``user_keys``, the user's id and the KEK's id. (``user_keys`` was the key's
+table; the key is now a column of users, and the name stays in the place so that every
+key wrapped before still unwraps.)
 """
 
 from __future__ import annotations

@@ -27,22 +27,27 @@ from donnadb.crypto.errors import KeyFileError
 log = logging.getLogger(__name__)
 
 COUNT_BY_KEK_SQL = """
-SELECT kek_id, count(*) AS keys, max(coalesce(rewrapped_at, created_at)) AS newest
-  FROM user_keys GROUP BY kek_id ORDER BY kek_id
+SELECT kek_id, count(*) AS keys, max(coalesce(key_rewrapped_at, key_created_at)) AS newest
+  FROM users WHERE kek_id IS NOT NULL GROUP BY kek_id ORDER BY kek_id
 """
-COUNT_KEK_SQL = "SELECT count(*) FROM user_keys WHERE kek_id = %s"
+COUNT_KEK_SQL = "SELECT count(*) FROM users WHERE kek_id = %s"
+# The next batch after id ``after`` (the keys are columns of users, not indexed: each
+# batch goes on along the primary key where the last one stopped, so a rotation reads
+# users once, not once per batch).
 BATCH_SQL = """
-SELECT user_id::text AS user_id, kek_id, wrapped_key FROM user_keys
- WHERE kek_id <> %(current)s
- ORDER BY user_id
+SELECT id::text AS user_id, kek_id, wrapped_key FROM users
+ WHERE kek_id <> %(current)s AND id > %(after)s
+ ORDER BY id
  LIMIT %(batch)s
-   FOR UPDATE SKIP LOCKED
+   FOR NO KEY UPDATE SKIP LOCKED
 """
 REWRAP_SQL = """
-UPDATE user_keys SET kek_id = %(kek_id)s, wrapped_key = %(wrapped)s, rewrapped_at = now()
- WHERE user_id = %(user_id)s
+UPDATE users SET kek_id = %(kek_id)s, wrapped_key = %(wrapped)s, key_rewrapped_at = now()
+ WHERE id = %(user_id)s
 """
 DEFAULT_BATCH = 500
+#: Below every uuid: where a pass over users starts.
+FIRST_ID = "00000000-0000-0000-0000-000000000000"
 
 
 def _keys(settings: Settings) -> keyfile.KeySet:
@@ -89,16 +94,24 @@ def rotate(settings: Settings, *, dbname: str | None = None, batch: int = DEFAUL
     keys = _keys(settings)
     current = keys.current.kek_id
     done = batches = 0
+    after = FIRST_ID
     with db.connection("app", settings=settings, dbname=dbname) as conn:
         while stop_after is None or batches < stop_after:
             with conn.transaction():
-                rows = conn.execute(BATCH_SQL, {"current": current, "batch": batch}).fetchall()
+                rows = conn.execute(BATCH_SQL, {"current": current, "after": after,
+                                                "batch": batch}).fetchall()
                 for user_id, kek_id, wrapped in rows:
                     new_id, new_wrapped = envelope.rewrap(keys, user_id, kek_id, wrapped)
                     conn.execute(REWRAP_SQL, {"kek_id": new_id, "wrapped": new_wrapped,
                                               "user_id": user_id})
             if not rows:
-                break
+                if after == FIRST_ID:
+                    break
+                # One more pass from the start, for the rows that were locked (SKIP
+                # LOCKED) when this one went by.
+                after = FIRST_ID
+                continue
+            after = rows[-1][0]
             done += len(rows)
             batches += 1
             log.info("re-wrapped %d data keys under KEK %s", done, current)

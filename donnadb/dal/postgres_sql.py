@@ -102,40 +102,27 @@ DELETE FROM user_memory AS m
 """
 
 # ---- field encryption (CRYPTO_ENABLED; donnadb/dal/sealed.py) ----------------------
-# Rows carry their sealed columns and the user's wrapped data key (hex in the memory
-# reads: the cache keeps text, not bytes); the DAL opens them. A user's id is chosen by
-# the DAL before the insert, as every sealed value is bound to it.
 # Sealed, a row carries its sealed columns; the user's data key comes from the keys the
-# process holds. The KEYED reads, for a user it has not met yet, also join the wrapped
-# key (hex in the memory reads: the cache keeps text, not bytes); a user read by clerk
-# id, or all of a user's memory, costs one more query then (SELECT_USER_KEY). A user's
-# id is chosen by the DAL before the insert, as every sealed value is bound to it.
+# process holds. The KEYED reads, for a user it has not met yet, also read the wrapped
+# key, kept in the users row (hex in the memory reads: the cache keeps text, not
+# bytes); a user read by clerk id, or all of a user's memory, costs one more query then
+# (SELECT_USER_KEY). A user's id is chosen by the DAL before the insert, as every
+# sealed value is bound to it.
 SEALED_USER_SELECT = f"SELECT {USER_COLUMNS}, email_sealed, name_sealed FROM users"
 SELECT_SEALED_USER_BY_ID = SEALED_USER_SELECT + " WHERE id = %s"
 SELECT_SEALED_USER_BY_CLERK_ID = SEALED_USER_SELECT + " WHERE clerk_id = %s"
-SELECT_KEYED_USER_BY_ID = """
-SELECT u.id::text AS id, u.clerk_id, u.email, u.name, u.profile, u.preferences,
-       u.created_at, u.updated_at, u.last_active_at, u.status,
-       u.email_sealed, u.name_sealed, k.kek_id, k.wrapped_key
-  FROM users AS u LEFT JOIN user_keys AS k ON k.user_id = u.id
- WHERE u.id = %s
-"""
-SELECT_USER_KEY = "SELECT kek_id, wrapped_key FROM user_keys WHERE user_id = %s"
+SELECT_KEYED_USER_BY_ID = (f"SELECT {USER_COLUMNS}, email_sealed, name_sealed, kek_id, "
+                           "wrapped_key FROM users WHERE id = %s")
+SELECT_USER_KEY = "SELECT kek_id, wrapped_key FROM users WHERE id = %s"
 
-# The new user and its data key in one statement (the key's foreign key is checked at
-# the statement's end, when the users row is there).
+# The new user, its data key in its row (0014).
 INSERT_SEALED_USER = """
-WITH made AS (
-    INSERT INTO users (id, clerk_id, email_sealed, name_sealed, email_hmac, profile,
-                       preferences, status, last_active_at)
-    VALUES (%(id)s, %(clerk_id)s, %(email_sealed)s, %(name_sealed)s, %(email_hmac)s,
-            %(profile)s, %(preferences)s, COALESCE(%(status)s, 'active'), %(last_active_at)s)
-    RETURNING id
-), keyed AS (
-    INSERT INTO user_keys (user_id, kek_id, wrapped_key)
-    SELECT id, %(kek_id)s, %(wrapped_key)s FROM made
-)
-SELECT id::text AS id FROM made
+INSERT INTO users (id, clerk_id, email_sealed, name_sealed, email_hmac, profile,
+                   preferences, status, last_active_at, kek_id, wrapped_key, key_created_at)
+VALUES (%(id)s, %(clerk_id)s, %(email_sealed)s, %(name_sealed)s, %(email_hmac)s,
+        %(profile)s, %(preferences)s, COALESCE(%(status)s, 'active'), %(last_active_at)s,
+        %(kek_id)s, %(wrapped_key)s, now())
+RETURNING id::text AS id
 """
 # The same through PgBouncer: a function, planned once per server connection (0013).
 CALL_CREATE_SEALED_USER = """
@@ -171,8 +158,7 @@ UPDATE users
 # written, though the foreign key's check, on a fresh snapshot, would find the row of an
 # id made again. An erasure starting later waits for this statement (it locks the users
 # row first too: no deadlock).
-KEY_IS_CURRENT = """EXISTS (SELECT 1 FROM user_keys
-                WHERE user_id = %(user_id)s AND wrapped_key = %(wrapped)s)"""
+KEY_IS_CURRENT = "wrapped_key = %(wrapped)s"
 # keyed: whether the key was current (no row is written otherwise).
 UPSERT_SEALED_MEMORY = f"""
 WITH keyed AS (
@@ -193,8 +179,8 @@ SELECT set_sealed_memory(%(user_id)s, %(memory_type)s, %(key)s, %(value)s,
                          %(expires_at)s, %(wrapped)s) AS keyed
 """
 
-KEYED_MEMORY_COLUMNS = """k.kek_id, encode(k.wrapped_key, 'hex') AS wrapped_key
-  FROM user_memory AS m LEFT JOIN user_keys AS k ON k.user_id = m.user_id"""
+KEYED_MEMORY_COLUMNS = """u.kek_id, encode(u.wrapped_key, 'hex') AS wrapped_key
+  FROM user_memory AS m JOIN users AS u ON u.id = m.user_id"""
 SELECT_KEYED_MEMORY = f"""
 SELECT m.key, m.value, extract(epoch FROM m.expires_at - now())::float8 AS expires_in,
        {KEYED_MEMORY_COLUMNS}

@@ -48,15 +48,13 @@ KEY_COLUMNS = ("kek_id", "wrapped_key")
 
 T = TypeVar("T")
 
-# The user's wrapped data key (a bare user has none until its first personal value).
-SELECT_KEY = """
-SELECT u.id::text AS id, k.kek_id, k.wrapped_key
-  FROM users AS u LEFT JOIN user_keys AS k ON k.user_id = u.id
- WHERE u.id = %s
-"""
-INSERT_KEY = """
-INSERT INTO user_keys (user_id, kek_id, wrapped_key) VALUES (%s, %s, %s)
-ON CONFLICT (user_id) DO NOTHING
+# The user's wrapped data key, kept in the users row (a bare user has none until its
+# first personal value).
+SELECT_KEY = "SELECT id::text AS id, kek_id, wrapped_key FROM users WHERE id = %s"
+# A key given to a user who has none: one already there (another process's) is kept.
+SAVE_KEY = """
+UPDATE users SET kek_id = %s, wrapped_key = %s, key_created_at = now()
+ WHERE id = %s AND wrapped_key IS NULL
 """
 
 
@@ -158,7 +156,7 @@ class Sealer:
     @staticmethod
     def save_key(conn, dk: DataKey) -> None:
         """Store a key of :meth:`new_key`, after its user's row, in the same transaction."""
-        conn.execute(INSERT_KEY, (dk.user_id, dk.kek_id, dk.wrapped))
+        conn.execute(SAVE_KEY, (dk.kek_id, dk.wrapped, dk.user_id))
 
     def key_for_write(self, conn, user_id: str) -> DataKey | None:
         """The user's data key, made now if the user has none yet (a bare user, or one
@@ -168,7 +166,7 @@ class Sealer:
         if row is None:
             return None
         if row["wrapped_key"] is None:
-            conn.execute(INSERT_KEY, (user_id, *envelope.wrap(self.keys, user_id)[:2]))
+            conn.execute(SAVE_KEY, (*envelope.wrap(self.keys, user_id)[:2], user_id))
             row = conn.execute(SELECT_KEY, (user_id,)).fetchone()
             if row is None or row["wrapped_key"] is None:
                 return None
@@ -227,7 +225,8 @@ class Sealer:
     def opened(self, user_id: str, read_key: Callable[[], Mapping[str, Any] | None],
                open_with: Callable[[DataKey], T]) -> T:
         """``open_with(dk)`` with the user's data key: the one this process holds, else
-        the stored one (``read_key()``: the user's user_keys row, or None).
+        the stored one (``read_key()``: the user's ``kek_id`` and ``wrapped_key``, or
+        None).
 
         A held key that does not open the values is dropped and the stored key read: the
         user may have been erased and made again with a new key since it was cached (a

@@ -65,13 +65,13 @@ EXPORT_USERS = """
 SELECT u.id, u.clerk_id, u.email, u.name, u.profile, u.preferences, u.created_at,
        u.updated_at, u.status, u.last_active_at,
        EXISTS (SELECT 1 FROM chat_sessions AS c WHERE c.user_id = u.id) AS has_chats,
-       u.email_sealed, u.name_sealed, k.kek_id, k.wrapped_key
-  FROM users AS u LEFT JOIN user_keys AS k ON k.user_id = u.id
+       u.email_sealed, u.name_sealed, u.kek_id, u.wrapped_key
+  FROM users AS u
  ORDER BY u.id
 """
 EXPORT_MEMORY = """
-SELECT m.user_id, m.memory_type, m.key, m.value, m.expires_at, k.kek_id, k.wrapped_key
-  FROM user_memory AS m LEFT JOIN user_keys AS k ON k.user_id = m.user_id
+SELECT m.user_id, m.memory_type, m.key, m.value, m.expires_at, u.kek_id, u.wrapped_key
+  FROM user_memory AS m JOIN users AS u ON u.id = m.user_id
  ORDER BY m.user_id, m.memory_type, m.key
 """
 EXPORT_LOGS = """

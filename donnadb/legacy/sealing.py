@@ -35,8 +35,8 @@ from donnadb.legacy.normalise import canon
 # compared is what the upsert replaces or keeps (the app waits for the batch's commit).
 STORED_USERS = """
 SELECT u.id, u.clerk_id, u.email, u.name, u.email_sealed, u.name_sealed, u.email_hmac,
-       u.profile, u.preferences, k.kek_id, k.wrapped_key
-  FROM users AS u LEFT JOIN user_keys AS k ON k.user_id = u.id
+       u.profile, u.preferences, u.kek_id, u.wrapped_key
+  FROM users AS u
  WHERE u.clerk_id = ANY(%(clerks)s::text[]) OR u.id = ANY(%(ids)s::uuid[])
  ORDER BY u.id
    FOR UPDATE OF u
@@ -44,7 +44,7 @@ SELECT u.id, u.clerk_id, u.email, u.name, u.email_sealed, u.name_sealed, u.email
 STORED_MEMORY = """
 SELECT user_id, memory_type, key, value FROM user_memory WHERE user_id = ANY(%s::uuid[])
 """
-SAVED_KEYS = "SELECT user_id, wrapped_key FROM user_keys WHERE user_id = ANY(%s::uuid[])"
+SAVED_KEYS = "SELECT id, wrapped_key FROM users WHERE id = ANY(%s::uuid[])"
 
 #: A stored value that does not open: never equal to the file's.
 _UNREADABLE = object()
@@ -106,7 +106,7 @@ def _seal_user(sealer: Sealer, user: UserRow, stored: Mapping[str, Any] | None,
     new_key = None
     if stored is None or stored["wrapped_key"] is None:
         # A new user, or one stored without a key (bare, or written in clear): no one
-        # else can give it one meanwhile, as its row is locked (the key's foreign key).
+        # else can give it one meanwhile, as its row is locked (STORED_USERS).
         dk = new_key = sealer.new_key(str(stored["id"] if stored else user.id))
     else:
         dk = sealer.key_of(str(stored["id"]), stored["kek_id"], stored["wrapped_key"])

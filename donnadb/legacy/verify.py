@@ -45,14 +45,13 @@ SELECT c.chat_id, m.id, m.sequence_number, m.role, m.content, m.metadata, m.crea
 # With the user's wrapped data key: sealed values are opened before they are compared.
 DB_USERS = """
 SELECT u.id, u.clerk_id, u.email, u.name, u.profile, u.preferences, u.created_at, u.status,
-       u.last_active_at, u.email_sealed, u.name_sealed, k.kek_id, k.wrapped_key
-  FROM users AS u LEFT JOIN user_keys AS k ON k.user_id = u.id
+       u.last_active_at, u.email_sealed, u.name_sealed, u.kek_id, u.wrapped_key
+  FROM users AS u
 """
 DB_MEMORY = """
-SELECT u.id, u.clerk_id, um.memory_type, um.key, um.value, um.expires_at, k.kek_id,
-       k.wrapped_key
+SELECT u.id, u.clerk_id, um.memory_type, um.key, um.value, um.expires_at, u.kek_id,
+       u.wrapped_key
   FROM user_memory AS um JOIN users AS u ON u.id = um.user_id
-  LEFT JOIN user_keys AS k ON k.user_id = u.id
  ORDER BY u.id
 """
 DB_LOGS = """

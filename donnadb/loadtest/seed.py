@@ -12,8 +12,8 @@ replaces the seeded rows. VACUUM ANALYZE runs at the end so the planner sees the
 tables at once.
 
 With CRYPTO_ENABLED the personal fields are written sealed, exactly as the DAL writes
-them (:mod:`donnadb.dal.sealed`): each seeded user gets a data key (COPYed into
-user_keys in the same transaction), e-mail and name go to their sealed columns, and
+them (:mod:`donnadb.dal.sealed`): each seeded user gets a data key (in its users
+row), e-mail and name go to their sealed columns, and
 each preferences and memory value is a sealed JSON string. The marker names the mode,
 so turning encryption on (or off) and seeding again replaces a seed written the other
 way, which the application could not read (or would read as ciphertext).
@@ -102,14 +102,16 @@ COPY_SESSIONS = ("COPY chat_sessions (id, chat_id, user_id, title, profile, crea
 COPY_MESSAGES = ("COPY messages (chat_session_id, role, content, created_at, "
                  "sequence_number, token_count) FROM STDIN")
 COPY_MEMORY = "COPY user_memory (user_id, memory_type, key, value) FROM STDIN"
-# With CRYPTO_ENABLED: the plain email and name columns stay NULL, as the DAL leaves them.
+# With CRYPTO_ENABLED: the plain email and name columns stay NULL, as the DAL leaves them,
+# and the data key is in the users row (made with the user, so key_created_at is the
+# user's created_at).
 COPY_SEALED_USERS = ("COPY users (id, clerk_id, email_sealed, name_sealed, email_hmac, "
-                     "preferences, created_at, last_active_at) FROM STDIN")
-COPY_KEYS = "COPY user_keys (user_id, kek_id, wrapped_key) FROM STDIN"
-#: The COPYs in order (a data key after its user, memory after its key is known).
+                     "preferences, created_at, last_active_at, kek_id, wrapped_key, "
+                     "key_created_at) FROM STDIN")
+#: The COPYs in order (memory after its user's key is known).
 PLAIN_LOAD = (("users", COPY_USERS), ("chat_sessions", COPY_SESSIONS),
               ("messages", COPY_MESSAGES), ("user_memory", COPY_MEMORY))
-SEALED_LOAD = (("users", COPY_SEALED_USERS), ("user_keys", COPY_KEYS), *PLAIN_LOAD[1:])
+SEALED_LOAD = (("users", COPY_SEALED_USERS), *PLAIN_LOAD[1:])
 #: The tables every seed loads (and then analyzes).
 TABLES = tuple(table for table, _ in PLAIN_LOAD)
 
@@ -236,7 +238,7 @@ def _plain(rows: dict[str, Iterator[tuple]]) -> dict[str, Iterator[tuple]]:
 
 def _sealed(rows: dict[str, Iterator[tuple]], sealer: Sealer) -> dict[str, Iterator[tuple]]:
     """The COPY rows with the personal fields sealed as the DAL seals them, and each
-    user's new data key for user_keys (CRYPTO_ENABLED on)."""
+    user's new data key in its row (CRYPTO_ENABLED on)."""
     keys: dict[uuid.UUID, DataKey] = {}
 
     def users() -> Iterator[tuple]:
@@ -245,19 +247,14 @@ def _sealed(rows: dict[str, Iterator[tuple]], sealer: Sealer) -> dict[str, Itera
             cols = sealer.user_columns(dk, {"email": email, "name": name,
                                             "preferences": prefs})
             yield (uid, clerk, cols["email_sealed"], cols["name_sealed"], cols["email_hmac"],
-                   json.dumps(cols["preferences"]), *times)
-
-    def user_keys() -> Iterator[tuple]:
-        # Read only after the users' COPY has made every key.
-        for uid, dk in keys.items():
-            yield (uid, dk.kek_id, dk.wrapped)
+                   json.dumps(cols["preferences"]), *times, dk.kek_id, dk.wrapped, times[0])
 
     def memory() -> Iterator[tuple]:
         for uid, memory_type, key, value in rows["user_memory"]:
             yield (uid, memory_type, key,
                    json.dumps(keys[uid].seal_value(memory_type, key, value)))
 
-    return {**rows, "users": users(), "user_keys": user_keys(), "user_memory": memory()}
+    return {**rows, "users": users(), "user_memory": memory()}
 
 
 def _sealer(settings: Settings) -> Sealer | None:

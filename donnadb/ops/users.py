@@ -8,8 +8,8 @@ as the application role in ONE transaction and records itself in system_logs (th
 record holds the user's id and the counts, no personal data) and in the ``erasures``
 ledger (the id and the time). The application role may not delete from system_logs:
 the user's log rows go through ``forget_user_logs()`` (migration 0005), which never
-deletes an erasure record. The user's data key (field encryption, ``user_keys``) goes in
-the same transaction: whatever copy of their sealed values a backup holds, nothing can
+deletes an erasure record. The user's data key (field encryption, kept in the users
+row) goes with the row: whatever copy of their sealed values a backup holds, nothing can
 open it once the key is gone from every database restored from it, which
 :func:`reapply_erasures` sees to for a restored backup.
 """
@@ -49,8 +49,7 @@ FROM chat_sessions WHERE user_id = %(id)s
 """
 # The sealed e-mail and name, with the user's wrapped data key to open them.
 SEALED_FIELDS_SQL = """
-SELECT u.email_sealed, u.name_sealed, k.kek_id, k.wrapped_key
-FROM users AS u LEFT JOIN user_keys AS k ON k.user_id = u.id WHERE u.id = %(id)s
+SELECT email_sealed, name_sealed, kek_id, wrapped_key FROM users WHERE id = %(id)s
 """
 MEMORY_SQL = """
 SELECT memory_type, key, updated_at, expires_at
@@ -83,10 +82,12 @@ DELETE_MEMORY_SQL = "DELETE FROM user_memory WHERE user_id = %(id)s"
 DELETE_LOGS_SQL = "SELECT public.forget_user_logs(%(id)s) AS deleted"
 #: The reserved context key that marks an erasure record (forget_user_logs keeps them).
 ERASURE_KEY = "_donnadb_erasure"
-DELETE_USER_SQL = "DELETE FROM users WHERE id = %(id)s"
-# The user's data key (the FK would cascade; explicit, so the erasure counts it, and this
-# process's key caches refuse the wrapped key from then on).
-DELETE_KEY_SQL = "DELETE FROM user_keys WHERE user_id = %(id)s RETURNING wrapped_key"
+# The user's data key goes with the row; returned, so that the erasure counts it and
+# this process's key caches refuse the wrapped key from then on. A database restored
+# from a backup older than migration 0014 keeps it in a user_keys row (OLD_DELETE_KEY).
+DELETE_USER_SQL = "DELETE FROM users WHERE id = %(id)s RETURNING *"
+OLD_KEY_TABLE_SQL = "SELECT to_regclass('public.user_keys') IS NOT NULL AS old"
+OLD_DELETE_KEY_SQL = "DELETE FROM user_keys WHERE user_id = %(id)s RETURNING wrapped_key"
 RECORD_ERASURE_SQL = """
 INSERT INTO erasures (user_id, erased_at) VALUES (%(id)s, COALESCE(%(at)s, now()))
 ON CONFLICT (user_id) DO NOTHING
@@ -213,8 +214,12 @@ def _erase(cur: psycopg.Cursor, user_id: str, at: Any = None,
     chats = [r["chat_id"] for r in cur.execute(DELETE_SESSIONS_SQL, args).fetchall()]
     cur.execute(DELETE_MEMORY_SQL, args)
     logs = cur.execute(DELETE_LOGS_SQL, args).fetchone()["deleted"]
-    wrapped = [r["wrapped_key"] for r in cur.execute(DELETE_KEY_SQL, args).fetchall()]
-    cur.execute(DELETE_USER_SQL, args)
+    wrapped = []
+    if cur.execute(OLD_KEY_TABLE_SQL).fetchone()["old"]:
+        wrapped = [r["wrapped_key"] for r in cur.execute(OLD_DELETE_KEY_SQL, args)]
+    row = cur.execute(DELETE_USER_SQL, args).fetchone()
+    if row.get("wrapped_key") is not None:
+        wrapped.append(row["wrapped_key"])
     cur.execute(RECORD_ERASURE_SQL, args)
     return {"user_id": user_id, "sessions": len(chats), "messages": totals["messages"],
             "memory": memory, "logs": logs, "data_key": len(wrapped)}, chats, wrapped

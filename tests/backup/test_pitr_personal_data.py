@@ -119,7 +119,7 @@ def test_pitr_to_before_an_erasure_erases_again_in_place_and_says_so_for_a_copy(
     time.sleep(1.1)
     users.forget_user(aimed, alice.id, dbname=dbname)
     _archived(eng)
-    left = f"SELECT count(*) FROM user_keys WHERE user_id = '{alice.id}'"
+    left = f"SELECT count(*) FROM users WHERE id = '{alice.id}' AND wrapped_key IS NOT NULL"
 
     # A copy beside the cluster: left as restored (she is in it), and the command given.
     result, reapplied = erasures.restore_cluster(aimed, eng, pitr.Target.at_time(noted),

@@ -28,10 +28,9 @@ from tests.security.test_field_encryption import Person
 from tests.support import superuser_psql
 
 DONNACTL = str(Path(sys.executable).with_name("donnactl"))
-#: A user's rows in every table that holds them, and their data key.
+#: A user's rows in every table that holds them (their data key is in the users row).
 LEFT_SQL = """
 SELECT (SELECT count(*) FROM users WHERE id = '{id}')
-     + (SELECT count(*) FROM user_keys WHERE user_id = '{id}')
      + (SELECT count(*) FROM user_memory WHERE user_id = '{id}')
      + (SELECT count(*) FROM chat_sessions WHERE user_id = '{id}')
 """

@@ -34,8 +34,8 @@ def _bulk_keys(dbname: str, keys: keyfile.KeySet) -> None:
     superuser_psql("SET ROLE donna_owner;\n"
                    "CREATE TEMP TABLE k (user_id uuid, kek_id text, wrapped_key bytea);\n"
                    f"INSERT INTO k VALUES {', '.join(rows)};\n"
-                   "INSERT INTO users (id, clerk_id) SELECT user_id, user_id::text FROM k;\n"
-                   "INSERT INTO user_keys SELECT * FROM k;", dbname)
+                   "INSERT INTO users (id, clerk_id, kek_id, wrapped_key, key_created_at) "
+                   "SELECT user_id, user_id::text, kek_id, wrapped_key, now() FROM k;", dbname)
 
 
 def _donnactl(*args: str, kek_file: Path, **kwargs) -> subprocess.Popen:
@@ -59,7 +59,7 @@ def test_a_rotation_killed_half_way_finishes_when_run_again(sealed_settings, scr
         run = _donnactl("keys", "rotate", "--batch", "5", "--dbname", scratch_db,
                         kek_file=kek_file)
         deadline = time.monotonic() + 60
-        while superuser_psql(f"SELECT count(*) FROM user_keys WHERE kek_id = '{new}'",
+        while superuser_psql(f"SELECT count(*) FROM users WHERE kek_id = '{new}'",
                              scratch_db) == "0":
             assert run.poll() is None and time.monotonic() < deadline, run.communicate()
             time.sleep(0.01)

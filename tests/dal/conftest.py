@@ -36,9 +36,8 @@ MIXED = {
 }
 STORES = ["file", "postgresql", "postgresql+cache", "postgresql+crypto", "postgresql+crypto+cache",
           "dual-file", "dual-postgresql", *MIXED]
-#: What the test fixtures empty between tests (user_keys: the data keys of field
-#: encryption; erasures: the ledger of `users forget`).
-TABLES = "users, user_keys, erasures, chat_sessions, messages, user_memory, system_logs"
+#: What the test fixtures empty between tests (erasures: the ledger of `users forget`).
+TABLES = "users, erasures, chat_sessions, messages, user_memory, system_logs"
 ENTITIES = ("users", "memory", "chats", "messages", "logs")
 
 

@@ -90,7 +90,7 @@ class ReplicaSet:
 
     def empty(self, settings: Settings) -> None:
         with db.connection("migrator", settings=settings, dbname=self.dbname) as conn:
-            conn.execute("TRUNCATE users, user_keys, erasures, chat_sessions, messages, "
+            conn.execute("TRUNCATE users, erasures, chat_sessions, messages, "
                          "user_memory, system_logs")
         self.wait_replayed()
 

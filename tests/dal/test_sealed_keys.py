@@ -6,6 +6,7 @@ made the same id again with a new key, or re-wrapped every key (`keys rotate`)."
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -70,7 +71,7 @@ def _run(args: list[str], env: dict[str, str]) -> None:
 
 def _wrapped(dbname: str, uid: str) -> bytes:
     return bytes.fromhex(superuser_psql(
-        f"SELECT encode(wrapped_key, 'hex') FROM user_keys WHERE user_id = '{uid}'", dbname))
+        f"SELECT encode(wrapped_key, 'hex') FROM users WHERE id = '{uid}'", dbname))
 
 
 def _user_with_cached_key(dal: PostgresDataAccess) -> str:
@@ -138,8 +139,7 @@ def test_a_write_racing_an_erasure_that_makes_the_id_again_is_not_sealed_under_t
         done: list[object] = []
         with b.transaction():
             b.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (uid,))
-            for table, column in (("user_memory", "user_id"), ("user_keys", "user_id"),
-                                  ("users", "id")):
+            for table, column in (("user_memory", "user_id"), ("users", "id")):
                 b.execute(f"DELETE FROM {table} WHERE {column} = %s", (uid,))
             b.execute("INSERT INTO users (id, clerk_id) VALUES (%s, 'made-again')", (uid,))
             Sealer.save_key(b, Sealer(sealed).new_key(uid))
@@ -224,9 +224,9 @@ def test_a_cached_sealed_write_is_one_statement(settings, pg_db, kek_file, tmp_p
 
 
 def test_a_read_with_the_cached_key_is_the_plain_query(settings, pg_db, kek_file, tmp_path):
-    """A user this process has met is read with one statement that does not join the
-    keys. For one it has not met, a read by id joins the key; by clerk id, one more
-    statement reads it."""
+    """A user this process has met is read with one statement that does not read the
+    wrapped key. For one it has not met, a read by id reads the key too; by clerk id,
+    one more statement reads it."""
     one = crypto_settings(settings, kek_file).model_copy(
         update={"db_max_connections": 1, "pgbouncer_port": None})
     with PostgresDataAccess(one, dbname=pg_db) as dal:
@@ -237,23 +237,27 @@ def test_a_read_with_the_cached_key_is_the_plain_query(settings, pg_db, kek_file
             assert dal.get_user_memory(uid, "context") == {"note": "before"}
 
         def traced(name: str, work) -> tuple[int, str]:
+            """The Syncs sent, and the text of the statements parsed (not the rows'
+            descriptions, which name the columns too)."""
             trace = tmp_path / f"{name}.trace"
-            return sent_messages(dal, trace, work).count("Sync"), trace.read_text()
+            syncs = sent_messages(dal, trace, work).count("Sync")
+            messages = re.split(r"\n(?=\d{4}-\d\d-\d\d )", trace.read_text())
+            return syncs, "\n".join(m for m in messages if "\tF\t" in m and "\tParse\t" in m)
 
         syncs, text = traced("warm", reads)
-        assert syncs == 2 and "user_keys" not in text
+        assert syncs == 2 and "Parse" in text and "kek_id" not in text
 
         for cold in (reads, lambda: dal.get_user_memory(uid, "context")):
             dal._sealer.drop_key(dal._sealer.cached_key(uid))
             syncs, text = traced("cold", cold)
-            assert text.count("user_keys") == 1  # joined by the first read only
+            assert text.count("kek_id") == 1  # read by the first read only
             assert syncs == (2 if cold is reads else 1)
 
         dal._sealer.drop_key(dal._sealer.cached_key(uid))
         syncs, text = traced("clerk", lambda: dal.get_user_by_clerk_id("kc"))
-        assert syncs == 2 and text.count("FROM user_keys") == 1
+        assert syncs == 2 and text.count("kek_id") == 1
         syncs, text = traced("clerk-warm", lambda: dal.get_user_by_clerk_id("kc"))
-        assert syncs == 1 and "user_keys" not in text
+        assert syncs == 1 and "kek_id" not in text
 
 
 def test_a_read_with_the_cached_key_unwraps_nothing(settings, pg_db, kek_file, monkeypatch):
@@ -287,8 +291,8 @@ def test_forget_in_this_process_drops_the_key_and_a_late_read_does_not_bring_it_
 @pytest.mark.parametrize("route", ["pgbouncer", "direct"])
 def test_a_new_user_and_its_key_are_written_together_or_not_at_all(settings, pg_db, kek_file,
                                                                    route):
-    """Through PgBouncer the sealed insert is a function (0013), direct a CTE: either way
-    the users row and its data key, and a taken clerk id leaves neither."""
+    """Through PgBouncer the sealed insert is a function (0013), direct one statement:
+    either way the users row with its data key, and a taken clerk id leaves neither."""
     sealed = crypto_settings(settings, kek_file)
     if route == "direct":
         sealed = sealed.model_copy(update={"pgbouncer_port": None})
@@ -300,8 +304,9 @@ def test_a_new_user_and_its_key_are_written_together_or_not_at_all(settings, pg_
             dal.create_user({"clerk_id": f"new-{route}", "name": "Other"})
     row = superuser_psql(
         "SELECT u.email IS NULL AND u.name IS NULL AND u.email_sealed IS NOT NULL, "
-        "u.status, (SELECT count(*) FROM user_keys k WHERE k.user_id = u.id), "
-        f"(SELECT count(*) FROM user_keys) FROM users u WHERE u.clerk_id = 'new-{route}'",
+        "u.status, (u.wrapped_key IS NOT NULL)::int, "
+        "(SELECT count(*) FROM users WHERE wrapped_key IS NOT NULL) "
+        f"FROM users u WHERE u.clerk_id = 'new-{route}'",
         pg_db)
     assert row.split("|") == ["t", "trial", "1", "1"]
     with PostgresDataAccess(sealed, dbname=pg_db) as reader:

@@ -24,7 +24,8 @@ from tests.legacy.conftest import DONNACTL
 #: is not sealed, so the same grep must find it).
 MARK = {"email": "zqsealed.ann@example.org", "name": "zqAnnSealed", "city": "zqLisbonSealed",
         "theme": "zqDarkSealed", "note": "zqNoteSealed", "said": "zqSaidInClear"}
-COUNT_ALL = """SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM user_keys),
+COUNT_ALL = """SELECT (SELECT count(*) FROM users),
+                      (SELECT count(*) FROM users WHERE wrapped_key IS NOT NULL),
                       (SELECT count(*) FROM user_memory), (SELECT count(*) FROM messages)"""
 
 
@@ -117,7 +118,7 @@ def test_a_sealed_import_stores_no_personal_plaintext_and_reads_back(
         # One data key per user with a memory file; users known only from chats are bare.
         assert conn.execute(
             "SELECT count(*) FROM users u WHERE (email_sealed IS NOT NULL OR profile <> '{}') "
-            "AND NOT EXISTS (SELECT 1 FROM user_keys k WHERE k.user_id = u.id)"
+            "AND wrapped_key IS NULL"
         ).fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM users WHERE email IS NOT NULL OR "
                             "name IS NOT NULL").fetchone()[0] == 0
@@ -199,7 +200,7 @@ def test_a_user_the_app_wrote_first_keeps_its_data_key(
     with PostgresDataAccess(sealed_settings, dbname=scratch_db) as dal:
         uid = dal.create_user({"clerk_id": clerk, "email": "app@example.org", "name": "App"})
         dal.set_user_memory(uid, "context", "pet", "dog (the app's)")
-    key_sql = "SELECT kek_id, wrapped_key FROM user_keys WHERE user_id = %s"
+    key_sql = "SELECT kek_id, wrapped_key FROM users WHERE id = %s"
     with db.connect("migrator", settings=settings, dbname=scratch_db) as conn:
         key = conn.execute(key_sql, (uid,)).fetchone()
     summary = _import(kek_file, root, scratch_db, tmp_path / "r")
@@ -247,9 +248,10 @@ def test_values_whose_data_key_is_gone_are_reported_never_exported(
     _import(kek_file, root, scratch_db, tmp_path / "r")
     with db.connect("migrator", settings=settings, dbname=scratch_db) as conn:
         # As in a database restored from before `users forget`: the rows, not the key.
-        uid = conn.execute("DELETE FROM user_keys WHERE user_id = (SELECT id FROM users "
+        uid = conn.execute("UPDATE users SET kek_id = NULL, wrapped_key = NULL, "
+                           "key_created_at = NULL WHERE id = (SELECT id FROM users "
                            "WHERE email_hmac IS NOT NULL ORDER BY id LIMIT 1) "
-                           "RETURNING user_id::text").fetchone()[0]
+                           "RETURNING id::text").fetchone()[0]
     out = tmp_path / "exported"
     done = _cli(kek_file, "migrate-data", "export", "--out", str(out), "--dbname", scratch_db)
     assert done.returncode == 6, done.stdout + done.stderr
@@ -292,12 +294,14 @@ def test_kill_9_in_the_users_phase_then_rerun_completes_sealed(
     deadline = time.monotonic() + 120
     with db.connect("migrator", settings=settings, dbname=scratch_db, autocommit=True) as conn:
         while stored < 60 and time.monotonic() < deadline:
-            stored = conn.execute("SELECT count(*) FROM user_keys").fetchone()[0]
+            stored = conn.execute("SELECT count(*) FROM users "
+                                  "WHERE wrapped_key IS NOT NULL").fetchone()[0]
             time.sleep(0.005)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         users, keys = conn.execute("SELECT (SELECT count(*) FROM users), "
-                                   "(SELECT count(*) FROM user_keys)").fetchone()
+                                   "(SELECT count(*) FROM users "
+                                   "WHERE wrapped_key IS NOT NULL)").fetchone()
     assert 0 < keys == users < total, "the kill must land in the users phase"
 
     _import(kek_file, root, scratch_db, tmp_path / "r")

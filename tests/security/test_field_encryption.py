@@ -89,6 +89,8 @@ def test_a_dump_read_without_the_key_file_holds_no_personal_plaintext(
     assert "carol@x.org" in dump
 
 
+#: 1 while the user has a data key (kept in the users row), else 0.
+KEYS_OF = "SELECT count(*) FROM users WHERE id = '{id}' AND wrapped_key IS NOT NULL"
 SWAPS = {
     "another user's e-mail": (
         "UPDATE users AS u SET email_sealed = o.email_sealed FROM users AS o "
@@ -107,8 +109,8 @@ SWAPS = {
         "UPDATE users AS u SET profile = o.profile FROM users AS o "
         "WHERE u.id = %(a)s AND o.id = %(b)s", "the profile value 'city' of user {a}"),
     "another user's wrapped data key": (
-        "UPDATE user_keys AS k SET wrapped_key = o.wrapped_key FROM user_keys AS o "
-        "WHERE k.user_id = %(a)s AND o.user_id = %(b)s", "the data key of user {a}"),
+        "UPDATE users AS u SET wrapped_key = o.wrapped_key FROM users AS o "
+        "WHERE u.id = %(a)s AND o.id = %(b)s", "the data key of user {a}"),
     "a plain value in a sealed column": (
         "UPDATE user_memory SET value = '\"planted\"' WHERE user_id = %(a)s AND key = 'note'",
         "the context value 'note' of user {a} is not sealed"),
@@ -164,21 +166,18 @@ def test_a_backup_from_before_an_erasure_does_not_bring_the_user_back(
     backup = snapshot.create_backup(bs, dbname=scratch_db)
     erased = users.forget_user(sealed_settings, alice.id, dbname=scratch_db)
     assert erased["data_key"] == 1 and erased["memory"] == 4
-    assert superuser_psql(f"SELECT count(*) FROM user_keys WHERE user_id = '{alice.id}'",
-                          scratch_db) == "0"
+    assert superuser_psql(KEYS_OF.format(id=alice.id), scratch_db) == "0"
     assert superuser_psql("SELECT user_id FROM erasures", scratch_db) == alice.id
 
     # The backup holds Alice's wrapped key: without the ledger she comes back ...
     restore.restore_backup(bs, backup, target_name, apply_erasures=False)
-    assert superuser_psql(f"SELECT count(*) FROM user_keys WHERE user_id = '{alice.id}'",
-                          target_name) == "1"
+    assert superuser_psql(KEYS_OF.format(id=alice.id), target_name) == "1"
     # ... and the ledger of the database she was forgotten in erases her again.
     result = users.reapply_erasures(settings, ledger_db=scratch_db, dbname=target_name)
     assert result == {"ledger": 1, "erased_again": [alice.id]}
     assert users.reapply_erasures(settings, ledger_db=scratch_db,
                                   dbname=target_name)["erased_again"] == []
-    assert superuser_psql(f"SELECT count(*) FROM user_keys WHERE user_id = '{alice.id}'",
-                          target_name) == "0"
+    assert superuser_psql(KEYS_OF.format(id=alice.id), target_name) == "0"
     record = superuser_psql("SELECT context::text FROM system_logs WHERE message = "
                             "'user erased again (restored backup)'", target_name)
     assert json.loads(record)["user_id"] == alice.id and alice.email not in record
@@ -191,10 +190,10 @@ def test_a_backup_from_before_an_erasure_does_not_bring_the_user_back(
         with pytest.raises(DecryptError, match="no data key: it was erased"):
             dal.get_user_by_id(alice.id)
         bob_key = superuser_psql(f"SELECT kek_id || ' ' || encode(wrapped_key, 'hex') FROM "
-                                 f"user_keys WHERE user_id = '{bob.id}'", target_name)
-        superuser_psql(f"INSERT INTO user_keys (user_id, kek_id, wrapped_key) VALUES "
-                       f"('{alice.id}', '{bob_key.split()[0]}', "
-                       f"decode('{bob_key.split()[1]}', 'hex'))", target_name)
+                                 f"users WHERE id = '{bob.id}'", target_name)
+        superuser_psql(f"UPDATE users SET kek_id = '{bob_key.split()[0]}', wrapped_key = "
+                       f"decode('{bob_key.split()[1]}', 'hex'), key_created_at = now() "
+                       f"WHERE id = '{alice.id}'", target_name)
         with pytest.raises(DecryptError, match=f"the data key of user {alice.id}"):
             dal.get_user_by_id(alice.id)
         # Everyone else restored reads as before.
