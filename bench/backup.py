@@ -52,7 +52,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import boto3
-from backup_compression import seeded_database
+from backup_compression import dir_size, seeded_database
 from cpushare import with_busy_cpu
 from report import header, interleaved, ratios, save_raw, span
 from scratch import busy_if_turned_away
@@ -105,10 +105,6 @@ def random_file(path: Path, mib: int) -> Path:
     return path
 
 
-def tree_bytes(root: Path) -> int:
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=3_000_000)
@@ -147,7 +143,7 @@ def main() -> None:
                 shutil.rmtree(as_typed, ignore_errors=True)
                 pgtools.run([pg_dump, "-Fd", f"-j{args.jobs}", f"-f{as_typed}"],
                             dump_env, "pg_dump")
-                typed_bytes.append(tree_bytes(as_typed))
+                typed_bytes.append(dir_size(as_typed))
 
             def plain_dump():
                 shutil.rmtree(plain, ignore_errors=True)
@@ -177,7 +173,7 @@ def main() -> None:
 
             def ours_dump():
                 made.append(snapshot.create_backup(settings, dbname=name))
-                ours_bytes.append(tree_bytes(made[-1].path))
+                ours_bytes.append(dir_size(made[-1].path))
 
             def backup_files() -> list[Path]:
                 """Every file of the backup ours made last (dump, SHA256SUMS, manifest)."""

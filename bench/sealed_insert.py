@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -182,9 +183,7 @@ def main() -> None:
               f"{span(ratios(client['sealed'], client['plain']), '{:.2f}')}")
     finally:
         drop_database(dbname)
-        for path in work.iterdir():
-            path.unlink()
-        work.rmdir()
+        shutil.rmtree(work)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from donnadb import db
@@ -51,17 +53,27 @@ def make_pg(settings, dbname, **kwargs) -> PostgresDataAccess:
     return PostgresDataAccess(settings, dbname=dbname, **kwargs)
 
 
-def sent_messages(dal: PostgresDataAccess, trace_file, work) -> list[str]:
-    """The protocol messages ("Parse", "Sync", "Query", ...) the client sent while
-    ``work()`` ran, from a libpq trace of the pool's connection (give the DAL one)."""
+#: Where a libpq trace's next message starts (a statement's text may span lines).
+TRACE_MESSAGE = re.compile(r"\n(?=\d{4}-\d\d-\d\d )")
+
+
+def traced_messages(dal: PostgresDataAccess, trace_file, work) -> list[tuple[str, str]]:
+    """(type, whole text) of each protocol message ("Parse", "Sync", "Query", ...) the
+    client sent while ``work()`` ran, from a libpq trace of the pool's connection (give
+    the DAL one)."""
     with trace_file.open("w") as out:
         with dal._pool.connection() as conn:
             conn.pgconn.trace(out.fileno())
         work()
         with dal._pool.connection() as conn:
             conn.pgconn.untrace()
-    return [line.split("\t")[3] for line in trace_file.read_text().splitlines()
-            if line.split("\t")[1:2] == ["F"]]
+    fields = [(m.split("\t"), m) for m in TRACE_MESSAGE.split(trace_file.read_text())]
+    return [(f[3], m) for f, m in fields if f[1:2] == ["F"]]
+
+
+def sent_messages(dal: PostgresDataAccess, trace_file, work) -> list[str]:
+    """The types of :func:`traced_messages`."""
+    return [kind for kind, _ in traced_messages(dal, trace_file, work)]
 
 
 @pytest.fixture(scope="session")

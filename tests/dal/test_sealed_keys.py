@@ -6,7 +6,6 @@ made the same id again with a new key, or re-wrapped every key (`keys rotate`)."
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -19,7 +18,7 @@ from donnadb.crypto import keyfile
 from donnadb.dal import ConflictError, PostgresDataAccess
 from donnadb.dal.sealed import Sealer
 from donnadb.ops import users
-from tests.dal.conftest import sent_messages
+from tests.dal.conftest import sent_messages, traced_messages
 from tests.support import crypto_settings, superuser_psql
 
 DONNACTL = str(Path(sys.executable).parent / "donnactl")
@@ -239,10 +238,9 @@ def test_a_read_with_the_cached_key_is_the_plain_query(settings, pg_db, kek_file
         def traced(name: str, work) -> tuple[int, str]:
             """The Syncs sent, and the text of the statements parsed (not the rows'
             descriptions, which name the columns too)."""
-            trace = tmp_path / f"{name}.trace"
-            syncs = sent_messages(dal, trace, work).count("Sync")
-            messages = re.split(r"\n(?=\d{4}-\d\d-\d\d )", trace.read_text())
-            return syncs, "\n".join(m for m in messages if "\tF\t" in m and "\tParse\t" in m)
+            sent = traced_messages(dal, tmp_path / f"{name}.trace", work)
+            return ([kind for kind, _ in sent].count("Sync"),
+                    "\n".join(text for kind, text in sent if kind == "Parse"))
 
         syncs, text = traced("warm", reads)
         assert syncs == 2 and "Parse" in text and "kek_id" not in text
