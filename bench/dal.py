@@ -52,6 +52,15 @@ for the goal: a p95 ratio of at most 1.2 for every one of them at every thread c
 in every round. The exit status is 1 when
 either verdict fails.
 
+``--interleave calls`` runs the sides of each operation at once instead of one after
+the other: the threads' calls alternate between the sides (call ``i`` to side ``i mod
+sides``), each side still gets ``--calls`` calls, and the offered rate is the same per
+thread (so each side gets its share of it). Every side then meets the same moments of
+the machine; run one after the other, a burst of noise lands on one side's block
+only. The two designs answer different questions under load: ``blocks`` measures each
+side as the only load on the machine (the sealed side's extra CPU queues its own
+calls), ``calls`` measures the two sides' calls under the same mixed load.
+
 ``--read-from replicas`` reads from a streaming hot standby (``DB_READ_FROM=replicas``,
 ``DB_READ_PORT`` its port): after loading the data it makes a throwaway standby of the
 deployed cluster (bench/scratch.py: pg_basebackup of the whole cluster) on
@@ -200,13 +209,24 @@ def measure(fn: Callable[[int], object], calls: int, threads: int,
     store that falls behind shows it (no coordinated omission). 0: closed loop, each
     thread calls again as soon as its call returns (saturation: latency is queueing).
     """
+    return measure_paired([fn], calls, threads, interval_ms)[0]
+
+
+def measure_paired(fns: list[Callable[[int], object]], calls: int, threads: int,
+                   interval_ms: float = 0.0) -> list[list[float]]:
+    """:func:`measure` of several sides' ``fns`` at once, call by call: call number
+    ``i`` goes to side ``i % len(fns)`` (one thread alternates the sides; several
+    threads call each side about as often), and each side's latencies come back
+    apart. Every side meets the same moment of the machine, where run one after the
+    other each would meet its own."""
+    n = len(fns)
     counter = itertools.count()
     lock = threading.Lock()
     per_thread = [calls // threads + (1 if t < calls % threads else 0) for t in range(threads)]
     start = threading.Barrier(threads)
     step = interval_ms * 1e6
 
-    def worker(t: int) -> list[float]:
+    def worker(t: int) -> list[tuple[int, float]]:
         out = []
         start.wait()
         due = time.perf_counter_ns() + step * t / threads
@@ -218,13 +238,14 @@ def measure(fn: Callable[[int], object], calls: int, threads: int,
             with lock:
                 i = next(counter)
             begin = due if step else time.perf_counter_ns()
-            fn(i)
-            out.append((time.perf_counter_ns() - begin) / 1e6)
+            fns[i % n](i // n)
+            out.append((i % n, (time.perf_counter_ns() - begin) / 1e6))
             due += step
         return out
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        return [x for part in pool.map(worker, range(threads)) for x in part]
+        done = [x for part in pool.map(worker, range(threads)) for x in part]
+    return [[lat for side, lat in done if side == k] for k in range(n)]
 
 
 def load_dataset(settings, dbname: str, messages: int, root: Path) -> dict:
@@ -263,6 +284,10 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=3,
                     help="repeat every thread count and operation this many times, "
                          "interleaved; ranges are min-max over the rounds")
+    ap.add_argument("--interleave", choices=("blocks", "calls"), default="blocks",
+                    help="with several sides: blocks runs each operation's calls on one "
+                         "side, then on the next; calls alternates the sides call by call, "
+                         "in the same threads (each side still makes --calls calls)")
     ap.add_argument("--modes", default=BASELINE,
                     help="storage modes side by side, any of file,dual,postgresql "
                          "(default postgresql); every mode runs each operation once per "
@@ -340,10 +365,8 @@ def run_rounds(args, stores: dict, shares: dict, interval: float) -> tuple[list,
                 for op in ("get_chat_history", "get_user_by_id"):
                     measure(works[name][op], max(200, threads * 20), threads)
             for op in works[next(iter(works))]:
-                for name in rotated(tuple(stores), r):
-                    began = time.perf_counter()
-                    lat = measure(works[name][op], args.calls, threads, interval)
-                    rate = len(lat) / (time.perf_counter() - began)
+                for name, lat, rate in timed_sides(works, op, rotated(tuple(stores), r),
+                                                   args, threads, interval):
                     row = {"round": r, "operation": op, "threads": threads,
                            "calls": len(lat), "calls_per_s": round(rate),
                            "p50_ms": round(statistics.median(lat), 2),
@@ -362,6 +385,24 @@ def run_rounds(args, stores: dict, shares: dict, interval: float) -> tuple[list,
             reads = now_hits - hits + now_misses - misses
             hit_ratios[name].append((now_hits - hits) / reads if reads else 0.0)
     return results, hit_ratios
+
+
+def timed_sides(works: dict, op: str, order: tuple[str, ...], args, threads: int,
+                interval: float):
+    """(side, latencies, calls/s) of ``op`` on every side: one side after the other in
+    ``order``, or with ``--interleave calls`` all at once, call by call."""
+    if args.interleave == "calls":
+        began = time.perf_counter()
+        lats = measure_paired([works[name][op] for name in order], args.calls * len(order),
+                              threads, interval)
+        took = time.perf_counter() - began
+        return [(name, lat, len(lat) / took) for name, lat in zip(order, lats, strict=True)]
+    out = []
+    for name in order:
+        began = time.perf_counter()
+        lat = measure(works[name][op], args.calls, threads, interval)
+        out.append((name, lat, len(lat) / (time.perf_counter() - began)))
+    return out
 
 
 def main() -> None:
@@ -438,6 +479,8 @@ def main() -> None:
     # The verdict takes each thread count's worst round.
     ok = all(max(v["p95_ms"]) < HISTORY_P95_LIMIT_MS for v in history.values())
     mode = "closed loop" if not interval else f"one call per thread every {interval:g} ms"
+    if args.interleave == "calls" and len(args.sides) > 1:
+        mode += ", the sides' calls interleaved"
     if args.read_from == "replicas":
         mode += ", reads from a hot standby"
     verdict = {"history_p95_ms": {t: [min(v["p95_ms"]), max(v["p95_ms"])]

@@ -129,7 +129,7 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         self._user_by_id_sql = q.SELECT_USER_BY_ID if self._sealer is None \
             else q.SELECT_SEALED_USER_BY_ID
         self._user_by_clerk_sql = q.SELECT_USER_BY_CLERK_ID if self._sealer is None \
-            else q.SELECT_SEALED_USER_BY_CLERK_ID
+            else q.SELECT_KEYED_USER_BY_CLERK_ID
         self.via_pgbouncer = s.pgbouncer_port is not None
         kwargs: dict[str, Any] = {"autocommit": True, "row_factory": dict_row,
                                   "context": dal_adapters()}

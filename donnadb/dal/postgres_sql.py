@@ -105,14 +105,16 @@ DELETE FROM user_memory AS m
 # Sealed, a row carries its sealed columns; the user's data key comes from the keys the
 # process holds. The KEYED reads, for a user it has not met yet, also read the wrapped
 # key, kept in the users row (hex in the memory reads: the cache keeps text, not
-# bytes); a user read by clerk id, or all of a user's memory, costs one more query then
-# (SELECT_USER_KEY). A user's id is chosen by the DAL before the insert, as every
-# sealed value is bound to it.
+# bytes). A user read by clerk id always reads it: the process cannot know before the
+# read whether it holds that user's key, and the key's 77 bytes cost less than a second
+# query. All of a user's memory costs one more query then (SELECT_USER_KEY). A user's
+# id is chosen by the DAL before the insert, as every sealed value is bound to it.
 SEALED_USER_SELECT = f"SELECT {USER_COLUMNS}, email_sealed, name_sealed FROM users"
+KEYED_USER_SELECT = (f"SELECT {USER_COLUMNS}, email_sealed, name_sealed, kek_id, "
+                     "wrapped_key FROM users")
 SELECT_SEALED_USER_BY_ID = SEALED_USER_SELECT + " WHERE id = %s"
-SELECT_SEALED_USER_BY_CLERK_ID = SEALED_USER_SELECT + " WHERE clerk_id = %s"
-SELECT_KEYED_USER_BY_ID = (f"SELECT {USER_COLUMNS}, email_sealed, name_sealed, kek_id, "
-                           "wrapped_key FROM users WHERE id = %s")
+SELECT_KEYED_USER_BY_ID = KEYED_USER_SELECT + " WHERE id = %s"
+SELECT_KEYED_USER_BY_CLERK_ID = KEYED_USER_SELECT + " WHERE clerk_id = %s"
 SELECT_USER_KEY = "SELECT kek_id, wrapped_key FROM users WHERE id = %s"
 
 # The new user, its data key in its row (0014).

@@ -14,12 +14,12 @@ A value of a profile or preferences key is sealed for its user_memory row's plac
 (user, memory type, key): the users column and the row are one value kept twice, and
 the SQL that keeps them in step copies it without reading it.
 
-A sealed read of a user this process has met is the plain store's query: the data key
-comes from the keys it holds (donnadb/crypto/keycache.py). For a user not met yet the
-query joins the wrapped key, or the key is read by one more query
-(:meth:`Sealer.opened`). A cached answer holds ciphertext (and perhaps the wrapped key),
-never a plaintext. Imported only when CRYPTO_ENABLED (the ``cryptography`` library is not in
-the base package yet).
+A sealed read by id of a user this process has met is the plain store's query: the
+data key comes from the keys it holds (donnadb/crypto/keycache.py). A user read by id
+not met yet, or read by clerk id, comes with the wrapped key in its row; a memory read
+of a user not met yet reads the key by one more query (:meth:`Sealer.opened`). A cached
+answer holds ciphertext (and perhaps the wrapped key), never a plaintext. Imported only
+when CRYPTO_ENABLED (the ``cryptography`` library is not in the base package yet).
 """
 
 from __future__ import annotations

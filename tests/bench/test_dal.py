@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -71,13 +72,34 @@ def test_three_modes_and_the_cache_side_by_side():
     assert re.search(r"^(PASS|FAIL): get_chat_history \(latest 20\) \(postgresql\)", out, re.M)
 
 
-def test_field_encryption_beside_the_plain_store():
+def test_sides_interleaved_call_by_call(bench_script):
+    """One thread alternates the sides, each side's call numbers run 0, 1, 2, ... (what
+    its writes are keyed by), and each latency is counted for the side that made it."""
+    dal = bench_script("dal")
+    made: list[tuple[str, int]] = []
+
+    def side(name: str, pause: float):
+        return lambda i: (made.append((name, i)), time.sleep(pause))
+
+    fast, slow = dal.measure_paired([side("a", 0), side("b", 0.02)], 6, 1)
+    assert made == [("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2), ("b", 2)]
+    assert len(fast) == len(slow) == 3
+    assert max(fast) < 15 <= min(slow), (fast, slow)
+    made.clear()
+    parts = dal.measure_paired([side("a", 0), side("b", 0)], 40, 4, 1.0)
+    assert [len(p) for p in parts] == [20, 20]
+    assert sorted(i for name, i in made if name == "b") == list(range(20))
+
+
+@pytest.mark.parametrize("interleave", ["blocks", "calls"])
+def test_field_encryption_beside_the_plain_store(interleave):
     """One round, a few calls: the encrypted side's rows, its ratio to the plain side
     per memory and profile operation, and the goal's verdict are printed."""
     env = {**os.environ, "PYTHONPATH": str(BENCH.parent)}
     run = subprocess.run(
         [sys.executable, str(BENCH / "dal.py"), "--messages", "400", "--calls", "2",
-         "--threads", "1", "--rounds", "1", "--closed-loop", "--crypto", "both"],
+         "--threads", "1", "--rounds", "1", "--closed-loop", "--crypto", "both",
+         "--interleave", interleave],
         capture_output=True, text=True, env=env, timeout=60, check=False)
     out = run.stdout
     assert run.returncode in (0, 1), run.stderr[-3000:]  # 1: a verdict failed
