@@ -18,8 +18,8 @@ once per round for ``--rounds`` interleaved rounds:
 - S3 baseline: boto3's ``upload_file`` with its default settings, file by file, of the
   bytes of the backup ours just made; ours: ``S3Store.upload_backup`` of that backup
   (each file re-hashed against the manifest first, our TransferConfig: parts of
-  ``BACKUP_S3_MIN_PART_SIZE`` or more, ``BACKUP_S3_CONCURRENCY`` at a time, a SHA-256
-  per part). Every upload goes to keys of its own (the backup id is new each round);
+  ``BACKUP_S3_MIN_PART_SIZE`` or more, ``BACKUP_S3_CONCURRENCY`` at a time, a CRC32
+  per request). Every upload goes to keys of its own (the backup id is new each round);
 - the same two uploads of one file of ``--big-file-mib`` random bytes (default 256 MiB),
   where both go up in parts (boto3's default: 8 MiB parts, 10 at a time).
 

@@ -6,8 +6,8 @@ whose upload was interrupted has no manifest there and is never taken for whole.
 Files go through boto3's transfer manager, the dump's side by side: a file is checked
 against the manifest (size, sha256) before it is sent, large ones go up in parallel multipart
 uploads whose part size grows with the file (S3 allows 5 MiB..5 GiB parts and at
-most 10,000 of them), every part carries its own SHA-256 which S3 checks, and a
-failure aborts the multipart upload so no invisible, billed fragments stay behind
+most 10,000 of them), every request (a small file, or a part) carries a CRC32 which S3
+checks, and a failure aborts the multipart upload so no invisible, billed fragments stay behind
 (``backup check`` lists any a killed process left). Downloads are parallel ranged
 reads into new files, each checked against the manifest before the backup becomes
 visible in the local repository.
@@ -38,6 +38,13 @@ from donnadb.config import MIB, Settings
 from donnadb.errors import ConfigError, DiskWriteError, UsageError
 
 log = logging.getLogger(__name__)
+
+#: The checksum each upload request (a file, or a part of one) carries, which S3 checks
+#: on arrival. It guards the transfer only (what the file must be is the manifest's
+#: sha256, compared before the send and after a download), so the cheap CRC32 does:
+#: boto3's own default. A SHA-256 per request cost this host and the server one more
+#: hash of every byte.
+UPLOAD_CHECKSUM = "CRC32"
 
 #: S3's own limits for multipart uploads.
 S3_MIN_PART = 5 * MIB
@@ -189,8 +196,8 @@ class S3Store:
                      progress: Progress | None = None) -> None:
         """Upload ``(path, key, entry)`` files side by side through boto3's transfer
         manager: ``BACKUP_S3_CONCURRENCY`` requests at a time across all of them (small
-        files no longer wait for each other), large files in parallel parts, each part
-        with a SHA-256 that S3 checks; a failed multipart upload is aborted by the
+        files no longer wait for each other), large files in parallel parts, each
+        request with a CRC32 that S3 checks; a failed multipart upload is aborted by the
         manager itself, and a failure cancels what is still queued.
 
         Each file is checked against its entry (size and sha256) while the ones before
@@ -218,7 +225,7 @@ class S3Store:
                     if part not in managers:
                         managers[part] = stack.enter_context(create_transfer_manager(
                             self.client, self._transfer_config(entry.size)))
-                    extra = {"ChecksumAlgorithm": "SHA256",
+                    extra = {"ChecksumAlgorithm": UPLOAD_CHECKSUM,
                              "Metadata": {"sha256": entry.sha256}, **self._put_args()}
                     queued.append((key, managers[part].upload(
                         str(path), self.bucket, key, extra_args=extra,

@@ -86,15 +86,18 @@ def test_backup_round_trip_through_s3(settings, s3_bs, source_db, tmp_path, targ
 
 
 def test_multipart_upload_with_part_checksums(s3_bs, tmp_path):
+    """The big file goes up in parts, each with a CRC32 for S3 to check."""
     backup = _big_file_backup(tmp_path / "repo2", s3_bs)
     store = S3Store(s3_bs)
     store.upload_backup(backup)
+    entries = {e.path: e for e in backup.manifest.files}
     key = store.key(backup.backup_id, "dump/big.dat")
-    head = store.client.head_object(Bucket=BUCKET, Key=key)
+    head = store.client.head_object(Bucket=BUCKET, Key=key, ChecksumMode="ENABLED")
     assert head["ETag"].strip('"').endswith("-3")  # S3's multipart ETag: md5-of-md5s-N
-    assert head["Metadata"]["sha256"] == backup.manifest.files[0].sha256
+    assert head["ChecksumCRC32"], head  # of the parts' CRC32s
+    assert head["Metadata"]["sha256"] == entries["dump/big.dat"].sha256
     body = store.client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
-    assert hashlib.sha256(body).hexdigest() == backup.manifest.files[0].sha256
+    assert hashlib.sha256(body).hexdigest() == entries["dump/big.dat"].sha256
     assert store.unfinished_uploads() == []
 
 
