@@ -7,8 +7,8 @@ Files go through boto3's transfer manager, the dump's side by side: a file is ch
 against the manifest (size, sha256) before it is sent, large ones go up in parallel multipart
 uploads whose part size grows with the file (S3 allows 5 MiB..5 GiB parts and at
 most 10,000 of them), every request (a small file, or a part) carries a CRC32 which S3
-checks, and a failure aborts the multipart upload so no invisible, billed fragments stay behind
-(``backup check`` lists any a killed process left). Downloads are parallel ranged
+checks, and a failure aborts the multipart upload so no invisible, billed fragments
+stay behind (``backup check`` lists any a killed process left). Downloads are parallel ranged
 reads into new files, each checked against the manifest before the backup becomes
 visible in the local repository.
 

@@ -109,9 +109,9 @@ DELETE FROM user_memory AS m
 # read whether it holds that user's key, and the key's 77 bytes cost less than a second
 # query. All of a user's memory costs one more query then (SELECT_USER_KEY). A user's
 # id is chosen by the DAL before the insert, as every sealed value is bound to it.
-SEALED_USER_SELECT = f"SELECT {USER_COLUMNS}, email_sealed, name_sealed FROM users"
-KEYED_USER_SELECT = (f"SELECT {USER_COLUMNS}, email_sealed, name_sealed, kek_id, "
-                     "wrapped_key FROM users")
+SEALED_USER_COLUMNS = f"{USER_COLUMNS}, email_sealed, name_sealed"
+SEALED_USER_SELECT = f"SELECT {SEALED_USER_COLUMNS} FROM users"
+KEYED_USER_SELECT = f"SELECT {SEALED_USER_COLUMNS}, kek_id, wrapped_key FROM users"
 SELECT_SEALED_USER_BY_ID = SEALED_USER_SELECT + " WHERE id = %s"
 SELECT_KEYED_USER_BY_ID = KEYED_USER_SELECT + " WHERE id = %s"
 SELECT_KEYED_USER_BY_CLERK_ID = KEYED_USER_SELECT + " WHERE clerk_id = %s"
