@@ -25,12 +25,19 @@ get CACHE_ENABLED and CACHE_URL), in an order rotated each round, and reports fo
 side the server's CPU milliseconds per request (its share of the cores over req/s),
 Redis's CPU share, and Redis's keyspace hit ratio (version and value lookups together).
 ``--user-class ReaderUser`` runs the read-heavy mix (donnadb/loadtest/locustfile.py).
+
+The CPU figures are those of the steady window: from ``--warmup`` seconds after every
+user runs (default 0) to the last second before they stop, sampled every half second;
+the requests in it come from Locust's per-second history. Each step runs ``--warmup``
+seconds longer; its latencies and req/s stay Locust's own, from the end of the ramp-up.
+A warm-up lets a cache (the DAL's, PostgreSQL's) fill before the CPU is counted.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import os
 import sys
 import tempfile
@@ -38,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
-from cpushare import Shares, planning_tracked
+from cpushare import Sampler, Shares, planning_tracked
 from dalsides import throwaway_redis
 from report import header, rotated, span
 
@@ -48,6 +55,9 @@ from donnadb.loadtest.slo import AGGREGATED
 
 #: Statements printed per step: those with the most planning + execution time.
 STATEMENTS = 5
+#: Seconds after all users run before the window opens (Locust resets its statistics
+#: then: the latencies reported start there too).
+RESET_MARGIN = 2
 
 
 @dataclass
@@ -65,16 +75,16 @@ class Step:
     statements: list[dict]
     #: Redis keyspace hits / lookups during the step (None without the cache).
     hit_ratio: float | None = None
-
-    @property
-    def server_ms(self) -> float | None:
-        return self.shares.ms_per_request(self.shares.server, self.rps)
+    #: The server's CPU milliseconds per request in the steady window (None: no window).
+    server_ms: float | None = None
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", default="100,250,500,1000,2000")
     parser.add_argument("--seconds", type=int, default=60, help="steady time per step")
+    parser.add_argument("--warmup", type=int, default=0,
+                        help="seconds each step runs at full load before its CPU is counted")
     parser.add_argument("--processes", type=int, default=2, help="Locust processes")
     parser.add_argument("--pool-size", type=int, default=100,
                         help="client connections per Locust process")
@@ -116,9 +126,10 @@ def _print_table(args, steps: list[int], sides: list[str],
                  runs: dict[tuple[int, str], list[Step]]) -> None:
     base_users = steps[0]
     print(f"\ncapacity (p95 < {args.p95_ms:g} ms, no failures), {args.user_class} mix, "
-          f"{args.processes} Locust process(es), {args.seconds} s steady per step; "
-          f"min-max over {args.rounds} rounds, scaling per round; CPU shares of the step's "
-          "wall time on all cores; server CPU per request = its share x cores / req/s")
+          f"{args.processes} Locust process(es), {args.seconds} s steady per step after "
+          f"{args.warmup} s of warm-up; min-max over {args.rounds} rounds, scaling per "
+          "round; CPU shares of the steady window's wall time on all cores; server CPU per "
+          "request = its CPU in the window / the requests in it")
     print("| users | cache | req/s | p95 ms | p99 ms | failures | pool eff. | slowest query "
           "p95 ms | scaling vs first | Locust CPU | server CPU | server CPU ms/req "
           "| Redis CPU | Redis hit ratio | machine busy | SLO |")
@@ -175,17 +186,24 @@ def _step(args, settings, users: int, r: int, cache_url: str | None) -> Step:
     spawn = max(25.0, users / 10)  # ramp in ~10 s
     side = "cache" if cache_url else "nocache"
     opts = runner.RunOptions(
-        users=users, spawn_rate=spawn, duration=f"{int(args.seconds + users / spawn)}s",
+        users=users, spawn_rate=spawn,
+        duration=f"{int(args.seconds + args.warmup + users / spawn)}s",
         out_dir=args.out / f"round-{r}" / f"step-{users}-{side}", dbname=args.dbname,
         pgbouncer_port=args.pgbouncer_port or None, pool_size=args.pool_size,
         processes=args.processes if args.processes > 1 else None,
         p95_limit_ms=args.p95_ms, user_class=args.user_class)
+    # Every request's end time: the requests of the steady window, to the millisecond
+    # (the history's counts move by whole worker reports, every 3 s).
+    request_log = opts.out_dir / "requests.log"
+    request_log.unlink(missing_ok=True)
+    opts.extra_args = ["--donna-request-log", str(request_log)]
     # The Locust processes inherit this environment (settings read it before the files).
     os.environ["CACHE_ENABLED"] = "true" if cache_url else "false"
     if cache_url:
         os.environ["CACHE_URL"] = cache_url
     before = _keyspace(cache_url)
-    with Shares().measure() as shares:
+    sampler = Sampler()
+    with sampler.running():
         result = runner.run(opts, settings)
     after = _keyspace(cache_url)
     total = next(q for q in result.verdict.queries if q.name == AGGREGATED)
@@ -194,10 +212,53 @@ def _step(args, settings, users: int, r: int, cache_url: str | None) -> Step:
     # The capacity goal is on the overall p95 (the per-query gate is `loadtest run`'s).
     ok = total.p95_ms is not None and total.p95_ms < args.p95_ms and total.failures == 0
     lookups = after[0] + after[1] - before[0] - before[1]
+    shares, server_ms = _steady(
+        sampler, result.out_dir / f"{runner.CSV_PREFIX}_stats_history.csv", request_log,
+        users, args.warmup)
     return Step(total.rps, total.p95_ms, total.p99_ms, total.failures,
                 (result.pool or {}).get("efficiency"), f"{worst.name} {worst.p95_ms:g}", ok,
                 shares, result.statements["top"][:STATEMENTS],
-                (after[0] - before[0]) / lookups if cache_url and lookups else None)
+                (after[0] - before[0]) / lookups if cache_url and lookups else None, server_ms)
+
+
+def _steady(sampler: Sampler, history: Path, requests: Path, users: int,
+            warmup: int) -> tuple[Shares, float | None]:
+    """The shares of the steady window and the server's CPU ms per request in it; the
+    whole run's shares and None when the run had no such window."""
+    window = steady_window(history, users, warmup)
+    found = sampler.window(*window) if window else None
+    if found is None:
+        return sampler.shares(sampler.samples[0].at, sampler.samples[-1].at) or Shares(), None
+    a, b = found
+    done = requests_between(requests, a.at, b.at)
+    return (sampler.shares(a.at, b.at) or Shares(),
+            (b.server - a.server) * 1000 / done if done else None)
+
+
+def steady_window(history: Path, users: int, warmup: int) -> tuple[float, float] | None:
+    """(start, end), time.time() seconds, of the steady part of a Locust run from its
+    per-second history: from ``warmup`` s after every user runs (and Locust reset its
+    counts) to the last whole second they all ran; None when the run never got there."""
+    try:
+        with history.open(encoding="utf-8", newline="") as f:
+            full = [int(row["Timestamp"]) for row in csv.DictReader(f)
+                    if row["Name"] == AGGREGATED and int(row["User Count"]) == users]
+    except (OSError, KeyError, ValueError):
+        return None
+    if not full:
+        return None
+    start, end = full[0] + RESET_MARGIN + warmup, full[-1]
+    return (start, end) if end > start else None
+
+
+def requests_between(log: Path, start: float, end: float) -> int:
+    """Requests that ended in (start, end], from the locustfile's request log (a line
+    per request, its end time first)."""
+    try:
+        with log.open(encoding="utf-8") as f:
+            return sum(1 for line in f if start < float(line.split(" ", 1)[0]) <= end)
+    except OSError:
+        return 0  # Locust could not write it: no figure rather than a wrong one
 
 
 def _keyspace(url: str | None) -> tuple[int, int]:

@@ -7,6 +7,10 @@ and ``pgbouncer`` process, plus what the postmaster's exited backends used: the 
 adds a reaped child's time to its parent's ``cutime``/``cstime``), and the machine's
 busy time (/proc/stat). Each is reported as a share of the step's wall time on all cores.
 
+``Sampler`` takes the same figures every half second while a step runs, so that they can
+be read over a window inside it (the steady part, after the ramp-up and a warm-up); the
+load generator is then counted as this process's live descendants.
+
 The load test's runner resets pg_stat_statements before a step and reads its top
 statements after; their planning time is counted only while
 ``pg_stat_statements.track_planning`` is on: ``planning_tracked()`` turns it on for the
@@ -15,13 +19,15 @@ run (ALTER SYSTEM, reload) and restores the previous value after.
 
 from __future__ import annotations
 
+import bisect
 import os
 import resource
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from donnadb import db
@@ -38,17 +44,47 @@ BUSY_FIELDS = (0, 1, 2, 5, 6, 7)
 
 def server_cpu_seconds(comms: tuple[str, ...] = SERVER_COMMS) -> float:
     """utime + stime + reaped children's time of every process named in ``comms``."""
-    total = 0
+    return sum(spent for _, name, spent in _proc_ticks().values() if name in comms) / TICK
+
+
+def _proc_ticks() -> dict[int, tuple[int, str, int]]:
+    """Every process: pid -> (parent pid, name, its CPU ticks with its reaped children's)."""
+    ticks: dict[int, tuple[int, str, int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             text = stat.read_text()
         except OSError:
             continue  # exited while we looked: its parent's cutime has it now
-        name, rest = text.split(" (", 1)[1].rsplit(")", 1)
-        if name in comms:
-            fields = rest.split()
-            total += sum(int(fields[i]) for i in (11, 12, 13, 14))
-    return total / TICK
+        pid, rest = text.split(" (", 1)
+        name, rest = rest.rsplit(")", 1)
+        fields = rest.split()
+        ticks[int(pid)] = (int(fields[1]), name, sum(int(fields[i]) for i in (11, 12, 13, 14)))
+    return ticks
+
+
+def live_cpu_seconds(root: int) -> tuple[float, float, float]:
+    """(``root``'s live descendants, the server, the cache): CPU seconds of each, reaped
+    children included, from one pass over /proc."""
+    ticks = _proc_ticks()
+    load = server = cache = 0
+    for pid, (_, name, spent) in ticks.items():
+        if name in SERVER_COMMS:
+            server += spent
+        elif name in CACHE_COMMS:
+            cache += spent
+        elif _descends(pid, root, ticks):
+            load += spent
+    return load / TICK, server / TICK, cache / TICK
+
+
+def _descends(pid: int, root: int, ticks: dict[int, tuple[int, str, int]]) -> bool:
+    seen = 0
+    while pid in ticks and seen < 64:  # a bounded walk: pids are reused
+        pid = ticks[pid][0]
+        if pid == root:
+            return True
+        seen += 1
+    return False
 
 
 def load_cpu_seconds() -> float:
@@ -98,6 +134,67 @@ class Shares:
         """CPU milliseconds per request of a ``share`` at ``rps`` requests per second
         (the share is of the whole step, ramp included: a steady-state estimate)."""
         return share * CORES * 1000 / rps if rps else None
+
+
+@dataclass(frozen=True)
+class Sample:
+    """CPU seconds spent so far, at ``at`` (time.time())."""
+
+    at: float
+    load: float
+    server: float
+    cache: float
+    busy: float
+
+
+@dataclass
+class Sampler:
+    """CPU samples every ``interval`` seconds from a thread while the block runs: the
+    shares of any window inside it (:meth:`shares`)."""
+
+    interval: float = 0.5
+    samples: list[Sample] = field(default_factory=list)
+
+    def take(self) -> None:
+        load, server, cache = live_cpu_seconds(os.getpid())
+        self.samples.append(Sample(time.time(), load, server, cache, busy_cpu_seconds()))
+
+    @contextmanager
+    def running(self) -> Iterator[Sampler]:
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(self.interval):
+                self.take()
+
+        self.take()
+        thread = threading.Thread(target=loop, name="cpu-sampler", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join()
+            self.take()
+
+    def window(self, start: float, end: float) -> tuple[Sample, Sample] | None:
+        """The first sample at or after ``start`` and the last at or before ``end``;
+        None when no two samples lie in between."""
+        times = [s.at for s in self.samples]
+        first, last = bisect.bisect_left(times, start), bisect.bisect_right(times, end) - 1
+        if first >= last:
+            return None
+        return self.samples[first], self.samples[last]
+
+    def shares(self, start: float, end: float) -> Shares | None:
+        """Shares of the window's CPU capacity (its wall seconds x cores)."""
+        found = self.window(start, end)
+        if found is None:
+            return None
+        a, b = found
+        capacity = (b.at - a.at) * CORES
+        return Shares(load=(b.load - a.load) / capacity, server=(b.server - a.server) / capacity,
+                      cache=(b.cache - a.cache) / capacity, busy=(b.busy - a.busy) / capacity)
 
 
 TRACK_PLANNING = "pg_stat_statements.track_planning"

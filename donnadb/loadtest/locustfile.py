@@ -78,7 +78,7 @@ def _workload(environment) -> wl.Workload:
 
 
 class DonnaUser(User):
-    """One person chatting: opens chats, writes, reads memory, sometimes searches."""
+    """A load-test user: each call it times is reported under its own name."""
 
     abstract = True
 
@@ -100,7 +100,13 @@ class DonnaUser(User):
         return result
 
 
-class ChatUser(DonnaUser):
+class ChatActions(DonnaUser):
+    """What a chat user does; each mix below gives the actions their weights.
+
+    The actions carry no ``@task``: Locust adds a base class's tasks to a subclass's
+    own, so a mix built on another mix would also run all of the other's tasks."""
+
+    abstract = True
     wait_time = between(1.0, 3.0)  # reading and typing between actions
 
     def on_start(self) -> None:
@@ -116,12 +122,10 @@ class ChatUser(DonnaUser):
         self.chat_id = self.rng.choice(self.chats[-k:]) if self.rng.random() < 0.8 else (
             self.rng.choice(self.chats))
 
-    @task(10)
     def read_history(self) -> None:
         self._open_some_chat()
         self.timed("history.read_last_20", self.work.dal.get_chat_history, self.chat_id, 20)
 
-    @task(4)
     def converse(self) -> None:
         dal = self.work.dal
         self.timed("message.add_user", dal.add_message, self.chat_id, "user",
@@ -131,20 +135,16 @@ class ChatUser(DonnaUser):
                    "Sure. " + wl.answer_words(self.rng, 60) + ".",
                    token_count=90)
 
-    @task(3)
     def list_sessions(self) -> None:
         self.timed("sessions.list_recent", self.work.recent_sessions, self.user_id)
 
-    @task(3)
     def get_memory(self) -> None:
         self.timed("memory.get", self.work.dal.get_user_memory, self.user_id, "context")
 
-    @task(1)
     def set_memory(self) -> None:
         self.timed("memory.set", self.work.dal.set_user_memory, self.user_id, "context",
                    f"fact_{self.rng.randint(0, 5)}", {"text": wl.search_words(self.rng)})
 
-    @task(1)
     def new_session(self) -> None:
         chat_id = wl.new_chat_id()
         created = self.timed("session.create", self.work.dal.create_chat_session, chat_id,
@@ -153,23 +153,32 @@ class ChatUser(DonnaUser):
             self.chats.append(chat_id)
             self.chat_id = chat_id
 
-    @task(1)
     def search(self) -> None:
         self.timed("search.fulltext", self.work.search, self.user_id,
                    wl.search_words(self.rng))
 
-    @task(2)
     def write_log(self) -> None:
         self.timed("logs.write", self.work.write_log, "info", "chat request served",
                    {"user_id": self.user_id, "chat_id": self.chat_id})
 
 
-class ReaderUser(ChatUser):
+class ChatUser(ChatActions):
+    """The default mix: one person chatting, opening chats, writing, reading memory,
+    sometimes searching."""
+
+    tasks = {ChatActions.read_history: 10, ChatActions.converse: 4,
+             ChatActions.list_sessions: 3, ChatActions.get_memory: 3,
+             ChatActions.write_log: 2, ChatActions.set_memory: 1,
+             ChatActions.new_session: 1, ChatActions.search: 1}
+
+
+class ReaderUser(ChatActions):
     """The read-heavy mix: people scrolling back through their chats and the assistant
     reading their memory far more often than anything is written (where a cache pays)."""
 
-    tasks = {ChatUser.read_history: 30, ChatUser.get_memory: 6, ChatUser.list_sessions: 3,
-             ChatUser.converse: 1, ChatUser.set_memory: 1}
+    tasks = {ChatActions.read_history: 30, ChatActions.get_memory: 6,
+             ChatActions.list_sessions: 3, ChatActions.converse: 1,
+             ChatActions.set_memory: 1}
 
 
 class SleepUser(DonnaUser):

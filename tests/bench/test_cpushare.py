@@ -100,3 +100,30 @@ def test_a_run_killed_with_sigterm_restores_the_setting(cpushare, settings, tmp_
     finally:
         run.kill()
     assert db.superuser_psql(cpushare.AUTO_VALUE) == ""
+
+
+def test_a_live_child_counts_as_load_in_a_window(cpushare):
+    """Inside a run the load generator has not been reaped yet: the sampler counts this
+    process's live descendants."""
+    sampler = cpushare.Sampler(interval=0.1)
+    with sampler.running():
+        child = subprocess.Popen([sys.executable, "-c",
+                                  "import time\nend = time.monotonic() + 1.5\n"
+                                  "while time.monotonic() < end: pass"])
+        started = time.time()
+        time.sleep(1.2)
+        ended = time.time()
+        child.wait(timeout=30)
+    shares = sampler.shares(started, ended)
+    assert shares is not None
+    assert shares.load > 0.5 / cpushare.CORES, shares
+    assert shares.load <= shares.busy + 0.1
+
+
+def test_no_shares_without_two_samples_in_the_window(cpushare):
+    sampler = cpushare.Sampler(interval=60)
+    with sampler.running():
+        pass
+    first = sampler.samples[0].at
+    assert sampler.shares(first - 10, first - 5) is None
+    assert sampler.shares(first, sampler.samples[-1].at) is not None
