@@ -22,15 +22,17 @@ run: through PgBouncer in transaction mode every statement is planned on each ca
 ``--cache both`` runs every step twice per round, without and with the DAL's Redis
 cache (a throwaway redis-server on 127.0.0.1 for the whole run; the Locust processes
 get CACHE_ENABLED and CACHE_URL), in an order rotated each round, and reports for each
-side the server's CPU milliseconds per request (its share of the cores over req/s),
-Redis's CPU share, and Redis's keyspace hit ratio (version and value lookups together).
-``--user-class ReaderUser`` runs the read-heavy mix (donnadb/loadtest/locustfile.py).
+side the server's CPU milliseconds per request, Redis's CPU share, and Redis's keyspace
+hit ratio (version and value lookups together). ``--user-class ReaderUser`` runs the
+read-heavy mix (donnadb/loadtest/locustfile.py).
 
 The CPU figures are those of the steady window: from ``--warmup`` seconds after every
-user runs (default 0) to the last second before they stop, sampled every half second;
-the requests in it come from Locust's per-second history. Each step runs ``--warmup``
-seconds longer; its latencies and req/s stay Locust's own, from the end of the ramp-up.
-A warm-up lets a cache (the DAL's, PostgreSQL's) fill before the CPU is counted.
+user runs (default 0; Locust's per-second history tells when) to the last second before
+they stop, sampled every half second. The server's CPU per request is its CPU in the
+window over the requests that ended in it (the locustfile's request log). Each step
+runs ``--warmup`` seconds longer; its latencies and req/s stay Locust's own, from the end
+of the ramp-up. A warm-up lets a cache (the DAL's, PostgreSQL's) fill before the CPU is
+counted.
 """
 
 from __future__ import annotations

@@ -1,15 +1,13 @@
 """Who used the cores during a load step, and how much of the server's time went to
 planning.
 
-``Shares`` measures, around one step: the load generator's CPU (this process's waited
-children: Locust and the workers it forks and reaps), the server's (every ``postgres``
-and ``pgbouncer`` process, plus what the postmaster's exited backends used: the kernel
-adds a reaped child's time to its parent's ``cutime``/``cstime``), and the machine's
-busy time (/proc/stat). Each is reported as a share of the step's wall time on all cores.
-
-``Sampler`` takes the same figures every half second while a step runs, so that they can
-be read over a window inside it (the steady part, after the ramp-up and a warm-up); the
-load generator is then counted as this process's live descendants.
+``Sampler`` samples, every half second while a step runs: the load generator's CPU
+(this process's live descendants: Locust and the workers it forks), the server's (every
+``postgres`` and ``pgbouncer`` process, plus what the postmaster's exited backends used:
+the kernel adds a reaped child's time to its parent's ``cutime``/``cstime``), the
+cache's (``redis-server``) and the machine's busy time (/proc/stat). ``shares`` gives
+each over a window inside the step (the steady part, after the ramp-up and a warm-up)
+as a share of the window's wall time on all cores.
 
 The load test's runner resets pg_stat_statements before a step and reads its top
 statements after; their planning time is counted only while
@@ -21,7 +19,6 @@ from __future__ import annotations
 
 import bisect
 import os
-import resource
 import signal
 import threading
 import time
@@ -87,12 +84,6 @@ def _descends(pid: int, root: int, ticks: dict[int, tuple[int, str, int]]) -> bo
     return False
 
 
-def load_cpu_seconds() -> float:
-    """CPU of this process's children that have been waited for (the load generator)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def busy_cpu_seconds() -> float:
     """CPU seconds every core of this machine has spent busy since boot."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
@@ -111,29 +102,12 @@ def with_busy_cpu(fn, spent: list[float]):
 
 @dataclass
 class Shares:
-    """Shares of the step's CPU capacity (wall seconds x cores), 0-1 each."""
+    """Shares of a window's CPU capacity (wall seconds x cores), 0-1 each."""
 
     load: float = 0.0
     server: float = 0.0
     cache: float = 0.0
     busy: float = 0.0
-
-    @contextmanager
-    def measure(self) -> Iterator[Shares]:
-        wall, load, server, cache, busy = (
-            time.monotonic(), load_cpu_seconds(), server_cpu_seconds(),
-            server_cpu_seconds(CACHE_COMMS), busy_cpu_seconds())
-        yield self
-        capacity = (time.monotonic() - wall) * CORES
-        self.load = (load_cpu_seconds() - load) / capacity
-        self.server = (server_cpu_seconds() - server) / capacity
-        self.cache = (server_cpu_seconds(CACHE_COMMS) - cache) / capacity
-        self.busy = (busy_cpu_seconds() - busy) / capacity
-
-    def ms_per_request(self, share: float, rps: float) -> float | None:
-        """CPU milliseconds per request of a ``share`` at ``rps`` requests per second
-        (the share is of the whole step, ramp included: a steady-state estimate)."""
-        return share * CORES * 1000 / rps if rps else None
 
 
 @dataclass(frozen=True)

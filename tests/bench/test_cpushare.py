@@ -1,6 +1,7 @@
 """bench/cpushare.py: the capacity steps' CPU shares and planning times are measured,
 not guessed: a backend that burnt CPU and exited still counts, the load generator's
-reaped children count, and track_planning is back as it was after the run."""
+running children count, a window's shares are fractions of the cores, and
+track_planning is back as it was after the run."""
 
 from __future__ import annotations
 
@@ -43,20 +44,6 @@ def test_a_backend_that_exited_still_counts_as_server_cpu(cpushare, settings):
     time.sleep(0.3)  # the backend is gone and reaped: only the postmaster's cutime has it
     spent = cpushare.server_cpu_seconds() - before
     assert spent >= 0.6 * burnt, (spent, burnt)
-
-
-def test_the_load_generators_reaped_children_count(cpushare):
-    before = cpushare.load_cpu_seconds()
-    subprocess.run([sys.executable, "-c", "sum(i * i for i in range(3_000_000))"], check=True)
-    assert cpushare.load_cpu_seconds() - before > 0.05
-
-
-def test_shares_are_fractions_of_the_cores(cpushare):
-    with cpushare.Shares().measure() as shares:
-        subprocess.run([sys.executable, "-c", "sum(i * i for i in range(3_000_000))"],
-                       check=True)
-    assert 0.2 / cpushare.CORES < shares.load <= 1.0
-    assert shares.load <= shares.busy + 0.05  # the machine was busy at least that much
 
 
 def test_planning_is_tracked_for_the_run_then_restored(cpushare, settings):
@@ -116,8 +103,8 @@ def test_a_live_child_counts_as_load_in_a_window(cpushare):
         child.wait(timeout=30)
     shares = sampler.shares(started, ended)
     assert shares is not None
-    assert shares.load > 0.5 / cpushare.CORES, shares
-    assert shares.load <= shares.busy + 0.1
+    assert 0.5 / cpushare.CORES < shares.load <= 1.0, shares
+    assert shares.load <= shares.busy + 0.1  # the machine was busy at least that much
 
 
 def test_no_shares_without_two_samples_in_the_window(cpushare):
