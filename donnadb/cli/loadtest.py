@@ -88,7 +88,10 @@ def seed(
 def run(
     users: int = typer.Option(150, "--users", "-u", help="Concurrent simulated users."),
     spawn_rate: float = typer.Option(25.0, "--spawn-rate", "-r", help="Users started per s."),
-    duration: str = typer.Option("5m", "--duration", "-t", help="Run time, e.g. 60s, 5m."),
+    duration: str = typer.Option("5m", "--duration", "-t", help="Run time, e.g. 60s, 5m "
+                                 "(the ramp-up included, the warm-up not)."),
+    warmup: float = typer.Option(10.0, help="Seconds at full load after the ramp-up that "
+                                 "the verdict leaves out (connections and caches warm up)."),
     processes: int | None = typer.Option(None, help="Locust processes on this host (-1: one "
                                          "per core)."),
     master: bool = typer.Option(False, help="Be the master of workers on other hosts."),
@@ -115,8 +118,8 @@ def run(
     settings = load_settings()
     port = None if direct else (pgbouncer_port or settings.pgbouncer_port or 6432)
     opts = runner.RunOptions(
-        users=users, spawn_rate=spawn_rate, duration=duration, out_dir=out, dbname=dbname,
-        pgbouncer_port=port, pool_size=pool_size, processes=processes,
+        users=users, spawn_rate=spawn_rate, duration=duration, warmup=warmup, out_dir=out,
+        dbname=dbname, pgbouncer_port=port, pool_size=pool_size, processes=processes,
         expect_workers=expect_workers if master else None,
         master_bind_host=master_bind_host, master_bind_port=master_bind_port,
         p95_limit_ms=p95_ms,
@@ -127,7 +130,8 @@ def run(
         result = runner.run(opts, settings)
         emit_json(result.to_dict())
     else:
-        console.print(f"load: {users} users (+{spawn_rate:g}/s) for {duration} on "
+        console.print(f"load: {users} users (+{spawn_rate:g}/s) for {duration}, measured "
+                      f"after a {warmup:g}s warm-up, on "
                       f"{dbname or settings.db_name} via "
                       f"{'PgBouncer :' + str(port) if port else 'PostgreSQL directly'}")
         with Progress(TextColumn("locust"), BarColumn(), TimeElapsedColumn(),
@@ -147,7 +151,7 @@ def run(
 
 
 def _print_result(result: Any) -> None:
-    table = Table(title="after ramp-up (Locust, client side)")
+    table = Table(title="after ramp-up and warm-up (Locust, client side)")
     for col in ("query", "requests", "failures", "p50 ms", "p95 ms", "p99 ms", "req/s"):
         table.add_column(col, justify="left" if col == "query" else "right", no_wrap=True)
     for q in result.verdict.queries:

@@ -934,6 +934,19 @@ class PostgresDataAccess(TransactionMixin, LogWriterMixin):
         )
         return result
 
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until the pool holds its minimum of connections (``min_size``).
+
+        :raises DatabaseError: they were not all open within ``timeout`` seconds.
+        """
+        try:
+            self._pool.wait(timeout=timeout)
+        except PoolTimeout:
+            raise DatabaseError(
+                f"the pool did not open its {self._pool.min_size} connections within "
+                f"{timeout:g}s: is the server (or PgBouncer) up and its max_client_conn "
+                "large enough for them?") from None
+
     def close(self) -> None:
         if self._router is not None:
             self._router.close()

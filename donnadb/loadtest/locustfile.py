@@ -14,20 +14,25 @@ every query alike.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable
 from typing import Any
 
-# locust first: it monkey-patches for gevent, and psycopg must be imported after that to
+import gevent
+
+# locust before psycopg: it monkey-patches for gevent, and psycopg must be imported after to
 # choose its gevent-cooperative wait function (psycopg >= 3.1.14).
 import locust  # noqa: I001
 from locust import User, between, events, task
+from locust.runners import MasterRunner
 
 from donnadb.loadtest import workload as wl  # noqa: E402
 from donnadb.loadtest.names import QUERY_NAMES  # noqa: E402
 
 REQUEST_TYPE = "sql"
+logger = logging.getLogger(__name__)
 
 
 @events.init_command_line_parser.add_listener
@@ -39,6 +44,9 @@ def _options(parser) -> None:
                         default=0, help="PgBouncer port; 0 connects directly to PostgreSQL")
     parser.add_argument("--donna-pool-size", type=int, env_var="DONNADB_LT_POOL_SIZE",
                         default=50, help="client connections per Locust process")
+    parser.add_argument("--donna-warmup", type=float, env_var="DONNADB_LT_WARMUP", default=0.0,
+                        help="seconds at full load after the ramp-up before the statistics "
+                        "restart (with --reset-stats): the verdict leaves the warm-up out")
     parser.add_argument("--donna-request-log", type=str, env_var="DONNADB_LT_REQUEST_LOG",
                         default="", help="append one line per request (end time, failed, "
                         "ms, name) to this file; the failure drill splits latencies by time")
@@ -61,6 +69,35 @@ def _log_request(name: str, response_time: float, exception: BaseException | Non
     if _request_log is not None:
         _request_log.write(f"{time.time():.3f} {int(exception is not None)} "
                            f"{response_time:.2f} {name}\n")
+
+
+@events.test_start.add_listener
+def _open_workload(environment, **_kw) -> None:
+    # Before the first user starts (a worker fires test_start before it spawns): else
+    # the first requests wait for the pool's connections to be set up, and those still
+    # running when --reset-stats clears the ramp-up count against the verdict.
+    if isinstance(environment.runner, MasterRunner):  # a master runs no users
+        return
+    if any(issubclass(cls, ChatActions) for cls in environment.user_classes):
+        _workload(environment)
+
+
+@events.init.add_listener
+def _measure_after_warmup(environment, **_kw) -> None:
+    # Every process resets its own statistics, as Locust's --reset-stats does: a worker
+    # drops what it has not reported yet, the master what it has summed. The option is
+    # read at spawning_complete: a worker gets its master's options with the first spawn.
+    def reset_later(**_kw: Any) -> None:
+        warmup = getattr(environment.parsed_options, "donna_warmup", 0.0) or 0.0
+        if warmup > 0 and environment.runner is not None:
+            gevent.spawn_later(warmup, _restart_statistics, environment, warmup)
+
+    environment.events.spawning_complete.add_listener(reset_later)
+
+
+def _restart_statistics(environment, warmup: float) -> None:
+    logger.info("warm-up of %gs over: statistics restart", warmup)
+    environment.runner.stats.reset_all()
 
 
 @events.quitting.add_listener

@@ -12,6 +12,7 @@ import errno
 import importlib.util
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -95,6 +96,7 @@ class RunOptions:
     dbname: str | None = None
     pgbouncer_port: int | None = 6432  # None/0: straight to PostgreSQL
     pool_size: int = 50  # client connections per Locust process
+    warmup: float = 0.0  # seconds at full load before the measured time (not judged)
     processes: int | None = None  # locust --processes (fork N workers on this host)
     expect_workers: int | None = None  # run as a master awaiting this many workers
     master_bind_host: str = "127.0.0.1"
@@ -113,6 +115,8 @@ class RunOptions:
             raise UsageError("--processes must be >= 1 (or -1: one per core)")
         if self.pool_size < 1:
             raise UsageError("--pool-size must be >= 1")
+        if self.warmup < 0:
+            raise UsageError("--warmup must be >= 0 seconds")
         parse_duration(self.duration)
 
 
@@ -181,12 +185,15 @@ def locust_command(opts: RunOptions, reports: Path | None = None) -> list[str]:
     (default: ``--out``)."""
     reports = reports or opts.out_dir
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
-           "-u", str(opts.users), "-r", f"{opts.spawn_rate:g}", "-t", opts.duration,
+           "-u", str(opts.users), "-r", f"{opts.spawn_rate:g}", "-t", _run_time(opts),
            "--csv", str(reports / CSV_PREFIX), "--csv-full-history",
            "--html", str(reports / REPORT_HTML),
-           # The verdict must not count the ramp-up: stats restart once all users run.
+           # The verdict must not count the ramp-up: stats restart once all users run,
+           # and again after the warm-up.
            "--reset-stats", "--only-summary", "--stop-timeout", "10",
            *donna_args(opts.dbname, opts.pgbouncer_port, opts.pool_size)]
+    if opts.warmup > 0:
+        cmd += ["--donna-warmup", f"{opts.warmup:g}"]
     if opts.processes is not None:
         cmd += ["--processes", str(opts.processes)]
     if opts.expect_workers is not None:
@@ -194,6 +201,13 @@ def locust_command(opts: RunOptions, reports: Path | None = None) -> list[str]:
                 "--master-bind-host", opts.master_bind_host,
                 "--master-bind-port", str(opts.master_bind_port)]
     return [*cmd, *opts.extra_args, opts.user_class]
+
+
+def _run_time(opts: RunOptions) -> str:
+    """Locust's --run-time: the duration (ramp-up included), plus the warm-up."""
+    if opts.warmup <= 0:
+        return opts.duration
+    return f"{parse_duration(opts.duration) + math.ceil(opts.warmup)}s"
 
 
 def worker_command(master_host: str, master_port: int, processes: int | None = None,
@@ -262,7 +276,7 @@ def run(opts: RunOptions, settings: Settings,
     reset_error = serverstats.reset_statements(settings, dbname)
     port = opts.pgbouncer_port or None
     before = _safe(lambda: serverstats.pgbouncer_stats(settings, port, dbname)) if port else None
-    expected = parse_duration(opts.duration) + 15
+    expected = parse_duration(opts.duration) + opts.warmup + 15
     log_path = opts.out_dir / "locust.log"
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=opts.out_dir))
     try:
@@ -315,7 +329,8 @@ def run(opts: RunOptions, settings: Settings,
     result = RunResult(verdict=verdict, out_dir=opts.out_dir, files=files, pool=pool,
                        statements=statements, locust_exit=proc.returncode,
                        options={"users": opts.users, "spawn_rate": opts.spawn_rate,
-                                "duration": opts.duration, "processes": opts.processes,
+                                "duration": opts.duration, "warmup": opts.warmup,
+                                "processes": opts.processes,
                                 "workers": opts.expect_workers, "dbname": dbname,
                                 "pgbouncer_port": port, "pool_size": opts.pool_size})
     # Whole or not at all: a full disk leaves the previous run's verdict, not a torn one.

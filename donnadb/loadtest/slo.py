@@ -2,8 +2,9 @@
 
 The plan's targets: p95 under 100 ms for every query and overall, no failed request,
 and a pool efficiency over 90% (see :mod:`loadtest.serverstats` for its definition).
-Locust runs with ``--reset-stats``, so its final CSV covers only the time after the
-ramp-up: the users' connection set-up does not count against the verdict.
+Locust runs with ``--reset-stats`` and the locustfile's ``--donna-warmup``, so its final
+CSV covers only the time after the ramp-up and the warm-up: PgBouncer opening its server
+connections for the first burst does not count against the verdict.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from psycopg_pool import ConnectionPool
 from donnadb import db
 from donnadb.config import Settings, load_settings
 from donnadb.dal import PostgresDataAccess
-from donnadb.errors import DataError
+from donnadb.errors import DataError, DonnaError
 from donnadb.loadtest import chattext
 from donnadb.loadtest.seed import CHAT_PREFIX, RUN_CHAT_PREFIX, USER_PREFIX, zipf_picker
 
@@ -47,6 +47,8 @@ SLEEP_SQL = "SELECT pg_sleep(%(seconds)s)"
 #: Chats in the sidebar, and the most recent chats the search box looks in.
 RECENT_CHATS = 20
 SEARCH_CHATS = 5
+#: Seconds for a process's pool to open all its connections before the users start.
+WARM_TIMEOUT = 60.0
 
 
 @dataclass
@@ -132,7 +134,8 @@ def open_workload(
 ) -> Workload:
     """Open the DAL, the smoke test's pool (no connection until used) and the catalogue.
 
-    ``pgbouncer_port`` None or 0 connects directly to PostgreSQL.
+    ``pgbouncer_port`` None or 0 connects directly to PostgreSQL. Through PgBouncer the
+    DAL's ``pool_size`` connections are all open when this returns.
 
     :raises DataError: nothing seeded. :raises DatabaseError: cannot connect.
     """
@@ -143,7 +146,16 @@ def open_workload(
         # load_settings ignores None, so an env PGBOUNCER_PORT would survive: drop it.
         settings = settings.model_copy(update={"pgbouncer_port": None})
     catalogue = load_catalogue(settings, dbname, rng)
-    dal = PostgresDataAccess(settings, dbname=dbname, min_size=min(pool_size, 4))
+    # Behind PgBouncer a client connection holds no server backend: open them all now,
+    # as a running service holds its pool, so that no request waits for a connection's
+    # TLS and SCRAM set-up. Direct, each is a backend: the pool grows as the load needs.
+    warm = pool_size if settings.pgbouncer_port else min(pool_size, 4)
+    dal = PostgresDataAccess(settings, dbname=dbname, min_size=warm)
+    try:
+        dal.wait_ready(timeout=WARM_TIMEOUT)
+    except DonnaError:
+        dal.close()
+        raise
     kwargs: dict[str, Any] = {"autocommit": True, "row_factory": dict_row}
     if settings.pgbouncer_port:
         kwargs["prepare_threshold"] = None  # as the DAL does behind PgBouncer

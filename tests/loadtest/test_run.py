@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -25,11 +26,15 @@ from tests.support import full_disk, one_line_error
 
 #: Memory values stored in clear (not a sealed JSON string).
 CLEAR_MEMORY_SQL = f"SELECT count(*) FROM user_memory WHERE {PLAIN_VALUE.format(v='value')}"
+#: Seconds at full load before the measured time.
+WARMUP = 5.0
 
 
 def test_short_run_passes_the_gate_and_reports_every_query(settings, seeded_db, tmp_path):
-    opts = runner.RunOptions(users=120, spawn_rate=60, duration="60s", out_dir=tmp_path,
-                             dbname=seeded_db, pgbouncer_port=PGBOUNCER_PORT, pool_size=30)
+    requests = tmp_path / "requests.log"
+    opts = runner.RunOptions(users=120, spawn_rate=60, duration="55s", warmup=WARMUP,
+                             out_dir=tmp_path, dbname=seeded_db, pgbouncer_port=PGBOUNCER_PORT,
+                             pool_size=30, extra_args=["--donna-request-log", str(requests)])
     result = runner.run(opts, settings)
 
     names = {q.name for q in result.verdict.queries if q.requests > 0}
@@ -54,6 +59,23 @@ def test_short_run_passes_the_gate_and_reports_every_query(settings, seeded_db, 
     with (tmp_path / "locust_stats_history.csv").open(encoding="utf-8") as f:
         history = [r for r in csv.DictReader(f) if r["Name"] == "Aggregated"]
     assert max(int(r["User Count"]) for r in history) == 120
+    # Warm-up excluded: the counters restarted again WARMUP seconds after all users ran,
+    # and hold the requests that ended after that (Locust's last stats leave out the
+    # final half second or so).
+    log = (tmp_path / "locust.log").read_text(encoding="utf-8")
+    spawned, restarted = _logged_at(log, "All users spawned"), _logged_at(log, "warm-up of")
+    assert restarted - spawned == pytest.approx(WARMUP, abs=0.5)
+    ends = [float(line.split()[0]) for line in requests.read_text().splitlines()]
+    after = sum(t >= restarted for t in ends)
+    total = next(q.requests for q in result.verdict.queries if q.name == "Aggregated")
+    assert 0.97 * after <= total <= after + 3, (total, after)
+    assert sum(spawned <= t < restarted for t in ends) > 100  # the warm-up had load
+
+
+def _logged_at(log: str, text: str) -> float:
+    """The time of the first Locust log line holding ``text`` (its local-time stamp)."""
+    line = next(ln for ln in log.splitlines() if text in ln)
+    return datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
 def test_a_sealed_store_takes_the_load_without_failures_and_stays_sealed(
@@ -100,6 +122,16 @@ def test_locust_command_excludes_ramp_up_and_passes_options_to_workers():
     assert cmd[cmd.index("--expect-workers") + 1] == "2"
     assert cmd[cmd.index("--donna-dbname") + 1] == "x"
     assert cmd[-1] == "ChatUser"
+
+
+def test_the_warm_up_lengthens_the_run_and_reaches_every_process():
+    cmd = runner.locust_command(runner.RunOptions(duration="1m", warmup=7.5, processes=2))
+    assert cmd[cmd.index("-t") + 1] == "68s"
+    assert cmd[cmd.index("--donna-warmup") + 1] == "7.5"
+    plain = runner.locust_command(runner.RunOptions(duration="1m"))
+    assert plain[plain.index("-t") + 1] == "1m" and "--donna-warmup" not in plain
+    with pytest.raises(UsageError, match="--warmup"):
+        runner.RunOptions(warmup=-1).validate()
 
 
 def test_a_full_out_dir_is_one_line_naming_it_and_keeps_the_last_run(seeded_db, tmp_path):
