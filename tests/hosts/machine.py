@@ -315,6 +315,7 @@ class Host:
 def prepare_root(base: Path, name: str, address: str) -> Path:
     """A fresh copy of ``base`` for one host: its hostname, ssh keys, sshd address."""
     root = STATE_DIR / "hosts" / name
+    stop_stale(root)
     _remove_tree(root)
     root.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     subprocess.run(["cp", "-a", "--reflink=auto", str(base), str(root)], check=True)
@@ -456,6 +457,73 @@ def shutdown(host: Host, timeout: float = STOP_TIMEOUT) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(10)
+
+
+def stop_stale(root: Path, *, timeout: float = STOP_TIMEOUT, log=sys.stderr) -> list[int]:
+    """Stop every ``systemd-nspawn`` still running the host in ``root``; their PIDs.
+
+    A run killed before its clean-up leaves its hosts running: each holds its
+    directory's lock (the next boot fails with "Directory tree ... is currently busy")
+    and its sshd the host's address. Each is powered off as :func:`shutdown` does
+    (SIGTERM); one still up after ``timeout`` seconds loses its init (which ends every
+    process of the host), then itself.
+    """
+    stale = [pid for pid, argv in _processes() if _runs_root(argv, root)]
+    for pid in stale:
+        print(f"test hosts: {root.name} is still running from an earlier run (pid {pid}): "
+              "powering it off", file=log)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    if not _wait_gone(stale, timeout):
+        for pid in stale:
+            for victim in (*_children(pid), pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(victim, signal.SIGKILL)
+        if not _wait_gone(stale, 10):
+            raise HostError(f"host {root.name}: systemd-nspawn {stale} from an earlier run "
+                            "survived SIGKILL; stop it by hand")
+    return stale
+
+
+def _processes() -> Iterator[tuple[int, list[str]]]:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                raw = (entry / "cmdline").read_bytes()
+                yield int(entry.name), raw.decode(errors="replace").split("\0")
+
+
+def _runs_root(argv: list[str], root: Path) -> bool:
+    """``argv`` is a systemd-nspawn (run directly or by an interpreter) of ``root``."""
+    if not any(Path(arg).name == "systemd-nspawn" for arg in argv[:2]):
+        return False
+    dirs = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg in ("-D", "--directory")]
+    return any(Path(d).resolve() == root.resolve() for d in dirs)
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    with contextlib.suppress(OSError):
+        return [int(child) for child in path.read_text().split()]
+    return []
+
+
+def _wait_gone(pids: list[int], timeout: float) -> bool:
+    """Whether every one of ``pids`` ended (a zombie has) within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [pid for pid in pids if _alive(pid)]
+        if not alive or time.monotonic() >= deadline:
+            return not alive
+        time.sleep(0.2)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def _remove_tree(path: Path) -> None:

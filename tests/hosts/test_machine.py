@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,6 +45,47 @@ def test_only_trees_under_the_state_directory_are_ever_deleted(tmp_path):
     with pytest.raises(machine.HostError, match="refusing to delete"):
         machine._remove_tree(victim)
     assert victim.is_dir()
+
+
+#: A stand-in for a host's systemd-nspawn: starts an "init" child and waits; SIGTERM
+#: halts the init, then itself, as nspawn does; "stuck" ignores SIGTERM (a hung host).
+FAKE_NSPAWN = """
+import signal, subprocess, sys, time
+init = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+def halt(*_):
+    init.terminate(); init.wait(); sys.exit(0)
+signal.signal(signal.SIGTERM, signal.SIG_IGN if sys.argv[1] == "stuck" else halt)
+print(init.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def _left_running(tmp_path: Path, root: Path, mode: str) -> tuple[subprocess.Popen, int]:
+    """A host of ``root`` as a killed run leaves it: (its systemd-nspawn, its init's PID)."""
+    nspawn = tmp_path / "systemd-nspawn"
+    if not nspawn.exists():
+        nspawn.symlink_to(Path(sys.executable).resolve())
+    proc = subprocess.Popen([str(nspawn), "-c", FAKE_NSPAWN, mode, "-q", "-D", str(root),
+                             "-b"], stdout=subprocess.PIPE, text=True)
+    return proc, int(proc.stdout.readline())
+
+
+@pytest.mark.parametrize("mode", ["halts", "stuck"])
+def test_a_host_left_running_by_a_killed_run_is_stopped_before_its_next_boot(tmp_path, mode):
+    root, other = tmp_path / "hosts" / "db1", tmp_path / "hosts" / "db2"
+    stale, init = _left_running(tmp_path, root, mode)
+    bystander, _ = _left_running(tmp_path, other, "halts")
+    try:
+        log = io.StringIO()
+        assert machine.stop_stale(root, timeout=1, log=log) == [stale.pid]
+        assert stale.wait(5) is not None and not machine._alive(init)
+        assert "db1 is still running from an earlier run" in log.getvalue()
+        assert bystander.poll() is None  # another host's is not touched
+        assert machine.stop_stale(root, timeout=1, log=log) == []
+    finally:
+        for proc in (stale, bystander):
+            proc.kill()
+            proc.wait()
 
 
 class ScriptedHost(machine.Host):
