@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
-from cpushare import Sampler, Shares, planning_tracked
+from cpushare import Sampler, Shares, planning_tracked, shares_between
 from dalsides import throwaway_redis
 from report import header, rotated, span
 
@@ -233,8 +233,7 @@ def _steady(sampler: Sampler, history: Path, requests: Path, users: int,
         return sampler.shares(sampler.samples[0].at, sampler.samples[-1].at) or Shares(), None
     a, b = found
     done = requests_between(requests, a.at, b.at)
-    return (sampler.shares(a.at, b.at) or Shares(),
-            (b.server - a.server) * 1000 / done if done else None)
+    return shares_between(a, b), (b.server - a.server) * 1000 / done if done else None
 
 
 def steady_window(history: Path, users: int, warmup: int) -> tuple[float, float] | None:

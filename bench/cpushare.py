@@ -163,12 +163,14 @@ class Sampler:
     def shares(self, start: float, end: float) -> Shares | None:
         """Shares of the window's CPU capacity (its wall seconds x cores)."""
         found = self.window(start, end)
-        if found is None:
-            return None
-        a, b = found
-        capacity = (b.at - a.at) * CORES
-        return Shares(load=(b.load - a.load) / capacity, server=(b.server - a.server) / capacity,
-                      cache=(b.cache - a.cache) / capacity, busy=(b.busy - a.busy) / capacity)
+        return None if found is None else shares_between(*found)
+
+
+def shares_between(a: Sample, b: Sample) -> Shares:
+    """Shares of the CPU capacity (wall seconds x cores) from sample ``a`` to ``b``."""
+    capacity = (b.at - a.at) * CORES
+    return Shares(load=(b.load - a.load) / capacity, server=(b.server - a.server) / capacity,
+                  cache=(b.cache - a.cache) / capacity, busy=(b.busy - a.busy) / capacity)
 
 
 TRACK_PLANNING = "pg_stat_statements.track_planning"

@@ -103,7 +103,9 @@ def test_a_live_child_counts_as_load_in_a_window(cpushare):
         child.wait(timeout=30)
     shares = sampler.shares(started, ended)
     assert shares is not None
-    assert 0.5 / cpushare.CORES < shares.load <= 1.0, shares
+    # Counted at all (an unreaped child counted nothing): it spun the whole window, yet
+    # on a machine busy with other work it may have had well under a core.
+    assert 0.1 / cpushare.CORES < shares.load <= 1.0, shares
     assert shares.load <= shares.busy + 0.1  # the machine was busy at least that much
 
 
