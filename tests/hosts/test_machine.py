@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -74,7 +77,7 @@ def _left_running(tmp_path: Path, root: Path, mode: str) -> tuple[subprocess.Pop
 def test_a_host_left_running_by_a_killed_run_is_stopped_before_its_next_boot(tmp_path, mode):
     root, other = tmp_path / "hosts" / "db1", tmp_path / "hosts" / "db2"
     stale, init = _left_running(tmp_path, root, mode)
-    bystander, _ = _left_running(tmp_path, other, "halts")
+    bystander, bystander_init = _left_running(tmp_path, other, "halts")
     try:
         log = io.StringIO()
         assert machine.stop_stale(root, timeout=1, log=log) == [stale.pid]
@@ -83,6 +86,9 @@ def test_a_host_left_running_by_a_killed_run_is_stopped_before_its_next_boot(tmp
         assert bystander.poll() is None  # another host's is not touched
         assert machine.stop_stale(root, timeout=1, log=log) == []
     finally:
+        for pid in (init, bystander_init):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         for proc in (stale, bystander):
             proc.kill()
             proc.wait()
